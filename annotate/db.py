@@ -1,0 +1,106 @@
+"""Engine and session factories.
+
+SQLite runs in WAL mode with a busy timeout and foreign keys on, and write
+transactions start with ``BEGIN IMMEDIATE`` so two writers queue on the lock
+instead of failing half-way with "database is locked". Read-only units of work
+use :meth:`Database.read`, which begins a deferred transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from annotate.settings import Settings
+
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def is_sqlite(engine_or_url) -> bool:
+    url = engine_or_url.url if hasattr(engine_or_url, "url") else make_url(str(engine_or_url))
+    return url.get_backend_name() == "sqlite"
+
+
+def create_db_engine(url: str, *, poolclass=None, echo: bool = False) -> Engine:
+    """Create an engine with the project's connection settings for ``url``."""
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() == "sqlite":
+        if sa_url.database and sa_url.database != ":memory:":
+            Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            sa_url,
+            echo=echo,
+            poolclass=poolclass,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        )
+        _configure_sqlite(engine)
+        return engine
+    kwargs = {"echo": echo, "pool_pre_ping": True}
+    if poolclass is not None:
+        kwargs["poolclass"] = poolclass
+    else:
+        kwargs.update(pool_size=10, max_overflow=20)
+    return create_engine(sa_url, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
+
+
+@dataclass
+class Database:
+    """An engine plus the two session factories every caller uses.
+
+    ``with db.begin() as session:`` frames one write unit of work (commits on
+    success, rolls back on error); ``with db.read() as session:`` one read.
+    """
+
+    engine: Engine
+
+    def __post_init__(self) -> None:
+        self._write = sessionmaker(self.engine, expire_on_commit=False)
+        read_engine = self.engine.execution_options(sqlite_begin="DEFERRED")
+        self._read = sessionmaker(read_engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        with self._write.begin() as session:
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read.begin() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(settings: Settings, *, null_pool: bool = False) -> Database:
+    """Open the database named by ``settings`` (does not migrate)."""
+    return Database(create_db_engine(settings.sqlalchemy_url, poolclass=NullPool if null_pool else None))

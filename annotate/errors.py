@@ -1,0 +1,40 @@
+"""Errors a user can cause. Each message says what to do; UI and CLI show it as is."""
+
+
+class PrefloopError(Exception):
+    """Base class for errors shown to users without a traceback."""
+
+
+class ConfigError(PrefloopError):
+    """A setting is missing or invalid."""
+
+
+class PermissionDenied(PrefloopError):
+    """The current user's role does not allow this action."""
+
+
+class AuthError(PrefloopError):
+    """Wrong credentials, inactive account or throttled login."""
+
+
+class NotFound(PrefloopError):
+    """The requested object does not exist."""
+
+
+class ImportValidationError(PrefloopError):
+    """An import file has bad rows; nothing was written.
+
+    ``problems`` is a list of ``(line_number, reason)``.
+    """
+
+    def __init__(self, message: str, problems: list[tuple[int, str]] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class QueueError(PrefloopError):
+    """A judgment or lease operation is not valid (expired lease, already judged...)."""
+
+
+class ModelError(PrefloopError):
+    """No usable reward model (none trained yet, artifact missing or corrupt)."""
