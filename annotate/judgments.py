@@ -1,0 +1,184 @@
+"""Recording judgments: submit, undo, and the annotator's progress.
+
+Judgments are append-only. Undo marks the annotator's last judgment
+``retracted`` (kept, with the time) and hands the pair back to them; judging
+it again inserts a new row that ``supersedes`` the retracted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from annotate.accounts import Actor, require_active
+from annotate.errors import NotFound, QueueError
+from annotate.models import (
+    Choice,
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    JudgmentSource,
+    JudgmentState,
+    Lease,
+    utcnow,
+)
+from annotate.queue import a_on_left_for, release_lease, shown_a_on_left
+from annotate.settings import Settings
+
+FLAGS = ("unsafe", "needs_expert", "broken_text", "not_english")
+STRENGTHS = {1: "slightly better", 2: "clearly better", 3: "much better"}
+MAX_RATIONALE_CHARS = 2000
+
+
+def canonical_choice(shown: str, a_on_left: bool) -> Choice:
+    """Turn what the annotator pressed (left/right/tie/both_bad) into canonical A/B terms."""
+    if shown in ("tie", "both_bad"):
+        return Choice(shown)
+    if shown not in ("left", "right"):
+        raise QueueError(f"unknown choice {shown!r}")
+    return Choice.a if (shown == "left") == a_on_left else Choice.b
+
+
+@dataclass(frozen=True)
+class Submitted:
+    judgment_id: int
+    comparison_id: int
+    choice: Choice
+    is_probe: bool
+
+
+def submit(session: Session, settings: Settings, *, actor: Actor, comparison_id: int, shown: str,
+           strength: int | None = None, rationale: str | None = None, flags: list[str] | tuple[str, ...] = (),
+           time_spent_ms: int | None = None, now: datetime | None = None) -> Submitted:
+    """Record the annotator's judgment of a pair they were served.
+
+    ``shown`` is what they pressed (``left``, ``right``, ``tie``, ``both_bad``);
+    the side mapping comes from the server's lease, never from the client. A
+    judgment whose lease has expired is still kept (never silently lost).
+    """
+    user = require_active(session, actor)
+    now = now or utcnow()
+    if strength is not None and (strength not in STRENGTHS or shown in ("tie", "both_bad")):
+        raise QueueError("strength is 1, 2 or 3 and only applies when one response is better")
+    rationale = (rationale or "").strip() or None
+    if rationale is not None and len(rationale) > MAX_RATIONALE_CHARS:
+        raise QueueError(f"keep the rationale under {MAX_RATIONALE_CHARS} characters")
+    bad_flags = set(flags) - set(FLAGS)
+    if bad_flags:
+        raise QueueError(f"unknown flags: {', '.join(sorted(bad_flags))}")
+
+    lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == user.id))
+    comparison = session.get(Comparison, comparison_id)
+    if comparison is None:
+        raise NotFound(f"comparison {comparison_id} does not exist")
+    is_probe = bool(lease is not None and lease.is_probe)
+    if lease is not None and not lease.skipped:
+        a_left = shown_a_on_left(session, lease, settings.queue_seed)
+    elif lease is None and not _has_live(session, comparison_id, user.id):
+        a_left = a_on_left_for(comparison_id, user.id, settings.queue_seed)
+    else:
+        raise QueueError("this pair is not assigned to you any more; reload to get the next one")
+    if not is_probe and _has_live(session, comparison_id, user.id):
+        raise QueueError("you already judged this pair; press undo to change your answer")
+
+    previous = session.scalar(
+        select(Judgment.id).where(Judgment.comparison_id == comparison_id, Judgment.annotator_id == user.id,
+                                  Judgment.state == JudgmentState.retracted, Judgment.is_probe.is_(is_probe))
+        .order_by(Judgment.id.desc()).limit(1))
+    judgment = Judgment(
+        comparison_id=comparison_id, annotator_id=user.id, source=JudgmentSource.annotator,
+        choice=canonical_choice(shown, a_left), strength=strength, rationale=rationale, flags=sorted(set(flags)),
+        a_on_left=a_left, time_spent_ms=time_spent_ms, is_probe=is_probe, was_gold=comparison.is_gold,
+        model_version_id=lease.model_version_id if lease else None,
+        acquisition_strategy=lease.acquisition_strategy if lease else None,
+        acquisition_score=lease.acquisition_score if lease else None,
+        supersedes_id=previous, created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(judgment)
+            session.flush()
+    except IntegrityError:
+        raise QueueError("you already judged this pair; press undo to change your answer") from None
+    release_lease(session, comparison_id, user.id)
+    if not is_probe:
+        _bump_count(session, comparison_id, +1)
+    return Submitted(judgment.id, comparison_id, judgment.choice, is_probe)
+
+
+def _has_live(session: Session, comparison_id: int, annotator_id: int) -> bool:
+    return session.scalar(select(Judgment.id).where(
+        Judgment.comparison_id == comparison_id, Judgment.annotator_id == annotator_id,
+        Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False)).limit(1)) is not None
+
+
+def _bump_count(session: Session, comparison_id: int, delta: int) -> None:
+    """Atomically change the judgment count and keep the status in step with it."""
+    new_count = Comparison.judgment_count + delta
+    session.execute(
+        update(Comparison).where(Comparison.id == comparison_id).values(
+            judgment_count=new_count,
+            status=case(
+                (Comparison.status == ComparisonStatus.retired, Comparison.status),
+                (Comparison.is_gold, ComparisonStatus.open),
+                (new_count >= Comparison.overlap_target, ComparisonStatus.complete),
+                else_=ComparisonStatus.open,
+            ),
+        ).execution_options(synchronize_session=False))
+
+
+def undo_last(session: Session, settings: Settings, *, actor: Actor, now: datetime | None = None,
+              within: timedelta = timedelta(hours=12)) -> int | None:
+    """Retract the annotator's most recent judgment and hand the pair back to them.
+
+    Returns the comparison id, or None when there is nothing recent to undo.
+    """
+    user = require_active(session, actor)
+    now = now or utcnow()
+    last = session.scalar(
+        select(Judgment).where(Judgment.annotator_id == user.id, Judgment.state == JudgmentState.active,
+                               Judgment.created_at > now - within)
+        .order_by(Judgment.id.desc()).limit(1).with_for_update())
+    if last is None:
+        return None
+    last.state = JudgmentState.retracted
+    last.retracted_at = now
+    if not last.is_probe:
+        _bump_count(session, last.comparison_id, -1)
+    # Put the pair back in front of them, ahead of anything else they hold.
+    session.execute(update(Lease).where(Lease.annotator_id == user.id).values(created_at=now)
+                    .execution_options(synchronize_session=False))
+    release_lease(session, last.comparison_id, user.id)
+    session.add(Lease(comparison_id=last.comparison_id, annotator_id=user.id, is_probe=last.is_probe,
+                      is_gold=last.was_gold, created_at=now - timedelta(seconds=1),
+                      expires_at=now + timedelta(seconds=settings.lease_seconds),
+                      model_version_id=last.model_version_id, acquisition_strategy=last.acquisition_strategy,
+                      acquisition_score=last.acquisition_score))
+    session.flush()
+    return last.comparison_id
+
+
+@dataclass(frozen=True)
+class Progress:
+    judged_today: int
+    judged_total: int
+    remaining: int
+
+
+def progress(session: Session, *, actor: Actor, now: datetime | None = None) -> Progress:
+    """What the annotation page shows: judged today (UTC), in total, and pairs left for them."""
+    from annotate.queue import remaining_for
+
+    now = now or utcnow()
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    base = select(func.count(Judgment.id)).where(Judgment.annotator_id == actor.id,
+                                                 Judgment.state == JudgmentState.active)
+    return Progress(
+        judged_today=session.scalar(base.where(Judgment.created_at >= start)) or 0,
+        judged_total=session.scalar(base) or 0,
+        remaining=remaining_for(session, actor=actor),
+    )

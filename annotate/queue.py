@@ -1,0 +1,250 @@
+"""The annotation queue: which comparison an annotator judges next.
+
+A comparison is served to an annotator when it is open, needs more judgments,
+has not been judged (or skipped) by them, and is not leased to others beyond
+what its overlap allows; highest priority first. The claim inserts a lease.
+
+Concurrency: on PostgreSQL candidate rows are locked with ``FOR UPDATE SKIP
+LOCKED`` and the capacity is re-counted by a fresh statement *after* the lock
+is held (under READ COMMITTED a new statement sees every lease committed by
+whoever held the lock before). Submitting a judgment updates the comparison
+row, so it serialises with claims on that row. On SQLite every write
+transaction is ``BEGIN IMMEDIATE``, which serialises writers outright.
+
+Gold pairs and self-consistency probes are mixed in at the configured rates;
+both look exactly like any other pair in the UI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy.orm import Session
+
+from annotate.accounts import Actor, require_active
+from annotate.campaign import CampaignOptions
+from annotate.errors import NotFound
+from annotate.models import (
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    JudgmentState,
+    Lease,
+    Prompt,
+    Response,
+    utcnow,
+)
+from annotate.settings import Settings
+
+CANDIDATES_PER_CLAIM = 8
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A pair as one annotator sees it: left/right already resolved."""
+
+    comparison_id: int
+    prompt_text: str | None
+    prompt_messages: list[dict[str, Any]] | None
+    left_text: str
+    right_text: str
+    a_on_left: bool
+    expires_at: datetime
+    is_probe: bool
+
+    @property
+    def is_chat(self) -> bool:
+        return self.prompt_messages is not None
+
+
+def a_on_left_for(comparison_id: int, annotator_id: int, seed: int = 0) -> bool:
+    """Which side response A is shown on: random per (comparison, annotator), stable on reload."""
+    digest = hashlib.sha256(f"{seed}:{comparison_id}:{annotator_id}".encode()).digest()
+    return digest[0] & 1 == 1
+
+
+def _live_judgment(comparison_id, annotator_id):
+    return exists().where(
+        Judgment.comparison_id == comparison_id,
+        Judgment.annotator_id == annotator_id,
+        Judgment.state == JudgmentState.active,
+        Judgment.is_probe.is_(False),
+    )
+
+
+def _own_lease(comparison_id, annotator_id):
+    """Any lease row of mine for the pair: a live one, or one I skipped."""
+    return exists().where(Lease.comparison_id == comparison_id, Lease.annotator_id == annotator_id)
+
+
+def _others_live_leases(comparison_id, annotator_id, now):
+    return (
+        select(func.count(Lease.id))
+        .where(Lease.comparison_id == comparison_id, Lease.annotator_id != annotator_id,
+               Lease.expires_at > now, Lease.is_probe.is_(False))
+        .scalar_subquery()
+    )
+
+
+def _draw(seed: int, annotator_id: int, n_done: int, salt: str) -> float:
+    return random.Random(f"{seed}:{annotator_id}:{n_done}:{salt}").random()
+
+
+def next_comparison(session: Session, settings: Settings, options: CampaignOptions, *,
+                    actor: Actor, now: datetime | None = None) -> Assignment | None:
+    """Lease and return the next comparison for ``actor``, or None when nothing is left.
+
+    A live lease the annotator already holds is returned first, so a reload (or
+    a retrain that reorders the queue) never changes the pair on screen.
+    """
+    user = require_active(session, actor)
+    now = now or utcnow()
+    held = session.scalar(
+        select(Lease).where(Lease.annotator_id == user.id, Lease.expires_at > now, Lease.skipped.is_(False))
+        .order_by(Lease.created_at, Lease.id).limit(1))
+    if held is not None:
+        return _assignment(session, held)
+
+    n_done = session.scalar(select(func.count(Judgment.id)).where(Judgment.annotator_id == user.id)) or 0
+    lease = None
+    if n_done and _draw(settings.queue_seed, user.id, n_done, "probe") < options.probe_rate:
+        lease = _claim_probe(session, settings, user.id, now)
+    if lease is None and _draw(settings.queue_seed, user.id, n_done, "gold") < options.gold_rate:
+        lease = _claim(session, settings, user.id, now, gold=True)
+    if lease is None:
+        lease = _claim(session, settings, user.id, now, gold=False)
+    return _assignment(session, lease) if lease is not None else None
+
+
+def _claim(session: Session, settings: Settings, annotator_id: int, now: datetime, *, gold: bool) -> Lease | None:
+    base = (
+        select(Comparison.id)
+        .where(
+            Comparison.status == ComparisonStatus.open,
+            Comparison.is_gold.is_(gold),
+            ~_live_judgment(Comparison.id, annotator_id),
+            ~_own_lease(Comparison.id, annotator_id),
+        )
+        .order_by(Comparison.priority.desc(), Comparison.id.desc())
+        .limit(CANDIDATES_PER_CLAIM)
+    )
+    if not gold:
+        base = base.where(Comparison.judgment_count + _others_live_leases(Comparison.id, annotator_id, now)
+                          < Comparison.overlap_target)
+    if session.bind.dialect.name == "postgresql":
+        base = base.with_for_update(skip_locked=True, of=Comparison)
+    for comparison_id in session.scalars(base).all():
+        comparison = session.get(Comparison, comparison_id)
+        if not gold:
+            # Re-count with a fresh statement now that the row lock is held.
+            others = session.scalar(
+                select(func.count(Lease.id)).where(
+                    Lease.comparison_id == comparison_id, Lease.annotator_id != annotator_id,
+                    Lease.expires_at > now, Lease.is_probe.is_(False)))
+            count = session.scalar(select(Comparison.judgment_count).where(Comparison.id == comparison_id)
+                                   .execution_options(populate_existing=True))
+            if count + others >= comparison.overlap_target:
+                continue
+        lease = Lease(
+            comparison_id=comparison_id, annotator_id=annotator_id,
+            expires_at=now + timedelta(seconds=settings.lease_seconds), is_gold=gold,
+            model_version_id=comparison.priority_model_version_id,
+            acquisition_strategy=comparison.priority_strategy,
+            acquisition_score=comparison.priority_score,
+        )
+        session.add(lease)
+        session.flush()
+        return lease
+    return None
+
+
+def _claim_probe(session: Session, settings: Settings, annotator_id: int, now: datetime) -> Lease | None:
+    """Re-serve one of the annotator's own judged pairs (sides swapped), once."""
+    probed = select(Judgment.comparison_id).where(Judgment.annotator_id == annotator_id, Judgment.is_probe.is_(True))
+    candidates = session.scalars(
+        select(Judgment.comparison_id)
+        .where(Judgment.annotator_id == annotator_id, Judgment.state == JudgmentState.active,
+               Judgment.is_probe.is_(False), Judgment.comparison_id.not_in(probed),
+               Judgment.created_at < now - timedelta(minutes=2))
+        .order_by(Judgment.id.desc()).limit(50)).all()
+    if not candidates:
+        return None
+    rng = random.Random(f"{settings.queue_seed}:{annotator_id}:{len(candidates)}:probe-pick")
+    comparison_id = rng.choice(candidates)
+    session.execute(delete(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == annotator_id))
+    lease = Lease(comparison_id=comparison_id, annotator_id=annotator_id, is_probe=True,
+                  expires_at=now + timedelta(seconds=settings.lease_seconds))
+    session.add(lease)
+    session.flush()
+    return lease
+
+
+def shown_a_on_left(session: Session, lease: Lease, seed: int = 0) -> bool:
+    """Side of A for this lease; a probe swaps the side the original judgment saw."""
+    if not lease.is_probe:
+        return a_on_left_for(lease.comparison_id, lease.annotator_id, seed)
+    original = session.scalar(
+        select(Judgment.a_on_left).where(
+            Judgment.comparison_id == lease.comparison_id, Judgment.annotator_id == lease.annotator_id,
+            Judgment.is_probe.is_(False), Judgment.state == JudgmentState.active))
+    if original is None:
+        original = a_on_left_for(lease.comparison_id, lease.annotator_id, seed)
+    return not original
+
+
+def _assignment(session: Session, lease: Lease) -> Assignment:
+    comparison = session.get(Comparison, lease.comparison_id)
+    prompt = session.get(Prompt, comparison.prompt_id)
+    text_a = session.scalar(select(Response.text).where(Response.id == comparison.response_a_id))
+    text_b = session.scalar(select(Response.text).where(Response.id == comparison.response_b_id))
+    a_left = shown_a_on_left(session, lease)
+    return Assignment(
+        comparison_id=comparison.id, prompt_text=prompt.text, prompt_messages=prompt.messages,
+        left_text=text_a if a_left else text_b, right_text=text_b if a_left else text_a,
+        a_on_left=a_left, expires_at=lease.expires_at, is_probe=lease.is_probe)
+
+
+def release_lease(session: Session, comparison_id: int, annotator_id: int) -> None:
+    session.execute(delete(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == annotator_id))
+
+
+def skip(session: Session, *, actor: Actor, comparison_id: int, now: datetime | None = None) -> None:
+    """Release the pair to others and never serve it to this annotator again."""
+    require_active(session, actor)
+    now = now or utcnow()
+    lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == actor.id))
+    if lease is None:
+        raise NotFound("this pair is not assigned to you; reload the page")
+    lease.skipped = True
+    lease.expires_at = now
+
+
+def queue_depth(session: Session) -> int:
+    """Open, non-gold comparisons that still need judgments."""
+    return session.scalar(select(func.count(Comparison.id)).where(
+        Comparison.status == ComparisonStatus.open, Comparison.is_gold.is_(False))) or 0
+
+
+def remaining_for(session: Session, *, actor: Actor) -> int:
+    """Open comparisons this annotator could still be served (ignoring others' leases)."""
+    return session.scalar(select(func.count(Comparison.id)).where(
+        Comparison.status == ComparisonStatus.open, Comparison.is_gold.is_(False),
+        ~_live_judgment(Comparison.id, actor.id),
+        ~exists().where(and_(Lease.comparison_id == Comparison.id, Lease.annotator_id == actor.id,
+                             Lease.skipped.is_(True))))) or 0
+
+
+def expire_stale_leases(session: Session, *, now: datetime | None = None, older_than: timedelta = timedelta(days=1)) -> int:
+    """Delete long-expired, unskipped leases (housekeeping; expiry itself is by timestamp)."""
+    now = now or utcnow()
+    result = session.execute(delete(Lease).where(Lease.expires_at < now - older_than, Lease.skipped.is_(False)))
+    return result.rowcount or 0
+
+
+__all__ = ["Assignment", "a_on_left_for", "next_comparison", "skip", "queue_depth", "remaining_for",
+           "release_lease", "expire_stale_leases"]

@@ -1,0 +1,205 @@
+"""Queue and judgment services on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from annotate import judgments, queue
+from annotate.campaign import get_options
+from annotate.errors import PermissionDenied, QueueError
+from annotate.models import Comparison, ComparisonStatus, Judgment, JudgmentState, Lease, utcnow
+from tests.factories import make_comparisons, make_user
+
+
+@pytest.fixture
+def opts(db, settings):
+    with db.read() as s:
+        return get_options(s, settings)
+
+
+def _no_mix(opts):
+    from dataclasses import replace
+    return replace(opts, gold_rate=0.0, probe_rate=0.0)
+
+
+def test_highest_priority_first_and_stable_on_reload(db, settings, opts):
+    with db.begin() as s:
+        ann = make_user(s, "ann")
+        ids = make_comparisons(s, 5, priority=lambda i: i)  # the last one has the highest priority
+    with db.begin() as s:
+        first = queue.next_comparison(s, settings, _no_mix(opts), actor=ann)
+    with db.begin() as s:
+        again = queue.next_comparison(s, settings, _no_mix(opts), actor=ann)
+    assert first.comparison_id == ids[-1]
+    assert again.comparison_id == first.comparison_id  # reload: same pair, same sides
+    assert again.a_on_left == first.a_on_left
+
+
+def test_submit_maps_sides_and_advances(db, settings, opts):
+    with db.begin() as s:
+        ann = make_user(s, "ann")
+        make_comparisons(s, 3)
+    o = _no_mix(opts)
+    seen = []
+    for _ in range(3):
+        with db.begin() as s:
+            a = queue.next_comparison(s, settings, o, actor=ann)
+            seen.append(a)
+            judgments.submit(s, settings, actor=ann, comparison_id=a.comparison_id, shown="left", strength=2,
+                             rationale="  clearer ", flags=["unsafe"], time_spent_ms=1200)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=ann) is None
+        rows = {j.comparison_id: j for j in s.scalars(select(Judgment))}
+        for a in seen:
+            j = rows[a.comparison_id]
+            assert j.choice.value == ("a" if a.a_on_left else "b")
+            assert j.a_on_left == a.a_on_left and j.strength == 2 and j.rationale == "clearer"
+            assert j.flags == ["unsafe"]
+        assert s.scalar(select(func.count()).select_from(Lease)) == 0
+        assert all(c.status is ComparisonStatus.complete for c in s.scalars(select(Comparison)))
+
+
+def test_sides_are_random_but_recorded(db, settings, opts):
+    with db.begin() as s:
+        ann = make_user(s, "ann")
+        make_comparisons(s, 40)
+    sides = [queue.a_on_left_for(cid, ann.id) for cid in range(1, 41)]
+    assert 8 < sum(sides) < 32
+
+
+def test_overlap_two_serves_two_annotators_not_three(db, settings, opts):
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a, b, c = make_user(s, "a"), make_user(s, "b"), make_user(s, "c")
+        (cid,) = make_comparisons(s, 1, overlap=2)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a).comparison_id == cid
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=b).comparison_id == cid
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=c) is None  # two live leases fill overlap 2
+
+
+def test_expired_lease_frees_the_slot(db, settings, opts):
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        (cid,) = make_comparisons(s, 1)
+    with db.begin() as s:
+        queue.next_comparison(s, settings, o, actor=a)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=b) is None
+    later = utcnow() + timedelta(seconds=settings.lease_seconds + 1)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=b, now=later).comparison_id == cid
+    # the late judgment of the first annotator is still kept, never silently dropped
+    with db.begin() as s:
+        judgments.submit(s, settings, actor=a, comparison_id=cid, shown="tie", now=later)
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Judgment)) == 1
+
+
+def test_double_submit_is_refused_not_duplicated(db, settings, opts):
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 2)
+    with db.begin() as s:
+        cid = queue.next_comparison(s, settings, o, actor=a).comparison_id
+        judgments.submit(s, settings, actor=a, comparison_id=cid, shown="left")
+    with pytest.raises(QueueError), db.begin() as s:
+        judgments.submit(s, settings, actor=a, comparison_id=cid, shown="right")
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Judgment)) == 1
+
+
+def test_undo_retracts_and_serves_again_then_supersedes(db, settings, opts):
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 3)
+    with db.begin() as s:
+        cid = queue.next_comparison(s, settings, o, actor=a).comparison_id
+        first = judgments.submit(s, settings, actor=a, comparison_id=cid, shown="left")
+    with db.begin() as s:
+        queue.next_comparison(s, settings, o, actor=a)  # holds the next pair now
+        assert judgments.undo_last(s, settings, actor=a) == cid
+    with db.begin() as s:
+        again = queue.next_comparison(s, settings, o, actor=a)
+        assert again.comparison_id == cid
+        assert s.get(Comparison, cid).status is ComparisonStatus.open
+        second = judgments.submit(s, settings, actor=a, comparison_id=cid, shown="right")
+    with db.read() as s:
+        old, new = s.get(Judgment, first.judgment_id), s.get(Judgment, second.judgment_id)
+        assert old.state is JudgmentState.retracted and old.retracted_at is not None
+        assert new.state is JudgmentState.active and new.supersedes_id == old.id
+        assert new.choice != old.choice
+        assert s.get(Comparison, cid).judgment_count == 1
+
+
+def test_skip_releases_and_is_not_served_again(db, settings, opts):
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        make_comparisons(s, 2, priority=lambda i: i)
+    with db.begin() as s:
+        first = queue.next_comparison(s, settings, o, actor=a).comparison_id
+        queue.skip(s, actor=a, comparison_id=first)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a).comparison_id != first
+        assert queue.next_comparison(s, settings, o, actor=b).comparison_id == first
+
+
+def test_gold_pairs_are_mixed_in_at_rate(db, settings, opts):
+    from dataclasses import replace
+    o = replace(opts, gold_rate=0.3, probe_rate=0.0)
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 60)
+        gold = set(make_comparisons(s, 30, gold=True, start=1000))
+    served_gold = 0
+    for _ in range(40):
+        with db.begin() as s:
+            asg = queue.next_comparison(s, settings, o, actor=a)
+            served_gold += asg.comparison_id in gold
+            judgments.submit(s, settings, actor=a, comparison_id=asg.comparison_id, shown="left")
+    assert 4 <= served_gold <= 22
+    with db.read() as s:
+        assert all(c.status is ComparisonStatus.open for c in s.scalars(select(Comparison).where(Comparison.is_gold)))
+
+
+def test_probe_repeats_with_sides_swapped(db, settings, opts):
+    from dataclasses import replace
+    o = replace(opts, gold_rate=0.0, probe_rate=0.5)
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 30)
+    t = utcnow() - timedelta(hours=1)
+    probes = 0
+    for i in range(20):
+        now = t + timedelta(minutes=5 * i)
+        with db.begin() as s:
+            asg = queue.next_comparison(s, settings, o, actor=a, now=now)
+            if asg.is_probe:
+                probes += 1
+                orig = s.scalar(select(Judgment).where(Judgment.comparison_id == asg.comparison_id,
+                                                       Judgment.is_probe.is_(False)))
+                assert asg.a_on_left == (not orig.a_on_left)
+            judgments.submit(s, settings, actor=a, comparison_id=asg.comparison_id, shown="left", now=now)
+    assert probes >= 3
+    with db.read() as s:
+        # a probe never counts toward overlap and never completes or reopens anything
+        assert all(c.judgment_count <= 1 for c in s.scalars(select(Comparison)))
+
+
+def test_deactivated_annotator_cannot_take_work(db, settings, opts):
+    from annotate.accounts import set_active
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 1)
+        set_active(s, "a", False, system=True)
+    with pytest.raises(PermissionDenied), db.begin() as s:
+        queue.next_comparison(s, settings, opts, actor=a)
