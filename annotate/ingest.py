@@ -1,0 +1,1047 @@
+"""Importing preference data: parse and validate a file, then write it in bulk.
+
+Accepted formats (JSON Lines, ``.jsonl.gz``, ``.json`` arrays or CSV):
+
+``pairs``
+    ``prompt``, ``response_a``, ``response_b``; optional ``id``, ``prompt_id``,
+    ``response_a_id``, ``response_b_id``, ``generator_a``, ``generator_b``,
+    ``metadata`` (object), ``source``/``tag`` and a known ``winner``
+    (``a``, ``b``, ``tie``, ``both_bad``). A and B keep the file's order.
+``kwise``
+    ``prompt`` and ``responses`` (strings or objects with ``text`` and optional
+    ``generator``, ``id``, ``metadata``), optional known outcomes
+    ``comparisons: [{"a": i, "b": j, "winner": ...}]``. Every unordered pair
+    of responses becomes a comparison, A being the lower index.
+``trl``
+    TRL's preference format: ``prompt``/``chosen``/``rejected`` as text or as
+    message lists, or the implicit-prompt form (only ``chosen``/``rejected``
+    message lists whose shared prefix is the prompt). The chosen side wins.
+``hh``
+    Anthropic HH-RLHF transcripts: ``chosen``/``rejected`` strings of
+    ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` turns. The shared conversation up
+    to the final ``\\n\\nAssistant:`` becomes the prompt (chat messages), the
+    rest the two responses.
+
+A prompt is a string or a list of ``{"role": "user"|"assistant"|"system",
+"content": str}`` messages (in CSV a JSON list in the cell). For ``trl`` and
+``hh`` A/B is ordered by the responses' content hash, so position carries no
+label.
+
+:func:`parse_file` is pure (no database); :func:`import_file` validates every
+row first and writes nothing if any row is bad, then inserts in bulk with
+batched existence checks by content hash, so importing the same content again
+adds nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from annotate.accounts import Actor, audit, require_admin
+from annotate.errors import ImportValidationError, PrefloopError
+from annotate.models import (
+    Choice,
+    Comparison,
+    ComparisonStatus,
+    ImportBatch,
+    Judgment,
+    JudgmentSource,
+    JudgmentState,
+    Prompt,
+    Response,
+)
+from annotate.settings import Settings
+
+FORMATS = ("pairs", "kwise", "trl", "hh")
+FORMAT_HELP = (
+    "pairs (prompt, response_a, response_b[, winner]), "
+    "kwise (prompt, responses[, comparisons]), "
+    "trl (prompt, chosen, rejected - or chosen/rejected message lists with a shared prompt prefix), "
+    "hh (chosen/rejected '\\n\\nHuman: ... \\n\\nAssistant: ...' transcripts)"
+)
+CSV_COLUMNS = {
+    "pairs": ("prompt", "response_a", "response_b"),
+    "kwise": ("prompt", "responses"),
+    "trl": ("prompt", "chosen", "rejected"),
+    "hh": ("chosen", "rejected"),
+}
+OPTIONAL_FIELDS = {
+    "pairs": {"id", "prompt_id", "response_a_id", "response_b_id", "generator_a", "generator_b",
+              "metadata", "source", "tag", "winner"},
+    "kwise": {"id", "prompt_id", "comparisons", "metadata", "source", "tag"},
+    "trl": {"id", "prompt_id", "metadata", "source", "tag"},
+    "hh": {"id", "source", "tag"},
+}
+ROLES = ("user", "assistant", "system")
+WINNERS = {c.value: c for c in Choice}
+HH_ASSISTANT = "\n\nAssistant:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLE = {"Human": "user", "Assistant": "assistant"}
+_TEXT_LABEL = {"user": "Human", "assistant": "Assistant", "system": "System"}
+MAX_TAG_CHARS = 128
+MAX_ID_CHARS = 256
+MAX_REPORTED = 20
+_CHUNK = 500
+_INSERT_BATCH = 2000
+
+
+def content_hash(value: str | bytes) -> str:
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return hashlib.sha256(data).hexdigest()
+
+
+def prompt_hash(prompt: str | list[dict]) -> str:
+    """sha256 of a canonical JSON of the prompt text or its messages (role, content)."""
+    body = {"text": prompt} if isinstance(prompt, str) else {"messages": prompt}
+    return content_hash(json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")))
+
+
+def seeded_priority(seed: int, p_hash: str, hash_a: str, hash_b: str) -> float:
+    """A reproducible pseudo-random queue priority in [0, 1) for one comparison."""
+    lo, hi = sorted((hash_a, hash_b))
+    digest = hashlib.sha256(f"{seed}:{p_hash}:{lo}:{hi}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _flip(choice: Choice | None) -> Choice | None:
+    if choice is Choice.a:
+        return Choice.b
+    if choice is Choice.b:
+        return Choice.a
+    return choice
+
+
+@dataclass(frozen=True)
+class ParsedComparison:
+    """One candidate comparison read from a file, in canonical A/B order.
+
+    ``winner`` is the known outcome in those canonical terms (None when the
+    file gives none). ``line`` is the 1-based line where the row starts.
+    """
+
+    line: int
+    prompt: str | list[dict]
+    response_a: str
+    response_b: str
+    winner: Choice | None = None
+    prompt_id: str | None = None
+    row_id: str | None = None
+    response_a_id: str | None = None
+    response_b_id: str | None = None
+    generator_a: str | None = None
+    generator_b: str | None = None
+    response_a_meta: dict | None = None
+    response_b_meta: dict | None = None
+    metadata: dict | None = None
+    source_tag: str | None = None
+    prompt_hash: str = ""
+    hash_a: str = ""
+    hash_b: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.prompt_hash:
+            object.__setattr__(self, "prompt_hash", prompt_hash(self.prompt))
+        if not self.hash_a:
+            object.__setattr__(self, "hash_a", content_hash(self.response_a))
+        if not self.hash_b:
+            object.__setattr__(self, "hash_b", content_hash(self.response_b))
+
+    @property
+    def pair_key(self) -> tuple[str, str, str]:
+        """The unordered pair: (prompt hash, lower response hash, higher response hash)."""
+        lo, hi = sorted((self.hash_a, self.hash_b))
+        return self.prompt_hash, lo, hi
+
+
+@dataclass
+class ParsedFile:
+    """The result of :func:`parse_file`: comparisons, or the problems that stop an import."""
+
+    format: str
+    comparisons: list[ParsedComparison]
+    problems: list[tuple[int, str]]
+    notes: list[str]
+    rows: int = 0
+    """Data rows read (k-wise rows yield several comparisons each)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def preview(self, n: int = 10) -> list[dict]:
+        """The first ``n`` comparisons as plain rows for an admin preview table."""
+        return [{
+            "line": c.line,
+            "prompt": _short(_prompt_display(c.prompt)),
+            "response_a": _short(c.response_a),
+            "response_b": _short(c.response_b),
+            "generator_a": c.generator_a,
+            "generator_b": c.generator_b,
+            "winner": c.winner.value if c.winner else None,
+            "source": c.source_tag,
+        } for c in self.comparisons[:n]]
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _prompt_display(prompt: str | list[dict]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    last = prompt[-1]["content"] if prompt else ""
+    return f"[{len(prompt)} turns] {last}" if len(prompt) > 1 else last
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import added (and found already present)."""
+
+    format: str
+    rows: int
+    prompts_added: int
+    responses_added: int
+    comparisons_added: int
+    comparisons_existing: int
+    judgments_added: int
+    gold_added: int
+    notes: list[str] = field(default_factory=list)
+    batch_id: int | None = None
+
+    def summary(self) -> str:
+        """One human-readable paragraph for the CLI and the admin page."""
+        text = (f"{self.format}: {self.rows} rows; added {self.comparisons_added} comparisons "
+                f"({self.comparisons_existing} already present), {self.prompts_added} prompts, "
+                f"{self.responses_added} responses, {self.judgments_added} imported judgments, "
+                f"{self.gold_added} gold pairs.")
+        return "\n".join([text, *self.notes])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_bytes(source: str | Path | bytes, max_bytes: int) -> tuple[bytes, str | None]:
+    limit_msg = (f"the file is larger than the {max_bytes / 2**20:g} MB import limit; split it or raise "
+                 "PREFLOOP_MAX_UPLOAD_MB")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > max_bytes:
+            raise ImportValidationError(limit_msg)
+        name = None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImportValidationError(f"no such file: {path}")
+        if path.stat().st_size > max_bytes:
+            raise ImportValidationError(limit_msg)
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ImportValidationError(limit_msg)
+        name = path.name
+    return data, name
+
+
+def _decompress(data: bytes, max_bytes: int) -> bytes:
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+            out = gz.read(max_bytes + 1)
+    except (OSError, EOFError) as exc:
+        raise ImportValidationError(f"the file looks gzip-compressed but cannot be decompressed ({exc})") from None
+    if len(out) > max_bytes:
+        raise ImportValidationError(
+            f"the file decompresses to more than the {max_bytes / 2**20:g} MB import limit; split it or raise "
+            "PREFLOOP_MAX_UPLOAD_MB")
+    return out
+
+
+def _container(name: str | None, text_head: str) -> str:
+    lowered = (name or "").lower()
+    if lowered.endswith(".gz"):
+        lowered = lowered[:-3]
+    if lowered.endswith(".csv"):
+        return "csv"
+    if lowered.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    first = text_head.lstrip()[:1]
+    if first == "[":
+        return "json"
+    if first == "{":
+        return "jsonl"
+    if lowered.endswith(".json"):
+        return "json"
+    return "csv"
+
+
+def _decode_lines(data: bytes, problems: list[tuple[int, str]]) -> list[str]:
+    """Split into lines and decode each as UTF-8, reporting the lines that are not."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        pass
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            problems.append((number, f"not valid UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8"))
+            lines.append(raw.decode("utf-8", errors="replace"))
+    return lines
+
+
+def _jsonl_records(lines: list[str], problems: list[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append((number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+
+
+def _json_array_records(text: str) -> Iterator[tuple[int, Any]]:
+    """Elements of a top-level JSON array, each with the line it starts on."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImportValidationError(
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            [(exc.lineno, f"invalid JSON ({exc.msg})")]) from None
+    if not isinstance(items, list):
+        raise ImportValidationError("a .json file must hold an array of rows; use JSON Lines for one row per line")
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"[\s,]*")
+    pos = ws.match(text, text.index("[") + 1).end()
+    line, counted = 1, 0
+    for item in items:
+        line += text.count("\n", counted, pos)
+        counted = pos
+        yield line, item
+        _, end = decoder.raw_decode(text, pos)
+        pos = ws.match(text, end).end()
+
+
+_JSON_CELLS = {"responses", "comparisons", "metadata"}
+
+
+def _csv_records(lines: list[str], problems: list[tuple[int, str]], fmt: str | None,
+                 notes: list[str]) -> tuple[Iterator[tuple[int, Any]], str | None]:
+    reader = csv.reader(io.StringIO("\n".join(lines), newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ImportValidationError("the file is empty") from None
+    except csv.Error as exc:
+        raise ImportValidationError(f"line 1: unreadable CSV header ({exc})") from None
+    header = [h.strip() for h in header]
+    columns = set(header)
+    expected = "; ".join(f"{name}: {', '.join(cols)}" for name, cols in CSV_COLUMNS.items())
+    if fmt is None:
+        for name in ("pairs", "kwise", "trl", "hh"):
+            if set(CSV_COLUMNS[name]) <= columns and not (name == "hh" and "prompt" in columns):
+                fmt = name
+                break
+        else:
+            raise ImportValidationError(
+                f"line 1: unrecognised CSV columns ({', '.join(header)}); expected one of - {expected}",
+                [(1, f"wrong CSV columns; expected one of - {expected}")])
+    missing = [c for c in CSV_COLUMNS[fmt] if c not in columns]
+    if missing:
+        raise ImportValidationError(
+            f"line 1: the CSV lacks the column(s) {', '.join(missing)} needed for the {fmt} format "
+            f"(expected: {', '.join(CSV_COLUMNS[fmt])})",
+            [(1, f"missing CSV column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS[fmt])}")])
+    known = set(CSV_COLUMNS[fmt]) | OPTIONAL_FIELDS[fmt]
+    ignored = [h for h in header if h not in known]
+    if ignored:
+        notes.append(f"ignored CSV column(s): {', '.join(ignored)}")
+
+    def records() -> Iterator[tuple[int, Any]]:
+        last = reader.line_num
+        while True:
+            start = last + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                problems.append((start, f"unreadable CSV row ({exc})"))
+                return
+            last = reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                problems.append((start, f"has {len(row)} cells but the header has {len(header)} columns"))
+                continue
+            obj: dict[str, Any] = {}
+            bad = False
+            for key, cell in zip(header, row):
+                if key not in known or cell == "":
+                    continue
+                if key in _JSON_CELLS or (key in ("prompt", "chosen", "rejected") and cell.lstrip().startswith("[")):
+                    try:
+                        value = json.loads(cell)
+                    except json.JSONDecodeError as exc:
+                        if key in _JSON_CELLS:
+                            problems.append((start, f"column {key!r} is not valid JSON ({exc.msg})"))
+                            bad = True
+                            break
+                        value = cell
+                    if key not in _JSON_CELLS and not (isinstance(value, list) and all(
+                            isinstance(m, dict) for m in value)):
+                        value = cell
+                    obj[key] = value
+                else:
+                    obj[key] = cell
+            if not bad:
+                yield start, obj
+
+    return records(), fmt
+
+
+# --------------------------------------------------------------------------- row parsing
+
+
+class _RowError(Exception):
+    pass
+
+
+def _detect_row(obj: dict) -> str | None:
+    if "responses" in obj:
+        return "kwise"
+    if "response_a" in obj or "response_b" in obj:
+        return "pairs"
+    if "chosen" in obj or "rejected" in obj:
+        if "prompt" in obj:
+            return "trl"
+        if isinstance(obj.get("chosen"), str) and isinstance(obj.get("rejected"), str):
+            return "hh"
+        return "trl"
+    return None
+
+
+def _opt_str(obj: dict, key: str, limit: int) -> str | None:
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _RowError(f"{key!r} must be a string")
+    value = str(value)
+    if len(value) > limit:
+        raise _RowError(f"{key!r} is longer than {limit} characters")
+    return value
+
+
+def _opt_dict(obj: dict, key: str) -> dict | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _RowError(f"{key!r} must be a JSON object")
+    return value
+
+
+def _tag(obj: dict) -> str | None:
+    tag = _opt_str(obj, "source", MAX_TAG_CHARS)
+    return tag if tag is not None else _opt_str(obj, "tag", MAX_TAG_CHARS)
+
+
+def _text(value: Any, what: str, max_chars: int, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _RowError(f"{what} must be a string, not {_json_type(value)}")
+    if not allow_empty and not value.strip():
+        raise _RowError(f"{what} is empty")
+    if len(value) > max_chars:
+        raise _RowError(f"{what} is longer than the {max_chars:,}-character limit ({len(value):,} characters; "
+                        "PREFLOOP_MAX_TEXT_CHARS)")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _messages(value: Any, what: str, max_chars: int) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise _RowError(f"{what} must be a non-empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise _RowError(f"{what}[{i}] must be an object with 'role' and 'content'")
+        role = m.get("role")
+        if role not in ROLES:
+            raise _RowError(f"{what}[{i}] has role {role!r}; roles are {', '.join(ROLES)}")
+        content = m.get("content")
+        if not isinstance(content, str):
+            raise _RowError(f"{what}[{i}].content must be a string, not {_json_type(content)}")
+        out.append({"role": role, "content": content})
+    total = sum(len(m["content"]) for m in out)
+    if not any(m["content"].strip() for m in out):
+        raise _RowError(f"{what} is empty")
+    if total > max_chars:
+        raise _RowError(f"{what} is longer than the {max_chars:,}-character limit ({total:,} characters; "
+                        "PREFLOOP_MAX_TEXT_CHARS)")
+    return out
+
+
+def _prompt(value: Any, max_chars: int) -> str | list[dict]:
+    if isinstance(value, list):
+        return _messages(value, "prompt", max_chars)
+    if value is None:
+        raise _RowError("missing field 'prompt'")
+    return _text(value, "prompt", max_chars)
+
+
+def _messages_text(messages: list[dict]) -> str:
+    """Render response message(s) as one text: a leading assistant turn plain, later turns labelled."""
+    parts = []
+    for i, m in enumerate(messages):
+        if i == 0 and m["role"] == "assistant":
+            parts.append(m["content"])
+        else:
+            parts.append(f"\n\n{_TEXT_LABEL[m['role']]}: {m['content']}")
+    return "".join(parts)
+
+
+def _winner(value: Any, what: str = "winner") -> Choice | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().lower() in WINNERS:
+        return WINNERS[value.strip().lower()]
+    raise _RowError(f"unknown {what} {value!r}; use one of {', '.join(WINNERS)}")
+
+
+def _require(obj: dict, *keys: str) -> None:
+    missing = [k for k in keys if obj.get(k) is None]
+    if missing:
+        raise _RowError(f"missing field(s) {', '.join(repr(k) for k in missing)}")
+
+
+def _parse_pairs(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]:
+    _require(obj, "prompt", "response_a", "response_b")
+    prompt = _prompt(obj["prompt"], max_chars)
+    a = _text(obj["response_a"], "response_a", max_chars)
+    b = _text(obj["response_b"], "response_b", max_chars)
+    if a == b:
+        raise _RowError("response_a and response_b are identical")
+    return [ParsedComparison(
+        line=line, prompt=prompt, response_a=a, response_b=b, winner=_winner(obj.get("winner")),
+        prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS), row_id=_opt_str(obj, "id", MAX_ID_CHARS),
+        response_a_id=_opt_str(obj, "response_a_id", MAX_ID_CHARS),
+        response_b_id=_opt_str(obj, "response_b_id", MAX_ID_CHARS),
+        generator_a=_opt_str(obj, "generator_a", MAX_ID_CHARS),
+        generator_b=_opt_str(obj, "generator_b", MAX_ID_CHARS),
+        metadata=_opt_dict(obj, "metadata"), source_tag=_tag(obj))]
+
+
+def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]:
+    _require(obj, "prompt", "responses")
+    prompt = _prompt(obj["prompt"], max_chars)
+    items = obj["responses"]
+    if not isinstance(items, list) or len(items) < 2:
+        raise _RowError("'responses' must be a list of at least 2 responses")
+    texts, gens, ids, metas = [], [], [], []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            if "text" not in item:
+                raise _RowError(f"responses[{i}] needs a 'text' field")
+            texts.append(_text(item["text"], f"responses[{i}].text", max_chars))
+            gens.append(_opt_str(item, "generator", MAX_ID_CHARS))
+            ids.append(_opt_str(item, "id", MAX_ID_CHARS))
+            metas.append(_opt_dict(item, "metadata"))
+        else:
+            texts.append(_text(item, f"responses[{i}]", max_chars))
+            gens.append(None), ids.append(None), metas.append(None)
+    seen: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        if t in seen:
+            raise _RowError(f"responses[{seen[t]}] and responses[{i}] are identical")
+        seen[t] = i
+    outcomes: dict[tuple[int, int], Choice] = {}
+    raw_outcomes = obj.get("comparisons") or []
+    if not isinstance(raw_outcomes, list):
+        raise _RowError("'comparisons' must be a list of {\"a\": i, \"b\": j, \"winner\": ...}")
+    k = len(texts)
+    for n, oc in enumerate(raw_outcomes):
+        if not isinstance(oc, dict):
+            raise _RowError(f"comparisons[{n}] must be an object with 'a', 'b' and 'winner'")
+        i, j = oc.get("a"), oc.get("b")
+        for name, idx in (("a", i), ("b", j)):
+            if isinstance(idx, bool) or not isinstance(idx, int):
+                raise _RowError(f"comparisons[{n}].{name} must be a response index (0 to {k - 1})")
+            if not 0 <= idx < k:
+                raise _RowError(f"comparisons[{n}].{name} = {idx} is out of range (0 to {k - 1})")
+        if i == j:
+            raise _RowError(f"comparisons[{n}] compares response {i} with itself")
+        choice = _winner(oc.get("winner"), f"comparisons[{n}].winner")
+        if choice is None:
+            raise _RowError(f"comparisons[{n}] has no winner")
+        key, canon = ((i, j), choice) if i < j else ((j, i), _flip(choice))
+        if key in outcomes and outcomes[key] is not canon:
+            raise _RowError(f"comparisons[{n}] contradicts an earlier outcome for responses {key[0]} and {key[1]}")
+        outcomes[key] = canon
+    prompt_id, row_id = _opt_str(obj, "prompt_id", MAX_ID_CHARS), _opt_str(obj, "id", MAX_ID_CHARS)
+    meta, tag = _opt_dict(obj, "metadata"), _tag(obj)
+    p_hash = prompt_hash(prompt)
+    hashes = [content_hash(t) for t in texts]
+    return [ParsedComparison(
+        line=line, prompt=prompt, response_a=texts[i], response_b=texts[j], winner=outcomes.get((i, j)),
+        prompt_id=prompt_id, row_id=row_id, response_a_id=ids[i], response_b_id=ids[j],
+        generator_a=gens[i], generator_b=gens[j], response_a_meta=metas[i], response_b_meta=metas[j],
+        metadata=meta, source_tag=tag, prompt_hash=p_hash, hash_a=hashes[i], hash_b=hashes[j])
+        for i in range(k) for j in range(i + 1, k)]
+
+
+def _by_hash(line: int, prompt, chosen: str, rejected: str, **extra) -> ParsedComparison:
+    hc, hr = content_hash(chosen), content_hash(rejected)
+    if hc < hr:
+        return ParsedComparison(line=line, prompt=prompt, response_a=chosen, response_b=rejected,
+                                winner=Choice.a, hash_a=hc, hash_b=hr, **extra)
+    return ParsedComparison(line=line, prompt=prompt, response_a=rejected, response_b=chosen,
+                            winner=Choice.b, hash_a=hr, hash_b=hc, **extra)
+
+
+def _parse_trl(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]:
+    _require(obj, "chosen", "rejected")
+    chosen, rejected = obj["chosen"], obj["rejected"]
+    if isinstance(chosen, list) != isinstance(rejected, list):
+        raise _RowError("'chosen' and 'rejected' must both be text or both be message lists")
+    if "prompt" in obj and obj["prompt"] is not None:
+        prompt = _prompt(obj["prompt"], max_chars)
+        if isinstance(chosen, list):
+            chosen = _messages_text(_messages(chosen, "chosen", max_chars))
+            rejected = _messages_text(_messages(rejected, "rejected", max_chars))
+    else:
+        if not isinstance(chosen, list):
+            raise _RowError("without a 'prompt', 'chosen' and 'rejected' must be message lists "
+                            "(or HH transcripts starting with '\\n\\nHuman:')")
+        c = _messages(chosen, "chosen", 2 ** 62)
+        r = _messages(rejected, "rejected", 2 ** 62)
+        n = 0
+        while n < min(len(c), len(r)) and c[n] == r[n]:
+            n += 1
+        if n == 0:
+            raise _RowError("'chosen' and 'rejected' share no leading messages, so there is no implicit prompt; "
+                            "add a 'prompt' field")
+        if n == len(c) or n == len(r):
+            raise _RowError("one of 'chosen'/'rejected' has nothing after the shared prompt")
+        prompt = _messages(c[:n], "prompt", max_chars)
+        chosen, rejected = _messages_text(c[n:]), _messages_text(r[n:])
+    chosen = _text(chosen, "chosen", max_chars)
+    rejected = _text(rejected, "rejected", max_chars)
+    if chosen == rejected:
+        raise _RowError("'chosen' and 'rejected' are identical")
+    return [_by_hash(line, prompt, chosen, rejected, prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS),
+                     row_id=_opt_str(obj, "id", MAX_ID_CHARS), metadata=_opt_dict(obj, "metadata"),
+                     source_tag=_tag(obj))]
+
+
+def _hh_messages(transcript: str) -> list[dict]:
+    parts = _HH_TURN.split(transcript)
+    if parts[0].strip():
+        raise _RowError("an HH transcript must start with '\\n\\nHuman:'")
+    return [{"role": _HH_ROLE[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2)]
+
+
+def _parse_hh(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparison], bool, bool]:
+    """Returns the comparison, whether the row diverged before its final turn, and whether a response is empty."""
+    _require(obj, "chosen", "rejected")
+    chosen, rejected = obj["chosen"], obj["rejected"]
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, str):
+            raise _RowError(f"{name!r} must be a transcript string, not {_json_type(value)}")
+    if chosen == rejected:
+        raise _RowError("'chosen' and 'rejected' are identical")
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    split = chosen.rfind(HH_ASSISTANT, 0, n)
+    if split < 0:
+        raise _RowError("no shared '\\n\\nAssistant:' turn before chosen and rejected differ")
+    diverged = chosen.rfind(HH_ASSISTANT) != split or rejected.rfind(HH_ASSISTANT) != split
+    messages = _hh_messages(chosen[:split])
+    if not messages:
+        raise _RowError("the shared conversation has no Human turn")
+    prompt = _messages(messages, "prompt", max_chars)
+    start = split + len(HH_ASSISTANT)
+    # The real data has empty final assistant turns ("said nothing"); they are kept as empty responses.
+    c = _text(chosen[start:].strip(), "chosen response", max_chars, allow_empty=True)
+    r = _text(rejected[start:].strip(), "rejected response", max_chars, allow_empty=True)
+    if c == r:
+        raise _RowError("chosen and rejected responses are identical apart from surrounding whitespace")
+    return [_by_hash(line, prompt, c, r, row_id=_opt_str(obj, "id", MAX_ID_CHARS), source_tag=_tag(obj))], \
+        diverged, not c or not r
+
+
+def _lines_note(lines: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(x) for x in lines[:limit])
+    return shown + (f", ... ({len(lines) - limit} more)" if len(lines) > limit else "")
+
+
+def _normalise_fmt(fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    name = fmt.strip().lower().replace("-", "")
+    if name not in FORMATS:
+        raise ImportValidationError(f"unknown format {fmt!r}; accepted formats: {FORMAT_HELP}")
+    return name
+
+
+def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: int,
+                max_bytes: int) -> ParsedFile:
+    fmt = _normalise_fmt(fmt)
+    data = _decompress(data, max_bytes)
+    if not data.strip():
+        raise ImportValidationError("the file is empty")
+    problems: list[tuple[int, str]] = []
+    notes: list[str] = []
+    lines = _decode_lines(data, problems)
+    container = _container(name, "\n".join(lines[:5])[:1000])
+    if container == "csv":
+        records, fmt = _csv_records(lines, problems, fmt, notes)
+    elif container == "json":
+        records = _json_array_records("\n".join(lines))
+    else:
+        records = _jsonl_records(lines, problems)
+
+    comparisons: list[ParsedComparison] = []
+    diverged: list[int] = []
+    empty: list[int] = []
+    rows = 0
+    file_fmt = fmt
+    for line, obj in records:
+        rows += 1
+        if not isinstance(obj, dict):
+            problems.append((line, f"a row must be a JSON object, not {_json_type(obj)}"))
+            continue
+        row_fmt = _detect_row(obj)
+        if file_fmt is None:
+            if row_fmt is None:
+                problems.append((line, f"unrecognised row (fields: {', '.join(sorted(obj)) or 'none'}); "
+                                       f"accepted formats: {FORMAT_HELP}"))
+                continue
+            file_fmt = row_fmt
+        elif fmt is None and row_fmt != file_fmt:
+            problems.append((line, f"row looks like {row_fmt or 'no known format'} but earlier rows are "
+                                   f"{file_fmt}; one file must use one format"))
+            continue
+        try:
+            if file_fmt == "pairs":
+                comparisons.extend(_parse_pairs(line, obj, max_text_chars))
+            elif file_fmt == "kwise":
+                comparisons.extend(_parse_kwise(line, obj, max_text_chars))
+            elif file_fmt == "trl":
+                comparisons.extend(_parse_trl(line, obj, max_text_chars))
+            else:
+                parsed, div, has_empty = _parse_hh(line, obj, max_text_chars)
+                comparisons.extend(parsed)
+                if div:
+                    diverged.append(line)
+                if has_empty:
+                    empty.append(line)
+        except _RowError as exc:
+            problems.append((line, str(exc)))
+
+    if rows == 0 and not problems:
+        raise ImportValidationError("the file has no data rows")
+    if file_fmt is None:
+        raise ImportValidationError(f"could not detect the file's format; accepted formats: {FORMAT_HELP}",
+                                    sorted(problems))
+    if diverged:
+        notes.append(f"{len(diverged)} HH rows diverge before the final assistant turn (lines "
+                     f"{_lines_note(diverged)}): split at the last shared turn, later turns kept in the responses")
+    if empty:
+        notes.append(f"{len(empty)} HH rows have an empty response (lines {_lines_note(empty)}): kept as empty text")
+    seen: dict[tuple, int] = {}
+    duplicates: list[int] = []
+    for c in comparisons:
+        key = (*c.pair_key, c.winner if c.hash_a == c.pair_key[1] else _flip(c.winner))
+        if key in seen:
+            duplicates.append(c.line)
+        else:
+            seen[key] = c.line
+    if duplicates:
+        lines_dup = sorted(set(duplicates))
+        notes.append(f"{len(duplicates)} duplicate comparisons (lines {_lines_note(lines_dup)}) repeat earlier "
+                     "rows and are imported once")
+    problems.sort(key=lambda p: p[0])
+    return ParsedFile(format=file_fmt, comparisons=comparisons, problems=problems, notes=notes, rows=rows)
+
+
+def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None, fmt: str | None = None,
+               max_text_chars: int = 50_000, max_bytes: int = 200 * 2**20) -> ParsedFile:
+    """Pure: reads and validates, touches no database. Detects the format when fmt is None.
+
+    Row problems (with 1-based line numbers) are collected in ``problems``;
+    file-level problems (too large, empty, unknown format, wrong CSV columns)
+    raise :class:`ImportValidationError`.
+    """
+    data, name = _read_bytes(path_or_bytes, max_bytes)
+    return _parse_data(data, filename or name, fmt, max_text_chars, max_bytes)
+
+
+def problems_message(problems: list[tuple[int, str]], filename: str | None = None) -> str:
+    """The user-facing text for bad rows (up to 20 listed)."""
+    where = f" in {filename}" if filename else ""
+    head = (f"{len(problems)} problem{'s' if len(problems) != 1 else ''}{where}; nothing was imported. "
+            "Fix these rows and import the file again:")
+    body = [f"  line {line}: {reason}" for line, reason in problems[:MAX_REPORTED]]
+    if len(problems) > MAX_REPORTED:
+        body.append(f"  ... and {len(problems) - MAX_REPORTED} more")
+    return "\n".join([head, *body])
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _bulk_insert(session: Session, model, rows: list[dict], returning) -> list:
+    """ORM bulk INSERT ... RETURNING in batches (one statement per batch, not per row)."""
+    out = []
+    for batch in _chunks(rows, _INSERT_BATCH):
+        out.extend(session.execute(insert(model).returning(*returning), batch).all())
+    return out
+
+
+def _drop_none(row: dict) -> dict:
+    # Omitting a JSON key stores SQL NULL; passing None would store the JSON literal 'null'.
+    return {k: v for k, v in row.items() if v is not None}
+
+
+@dataclass
+class _Pair:
+    prompt_hash: str
+    hash_a: str
+    hash_b: str
+    line: int
+    source_tag: str | None
+    outcomes: dict[Choice, int] = field(default_factory=dict)
+    """Distinct known outcomes in this pair's A/B terms -> first line."""
+
+
+def import_file(session: Session, settings: Settings, source: str | Path | bytes, *, filename: str | None = None,
+                fmt: str | None = None, actor: Actor | None = None, system: bool = False,
+                source_tag: str | None = None, known_winner: Literal["judgment", "gold", "ignore"] = "judgment",
+                overlap: int | None = None) -> ImportReport:
+    """Admin-only (require_admin unless system=True for the CLI run by the operator). All-or-nothing:
+    raises ImportValidationError (annotate.errors) listing every bad row (line number + reason, message shows up to 20,
+    `.problems` has all) and writes nothing if any row is bad. Idempotent: importing the same content twice adds 0.
+    Records an ImportBatch and an audit event ('import').
+
+    Known outcomes: ``judgment`` stores each as an imported judgment (no
+    annotator) counted toward the comparison's overlap; ``gold`` marks new
+    comparisons gold with that answer (existing comparisons are left as they
+    are); ``ignore`` drops them. Idempotency rule for judgments: within a file
+    an outcome counts once per comparison and choice, and it is skipped when
+    an active imported judgment with that choice already exists for the
+    comparison. Rows repeating a comparison are merged.
+    """
+    if not system:
+        require_admin(session, actor)
+    if known_winner not in ("judgment", "gold", "ignore"):
+        raise PrefloopError("known_winner must be judgment, gold or ignore")
+    overlap_target = settings.overlap if overlap is None else overlap
+    if overlap_target < 1:
+        raise PrefloopError("overlap must be at least 1")
+    if source_tag is not None and len(source_tag) > MAX_TAG_CHARS:
+        raise PrefloopError(f"the source tag is longer than {MAX_TAG_CHARS} characters")
+
+    data, name = _read_bytes(source, settings.max_upload_mb * 2**20)
+    name = filename or name or "upload"
+    parsed = _parse_data(data, name, fmt, settings.max_text_chars, settings.max_upload_mb * 2**20)
+    problems = list(parsed.problems)
+    notes = list(parsed.notes)
+
+    prompts: dict[str, dict] = {}
+    responses: dict[tuple[str, str], dict] = {}
+    pairs: dict[tuple[str, str, str], _Pair] = {}
+    for c in parsed.comparisons:
+        tag = source_tag or c.source_tag
+        if c.prompt_hash not in prompts:
+            is_text = isinstance(c.prompt, str)
+            prompts[c.prompt_hash] = _drop_none({
+                "content_hash": c.prompt_hash, "text": c.prompt if is_text else None,
+                "messages": None if is_text else c.prompt, "source_tag": tag, "meta": c.metadata,
+                "external_id": c.prompt_id})
+        for text, h, gen, meta, ext in ((c.response_a, c.hash_a, c.generator_a, c.response_a_meta, c.response_a_id),
+                                        (c.response_b, c.hash_b, c.generator_b, c.response_b_meta, c.response_b_id)):
+            if (c.prompt_hash, h) not in responses:
+                responses[(c.prompt_hash, h)] = _drop_none({
+                    "content_hash": h, "text": text, "generator": gen, "meta": meta, "external_id": ext})
+        pair = pairs.get(c.pair_key)
+        if pair is None:
+            pair = pairs[c.pair_key] = _Pair(c.prompt_hash, c.hash_a, c.hash_b, c.line, tag)
+        if c.winner is not None and known_winner != "ignore":
+            choice = c.winner if c.hash_a == pair.hash_a else _flip(c.winner)
+            pair.outcomes.setdefault(choice, c.line)
+    if known_winner == "gold":
+        for pair in pairs.values():
+            if len(pair.outcomes) > 1:
+                lines = sorted(pair.outcomes.values())
+                problems.extend((line, f"conflicting known outcomes for the same pair (lines "
+                                       f"{', '.join(map(str, lines))}); a gold pair needs one answer")
+                                for line in lines[1:])
+    if problems:
+        problems.sort(key=lambda p: p[0])
+        raise ImportValidationError(problems_message(problems, name), problems)
+
+    user_id = actor.id if actor is not None else None
+    batch = ImportBatch(filename=name[:512], file_hash=content_hash(data), format=parsed.format,
+                        source_tag=source_tag, counts={}, created_by_id=user_id)
+    session.add(batch)
+    try:
+        session.flush()
+        counts = _write(session, settings, batch.id, prompts, responses, pairs, known_winner, overlap_target)
+    except IntegrityError:
+        raise PrefloopError("another import added some of the same content at the same time; "
+                            "run this import again (it will skip what is already there)") from None
+    existing_gold_skipped = counts.pop("gold_skipped_existing")
+    if existing_gold_skipped:
+        notes.append(f"{existing_gold_skipped} comparisons already existed; their known outcomes were not "
+                     "turned into gold answers")
+    report = ImportReport(format=parsed.format, rows=parsed.rows, notes=notes, batch_id=batch.id, **counts)
+    batch.counts = {**counts, "rows": parsed.rows, "known_winner": known_winner, "overlap": overlap_target}
+    audit(session, actor, "import", batch_id=batch.id, filename=name[:512], format=parsed.format,
+          source_tag=source_tag, known_winner=known_winner, **counts, rows=parsed.rows)
+    return report
+
+
+def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[str, dict],
+           responses: dict[tuple[str, str], dict], pairs: dict[tuple[str, str, str], _Pair],
+           known_winner: str, overlap_target: int) -> dict[str, int]:
+    # Prompts: look up by hash in chunks, insert the missing ones in bulk.
+    prompt_ids: dict[str, int] = {}
+    hashes = list(prompts)
+    for chunk in _chunks(hashes):
+        prompt_ids.update((h, i) for i, h in session.execute(
+            select(Prompt.id, Prompt.content_hash).where(Prompt.content_hash.in_(chunk))))
+    old_prompts = set(prompt_ids)
+    new_prompts = [{**prompts[h], "import_batch_id": batch_id} for h in hashes if h not in prompt_ids]
+    prompt_ids.update((h, i) for i, h in _bulk_insert(session, Prompt, new_prompts,
+                                                      (Prompt.id, Prompt.content_hash)))
+
+    # Responses: only prompts that already existed can already have them.
+    response_ids: dict[tuple[str, str], int] = {}
+    old_prompt_by_id = {prompt_ids[h]: h for h in old_prompts}
+    for chunk in _chunks(list(old_prompt_by_id)):
+        for rid, pid, h in session.execute(select(Response.id, Response.prompt_id, Response.content_hash)
+                                           .where(Response.prompt_id.in_(chunk))):
+            key = (old_prompt_by_id[pid], h)
+            if key in responses:
+                response_ids[key] = rid
+    old_responses = set(response_ids.values())
+    new_responses = [{**row, "prompt_id": prompt_ids[key[0]]} for key, row in responses.items()
+                     if key not in response_ids]
+    prompt_hash_by_id = {i: h for h, i in prompt_ids.items()}
+    for rid, pid, h in _bulk_insert(session, Response, new_responses,
+                                    (Response.id, Response.prompt_id, Response.content_hash)):
+        response_ids[(prompt_hash_by_id[pid], h)] = rid
+
+    # Comparisons: only pairs of pre-existing responses can exist, in either order.
+    existing: dict[frozenset, tuple] = {}
+    candidates = sorted({response_ids[(p.prompt_hash, p.hash_a)] for p in pairs.values()
+                         if response_ids[(p.prompt_hash, p.hash_a)] in old_responses
+                         and response_ids[(p.prompt_hash, p.hash_b)] in old_responses})
+    for chunk in _chunks(candidates):
+        for row in session.execute(select(Comparison.id, Comparison.response_a_id, Comparison.response_b_id,
+                                          Comparison.is_gold).where(
+                Comparison.response_a_id.in_(chunk) | Comparison.response_b_id.in_(chunk))):
+            existing[frozenset((row.response_a_id, row.response_b_id))] = row
+
+    gold = known_winner == "gold"
+    new_rows, new_outcomes, old_outcomes = [], [], {}
+    gold_added = gold_skipped = existing_count = 0
+    for p in pairs.values():
+        a, b = response_ids[(p.prompt_hash, p.hash_a)], response_ids[(p.prompt_hash, p.hash_b)]
+        found = existing.get(frozenset((a, b)))
+        if found is not None:
+            existing_count += 1
+            if p.outcomes and gold:
+                gold_skipped += 1
+            elif p.outcomes:
+                flip = found.response_a_id != a
+                old_outcomes[found.id] = (found.is_gold, {_flip(c) if flip else c for c in p.outcomes})
+            continue
+        row = {"prompt_id": prompt_ids[p.prompt_hash], "response_a_id": a, "response_b_id": b,
+               "overlap_target": overlap_target, "judgment_count": 0, "is_gold": False,
+               "status": ComparisonStatus.open,
+               "priority": seeded_priority(settings.queue_seed, p.prompt_hash, p.hash_a, p.hash_b),
+               "source_tag": p.source_tag, "import_batch_id": batch_id}
+        if gold and p.outcomes:
+            row.update(is_gold=True, gold_choice=next(iter(p.outcomes)))
+            gold_added += 1
+        elif p.outcomes:
+            row["judgment_count"] = len(p.outcomes)
+            if len(p.outcomes) >= overlap_target:
+                row["status"] = ComparisonStatus.complete
+        new_rows.append(row)
+        new_outcomes.append(sorted(p.outcomes, key=lambda c: c.value) if not gold else [])
+    judgments = []
+    inserted = _bulk_insert(session, Comparison, new_rows,
+                            (Comparison.id, Comparison.response_a_id, Comparison.response_b_id))
+    ids_by_pair = {(a, b): cid for cid, a, b in inserted}
+    for row, outcomes in zip(new_rows, new_outcomes):
+        cid = ids_by_pair[(row["response_a_id"], row["response_b_id"])]
+        judgments.extend(_judgment_row(cid, c, False) for c in outcomes)
+
+    # Outcomes for comparisons that already existed: skip a choice already imported.
+    bumps = []
+    if old_outcomes:
+        have: dict[int, set] = defaultdict(set)
+        for chunk in _chunks(list(old_outcomes)):
+            for cid, choice in session.execute(select(Judgment.comparison_id, Judgment.choice).where(
+                    Judgment.comparison_id.in_(chunk), Judgment.source == JudgmentSource.imported,
+                    Judgment.state == JudgmentState.active)):
+                have[cid].add(choice)
+        for cid, (is_gold, choices) in old_outcomes.items():
+            add = sorted(choices - have[cid], key=lambda c: c.value)
+            judgments.extend(_judgment_row(cid, c, is_gold) for c in add)
+            if add:
+                bumps.append({"cid": cid, "delta": len(add)})
+    for batch in _chunks(judgments, _INSERT_BATCH):
+        session.execute(insert(Judgment), batch)
+    if bumps:
+        table = Comparison.__table__
+        new_count = table.c.judgment_count + bindparam("delta")
+        session.execute(
+            update(table).where(table.c.id == bindparam("cid")).values(
+                judgment_count=new_count,
+                status=case(
+                    (table.c.status == ComparisonStatus.retired, table.c.status),
+                    (table.c.is_gold, ComparisonStatus.open),
+                    (new_count >= table.c.overlap_target, ComparisonStatus.complete),
+                    else_=ComparisonStatus.open)),
+            bumps)
+    return {"prompts_added": len(new_prompts), "responses_added": len(new_responses),
+            "comparisons_added": len(new_rows), "comparisons_existing": existing_count,
+            "judgments_added": len(judgments), "gold_added": gold_added, "gold_skipped_existing": gold_skipped}
+
+
+def _judgment_row(comparison_id: int, choice: Choice, was_gold: bool) -> dict:
+    return {"comparison_id": comparison_id, "annotator_id": None, "source": JudgmentSource.imported,
+            "choice": choice, "flags": [], "is_probe": False, "was_gold": was_gold,
+            "state": JudgmentState.active}
