@@ -1,0 +1,258 @@
+"""Training an ensemble of Bradley–Terry heads on frozen features.
+
+The loss, in three lines (``d = r_A - r_B``, ``m`` = margin from strength)::
+
+    A wins:  -log σ(d - m)
+    B wins:  -log σ(-d - m)
+    tie:     -log(σ(d + ε) - σ(d - ε))        # Rao–Kupper, ε = tie_epsilon
+
+Pairs judged *both bad* are dropped: they say nothing about which response is
+better. ``fit_and_evaluate`` is the one entry point shared by the retraining job
+and the active-learning simulator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from rm.data import A_WINS, B_WINS, BOTH_BAD, TIE, PairData
+from rm.heads import Ensemble
+
+
+@dataclass
+class TrainConfig:
+    """Options of the head ensemble. These field docs are the one place they are documented.
+
+    Attributes:
+        n_members: Ensemble size. Each member is fitted on its own bootstrap
+            resample (seeded from ``(seed, member)``).
+        hidden: 0 for linear heads; otherwise the width of one ReLU hidden layer.
+        l2: L2 penalty ``l2/2 * ||w||²`` on the weights (not biases), added to the
+            mean pair loss of each member. Features are standardised first.
+        lr: Adam learning rate (full-batch steps).
+        max_steps: Upper bound on full-batch optimiser steps.
+        eval_every: Steps between validation checks for early stopping.
+        patience: Stop after this many checks without any member improving.
+        bootstrap: Resample *groups* (prompts) with replacement per member; each
+            member's out-of-bag groups are its validation data (early stopping
+            and temperature). If False, a ``val_fraction`` group split is used.
+        val_fraction: Validation share when ``bootstrap`` is False.
+        strength_margins: Margin ``m`` subtracted from the winner's reward gap,
+            indexed by judgment strength: 0/None = unspecified (no margin),
+            1 = slightly better, 2 = clearly better, 3 = much better.
+        tie_epsilon: Rao–Kupper threshold ε ≥ 0 (log ν): a tie has probability
+            ``σ(d + ε) - σ(d - ε)``, the mass where the gap is within ±ε.
+            Win probabilities used for evaluation stay ``σ(d)``.
+        calibrate: Fit a temperature T on out-of-bag / validation pairs so that
+            ``σ(d / T)`` minimises their log loss; stored in the ensemble.
+        num_threads: ``torch.set_num_threads`` while training.
+    """
+
+    n_members: int = 5
+    hidden: int = 0
+    l2: float = 0.1
+    lr: float = 0.05
+    max_steps: int = 400
+    eval_every: int = 5
+    patience: int = 8
+    bootstrap: bool = True
+    val_fraction: float = 0.15
+    strength_margins: tuple[float, float, float, float] = (0.0, 0.1, 0.5, 1.0)
+    tie_epsilon: float = 0.5
+    calibrate: bool = True
+    num_threads: int = 2
+
+
+def preference_loss(d: torch.Tensor, outcome: torch.Tensor, margin: torch.Tensor | float = 0.0,
+                    tie_epsilon: float = 0.5) -> torch.Tensor:
+    """Per-pair negative log-likelihood for reward gaps ``d = r_A - r_B``.
+
+    ``outcome`` holds ``A_WINS``/``B_WINS``/``TIE`` codes (``BOTH_BAD`` rows must
+    be removed by the caller); ``margin`` broadcasts against ``d``.
+    """
+    outcome = torch.as_tensor(outcome, device=d.device)
+    margin = torch.as_tensor(margin, dtype=d.dtype, device=d.device)
+    sign = torch.where(outcome == B_WINS, -1.0, 1.0).to(d.dtype)
+    win = -torch.nn.functional.logsigmoid(sign * d - margin)
+    # log(σ(ε - x) - σ(-ε - x)) with x = |d|, written to stay finite for large |d|.
+    x = d.abs()
+    eps = torch.as_tensor(float(tie_epsilon), dtype=d.dtype, device=d.device)
+    hi = torch.nn.functional.logsigmoid(eps - x)
+    lo = torch.nn.functional.logsigmoid(-eps - x)
+    tie = -(hi + torch.log(-torch.expm1(lo - hi)))
+    return torch.where(outcome == TIE, tie, win)
+
+
+def _margins(strength: np.ndarray, table) -> np.ndarray:
+    s = np.clip(np.asarray(strength, dtype=np.int64), 0, len(table) - 1)
+    return np.asarray(table, dtype=np.float32)[s]
+
+
+def _group_ids(data: PairData) -> np.ndarray:
+    if data.group is None:
+        return np.arange(len(data))
+    _, inverse = np.unique(np.asarray(data.group).astype(str), return_inverse=True)
+    return inverse
+
+
+def _member_weights(data: PairData, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap counts ``(M, n)`` and validation masks ``(M, n)`` (by group)."""
+    gid = _group_ids(data)
+    n_groups = int(gid.max()) + 1 if len(gid) else 0
+    m = config.n_members
+    weights = np.ones((m, len(data)), dtype=np.float32)
+    val = np.zeros((m, len(data)), dtype=bool)
+    for k in range(m):
+        rng = np.random.default_rng([seed, k])
+        if config.bootstrap:
+            counts = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+            weights[k] = counts[gid]
+            val[k] = counts[gid] == 0
+        elif n_groups >= 10 and config.val_fraction > 0:
+            held = np.random.default_rng([seed, 0]).random(n_groups) < config.val_fraction
+            weights[k] = ~held[gid]
+            val[k] = held[gid]
+    return weights, val
+
+
+class _Heads(torch.nn.Module):
+    def __init__(self, m: int, d: int, hidden: int, gen: torch.Generator):
+        super().__init__()
+        self.hidden = hidden
+        if hidden:
+            self.w1 = torch.nn.Parameter(torch.randn(m, d, hidden, generator=gen) * (2.0 / d) ** 0.5)
+            self.b1 = torch.nn.Parameter(torch.zeros(m, hidden))
+            self.w = torch.nn.Parameter(torch.randn(m, hidden, generator=gen) * (1.0 / hidden) ** 0.5)
+        else:
+            self.w = torch.nn.Parameter(torch.zeros(m, d))
+        self.b = torch.nn.Parameter(torch.zeros(m))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hidden:
+            h = torch.relu(torch.einsum("rd,mdh->mrh", x, self.w1) + self.b1[:, None, :])
+            return torch.einsum("mrh,mh->mr", h, self.w) + self.b[:, None]
+        return self.w @ x.T + self.b[:, None]
+
+    def penalty(self) -> torch.Tensor:
+        p = (self.w ** 2).sum(dim=tuple(range(1, self.w.dim())))
+        if self.hidden:
+            p = p + (self.w1 ** 2).sum(dim=(1, 2))
+        return p
+
+
+def fit_temperature(d: np.ndarray, a_wins: np.ndarray) -> float:
+    """Temperature T minimising the log loss of ``σ(d / T)`` against ``a_wins`` (bool)."""
+    from scipy.optimize import minimize_scalar
+
+    d = np.asarray(d, dtype=np.float64)
+    y = np.asarray(a_wins, dtype=np.float64)
+    if len(d) < 20 or not np.any(np.abs(d) > 0):
+        return 1.0
+
+    def nll(log_t):
+        z = d / math.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)))
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int = 0) -> Ensemble:
+    """Fit ``config.n_members`` Bradley–Terry heads on ``data`` (both-bad pairs dropped).
+
+    Only the feature rows that the pairs reference are read, once each.
+    """
+    config = config or TrainConfig()
+    t0 = time.perf_counter()
+    keep = data.outcome != BOTH_BAD
+    n_dropped = int((~keep).sum())
+    data = data.subset(keep) if n_dropped else data
+    if len(data) == 0:
+        raise ValueError("no usable pairs to train on (all were both-bad or the data is empty); "
+                         "collect A/B/tie judgments first")
+    used, inverse = np.unique(np.concatenate([data.ia, data.ib]), return_inverse=True)
+    ia, ib = inverse[:len(data)], inverse[len(data):]
+    x = np.asarray(data.feat[used], dtype=np.float32)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-6
+    x = (x - mean) / scale
+
+    weights, val = _member_weights(data, config, seed)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        gen = torch.Generator().manual_seed(int(seed))
+        heads = _Heads(config.n_members, x.shape[1], config.hidden, gen)
+        xt = torch.from_numpy(x)
+        ia_t, ib_t = torch.from_numpy(ia), torch.from_numpy(ib)
+        out_t = torch.from_numpy(data.outcome.astype(np.int64))
+        marg = torch.from_numpy(_margins(data.strength, config.strength_margins))
+        w_t = torch.from_numpy(weights)
+        w_t = w_t / w_t.sum(dim=1, keepdim=True).clamp(min=1.0)
+        v_t = torch.from_numpy(val.astype(np.float32))
+        v_n = v_t.sum(dim=1)
+        has_val = bool((v_n > 0).all())
+        opt = torch.optim.Adam(heads.parameters(), lr=config.lr)
+        best = torch.full((config.n_members,), float("inf"))
+        best_state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+        stale, step = 0, 0
+        for step in range(1, config.max_steps + 1):
+            r = heads(xt)
+            losses = preference_loss(r[:, ia_t] - r[:, ib_t], out_t, marg, config.tie_epsilon)
+            objective = (losses * w_t).sum(dim=1) + 0.5 * config.l2 * heads.penalty()
+            opt.zero_grad(set_to_none=True)
+            objective.sum().backward()
+            opt.step()
+            if has_val and step % config.eval_every == 0:
+                with torch.no_grad():
+                    r = heads(xt)
+                    vl = (preference_loss(r[:, ia_t] - r[:, ib_t], out_t, 0.0, config.tie_epsilon)
+                          * v_t).sum(dim=1) / v_n
+                better = vl < best - 1e-5
+                if better.any():
+                    best = torch.where(better, vl, best)
+                    for k, v in heads.state_dict().items():
+                        best_state[k][better] = v[better]
+                    stale = 0
+                else:
+                    stale += 1
+                    if stale >= config.patience:
+                        break
+        if has_val:
+            heads.load_state_dict(best_state)
+        params = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in heads.state_dict().items()}
+    finally:
+        torch.set_num_threads(prev_threads)
+
+    ens = Ensemble(mean=mean.astype(np.float32), scale=scale.astype(np.float32), params=params)
+    temperature = 1.0
+    if config.calibrate and val.any():
+        r = ens.member_rewards(data.feat[used])
+        d = r[:, ia] - r[:, ib]
+        n_val = val.sum(axis=0)
+        rows = (n_val > 0) & ((data.outcome == A_WINS) | (data.outcome == B_WINS))
+        d_oob = (d * val).sum(axis=0)[rows] / n_val[rows]
+        temperature = fit_temperature(d_oob, data.outcome[rows] == A_WINS)
+    ens.temperature = temperature
+    ens.info = {"config": asdict(config), "seed": int(seed), "n_pairs": int(len(data)),
+                "n_both_bad_dropped": n_dropped, "steps": int(step),
+                "train_seconds": round(time.perf_counter() - t0, 4)}
+    return ens
+
+
+def fit_and_evaluate(train: PairData, test: PairData | None, config: TrainConfig | None = None,
+                     seed: int = 0):
+    """Train on ``train`` and evaluate on ``test``: ``(Ensemble, Metrics | None)``.
+
+    Pure: no files, no globals. The retraining job and the active-learning
+    simulator both call this.
+    """
+    from rm.evaluate import evaluate
+
+    ens = train_ensemble(train, config, seed)
+    return ens, (evaluate(ens, test) if test is not None and len(test) else None)
