@@ -1,0 +1,419 @@
+"""Importing preference data: formats, validation, idempotency, modes, roles."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import event, func, select
+
+from annotate.accounts import Actor, create_user
+from annotate.errors import ImportValidationError, PermissionDenied
+from annotate.ingest import (
+    ImportReport,
+    content_hash,
+    import_file,
+    parse_file,
+    prompt_hash,
+    seeded_priority,
+)
+from annotate.models import (
+    AuditEvent,
+    Choice,
+    Comparison,
+    ComparisonStatus,
+    ImportBatch,
+    Judgment,
+    JudgmentSource,
+    Prompt,
+    Response,
+)
+
+HH_DIVERGENT_LINES = (1255, 1689, 1951, 1953, 2037)
+TABLES = (Prompt, Response, Comparison, Judgment, ImportBatch, AuditEvent)
+
+
+def jsonl(*rows) -> bytes:
+    return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows).encode() + b"\n"
+
+
+def pair(i: int, **extra) -> dict:
+    return {"prompt": f"prompt {i}", "response_a": f"answer {i} a", "response_b": f"answer {i} b", **extra}
+
+
+def hh(prompt_turns: str, chosen: str, rejected: str) -> dict:
+    return {"chosen": f"{prompt_turns}\n\nAssistant: {chosen}", "rejected": f"{prompt_turns}\n\nAssistant: {rejected}"}
+
+
+def admin(session, name: str = "boss") -> Actor:
+    user = create_user(session, name, "password123", "admin", system=True)
+    return Actor(id=user.id, username=user.username, role=user.role)
+
+
+def counts(session) -> dict[str, int]:
+    return {m.__tablename__: session.scalar(select(func.count()).select_from(m)) for m in TABLES}
+
+
+def run_import(db, settings, data, **kwargs) -> ImportReport:
+    with db.begin() as session:
+        return import_file(session, settings, data, system=True, **kwargs)
+
+
+# --------------------------------------------------------------------------- parsing (no database)
+
+
+def test_pairs_with_text_and_chat_prompts():
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    parsed = parse_file(jsonl(
+        pair(1, winner="b", generator_a="m1", generator_b="m2", metadata={"k": 1}, source="s1", id=7),
+        {"prompt": chat, "response_a": "hello", "response_b": "hey there"},
+    ), filename="x.jsonl")
+    assert parsed.format == "pairs" and parsed.problems == [] and parsed.rows == 2
+    first, second = parsed.comparisons
+    assert (first.line, first.response_a, first.winner, first.generator_b) == (1, "answer 1 a", Choice.b, "m2")
+    assert first.metadata == {"k": 1} and first.source_tag == "s1" and first.row_id == "7"
+    assert second.prompt == chat and second.winner is None and second.line == 2
+    assert second.prompt_hash == prompt_hash(chat) != prompt_hash("hi")
+    rows = parsed.preview(1)
+    assert rows == [{"line": 1, "prompt": "prompt 1", "response_a": "answer 1 a", "response_b": "answer 1 b",
+                     "generator_a": "m1", "generator_b": "m2", "winner": "b", "source": "s1"}]
+
+
+def test_kwise_makes_every_pair_and_maps_outcomes_to_canonical_order():
+    row = {"prompt": "p", "responses": ["r0", {"text": "r1", "generator": "g1", "id": "x1"}, "r2", "r3"],
+           "comparisons": [{"a": 2, "b": 0, "winner": "a"}, {"a": 1, "b": 3, "winner": "tie"},
+                           {"a": 3, "b": 2, "winner": "b"}]}
+    parsed = parse_file(jsonl(row), filename="k.jsonl")
+    assert parsed.format == "kwise" and parsed.rows == 1
+    got = {(c.response_a, c.response_b): c.winner for c in parsed.comparisons}
+    assert len(got) == 6  # 4 * 3 / 2
+    assert got[("r0", "r2")] is Choice.b  # (2, 0, a): response 2 beat response 0
+    assert got[("r1", "r3")] is Choice.tie
+    assert got[("r2", "r3")] is Choice.a  # (3, 2, b): response 2 beat response 3
+    assert got[("r0", "r1")] is None and got[("r0", "r3")] is None and got[("r1", "r2")] is None
+    r1 = next(c for c in parsed.comparisons if c.response_a == "r1")
+    assert (r1.generator_a, r1.response_a_id) == ("g1", "x1")
+
+
+def test_trl_text_order_by_hash_so_position_carries_no_label():
+    rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(20)]
+    parsed = parse_file(jsonl(*rows), filename="t.jsonl")
+    assert parsed.format == "trl" and parsed.problems == []
+    for row, c in zip(rows, parsed.comparisons):
+        winner_text = c.response_a if c.winner is Choice.a else c.response_b
+        assert winner_text == row["chosen"]
+        assert content_hash(c.response_a) < content_hash(c.response_b)
+    sides = {c.winner for c in parsed.comparisons}
+    assert sides == {Choice.a, Choice.b}
+
+
+def test_trl_conversational_explicit_and_implicit_prompt():
+    user = {"role": "user", "content": "What is 2+2?"}
+    explicit = {"prompt": [user], "chosen": [{"role": "assistant", "content": "4"}],
+                "rejected": [{"role": "assistant", "content": "5"}]}
+    implicit = {"chosen": [user, {"role": "assistant", "content": "4"}],
+                "rejected": [user, {"role": "assistant", "content": "22"}]}
+    parsed = parse_file(jsonl(explicit, implicit), filename="c.jsonl")
+    assert parsed.format == "trl" and parsed.problems == []
+    for c, rejected in zip(parsed.comparisons, ("5", "22")):
+        assert c.prompt == [user]
+        assert {c.response_a, c.response_b} == {"4", rejected}
+        assert (c.response_a if c.winner is Choice.a else c.response_b) == "4"
+
+
+def test_hh_transcript_split_into_chat_prompt_and_responses():
+    turns = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: tell me a joke"
+    parsed = parse_file(jsonl(hh(turns, "Why did the chicken...", "No.")), filename="h.jsonl")
+    assert parsed.format == "hh" and parsed.problems == [] and parsed.notes == []
+    (c,) = parsed.comparisons
+    assert c.prompt == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                        {"role": "user", "content": "tell me a joke"}]
+    assert {c.response_a, c.response_b} == {"Why did the chicken...", "No."}
+    assert (c.response_a if c.winner is Choice.a else c.response_b) == "Why did the chicken..."
+
+
+def test_hh_divergence_before_final_turn_is_split_at_last_shared_turn_and_noted():
+    row = {"chosen": "\n\nHuman: q\n\nAssistant: A1\n\nHuman: more\n\nAssistant: A2",
+           "rejected": "\n\nHuman: q\n\nAssistant: B1"}
+    parsed = parse_file(jsonl(hh("\n\nHuman: x", "y", "z"), row), filename="h.jsonl")
+    c = parsed.comparisons[1]
+    assert c.prompt == [{"role": "user", "content": "q"}]
+    assert {c.response_a, c.response_b} == {"A1\n\nHuman: more\n\nAssistant: A2", "B1"}
+    assert any("diverge" in n and "(lines 2)" in n for n in parsed.notes)
+
+
+def test_csv_pairs_with_chat_prompt_cell_and_file_line_numbers():
+    chat = json.dumps([{"role": "user", "content": "hi"}])
+    text = ("prompt,response_a,response_b,winner,extra\n"
+            f"\"{chat.replace(chr(34), chr(34) * 2)}\",hello,hey,a,x\n"
+            "\"multi\nline prompt\",one,two,,y\n"
+            "p3,same,same,b,z\n")
+    parsed = parse_file(text.encode(), filename="pairs.csv")
+    assert parsed.format == "pairs"
+    assert parsed.comparisons[0].prompt == [{"role": "user", "content": "hi"}]
+    assert parsed.comparisons[0].winner is Choice.a
+    assert parsed.comparisons[1].prompt == "multi\nline prompt" and parsed.comparisons[1].winner is None
+    assert parsed.problems == [(5, "response_a and response_b are identical")]
+    assert any("extra" in n for n in parsed.notes)
+
+
+def test_csv_with_wrong_columns_names_the_expected_ones():
+    with pytest.raises(ImportValidationError) as err:
+        parse_file(b"question,answer1,answer2\nq,a,b\n", filename="bad.csv")
+    assert "response_a" in str(err.value) and "chosen" in str(err.value)
+    with pytest.raises(ImportValidationError, match="response_b"):
+        parse_file(b"prompt,response_a\nq,a\n", filename="bad.csv", fmt="pairs")
+
+
+def test_json_array_and_gzip():
+    array = json.dumps([pair(1), pair(2, winner="a")], indent=2).encode()
+    parsed = parse_file(array, filename="x.json")
+    assert [c.line for c in parsed.comparisons] == [2, 7]
+    assert parsed.comparisons[1].winner is Choice.a
+    gz = parse_file(gzip.compress(jsonl(pair(1), pair(2))), filename="x.jsonl.gz")
+    assert len(gz.comparisons) == 2 and gz.problems == []
+
+
+def test_every_bad_row_is_reported_with_its_line():
+    rows = [
+        pair(1),                                                              # 1 ok
+        "{not json",                                                          # 2
+        "[1, 2]",                                                             # 3
+        {"prompt": "p", "response_a": "a"},                                   # 4 missing response_b
+        {"prompt": 5, "response_a": "a", "response_b": "b"},                  # 5 wrong type
+        {"prompt": "   ", "response_a": "a", "response_b": "b"},              # 6 empty
+        {"prompt": "p", "response_a": "x" * 101, "response_b": "b"},          # 7 too long
+        {"prompt": "p", "response_a": "same", "response_b": "same"},          # 8 identical
+        pair(9, winner="left"),                                               # 9 unknown winner
+        {"prompt": [{"role": "robot", "content": "hi"}], "response_a": "a", "response_b": "b"},  # 10 role
+        {"prompt": "p", "chosen": "a", "rejected": "b"},                      # 11 mixed formats
+        pair(12),                                                             # 12 ok
+    ]
+    parsed = parse_file(jsonl(*rows), filename="bad.jsonl", max_text_chars=100)
+    by_line = dict(parsed.problems)
+    assert sorted(by_line) == list(range(2, 12))
+    assert "invalid JSON" in by_line[2]
+    assert "object" in by_line[3]
+    assert "response_b" in by_line[4]
+    assert "prompt" in by_line[5] and "string" in by_line[5]
+    assert "empty" in by_line[6]
+    assert "100" in by_line[7]
+    assert "identical" in by_line[8]
+    assert "left" in by_line[9] and "both_bad" in by_line[9]
+    assert "robot" in by_line[10]
+    assert "one format" in by_line[11]
+    assert [c.line for c in parsed.comparisons] == [1, 12]
+
+
+def test_kwise_index_out_of_range_and_unknown_winner():
+    rows = [{"prompt": "p", "responses": ["a", "b"], "comparisons": [{"a": 0, "b": 2, "winner": "a"}]},
+            {"prompt": "p", "responses": ["a", "b"], "comparisons": [{"a": 0, "b": 1, "winner": "x"}]},
+            {"prompt": "p", "responses": ["a", "a"]}]
+    by_line = dict(parse_file(jsonl(*rows), filename="k.jsonl").problems)
+    assert "out of range" in by_line[1] and "0 to 1" in by_line[1]
+    assert "unknown" in by_line[2]
+    assert "identical" in by_line[3]
+
+
+def test_size_limits_and_file_level_errors(tmp_path):
+    big = jsonl(*[pair(i) for i in range(200)])
+    with pytest.raises(ImportValidationError, match="PREFLOOP_MAX_UPLOAD_MB"):
+        parse_file(big, max_bytes=1000)
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(big)
+    with pytest.raises(ImportValidationError, match="PREFLOOP_MAX_UPLOAD_MB"):
+        parse_file(path, max_bytes=1000)
+    bomb = gzip.compress(b"\n" * 50_000)
+    assert len(bomb) < 1000
+    with pytest.raises(ImportValidationError, match="decompresses"):
+        parse_file(bomb, max_bytes=1000)
+    with pytest.raises(ImportValidationError, match="empty"):
+        parse_file(b"  \n\n", filename="e.jsonl")
+    with pytest.raises(ImportValidationError, match="pairs.*kwise.*trl.*hh"):
+        parse_file(jsonl({"question": "q", "answer": "a"}), filename="u.jsonl")
+    with pytest.raises(ImportValidationError, match="accepted formats"):
+        parse_file(jsonl(pair(1)), fmt="parquet")
+
+
+def test_encoding_error_names_the_line():
+    data = jsonl(pair(1)) + b'{"prompt": "caf\xe9", "response_a": "a", "response_b": "b"}\n'
+    parsed = parse_file(data, filename="latin1.jsonl")
+    assert parsed.problems and parsed.problems[0][0] == 2 and "UTF-8" in parsed.problems[0][1]
+
+
+def test_duplicate_rows_are_noted():
+    parsed = parse_file(jsonl(pair(1, winner="a"), pair(2), pair(1, winner="a")), filename="d.jsonl")
+    assert parsed.problems == []
+    assert any("duplicate" in n and "3" in n for n in parsed.notes)
+
+
+# --------------------------------------------------------------------------- importing (SQLite and PostgreSQL)
+
+
+def test_hh_real_file_imports_2312_then_nothing(db, settings, hh_path):
+    report = run_import(db, settings, hh_path)
+    assert report.format == "hh" and report.rows == 2312
+    assert report.comparisons_added == 2312 and report.judgments_added == 2312
+    assert any(all(str(n) in note for n in HH_DIVERGENT_LINES) for note in report.notes)
+    again = run_import(db, settings, hh_path)
+    assert (again.comparisons_added, again.prompts_added, again.responses_added, again.judgments_added) == (0, 0, 0, 0)
+    assert again.comparisons_existing == 2312
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Comparison)) == 2312
+        assert session.scalar(select(func.count()).select_from(Judgment)) == 2312
+        by_choice = dict(session.execute(select(Judgment.choice, func.count()).group_by(Judgment.choice)).all())
+        # Canonical order by hash: the chosen response is A about half the time.
+        assert 800 < by_choice[Choice.a] < 1500 and by_choice[Choice.a] + by_choice[Choice.b] == 2312
+        assert session.scalar(select(func.count()).select_from(Prompt).where(Prompt.messages.is_(None))) == 0
+        batches = session.scalars(select(ImportBatch)).all()
+        assert len(batches) == 2 and batches[0].format == "hh" and batches[0].counts["comparisons_added"] == 2312
+
+
+def test_pairs_import_judgments_status_and_priority(db, settings):
+    data = jsonl(pair(1, winner="a", generator_a="m1"), pair(2), pair(3, winner="tie", source="row-tag"))
+    report = run_import(db, settings, data, filename="p.jsonl")
+    assert (report.prompts_added, report.responses_added, report.comparisons_added, report.judgments_added) == (3, 6, 3, 2)
+    with db.read() as session:
+        comps = {c.prompt.text: c for c in session.scalars(select(Comparison))}
+        one = comps["prompt 1"]
+        assert (one.status, one.judgment_count, one.overlap_target) == (ComparisonStatus.complete, 1, 1)
+        assert one.response_a.text == "answer 1 a" and one.response_a.generator == "m1"
+        assert comps["prompt 2"].status is ComparisonStatus.open and comps["prompt 2"].judgment_count == 0
+        assert comps["prompt 3"].source_tag == "row-tag"
+        judgment = session.scalar(select(Judgment).where(Judgment.comparison_id == one.id))
+        assert (judgment.source, judgment.annotator_id, judgment.choice) == (JudgmentSource.imported, None, Choice.a)
+        priorities = [c.priority for c in comps.values()]
+        assert all(0 <= p < 1 for p in priorities) and len(set(priorities)) == 3
+        c2 = comps["prompt 2"]
+        assert c2.priority == seeded_priority(settings.queue_seed, prompt_hash("prompt 2"),
+                                              content_hash("answer 2 a"), content_hash("answer 2 b"))
+        assert seeded_priority(settings.queue_seed + 1, prompt_hash("prompt 2"), content_hash("answer 2 a"),
+                               content_hash("answer 2 b")) != c2.priority
+
+
+def test_overlap_argument_and_source_tag_override(db, settings):
+    run_import(db, settings, jsonl(pair(1, winner="a", source="row")), overlap=2, source_tag="batch-7")
+    with db.read() as session:
+        c = session.scalar(select(Comparison))
+        assert (c.overlap_target, c.judgment_count, c.status) == (2, 1, ComparisonStatus.open)
+        assert c.source_tag == "batch-7" and c.prompt.source_tag == "batch-7"
+
+
+def test_kwise_and_trl_import(db, settings):
+    kwise = {"prompt": "p", "responses": ["r0", "r1", "r2"], "comparisons": [{"a": 2, "b": 0, "winner": "a"}]}
+    report = run_import(db, settings, jsonl(kwise), filename="k.jsonl")
+    assert (report.comparisons_added, report.responses_added, report.judgments_added) == (3, 3, 1)
+    user = {"role": "user", "content": "hi"}
+    trl = {"chosen": [user, {"role": "assistant", "content": "hello!"}],
+           "rejected": [user, {"role": "assistant", "content": "go away"}]}
+    report = run_import(db, settings, jsonl(trl), filename="t.jsonl")
+    assert report.format == "trl" and report.comparisons_added == 1
+    with db.read() as session:
+        j = session.scalar(select(Judgment).join(Comparison).where(Comparison.prompt.has(Prompt.text == "p")))
+        comp = session.get(Comparison, j.comparison_id)
+        winner = comp.response_a if j.choice is Choice.a else comp.response_b
+        assert winner.text == "r2" and {comp.response_a.text, comp.response_b.text} == {"r0", "r2"}
+        chat = session.scalar(select(Prompt).where(Prompt.text.is_(None)))
+        assert chat.messages == [user]
+
+
+def test_reimport_is_idempotent_including_judgments_in_either_order(db, settings):
+    run_import(db, settings, jsonl(pair(1, winner="a")))
+    swapped = {"prompt": "prompt 1", "response_a": "answer 1 b", "response_b": "answer 1 a"}
+    same = run_import(db, settings, jsonl({**swapped, "winner": "b"}))  # the same outcome, seen from B's side
+    assert (same.comparisons_added, same.comparisons_existing, same.judgments_added) == (0, 1, 0)
+    other = run_import(db, settings, jsonl({**swapped, "winner": "a"}), overlap=3)  # a different label
+    assert other.judgments_added == 1
+    again = run_import(db, settings, jsonl({**swapped, "winner": "a"}))
+    assert again.judgments_added == 0
+    with db.read() as session:
+        c = session.scalar(select(Comparison))
+        assert c.response_a.text == "answer 1 a" and c.judgment_count == 2
+        assert sorted(j.choice.value for j in session.scalars(select(Judgment))) == ["a", "b"]
+
+
+def test_gold_and_ignore_modes(db, settings):
+    report = run_import(db, settings, jsonl(pair(1, winner="b"), pair(2)), known_winner="gold")
+    assert (report.gold_added, report.judgments_added) == (1, 0)
+    run_import(db, settings, jsonl(pair(3, winner="a")), known_winner="ignore")
+    with db.read() as session:
+        comps = {c.prompt.text: c for c in session.scalars(select(Comparison))}
+        gold = comps["prompt 1"]
+        assert (gold.is_gold, gold.gold_choice, gold.status, gold.judgment_count) == (
+            True, Choice.b, ComparisonStatus.open, 0)
+        assert comps["prompt 2"].is_gold is False
+        assert comps["prompt 3"].is_gold is False and comps["prompt 3"].judgment_count == 0
+        assert session.scalar(select(func.count()).select_from(Judgment)) == 0
+    with pytest.raises(ImportValidationError, match="gold"):
+        run_import(db, settings, jsonl(pair(4, winner="a"), pair(4, winner="b")), known_winner="gold")
+
+
+def test_one_bad_row_writes_nothing(db, settings):
+    with db.begin() as session:
+        actor = admin(session)
+    with db.read() as session:
+        before = counts(session)
+    rows = [pair(i, winner="a") for i in range(1, 6)]
+    rows[2] = {"prompt": "p", "response_a": "same", "response_b": "same"}
+    with pytest.raises(ImportValidationError) as err:
+        with db.begin() as session:
+            import_file(session, settings, jsonl(*rows), filename="one-bad.jsonl", actor=actor)
+    assert "line 3" in str(err.value) and err.value.problems == [(3, "response_a and response_b are identical")]
+    with db.read() as session:
+        assert counts(session) == before
+
+
+def test_many_bad_rows_all_reported_message_capped(db, settings):
+    rows = [pair(1)] + [{"prompt": "p", "response_a": "", "response_b": "b"} for _ in range(25)]
+    with pytest.raises(ImportValidationError) as err:
+        run_import(db, settings, jsonl(*rows))
+    assert [line for line, _ in err.value.problems] == list(range(2, 27))
+    message = str(err.value)
+    assert "line 21:" in message and "line 22:" not in message and "5 more" in message
+    with db.read() as session:
+        assert counts(session)["comparisons"] == 0
+
+
+def test_upload_size_setting_enforced(db, settings):
+    small = replace(settings, max_upload_mb=1)
+    with pytest.raises(ImportValidationError, match="PREFLOOP_MAX_UPLOAD_MB"):
+        run_import(db, small, b" " * (2**20 + 1) + jsonl(pair(1)))
+    tight = replace(settings, max_text_chars=9)
+    with pytest.raises(ImportValidationError, match="9-character limit"):
+        run_import(db, tight, jsonl(pair(1)))
+
+
+def test_role_enforcement_and_audit(db, settings):
+    with db.begin() as session:
+        boss = admin(session)
+        worker = create_user(session, "worker", "password123", "annotator", system=True)
+        annotator = Actor(id=worker.id, username=worker.username, role=worker.role)
+    for actor in (annotator, None):
+        with pytest.raises(PermissionDenied):
+            with db.begin() as session:
+                import_file(session, settings, jsonl(pair(1)), actor=actor)
+    with db.begin() as session:
+        report = import_file(session, settings, jsonl(pair(1)), filename="ok.jsonl", actor=boss)
+    assert report.comparisons_added == 1
+    with db.read() as session:
+        event_ = session.scalar(select(AuditEvent).where(AuditEvent.action == "import"))
+        assert event_.actor_id == boss.id and event_.detail["comparisons_added"] == 1
+        batch = session.scalar(select(ImportBatch))
+        assert batch.created_by_id == boss.id and batch.filename == "ok.jsonl"
+
+
+def test_import_uses_a_bounded_number_of_statements(db, settings):
+    statements = []
+    listener = lambda *args: statements.append(1)  # noqa: E731
+    event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        report = run_import(db, settings, jsonl(*[pair(i, winner="a") for i in range(1500)]))
+        first = len(statements)
+        statements.clear()
+        again = run_import(db, settings, jsonl(*[pair(i, winner="a") for i in range(1500)]))
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listener)
+    assert report.comparisons_added == 1500 and again.comparisons_added == 0
+    assert first < 60 and len(statements) < 60
