@@ -130,3 +130,15 @@ def hh_path() -> Path:
     if not path.exists():
         pytest.fail(f"real HH-RLHF data not found at {path} (set PREFLOOP_HH_DATA)")
     return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With PREFLOOP_NO_SKIPS=1 (``make test``), a skipped test fails the run."""
+    if os.environ.get("PREFLOOP_NO_SKIPS") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped and session.exitstatus == 0:
+        reporter.write_line(f"{len(skipped)} test(s) skipped: every test must run here (PREFLOOP_NO_SKIPS=1)",
+                            red=True)
+        session.exitstatus = 1

@@ -1,0 +1,47 @@
+"""The demo campaign behind ``make run``: a small hand-written dataset and two accounts.
+
+The dataset (``demo.jsonl``, k-wise format: every pair of a prompt's three
+responses becomes a comparison) was written for this project.
+"""
+
+from __future__ import annotations
+
+import secrets
+from importlib import resources
+
+from sqlalchemy import select
+
+from annotate import accounts, ingest
+from annotate.models import User
+
+DEMO_USERS = (("admin", "admin"), ("annotator", "annotator"))
+
+
+def demo_file_bytes() -> bytes:
+    return resources.files("annotate").joinpath("demo/demo.jsonl").read_bytes()
+
+
+def load_demo(db, settings, *, print_credentials: bool = False) -> dict[str, str]:
+    """Import the demo data (idempotent) and create the demo accounts if missing.
+
+    Returns the passwords of accounts created now (each printed once when asked).
+    """
+    with db.begin() as session:
+        report = ingest.import_file(session, settings, demo_file_bytes(), filename="demo.jsonl", system=True,
+                                    source_tag="demo")
+    created: dict[str, str] = {}
+    with db.begin() as session:
+        for username, role in DEMO_USERS:
+            if session.scalar(select(User.id).where(User.username == username)) is None:
+                password = secrets.token_urlsafe(9)
+                accounts.create_user(session, username, password, role, system=True)
+                created[username] = password
+    if print_credentials:
+        print(f"demo data: {report.summary()}")
+        if created:
+            print("demo accounts (shown once; reset with 'prefloop users reset-password NAME'):")
+            for username, password in created.items():
+                print(f"  {username:<10} password: {password}")
+        else:
+            print("demo accounts already exist (reset with 'prefloop users reset-password NAME').")
+    return created

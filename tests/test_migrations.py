@@ -1,0 +1,68 @@
+"""The migration chain goes up and down on both backends, and the models match it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from annotate import migrate
+from annotate.db import create_db_engine
+from annotate.models import Base
+from tests.conftest import PG_ADMIN_URL, _pg_admin_engine
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    name = f"prefloop_mig_{uuid.uuid4().hex[:8]}"
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _diff(url):
+    engine = create_db_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            return compare_metadata(ctx, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_up_down_up_and_models_match(empty_url):
+    script = ScriptDirectory.from_config(migrate.alembic_config(empty_url))
+    revisions = list(reversed(list(script.walk_revisions())))
+    # step up one revision at a time, then all the way down, then up again
+    for rev in revisions:
+        migrate.upgrade(empty_url, rev.revision)
+    assert migrate.current_heads(empty_url) == {script.get_current_head()}
+    assert _diff(empty_url) == []
+    migrate.downgrade(empty_url, "base")
+    engine = create_db_engine(empty_url, poolclass=NullPool)
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+    migrate.upgrade(empty_url)
+    assert _diff(empty_url) == []
+
+
+def test_sqlite_connection_pragmas(tmp_path):
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+    engine.dispose()
