@@ -186,7 +186,7 @@ class Comparison(Base):
         CheckConstraint("(NOT is_gold) OR gold_choice IS NOT NULL", name="gold_has_answer"),
         # The queue lookup: open comparisons by priority. Partial, so finished
         # work does not bloat it.
-        Index("ix_comparisons_queue", "priority", "id",
+        Index("ix_comparisons_queue", "is_gold", "priority", "id",
               postgresql_where=text("status = 'open'"), sqlite_where=text("status = 'open'")),
     )
 
@@ -195,7 +195,7 @@ class Comparison(Base):
     response_a_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), index=True)
     response_b_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), index=True)
     status: Mapped[ComparisonStatus] = mapped_column(
-        _enum(ComparisonStatus, "comparison_status"), default=ComparisonStatus.open, index=True)
+        _enum(ComparisonStatus, "comparison_status"), default=ComparisonStatus.open)
     overlap_target: Mapped[int] = mapped_column(Integer, default=1)
     judgment_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))

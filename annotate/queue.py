@@ -121,8 +121,9 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
     return _assignment(session, lease) if lease is not None else None
 
 
-def _claim(session: Session, settings: Settings, annotator_id: int, now: datetime, *, gold: bool) -> Lease | None:
-    base = (
+def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: str):
+    """Open comparisons this annotator may take, best first (served by ix_comparisons_queue)."""
+    query = (
         select(Comparison.id)
         .where(
             Comparison.status == ComparisonStatus.open,
@@ -134,10 +135,15 @@ def _claim(session: Session, settings: Settings, annotator_id: int, now: datetim
         .limit(CANDIDATES_PER_CLAIM)
     )
     if not gold:
-        base = base.where(Comparison.judgment_count + _others_live_leases(Comparison.id, annotator_id, now)
-                          < Comparison.overlap_target)
-    if session.bind.dialect.name == "postgresql":
-        base = base.with_for_update(skip_locked=True, of=Comparison)
+        query = query.where(Comparison.judgment_count + _others_live_leases(Comparison.id, annotator_id, now)
+                            < Comparison.overlap_target)
+    if dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Comparison)
+    return query
+
+
+def _claim(session: Session, settings: Settings, annotator_id: int, now: datetime, *, gold: bool) -> Lease | None:
+    base = candidate_query(annotator_id, now, gold=gold, dialect=session.bind.dialect.name)
     for comparison_id in session.scalars(base).all():
         comparison = session.get(Comparison, comparison_id)
         if not gold:

@@ -203,3 +203,23 @@ def test_deactivated_annotator_cannot_take_work(db, settings, opts):
         set_active(s, "a", False, system=True)
     with pytest.raises(PermissionDenied), db.begin() as s:
         queue.next_comparison(s, settings, opts, actor=a)
+
+
+def test_queue_lookup_is_index_backed(db, settings):
+    """The claim query walks ix_comparisons_queue instead of sorting the whole table."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 300)
+        dialect = s.bind.dialect.name
+        query = queue.candidate_query(a.id, utcnow(), gold=False, dialect=dialect)
+        if dialect == "postgresql":
+            s.execute(__import__("sqlalchemy").text("SET LOCAL enable_seqscan = off"))
+            sql = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+            plan = "\n".join(r[0] for r in s.execute(__import__("sqlalchemy").text("EXPLAIN " + sql)))
+        else:
+            sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+            plan = "\n".join(str(r[-1]) for r in s.execute(__import__("sqlalchemy").text("EXPLAIN QUERY PLAN " + sql)))
+    assert "ix_comparisons_queue" in plan, plan
+    assert "TEMP B-TREE" not in plan.upper() and "Sort " not in plan, plan

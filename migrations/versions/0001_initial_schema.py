@@ -179,11 +179,10 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('comparisons', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_comparisons_prompt_id'), ['prompt_id'], unique=False)
-        batch_op.create_index('ix_comparisons_queue', ['priority', 'id'], unique=False, postgresql_where=sa.text("status = 'open'"), sqlite_where=sa.text("status = 'open'"))
+        batch_op.create_index('ix_comparisons_queue', ['is_gold', 'priority', 'id'], unique=False, postgresql_where=sa.text("status = 'open'"), sqlite_where=sa.text("status = 'open'"))
         batch_op.create_index(batch_op.f('ix_comparisons_response_a_id'), ['response_a_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_comparisons_response_b_id'), ['response_b_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_comparisons_source_tag'), ['source_tag'], unique=False)
-        batch_op.create_index(batch_op.f('ix_comparisons_status'), ['status'], unique=False)
 
     op.create_table('judgments',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -259,7 +258,6 @@ def downgrade() -> None:
 
     op.drop_table('judgments')
     with op.batch_alter_table('comparisons', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_comparisons_status'))
         batch_op.drop_index(batch_op.f('ix_comparisons_source_tag'))
         batch_op.drop_index(batch_op.f('ix_comparisons_response_b_id'))
         batch_op.drop_index(batch_op.f('ix_comparisons_response_a_id'))
