@@ -1,0 +1,94 @@
+"""The ``prefloop`` command line, run as a user would (subprocesses on a temp SQLite file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from annotate.db import Database, create_db_engine
+from annotate.models import Comparison, Judgment, Prompt, Response, User
+from sqlalchemy import func, select
+
+
+def run(env, *args, stdin: str | None = None):
+    return subprocess.run([sys.executable, "-m", "annotate.cli", *args], env=env, input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = dict(os.environ)
+    e.update(PREFLOOP_DATA_DIR=str(tmp_path / "data"), PREFLOOP_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}")
+    assert run(e, "db", "upgrade").returncode == 0
+    return e
+
+
+def counts(env):
+    db = Database(create_db_engine(env["PREFLOOP_DATABASE_URL"]))
+    with db.read() as s:
+        out = {m.__tablename__: s.scalar(select(func.count()).select_from(m))
+               for m in (Prompt, Response, Comparison, Judgment, User)}
+    db.dispose()
+    return out
+
+
+def test_hh_import_then_reimport_adds_nothing(env, hh_path):
+    first = run(env, "import", str(hh_path))
+    assert first.returncode == 0, first.stderr
+    assert "added 2312 comparisons" in first.stdout
+    assert counts(env)["comparisons"] == 2312
+    second = run(env, "import", str(hh_path))
+    assert second.returncode == 0
+    assert "added 0 comparisons" in second.stdout
+    assert counts(env)["comparisons"] == 2312
+
+
+def test_one_malformed_row_imports_nothing_and_names_it(env, tmp_path):
+    rows = [json.dumps({"prompt": f"p{i}", "response_a": "x", "response_b": f"y{i}"}) for i in range(5)]
+    rows.insert(3, '{"prompt": "broken", "response_a": "x"')
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    result = run(env, "import", str(path))
+    assert result.returncode == 2
+    assert "line 4" in result.stderr and "nothing was imported" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert counts(env)["comparisons"] == 0 and counts(env)["prompts"] == 0
+
+
+def test_users_add_with_stdin_password_and_deactivate(env):
+    assert run(env, "users", "add", "alice", "--role", "admin", "--password-stdin", stdin="s3cret-password\n").returncode == 0
+    dup = run(env, "users", "add", "alice", "--password-stdin", stdin="another-password\n")
+    assert dup.returncode == 2 and "already exists" in dup.stderr
+    short = run(env, "users", "add", "bob", "--password-stdin", stdin="short\n")
+    assert short.returncode == 2 and "at least" in short.stderr
+    assert run(env, "users", "deactivate", "alice").returncode == 0
+    listing = run(env, "users", "list").stdout
+    assert "alice\tadmin\tinactive" in listing
+    db = Database(create_db_engine(env["PREFLOOP_DATABASE_URL"]))
+    with db.read() as s:
+        stored = s.scalar(select(User.password_hash).where(User.username == "alice"))
+    db.dispose()
+    assert stored.startswith("$argon2") and "s3cret" not in stored
+
+
+def test_demo_prints_credentials_once(env):
+    first = run(env, "demo")
+    assert first.returncode == 0 and first.stdout.count("password:") == 2
+    second = run(env, "demo")
+    assert "password:" not in second.stdout and "already exist" in second.stdout
+    assert counts(env)["comparisons"] == 36
+
+
+def test_export_cli_writes_trl_jsonl(env, tmp_path, hh_path):
+    assert run(env, "users", "add", "root", "--role", "admin", "--password-stdin", stdin="root-password\n").returncode == 0
+    assert run(env, "import", str(hh_path)).returncode == 0
+    out = tmp_path / "prefs.jsonl"
+    result = run(env, "export", "--format", "trl-jsonl", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 2312
+    assert {"prompt", "chosen", "rejected"} <= set(lines[0])
