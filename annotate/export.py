@@ -1,0 +1,619 @@
+"""Exports: aggregated preferences for TRL / Hugging Face ``datasets`` and raw judgments.
+
+Every public function is admin-only (it calls :func:`~annotate.accounts.require_admin`)
+and records one ``export`` audit event with the filters and counts, so the caller
+should frame it in a write unit of work (``with db.begin() as session:``).
+
+Aggregation rule (preference exports)
+-------------------------------------
+* Only judgments with ``state == active`` that are not self-consistency probes
+  count as votes. Superseded and retracted judgments are ignored (the revision
+  that replaced a superseded one is the active vote). Imported judgments
+  (``source == imported``) count as votes unless ``include_imported=False``.
+* The filters on judgments (``since``/``until`` on the judgment's ``created_at``,
+  ``annotators``) choose which votes count; the comparison filters
+  (``source_tags``, ``exclude_gold``) choose which comparisons are considered.
+* Each comparison's votes are counted over the four choices ``a``, ``b``, ``tie``
+  and ``both_bad``. The majority is the choice with a strict plurality; when two
+  or more choices share the top count (for example one vote for A and one for B)
+  the comparison is not exported.
+* A comparison whose majority is ``a`` or ``b`` is exported with that response as
+  ``chosen``. Majorities of ``tie`` or ``both_bad`` are excluded unless
+  ``include_ties`` / ``include_both_bad`` ask for them.
+* ``agreement`` = majority votes / all counted votes; comparisons with
+  ``agreement < min_agreement`` are dropped.
+* Gold comparisons: the known gold answer is never a vote, only human (and
+  imported) judgments are; ``exclude_gold=True`` drops gold comparisons entirely.
+
+Row format (TRL preference format)
+----------------------------------
+One row per exported comparison with ``prompt``, ``chosen`` and ``rejected``.
+Plain-text prompts give strings. Chat prompts give TRL's conversational format:
+``prompt`` is the list of ``{"role", "content"}`` messages (other message keys are
+dropped so every row has the same type), ``chosen`` is
+``[{"role": "assistant", "content": <text>}]`` and ``rejected`` likewise. A file
+or ``datasets`` column must have a single type, so when one export mixes chat and
+text prompts, every text prompt becomes ``[{"role": "user", "content": text}]``
+and the whole export is conversational.
+
+Extra columns: ``comparison_id``, ``prompt_id``, ``n_judgments`` (counted votes),
+``agreement`` and ``source_tag`` (the comparison's tag, else its prompt's). With
+``margin=True`` a float ``margin``: the mean strength of the winning votes
+(slightly = 1, clearly = 2, much = 3; votes without a strength are left out of
+the mean) and 0 when none of them gave one (always 0 for tie and both-bad rows).
+When ties are included, a bool ``is_tie`` column is added; when both-bad
+majorities are included, a bool ``is_both_bad`` column. Tie and both-bad rows
+keep ``chosen`` = A and ``rejected`` = B in canonical order, so a trainer that
+does not read those columns must filter them out itself.
+
+Raw judgments
+-------------
+Every judgment matching the filters, whatever its state (superseded and
+retracted rows are kept and flagged by ``state``; probes by ``is_probe``), with
+the prompt and both responses. Aggregation-only filters (``include_ties``,
+``include_both_bad``, ``min_agreement``) do not apply. In CSV, ``flags`` and
+chat prompts are JSON strings, booleans are ``true``/``false``, missing values
+are empty cells, and a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab
+or a carriage return is prefixed with a single quote (``'``) so spreadsheets do
+not run it as a formula. Numbers are written as numbers and never prefixed.
+
+Date filters: ``since`` is inclusive, ``until`` exclusive; naive datetimes are
+taken as UTC.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, aliased
+
+from annotate.accounts import Actor, audit, require_admin
+from annotate.errors import NotFound, PrefloopError
+from annotate.models import (
+    Choice,
+    Comparison,
+    Judgment,
+    JudgmentSource,
+    JudgmentState,
+    Prompt,
+    Response,
+    User,
+)
+
+# Bound-parameter lists stay well under SQLite's and PostgreSQL's limits.
+_CHUNK = 5000
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+JUDGMENT_FIELDS: tuple[str, ...] = (
+    "judgment_id", "comparison_id", "prompt_id", "response_a_id", "response_b_id",
+    "annotator", "source", "choice", "choice_shown", "strength", "rationale", "flags",
+    "a_on_left", "time_spent_ms", "is_probe", "was_gold", "is_gold", "state",
+    "supersedes_id", "retracted_at", "model_version_id", "acquisition_strategy",
+    "acquisition_score", "created_at", "source_tag", "prompt", "response_a", "response_b",
+)
+"""The columns of the raw judgment export, in file order."""
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which judgments and comparisons an export covers (see the module docstring)."""
+
+    since: datetime | None = None
+    """Judgments created at or after this instant (naive = UTC)."""
+    until: datetime | None = None
+    """Judgments created before this instant (naive = UTC)."""
+    annotators: tuple[str, ...] = ()
+    """Usernames whose judgments count; empty means everyone (and imported rows)."""
+    source_tags: tuple[str, ...] = ()
+    """Comparison (else prompt) source tags to include; empty means all."""
+    include_ties: bool = False
+    """Export comparisons whose majority is ``tie`` (adds ``is_tie``)."""
+    include_both_bad: bool = False
+    """Export comparisons whose majority is ``both_bad`` (adds ``is_both_bad``)."""
+    exclude_gold: bool = False
+    """Drop gold comparisons."""
+    min_agreement: float = 0.0
+    """Drop comparisons where majority votes / all votes is below this."""
+    include_imported: bool = True
+    """Count imported judgments (``source == imported``) as votes / rows."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (for the audit log)."""
+        return {
+            "since": _iso(self.since), "until": _iso(self.until),
+            "annotators": list(self.annotators), "source_tags": list(self.source_tags),
+            "include_ties": self.include_ties, "include_both_bad": self.include_both_bad,
+            "exclude_gold": self.exclude_gold, "min_agreement": self.min_agreement,
+            "include_imported": self.include_imported,
+        }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = _utc(value)
+    return value.isoformat() if value is not None else None
+
+
+def _check_filters(filters: ExportFilter) -> None:
+    if not 0.0 <= filters.min_agreement <= 1.0:
+        raise PrefloopError("minimum agreement must be between 0 and 1")
+    if filters.since and filters.until and _utc(filters.since) >= _utc(filters.until):
+        raise PrefloopError("the start date must be before the end date")
+    if isinstance(filters.annotators, str) or isinstance(filters.source_tags, str):
+        raise PrefloopError("annotators and source tags must be lists of names, not one string")
+
+
+def _annotator_ids(session: Session, usernames: Sequence[str]) -> list[int]:
+    wanted = sorted({u.strip() for u in usernames if u.strip()})
+    found = dict(session.execute(select(User.username, User.id).where(User.username.in_(wanted))).all())
+    missing = [u for u in wanted if u not in found]
+    if missing:
+        raise NotFound(f"no user named {', '.join(map(repr, missing))}; check the annotator filter")
+    return list(found.values())
+
+
+def _apply_filters(stmt: Select, session: Session, filters: ExportFilter) -> Select:
+    """Add the judgment and comparison filters to a statement joining Judgment, Comparison, Prompt."""
+    if filters.since is not None:
+        stmt = stmt.where(Judgment.created_at >= _utc(filters.since))
+    if filters.until is not None:
+        stmt = stmt.where(Judgment.created_at < _utc(filters.until))
+    if filters.annotators:
+        stmt = stmt.where(Judgment.annotator_id.in_(_annotator_ids(session, filters.annotators)))
+    if not filters.include_imported:
+        stmt = stmt.where(Judgment.source != JudgmentSource.imported)
+    if filters.source_tags:
+        tag = func.coalesce(Comparison.source_tag, Prompt.source_tag)
+        stmt = stmt.where(tag.in_(list(filters.source_tags)))
+    if filters.exclude_gold:
+        stmt = stmt.where(Comparison.is_gold.is_(False))
+    return stmt
+
+
+def _messages(messages: Iterable[Any]) -> list[dict[str, str]]:
+    out = []
+    for m in messages:
+        content = m.get("content", "") if isinstance(m, dict) else m
+        if not isinstance(content, str):
+            content = json.dumps(content, ensure_ascii=False)
+        out.append({"role": str(m.get("role", "user")) if isinstance(m, dict) else "user",
+                    "content": content})
+    return out
+
+
+def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start:start + _CHUNK]
+
+
+# --------------------------------------------------------------------------- preferences
+
+
+@dataclass
+class _Tally:
+    counts: dict[Choice, int]
+    strengths: dict[Choice, list[int]]
+
+
+def _tally_votes(session: Session, filters: ExportFilter) -> dict[int, _Tally]:
+    stmt = (
+        select(Judgment.comparison_id, Judgment.choice, Judgment.strength)
+        .join(Comparison, Comparison.id == Judgment.comparison_id)
+        .join(Prompt, Prompt.id == Comparison.prompt_id)
+        .where(Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False))
+    )
+    stmt = _apply_filters(stmt, session, filters)
+    tallies: dict[int, _Tally] = {}
+    for comparison_id, choice, strength in session.execute(stmt):
+        tally = tallies.get(comparison_id)
+        if tally is None:
+            tally = tallies[comparison_id] = _Tally({}, {})
+        choice = Choice(choice)
+        tally.counts[choice] = tally.counts.get(choice, 0) + 1
+        if strength is not None:
+            tally.strengths.setdefault(choice, []).append(int(strength))
+    return tallies
+
+
+def _majority(counts: dict[Choice, int]) -> Choice | None:
+    ranked = sorted(counts.values(), reverse=True)
+    if len(ranked) > 1 and ranked[0] == ranked[1]:
+        return None
+    return max(counts, key=counts.__getitem__)
+
+
+def _build_preferences(session: Session, filters: ExportFilter, margin: bool
+                       ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    _check_filters(filters)
+    tallies = _tally_votes(session, filters)
+    counts = {"comparisons_with_votes": len(tallies), "votes": 0, "exported": 0,
+              "excluded_split": 0, "excluded_tie": 0, "excluded_both_bad": 0,
+              "excluded_low_agreement": 0}
+    selected: dict[int, tuple[Choice, int, float, float]] = {}
+    for comparison_id, tally in tallies.items():
+        total = sum(tally.counts.values())
+        counts["votes"] += total
+        winner = _majority(tally.counts)
+        if winner is None:
+            counts["excluded_split"] += 1
+            continue
+        if winner is Choice.tie and not filters.include_ties:
+            counts["excluded_tie"] += 1
+            continue
+        if winner is Choice.both_bad and not filters.include_both_bad:
+            counts["excluded_both_bad"] += 1
+            continue
+        agreement = tally.counts[winner] / total
+        if agreement < filters.min_agreement:
+            counts["excluded_low_agreement"] += 1
+            continue
+        strengths = tally.strengths.get(winner, []) if winner in (Choice.a, Choice.b) else []
+        mean_strength = sum(strengths) / len(strengths) if strengths else 0.0
+        selected[comparison_id] = (winner, total, agreement, float(mean_strength))
+
+    ResponseA, ResponseB = aliased(Response), aliased(Response)
+    content: list[tuple] = []
+    ids = sorted(selected)
+    for chunk in _chunks(ids):
+        stmt = (
+            select(Comparison.id, Comparison.prompt_id,
+                   func.coalesce(Comparison.source_tag, Prompt.source_tag),
+                   Prompt.text, Prompt.messages, ResponseA.text, ResponseB.text)
+            .join(Prompt, Prompt.id == Comparison.prompt_id)
+            .join(ResponseA, ResponseA.id == Comparison.response_a_id)
+            .join(ResponseB, ResponseB.id == Comparison.response_b_id)
+            .where(Comparison.id.in_(list(chunk)))
+        )
+        content.extend(session.execute(stmt).all())
+    content.sort(key=lambda r: r[0])
+
+    conversational = any(messages is not None for *_, messages, _a, _b in content)
+    rows: list[dict[str, Any]] = []
+    for comparison_id, prompt_id, source_tag, prompt_text, messages, text_a, text_b in content:
+        winner, total, agreement, mean_strength = selected[comparison_id]
+        chosen, rejected = (text_b, text_a) if winner is Choice.b else (text_a, text_b)
+        if conversational:
+            prompt: Any = (_messages(messages) if messages is not None
+                           else [{"role": "user", "content": prompt_text}])
+            chosen = [{"role": "assistant", "content": chosen}]
+            rejected = [{"role": "assistant", "content": rejected}]
+        else:
+            prompt = prompt_text
+        row: dict[str, Any] = {
+            "prompt": prompt, "chosen": chosen, "rejected": rejected,
+            "comparison_id": comparison_id, "prompt_id": prompt_id,
+            "n_judgments": total, "agreement": agreement, "source_tag": source_tag,
+        }
+        if margin:
+            row["margin"] = mean_strength
+        if filters.include_ties:
+            row["is_tie"] = winner is Choice.tie
+        if filters.include_both_bad:
+            row["is_both_bad"] = winner is Choice.both_bad
+        rows.append(row)
+    counts["exported"] = len(rows)
+    return rows, counts
+
+
+def _preference_schema(rows: list[dict[str, Any]], filters: ExportFilter, margin: bool):
+    import pyarrow as pa
+
+    conversational = bool(rows) and not isinstance(rows[0]["prompt"], str)
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    text_type = pa.list_(message) if conversational else pa.string()
+    fields = [
+        ("prompt", text_type), ("chosen", text_type), ("rejected", text_type),
+        ("comparison_id", pa.int64()), ("prompt_id", pa.int64()), ("n_judgments", pa.int64()),
+        ("agreement", pa.float64()), ("source_tag", pa.string()),
+    ]
+    if margin:
+        fields.append(("margin", pa.float64()))
+    if filters.include_ties:
+        fields.append(("is_tie", pa.bool_()))
+    if filters.include_both_bad:
+        fields.append(("is_both_bad", pa.bool_()))
+    return pa.schema(fields)
+
+
+def _preference_table(rows: list[dict[str, Any]], filters: ExportFilter, margin: bool):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows, schema=_preference_schema(rows, filters, margin))
+
+
+def _jsonl_bytes(rows: Iterable[dict[str, Any]]) -> bytes:
+    return b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in rows)
+
+
+def _parquet_bytes(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def preference_rows(session: Session, *, actor: Actor, filters: ExportFilter = ExportFilter(),
+                    margin: bool = False) -> list[dict[str, Any]]:
+    """Aggregate active judgments into TRL preference rows (``prompt``/``chosen``/``rejected``).
+
+    Rows are ordered by comparison id; the aggregation rule and the columns are
+    described in the module docstring. Admin only; audited.
+    """
+    require_admin(session, actor)
+    rows, counts = _build_preferences(session, filters, margin)
+    audit(session, actor, "export", kind="preferences", format="rows", margin=margin,
+          filters=filters.describe(), counts=counts)
+    return rows
+
+
+def preferences_bytes(session: Session, *, actor: Actor, format: Literal["jsonl", "parquet"],
+                      filters: ExportFilter = ExportFilter(), margin: bool = False) -> bytes:
+    """The preference export as file contents (for ``st.download_button``). Admin only; audited."""
+    require_admin(session, actor)
+    if format not in ("jsonl", "parquet"):
+        raise PrefloopError(f"unknown preference download format {format!r}: use jsonl or parquet")
+    rows, counts = _build_preferences(session, filters, margin)
+    data = (_jsonl_bytes(rows) if format == "jsonl"
+            else _parquet_bytes(_preference_table(rows, filters, margin)))
+    audit(session, actor, "export", kind="preferences", format=format, margin=margin,
+          filters=filters.describe(), counts=counts)
+    return data
+
+
+def write_preferences(session: Session, path: str | os.PathLike, *, actor: Actor,
+                      format: Literal["jsonl", "parquet", "datasets"],
+                      filters: ExportFilter = ExportFilter(), margin: bool = False) -> int:
+    """Write the preference export to ``path`` and return the number of rows.
+
+    ``jsonl``: one JSON object per line (UTF-8); ``parquet``: one Parquet file;
+    ``datasets``: a Hugging Face ``Dataset.save_to_disk`` directory (load it with
+    ``datasets.load_from_disk``). The file or directory is written under a
+    temporary name next to ``path`` and renamed into place, so readers never see
+    half an export. Admin only; audited.
+    """
+    require_admin(session, actor)
+    if format not in ("jsonl", "parquet", "datasets"):
+        raise PrefloopError(f"unknown preference export format {format!r}: use jsonl, parquet or datasets")
+    rows, counts = _build_preferences(session, filters, margin)
+    target = Path(path)
+    if format == "jsonl":
+        _write_file_atomic(target, _jsonl_bytes(rows))
+    elif format == "parquet":
+        _write_file_atomic(target, _parquet_bytes(_preference_table(rows, filters, margin)))
+    else:
+        _write_dataset_atomic(target, rows, filters, margin)
+    audit(session, actor, "export", kind="preferences", format=format, path=str(target),
+          margin=margin, filters=filters.describe(), counts=counts)
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- raw judgments
+
+
+def _choice_shown(choice: Choice, a_on_left: bool | None) -> str | None:
+    if choice in (Choice.tie, Choice.both_bad):
+        return choice.value
+    if a_on_left is None:
+        return None
+    return "left" if (choice is Choice.a) == a_on_left else "right"
+
+
+_JUDGMENT_COLUMNS = (
+    Judgment.id, Judgment.comparison_id, Judgment.source, Judgment.choice, Judgment.strength,
+    Judgment.rationale, Judgment.flags, Judgment.a_on_left, Judgment.time_spent_ms,
+    Judgment.is_probe, Judgment.was_gold, Judgment.state, Judgment.supersedes_id,
+    Judgment.retracted_at, Judgment.model_version_id, Judgment.acquisition_strategy,
+    Judgment.acquisition_score, Judgment.created_at,
+)
+
+
+def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[str, Any]]:
+    _check_filters(filters)
+    ResponseA, ResponseB = aliased(Response), aliased(Response)
+    stmt = (
+        select(*_JUDGMENT_COLUMNS, User.username, Comparison.prompt_id, Comparison.response_a_id,
+               Comparison.response_b_id, Comparison.is_gold,
+               func.coalesce(Comparison.source_tag, Prompt.source_tag),
+               Prompt.text, Prompt.messages, ResponseA.text, ResponseB.text)
+        .join(Comparison, Comparison.id == Judgment.comparison_id)
+        .join(Prompt, Prompt.id == Comparison.prompt_id)
+        .join(ResponseA, ResponseA.id == Comparison.response_a_id)
+        .join(ResponseB, ResponseB.id == Comparison.response_b_id)
+        .outerjoin(User, User.id == Judgment.annotator_id)
+        .order_by(Judgment.id)
+    )
+    stmt = _apply_filters(stmt, session, filters)
+    # Streamed in batches (a server-side cursor on PostgreSQL) so a large
+    # export never holds every row twice.
+    for (jid, comparison_id, source, choice, strength, rationale, flags, a_on_left,
+         time_spent_ms, is_probe, was_gold, state, supersedes_id, retracted_at,
+         model_version_id, acquisition_strategy, acquisition_score, created_at,
+         username, prompt_id, a_id, b_id, is_gold, source_tag,
+         prompt_text, messages, text_a, text_b) in session.execute(
+            stmt.execution_options(yield_per=2000)):
+        choice = Choice(choice)
+        yield {
+            "judgment_id": jid, "comparison_id": comparison_id, "prompt_id": prompt_id,
+            "response_a_id": a_id, "response_b_id": b_id, "annotator": username,
+            "source": JudgmentSource(source).value, "choice": choice.value,
+            "choice_shown": _choice_shown(choice, a_on_left), "strength": strength,
+            "rationale": rationale, "flags": list(flags or []), "a_on_left": a_on_left,
+            "time_spent_ms": time_spent_ms, "is_probe": bool(is_probe),
+            "was_gold": bool(was_gold), "is_gold": bool(is_gold),
+            "state": JudgmentState(state).value, "supersedes_id": supersedes_id,
+            "retracted_at": _iso(retracted_at), "model_version_id": model_version_id,
+            "acquisition_strategy": acquisition_strategy,
+            "acquisition_score": acquisition_score, "created_at": _iso(created_at),
+            "source_tag": source_tag,
+            "prompt": (json.dumps(messages, ensure_ascii=False) if messages is not None
+                       else prompt_text),
+            "response_a": text_a, "response_b": text_b,
+        }
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
+    value = str(value)
+    if value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def _write_judgments_csv(rows: Iterable[dict[str, Any]], out: io.TextIOBase) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(JUDGMENT_FIELDS)
+    n = 0
+    for row in rows:
+        writer.writerow([_csv_cell(row[k]) for k in JUDGMENT_FIELDS])
+        n += 1
+    return n
+
+
+def _write_judgments_jsonl(rows: Iterable[dict[str, Any]], out: io.TextIOBase) -> int:
+    n = 0
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def judgment_rows(session: Session, *, actor: Actor,
+                  filters: ExportFilter = ExportFilter()) -> list[dict[str, Any]]:
+    """Every judgment matching ``filters`` with all its fields (see :data:`JUDGMENT_FIELDS`).
+
+    All states are included (superseded/retracted rows flagged by ``state``), probes too.
+    Admin only; audited.
+    """
+    require_admin(session, actor)
+    rows = list(_iter_judgments(session, filters))
+    audit(session, actor, "export", kind="judgments", format="rows",
+          filters=filters.describe(), counts={"rows": len(rows)})
+    return rows
+
+
+def _judgments_writer(format: str):
+    if format == "csv":
+        return _write_judgments_csv
+    if format == "jsonl":
+        return _write_judgments_jsonl
+    raise PrefloopError(f"unknown judgment export format {format!r}: use jsonl or csv")
+
+
+def judgments_bytes(session: Session, *, actor: Actor, format: Literal["jsonl", "csv"],
+                    filters: ExportFilter = ExportFilter()) -> bytes:
+    """The raw judgment export as UTF-8 file contents (for ``st.download_button``). Admin only; audited."""
+    require_admin(session, actor)
+    writer = _judgments_writer(format)
+    buffer = io.StringIO()
+    n = writer(_iter_judgments(session, filters), buffer)
+    audit(session, actor, "export", kind="judgments", format=format,
+          filters=filters.describe(), counts={"rows": n})
+    return buffer.getvalue().encode("utf-8")
+
+
+def write_judgments(session: Session, path: str | os.PathLike, *, actor: Actor,
+                    format: Literal["jsonl", "csv"], filters: ExportFilter = ExportFilter()) -> int:
+    """Write the raw judgment export to ``path`` (atomically) and return the number of rows.
+
+    Rows are streamed from the database, so memory stays flat for large exports.
+    Admin only; audited.
+    """
+    require_admin(session, actor)
+    writer = _judgments_writer(format)
+    target = Path(path)
+    tmp = _temp_sibling(target)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as out:
+            n = writer(_iter_judgments(session, filters), out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    audit(session, actor, "export", kind="judgments", format=format, path=str(target),
+          filters=filters.describe(), counts={"rows": n})
+    return n
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _temp_sibling(target: Path) -> Path:
+    if not target.parent.is_dir():
+        raise PrefloopError(f"folder {str(target.parent)!r} does not exist: create it or pick another path")
+    return target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def _write_file_atomic(target: Path, data: bytes) -> None:
+    if target.is_dir():
+        raise PrefloopError(f"{str(target)!r} is a folder: give a file name")
+    tmp = _temp_sibling(target)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_dataset_atomic(target: Path, rows: list[dict[str, Any]], filters: ExportFilter,
+                          margin: bool) -> None:
+    from datasets import Dataset, Features
+
+    if target.exists() and not target.is_dir():
+        raise PrefloopError(f"{str(target)!r} is a file: a datasets export needs a folder path")
+    features = Features.from_arrow_schema(_preference_schema(rows, filters, margin))
+    tmp = _temp_sibling(target)
+    try:
+        if rows:
+            Dataset.from_list(rows, features=features).save_to_disk(str(tmp))
+        else:
+            # from_list([]) drops the columns, and zero shards cannot be loaded
+            # back: an empty export is one empty shard with the full schema.
+            Dataset.from_dict({name: [] for name in features}, features=features).save_to_disk(
+                str(tmp), num_shards=1)
+        if target.exists():
+            # A directory cannot be replaced in one rename: move the old one
+            # aside first so a failure never leaves neither in place.
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
