@@ -1,0 +1,486 @@
+"""Acquisition strategies: which open pairs an annotator should judge next.
+
+A strategy is a small object over model outputs. Everything it needs comes in
+a ``Pool`` (each ensemble member's P(A ≻ B) for every open pair, optional pair
+features and prompt ids, optional features of the pairs already labelled) and
+a seeded ``numpy`` generator; nothing is kept between calls. The retraining job
+and the simulator (``prefloop simulate``) both build the pool with
+``make_pool`` and call ``select`` / ``priorities``, so what the simulator
+measures is what the queue serves.
+
+Names accepted by ``get_strategy``:
+
+- ``random``: uniform order.
+- ``margin``: ensemble-mean P(A ≻ B) closest to ½ first.
+- ``bald``: mutual information between the outcome and the ensemble member,
+  ``H(mean p) - mean H(p_m)`` (epistemic uncertainty; ensemble disagreement).
+- ``thompson``: one ensemble member drawn per batch; the pairs it is least sure about.
+- ``cover``: greedy batch information gain of a Bradley–Terry model that is
+  linear in the pair features (Laplace posterior over the labelled pairs, updated
+  after each pick), so a batch spreads over directions no label has covered yet.
+- ``<base>+diverse``: top ``factor × n`` of ``<base>`` then a spread-out subset by
+  k-means++ seeding over the pair features.
+- ``<base>+cover``: ``<base>``'s score times the share of a pair's information
+  that is still new given the labelled pairs and the batch so far.
+- ``default``: ``DEFAULT_STRATEGY``.
+
+Every ``select`` applies a per-prompt cap: one pair per prompt per batch while
+other prompts remain, the best-scored pair of a prompt first. For k-wise data
+(several responses per prompt) this is how the strategy decides which pair of a
+prompt's responses to compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+DEFAULT_STRATEGY = "bald+cover"
+"""What ``default`` resolves to: the strategy the simulator measured best (see the module docs)."""
+
+_EPS = 1e-7
+
+
+# --------------------------------------------------------------------------- pool
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The open pairs a strategy ranks.
+
+    Attributes:
+        probs: ``(M, n)`` float32, each ensemble member's P(A ≻ B) for each open pair.
+        features: ``(n, d)`` float32 pair features for diversity (see ``pair_features``); optional.
+        groups: ``(n,)`` int prompt ids (per-prompt cap; which pair of a prompt to ask); optional.
+        labelled: ``(L, d)`` features of pairs already labelled (for coverage); optional.
+    """
+
+    probs: np.ndarray
+    features: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    labelled: np.ndarray | None = None
+
+    def __post_init__(self):
+        probs = np.asarray(self.probs, dtype=np.float32)
+        if probs.ndim == 1:
+            probs = probs[None, :]
+        if probs.ndim != 2:
+            raise ValueError(f"probs must be (members, pairs); got shape {probs.shape}")
+        object.__setattr__(self, "probs", probs)
+        n = probs.shape[1]
+        if self.features is not None:
+            f = np.asarray(self.features, dtype=np.float32)
+            if f.ndim != 2 or len(f) != n:
+                raise ValueError(f"features must be (pairs, dim) with {n} rows; got {f.shape}")
+            object.__setattr__(self, "features", f)
+        if self.groups is not None:
+            g = np.asarray(self.groups)
+            if g.shape != (n,):
+                raise ValueError(f"groups must have one prompt id per pair ({n}); got {g.shape}")
+            object.__setattr__(self, "groups", g)
+        if self.labelled is not None:
+            lab = np.asarray(self.labelled, dtype=np.float32)
+            if lab.ndim != 2 or (self.features is not None and lab.shape[1] != self.features.shape[1]):
+                raise ValueError("labelled must be (L, dim) with the same dim as features")
+            object.__setattr__(self, "labelled", lab)
+
+    def __len__(self) -> int:
+        return int(self.probs.shape[1])
+
+    @property
+    def mean_probs(self) -> np.ndarray:
+        """Ensemble-mean P(A ≻ B), ``(n,)``."""
+        return self.probs.mean(axis=0)
+
+    def subset(self, rows) -> "Pool":
+        """The pool restricted to ``rows`` (index array or mask)."""
+        rows = np.asarray(rows)
+        return replace(self, probs=self.probs[:, rows],
+                       features=None if self.features is None else self.features[rows],
+                       groups=None if self.groups is None else self.groups[rows])
+
+    def with_labelled(self, extra: np.ndarray) -> "Pool":
+        """The pool with ``extra`` pair features counted as labelled (pending answers)."""
+        if self.features is None or not len(extra):
+            return self
+        lab = extra if self.labelled is None else np.concatenate([self.labelled, extra])
+        return replace(self, labelled=lab)
+
+
+def pair_features(feat: np.ndarray, ia, ib, scale: np.ndarray | None = None) -> np.ndarray:
+    """Pair features ``(f_a - f_b) / scale`` float32 ``(n, d)``: what a linear BT head sees.
+
+    ``scale`` is the ensemble's per-dimension feature standardisation
+    (``Ensemble.scale``), so distances match the model's geometry.
+    """
+    ia, ib = np.asarray(ia), np.asarray(ib)
+    z = np.asarray(feat[ia], dtype=np.float32) - np.asarray(feat[ib], dtype=np.float32)
+    if scale is not None:
+        z /= np.asarray(scale, dtype=np.float32)[None, :]
+    return z
+
+
+def make_pool(member_rewards: np.ndarray, feat: np.ndarray, ia, ib, *, groups=None,
+              labelled: tuple | None = None, scale: np.ndarray | None = None) -> Pool:
+    """Build the ``Pool`` for open pairs ``(ia, ib)``: the one way the job and the simulator do it.
+
+    Args:
+        member_rewards: ``(M, R)`` rewards from ``Ensemble.member_rewards`` over ``feat``
+            rows (columns of rows no pair uses may hold anything).
+        feat: ``(R, D)`` response features.
+        ia, ib: open pairs as row indices.
+        groups: ``(n,)`` prompt keys of the open pairs (any hashable; mapped to ints).
+        labelled: ``(ia, ib)`` row indices of pairs already labelled, for coverage.
+        scale: ``Ensemble.scale`` (feature standardisation).
+    """
+    from rm.heads import pair_probabilities
+
+    probs = pair_probabilities(member_rewards, ia, ib)
+    g = None
+    if groups is not None:
+        _, g = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    lab = None
+    if labelled is not None:
+        lab = pair_features(feat, labelled[0], labelled[1], scale)
+    return Pool(probs=probs, features=pair_features(feat, ia, ib, scale), groups=g, labelled=lab)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+
+def bald_scores(probs: np.ndarray) -> np.ndarray:
+    """Mutual information ``H(mean_m p_m) - mean_m H(p_m)`` per pair (nats, ≥ 0)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return np.maximum(_entropy(probs.mean(axis=0)) - _entropy(probs).mean(axis=0), 0.0)
+
+
+def _rank(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices by descending score; equal scores in random order."""
+    return np.lexsort((rng.random(len(scores)), -np.asarray(scores, dtype=np.float64)))
+
+
+def capped_order(order: np.ndarray, groups: np.ndarray | None, n: int) -> np.ndarray:
+    """The first ``n`` of ``order`` with at most one pair per group per round.
+
+    Round r takes, in ``order``, each group's r-th best pair; so a prompt gets a
+    second pair in the batch only when every other prompt is used up.
+    """
+    order = np.asarray(order)
+    n = min(n, len(order))
+    if groups is None or n == 0:
+        return order[:n]
+    g = np.asarray(groups)[order]
+    # Rank of each item within its group (0 for the group's best), in one stable pass.
+    by_group = np.argsort(g, kind="stable")
+    sg = g[by_group]
+    starts = np.r_[0, np.flatnonzero(sg[1:] != sg[:-1]) + 1]
+    within = np.arange(len(sg)) - np.repeat(starts, np.diff(np.r_[starts, len(sg)]))
+    rank_in_group = np.empty(len(order), dtype=np.int64)
+    rank_in_group[by_group] = within
+    # Primary key: round; secondary: position in the original order.
+    final = np.lexsort((np.arange(len(order)), rank_in_group))
+    return order[final[:n]]
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def kmeanspp_order(features: np.ndarray, first: int, n: int, rng: np.random.Generator,
+                   weights: np.ndarray | None = None) -> np.ndarray:
+    """``n`` rows picked by k-means++ seeding, starting at ``first``.
+
+    Each next row is drawn with probability ∝ ``weight × D²`` where D is the
+    distance to the nearest row already picked. Pair features are compared up to
+    sign (a pair and its swap are the same question), on unit vectors.
+    """
+    x = _unit_rows(np.asarray(features, dtype=np.float64))
+    n = min(n, len(x))
+    w = np.ones(len(x)) if weights is None else np.maximum(np.asarray(weights, dtype=np.float64), 0) + 1e-12
+    picked = [int(first)]
+    # |a - b|² on unit vectors up to sign: 2 - 2|a·b|.
+    d2 = np.maximum(2.0 - 2.0 * np.abs(x @ x[first]), 0.0)
+    d2[first] = 0.0
+    while len(picked) < n:
+        p = w * d2
+        total = p.sum()
+        if total <= 0:
+            rest = np.setdiff1d(np.arange(len(x)), picked)
+            picked.extend(rest[: n - len(picked)].tolist())
+            break
+        nxt = int(rng.choice(len(x), p=p / total))
+        picked.append(nxt)
+        d2 = np.minimum(d2, np.maximum(2.0 - 2.0 * np.abs(x @ x[nxt]), 0.0))
+        d2[nxt] = 0.0
+    return np.asarray(picked, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+class Strategy:
+    """Base class: ``scores`` ranks the pool; ``select`` takes the top ``n`` under the per-prompt cap.
+
+    Subclasses set ``name`` and implement ``scores``. Higher scores are asked first.
+    """
+
+    name = "base"
+
+    def scores(self, pool: Pool, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def select(self, pool: Pool, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``min(n, len(pool))`` distinct pool indices, in the order to ask them."""
+        if len(pool) == 0 or n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        return capped_order(_rank(self.scores(pool, rng), rng), pool.groups, n).astype(np.int64)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<strategy {self.name}>"
+
+
+class RandomStrategy(Strategy):
+    """Uniformly random order (the baseline, and the cold start)."""
+
+    name = "random"
+
+    def scores(self, pool, rng):
+        return rng.random(len(pool))
+
+
+class MarginStrategy(Strategy):
+    """Ensemble-mean P(A ≻ B) closest to ½ first (uncertainty sampling)."""
+
+    name = "margin"
+
+    def scores(self, pool, rng):
+        return -np.abs(pool.mean_probs.astype(np.float64) - 0.5)
+
+
+class BaldStrategy(Strategy):
+    """Largest mutual information between outcome and ensemble member first (disagreement)."""
+
+    name = "bald"
+
+    def scores(self, pool, rng):
+        return bald_scores(pool.probs)
+
+
+class ThompsonStrategy(Strategy):
+    """Draw one ensemble member per batch and ask what it is least sure about.
+
+    Different batches draw different members, so a batch follows one plausible
+    model rather than the average of all of them.
+    """
+
+    name = "thompson"
+
+    def scores(self, pool, rng):
+        m = int(rng.integers(pool.probs.shape[0])) if len(pool) else 0
+        return -np.abs(pool.probs[m].astype(np.float64) - 0.5) if len(pool) else np.zeros(0)
+
+
+class DiverseStrategy(Strategy):
+    """Turn any ranking into a spread-out batch.
+
+    Takes the ``factor × n`` best pairs of ``base`` (per-prompt cap applied),
+    starts with the best one and adds pairs by k-means++ seeding over the pair
+    features, weighted by their base rank, so the batch covers the candidates
+    instead of repeating near-duplicates. Without features it is ``base``.
+    """
+
+    def __init__(self, base: Strategy, factor: int = 4):
+        self.base = base
+        self.factor = factor
+        self.name = f"{base.name}+diverse"
+
+    def scores(self, pool, rng):
+        return self.base.scores(pool, rng)
+
+    def select(self, pool, n, rng):
+        if len(pool) == 0 or n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        cand = capped_order(_rank(self.scores(pool, rng), rng), pool.groups, self.factor * n)
+        if pool.features is None or len(cand) <= n:
+            return cand[:n].astype(np.int64)
+        # Linear rank weights: the spread never pulls in the worst candidates often.
+        weights = np.linspace(1.0, 0.25, len(cand))
+        picked = kmeanspp_order(pool.features[cand], 0, n, rng, weights)
+        return cand[picked].astype(np.int64)
+
+
+class CoverStrategy(Strategy):
+    """Greedy batch information gain under a linear Bradley–Terry posterior.
+
+    The precision of a pair-linear BT model after labels z_1..z_L is
+    ``Λ = λ·I + Σ w_j z_j z_jᵀ``; asking pair i is worth ``log(1 + w_i z_iᵀ Λ⁻¹ z_i)``
+    with ``w_i = p̄_i (1 - p̄_i)``. After each pick Λ is updated (Sherman–Morrison),
+    so the next pick favours directions neither the labels nor the batch cover.
+
+    With a ``base`` strategy the gain is multiplicative: ``base score × novelty``
+    where novelty = ``z_iᵀ Λ⁻¹ z_i / z_iᵀ Λ_0⁻¹ z_i`` is the share of pair i's
+    information still new after the labelled pairs and the batch so far
+    (Λ_0 = λ·I). Candidates are the ``factor × n`` best by ``base``
+    (all of them for plain ``cover``, capped at ``max_candidates``); features are
+    reduced to ``max_dim`` principal directions of the candidates and labelled pairs.
+    """
+
+    def __init__(self, base: Strategy | None = None, factor: int = 8, ridge: float = 1.0,
+                 max_dim: int = 256, max_candidates: int = 4096, labelled_weight: float = 0.25):
+        self.base = base
+        self.factor = factor
+        self.ridge = ridge
+        self.max_dim = max_dim
+        self.max_candidates = max_candidates
+        self.labelled_weight = labelled_weight
+        self.name = "cover" if base is None else f"{base.name}+cover"
+
+    def scores(self, pool, rng):
+        if self.base is not None:
+            return self.base.scores(pool, rng)
+        p = pool.mean_probs.astype(np.float64)
+        if pool.features is None:
+            return p * (1 - p)
+        z = np.asarray(pool.features, dtype=np.float64)
+        return np.log1p(p * (1 - p) * (z * z).sum(axis=1) / self.ridge)
+
+    def select(self, pool, n, rng):
+        if len(pool) == 0 or n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        base = self.scores(pool, rng)
+        k = min(len(pool), self.max_candidates, max(self.factor * n, n))
+        cand = capped_order(_rank(base, rng), pool.groups, k)
+        if pool.features is None or len(cand) <= n:
+            return cand[:n].astype(np.int64)
+        z = np.asarray(pool.features[cand], dtype=np.float64)
+        lab = None if pool.labelled is None else np.asarray(pool.labelled, dtype=np.float64)
+        z, lab = self._reduce(z, lab)
+        d = z.shape[1]
+        lam = self.ridge
+        cov = np.eye(d) / lam
+        if lab is not None and len(lab):
+            prec = lam * np.eye(d) + self.labelled_weight * lab.T @ lab
+            cov = np.linalg.inv(prec)
+        q0 = (z * z).sum(axis=1) / lam
+        q = np.einsum("nd,de,ne->n", z, cov, z)
+        p = pool.mean_probs[cand].astype(np.float64)
+        w = np.clip(p * (1 - p), 0.01, 0.25)
+        s = base[cand]
+        if self.base is not None and (s.min() < 0 or s.max() <= 0):
+            # Scores that are not > 0 (margin, thompson) map to [0.1, 1] so the product keeps their order.
+            spread = float(np.ptp(s))
+            s = 0.1 + 0.9 * (s - s.min()) / spread if spread > 0 else np.ones_like(s)
+        groups = None if pool.groups is None else pool.groups[cand]
+        picked: list[int] = []
+        used_groups: set = set()
+        free = np.ones(len(cand), dtype=bool)
+        for _ in range(n):
+            if self.base is None:
+                gain = np.log1p(w * q)
+            else:
+                gain = s * q / np.maximum(q0, 1e-12)
+            gain = np.where(free, gain, -np.inf)
+            if groups is not None and used_groups:
+                capped = np.isin(groups, list(used_groups)) & free
+                if (free & ~capped).any():
+                    gain = np.where(capped, -np.inf, gain)
+            i = int(np.argmax(gain))
+            picked.append(i)
+            free[i] = False
+            if groups is not None:
+                used_groups.add(groups[i])
+                if not (free & ~np.isin(groups, list(used_groups))).any():
+                    used_groups.clear()
+            u = cov @ z[i]
+            denom = 1.0 / w[i] + z[i] @ u
+            cov -= np.outer(u, u) / denom
+            q -= (z @ u) ** 2 / denom
+        return cand[np.asarray(picked, dtype=np.int64)].astype(np.int64)
+
+    def _reduce(self, z: np.ndarray, lab: np.ndarray | None):
+        if z.shape[1] <= self.max_dim:
+            return z, lab
+        both = z if lab is None or not len(lab) else np.concatenate([z, lab])
+        # Principal directions of the pairs at hand: the directions a batch can actually cover.
+        _, _, vt = np.linalg.svd(both - 0.0, full_matrices=False)
+        basis = vt[: self.max_dim].T
+        return z @ basis, (None if lab is None else lab @ basis)
+
+
+_BASES = {"random": RandomStrategy, "margin": MarginStrategy, "bald": BaldStrategy,
+          "thompson": ThompsonStrategy}
+
+
+def strategy_names() -> list[str]:
+    """Every name ``get_strategy`` accepts (bases, wrappers and ``default``)."""
+    names = list(_BASES) + ["cover"]
+    names += [f"{b}+diverse" for b in _BASES] + [f"{b}+cover" for b in _BASES if b != "random"]
+    return names + ["default"]
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy called ``name`` (see the module docs); ``default`` is ``DEFAULT_STRATEGY``."""
+    key = (name or "default").strip().lower()
+    if key == "default":
+        key = DEFAULT_STRATEGY
+    base, _, wrapper = key.partition("+")
+    if base == "cover" and not wrapper:
+        return CoverStrategy()
+    if base not in _BASES or wrapper not in ("", "diverse", "cover"):
+        raise ValueError(f"unknown acquisition strategy {name!r}; choose one of {', '.join(strategy_names())}")
+    strategy = _BASES[base]()
+    if wrapper == "diverse":
+        return DiverseStrategy(strategy)
+    if wrapper == "cover":
+        return CoverStrategy(strategy)
+    return strategy
+
+
+def select_strategy(name: str, n_labels: int, cold_start: int) -> Strategy:
+    """``random`` while fewer than ``cold_start`` labels exist, else ``get_strategy(name)``."""
+    return RandomStrategy() if n_labels < cold_start else get_strategy(name)
+
+
+def priorities(strategy: Strategy, pool: Pool, batch_size: int, rng: np.random.Generator,
+               n_batches: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Queue order for the whole pool: ``(priority, score)``, both float64 ``(n,)``.
+
+    The first ``n_batches × batch_size`` pairs come from repeated ``select``
+    calls (each batch counts the earlier ones as labelled, so they do not repeat
+    each other); the rest follow by descending score. ``priority`` is in (0, 1],
+    higher served first, distinct for every pair; ``score`` is the strategy's raw
+    score (for provenance).
+    """
+    n = len(pool)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    score = np.asarray(strategy.scores(pool, rng), dtype=np.float64)
+    order: list[np.ndarray] = []
+    remaining = np.arange(n)
+    current = pool
+    for _ in range(max(0, n_batches)):
+        if not len(remaining):
+            break
+        sub = current.subset(remaining)
+        pick = strategy.select(sub, batch_size, rng)
+        chosen = remaining[pick]
+        order.append(chosen)
+        if current.features is not None:
+            current = current.with_labelled(current.features[chosen])
+        remaining = np.setdiff1d(remaining, chosen, assume_unique=True)
+    if len(remaining):
+        order.append(remaining[_rank(score[remaining], rng)])
+    full = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+    priority = np.empty(n, dtype=np.float64)
+    priority[full] = 1.0 - np.arange(n) / n
+    return priority, score

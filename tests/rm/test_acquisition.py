@@ -1,0 +1,215 @@
+"""Acquisition strategies: a contract every strategy meets, and ordering on fixed probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rm.acquisition import (
+    DEFAULT_STRATEGY,
+    Pool,
+    bald_scores,
+    capped_order,
+    get_strategy,
+    make_pool,
+    pair_features,
+    priorities,
+    select_strategy,
+    strategy_names,
+)
+
+ALL = strategy_names()
+
+
+def _pool(n=60, m=5, d=8, n_groups=None, seed=0, labelled=0) -> Pool:
+    rng = np.random.default_rng(seed)
+    probs = rng.uniform(0.05, 0.95, size=(m, n)).astype(np.float32)
+    feats = rng.normal(size=(n, d)).astype(np.float32)
+    groups = None if n_groups is None else rng.integers(0, n_groups, n)
+    lab = rng.normal(size=(labelled, d)).astype(np.float32) if labelled else None
+    return Pool(probs=probs, features=feats, groups=groups, labelled=lab)
+
+
+# --------------------------------------------------------------------------- contract
+
+
+def test_names_cover_the_required_strategies():
+    for name in ("random", "margin", "bald", "thompson", "bald+diverse", "margin+diverse", "default"):
+        assert name in ALL
+    assert get_strategy("default").name == get_strategy(DEFAULT_STRATEGY).name == DEFAULT_STRATEGY
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("n_groups", [None, 7])
+def test_select_returns_n_distinct_valid_ids(name, n_groups):
+    pool = _pool(n_groups=n_groups, labelled=10)
+    ids = get_strategy(name).select(pool, 16, np.random.default_rng(1))
+    assert ids.dtype.kind == "i"
+    assert len(ids) == 16
+    assert len(set(ids.tolist())) == 16
+    assert ids.min() >= 0 and ids.max() < len(pool)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_select_is_deterministic_under_a_seed(name):
+    pool = _pool(n_groups=20)
+    s = get_strategy(name)
+    a = s.select(pool, 10, np.random.default_rng(7))
+    b = s.select(pool, 10, np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(s.scores(pool, np.random.default_rng(3)), s.scores(pool, np.random.default_rng(3)))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_empty_pool_and_pools_smaller_than_n(name):
+    s = get_strategy(name)
+    empty = Pool(probs=np.zeros((5, 0), np.float32), features=np.zeros((0, 4), np.float32),
+                 groups=np.zeros(0, int))
+    assert len(s.select(empty, 8, np.random.default_rng(0))) == 0
+    pr, sc = priorities(s, empty, 8, np.random.default_rng(0))
+    assert pr.shape == sc.shape == (0,)
+    tiny = _pool(n=3, n_groups=2)
+    ids = s.select(tiny, 8, np.random.default_rng(0))
+    assert sorted(ids.tolist()) == [0, 1, 2]
+    assert len(s.select(tiny, 0, np.random.default_rng(0))) == 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_works_without_features_or_groups(name):
+    pool = Pool(probs=np.random.default_rng(0).uniform(size=(4, 30)))
+    ids = get_strategy(name).select(pool, 9, np.random.default_rng(0))
+    assert len(set(ids.tolist())) == 9
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_priorities_are_a_consistent_queue_order(name):
+    pool = _pool(n=100, n_groups=40)
+    s = get_strategy(name)
+    pr, score = priorities(s, pool, 8, np.random.default_rng(5), n_batches=3)
+    assert pr.shape == score.shape == (100,)
+    # A permutation: every pair has a distinct priority in (0, 1].
+    assert len(np.unique(pr)) == 100 and pr.max() == 1.0 and pr.min() > 0
+    order = np.argsort(-pr)
+    # The first batch served is exactly what select() picks with the same generator state.
+    rng = np.random.default_rng(5)
+    s.scores(pool, rng)
+    np.testing.assert_array_equal(order[:8], s.select(pool, 8, rng))
+    # Beyond the selected batches the queue follows the score.
+    tail = order[24:]
+    assert np.all(np.diff(score[tail]) <= 1e-12)
+    np.testing.assert_array_equal(pr, priorities(s, pool, 8, np.random.default_rng(5), n_batches=3)[0])
+
+
+def test_unknown_strategy_names_say_what_exists():
+    with pytest.raises(ValueError, match="bald"):
+        get_strategy("bal")
+    with pytest.raises(ValueError):
+        get_strategy("bald+shiny")
+
+
+def test_cold_start_is_random_until_enough_labels():
+    assert select_strategy("bald", 10, cold_start=64).name == "random"
+    assert select_strategy("bald", 64, cold_start=64).name == "bald"
+    assert select_strategy("default", 100, cold_start=64).name == DEFAULT_STRATEGY
+
+
+def test_pool_validates_shapes():
+    with pytest.raises(ValueError):
+        Pool(probs=np.zeros((2, 5)), features=np.zeros((4, 3)))
+    with pytest.raises(ValueError):
+        Pool(probs=np.zeros((2, 5)), groups=np.zeros(3))
+    assert len(Pool(probs=np.full(6, 0.5))) == 6
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+def test_margin_picks_closest_to_half_first():
+    p = np.array([0.9, 0.52, 0.1, 0.35, 0.49, 0.7])
+    probs = np.stack([p, p, p])
+    ids = get_strategy("margin").select(Pool(probs=probs), 3, np.random.default_rng(0))
+    assert ids.tolist() == [4, 1, 3]
+
+
+def test_bald_prefers_disagreement_over_agreed_uncertainty():
+    agree = [0.5, 0.5, 0.5, 0.5]          # everyone unsure: aleatoric, nothing to learn
+    disagree = [0.05, 0.95, 0.1, 0.9]     # members contradict each other: epistemic
+    mild = [0.4, 0.6, 0.45, 0.55]
+    probs = np.array([agree, disagree, mild]).T
+    s = bald_scores(probs)
+    assert s[0] == pytest.approx(0.0, abs=1e-6)
+    assert s[1] > s[2] > s[0]
+    assert get_strategy("bald").select(Pool(probs=probs), 3, np.random.default_rng(0)).tolist() == [1, 2, 0]
+    # Margin, by contrast, cannot tell the first two apart from the mean alone.
+    assert get_strategy("margin").scores(Pool(probs=probs), np.random.default_rng(0))[0] == pytest.approx(0.0)
+
+
+def test_per_prompt_cap_spreads_over_prompts():
+    # Prompt 0 holds the 5 most uncertain pairs; a batch of 4 takes its best and moves on.
+    p = np.array([0.50, 0.51, 0.47, 0.53, 0.46, 0.60, 0.65, 0.70, 0.80])
+    groups = np.array([0, 0, 0, 0, 0, 1, 2, 3, 4])
+    ids = get_strategy("margin").select(Pool(probs=p[None, :], groups=groups), 4, np.random.default_rng(0))
+    assert ids.tolist() == [0, 5, 6, 7]
+    # Once every prompt has one pair in the batch, the second-best pair of prompt 0 comes next.
+    ids = get_strategy("margin").select(Pool(probs=p[None, :], groups=groups), 6, np.random.default_rng(0))
+    assert ids.tolist() == [0, 5, 6, 7, 8, 1]
+
+
+def test_capped_order_is_identity_without_groups():
+    np.testing.assert_array_equal(capped_order(np.array([3, 1, 2]), None, 2), [3, 1])
+
+
+def _near_duplicate_pool():
+    # 10 near-copies of one pair feature with the top scores, then 10 distinct pairs scored lower.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=16)
+    dup = base + 0.01 * rng.normal(size=(10, 16))
+    other = rng.normal(size=(10, 16))
+    feats = np.concatenate([dup, other]).astype(np.float32)
+    members = np.concatenate([np.tile([[0.1], [0.9]], (1, 10)),      # strong disagreement
+                              np.tile([[0.2], [0.8]], (1, 10))], axis=1)   # a bit less
+    return Pool(probs=members, features=feats), set(range(10))
+
+
+@pytest.mark.parametrize("name", ["bald+diverse", "bald+cover", "cover"])
+def test_diversity_avoids_near_duplicate_features(name):
+    pool, dups = _near_duplicate_pool()
+    plain = get_strategy("bald").select(pool, 5, np.random.default_rng(0))
+    assert set(plain.tolist()) <= dups  # plain BALD fills the batch with copies
+    ids = get_strategy(name).select(pool, 5, np.random.default_rng(0))
+    assert len(dups & set(ids.tolist())) <= 2
+
+
+def test_cover_counts_labelled_pairs_as_covered():
+    # Two candidate directions equally uncertain; the labelled set already covers the first.
+    feats = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32) * 3
+    probs = np.full((4, 2), 0.5, dtype=np.float32)
+    covered = np.tile([[3.0, 0.0]], (20, 1)).astype(np.float32)
+    for name in ("cover", "margin+cover"):
+        ids = get_strategy(name).select(Pool(probs=probs, features=feats, labelled=covered), 1,
+                                        np.random.default_rng(0))
+        assert ids.tolist() == [1], name
+        ids = get_strategy(name).select(Pool(probs=probs, features=feats, labelled=covered[:, ::-1].copy()), 1,
+                                        np.random.default_rng(0))
+        assert ids.tolist() == [0], name
+
+
+def test_thompson_follows_one_member_per_call():
+    probs = np.array([[0.5, 0.9, 0.99], [0.99, 0.5, 0.9], [0.9, 0.99, 0.5]], dtype=np.float32)
+    firsts = {int(get_strategy("thompson").select(Pool(probs=probs), 1, np.random.default_rng(s))[0])
+              for s in range(20)}
+    assert firsts == {0, 1, 2}
+
+
+def test_make_pool_matches_member_probabilities():
+    rng = np.random.default_rng(0)
+    rewards = rng.normal(size=(3, 10)).astype(np.float32)
+    feat = rng.normal(size=(10, 4)).astype(np.float32)
+    ia, ib = np.array([0, 2, 4]), np.array([1, 3, 5])
+    pool = make_pool(rewards, feat, ia, ib, groups=["x", "y", "x"], labelled=(np.array([6]), np.array([7])),
+                     scale=np.full(4, 2.0, np.float32))
+    expected = 1 / (1 + np.exp(-(rewards[:, ia] - rewards[:, ib])))
+    np.testing.assert_allclose(pool.probs, expected, rtol=1e-5)
+    np.testing.assert_allclose(pool.features, (feat[ia] - feat[ib]) / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(pool.labelled, pair_features(feat, [6], [7], np.full(4, 2.0)), rtol=1e-6)
+    assert pool.groups.tolist() == [0, 1, 0]
