@@ -1,0 +1,655 @@
+"""The retraining job: the one bridge from SQL rows to the ``rm`` library.
+
+One run, under a cross-process lock (:mod:`annotate.locks`), goes through
+these steps, each recorded in ``training_runs.step`` with its wall time:
+
+1. ``snapshot``: one short read of the labels (active, non-probe judgments),
+   the open comparisons and their texts.
+2. ``embed``: features for every response involved, through the on-disk
+   embedding cache (each text is embedded once, ever).
+3. ``train``: an ensemble of Bradley–Terry heads, outside any transaction.
+4. ``evaluate``: held-out human labels (a deterministic split by prompt); the
+   active model is re-scored on the same held-out pairs and the promotion gate
+   decides.
+5. ``save``: the artifact, written to a temporary path and renamed by ``rm``.
+6. ``score``: every open comparison with the model that will be active: each
+   response scored once, pairs combined by index, acquisition priorities.
+7. ``promote``: one short transaction records the model version, promotes it
+   (or not), writes all priorities in bulk and closes the run.
+
+Because the version, the promotion, the priorities and the run's final status
+commit together, a crash or kill at any step leaves the previous active model
+and the priorities exactly as they were; the next run marks the dead run
+``failed`` ("process died at step X").
+
+For tests, ``PREFLOOP_RETRAIN_CRASH_AT=<step>`` kills this process with
+SIGKILL at that step (for ``promote``: inside the open transaction, after all
+writes and before the commit).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import bindparam, func, select, text, update
+
+from annotate import campaign, locks
+from annotate.scoring import artifact_location
+from annotate.db import Database, open_database
+from annotate.errors import PrefloopError
+from annotate.models import (
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    JudgmentState,
+    ModelVersion,
+    Prompt,
+    Response,
+    TrainingRun,
+    utcnow,
+)
+from annotate.settings import Settings
+
+log = logging.getLogger("prefloop.retrain")
+
+STEPS = ("snapshot", "embed", "train", "evaluate", "save", "score", "promote")
+CRASH_ENV = "PREFLOOP_RETRAIN_CRASH_AT"
+LOCK_NAME = "retrain"
+TEST_FRACTION = 0.3
+"""Share of prompts held out for evaluation (by a stable hash of the prompt)."""
+FINISHED = ("succeeded", "rejected", "skipped")
+_WRITE_CHUNK = 50_000
+
+
+class Stopped(PrefloopError):
+    """The run was asked to stop (SIGTERM/SIGINT to the watcher) between two steps."""
+
+
+@dataclass
+class RetrainResult:
+    """What one ``run_once`` did. ``status`` is succeeded, rejected, skipped or failed."""
+
+    status: str
+    message: str = ""
+    run_id: int | None = None
+    model_version_id: int | None = None
+    promoted: bool = False
+    metrics: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One human-readable paragraph for the CLI and the watcher's log."""
+        head = f"retrain {self.status}" + (f" (run {self.run_id})" if self.run_id else "")
+        lines = [f"{head}: {self.message}" if self.message else head]
+        new = self.metrics.get("new") or {}
+        if new:
+            lines.append("held-out: " + ", ".join(
+                f"{k}={_fmt(new.get(k))}" for k in ("accuracy", "log_loss", "ece", "length_baseline_accuracy",
+                                                    "reward_length_spearman", "n_pairs")))
+        if self.counts:
+            lines.append("counts: " + ", ".join(f"{k}={v}" for k, v in self.counts.items()))
+        if self.timings:
+            lines.append("timings (s): " + ", ".join(f"{k}={v:.2f}" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def promotion_decision(new_accuracy: float | None, active_accuracy: float | None, tolerance: float,
+                       *, has_active: bool) -> tuple[bool, str]:
+    """The promotion gate: ``(promote, reason)``.
+
+    The first model is always promoted. Otherwise the new model is promoted
+    unless its held-out accuracy is worse than the active model's by more than
+    ``tolerance``; a new model without held-out labels is not promoted over an
+    existing one.
+    """
+    if not has_active:
+        return True, "first model"
+    if new_accuracy is None or math.isnan(new_accuracy):
+        return False, "no held-out labels to compare with the active model"
+    if active_accuracy is None or math.isnan(active_accuracy):
+        return True, "the active model has no comparable held-out accuracy"
+    if new_accuracy >= active_accuracy - tolerance:
+        return True, f"held-out accuracy {new_accuracy:.4f} vs active {active_accuracy:.4f} (tolerance {tolerance})"
+    return False, (f"held-out accuracy {new_accuracy:.4f} is worse than the active model's "
+                   f"{active_accuracy:.4f} by more than {tolerance}")
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+@dataclass
+class Snapshot:
+    """Everything a run needs from the database, read in one short transaction.
+
+    Responses are rows ``0..R-1``; pairs refer to them by row index.
+    """
+
+    max_judgment_id: int
+    n_judgments: int
+    resp_ids: np.ndarray           # (R,) response ids, sorted
+    resp_prompt_text: list[str]    # (R,) rendered prompt of each response
+    resp_text: list[str]           # (R,)
+    lab_ia: np.ndarray             # labelled pairs (one per judgment)
+    lab_ib: np.ndarray
+    lab_outcome: np.ndarray
+    lab_strength: np.ndarray
+    lab_group: np.ndarray          # prompt content hash per judgment
+    open_ids: np.ndarray           # open comparisons
+    open_ia: np.ndarray
+    open_ib: np.ndarray
+    open_group: np.ndarray         # prompt id per open comparison
+    options: campaign.CampaignOptions
+    active: dict | None            # id, artifact_path, encoder_id, metrics of the active version
+
+
+def _label_filter():
+    return (Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False))
+
+
+def take_snapshot(session, settings: Settings) -> Snapshot:
+    """Read labels, open comparisons and texts (call inside one read transaction)."""
+    from rm.data import outcome_code
+    from rm.features import render_prompt
+
+    if session.bind.dialect.name == "postgresql":
+        # Every statement below must see the same moment.
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    options = campaign.get_options(session, settings)
+    active = session.execute(select(ModelVersion.id, ModelVersion.artifact_path, ModelVersion.encoder_id,
+                                    ModelVersion.metrics).where(ModelVersion.is_active)).first()
+    max_id = session.scalar(select(func.max(Judgment.id)).where(Judgment.is_probe.is_(False))) or 0
+    labels = session.execute(
+        select(Judgment.choice, Judgment.strength, Comparison.response_a_id, Comparison.response_b_id,
+               Prompt.content_hash)
+        .join(Comparison, Comparison.id == Judgment.comparison_id)
+        .join(Prompt, Prompt.id == Comparison.prompt_id)
+        .where(*_label_filter())
+        .order_by(Judgment.id)).all()
+    opened = session.execute(
+        select(Comparison.id, Comparison.response_a_id, Comparison.response_b_id, Comparison.prompt_id)
+        .where(Comparison.status == ComparisonStatus.open)
+        .order_by(Comparison.id)).all()
+    lab = np.array([(r[2], r[3]) for r in labels], dtype=np.int64).reshape(-1, 2)
+    opn = np.array(opened, dtype=np.int64).reshape(-1, 4)
+    resp_ids = np.unique(np.concatenate([lab.ravel(), opn[:, 1:3].ravel()]))
+    texts: dict[int, tuple[int, str]] = {}
+    prompt_ids: set[int] = set()
+    for chunk in _chunks(resp_ids.tolist(), 20_000):
+        for rid, pid, body in session.execute(
+                select(Response.id, Response.prompt_id, Response.text).where(Response.id.in_(chunk))):
+            texts[rid] = (pid, body)
+            prompt_ids.add(pid)
+    rendered: dict[int, str] = {}
+    for chunk in _chunks(sorted(prompt_ids), 20_000):
+        for pid, ptext, messages in session.execute(
+                select(Prompt.id, Prompt.text, Prompt.messages).where(Prompt.id.in_(chunk))):
+            rendered[pid] = ptext if ptext is not None else render_prompt(messages)
+    return Snapshot(
+        max_judgment_id=int(max_id),
+        n_judgments=len(labels),
+        resp_ids=resp_ids,
+        resp_prompt_text=[rendered[texts[r][0]] for r in resp_ids.tolist()],
+        resp_text=[texts[r][1] for r in resp_ids.tolist()],
+        lab_ia=np.searchsorted(resp_ids, lab[:, 0]),
+        lab_ib=np.searchsorted(resp_ids, lab[:, 1]),
+        lab_outcome=np.array([outcome_code(r[0].value) for r in labels], dtype=np.int8),
+        lab_strength=np.array([r[1] or 0 for r in labels], dtype=np.int8),
+        lab_group=np.array([r[4] for r in labels], dtype=object),
+        open_ids=opn[:, 0],
+        open_ia=np.searchsorted(resp_ids, opn[:, 1]),
+        open_ib=np.searchsorted(resp_ids, opn[:, 2]),
+        open_group=opn[:, 3],
+        options=options,
+        active=dict(active._mapping) if active is not None else None,
+    )
+
+
+def _chunks(items: list, n: int):
+    for s in range(0, len(items), n):
+        yield items[s:s + n]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+_ENCODERS: dict[tuple[str, int], object] = {}
+
+
+def get_encoder(settings: Settings):
+    """The configured encoder, built once per process (the model itself loads on first use)."""
+    from rm.encoder import Encoder
+
+    key = (settings.resolved_encoder_path, settings.torch_threads)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = Encoder(settings.resolved_encoder_path or None, num_threads=settings.torch_threads)
+    return _ENCODERS[key]
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN/inf become None, numpy scalars plain numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _crash_point(step: str) -> None:
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _priorities(probs: np.ndarray, *, member_rewards: np.ndarray, feat: np.ndarray, ia: np.ndarray,
+                ib: np.ndarray, groups: np.ndarray, scale: np.ndarray | None, options, n_labels: int,
+                rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Acquisition ``(priority, score, strategy name)`` for the open pairs.
+
+    Below ``options.cold_start`` labels the priorities stay the seeded random
+    ones (``None``). Uses ``rm.acquisition`` when present, else margin
+    uncertainty (score = -|mean P - 0.5|, priority = score).
+    """
+    if n_labels < options.cold_start:
+        return None, None, "random"
+    try:
+        from rm import acquisition
+    except ImportError:
+        acquisition = None
+    if acquisition is None:
+        score = -np.abs(probs.mean(axis=0).astype(np.float64) - 0.5)
+        return score, score, "margin"
+    strategy = acquisition.get_strategy(options.strategy)
+    pool = acquisition.make_pool(member_rewards, feat, ia, ib, groups=groups, scale=scale)
+    priority, score = acquisition.priorities(strategy, pool, options.batch_size, rng)
+    return priority, score, str(strategy)[:64]
+
+
+def write_priorities(session, comparison_ids: np.ndarray, p_a: np.ndarray, priority: np.ndarray | None,
+                     score: np.ndarray | None, *, strategy: str, model_version_id: int | None) -> int:
+    """Bulk-write model scores (and priorities unless ``priority`` is None) for open comparisons.
+
+    PostgreSQL: one ``UPDATE … FROM unnest(arrays)`` per 50k rows. SQLite: one
+    ``executemany``. Rows no longer open are left alone. Returns rows updated.
+    """
+    n = len(comparison_ids)
+    if n == 0:
+        return 0
+    ids = np.asarray(comparison_ids, dtype=np.int64).tolist()
+    p_list = np.asarray(p_a, dtype=np.float64).tolist()
+    keep_priority = priority is None
+    pri = None if keep_priority else np.asarray(priority, dtype=np.float64).tolist()
+    sco = None if score is None else np.asarray(score, dtype=np.float64).tolist()
+    mv = None if keep_priority else model_version_id
+    total = 0
+    if session.bind.dialect.name == "postgresql":
+        set_priority = "" if keep_priority else "priority = v.priority, "
+        set_score = "NULL" if sco is None else "v.score"
+        stmt = text(
+            f"UPDATE comparisons AS c SET {set_priority}priority_score = {set_score}, "
+            "priority_strategy = :strategy, priority_model_version_id = :mv, model_p_a = v.p "
+            "FROM unnest(CAST(:ids AS bigint[]), CAST(:pri AS float8[]), CAST(:sco AS float8[]), "
+            "CAST(:p AS float8[])) AS v(id, priority, score, p) "
+            "WHERE c.id = v.id AND c.status = 'open'")
+        zeros = [0.0] * min(n, _WRITE_CHUNK)
+        for s in range(0, n, _WRITE_CHUNK):
+            e = min(n, s + _WRITE_CHUNK)
+            total += session.execute(stmt, {
+                "ids": ids[s:e], "p": p_list[s:e], "strategy": strategy, "mv": mv,
+                "pri": zeros[:e - s] if keep_priority else pri[s:e],
+                "sco": sco[s:e] if sco is not None else zeros[:e - s]}).rowcount
+        return total
+    table = Comparison.__table__
+    values = {"model_p_a": bindparam("v_p"), "priority_score": bindparam("v_score"),
+              "priority_strategy": bindparam("v_strategy"), "priority_model_version_id": bindparam("v_mv")}
+    if not keep_priority:
+        values["priority"] = bindparam("v_priority")
+    stmt = (update(table).where(table.c.id == bindparam("v_id"), table.c.status == ComparisonStatus.open.value)
+            .values(**values))
+    rows = [{"v_id": ids[i], "v_p": p_list[i], "v_score": None if sco is None else sco[i],
+             "v_strategy": strategy, "v_mv": mv, **({} if keep_priority else {"v_priority": pri[i]})}
+            for i in range(n)]
+    session.connection().execute(stmt, rows)
+    return n
+
+
+# --------------------------------------------------------------------------- run bookkeeping
+
+
+def _record(db: Database, run_id: int, **values) -> None:
+    with db.begin() as session:
+        session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
+
+
+def mark_dead_runs(session) -> list[int]:
+    """Mark runs left ``running`` as failed. Call only while holding the retrain lock."""
+    dead = session.execute(select(TrainingRun.id, TrainingRun.step, TrainingRun.host, TrainingRun.pid)
+                           .where(TrainingRun.status == "running")).all()
+    for run_id, step, host, pid in dead:
+        session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
+            status="failed", finished_at=utcnow(),
+            error=f"process died at step {step or 'start'} (pid {pid} on {host}); "
+                  "the previous model and priorities were kept"))
+    return [r[0] for r in dead]
+
+
+def _last_finished(session):
+    return session.execute(
+        select(TrainingRun.id, TrainingRun.counts, TrainingRun.started_at, TrainingRun.finished_at)
+        .where(TrainingRun.status.in_(FINISHED)).order_by(TrainingRun.id.desc()).limit(1)).first()
+
+
+def new_judgments(session) -> tuple[int, datetime | None, int | None]:
+    """``(judgments since the last finished run, when that run finished, its id)``."""
+    last = _last_finished(session)
+    watermark = int((last.counts or {}).get("max_judgment_id", 0)) if last else 0
+    n = session.scalar(select(func.count(Judgment.id)).where(Judgment.id > watermark,
+                                                             Judgment.is_probe.is_(False))) or 0
+    return int(n), (last.finished_at or last.started_at) if last else None, last.id if last else None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_once(settings: Settings, force: bool = False, *, db: Database | None = None,
+             lock_stale_seconds: float = locks.DEFAULT_STALE_SECONDS, encoder=None, train_config=None,
+             stop: threading.Event | None = None) -> RetrainResult:
+    """One retrain + rescore cycle under the retrain lock.
+
+    Skipped (no run recorded) when another run holds the lock, or, unless
+    ``force``, when no judgment arrived since the last finished run.
+    ``encoder`` and ``train_config`` override the configured encoder and
+    ``rm.train.TrainConfig()`` (tests and benchmarks).
+    """
+    own_db = db is None
+    db = db or open_database(settings)
+    try:
+        lock = locks.acquire(db, LOCK_NAME, stale_after=lock_stale_seconds)
+        if lock is None:
+            return RetrainResult("skipped", "another retrain is running")
+        try:
+            with db.begin() as session:
+                dead = mark_dead_runs(session)
+                n_new, _, last_id = new_judgments(session)
+                total = session.scalar(select(func.count(Judgment.id)).where(*_label_filter())) or 0
+                if total == 0:
+                    return RetrainResult("skipped", "no judgments yet: label some pairs first")
+                if not force and last_id is not None and n_new == 0:
+                    return RetrainResult("skipped", f"no new judgments since run {last_id} (use --force)")
+                run = TrainingRun(status="running", step="start", host=socket.gethostname()[:256],
+                                  pid=os.getpid(), heartbeat_at=utcnow(),
+                                  counts={"dead_runs_marked": len(dead)} if dead else {})
+                session.add(run)
+                session.flush()
+                run_id = run.id
+            return _Run(settings, db, lock, run_id, encoder, train_config, stop).execute()
+        finally:
+            lock.release()
+    finally:
+        if own_db:
+            db.dispose()
+
+
+class _Run:
+    def __init__(self, settings, db, lock, run_id, encoder, train_config, stop):
+        self.settings, self.db, self.lock, self.run_id = settings, db, lock, run_id
+        self.encoder = encoder
+        self.train_config = train_config
+        self.stop = stop
+        self.step = "start"
+        self.timings: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self._t0 = 0.0
+
+    def _begin(self, step: str) -> None:
+        now = time.perf_counter()
+        if self.step != "start":
+            self.timings[self.step] = round(now - self._t0, 4)
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped(f"stopped by signal before step {step}")
+        self.step, self._t0 = step, now
+        _record(self.db, self.run_id, step=step, heartbeat_at=utcnow(), timings=dict(self.timings))
+        if step != "promote":
+            _crash_point(step)
+
+    def execute(self) -> RetrainResult:
+        t_start = time.perf_counter()
+        try:
+            result = self._steps()
+            self.timings["total"] = round(time.perf_counter() - t_start, 4)
+            result.timings = dict(self.timings)
+            _record(self.db, self.run_id, timings=dict(self.timings))
+            return result
+        except BaseException as exc:  # noqa: BLE001 - the run must be marked whatever happened
+            message = f"{type(exc).__name__} at step {self.step}: {exc}"
+            if not isinstance(exc, (PrefloopError, KeyboardInterrupt)):
+                log.error("retrain run %s failed:\n%s", self.run_id, traceback.format_exc())
+            try:
+                _record(self.db, self.run_id, status="failed", error=message[:4000], finished_at=utcnow(),
+                        timings=dict(self.timings), counts=dict(self.counts))
+            except Exception:  # the database is gone: the next run marks this one as dead
+                log.exception("could not mark run %s failed", self.run_id)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return RetrainResult("failed", message, run_id=self.run_id, counts=dict(self.counts),
+                                 timings=dict(self.timings))
+
+    def _steps(self) -> RetrainResult:
+        from rm.cache import EmbeddingCache
+        from rm.data import A_WINS, B_WINS, TIE, PairData
+        from rm.features import FeatureSpec, build_features
+        from rm.split import held_out_mask
+        from rm.train import TrainConfig, train_ensemble
+
+        settings = self.settings
+        # 1. snapshot
+        self._begin("snapshot")
+        with self.db.read() as session:
+            snap = take_snapshot(session, settings)
+        usable = np.isin(snap.lab_outcome, (A_WINS, B_WINS, TIE))
+        test_mask = held_out_mask(snap.lab_group, TEST_FRACTION)
+        self.counts.update(
+            max_judgment_id=snap.max_judgment_id, n_judgments=snap.n_judgments,
+            n_train=int((usable & ~test_mask).sum()), n_test=int((usable & test_mask).sum()),
+            n_prompts=int(len(set(snap.lab_group.tolist()))), n_open=int(len(snap.open_ids)),
+            n_responses=int(len(snap.resp_ids)))
+        if self.counts["n_train"] == 0:
+            return self._finish_skipped("no usable judgments on the training side yet "
+                                        "(both-bad pairs are not used): label more pairs")
+
+        # 2. embed
+        self._begin("embed")
+        encoder = self.encoder or get_encoder(settings)
+        cache = EmbeddingCache(settings.cache_dir, encoder)
+        spec = FeatureSpec()
+        feat = build_features(snap.resp_prompt_text, snap.resp_text, cache, spec)
+        self.counts["n_embedded"] = int(cache.n_computed)
+
+        # 3. train (no transaction open)
+        self._begin("train")
+        lengths = np.fromiter((len(t) for t in snap.resp_text), dtype=np.int64, count=len(snap.resp_text))
+        data = PairData(feat, snap.lab_ia, snap.lab_ib, snap.lab_outcome, snap.lab_strength,
+                        group=snap.lab_group, length=lengths)
+        train, test = data.subset(~test_mask), data.subset(test_mask)
+        config = self.train_config or TrainConfig(num_threads=settings.torch_threads)
+        ens = train_ensemble(train, config, seed=self.run_id)
+
+        # 4. evaluate, against the active model on the same held-out pairs
+        self._begin("evaluate")
+        from rm.evaluate import evaluate
+
+        new_metrics = _clean(evaluate(ens, test).to_dict()) if len(test) else None
+        active_metrics, active_model = self._evaluate_active(snap, encoder, spec, feat, test)
+        new_acc = (new_metrics or {}).get("accuracy")
+        active_acc = (active_metrics or {}).get("accuracy") if snap.active else None
+        promote, reason = promotion_decision(new_acc, active_acc, settings.promote_tolerance,
+                                             has_active=snap.active is not None)
+        metrics = {"new": new_metrics, "active": active_metrics, "promoted": promote, "reason": reason,
+                   "active_version_id": snap.active["id"] if snap.active else None}
+        _record(self.db, self.run_id, metrics=metrics, counts=dict(self.counts))
+
+        # 5. save
+        self._begin("save")
+        from rm.artifact import save_artifact
+
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S")
+        rel = Path("models") / f"rm-run{self.run_id:06d}-{stamp}"
+        save_artifact(settings.data_dir / rel, ens, encoder=encoder.describe(), features=spec,
+                      metrics=new_metrics or {}, data_counts=dict(self.counts),
+                      extra={"training_run_id": self.run_id, "promotion": reason})
+
+        # 6. score every open comparison with the model that will be active
+        self._begin("score")
+        from rm.heads import pair_probabilities
+
+        if promote:
+            member_rewards, scale, scored_feat = ens.member_rewards(feat), ens.scale, feat
+        else:
+            member_rewards, scale, scored_feat = self._active_rewards(active_model, snap, feat, spec, encoder)
+        probs = pair_probabilities(member_rewards, snap.open_ia, snap.open_ib)
+        p_a = probs.mean(axis=0)
+        rng = np.random.default_rng([settings.queue_seed, self.run_id])
+        priority, score, strategy = _priorities(
+            probs, member_rewards=member_rewards, feat=scored_feat, ia=snap.open_ia, ib=snap.open_ib,
+            groups=snap.open_group, scale=scale, options=snap.options,
+            n_labels=int(usable.sum()), rng=rng)
+
+        # 7. promote: version, promotion, priorities and run status in one short transaction
+        self._begin("promote")
+        with self.db.begin() as session:
+            self.lock.check()
+            version = ModelVersion(
+                artifact_path=rel.as_posix(), encoder_id=encoder.encoder_id[:128],
+                metrics={**(new_metrics or {}), "gate": reason,
+                         "train_info": _clean(ens.info), "temperature": float(ens.temperature)},
+                n_train=self.counts["n_train"], n_test=self.counts["n_test"], training_run_id=self.run_id)
+            session.add(version)
+            session.flush()
+            if promote:
+                session.execute(update(ModelVersion).where(ModelVersion.is_active, ModelVersion.id != version.id)
+                                .values(is_active=False))
+                session.flush()
+                session.execute(update(ModelVersion).where(ModelVersion.id == version.id)
+                                .values(is_active=True, promoted=True, promoted_at=utcnow()))
+            scoring_id = version.id if promote else snap.active["id"]
+            self.counts["n_priorities_written"] = write_priorities(
+                session, snap.open_ids, p_a, priority, score, strategy=strategy, model_version_id=scoring_id)
+            status = "succeeded" if promote else "rejected"
+            self.timings["promote"] = round(time.perf_counter() - self._t0, 4)
+            session.execute(update(TrainingRun).where(TrainingRun.id == self.run_id).values(
+                status=status, step="done", finished_at=utcnow(), counts=dict(self.counts),
+                timings=dict(self.timings), error=None if promote else reason))
+            session.flush()
+            _crash_point("promote")
+        return RetrainResult(status, reason, run_id=self.run_id, model_version_id=version.id,
+                             promoted=promote, metrics=metrics, counts=dict(self.counts))
+
+    def _finish_skipped(self, message: str) -> RetrainResult:
+        _record(self.db, self.run_id, status="skipped", step="done", error=message, finished_at=utcnow(),
+                counts=dict(self.counts))
+        return RetrainResult("skipped", message, run_id=self.run_id, counts=dict(self.counts))
+
+    def _load_active(self, snap):
+        from rm.model import load
+
+        try:
+            return load(artifact_location(self.settings, snap.active["artifact_path"]),
+                           cache_dir=self.settings.cache_dir)
+        except Exception as exc:  # a broken active artifact must not block a new model
+            log.warning("active model %s cannot be loaded: %s", snap.active["id"], exc)
+            return None
+
+    def _evaluate_active(self, snap, encoder, spec, feat, test):
+        """The active model's metrics on this run's held-out pairs (stored ones if it cannot be re-scored)."""
+        from rm.evaluate import evaluate
+
+        if snap.active is None:
+            return None, None
+        model = self._load_active(snap)
+        if (model is not None and len(test) and model.info.encoder_id == encoder.encoder_id
+                and model.features == spec):
+            return _clean(evaluate(model.ensemble, test).to_dict()), model
+        stored = dict(snap.active.get("metrics") or {})
+        stored["note"] = "stored metrics (the active model could not be re-scored on this split)"
+        return stored, model
+
+    def _active_rewards(self, model, snap, feat, spec, encoder):
+        if model is None:
+            raise PrefloopError(f"the active model {snap.active['id']} cannot be loaded to score the queue "
+                                "and the new model was not promoted; fix or retrain with --force")
+        if model.info.encoder_id == encoder.encoder_id and model.features == spec:
+            return model.ensemble.member_rewards(feat), model.ensemble.scale, feat
+        other = model.featurize(snap.resp_prompt_text, snap.resp_text)
+        return model.ensemble.member_rewards(other), model.ensemble.scale, other
+
+
+# --------------------------------------------------------------------------- watch
+
+
+def due(session, settings: Settings, *, since: datetime) -> tuple[bool, str]:
+    """Whether the watcher should retrain now, and why."""
+    options = campaign.get_options(session, settings)
+    n_new, last_at, _ = new_judgments(session)
+    if n_new >= options.retrain_every_labels:
+        return True, f"{n_new} new judgments"
+    baseline = last_at or since
+    if n_new >= 1 and utcnow() - baseline >= timedelta(minutes=options.retrain_every_minutes):
+        return True, f"{n_new} new judgments and {options.retrain_every_minutes:g} minutes passed"
+    return False, f"{n_new} new judgments"
+
+
+def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float = 5.0,
+          stop: threading.Event | None = None, **run_kwargs) -> None:
+    """Retrain whenever :func:`due` says so, until SIGTERM/SIGINT (or ``stop`` is set).
+
+    A signal stops the loop at once when idle; a run in progress stops at its
+    next step boundary and is marked failed (the previous model stays active).
+    """
+    stop = stop or threading.Event()
+    db = db or open_database(settings)
+    installed = {}
+    if threading.current_thread() is threading.main_thread():
+        def _on_signal(signum, _frame):
+            log.info("signal %s: stopping", signum)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            installed[sig] = signal.signal(sig, _on_signal)
+    started = utcnow()
+    print(f"{started:%Y-%m-%d %H:%M:%S} retrain watcher started (poll every {poll_seconds:g} s)", flush=True)
+    try:
+        while not stop.is_set():
+            try:
+                with db.read() as session:
+                    fire, why = due(session, settings, since=started)
+                if fire:
+                    print(f"{utcnow():%Y-%m-%d %H:%M:%S} retraining: {why}", flush=True)
+                    result = run_once(settings, db=db, stop=stop, **run_kwargs)
+                    print(result.summary(), flush=True)
+            except Exception:
+                log.exception("retrain watcher: check failed; retrying")
+            stop.wait(poll_seconds)
+    finally:
+        for sig, handler in installed.items():
+            signal.signal(sig, handler)
+        db.dispose()
+        print(f"{utcnow():%Y-%m-%d %H:%M:%S} retrain watcher stopped", flush=True)

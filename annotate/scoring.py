@@ -1,0 +1,152 @@
+"""Scoring (prompt, response) rows with the active reward model.
+
+The active model is whatever ``model_versions`` says now; a loaded model is
+cached per artifact path (one path per version), so a process picks up a newly
+promoted model at its next call without a restart. The UI caches by model
+version id with ``st.cache_resource`` (``annotate/ui/pages/models.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from annotate.errors import ModelError, PrefloopError
+from annotate.models import ModelVersion
+from annotate.settings import Settings
+
+NO_MODEL = "no reward model has been trained yet: collect some judgments, then run 'prefloop retrain --once'"
+_MAX_LOADED = 4
+_loaded: OrderedDict[tuple, object] = OrderedDict()
+_loaded_lock = threading.Lock()
+
+
+def active_model(session: Session) -> ModelVersion | None:
+    """The active model version, or None before the first promotion."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.is_active))
+
+
+def list_versions(session: Session, limit: int = 50) -> list[ModelVersion]:
+    """Model versions, newest first."""
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(limit)))
+
+
+def artifact_location(settings: Settings, stored: str) -> Path:
+    """Where a ``model_versions.artifact_path`` lies: relative paths are under ``data_dir``."""
+    p = Path(stored)
+    return p if p.is_absolute() else settings.data_dir / p
+
+
+def load_model(settings: Settings, path: str | Path):
+    """Load (once per process, kept in a small LRU) the ``rm`` reward model at ``path``.
+
+    Raises :class:`ModelError` for a missing, corrupt or incompatible artifact.
+    """
+    from rm.artifact import ArtifactError
+    from rm.model import load
+
+    key = (str(Path(path).resolve()), str(settings.cache_dir.resolve()), settings.resolved_encoder_path)
+    with _loaded_lock:
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]
+    try:
+        model = load(path, cache_dir=settings.cache_dir)
+        recorded = model.info.encoder.get("model_path")
+        if recorded and not (Path(recorded) / "config.json").is_file() and settings.resolved_encoder_path:
+            # Trained on another machine: use this machine's copy of the encoder (its id is checked).
+            model = load(path, cache_dir=settings.cache_dir, encoder=settings.resolved_encoder_path)
+    except ArtifactError as exc:
+        raise ModelError(str(exc)) from None
+    with _loaded_lock:
+        _loaded[key] = model
+        while len(_loaded) > _MAX_LOADED:
+            _loaded.popitem(last=False)
+    return model
+
+
+def _resolve(settings: Settings, model_path: str | Path | None) -> tuple[Path, int | None]:
+    if model_path is not None:
+        return Path(model_path), None
+    from annotate.db import open_database
+
+    db = open_database(settings, null_pool=True)
+    try:
+        with db.read() as session:
+            version = active_model(session)
+            if version is None:
+                raise ModelError(NO_MODEL)
+            return artifact_location(settings, version.artifact_path), version.id
+    finally:
+        db.dispose()
+
+
+def score_with(model, prompts: Sequence, responses: Sequence[str]) -> list[dict]:
+    """Score rows with a loaded model: ``[{"reward", "uncertainty"}]`` per row."""
+    from rm.artifact import ArtifactError
+    from rm.encoder import EncoderError
+
+    if len(prompts) != len(responses):
+        raise PrefloopError("give as many prompts as responses")
+    if not len(prompts):
+        return []
+    try:
+        scores = model.score(list(prompts), [str(r) for r in responses])
+    except (ArtifactError, EncoderError) as exc:
+        raise ModelError(str(exc)) from None
+    except ValueError as exc:  # malformed chat messages
+        raise PrefloopError(f"cannot score: {exc}") from None
+    return [{"reward": float(r), "uncertainty": float(u)}
+            for r, u in zip(scores.reward.tolist(), scores.uncertainty.tolist())]
+
+
+def score_texts(settings: Settings, prompts: Sequence, responses: Sequence[str],
+                model_path: str | Path | None = None) -> list[dict]:
+    """Score (prompt, response) rows with the active model (or the artifact at ``model_path``).
+
+    A prompt is a string or a list of chat messages. Each row gives ``reward``
+    (ensemble mean), ``uncertainty`` (member spread), ``model_version_id`` and
+    ``model_path``.
+    """
+    path, version_id = _resolve(settings, model_path)
+    rows = score_with(load_model(settings, path), prompts, responses)
+    for row in rows:
+        row["model_version_id"] = version_id
+        row["model_path"] = str(path)
+    return rows
+
+
+def score_file(settings: Settings, path: Path, model_path: str | Path | None = None) -> list[dict]:
+    """Score every line of a JSONL file with ``prompt`` and ``response`` fields.
+
+    Returns each input object with ``reward``, ``uncertainty``,
+    ``model_version_id`` and ``model_path`` added. A bad line raises
+    :class:`PrefloopError` naming it; nothing is scored then.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PrefloopError(f"{path} does not exist")
+    records: list[dict] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PrefloopError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict) or "prompt" not in obj or "response" not in obj:
+                raise PrefloopError(f"{path}:{lineno}: each line needs 'prompt' and 'response' fields")
+            if not isinstance(obj["response"], str) or not isinstance(obj["prompt"], (str, list)):
+                raise PrefloopError(f"{path}:{lineno}: 'prompt' must be text or chat messages "
+                                    "and 'response' text")
+            records.append(obj)
+    scores = score_texts(settings, [r["prompt"] for r in records], [r["response"] for r in records],
+                         model_path=model_path)
+    return [{**rec, **sc} for rec, sc in zip(records, scores)]

@@ -1,0 +1,393 @@
+"""The retraining job: steps, promotion gate, priorities, crash recovery, watcher.
+
+Model tests use a tiny randomly initialised BERT (built once per session from
+a config, with the bundled encoder's tokenizer), so training is real but fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from annotate import locks, retrain, scoring
+from annotate.models import (
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    JudgmentSource,
+    ModelVersion,
+    Prompt,
+    Response,
+    TrainingRun,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_tiny_encoder(path: Path) -> Path:
+    """A 1-layer, 32-wide random BERT with the bundled tokenizer, saved at ``path``."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from rm.encoder import default_model_path
+
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()), local_files_only=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+@pytest.fixture
+def rt_settings(settings, tiny_encoder):
+    """Settings with the tiny encoder, no cold start and a 1-core budget."""
+    return dataclasses.replace(settings, encoder_path=str(tiny_encoder), cold_start=0, torch_threads=1)
+
+
+def _h(*parts) -> str:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
+
+
+GOOD = "Here is a careful and helpful answer about topic {i}, with steps and an example."
+BAD = "no idea lol {i}"
+
+
+def add_pairs(session, start: int, n: int, *, judged: bool, wrong: bool = False, strength=None,
+              where=None) -> list[int]:
+    """``n`` prompts ``start..``, each with a good and a bad response in one comparison.
+
+    A is the good one for even ``i``. ``judged``: an imported judgment saying the
+    good one wins (the bad one when ``wrong``), and the comparison is complete.
+    ``where(prompt_hash)`` filters which prompts are created.
+    """
+    ids = []
+    i = start
+    while len(ids) < n:
+        ph = _h("prompt", i)
+        if where is not None and not where(ph):
+            i += 1
+            continue
+        prompt = Prompt(content_hash=ph, text=f"Question {i}: how should I approach topic {i}?")
+        session.add(prompt)
+        session.flush()
+        good = Response(prompt_id=prompt.id, content_hash=_h("g", i), text=GOOD.format(i=i))
+        bad = Response(prompt_id=prompt.id, content_hash=_h("b", i), text=BAD.format(i=i))
+        session.add_all([good, bad])
+        session.flush()
+        a, b = (good, bad) if i % 2 == 0 else (bad, good)
+        c = Comparison(prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id, overlap_target=1,
+                       priority=((i * 7919) % 1000) / 1000.0,
+                       status=ComparisonStatus.complete if judged else ComparisonStatus.open,
+                       judgment_count=1 if judged else 0)
+        session.add(c)
+        session.flush()
+        if judged:
+            good_wins = "a" if a is good else "b"
+            bad_wins = "b" if a is good else "a"
+            session.add(Judgment(comparison_id=c.id, annotator_id=None, source=JudgmentSource.imported,
+                                 choice=bad_wins if wrong else good_wins, strength=strength))
+        ids.append(c.id)
+        i += 1
+    return ids
+
+
+def priorities_state(session) -> dict:
+    rows = session.execute(select(Comparison.id, Comparison.priority, Comparison.priority_score,
+                                  Comparison.priority_strategy, Comparison.priority_model_version_id,
+                                  Comparison.model_p_a).order_by(Comparison.id)).all()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def active_id(session):
+    return session.scalar(select(ModelVersion.id).where(ModelVersion.is_active))
+
+
+def held_out(ph: str) -> bool:
+    from rm.split import held_out_mask
+
+    return bool(held_out_mask([ph], retrain.TEST_FRACTION)[0])
+
+
+# --------------------------------------------------------------------------- unit
+
+
+def test_promotion_gate_rule():
+    assert retrain.promotion_decision(0.5, None, 0.01, has_active=False)[0] is True
+    assert retrain.promotion_decision(None, None, 0.01, has_active=False)[0] is True
+    assert retrain.promotion_decision(0.80, 0.80, 0.01, has_active=True)[0] is True
+    assert retrain.promotion_decision(0.795, 0.80, 0.01, has_active=True)[0] is True
+    assert retrain.promotion_decision(0.85, 0.80, 0.01, has_active=True)[0] is True
+    ok, reason = retrain.promotion_decision(0.78, 0.80, 0.01, has_active=True)
+    assert ok is False and "worse" in reason
+    assert retrain.promotion_decision(float("nan"), 0.8, 0.01, has_active=True)[0] is False
+
+
+# --------------------------------------------------------------------------- service, both backends
+
+
+def test_skips_without_judgments(db, rt_settings):
+    with db.begin() as s:
+        add_pairs(s, 0, 5, judged=False)
+    result = retrain.run_once(rt_settings, db=db)
+    assert result.status == "skipped" and "no judgments" in result.message
+    with db.read() as s:
+        assert s.scalar(select(func.count(TrainingRun.id))) == 0
+
+
+def test_first_run_trains_promotes_and_writes_priorities(db, rt_settings):
+    with db.begin() as s:
+        judged = add_pairs(s, 0, 80, judged=True)
+        open_ids = add_pairs(s, 1000, 40, judged=False)
+        before = priorities_state(s)
+
+    result = retrain.run_once(rt_settings, db=db)
+    assert result.status == "succeeded", result.summary()
+    assert result.promoted and result.model_version_id
+    assert set(result.timings) >= set(retrain.STEPS) | {"total"}
+    assert result.metrics["new"]["accuracy"] > 0.6
+
+    with db.read() as s:
+        run = s.get(TrainingRun, result.run_id)
+        assert run.status == "succeeded" and run.step == "done" and run.finished_at is not None
+        assert set(run.timings) >= set(retrain.STEPS)
+        version = scoring.active_model(s)
+        assert version.id == result.model_version_id and version.promoted and version.training_run_id == run.id
+        assert version.n_train + version.n_test == 80 and version.n_test > 0
+        assert retrain.artifact_location(rt_settings, version.artifact_path).is_dir()
+        after = priorities_state(s)
+    for cid in open_ids:
+        priority, score, strategy, mv, p_a = after[cid]
+        assert mv == version.id and strategy and p_a is not None and score is not None
+        assert 0.0 <= p_a <= 1.0
+    for cid in judged:  # complete comparisons are not rescored
+        assert after[cid] == before[cid]
+    # The model learnt which response is good: P(A) follows where the good one is.
+    with db.read() as s:
+        rows = s.execute(select(Comparison.model_p_a, Prompt.text).join(Prompt)
+                         .where(Comparison.id.in_(open_ids))).all()
+    acc = np.mean([(p > 0.5) == (int(t.split()[1].rstrip(":")) % 2 == 0) for p, t in rows])
+    assert acc > 0.8
+
+
+def test_no_new_judgments_skips_unless_forced(db, rt_settings):
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True)
+    assert retrain.run_once(rt_settings, db=db).status == "succeeded"
+    again = retrain.run_once(rt_settings, db=db)
+    assert again.status == "skipped" and "no new judgments" in again.message
+    forced = retrain.run_once(rt_settings, force=True, db=db)
+    assert forced.status in ("succeeded", "rejected")
+
+
+def test_promotion_gate_end_to_end(db, rt_settings):
+    with db.begin() as s:
+        add_pairs(s, 0, 80, judged=True)
+        add_pairs(s, 1000, 20, judged=False)
+    first = retrain.run_once(rt_settings, db=db)
+    assert first.status == "succeeded"
+
+    # More labels of the same kind: held-out accuracy not worse, promoted.
+    with db.begin() as s:
+        add_pairs(s, 2000, 40, judged=True)
+    second = retrain.run_once(rt_settings, db=db)
+    assert second.status == "succeeded" and second.promoted, second.summary()
+    assert second.metrics["active"]["accuracy"] is not None  # the old model, re-scored on the same split
+
+    # Many contradicting labels on training-side prompts only: the new model
+    # gets worse on the unchanged held-out labels and is rejected.
+    with db.begin() as s:
+        add_pairs(s, 5000, 400, judged=True, wrong=True, where=lambda ph: not held_out(ph))
+        state = priorities_state(s)
+    third = retrain.run_once(rt_settings, db=db)
+    assert third.status == "rejected", third.summary()
+    assert not third.promoted and "worse" in third.message
+    with db.read() as s:
+        assert active_id(s) == second.model_version_id
+        rejected = s.get(ModelVersion, third.model_version_id)
+        assert rejected is not None and not rejected.is_active and not rejected.promoted
+        assert s.get(TrainingRun, third.run_id).status == "rejected"
+        # The queue was rescored with the still-active model.
+        after = priorities_state(s)
+    open_now = [cid for cid, v in after.items() if v[3] is not None]
+    assert open_now and all(after[c][3] == second.model_version_id for c in open_now)
+
+
+def test_cold_start_keeps_seeded_priorities(db, rt_settings):
+    settings = dataclasses.replace(rt_settings, cold_start=10_000)
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True)
+        open_ids = add_pairs(s, 1000, 10, judged=False)
+        before = priorities_state(s)
+    result = retrain.run_once(settings, db=db)
+    assert result.status == "succeeded"
+    with db.read() as s:
+        after = priorities_state(s)
+    for cid in open_ids:
+        assert after[cid][0] == before[cid][0]            # priority untouched
+        assert after[cid][2] == "random" and after[cid][4] is not None  # model P(A) still recorded
+
+
+def test_run_skips_while_locked(db, rt_settings):
+    with db.begin() as s:
+        add_pairs(s, 0, 20, judged=True)
+    held = locks.acquire(db, retrain.LOCK_NAME)
+    try:
+        result = retrain.run_once(rt_settings, db=db)
+        assert result.status == "skipped" and "another retrain" in result.message
+    finally:
+        held.release()
+    assert retrain.run_once(rt_settings, db=db).status == "succeeded"
+
+
+def test_failure_is_recorded_and_previous_model_kept(db, rt_settings, monkeypatch):
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True)
+        add_pairs(s, 1000, 10, judged=False)
+    first = retrain.run_once(rt_settings, db=db)
+    with db.begin() as s:
+        add_pairs(s, 2000, 10, judged=True)
+        state = priorities_state(s)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("rm.artifact.save_artifact", boom)
+    result = retrain.run_once(rt_settings, db=db)
+    assert result.status == "failed" and "save" in result.message and "disk full" in result.message
+    with db.read() as s:
+        run = s.get(TrainingRun, result.run_id)
+        assert run.status == "failed" and run.step == "save" and "disk full" in run.error
+        assert active_id(s) == first.model_version_id
+        assert priorities_state(s) == state
+
+
+def test_dead_run_marked_failed(db, rt_settings):
+    with db.begin() as s:
+        add_pairs(s, 0, 20, judged=True)
+        s.add(TrainingRun(status="running", step="train", host="elsewhere", pid=1))
+    result = retrain.run_once(rt_settings, db=db)
+    assert result.status == "succeeded"
+    with db.read() as s:
+        dead = s.scalars(select(TrainingRun).where(TrainingRun.host == "elsewhere")).one()
+        assert dead.status == "failed" and "process died at step train" in dead.error
+
+
+def test_watch_fires_on_new_labels_and_stops(db, rt_settings):
+    with db.begin() as s:
+        add_pairs(s, 0, 30, judged=True)
+    from annotate import campaign
+
+    with db.begin() as s:
+        from tests.factories import make_user
+
+        admin = make_user(s, "boss", "admin")
+        campaign.update_options(s, rt_settings, actor=admin, retrain_every_labels=5)
+    stop = threading.Event()
+    thread = threading.Thread(target=retrain.watch, args=(rt_settings,),
+                              kwargs={"poll_seconds": 0.2, "stop": stop}, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: _n_runs(db, "succeeded") == 1, 120)
+        with db.begin() as s:
+            add_pairs(s, 100, 3, judged=True)  # below the threshold: no new run
+        time.sleep(1.5)
+        assert _n_runs(db, "succeeded") == 1
+        with db.begin() as s:
+            add_pairs(s, 200, 3, judged=True)  # 6 new >= 5
+        _wait_for(lambda: _n_runs(db, "succeeded") == 2, 120)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def _n_runs(db, status):
+    with db.read() as s:
+        return s.scalar(select(func.count(TrainingRun.id)).where(TrainingRun.status == status))
+
+
+def _wait_for(cond, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+# --------------------------------------------------------------------------- kill at each step
+
+
+def _cli_env(settings, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFLOOP_")}
+    env.update(PREFLOOP_DATABASE_URL=settings.sqlalchemy_url, PREFLOOP_DATA_DIR=str(settings.data_dir),
+               PREFLOOP_ENCODER_PATH=settings.encoder_path, PREFLOOP_ENV="test", PREFLOOP_COLD_START="0",
+               PREFLOOP_TORCH_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    return env
+
+
+def _cli(settings, *args, **extra):
+    return subprocess.run([sys.executable, "-m", "annotate.cli", *args], cwd=REPO, env=_cli_env(settings, **extra),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_kill_at_each_step_keeps_previous_model(backend, request, tmp_path, tiny_encoder):
+    from annotate.db import Database, create_db_engine
+    from annotate.settings import load_settings
+
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_clean_url")
+    settings = load_settings(environ={}, data_dir=tmp_path / "data", database_url=url, env="test",
+                             encoder_path=str(tiny_encoder), cold_start=0, torch_threads=1)
+    db = Database(create_db_engine(url))
+    try:
+        with db.begin() as s:
+            add_pairs(s, 0, 60, judged=True)
+            add_pairs(s, 1000, 30, judged=False)
+        first = retrain.run_once(settings, db=db)
+        assert first.status == "succeeded"
+        with db.begin() as s:
+            add_pairs(s, 2000, 20, judged=True)
+            state = priorities_state(s)
+            n_versions = s.scalar(select(func.count(ModelVersion.id)))
+
+        for step in retrain.STEPS:
+            proc = _cli(settings, "retrain", "--once", PREFLOOP_RETRAIN_CRASH_AT=step)
+            assert proc.returncode == -9, (step, proc.returncode, proc.stdout, proc.stderr)
+            with db.read() as s:
+                assert active_id(s) == first.model_version_id, step
+                assert priorities_state(s) == state, step
+                assert s.scalar(select(func.count(ModelVersion.id))) == n_versions, step
+                run = s.scalars(select(TrainingRun).order_by(TrainingRun.id.desc())).first()
+                assert run.status == "running" and run.step == step
+
+        proc = _cli(settings, "retrain", "--once")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "retrain succeeded" in proc.stdout
+        with db.read() as s:
+            runs = s.scalars(select(TrainingRun).order_by(TrainingRun.id)).all()
+            dead = [r for r in runs if r.status == "failed"]
+            assert [r.step for r in dead] == list(retrain.STEPS)
+            assert all(f"process died at step {r.step}" in r.error for r in dead)
+            assert runs[-1].status == "succeeded"
+            assert active_id(s) not in (None, first.model_version_id)
+            assert priorities_state(s) != state
+    finally:
+        db.dispose()
