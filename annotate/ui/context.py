@@ -1,0 +1,112 @@
+"""What every page needs: shared resources, the logged-in actor, guards, error display.
+
+Shared resources come from ``st.cache_resource`` keyed by the values they are
+built from (the ``PREFLOOP_*`` environment, the database URL), so one process
+serving several configurations (tests do) never mixes them up. They are never
+mutated. ``st.session_state`` holds only per-user UI state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import streamlit as st
+
+from annotate import accounts
+from annotate.accounts import Actor
+from annotate.db import Database, create_db_engine
+from annotate.errors import PermissionDenied, PrefloopError
+from annotate.settings import Settings, load_settings
+
+ACTOR_KEY = "actor"
+
+
+@st.cache_resource(show_spinner=False)
+def _settings_for(environ: tuple[tuple[str, str], ...]) -> Settings:
+    return load_settings(dict(environ))
+
+
+@st.cache_resource(show_spinner=False)
+def _database_for(url: str) -> Database:
+    return Database(create_db_engine(url))
+
+
+def get_settings() -> Settings:
+    """The process settings (cached per distinct ``PREFLOOP_*`` environment)."""
+    environ = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("PREFLOOP_")))
+    return _settings_for(environ)
+
+
+def get_db() -> Database:
+    """The shared :class:`Database` for the configured URL (one engine per URL and process)."""
+    return _database_for(get_settings().sqlalchemy_url)
+
+
+def current_actor() -> Actor | None:
+    """The logged-in user of this browser session, if any."""
+    return st.session_state.get(ACTOR_KEY)
+
+
+def log_in(actor: Actor) -> None:
+    st.session_state[ACTOR_KEY] = actor
+
+
+def log_out() -> None:
+    """Forget everything this browser session knew (the actor and all UI state)."""
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+
+
+def refresh_actor() -> Actor | None:
+    """Re-read the logged-in user from the database: log out a deactivated or deleted
+    account, and pick up a role change, so the page list always follows the database."""
+    actor = current_actor()
+    if actor is None:
+        return None
+    try:
+        with get_db().read() as session:
+            user = accounts.require_active(session, actor)
+            fresh = Actor(id=user.id, username=user.username, role=user.role)
+    except PermissionDenied:
+        log_out()
+        return None
+    if fresh != actor:
+        log_in(fresh)
+    return fresh
+
+
+def require_login() -> Actor:
+    """The logged-in actor, or stop the page with a message."""
+    actor = current_actor()
+    if actor is None:
+        st.error("Log in first.")
+        st.stop()
+    return actor
+
+
+def require_admin_page() -> Actor:
+    """Guard for admin pages: re-check the role against the database, else stop.
+
+    Every admin page calls this itself (pages are files that could be reached
+    without the router), on top of the router not registering them for
+    annotators.
+    """
+    actor = current_actor()
+    try:
+        with get_db().read() as session:
+            accounts.require_admin(session, actor)
+    except PermissionDenied as exc:
+        st.error(str(exc))
+        st.stop()
+    return actor
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show errors a user can cause as ``st.error`` with their message, never a traceback."""
+    try:
+        yield
+    except PrefloopError as exc:
+        st.error(str(exc))

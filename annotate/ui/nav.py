@@ -1,0 +1,55 @@
+"""The page lists per role: the one place to add a page.
+
+Annotators' sessions never register admin pages. Admin pages must still call
+:func:`annotate.ui.context.require_admin_page` themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from annotate.accounts import Actor
+
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    file: str
+    """File name under ``annotate/ui/pages/``."""
+    title: str
+    icon: str
+    default: bool = False
+
+    @property
+    def path(self) -> Path:
+        return PAGES_DIR / self.file
+
+
+LOGIN_PAGE = PageSpec("login.py", "Log in", ":material/login:", default=True)
+ANNOTATOR_PAGES: tuple[PageSpec, ...] = (
+    PageSpec("annotate.py", "Annotate", ":material/compare_arrows:", default=True),
+    PageSpec("guidelines.py", "Guidelines", ":material/menu_book:"),
+)
+ADMIN_PAGES: tuple[PageSpec, ...] = (
+    PageSpec("admin_import.py", "Import", ":material/upload_file:"),
+    PageSpec("admin_export.py", "Export", ":material/download:"),
+    PageSpec("admin_users.py", "Users", ":material/group:"),
+)
+
+
+def _page(spec: PageSpec) -> st.Page:
+    return st.Page(spec.path, title=spec.title, icon=spec.icon, default=spec.default)
+
+
+def pages_for(actor: Actor | None) -> dict[str, list[st.Page]]:
+    """The navigation for ``actor`` (whose role must come fresh from the database)."""
+    if actor is None:
+        return {"": [_page(LOGIN_PAGE)]}
+    pages = {"Annotation": [_page(s) for s in ANNOTATOR_PAGES]}
+    if actor.is_admin:
+        pages["Admin"] = [_page(s) for s in ADMIN_PAGES]
+    return pages

@@ -1,0 +1,86 @@
+"""Admin: download preferences (TRL JSONL / Parquet) and raw judgments (CSV / JSONL).
+
+Files are built only when a download button is pressed (deferred data), so
+opening the page neither runs an export nor writes an audit event.
+"""
+
+from datetime import datetime, time, timezone
+
+import streamlit as st
+
+from annotate import accounts, export
+from annotate.ui import context
+
+actor = context.require_admin_page()
+db = context.get_db()
+
+st.title("Export")
+
+with db.read() as session:
+    usernames = [user.username for user in accounts.list_users(session, actor=actor)]
+
+with st.expander("Filters", expanded=True, icon=":material/filter_alt:"):
+    c1, c2 = st.columns(2)
+    since = c1.date_input("Judged on or after (UTC)", value=None, key="export_since")
+    until = c2.date_input("Judged before (UTC)", value=None, key="export_until")
+    annotators = c1.multiselect("Annotators (empty: everyone, and imported judgments)", usernames,
+                                key="export_annotators")
+    tags_text = c2.text_input("Source tags (comma-separated; empty: all)", key="export_tags")
+    min_agreement = c1.slider("Minimum agreement (majority share of votes)", 0.0, 1.0, 0.0, 0.05,
+                              key="export_min_agreement")
+    with c2:
+        include_ties = st.checkbox("Include ties (adds is_tie)", key="export_ties")
+        include_both_bad = st.checkbox("Include both-bad (adds is_both_bad)", key="export_both_bad")
+        exclude_gold = st.checkbox("Exclude gold pairs", key="export_no_gold")
+        include_imported = st.checkbox("Count imported judgments", value=True, key="export_imported")
+        margin = st.checkbox("Add a margin column from strength (preferences)", key="export_margin")
+
+
+def _instant(day):
+    return datetime.combine(day, time.min, tzinfo=timezone.utc) if day else None
+
+
+if since and until and until <= since:
+    st.error("The end date must be after the start date.")
+    st.stop()
+
+filters = export.ExportFilter(
+    since=_instant(since), until=_instant(until), annotators=tuple(annotators),
+    source_tags=tuple(t.strip() for t in tags_text.split(",") if t.strip()),
+    include_ties=include_ties, include_both_bad=include_both_bad, exclude_gold=exclude_gold,
+    min_agreement=float(min_agreement), include_imported=include_imported)
+
+
+def _preferences(fmt: str):
+    def build() -> bytes:
+        with db.begin() as session:
+            return export.preferences_bytes(session, actor=actor, format=fmt, filters=filters, margin=margin)
+    return build
+
+
+def _judgments(fmt: str):
+    def build() -> bytes:
+        with db.begin() as session:
+            return export.judgments_bytes(session, actor=actor, format=fmt, filters=filters)
+    return build
+
+
+stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+st.subheader("Preferences for TRL")
+st.caption("One row per comparison with a majority winner: prompt, chosen, rejected (chat prompts as messages).")
+p1, p2 = st.columns(2)
+p1.download_button("TRL JSONL", _preferences("jsonl"), file_name=f"preferences-{stamp}.jsonl",
+                   mime="application/jsonl", key="dl_pref_jsonl", icon=":material/download:", on_click="ignore")
+p2.download_button("Parquet (datasets)", _preferences("parquet"), file_name=f"preferences-{stamp}.parquet",
+                   mime="application/vnd.apache.parquet", key="dl_pref_parquet", icon=":material/download:",
+                   on_click="ignore")
+
+st.subheader("Raw judgments")
+st.caption("Every judgment with its annotator, canonical and shown choice, side, timing and state "
+           "(retracted and superseded rows included).")
+j1, j2 = st.columns(2)
+j1.download_button("Judgments CSV", _judgments("csv"), file_name=f"judgments-{stamp}.csv", mime="text/csv",
+                   key="dl_judgments_csv", icon=":material/download:", on_click="ignore")
+j2.download_button("Judgments JSONL", _judgments("jsonl"), file_name=f"judgments-{stamp}.jsonl",
+                   mime="application/jsonl", key="dl_judgments_jsonl", icon=":material/download:",
+                   on_click="ignore")

@@ -1,0 +1,85 @@
+"""Admin: import prompts, responses and comparisons.
+
+The file is parsed and validated first (a preview and every problem are
+shown); nothing is written until the admin presses Import.
+"""
+
+import hashlib
+
+import streamlit as st
+
+from annotate import campaign, ingest
+from annotate.errors import ImportValidationError, PrefloopError
+from annotate.ui import context
+
+PARSED_KEY = "import_parsed"
+KNOWN_WINNER = {
+    "judgment": "store as imported judgments",
+    "gold": "make the pairs gold (known answer)",
+    "ignore": "ignore them",
+}
+
+actor = context.require_admin_page()
+settings, db = context.get_settings(), context.get_db()
+
+st.title("Import")
+st.caption(f"Formats: {ingest.FORMAT_HELP}. JSON Lines (.jsonl, .jsonl.gz), JSON arrays or CSV; "
+           f"up to {settings.max_upload_mb} MB.")
+
+upload = st.file_uploader("Data file", type=["jsonl", "gz", "json", "csv"], key="import_file")
+if upload is None:
+    st.session_state.pop(PARSED_KEY, None)
+    st.stop()
+
+data = upload.getvalue()
+digest = hashlib.sha256(data).hexdigest()
+cached = st.session_state.get(PARSED_KEY)
+if cached is None or cached[0] != digest:
+    try:
+        parsed = ingest.parse_file(data, filename=upload.name, max_text_chars=settings.max_text_chars,
+                                   max_bytes=settings.max_upload_mb * 2**20)
+    except ImportValidationError as exc:
+        st.error(str(exc))
+        if exc.problems:
+            st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems], hide_index=True)
+        st.stop()
+    except PrefloopError as exc:
+        st.error(str(exc))
+        st.stop()
+    st.session_state[PARSED_KEY] = cached = (digest, parsed)
+parsed = cached[1]
+
+st.subheader("Preview")
+st.write(f"Format **{parsed.format}** · {parsed.rows} rows · {len(parsed.comparisons)} comparisons")
+for note in parsed.notes:
+    st.info(note)
+if parsed.problems:
+    st.error(f"{len(parsed.problems)} problem(s) found; nothing can be imported until the file is fixed.")
+    st.dataframe([{"line": line, "problem": reason} for line, reason in parsed.problems],
+                 hide_index=True)
+st.dataframe(parsed.preview(20), hide_index=True)
+
+st.subheader("Options")
+with db.read() as session:
+    default_overlap = campaign.get_options(session, settings).overlap
+left, middle, right = st.columns(3)
+source_tag = left.text_input("Source tag (optional, overrides the file's)", key="import_tag", max_chars=128)
+known_winner = middle.selectbox("Known outcomes in the file", list(KNOWN_WINNER), format_func=KNOWN_WINNER.get,
+                                key="import_known_winner")
+overlap = right.number_input("Judgments needed per pair (overlap)", min_value=1, max_value=20,
+                             value=default_overlap, step=1, key="import_overlap")
+
+if st.button("Import", type="primary", disabled=bool(parsed.problems), key="import_go",
+             icon=":material/upload:"):
+    try:
+        with st.spinner("Importing..."), db.begin() as session:
+            report = ingest.import_file(session, settings, data, filename=upload.name, actor=actor,
+                                        source_tag=source_tag.strip() or None, known_winner=known_winner,
+                                        overlap=int(overlap))
+    except ImportValidationError as exc:
+        st.error(str(exc))
+        st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems], hide_index=True)
+    except PrefloopError as exc:
+        st.error(str(exc))
+    else:
+        st.success(report.summary(), icon=":material/check:")

@@ -1,0 +1,68 @@
+"""Admin: accounts (list, add, activate/deactivate, change role, reset password)."""
+
+import streamlit as st
+
+from annotate import accounts
+from annotate.errors import PrefloopError
+from annotate.models import Role
+from annotate.ui import context
+
+ROLES = [role.value for role in Role]
+
+actor = context.require_admin_page()
+db = context.get_db()
+
+st.title("Users")
+for message in st.session_state.pop("users_flash", []):
+    st.success(message, icon=":material/check:")
+
+
+def _run(action, success: str) -> None:
+    """Run one admin action in its own unit of work; show its error or rerun with a success note."""
+    try:
+        with db.begin() as session:
+            action(session)
+    except PrefloopError as exc:
+        st.error(str(exc))
+        return
+    st.session_state["users_flash"] = [success]
+    st.rerun()
+
+
+with db.read() as session:
+    users = [{"username": u.username, "role": u.role.value, "active": u.active,
+              "locked_until": u.locked_until, "created_at": u.created_at}
+             for u in accounts.list_users(session, actor=actor)]
+st.dataframe(users, hide_index=True)
+names = [u["username"] for u in users]
+
+add, manage = st.tabs(["Add a user", "Manage a user"])
+with add:
+    with st.form("add_user", clear_on_submit=True):
+        username = st.text_input("Username", key="new_username")
+        password = st.text_input(f"Password (at least {accounts.MIN_PASSWORD_LENGTH} characters)",
+                                 type="password")
+        role = st.selectbox("Role", ROLES, index=ROLES.index(Role.annotator.value), key="new_role")
+        if st.form_submit_button("Add user", type="primary"):
+            _run(lambda s: accounts.create_user(s, username, password, role, actor=actor),
+                 f"Added {username.strip()} ({role}).")
+
+with manage:
+    target = st.selectbox("User", names, key="manage_user")
+    row = next((u for u in users if u["username"] == target), None)
+    if row is not None:
+        c1, c2 = st.columns(2)
+        with c1:
+            if row["active"]:
+                if st.button("Deactivate", key="deactivate", icon=":material/block:"):
+                    _run(lambda s: accounts.set_active(s, target, False, actor=actor), f"Deactivated {target}.")
+            elif st.button("Activate", key="activate", icon=":material/check_circle:"):
+                _run(lambda s: accounts.set_active(s, target, True, actor=actor), f"Activated {target}.")
+            new_role = st.selectbox("Role", ROLES, index=ROLES.index(row["role"]), key=f"role_{target}")
+            if st.button("Change role", key="change_role", disabled=new_role == row["role"]):
+                _run(lambda s: accounts.set_role(s, target, new_role, actor=actor), f"{target} is now {new_role}.")
+        with c2, st.form("reset_password", clear_on_submit=True):
+            new_password = st.text_input("New password", type="password")
+            if st.form_submit_button("Reset password"):
+                _run(lambda s: accounts.reset_password(s, target, new_password, actor=actor),
+                     f"Password of {target} reset (and any lockout lifted).")

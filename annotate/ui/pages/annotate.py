@@ -1,0 +1,137 @@
+"""The annotation page: one pair, A on the left and B on the right, one key press per judgment.
+
+Keys: A left better, B right better, T tie, X both bad, S skip, U undo last.
+Every action runs in a button callback, so the next pair is drawn by the
+same rerun that recorded the judgment.
+"""
+
+import time
+
+import streamlit as st
+
+from annotate import campaign, judgments, queue
+from annotate.errors import PrefloopError
+from annotate.ui import context, render
+
+TIMER_KEY = "pair_shown_at"
+ACTIONS = (
+    # (shown, label, shortcut, button type)
+    ("left", "A is better", "A", "primary"),
+    ("right", "B is better", "B", "primary"),
+    ("tie", "Tie", "T", "secondary"),
+    ("both_bad", "Both bad", "X", "secondary"),
+)
+
+
+def _timers() -> dict[int, float]:
+    return st.session_state.setdefault(TIMER_KEY, {})
+
+
+def _judge(comparison_id: int, shown: str) -> None:
+    actor, settings, db = context.current_actor(), context.get_settings(), context.get_db()
+    strength = st.session_state.get(f"strength_{comparison_id}") if shown in ("left", "right") else None
+    started = _timers().get(comparison_id)
+    elapsed_ms = int((time.monotonic() - started) * 1000) if started is not None else None
+    try:
+        with db.begin() as session:
+            judgments.submit(
+                session, settings, actor=actor, comparison_id=comparison_id, shown=shown, strength=strength,
+                rationale=st.session_state.get(f"rationale_{comparison_id}") or None,
+                flags=list(st.session_state.get(f"flags_{comparison_id}") or ()), time_spent_ms=elapsed_ms)
+    except PrefloopError as exc:
+        st.toast(str(exc), icon=":material/warning:")
+        return
+    _timers().pop(comparison_id, None)
+
+
+def _skip(comparison_id: int) -> None:
+    actor, db = context.current_actor(), context.get_db()
+    try:
+        with db.begin() as session:
+            queue.skip(session, actor=actor, comparison_id=comparison_id)
+    except PrefloopError as exc:
+        st.toast(str(exc), icon=":material/warning:")
+        return
+    _timers().pop(comparison_id, None)
+    st.toast("Skipped: you will not see this pair again.", icon=":material/skip_next:")
+
+
+def _undo() -> None:
+    actor, settings, db = context.current_actor(), context.get_settings(), context.get_db()
+    try:
+        with db.begin() as session:
+            comparison_id = judgments.undo_last(session, settings, actor=actor)
+    except PrefloopError as exc:
+        st.toast(str(exc), icon=":material/warning:")
+        return
+    if comparison_id is None:
+        st.toast("Nothing recent to undo.", icon=":material/info:")
+        return
+    _timers().pop(comparison_id, None)
+    st.toast("Your last judgment was withdrawn; judge that pair again.", icon=":material/undo:")
+
+
+def _is_long(text: str) -> bool:
+    return len(text) > 900 or text.count("\n") > 14
+
+
+actor = context.require_login()
+settings, db = context.get_settings(), context.get_db()
+try:
+    with db.begin() as session:
+        options = campaign.get_options(session, settings)
+        assignment = queue.next_comparison(session, settings, options, actor=actor)
+        progress = judgments.progress(session, actor=actor)
+except PrefloopError as exc:
+    st.error(str(exc))
+    st.stop()
+
+head, stats, help_box = st.columns([3, 3, 1], vertical_alignment="bottom")
+head.title("Which response is better?")
+with stats:
+    today, left = st.columns(2)
+    today.metric("Judged today", progress.judged_today)
+    left.metric("Remaining", progress.remaining)
+    done = progress.judged_total + progress.remaining
+    st.progress(progress.judged_total / done if done else 1.0)
+with help_box.popover("Guidelines", icon=":material/menu_book:", width="stretch"):
+    st.markdown(options.guidelines, unsafe_allow_html=False)
+    st.page_link("annotate/ui/pages/guidelines.py", label="Open the guidelines page", icon=":material/open_in_new:")
+
+if assignment is None:
+    st.success("No more pairs for you right now. Thank you! New pairs appear when an admin imports more "
+               "or when others release theirs; reload later.", icon=":material/task_alt:")
+    st.button("Undo last", key="undo", shortcut="U", on_click=_undo, icon=":material/undo:")
+    st.stop()
+
+cid = assignment.comparison_id
+_timers().setdefault(cid, time.monotonic())
+
+st.caption(f"Pair #{cid} · keys: **A** left better · **B** right better · **T** tie · **X** both bad · "
+           "**S** skip · **U** undo last")
+with st.container(border=True):
+    st.markdown("**Prompt**")
+    render.show_prompt(assignment.prompt_text, assignment.prompt_messages)
+
+col_a, col_b = st.columns(2)
+for column, label, text in ((col_a, "A", assignment.left_text), (col_b, "B", assignment.right_text)):
+    with column:
+        st.subheader(f"Response {label}")
+        render.show_text(text, height=render.RESPONSE_HEIGHT if _is_long(text) else None)
+
+buttons = st.columns(6)
+for column, (shown, label, key, kind) in zip(buttons, ACTIONS):
+    column.button(label, key=f"judge_{shown}", shortcut=key, type=kind, on_click=_judge, args=(cid, shown),
+                  width="stretch")
+buttons[4].button("Skip", key="skip", shortcut="S", on_click=_skip, args=(cid,), icon=":material/skip_next:",
+                  width="stretch")
+buttons[5].button("Undo last", key="undo", shortcut="U", on_click=_undo, icon=":material/undo:",
+                  width="stretch")
+
+with st.expander("Optional: strength, rationale, flags", expanded=False):
+    st.segmented_control("How much better (for A or B)?", options=list(judgments.STRENGTHS),
+                         format_func=judgments.STRENGTHS.get, key=f"strength_{cid}")
+    st.text_input("Rationale", key=f"rationale_{cid}", max_chars=judgments.MAX_RATIONALE_CHARS,
+                  placeholder="Why? (optional)")
+    st.pills("Flags", options=list(judgments.FLAGS), selection_mode="multi",
+             format_func=lambda f: f.replace("_", " "), key=f"flags_{cid}")

@@ -1,0 +1,28 @@
+"""The annotation guidelines; admins can edit them here."""
+
+import streamlit as st
+
+from annotate import campaign
+from annotate.ui import context
+
+actor = context.require_login()
+settings, db = context.get_settings(), context.get_db()
+
+with db.read() as session:
+    guidelines = campaign.get_options(session, settings).guidelines
+
+st.title("Guidelines")
+st.markdown(guidelines, unsafe_allow_html=False)
+
+if actor.is_admin:
+    st.divider()
+    with st.expander("Edit the guidelines (admin)", icon=":material/edit:"):
+        with st.form("edit_guidelines"):
+            text = st.text_area("Markdown", value=guidelines, height=400, key="guidelines_text")
+            save = st.form_submit_button("Save guidelines", type="primary")
+        if save:
+            with context.user_errors():
+                with db.begin() as session:
+                    campaign.update_options(session, settings, actor=actor, guidelines=text)
+                st.toast("Guidelines saved.", icon=":material/check:")
+                st.rerun()

@@ -1,0 +1,27 @@
+"""Log in with a local account."""
+
+import streamlit as st
+
+from annotate import accounts
+from annotate.errors import PrefloopError
+from annotate.ui import context
+
+st.title("prefloop")
+st.caption("Log in to start annotating.")
+
+with st.form("login", clear_on_submit=False, enter_to_submit=True):
+    username = st.text_input("Username", key="login_username", autocomplete="username")
+    password = st.text_input("Password", type="password", autocomplete="current-password")
+    submitted = st.form_submit_button("Log in", type="primary")
+
+if submitted:
+    settings = context.get_settings()
+    try:
+        actor = accounts.login(context.get_db(), username, password,
+                               max_failures=settings.login_max_failures,
+                               lockout_seconds=settings.login_lockout_seconds)
+    except PrefloopError as exc:
+        st.error(str(exc))
+    else:
+        context.log_in(actor)
+        st.rerun()

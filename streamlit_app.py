@@ -1,0 +1,24 @@
+"""prefloop's Streamlit entry point: the router and the frame around every page.
+
+Run with ``streamlit run streamlit_app.py``. The pages live in
+``annotate/ui/pages/``; which ones a session registers depends on the role
+read from the database on every run (see ``annotate/ui/nav.py``).
+"""
+
+import streamlit as st
+
+from annotate.ui import context, nav
+
+st.set_page_config(page_title="prefloop", page_icon=":material/compare_arrows:", layout="wide")
+
+actor = context.refresh_actor()
+page = st.navigation(nav.pages_for(actor))
+
+if actor is not None:
+    with st.sidebar:
+        st.caption(f"Signed in as **{actor.username}** ({actor.role.value})")
+        if st.button("Log out", key="logout", icon=":material/logout:"):
+            context.log_out()
+            st.rerun()
+
+page.run()

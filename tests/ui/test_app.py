@@ -1,0 +1,451 @@
+"""AppTest tests of the router and the pages against a temporary SQLite file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
+
+from annotate import accounts, campaign, judgments
+from annotate.accounts import Actor
+from annotate.models import Choice, Judgment, JudgmentState, Lease, Role, User
+from annotate.settings import load_settings
+from tests.factories import PASSWORD, make_comparisons, make_user
+from tests.ui.conftest import APP, PAGES
+
+TIMEOUT = 30
+ADMIN_PAGES = ["admin_import.py", "admin_export.py", "admin_users.py"]
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _login(at: AppTest, username: str, password: str = PASSWORD) -> AppTest:
+    at.text_input(key="login_username").input(username)
+    next(t for t in at.text_input if t.label == "Password").input(password)
+    at.button[0].click()
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _page(name: str) -> str:
+    return str(PAGES / name)
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def _texts(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown]
+
+
+@pytest.fixture
+def people(app_db):
+    with app_db.begin() as session:
+        annotator = make_user(session, "ann")
+        admin = make_user(session, "boss", "admin")
+    return annotator, admin
+
+
+def _shown_pair(at: AppTest, app_db, actor: Actor) -> tuple[int, bool]:
+    """The comparison on screen (from the page's "Pair #id" caption) and whether A is on its left."""
+    from annotate.queue import shown_a_on_left
+
+    [cid] = [int(c.value.split("#")[1].split()[0]) for c in at.caption if c.value.startswith("Pair #")]
+    with app_db.read() as session:
+        lease = session.scalar(select(Lease).where(Lease.annotator_id == actor.id, Lease.comparison_id == cid))
+        return cid, shown_a_on_left(session, lease)
+
+
+def _judgments(app_db, actor: Actor) -> list[Judgment]:
+    with app_db.read() as session:
+        return list(session.scalars(select(Judgment).where(Judgment.annotator_id == actor.id)
+                                    .order_by(Judgment.id)))
+
+
+# --------------------------------------------------------------------------- login and navigation
+
+
+def test_logged_out_sees_only_the_login_page(app_db, people):
+    at = _app()
+    assert [t.value for t in at.title] == ["prefloop"]
+    with pytest.raises(ValueError, match="Known pages"):
+        at.switch_page(_page("annotate.py"))
+    password = next(t for t in at.text_input if t.label == "Password")
+    assert password.proto.type == password.proto.PASSWORD
+
+
+def test_login_failure_shows_the_message_then_throttles(app_db, people, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_LOGIN_MAX_FAILURES", "2")
+    at = _app()
+    _login(at, "ann", "wrong-password-1")
+    assert _errors(at) == ["wrong username or password"]
+    _login(at, "ann", "wrong-password-2")
+    _login(at, "ann", PASSWORD)  # right password, but the account is throttled now
+    assert any(e.startswith("too many failed attempts") for e in _errors(at)), _errors(at)
+    assert not any("wrong-password" in text for text in _texts(at) + _errors(at))
+    assert "actor" not in at.session_state
+    assert [t.value for t in at.title] == ["prefloop"]
+
+
+def test_login_success_shows_the_annotation_page(app_db, people):
+    with app_db.begin() as session:
+        make_comparisons(session, 2)
+    at = _login(_app(), "ann")
+    assert not _errors(at)
+    assert [t.value for t in at.title] == ["Which response is better?"]
+    assert at.session_state["actor"].username == "ann"
+    assert any("Signed in as **ann**" in c.value for c in at.sidebar.caption)
+
+
+def test_annotator_never_registers_admin_pages(app_db, people):
+    at = _login(_app(), "ann")
+    at.switch_page(_page("guidelines.py"))
+    at.run()
+    assert [t.value for t in at.title] == ["Guidelines"]
+    for name in ADMIN_PAGES:
+        with pytest.raises(ValueError, match="Known pages"):
+            at.switch_page(_page(name))
+
+
+@pytest.mark.parametrize("name", ADMIN_PAGES)
+def test_admin_pages_guard_themselves(app_db, people, name):
+    annotator, _ = people
+    at = AppTest.from_file(_page(name), default_timeout=TIMEOUT)
+    at.session_state["actor"] = annotator
+    at.run()
+    assert not at.exception
+    assert _errors(at) == ["this action needs the admin role"]
+    assert not at.title and not at.dataframe and not at.file_uploader
+
+
+@pytest.mark.parametrize("name", ADMIN_PAGES)
+def test_admin_pages_guard_against_a_stale_admin_session(app_db, people, name):
+    """A session that still believes it is admin is refused once the database says otherwise."""
+    annotator, _ = people
+    at = AppTest.from_file(_page(name), default_timeout=TIMEOUT)
+    at.session_state["actor"] = Actor(id=annotator.id, username=annotator.username, role=Role.admin)
+    at.run()
+    assert _errors(at) == ["this action needs the admin role"]
+    assert not at.title
+
+
+def test_demoted_admin_loses_admin_pages(app_db, people):
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_users.py"))
+    at.run()
+    assert [t.value for t in at.title] == ["Users"]
+    with app_db.begin() as session:
+        session.scalar(select(User).where(User.username == "boss")).role = Role.annotator
+    at.run()
+    assert not at.exception
+    with pytest.raises(ValueError, match="Known pages"):
+        at.switch_page(_page("admin_users.py"))
+
+
+def test_deactivated_user_is_logged_out(app_db, people):
+    at = _login(_app(), "ann")
+    with app_db.begin() as session:
+        accounts.set_active(session, "ann", False, system=True)
+    at.run()
+    assert [t.value for t in at.title] == ["prefloop"]
+
+
+def test_logout_returns_to_login(app_db, people):
+    at = _login(_app(), "ann")
+    at.sidebar.button(key="logout").click()
+    at.run()
+    assert [t.value for t in at.title] == ["prefloop"]
+    assert "actor" not in at.session_state
+
+
+# --------------------------------------------------------------------------- annotation
+
+
+def test_pair_is_shown_and_a_better_records_the_canonical_choice(app_db, people):
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, 4)
+    at = _login(_app(), "ann")
+    cid, a_left = _shown_pair(at, app_db, annotator)
+    texts = _texts(at)
+    i = next(int(t.split()[2].rstrip(":")) for t in texts if t.startswith("Prompt number"))
+    left, right = (f"Answer A to {i}", f"Answer B to {i}") if a_left else (f"Answer B to {i}", f"Answer A to {i}")
+    # Left before right on the page, under the "Response A" / "Response B" labels.
+    order = [t for t in texts if t.startswith("Answer")]
+    assert order[0].startswith(left) and order[1].startswith(right)
+    assert [s.value for s in at.subheader] == ["Response A", "Response B"]
+
+    at.button(key="judge_left").click()
+    at.run()
+    assert not at.exception and not _errors(at)
+    [judgment] = _judgments(app_db, annotator)
+    assert judgment.comparison_id == cid
+    assert judgment.choice is (Choice.a if a_left else Choice.b)
+    assert judgment.a_on_left is a_left
+    assert judgment.time_spent_ms is not None and judgment.time_spent_ms >= 0
+    next_cid, _ = _shown_pair(at, app_db, annotator)
+    assert next_cid != cid
+    assert f"Prompt number {i}: explain something." not in _texts(at)
+    assert [m.value for m in at.metric] == ["1", "3"]
+
+
+def test_strength_rationale_and_flags_are_recorded(app_db, people):
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, 2)
+    at = _login(_app(), "ann")
+    cid, a_left = _shown_pair(at, app_db, annotator)
+    at.segmented_control(key=f"strength_{cid}").set_value(3)
+    at.text_input(key=f"rationale_{cid}").input("more accurate")
+    at.pills(key=f"flags_{cid}").set_value(["unsafe", "not_english"])
+    at.run()
+    at.button(key="judge_right").click()
+    at.run()
+    [judgment] = _judgments(app_db, annotator)
+    assert judgment.choice is (Choice.b if a_left else Choice.a)
+    assert (judgment.strength, judgment.rationale, judgment.flags) == (3, "more accurate", ["not_english", "unsafe"])
+
+
+def test_tie_ignores_strength(app_db, people):
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, 2)
+    at = _login(_app(), "ann")
+    cid, _ = _shown_pair(at, app_db, annotator)
+    at.segmented_control(key=f"strength_{cid}").set_value(2)
+    at.run()
+    at.button(key="judge_tie").click()
+    at.run()
+    [judgment] = _judgments(app_db, annotator)
+    assert (judgment.choice, judgment.strength) == (Choice.tie, None)
+
+
+def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, people):
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, 3)
+    at = _login(_app(), "ann")
+    first, _ = _shown_pair(at, app_db, annotator)
+    at.button(key="judge_both_bad").click()
+    at.run()
+    assert _shown_pair(at, app_db, annotator)[0] != first
+
+    at.button(key="undo").click()
+    at.run()
+    [judgment] = _judgments(app_db, annotator)
+    assert judgment.state is JudgmentState.retracted
+    assert _shown_pair(at, app_db, annotator)[0] == first
+    assert any("withdrawn" in t.value for t in at.toast)
+
+    at.button(key="skip").click()
+    at.run()
+    with app_db.read() as session:
+        skipped = session.scalar(select(Lease).where(Lease.comparison_id == first,
+                                                     Lease.annotator_id == annotator.id))
+    assert skipped.skipped
+    assert _shown_pair(at, app_db, annotator)[0] != first
+    assert len(_judgments(app_db, annotator)) == 1
+
+
+def test_double_submit_shows_a_toast_not_a_traceback(app_db, people):
+    """The pair was already judged (another tab, a double click): the click warns and records nothing."""
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, 2)
+    at = _login(_app(), "ann")
+    cid, _ = _shown_pair(at, app_db, annotator)
+    settings = load_settings()
+    with app_db.begin() as session:
+        judgments.submit(session, settings, actor=annotator, comparison_id=cid, shown="tie")
+    at.button(key="judge_left").click()
+    at.run()
+    assert not at.exception
+    assert any("already judged" in t.value or "not assigned" in t.value for t in at.toast), [t.value for t in at.toast]
+    assert len(_judgments(app_db, annotator)) == 1
+
+
+def test_no_more_pairs_is_handled(app_db, people):
+    at = _login(_app(), "ann")
+    assert not at.exception
+    assert any("No more pairs" in s.value for s in at.success)
+    at.button(key="undo").click()
+    at.run()
+    assert any("Nothing recent to undo" in t.value for t in at.toast)
+
+
+def test_chat_prompt_is_rendered_as_chat(app_db, people):
+    with app_db.begin() as session:
+        make_comparisons(session, 1, chat=True)
+    at = _login(_app(), "ann")
+    assert [c.name for c in at.chat_message] == ["user", "assistant", "user"]
+    assert at.chat_message[0].markdown[0].value == "Question 0?"
+    assert at.chat_message[2].markdown[0].value == "Details for 0."
+
+
+def test_untrusted_text_is_rendered_inert(app_db, people):
+    from annotate.models import Comparison, Prompt, Response
+    from tests.factories import h
+
+    hostile = "<script>alert(1)</script> ![x](http://evil.example/p.png) costs $5"
+    with app_db.begin() as session:
+        prompt = Prompt(content_hash=h("hostile"), text="Say something $x$ <img src=x onerror=alert(1)>")
+        session.add(prompt)
+        session.flush()
+        a = Response(prompt_id=prompt.id, content_hash=h("ha"), text=hostile)
+        b = Response(prompt_id=prompt.id, content_hash=h("hb"), text="```\n$ echo <b>\n```")
+        session.add_all([a, b])
+        session.flush()
+        session.add(Comparison(prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
+    at = _login(_app(), "ann")
+    bodies = {m.value: m for m in at.markdown}
+    assert "Say something \\$x\\$ &lt;img src=x onerror=alert(1)>" in bodies
+    assert "&lt;script>alert(1)&lt;/script> !\\[x](`http://evil.example/p.png`) costs \\$5" in bodies
+    assert "```\n$ echo <b>\n```" in bodies
+    assert not any(m.proto.allow_html for m in at.markdown)
+
+
+# --------------------------------------------------------------------------- guidelines and admin pages
+
+
+def test_guidelines_popover_and_admin_edit(app_db, people):
+    at = _login(_app(), "boss")
+    at.switch_page(_page("guidelines.py"))
+    at.run()
+    at.text_area(key="guidelines_text").input("# House rules\n\nBe kind.")
+    next(b for b in at.button if b.label == "Save guidelines").click()
+    at.run()
+    assert not at.exception and not _errors(at)
+    settings = load_settings()
+    with app_db.read() as session:
+        assert campaign.get_options(session, settings).guidelines == "# House rules\n\nBe kind."
+    with app_db.begin() as session:
+        make_comparisons(session, 1)
+    at.switch_page(_page("annotate.py"))
+    at.run()
+    assert "# House rules\n\nBe kind." in _texts(at)
+
+
+def test_annotator_cannot_edit_guidelines(app_db, people):
+    at = _login(_app(), "ann")
+    at.switch_page(_page("guidelines.py"))
+    at.run()
+    assert not at.text_area
+
+
+def test_admin_pages_render_for_an_admin(app_db, people):
+    at = _login(_app(), "boss")
+    titles = {}
+    for name in ADMIN_PAGES:
+        at.switch_page(_page(name))
+        at.run()
+        assert not at.exception, at.exception
+        assert not _errors(at)
+        titles[name] = [t.value for t in at.title]
+    assert titles == {"admin_import.py": ["Import"], "admin_export.py": ["Export"], "admin_users.py": ["Users"]}
+
+
+def test_export_page_offers_every_download(app_db, people):
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_export.py"))
+    at.run()
+    labels = [e.proto.label for e in at.get("download_button")]
+    assert labels == ["TRL JSONL", "Parquet (datasets)", "Judgments CSV", "Judgments JSONL"]
+
+
+def _upload(at: AppTest, name: str, content: bytes) -> None:
+    at.file_uploader(key="import_file").upload(name, content, "application/jsonl")
+    at.run()
+    assert not at.exception, at.exception
+
+
+def test_import_previews_and_blocks_a_bad_file(app_db, people):
+    rows = [{"prompt": "p1", "response_a": "x", "response_b": "y"},
+            {"prompt": "p2", "response_a": "same", "response_b": "same"},
+            {"prompt": "p3"}]
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_import.py"))
+    at.run()
+    _upload(at, "bad.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    assert any("problem" in e for e in _errors(at)), _errors(at)
+    problems = at.dataframe[0].value
+    assert sorted(set(problems["line"])) == [2, 3]
+    assert next(b for b in at.button if b.label == "Import").disabled
+    with app_db.read() as session:
+        from annotate.models import Comparison
+        assert session.scalar(select(Comparison.id)) is None
+
+
+def test_import_writes_after_preview(app_db, people):
+    rows = [{"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}", "winner": "a"} for i in range(3)]
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_import.py"))
+    at.run()
+    _upload(at, "good.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    assert not _errors(at)
+    assert len(at.dataframe[0].value) == 3
+    from annotate.models import Comparison
+    with app_db.read() as session:
+        assert session.scalar(select(Comparison.id)) is None  # the preview wrote nothing
+    at.text_input(key="import_tag").input("batch-1")
+    at.selectbox(key="import_known_winner").select("gold")
+    at.number_input(key="import_overlap").set_value(2)
+    next(b for b in at.button if b.label == "Import").click()
+    at.run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert any("added 3 comparisons" in s.value for s in at.success)
+    with app_db.read() as session:
+        comparisons = list(session.scalars(select(Comparison)))
+    assert {(c.source_tag, c.is_gold, c.gold_choice, c.overlap_target) for c in comparisons} == {
+        ("batch-1", True, Choice.a, 2)}
+
+
+def test_users_page_adds_deactivates_changes_role_and_resets(app_db, people):
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_users.py"))
+    at.run()
+    at.text_input(key="new_username").input("carol")
+    next(t for t in at.text_input if t.label.startswith("Password")).input("a-long-password")
+    at.selectbox(key="new_role").select("annotator")
+    next(b for b in at.button if b.label == "Add user").click()
+    at.run()
+    assert not _errors(at), _errors(at)
+    assert "carol" in list(at.dataframe[0].value["username"])
+
+    at.selectbox(key="manage_user").select("carol")
+    at.run()
+    at.button(key="deactivate").click()
+    at.run()
+    at.selectbox(key="role_carol").select("admin")
+    at.run()
+    at.button(key="change_role").click()
+    at.run()
+    next(t for t in at.text_input if t.label == "New password").input("another-password")
+    next(b for b in at.button if b.label == "Reset password").click()
+    at.run()
+    assert not _errors(at), _errors(at)
+    with app_db.read() as session:
+        carol = session.scalar(select(User).where(User.username == "carol"))
+        assert (carol.active, carol.role) == (False, Role.admin)
+        from argon2 import PasswordHasher
+        assert PasswordHasher().verify(carol.password_hash, "another-password")
+
+
+def test_users_page_shows_service_errors(app_db, people):
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_users.py"))
+    at.run()
+    at.selectbox(key="manage_user").select("boss")
+    at.run()
+    at.button(key="deactivate").click()
+    at.run()
+    assert _errors(at) == ["you cannot deactivate your own account"]
+    assert not at.exception
