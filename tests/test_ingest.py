@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 from dataclasses import replace
 
@@ -417,3 +419,22 @@ def test_import_uses_a_bounded_number_of_statements(db, settings):
         event.remove(db.engine, "before_cursor_execute", listener)
     assert report.comparisons_added == 1500 and again.comparisons_added == 0
     assert first < 60 and len(statements) < 60
+
+
+def test_csv_chosen_rejected_holds_hh_transcripts_or_message_lists():
+    transcript = hh("\n\nHuman: hi", "hello", "go away")
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["chosen", "rejected"])
+    writer.writerow([transcript["chosen"], transcript["rejected"]])
+    parsed = parse_file(out.getvalue().encode(), filename="hh.csv")
+    assert parsed.format == "hh" and parsed.problems == []
+    assert parsed.comparisons[0].prompt == [{"role": "user", "content": "hi"}] and parsed.comparisons[0].line == 2
+    user = {"role": "user", "content": "hi"}
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["chosen", "rejected"])
+    writer.writerow([json.dumps([user, {"role": "assistant", "content": "hello"}]),
+                     json.dumps([user, {"role": "assistant", "content": "go away"}])])
+    parsed = parse_file(out.getvalue().encode(), filename="trl.csv")
+    assert parsed.format == "trl" and parsed.problems == [] and parsed.comparisons[0].prompt == [user]
