@@ -1,0 +1,112 @@
+"""Scoring with the active model: service, CLI on a file, model pick-up, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from sqlalchemy import select
+
+from annotate import cli, retrain, scoring
+from annotate.errors import ModelError, PrefloopError
+from annotate.models import ModelVersion
+from tests.test_retrain import BAD, GOOD, add_pairs, tiny_encoder  # noqa: F401 - fixture
+
+
+@pytest.fixture
+def rt_settings(settings, tiny_encoder):  # noqa: F811
+    return dataclasses.replace(settings, encoder_path=str(tiny_encoder), cold_start=0, torch_threads=1)
+
+
+@pytest.fixture
+def trained(db, rt_settings):
+    with db.begin() as s:
+        add_pairs(s, 0, 80, judged=True)
+    result = retrain.run_once(rt_settings, db=db)
+    assert result.status == "succeeded"
+    return result
+
+
+def _env(monkeypatch, settings):
+    monkeypatch.setenv("PREFLOOP_DATABASE_URL", settings.sqlalchemy_url)
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("PREFLOOP_ENCODER_PATH", settings.encoder_path)
+    monkeypatch.setenv("PREFLOOP_ENV", "test")
+
+
+def test_no_model_is_a_clear_error(db, rt_settings, monkeypatch, capsys):
+    with pytest.raises(ModelError, match="retrain --once"):
+        scoring.score_texts(rt_settings, ["q"], ["a"])
+    _env(monkeypatch, rt_settings)
+    assert cli.main(["score", "--prompt", "q", "--response", "a"]) == 2
+    assert "no reward model" in capsys.readouterr().err
+
+
+def test_score_texts_ranks_good_over_bad(db, rt_settings, trained):
+    prompts = [f"Question {i}: how should I approach topic {i}?" for i in range(300, 310)]
+    good = scoring.score_texts(rt_settings, prompts, [GOOD.format(i=i) for i in range(300, 310)])
+    bad = scoring.score_texts(rt_settings, prompts, [BAD.format(i=i) for i in range(300, 310)])
+    assert all(g["model_version_id"] == trained.model_version_id for g in good)
+    assert sum(g["reward"] > b["reward"] for g, b in zip(good, bad)) >= 9
+    assert all(g["uncertainty"] >= 0 for g in good)
+    chat = [{"role": "user", "content": "Question 5?"}, {"role": "assistant", "content": "Which topic?"},
+            {"role": "user", "content": "Topic 5."}]
+    (row,) = scoring.score_texts(rt_settings, [chat], [GOOD.format(i=5)])
+    assert isinstance(row["reward"], float)
+
+
+def test_score_cli_on_a_file(db, rt_settings, trained, monkeypatch, tmp_path):
+    src = tmp_path / "in.jsonl"
+    rows = [{"id": i, "prompt": f"Question {i}: how should I approach topic {i}?",
+             "response": (GOOD if i % 2 else BAD).format(i=i)} for i in range(400, 420)]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out.jsonl"
+    _env(monkeypatch, rt_settings)
+    assert cli.main(["score", "--file", str(src), "--out", str(out)]) == 0
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in scored] == [r["id"] for r in rows]
+    assert all(r["model_version_id"] == trained.model_version_id for r in scored)
+    good = [r["reward"] for r in scored if r["id"] % 2]
+    bad = [r["reward"] for r in scored if not r["id"] % 2]
+    assert min(good) > max(bad)
+    # An explicit artifact gives the same scores.
+    with db.read() as s:
+        path = scoring.artifact_location(rt_settings, scoring.active_model(s).artifact_path)
+    again = scoring.score_file(rt_settings, src, model_path=path)
+    assert [r["reward"] for r in again] == pytest.approx([r["reward"] for r in scored], abs=1e-5)
+
+
+def test_bad_file_lines_are_named(db, rt_settings, trained, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "q", "response": "a"}\n{"prompt": "q"}\n')
+    with pytest.raises(PrefloopError, match=":2: each line needs"):
+        scoring.score_file(rt_settings, src)
+    src.write_text("not json\n")
+    with pytest.raises(PrefloopError, match=":1: not valid JSON"):
+        scoring.score_file(rt_settings, src)
+
+
+def test_corrupt_artifact_is_a_model_error(db, rt_settings, trained):
+    with db.read() as s:
+        path = scoring.artifact_location(rt_settings, scoring.active_model(s).artifact_path)
+    heads = path / "heads.safetensors"
+    heads.write_bytes(heads.read_bytes()[:-10])
+    scoring._loaded.clear()
+    with pytest.raises(ModelError, match="corrupt"):
+        scoring.score_texts(rt_settings, ["q"], ["a"])
+
+
+def test_new_promotion_is_picked_up_without_restart(db, rt_settings, trained):
+    first = scoring.score_texts(rt_settings, ["q"], ["a"])[0]
+    with db.begin() as s:
+        add_pairs(s, 1000, 40, judged=True)
+    second_run = retrain.run_once(rt_settings, db=db)
+    assert second_run.status == "succeeded"
+    with db.read() as s:
+        active = scoring.active_model(s)
+        assert active.id == second_run.model_version_id
+        assert s.scalar(select(ModelVersion.is_active).where(ModelVersion.id == trained.model_version_id)) is False
+    second = scoring.score_texts(rt_settings, ["q"], ["a"])[0]
+    assert second["model_version_id"] == second_run.model_version_id != first["model_version_id"]
+    assert second["reward"] != first["reward"]
