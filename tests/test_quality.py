@@ -1,0 +1,297 @@
+"""Quality metrics on hand-computed cases, the adaptive-overlap hook, and a seeded
+scenario where simulated annotators with known behaviour go through the real
+queue and the console flags the bad ones."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import select, update
+
+from annotate import dashboard, judgments, quality, queue
+from annotate.campaign import get_options
+from annotate.models import Comparison, ComparisonStatus, utcnow
+from tests.factories import make_comparisons, make_user
+
+# --------------------------------------------------------------------------- pure metrics
+
+
+def test_cohen_kappa_hand_computed():
+    # po = 4/6; marginals r1 a3 b2 tie1, r2 a3 b3 -> pe = (9 + 6) / 36; kappa = (24-15)/(36-15) = 3/7
+    assert quality.cohen_kappa(list("aabbat"), list("abbbaa")) == pytest.approx(3 / 7)
+    assert quality.cohen_kappa(["a", "b"], ["a", "b"]) == pytest.approx(1.0)
+    # systematic disagreement on a balanced set: po = 0, pe = 1/2 -> -1
+    assert quality.cohen_kappa(["a", "b"], ["b", "a"]) == pytest.approx(-1.0)
+    assert quality.cohen_kappa([], []) is None
+    assert quality.kappa_from_table({("a", "a"): 2, ("a", "b"): 1, ("t", "a"): 1, ("b", "b"): 2}) \
+        == pytest.approx(quality.cohen_kappa(list("aaabbt"), list("aabbba")))
+
+
+def test_krippendorff_alpha_nominal_hand_computed():
+    # units (a,a) (a,b) (b,b): Do = 2/6, De = 2*3*3/(6*5) = 0.6 -> alpha = 1 - (1/3)/0.6 = 4/9
+    vc = quality.value_counts_matrix([{"a": 2}, {"a": 1, "b": 1}, {"b": 2}], "nominal")
+    assert quality.krippendorff_alpha(vc, "nominal") == pytest.approx(4 / 9)
+
+
+def test_krippendorff_alpha_ordinal_ties_in_the_middle():
+    # units (a,a) (a,tie) (tie,b) (b,b); n_a=3 n_tie=2 n_b=3, n=8
+    # delta(a,tie) = delta(tie,b) = (5/2)^2 = 6.25, delta(a,b) = (8-3)^2 = 25
+    # alpha = 1 - (n-1) * sum(o*delta) / sum(n_c n_k delta) = 1 - 7*25/600 = 17/24
+    units = [{"a": 2}, {"a": 1, "tie": 1}, {"tie": 1, "b": 1}, {"b": 2}]
+    assert quality.krippendorff_alpha(quality.value_counts_matrix(units, "ordinal"), "ordinal") \
+        == pytest.approx(17 / 24)
+    # both_bad is missing for the ordinal scale: adding it to a unit changes nothing
+    with_bb = [dict(u) for u in units]
+    with_bb[0]["both_bad"] = 1
+    assert quality.krippendorff_alpha(quality.value_counts_matrix(with_bb, "ordinal"), "ordinal") \
+        == pytest.approx(17 / 24)
+    # a tie next to "a" disagrees less than "b" next to "a"
+    near = [{"a": 2}, {"a": 1, "tie": 1}, {"b": 2}, {"tie": 2}]
+    far = [{"a": 2}, {"a": 1, "b": 1}, {"b": 2}, {"tie": 2}]
+    assert quality.krippendorff_alpha(quality.value_counts_matrix(near)) > \
+        quality.krippendorff_alpha(quality.value_counts_matrix(far))
+
+
+def test_krippendorff_alpha_undefined_cases():
+    assert quality.krippendorff_alpha(np.zeros((0, 3))) is None
+    assert quality.krippendorff_alpha(quality.value_counts_matrix([{"a": 1}, {"b": 1}])) is None
+    assert quality.krippendorff_alpha(quality.value_counts_matrix([{"a": 2}, {"a": 3}])) is None
+
+
+def test_flip_left_and_longer_rates():
+    assert quality.flip_rate([("a", "b"), ("a", "a"), ("tie", "tie"), ("b", "tie")]) == (2, 4)
+    assert quality.flip_rate([]) == (0, 0)
+    # (choice, a_on_left): a shown left -> left; b with a left -> right; a right -> right; b with a right -> left
+    assert quality.left_rate([("a", True), ("b", True), ("a", False), ("tie", True), ("b", False),
+                              ("a", None)]) == (2, 4)
+    assert quality.left_rate([("a", True)] * 3 + [("b", False)]) == (4, 4)
+    # (choice, len_a, len_b): longer chosen, shorter chosen, equal skipped, longer chosen, tie skipped
+    assert quality.longer_wins_rate([("a", 10, 5), ("b", 10, 5), ("a", 3, 3), ("b", 2, 9), ("tie", 1, 5)]) \
+        == (2, 3)
+
+
+def test_calibration_bins_hand_computed():
+    bins = quality.calibration_bins([0.05, 0.15, 0.12, 0.95, 1.0], [0, 1, 0, 1, 1], n_bins=10)
+    assert len(bins) == 10
+    assert (bins[0].count, bins[0].predicted, bins[0].observed) == (1, pytest.approx(0.05), 0.0)
+    assert (bins[1].count, bins[1].predicted, bins[1].observed) == (2, pytest.approx(0.135), 0.5)
+    assert (bins[9].count, bins[9].predicted, bins[9].observed) == (2, pytest.approx(0.975), 1.0)
+    assert bins[5].count == 0 and bins[5].predicted is None
+    with pytest.raises(ValueError):
+        quality.calibration_bins([0.1], [1, 0])
+
+
+def test_pearson_from_sums_matches_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=50)
+    y = 2 * x + rng.normal(size=50)
+    sums = (len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum())
+    assert quality.pearson_from_sums(*sums) == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert quality.pearson_from_sums(2, 1, 1, 1, 1, 1) is None
+
+
+def test_flags_thresholds():
+    t = quality.Thresholds()
+    base = quality.AnnotatorStats(annotator_id=1, username="x")
+    assert quality.flags_for(base, t) == []
+    lefty = replace(base, n=40, n_decisive=40, n_left=38)
+    assert "left_bias" in quality.flags_for(lefty, t)
+    # same rate on too few judgments is not flagged
+    assert "left_bias" not in quality.flags_for(replace(base, n=10, n_decisive=10, n_left=10), t)
+    assert "left_bias" not in quality.flags_for(replace(base, n=40, n_decisive=40, n_left=22), t)
+    assert quality.flags_for(replace(base, n_gold=10, n_gold_correct=6), t) == ["gold"]
+    assert quality.flags_for(replace(base, n_gold=10, n_gold_correct=7), t) == []
+    assert quality.flags_for(replace(base, kappa=0.1, kappa_shared=30), t) == ["low_kappa"]
+    assert quality.flags_for(replace(base, n_probes=10, n_flips=4), t) == ["flips"]
+    assert quality.flags_for(replace(base, n_timed=30, median_ms_per_1k_chars=1000.0), t) == ["speed"]
+    assert quality.flags_for(replace(base, n_timed=30, median_ms_per_1k_chars=9000.0), t) == []
+
+
+def test_needs_another_judgment_rules():
+    assert quality.needs_another_judgment(["a", "b"], "b", None, None) == "disagreement"
+    assert quality.needs_another_judgment(["a", "a"], "a", 0.5, (0, 0)) is None
+    assert quality.needs_another_judgment(["a"], "a", 0.1, None) == "contradicts_model"
+    assert quality.needs_another_judgment(["a"], "a", 0.3, None) is None  # not confident
+    assert quality.needs_another_judgment(["tie"], "tie", 0.05, None) is None
+    assert quality.needs_another_judgment(["b"], "b", 0.5, (3, 10)) == "low_gold_accuracy"
+    assert quality.needs_another_judgment(["b"], "b", 0.5, (2, 4)) is None  # too few gold judgments
+
+
+# --------------------------------------------------------------------------- adaptive overlap through submit
+
+
+def _judge(db, settings, options, actor, want: str, now):
+    """Serve the next pair to ``actor`` and answer ``want`` in canonical terms (a/b/tie/both_bad)."""
+    with db.begin() as s:
+        asg = queue.next_comparison(s, settings, options, actor=actor, now=now)
+    assert asg is not None
+    shown = want if want in ("tie", "both_bad") else ("left" if (want == "a") == asg.a_on_left else "right")
+    with db.begin() as s:
+        judgments.submit(s, settings, actor=actor, comparison_id=asg.comparison_id, shown=shown,
+                         time_spent_ms=20_000, now=now)
+    return asg.comparison_id
+
+
+def _target(db, cid):
+    with db.read() as s:
+        c = s.get(Comparison, cid)
+        return c.overlap_target, ComparisonStatus(c.status)
+
+
+def test_agreement_completes_without_extension(db, settings):
+    with db.begin() as s:
+        people = [make_user(s, f"p{i}") for i in range(4)]
+        (cid,) = make_comparisons(s, 1, overlap=2)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0, max_overlap=3)
+    now = utcnow()
+    # Two agree: complete at 2.
+    _judge(db, settings, options, people[0], "a", now)
+    assert _target(db, cid) == (2, ComparisonStatus.open)
+    _judge(db, settings, options, people[1], "a", now)
+    assert _target(db, cid) == (2, ComparisonStatus.complete)
+
+
+def test_disagreement_reopens_and_caps(db, settings):
+    with db.begin() as s:
+        people = [make_user(s, f"p{i}") for i in range(5)]
+        (cid,) = make_comparisons(s, 1, overlap=2)
+    now = utcnow()
+    options = replace(settings_options(db, settings), gold_rate=0.0, probe_rate=0.0)
+    _judge(db, settings, options, people[0], "a", now)
+    _judge(db, settings, options, people[1], "b", now)
+    assert _target(db, cid) == (3, ComparisonStatus.open)  # default max_overlap is 3
+    _judge(db, settings, options, people[2], "tie", now)
+    assert _target(db, cid) == (3, ComparisonStatus.complete)  # capped at max_overlap
+    with db.read() as s:
+        assert queue.next_comparison(s, settings, options, actor=people[3], now=now) is None
+
+
+def settings_options(db, settings):
+    with db.read() as s:
+        return get_options(s, settings)
+
+
+def test_contradicting_a_confident_model_gets_a_second_opinion(db, settings):
+    with db.begin() as s:
+        person, other = make_user(s, "p"), make_user(s, "q")
+        cid_confident, cid_unsure = make_comparisons(s, 2, overlap=1, priority=lambda i: 10 - i)
+        s.execute(update(Comparison).where(Comparison.id == cid_confident).values(model_p_a=0.95))
+        s.execute(update(Comparison).where(Comparison.id == cid_unsure).values(model_p_a=0.6))
+    options = replace(settings_options(db, settings), gold_rate=0.0, probe_rate=0.0)
+    now = utcnow()
+    assert _judge(db, settings, options, person, "b", now) == cid_confident
+    assert _target(db, cid_confident) == (2, ComparisonStatus.open)
+    assert _judge(db, settings, options, person, "b", now) == cid_unsure
+    assert _target(db, cid_unsure) == (1, ComparisonStatus.complete)
+    # the second opinion agrees with the model: no third
+    assert _judge(db, settings, options, other, "a", now) == cid_confident
+    assert _target(db, cid_confident) == (3, ComparisonStatus.open)  # humans now disagree with each other
+
+
+def test_low_gold_accuracy_judge_gets_a_second_opinion(db, settings):
+    with db.begin() as s:
+        person = make_user(s, "p")
+        gold = make_comparisons(s, 6, overlap=1, gold=True, tag="gold")  # gold answer "a"
+        (plain,) = make_comparisons(s, 1, overlap=1, start=100, priority=lambda i: -1)
+    options = replace(settings_options(db, settings), gold_rate=0.5, probe_rate=0.0)
+    now = utcnow()
+    with db.begin() as s:  # answer every gold pair wrongly, directly (the queue's gold draw is random)
+        for cid in gold:
+            s.add(quality_judgment(cid, person.id, "b", now))
+    with db.begin() as s:
+        correct, n = quality.gold_accuracy_of(s, person.id)
+    assert (correct, n) == (0, 6)
+    options = replace(options, gold_rate=0.0)
+    assert _judge(db, settings, options, person, "a", now) == plain
+    assert _target(db, plain) == (2, ComparisonStatus.open)
+    with db.begin() as s:
+        for cid in gold:  # gold pairs themselves are never extended
+            assert s.get(Comparison, cid).overlap_target == 1
+
+
+def quality_judgment(cid, annotator_id, choice, now):
+    from annotate.models import Judgment
+
+    return Judgment(comparison_id=cid, annotator_id=annotator_id, choice=choice, a_on_left=True,
+                    time_spent_ms=10_000, was_gold=True, created_at=now)
+
+
+# --------------------------------------------------------------------------- seeded scenario
+
+
+def _run_scenario(db, settings, *, seed: int = 7):
+    """Five simulated annotators judge 30 pairs (+10 gold) through the real queue.
+
+    ``lefty`` always presses left, ``random`` answers uniformly at random and
+    fast, ``good1..3`` give the hidden truth (90 %) and the gold answer.
+    """
+    rng = random.Random(seed)
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        names = ["lefty", "random", "good1", "good2", "good3"]
+        people = {n: make_user(s, n) for n in names}
+        plain = make_comparisons(s, 30, overlap=5)
+        gold = make_comparisons(s, 10, overlap=1, gold=True, start=1000)
+        truth = {cid: rng.choice("ab") for cid in plain}
+        for cid in gold:
+            truth[cid] = rng.choice("ab")
+            s.execute(update(Comparison).where(Comparison.id == cid).values(gold_choice=truth[cid]))
+        options = replace(get_options(s, settings), gold_rate=0.3, probe_rate=0.25, max_overlap=5)
+    behaviour = {n: random.Random(f"{seed}:{n}") for n in names}
+    now = utcnow() - timedelta(days=1)
+    active = list(names)
+    while active:
+        for name in list(active):
+            now += timedelta(seconds=30)
+            actor = people[name]
+            with db.begin() as s:
+                asg = queue.next_comparison(s, settings, options, actor=actor, now=now)
+            if asg is None:
+                active.remove(name)
+                continue
+            r = behaviour[name]
+            if name == "lefty":
+                shown, ms = "left", 1_500
+            elif name == "random":
+                shown, ms = r.choice(["left", "right", "tie", "both_bad"]), 800
+            else:
+                want = truth[asg.comparison_id]
+                if r.random() < 0.1 and asg.comparison_id in plain:
+                    want = "b" if want == "a" else "a"
+                shown = "left" if (want == "a") == asg.a_on_left else "right"
+                ms = 30_000 + r.randint(0, 20_000)
+            with db.begin() as s:
+                judgments.submit(s, settings, actor=actor, comparison_id=asg.comparison_id, shown=shown,
+                                 time_spent_ms=ms, now=now)
+    return admin, people
+
+
+def test_scenario_flags_the_left_clicker_and_the_random_clicker(db, settings):
+    admin, people = _run_scenario(db, settings)
+    with db.read() as s:
+        report = dashboard.annotator_table(s, actor=admin)
+    by_name = {a.username: a for a in report.annotators}
+    assert set(by_name) == set(people)
+    lefty, rnd = by_name["lefty"], by_name["random"]
+    assert lefty.left_rate == 1.0 and "left_bias" in lefty.flags
+    assert lefty.n_probes >= quality.THRESHOLDS.flip_min_n and lefty.flip_rate == 1.0
+    assert rnd.flags, "the random clicker is flagged"
+    assert {"low_kappa", "gold"} & set(rnd.flags)
+    for name in ("good1", "good2", "good3"):
+        good = by_name[name]
+        assert good.flags == [], (name, good.flags, good.as_row())
+        assert good.gold_accuracy == 1.0 and good.n_gold >= quality.THRESHOLDS.gold_min_n
+        assert good.kappa is not None and good.kappa > 0.2
+        assert good.n_probes == 0 or good.flip_rate <= 0.3
+    assert report.alpha_ordinal is not None and report.alpha_nominal is not None
+    assert -1.0 <= report.alpha_ordinal < 0.9
+    # pairwise kappa: two good annotators agree far better than the random one with anybody
+    pk = {}
+    for a, b, k, _ in report.pair_kappas:
+        pk[(a, b)] = pk[(b, a)] = k
+    assert pk[("good1", "good2")] > 0.5
+    assert pk[("good1", "random")] < 0.3
