@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from annotate.accounts import Actor, require_active
+from annotate.campaign import get_options
 from annotate.errors import NotFound, QueueError
 from annotate.models import (
     Choice,
@@ -26,6 +27,7 @@ from annotate.models import (
     Lease,
     utcnow,
 )
+from annotate.quality import extend_overlap_if_needed
 from annotate.queue import a_on_left_for, release_lease, shown_a_on_left
 from annotate.settings import Settings
 
@@ -107,6 +109,7 @@ def submit(session: Session, settings: Settings, *, actor: Actor, comparison_id:
     release_lease(session, comparison_id, user.id)
     if not is_probe:
         _bump_count(session, comparison_id, +1)
+        extend_overlap_if_needed(session, comparison_id, get_options(session, settings))
     return Submitted(judgment.id, comparison_id, judgment.choice, is_probe)
 
 
