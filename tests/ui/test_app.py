@@ -12,7 +12,7 @@ from annotate import accounts, campaign, judgments
 from annotate.accounts import Actor
 from annotate.models import Choice, Judgment, JudgmentState, Lease, Role, User
 from annotate.settings import load_settings
-from tests.factories import PASSWORD, make_comparisons, make_user
+from tests.factories import PASSWORD, make_comparisons
 from tests.ui.conftest import APP, PAGES
 
 TIMEOUT = 30
@@ -45,14 +45,6 @@ def _errors(at: AppTest) -> list[str]:
 
 def _texts(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown]
-
-
-@pytest.fixture
-def people(app_db):
-    with app_db.begin() as session:
-        annotator = make_user(session, "ann")
-        admin = make_user(session, "boss", "admin")
-    return annotator, admin
 
 
 def _shown_pair(at: AppTest, app_db, actor: Actor) -> tuple[int, bool]:
