@@ -1,0 +1,223 @@
+"""Admin console services on a small seeded database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from annotate import campaign, dashboard, quality
+from annotate.errors import NotFound, PermissionDenied, PrefloopError
+from annotate.models import (
+    AuditEvent,
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    Lease,
+    ModelVersion,
+    TrainingRun,
+    utcnow,
+)
+from tests.factories import make_comparisons, make_user
+
+
+def _j(cid, uid, choice, when, *, ms=10_000, a_on_left=True, probe=False, gold=False, state="active",
+       rationale=None):
+    return Judgment(comparison_id=cid, annotator_id=uid, choice=choice, a_on_left=a_on_left, time_spent_ms=ms,
+                    is_probe=probe, was_gold=gold, state=state, created_at=when, rationale=rationale)
+
+
+@pytest.fixture
+def seeded(db):
+    """3 annotators, 6 comparisons (1 gold), 9 live judgments, one retracted, one probe."""
+    now = utcnow().replace(minute=30, second=0, microsecond=0)
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        ann = [make_user(s, f"ann{i}") for i in range(3)]
+        cids = make_comparisons(s, 5, overlap=2)
+        (gold,) = make_comparisons(s, 1, gold=True, start=50)
+        t1, t2 = now - timedelta(hours=2), now - timedelta(minutes=5)
+        rows = [
+            _j(cids[0], ann[0].id, "a", t1, ms=4_000), _j(cids[0], ann[1].id, "a", t1, ms=6_000),
+            _j(cids[1], ann[0].id, "b", t1, ms=8_000), _j(cids[1], ann[1].id, "a", t1, ms=10_000,
+                                                          rationale="A answers the question"),
+            _j(cids[2], ann[0].id, "tie", t2, ms=12_000), _j(cids[2], ann[2].id, "tie", t2, ms=14_000),
+            _j(cids[3], ann[2].id, "both_bad", t2, ms=16_000),
+            _j(gold, ann[0].id, "a", t2, ms=18_000, gold=True),
+            _j(gold, ann[1].id, "b", t2, ms=20_000, gold=True),
+            _j(cids[4], ann[1].id, "a", t2, state="retracted"),
+            _j(cids[0], ann[0].id, "b", t2, probe=True, ms=2_000),
+        ]
+        s.add_all(rows)
+        s.execute(update(Comparison).where(Comparison.id.in_(cids[:3])).values(
+            judgment_count=2, status=ComparisonStatus.complete))
+        s.execute(update(Comparison).where(Comparison.id == cids[3]).values(judgment_count=1))
+        s.add(Lease(comparison_id=cids[4], annotator_id=ann[2].id, expires_at=now + timedelta(minutes=10)))
+        campaign.update_options(s, campaign.defaults(_settings(db)), actor=admin, target_judgments=16)
+    return {"admin": admin, "ann": ann, "cids": cids, "gold": gold, "now": now}
+
+
+def _settings(db):
+    from annotate.settings import load_settings
+
+    return load_settings(environ={}, database_url=str(db.engine.url.render_as_string(hide_password=False)))
+
+
+def test_overview_counts(db, settings, seeded):
+    now = seeded["now"]
+    with db.read() as s:
+        ov = dashboard.overview(s, settings, actor=seeded["admin"], now=now, period=timedelta(hours=24))
+    assert (ov.prompts, ov.comparisons, ov.gold) == (6, 6, 1)
+    assert (ov.open, ov.complete, ov.retired) == (3, 3, 0)  # cids 3, 4 and gold are open
+    assert ov.queue_depth == 2
+    assert ov.judgments == 10  # 9 + probe; the retracted one is not live
+    assert ov.counted_judgments == 9
+    # ann0 and ann1 judged 5 min ago, ann2 judged 5 min ago and holds a lease: 3 active
+    assert ov.active_annotators == 3
+    assert ov.target_judgments == 16 and ov.progress == pytest.approx(9 / 16)
+    assert sum(n for _, n in ov.per_hour) == ov.judgments_in_period == 10
+    assert len(ov.per_hour) == 2 and ov.per_hour[0][1] == 4 and ov.per_hour[1][1] == 6
+    # live judgments' times: 2,4,6,8,10,12,14,16,18,20 (s) -> median 11 s
+    assert ov.median_time_ms == pytest.approx(11_000)
+    assert ov.active_model is None and ov.last_run is None and ov.next_retrain_at is None
+
+
+def test_overview_active_model_and_next_retrain(db, settings, seeded):
+    now = seeded["now"]
+    with db.begin() as s:
+        run = TrainingRun(status="succeeded", started_at=now - timedelta(hours=1), finished_at=now)
+        s.add(run)
+        s.flush()
+        s.add(ModelVersion(artifact_path="/x", encoder_id="enc", is_active=True, promoted=True, n_train=40,
+                           metrics={"accuracy": 0.71, "ece": float("nan")}, training_run_id=run.id))
+    with db.read() as s:
+        ov = dashboard.overview(s, settings, actor=seeded["admin"], now=now)
+        options = campaign.get_options(s, settings)
+    assert ov.active_model["accuracy"] == pytest.approx(0.71) and ov.active_model["ece"] is None
+    assert ov.labels_since_last_run == 5  # the live, non-probe judgments of 5 minutes ago
+    assert ov.labels_until_retrain == max(0, options.retrain_every_labels - 5)
+    assert ov.next_retrain_at == now - timedelta(hours=1) + timedelta(minutes=options.retrain_every_minutes)
+
+
+def test_annotator_table_figures(db, seeded):
+    with db.read() as s:
+        report = dashboard.annotator_table(s, actor=seeded["admin"])
+    by = {a.username: a for a in report.annotators}
+    a0, a1, a2 = by["ann0"], by["ann1"], by["ann2"]
+    assert (a0.n, a1.n, a2.n) == (4, 3, 2)
+    assert (a0.n_gold, a0.n_gold_correct, a1.n_gold, a1.n_gold_correct) == (1, 1, 1, 0)
+    assert (a0.n_probes, a0.n_flips) == (1, 1)  # original a, probe b
+    assert (a2.n_ties, a2.n_both_bad) == (1, 1)
+    # all a_on_left=True: a counts as left, b as right
+    assert (a0.n_left, a0.n_decisive) == (2, 3)
+    # longer response is B in the factories: a0 chose b once among 3 decisive
+    assert (a0.n_longer, a0.n_length_decisive) == (1, 3)
+    # leave-one-out majority: a0 on c0 (other: a) agrees, c1 (other: a) disagrees, c2 (other: tie) agrees,
+    # gold (other: b) disagrees
+    assert (a0.n_majority, a0.n_majority_agree) == (4, 2)
+    # kappa ann0 vs ann1 on c0, c1, gold: (a,a) (b,a) (a,b) -> po 1/3, pe = (2/3*2/3 + 1/3*1/3) = 5/9
+    pk = {(x, y): (k, n) for x, y, k, n in report.pair_kappas}
+    k, n = pk[("ann0", "ann1")]
+    assert n == 3 and k == pytest.approx((1 / 3 - 5 / 9) / (1 - 5 / 9))
+    assert report.alpha_nominal is not None and report.alpha_ordinal is not None
+    # the period filter: only the last hour keeps the 5-minutes-ago judgments
+    with db.read() as s:
+        recent = dashboard.annotator_table(s, actor=seeded["admin"], since=seeded["now"] - timedelta(hours=1))
+    assert {a.username: a.n for a in recent.annotators} == {"ann0": 2, "ann1": 1, "ann2": 2}
+
+
+def test_model_health(db, seeded):
+    cids = seeded["cids"]
+    with db.begin() as s:
+        for i, (n_train, acc) in enumerate([(20, 0.6), (40, 0.7)]):
+            s.add(ModelVersion(artifact_path=f"/m{i}", encoder_id="enc", is_active=i == 1, n_train=n_train,
+                               metrics={"accuracy": acc, "calibration": [
+                                   {"lower": 0.0, "upper": 0.5, "predicted": 0.3, "observed": 0.35, "count": 7},
+                                   {"lower": 0.5, "upper": 1.0, "predicted": None, "observed": None, "count": 0}]}))
+        # c1: humans split 1-1 -> no majority; c0: humans say a (2-0), model confidently says b -> disagreement
+        s.execute(update(Comparison).where(Comparison.id == cids[0]).values(model_p_a=0.1))
+        s.execute(update(Comparison).where(Comparison.id == cids[1]).values(model_p_a=0.95))
+        s.execute(update(Comparison).where(Comparison.id == cids[3]).values(model_p_a=0.55, priority_score=2.0))
+        s.execute(update(Comparison).where(Comparison.id == cids[4]).values(model_p_a=1.0, priority_score=4.0))
+    with db.read() as s:
+        mh = dashboard.model_health(s, actor=seeded["admin"], bins=4)
+    assert [v["n_train"] for v in mh.versions] == [20, 40]
+    assert mh.learning_curve == [(20, 0.6, mh.versions[0]["id"]), (40, 0.7, mh.versions[1]["id"])]
+    assert mh.active["n_train"] == 40 and mh.held_out_calibration[0]["count"] == 7
+    assert [d["comparison_id"] for d in mh.disagreements] == [cids[0]]
+    assert mh.disagreements[0]["human_a"] == 2
+    # live calibration: c0 (p .1, humans 1.0 A) in bin 1; c1 (p .95, 0.5) in bin 9; c4 (p 1.0) has no decisive votes
+    live = {b.lower: b for b in mh.live_calibration if b.count}
+    assert set(live) == {0.1, 0.9}
+    assert live[0.1].observed == 1.0 and live[0.9].observed == 0.5
+    assert mh.open_scored == 2
+    assert sum(n for _, _, n in mh.score_histogram) == 2
+    assert mh.score_histogram[0][2] == 1 and mh.score_histogram[-1][2] == 1
+    assert len(mh.length_points) == 4
+
+
+def test_review_and_gold(db, seeded):
+    admin, cids = seeded["admin"], seeded["cids"]
+    with db.read() as s:
+        rv = dashboard.review_comparison(s, actor=admin, comparison_id=cids[1])
+    assert rv.response_a.startswith("Answer A") and rv.prompt_text.startswith("Prompt number")
+    assert [j.annotator for j in rv.judgments] == ["ann0", "ann1"]
+    assert rv.judgments[1].rationale == "A answers the question"
+    assert rv.votes == {"a": 1, "b": 1, "tie": 0, "both_bad": 0}
+    with db.read() as s, pytest.raises(NotFound):
+        dashboard.review_comparison(s, actor=admin, comparison_id=99_999)
+
+    with db.begin() as s:
+        dashboard.mark_gold(s, actor=admin, comparison_id=cids[0], choice="b")
+    with db.read() as s:
+        c = s.get(Comparison, cids[0])
+        assert c.is_gold and c.gold_choice.value == "b" and c.status is ComparisonStatus.open
+    with db.begin() as s, pytest.raises(PrefloopError):
+        dashboard.mark_gold(s, actor=admin, comparison_id=cids[0], choice="left")
+    with db.begin() as s:
+        dashboard.unmark_gold(s, actor=admin, comparison_id=cids[0])
+    with db.read() as s:
+        c = s.get(Comparison, cids[0])
+        assert not c.is_gold and c.gold_choice is None and c.status is ComparisonStatus.complete
+        actions = [e.action for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    assert actions[-2:] == ["gold.mark", "gold.unmark"]
+    with db.read() as s:
+        log = dashboard.audit_log(s, actor=admin, limit=2)
+        assert [r.action for r in log] == ["gold.unmark", "gold.mark"] and log[0].actor == "boss"
+        assert log[1].detail == {"comparison_id": cids[0], "choice": "b"}
+        older = dashboard.audit_log(s, actor=admin, before_id=log[1].id)
+        assert older and all(r.id < log[1].id for r in older)
+        assert [r.action for r in dashboard.audit_log(s, actor=admin, action="settings.update")] == \
+            ["settings.update"]
+        assert "gold.mark" in dashboard.audit_actions(s, actor=admin)
+
+
+def test_annotators_are_refused_everywhere(db, settings, seeded):
+    annotator, cid = seeded["ann"][0], seeded["cids"][0]
+    calls = [
+        lambda s: dashboard.overview(s, settings, actor=annotator),
+        lambda s: dashboard.annotator_table(s, actor=annotator),
+        lambda s: quality.annotator_quality(s, actor=annotator),
+        lambda s: dashboard.model_health(s, actor=annotator),
+        lambda s: dashboard.review_comparison(s, actor=annotator, comparison_id=cid),
+        lambda s: dashboard.mark_gold(s, actor=annotator, comparison_id=cid, choice="a"),
+        lambda s: dashboard.unmark_gold(s, actor=annotator, comparison_id=seeded["gold"]),
+        lambda s: dashboard.audit_log(s, actor=annotator),
+        lambda s: dashboard.audit_actions(s, actor=annotator),
+        lambda s: dashboard.campaign_options(s, settings, actor=annotator),
+        lambda s: campaign.update_options(s, settings, actor=annotator, gold_rate=0.1),
+    ]
+    for call in calls:
+        with db.begin() as s, pytest.raises(PermissionDenied):
+            call(s)
+    with db.read() as s:
+        assert not s.get(Comparison, cid).is_gold
+
+
+def test_no_actor_is_refused(db, settings, seeded):
+    with db.read() as s:
+        with pytest.raises(PermissionDenied):
+            dashboard.overview(s, settings, actor=None)
+        with pytest.raises(PermissionDenied):
+            dashboard.annotator_table(s, actor=None)
