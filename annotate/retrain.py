@@ -653,3 +653,31 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
             signal.signal(sig, handler)
         db.dispose()
         print(f"{utcnow():%Y-%m-%d %H:%M:%S} retrain watcher stopped", flush=True)
+
+
+def start_background_run(session, settings: Settings, *, actor) -> tuple[int, Path]:
+    """Start ``prefloop retrain --once --force`` as a separate process (admin only).
+
+    Returns ``(pid, log path)``. The encoder and training never run inside the
+    caller's process (the web server); if another run holds the lock the new
+    process exits with "skipped".
+    """
+    import subprocess
+    import sys
+
+    from annotate.accounts import audit, require_admin
+
+    require_admin(session, actor)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.data_dir / "retrain-manual.log"
+    env = {**os.environ, "PREFLOOP_DATA_DIR": str(settings.data_dir),
+           "PREFLOOP_DATABASE_URL": settings.sqlalchemy_url}
+    if settings.encoder_path:
+        env["PREFLOOP_ENCODER_PATH"] = settings.encoder_path
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", "retrain", "--once", "--force"],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    threading.Thread(target=proc.wait, name=f"reap-retrain-{proc.pid}", daemon=True).start()  # no zombie
+    audit(session, actor, "model.retrain", pid=proc.pid)
+    return proc.pid, log_path

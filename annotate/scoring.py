@@ -150,3 +150,43 @@ def score_file(settings: Settings, path: Path, model_path: str | Path | None = N
     scores = score_texts(settings, [r["prompt"] for r in records], [r["response"] for r in records],
                          model_path=model_path)
     return [{**rec, **sc} for rec, sc in zip(records, scores)]
+
+
+def _version_row(v: ModelVersion) -> dict:
+    m = v.metrics or {}
+    return {
+        "id": v.id, "active": v.is_active, "promoted": v.promoted, "created_at": v.created_at,
+        "promoted_at": v.promoted_at, "n_train": v.n_train, "n_test": v.n_test,
+        "accuracy": m.get("accuracy"), "log_loss": m.get("log_loss"), "ece": m.get("ece"),
+        "length_baseline": m.get("length_baseline_accuracy"),
+        "reward_length_spearman": m.get("reward_length_spearman"),
+        "ensemble_prob_std": m.get("ensemble_prob_std"), "gate": m.get("gate"),
+        "encoder_id": v.encoder_id, "artifact_path": v.artifact_path, "training_run_id": v.training_run_id,
+    }
+
+
+def _run_row(r) -> dict:
+    end = r.finished_at
+    return {
+        "id": r.id, "status": r.status, "step": r.step, "started_at": r.started_at, "finished_at": end,
+        "seconds": round((end - r.started_at).total_seconds(), 2) if end and r.started_at else None,
+        "error": r.error, "host": r.host, "pid": r.pid,
+        "timings": ", ".join(f"{k} {v:.2f}s" for k, v in (r.timings or {}).items()),
+        "counts": ", ".join(f"{k}={v}" for k, v in (r.counts or {}).items()),
+    }
+
+
+def dashboard(session: Session, *, actor, limit: int = 20) -> dict:
+    """Admin view of the reward model: ``{"active", "versions", "runs"}`` as plain dicts.
+
+    ``versions`` and ``runs`` are newest first; ``active`` is the active
+    version's row or None.
+    """
+    from annotate.accounts import require_admin
+    from annotate.models import TrainingRun
+
+    require_admin(session, actor)
+    versions = [_version_row(v) for v in list_versions(session, limit)]
+    active = active_model(session)
+    runs = [_run_row(r) for r in session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit))]
+    return {"active": _version_row(active) if active else None, "versions": versions, "runs": runs}

@@ -110,3 +110,59 @@ def test_new_promotion_is_picked_up_without_restart(db, rt_settings, trained):
     second = scoring.score_texts(rt_settings, ["q"], ["a"])[0]
     assert second["model_version_id"] == second_run.model_version_id != first["model_version_id"]
     assert second["reward"] != first["reward"]
+
+
+# --------------------------------------------------------------------------- admin model page (AppTest)
+
+PAGE = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "annotate" / "ui" / "pages" / "models.py")
+
+
+@pytest.fixture
+def page_env(sqlite_db, sqlite_settings, tiny_encoder, monkeypatch):  # noqa: F811
+    from tests.factories import make_user
+
+    settings = dataclasses.replace(sqlite_settings, encoder_path=str(tiny_encoder), cold_start=0, torch_threads=1)
+    _env(monkeypatch, settings)
+    with sqlite_db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        annotator = make_user(s, "ann")
+    return settings, admin, annotator
+
+
+def _page(actor):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["actor"] = actor
+    return at.run()
+
+
+def test_model_page_refuses_annotators(sqlite_db, page_env):
+    _, _, annotator = page_env
+    at = _page(annotator)
+    assert not at.exception
+    assert any("admin" in e.value for e in at.error)
+    assert not any(t.value == "Reward model" for t in at.title)
+
+
+def test_model_page_shows_versions_and_scores(sqlite_db, page_env):
+    settings, admin, _ = page_env
+    at = _page(admin)
+    assert not at.exception
+    assert any("No model yet" in i.value for i in at.info)
+
+    with sqlite_db.begin() as s:
+        add_pairs(s, 0, 60, judged=True)
+    result = retrain.run_once(settings, db=sqlite_db)
+    assert result.status == "succeeded"
+    at = _page(admin)
+    assert not at.exception
+    assert any(f"Active: version {result.model_version_id}" in h.value for h in at.subheader)
+    assert any(m.label == "Held-out accuracy" and m.value != "—" for m in at.metric)
+    assert len(at.dataframe) == 2
+    at.text_area(key="score_prompt").input("Question 7: how should I approach topic 7?")
+    at.text_area(key="score_response").input(GOOD.format(i=7))
+    at.button[-1].click()  # the form's submit button
+    at = at.run()
+    assert not at.exception
+    assert any(m.label == f"Reward (version {result.model_version_id})" for m in at.metric)

@@ -1,0 +1,78 @@
+"""Admin: the reward model — versions and their held-out metrics, training runs, retrain, try a score.
+
+The scorer is cached with ``st.cache_resource`` keyed by the model version id,
+so a newly promoted model is used at the next rerun without a restart.
+Retraining runs in its own process (``prefloop retrain --once --force``): the
+web server never trains, and the retrain lock keeps one run at a time.
+"""
+
+import streamlit as st
+
+from annotate import retrain, scoring
+from annotate.ui import context
+
+actor = context.require_admin_page()
+settings, db = context.get_settings(), context.get_db()
+
+
+@st.cache_resource(show_spinner="Loading the reward model…", max_entries=2)
+def _scorer(version_id: int, artifact: str):
+    """The loaded model of one version (never mutated; a new version is a new cache entry)."""
+    return scoring.load_model(settings, artifact)
+
+
+with context.user_errors():
+    with db.read() as session:
+        board = scoring.dashboard(session, actor=actor)
+
+st.title("Reward model")
+active = board["active"]
+if active is None:
+    st.info("No model yet. Models are trained by `prefloop retrain --once` or the watcher "
+            "(`make run` starts it) once there are judgments.")
+else:
+    st.subheader(f"Active: version {active['id']}")
+    cols = st.columns(6)
+    for col, (label, key) in zip(cols, [("Held-out accuracy", "accuracy"), ("Log loss", "log_loss"),
+                                        ("ECE", "ece"), ("Length baseline", "length_baseline"),
+                                        ("Reward–length ρ", "reward_length_spearman"),
+                                        ("Ensemble spread", "ensemble_prob_std")]):
+        value = active[key]
+        col.metric(label, "—" if value is None else f"{value:.3f}")
+    st.caption(f"Trained on {active['n_train']} judgments, tested on {active['n_test']} held-out ones; "
+               f"promoted {active['promoted_at']:%Y-%m-%d %H:%M} UTC. {active['gate'] or ''}")
+
+st.subheader("Versions")
+if board["versions"]:
+    st.dataframe([{k: v for k, v in row.items() if k != "artifact_path"} for row in board["versions"]],
+                 hide_index=True, width="stretch")
+else:
+    st.caption("None yet.")
+
+st.subheader("Training runs")
+running = [r for r in board["runs"] if r["status"] == "running"]
+if running:
+    st.warning(f"Run {running[0]['id']} is in progress (step {running[0]['step']}).")
+if board["runs"]:
+    st.dataframe(board["runs"], hide_index=True, width="stretch")
+else:
+    st.caption("None yet.")
+
+if st.button("Retrain now", icon=":material/model_training:", key="retrain_now", disabled=bool(running)):
+    with context.user_errors():
+        with db.begin() as session:
+            pid, log_path = retrain.start_background_run(session, settings, actor=actor)
+        st.success(f"Retraining started in process {pid} (log: {log_path}). Reload this page to follow it.")
+
+st.subheader("Score a response")
+with st.form("score_form"):
+    prompt = st.text_area("Prompt", key="score_prompt")
+    response = st.text_area("Response", key="score_response")
+    submitted = st.form_submit_button("Score", type="primary", disabled=active is None)
+if submitted and active is not None:
+    with context.user_errors():
+        model = _scorer(active["id"], str(scoring.artifact_location(settings, active["artifact_path"])))
+        (row,) = scoring.score_with(model, [prompt], [response])
+        st.metric(f"Reward (version {active['id']})", f"{row['reward']:.3f}",
+                  help=f"Ensemble spread ± {row['uncertainty']:.3f}. Rewards compare responses to the "
+                       "same prompt: σ(r_a − r_b) is the model's P(a better than b).")
