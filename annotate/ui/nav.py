@@ -38,6 +38,7 @@ ADMIN_PAGES: tuple[PageSpec, ...] = (
     PageSpec("admin_import.py", "Import", ":material/upload_file:"),
     PageSpec("admin_export.py", "Export", ":material/download:"),
     PageSpec("admin_users.py", "Users", ":material/group:"),
+    PageSpec("models.py", "Reward model", ":material/model_training:"),
 )
 
 
