@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Float, Integer, and_, cast, func, or_, select, union
 from sqlalchemy.orm import Session, aliased
 
-from annotate import quality
+from annotate import quality, retrain
 from annotate.accounts import Actor, audit, require_admin
 from annotate.campaign import CampaignOptions, get_options
 from annotate.errors import NotFound, PrefloopError
@@ -72,7 +72,7 @@ class Overview:
     labels_since_last_run: int
     retrain_every_labels: int
     next_retrain_at: datetime | None
-    """When the watcher's time trigger fires (None before the first run: it fires on labels)."""
+    """When the watcher's time trigger fires if at least one new label arrived (None before any run)."""
     period_start: datetime
     now: datetime
 
@@ -161,13 +161,10 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
     active = session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True)))
     last_run = session.scalar(select(TrainingRun).order_by(TrainingRun.started_at.desc(), TrainingRun.id.desc())
                               .limit(1))
-    label_cond = and_(live, Judgment.is_probe.is_(False), Judgment.source == JudgmentSource.annotator)
-    if last_run is not None:
-        since_run = session.scalar(select(func.count(Judgment.id)).where(
-            label_cond, Judgment.created_at >= last_run.started_at)) or 0
-        next_at = last_run.started_at + timedelta(minutes=options.retrain_every_minutes)
-    else:
-        since_run, next_at = int(judgment_row[1] or 0), None
+    # The watcher's own rule (annotate.retrain.due): labels since the last finished run, or time once any arrived.
+    since_run, last_finished_at, _ = retrain.new_judgments(session)
+    next_at = (last_finished_at + timedelta(minutes=options.retrain_every_minutes)
+               if last_finished_at is not None else None)
     return Overview(
         prompts=session.scalar(select(func.count(Prompt.id))) or 0,
         comparisons=sum(status_counts.values()),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from annotate import campaign, dashboard, quality
 from annotate.errors import NotFound, PermissionDenied, PrefloopError
@@ -86,7 +86,10 @@ def test_overview_counts(db, settings, seeded):
 def test_overview_active_model_and_next_retrain(db, settings, seeded):
     now = seeded["now"]
     with db.begin() as s:
-        run = TrainingRun(status="succeeded", started_at=now - timedelta(hours=1), finished_at=now)
+        # the last finished run saw every judgment up to the two-hours-ago ones
+        seen = s.scalar(select(func.max(Judgment.id)).where(Judgment.created_at < now - timedelta(hours=1)))
+        run = TrainingRun(status="succeeded", started_at=now - timedelta(hours=1),
+                          finished_at=now - timedelta(minutes=50), counts={"max_judgment_id": seen})
         s.add(run)
         s.flush()
         s.add(ModelVersion(artifact_path="/x", encoder_id="enc", is_active=True, promoted=True, n_train=40,
@@ -95,9 +98,11 @@ def test_overview_active_model_and_next_retrain(db, settings, seeded):
         ov = dashboard.overview(s, settings, actor=seeded["admin"], now=now)
         options = campaign.get_options(s, settings)
     assert ov.active_model["accuracy"] == pytest.approx(0.71) and ov.active_model["ece"] is None
-    assert ov.labels_since_last_run == 5  # the live, non-probe judgments of 5 minutes ago
-    assert ov.labels_until_retrain == max(0, options.retrain_every_labels - 5)
-    assert ov.next_retrain_at == now - timedelta(hours=1) + timedelta(minutes=options.retrain_every_minutes)
+    assert ov.last_run["status"] == "succeeded"
+    # the 5-minutes-ago non-probe judgments (the retracted one included: the job counts rows by id)
+    assert ov.labels_since_last_run == 6
+    assert ov.labels_until_retrain == max(0, options.retrain_every_labels - 6)
+    assert ov.next_retrain_at == now - timedelta(minutes=50) + timedelta(minutes=options.retrain_every_minutes)
 
 
 def test_annotator_table_figures(db, seeded):
