@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -97,6 +98,7 @@ MAX_ID_CHARS = 256
 MAX_REPORTED = 20
 _CHUNK = 1000
 _INSERT_BATCH = 2000
+ANALYZE_AFTER_ROWS = 1000
 
 
 def content_hash(value: str | bytes) -> str:
@@ -753,7 +755,7 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
                                        f"accepted formats: {FORMAT_HELP}"))
                 continue
             file_fmt = row_fmt
-        elif fmt is None and row_fmt != file_fmt:
+        elif fmt is None and row_fmt is not None and row_fmt != file_fmt:
             problems.append((line, f"row looks like {row_fmt or 'no known format'} but earlier rows are "
                                    f"{file_fmt}; one file must use one format"))
             continue
@@ -948,6 +950,11 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     except IntegrityError:
         raise PrefloopError("another import added some of the same content at the same time; "
                             "run this import again (it will skip what is already there)") from None
+    if (session.get_bind().dialect.name == "postgresql"
+            and counts["responses_added"] + counts["comparisons_added"] >= ANALYZE_AFTER_ROWS):
+        # Freshly bulk-loaded rows have no planner statistics until autovacuum gets to them; without
+        # them PostgreSQL takes the next import's hash IN-lists as unselective and scans whole tables.
+        session.execute(sql_text("ANALYZE prompts, responses, comparisons, judgments"))
     existing_gold_skipped = counts.pop("gold_skipped_existing")
     if existing_gold_skipped:
         notes.append(f"{existing_gold_skipped} comparisons already existed; their known outcomes were not "

@@ -192,10 +192,11 @@ def test_every_bad_row_is_reported_with_its_line():
         {"prompt": [{"role": "robot", "content": "hi"}], "response_a": "a", "response_b": "b"},  # 10 role
         {"prompt": "p", "chosen": "a", "rejected": "b"},                      # 11 mixed formats
         pair(12),                                                             # 12 ok
+        {"prompt": "only a prompt"},                                          # 13 missing responses
     ]
     parsed = parse_file(jsonl(*rows), filename="bad.jsonl", max_text_chars=100)
     by_line = dict(parsed.problems)
-    assert sorted(by_line) == list(range(2, 12))
+    assert sorted(by_line) == [*range(2, 12), 13]
     assert "invalid JSON" in by_line[2]
     assert "object" in by_line[3]
     assert "response_b" in by_line[4]
@@ -206,6 +207,7 @@ def test_every_bad_row_is_reported_with_its_line():
     assert "left" in by_line[9] and "both_bad" in by_line[9]
     assert "robot" in by_line[10]
     assert "one format" in by_line[11]
+    assert "response_a" in by_line[13] and "response_b" in by_line[13]
     assert [c.line for c in parsed.comparisons] == [1, 12]
 
 
@@ -276,7 +278,8 @@ def test_hh_real_file_imports_2312_then_nothing(db, settings, hh_path):
 def test_pairs_import_judgments_status_and_priority(db, settings):
     data = jsonl(pair(1, winner="a", generator_a="m1"), pair(2), pair(3, winner="tie", source="row-tag"))
     report = run_import(db, settings, data, filename="p.jsonl")
-    assert (report.prompts_added, report.responses_added, report.comparisons_added, report.judgments_added) == (3, 6, 3, 2)
+    added = (report.prompts_added, report.responses_added, report.comparisons_added, report.judgments_added)
+    assert added == (3, 6, 3, 2)
     with db.read() as session:
         comps = {c.prompt.text: c for c in session.scalars(select(Comparison))}
         one = comps["prompt 1"]
