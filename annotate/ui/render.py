@@ -101,11 +101,11 @@ _CHAT_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "ai": 
 
 
 def show_text(text: str, *, height: int | None = None) -> None:
-    """Untrusted markdown, in a fixed-height scrollable box when ``height`` is given."""
+    """Untrusted markdown in a bordered box, fixed-height and scrollable when ``height`` is given."""
     import streamlit as st
 
-    target = st.container(height=height, border=True) if height else st.container()
-    target.markdown(safe_markdown(text), unsafe_allow_html=False)
+    box = st.container(height=height or "content", border=True)
+    box.markdown(safe_markdown(text), unsafe_allow_html=False)
 
 
 def show_prompt(prompt_text: str | None, prompt_messages: Sequence[dict[str, Any]] | None) -> None:
@@ -113,8 +113,11 @@ def show_prompt(prompt_text: str | None, prompt_messages: Sequence[dict[str, Any
     import streamlit as st
 
     if prompt_messages is None:
-        long = len(prompt_text or "") > _LONG_PROMPT_CHARS
-        show_text(prompt_text or "", height=PROMPT_HEIGHT if long else None)
+        text = prompt_text or ""
+        if len(text) > _LONG_PROMPT_CHARS:
+            show_text(text, height=PROMPT_HEIGHT)
+        else:
+            st.markdown(safe_markdown(text), unsafe_allow_html=False)
         return
     total = sum(len(str(m.get("content", ""))) for m in prompt_messages)
     box = st.container(height=PROMPT_HEIGHT * 2 if total > _LONG_PROMPT_CHARS else "content", border=False)

@@ -93,7 +93,7 @@ def test_login_success_shows_the_annotation_page(app_db, people):
         make_comparisons(session, 2)
     at = _login(_app(), "ann")
     assert not _errors(at)
-    assert [t.value for t in at.title] == ["Which response is better?"]
+    assert [h.value for h in at.header] == ["Which response is better?"]
     assert at.session_state["actor"].username == "ann"
     assert any("Signed in as **ann**" in c.value for c in at.sidebar.caption)
 

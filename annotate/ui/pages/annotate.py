@@ -86,8 +86,8 @@ except PrefloopError as exc:
     st.error(str(exc))
     st.stop()
 
-head, stats, help_box = st.columns([3, 3, 1], vertical_alignment="bottom")
-head.title("Which response is better?")
+head, stats, help_box = st.columns([3, 3, 1.4], vertical_alignment="bottom")
+head.header("Which response is better?")
 with stats:
     today, left = st.columns(2)
     today.metric("Judged today", progress.judged_today)

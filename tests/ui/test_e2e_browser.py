@@ -1,0 +1,204 @@
+"""End to end in a real browser: an annotator judges three pairs with key presses,
+an admin downloads the raw judgments, and the file holds exactly what was pressed.
+
+Needs Debian's chromium at /usr/bin/chromium and playwright; FAILS (never
+skips) when either is missing. Saves a screenshot of every page visited to
+``bench/screenshots/<page>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from annotate import accounts, migrate
+from annotate.db import Database, create_db_engine
+from annotate.models import Choice, Judgment, User
+from tests.factories import make_comparisons
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "bench" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PASSWORD = "e2e-password-1"
+KEYS = {"a": "left", "b": "right", "x": "both_bad"}
+PAIR_CAPTION = re.compile(r"Pair #(\d+)")
+TIMEOUT_MS = 30_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"streamlit did not become healthy in {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def _expected(key: str, a_on_left: bool) -> str:
+    shown = KEYS[key]
+    if shown in ("tie", "both_bad"):
+        return shown
+    return (Choice.a if (shown == "left") == a_on_left else Choice.b).value
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    url = f"sqlite:///{tmp_path / 'e2e.db'}"
+    migrate.upgrade(url)
+    database = Database(create_db_engine(url))
+    with database.begin() as session:
+        accounts.create_user(session, "annie", PASSWORD, "annotator", system=True)
+        accounts.create_user(session, "root", PASSWORD, "admin", system=True)
+        make_comparisons(session, 6, tag="e2e")
+    yield url, database
+    database.dispose()
+
+
+@pytest.fixture
+def server(seeded, tmp_path):
+    url, _ = seeded
+    port = _free_port()
+    env = {**os.environ, "PREFLOOP_DATABASE_URL": url, "PREFLOOP_DATA_DIR": str(tmp_path / "data"),
+           "PREFLOOP_ENV": "test", "PREFLOOP_GOLD_RATE": "0", "PREFLOOP_PROBE_RATE": "0"}
+    log = tmp_path / "streamlit.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1",
+             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc, log)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _settle(page) -> None:
+    """Wait until the script run has finished and nothing is a loading skeleton any more."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    expect(page.get_by_test_id("stSkeleton")).to_have_count(0)
+    page.wait_for_timeout(300)  # let the last rerun paint
+
+
+def _shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    _settle(page)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _log_in(page, username: str) -> None:
+    page.get_by_role("textbox", name="Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+
+
+def _pair_on_screen(page) -> int:
+    text = page.get_by_text(PAIR_CAPTION).first.inner_text(timeout=TIMEOUT_MS)
+    return int(PAIR_CAPTION.search(text).group(1))
+
+
+def test_annotate_with_keys_then_export_as_admin(server, seeded):
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError as exc:  # a missing browser stack is a failure, never a skip
+        pytest.fail(f"playwright is not installed: {exc}")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"chromium not found at {CHROMIUM}")
+    _, database = seeded
+    expect.set_options(timeout=TIMEOUT_MS)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(server)
+            expect(page.get_by_role("button", name="Log in")).to_be_visible()
+            _shot(page, "login")
+            _log_in(page, "annie")
+            expect(page.get_by_text("Which response is better?")).to_be_visible()
+            _shot(page, "annotate")
+
+            pressed: list[tuple[int, str]] = []
+            for key in KEYS:
+                before = _pair_on_screen(page)
+                # Focus the page body, not a text box, so the key reaches the shortcuts.
+                page.get_by_text("Which response is better?").click()
+                page.keyboard.press(key)
+                expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(
+                    re.compile(rf"Pair #{before}\b"))
+                pressed.append((before, key))
+            expect(page.get_by_text("Judged today")).to_be_visible()
+            _shot(page, "annotate_after_three")
+
+            page.get_by_role("link", name="Guidelines").click()
+            expect(page.get_by_role("heading", name="Guidelines").first).to_be_visible()
+            _shot(page, "guidelines")
+
+            page.get_by_role("button", name="Log out").click()
+            expect(page.get_by_role("button", name="Log in")).to_be_visible()
+            _log_in(page, "root")
+            expect(page.get_by_role("link", name="Export")).to_be_visible()
+            for name in ("Import", "Users"):
+                page.get_by_role("link", name=name).click()
+                expect(page.get_by_role("heading", name=name).first).to_be_visible()
+                _shot(page, name.lower())
+            page.get_by_role("link", name="Export").click()
+            expect(page.get_by_role("button", name="Judgments JSONL")).to_be_visible()
+            _shot(page, "export")
+            with page.expect_download() as download_info:
+                page.get_by_role("button", name="Judgments JSONL").click()
+            download = download_info.value
+            rows = [json.loads(line) for line in Path(download.path()).read_text().splitlines() if line]
+        finally:
+            browser.close()
+
+    with database.read() as session:
+        annie = session.scalar(select(User).where(User.username == "annie"))
+        stored = {j.comparison_id: j for j in session.scalars(select(Judgment).where(
+            Judgment.annotator_id == annie.id))}
+    assert sorted(stored) == sorted(cid for cid, _ in pressed)
+    by_comparison = {row["comparison_id"]: row for row in rows}
+    assert len(rows) == 3
+    for cid, key in pressed:
+        row = by_comparison[cid]
+        expected = _expected(key, stored[cid].a_on_left)
+        assert (row["annotator"], row["choice"], row["state"]) == ("annie", expected, "active"), row
+        assert row["a_on_left"] == stored[cid].a_on_left
+        assert row["choice_shown"] == KEYS[key]
+        assert row["time_spent_ms"] is not None and row["time_spent_ms"] > 0
