@@ -39,6 +39,12 @@ ADMIN_PAGES: tuple[PageSpec, ...] = (
     PageSpec("admin_export.py", "Export", ":material/download:"),
     PageSpec("admin_users.py", "Users", ":material/group:"),
     PageSpec("models.py", "Reward model", ":material/model_training:"),
+    PageSpec("overview.py", "Overview", ":material/dashboard:"),
+    PageSpec("annotators.py", "Annotators", ":material/groups:"),
+    PageSpec("model_health.py", "Model health", ":material/monitor_heart:"),
+    PageSpec("review.py", "Review", ":material/rate_review:"),
+    PageSpec("settings.py", "Settings", ":material/settings:"),
+    PageSpec("audit.py", "Audit log", ":material/history:"),
 )
 
 
