@@ -485,3 +485,10 @@ def campaign_options(session: Session, settings: Settings, *, actor: Actor) -> C
     """The effective campaign options, for the settings page (admin only)."""
     require_admin(session, actor)
     return get_options(session, settings)
+
+
+def strategy_names() -> list[str]:
+    """The acquisition strategies the settings page offers (from ``rm.acquisition``)."""
+    from rm.acquisition import strategy_names as names
+
+    return names()

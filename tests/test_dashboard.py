@@ -93,7 +93,7 @@ def test_overview_active_model_and_next_retrain(db, settings, seeded):
         s.add(run)
         s.flush()
         s.add(ModelVersion(artifact_path="/x", encoder_id="enc", is_active=True, promoted=True, n_train=40,
-                           metrics={"accuracy": 0.71, "ece": float("nan")}, training_run_id=run.id))
+                           metrics={"accuracy": 0.71, "ece": "NaN"}, training_run_id=run.id))
     with db.read() as s:
         ov = dashboard.overview(s, settings, actor=seeded["admin"], now=now)
         options = campaign.get_options(s, settings)

@@ -1,0 +1,135 @@
+"""Admin: annotator quality — agreement, gold accuracy, self-consistency, bias and speed, with flags."""
+
+from datetime import timedelta
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from annotate import dashboard, quality
+from annotate.errors import PrefloopError
+from annotate.models import utcnow
+from annotate.ui import context
+
+PERIODS = {"All time": None, "Last 24 hours": timedelta(hours=24), "Last 7 days": timedelta(days=7),
+           "Last 30 days": timedelta(days=30)}
+PERCENT_COLUMNS = ["majority_agreement", "gold_accuracy", "model_agreement", "flip_rate", "left_rate",
+                   "longer_rate", "tie_rate", "both_bad_rate"]
+
+actor = context.require_admin_page()
+db = context.get_db()
+
+st.title("Annotators")
+period = st.selectbox("Period", list(PERIODS), key="annotators_period")
+since = utcnow() - PERIODS[period] if PERIODS[period] else None
+try:
+    with db.read() as session:
+        report = dashboard.annotator_table(session, actor=actor, since=since)
+except PrefloopError as exc:
+    st.error(str(exc))
+    st.stop()
+
+
+def _fmt(value, spec=".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+overall = report.overall
+row = st.columns(5)
+row[0].metric("Annotators", len(report.annotators))
+row[1].metric("Flagged", len(report.flagged))
+row[2].metric("Krippendorff's α (ordinal)", _fmt(report.alpha_ordinal),
+              help="Ties as the middle category a < tie < b; both-bad counted as missing.")
+row[3].metric("Krippendorff's α (nominal)", _fmt(report.alpha_nominal), help="All four choices as categories.")
+row[4].metric("Gold accuracy (all)", _fmt(overall.gold_accuracy, ".0%"), help=f"{overall.n_gold} gold judgments")
+
+if not report.annotators:
+    st.info("No judgments in this period.")
+    st.stop()
+
+frame = pd.DataFrame([a.as_row() for a in report.annotators])
+frame["flags"] = [", ".join(quality.FLAG_TEXT[f] for f in a.flags) for a in report.annotators]
+
+
+def _highlight(row):
+    return ["background-color: rgba(255, 75, 75, 0.18)" if row["flags"] else "" for _ in row]
+
+
+st.subheader("Per annotator")
+column_config = {c: st.column_config.NumberColumn(c.replace("_", " "), format="percent")
+                 for c in PERCENT_COLUMNS}
+column_config.update({
+    "kappa": st.column_config.NumberColumn("κ with others", format="%.2f"),
+    "median_time_s": st.column_config.NumberColumn("median time (s)", format="%.1f"),
+    "ms_per_1k_chars": st.column_config.NumberColumn("ms per 1k chars", format="%.0f"),
+    "time_length_corr": st.column_config.NumberColumn("time~length r", format="%.2f"),
+})
+st.dataframe(frame.style.apply(_highlight, axis=1), hide_index=True, column_config=column_config,
+             key="annotator_table")
+if report.flagged:
+    for a in report.flagged:
+        st.warning(f"**{a.username}**: " + "; ".join(quality.FLAG_TEXT[f] for f in a.flags))
+else:
+    st.success("Nobody is flagged in this period.")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Pairwise Cohen's κ")
+    if report.pair_kappas:
+        cells = []
+        for a, b, k, n in report.pair_kappas:
+            cells += [{"annotator": a, "other": b, "kappa": k, "shared": n},
+                      {"annotator": b, "other": a, "kappa": k, "shared": n}]
+        heat = alt.Chart(pd.DataFrame(cells)).mark_rect().encode(
+            x=alt.X("other:N", title=None), y=alt.Y("annotator:N", title=None),
+            color=alt.Color("kappa:Q", scale=alt.Scale(domain=[-0.2, 1.0], scheme="redyellowgreen"), title="κ"),
+            tooltip=["annotator", "other", alt.Tooltip("kappa:Q", format=".2f"), "shared"])
+        st.altair_chart(heat, width="stretch")
+    else:
+        st.info("No two annotators share a comparison yet.")
+with right:
+    st.subheader("Side and length bias")
+    bias = frame.dropna(subset=["left_rate"])
+    if len(bias):
+        t = report.thresholds
+        band = alt.Chart(pd.DataFrame([{"lo": t.left_rate_low, "hi": t.left_rate_high}])).mark_rect(
+            opacity=0.12, color="green").encode(x="lo:Q", x2="hi:Q")
+        points = alt.Chart(bias).mark_circle(size=90).encode(
+            x=alt.X("left_rate:Q", title="picked the left side", scale=alt.Scale(domain=[0, 1]),
+                    axis=alt.Axis(format="%")),
+            y=alt.Y("longer_rate:Q", title="picked the longer response", scale=alt.Scale(domain=[0, 1]),
+                    axis=alt.Axis(format="%")),
+            color=alt.condition("datum.flags != ''", alt.value("#e4572e"), alt.value("#4c78a8")),
+            tooltip=["annotator", "judgments", alt.Tooltip("left_rate:Q", format=".0%"),
+                     alt.Tooltip("longer_rate:Q", format=".0%"), "flags"])
+        st.altair_chart(band + points, width="stretch")
+    else:
+        st.info("No decisive judgments yet.")
+
+st.subheader("Time per judgment against length")
+speed = frame.dropna(subset=["ms_per_1k_chars"])
+if len(speed):
+    limit = report.thresholds.speed_min_ms_per_1k_chars
+    bars = alt.Chart(speed).mark_bar().encode(
+        x=alt.X("annotator:N", sort="y", title=None),
+        y=alt.Y("ms_per_1k_chars:Q", title="median ms per 1,000 characters"),
+        color=alt.condition(f"datum.ms_per_1k_chars < {limit}", alt.value("#e4572e"), alt.value("#4c78a8")),
+        tooltip=["annotator", alt.Tooltip("ms_per_1k_chars:Q", format=".0f"),
+                 alt.Tooltip("median_time_s:Q", format=".1f"), alt.Tooltip("time_length_corr:Q", format=".2f")])
+    rule = alt.Chart(pd.DataFrame([{"limit": limit}])).mark_rule(strokeDash=[4, 4]).encode(y="limit:Q")
+    st.altair_chart(bars + rule, width="stretch")
+else:
+    st.info("No timed judgments yet.")
+
+with st.expander("How flags are decided"):
+    t = report.thresholds
+    st.markdown(
+        f"- **picks one side**: left-side rate outside [{t.left_rate_low:.2f}, {t.left_rate_high:.2f}] over "
+        f"≥ {t.left_min_n} decisive judgments, binomial p < {t.left_binomial_p}\n"
+        f"- **low gold accuracy**: below {t.gold_min_accuracy:.0%} over ≥ {t.gold_min_n} gold judgments\n"
+        f"- **low agreement with others**: pooled Cohen's κ below {t.kappa_min} over ≥ {t.kappa_min_shared} "
+        "shared judgments\n"
+        f"- **inconsistent on repeats**: flip rate above {t.flip_max:.0%} over ≥ {t.flip_min_n} swapped probes\n"
+        f"- **too fast**: median under {t.speed_min_ms_per_1k_chars:,.0f} ms per 1,000 characters over "
+        f"≥ {t.speed_min_n} timed judgments\n\n"
+        f"Model agreement counts pairs where the model is confident (|P(A) − 0.5| ≥ {quality.MODEL_CONFIDENCE}).")

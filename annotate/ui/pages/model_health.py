@@ -1,0 +1,116 @@
+"""Admin: is the reward model learning the right thing? Learning curve, calibration, the length
+signal, ensemble spread, acquisition scores and the pairs where it confidently contradicts people."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from annotate import dashboard
+from annotate.errors import PrefloopError
+from annotate.ui import context
+
+actor = context.require_admin_page()
+db = context.get_db()
+
+st.title("Model health")
+try:
+    with db.read() as session:
+        mh = dashboard.model_health(session, actor=actor)
+except PrefloopError as exc:
+    st.error(str(exc))
+    st.stop()
+
+
+def _fmt(value, spec=".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+active = mh.active
+row = st.columns(5)
+row[0].metric("Active version", "none" if active is None else f"v{active['id']}")
+row[1].metric("Held-out accuracy", _fmt(active and active["accuracy"]))
+row[2].metric("Length-only baseline", _fmt(active and active["length_baseline_accuracy"]),
+              help="Accuracy of 'the longer (or shorter) response wins' on the same held-out pairs.")
+row[3].metric("ECE", _fmt(active and active["ece"]))
+row[4].metric("Reward–length ρ (held-out)", _fmt(active and active["reward_length_spearman"], ".2f"),
+              help="Spearman correlation between reward and response length: the reward-hacking signal.")
+
+if not mh.versions:
+    st.info("No model trained yet. The charts below fill in after the first retrain.")
+else:
+    st.subheader("Versions")
+    st.dataframe(pd.DataFrame(mh.versions), hide_index=True, key="versions_table")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Learning curve")
+    if mh.learning_curve:
+        curve = pd.DataFrame(mh.learning_curve, columns=["labels", "accuracy", "version"])
+        st.altair_chart(alt.Chart(curve).mark_line(point=True).encode(
+            x=alt.X("labels:Q", title="training labels"),
+            y=alt.Y("accuracy:Q", title="held-out accuracy", scale=alt.Scale(zero=False)),
+            tooltip=["version", "labels", alt.Tooltip("accuracy:Q", format=".3f")]), width="stretch")
+    else:
+        st.info("No version reports a held-out accuracy yet.")
+with right:
+    st.subheader("Calibration")
+    cal = [dict(b, source="held-out (active version)") for b in mh.held_out_calibration if b.get("count")]
+    cal += [{"lower": b.lower, "upper": b.upper, "predicted": b.predicted, "observed": b.observed,
+             "count": b.count, "source": "live: P(A) vs human share"} for b in mh.live_calibration if b.count]
+    if cal:
+        diagonal = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(
+            strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+        points = alt.Chart(pd.DataFrame(cal)).mark_line(point=True).encode(
+            x=alt.X("predicted:Q", title="predicted P", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("observed:Q", title="observed frequency", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("source:N", legend=alt.Legend(orient="bottom", title=None)),
+            tooltip=["source", alt.Tooltip("predicted:Q", format=".2f"), alt.Tooltip("observed:Q", format=".2f"),
+                     "count"])
+        st.altair_chart(diagonal + points, width="stretch")
+    else:
+        st.info("No calibration data yet.")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Reward gap against length gap")
+    if mh.length_points:
+        pts = pd.DataFrame(mh.length_points, columns=["length_gap", "reward_gap"])
+        st.altair_chart(alt.Chart(pts).mark_circle(size=18, opacity=0.5).encode(
+            x=alt.X("length_gap:Q", title="length of A − length of B (characters)"),
+            y=alt.Y("reward_gap:Q", title="reward gap (logit P(A))")), width="stretch")
+        st.metric("Spearman ρ (scored pairs)", _fmt(mh.length_gap_spearman, ".2f"),
+                  help="Close to ±1 means the model mostly rewards length.")
+    else:
+        st.info("No scored comparisons yet.")
+with right:
+    st.subheader("Ensemble spread")
+    spread = pd.DataFrame([v for v in mh.versions if v["ensemble_prob_std"] is not None])
+    if len(spread):
+        st.altair_chart(alt.Chart(spread).mark_line(point=True).encode(
+            x=alt.X("id:O", title="version"), y=alt.Y("ensemble_prob_std:Q", title="mean std of P(A) across heads"),
+            tooltip=["id", "n_train", alt.Tooltip("ensemble_prob_std:Q", format=".3f")]), width="stretch")
+    else:
+        st.info("No version reports its ensemble spread.")
+
+st.subheader("Acquisition scores in the open pool")
+if mh.score_histogram:
+    hist = pd.DataFrame(mh.score_histogram, columns=["lower", "upper", "count"])
+    st.altair_chart(alt.Chart(hist).mark_bar().encode(
+        x=alt.X("lower:Q", bin="binned", title="acquisition score"), x2="upper:Q",
+        y=alt.Y("count:Q", title="open comparisons"), tooltip=["lower", "upper", "count"]),
+        width="stretch")
+    st.caption(f"{mh.open_scored:,} open comparisons carry a score.")
+else:
+    st.info("The open pool has not been scored yet.")
+
+st.subheader("Confident disagreements")
+st.caption("Comparisons where the human majority contradicts a confident model. Open one on the Review page.")
+if mh.disagreements:
+    st.dataframe(pd.DataFrame(mh.disagreements), hide_index=True, key="disagreements_table",
+                 column_config={"model_p_a": st.column_config.NumberColumn("model P(A)", format="%.2f")})
+else:
+    st.success("None: the model does not confidently contradict any human majority.")
+
+if mh.runs:
+    with st.expander("Recent training runs"):
+        st.dataframe(pd.DataFrame(mh.runs), hide_index=True)

@@ -1,0 +1,84 @@
+"""Admin: the campaign at a glance — totals, pace, people at work, progress, model and next retrain."""
+
+from datetime import timedelta
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from annotate import dashboard
+from annotate.errors import PrefloopError
+from annotate.ui import context
+
+PERIODS = {"Last 24 hours": timedelta(hours=24), "Last 7 days": timedelta(days=7),
+           "Last 30 days": timedelta(days=30)}
+
+actor = context.require_admin_page()
+settings, db = context.get_settings(), context.get_db()
+
+st.title("Campaign overview")
+period = st.selectbox("Period", list(PERIODS), key="overview_period")
+try:
+    with db.read() as session:
+        ov = dashboard.overview(session, settings, actor=actor, period=PERIODS[period])
+except PrefloopError as exc:
+    st.error(str(exc))
+    st.stop()
+
+
+def _duration(ms: float | None) -> str:
+    return "—" if ms is None else f"{ms / 1000:.1f} s"
+
+
+row = st.columns(5)
+row[0].metric("Prompts", f"{ov.prompts:,}")
+row[1].metric("Comparisons", f"{ov.comparisons:,}")
+row[2].metric("Judgments", f"{ov.judgments:,}")
+row[3].metric("Open", f"{ov.open:,}")
+row[4].metric("Complete", f"{ov.complete:,}")
+row = st.columns(5)
+row[0].metric("Queue depth", f"{ov.queue_depth:,}", help="Open, non-gold comparisons that still need judgments.")
+row[1].metric("Active annotators now", ov.active_annotators,
+              help=f"Judged in the last {int(dashboard.ACTIVE_WINDOW.total_seconds() // 60)} minutes "
+                   "or holding a pair right now.")
+row[2].metric(f"Judgments ({period.lower()})", f"{ov.judgments_in_period:,}")
+row[3].metric("Median time per judgment", _duration(ov.median_time_ms), help=period)
+row[4].metric("Gold pairs", f"{ov.gold:,}")
+
+if ov.progress is not None:
+    st.progress(ov.progress, text=f"{ov.counted_judgments:,} of {ov.target_judgments:,} judgments "
+                                  f"({ov.progress:.0%} of the target)")
+else:
+    st.caption("No target set: set *target judgments* on the Settings page to track progress.")
+
+st.subheader("Judgments per hour")
+if ov.per_hour:
+    frame = pd.DataFrame(ov.per_hour, columns=["hour", "judgments"])
+    chart = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("hour:T", title=None), y=alt.Y("judgments:Q", title="judgments"),
+        tooltip=[alt.Tooltip("hour:T", format="%Y-%m-%d %H:00"), "judgments:Q"])
+    st.altair_chart(chart, width="stretch")
+else:
+    st.info("No judgments in this period.")
+
+st.subheader("Reward model")
+cols = st.columns(4)
+model = ov.active_model
+if model is None:
+    cols[0].metric("Active model", "none yet")
+else:
+    cols[0].metric("Active model", f"v{model['id']}", help=f"encoder {model['encoder']}")
+    cols[1].metric("Held-out accuracy", "—" if model["accuracy"] is None else f"{model['accuracy']:.3f}")
+    cols[2].metric("Trained on", f"{model['n_train']:,} labels")
+cols[3].metric("Labels until next retrain", ov.labels_until_retrain,
+               help=f"The watcher retrains after {ov.retrain_every_labels} new judgments, or when the "
+                    "retrain interval has passed and at least one arrived.")
+if ov.last_run is not None:
+    when = ov.last_run["finished_at"] or ov.last_run["started_at"]
+    st.caption(f"Last training run #{ov.last_run['id']}: {ov.last_run['status']} "
+               f"at {when:%Y-%m-%d %H:%M} UTC. {ov.labels_since_last_run:,} new judgments since.")
+if ov.next_retrain_at is not None:
+    st.caption(f"Time trigger: {ov.next_retrain_at:%Y-%m-%d %H:%M} UTC (if `prefloop retrain --watch` runs "
+               "and at least one new judgment arrived).")
+elif ov.last_run is None:
+    st.caption("No training run yet: the first retrain fires on labels.")

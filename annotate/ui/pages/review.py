@@ -1,0 +1,89 @@
+"""Admin: one comparison with its texts, every judgment and rationale, and gold marking."""
+
+import pandas as pd
+import streamlit as st
+
+from annotate import dashboard, quality
+from annotate.errors import PrefloopError
+from annotate.ui import context, render
+
+actor = context.require_admin_page()
+db = context.get_db()
+
+st.title("Review a comparison")
+for message in st.session_state.pop("review_flash", []):
+    st.success(message, icon=":material/check:")
+
+comparison_id = st.number_input("Comparison id", min_value=1, step=1, value=None, key="review_id",
+                                placeholder="e.g. a pair id from Model health or an export")
+if comparison_id is None:
+    st.info("Enter a comparison id to see its prompt, both responses and every judgment.")
+    st.stop()
+try:
+    with db.read() as session:
+        rv = dashboard.review_comparison(session, actor=actor, comparison_id=int(comparison_id))
+except PrefloopError as exc:
+    st.error(str(exc))
+    st.stop()
+
+row = st.columns(5)
+row[0].metric("Status", rv.status)
+row[1].metric("Judgments / overlap", f"{rv.judgment_count} / {rv.overlap_target}")
+row[2].metric("Gold", rv.gold_choice if rv.is_gold else "no")
+row[3].metric("Model P(A)", "—" if rv.model_p_a is None else f"{rv.model_p_a:.2f}")
+votes = rv.votes
+row[4].metric("Votes a / b / tie / both bad", " / ".join(str(votes[c]) for c in quality.CHOICES))
+
+st.subheader("Prompt")
+render.show_prompt(rv.prompt_text, rv.prompt_messages)
+left, right = st.columns(2)
+with left:
+    st.markdown(f"**Response A** · {len(rv.response_a):,} characters"
+                + (f" · {render.safe_markdown(rv.generator_a)}" if rv.generator_a else ""))
+    render.show_text(rv.response_a, height=render.RESPONSE_HEIGHT)
+with right:
+    st.markdown(f"**Response B** · {len(rv.response_b):,} characters"
+                + (f" · {render.safe_markdown(rv.generator_b)}" if rv.generator_b else ""))
+    render.show_text(rv.response_b, height=render.RESPONSE_HEIGHT)
+
+st.subheader("Judgments")
+if rv.judgments:
+    frame = pd.DataFrame([{
+        "id": j.id, "annotator": j.annotator or f"({j.source})", "choice": j.choice, "strength": j.strength,
+        "shown": None if j.a_on_left is None else ("A left" if j.a_on_left else "A right"),
+        "time_s": None if j.time_spent_ms is None else j.time_spent_ms / 1000, "probe": j.is_probe,
+        "gold": j.was_gold, "state": j.state, "flags": ", ".join(j.flags), "created_at": j.created_at,
+    } for j in rv.judgments])
+    st.dataframe(frame, hide_index=True, key="review_judgments")
+    for j in rv.judgments:
+        if j.rationale:
+            with st.container(border=True):
+                st.caption(f"{j.annotator or j.source} chose **{j.choice}** ({j.state})")
+                render.show_text(j.rationale)
+else:
+    st.info("Nobody has judged this pair yet.")
+
+st.subheader("Gold")
+
+
+def _run(action, success: str) -> None:
+    try:
+        with db.begin() as session:
+            action(session)
+    except PrefloopError as exc:
+        st.error(str(exc))
+        return
+    st.session_state["review_flash"] = [success]
+    st.rerun()
+
+
+with st.form("gold_form"):
+    choice = st.selectbox("Known answer", quality.CHOICES, key="gold_choice",
+                          index=quality.CHOICES.index(rv.gold_choice) if rv.gold_choice else 0)
+    mark = st.form_submit_button("Mark as gold" if not rv.is_gold else "Change the gold answer", type="primary")
+if mark:
+    _run(lambda s: dashboard.mark_gold(s, actor=actor, comparison_id=rv.id, choice=choice),
+         f"Comparison {rv.id} is a gold pair with answer {choice}.")
+if rv.is_gold and st.button("Unmark gold", key="unmark_gold"):
+    _run(lambda s: dashboard.unmark_gold(s, actor=actor, comparison_id=rv.id),
+         f"Comparison {rv.id} is no longer a gold pair.")

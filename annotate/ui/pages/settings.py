@@ -1,0 +1,80 @@
+"""Admin: campaign settings — overlap, gold and probe rates, strategy, retrain cadence, target, guidelines."""
+
+from dataclasses import asdict
+
+import streamlit as st
+
+from annotate import campaign, dashboard
+from annotate.errors import PrefloopError
+from annotate.ui import context
+
+actor = context.require_admin_page()
+settings, db = context.get_settings(), context.get_db()
+
+st.title("Settings")
+for message in st.session_state.pop("settings_flash", []):
+    st.success(message, icon=":material/check:")
+try:
+    with db.read() as session:
+        options = dashboard.campaign_options(session, settings, actor=actor)
+except PrefloopError as exc:
+    st.error(str(exc))
+    st.stop()
+strategies = dashboard.strategy_names()
+if options.strategy not in strategies:
+    strategies.append(options.strategy)
+
+with st.form("campaign_settings"):
+    st.subheader("Overlap and quality control")
+    c1, c2, c3, c4 = st.columns(4)
+    overlap = c1.number_input("Overlap", min_value=1, max_value=20, value=options.overlap, step=1,
+                              key="opt_overlap", help="Judgments each new comparison needs.")
+    max_overlap = c2.number_input("Maximum overlap", min_value=1, max_value=50, value=options.max_overlap, step=1,
+                                  key="opt_max_overlap",
+                                  help="Adaptive overlap adds judgments on disagreement up to this.")
+    gold_rate = c3.number_input("Gold rate", min_value=0.0, max_value=1.0, value=float(options.gold_rate),
+                                step=0.01, format="%.2f", key="opt_gold_rate",
+                                help="Share of served pairs that are gold pairs (0 to 0.5).")
+    probe_rate = c4.number_input("Probe rate", min_value=0.0, max_value=1.0, value=float(options.probe_rate),
+                                 step=0.01, format="%.2f", key="opt_probe_rate",
+                                 help="Share of served pairs that are swapped repeats (0 to 0.5).")
+    st.subheader("Active learning and retraining")
+    c1, c2, c3 = st.columns(3)
+    strategy = c1.selectbox("Acquisition strategy", strategies, index=strategies.index(options.strategy),
+                            key="opt_strategy")
+    batch_size = c2.number_input("Batch size", min_value=1, value=options.batch_size, step=1, key="opt_batch_size")
+    cold_start = c3.number_input("Cold start (random labels first)", min_value=0, value=options.cold_start,
+                                 step=1, key="opt_cold_start")
+    c1, c2, c3 = st.columns(3)
+    every_labels = c1.number_input("Retrain every N new labels", min_value=1, value=options.retrain_every_labels,
+                                   step=1, key="opt_retrain_labels")
+    every_minutes = c2.number_input("…or every N minutes", min_value=0.1, value=float(options.retrain_every_minutes),
+                                    step=1.0, key="opt_retrain_minutes")
+    target = c3.number_input("Target judgments (0: none)", min_value=0, value=options.target_judgments, step=100,
+                             key="opt_target")
+    st.subheader("Guidelines")
+    guidelines = st.text_area("Markdown shown to annotators", value=options.guidelines, height=300,
+                              key="opt_guidelines")
+    save = st.form_submit_button("Save settings", type="primary")
+
+if save:
+    wanted = dict(overlap=int(overlap), max_overlap=int(max_overlap), gold_rate=float(gold_rate),
+                  probe_rate=float(probe_rate), strategy=strategy, batch_size=int(batch_size),
+                  cold_start=int(cold_start), retrain_every_labels=int(every_labels),
+                  retrain_every_minutes=float(every_minutes), target_judgments=int(target), guidelines=guidelines)
+    current = asdict(options)
+    changes = {k: v for k, v in wanted.items() if current[k] != v}
+    if not changes:
+        st.info("Nothing changed.")
+    else:
+        try:
+            with db.begin() as session:
+                campaign.update_options(session, settings, actor=actor, **changes)
+        except PrefloopError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["settings_flash"] = [f"Saved: {', '.join(sorted(changes))}."]
+            st.rerun()
+
+st.caption("Overlap applies to comparisons imported from now on; adaptive overlap and the rates apply at once. "
+           "Every change is recorded in the audit log.")
