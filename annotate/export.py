@@ -191,6 +191,17 @@ def _apply_filters(stmt: Select, session: Session, filters: ExportFilter) -> Sel
     return stmt
 
 
+def _run(session: Session, stmt: Select):
+    """Execute a column-only select at the Core level.
+
+    The rows are plain tuples, so skipping the ORM's row loading roughly
+    halves the Python time per row on large exports. Flushing first keeps the
+    ORM's read-your-writes behaviour for objects added in this session.
+    """
+    session.flush()
+    return session.connection().execute(stmt)
+
+
 def _messages(messages: Iterable[Any]) -> list[dict[str, str]]:
     out = []
     for m in messages:
@@ -225,7 +236,7 @@ def _tally_votes(session: Session, filters: ExportFilter) -> dict[int, _Tally]:
     )
     stmt = _apply_filters(stmt, session, filters)
     tallies: dict[int, _Tally] = {}
-    for comparison_id, choice, strength in session.execute(stmt):
+    for comparison_id, choice, strength in _run(session, stmt).all():
         tally = tallies.get(comparison_id)
         if tally is None:
             tally = tallies[comparison_id] = _Tally({}, {})
@@ -285,7 +296,7 @@ def _build_preferences(session: Session, filters: ExportFilter, margin: bool
             .join(ResponseB, ResponseB.id == Comparison.response_b_id)
             .where(Comparison.id.in_(list(chunk)))
         )
-        content.extend(session.execute(stmt).all())
+        content.extend(_run(session, stmt).all())
     content.sort(key=lambda r: r[0])
 
     conversational = any(messages is not None for *_, messages, _a, _b in content)
@@ -451,8 +462,8 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
          time_spent_ms, is_probe, was_gold, state, supersedes_id, retracted_at,
          model_version_id, acquisition_strategy, acquisition_score, created_at,
          username, prompt_id, a_id, b_id, is_gold, source_tag,
-         prompt_text, messages, text_a, text_b) in session.execute(
-            stmt.execution_options(yield_per=2000)):
+         prompt_text, messages, text_a, text_b) in _run(
+            session, stmt.execution_options(yield_per=2000)):
         choice = Choice(choice)
         yield {
             "judgment_id": jid, "comparison_id": comparison_id, "prompt_id": prompt_id,
