@@ -11,7 +11,9 @@ from annotate.ui import context, nav
 
 st.set_page_config(page_title="prefloop", page_icon=":material/compare_arrows:", layout="wide")
 
-actor = context.refresh_actor()
+with context.stop_on_setup_errors():
+    context.get_settings()
+    actor = context.refresh_actor()
 page = st.navigation(nav.pages_for(actor))
 
 if actor is not None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import streamlit as st
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from annotate import accounts
 from annotate.accounts import Actor
@@ -21,6 +22,8 @@ from annotate.errors import PermissionDenied, PrefloopError
 from annotate.settings import Settings, load_settings
 
 ACTOR_KEY = "actor"
+DATABASE_DOWN = ("The database cannot be reached or is not set up: check PREFLOOP_DATABASE_URL, run "
+                 "`prefloop db upgrade`, then reload this page.")
 
 
 @st.cache_resource(show_spinner=False)
@@ -110,3 +113,16 @@ def user_errors() -> Iterator[None]:
         yield
     except PrefloopError as exc:
         st.error(str(exc))
+
+
+@contextmanager
+def stop_on_setup_errors() -> Iterator[None]:
+    """Stop the page with a message (not a traceback) on a bad setting or an unusable database."""
+    try:
+        yield
+    except PrefloopError as exc:
+        st.error(str(exc))
+        st.stop()
+    except (OperationalError, ProgrammingError):
+        st.error(DATABASE_DOWN)
+        st.stop()

@@ -88,6 +88,16 @@ def test_login_failure_shows_the_message_then_throttles(app_db, people, monkeypa
     assert [t.value for t in at.title] == ["prefloop"]
 
 
+def test_bad_setting_and_unmigrated_database_show_a_message(app_db, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_OVERLAP", "0")
+    at = _app()
+    assert _errors(at) == ["PREFLOOP_OVERLAP must be >= 1 and <= PREFLOOP_MAX_OVERLAP"]
+    monkeypatch.delenv("PREFLOOP_OVERLAP")
+    monkeypatch.setenv("PREFLOOP_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    at = _login(_app(), "ann")
+    assert len(_errors(at)) == 1 and "prefloop db upgrade" in _errors(at)[0]
+
+
 def test_login_success_shows_the_annotation_page(app_db, people):
     with app_db.begin() as session:
         make_comparisons(session, 2)

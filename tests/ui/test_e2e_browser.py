@@ -34,6 +34,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "e2e-password-1"
+RATIONALE = "a bit better, but verbose"
 KEYS = {"a": "left", "b": "right", "x": "both_bad"}
 PAIR_CAPTION = re.compile(r"Pair #(\d+)")
 TIMEOUT_MS = 30_000
@@ -157,6 +158,13 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded):
             pressed: list[tuple[int, str]] = []
             for key in KEYS:
                 before = _pair_on_screen(page)
+                if key == "b":
+                    # Letters typed into the rationale must not fire the shortcuts.
+                    page.get_by_text("Optional: strength, rationale, flags").click()
+                    page.get_by_role("textbox", name="Rationale").fill(RATIONALE)
+                    page.get_by_role("textbox", name="Rationale").press("a")
+                    page.wait_for_timeout(500)
+                    assert _pair_on_screen(page) == before
                 # Focus the page body, not a text box, so the key reaches the shortcuts.
                 page.get_by_text("Which response is better?").click()
                 page.keyboard.press(key)
@@ -201,4 +209,5 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded):
         assert (row["annotator"], row["choice"], row["state"]) == ("annie", expected, "active"), row
         assert row["a_on_left"] == stored[cid].a_on_left
         assert row["choice_shown"] == KEYS[key]
+        assert row["rationale"] == (RATIONALE + "a" if key == "b" else None)
         assert row["time_spent_ms"] is not None and row["time_spent_ms"] > 0

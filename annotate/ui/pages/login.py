@@ -3,7 +3,6 @@
 import streamlit as st
 
 from annotate import accounts
-from annotate.errors import PrefloopError
 from annotate.ui import context
 
 st.title("prefloop")
@@ -16,12 +15,10 @@ with st.form("login", clear_on_submit=False, enter_to_submit=True):
 
 if submitted:
     settings = context.get_settings()
-    try:
+    # Wrong credentials, throttling and an unusable database all end here with their message.
+    with context.stop_on_setup_errors():
         actor = accounts.login(context.get_db(), username, password,
                                max_failures=settings.login_max_failures,
                                lockout_seconds=settings.login_lockout_seconds)
-    except PrefloopError as exc:
-        st.error(str(exc))
-    else:
-        context.log_in(actor)
-        st.rerun()
+    context.log_in(actor)
+    st.rerun()
