@@ -51,7 +51,10 @@ class EncoderConfig:
         max_length: Tokens per input including special tokens. Prompts lose their
             *start* (left truncation) so the last turns survive; responses lose their end.
         layers: Hidden layers to mean-pool, as negative indices (-1 is the last
-            layer). Several layers are concatenated in the order given.
+            layer), concatenated in the order given. The last four layers of
+            MiniLM-L6 beat the last layer alone by ~4 points of held-out accuracy
+            on HH-harmless (bench/rm_quality.py) at the same encoding cost.
+            ``(-1,)`` reproduces sentence-transformers' embedding.
         normalize: L2-normalise each pooled layer vector (sentence-transformers does
             this for all-MiniLM-L6-v2).
         prompt_share: In joint prompt+response inputs, the fraction of the token
@@ -59,7 +62,7 @@ class EncoderConfig:
     """
 
     max_length: int = 256
-    layers: tuple[int, ...] = (-1,)
+    layers: tuple[int, ...] = (-1, -2, -3, -4)
     normalize: bool = True
     prompt_share: float = 0.25
 

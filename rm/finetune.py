@@ -157,7 +157,7 @@ def finetune(model_path: str | os.PathLike, prompts: Sequence[Prompt], chosen: S
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     model.eval()
 
     out = Path(output_dir)

@@ -50,12 +50,15 @@ class TrainConfig:
             Win probabilities used for evaluation stay ``σ(d)``.
         calibrate: Fit a temperature T on out-of-bag / validation pairs so that
             ``σ(d / T)`` minimises their log loss; stored in the ensemble.
+        optimizer: ``"lbfgs"`` fits linear heads to convergence (convex, no early
+            stopping; ``max_steps`` bounds the iterations); ``"adam"`` runs
+            full-batch Adam with early stopping (always used for MLP heads).
         num_threads: ``torch.set_num_threads`` while training.
     """
 
     n_members: int = 5
     hidden: int = 0
-    l2: float = 0.1
+    l2: float = 3.0
     lr: float = 0.05
     max_steps: int = 400
     eval_every: int = 5
@@ -65,6 +68,7 @@ class TrainConfig:
     strength_margins: tuple[float, float, float, float] = (0.0, 0.1, 0.5, 1.0)
     tie_epsilon: float = 0.5
     calibrate: bool = True
+    optimizer: str = "lbfgs"
     num_threads: int = 2
 
 
@@ -162,6 +166,61 @@ def fit_temperature(d: np.ndarray, a_wins: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
+def _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, config) -> int:
+    """Convex case: L-BFGS on pair differences to convergence (L2 does the regularising)."""
+    delta = xt[ia_t] - xt[ib_t]
+    is_tie = bool((out_t == TIE).any())
+    opt = torch.optim.LBFGS(heads.parameters(), lr=1.0, max_iter=config.max_steps, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        d = heads.w @ delta.T  # biases cancel in a gap
+        losses = (preference_loss(d, out_t, marg, config.tie_epsilon) if is_tie
+                  else -torch.nn.functional.logsigmoid(torch.where(out_t == B_WINS, -d, d) - marg))
+        obj = ((losses * w_t).sum(dim=1) + 0.5 * config.l2 * heads.penalty()).sum()
+        obj.backward()
+        return obj
+
+    opt.step(closure)
+    return int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
+
+
+def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, config) -> int:
+    """Full-batch Adam with per-member early stopping on validation (out-of-bag) pairs."""
+    v_n = v_t.sum(dim=1)
+    has_val = bool((v_n > 0).all())
+    opt = torch.optim.Adam(heads.parameters(), lr=config.lr)
+    best = torch.full((config.n_members,), float("inf"))
+    best_state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+    stale, step = 0, 0
+    for step in range(1, config.max_steps + 1):
+        r = heads(xt)
+        losses = preference_loss(r[:, ia_t] - r[:, ib_t], out_t, marg, config.tie_epsilon)
+        objective = (losses * w_t).sum(dim=1) + 0.5 * config.l2 * heads.penalty()
+        opt.zero_grad(set_to_none=True)
+        objective.sum().backward()
+        opt.step()
+        if has_val and step % config.eval_every == 0:
+            with torch.no_grad():
+                r = heads(xt)
+                vl = (preference_loss(r[:, ia_t] - r[:, ib_t], out_t, 0.0, config.tie_epsilon)
+                      * v_t).sum(dim=1) / v_n
+            better = vl < best - 1e-5
+            if better.any():
+                best = torch.where(better, vl, best)
+                for k, v in heads.state_dict().items():
+                    best_state[k][better] = v[better]
+                stale = 0
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
+    if has_val:
+        heads.load_state_dict(best_state)
+    return step
+
+
 def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int = 0) -> Ensemble:
     """Fit ``config.n_members`` Bradley–Terry heads on ``data`` (both-bad pairs dropped).
 
@@ -195,36 +254,10 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
         w_t = torch.from_numpy(weights)
         w_t = w_t / w_t.sum(dim=1, keepdim=True).clamp(min=1.0)
         v_t = torch.from_numpy(val.astype(np.float32))
-        v_n = v_t.sum(dim=1)
-        has_val = bool((v_n > 0).all())
-        opt = torch.optim.Adam(heads.parameters(), lr=config.lr)
-        best = torch.full((config.n_members,), float("inf"))
-        best_state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
-        stale, step = 0, 0
-        for step in range(1, config.max_steps + 1):
-            r = heads(xt)
-            losses = preference_loss(r[:, ia_t] - r[:, ib_t], out_t, marg, config.tie_epsilon)
-            objective = (losses * w_t).sum(dim=1) + 0.5 * config.l2 * heads.penalty()
-            opt.zero_grad(set_to_none=True)
-            objective.sum().backward()
-            opt.step()
-            if has_val and step % config.eval_every == 0:
-                with torch.no_grad():
-                    r = heads(xt)
-                    vl = (preference_loss(r[:, ia_t] - r[:, ib_t], out_t, 0.0, config.tie_epsilon)
-                          * v_t).sum(dim=1) / v_n
-                better = vl < best - 1e-5
-                if better.any():
-                    best = torch.where(better, vl, best)
-                    for k, v in heads.state_dict().items():
-                        best_state[k][better] = v[better]
-                    stale = 0
-                else:
-                    stale += 1
-                    if stale >= config.patience:
-                        break
-        if has_val:
-            heads.load_state_dict(best_state)
+        if config.hidden == 0 and config.optimizer == "lbfgs":
+            step = _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, config)
+        else:
+            step = _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, config)
         params = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in heads.state_dict().items()}
     finally:
         torch.set_num_threads(prev_threads)

@@ -1,0 +1,68 @@
+"""The on-disk embedding cache."""
+
+import numpy as np
+
+from rm.cache import EmbeddingCache
+from rm.encoder import Encoder
+
+
+def test_second_call_computes_nothing_and_reopening_keeps_vectors(tiny_bert, tmp_path):
+    enc = Encoder(tiny_bert)
+    cache = EmbeddingCache(tmp_path, enc)
+    texts = ["alpha", "beta", "alpha", "gamma delta"]
+    v1 = cache.embed(texts)
+    assert enc.n_encoded == 3 and cache.n_computed == 3  # duplicates embedded once
+    np.testing.assert_allclose(v1[0], v1[2])
+    v2 = cache.embed(texts[::-1])
+    assert enc.n_encoded == 3
+    np.testing.assert_array_equal(v2[::-1], v1)
+
+    enc2 = Encoder(tiny_bert)
+    reopened = EmbeddingCache(tmp_path, enc2)
+    np.testing.assert_array_equal(reopened.embed(texts), v1)
+    assert enc2.n_encoded == 0 and len(reopened) == 3
+    np.testing.assert_allclose(v1, enc.encode(texts), atol=1e-6)
+
+
+def test_pairs_prompts_and_texts_are_separate_keys(tiny_bert, tmp_path):
+    enc = Encoder(tiny_bert)
+    cache = EmbeddingCache(tmp_path, enc)
+    cache.embed(["x"])
+    cache.embed(["x"], keep="end")
+    cache.embed_pairs(["x"], ["y"])
+    assert enc.n_encoded == 3
+    cache.embed_pairs(["x"], ["y"])
+    assert enc.n_encoded == 3
+
+
+def test_different_encoders_never_mix(tiny_bert, tiny_bert_other, tmp_path):
+    a, b = Encoder(tiny_bert), Encoder(tiny_bert_other)
+    va = EmbeddingCache(tmp_path, a).embed(["same text"])
+    vb = EmbeddingCache(tmp_path, b).embed(["same text"])
+    assert b.n_encoded == 1 and va.shape[1] != vb.shape[1]
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_killed_write_leaves_only_ignorable_temporaries(tiny_bert, tmp_path):
+    enc = Encoder(tiny_bert)
+    cache = EmbeddingCache(tmp_path, enc)
+    cache.embed(["one"])
+    # What a process killed mid-write leaves: a temp file and a vectors file without its keys file.
+    (cache.path / "tmp-dead-shard-x.npy").write_bytes(b"\x93NUMPY garbage")
+    np.save(cache.path / "shard-99999999999999999999-1-dead.npy", np.zeros((1, 32), np.float32))
+    again = EmbeddingCache(tmp_path, Encoder(tiny_bert))
+    assert len(again) == 1
+    np.testing.assert_array_equal(again.embed(["one"]), cache.embed(["one"]))
+
+
+def test_concurrent_writers_are_picked_up_and_compaction_keeps_everything(tiny_bert, tmp_path):
+    a = EmbeddingCache(tmp_path, Encoder(tiny_bert), compact_above=3)
+    b = EmbeddingCache(tmp_path, Encoder(tiny_bert))
+    b.embed(["from b"])
+    for i in range(5):
+        a.embed([f"text {i}"])
+    assert len(list(a.path.glob("shard-*.keys.npy"))) <= 3
+    enc = Encoder(tiny_bert)
+    fresh = EmbeddingCache(tmp_path, enc)
+    fresh.embed(["from b"] + [f"text {i}" for i in range(5)])
+    assert enc.n_encoded == 0

@@ -1,0 +1,83 @@
+"""Encoder: truncation, pooling, ids; the real bundled encoder against sentence-transformers."""
+
+import numpy as np
+import pytest
+
+from rm.encoder import Encoder, EncoderConfig
+from rm.features import FeatureSpec, build_features, render_prompt
+
+
+def test_left_truncation_keeps_the_end_of_a_long_chat(tiny_bert):
+    enc = Encoder(tiny_bert, EncoderConfig(max_length=32))
+    tok = enc._load()[0]
+    chat = [{"role": "user", "content": "apple " * 200}, {"role": "assistant", "content": "banana"},
+            {"role": "user", "content": "final question about zebras"}]
+    text = render_prompt(chat)
+    ids = enc.tokenize_texts([text], keep="end")[0]
+    decoded = tok.decode(ids, skip_special_tokens=True)
+    assert len(ids) == 32 and decoded.endswith("final question about zebras")
+    assert "apple" in decoded  # the start was cut, not the end
+    pair = enc.tokenize_pairs([text], ["the response stays whole"])[0]
+    decoded = tok.decode(pair, skip_special_tokens=True)
+    assert len(pair) == 32 and decoded.endswith("zebras the response stays whole")
+
+
+def test_long_response_keeps_its_start_and_some_prompt(tiny_bert):
+    enc = Encoder(tiny_bert, EncoderConfig(max_length=40, prompt_share=0.25))
+    tok = enc._load()[0]
+    ids = enc.tokenize_pairs(["the prompt ends here"], ["start of answer " + "word " * 100])[0]
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert len(ids) == 40 and "prompt ends here" in text and "start of answer" in text
+
+
+def test_render_prompt_formats_and_validates_chat():
+    assert render_prompt("plain") == "plain"
+    assert render_prompt([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": "yo"}]) == "\n\nSystem: s\n\nHuman: hi\n\nAssistant: yo"
+    with pytest.raises(ValueError, match="unknown role"):
+        render_prompt([{"role": "robot", "content": "x"}])
+
+
+def test_encoder_id_changes_with_options_and_weights(tiny_bert, tiny_bert_other):
+    a = Encoder(tiny_bert).encoder_id
+    assert a == Encoder(tiny_bert).encoder_id
+    assert a != Encoder(tiny_bert, EncoderConfig(max_length=128)).encoder_id
+    assert a != Encoder(tiny_bert, EncoderConfig(layers=(-1, -2))).encoder_id
+    assert a != Encoder(tiny_bert_other).encoder_id
+
+
+def test_vectors_are_order_independent_and_multi_layer(tiny_bert):
+    enc = Encoder(tiny_bert, EncoderConfig(layers=(-1, -2)))
+    texts = ["short", "a much longer text with many more words in it", "medium length text"]
+    v = enc.encode(texts)
+    assert v.shape == (3, enc.dim) and enc.dim == 64
+    np.testing.assert_allclose(np.linalg.norm(v[:, :32], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(enc.encode(texts[::-1])[::-1], v, atol=1e-5)
+    np.testing.assert_allclose(enc.encode([texts[1]])[0], v[1], atol=1e-5)
+
+
+def test_features_concatenate_parts(tiny_bert):
+    enc = Encoder(tiny_bert)
+    spec = FeatureSpec(("joint", "response", "prompt_x_response"))
+    f = build_features(["p1", [{"role": "user", "content": "p2"}]], ["r1", "r2"], enc, spec)
+    assert f.shape == (2, spec.dim(enc.dim))
+    np.testing.assert_allclose(f[:, 32:64], enc.encode(["r1", "r2"]), atol=1e-6)
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    from rm.encoder import EncoderError
+
+    with pytest.raises(EncoderError, match="config.json"):
+        Encoder(tmp_path)
+
+
+@pytest.mark.slow
+def test_bundled_encoder_matches_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    enc = Encoder(config=EncoderConfig(layers=(-1,)))
+    texts = ["I can't help with that.", "Sure, here is a recipe for a cake with eggs and flour. " * 3]
+    st = SentenceTransformer(str(enc.model_path), device="cpu")
+    np.testing.assert_allclose(enc.encode(texts), st.encode(texts), atol=1e-5)
+    multi = Encoder(config=EncoderConfig(layers=(-1, -2)))
+    np.testing.assert_allclose(multi.encode(texts)[:, :384], st.encode(texts), atol=1e-5)

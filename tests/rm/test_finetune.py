@@ -1,0 +1,29 @@
+"""Full fine-tune export on a tiny random BERT."""
+
+import numpy as np
+import torch
+
+from rm.finetune import FinetuneConfig, finetune, load_finetuned, score_pairs_model
+
+
+def test_finetune_exports_a_reloadable_sequence_classifier(tiny_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    prompts = [f"question {i}" for i in range(12)]
+    chosen = ["a kind and helpful answer"] * 12
+    rejected = ["no"] * 12
+    cfg = FinetuneConfig(epochs=3, batch_size=4, lr=1e-3, max_length=32, device="cpu")
+    model, tok = finetune(tiny_bert, prompts, chosen, rejected, tmp_path / "ft", cfg)
+    before = score_pairs_model(model, tok, prompts, chosen, max_length=32)
+    worse = score_pairs_model(model, tok, prompts, rejected, max_length=32)
+    assert (before > worse).all()
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "ft"), local_files_only=True)
+    assert reloaded.config.num_labels == 1
+    model2, tok2 = load_finetuned(tmp_path / "ft", device="cpu")
+    after = score_pairs_model(model2, tok2, prompts, chosen, max_length=32)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    assert tok2.truncation_side == "left"
+    with torch.inference_mode():
+        enc = tok2(["question 0", "question 1"], ["a kind and helpful answer"] * 2, return_tensors="pt", padding=True)
+        assert reloaded(**enc).logits.shape == (2, 1)

@@ -1,0 +1,62 @@
+"""The Bradley–Terry loss, margins and the Rao–Kupper tie likelihood on hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rm.data import A_WINS, B_WINS, BOTH_BAD, TIE, PairData
+from rm.train import TrainConfig, _margins, fit_temperature, preference_loss, train_ensemble
+
+
+def _sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_win_with_margin_is_minus_log_sigmoid_of_gap_minus_margin():
+    loss = preference_loss(torch.tensor([0.5]), torch.tensor([A_WINS]), torch.tensor([0.2]))
+    assert loss.item() == pytest.approx(-math.log(_sig(0.3)), rel=1e-6)
+
+
+def test_b_wins_uses_the_negative_gap():
+    loss = preference_loss(torch.tensor([0.5]), torch.tensor([B_WINS]), 0.0)
+    assert loss.item() == pytest.approx(-math.log(_sig(-0.5)), rel=1e-6)
+
+
+def test_tie_is_rao_kupper_mass_within_epsilon():
+    # P(tie | d=0, ε=0.5) = σ(0.5) - σ(-0.5) = 0.244918...
+    loss = preference_loss(torch.tensor([0.0]), torch.tensor([TIE]), 0.0, tie_epsilon=0.5)
+    assert loss.item() == pytest.approx(-math.log(_sig(0.5) - _sig(-0.5)), rel=1e-6)
+    assert loss.item() == pytest.approx(1.40684, abs=1e-4)
+    loss = preference_loss(torch.tensor([1.2, -1.2]), torch.tensor([TIE, TIE]), 0.0, tie_epsilon=0.3)
+    expected = -math.log(_sig(1.2 + 0.3) - _sig(1.2 - 0.3))
+    assert loss.tolist() == pytest.approx([expected, expected], rel=1e-5)
+
+
+def test_tie_loss_stays_finite_for_huge_gaps():
+    loss = preference_loss(torch.tensor([80.0]), torch.tensor([TIE]), 0.0, tie_epsilon=0.5)
+    assert torch.isfinite(loss).all() and loss.item() == pytest.approx(80 - math.log(2 * math.sinh(0.5)), rel=1e-3)
+
+
+def test_strength_maps_to_documented_margins():
+    cfg = TrainConfig()
+    assert _margins(np.array([0, 1, 2, 3]), cfg.strength_margins).tolist() == pytest.approx(list(cfg.strength_margins))
+    assert cfg.strength_margins[0] == 0.0
+    assert list(cfg.strength_margins) == sorted(cfg.strength_margins)
+
+
+def test_both_bad_pairs_are_dropped_by_the_trainer():
+    rng = np.random.default_rng(0)
+    feat = rng.normal(size=(40, 4)).astype(np.float32)
+    out = np.array([A_WINS, B_WINS, TIE, BOTH_BAD] * 5)
+    data = PairData(feat, np.arange(20), np.arange(20, 40), out)
+    ens = train_ensemble(data, TrainConfig(n_members=2), seed=0)
+    assert ens.info["n_both_bad_dropped"] == 5 and ens.info["n_pairs"] == 15
+
+
+def test_fit_temperature_recovers_a_known_scale():
+    rng = np.random.default_rng(1)
+    true_gap = rng.normal(scale=1.5, size=20000)
+    y = rng.random(20000) < 1 / (1 + np.exp(-true_gap))
+    assert fit_temperature(true_gap * 3.0, y) == pytest.approx(3.0, rel=0.1)

@@ -1,0 +1,57 @@
+"""rm.load + RewardModel.score end to end on a tiny encoder."""
+
+import numpy as np
+import pytest
+
+import rm
+from rm.artifact import ArtifactError, save_artifact
+from rm.cache import EmbeddingCache
+from rm.data import PairData
+from rm.encoder import Encoder, EncoderConfig
+from rm.features import FeatureSpec, build_features
+from rm.train import TrainConfig, train_ensemble
+
+
+@pytest.fixture
+def trained(tiny_bert, tmp_path):
+    enc = Encoder(tiny_bert, EncoderConfig(layers=(-1, -2)))
+    spec = FeatureSpec(("joint", "response"))
+    prompts = [f"question number {i}" for i in range(30)]
+    good = [f"a helpful polite answer {i}" for i in range(30)]
+    bad = [f"go away {i}" for i in range(30)]
+    cache = EmbeddingCache(tmp_path / "cache", enc)
+    feat = build_features(prompts + prompts, good + bad, cache, spec)
+    data = PairData(feat, np.arange(30), np.arange(30, 60), np.zeros(30), group=np.array(prompts))
+    ens = train_ensemble(data, TrainConfig(n_members=3), seed=0)
+    save_artifact(tmp_path / "model", ens, encoder=enc.describe(), features=spec)
+    return tmp_path, enc, prompts, good, bad, ens, feat
+
+
+def test_load_and_score(trained):
+    tmp_path, enc, prompts, good, bad, ens, feat = trained
+    model = rm.load(tmp_path / "model", cache_dir=tmp_path / "cache")
+    assert model._encoder is None  # lazy
+    s = model.score(prompts[:5], good[:5])
+    assert s.reward.shape == (5,) and s.uncertainty.shape == (5,) and s.members.shape == (3, 5)
+    np.testing.assert_allclose(s.members, ens.member_rewards(feat[:5]), rtol=1e-5, atol=1e-5)
+    assert model.encoder.n_encoded == 0  # everything came from the cache
+    s_bad = model.score(prompts[:5], bad[:5])
+    assert (s.reward > s_bad.reward).all()
+    p = model.pair_probabilities(model.score(prompts[:2] * 2, good[:2] + bad[:2]), [0, 1], [2, 3])
+    assert p.shape == (3, 2) and (p > 0.5).all()
+
+
+def test_chat_prompts_score_like_their_rendered_text(trained):
+    tmp_path, *_ = trained
+    model = rm.load(tmp_path / "model")
+    chat = [{"role": "user", "content": "hello"}]
+    a = model.score([chat], ["hi there"]).reward
+    b = model.score(["\n\nHuman: hello"], ["hi there"]).reward
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_wrong_encoder_override_is_refused(trained, tiny_bert_other):
+    tmp_path, *_ = trained
+    model = rm.load(tmp_path / "model", encoder=tiny_bert_other)
+    with pytest.raises(ArtifactError, match="trained on encoder"):
+        model.score(["p"], ["r"])

@@ -1,0 +1,111 @@
+"""Ensemble training, evaluation metrics and pair scoring on synthetic features."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rm.data import A_WINS, B_WINS, TIE, PairData
+from rm.evaluate import calibration_bins, metrics_from_rewards
+from rm.heads import pair_probabilities
+from rm.split import held_out_mask
+from rm.train import TrainConfig, fit_and_evaluate, train_ensemble
+
+
+def synthetic(n_pairs=600, dim=16, seed=0, noise=1.0):
+    """Responses with a linear true reward; outcomes drawn from Bradley–Terry."""
+    rng = np.random.default_rng(seed)
+    feat = rng.normal(size=(2 * n_pairs, dim)).astype(np.float32)
+    true_w = rng.normal(size=dim)
+    r = feat @ true_w / np.sqrt(dim) * 2.0
+    ia, ib = np.arange(n_pairs), np.arange(n_pairs, 2 * n_pairs)
+    p = 1 / (1 + np.exp(-(r[ia] - r[ib]) / noise))
+    out = np.where(rng.random(n_pairs) < p, A_WINS, B_WINS)
+    groups = np.array([f"prompt{i // 2}" for i in range(n_pairs)])
+    length = rng.integers(10, 500, size=2 * n_pairs)
+    return PairData(feat, ia, ib, out, group=groups, length=length)
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_training_beats_chance_and_shuffled_labels(hidden):
+    data = synthetic(n_pairs=1000, dim=64)  # wide enough that a random direction scores near 0.5
+    test = held_out_mask(data.group, 0.3, salt="t")
+    cfg = TrainConfig(hidden=hidden, n_members=3)
+    _, m = fit_and_evaluate(data.subset(~test), data.subset(test), cfg, seed=0)
+    shuffled = data.subset(~test)
+    shuffled.outcome = np.random.default_rng(5).permutation(shuffled.outcome)
+    _, m_shuf = fit_and_evaluate(shuffled, data.subset(test), cfg, seed=0)
+    assert m.accuracy > 0.75
+    assert m_shuf.accuracy < 0.62
+    assert m.accuracy > m_shuf.accuracy + 0.15
+
+
+def test_training_is_deterministic_given_the_seed():
+    data = synthetic(200)
+    a = train_ensemble(data, TrainConfig(n_members=3, hidden=8), seed=3)
+    b = train_ensemble(data, TrainConfig(n_members=3, hidden=8), seed=3)
+    c = train_ensemble(data, TrainConfig(n_members=3, hidden=8), seed=4)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert not np.array_equal(a.params["w"], c.params["w"])
+
+
+def test_members_differ_by_bootstrap():
+    ens = train_ensemble(synthetic(200), TrainConfig(n_members=4), seed=0)
+    w = ens.params["w"]
+    assert not np.allclose(w[0], w[1])
+
+
+def test_ties_pull_rewards_together():
+    data = synthetic(300, seed=2)
+    tie_data = PairData(data.feat, data.ia, data.ib, np.full(len(data), TIE))
+    ens = train_ensemble(tie_data, TrainConfig(n_members=2, calibrate=False), seed=0)
+    gaps = np.abs(ens.rewards(data.feat)[data.ia] - ens.rewards(data.feat)[data.ib])
+    assert gaps.mean() < 0.2
+
+
+def test_indices_into_a_shared_matrix_are_not_copied():
+    data = synthetic(100)
+    sub = data.subset(np.arange(10))
+    assert sub.feat is data.feat
+
+
+def test_pair_probabilities_match_a_naive_loop():
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(5, 50)).astype(np.float32) * 4
+    ia, ib = rng.integers(0, 50, 300), rng.integers(0, 50, 300)
+    fast = pair_probabilities(r, ia, ib, chunk=64)
+    naive = np.array([[1 / (1 + np.exp(-(r[m, a] - r[m, b]))) for a, b in zip(ia, ib)] for m in range(5)])
+    assert fast.dtype == np.float32 and fast.shape == (5, 300)
+    np.testing.assert_allclose(fast, naive, atol=1e-6)
+
+
+def test_member_rewards_match_a_direct_mlp_computation():
+    data = synthetic(150)
+    ens = train_ensemble(data, TrainConfig(n_members=2, hidden=8), seed=0)
+    x = (data.feat - ens.mean) / ens.scale
+    p = ens.params
+    direct = np.stack([(np.maximum(x @ p["w1"][m] + p["b1"][m], 0) @ p["w"][m] + p["b"][m]) / ens.temperature
+                       for m in range(2)])
+    np.testing.assert_allclose(ens.member_rewards(data.feat), direct, rtol=1e-4, atol=1e-4)
+
+
+def test_metrics_on_hand_made_rewards():
+    feat = np.zeros((6, 1), np.float32)
+    r = np.array([[2.0, 0.0, 1.0, 0.0, 0.0, 0.0]], np.float32)
+    data = PairData(feat, [0, 3, 4], [1, 2, 5], [A_WINS, A_WINS, TIE], length=np.array([10, 5, 3, 7, 1, 1]))
+    m = metrics_from_rewards(r, data)
+    assert m.n_decisive == 2 and m.n_ties == 1
+    assert m.accuracy == 0.5  # pair 0 right (2 > 0), pair 1 wrong (0 < 1)
+    expected_ll = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(1.0))) / 2
+    assert m.log_loss == pytest.approx(expected_ll, rel=1e-6)
+    assert m.length_longer_wins_accuracy == 1.0 and m.length_baseline_accuracy == 1.0
+    json.dumps(m.to_dict())
+
+
+def test_calibration_bins_and_ece():
+    p = np.array([0.05, 0.05, 0.95, 0.95, 0.55, 0.55])
+    y = np.array([0, 0, 1, 1, 1, 0])
+    ece, bins = calibration_bins(p, y)
+    assert len(bins) == 10 and sum(b.count for b in bins) == 6
+    assert ece == pytest.approx((2 * 0.05 + 2 * 0.05 + 2 * 0.05) / 6)
+    assert bins[9].predicted == pytest.approx(0.95) and bins[9].observed == 1.0
