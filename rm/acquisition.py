@@ -45,15 +45,84 @@ _EPS = 1e-7
 # --------------------------------------------------------------------------- pool
 
 
+class PairFeatures:
+    """Pair features ``(feat[ia] - feat[ib]) / scale`` computed only for the rows asked for.
+
+    A pool of a million pairs over 3,072-dim response features would need 12 GB
+    as a dense matrix; strategies only ever look at a few thousand candidates.
+    Index it like an array (``pf[rows]`` gives float32 ``(len(rows), d)``);
+    ``take`` gives a lazy subset; ``np.asarray(pf)`` materialises everything.
+    """
+
+    def __init__(self, feat: np.ndarray, ia, ib, scale: np.ndarray | None = None):
+        self.feat = feat
+        self.ia = np.asarray(ia, dtype=np.int64)
+        self.ib = np.asarray(ib, dtype=np.int64)
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float32)
+        if len(self.ia) != len(self.ib):
+            raise ValueError("ia and ib must have the same length")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.ia), int(self.feat.shape[1]))
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __len__(self) -> int:
+        return len(self.ia)
+
+    def take(self, rows) -> "PairFeatures":
+        rows = np.asarray(rows)
+        return PairFeatures(self.feat, self.ia[rows], self.ib[rows], self.scale)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return pair_features(self.feat, self.ia[rows], self.ib[rows], self.scale)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)
+
+
+def _nrows(x) -> int:
+    if isinstance(x, tuple):
+        return sum(_nrows(p) for p in x)
+    return len(x)
+
+
+def _dims(x) -> int:
+    if isinstance(x, tuple):
+        return _dims(x[0]) if x else -1
+    return int(x.shape[1])
+
+
+def _rows(x, rows: np.ndarray) -> np.ndarray:
+    """Rows of a features container (array, ``PairFeatures`` or a tuple of them stacked)."""
+    if not isinstance(x, tuple):
+        return np.asarray(x[rows], dtype=np.float32)
+    out, start = [], 0
+    rows = np.asarray(rows)
+    for part in x:
+        n = _nrows(part)
+        sel = rows[(rows >= start) & (rows < start + n)] - start
+        if len(sel):
+            out.append(_rows(part, sel))
+        start += n
+    return np.concatenate(out) if out else np.zeros((0, _dims(x)), np.float32)
+
+
 @dataclass(frozen=True)
 class Pool:
     """The open pairs a strategy ranks.
 
     Attributes:
         probs: ``(M, n)`` float32, each ensemble member's P(A ≻ B) for each open pair.
-        features: ``(n, d)`` float32 pair features for diversity (see ``pair_features``); optional.
+        features: ``(n, d)`` float32 pair features for diversity (see ``pair_features``), a
+            dense array or a lazy ``PairFeatures``; optional.
         groups: ``(n,)`` int prompt ids (per-prompt cap; which pair of a prompt to ask); optional.
-        labelled: ``(L, d)`` features of pairs already labelled (for coverage); optional.
+        labelled: ``(L, d)`` features of pairs already labelled (for coverage): an array,
+            ``PairFeatures``, or a tuple of them (stacked); optional.
     """
 
     probs: np.ndarray
@@ -70,7 +139,9 @@ class Pool:
         object.__setattr__(self, "probs", probs)
         n = probs.shape[1]
         if self.features is not None:
-            f = np.asarray(self.features, dtype=np.float32)
+            f = self.features
+            if not isinstance(f, PairFeatures):
+                f = np.asarray(f, dtype=np.float32)
             if f.ndim != 2 or len(f) != n:
                 raise ValueError(f"features must be (pairs, dim) with {n} rows; got {f.shape}")
             object.__setattr__(self, "features", f)
@@ -80,9 +151,13 @@ class Pool:
                 raise ValueError(f"groups must have one prompt id per pair ({n}); got {g.shape}")
             object.__setattr__(self, "groups", g)
         if self.labelled is not None:
-            lab = np.asarray(self.labelled, dtype=np.float32)
-            if lab.ndim != 2 or (self.features is not None and lab.shape[1] != self.features.shape[1]):
-                raise ValueError("labelled must be (L, dim) with the same dim as features")
+            lab = self.labelled
+            if not isinstance(lab, (PairFeatures, tuple)):
+                lab = np.asarray(lab, dtype=np.float32)
+                if lab.ndim != 2:
+                    raise ValueError("labelled must be (L, dim)")
+            if self.features is not None and _nrows(lab) and _dims(lab) != self.features.shape[1]:
+                raise ValueError("labelled must have the same dim as features")
             object.__setattr__(self, "labelled", lab)
 
     def __len__(self) -> int:
@@ -96,16 +171,30 @@ class Pool:
     def subset(self, rows) -> "Pool":
         """The pool restricted to ``rows`` (index array or mask)."""
         rows = np.asarray(rows)
-        return replace(self, probs=self.probs[:, rows],
-                       features=None if self.features is None else self.features[rows],
+        f = self.features
+        if isinstance(f, PairFeatures):
+            f = f.take(rows)
+        elif f is not None:
+            f = f[rows]
+        return replace(self, probs=self.probs[:, rows], features=f,
                        groups=None if self.groups is None else self.groups[rows])
 
-    def with_labelled(self, extra: np.ndarray) -> "Pool":
+    def labelled_rows(self, max_rows: int, rng: np.random.Generator) -> np.ndarray | None:
+        """Up to ``max_rows`` labelled pair features (a random sample when there are more)."""
+        if self.labelled is None:
+            return None
+        n = _nrows(self.labelled)
+        rows = np.arange(n) if n <= max_rows else np.sort(rng.choice(n, max_rows, replace=False))
+        return _rows(self.labelled, rows)
+
+    def with_labelled(self, extra) -> "Pool":
         """The pool with ``extra`` pair features counted as labelled (pending answers)."""
         if self.features is None or not len(extra):
             return self
-        lab = extra if self.labelled is None else np.concatenate([self.labelled, extra])
-        return replace(self, labelled=lab)
+        if self.labelled is None:
+            return replace(self, labelled=extra)
+        parts = self.labelled if isinstance(self.labelled, tuple) else (self.labelled,)
+        return replace(self, labelled=parts + (extra,))
 
 
 def pair_features(feat: np.ndarray, ia, ib, scale: np.ndarray | None = None) -> np.ndarray:
@@ -125,6 +214,9 @@ def make_pool(member_rewards: np.ndarray, feat: np.ndarray, ia, ib, *, groups=No
               labelled: tuple | None = None, scale: np.ndarray | None = None) -> Pool:
     """Build the ``Pool`` for open pairs ``(ia, ib)``: the one way the job and the simulator do it.
 
+    Pair features stay lazy (``PairFeatures``): only the candidates a strategy
+    looks at are ever computed.
+
     Args:
         member_rewards: ``(M, R)`` rewards from ``Ensemble.member_rewards`` over ``feat``
             rows (columns of rows no pair uses may hold anything).
@@ -142,8 +234,8 @@ def make_pool(member_rewards: np.ndarray, feat: np.ndarray, ia, ib, *, groups=No
         _, g = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     lab = None
     if labelled is not None:
-        lab = pair_features(feat, labelled[0], labelled[1], scale)
-    return Pool(probs=probs, features=pair_features(feat, ia, ib, scale), groups=g, labelled=lab)
+        lab = PairFeatures(feat, labelled[0], labelled[1], scale)
+    return Pool(probs=probs, features=PairFeatures(feat, ia, ib, scale), groups=g, labelled=lab)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -330,18 +422,22 @@ class CoverStrategy(Strategy):
     With a ``base`` strategy the gain is multiplicative: ``base score × novelty``
     where novelty = ``z_iᵀ Λ⁻¹ z_i / z_iᵀ Λ_0⁻¹ z_i`` is the share of pair i's
     information still new after the labelled pairs and the batch so far
-    (Λ_0 = λ·I). Candidates are the ``factor × n`` best by ``base``
-    (all of them for plain ``cover``, capped at ``max_candidates``); features are
-    reduced to ``max_dim`` principal directions of the candidates and labelled pairs.
+    (Λ_0 = λ·I). Candidates are the ``factor × n`` best by ``base`` (capped at
+    ``max_candidates``). Features are scaled to unit mean square norm and, above
+    ``max_dim`` dimensions, randomly projected (a fixed seeded projection, which
+    keeps inner products); at most ``max_labelled`` labelled pairs are used (a
+    random sample, weighted up to stand for all of them).
     """
 
-    def __init__(self, base: Strategy | None = None, factor: int = 8, ridge: float = 1.0,
-                 max_dim: int = 256, max_candidates: int = 4096, labelled_weight: float = 0.25):
+    def __init__(self, base: Strategy | None = None, factor: int = 8, ridge: float = 0.1,
+                 max_dim: int = 256, max_candidates: int = 4096, max_labelled: int = 4096,
+                 labelled_weight: float = 0.25):
         self.base = base
         self.factor = factor
         self.ridge = ridge
         self.max_dim = max_dim
         self.max_candidates = max_candidates
+        self.max_labelled = max_labelled
         self.labelled_weight = labelled_weight
         self.name = "cover" if base is None else f"{base.name}+cover"
 
@@ -351,8 +447,11 @@ class CoverStrategy(Strategy):
         p = pool.mean_probs.astype(np.float64)
         if pool.features is None:
             return p * (1 - p)
-        z = np.asarray(pool.features, dtype=np.float64)
-        return np.log1p(p * (1 - p) * (z * z).sum(axis=1) / self.ridge)
+        sq = np.empty(len(pool))
+        for s in range(0, len(pool), 65536):
+            z = pool.features[np.arange(s, min(s + 65536, len(pool)))]
+            sq[s:s + len(z)] = np.einsum("nd,nd->n", z, z)
+        return p * (1 - p) * sq
 
     def select(self, pool, n, rng):
         if len(pool) == 0 or n <= 0:
@@ -362,16 +461,18 @@ class CoverStrategy(Strategy):
         cand = capped_order(_rank(base, rng), pool.groups, k)
         if pool.features is None or len(cand) <= n:
             return cand[:n].astype(np.int64)
-        z = np.asarray(pool.features[cand], dtype=np.float64)
-        lab = None if pool.labelled is None else np.asarray(pool.labelled, dtype=np.float64)
-        z, lab = self._reduce(z, lab)
+        z = _project(np.asarray(pool.features[cand], dtype=np.float64), self.max_dim)
+        lab = pool.labelled_rows(self.max_labelled, rng)
+        unit = 1.0 / np.sqrt(max(float(np.mean(np.einsum("nd,nd->n", z, z))), 1e-12))
+        z *= unit
         d = z.shape[1]
-        lam = self.ridge
-        cov = np.eye(d) / lam
+        prec = self.ridge * np.eye(d)
         if lab is not None and len(lab):
-            prec = lam * np.eye(d) + self.labelled_weight * lab.T @ lab
-            cov = np.linalg.inv(prec)
-        q0 = (z * z).sum(axis=1) / lam
+            lab = _project(np.asarray(lab, dtype=np.float64), self.max_dim) * unit
+            weight = self.labelled_weight * _nrows(pool.labelled) / len(lab)
+            prec += weight * lab.T @ lab
+        cov = np.linalg.inv(prec)
+        q0 = np.einsum("nd,nd->n", z, z) / self.ridge
         q = np.einsum("nd,de,ne->n", z, cov, z)
         p = pool.mean_probs[cand].astype(np.float64)
         w = np.clip(p * (1 - p), 0.01, 0.25)
@@ -382,39 +483,33 @@ class CoverStrategy(Strategy):
             s = 0.1 + 0.9 * (s - s.min()) / spread if spread > 0 else np.ones_like(s)
         groups = None if pool.groups is None else pool.groups[cand]
         picked: list[int] = []
-        used_groups: set = set()
         free = np.ones(len(cand), dtype=bool)
-        for _ in range(n):
-            if self.base is None:
-                gain = np.log1p(w * q)
-            else:
-                gain = s * q / np.maximum(q0, 1e-12)
-            gain = np.where(free, gain, -np.inf)
-            if groups is not None and used_groups:
-                capped = np.isin(groups, list(used_groups)) & free
-                if (free & ~capped).any():
-                    gain = np.where(capped, -np.inf, gain)
-            i = int(np.argmax(gain))
+        open_group = np.ones(len(cand), dtype=bool)
+        for _ in range(min(n, len(cand))):
+            gain = np.log1p(w * q) if self.base is None else s * q / np.maximum(q0, 1e-12)
+            allowed = free & open_group
+            if not allowed.any():
+                open_group[:] = True  # every prompt has a pair in the batch: next round of the cap
+                allowed = free
+            i = int(np.argmax(np.where(allowed, gain, -np.inf)))
             picked.append(i)
             free[i] = False
             if groups is not None:
-                used_groups.add(groups[i])
-                if not (free & ~np.isin(groups, list(used_groups))).any():
-                    used_groups.clear()
+                open_group &= groups != groups[i]
             u = cov @ z[i]
             denom = 1.0 / w[i] + z[i] @ u
             cov -= np.outer(u, u) / denom
             q -= (z @ u) ** 2 / denom
         return cand[np.asarray(picked, dtype=np.int64)].astype(np.int64)
 
-    def _reduce(self, z: np.ndarray, lab: np.ndarray | None):
-        if z.shape[1] <= self.max_dim:
-            return z, lab
-        both = z if lab is None or not len(lab) else np.concatenate([z, lab])
-        # Principal directions of the pairs at hand: the directions a batch can actually cover.
-        _, _, vt = np.linalg.svd(both - 0.0, full_matrices=False)
-        basis = vt[: self.max_dim].T
-        return z @ basis, (None if lab is None else lab @ basis)
+
+def _project(x: np.ndarray, max_dim: int) -> np.ndarray:
+    """``x`` in at most ``max_dim`` dimensions by a fixed Gaussian projection (inner products kept on average)."""
+    d = x.shape[1]
+    if d <= max_dim:
+        return x
+    proj = np.random.default_rng(d).standard_normal((d, max_dim)) / np.sqrt(max_dim)
+    return x @ proj
 
 
 _BASES = {"random": RandomStrategy, "margin": MarginStrategy, "bald": BaldStrategy,
