@@ -67,6 +67,33 @@ def _expected(key: str, a_on_left: bool) -> str:
     return (Choice.a if (shown == "left") == a_on_left else Choice.b).value
 
 
+HOSTILE = (
+    "# Heading\n\n" + "A long paragraph of model output. " * 60 + "\n\n"
+    "![tracker](https://evil.example/pixel.png) and ![ref][t]\n\n[t]: https://evil.example/ref.png\n\n"
+    "https://evil.example/bare.jpg\n\n"
+    "<script>window.__pwned = 'script'</script><img src=x onerror=\"window.__pwned = 'img'\">\n\n"
+    "Price: $5 to $10\n\n```python\nprint('kept <b>$x$</b>')\n```\n" + "\nmore lines" * 30
+)
+
+
+def _add_hostile_chat_pair(session) -> None:
+    """A chat prompt with long, hostile markdown answers, served first (highest priority)."""
+    from annotate.models import Comparison, Prompt, Response
+    from tests.factories import h
+
+    prompt = Prompt(content_hash=h("hostile-chat"), messages=[
+        {"role": "user", "content": "Show me a picture."},
+        {"role": "assistant", "content": "What of?"},
+        {"role": "user", "content": "Anything, with $math$ and <b>html</b>."}])
+    session.add(prompt)
+    session.flush()
+    a = Response(prompt_id=prompt.id, content_hash=h("hostile-a"), text=HOSTILE)
+    b = Response(prompt_id=prompt.id, content_hash=h("hostile-b"), text="Short and safe.")
+    session.add_all([a, b])
+    session.flush()
+    session.add(Comparison(prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id, priority=5.0))
+
+
 @pytest.fixture
 def seeded(tmp_path):
     url = f"sqlite:///{tmp_path / 'e2e.db'}"
@@ -76,6 +103,7 @@ def seeded(tmp_path):
         accounts.create_user(session, "annie", PASSWORD, "annotator", system=True)
         accounts.create_user(session, "root", PASSWORD, "admin", system=True)
         make_comparisons(session, 6, tag="e2e")
+        _add_hostile_chat_pair(session)
     yield url, database
     database.dispose()
 
@@ -148,11 +176,21 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded):
             context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
             page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
+            evil_requests: list[str] = []
+            page.on("request", lambda request: "evil.example" in request.url and evil_requests.append(request.url))
             page.goto(server)
             expect(page.get_by_role("button", name="Log in")).to_be_visible()
             _shot(page, "login")
             _log_in(page, "annie")
             expect(page.get_by_text("Which response is better?")).to_be_visible()
+            # The hostile chat pair comes first: a chat, inert HTML, no images, code kept.
+            expect(page.get_by_test_id("stChatMessage")).to_have_count(3)
+            expect(page.get_by_text("print('kept <b>$x$</b>')")).to_be_visible()
+            expect(page.get_by_text("<script>window.__pwned = 'script'</script>", exact=False)).to_have_count(1)
+            assert page.locator("img[src*='evil.example']").count() == 0
+            assert page.locator("main img").count() == 0
+            assert page.locator(".katex").count() == 0
+            assert page.evaluate("() => window.__pwned === undefined")
             _shot(page, "annotate")
 
             pressed: list[tuple[int, str]] = []
@@ -196,6 +234,7 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded):
         finally:
             browser.close()
 
+    assert evil_requests == []
     with database.read() as session:
         annie = session.scalar(select(User).where(User.username == "annie"))
         stored = {j.comparison_id: j for j in session.scalars(select(Judgment).where(

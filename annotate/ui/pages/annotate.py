@@ -105,7 +105,10 @@ if assignment is None:
     st.stop()
 
 cid = assignment.comparison_id
-_timers().setdefault(cid, time.monotonic())
+timers = _timers()
+for stale in [k for k in timers if k != cid]:  # pairs that left the screen without an action
+    del timers[stale]
+timers.setdefault(cid, time.monotonic())
 
 st.caption(f"Pair #{cid} · keys: **A** left better · **B** right better · **T** tie · **X** both bad · "
            "**S** skip · **U** undo last")
