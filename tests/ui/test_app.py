@@ -451,3 +451,33 @@ def test_users_page_shows_service_errors(app_db, people):
     at.run()
     assert _errors(at) == ["you cannot deactivate your own account"]
     assert not at.exception
+
+
+@pytest.mark.postgres
+def test_annotation_round_trip_on_postgresql(pg_clean_url, tmp_path, monkeypatch):
+    from annotate.db import Database, create_db_engine
+    from tests.factories import make_user
+
+    monkeypatch.setenv("PREFLOOP_DATABASE_URL", pg_clean_url)
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PREFLOOP_GOLD_RATE", "0")
+    monkeypatch.setenv("PREFLOOP_PROBE_RATE", "0")
+    database = Database(create_db_engine(pg_clean_url))
+    try:
+        with database.begin() as session:
+            annotator = make_user(session, "ann")
+            make_comparisons(session, 2, chat=True)
+        at = _login(_app(), "ann")
+        assert [c.name for c in at.chat_message] == ["user", "assistant", "user"]
+        cid, a_left = _shown_pair(at, database, annotator)
+        at.button(key="judge_right").click()
+        at.run()
+        assert not at.exception and not _errors(at)
+        [judgment] = _judgments(database, annotator)
+        assert (judgment.comparison_id, judgment.choice) == (cid, Choice.b if a_left else Choice.a)
+        at.button(key="undo").click()
+        at.run()
+        assert _judgments(database, annotator)[0].state is JudgmentState.retracted
+        assert _shown_pair(at, database, annotator)[0] == cid
+    finally:
+        database.dispose()
