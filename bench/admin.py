@@ -1,0 +1,220 @@
+"""Time the admin console on PostgreSQL with a million judgments and 50 annotators.
+
+Creates a scratch database (dropped at the end), migrates it, seeds it with
+``INSERT ... SELECT generate_series`` (no Python loops), then times the
+overview, annotator-table and model-health service calls, and a full AppTest
+render of the overview and annotators pages.
+
+    .venv/bin/python bench/admin.py                      # 1,000,000 judgments
+    .venv/bin/python bench/admin.py --judgments 100000   # quicker
+    PREFLOOP_BENCH_PG_URL=postgresql+psycopg://postgres@host:5432/postgres .venv/bin/python bench/admin.py
+
+Prints one ``name: value`` line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.pool import NullPool  # noqa: E402
+
+from annotate import dashboard, migrate  # noqa: E402
+from annotate.accounts import Actor  # noqa: E402
+from annotate.db import Database, create_db_engine  # noqa: E402
+from annotate.models import Role  # noqa: E402
+from annotate.settings import load_settings  # noqa: E402
+
+ADMIN_URL = os.environ.get("PREFLOOP_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+N_ANNOTATORS = 50
+OVERLAP = 3
+PROBE_SHARE = 0.01
+GOLD_COMPARISONS = 2000
+OPEN_COMPARISONS = 50_000
+
+
+def seed(conn, n_judgments: int) -> dict[str, int]:
+    """Fill an empty migrated database. Deterministic (hash-like arithmetic on the row number)."""
+    n_probes = int(n_judgments * PROBE_SHARE)
+    n_judged = (n_judgments - n_probes) // OVERLAP
+    n_cmp = n_judged + OPEN_COMPARISONS
+    steps = [
+        ("users", f"""
+            INSERT INTO users (username, password_hash, role, active, failed_logins, created_at)
+            SELECT CASE WHEN g = 0 THEN 'admin' ELSE 'annotator' || g END, 'x',
+                   CASE WHEN g = 0 THEN 'admin' ELSE 'annotator' END, true, 0, now()
+            FROM generate_series(0, {N_ANNOTATORS}) g ORDER BY g"""),
+        ("prompts", f"""
+            INSERT INTO prompts (id, content_hash, text, created_at)
+            SELECT g, md5('p' || g), 'Prompt ' || g || ': ' || repeat('q', (50 + (g * 13) % 400)::int), now()
+            FROM generate_series(1::bigint, {n_cmp}) g"""),
+        ("responses", f"""
+            INSERT INTO responses (id, prompt_id, content_hash, text, created_at)
+            SELECT g, (g + 1) / 2, md5('r' || g), repeat('w', (100 + (g * 7919) % 1400)::int), now()
+            FROM generate_series(1::bigint, {2 * n_cmp}) g"""),
+        ("comparisons", f"""
+            INSERT INTO comparisons (id, prompt_id, response_a_id, response_b_id, status, overlap_target,
+                                     judgment_count, is_gold, gold_choice, priority, priority_score, model_p_a,
+                                     created_at)
+            SELECT g, g, 2 * g - 1, 2 * g,
+                   CASE WHEN g <= {n_judged} AND g > {GOLD_COMPARISONS} THEN 'complete' ELSE 'open' END,
+                   {OVERLAP}, CASE WHEN g <= {n_judged} THEN {OVERLAP} ELSE 0 END,
+                   g <= {GOLD_COMPARISONS}, CASE WHEN g <= {GOLD_COMPARISONS} THEN 'a' END,
+                   ((g * 7919) % 1000) / 1000.0, ((g * 104729) % 10007) / 10007.0,
+                   ((g * 2654435761) % 1000) / 1000.0, now()
+            FROM generate_series(1::bigint, {n_cmp}) g"""),
+        ("judgments", f"""
+            INSERT INTO judgments (comparison_id, annotator_id, source, choice, flags, a_on_left, time_spent_ms,
+                                   is_probe, was_gold, state, created_at)
+            SELECT c, 2 + (c * 7 + k * 17) % {N_ANNOTATORS}, 'annotator',
+                   CASE WHEN h < 45 THEN 'a' WHEN h < 85 THEN 'b' WHEN h < 95 THEN 'tie' ELSE 'both_bad' END,
+                   '[]', (g % 2) = 0, 3000 + (g * 7919) % 60000, false, c <= {GOLD_COMPARISONS}, 'active',
+                   now() - ((g * 31) % (30 * 24 * 60)) * interval '1 minute'
+            FROM (SELECT g, (g - 1) / {OVERLAP} + 1 AS c, (g - 1) % {OVERLAP} AS k, (g * 2654435761) % 100 AS h
+                  FROM generate_series(1::bigint, {n_judged * OVERLAP}) g) s"""),
+        ("probes", f"""
+            INSERT INTO judgments (comparison_id, annotator_id, source, choice, flags, a_on_left, time_spent_ms,
+                                   is_probe, was_gold, state, created_at)
+            SELECT c, 2 + (c * 7) % {N_ANNOTATORS}, 'annotator',
+                   CASE WHEN (g * 40503) % 100 < 50 THEN 'a' ELSE 'b' END, '[]', (g % 2) = 1,
+                   3000 + (g * 6151) % 60000, true, false, 'active', now() - (g % 1440) * interval '1 minute'
+            FROM (SELECT g, {GOLD_COMPARISONS} + 1 + (g * 97) % ({n_judged} - {GOLD_COMPARISONS}) AS c
+                  FROM generate_series(1::bigint, {n_probes}) g) s"""),
+        ("sequences", """
+            SELECT setval(pg_get_serial_sequence('prompts', 'id'), (SELECT max(id) FROM prompts));
+            SELECT setval(pg_get_serial_sequence('responses', 'id'), (SELECT max(id) FROM responses));
+            SELECT setval(pg_get_serial_sequence('comparisons', 'id'), (SELECT max(id) FROM comparisons))"""),
+        ("model", """
+            INSERT INTO model_versions (artifact_path, encoder_id, is_active, promoted, metrics, n_train, n_test,
+                                        created_at)
+            VALUES ('/bench/v1', 'bench', false, true, '{"accuracy": 0.61, "ensemble_prob_std": 0.09}', 5000, 500,
+                    now() - interval '2 days'),
+                   ('/bench/v2', 'bench', true, true, '{"accuracy": 0.68, "ece": 0.04, "ensemble_prob_std": 0.07,
+                     "calibration": [{"lower": 0.0, "upper": 0.5, "predicted": 0.3, "observed": 0.33, "count": 400},
+                                     {"lower": 0.5, "upper": 1.0, "predicted": 0.7, "observed": 0.66, "count": 400}]}',
+                    50000, 5000, now() - interval '1 day')"""),
+        ("analyze", "ANALYZE"),
+    ]
+    timings = {}
+    for name, sql in steps:
+        start = time.perf_counter()
+        for statement in sql.split(";"):
+            if statement.strip():
+                conn.execute(text(statement))
+        timings[name] = time.perf_counter() - start
+    counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+              for t in ("users", "prompts", "comparisons", "judgments")}
+    return {**counts, **{f"seed_{k}_s": v for k, v in timings.items()}}
+
+
+def best_of(fn, repeat: int) -> tuple[float, float]:
+    """(best, median) wall time in seconds over ``repeat`` calls."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def render_pages(url: str, admin: Actor, repeat: int) -> dict[str, tuple[float, float]]:
+    """Full AppTest renders of the overview and annotators pages against ``url`` (warm: after one run)."""
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["PREFLOOP_DATABASE_URL"] = url
+    os.environ["PREFLOOP_ENV"] = "test"
+    out = {}
+    for page in ("overview.py", "annotators.py"):
+        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
+        at.session_state["actor"] = admin
+        at.run()
+        at.switch_page(str(ROOT / "annotate" / "ui" / "pages" / page))
+        at.run()
+        if at.exception:
+            raise RuntimeError(f"{page}: {at.exception}")
+        out[page] = best_of(at.run, repeat)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--judgments", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="do not drop the scratch database (prints its URL)")
+    parser.add_argument("--no-render", action="store_true", help="skip the AppTest page renders")
+    args = parser.parse_args(argv)
+
+    name = f"prefloop_bench_admin_{uuid.uuid4().hex[:8]}"
+    server = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with server.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        engine = create_db_engine(url)
+        with engine.begin() as conn:
+            start = time.perf_counter()
+            figures = seed(conn, args.judgments)
+            figures["seed_total_s"] = time.perf_counter() - start
+        db = Database(engine)
+        settings = load_settings(environ={}, database_url=url, env="test")
+        with db.read() as session:
+            admin_id = session.execute(text("SELECT id FROM users WHERE username = 'admin'")).scalar_one()
+        admin = Actor(id=admin_id, username="admin", role=Role.admin)
+
+        def call(fn):
+            def run():
+                with db.read() as session:
+                    return fn(session)
+            return run
+
+        from annotate.models import utcnow
+
+        week_ago = utcnow() - timedelta(days=7)
+        timings = {
+            "overview_24h": best_of(call(lambda s: dashboard.overview(s, settings, actor=admin)), args.repeat),
+            "annotator_table_all_time": best_of(call(lambda s: dashboard.annotator_table(s, actor=admin)),
+                                                args.repeat),
+            "annotator_table_7d": best_of(call(lambda s: dashboard.annotator_table(s, actor=admin,
+                                                                                   since=week_ago)), args.repeat),
+            "model_health": best_of(call(lambda s: dashboard.model_health(s, actor=admin)), args.repeat),
+        }
+        if not args.no_render:
+            for page, t in render_pages(url, admin, args.repeat).items():
+                timings[f"apptest_render_{page.removesuffix('.py')}"] = t
+        with db.read() as session:
+            report = dashboard.annotator_table(session, actor=admin)
+        db.dispose()
+
+        print(f"database: PostgreSQL scratch {name}")
+        for key in ("users", "prompts", "comparisons", "judgments"):
+            print(f"rows_{key}: {figures[key]}")
+        print(f"seed_total_s: {figures['seed_total_s']:.1f}")
+        for key, (best, median) in timings.items():
+            print(f"{key}_best_s: {best:.3f}")
+            print(f"{key}_median_s: {median:.3f}")
+        print(f"annotators_in_table: {len(report.annotators)}")
+        print(f"alpha_ordinal: {report.alpha_ordinal:.4f}" if report.alpha_ordinal is not None else "alpha_ordinal: none")
+        if args.keep:
+            print(f"kept: {url}")
+    finally:
+        if not args.keep:
+            with server.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
