@@ -223,3 +223,14 @@ def test_queue_lookup_is_index_backed(db, settings):
             plan = "\n".join(str(r[-1]) for r in s.execute(__import__("sqlalchemy").text("EXPLAIN QUERY PLAN " + sql)))
     assert "ix_comparisons_queue" in plan, plan
     assert "TEMP B-TREE" not in plan.upper() and "Sort " not in plan, plan
+
+
+def test_prompt_with_text_only_stores_sql_null_messages(db, settings):
+    """Passing messages=None must store SQL NULL (not JSON 'null'), or the text-xor-messages check fails."""
+    from annotate.models import Prompt
+
+    with db.begin() as s:
+        s.add(Prompt(content_hash="x", text="hello", messages=None, meta=None))
+    with db.read() as s:
+        row = s.scalar(select(Prompt))
+        assert row.messages is None and not row.is_chat
