@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from annotate import accounts, migrate
 from annotate.db import Database, create_db_engine
-from annotate.models import Choice, Judgment, User
+from annotate.models import Choice, Judgment, Prompt, User
 from tests.factories import make_comparisons
 
 pytestmark = pytest.mark.browser
@@ -119,7 +119,9 @@ def server(seeded, tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
              "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"],
+             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+             # Others edit the tree while this runs: no "source changed" prompts or reruns.
+             "--server.fileWatcherType", "none"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -138,13 +140,17 @@ def _settle(page) -> None:
     """Wait until the script run has finished and nothing is a loading skeleton any more."""
     from playwright.sync_api import expect
 
+    page.wait_for_timeout(600)  # the running indicator appears only after a short delay
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
     expect(page.get_by_test_id("stSkeleton")).to_have_count(0)
-    page.wait_for_timeout(300)  # let the last rerun paint
 
 
-def _shot(page, name: str) -> None:
+def _shot(page, name: str, ready) -> None:
+    """Screenshot once ``ready`` (the page's last element) is visible and the run has finished."""
+    from playwright.sync_api import expect
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    expect(ready.first).to_be_visible()
     _settle(page)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
@@ -160,7 +166,7 @@ def _pair_on_screen(page) -> int:
     return int(PAIR_CAPTION.search(text).group(1))
 
 
-def test_annotate_with_keys_then_export_as_admin(server, seeded):
+def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError as exc:  # a missing browser stack is a failure, never a skip
@@ -169,6 +175,9 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded):
         pytest.fail(f"chromium not found at {CHROMIUM}")
     _, database = seeded
     expect.set_options(timeout=TIMEOUT_MS)
+    upload = tmp_path / "new-pairs.jsonl"
+    upload.write_text("".join(json.dumps({"prompt": f"Imported prompt {i}", "response_a": f"left {i}",
+                                          "response_b": f"right {i}"}) + "\n" for i in range(2)))
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -180,7 +189,7 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded):
             page.on("request", lambda request: "evil.example" in request.url and evil_requests.append(request.url))
             page.goto(server)
             expect(page.get_by_role("button", name="Log in")).to_be_visible()
-            _shot(page, "login")
+            _shot(page, "login", page.get_by_role("button", name="Log in"))
             _log_in(page, "annie")
             expect(page.get_by_text("Which response is better?")).to_be_visible()
             # The hostile chat pair comes first: a chat, inert HTML, no images, code kept.
@@ -191,7 +200,7 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded):
             assert page.locator("main img").count() == 0
             assert page.locator(".katex").count() == 0
             assert page.evaluate("() => window.__pwned === undefined")
-            _shot(page, "annotate")
+            _shot(page, "annotate", page.get_by_text("Optional: strength, rationale, flags"))
 
             pressed: list[tuple[int, str]] = []
             for key in KEYS:
@@ -210,23 +219,27 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded):
                     re.compile(rf"Pair #{before}\b"))
                 pressed.append((before, key))
             expect(page.get_by_text("Judged today")).to_be_visible()
-            _shot(page, "annotate_after_three")
+            _shot(page, "annotate_after_three", page.get_by_text("Optional: strength, rationale, flags"))
 
             page.get_by_role("link", name="Guidelines").click()
-            expect(page.get_by_role("heading", name="Guidelines").first).to_be_visible()
-            _shot(page, "guidelines")
+            _shot(page, "guidelines", page.get_by_role("heading", name="Annotation guidelines"))
 
             page.get_by_role("button", name="Log out").click()
             expect(page.get_by_role("button", name="Log in")).to_be_visible()
             _log_in(page, "root")
             expect(page.get_by_role("link", name="Export")).to_be_visible()
-            for name in ("Import", "Users"):
+            for name, ready in (("Import", page.get_by_test_id("stFileUploader")),
+                                ("Users", page.get_by_role("tab", name="Manage a user"))):
                 page.get_by_role("link", name=name).click()
-                expect(page.get_by_role("heading", name=name).first).to_be_visible()
-                _shot(page, name.lower())
+                _shot(page, name.lower(), ready)
+
+            page.get_by_role("link", name="Import").click()
+            page.locator("input[type=file]").set_input_files(upload)
+            _shot(page, "import_preview", page.get_by_role("button", name="Import"))
+            page.get_by_role("button", name="Import").click()
+            expect(page.get_by_text("added 2 comparisons", exact=False)).to_be_visible()
             page.get_by_role("link", name="Export").click()
-            expect(page.get_by_role("button", name="Judgments JSONL")).to_be_visible()
-            _shot(page, "export")
+            _shot(page, "export", page.get_by_role("button", name="Judgments JSONL"))
             with page.expect_download() as download_info:
                 page.get_by_role("button", name="Judgments JSONL").click()
             download = download_info.value
@@ -236,6 +249,8 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded):
 
     assert evil_requests == []
     with database.read() as session:
+        imported = session.scalars(select(Prompt.text).where(Prompt.text.like("Imported prompt %"))).all()
+        assert sorted(imported) == ["Imported prompt 0", "Imported prompt 1"]
         annie = session.scalar(select(User).where(User.username == "annie"))
         stored = {j.comparison_id: j for j in session.scalars(select(Judgment).where(
             Judgment.annotator_id == annie.id))}
