@@ -386,6 +386,17 @@ def test_import_previews_and_blocks_a_bad_file(app_db, people):
         assert session.scalar(select(Comparison.id)) is None
 
 
+def test_import_shows_file_level_problems(app_db, people):
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_import.py"))
+    at.run()
+    at.file_uploader(key="import_file").upload("wrong.csv", b"question,answer\nhi,there\n", "text/csv")
+    at.run()
+    assert not at.exception
+    assert len(_errors(at)) == 1 and "unrecognised CSV columns" in _errors(at)[0], _errors(at)
+    assert not [b for b in at.button if b.label == "Import"]
+
+
 def test_import_writes_after_preview(app_db, people):
     rows = [{"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}", "winner": "a"} for i in range(3)]
     at = _login(_app(), "boss")
