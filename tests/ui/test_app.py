@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -108,14 +111,28 @@ def test_login_success_shows_the_annotation_page(app_db, people):
     assert any("Signed in as **ann**" in c.value for c in at.sidebar.caption)
 
 
+def _registered_pages(at: AppTest) -> list[str]:
+    """The page files this session registered (AppTest lists them when asked for an unknown page)."""
+    with pytest.raises(ValueError, match="Known pages") as info:
+        at.switch_page(_page("login.py"))  # never registered once logged in
+    listed = re.search(r"Known pages: (\[.*\])", str(info.value)).group(1)
+    return sorted(Path(p).name for p in ast.literal_eval(listed))
+
+
 def test_annotator_never_registers_admin_pages(app_db, people):
     at = _login(_app(), "ann")
+    assert _registered_pages(at) == ["annotate.py", "guidelines.py"]
     at.switch_page(_page("guidelines.py"))
     at.run()
     assert [t.value for t in at.title] == ["Guidelines"]
     for name in ADMIN_PAGES:
         with pytest.raises(ValueError, match="Known pages"):
             at.switch_page(_page(name))
+
+
+def test_admin_registers_the_admin_pages(app_db, people):
+    at = _login(_app(), "boss")
+    assert set(_registered_pages(at)) >= {"annotate.py", "guidelines.py", *ADMIN_PAGES}
 
 
 @pytest.mark.parametrize("name", ADMIN_PAGES)
