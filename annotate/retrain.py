@@ -5,15 +5,17 @@ these steps, each recorded in ``training_runs.step`` with its wall time:
 
 1. ``snapshot``: one short read of the labels (active, non-probe judgments),
    the open comparisons and their texts.
-2. ``embed``: features for every response involved, through the on-disk
-   embedding cache (each text is embedded once, ever).
+2. ``embed``: features of the responses in labelled pairs, through the
+   on-disk embedding cache (each text is embedded once, ever).
 3. ``train``: an ensemble of Bradley–Terry heads, outside any transaction.
 4. ``evaluate``: held-out human labels (a deterministic split by prompt); the
    active model is re-scored on the same held-out pairs and the promotion gate
    decides.
 5. ``save``: the artifact, written to a temporary path and renamed by ``rm``.
 6. ``score``: every open comparison with the model that will be active: each
-   response scored once, pairs combined by index, acquisition priorities.
+   response scored once (features read from the cache, and new texts embedded,
+   chunk by chunk so memory stays bounded), pairs combined by index,
+   acquisition priorities.
 7. ``promote``: one short transaction records the model version, promotes it
    (or not), writes all priorities in bulk and closes the run.
 
@@ -70,6 +72,14 @@ TEST_FRACTION = 0.3
 """Share of prompts held out for evaluation (by a stable hash of the prompt)."""
 FINISHED = ("succeeded", "rejected", "skipped")
 _WRITE_CHUNK = 50_000
+SCORE_CHUNK = 50_000
+"""Responses featurised and scored at a time, so memory stays bounded with millions of open pairs."""
+ACQ_BATCHES = 8
+"""Batches the acquisition strategy composes (the rest of the queue follows by score)."""
+ACQ_CANDIDATES = 8192
+"""Pairs (best by strategy score) handed to batch selection with their features."""
+ACQ_LABELLED = 2048
+"""Most recent labelled pairs given to strategies as already covered."""
 
 
 class Stopped(PrefloopError):
@@ -255,32 +265,93 @@ def _clean(obj):
     return obj
 
 
+def _take(items: list, rows: np.ndarray) -> list:
+    return [items[i] for i in rows.tolist()]
+
+
+def score_responses(ensemble, rows: np.ndarray, featurize, *, known=None, chunk: int = SCORE_CHUNK) -> np.ndarray:
+    """Member rewards ``(M, len(rows))`` for response rows, each scored once, in bounded memory.
+
+    ``featurize(rows)`` gives feature rows (from the embedding cache) and is
+    called per chunk; ``known=(known_rows, known_feat)`` supplies rows already in memory.
+    """
+    rewards = np.empty((ensemble.n_members, len(rows)), dtype=np.float32)
+    done = np.zeros(len(rows), dtype=bool)
+    if known is not None and len(rows):
+        known_rows, known_feat = known
+        sel = np.flatnonzero(np.isin(rows, known_rows))
+        for s in range(0, len(sel), chunk):
+            part = sel[s:s + chunk]
+            rewards[:, part] = ensemble.member_rewards(known_feat[np.searchsorted(known_rows, rows[part])])
+        done[sel] = True
+    rest = np.flatnonzero(~done)
+    for s in range(0, len(rest), chunk):
+        part = rest[s:s + chunk]
+        rewards[:, part] = ensemble.member_rewards(featurize(rows[part]))
+    return rewards
+
+
 def _crash_point(step: str) -> None:
     if os.environ.get(CRASH_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _priorities(probs: np.ndarray, *, member_rewards: np.ndarray, feat: np.ndarray, ia: np.ndarray,
-                ib: np.ndarray, groups: np.ndarray, scale: np.ndarray | None, options, n_labels: int,
-                rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """Acquisition ``(priority, score, strategy name)`` for the open pairs.
+def _scores_need_features(strategy) -> bool:
+    # Plain "cover" scores every pair by its feature norm; all other strategies
+    # score from the ensemble's probabilities and use features only in select().
+    return getattr(strategy, "name", "") == "cover"
 
-    Below ``options.cold_start`` labels the priorities stay the seeded random
-    ones (``None``). Uses ``rm.acquisition`` when present, else margin
-    uncertainty (score = -|mean P - 0.5|, priority = score).
+
+def _priorities(probs: np.ndarray, *, ia: np.ndarray, ib: np.ndarray, groups: np.ndarray,
+                labelled: tuple | None, features_of, options,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+    """Acquisition ``(priority, score, strategy name)`` for the open pairs ``(ia, ib)``.
+
+    ``features_of(rows)`` returns standardised features ``f / scale`` of response
+    rows (pair features are ``f_a - f_b``). With ``rm.acquisition``: the
+    strategy scores every pair; its batch selection (``acquisition.priorities``)
+    runs on the best ``ACQ_CANDIDATES`` pairs by score, which are the only ones
+    it can pick, so pair features are built for those alone; the other pairs
+    follow in score order. Priorities are in (0, 1], distinct, higher first.
+    Without ``rm.acquisition``: margin uncertainty (score = -|mean P - 0.5|).
     """
-    if n_labels < options.cold_start:
-        return None, None, "random"
     try:
         from rm import acquisition
     except ImportError:
         acquisition = None
+    n = len(ia)
     if acquisition is None:
         score = -np.abs(probs.mean(axis=0).astype(np.float64) - 0.5)
         return score, score, "margin"
     strategy = acquisition.get_strategy(options.strategy)
-    pool = acquisition.make_pool(member_rewards, feat, ia, ib, groups=groups, scale=scale)
-    priority, score = acquisition.priorities(strategy, pool, options.batch_size, rng)
+    groups = np.asarray(groups)
+
+    def pair_features(sel):
+        rows = np.unique(np.concatenate([ia[sel], ib[sel]]))
+        f = features_of(rows)
+        return f[np.searchsorted(rows, ia[sel])] - f[np.searchsorted(rows, ib[sel])]
+
+    if _scores_need_features(strategy):
+        score = np.concatenate([
+            np.asarray(strategy.scores(acquisition.Pool(probs=probs[:, s:s + SCORE_CHUNK],
+                                                        features=pair_features(np.arange(s, min(n, s + SCORE_CHUNK)))),
+                                       rng), dtype=np.float64)
+            for s in range(0, n, SCORE_CHUNK)]) if n else np.zeros(0)
+    else:
+        score = np.asarray(strategy.scores(acquisition.Pool(probs=probs, groups=groups), rng), dtype=np.float64)
+    ranked = np.lexsort((rng.random(n), -score))
+    top = ranked[:min(n, max(ACQ_CANDIDATES, 16 * options.batch_size * ACQ_BATCHES))]
+    lab = None
+    if labelled is not None and len(labelled[0]):
+        la, lb = labelled[0][-ACQ_LABELLED:], labelled[1][-ACQ_LABELLED:]
+        rows = np.unique(np.concatenate([la, lb]))
+        f = features_of(rows)
+        lab = f[np.searchsorted(rows, la)] - f[np.searchsorted(rows, lb)]
+    sub = acquisition.Pool(probs=probs[:, top], features=pair_features(top), groups=groups[top], labelled=lab)
+    sub_priority, _ = acquisition.priorities(strategy, sub, options.batch_size, rng, n_batches=ACQ_BATCHES)
+    order = np.concatenate([top[np.argsort(-sub_priority, kind="stable")], ranked[len(top):]])
+    priority = np.empty(n, dtype=np.float64)
+    priority[order] = 1.0 - np.arange(n) / max(n, 1)
     return priority, score, str(strategy)[:64]
 
 
@@ -476,19 +547,21 @@ class _Run:
             return self._finish_skipped("no usable judgments on the training side yet "
                                         "(both-bad pairs are not used): label more pairs")
 
-        # 2. embed
+        # 2. embed the texts of labelled pairs (open ones are read chunk by chunk in 'score')
         self._begin("embed")
         encoder = self.encoder or get_encoder(settings)
         cache = EmbeddingCache(settings.cache_dir, encoder)
         spec = FeatureSpec()
-        feat = build_features(snap.resp_prompt_text, snap.resp_text, cache, spec)
-        self.counts["n_embedded"] = int(cache.n_computed)
+        lab_rows = np.unique(np.concatenate([snap.lab_ia, snap.lab_ib]))
+        feat_lab = build_features(_take(snap.resp_prompt_text, lab_rows), _take(snap.resp_text, lab_rows),
+                                  cache, spec)
 
         # 3. train (no transaction open)
         self._begin("train")
-        lengths = np.fromiter((len(t) for t in snap.resp_text), dtype=np.int64, count=len(snap.resp_text))
-        data = PairData(feat, snap.lab_ia, snap.lab_ib, snap.lab_outcome, snap.lab_strength,
-                        group=snap.lab_group, length=lengths)
+        lengths = np.fromiter((len(snap.resp_text[r]) for r in lab_rows.tolist()), dtype=np.int64,
+                              count=len(lab_rows))
+        data = PairData(feat_lab, np.searchsorted(lab_rows, snap.lab_ia), np.searchsorted(lab_rows, snap.lab_ib),
+                        snap.lab_outcome, snap.lab_strength, group=snap.lab_group, length=lengths)
         train, test = data.subset(~test_mask), data.subset(test_mask)
         config = self.train_config or TrainConfig(num_threads=settings.torch_threads)
         ens = train_ensemble(train, config, seed=self.run_id)
@@ -498,7 +571,7 @@ class _Run:
         from rm.evaluate import evaluate
 
         new_metrics = _clean(evaluate(ens, test).to_dict()) if len(test) else None
-        active_metrics, active_model = self._evaluate_active(snap, encoder, spec, feat, test)
+        active_metrics, active_model = self._evaluate_active(snap, encoder, spec, test)
         new_acc = (new_metrics or {}).get("accuracy")
         active_acc = (active_metrics or {}).get("accuracy") if snap.active else None
         promote, reason = promotion_decision(new_acc, active_acc, settings.promote_tolerance,
@@ -517,21 +590,46 @@ class _Run:
                       metrics=new_metrics or {}, data_counts=dict(self.counts),
                       extra={"training_run_id": self.run_id, "promotion": reason})
 
-        # 6. score every open comparison with the model that will be active
+        # 6. score every open comparison with the model that will be active: each response once
         self._begin("score")
         from rm.heads import pair_probabilities
 
+        n_labels = int(usable.sum())
+        cold = n_labels < snap.options.cold_start
+        open_rows = np.unique(np.concatenate([snap.open_ia, snap.open_ib]))
+        rows = open_rows if cold else np.union1d(open_rows, lab_rows)
         if promote:
-            member_rewards, scale, scored_feat = ens.member_rewards(feat), ens.scale, feat
+            scorer = ens
+
+            def featurize(sel):
+                return build_features(_take(snap.resp_prompt_text, sel), _take(snap.resp_text, sel), cache, spec)
+            known = (lab_rows, feat_lab)
         else:
-            member_rewards, scale, scored_feat = self._active_rewards(active_model, snap, feat, spec, encoder)
-        probs = pair_probabilities(member_rewards, snap.open_ia, snap.open_ib)
+            scorer, featurize, known = self._active_scorer(active_model, snap, encoder, spec, lab_rows, feat_lab)
+        rewards = score_responses(scorer, rows, featurize, known=known)
+        self.counts["n_embedded"] = int(cache.n_computed)
+        oia, oib = np.searchsorted(rows, snap.open_ia), np.searchsorted(rows, snap.open_ib)
+        probs = pair_probabilities(rewards, oia, oib)
         p_a = probs.mean(axis=0)
-        rng = np.random.default_rng([settings.queue_seed, self.run_id])
-        priority, score, strategy = _priorities(
-            probs, member_rewards=member_rewards, feat=scored_feat, ia=snap.open_ia, ib=snap.open_ib,
-            groups=snap.open_group, scale=scale, options=snap.options,
-            n_labels=int(usable.sum()), rng=rng)
+        del rewards
+        priority, score, strategy = None, None, "random"
+        if not cold:
+            inv_scale = (1.0 / np.asarray(scorer.scale, dtype=np.float32))
+
+            def features_of(sel):
+                sel_rows = rows[sel]
+                if known is not None and np.isin(sel_rows, known[0]).all():
+                    f = known[1][np.searchsorted(known[0], sel_rows)]
+                else:
+                    f = featurize(sel_rows)
+                return np.asarray(f, dtype=np.float32) * inv_scale
+
+            priority, score, strategy = _priorities(
+                probs, ia=oia, ib=oib, groups=snap.open_group,
+                labelled=(np.searchsorted(rows, snap.lab_ia), np.searchsorted(rows, snap.lab_ib)),
+                features_of=features_of, options=snap.options,
+                rng=np.random.default_rng([settings.queue_seed, self.run_id]))
+        del probs
 
         # 7. promote: version, promotion, priorities and run status in one short transaction
         self._begin("promote")
@@ -578,7 +676,7 @@ class _Run:
             log.warning("active model %s cannot be loaded: %s", snap.active["id"], exc)
             return None
 
-    def _evaluate_active(self, snap, encoder, spec, feat, test):
+    def _evaluate_active(self, snap, encoder, spec, test):
         """The active model's metrics on this run's held-out pairs (stored ones if it cannot be re-scored)."""
         from rm.evaluate import evaluate
 
@@ -592,14 +690,15 @@ class _Run:
         stored["note"] = "stored metrics (the active model could not be re-scored on this split)"
         return stored, model
 
-    def _active_rewards(self, model, snap, feat, spec, encoder):
+    def _active_scorer(self, model, snap, encoder, spec, lab_rows, feat_lab):
         if model is None:
             raise PrefloopError(f"the active model {snap.active['id']} cannot be loaded to score the queue "
                                 "and the new model was not promoted; fix or retrain with --force")
-        if model.info.encoder_id == encoder.encoder_id and model.features == spec:
-            return model.ensemble.member_rewards(feat), model.ensemble.scale, feat
-        other = model.featurize(snap.resp_prompt_text, snap.resp_text)
-        return model.ensemble.member_rewards(other), model.ensemble.scale, other
+
+        def featurize(sel):
+            return model.featurize(_take(snap.resp_prompt_text, sel), _take(snap.resp_text, sel))
+        same = model.info.encoder_id == encoder.encoder_id and model.features == spec
+        return model.ensemble, featurize, ((lab_rows, feat_lab) if same else None)
 
 
 # --------------------------------------------------------------------------- watch

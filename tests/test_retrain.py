@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make_tiny_encoder(path: Path) -> Path:
-    """A 1-layer, 32-wide random BERT with the bundled tokenizer, saved at ``path``."""
+    """A 4-layer, 32-wide random BERT with the bundled tokenizer, saved at ``path``."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -43,7 +43,7 @@ def make_tiny_encoder(path: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(str(default_model_path()), local_files_only=True)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=512)
     BertModel(cfg).save_pretrained(str(path))
     tok.save_pretrained(str(path))
@@ -137,6 +137,34 @@ def test_promotion_gate_rule():
     ok, reason = retrain.promotion_decision(0.78, 0.80, 0.01, has_active=True)
     assert ok is False and "worse" in reason
     assert retrain.promotion_decision(float("nan"), 0.8, 0.01, has_active=True)[0] is False
+
+
+@pytest.mark.parametrize("name", ["margin", "bald"])
+def test_candidate_priorities_match_the_full_pool(name, monkeypatch):
+    """Batch selection on the best candidates gives the order the strategy gives on the whole pool."""
+    from rm import acquisition
+    from annotate.campaign import CampaignOptions
+
+    rng = np.random.default_rng(3)
+    n, m = 3000, 5
+    probs = rng.uniform(0.02, 0.98, (m, n)).astype(np.float32)
+    groups = rng.integers(0, 1500, n)
+    ia, ib = np.arange(n), np.arange(n, 2 * n)
+    feats = rng.standard_normal((2 * n, 8)).astype(np.float32)
+    monkeypatch.setattr(retrain, "ACQ_CANDIDATES", 600)
+    options = CampaignOptions(overlap=1, max_overlap=3, gold_rate=0, probe_rate=0, strategy=name, batch_size=4,
+                              cold_start=0, retrain_every_labels=1, retrain_every_minutes=1, target_judgments=0,
+                              guidelines="")
+    priority, score, strategy = retrain._priorities(
+        probs, ia=ia, ib=ib, groups=groups, labelled=None, features_of=lambda rows: feats[rows],
+        options=options, rng=np.random.default_rng(0))
+    full_priority, full_score = acquisition.priorities(
+        acquisition.get_strategy(name), acquisition.Pool(probs=probs, features=feats[ia] - feats[ib], groups=groups),
+        4, np.random.default_rng(0), n_batches=retrain.ACQ_BATCHES)
+    assert strategy == name
+    assert np.allclose(score, full_score)
+    assert len(np.unique(priority)) == n and priority.max() == 1.0 and priority.min() > 0
+    assert np.array_equal(np.argsort(-priority), np.argsort(-full_priority))
 
 
 # --------------------------------------------------------------------------- service, both backends
