@@ -53,6 +53,7 @@ def current_actor() -> Actor | None:
 
 
 def log_in(actor: Actor) -> None:
+    """Remember ``actor`` as this browser session's user."""
     st.session_state[ACTOR_KEY] = actor
 
 
