@@ -5,10 +5,11 @@ import streamlit as st
 from annotate import accounts
 from annotate.ui import context
 
-st.title("prefloop")
-st.caption("Log in to start annotating.")
+_, middle, _ = st.columns([1, 1.2, 1])
+middle.title("prefloop")
+middle.caption("Log in to start annotating.")
 
-with st.form("login", clear_on_submit=False, enter_to_submit=True):
+with middle.form("login", clear_on_submit=False, enter_to_submit=True):
     username = st.text_input("Username", key="login_username", autocomplete="username")
     password = st.text_input("Password", type="password", autocomplete="current-password")
     submitted = st.form_submit_button("Log in", type="primary")
@@ -16,7 +17,7 @@ with st.form("login", clear_on_submit=False, enter_to_submit=True):
 if submitted:
     settings = context.get_settings()
     # Wrong credentials, throttling and an unusable database all end here with their message.
-    with context.stop_on_setup_errors():
+    with middle, context.stop_on_setup_errors():
         actor = accounts.login(context.get_db(), username, password,
                                max_failures=settings.login_max_failures,
                                lockout_seconds=settings.login_lockout_seconds)
