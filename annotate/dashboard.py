@@ -137,6 +137,7 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
              period: timedelta = timedelta(hours=24)) -> Overview:
     """Campaign totals, pace over the last ``period``, the active model and the next retrain (admin only)."""
     require_admin(session, actor)
+    quality.without_jit(session)
     now = now or utcnow()
     since = now - period
     options = get_options(session, settings)
@@ -245,6 +246,7 @@ def model_health(session: Session, *, actor: Actor, points: int = 2000, bins: in
     comparisons by id); the histogram and calibration are computed in SQL.
     """
     require_admin(session, actor)
+    quality.without_jit(session)
     versions = [_version_dict(v) for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id))]
     active_row = session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True)))
     active = _version_dict(active_row) if active_row else None

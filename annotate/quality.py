@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Float, and_, case, cast, func, or_, select, true, update
+from sqlalchemy import Float, Integer, and_, case, cast, func, or_, select, text, true, update
 from sqlalchemy.orm import Session, aliased
 
 from annotate.accounts import Actor, require_admin
@@ -380,6 +380,18 @@ class QualityReport:
         return [a for a in self.annotators if a.flags]
 
 
+def without_jit(session: Session) -> None:
+    """Tune this PostgreSQL transaction for one-off reporting aggregates.
+
+    JIT off: it spends seconds compiling expressions that then run for a fraction of
+    that. More ``work_mem``: hash aggregates and sorts of a million narrow rows stay in
+    memory instead of spilling to disk. Both are ``SET LOCAL`` (this transaction only).
+    """
+    if session.bind.dialect.name == "postgresql":
+        session.execute(text("SET LOCAL jit = off"))
+        session.execute(text("SET LOCAL work_mem = '128MB'"))
+
+
 def _live(j=Judgment):
     return and_(j.state == JudgmentState.active, j.source == JudgmentSource.annotator, j.annotator_id.is_not(None))
 
@@ -409,103 +421,244 @@ def _choice_counts_subquery(since, until):
     )
 
 
+PAIR_SAMPLE = 200_000
+"""The pairwise κ heatmap uses at most this many of the period's most recent judgments
+(the per-annotator κ and every other figure use all of them)."""
+
+
+def _comparison_facts(since, until):
+    """Per judged comparison: its votes in the period, both lengths, gold answer and model P(A).
+
+    Materialised on PostgreSQL so each response's length is computed once, not once per
+    judgment and aggregate.
+    """
+    votes = _choice_counts_subquery(since, until)
+    ra, rb = aliased(Response), aliased(Response)
+    return (
+        select(votes, func.length(ra.text).label("la"), func.length(rb.text).label("lb"),
+               Comparison.gold_choice.label("gold_choice"), Comparison.model_p_a.label("model_p_a"))
+        .join(Comparison, Comparison.id == votes.c.cid)
+        .join(ra, ra.id == Comparison.response_a_id)
+        .join(rb, rb.id == Comparison.response_b_id)
+        .cte("facts")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+
+
 def annotator_quality(session: Session, *, actor: Actor, since: datetime | None = None,
-                      until: datetime | None = None, thresholds: Thresholds = THRESHOLDS) -> QualityReport:
-    """Every annotator's agreement, bias and consistency figures over ``[since, until)`` (admin only)."""
+                      until: datetime | None = None, thresholds: Thresholds = THRESHOLDS,
+                      pair_sample: int = PAIR_SAMPLE) -> QualityReport:
+    """Every annotator's agreement, bias and consistency figures over ``[since, until)`` (admin only).
+
+    One aggregate over the period's judgments, grouped by annotator, choice and
+    the *other* annotators' votes on the same comparison, gives the counts,
+    the leave-one-out majority, each annotator's pooled κ table and
+    Krippendorff's coincidence matrix; smaller queries add medians, probes and
+    the pairwise κ heatmap.
+    """
     require_admin(session, actor)
+    without_jit(session)
     dialect = session.bind.dialect.name
     j = Judgment
-    c = Comparison
-    ra, rb = aliased(Response), aliased(Response)
-    votes = _choice_counts_subquery(since, until)
-    la, lb = func.length(ra.text), func.length(rb.text)
+    facts = _comparison_facts(since, until)
+    f = facts.c
     is_a, is_b = j.choice == Choice.a, j.choice == Choice.b
     decisive = or_(is_a, is_b)
-
-    # Leave-one-out counts of the *other* annotators' choices on this comparison.
-    others = {ch: getattr(votes.c, f"n_{ch}") - case((j.choice == Choice(ch), 1), else_=0) for ch in CHOICES}
-
-    def plurality(ch):
-        return and_(*[others[ch] > others[o] for o in CHOICES if o != ch])
-
-    has_majority = or_(*[plurality(ch) for ch in CHOICES])
-    agrees_majority = or_(*[and_(j.choice == Choice(ch), plurality(ch)) for ch in CHOICES])
-    confident = func.abs(c.model_p_a - 0.5) >= MODEL_CONFIDENCE
+    others = [(getattr(f, f"n_{ch}") - case((j.choice == Choice(ch), 1), else_=0)).label(f"o_{ch}")
+              for ch in CHOICES]
+    confident = func.abs(f.model_p_a - 0.5) >= MODEL_CONFIDENCE
     timed = and_(j.time_spent_ms.is_not(None), j.time_spent_ms > 0)
     x = cast(j.time_spent_ms, Float)
-    y = cast(la + lb, Float)
-
-    columns = [
-        j.annotator_id,
-        func.count(j.id).label("n"),
-        _n(decisive).label("n_decisive"),
-        _n(and_(decisive, j.a_on_left.is_not(None), or_(and_(is_a, j.a_on_left.is_(True)),
-                                                         and_(is_b, j.a_on_left.is_(False))))).label("n_left"),
-        _n(and_(decisive, j.a_on_left.is_not(None))).label("n_sided"),
-        _n(j.choice == Choice.tie).label("n_ties"),
-        _n(j.choice == Choice.both_bad).label("n_both_bad"),
-        _n(and_(decisive, la != lb)).label("n_length_decisive"),
-        _n(or_(and_(is_a, la > lb), and_(is_b, lb > la))).label("n_longer"),
-        _n(and_(j.was_gold.is_(True), c.gold_choice.is_not(None))).label("n_gold"),
-        _n(and_(j.was_gold.is_(True), j.choice == c.gold_choice)).label("n_gold_correct"),
-        _n(and_(decisive, c.model_p_a.is_not(None), confident)).label("n_model"),
-        _n(and_(c.model_p_a.is_not(None), confident,
-                or_(and_(is_a, c.model_p_a > 0.5), and_(is_b, c.model_p_a < 0.5)))).label("n_model_agree"),
-        _n(has_majority).label("n_majority"),
-        _n(agrees_majority).label("n_majority_agree"),
-        _n(timed).label("n_timed"),
-        func.sum(case((timed, x))).label("sx"),
-        func.sum(case((timed, y))).label("sy"),
-        func.sum(case((timed, x * x))).label("sxx"),
-        func.sum(case((timed, y * y))).label("syy"),
-        func.sum(case((timed, x * y))).label("sxy"),
-    ]
-    per_1k = case((and_(timed, la + lb > 0), x * 1000.0 / y))
+    y = cast(f.la + f.lb, Float)
+    keys = [j.annotator_id, j.choice, *others]
     if dialect == "postgresql":
-        columns += [func.percentile_cont(0.5).within_group(case((timed, x))).label("median_time"),
-                    func.percentile_cont(0.5).within_group(per_1k).label("median_per_1k")]
+        # Speed as a log-scale histogram in the same pass (median read off it): a second pass
+        # for an exact percentile would compute every response length again.
+        keys.append(case((and_(timed, f.la + f.lb > 0),
+                          cast(func.floor(func.ln(x * 1000.0 / y) * LOG_BUCKETS_PER_E), Integer))).label("speed"))
     stmt = (
-        select(*columns)
+        select(
+            *keys,
+            func.count(j.id).label("n"),
+            _n(and_(decisive, j.a_on_left.is_not(None))).label("n_sided"),
+            _n(or_(and_(is_a, j.a_on_left.is_(True)), and_(is_b, j.a_on_left.is_(False)))).label("n_left"),
+            _n(and_(decisive, f.la != f.lb)).label("n_length_decisive"),
+            _n(or_(and_(is_a, f.la > f.lb), and_(is_b, f.lb > f.la))).label("n_longer"),
+            _n(and_(j.was_gold.is_(True), f.gold_choice.is_not(None))).label("n_gold"),
+            _n(and_(j.was_gold.is_(True), j.choice == f.gold_choice)).label("n_gold_correct"),
+            _n(and_(decisive, f.model_p_a.is_not(None), confident)).label("n_model"),
+            _n(and_(f.model_p_a.is_not(None), confident,
+                    or_(and_(is_a, f.model_p_a > 0.5), and_(is_b, f.model_p_a < 0.5)))).label("n_model_agree"),
+            _n(timed).label("n_timed"),
+            func.sum(case((timed, x))).label("sx"),
+            func.sum(case((timed, y))).label("sy"),
+            func.sum(case((timed, x * x))).label("sxx"),
+            func.sum(case((timed, y * y))).label("syy"),
+            func.sum(case((timed, x * y))).label("sxy"),
+        )
         .select_from(j)
-        .join(c, c.id == j.comparison_id)
-        .join(ra, ra.id == c.response_a_id)
-        .join(rb, rb.id == c.response_b_id)
-        .join(votes, votes.c.cid == j.comparison_id)
+        .join(facts, f.cid == j.comparison_id)
         .where(_live(j), j.is_probe.is_(False), _in_period(j, since, until))
-        .group_by(j.annotator_id)
+        .group_by(*keys)
     )
-    rows = session.execute(stmt).mappings().all()
     names = dict(session.execute(select(User.id, User.username)).all())
     stats: dict[int, AnnotatorStats] = {}
-    for row in rows:
-        s = AnnotatorStats(annotator_id=row["annotator_id"], username=names.get(row["annotator_id"], "?"))
-        for key in ("n", "n_left", "n_ties", "n_both_bad", "n_length_decisive", "n_longer", "n_gold",
-                    "n_gold_correct", "n_model", "n_model_agree", "n_majority", "n_majority_agree", "n_timed"):
-            setattr(s, key, int(row[key] or 0))
-        s.n_decisive = int(row["n_sided"] or 0)
-        s.time_length_corr = pearson_from_sums(s.n_timed, *(float(row[k] or 0.0)
-                                                            for k in ("sx", "sy", "sxx", "syy", "sxy")))
-        if dialect == "postgresql":
-            s.median_time_ms = _float(row["median_time"])
-            s.median_ms_per_1k_chars = _float(row["median_per_1k"])
-        stats[s.annotator_id] = s
-    if dialect != "postgresql" and stats:
-        _medians_in_python(session, stats, since, until)
-
+    pooled: dict[int, dict[tuple[str, str], float]] = {}
+    speed: dict[int, dict[int, int]] = {}
+    sums: dict[int, list[float]] = {}
+    coincidence_nominal = np.zeros((4, 4))
+    coincidence_ordinal = np.zeros((3, 3))
+    for row in session.execute(stmt).mappings():
+        uid = row["annotator_id"]
+        s = stats.get(uid)
+        if s is None:
+            s = stats[uid] = AnnotatorStats(annotator_id=uid, username=names.get(uid, "?"))
+            pooled[uid], sums[uid] = {}, [0.0] * 5
+        n = int(row["n"])
+        own = Choice(row["choice"]).value
+        o = {ch: int(row[f"o_{ch}"]) for ch in CHOICES}
+        s.n += n
+        s.n_decisive += int(row["n_sided"])
+        s.n_ties += n if own == "tie" else 0
+        s.n_both_bad += n if own == "both_bad" else 0
+        for key in ("n_left", "n_length_decisive", "n_longer", "n_gold", "n_gold_correct", "n_model",
+                    "n_model_agree", "n_timed"):
+            setattr(s, key, getattr(s, key) + int(row[key] or 0))
+        for i, key in enumerate(("sx", "sy", "sxx", "syy", "sxy")):
+            sums[uid][i] += float(row[key] or 0.0)
+        if row.get("speed") is not None:
+            hist = speed.setdefault(uid, {})
+            hist[int(row["speed"])] = hist.get(int(row["speed"]), 0) + n
+        top = max(o.values())
+        leaders = [ch for ch in CHOICES if o[ch] == top]
+        if top > 0 and len(leaders) == 1:
+            s.n_majority += n
+            s.n_majority_agree += n if leaders[0] == own else 0
+        for ch in CHOICES:
+            if o[ch]:
+                pooled[uid][(own, ch)] = pooled[uid].get((own, ch), 0) + n * o[ch]
+        coincidence_nominal += coincidence_rows(own, o, CHOICES) * n
+        if own in ORDINAL_ORDER:
+            coincidence_ordinal += coincidence_rows(own, o, ORDINAL_ORDER) * n
+    for uid, s in stats.items():
+        s.time_length_corr = pearson_from_sums(s.n_timed, *sums[uid])
+        s.kappa = kappa_from_table(pooled[uid])
+        s.kappa_shared = int(sum(pooled[uid].values()))
+    for uid, hist in speed.items():
+        stats[uid].median_ms_per_1k_chars = median_from_log_histogram(hist)
+    if stats:
+        _add_medians(session, stats, since, until, dialect)
     _add_flips(session, stats, since, until)
-    pair_kappas = _add_kappas(session, stats, names, since, until)
-    alpha_ord, alpha_nom = _alphas(session, since, until)
+    pair_kappas = _pair_kappas(session, names, since, until, pair_sample)
 
     annotators = sorted(stats.values(), key=lambda s: s.username)
     for s in annotators:
         s.flags = flags_for(s, thresholds)
     return QualityReport(since=since, until=until, annotators=annotators, pair_kappas=pair_kappas,
-                         alpha_ordinal=alpha_ord, alpha_nominal=alpha_nom, overall=_overall(annotators),
-                         thresholds=thresholds)
+                         alpha_ordinal=alpha_from_coincidence(coincidence_ordinal, "ordinal"),
+                         alpha_nominal=alpha_from_coincidence(coincidence_nominal, "nominal"),
+                         overall=_overall(annotators), thresholds=thresholds)
+
+
+def coincidence_rows(own: str, others: Mapping[str, int], order: Sequence[str]) -> np.ndarray:
+    """One judgment's share of Krippendorff's coincidence matrix over the values in ``order``.
+
+    A value ``own`` in a unit whose other pairable values are ``others`` adds
+    ``others[k] / (m_u - 1)`` to cell ``(own, k)``, with ``m_u`` the unit's
+    pairable values (values outside ``order`` are missing).
+    """
+    out = np.zeros((len(order), len(order)))
+    if own not in order:
+        return out
+    m = 1 + sum(others.get(k, 0) for k in order)
+    if m < 2:
+        return out
+    row = order.index(own)
+    for col, k in enumerate(order):
+        out[row, col] = others.get(k, 0) / (m - 1)
+    return out
+
+
+def coincidence_from_units(value_counts: np.ndarray) -> np.ndarray:
+    """The coincidence matrix of a ``(units, values)`` count matrix (for tests and small data)."""
+    vc = np.asarray(value_counts, dtype=float)
+    out = np.zeros((vc.shape[1], vc.shape[1]))
+    for unit in vc:
+        m = unit.sum()
+        if m >= 2:
+            out += (np.outer(unit, unit) - np.diag(unit)) / (m - 1)
+    return out
+
+
+def alpha_from_coincidence(coincidence: np.ndarray, level: str = "ordinal") -> float | None:
+    """Krippendorff's α from a coincidence matrix whose rows/columns are ordered values.
+
+    Same definition as the ``krippendorff`` package (nominal: δ = [c ≠ k];
+    ordinal: δ = (Σ_{g=c..k} n_g − (n_c + n_k)/2)²). None without two values in use.
+    """
+    o = np.asarray(coincidence, dtype=float)
+    n_c = o.sum(axis=1)
+    n = n_c.sum()
+    if n <= 1 or np.count_nonzero(n_c) < 2:
+        return None
+    v = len(n_c)
+    if level == "nominal":
+        delta = 1.0 - np.eye(v)
+    elif level == "ordinal":
+        cum = np.concatenate([[0.0], np.cumsum(n_c)])
+        delta = np.zeros((v, v))
+        for c in range(v):
+            for k in range(v):
+                lo, hi = min(c, k), max(c, k)
+                delta[c, k] = (cum[hi + 1] - cum[lo] - (n_c[c] + n_c[k]) / 2) ** 2
+    else:
+        raise ValueError("level is 'nominal' or 'ordinal'")
+    expected = (np.outer(n_c, n_c) * delta).sum()
+    if expected <= 0:
+        return None
+    return float(1.0 - (n - 1) * (o * delta).sum() / expected)
 
 
 def _float(value) -> float | None:
     return None if value is None else float(value)
+
+
+def _add_medians(session: Session, stats: dict[int, AnnotatorStats], since, until, dialect: str) -> None:
+    """Median time per judgment per annotator (and, on SQLite, per 1,000 characters too)."""
+    if dialect != "postgresql":
+        _medians_in_python(session, stats, since, until)
+        return
+    rows = session.execute(
+        select(Judgment.annotator_id, func.percentile_cont(0.5).within_group(Judgment.time_spent_ms))
+        .where(_live(), Judgment.is_probe.is_(False), _in_period(Judgment, since, until),
+               Judgment.time_spent_ms > 0)
+        .group_by(Judgment.annotator_id)).all()
+    for uid, median_time in rows:
+        if uid in stats:
+            stats[uid].median_time_ms = _float(median_time)
+
+
+LOG_BUCKETS_PER_E = 16
+"""Resolution of the speed histogram: buckets of e^(1/16), about 6 % wide."""
+
+
+def median_from_log_histogram(hist: Mapping[int, int], per_e: int = LOG_BUCKETS_PER_E) -> float | None:
+    """The median of values counted in log-scale buckets ``floor(ln(v) * per_e)``.
+
+    Interpolates linearly (in log space) inside the bucket holding the median,
+    so it is exact to within one bucket (about 6 % at the default resolution).
+    """
+    total = sum(hist.values())
+    if total <= 0:
+        return None
+    half, seen = total / 2.0, 0
+    for bucket in sorted(hist):
+        count = hist[bucket]
+        if seen + count >= half:
+            fraction = (half - seen) / count if count else 0.0
+            return math.exp((bucket + fraction) / per_e)
+        seen += count
+    return math.exp((max(hist) + 1) / per_e)
 
 
 def _medians_in_python(session: Session, stats: dict[int, AnnotatorStats], since, until) -> None:
@@ -543,46 +696,29 @@ def _add_flips(session: Session, stats: dict[int, AnnotatorStats], since, until)
             stats[annotator_id].n_flips = int(flips or 0)
 
 
-def _add_kappas(session: Session, stats: dict[int, AnnotatorStats], names: Mapping[int, str],
-                since, until) -> list[tuple[str, str, float | None, int]]:
+def _pair_kappas(session: Session, names: Mapping[int, str], since, until,
+                 sample: int) -> list[tuple[str, str, float | None, int]]:
+    """Cohen's κ for every pair of annotators on the comparisons they share (recent ``sample`` judgments)."""
     j1, j2 = aliased(Judgment), aliased(Judgment)
+    conds = [_live(j1), _live(j2), j1.is_probe.is_(False), j2.is_probe.is_(False),
+             _in_period(j1, since, until), _in_period(j2, since, until)]
+    cutoff = session.scalar(select(Judgment.id).where(_live(), Judgment.is_probe.is_(False),
+                                                      _in_period(Judgment, since, until))
+                            .order_by(Judgment.id.desc()).offset(sample).limit(1))
+    if cutoff is not None:
+        conds += [j1.id > cutoff, j2.id > cutoff]
     rows = session.execute(
         select(j1.annotator_id, j2.annotator_id, j1.choice, j2.choice, func.count())
         .join(j2, and_(j2.comparison_id == j1.comparison_id, j2.annotator_id > j1.annotator_id))
-        .where(_live(j1), _live(j2), j1.is_probe.is_(False), j2.is_probe.is_(False),
-               _in_period(j1, since, until), _in_period(j2, since, until))
+        .where(*conds)
         .group_by(j1.annotator_id, j2.annotator_id, j1.choice, j2.choice)).all()
     tables: dict[tuple[int, int], dict[tuple[str, str], int]] = {}
-    pooled: dict[int, dict[tuple[str, str], int]] = {}
     for a1, a2, c1, c2, n in rows:
-        c1, c2 = Choice(c1).value, Choice(c2).value
         t = tables.setdefault((a1, a2), {})
-        t[(c1, c2)] = t.get((c1, c2), 0) + n
-        for me, mine, theirs in ((a1, c1, c2), (a2, c2, c1)):
-            p = pooled.setdefault(me, {})
-            p[(mine, theirs)] = p.get((mine, theirs), 0) + n
-    for annotator_id, table in pooled.items():
-        if annotator_id in stats:
-            stats[annotator_id].kappa = kappa_from_table(table)
-            stats[annotator_id].kappa_shared = int(sum(table.values()))
+        key = (Choice(c1).value, Choice(c2).value)
+        t[key] = t.get(key, 0) + n
     return sorted(((names.get(a1, "?"), names.get(a2, "?"), kappa_from_table(t), int(sum(t.values())))
                    for (a1, a2), t in tables.items()), key=lambda r: (r[0], r[1]))
-
-
-def _alphas(session: Session, since, until) -> tuple[float | None, float | None]:
-    votes = _choice_counts_subquery(since, until)
-    cols = [getattr(votes.c, f"n_{ch}") for ch in CHOICES]
-    # Units with the same vote pattern are interchangeable for α: fetch patterns, not units.
-    patterns = session.execute(
-        select(*cols, func.count()).where(sum(cols[1:], cols[0]) >= 2).group_by(*cols)).all()
-    if not patterns:
-        return None, None
-    counts = np.array([p[:4] for p in patterns], dtype=float)
-    weights = np.array([p[4] for p in patterns], dtype=int)
-    units = np.repeat(counts, weights, axis=0)
-    nominal = krippendorff_alpha(units, "nominal")
-    ordinal = krippendorff_alpha(units[:, [0, 2, 1]], "ordinal")  # columns a, tie, b
-    return ordinal, nominal
 
 
 def _overall(annotators: Sequence[AnnotatorStats]) -> AnnotatorStats:

@@ -4,6 +4,7 @@ queue and the console flags the bad ones."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 from datetime import timedelta
@@ -56,6 +57,36 @@ def test_krippendorff_alpha_ordinal_ties_in_the_middle():
         quality.krippendorff_alpha(quality.value_counts_matrix(far))
 
 
+def test_alpha_from_coincidence_matches_the_krippendorff_package():
+    # the hand-computed cases, through the coincidence matrix the SQL aggregate builds
+    nominal = quality.value_counts_matrix([{"a": 2}, {"a": 1, "b": 1}, {"b": 2}], "nominal")
+    assert quality.alpha_from_coincidence(quality.coincidence_from_units(nominal), "nominal") == pytest.approx(4 / 9)
+    ordinal = quality.value_counts_matrix([{"a": 2}, {"a": 1, "tie": 1}, {"tie": 1, "b": 1}, {"b": 2}])
+    assert quality.alpha_from_coincidence(quality.coincidence_from_units(ordinal), "ordinal") \
+        == pytest.approx(17 / 24)
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        vc = rng.integers(0, 3, size=(40, 3)).astype(float)
+        for level in ("nominal", "ordinal"):
+            assert quality.alpha_from_coincidence(quality.coincidence_from_units(vc), level) \
+                == pytest.approx(quality.krippendorff_alpha(vc, level))
+
+
+def test_coincidence_rows_add_up_to_the_unit_matrix():
+    # a unit (a, a, tie, both_bad): each judgment's row share, summed, is the unit's coincidence matrix
+    unit = {"a": 2, "tie": 1, "both_bad": 1}
+    total = np.zeros((4, 4))
+    for own, count in unit.items():
+        others = {k: v - (k == own) for k, v in unit.items()}
+        total += quality.coincidence_rows(own, others, quality.CHOICES) * count
+    expected = quality.coincidence_from_units(quality.value_counts_matrix([unit], "nominal"))
+    assert np.allclose(total, expected)
+    # ordinal: both_bad is missing, so the unit has 3 pairable values
+    ordinal = sum(quality.coincidence_rows(own, {k: v - (k == own) for k, v in unit.items()},
+                                           quality.ORDINAL_ORDER) * count for own, count in unit.items())
+    assert np.allclose(ordinal, quality.coincidence_from_units(quality.value_counts_matrix([unit])))
+
+
 def test_krippendorff_alpha_undefined_cases():
     assert quality.krippendorff_alpha(np.zeros((0, 3))) is None
     assert quality.krippendorff_alpha(quality.value_counts_matrix([{"a": 1}, {"b": 1}])) is None
@@ -92,6 +123,20 @@ def test_pearson_from_sums_matches_numpy():
     sums = (len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum())
     assert quality.pearson_from_sums(*sums) == pytest.approx(np.corrcoef(x, y)[0, 1])
     assert quality.pearson_from_sums(2, 1, 1, 1, 1, 1) is None
+
+
+def test_median_from_log_histogram_is_within_one_bucket():
+    per_e = quality.LOG_BUCKETS_PER_E
+    values = [400.0, 900.0, 2500.0, 2600.0, 7000.0, 8000.0, 20000.0]
+    hist: dict[int, int] = {}
+    for v in values:
+        b = math.floor(math.log(v) * per_e)
+        hist[b] = hist.get(b, 0) + 1
+    median = quality.median_from_log_histogram(hist)
+    assert abs(math.log(median) - math.log(2600.0)) <= 1 / per_e
+    assert quality.median_from_log_histogram({}) is None
+    # one bucket: the median sits halfway through it
+    assert quality.median_from_log_histogram({10: 4}, per_e=1) == pytest.approx(math.exp(10.5))
 
 
 def test_flags_thresholds():
