@@ -36,7 +36,6 @@ from annotate.models import (
     User,
     utcnow,
 )
-from annotate.queue import queue_depth
 from annotate.settings import Settings
 
 ACTIVE_WINDOW = timedelta(minutes=15)
@@ -143,9 +142,15 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
     options = get_options(session, settings)
     live = Judgment.state == JudgmentState.active
 
-    status_counts = dict(session.execute(
-        select(Comparison.status, func.count(Comparison.id)).group_by(Comparison.status)).all())
-    status_counts = {ComparisonStatus(k): v for k, v in status_counts.items()}
+    by_status: dict[ComparisonStatus, int] = {}
+    gold = depth = 0
+    for status, is_gold, n in session.execute(
+            select(Comparison.status, Comparison.is_gold, func.count(Comparison.id))
+            .group_by(Comparison.status, Comparison.is_gold)).all():
+        status = ComparisonStatus(status)
+        by_status[status] = by_status.get(status, 0) + n
+        gold += n if is_gold else 0
+        depth += n if status is ComparisonStatus.open and not is_gold else 0
     judgment_row = session.execute(select(
         func.count(Judgment.id),
         quality._n(and_(Judgment.is_probe.is_(False), Judgment.source == JudgmentSource.annotator)),
@@ -168,13 +173,13 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
                if last_finished_at is not None else None)
     return Overview(
         prompts=session.scalar(select(func.count(Prompt.id))) or 0,
-        comparisons=sum(status_counts.values()),
+        comparisons=sum(by_status.values()),
         judgments=int(judgment_row[0] or 0),
-        open=status_counts.get(ComparisonStatus.open, 0),
-        complete=status_counts.get(ComparisonStatus.complete, 0),
-        retired=status_counts.get(ComparisonStatus.retired, 0),
-        gold=session.scalar(select(func.count(Comparison.id)).where(Comparison.is_gold.is_(True))) or 0,
-        queue_depth=queue_depth(session),
+        open=by_status.get(ComparisonStatus.open, 0),
+        complete=by_status.get(ComparisonStatus.complete, 0),
+        retired=by_status.get(ComparisonStatus.retired, 0),
+        gold=gold,
+        queue_depth=depth,  # what queue.queue_depth counts, from the same grouped scan
         active_annotators=int(active_now),
         judgments_in_period=sum(n for _, n in per_hour),
         median_time_ms=_median_time(session, since),

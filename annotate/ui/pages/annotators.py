@@ -19,12 +19,24 @@ PERCENT_COLUMNS = ["majority_agreement", "gold_accuracy", "model_agreement", "fl
 actor = context.require_admin_page()
 db = context.get_db()
 
-st.title("Annotators")
-period = st.selectbox("Period", list(PERIODS), key="annotators_period")
-since = utcnow() - PERIODS[period] if PERIODS[period] else None
-try:
+CACHE_SECONDS = 60
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner="Computing agreement…", max_entries=32)
+def _report(url: str, actor_id: int, period: str) -> quality.QualityReport:
+    """The annotator report, shared by admins' reruns for a minute (the page re-checks the role first)."""
+    since = utcnow() - PERIODS[period] if PERIODS[period] else None
     with db.read() as session:
-        report = dashboard.annotator_table(session, actor=actor, since=since)
+        return dashboard.annotator_table(session, actor=actor, since=since)
+
+
+st.title("Annotators")
+left, right = st.columns([3, 1], vertical_alignment="bottom")
+period = left.selectbox("Period", list(PERIODS), key="annotators_period")
+if right.button("Refresh", key="annotators_refresh", icon=":material/refresh:"):
+    _report.clear()
+try:
+    report = _report(context.get_settings().sqlalchemy_url, actor.id, period)
 except PrefloopError as exc:
     st.error(str(exc))
     st.stop()

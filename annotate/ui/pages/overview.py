@@ -16,14 +16,27 @@ PERIODS = {"Last 24 hours": timedelta(hours=24), "Last 7 days": timedelta(days=7
 actor = context.require_admin_page()
 settings, db = context.get_settings(), context.get_db()
 
-st.title("Campaign overview")
-period = st.selectbox("Period", list(PERIODS), key="overview_period")
-try:
+CACHE_SECONDS = 30
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner="Counting…", max_entries=32)
+def _overview(url: str, actor_id: int, period: str) -> dashboard.Overview:
+    """The overview, shared by admins' reruns for a few seconds (the page re-checks the role first)."""
     with db.read() as session:
-        ov = dashboard.overview(session, settings, actor=actor, period=PERIODS[period])
+        return dashboard.overview(session, settings, actor=actor, period=PERIODS[period])
+
+
+st.title("Campaign overview")
+left, right = st.columns([3, 1], vertical_alignment="bottom")
+period = left.selectbox("Period", list(PERIODS), key="overview_period")
+if right.button("Refresh", key="overview_refresh", icon=":material/refresh:"):
+    _overview.clear()
+try:
+    ov = _overview(settings.sqlalchemy_url, actor.id, period)
 except PrefloopError as exc:
     st.error(str(exc))
     st.stop()
+st.caption(f"As of {ov.now:%Y-%m-%d %H:%M:%S} UTC (figures are kept for {CACHE_SECONDS} s; Refresh recounts).")
 
 
 def _duration(ms: float | None) -> str:
