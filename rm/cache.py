@@ -47,7 +47,7 @@ class EmbeddingCache:
         compact_above: Merge shards into one when there are more than this many.
     """
 
-    def __init__(self, directory: str | os.PathLike, encoder, *, flush_every: int = 4096,
+    def __init__(self, directory: str | os.PathLike, encoder, *, flush_every: int = 1024,
                  compact_above: int = 64):
         self.encoder = encoder
         self.path = Path(directory) / encoder.encoder_id

