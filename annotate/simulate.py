@@ -1,0 +1,525 @@
+"""Replay a labelled dataset to compare acquisition strategies (``prefloop simulate``).
+
+The simulator answers every query with the label recorded in the file, so a
+team can see on its own data how many labels a strategy saves against random
+order. Everything that decides the outcome is shared with the retraining job:
+features through ``rm``'s embedding cache, ``rm.train.fit_and_evaluate`` with
+its default configuration, the held-out split by prompt from ``rm.split``, and
+the acquisition API of ``rm.acquisition`` (``make_pool`` then ``select``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from annotate.errors import PrefloopError
+
+REFERENCE_BUDGET = 640
+TEST_FRACTION = 0.3
+
+
+@dataclass
+class Dataset:
+    """A labelled file as ``rm`` data: response features and every known-winner pair.
+
+    Attributes:
+        pairs: ``PairData`` over all usable pairs (``group`` = prompt hash,
+            ``length`` = response characters).
+        n_rows: Comparisons read from the file.
+        notes: What was skipped and why.
+    """
+
+    pairs: object
+    n_rows: int
+    notes: list[str] = field(default_factory=list)
+
+
+def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
+    """Parse ``path`` (any importable format) and featurize each distinct response once.
+
+    Comparisons without a known winner and repeated pairs are skipped (a
+    note says how many). ``embedder`` is an ``rm.cache.EmbeddingCache``.
+    """
+    from annotate.ingest import parse_file
+    from rm.data import PairData, outcome_code
+    from rm.features import FeatureSpec, build_features
+
+    parsed = parse_file(path)
+    notes = list(parsed.notes)
+    if parsed.problems:
+        notes.append(f"{len(parsed.problems)} rows could not be read and were skipped "
+                     f"(first: line {parsed.problems[0][0]}: {parsed.problems[0][1]})")
+    rows: dict[tuple[str, str], int] = {}
+    prompts, responses = [], []
+    ia, ib, outcome, group = [], [], [], []
+    seen: set[tuple] = set()
+    no_winner = repeated = 0
+
+    def row(prompt, p_hash, text, t_hash):
+        key = (p_hash, t_hash)
+        if key not in rows:
+            rows[key] = len(responses)
+            prompts.append(prompt)
+            responses.append(text)
+        return rows[key]
+
+    for c in parsed.comparisons:
+        if c.winner is None:
+            no_winner += 1
+            continue
+        if c.pair_key in seen:
+            repeated += 1
+            continue
+        seen.add(c.pair_key)
+        ia.append(row(c.prompt, c.prompt_hash, c.response_a, c.hash_a))
+        ib.append(row(c.prompt, c.prompt_hash, c.response_b, c.hash_b))
+        outcome.append(outcome_code(c.winner.value))
+        group.append(c.prompt_hash)
+    if no_winner:
+        notes.append(f"{no_winner} comparisons have no known winner and were skipped")
+    if repeated:
+        notes.append(f"{repeated} repeated comparisons were used once")
+    if not ia:
+        raise PrefloopError(f"{path} has no comparisons with a known winner; the simulator replays "
+                            "recorded labels, so give it a file with chosen/rejected or winner fields")
+    feat = build_features(prompts, responses, embedder, features or FeatureSpec())
+    pairs = PairData(feat, np.asarray(ia), np.asarray(ib), np.asarray(outcome),
+                     group=np.asarray(group, dtype=object),
+                     length=np.asarray([len(r) for r in responses]))
+    return Dataset(pairs=pairs, n_rows=len(parsed.comparisons), notes=notes)
+
+
+def make_embedder(cache_dir: str | Path, encoder_path: str | None = None, num_threads: int = 2):
+    """The embedding cache the retraining job uses, rooted at ``cache_dir``."""
+    from rm.cache import EmbeddingCache
+    from rm.encoder import Encoder
+
+    return EmbeddingCache(cache_dir, Encoder(encoder_path or None, num_threads=num_threads))
+
+
+# --------------------------------------------------------------------------- the replay
+
+
+@dataclass
+class Curves:
+    """Learning curves of one strategy: ``accuracy[s, k]`` for seed s after ``labels[k]`` labels."""
+
+    strategy: str
+    labels: np.ndarray
+    accuracy: np.ndarray
+    log_loss: np.ndarray
+    seconds: float = 0.0
+
+
+def _strategy_seed(name: str) -> int:
+    import zlib
+
+    return zlib.crc32(name.encode())
+
+
+def label_schedule(seed_labels: int, batch: int, budget: int, pool_size: int) -> np.ndarray:
+    """Label counts after each retrain: seed labels, then one batch at a time up to the budget."""
+    end = min(budget, pool_size)
+    start = min(seed_labels, end)
+    steps = list(range(start, end, batch)) + [end]
+    return np.asarray(sorted(set(steps)), dtype=np.int64)
+
+
+def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32, batch: int = 32,
+                  budget: int = 1000, cold_start: int | None = None, config=None,
+                  test_fraction: float = TEST_FRACTION, on_step=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One replay: ``(labels, accuracy, log_loss)`` per retrain for one seed and strategy.
+
+    ``data`` is a ``PairData`` with recorded outcomes and prompt groups. The
+    held-out prompts (``rm.split``, salted by ``seed``) and the random seed
+    labels depend only on ``seed``, so strategies are compared on the same
+    draws. Each round trains with ``rm.train.fit_and_evaluate`` (the retraining
+    job's function), builds the pool with ``rm.acquisition.make_pool`` and asks
+    ``select_strategy(...).select`` for the next batch, whose recorded labels are
+    then revealed.
+    """
+    from rm.acquisition import get_strategy, make_pool, select_strategy
+    from rm.split import held_out_mask
+    from rm.train import fit_and_evaluate
+
+    cold_start = seed_labels if cold_start is None else cold_start
+    test_mask = held_out_mask(data.group, test_fraction, salt=f"simulate-{seed}")
+    train_rows = np.flatnonzero(~test_mask)
+    test = data.subset(test_mask)
+    if not len(train_rows) or not len(test):
+        raise PrefloopError("the dataset is too small to hold out a test split by prompt; "
+                            "give the simulator more prompts")
+    schedule = label_schedule(seed_labels, batch, budget, len(train_rows))
+    draw = np.random.default_rng([seed, 0])
+    labelled = list(draw.permutation(train_rows)[: schedule[0]])
+    is_open = np.ones(len(data), dtype=bool)
+    is_open[test_mask] = False
+    is_open[labelled] = False
+    rng = np.random.default_rng([seed, _strategy_seed(strategy_name)])
+    # Cold-start batches draw from the random strategy's own stream, so every
+    # strategy's curve matches random's exactly until the cold start ends.
+    cold_rng = np.random.default_rng([seed, _strategy_seed("random")])
+    if get_strategy(strategy_name).name == "random":
+        rng = cold_rng
+    accs, losses = [], []
+    for k, n_labels in enumerate(schedule):
+        if len(labelled) < n_labels:
+            open_rows = np.flatnonzero(is_open)
+            ens = last_ens
+            rewards = ens.member_rewards(data.feat)
+            lab = np.asarray(labelled)
+            pool = make_pool(rewards, data.feat, data.ia[open_rows], data.ib[open_rows],
+                             groups=np.asarray(data.group)[open_rows],
+                             labelled=(data.ia[lab], data.ib[lab]), scale=ens.scale)
+            strategy = select_strategy(strategy_name, len(labelled), cold_start)
+            use = cold_rng if strategy.name == "random" else rng
+            pick = open_rows[strategy.select(pool, int(n_labels - len(labelled)), use)]
+            labelled.extend(pick.tolist())
+            is_open[pick] = False
+        # Sorted rows: the model depends on which pairs are labelled, not on the order they came in.
+        last_ens, metrics = fit_and_evaluate(data.subset(np.sort(labelled)), test, config, seed=seed)
+        accs.append(metrics.accuracy)
+        losses.append(metrics.log_loss)
+        if on_step is not None:
+            on_step()
+    return schedule, np.asarray(accs), np.asarray(losses)
+
+
+def run_simulation(data, strategies: list[str], seeds, *, seed_labels: int = 32, batch: int = 32,
+                   budget: int = 1000, cold_start: int | None = None, config=None,
+                   progress: bool = True) -> list[Curves]:
+    """Replay ``data`` for each strategy and seed; one ``Curves`` per strategy (same seeds, paired)."""
+    from tqdm import tqdm
+
+    seeds = list(seeds)
+    n_train = int((~_test_mask_size(data, seeds[0])).sum()) if seeds else 0
+    steps = len(label_schedule(seed_labels, batch, budget, max(n_train, 1)))
+    bar = tqdm(total=len(strategies) * len(seeds) * steps, disable=not progress, unit="retrain",
+               desc="simulate", file=sys.stderr)
+    out = []
+    try:
+        for name in strategies:
+            t0 = time.perf_counter()
+            rows, losses, labels = [], [], None
+            for s in seeds:
+                bar.set_postfix_str(f"{name} seed {s}")
+                labels, acc, loss = simulate_seed(data, name, s, seed_labels=seed_labels, batch=batch,
+                                                  budget=budget, cold_start=cold_start, config=config,
+                                                  on_step=bar.update)
+                rows.append(acc)
+                losses.append(loss)
+            width = min(len(r) for r in rows)
+            out.append(Curves(name, labels[:width], np.stack([r[:width] for r in rows]),
+                              np.stack([r[:width] for r in losses]), time.perf_counter() - t0))
+    finally:
+        bar.close()
+    return out
+
+
+def _test_mask_size(data, seed: int) -> np.ndarray:
+    from rm.split import held_out_mask
+
+    return held_out_mask(data.group, TEST_FRACTION, salt=f"simulate-{seed}")
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def area_under_curve(labels: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Mean accuracy over the label range (trapezoid area / range), per seed row."""
+    labels = np.asarray(labels, dtype=np.float64)
+    acc = np.atleast_2d(accuracy)
+    if len(labels) < 2:
+        return acc[:, 0].copy()
+    dx = np.diff(labels)
+    return ((acc[:, 1:] + acc[:, :-1]) * 0.5 * dx).sum(axis=1) / (labels[-1] - labels[0])
+
+
+def labels_to_reach(labels: np.ndarray, curve: np.ndarray, target: float) -> float:
+    """Fewest labels at which ``curve`` (linearly interpolated) first reaches ``target``; inf if never."""
+    labels = np.asarray(labels, dtype=np.float64)
+    curve = np.asarray(curve, dtype=np.float64)
+    hit = np.flatnonzero(curve >= target)
+    if not len(hit):
+        return math.inf
+    k = int(hit[0])
+    if k == 0:
+        return float(labels[0])
+    x0, x1, y0, y1 = labels[k - 1], labels[k], curve[k - 1], curve[k]
+    return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0)) if y1 > y0 else float(x1)
+
+
+@dataclass
+class Comparison:
+    """One strategy against the reference (random), paired by seed.
+
+    ``needed``: labels the strategy's mean curve needs to reach the reference's
+    mean accuracy at ``reference_budget``; ``saving`` = 1 - needed / budget, with a
+    bootstrap interval over seeds (seeds resampled, both curves averaged over the
+    same resample). ``auc_gain`` in accuracy points, ``worst_gap`` = the lowest
+    mean difference to the reference at any label count (points).
+    """
+
+    strategy: str
+    reference: str
+    reference_budget: float
+    target_accuracy: float
+    needed: float
+    needed_ci: tuple[float, float]
+    saving: float
+    saving_ci: tuple[float, float]
+    auc_gain: float
+    auc_gain_ci: tuple[float, float]
+    auc_wins: int
+    worst_gap: float
+    worst_gap_at: int
+
+
+def compare(strategy: Curves, reference: Curves, reference_budget: float = REFERENCE_BUDGET,
+            n_boot: int = 2000, seed: int = 0) -> Comparison:
+    """Paired bootstrap comparison of ``strategy`` to ``reference`` (see ``Comparison``)."""
+    labels = reference.labels
+    if not np.array_equal(labels, strategy.labels) or reference.accuracy.shape != strategy.accuracy.shape:
+        raise ValueError("curves must share label counts and seeds to be compared")
+    budget = float(min(reference_budget, labels[-1]))
+    a, r = strategy.accuracy, reference.accuracy
+    n_seeds = len(a)
+
+    def needed_for(rows):
+        target = float(np.interp(budget, labels, r[rows].mean(axis=0)))
+        return target, labels_to_reach(labels, a[rows].mean(axis=0), target)
+
+    target, needed = needed_for(np.arange(n_seeds))
+    boot = np.random.default_rng(seed)
+    draws = boot.integers(0, n_seeds, size=(n_boot, n_seeds))
+    cap = 2.0 * float(labels[-1])
+    need_b = np.array([min(needed_for(rows)[1], cap) for rows in draws])
+    gain = (area_under_curve(labels, a) - area_under_curve(labels, r)) * 100
+    gain_b = gain[draws].mean(axis=1)
+    lo_n, hi_n = np.percentile(need_b, [2.5, 97.5])
+    diff = (a - r).mean(axis=0) * 100
+    worst = int(np.argmin(diff))
+    return Comparison(
+        strategy=strategy.strategy, reference=reference.strategy, reference_budget=budget,
+        target_accuracy=target, needed=needed, needed_ci=(float(lo_n), float(hi_n)),
+        saving=1.0 - needed / budget, saving_ci=(1.0 - float(hi_n) / budget, 1.0 - float(lo_n) / budget),
+        auc_gain=float(gain.mean()), auc_gain_ci=tuple(float(x) for x in np.percentile(gain_b, [2.5, 97.5])),
+        auc_wins=int((gain > 0).sum()), worst_gap=float(diff[worst]), worst_gap_at=int(labels[worst]))
+
+
+def _fmt_needed(x: float, budget: float) -> str:
+    return f"> {budget * 2:.0f}" if not math.isfinite(x) or x >= 2 * budget else f"{x:.0f}"
+
+
+def format_report(curves: list[Curves], comparisons: list[Comparison], labels_shown=None) -> str:
+    """The printed learning-curve table, areas and label savings (stable, copyable text)."""
+    names = [c.strategy for c in curves]
+    labels = curves[0].labels
+    n_seeds = len(curves[0].accuracy)
+    lines = [f"held-out accuracy, mean ± std over {n_seeds} seeds"]
+    head = f"{'labels':>7}" + "".join(f"  {n:>17}" for n in names)
+    lines += [head, "-" * len(head)]
+    for k, n in enumerate(labels):
+        if labels_shown is not None and n not in labels_shown:
+            continue
+        row = f"{n:>7d}"
+        for c in curves:
+            row += f"  {c.accuracy[:, k].mean():>9.4f} ± {c.accuracy[:, k].std():.4f}"
+        lines.append(row)
+    lines += ["", f"area under the curve ({labels[0]}-{labels[-1]} labels; mean accuracy over the range)"]
+    for c in curves:
+        auc = area_under_curve(c.labels, c.accuracy)
+        lines.append(f"  {c.strategy:>20}: {auc.mean():.4f} ± {auc.std():.4f}   ({c.seconds:.0f} s)")
+    for cmp in comparisons:
+        b = cmp.reference_budget
+        lines += [
+            "",
+            f"{cmp.strategy} vs {cmp.reference}:",
+            f"  AUC gain: {cmp.auc_gain:+.2f} points (95% CI {cmp.auc_gain_ci[0]:+.2f} to {cmp.auc_gain_ci[1]:+.2f}; "
+            f"better on {cmp.auc_wins}/{n_seeds} seeds)",
+            f"  labels needed to reach {cmp.reference}'s accuracy at {b:.0f} labels ({cmp.target_accuracy:.4f}): "
+            f"{_fmt_needed(cmp.needed, b)} (95% CI {_fmt_needed(cmp.needed_ci[0], b)} to "
+            f"{_fmt_needed(cmp.needed_ci[1], b)})",
+            f"  labels saved: {cmp.saving * 100:.1f}% (95% CI {cmp.saving_ci[0] * 100:.1f}% to "
+            f"{cmp.saving_ci[1] * 100:.1f}%)",
+            f"  largest shortfall against {cmp.reference}: {cmp.worst_gap:+.2f} points at {cmp.worst_gap_at} labels",
+        ]
+    return "\n".join(lines)
+
+
+def curves_to_json(curves: list[Curves], comparisons: list[Comparison], meta: dict) -> dict:
+    """A JSON-serialisable record of every curve (per seed) and comparison."""
+    from dataclasses import asdict
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        return x
+
+    return clean({
+        "meta": meta,
+        "strategies": {c.strategy: {
+            "labels": c.labels.tolist(),
+            "accuracy": c.accuracy.tolist(),
+            "log_loss": c.log_loss.tolist(),
+            "mean_accuracy": c.accuracy.mean(axis=0).tolist(),
+            "std_accuracy": c.accuracy.std(axis=0).tolist(),
+            "auc": area_under_curve(c.labels, c.accuracy).tolist(),
+            "seconds": c.seconds,
+        } for c in curves},
+        "comparisons": [asdict(c) for c in comparisons],
+    })
+
+
+def plot_curves(curves: list[Curves], path: Path, comparisons: list[Comparison] = ()) -> None:
+    """Mean ± std learning curves as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for c in curves:
+        m, s = c.accuracy.mean(axis=0), c.accuracy.std(axis=0)
+        ax.plot(c.labels, m, label=c.strategy, lw=1.8)
+        ax.fill_between(c.labels, m - s, m + s, alpha=0.15)
+    for cmp in comparisons:
+        ax.axhline(cmp.target_accuracy, color="grey", lw=0.8, ls="--")
+        if math.isfinite(cmp.needed):
+            ax.axvline(cmp.needed, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("labels")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"learning curves ({len(curves[0].accuracy)} seeds, mean ± std)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@dataclass
+class Report:
+    """What ``simulate_file`` produced: the printed text, curves, comparisons and output files."""
+
+    text: str
+    curves: list[Curves]
+    comparisons: list[Comparison]
+    json_path: Path
+    png_path: Path
+
+
+def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedder, out: str | Path,
+                  seed_labels: int = 32, batch: int = 32, budget: int = 1000,
+                  reference_budget: float = REFERENCE_BUDGET, cold_start: int | None = None,
+                  progress: bool = True, echo=print) -> Report:
+    """Load ``data_path``, replay every strategy over ``seeds``, write ``curves.json``/``curves.png`` to ``out``.
+
+    ``random`` is always included (it is the reference). ``echo`` receives
+    progress lines (``print`` on the command line).
+    """
+    from rm.acquisition import DEFAULT_STRATEGY, get_strategy
+
+    strategies = list(strategies or ["random", "default"])
+    for name in strategies:
+        try:
+            get_strategy(name)
+        except ValueError as exc:
+            raise PrefloopError(str(exc)) from None
+    if "random" not in strategies:
+        strategies.insert(0, "random")
+    strategies = list(dict.fromkeys(strategies))
+    seeds = list(seeds)
+    if not seeds or seed_labels < 1 or batch < 1 or budget < seed_labels:
+        raise PrefloopError("--seeds, --seed-labels and --batch must be at least 1 and "
+                            "--budget at least --seed-labels")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    dataset = load_dataset(data_path, embedder=embedder)
+    for note in dataset.notes:
+        echo(f"note: {note}")
+    echo(f"{len(dataset.pairs)} labelled pairs from {data_path}; embedded "
+         f"{getattr(embedder, 'n_computed', 0)} new texts in {time.perf_counter() - t0:.0f} s")
+    echo(f"strategies: {', '.join(f'{s} (= {DEFAULT_STRATEGY})' if s == 'default' else s for s in strategies)}; "
+         f"seeds {seeds[0]}-{seeds[-1]}; {seed_labels} seed labels, batches of {batch}, budget {budget}, "
+         f"random order until {max(seed_labels, cold_start or 0)} labels (cold start)")
+    curves = run_simulation(dataset.pairs, strategies, seeds, seed_labels=seed_labels, batch=batch,
+                            budget=budget, cold_start=cold_start, progress=progress)
+    ref = curves[strategies.index("random")]
+    comparisons = [compare(c, ref, reference_budget) for c in curves if c.strategy != "random"]
+    text = format_report(curves, comparisons)
+    meta = {"data": str(data_path), "pairs": len(dataset.pairs), "seeds": seeds,
+            "seed_labels": seed_labels, "batch": batch, "budget": budget,
+            "cold_start": seed_labels if cold_start is None else cold_start,
+            "default_strategy": DEFAULT_STRATEGY, "reference_budget": reference_budget,
+            "test_fraction": TEST_FRACTION, "seconds": round(time.perf_counter() - t0, 1)}
+    json_path, png_path = out / "curves.json", out / "curves.png"
+    json_path.write_text(json.dumps(curves_to_json(curves, comparisons, meta), indent=1))
+    plot_curves(curves, png_path, comparisons)
+    return Report(text, curves, comparisons, json_path, png_path)
+
+
+def main(args) -> int:
+    """``prefloop simulate``: replay, print the report, write ``curves.json`` and ``curves.png``."""
+    from annotate.settings import load_settings
+
+    settings = load_settings()
+    t0 = time.perf_counter()
+    cache_dir = Path(getattr(args, "cache_dir", None) or settings.cache_dir)
+    first = int(getattr(args, "first_seed", 0) or 0)
+    n_seeds = int(args.seeds)
+    if n_seeds < 1:
+        raise PrefloopError("--seeds must be at least 1")
+    embedder = make_embedder(cache_dir, settings.resolved_encoder_path, settings.torch_threads)
+    report = simulate_file(
+        args.data, args.strategy, range(first, first + n_seeds), embedder=embedder, out=args.out,
+        seed_labels=int(args.seed_labels), batch=int(args.batch), budget=int(args.budget),
+        reference_budget=float(getattr(args, "reference_budget", None) or REFERENCE_BUDGET),
+        cold_start=getattr(args, "cold_start", None) or settings.cold_start)
+    print()
+    print(report.text)
+    print(f"\nwrote {report.json_path} and {report.png_path} ({time.perf_counter() - t0:.0f} s in all)")
+    return 0
+
+
+def build_parser():
+    """Stand-alone parser (``python -m annotate.simulate``) with every option of ``prefloop simulate``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m annotate.simulate", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--strategy", action="append", default=None)
+    p.add_argument("--seed-labels", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--budget", type=int, default=1000)
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--reference-budget", type=float, default=REFERENCE_BUDGET)
+    p.add_argument("--cold-start", type=int, default=None, help="random order until this many labels "
+                   "(default: PREFLOOP_COLD_START, the app's setting)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache (default: <PREFLOOP_DATA_DIR>/cache)")
+    p.add_argument("--out", default="simulation")
+    return p
+
+
+if __name__ == "__main__":  # pragma: no cover
+    try:
+        sys.exit(main(build_parser().parse_args()))
+    except PrefloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

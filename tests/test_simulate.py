@@ -1,0 +1,173 @@
+"""The active-learning simulator on small synthetic data (a fake embedder, no encoder)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+from annotate import simulate
+from rm.data import A_WINS, B_WINS, PairData
+from rm.split import held_out_mask
+from rm.train import fit_and_evaluate
+
+DIM = 12
+
+
+class FakeEmbedder:
+    """Deterministic vectors: a hash-seeded random part plus a 'quality' direction for good responses."""
+
+    n_computed = 0
+
+    def _vec(self, text: str) -> np.ndarray:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+        v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+        if "helpful" in text:
+            v[0] += 2.0
+        return v
+
+    def embed(self, texts, keep="start"):
+        self.n_computed += len(texts)
+        return np.stack([self._vec(t) for t in texts]) if len(texts) else np.zeros((0, DIM), np.float32)
+
+    def embed_pairs(self, prompts, responses):
+        return self.embed([f"{p}\x00{r}" for p, r in zip(prompts, responses)])
+
+
+def _synthetic(n=300, seed=0, noise=0.1) -> PairData:
+    rng = np.random.default_rng(seed)
+    feat = rng.normal(size=(2 * n, DIM)).astype(np.float32)
+    w = rng.normal(size=DIM)
+    gap = (feat[:n] - feat[n:]) @ w
+    a_wins = (gap > 0) ^ (rng.random(n) < noise)
+    return PairData(feat, np.arange(n), np.arange(n, 2 * n), np.where(a_wins, A_WINS, B_WINS),
+                    group=np.array([f"p{i}" for i in range(n)], dtype=object),
+                    length=rng.integers(10, 500, 2 * n))
+
+
+def test_schedule_starts_at_the_seed_labels_and_ends_at_the_budget():
+    assert simulate.label_schedule(32, 32, 1000, 5000).tolist()[:3] == [32, 64, 96]
+    assert simulate.label_schedule(32, 32, 1000, 5000)[-1] == 1000
+    assert simulate.label_schedule(8, 10, 1000, 25).tolist() == [8, 18, 25]
+
+
+def test_random_curve_is_trained_on_the_recorded_labels():
+    data = _synthetic(n=160)
+    test_mask = held_out_mask(data.group, simulate.TEST_FRACTION, salt="simulate-3")
+    pool_size = int((~test_mask).sum())
+    labels, acc, _ = simulate.simulate_seed(data, "random", 3, seed_labels=10, batch=60, budget=pool_size)
+    assert labels[0] == 10 and labels[-1] == pool_size
+    # With the whole pool labelled, the last point is exactly the job's fit on all training pairs.
+    _, metrics = fit_and_evaluate(data.subset(np.flatnonzero(~test_mask)), data.subset(test_mask), seed=3)
+    assert acc[-1] == pytest.approx(metrics.accuracy, abs=1e-12)
+    assert acc[-1] > 0.75 and acc[-1] > acc[0]
+    # Reversing the recorded labels of the pool (not of the test split) reverses what is learnt.
+    flipped = data.swapped()
+    flipped.outcome = np.where(test_mask, data.outcome, flipped.outcome).astype(np.int8)
+    flipped.ia, flipped.ib = data.ia, data.ib
+    _, acc_flipped, _ = simulate.simulate_seed(flipped, "random", 3, seed_labels=10, batch=60, budget=pool_size)
+    assert acc_flipped[-1] < 0.3
+
+
+def test_strategies_share_the_split_and_seed_labels():
+    data = _synthetic(n=200)
+    _, a1, _ = simulate.simulate_seed(data, "random", 1, seed_labels=16, batch=16, budget=16)
+    _, a2, _ = simulate.simulate_seed(data, "default", 1, seed_labels=16, batch=16, budget=16)
+    assert a1.tolist() == a2.tolist()  # same held-out prompts and seed labels: the same first model
+    _, b, _ = simulate.simulate_seed(data, "random", 2, seed_labels=16, batch=16, budget=16)
+    assert b.tolist() != a1.tolist()
+
+
+def test_labels_to_reach_interpolates_and_reports_never():
+    labels = np.array([0, 100, 200])
+    assert simulate.labels_to_reach(labels, np.array([0.5, 0.6, 0.7]), 0.65) == pytest.approx(150)
+    assert simulate.labels_to_reach(labels, np.array([0.5, 0.6, 0.7]), 0.4) == 0
+    assert math.isinf(simulate.labels_to_reach(labels, np.array([0.5, 0.6, 0.7]), 0.8))
+
+
+def test_compare_measures_a_known_label_saving():
+    labels = np.arange(32, 1025, 32)
+    rng = np.random.default_rng(0)
+    base = 0.55 + 0.06 * np.log(labels / 32) / np.log(32)
+    noise = rng.normal(0, 0.0003, size=(6, len(labels)))
+    ref = simulate.Curves("random", labels, base + noise, np.zeros_like(noise))
+    # The same curve reached with half the labels: accuracy at L is random's at 2L.
+    fast = np.interp(2 * labels, labels, base)
+    fast[labels * 2 > labels[-1]] = base[-1]
+    strat = simulate.Curves("fast", labels, fast + noise, np.zeros_like(noise))
+    cmp = simulate.compare(strat, ref, 640)
+    assert cmp.saving == pytest.approx(0.5, abs=0.05)
+    assert cmp.saving_ci[0] > 0.4 and cmp.saving_ci[1] < 0.6
+    assert cmp.auc_gain > 0 and cmp.auc_wins == 6 and cmp.worst_gap > -0.01
+    same = simulate.compare(ref, ref, 640)
+    assert same.saving == pytest.approx(0.0, abs=1e-9) and same.auc_gain == 0
+
+
+def _write_pairs(path, n=90, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        good, bad = f"a helpful answer number {i}", f"a useless reply number {i}"
+        a_good = rng.random() < 0.5
+        rows.append({"prompt": f"question {i}?", "response_a": good if a_good else bad,
+                     "response_b": bad if a_good else good, "winner": "a" if a_good else "b"})
+    rows.append({"prompt": "no label", "response_a": "x", "response_b": "y"})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_simulate_file_writes_table_json_and_plot(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data)
+    lines = []
+    report = simulate.simulate_file(data, ["bald+diverse"], [0, 1], embedder=FakeEmbedder(),
+                                    out=tmp_path / "out", seed_labels=8, batch=16, budget=40,
+                                    reference_budget=24, progress=False, echo=lines.append)
+    assert any("no known winner" in line for line in lines)
+    assert [c.strategy for c in report.curves] == ["random", "bald+diverse"]
+    doc = json.loads(report.json_path.read_text())
+    assert set(doc["strategies"]) == {"random", "bald+diverse"}
+    rand = doc["strategies"]["random"]
+    assert rand["labels"] == [8, 24, 40]
+    assert np.asarray(rand["accuracy"]).shape == (2, 3)
+    assert all(0.0 <= a <= 1.0 for row in rand["accuracy"] for a in row)
+    # Responses that say "helpful" always win: the recorded labels are learnable.
+    assert np.mean(rand["accuracy"], axis=0)[-1] > 0.8
+    assert doc["meta"]["pairs"] == 90 and doc["meta"]["seeds"] == [0, 1]
+    assert doc["comparisons"][0]["strategy"] == "bald+diverse"
+    assert report.png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = report.text
+    assert "mean ± std over 2 seeds" in text and "labels needed to reach random's accuracy at 24 labels" in text
+    table = [line.split() for line in text.splitlines() if line.split() and line.split()[0].isdigit() and "±" in line]
+    assert [int(r[0]) for r in table] == [8, 24, 40]
+    for row, mean in zip(table, np.mean(rand["accuracy"], axis=0)):
+        assert float(row[1]) == pytest.approx(mean, abs=5e-5)
+
+
+def test_main_runs_the_command(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    monkeypatch.setattr(simulate, "make_embedder", lambda *a, **k: FakeEmbedder())
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "dd"))
+    args = argparse.Namespace(data=str(data), strategy=["default"], seed_labels=8, batch=8, budget=24,
+                              seeds=2, out=str(tmp_path / "sim"))
+    assert simulate.main(args) == 0
+    out = capsys.readouterr().out
+    assert "default vs random" in out and "area under the curve" in out
+    assert (tmp_path / "sim" / "curves.json").is_file() and (tmp_path / "sim" / "curves.png").is_file()
+
+
+def test_unknown_strategy_and_unlabelled_files_are_user_errors(tmp_path):
+    from annotate.errors import PrefloopError
+
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=20)
+    with pytest.raises(PrefloopError, match="unknown acquisition strategy"):
+        simulate.simulate_file(data, ["nope"], [0], embedder=FakeEmbedder(), out=tmp_path / "o", progress=False)
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"prompt": "p", "response_a": "x", "response_b": "y"}) + "\n")
+    with pytest.raises(PrefloopError, match="no comparisons with a known winner"):
+        simulate.simulate_file(bare, ["random"], [0], embedder=FakeEmbedder(), out=tmp_path / "o", progress=False)
