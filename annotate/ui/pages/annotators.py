@@ -11,8 +11,9 @@ from annotate.errors import PrefloopError
 from annotate.models import utcnow
 from annotate.ui import context
 
-PERIODS = {"All time": None, "Last 24 hours": timedelta(hours=24), "Last 7 days": timedelta(days=7),
-           "Last 30 days": timedelta(days=30)}
+PERIODS = {"Last 24 hours": timedelta(hours=24), "Last 7 days": timedelta(days=7),
+           "Last 30 days": timedelta(days=30), "All time": None}
+DEFAULT_PERIOD = "Last 7 days"
 PERCENT_COLUMNS = ["majority_agreement", "gold_accuracy", "model_agreement", "flip_rate", "left_rate",
                    "longer_rate", "tie_rate", "both_bad_rate"]
 
@@ -32,7 +33,8 @@ def _report(url: str, actor_id: int, period: str) -> quality.QualityReport:
 
 st.title("Annotators")
 left, right = st.columns([3, 1], vertical_alignment="bottom")
-period = left.selectbox("Period", list(PERIODS), key="annotators_period")
+period = left.selectbox("Period", list(PERIODS), index=list(PERIODS).index(DEFAULT_PERIOD),
+                        key="annotators_period")
 if right.button("Refresh", key="annotators_refresh", icon=":material/refresh:"):
     _report.clear()
 try:

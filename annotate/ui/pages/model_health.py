@@ -12,10 +12,21 @@ from annotate.ui import context
 actor = context.require_admin_page()
 db = context.get_db()
 
-st.title("Model health")
-try:
+CACHE_SECONDS = 60
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner="Reading the model's record…", max_entries=8)
+def _health(url: str, actor_id: int) -> dashboard.ModelHealth:
+    """Model health, shared by admins' reruns for a minute (the page re-checks the role first)."""
     with db.read() as session:
-        mh = dashboard.model_health(session, actor=actor)
+        return dashboard.model_health(session, actor=actor)
+
+
+st.title("Model health")
+if st.button("Refresh", key="health_refresh", icon=":material/refresh:"):
+    _health.clear()
+try:
+    mh = _health(context.get_settings().sqlalchemy_url, actor.id)
 except PrefloopError as exc:
     st.error(str(exc))
     st.stop()
