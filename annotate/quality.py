@@ -422,39 +422,48 @@ def _choice_counts_subquery(since, until):
 
 
 PAIR_SAMPLE = 200_000
-"""The pairwise κ heatmap uses at most this many of the period's most recent judgments
-(the per-annotator κ and every other figure use all of them)."""
+"""The pairwise κ heatmap uses about this many of the most recent judgments (by id) in the
+period; the per-annotator κ and the agreement figures use all of them."""
+LENGTH_SAMPLE = 100_000
+"""Length-based figures (longer-wins rate, speed, time–length correlation) use about this many
+of the most recent judgments in the period: reading every response's text for a million
+judgments is what would make the page slow, and ~2,000 judgments per annotator is plenty."""
 
 
 def _comparison_facts(since, until):
-    """Per judged comparison: its votes in the period, both lengths, gold answer and model P(A).
+    """Per judged comparison: its votes in the period, gold answer and model P(A) (no texts).
 
-    Materialised on PostgreSQL so each response's length is computed once, not once per
-    judgment and aggregate.
+    Materialised on PostgreSQL so the vote counts are aggregated once.
     """
     votes = _choice_counts_subquery(since, until)
-    ra, rb = aliased(Response), aliased(Response)
     return (
-        select(votes, func.length(ra.text).label("la"), func.length(rb.text).label("lb"),
-               Comparison.gold_choice.label("gold_choice"), Comparison.model_p_a.label("model_p_a"))
+        select(votes, Comparison.gold_choice.label("gold_choice"), Comparison.model_p_a.label("model_p_a"))
         .join(Comparison, Comparison.id == votes.c.cid)
-        .join(ra, ra.id == Comparison.response_a_id)
-        .join(rb, rb.id == Comparison.response_b_id)
         .cte("facts")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
 
 
+def _recent_cutoff(session: Session, sample: int) -> int | None:
+    """A judgment id below which judgments are left out of a sample of about ``sample`` recent ones.
+
+    Ids grow with time, so ``max(id) - sample`` is an O(1) cut (the primary key's end).
+    """
+    top = session.scalar(select(func.max(Judgment.id)))
+    return None if top is None or top <= sample else top - sample
+
+
 def annotator_quality(session: Session, *, actor: Actor, since: datetime | None = None,
                       until: datetime | None = None, thresholds: Thresholds = THRESHOLDS,
-                      pair_sample: int = PAIR_SAMPLE) -> QualityReport:
+                      pair_sample: int = PAIR_SAMPLE, length_sample: int = LENGTH_SAMPLE) -> QualityReport:
     """Every annotator's agreement, bias and consistency figures over ``[since, until)`` (admin only).
 
     One aggregate over the period's judgments, grouped by annotator, choice and
     the *other* annotators' votes on the same comparison, gives the counts,
     the leave-one-out majority, each annotator's pooled κ table and
-    Krippendorff's coincidence matrix; smaller queries add medians, probes and
-    the pairwise κ heatmap.
+    Krippendorff's coincidence matrix; smaller queries add length-based figures
+    (on the most recent ``length_sample`` judgments), medians, probes and the
+    pairwise κ heatmap (on the most recent ``pair_sample``).
     """
     require_admin(session, actor)
     without_jit(session)
@@ -467,34 +476,18 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
     others = [(getattr(f, f"n_{ch}") - case((j.choice == Choice(ch), 1), else_=0)).label(f"o_{ch}")
               for ch in CHOICES]
     confident = func.abs(f.model_p_a - 0.5) >= MODEL_CONFIDENCE
-    timed = and_(j.time_spent_ms.is_not(None), j.time_spent_ms > 0)
-    x = cast(j.time_spent_ms, Float)
-    y = cast(f.la + f.lb, Float)
     keys = [j.annotator_id, j.choice, *others]
-    if dialect == "postgresql":
-        # Speed as a log-scale histogram in the same pass (median read off it): a second pass
-        # for an exact percentile would compute every response length again.
-        keys.append(case((and_(timed, f.la + f.lb > 0),
-                          cast(func.floor(func.ln(x * 1000.0 / y) * LOG_BUCKETS_PER_E), Integer))).label("speed"))
     stmt = (
         select(
             *keys,
             func.count(j.id).label("n"),
             _n(and_(decisive, j.a_on_left.is_not(None))).label("n_sided"),
             _n(or_(and_(is_a, j.a_on_left.is_(True)), and_(is_b, j.a_on_left.is_(False)))).label("n_left"),
-            _n(and_(decisive, f.la != f.lb)).label("n_length_decisive"),
-            _n(or_(and_(is_a, f.la > f.lb), and_(is_b, f.lb > f.la))).label("n_longer"),
             _n(and_(j.was_gold.is_(True), f.gold_choice.is_not(None))).label("n_gold"),
             _n(and_(j.was_gold.is_(True), j.choice == f.gold_choice)).label("n_gold_correct"),
             _n(and_(decisive, f.model_p_a.is_not(None), confident)).label("n_model"),
             _n(and_(f.model_p_a.is_not(None), confident,
                     or_(and_(is_a, f.model_p_a > 0.5), and_(is_b, f.model_p_a < 0.5)))).label("n_model_agree"),
-            _n(timed).label("n_timed"),
-            func.sum(case((timed, x))).label("sx"),
-            func.sum(case((timed, y))).label("sy"),
-            func.sum(case((timed, x * x))).label("sxx"),
-            func.sum(case((timed, y * y))).label("syy"),
-            func.sum(case((timed, x * y))).label("sxy"),
         )
         .select_from(j)
         .join(facts, f.cid == j.comparison_id)
@@ -504,8 +497,6 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
     names = dict(session.execute(select(User.id, User.username)).all())
     stats: dict[int, AnnotatorStats] = {}
     pooled: dict[int, dict[tuple[str, str], float]] = {}
-    speed: dict[int, dict[int, int]] = {}
-    sums: dict[int, list[float]] = {}
     coincidence_nominal = np.zeros((4, 4))
     coincidence_ordinal = np.zeros((3, 3))
     for row in session.execute(stmt).mappings():
@@ -513,7 +504,7 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
         s = stats.get(uid)
         if s is None:
             s = stats[uid] = AnnotatorStats(annotator_id=uid, username=names.get(uid, "?"))
-            pooled[uid], sums[uid] = {}, [0.0] * 5
+            pooled[uid] = {}
         n = int(row["n"])
         own = Choice(row["choice"]).value
         o = {ch: int(row[f"o_{ch}"]) for ch in CHOICES}
@@ -521,14 +512,8 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
         s.n_decisive += int(row["n_sided"])
         s.n_ties += n if own == "tie" else 0
         s.n_both_bad += n if own == "both_bad" else 0
-        for key in ("n_left", "n_length_decisive", "n_longer", "n_gold", "n_gold_correct", "n_model",
-                    "n_model_agree", "n_timed"):
+        for key in ("n_left", "n_gold", "n_gold_correct", "n_model", "n_model_agree"):
             setattr(s, key, getattr(s, key) + int(row[key] or 0))
-        for i, key in enumerate(("sx", "sy", "sxx", "syy", "sxy")):
-            sums[uid][i] += float(row[key] or 0.0)
-        if row.get("speed") is not None:
-            hist = speed.setdefault(uid, {})
-            hist[int(row["speed"])] = hist.get(int(row["speed"]), 0) + n
         top = max(o.values())
         leaders = [ch for ch in CHOICES if o[ch] == top]
         if top > 0 and len(leaders) == 1:
@@ -541,12 +526,10 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
         if own in ORDINAL_ORDER:
             coincidence_ordinal += coincidence_rows(own, o, ORDINAL_ORDER) * n
     for uid, s in stats.items():
-        s.time_length_corr = pearson_from_sums(s.n_timed, *sums[uid])
         s.kappa = kappa_from_table(pooled[uid])
         s.kappa_shared = int(sum(pooled[uid].values()))
-    for uid, hist in speed.items():
-        stats[uid].median_ms_per_1k_chars = median_from_log_histogram(hist)
     if stats:
+        _add_length_figures(session, stats, since, until, _recent_cutoff(session, length_sample), dialect)
         _add_medians(session, stats, since, until, dialect)
     _add_flips(session, stats, since, until)
     pair_kappas = _pair_kappas(session, names, since, until, pair_sample)
@@ -558,6 +541,64 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
                          alpha_ordinal=alpha_from_coincidence(coincidence_ordinal, "ordinal"),
                          alpha_nominal=alpha_from_coincidence(coincidence_nominal, "nominal"),
                          overall=_overall(annotators), thresholds=thresholds)
+
+
+def _add_length_figures(session: Session, stats: dict[int, AnnotatorStats], since, until,
+                        cutoff: int | None, dialect: str) -> None:
+    """Longer-wins counts, the time–length correlation and (PostgreSQL) the speed histogram."""
+    j = Judgment
+    ra, rb = aliased(Response), aliased(Response)
+    la, lb = func.length(ra.text), func.length(rb.text)
+    sample = (
+        select(j.annotator_id.label("uid"), j.choice.label("choice"), j.time_spent_ms.label("ms"),
+               la.label("la"), lb.label("lb"))
+        .join(Comparison, Comparison.id == j.comparison_id)
+        .join(ra, ra.id == Comparison.response_a_id)
+        .join(rb, rb.id == Comparison.response_b_id)
+        .where(_live(j), j.is_probe.is_(False), _in_period(j, since, until),
+               j.id > cutoff if cutoff is not None else true())
+        .cte("sample")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    c = sample.c
+    c_a, c_b = c.choice == Choice.a, c.choice == Choice.b
+    c_timed = and_(c.ms.is_not(None), c.ms > 0)
+    x, y = cast(c.ms, Float), cast(c.la + c.lb, Float)
+    keys = [c.uid]
+    if dialect == "postgresql":
+        # Speed as a log-scale histogram in the same pass; the median is read off it.
+        keys.append(case((and_(c_timed, c.la + c.lb > 0),
+                          cast(func.floor(func.ln(x * 1000.0 / y) * LOG_BUCKETS_PER_E), Integer))).label("speed"))
+    rows = session.execute(select(
+        *keys, func.count().label("n"),
+        _n(and_(or_(c_a, c_b), c.la != c.lb)).label("n_length_decisive"),
+        _n(or_(and_(c_a, c.la > c.lb), and_(c_b, c.lb > c.la))).label("n_longer"),
+        _n(c_timed).label("n_timed"),
+        func.sum(case((c_timed, x))).label("sx"), func.sum(case((c_timed, y))).label("sy"),
+        func.sum(case((c_timed, x * x))).label("sxx"), func.sum(case((c_timed, y * y))).label("syy"),
+        func.sum(case((c_timed, x * y))).label("sxy"),
+    ).group_by(*keys)).mappings().all()
+    sums: dict[int, list[float]] = {}
+    speed: dict[int, dict[int, int]] = {}
+    for row in rows:
+        s = stats.get(row["uid"])
+        if s is None:
+            continue
+        s.n_length_decisive += int(row["n_length_decisive"] or 0)
+        s.n_longer += int(row["n_longer"] or 0)
+        s.n_timed += int(row["n_timed"] or 0)
+        acc = sums.setdefault(s.annotator_id, [0.0] * 5)
+        for i, key in enumerate(("sx", "sy", "sxx", "syy", "sxy")):
+            acc[i] += float(row[key] or 0.0)
+        if row.get("speed") is not None:
+            hist = speed.setdefault(s.annotator_id, {})
+            hist[int(row["speed"])] = hist.get(int(row["speed"]), 0) + int(row["n"])
+    for uid, acc in sums.items():
+        stats[uid].time_length_corr = pearson_from_sums(stats[uid].n_timed, *acc)
+    for uid, hist in speed.items():
+        stats[uid].median_ms_per_1k_chars = median_from_log_histogram(hist)
+    if dialect != "postgresql":
+        _medians_in_python(session, stats, since, until, cutoff)
 
 
 def coincidence_rows(own: str, others: Mapping[str, int], order: Sequence[str]) -> np.ndarray:
@@ -624,9 +665,8 @@ def _float(value) -> float | None:
 
 
 def _add_medians(session: Session, stats: dict[int, AnnotatorStats], since, until, dialect: str) -> None:
-    """Median time per judgment per annotator (and, on SQLite, per 1,000 characters too)."""
+    """Median time per judgment per annotator (PostgreSQL; SQLite's come from ``_medians_in_python``)."""
     if dialect != "postgresql":
-        _medians_in_python(session, stats, since, until)
         return
     rows = session.execute(
         select(Judgment.annotator_id, func.percentile_cont(0.5).within_group(Judgment.time_spent_ms))
@@ -661,7 +701,8 @@ def median_from_log_histogram(hist: Mapping[int, int], per_e: int = LOG_BUCKETS_
     return math.exp((max(hist) + 1) / per_e)
 
 
-def _medians_in_python(session: Session, stats: dict[int, AnnotatorStats], since, until) -> None:
+def _medians_in_python(session: Session, stats: dict[int, AnnotatorStats], since, until,
+                       cutoff: int | None) -> None:
     # SQLite has no percentile aggregate; small deployments only, so fetch the two columns.
     ra, rb = aliased(Response), aliased(Response)
     rows = session.execute(
@@ -669,7 +710,7 @@ def _medians_in_python(session: Session, stats: dict[int, AnnotatorStats], since
         .join(Comparison, Comparison.id == Judgment.comparison_id)
         .join(ra, ra.id == Comparison.response_a_id).join(rb, rb.id == Comparison.response_b_id)
         .where(_live(), Judgment.is_probe.is_(False), _in_period(Judgment, since, until),
-               Judgment.time_spent_ms > 0)).all()
+               Judgment.time_spent_ms > 0, Judgment.id > cutoff if cutoff is not None else true())).all()
     per: dict[int, tuple[list[float], list[float]]] = {}
     for annotator_id, ms, length in rows:
         times, per_1k = per.setdefault(annotator_id, ([], []))
@@ -702,9 +743,7 @@ def _pair_kappas(session: Session, names: Mapping[int, str], since, until,
     j1, j2 = aliased(Judgment), aliased(Judgment)
     conds = [_live(j1), _live(j2), j1.is_probe.is_(False), j2.is_probe.is_(False),
              _in_period(j1, since, until), _in_period(j2, since, until)]
-    cutoff = session.scalar(select(Judgment.id).where(_live(), Judgment.is_probe.is_(False),
-                                                      _in_period(Judgment, since, until))
-                            .order_by(Judgment.id.desc()).offset(sample).limit(1))
+    cutoff = _recent_cutoff(session, sample)
     if cutoff is not None:
         conds += [j1.id > cutoff, j2.id > cutoff]
     rows = session.execute(

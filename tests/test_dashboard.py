@@ -226,3 +226,13 @@ def test_no_actor_is_refused(db, settings, seeded):
             dashboard.overview(s, settings, actor=None)
         with pytest.raises(PermissionDenied):
             dashboard.annotator_table(s, actor=None)
+
+
+def test_length_figures_use_the_recent_sample_only(db, seeded):
+    with db.read() as s:
+        full = quality.annotator_quality(s, actor=seeded["admin"])
+        recent = quality.annotator_quality(s, actor=seeded["admin"], length_sample=3)
+    assert [a.n for a in recent.annotators] == [a.n for a in full.annotators]  # counts use everything
+    assert sum(a.n_length_decisive for a in full.annotators) == 6
+    # the 3 newest judgments by id: the retracted one, the probe (both left out) and ann1's gold judgment
+    assert sum(a.n_length_decisive for a in recent.annotators) == 1
