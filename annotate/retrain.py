@@ -44,7 +44,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, func, select, text, union, update
 
 from annotate import campaign, locks
 from annotate.scoring import artifact_location
@@ -76,7 +76,7 @@ SCORE_CHUNK = 50_000
 """Responses featurised and scored at a time, so memory stays bounded with millions of open pairs."""
 ACQ_BATCHES = 8
 """Batches the acquisition strategy composes (the rest of the queue follows by score)."""
-ACQ_CANDIDATES = 8192
+ACQ_CANDIDATES = 2048
 """Pairs (best by strategy score) handed to batch selection with their features."""
 ACQ_LABELLED = 2048
 """Most recent labelled pairs given to strategies as already covered."""
@@ -195,27 +195,29 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
         select(Comparison.id, Comparison.response_a_id, Comparison.response_b_id, Comparison.prompt_id)
         .where(Comparison.status == ComparisonStatus.open)
         .order_by(Comparison.id)).all()
+    # Plain tuples: numpy probes Row objects for array attributes, which is slow.
     lab = np.array([(r[2], r[3]) for r in labels], dtype=np.int64).reshape(-1, 2)
-    opn = np.array(opened, dtype=np.int64).reshape(-1, 4)
-    resp_ids = np.unique(np.concatenate([lab.ravel(), opn[:, 1:3].ravel()]))
-    texts: dict[int, tuple[int, str]] = {}
-    prompt_ids: set[int] = set()
-    for chunk in _chunks(resp_ids.tolist(), 20_000):
-        for rid, pid, body in session.execute(
-                select(Response.id, Response.prompt_id, Response.text).where(Response.id.in_(chunk))):
-            texts[rid] = (pid, body)
-            prompt_ids.add(pid)
+    opn = np.array([tuple(r) for r in opened], dtype=np.int64).reshape(-1, 4)
+    # The texts are selected by subqueries, not by long IN lists of ids (slow to bind and plan).
+    is_open = Comparison.status == ComparisonStatus.open
+    judged = select(Judgment.comparison_id).where(*_label_filter())
+    involved = Comparison.id.in_(judged) | is_open
+    needed = union(select(Comparison.response_a_id).where(involved),
+                   select(Comparison.response_b_id).where(involved)).subquery()
+    resp = session.execute(select(Response.id, Response.prompt_id, Response.text)
+                           .where(Response.id.in_(select(needed.c[0]))).order_by(Response.id)).all()
     rendered: dict[int, str] = {}
-    for chunk in _chunks(sorted(prompt_ids), 20_000):
-        for pid, ptext, messages in session.execute(
-                select(Prompt.id, Prompt.text, Prompt.messages).where(Prompt.id.in_(chunk))):
-            rendered[pid] = ptext if ptext is not None else render_prompt(messages)
+    for pid, ptext, messages in session.execute(
+            select(Prompt.id, Prompt.text, Prompt.messages)
+            .where(Prompt.id.in_(select(Comparison.prompt_id).where(involved)))):
+        rendered[pid] = ptext if ptext is not None else render_prompt(messages)
+    resp_ids = np.fromiter((r[0] for r in resp), dtype=np.int64, count=len(resp))
     return Snapshot(
         max_judgment_id=int(max_id),
         n_judgments=len(labels),
         resp_ids=resp_ids,
-        resp_prompt_text=[rendered[texts[r][0]] for r in resp_ids.tolist()],
-        resp_text=[texts[r][1] for r in resp_ids.tolist()],
+        resp_prompt_text=[rendered[r[1]] for r in resp],
+        resp_text=[r[2] for r in resp],
         lab_ia=np.searchsorted(resp_ids, lab[:, 0]),
         lab_ib=np.searchsorted(resp_ids, lab[:, 1]),
         lab_outcome=np.array([outcome_code(r[0].value) for r in labels], dtype=np.int8),
@@ -229,10 +231,6 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
         active=dict(active._mapping) if active is not None else None,
     )
 
-
-def _chunks(items: list, n: int):
-    for s in range(0, len(items), n):
-        yield items[s:s + n]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -340,7 +338,7 @@ def _priorities(probs: np.ndarray, *, ia: np.ndarray, ib: np.ndarray, groups: np
     else:
         score = np.asarray(strategy.scores(acquisition.Pool(probs=probs, groups=groups), rng), dtype=np.float64)
     ranked = np.lexsort((rng.random(n), -score))
-    top = ranked[:min(n, max(ACQ_CANDIDATES, 16 * options.batch_size * ACQ_BATCHES))]
+    top = ranked[:min(n, max(ACQ_CANDIDATES, 8 * options.batch_size * ACQ_BATCHES))]
     lab = None
     if labelled is not None and len(labelled[0]):
         la, lb = labelled[0][-ACQ_LABELLED:], labelled[1][-ACQ_LABELLED:]
