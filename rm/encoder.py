@@ -92,6 +92,11 @@ class Encoder:
                 "pass the directory that holds config.json, the tokenizer files and the weights."
             )
         self.config = config or EncoderConfig()
+        n_layers = json.loads((self.model_path / "config.json").read_text()).get("num_hidden_layers")
+        if n_layers is not None and any(not -n_layers - 1 <= layer < 0 for layer in self.config.layers):
+            raise EncoderError(
+                f"{self.model_path} has {n_layers} layers but EncoderConfig.layers={self.config.layers}; "
+                f"use negative indices from -1 to -{n_layers + 1} (-{n_layers + 1} is the embedding layer).")
         self.num_threads = num_threads
         self.batch_size = batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -22,12 +22,12 @@ def _bundled_dir() -> Path:
 
 
 def build_tiny_bert(directory: Path, seed: int = 0, hidden: int = 32) -> Path:
-    """A randomly initialised 2-layer BERT with the bundled (local) tokenizer, saved to ``directory``."""
+    """A randomly initialised 4-layer BERT with the bundled (local) tokenizer, saved to ``directory``."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     tok = AutoTokenizer.from_pretrained(str(_bundled_dir()), local_files_only=True)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=2,
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=4,
                      num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -3,11 +3,13 @@
 import numpy as np
 
 from rm.cache import EmbeddingCache
-from rm.encoder import Encoder
+from rm.encoder import Encoder, EncoderConfig
+
+TWO = EncoderConfig(layers=(-1, -2))
 
 
 def test_second_call_computes_nothing_and_reopening_keeps_vectors(tiny_bert, tmp_path):
-    enc = Encoder(tiny_bert)
+    enc = Encoder(tiny_bert, TWO)
     cache = EmbeddingCache(tmp_path, enc)
     texts = ["alpha", "beta", "alpha", "gamma delta"]
     v1 = cache.embed(texts)
@@ -17,7 +19,7 @@ def test_second_call_computes_nothing_and_reopening_keeps_vectors(tiny_bert, tmp
     assert enc.n_encoded == 3
     np.testing.assert_array_equal(v2[::-1], v1)
 
-    enc2 = Encoder(tiny_bert)
+    enc2 = Encoder(tiny_bert, TWO)
     reopened = EmbeddingCache(tmp_path, enc2)
     np.testing.assert_array_equal(reopened.embed(texts), v1)
     assert enc2.n_encoded == 0 and len(reopened) == 3
@@ -25,7 +27,7 @@ def test_second_call_computes_nothing_and_reopening_keeps_vectors(tiny_bert, tmp
 
 
 def test_pairs_prompts_and_texts_are_separate_keys(tiny_bert, tmp_path):
-    enc = Encoder(tiny_bert)
+    enc = Encoder(tiny_bert, TWO)
     cache = EmbeddingCache(tmp_path, enc)
     cache.embed(["x"])
     cache.embed(["x"], keep="end")
@@ -36,7 +38,7 @@ def test_pairs_prompts_and_texts_are_separate_keys(tiny_bert, tmp_path):
 
 
 def test_different_encoders_never_mix(tiny_bert, tiny_bert_other, tmp_path):
-    a, b = Encoder(tiny_bert), Encoder(tiny_bert_other)
+    a, b = Encoder(tiny_bert, TWO), Encoder(tiny_bert_other, TWO)
     va = EmbeddingCache(tmp_path, a).embed(["same text"])
     vb = EmbeddingCache(tmp_path, b).embed(["same text"])
     assert b.n_encoded == 1 and va.shape[1] != vb.shape[1]
@@ -44,25 +46,25 @@ def test_different_encoders_never_mix(tiny_bert, tiny_bert_other, tmp_path):
 
 
 def test_a_killed_write_leaves_only_ignorable_temporaries(tiny_bert, tmp_path):
-    enc = Encoder(tiny_bert)
+    enc = Encoder(tiny_bert, TWO)
     cache = EmbeddingCache(tmp_path, enc)
     cache.embed(["one"])
     # What a process killed mid-write leaves: a temp file and a vectors file without its keys file.
     (cache.path / "tmp-dead-shard-x.npy").write_bytes(b"\x93NUMPY garbage")
     np.save(cache.path / "shard-99999999999999999999-1-dead.npy", np.zeros((1, 32), np.float32))
-    again = EmbeddingCache(tmp_path, Encoder(tiny_bert))
+    again = EmbeddingCache(tmp_path, Encoder(tiny_bert, TWO))
     assert len(again) == 1
     np.testing.assert_array_equal(again.embed(["one"]), cache.embed(["one"]))
 
 
 def test_concurrent_writers_are_picked_up_and_compaction_keeps_everything(tiny_bert, tmp_path):
-    a = EmbeddingCache(tmp_path, Encoder(tiny_bert), compact_above=3)
-    b = EmbeddingCache(tmp_path, Encoder(tiny_bert))
+    a = EmbeddingCache(tmp_path, Encoder(tiny_bert, TWO), compact_above=3)
+    b = EmbeddingCache(tmp_path, Encoder(tiny_bert, TWO))
     b.embed(["from b"])
     for i in range(5):
         a.embed([f"text {i}"])
     assert len(list(a.path.glob("shard-*.keys.npy"))) <= 3
-    enc = Encoder(tiny_bert)
+    enc = Encoder(tiny_bert, TWO)
     fresh = EmbeddingCache(tmp_path, enc)
     fresh.embed(["from b"] + [f"text {i}" for i in range(5)])
     assert enc.n_encoded == 0

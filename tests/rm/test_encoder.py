@@ -61,14 +61,16 @@ def test_features_concatenate_parts(tiny_bert):
     spec = FeatureSpec(("joint", "response", "prompt_x_response"))
     f = build_features(["p1", [{"role": "user", "content": "p2"}]], ["r1", "r2"], enc, spec)
     assert f.shape == (2, spec.dim(enc.dim))
-    np.testing.assert_allclose(f[:, 32:64], enc.encode(["r1", "r2"]), atol=1e-6)
+    np.testing.assert_allclose(f[:, enc.dim:2 * enc.dim], enc.encode(["r1", "r2"]), atol=1e-6)
 
 
-def test_missing_model_directory_is_a_clear_error(tmp_path):
+def test_missing_model_directory_or_bad_layers_are_clear_errors(tmp_path, tiny_bert):
     from rm.encoder import EncoderError
 
     with pytest.raises(EncoderError, match="config.json"):
         Encoder(tmp_path)
+    with pytest.raises(EncoderError, match="has 4 layers"):
+        Encoder(tiny_bert, EncoderConfig(layers=(-1, -9)))
 
 
 @pytest.mark.slow
