@@ -231,7 +231,8 @@ def main(argv=None) -> int:
             print(f"{key}_best_s: {best:.3f}")
             print(f"{key}_median_s: {median:.3f}")
         print(f"annotators_in_table: {len(report.annotators)}")
-        print(f"alpha_ordinal: {report.alpha_ordinal:.4f}" if report.alpha_ordinal is not None else "alpha_ordinal: none")
+        alpha = report.alpha_ordinal
+        print(f"alpha_ordinal: {alpha:.4f}" if alpha is not None else "alpha_ordinal: none")
         if args.keep:
             print(f"kept: {url}")
     finally:

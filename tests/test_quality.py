@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from annotate import dashboard, judgments, quality, queue
 from annotate.campaign import get_options
