@@ -22,6 +22,8 @@ N_PAIRS = 500
 
 
 def _drain(db: Database, settings, n_annotators: int, overlap: int):
+    # Adaptive overlap off (max = overlap): each pair must get exactly `overlap` judgments.
+    settings = replace(settings, overlap=overlap, max_overlap=overlap)
     with db.begin() as s:
         actors = [make_user(s, f"worker{i}") for i in range(n_annotators)]
         make_comparisons(s, N_PAIRS, overlap=overlap)
