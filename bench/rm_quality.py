@@ -28,7 +28,7 @@ from rm.data import A_WINS, B_WINS, PairData  # noqa: E402
 from rm.encoder import Encoder, EncoderConfig  # noqa: E402
 from rm.features import FeatureSpec, build_features  # noqa: E402
 from rm.split import held_out_mask  # noqa: E402
-from rm.train import TrainConfig, fit_and_evaluate  # noqa: E402
+from rm.train import TrainConfig, effective_l2, fit_and_evaluate  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
 MARKER = "\n\nAssistant:"
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--features", default=",".join(FeatureSpec().parts))
     ap.add_argument("--layers", default=",".join(str(x) for x in EncoderConfig().layers))
     ap.add_argument("--max-length", type=int, default=EncoderConfig().max_length)
-    ap.add_argument("--l2", type=float, default=TrainConfig().l2)
+    ap.add_argument("--l2", type=float, default=TrainConfig().l2, help="default: TrainConfig's")
     ap.add_argument("--hidden", type=int, default=TrainConfig().hidden)
     ap.add_argument("--members", type=int, default=TrainConfig().n_members)
     ap.add_argument("--json", type=Path, help="also write per-seed metrics here")
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
           f"test_fraction={args.test_fraction}  seeds={args.seeds}")
     print(f"encoder: {enc.encoder_id}  layers={enc.config.layers}  max_length={enc.config.max_length}  "
           f"features={'+'.join(spec.parts)}  dim={feat.shape[1]}")
-    print(f"heads: members={cfg.n_members} hidden={cfg.hidden} l2={cfg.l2} tie_epsilon={cfg.tie_epsilon}")
+    print(f"heads: members={cfg.n_members} hidden={cfg.hidden} l2={effective_l2(cfg)} tie_epsilon={cfg.tie_epsilon}")
     print(f"embed_seconds={embed_s:.1f} (newly embedded: {cache.n_computed})  "
           f"train_eval_seconds_per_seed={np.mean(train_s):.2f}")
     print(f"test_pairs_per_seed={[int(d['n_decisive']) for d in per_seed]}")
