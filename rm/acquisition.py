@@ -33,11 +33,15 @@ prompt's responses to compare.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
 DEFAULT_STRATEGY = "bald+cover"
-"""What ``default`` resolves to: the strategy the simulator measured best (see the module docs)."""
+"""What ``default`` resolves to. Chosen on tuning seeds 100-102 of the HH-RLHF harmless test file
+(random, bald, bald+cover, epig-style variance reduction, "confident": all beat random on area
+under the curve; bald+cover stayed closest to random before 200 labels); measured on seeds 0-9
+with ``prefloop simulate`` (see the simulator's report)."""
 
 _EPS = 1e-7
 
@@ -503,13 +507,19 @@ class CoverStrategy(Strategy):
         return cand[np.asarray(picked, dtype=np.int64)].astype(np.int64)
 
 
+@lru_cache(maxsize=4)
+def _projection(d: int, max_dim: int) -> np.ndarray:
+    proj = np.random.default_rng(d).standard_normal((d, max_dim)) / np.sqrt(max_dim)
+    proj.setflags(write=False)
+    return proj
+
+
 def _project(x: np.ndarray, max_dim: int) -> np.ndarray:
     """``x`` in at most ``max_dim`` dimensions by a fixed Gaussian projection (inner products kept on average)."""
     d = x.shape[1]
     if d <= max_dim:
         return x
-    proj = np.random.default_rng(d).standard_normal((d, max_dim)) / np.sqrt(max_dim)
-    return x @ proj
+    return x @ _projection(d, max_dim)
 
 
 _BASES = {"random": RandomStrategy, "margin": MarginStrategy, "bald": BaldStrategy,
