@@ -92,11 +92,8 @@ class EmbeddingCache:
         for shard_no in np.unique(loc[:, 0]):
             sel = np.flatnonzero(loc[:, 0] == shard_no)
             rows = loc[sel, 1]
-            shard = self._shards[shard_no]
-            if len(rows) * 4 >= len(shard):
-                # Bulk loads: one sequential read beats page-faulting through the memory map.
-                shard = np.load(shard.filename, mmap_mode=None)
-            out[sel] = shard[rows]
+            order = np.argsort(rows)  # ascending rows read the memory map sequentially
+            out[sel[order]] = self._shards[shard_no][rows[order]]
         return out
 
     # -- writing -------------------------------------------------------------
