@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy import and_, delete, exists, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from annotate.accounts import Actor, require_active
 from annotate.campaign import CampaignOptions
-from annotate.errors import NotFound
+from annotate.errors import NotFound, QueueError
 from annotate.models import (
     Comparison,
     ComparisonStatus,
@@ -121,7 +122,8 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
     return _assignment(session, lease) if lease is not None else None
 
 
-def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: str):
+def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: str, skip_locked: bool = True,
+                    limit: int = CANDIDATES_PER_CLAIM):
     """Open comparisons this annotator may take, best first (served by ix_comparisons_queue)."""
     query = (
         select(Comparison.id)
@@ -132,19 +134,39 @@ def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: st
             ~_own_lease(Comparison.id, annotator_id),
         )
         .order_by(Comparison.priority.desc(), Comparison.id.desc())
-        .limit(CANDIDATES_PER_CLAIM)
+        .limit(limit)
     )
     if not gold:
         query = query.where(Comparison.judgment_count + _others_live_leases(Comparison.id, annotator_id, now)
                             < Comparison.overlap_target)
     if dialect == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=Comparison)
+        query = query.with_for_update(skip_locked=skip_locked, of=Comparison)
     return query
 
 
 def _claim(session: Session, settings: Settings, annotator_id: int, now: datetime, *, gold: bool) -> Lease | None:
-    base = candidate_query(annotator_id, now, gold=gold, dialect=session.bind.dialect.name)
-    for comparison_id in session.scalars(base).all():
+    dialect = session.bind.dialect.name
+    lease = _claim_from(session, settings, annotator_id, now, gold=gold,
+                        query=candidate_query(annotator_id, now, gold=gold, dialect=dialect))
+    if lease is None and dialect == "postgresql":
+        # Every free row was locked: by other claims (milliseconds) or by the
+        # retraining job's final transaction, which rewrites all priorities at
+        # once (seconds). Wait for the best row instead of reporting an empty
+        # queue, but not forever.
+        try:
+            with session.begin_nested():
+                session.execute(text("SET LOCAL lock_timeout = '20s'"))
+                lease = _claim_from(session, settings, annotator_id, now, gold=gold, query=candidate_query(
+                    annotator_id, now, gold=gold, dialect=dialect, skip_locked=False, limit=1))
+                session.execute(text("SET LOCAL lock_timeout = 0"))
+        except OperationalError:
+            raise QueueError("the queue is being reordered by the retraining job; try again in a few seconds") from None
+    return lease
+
+
+def _claim_from(session: Session, settings: Settings, annotator_id: int, now: datetime, *, gold: bool,
+                query) -> Lease | None:
+    for comparison_id in session.scalars(query).all():
         comparison = session.get(Comparison, comparison_id)
         if not gold:
             # Re-count with a fresh statement now that the row lock is held.

@@ -142,3 +142,28 @@ def test_briefly_locked_sqlite_waits_instead_of_failing(sqlite_db, sqlite_settin
     with db.read() as s:
         from annotate.models import User
         assert {u.username for u in s.scalars(select(User))} == {"first", "second"}
+
+
+@pytest.mark.postgres
+def test_postgres_claim_waits_for_rows_locked_by_a_long_transaction(pg_db, tmp_path, pg_clean_url):
+    """While the retraining job's final transaction holds every open row, a claim waits; it is not 'no work'."""
+    from sqlalchemy import text as sql
+
+    settings = load_settings(environ={}, data_dir=tmp_path, database_url=pg_clean_url, env="test")
+    with pg_db.begin() as s:
+        actor = make_user(s, "waiter")
+        make_comparisons(s, 5)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    holder = pg_db.engine.connect()
+    tx = holder.begin()
+    holder.execute(sql("SELECT id FROM comparisons WHERE status = 'open' FOR UPDATE"))
+    timer = threading.Timer(1.0, tx.commit)
+    timer.start()
+    t0 = time.monotonic()
+    with pg_db.begin() as s:
+        asg = queue.next_comparison(s, settings, options, actor=actor)
+    waited = time.monotonic() - t0
+    timer.join()
+    holder.close()
+    assert asg is not None
+    assert waited >= 0.8
