@@ -266,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--out", default="simulation")
+    p.add_argument("--reference-budget", type=float, default=640,
+                   help="compare labels needed to reach random's accuracy at this many labels")
+    p.add_argument("--cold-start", type=int, help="random order until this many labels (default: PREFLOOP_COLD_START)")
+    p.add_argument("--cache-dir", help="embedding cache (default: <PREFLOOP_DATA_DIR>/cache)")
+    p.add_argument("--first-seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
     return parser
 
