@@ -284,7 +284,7 @@ def model_health(session: Session, *, actor: Actor, points: int = 2000, bins: in
 
     ra, rb = aliased(Response), aliased(Response)
     point_rows = session.execute(
-        select(func.length(ra.text) - func.length(rb.text), Comparison.model_p_a)
+        select(ra.n_chars - rb.n_chars, Comparison.model_p_a)
         .join(ra, ra.id == Comparison.response_a_id).join(rb, rb.id == Comparison.response_b_id)
         .where(Comparison.model_p_a.is_not(None)).order_by(Comparison.id.desc()).limit(points)).all()
     length_points = [(int(d), _logit(float(p))) for d, p in point_rows]

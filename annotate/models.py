@@ -158,6 +158,12 @@ class Prompt(Base):
         return self.messages is not None
 
 
+def _n_chars(context) -> int:
+    # A context-sensitive default: every insert path (ORM, Core executemany) stores
+    # the length without the caller passing it, so reports never read the texts.
+    return len(context.get_current_parameters().get("text") or "")
+
+
 class Response(Base):
     __tablename__ = "responses"
     __table_args__ = (UniqueConstraint("prompt_id", "content_hash"),)
@@ -166,6 +172,8 @@ class Response(Base):
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
     content_hash: Mapped[str] = mapped_column(String(64))
     text: Mapped[str] = mapped_column(Text)
+    n_chars: Mapped[int | None] = mapped_column(Integer, default=_n_chars)
+    """``len(text)`` in characters, stored at insert (responses are never edited)."""
     generator: Mapped[str | None] = mapped_column(String(256))
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
     external_id: Mapped[str | None] = mapped_column(String(256))

@@ -426,8 +426,10 @@ PAIR_SAMPLE = 200_000
 period; the per-annotator κ and the agreement figures use all of them."""
 LENGTH_SAMPLE = 100_000
 """Length-based figures (longer-wins rate, speed, time–length correlation) use about this many
-of the most recent judgments in the period: reading every response's text for a million
-judgments is what would make the page slow, and ~2,000 judgments per annotator is plenty."""
+of the most recent judgments in the period. They read the stored ``Response.n_chars``, not the
+texts, but over a million judgments the two joins to ``responses`` still cost seconds (measured
+~5 s all-time on the 2-core bench machine against ~0.5 s sampled); ~2,000 judgments per
+annotator is plenty."""
 
 
 def _comparison_facts(since, until):
@@ -455,15 +457,17 @@ def _recent_cutoff(session: Session, sample: int) -> int | None:
 
 def annotator_quality(session: Session, *, actor: Actor, since: datetime | None = None,
                       until: datetime | None = None, thresholds: Thresholds = THRESHOLDS,
-                      pair_sample: int = PAIR_SAMPLE, length_sample: int = LENGTH_SAMPLE) -> QualityReport:
+                      pair_sample: int = PAIR_SAMPLE,
+                      length_sample: int | None = LENGTH_SAMPLE) -> QualityReport:
     """Every annotator's agreement, bias and consistency figures over ``[since, until)`` (admin only).
 
     One aggregate over the period's judgments, grouped by annotator, choice and
     the *other* annotators' votes on the same comparison, gives the counts,
     the leave-one-out majority, each annotator's pooled κ table and
     Krippendorff's coincidence matrix; smaller queries add length-based figures
-    (on the most recent ``length_sample`` judgments), medians, probes and the
-    pairwise κ heatmap (on the most recent ``pair_sample``).
+    (from the stored ``Response.n_chars``, on the most recent ``length_sample``
+    judgments; None for all of them), medians, probes and the pairwise κ heatmap
+    (on the most recent ``pair_sample``).
     """
     require_admin(session, actor)
     without_jit(session)
@@ -529,7 +533,8 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
         s.kappa = kappa_from_table(pooled[uid])
         s.kappa_shared = int(sum(pooled[uid].values()))
     if stats:
-        _add_length_figures(session, stats, since, until, _recent_cutoff(session, length_sample), dialect)
+        cutoff = _recent_cutoff(session, length_sample) if length_sample is not None else None
+        _add_length_figures(session, stats, since, until, cutoff, dialect)
         _add_medians(session, stats, since, until, dialect)
     _add_flips(session, stats, since, until)
     pair_kappas = _pair_kappas(session, names, since, until, pair_sample)
@@ -548,7 +553,7 @@ def _add_length_figures(session: Session, stats: dict[int, AnnotatorStats], sinc
     """Longer-wins counts, the time–length correlation and (PostgreSQL) the speed histogram."""
     j = Judgment
     ra, rb = aliased(Response), aliased(Response)
-    la, lb = func.length(ra.text), func.length(rb.text)
+    la, lb = ra.n_chars, rb.n_chars
     sample = (
         select(j.annotator_id.label("uid"), j.choice.label("choice"), j.time_spent_ms.label("ms"),
                la.label("la"), lb.label("lb"))
@@ -713,7 +718,7 @@ def _medians_in_python(session: Session, stats: dict[int, AnnotatorStats], since
     # SQLite has no percentile aggregate; small deployments only, so fetch the two columns.
     ra, rb = aliased(Response), aliased(Response)
     rows = session.execute(
-        select(Judgment.annotator_id, Judgment.time_spent_ms, func.length(ra.text) + func.length(rb.text))
+        select(Judgment.annotator_id, Judgment.time_spent_ms, ra.n_chars + rb.n_chars)
         .join(Comparison, Comparison.id == Judgment.comparison_id)
         .join(ra, ra.id == Comparison.response_a_id).join(rb, rb.id == Comparison.response_b_id)
         .where(_live(), Judgment.is_probe.is_(False), _in_period(Judgment, since, until),

@@ -60,9 +60,10 @@ def seed(conn, n_judgments: int) -> dict[str, int]:
             SELECT g, md5('p' || g), 'Prompt ' || g || ': ' || repeat('q', (50 + (g * 13) % 400)::int), now()
             FROM generate_series(1::bigint, {n_cmp}) g"""),
         ("responses", f"""
-            INSERT INTO responses (id, prompt_id, content_hash, text, created_at)
-            SELECT g, (g + 1) / 2, md5('r' || g), repeat('w', (100 + (g * 7919) % 1400)::int), now()
-            FROM generate_series(1::bigint, {2 * n_cmp}) g"""),
+            INSERT INTO responses (id, prompt_id, content_hash, text, n_chars, created_at)
+            SELECT g, (g + 1) / 2, md5('r' || g), repeat('w', n), n, now()
+            FROM (SELECT g, (100 + (g * 7919) % 1400)::int AS n
+                  FROM generate_series(1::bigint, {2 * n_cmp}) g) s"""),
         ("comparisons", f"""
             INSERT INTO comparisons (id, prompt_id, response_a_id, response_b_id, status, overlap_target,
                                      judgment_count, is_gold, gold_choice, priority, priority_score, model_p_a,
