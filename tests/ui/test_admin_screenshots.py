@@ -9,10 +9,7 @@ skips) when either is missing. Server start and login follow
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from annotate import accounts, migrate
 from annotate.db import Database, create_db_engine
 from annotate.models import AppSetting, Comparison, ComparisonStatus, Judgment, ModelVersion, TrainingRun, utcnow
 from tests.factories import make_comparisons
-from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, _free_port, _settle, _wait_healthy
+from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, _settle, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -97,29 +94,8 @@ def seeded(tmp_path):
 
 @pytest.fixture
 def server(seeded, tmp_path):
-    url, _ = seeded
-    port = _free_port()
-    env = {**os.environ, "PREFLOOP_DATABASE_URL": url, "PREFLOOP_DATA_DIR": str(tmp_path / "data"),
-           "PREFLOOP_ENV": "test"}
-    log = tmp_path / "streamlit.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base, proc, log)
+    with streamlit_server(seeded[0], tmp_path) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _shot(page, name: str, ready) -> Path:

@@ -8,6 +8,8 @@ skips) when either is missing. Saves a screenshot of every page visited to
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import re
@@ -108,12 +110,12 @@ def seeded(tmp_path):
     database.dispose()
 
 
-@pytest.fixture
-def server(seeded, tmp_path):
-    url, _ = seeded
+@contextlib.contextmanager
+def streamlit_server(url: str, tmp_path: Path, **extra_env: str):
+    """Serve streamlit_app.py on a free port against ``url``; yield its base URL; stop it afterwards."""
     port = _free_port()
     env = {**os.environ, "PREFLOOP_DATABASE_URL": url, "PREFLOOP_DATA_DIR": str(tmp_path / "data"),
-           "PREFLOOP_ENV": "test", "PREFLOOP_GOLD_RATE": "0", "PREFLOOP_PROBE_RATE": "0"}
+           "PREFLOOP_ENV": "test", **extra_env}
     log = tmp_path / "streamlit.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -134,6 +136,12 @@ def server(seeded, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def server(seeded, tmp_path):
+    with streamlit_server(seeded[0], tmp_path, PREFLOOP_GOLD_RATE="0", PREFLOOP_PROBE_RATE="0") as base:
+        yield base
 
 
 def _settle(page) -> None:
@@ -204,6 +212,8 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
 
             pressed: list[tuple[int, str]] = []
             for key in KEYS:
+                # The previous pair's widgets are replaced by this run: let it finish before typing.
+                _settle(page)
                 before = _pair_on_screen(page)
                 if key == "b":
                     # Letters typed into the rationale must not fire the shortcuts.
@@ -214,6 +224,7 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
                     assert _pair_on_screen(page) == before
                 # Focus the page body, not a text box, so the key reaches the shortcuts.
                 page.get_by_text("Which response is better?").click()
+                _settle(page)  # the blur commits the rationale in a run of its own
                 page.keyboard.press(key)
                 expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(
                     re.compile(rf"Pair #{before}\b"))
