@@ -127,3 +127,16 @@ def stop_on_setup_errors() -> Iterator[None]:
     except (OperationalError, ProgrammingError):
         st.error(DATABASE_DOWN)
         st.stop()
+
+
+def run_action(action, success: str, *, flash_key: str) -> None:
+    """Run ``action(session)`` in one write unit of work; show its error, or rerun with ``success``
+    queued under ``flash_key`` for the page to show after the rerun."""
+    try:
+        with get_db().begin() as session:
+            action(session)
+    except PrefloopError as exc:
+        st.error(str(exc))
+        return
+    st.session_state[flash_key] = [success]
+    st.rerun()

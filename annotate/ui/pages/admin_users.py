@@ -3,7 +3,6 @@
 import streamlit as st
 
 from annotate import accounts
-from annotate.errors import PrefloopError
 from annotate.models import Role
 from annotate.ui import context
 
@@ -18,15 +17,7 @@ for message in st.session_state.pop("users_flash", []):
 
 
 def _run(action, success: str) -> None:
-    """Run one admin action in its own unit of work; show its error or rerun with a success note."""
-    try:
-        with db.begin() as session:
-            action(session)
-    except PrefloopError as exc:
-        st.error(str(exc))
-        return
-    st.session_state["users_flash"] = [success]
-    st.rerun()
+    context.run_action(action, success, flash_key="users_flash")
 
 
 with db.read() as session:

@@ -67,14 +67,7 @@ st.subheader("Gold")
 
 
 def _run(action, success: str) -> None:
-    try:
-        with db.begin() as session:
-            action(session)
-    except PrefloopError as exc:
-        st.error(str(exc))
-        return
-    st.session_state["review_flash"] = [success]
-    st.rerun()
+    context.run_action(action, success, flash_key="review_flash")
 
 
 with st.form("gold_form"):
