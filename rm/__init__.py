@@ -16,7 +16,7 @@ Encoder and cache (``rm.encoder``, ``rm.cache``)
         ``.encoder_id``, ``.dim``, ``.describe() -> dict``,
         ``.encode(texts, keep="start"|"end") -> (n, dim) float32``,
         ``.encode_pairs(prompts, responses) -> (n, dim)`` (``prompt-tail [SEP] response``).
-    ``EncoderConfig(max_length=256, layers=(-1, -2, -3, -4), normalize=True, prompt_share=0.25)``
+    ``EncoderConfig(max_length=256, layers=(-1, -2, -3, -4), layer_pooling="mean", normalize=True, prompt_share=0.25)``
     ``EmbeddingCache(directory, encoder)``: ``.embed(texts, keep=)``, ``.embed_pairs(prompts, responses)``
         compute only unseen inputs, once each, persisted under ``directory/encoder_id/``.
 

@@ -52,7 +52,7 @@ _EPS = 1e-7
 class PairFeatures:
     """Pair features ``(feat[ia] - feat[ib]) / scale`` computed only for the rows asked for.
 
-    A pool of a million pairs over 3,072-dim response features would need 12 GB
+    A pool of a million pairs over 768-dim response features would need 3 GB
     as a dense matrix; strategies only ever look at a few thousand candidates.
     Index it like an array (``pf[rows]`` gives float32 ``(len(rows), d)``);
     ``take`` gives a lazy subset; ``np.asarray(pf)`` materialises everything.

@@ -50,19 +50,25 @@ class EncoderConfig:
     Attributes:
         max_length: Tokens per input including special tokens. Prompts lose their
             *start* (left truncation) so the last turns survive; responses lose their end.
-        layers: Hidden layers to mean-pool, as negative indices (-1 is the last
-            layer), concatenated in the order given. The last four layers of
-            MiniLM-L6 beat the last layer alone by ~4 points of held-out accuracy
-            on HH-harmless (bench/rm_quality.py) at the same encoding cost.
-            ``(-1,)`` reproduces sentence-transformers' embedding.
-        normalize: L2-normalise each pooled layer vector (sentence-transformers does
-            this for all-MiniLM-L6-v2).
+        layers: Hidden layers to mean-pool over tokens, as negative indices (-1 is
+            the last layer). ``(-1,)`` reproduces sentence-transformers' embedding.
+        layer_pooling: How the per-layer vectors combine: ``"mean"`` averages them
+            (the vector keeps the model's hidden size), ``"concat"`` concatenates
+            them in the order given (``len(layers)`` times longer). On HH-harmless
+            (bench/rm_quality.py, 5 seeds, joint+response features, linear heads):
+            last layer alone 0.625 held-out accuracy; mean of the last four 0.657 at
+            768 feature dimensions; concatenation of the last four 0.662 at 3,072
+            dimensions, which makes training 6x and scoring 4x slower. Same
+            encoding cost for all three.
+        normalize: L2-normalise each pooled layer vector before combining
+            (sentence-transformers does this for all-MiniLM-L6-v2).
         prompt_share: In joint prompt+response inputs, the fraction of the token
             budget the prompt keeps even when the response is long enough to fill it.
     """
 
     max_length: int = 256
     layers: tuple[int, ...] = (-1, -2, -3, -4)
+    layer_pooling: str = "mean"
     normalize: bool = True
     prompt_share: float = 0.25
 
@@ -92,6 +98,9 @@ class Encoder:
                 "pass the directory that holds config.json, the tokenizer files and the weights."
             )
         self.config = config or EncoderConfig()
+        if self.config.layer_pooling not in ("mean", "concat"):
+            raise EncoderError(f"EncoderConfig.layer_pooling must be 'mean' or 'concat'; "
+                               f"got {self.config.layer_pooling!r}")
         n_layers = json.loads((self.model_path / "config.json").read_text()).get("num_hidden_layers")
         if n_layers is not None and any(not -n_layers - 1 <= layer < 0 for layer in self.config.layers):
             raise EncoderError(
@@ -129,7 +138,8 @@ class Encoder:
         if self._dim is None:
             cfg = json.loads((self.model_path / "config.json").read_text())
             hidden = cfg.get("hidden_size") or cfg.get("dim") or cfg.get("d_model")
-            self._dim = int(hidden) * len(self.config.layers)
+            concat = self.config.layer_pooling == "concat"
+            self._dim = int(hidden) * (len(self.config.layers) if concat else 1)
         return self._dim
 
     def describe(self) -> dict:
@@ -215,6 +225,8 @@ class Encoder:
             if self.config.normalize:
                 v = torch.nn.functional.normalize(v, dim=-1)
             parts.append(v)
+        if self.config.layer_pooling == "mean":
+            return torch.stack(parts).mean(0).float().cpu().numpy()
         return torch.cat(parts, dim=-1).float().cpu().numpy()
 
 

@@ -57,7 +57,9 @@ class RewardModel:
 
             desc = self.info.encoder
             cfg = desc.get("config", {})
-            cfg = EncoderConfig(**{**cfg, "layers": tuple(cfg.get("layers", (-1,)))})
+            # Artifacts from before layer_pooling existed concatenated their layers.
+            cfg = EncoderConfig(**{"layer_pooling": "concat", **cfg,
+                                   "layers": tuple(cfg.get("layers", (-1,)))})
             path = self._encoder or desc.get("model_path")
             if path is None or not (Path(path) / "config.json").is_file():
                 path = default_model_path()

@@ -47,13 +47,23 @@ def test_encoder_id_changes_with_options_and_weights(tiny_bert, tiny_bert_other)
 
 
 def test_vectors_are_order_independent_and_multi_layer(tiny_bert):
-    enc = Encoder(tiny_bert, EncoderConfig(layers=(-1, -2)))
+    enc = Encoder(tiny_bert, EncoderConfig(layers=(-1, -2), layer_pooling="concat"))
     texts = ["short", "a much longer text with many more words in it", "medium length text"]
     v = enc.encode(texts)
     assert v.shape == (3, enc.dim) and enc.dim == 64
     np.testing.assert_allclose(np.linalg.norm(v[:, :32], axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(enc.encode(texts[::-1])[::-1], v, atol=1e-5)
     np.testing.assert_allclose(enc.encode([texts[1]])[0], v[1], atol=1e-5)
+
+
+def test_layer_mean_is_the_average_of_the_concatenated_layers(tiny_bert):
+    texts = ["short", "a much longer text with many more words in it"]
+    concat = Encoder(tiny_bert, EncoderConfig(layers=(-1, -2, -3), layer_pooling="concat"))
+    mean = Encoder(tiny_bert, EncoderConfig(layers=(-1, -2, -3), layer_pooling="mean"))
+    assert mean.dim == 32 and concat.dim == 96 and mean.encoder_id != concat.encoder_id
+    np.testing.assert_allclose(mean.encode(texts), concat.encode(texts).reshape(2, 3, 32).mean(1), atol=1e-6)
+    with pytest.raises(Exception, match="layer_pooling"):
+        Encoder(tiny_bert, EncoderConfig(layer_pooling="max"))
 
 
 def test_features_concatenate_parts(tiny_bert):
@@ -81,5 +91,5 @@ def test_bundled_encoder_matches_sentence_transformers():
     texts = ["I can't help with that.", "Sure, here is a recipe for a cake with eggs and flour. " * 3]
     st = SentenceTransformer(str(enc.model_path), device="cpu")
     np.testing.assert_allclose(enc.encode(texts), st.encode(texts), atol=1e-5)
-    multi = Encoder(config=EncoderConfig(layers=(-1, -2)))
+    multi = Encoder(config=EncoderConfig(layers=(-1, -2), layer_pooling="concat"))
     np.testing.assert_allclose(multi.encode(texts)[:, :384], st.encode(texts), atol=1e-5)
