@@ -25,6 +25,7 @@ from annotate.models import (
     Choice,
     Comparison,
     ComparisonStatus,
+    ComparisonVotes,
     Judgment,
     JudgmentSource,
     JudgmentState,
@@ -236,11 +237,11 @@ class ModelHealth:
 
 
 def _votes_subquery():
-    j = Judgment
-    return (select(j.comparison_id.label("cid"), quality._n(j.choice == Choice.a).label("n_a"),
-                   quality._n(j.choice == Choice.b).label("n_b"), func.count(j.id).label("n"))
-            .where(quality._live(j), j.is_probe.is_(False))
-            .group_by(j.comparison_id).subquery("votes"))
+    """Per judged comparison: live, non-probe human votes for A, for B and in all (the running counts)."""
+    v = ComparisonVotes
+    n = (v.n_a + v.n_b + v.n_tie + v.n_both_bad).label("n")
+    return (select(v.comparison_id.label("cid"), v.n_a.label("n_a"), v.n_b.label("n_b"), n)
+            .where(n > 0).subquery("votes"))
 
 
 def model_health(session: Session, *, actor: Actor, points: int = 2000, bins: int = 20,

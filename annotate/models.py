@@ -7,13 +7,14 @@ Judgments are append-only: a revision inserts a new row and marks the old one
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -240,6 +241,9 @@ class Judgment(Base):
         Index("ix_judgments_annotator_created", "annotator_id", "created_at"),
         Index("ix_judgments_comparison_state", "comparison_id", "state"),
     )
+    # Each row is written, and its annotate.rollups event applied, before the next one: the
+    # running counts of one row depend on which other rows are already counted.
+    __mapper_args__ = {"batch": False}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"))
@@ -365,3 +369,75 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)
+
+
+# --------------------------------------------------------------------------- running counts for the admin console
+# Kept in step with every judgment write by annotate.rollups (same transaction, atomic increments);
+# rebuilt from scratch by annotate.rollups.rebuild. "Live" judgments: active, by an annotator.
+
+
+class ComparisonVotes(Base):
+    """Live, non-probe annotator votes per comparison."""
+
+    __tablename__ = "comparison_votes"
+
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), primary_key=True)
+    n_a: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_b: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_tie: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_both_bad: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class AnnotatorVotes(Base):
+    """Live non-probe judgments per annotator, UTC day, own choice and the other annotators' votes
+    on the same comparison (all time): what agreement, majority, κ and α are computed from."""
+
+    __tablename__ = "annotator_votes"
+
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    choice: Mapped[str] = mapped_column(String(16), primary_key=True)
+    o_a: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    o_b: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    o_tie: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    o_both_bad: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class AnnotatorDay(Base):
+    """Per annotator and UTC day: counts and sums of the live judgments made that day."""
+
+    __tablename__ = "annotator_days"
+
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_sided: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_left: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_ties: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_both_bad: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_gold: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_gold_correct: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_length_decisive: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_longer: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_timed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    sx: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    sy: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    sxx: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    syy: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    sxy: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    n_probes: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_flips: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class AnnotatorHistogram(Base):
+    """Per annotator and UTC day: log-scale histograms (``kind`` ``time``: ms per judgment;
+    ``speed``: ms per 1,000 characters) that the medians are read off."""
+
+    __tablename__ = "annotator_histograms"
+
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))

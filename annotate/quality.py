@@ -5,10 +5,15 @@ The module has two layers:
 * pure functions over plain values (:func:`cohen_kappa`, :func:`krippendorff_alpha`,
   :func:`flip_rate`, :func:`left_rate`, :func:`longer_wins_rate`,
   :func:`calibration_bins`, :func:`flags_for`...), unit-tested on hand-computed cases;
-* service functions that aggregate judgments in the database (GROUP BY in SQL, so
-  a million judgments never travel to Python) and feed the pure functions:
+* service functions that read the running counts of :mod:`annotate.rollups` (kept in
+  step with every judgment write; whole UTC days) plus the raw judgments of the
+  partial days at a period's edges, and feed the pure functions:
   :func:`annotator_quality` and the adaptive-overlap hook
   :func:`extend_overlap_if_needed`.
+
+A period's figures cover the judgments *made* in it; agreement (majority, κ with
+others, α) compares each of them with the other annotators' live votes on the
+same comparison, whenever those were made.
 
 Definitions (every rate is over *active* judgments by annotators; probes are
 excluded except from the flip rate):
@@ -35,7 +40,8 @@ excluded except from the flip rate):
 * **Speed**: median time per judgment divided by the pair's length (prompt not
   counted: both responses' characters), in ms per 1,000 characters; and the
   Pearson correlation between time and length (people who read take longer
-  on longer pairs; a speed-clicker's time does not follow length).
+  on longer pairs; a speed-clicker's time does not follow length). Medians are
+  read off log-scale histograms (exact to within one bucket, about 6 %).
 
 Flag thresholds live in :class:`Thresholds` (one place).
 """
@@ -43,19 +49,25 @@ Flag thresholds live in :class:`Thresholds` (one place).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import Float, Integer, and_, case, cast, func, or_, select, text, true, update
+from sqlalchemy import Float, Integer, String, and_, case, cast, func, literal, null, or_, select, text, true, union_all, update
 from sqlalchemy.orm import Session, aliased
 
+from annotate import rollups
 from annotate.accounts import Actor, require_admin
 from annotate.models import (
+    AnnotatorDay,
+    AnnotatorHistogram,
+    AnnotatorVotes,
     Choice,
     Comparison,
     ComparisonStatus,
+    ComparisonVotes,
     Judgment,
     JudgmentSource,
     JudgmentState,
@@ -393,57 +405,24 @@ def without_jit(session: Session) -> None:
 
 
 def _live(j=Judgment):
-    return and_(j.state == JudgmentState.active, j.source == JudgmentSource.annotator, j.annotator_id.is_not(None))
+    return rollups.live(j)
 
 
 def _in_period(j, since: datetime | None, until: datetime | None):
-    conds = []
-    if since is not None:
-        conds.append(j.created_at >= since)
-    if until is not None:
-        conds.append(j.created_at < until)
-    return and_(true(), *conds)
+    return rollups.in_period(j, since, until)
 
 
 def _n(cond):
     return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
 
-def _choice_counts_subquery(since, until):
-    """Per comparison: how many live, non-probe judgments chose each option."""
-    j = aliased(Judgment)
-    return (
-        select(j.comparison_id.label("cid"),
-               *[_n(j.choice == Choice(c)).label(f"n_{c}") for c in CHOICES])
-        .where(_live(j), j.is_probe.is_(False), _in_period(j, since, until))
-        .group_by(j.comparison_id)
-        .subquery("votes")
-    )
-
-
 PAIR_SAMPLE = 200_000
 """The pairwise κ heatmap uses about this many of the most recent judgments (by id) in the
 period; the per-annotator κ and the agreement figures use all of them."""
-LENGTH_SAMPLE = 100_000
-"""Length-based figures (longer-wins rate, speed, time–length correlation) use about this many
-of the most recent judgments in the period. They read the stored ``Response.n_chars``, not the
-texts, but over a million judgments the two joins to ``responses`` still cost seconds (measured
-~5 s all-time on the 2-core bench machine against ~0.5 s sampled); ~2,000 judgments per
-annotator is plenty."""
-
-
-def _comparison_facts(since, until):
-    """Per judged comparison: its votes in the period, gold answer and model P(A) (no texts).
-
-    Materialised on PostgreSQL so the vote counts are aggregated once.
-    """
-    votes = _choice_counts_subquery(since, until)
-    return (
-        select(votes, Comparison.gold_choice.label("gold_choice"), Comparison.model_p_a.label("model_p_a"))
-        .join(Comparison, Comparison.id == votes.c.cid)
-        .cte("facts")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
+MODEL_SAMPLE = 200_000
+"""Agreement with the model uses about this many of the most recent judgments in the period.
+It reads the comparisons' current ``model_p_a``, which every retrain rewrites, so it cannot be a
+running count; over all of a million judgments the join costs ~0.4 s on the 2-core bench machine."""
 
 
 def _recent_cutoff(session: Session, sample: int) -> int | None:
@@ -455,88 +434,123 @@ def _recent_cutoff(session: Session, sample: int) -> int | None:
     return None if top is None or top <= sample else top - sample
 
 
+def split_period(since: datetime | None, until: datetime | None):
+    """``[since, until)`` as whole UTC days (``(first_day, end_day)``, either None for open, or None when there
+    are none) read from the rollups, plus the partial-day edges ``[(lo, hi), ...]`` read from the judgments."""
+    def floor_day(t: datetime) -> datetime:
+        t = t.astimezone(timezone.utc)
+        return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+    lo = None if since is None else floor_day(since)
+    if lo is not None and lo < since:
+        lo += timedelta(days=1)
+    hi = None if until is None else floor_day(until)
+    if lo is not None and hi is not None and lo >= hi:
+        return None, [(since, until)]
+    edges = []
+    if since is not None and since < lo:
+        edges.append((since, lo))
+    if until is not None and hi < until:
+        edges.append((hi, until))
+    return (lo.date() if lo is not None else None, hi.date() if hi is not None else None), edges
+
+
+def _day_range(column, days):
+    first, end = days
+    return and_(true(), *([column >= first] if first is not None else []),
+                *([column < end] if end is not None else []))
+
+
 def annotator_quality(session: Session, *, actor: Actor, since: datetime | None = None,
                       until: datetime | None = None, thresholds: Thresholds = THRESHOLDS,
-                      pair_sample: int = PAIR_SAMPLE,
-                      length_sample: int | None = LENGTH_SAMPLE) -> QualityReport:
+                      pair_sample: int | None = PAIR_SAMPLE, model_sample: int | None = MODEL_SAMPLE,
+                      use_rollups: bool = True) -> QualityReport:
     """Every annotator's agreement, bias and consistency figures over ``[since, until)`` (admin only).
 
-    One aggregate over the period's judgments, grouped by annotator, choice and
-    the *other* annotators' votes on the same comparison, gives the counts,
-    the leave-one-out majority, each annotator's pooled κ table and
-    Krippendorff's coincidence matrix; smaller queries add length-based figures
-    (from the stored ``Response.n_chars``, on the most recent ``length_sample``
-    judgments; None for all of them), medians, probes and the pairwise κ heatmap
-    (on the most recent ``pair_sample``).
+    The figures cover the annotators' live judgments made in the period. Agreement (majority,
+    κ with others, α) compares each of them with the *other* annotators' live votes on the same
+    comparison, whenever those were made. Whole UTC days are read from the running counts in
+    :mod:`annotate.rollups`; the partial days at the period's edges, and everything when
+    ``use_rollups`` is False (the from-scratch recount the tests compare against), from the
+    judgments with the same SQL. Agreement with the model reads the most recent ``model_sample``
+    judgments, the pairwise κ heatmap the most recent ``pair_sample`` (None: all of them).
     """
     require_admin(session, actor)
     without_jit(session)
     dialect = session.bind.dialect.name
-    j = Judgment
-    facts = _comparison_facts(since, until)
-    f = facts.c
-    is_a, is_b = j.choice == Choice.a, j.choice == Choice.b
-    decisive = or_(is_a, is_b)
-    others = [(getattr(f, f"n_{ch}") - case((j.choice == Choice(ch), 1), else_=0)).label(f"o_{ch}")
-              for ch in CHOICES]
-    confident = func.abs(f.model_p_a - 0.5) >= MODEL_CONFIDENCE
-    keys = [j.annotator_id, j.choice, *others]
-    stmt = (
-        select(
-            *keys,
-            func.count(j.id).label("n"),
-            _n(and_(decisive, j.a_on_left.is_not(None))).label("n_sided"),
-            _n(or_(and_(is_a, j.a_on_left.is_(True)), and_(is_b, j.a_on_left.is_(False)))).label("n_left"),
-            _n(and_(j.was_gold.is_(True), f.gold_choice.is_not(None))).label("n_gold"),
-            _n(and_(j.was_gold.is_(True), j.choice == f.gold_choice)).label("n_gold_correct"),
-            _n(and_(decisive, f.model_p_a.is_not(None), confident)).label("n_model"),
-            _n(and_(f.model_p_a.is_not(None), confident,
-                    or_(and_(is_a, f.model_p_a > 0.5), and_(is_b, f.model_p_a < 0.5)))).label("n_model_agree"),
-        )
-        .select_from(j)
-        .join(facts, f.cid == j.comparison_id)
-        .where(_live(j), j.is_probe.is_(False), _in_period(j, since, until))
-        .group_by(*keys)
-    )
     names = dict(session.execute(select(User.id, User.username)).all())
+    days, edges = split_period(since, until) if use_rollups else (None, [(since, until)])
+    votes = ComparisonVotes.__table__ if use_rollups else rollups.votes_from_scratch()
+    profile_rows, day_rows, hist_rows = [], [], []
+    if days is not None:
+        av, ad, ah = AnnotatorVotes, AnnotatorDay, AnnotatorHistogram
+        keys = [av.annotator_id, av.choice, *[getattr(av, f"o_{c}") for c in CHOICES]]
+        profile_rows += session.execute(select(*keys, func.sum(av.n)).where(_day_range(av.day, days))
+                                        .group_by(*keys)).all()
+        day_rows += session.execute(select(ad.annotator_id, *[func.sum(getattr(ad, k)) for k in rollups.DAY_SUMS])
+                                    .where(_day_range(ad.day, days)).group_by(ad.annotator_id)).all()
+        hkeys = [ah.annotator_id, ah.kind, ah.bucket]
+        hist_rows += session.execute(select(*hkeys, func.sum(ah.n)).where(_day_range(ah.day, days))
+                                     .group_by(*hkeys)).all()
+    for lo, hi in edges:
+        profiles, sums, hists = _edge_rows(session, dialect, votes, lo, hi)
+        profile_rows += profiles
+        day_rows += sums
+        hist_rows += hists
+
     stats: dict[int, AnnotatorStats] = {}
+    sums: dict[int, list[float]] = {}
+
+    def stats_of(uid: int) -> AnnotatorStats:
+        if uid not in stats:
+            stats[uid] = AnnotatorStats(annotator_id=uid, username=names.get(uid, "?"))
+        return stats[uid]
+
+    for uid, *values in day_rows:
+        s = stats_of(uid)
+        row = dict(zip(rollups.DAY_SUMS, values))
+        s.n += int(row["n"] or 0)
+        s.n_decisive += int(row["n_sided"] or 0)
+        for key in ("n_left", "n_ties", "n_both_bad", "n_gold", "n_gold_correct", "n_length_decisive", "n_longer",
+                    "n_timed", "n_probes", "n_flips"):
+            setattr(s, key, getattr(s, key) + int(row[key] or 0))
+        sums[uid] = [a + float(row[k] or 0.0) for a, k in zip(sums.get(uid, [0.0] * 5),
+                                                               ("sx", "sy", "sxx", "syy", "sxy"))]
     pooled: dict[int, dict[tuple[str, str], float]] = {}
     coincidence_nominal = np.zeros((4, 4))
     coincidence_ordinal = np.zeros((3, 3))
-    for row in session.execute(stmt).mappings():
-        uid = row["annotator_id"]
-        s = stats.get(uid)
-        if s is None:
-            s = stats[uid] = AnnotatorStats(annotator_id=uid, username=names.get(uid, "?"))
-            pooled[uid] = {}
-        n = int(row["n"])
-        own = Choice(row["choice"]).value
-        o = {ch: int(row[f"o_{ch}"]) for ch in CHOICES}
-        s.n += n
-        s.n_decisive += int(row["n_sided"])
-        s.n_ties += n if own == "tie" else 0
-        s.n_both_bad += n if own == "both_bad" else 0
-        for key in ("n_left", "n_gold", "n_gold_correct", "n_model", "n_model_agree"):
-            setattr(s, key, getattr(s, key) + int(row[key] or 0))
+    for uid, own, *others, n in profile_rows:
+        n = int(n or 0)
+        if not n:
+            continue
+        s = stats_of(uid)
+        own = Choice(own).value
+        o = {ch: int(v) for ch, v in zip(CHOICES, others)}
         top = max(o.values())
         leaders = [ch for ch in CHOICES if o[ch] == top]
         if top > 0 and len(leaders) == 1:
             s.n_majority += n
             s.n_majority_agree += n if leaders[0] == own else 0
+        table = pooled.setdefault(uid, {})
         for ch in CHOICES:
             if o[ch]:
-                pooled[uid][(own, ch)] = pooled[uid].get((own, ch), 0) + n * o[ch]
+                table[(own, ch)] = table.get((own, ch), 0) + n * o[ch]
         coincidence_nominal += coincidence_rows(own, o, CHOICES) * n
         if own in ORDINAL_ORDER:
             coincidence_ordinal += coincidence_rows(own, o, ORDINAL_ORDER) * n
+    hists: dict[tuple[int, str], dict[int, int]] = {}
+    for uid, kind, bucket, n in hist_rows:
+        h = hists.setdefault((uid, kind), {})
+        h[int(bucket)] = h.get(int(bucket), 0) + int(n)
+    stats = {uid: s for uid, s in stats.items() if s.n or s.n_probes}
     for uid, s in stats.items():
-        s.kappa = kappa_from_table(pooled[uid])
-        s.kappa_shared = int(sum(pooled[uid].values()))
-    if stats:
-        cutoff = _recent_cutoff(session, length_sample) if length_sample is not None else None
-        _add_length_figures(session, stats, since, until, cutoff, dialect)
-        _add_medians(session, stats, since, until, dialect)
-    _add_flips(session, stats, since, until)
+        s.kappa = kappa_from_table(pooled.get(uid, {}))
+        s.kappa_shared = int(sum(pooled.get(uid, {}).values()))
+        s.time_length_corr = pearson_from_sums(s.n_timed, *sums.get(uid, [0.0] * 5))
+        s.median_time_ms = median_from_log_histogram(hists.get((uid, "time"), {}))
+        s.median_ms_per_1k_chars = median_from_log_histogram(hists.get((uid, "speed"), {}))
+    _add_model_agreement(session, stats, since, until,
+                         _recent_cutoff(session, model_sample) if model_sample is not None else None)
     pair_kappas = _pair_kappas(session, names, since, until, pair_sample)
 
     annotators = sorted(stats.values(), key=lambda s: s.username)
@@ -548,62 +562,65 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
                          overall=_overall(annotators), thresholds=thresholds)
 
 
-def _add_length_figures(session: Session, stats: dict[int, AnnotatorStats], since, until,
-                        cutoff: int | None, dialect: str) -> None:
-    """Longer-wins counts, the time–length correlation and (PostgreSQL) the speed histogram."""
+def _edge_rows(session: Session, dialect: str, votes, lo: datetime | None, hi: datetime | None):
+    """The judgments of ``[lo, hi)`` aggregated like the rollups: (vote profiles, day sums, histogram counts).
+
+    One statement: the period's facts are joined once (a materialised CTE on PostgreSQL) and
+    grouped four ways, padded to one row shape with NULLs.
+    """
+    period = rollups.in_period(Judgment, lo, hi)
+    facts = (rollups.judgment_facts(dialect, period, votes=votes).cte("edge")
+             .prefix_with("MATERIALIZED", dialect="postgresql"))
+    f = facts.c
+    sums = rollups.DAY_SUMS
+    null_int, null_str, null_float = cast(null(), Integer), cast(null(), String), cast(null(), Float)
+
+    def shape(part: int, source, *, choice=None, others=None, kind=None, bucket=None, totals=None):
+        return select(literal(part).label("part"), source.c.annotator_id.label("uid"),
+                      choice if choice is not None else null_str,
+                      *(others or [null_int] * len(CHOICES)),
+                      kind if kind is not None else null_str, bucket if bucket is not None else null_int,
+                      func.count().label("n"), *(totals or [null_float] * len(sums)))
+
+    others = [f[f"o_{c}"] for c in CHOICES]
+    probes = rollups.probe_facts(dialect, period).subquery()
+    parts = [
+        shape(0, facts, choice=f.choice, others=others).group_by(f.annotator_id, f.choice, *others),
+        shape(1, facts, totals=[cast(func.sum(f[k]), Float) for k in sums]).group_by(f.annotator_id),
+        shape(2, probes, totals=[cast(func.sum(probes.c[k]), Float) for k in sums]).group_by(probes.c.annotator_id),
+        *[shape(3, facts, kind=literal(kind, String), bucket=f[f"{kind}_bucket"])
+          .where(f[f"{kind}_bucket"].is_not(None)).group_by(f.annotator_id, f[f"{kind}_bucket"])
+          for kind in ("time", "speed")],
+    ]
+    profile_rows, day_rows, hist_rows = [], [], []
+    for part, uid, choice, *rest in session.execute(union_all(*parts)).all():
+        o, (kind, bucket, n), totals = rest[:len(CHOICES)], rest[len(CHOICES):len(CHOICES) + 3], rest[-len(sums):]
+        if part == 0:
+            profile_rows.append((uid, choice, *o, n))
+        elif part in (1, 2):
+            day_rows.append((uid, *totals))
+        else:
+            hist_rows.append((uid, kind, bucket, n))
+    return profile_rows, day_rows, hist_rows
+
+
+def _add_model_agreement(session: Session, stats: dict[int, AnnotatorStats], since, until,
+                         cutoff: int | None) -> None:
+    """Decisive judgments on comparisons the model is confident about, and how many pick its favourite."""
     j = Judgment
-    ra, rb = aliased(Response), aliased(Response)
-    la, lb = ra.n_chars, rb.n_chars
-    sample = (
-        select(j.annotator_id.label("uid"), j.choice.label("choice"), j.time_spent_ms.label("ms"),
-               la.label("la"), lb.label("lb"))
+    is_a, is_b = j.choice == Choice.a, j.choice == Choice.b
+    p = Comparison.model_p_a
+    rows = session.execute(
+        select(j.annotator_id, func.count(), _n(or_(and_(is_a, p > 0.5), and_(is_b, p < 0.5))))
         .join(Comparison, Comparison.id == j.comparison_id)
-        .join(ra, ra.id == Comparison.response_a_id)
-        .join(rb, rb.id == Comparison.response_b_id)
-        .where(_live(j), j.is_probe.is_(False), _in_period(j, since, until),
+        .where(_live(j), j.is_probe.is_(False), _in_period(j, since, until), or_(is_a, is_b),
+               p.is_not(None), func.abs(p - 0.5) >= MODEL_CONFIDENCE,
                j.id > cutoff if cutoff is not None else true())
-        .cte("sample")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
-    c = sample.c
-    c_a, c_b = c.choice == Choice.a, c.choice == Choice.b
-    c_timed = and_(c.ms.is_not(None), c.ms > 0)
-    x, y = cast(c.ms, Float), cast(c.la + c.lb, Float)
-    keys = [c.uid]
-    if dialect == "postgresql":
-        # Speed as a log-scale histogram in the same pass; the median is read off it.
-        keys.append(case((and_(c_timed, c.la + c.lb > 0),
-                          cast(func.floor(func.ln(x * 1000.0 / y) * LOG_BUCKETS_PER_E), Integer))).label("speed"))
-    rows = session.execute(select(
-        *keys, func.count().label("n"),
-        _n(and_(or_(c_a, c_b), c.la != c.lb)).label("n_length_decisive"),
-        _n(or_(and_(c_a, c.la > c.lb), and_(c_b, c.lb > c.la))).label("n_longer"),
-        _n(c_timed).label("n_timed"),
-        func.sum(case((c_timed, x))).label("sx"), func.sum(case((c_timed, y))).label("sy"),
-        func.sum(case((c_timed, x * x))).label("sxx"), func.sum(case((c_timed, y * y))).label("syy"),
-        func.sum(case((c_timed, x * y))).label("sxy"),
-    ).group_by(*keys)).mappings().all()
-    sums: dict[int, list[float]] = {}
-    speed: dict[int, dict[int, int]] = {}
-    for row in rows:
-        s = stats.get(row["uid"])
-        if s is None:
-            continue
-        s.n_length_decisive += int(row["n_length_decisive"] or 0)
-        s.n_longer += int(row["n_longer"] or 0)
-        s.n_timed += int(row["n_timed"] or 0)
-        acc = sums.setdefault(s.annotator_id, [0.0] * 5)
-        for i, key in enumerate(("sx", "sy", "sxx", "syy", "sxy")):
-            acc[i] += float(row[key] or 0.0)
-        if row.get("speed") is not None:
-            hist = speed.setdefault(s.annotator_id, {})
-            hist[int(row["speed"])] = hist.get(int(row["speed"]), 0) + int(row["n"])
-    for uid, acc in sums.items():
-        stats[uid].time_length_corr = pearson_from_sums(stats[uid].n_timed, *acc)
-    for uid, hist in speed.items():
-        stats[uid].median_ms_per_1k_chars = median_from_log_histogram(hist)
-    if dialect != "postgresql":
-        _medians_in_python(session, stats, since, until, cutoff)
+        .group_by(j.annotator_id)).all()
+    for uid, n, agree in rows:
+        if uid in stats:
+            stats[uid].n_model = int(n)
+            stats[uid].n_model_agree = int(agree or 0)
 
 
 def coincidence_rows(own: str, others: Mapping[str, int], order: Sequence[str]) -> np.ndarray:
@@ -669,29 +686,7 @@ def _float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def _add_medians(session: Session, stats: dict[int, AnnotatorStats], since, until, dialect: str) -> None:
-    """Median time per judgment per annotator (PostgreSQL; SQLite's come from ``_medians_in_python``).
-
-    Read off a log-scale histogram (a hash aggregate) rather than an exact percentile,
-    which would sort a million rows.
-    """
-    if dialect != "postgresql":
-        return
-    bucket = cast(func.floor(func.ln(cast(Judgment.time_spent_ms, Float)) * LOG_BUCKETS_PER_E), Integer)
-    hists: dict[int, dict[int, int]] = {}
-    for uid, b, n in session.execute(
-            select(Judgment.annotator_id, bucket, func.count())
-            .where(_live(), Judgment.is_probe.is_(False), _in_period(Judgment, since, until),
-                   Judgment.time_spent_ms > 0)
-            .group_by(Judgment.annotator_id, bucket)).all():
-        hists.setdefault(uid, {})[int(b)] = int(n)
-    for uid, hist in hists.items():
-        if uid in stats:
-            stats[uid].median_time_ms = median_from_log_histogram(hist)
-
-
-LOG_BUCKETS_PER_E = 16
-"""Resolution of the speed histogram: buckets of e^(1/16), about 6 % wide."""
+LOG_BUCKETS_PER_E = rollups.LOG_BUCKETS_PER_E
 
 
 def median_from_log_histogram(hist: Mapping[int, int], per_e: int = LOG_BUCKETS_PER_E) -> float | None:
@@ -713,49 +708,13 @@ def median_from_log_histogram(hist: Mapping[int, int], per_e: int = LOG_BUCKETS_
     return math.exp((max(hist) + 1) / per_e)
 
 
-def _medians_in_python(session: Session, stats: dict[int, AnnotatorStats], since, until,
-                       cutoff: int | None) -> None:
-    # SQLite has no percentile aggregate; small deployments only, so fetch the two columns.
-    ra, rb = aliased(Response), aliased(Response)
-    rows = session.execute(
-        select(Judgment.annotator_id, Judgment.time_spent_ms, ra.n_chars + rb.n_chars)
-        .join(Comparison, Comparison.id == Judgment.comparison_id)
-        .join(ra, ra.id == Comparison.response_a_id).join(rb, rb.id == Comparison.response_b_id)
-        .where(_live(), Judgment.is_probe.is_(False), _in_period(Judgment, since, until),
-               Judgment.time_spent_ms > 0, Judgment.id > cutoff if cutoff is not None else true())).all()
-    per: dict[int, tuple[list[float], list[float]]] = {}
-    for annotator_id, ms, length in rows:
-        times, per_1k = per.setdefault(annotator_id, ([], []))
-        times.append(ms)
-        if length:
-            per_1k.append(ms * 1000.0 / length)
-    for annotator_id, (times, per_1k) in per.items():
-        if annotator_id in stats:
-            stats[annotator_id].median_time_ms = float(np.median(times)) if times else None
-            stats[annotator_id].median_ms_per_1k_chars = float(np.median(per_1k)) if per_1k else None
-
-
-def _add_flips(session: Session, stats: dict[int, AnnotatorStats], since, until) -> None:
-    probe, orig = aliased(Judgment), aliased(Judgment)
-    rows = session.execute(
-        select(probe.annotator_id, func.count(probe.id), _n(probe.choice != orig.choice))
-        .join(orig, and_(orig.comparison_id == probe.comparison_id, orig.annotator_id == probe.annotator_id,
-                         orig.is_probe.is_(False), orig.state == JudgmentState.active))
-        .where(_live(probe), probe.is_probe.is_(True), _in_period(probe, since, until))
-        .group_by(probe.annotator_id)).all()
-    for annotator_id, n, flips in rows:
-        if annotator_id in stats:
-            stats[annotator_id].n_probes = int(n)
-            stats[annotator_id].n_flips = int(flips or 0)
-
-
 def _pair_kappas(session: Session, names: Mapping[int, str], since, until,
-                 sample: int) -> list[tuple[str, str, float | None, int]]:
+                 sample: int | None) -> list[tuple[str, str, float | None, int]]:
     """Cohen's κ for every pair of annotators on the comparisons they share (recent ``sample`` judgments)."""
     j1, j2 = aliased(Judgment), aliased(Judgment)
     conds = [_live(j1), _live(j2), j1.is_probe.is_(False), j2.is_probe.is_(False),
              _in_period(j1, since, until), _in_period(j2, since, until)]
-    cutoff = _recent_cutoff(session, sample)
+    cutoff = _recent_cutoff(session, sample) if sample is not None else None
     if cutoff is not None:
         conds += [j1.id > cutoff, j2.id > cutoff]
     rows = session.execute(

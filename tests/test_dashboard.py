@@ -228,11 +228,19 @@ def test_no_actor_is_refused(db, settings, seeded):
             dashboard.annotator_table(s, actor=None)
 
 
-def test_length_figures_use_the_recent_sample_only(db, seeded):
+def test_model_agreement_uses_the_recent_sample_only(db, seeded):
+    cids = seeded["cids"]
+    with db.begin() as s:
+        s.execute(update(Comparison).where(Comparison.id == cids[0]).values(model_p_a=0.1))
+        s.execute(update(Comparison).where(Comparison.id == cids[1]).values(model_p_a=0.95))
     with db.read() as s:
         full = quality.annotator_quality(s, actor=seeded["admin"])
-        recent = quality.annotator_quality(s, actor=seeded["admin"], length_sample=3)
+        top = s.scalar(select(func.max(Judgment.id)))
+        # judgment ids 1-4 are c0 (ann0 a, ann1 a) and c1 (ann0 b, ann1 a): keep only the last
+        recent = quality.annotator_quality(s, actor=seeded["admin"], model_sample=top - 3)
+    by, rec = {a.username: a for a in full.annotators}, {a.username: a for a in recent.annotators}
+    assert (by["ann0"].n_model, by["ann0"].n_model_agree, by["ann1"].n_model, by["ann1"].n_model_agree) == (2, 0, 2, 1)
+    assert (rec["ann0"].n_model, rec["ann1"].n_model, rec["ann1"].n_model_agree) == (0, 1, 1)
     assert [a.n for a in recent.annotators] == [a.n for a in full.annotators]  # counts use everything
-    assert sum(a.n_length_decisive for a in full.annotators) == 6
-    # the 3 newest judgments by id: the retracted one, the probe (both left out) and ann1's gold judgment
-    assert sum(a.n_length_decisive for a in recent.annotators) == 1
+    # length figures are running counts now: every judgment, no sample
+    assert sum(a.n_length_decisive for a in recent.annotators) == 6

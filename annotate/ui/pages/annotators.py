@@ -146,6 +146,7 @@ with st.expander("How flags are decided"):
         f"- **inconsistent on repeats**: flip rate above {t.flip_max:.0%} over ≥ {t.flip_min_n} swapped probes\n"
         f"- **too fast**: median under {t.speed_min_ms_per_1k_chars:,.0f} ms per 1,000 characters over "
         f"≥ {t.speed_min_n} timed judgments\n\n"
-        f"Model agreement counts pairs where the model is confident (|P(A) − 0.5| ≥ {quality.MODEL_CONFIDENCE}). "
-        f"Length-based figures (longer response, speed, time–length r) use the period's most recent "
-        f"~{quality.LENGTH_SAMPLE:,} judgments; the κ heatmap the most recent ~{quality.PAIR_SAMPLE:,}.")
+        f"Model agreement counts pairs where the model is confident (|P(A) − 0.5| ≥ {quality.MODEL_CONFIDENCE}), "
+        f"on the period's most recent ~{quality.MODEL_SAMPLE:,} judgments (the model's scores change with every "
+        f"retrain); the κ heatmap uses the most recent ~{quality.PAIR_SAMPLE:,}. Agreement, κ and α compare each "
+        "judgment made in the period with the other annotators' votes on the same pair, whenever those were made.")
