@@ -49,7 +49,6 @@ Flag thresholds live in :class:`Thresholds` (one place).
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -69,9 +68,6 @@ from annotate.models import (
     ComparisonStatus,
     ComparisonVotes,
     Judgment,
-    JudgmentSource,
-    JudgmentState,
-    Response,
     User,
 )
 
@@ -680,10 +676,6 @@ def alpha_from_coincidence(coincidence: np.ndarray, level: str = "ordinal") -> f
     if expected <= 0:
         return None
     return float(1.0 - (n - 1) * (o * delta).sum() / expected)
-
-
-def _float(value) -> float | None:
-    return None if value is None else float(value)
 
 
 LOG_BUCKETS_PER_E = rollups.LOG_BUCKETS_PER_E

@@ -10,10 +10,12 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, inspect, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
-from annotate import dashboard, judgments, quality, rollups
+from annotate import dashboard, judgments, migrate, quality, rollups
+from annotate.db import create_db_engine
 from annotate.errors import QueueError
 from annotate.models import (
     AnnotatorDay,
@@ -28,6 +30,7 @@ from annotate.models import (
 )
 from annotate.settings import load_settings
 from tests.factories import make_comparisons, make_user
+from tests.test_migrations import empty_url  # noqa: F401 - the fixture (an empty SQLite or PostgreSQL database)
 
 TABLES = (ComparisonVotes, AnnotatorVotes, AnnotatorDay, AnnotatorHistogram)
 
@@ -210,3 +213,42 @@ def test_concurrent_votes_on_one_comparison_are_all_counted(pg_db, pg_clean_url,
         rollups.rebuild(s.connection())
     with pg_db.read() as s:
         _assert_same_rows(incremental, _table_rows(s))
+
+
+def test_migration_0003_counts_existing_judgments(empty_url):  # noqa: F811 - the fixture
+    migrate.upgrade(empty_url, "0002")
+    engine = create_db_engine(empty_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id, username, password_hash, role, active, failed_logins, "
+                              "created_at) VALUES (1, 'u1', 'x', 'annotator', true, 0, CURRENT_TIMESTAMP), "
+                              "(2, 'u2', 'x', 'annotator', true, 0, CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO prompts (id, content_hash, text, created_at) "
+                              "VALUES (1, 'p', 'prompt', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO responses (id, prompt_id, content_hash, text, n_chars, created_at) "
+                              "VALUES (1, 1, 'a', 'short', 5, CURRENT_TIMESTAMP), "
+                              "(2, 1, 'b', 'much longer', 11, CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO comparisons (id, prompt_id, response_a_id, response_b_id, status, "
+                              "overlap_target, judgment_count, is_gold, priority, created_at) "
+                              "VALUES (1, 1, 1, 2, 'complete', 2, 2, false, 0.5, CURRENT_TIMESTAMP)"))
+            conn.execute(text(
+                "INSERT INTO judgments (comparison_id, annotator_id, source, choice, flags, a_on_left, "
+                "time_spent_ms, is_probe, was_gold, state, created_at) VALUES "
+                "(1, 1, 'annotator', 'a', '[]', true, 4000, false, false, 'active', CURRENT_TIMESTAMP), "
+                "(1, 2, 'annotator', 'b', '[]', false, 6000, false, false, 'active', CURRENT_TIMESTAMP), "
+                "(1, 1, 'annotator', 'tie', '[]', true, 1000, false, false, 'retracted', CURRENT_TIMESTAMP), "
+                "(1, NULL, 'imported', 'a', '[]', NULL, NULL, false, false, 'active', CURRENT_TIMESTAMP)"))
+        migrate.upgrade(empty_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT n_a, n_b, n_tie, n_both_bad FROM comparison_votes")).all() == [
+                (1, 1, 0, 0)]
+            assert sorted(conn.execute(text(
+                "SELECT annotator_id, choice, o_a, o_b, n FROM annotator_votes")).all()) == [
+                (1, "a", 0, 1, 1), (2, "b", 1, 0, 1)]
+            assert sorted(conn.execute(text(
+                "SELECT annotator_id, n, n_left, n_longer, n_timed, sx FROM annotator_days")).all()) == [
+                (1, 1, 1, 0, 1, 4000.0), (2, 1, 1, 1, 1, 6000.0)]  # B shown on the left for u2
+        migrate.downgrade(empty_url, "0002")
+        assert "comparison_votes" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
