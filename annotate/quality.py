@@ -49,6 +49,7 @@ Flag thresholds live in :class:`Thresholds` (one place).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -430,25 +431,42 @@ def _recent_cutoff(session: Session, sample: int) -> int | None:
     return None if top is None or top <= sample else top - sample
 
 
+RAW_EDGE_MAX = timedelta(hours=12)
+"""A period edge is read raw when it is this short; otherwise its whole day comes from the rollups and the
+part outside the period is read raw and subtracted, so no edge reads more than half a day of judgments."""
+
+
 def split_period(since: datetime | None, until: datetime | None):
-    """``[since, until)`` as whole UTC days (``(first_day, end_day)``, either None for open, or None when there
-    are none) read from the rollups, plus the partial-day edges ``[(lo, hi), ...]`` read from the judgments."""
+    """``[since, until)`` as whole UTC days read from the rollups plus signed raw edges.
+
+    Returns ``((first_day, end_day), [(lo, hi, sign), ...])``: days ``first_day <= day < end_day``
+    (None: open), and intervals of judgments to add (sign 1) or subtract (sign -1); or
+    ``(None, [(since, until, 1)])`` for a period short enough to read raw.
+    """
     def floor_day(t: datetime) -> datetime:
         t = t.astimezone(timezone.utc)
         return t.replace(hour=0, minute=0, second=0, microsecond=0)
 
-    lo = None if since is None else floor_day(since)
-    if lo is not None and lo < since:
-        lo += timedelta(days=1)
-    hi = None if until is None else floor_day(until)
-    if lo is not None and hi is not None and lo >= hi:
-        return None, [(since, until)]
+    if since is not None and until is not None and until - since <= RAW_EDGE_MAX:
+        return None, [(since, until, 1)]
     edges = []
-    if since is not None and since < lo:
-        edges.append((since, lo))
-    if until is not None and hi < until:
-        edges.append((hi, until))
-    return (lo.date() if lo is not None else None, hi.date() if hi is not None else None), edges
+    first = None
+    if since is not None:
+        first = floor_day(since)
+        if since - first > RAW_EDGE_MAX:
+            first += timedelta(days=1)
+            edges.append((since, first, 1))
+        elif since > first:
+            edges.append((first, since, -1))
+    end = None
+    if until is not None:
+        end = floor_day(until)
+        if until - end > RAW_EDGE_MAX:
+            end += timedelta(days=1)
+            edges.append((until, end, -1))
+        elif until > end:
+            edges.append((end, until, 1))
+    return (first.date() if first is not None else None, end.date() if end is not None else None), edges
 
 
 def _day_range(column, days):
@@ -475,24 +493,30 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
     without_jit(session)
     dialect = session.bind.dialect.name
     names = dict(session.execute(select(User.id, User.username)).all())
-    days, edges = split_period(since, until) if use_rollups else (None, [(since, until)])
+    days, edges = split_period(since, until) if use_rollups else (None, [(since, until, 1)])
     votes = ComparisonVotes.__table__ if use_rollups else rollups.votes_from_scratch()
-    profile_rows, day_rows, hist_rows = [], [], []
+    profiles: Counter = Counter()
+    hist_counts: Counter = Counter()
+    day_rows = []
     if days is not None:
         av, ad, ah = AnnotatorVotes, AnnotatorDay, AnnotatorHistogram
         keys = [av.annotator_id, av.choice, *[getattr(av, f"o_{c}") for c in CHOICES]]
-        profile_rows += session.execute(select(*keys, func.sum(av.n)).where(_day_range(av.day, days))
-                                        .group_by(*keys)).all()
+        for uid, choice, *others, n in session.execute(select(*keys, func.sum(av.n))
+                                                       .where(_day_range(av.day, days)).group_by(*keys)).all():
+            profiles[(uid, Choice(choice).value, *others)] += int(n or 0)
         day_rows += session.execute(select(ad.annotator_id, *[func.sum(getattr(ad, k)) for k in rollups.DAY_SUMS])
                                     .where(_day_range(ad.day, days)).group_by(ad.annotator_id)).all()
         hkeys = [ah.annotator_id, ah.kind, ah.bucket]
-        hist_rows += session.execute(select(*hkeys, func.sum(ah.n)).where(_day_range(ah.day, days))
-                                     .group_by(*hkeys)).all()
-    for lo, hi in edges:
-        profiles, sums, hists = _edge_rows(session, dialect, votes, lo, hi)
-        profile_rows += profiles
-        day_rows += sums
-        hist_rows += hists
+        for *key, n in session.execute(select(*hkeys, func.sum(ah.n)).where(_day_range(ah.day, days))
+                                       .group_by(*hkeys)).all():
+            hist_counts[tuple(key)] += int(n or 0)
+    for lo, hi, sign in edges:
+        edge_profiles, edge_sums, edge_hists = _edge_rows(session, dialect, votes, lo, hi)
+        for uid, choice, *others, n in edge_profiles:
+            profiles[(uid, Choice(choice).value, *others)] += sign * int(n)
+        for *key, n in edge_hists:
+            hist_counts[tuple(key)] += sign * int(n)
+        day_rows += [(uid, *[sign * float(v or 0.0) for v in values]) for uid, *values in edge_sums]
 
     stats: dict[int, AnnotatorStats] = {}
     sums: dict[int, list[float]] = {}
@@ -515,9 +539,8 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
     pooled: dict[int, dict[tuple[str, str], float]] = {}
     coincidence_nominal = np.zeros((4, 4))
     coincidence_ordinal = np.zeros((3, 3))
-    for uid, own, *others, n in profile_rows:
-        n = int(n or 0)
-        if not n:
+    for (uid, own, *others), n in profiles.items():
+        if n <= 0:
             continue
         s = stats_of(uid)
         own = Choice(own).value
@@ -535,9 +558,9 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
         if own in ORDINAL_ORDER:
             coincidence_ordinal += coincidence_rows(own, o, ORDINAL_ORDER) * n
     hists: dict[tuple[int, str], dict[int, int]] = {}
-    for uid, kind, bucket, n in hist_rows:
-        h = hists.setdefault((uid, kind), {})
-        h[int(bucket)] = h.get(int(bucket), 0) + int(n)
+    for (uid, kind, bucket), n in hist_counts.items():
+        if n > 0:
+            hists.setdefault((uid, kind), {})[int(bucket)] = n
     stats = {uid: s for uid, s in stats.items() if s.n or s.n_probes}
     for uid, s in stats.items():
         s.kappa = kappa_from_table(pooled.get(uid, {}))

@@ -144,9 +144,13 @@ def test_running_counts_equal_a_recount(db, settings, seed):
         assert all(kinds), f"the history has undos, probes, re-judgments and gold judgments: {kinds}"
         incremental = _table_rows(s)
         assert incremental["annotator_votes"], "the history produced agreement counts"
+        midnight = end.replace(hour=0, minute=0, second=0, microsecond=0)
         periods = [(None, None), (start + timedelta(days=2, hours=5), None),
                    (start + timedelta(days=1, hours=13), end - timedelta(days=2, hours=3)),
-                   (end - timedelta(hours=20), end - timedelta(hours=2))]
+                   (end - timedelta(hours=20), end - timedelta(hours=2)),
+                   # whole days minus the raw parts outside the period, at both ends
+                   (midnight - timedelta(days=3) + timedelta(hours=2), midnight - timedelta(hours=4)),
+                   (midnight - timedelta(days=4) + timedelta(hours=20), midnight - timedelta(days=1, hours=19))]
         for since, until in periods:
             fast = quality.annotator_quality(s, actor=admin, since=since, until=until)
             slow = quality.annotator_quality(s, actor=admin, since=since, until=until, use_rollups=False)
@@ -158,16 +162,21 @@ def test_running_counts_equal_a_recount(db, settings, seed):
         _assert_same_rows(incremental, _table_rows(s))
 
 
-def test_split_period_whole_days_and_edges():
+def test_split_period_whole_days_and_signed_edges():
     day = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    since, until = day - timedelta(days=3, hours=5), day + timedelta(hours=7)
-    days, edges = quality.split_period(since, until)
-    assert days == ((day - timedelta(days=3)).date(), day.date())
-    assert edges == [(since, day - timedelta(days=3)), (day, until)]
+    d = timedelta(days=1)
+    # late start, early end: add the short raw edges
+    since, until = day - 3 * d - timedelta(hours=5), day + timedelta(hours=7)
+    assert quality.split_period(since, until) == (((day - 3 * d).date(), day.date()),
+                                                  [(since, day - 3 * d, 1), (day, until, 1)])
+    # early start, late end: take the whole days and subtract what lies outside the period
+    since, until = day - 2 * d + timedelta(hours=3), day + timedelta(hours=20)
+    assert quality.split_period(since, until) == (((day - 2 * d).date(), (day + d).date()),
+                                                  [(day - 2 * d, since, -1), (until, day + d, -1)])
     assert quality.split_period(None, None) == ((None, None), [])
-    assert quality.split_period(day + timedelta(hours=1), day + timedelta(hours=2)) == (
-        None, [(day + timedelta(hours=1), day + timedelta(hours=2))])
     assert quality.split_period(day, None) == ((day.date(), None), [])
+    short = (day + timedelta(hours=1), day + timedelta(hours=2))
+    assert quality.split_period(*short) == (None, [(*short, 1)])
 
 
 def test_appending_is_the_only_change_allowed(db, settings):
