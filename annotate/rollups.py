@@ -35,12 +35,16 @@ annotator or probe flag in place is refused.
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
+
 from sqlalchemy import (
     Date,
     Float,
     Integer,
     String,
     and_,
+    bindparam,
     case,
     cast,
     delete,
@@ -223,78 +227,86 @@ def rebuild(connection: Connection) -> None:
 # --------------------------------------------------------------------------- incremental maintenance
 
 
-def _insert(connection: Connection, table):
-    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+def _insert(dialect: str, table):
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def _add_rows(connection: Connection, table, keys: list[str], sums: list[str], source, sign: int) -> None:
-    """Upsert ``sign`` × the rows of ``source`` (columns ``keys + sums``) into ``table``, adding to existing sums."""
+def _upsert_rows(dialect: str, table, keys: list[str], sums: list[str], source, sign):
+    """``INSERT … SELECT`` of ``sign`` × the rows of ``source`` (columns ``keys + sums``) into ``table``,
+    adding to the sums of rows that exist (``ON CONFLICT DO UPDATE SET s = s + excluded.s``)."""
     sub = source.subquery()
     rows = select(*[sub.c[k] for k in keys], *[(sub.c[s] * sign).label(s) for s in sums]).where(true())
-    stmt = _insert(connection, table).from_select(keys + sums, rows)
-    stmt = stmt.on_conflict_do_update(index_elements=keys,
-                                      set_={s: table.c[s] + stmt.excluded[s] for s in sums})
-    connection.execute(stmt)
+    stmt = _insert(dialect, table).from_select(keys + sums, rows)
+    return stmt.on_conflict_do_update(index_elements=keys, set_={s: table.c[s] + stmt.excluded[s] for s in sums})
 
 
-def _add_votes(connection: Connection, annotator_id: int, day, choice: str, others: dict[str, int],
-               delta: int) -> None:
-    table = AnnotatorVotes.__table__
-    values = {"annotator_id": annotator_id, "day": day, "choice": choice,
-              **{f"o_{c}": others[c] for c in CHOICES}, "n": delta}
-    stmt = _insert(connection, table).values(**values)
-    connection.execute(stmt.on_conflict_do_update(index_elements=[k for k in values if k != "n"],
-                                                  set_={"n": table.c.n + stmt.excluded.n}))
+_DAY_KEYS = ["annotator_id", "day"]
+_HIST_KEYS = ["annotator_id", "day", "kind", "bucket"]
+_VOTE_KEYS = ["annotator_id", "day", "choice", *[f"o_{c}" for c in CHOICES]]
 
 
-def _day_sums_of_probes(connection: Connection, comparison_id: int, annotator_id: int, original_choice: str,
-                        sign: int) -> None:
-    """The live probes of (comparison, annotator) gain (sign 1) or lose (-1) their original."""
-    dialect = connection.dialect.name
-    p = aliased(Judgment)
+@functools.lru_cache(maxsize=None)
+def _statements(dialect: str) -> SimpleNamespace:
+    """The maintenance statements, built once per dialect (parameters: ``jid``, ``sign``, ``cid``, ``uid``...)."""
+    j, p = Judgment, aliased(Judgment)
+    jid, sign = bindparam("jid", type_=Integer), bindparam("sign", type_=Integer)
+    me = j.id == jid
+    day_table, cv, av = AnnotatorDay.__table__, ComparisonVotes.__table__, AnnotatorVotes.__table__
+    votes = _insert(dialect, av).values({k: bindparam(k) for k in [*_VOTE_KEYS, "n"]})
     zeros = [literal(0).label(k) for k in DAY_SUMS if k not in ("n_probes", "n_flips")]
-    source = (select(p.annotator_id.label("annotator_id"), day_of(p.created_at, dialect).label("day"), *zeros,
-                     literal(1).label("n_probes"), n_if(p.choice != Choice(original_choice)).label("n_flips"))
-              .where(live(p), p.is_probe.is_(True), p.comparison_id == comparison_id,
-                     p.annotator_id == annotator_id))
-    _add_rows(connection, AnnotatorDay.__table__, ["annotator_id", "day"], list(DAY_SUMS), source, sign)
+    probes_of = (select(p.annotator_id.label("annotator_id"), day_of(p.created_at, dialect).label("day"), *zeros,
+                        literal(1).label("n_probes"),
+                        n_if(p.choice != bindparam("original", type_=String)).label("n_flips"))
+                 .where(live(p), p.is_probe.is_(True), p.comparison_id == bindparam("cid"),
+                        p.annotator_id == bindparam("uid")))
+    return SimpleNamespace(
+        row=select(j.comparison_id, j.annotator_id, j.choice, j.is_probe, day_of(j.created_at, dialect),
+                   j.state, j.source).where(me),
+        probe=_upsert_rows(dialect, day_table, _DAY_KEYS, list(DAY_SUMS), probe_facts(dialect, me, alive=False), sign),
+        ensure_votes=_insert(dialect, cv).values(comparison_id=bindparam("cid")).on_conflict_do_nothing(),
+        bump_votes=(update(cv).where(cv.c.comparison_id == bindparam("cid"))
+                    .values({f"n_{c}": cv.c[f"n_{c}"] + bindparam(f"d_{c}", type_=Integer) for c in CHOICES})
+                    .returning(*[cv.c[f"n_{c}"] for c in CHOICES])),
+        others=(select(j.annotator_id, j.choice, day_of(j.created_at, dialect))
+                .where(j.comparison_id == bindparam("cid"), live(), j.is_probe.is_(False), j.id != jid)),
+        votes=votes.on_conflict_do_update(index_elements=_VOTE_KEYS, set_={"n": av.c.n + votes.excluded.n}),
+        day=_upsert_rows(dialect, day_table, _DAY_KEYS, list(DAY_SUMS), judgment_facts(dialect, me, alive=False),
+                         sign),
+        hist=_upsert_rows(dialect, AnnotatorHistogram.__table__, _HIST_KEYS, ["n"],
+                          _histogram_rows(histogram_facts(dialect, me, alive=False)), sign),
+        probes_of_original=_upsert_rows(dialect, day_table, _DAY_KEYS, list(DAY_SUMS), probes_of, sign),
+    )
 
 
-def _apply(connection: Connection, judgment_id: int, sign: int) -> None:
+def _apply(connection: Connection, judgment_id: int, sign: int, row=None) -> None:
     """Add (1) or remove (-1) one judgment's contribution (the caller knows it was or became live)."""
-    dialect = connection.dialect.name
-    j = Judgment
-    cid, uid, choice, is_probe, day = connection.execute(
-        select(j.comparison_id, j.annotator_id, j.choice, j.is_probe, day_of(j.created_at, dialect))
-        .where(j.id == judgment_id)).one()
+    st = _statements(connection.dialect.name)
+    if row is None:
+        row = connection.execute(st.row, {"jid": judgment_id}).one()
+    cid, uid, choice, is_probe, day = row[:5]
     choice = Choice(choice).value
-    me = j.id == judgment_id
-    day_table, day_keys = AnnotatorDay.__table__, ["annotator_id", "day"]
     if is_probe:
-        _add_rows(connection, day_table, day_keys, list(DAY_SUMS), probe_facts(dialect, me, alive=False), sign)
+        connection.execute(st.probe, {"jid": judgment_id, "sign": sign})
         return
 
-    cv = ComparisonVotes.__table__
-    connection.execute(_insert(connection, cv).values(comparison_id=cid).on_conflict_do_nothing())
+    connection.execute(st.ensure_votes, {"cid": cid})
     # Locks the comparison's vote row: a concurrent vote on it waits here, then sees this one.
-    after = connection.execute(update(cv).where(cv.c.comparison_id == cid)
-                               .values({f"n_{choice}": cv.c[f"n_{choice}"] + sign})
-                               .returning(*[cv.c[f"n_{c}"] for c in CHOICES])).one()
+    after = connection.execute(st.bump_votes, {"cid": cid, **{f"d_{c}": sign if c == choice else 0
+                                                               for c in CHOICES}}).one()
     after = dict(zip(CHOICES, after))
     before = {**after, choice: after[choice] - sign}
     # This judgment's "others" are the votes without it: before it was added, after it was removed.
-    _add_votes(connection, uid, day, choice, before if sign > 0 else after, sign)
-    for k_uid, k_choice, k_day in connection.execute(
-            select(j.annotator_id, j.choice, day_of(j.created_at, dialect))
-            .where(j.comparison_id == cid, live(), j.is_probe.is_(False), j.id != judgment_id)).all():
+    moves = [(uid, day, choice, before if sign > 0 else after, sign)]
+    for k_uid, k_choice, k_day in connection.execute(st.others, {"cid": cid, "jid": judgment_id}).all():
         k_choice = Choice(k_choice).value
-        _add_votes(connection, k_uid, k_day, k_choice, {c: before[c] - (c == k_choice) for c in CHOICES}, -1)
-        _add_votes(connection, k_uid, k_day, k_choice, {c: after[c] - (c == k_choice) for c in CHOICES}, 1)
-
-    _add_rows(connection, day_table, day_keys, list(DAY_SUMS), judgment_facts(dialect, me, alive=False), sign)
-    _add_rows(connection, AnnotatorHistogram.__table__, ["annotator_id", "day", "kind", "bucket"], ["n"],
-              _histogram_rows(histogram_facts(dialect, me, alive=False)), sign)
-    _day_sums_of_probes(connection, cid, uid, choice, sign)
+        moves += [(k_uid, k_day, k_choice, {c: before[c] - (c == k_choice) for c in CHOICES}, -1),
+                  (k_uid, k_day, k_choice, {c: after[c] - (c == k_choice) for c in CHOICES}, 1)]
+    connection.execute(st.votes, [{"annotator_id": u, "day": d, "choice": ch, "n": n,
+                                   **{f"o_{c}": o[c] for c in CHOICES}} for u, d, ch, o, n in moves])
+    params = {"jid": judgment_id, "sign": sign}
+    connection.execute(st.day, params)
+    connection.execute(st.hist, params)
+    connection.execute(st.probes_of_original, {"cid": cid, "uid": uid, "original": choice, "sign": sign})
 
 
 def _histogram_rows(facts):
@@ -317,7 +329,7 @@ def _gold_answer_changed(connection: Connection, comparison_id: int, old: str | 
     source = (select(j.annotator_id.label("annotator_id"), day_of(j.created_at, dialect).label("day"),
                      *[delta.get(k, literal(0)).label(k) for k in DAY_SUMS])
               .where(j.comparison_id == comparison_id, live(), j.is_probe.is_(False), j.was_gold.is_(True)))
-    _add_rows(connection, AnnotatorDay.__table__, ["annotator_id", "day"], list(DAY_SUMS), source, 1)
+    connection.execute(_upsert_rows(dialect, AnnotatorDay.__table__, _DAY_KEYS, list(DAY_SUMS), source, 1))
 
 
 def _old_value(target, name: str):
@@ -332,10 +344,9 @@ def _is_live(state, source, annotator_id) -> bool:
 
 @event.listens_for(Judgment, "after_insert")
 def _judgment_inserted(mapper, connection, target) -> None:
-    state, source, annotator_id = connection.execute(
-        select(Judgment.state, Judgment.source, Judgment.annotator_id).where(Judgment.id == target.id)).one()
-    if _is_live(state, source, annotator_id):
-        _apply(connection, target.id, 1)
+    row = connection.execute(_statements(connection.dialect.name).row, {"jid": target.id}).one()
+    if _is_live(row.state, row.source, row.annotator_id):
+        _apply(connection, target.id, 1, row)
 
 
 @event.listens_for(Judgment, "after_update")
