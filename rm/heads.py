@@ -1,8 +1,8 @@
 """Ensembles of small Bradley–Terry heads over frozen features, and pair scoring.
 
-An ``Ensemble`` holds M members as stacked arrays so that all members score a
-feature matrix in one pass. Inference is pure numpy; training lives in
-``rm.train``.
+An ``Ensemble`` holds M members as stacked numpy arrays so that all members
+score a feature matrix in one pass (linear heads multiply through torch, which
+is faster for this shape); training lives in ``rm.train``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -60,9 +61,12 @@ class Ensemble:
             # Fold standardisation and temperature into one (D, M) matrix.
             w = (p["w"] * inv[None, :]).T.astype(np.float32) / t
             b = ((p["b"] - p["w"] @ (self.mean * inv)) / t).astype(np.float32)
+            # torch's GEMM handles this tall-thin product (n × D by D × M, M ≈ 5)
+            # 1.4-1.9x faster than numpy's BLAS on 2 cores (bench/retrain.py).
+            wt = torch.from_numpy(np.ascontiguousarray(w))
             for s in range(0, len(feat), batch_size):
-                x = np.asarray(feat[s:s + batch_size], dtype=np.float32)
-                out[:, s:s + batch_size] = (x @ w).T + b[:, None]
+                x = torch.from_numpy(np.ascontiguousarray(feat[s:s + batch_size], dtype=np.float32))
+                out[:, s:s + batch_size] = torch.mm(x, wt).numpy().T + b[:, None]
             return out
         w1 = (p["w1"] * inv[None, :, None]).astype(np.float32)
         b1 = (p["b1"] - np.einsum("d,mdh->mh", self.mean * inv, p["w1"])).astype(np.float32)

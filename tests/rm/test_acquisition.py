@@ -213,3 +213,39 @@ def test_make_pool_matches_member_probabilities():
     np.testing.assert_allclose(pool.features, (feat[ia] - feat[ib]) / 2.0, rtol=1e-6)
     np.testing.assert_allclose(pool.labelled, pair_features(feat, [6], [7], np.full(4, 2.0)), rtol=1e-6)
     assert pool.groups.tolist() == [0, 1, 0]
+
+
+def test_epig_prefers_pairs_informative_about_the_pool():
+    # Most open pairs vary along the first direction; one candidate lies along it, one across it.
+    # Both are equally uncertain and equally long, so BALD and cover cannot tell them apart; EPIG
+    # asks the one that teaches the model about the pairs it will score.
+    rng = np.random.default_rng(0)
+    targets = np.c_[rng.normal(size=40) * 3, rng.normal(size=40) * 0.1]
+    feats = np.r_[[[0.0, 3.0], [3.0, 0.0]], targets].astype(np.float32)
+    probs = np.full((3, len(feats)), 0.5, dtype=np.float32)
+    strategy = get_strategy("epig")
+    pool = Pool(probs=probs, features=feats)
+    gain = strategy.scores(pool, np.random.default_rng(0))
+    assert gain[1] > 5 * gain[0]
+    first = strategy.select(pool, 1, np.random.default_rng(0))[0]
+    assert abs(feats[first, 0]) > abs(feats[first, 1])
+
+
+def test_epig_gain_matches_the_gaussian_formula():
+    # One candidate, three targets, no labels: ½·mean_t ρ², Σ = I/λ, noise variance 1/w.
+    from rm.acquisition import EpigStrategy
+
+    s = EpigStrategy(ridge=0.5)
+    zc = np.array([[1.0, 2.0]])
+    zt = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    wc, wt = np.array([0.25]), np.array([0.2, 0.25, 0.1])
+    cov = np.eye(2) / 0.5
+    expected = np.mean([(zc[0] @ cov @ t) ** 2 / ((zc[0] @ cov @ zc[0] + 1 / wc[0]) * (t @ cov @ t + 1 / w))
+                        for t, w in zip(zt, wt)]) / 2
+    np.testing.assert_allclose(s._gain(zc, zt, wc, wt, cov), [expected], rtol=1e-12)
+
+
+def test_epig_batch_does_not_repeat_what_it_already_asked():
+    pool, dups = _near_duplicate_pool()
+    ids = get_strategy("epig").select(pool, 5, np.random.default_rng(0))
+    assert len(dups & set(ids.tolist())) <= 2
