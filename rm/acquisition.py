@@ -16,7 +16,7 @@ Names accepted by ``get_strategy``:
   ``H(mean p) - mean H(p_m)`` (epistemic uncertainty; ensemble disagreement).
 - ``thompson``: one ensemble member drawn per batch; the pairs it is least sure about.
 - ``epig``: expected predictive information gain about a sample of the open pool
-  under the same linear posterior (what a label teaches about the pairs the
+  under the linear posterior described for ``cover`` (what a label teaches about the pairs the
   model will score, not about its parameters).
 - ``cover``: greedy batch information gain of a Bradley–Terry model that is
   linear in the pair features (Laplace posterior over the labelled pairs, updated
