@@ -16,8 +16,9 @@ acquisition strategy and the bulk priority write. Two cycles run per
 backend: the first model (no active model) and a second one (forced, with the
 active model re-scored on the held-out pairs).
 
-Encoder throughput against sentence-transformers is measured by
-``bench/encoder_throughput.py`` (the reward-model library's benchmark), not here.
+Last, the encoder's throughput against sentence-transformers' ``encode`` on
+the same real HH texts and thread count (``bench/encoder_throughput.py``'s
+function; ``--skip-encoder`` leaves it out).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 import uuid
@@ -226,6 +228,7 @@ def main() -> None:
     ap.add_argument("--per-prompt", type=int, default=2)
     ap.add_argument("--score-pairs", type=int, default=1_000_000)
     ap.add_argument("--backends", default="sqlite,postgres")
+    ap.add_argument("--skip-encoder", action="store_true")
     args = ap.parse_args()
 
     from annotate.campaign import defaults
@@ -274,8 +277,11 @@ def main() -> None:
             print(f"score_1M  pairs={s['n_pairs']} responses={s['n_responses']} feature_dim={dim} members=5 "
                   f"rewards_s={s['rewards_s']:.2f} pair_probs_s={s['pairs_s']:.2f} score_s={s['score_s']:.2f} "
                   f"acquisition={s['strategy']} acquisition_s={s['acquisition_s']:.2f}")
-    print("# encoder throughput vs sentence-transformers: see bench/encoder_throughput.py "
-          f"({'present' if (Path(__file__).parent / 'encoder_throughput.py').exists() else 'not present yet'})")
+    if not args.skip_encoder:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from encoder_throughput import encoder_vs_sentence_transformers
+
+        encoder_vs_sentence_transformers(threads=settings0.torch_threads)
 
 
 if __name__ == "__main__":
