@@ -273,7 +273,12 @@ def _file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
 
 def _encoder_id(model_path: Path, config: EncoderConfig) -> str:
     h = hashlib.sha256()
-    parts = {"rules": _ENCODING_RULES_VERSION, "config": asdict(config)}
+    cfg_fields = asdict(config)
+    if config.layer_pooling == "concat":
+        # Ids from before layer_pooling existed (always concatenation) stay valid: old
+        # artifacts load and old cache entries are found.
+        del cfg_fields["layer_pooling"]
+    parts = {"rules": _ENCODING_RULES_VERSION, "config": cfg_fields}
     for name in ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json"):
         f = model_path / name
         if f.is_file():

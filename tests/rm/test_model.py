@@ -55,3 +55,19 @@ def test_wrong_encoder_override_is_refused(trained, tiny_bert_other):
     model = rm.load(tmp_path / "model", encoder=tiny_bert_other)
     with pytest.raises(ArtifactError, match="trained on encoder"):
         model.score(["p"], ["r"])
+
+
+def test_artifacts_from_before_layer_pooling_load_as_concatenated_layers(tiny_bert, tmp_path):
+    # Artifacts written before EncoderConfig.layer_pooling existed have no such key and
+    # concatenated their layers; their encoder id must still match.
+    enc = Encoder(tiny_bert, EncoderConfig(layers=(-1, -2), layer_pooling="concat"))
+    desc = enc.describe()
+    del desc["config"]["layer_pooling"]
+    prompts, responses = ["q1", "q2", "q3", "q4"], ["yes", "no", "maybe", "never"]
+    feat = build_features(prompts, responses, enc)
+    data = PairData(feat, np.array([0, 2]), np.array([1, 3]), np.zeros(2), group=np.array(["a", "b"]))
+    ens = train_ensemble(data, TrainConfig(n_members=2), seed=0)
+    save_artifact(tmp_path / "old", ens, encoder=desc, features=FeatureSpec())
+    model = rm.load(tmp_path / "old")
+    np.testing.assert_allclose(model.score(prompts, responses).members, ens.member_rewards(feat), rtol=1e-5, atol=1e-5)
+    assert model.encoder.config.layer_pooling == "concat" and model.encoder.encoder_id == enc.encoder_id
