@@ -473,16 +473,10 @@ class CoverStrategy(Strategy):
         if pool.features is None or len(cand) <= n:
             return cand[:n].astype(np.int64)
         z = _project(np.asarray(pool.features[cand], dtype=np.float64), self.max_dim)
-        lab = pool.labelled_rows(self.max_labelled, rng)
-        unit = 1.0 / np.sqrt(max(float(np.mean(np.einsum("nd,nd->n", z, z))), 1e-12))
+        unit = _unit_scale(z)
         z *= unit
-        d = z.shape[1]
-        prec = self.ridge * np.eye(d)
-        if lab is not None and len(lab):
-            lab = _project(np.asarray(lab, dtype=np.float64), self.max_dim) * unit
-            weight = self.labelled_weight * _nrows(pool.labelled) / len(lab)
-            prec += weight * lab.T @ lab
-        cov = np.linalg.inv(prec)
+        cov = _posterior_cov(pool, rng, unit, z.shape[1], ridge=self.ridge, max_dim=self.max_dim,
+                             max_labelled=self.max_labelled, labelled_weight=self.labelled_weight)
         q0 = np.einsum("nd,nd->n", z, z) / self.ridge
         q = _quad(z, cov)
         p = pool.mean_probs[cand].astype(np.float64)
@@ -492,26 +486,18 @@ class CoverStrategy(Strategy):
             # Scores that are not > 0 (margin, thompson) map to [0.1, 1] so the product keeps their order.
             spread = float(np.ptp(s))
             s = 0.1 + 0.9 * (s - s.min()) / spread if spread > 0 else np.ones_like(s)
-        groups = None if pool.groups is None else pool.groups[cand]
-        picked: list[int] = []
-        free = np.ones(len(cand), dtype=bool)
-        open_group = np.ones(len(cand), dtype=bool)
-        for _ in range(min(n, len(cand))):
-            gain = np.log1p(w * q) if self.base is None else s * q / np.maximum(q0, 1e-12)
-            allowed = free & open_group
-            if not allowed.any():
-                open_group[:] = True  # every prompt has a pair in the batch: next round of the cap
-                allowed = free
-            i = int(np.argmax(np.where(allowed, gain, -np.inf)))
-            picked.append(i)
-            free[i] = False
-            if groups is not None:
-                open_group &= groups != groups[i]
+        def gain():
+            return np.log1p(w * q) if self.base is None else s * q / np.maximum(q0, 1e-12)
+
+        def update(i):
+            nonlocal q
             u = cov @ z[i]
             denom = 1.0 / w[i] + z[i] @ u
-            cov -= np.outer(u, u) / denom
-            q -= (z @ u) ** 2 / denom
-        return cand[np.asarray(picked, dtype=np.int64)].astype(np.int64)
+            cov[...] -= np.outer(u, u) / denom
+            q = q - (z @ u) ** 2 / denom
+
+        groups = None if pool.groups is None else pool.groups[cand]
+        return cand[_greedy_capped(gain, update, groups, len(cand), n)].astype(np.int64)
 
 
 class EpigStrategy(Strategy):
@@ -554,19 +540,15 @@ class EpigStrategy(Strategy):
     def _setup(self, pool, rng, cand, tgt):
         zc = _project(np.asarray(pool.features[cand], dtype=np.float64), self.max_dim)
         zt = _project(np.asarray(pool.features[tgt], dtype=np.float64), self.max_dim)
-        unit = 1.0 / np.sqrt(max(float(np.mean(np.einsum("nd,nd->n", zt, zt))), 1e-12))
+        unit = _unit_scale(zt)
         zc *= unit
         zt *= unit
-        d = zc.shape[1]
-        prec = self.ridge * np.eye(d)
-        lab = pool.labelled_rows(self.max_labelled, rng)
-        if lab is not None and len(lab):
-            lab = _project(np.asarray(lab, dtype=np.float64), self.max_dim) * unit
-            prec += self.labelled_weight * _nrows(pool.labelled) / len(lab) * lab.T @ lab
+        cov = _posterior_cov(pool, rng, unit, zc.shape[1], ridge=self.ridge, max_dim=self.max_dim,
+                             max_labelled=self.max_labelled, labelled_weight=self.labelled_weight)
         p = pool.mean_probs.astype(np.float64)
         wc = np.clip(p[cand] * (1 - p[cand]), 0.01, 0.25)
         wt = np.clip(p[tgt] * (1 - p[tgt]), 0.01, 0.25)
-        return zc, zt, wc, wt, np.linalg.inv(prec)
+        return zc, zt, wc, wt, cov
 
     @staticmethod
     def _gain(zc, zt, wc, wt, cov):
@@ -597,24 +579,58 @@ class EpigStrategy(Strategy):
         if len(cand) <= n:
             return capped_order(cand[rng.permutation(len(cand))], pool.groups, n).astype(np.int64)
         zc, zt, wc, wt, cov = self._setup(pool, rng, cand, self._targets(pool, rng))
-        groups = None if pool.groups is None else pool.groups[cand]
-        picked: list[int] = []
-        free = np.ones(len(cand), dtype=bool)
-        open_group = np.ones(len(cand), dtype=bool)
-        for _ in range(min(n, len(cand))):
-            gain = self._gain(zc, zt, wc, wt, cov)
-            allowed = free & open_group
-            if not allowed.any():
-                open_group[:] = True
-                allowed = free
-            i = int(np.argmax(np.where(allowed, gain, -np.inf)))
-            picked.append(i)
-            free[i] = False
-            if groups is not None:
-                open_group &= groups != groups[i]
+        def update(i):
             u = cov @ zc[i]
-            cov -= np.outer(u, u) / (1.0 / wc[i] + zc[i] @ u)
-        return cand[np.asarray(picked, dtype=np.int64)].astype(np.int64)
+            cov[...] -= np.outer(u, u) / (1.0 / wc[i] + zc[i] @ u)
+
+        groups = None if pool.groups is None else pool.groups[cand]
+        picked = _greedy_capped(lambda: self._gain(zc, zt, wc, wt, cov), update, groups, len(cand), n)
+        return cand[picked].astype(np.int64)
+
+
+def _unit_scale(z: np.ndarray) -> float:
+    """Factor that gives the rows of ``z`` unit mean square norm."""
+    return 1.0 / np.sqrt(max(float(np.mean(np.einsum("nd,nd->n", z, z))), 1e-12))
+
+
+def _posterior_cov(pool: Pool, rng: np.random.Generator, unit: float, d: int, *, ridge: float, max_dim: int,
+                   max_labelled: int, labelled_weight: float) -> np.ndarray:
+    """``Σ = (λ·I + weight · Σ_labelled z zᵀ)⁻¹`` over projected, ``unit``-scaled labelled pair features.
+
+    At most ``max_labelled`` labelled pairs are used (a random sample, weighted up
+    to stand for all of them).
+    """
+    prec = ridge * np.eye(d)
+    lab = pool.labelled_rows(max_labelled, rng)
+    if lab is not None and len(lab):
+        lab = _project(np.asarray(lab, dtype=np.float64), max_dim) * unit
+        prec += labelled_weight * _nrows(pool.labelled) / len(lab) * lab.T @ lab
+    return np.linalg.inv(prec)
+
+
+def _greedy_capped(gain, update, groups: np.ndarray | None, n_candidates: int, n: int) -> np.ndarray:
+    """Greedy batch under the per-prompt cap: ``min(n, n_candidates)`` candidate indices in pick order.
+
+    ``gain()`` scores every candidate given the picks so far; ``update(i)``
+    conditions the model on pick ``i`` (as if its answer were known). A prompt
+    gets a second pair only once every prompt left has one in the batch.
+    """
+    picked: list[int] = []
+    free = np.ones(n_candidates, dtype=bool)
+    open_group = np.ones(n_candidates, dtype=bool)
+    for _ in range(min(n, n_candidates)):
+        g = gain()
+        allowed = free & open_group
+        if not allowed.any():
+            open_group[:] = True  # every prompt has a pair in the batch: next round of the cap
+            allowed = free
+        i = int(np.argmax(np.where(allowed, g, -np.inf)))
+        picked.append(i)
+        free[i] = False
+        if groups is not None:
+            open_group &= groups != groups[i]
+        update(i)
+    return np.asarray(picked, dtype=np.int64)
 
 
 def _quad(z: np.ndarray, m: np.ndarray) -> np.ndarray:
