@@ -4,10 +4,19 @@ SQLite runs in WAL mode with a busy timeout and foreign keys on, and write
 transactions start with ``BEGIN IMMEDIATE`` so two writers queue on the lock
 instead of failing half-way with "database is locked". Read-only units of work
 use :meth:`Database.read`, which begins a deferred transaction.
+
+SQLite's own lock is not fair: a writer that finds it taken sleeps and polls,
+while a thread that has just committed takes it again at once, so under steady
+contention one thread of a process (one Streamlit session) can wait for ever.
+Write units of work from one process therefore queue on a first-come,
+first-served gate before ``BEGIN IMMEDIATE``; other processes still queue on
+SQLite's busy timeout.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,6 +77,55 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
 
 
+class FairGate:
+    """A first-come, first-served mutex for one process's SQLite writers.
+
+    Releasing hands the gate straight to the longest waiter, so no thread can
+    overtake one that arrived earlier. Re-entrant per thread. ``acquire``
+    returns False after ``timeout`` seconds; the caller then goes on without
+    the gate and SQLite's busy timeout decides, exactly as without a gate.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Event] = deque()
+        # None (free), a thread id (held) or a waiter's Event (handed to it).
+        self._owner: int | threading.Event | None = None
+        self._depth = 0
+
+    def acquire(self, timeout: float) -> bool:
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None:
+                self._owner, self._depth = me, 1
+                return True
+            turn = threading.Event()
+            self._waiters.append(turn)
+        turn.wait(timeout)
+        with self._mutex:
+            if self._owner is turn:  # handed over (possibly just as the wait timed out)
+                self._owner, self._depth = me, 1
+                return True
+            self._waiters.remove(turn)
+            return False
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("FairGate released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth:
+                return
+            if self._waiters:
+                self._owner = self._waiters.popleft()
+                self._owner.set()
+            else:
+                self._owner = None
+
+
 @dataclass
 class Database:
     """An engine plus the two session factories every caller uses.
@@ -80,6 +138,7 @@ class Database:
 
     def __post_init__(self) -> None:
         self._write = sessionmaker(self.engine, expire_on_commit=False)
+        self._gate = FairGate() if is_sqlite(self.engine) else None
         read_engine = self.engine.execution_options(sqlite_begin="DEFERRED")
         self._read = sessionmaker(read_engine, expire_on_commit=False)
 
@@ -89,8 +148,13 @@ class Database:
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
-        with self._write.begin() as session:
-            yield session
+        gated = self._gate is not None and self._gate.acquire(SQLITE_BUSY_TIMEOUT_S)
+        try:
+            with self._write.begin() as session:
+                yield session
+        finally:
+            if gated:
+                self._gate.release()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from annotate import judgments, queue
 from annotate.campaign import get_options
-from annotate.db import Database, create_db_engine
+from annotate.db import Database, FairGate, create_db_engine
 from annotate.errors import QueueError
 from annotate.models import Comparison, ComparisonStatus, Judgment, JudgmentState
 from annotate.settings import load_settings
@@ -167,3 +167,75 @@ def test_postgres_claim_waits_for_rows_locked_by_a_long_transaction(pg_db, tmp_p
     holder.close()
     assert asg is not None
     assert waited >= 0.8
+
+
+def _wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.001)
+
+
+def test_fair_gate_serves_writers_in_arrival_order():
+    gate = FairGate()
+    assert gate.acquire(timeout=1)
+    order: list[int] = []
+    threads = []
+    for i in range(6):
+        def take(i=i):
+            assert gate.acquire(timeout=10)
+            order.append(i)
+            gate.release()
+        t = threading.Thread(target=take)
+        t.start()
+        threads.append(t)
+        _wait_until(lambda: len(gate._waiters) == i + 1)  # queued before the next one arrives
+    gate.release()
+    for t in threads:
+        t.join(timeout=10)
+    assert order == list(range(6))
+    assert gate.acquire(timeout=0.01), "free again once everyone has passed"
+    gate.release()
+
+
+def test_fair_gate_timeout_reentry_and_misuse():
+    gate = FairGate()
+    assert gate.acquire(timeout=1) and gate.acquire(timeout=1), "re-entrant for its holder"
+    result = []
+    t = threading.Thread(target=lambda: result.append(gate.acquire(timeout=0.05)))
+    t.start()
+    t.join()
+    assert result == [False] and not gate._waiters, "a timed-out waiter leaves the queue"
+    gate.release()
+    t = threading.Thread(target=lambda: result.append(gate.acquire(timeout=0.05)))
+    t.start()
+    t.join()
+    assert result == [False, False], "still held once: it was taken twice"
+    gate.release()
+    with pytest.raises(RuntimeError):
+        gate.release()
+    t = threading.Thread(target=lambda: (result.append(gate.acquire(timeout=0.05)), gate.release()))
+    t.start()
+    t.join()
+    assert result[-1] is True
+
+
+def test_sqlite_writers_of_one_process_take_turns(sqlite_db):
+    """Writers queue in arrival order behind a long write instead of polling SQLite's lock."""
+    db = sqlite_db
+    order: list[str] = []
+    with db.begin() as s:
+        make_user(s, "holder")
+        threads = []
+        for i in range(4):
+            def write(i=i):
+                with db.begin() as s2:
+                    make_user(s2, f"w{i}")
+                    order.append(f"w{i}")
+            t = threading.Thread(target=write)
+            t.start()
+            threads.append(t)
+            _wait_until(lambda: len(db._gate._waiters) == i + 1)
+    for t in threads:
+        t.join(timeout=30)
+    assert order == ["w0", "w1", "w2", "w3"]
