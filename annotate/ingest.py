@@ -47,13 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from annotate.accounts import Actor, audit, require_admin
 from annotate.errors import ImportValidationError, PrefloopError
+from annotate.locks import advisory_key
 from annotate.models import (
     Choice,
     Comparison,
@@ -940,6 +941,11 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         problems.sort(key=lambda p: p[0])
         raise ImportValidationError(problems_message(problems, name), problems)
 
+    if session.get_bind().dialect.name == "postgresql":
+        # Imports take turns (until this transaction ends), so one that overlaps another
+        # running at the same moment sees its rows and skips them instead of colliding.
+        # SQLite's BEGIN IMMEDIATE already serialises writers.
+        session.execute(select(func.pg_advisory_xact_lock(advisory_key("import"))))
     user_id = actor.id if actor is not None else None
     batch = ImportBatch(filename=name[:512], file_hash=content_hash(data), format=parsed.format,
                         source_tag=source_tag, counts={}, created_by_id=user_id)

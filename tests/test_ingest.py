@@ -441,3 +441,35 @@ def test_csv_chosen_rejected_holds_hh_transcripts_or_message_lists():
                      json.dumps([user, {"role": "assistant", "content": "go away"}])])
     parsed = parse_file(out.getvalue().encode(), filename="trl.csv")
     assert parsed.format == "trl" and parsed.problems == [] and parsed.comparisons[0].prompt == [user]
+
+
+def test_overlapping_imports_at_the_same_time_both_succeed(db, settings):
+    """A second import that starts while an overlapping one is still open waits for it and skips its rows."""
+    import threading
+    import time
+
+    with db.begin() as session:
+        boss = admin(session)
+    results, errors = {}, []
+
+    def second():
+        try:
+            with db.begin() as session:
+                results["second"] = import_file(session, settings, jsonl(*(pair(i) for i in range(5, 15))),
+                                                filename="second.jsonl", actor=boss)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    with db.begin() as session:
+        results["first"] = import_file(session, settings, jsonl(*(pair(i) for i in range(10))),
+                                       filename="first.jsonl", actor=boss)
+        worker = threading.Thread(target=second)
+        worker.start()
+        time.sleep(0.5)  # the second import is now running against the first's uncommitted rows
+    worker.join(timeout=60)
+    assert not errors, errors
+    assert results["first"].comparisons_added == 10
+    assert (results["second"].comparisons_added, results["second"].comparisons_existing) == (5, 5)
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Comparison)) == 15
+        assert session.scalar(select(func.count()).select_from(Prompt)) == 15
