@@ -13,8 +13,14 @@ from typing import Any
 # A fenced code block: an opening fence of 3+ backticks or tildes (up to three
 # spaces of indent) to a closing fence of the same character at least as
 # long, or to the end of the text (CommonMark closes an unclosed fence there).
-_FENCE_OPEN = re.compile(r"^( {0,3})(`{3,}|~{3,})[^\n]*$", re.MULTILINE)
-_INLINE_CODE = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)
+# A backtick fence's info string may not contain a backtick (then it is not a fence).
+_FENCE_OPEN = re.compile(r"^( {0,3})(`{3,}(?=[^`\n]*$)|~{3,})[^\n]*$", re.MULTILINE)
+# An inline code span, kept to one line: a span may continue over lines in its
+# paragraph, but where a paragraph ends is for the renderer to decide, and a
+# span guessed across a blank line or a list item would leave prose unescaped.
+# A run after a backslash is not taken as an opener (the backslash escapes its
+# first backtick), so such text stays escaped prose.
+_INLINE_CODE = re.compile(r"(?<![`\\])(`+)(?!`)(.+?)(?<!`)\1(?!`)")
 _DOLLAR = re.compile(r"(\\*)\$")
 _IMAGE_OPEN = re.compile(r"!\[")
 # A link reference definition "[label]: url" at the start of a line, possibly
@@ -22,19 +28,27 @@ _IMAGE_OPEN = re.compile(r"!\[")
 _REF_DEF = re.compile(r"^([ \t>*+\-0-9.)]*)\[([^\]\n]*)\]:", re.MULTILINE)
 _IMAGE_EXT = r"(?:png|jpe?g|gif|webp|svg|bmp|ico|avif|tiff?)"
 # Autolinks "<https://host/x.png>" and bare URLs GFM would autolink, when
-# they point at an image.
+# they point at an image. A match never takes in brackets, parentheses or "!",
+# so it cannot swallow the "![" of image syntax next to it.
 _IMAGE_URL = re.compile(
-    rf"<?((?:https?://|www\.)[^\s<>`]*?\.{_IMAGE_EXT}(?:[?#][^\s<>`]*)?)>?(?=[\s).,;:!?'\"\]]|$)",
+    rf"<?((?:https?://|www\.)[^\s<>`()\[\]!]*?\.{_IMAGE_EXT}(?:[?#][^\s<>`()\[\]!]*)?)>?(?=[\s).,;:!?'\"\]]|$)",
     re.IGNORECASE)
 
 
 def _segments(text: str) -> Iterator[tuple[bool, str]]:
-    """Split ``text`` into (is_code, chunk) pieces: fenced blocks and inline code spans are code."""
+    """Split ``text`` into (is_code, chunk) pieces: fenced blocks, indented blocks and inline code spans are code.
+
+    Indented code blocks come back rewritten as fenced blocks (see ``_indented_segments``).
+    """
     pos = 0
     while pos < len(text):
         fence = _FENCE_OPEN.search(text, pos)
         end_of_prose = fence.start() if fence else len(text)
-        yield from _inline_segments(text[pos:end_of_prose])
+        for is_code, chunk in _indented_segments(text[pos:end_of_prose]):
+            if is_code:
+                yield True, chunk
+            else:
+                yield from _inline_segments(chunk)
         if fence is None:
             return
         char, length = fence.group(2)[0], len(fence.group(2))
@@ -43,6 +57,60 @@ def _segments(text: str) -> Iterator[tuple[bool, str]]:
         block_end = close.end() if close else len(text)
         yield True, text[fence.start():block_end]
         pos = block_end
+
+
+_INDENTED = re.compile(r"^(?: {4}|\t)")
+_LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
+
+
+def _indented_segments(prose: str) -> Iterator[tuple[bool, str]]:
+    """Split out CommonMark indented code blocks, each rewritten as a fenced block.
+
+    A block is a run of lines indented by four spaces or a tab (blank lines
+    inside it allowed) that follows a blank line or the start of the prose and
+    is not the continuation of a list item. The fenced rewrite renders the same
+    as the indented block would, so code such as ``if a < b`` is shown as
+    written instead of with escapes. Misjudging a list's indented paragraph as
+    code only changes how it looks: code is never rendered as images or links.
+    """
+    lines = prose.splitlines(keepends=True)
+    out: list[tuple[bool, str]] = []
+    prose_lines: list[str] = []
+    last_text = None  # the last non-blank line before the current one (None: only blanks so far)
+    after_blank = True
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        blank = not line.strip()
+        starts_code = (not blank and _INDENTED.match(line) and after_blank
+                       and (last_text is None or not (_LIST_ITEM.match(last_text) or _INDENTED.match(last_text))))
+        if not starts_code:
+            prose_lines.append(line)
+            if not blank:
+                last_text = line
+            after_blank = blank
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and (not lines[j].strip() or _INDENTED.match(lines[j])):
+            j += 1
+        while j > i and not lines[j - 1].strip():  # trailing blank lines belong to the prose after
+            j -= 1
+        if prose_lines:
+            out.append((False, "".join(prose_lines)))
+            prose_lines = []
+        body = [ln[1:] if ln.startswith("\t") else ln[4:] for ln in lines[i:j]]
+        code = "".join(body)
+        ticks = max([3] + [len(run) + 1 for run in re.findall(r"`{3,}", code)])
+        fence = "`" * ticks
+        ending = "" if code.endswith("\n") else "\n"
+        tail = "\n" if j < len(lines) or lines[j - 1].endswith("\n") else ""
+        out.append((True, f"{fence}\n{code}{ending}{fence}{tail}"))
+        last_text, after_blank = lines[j - 1], False
+        i = j
+    if prose_lines:
+        out.append((False, "".join(prose_lines)))
+    return iter(out)
 
 
 def _inline_segments(prose: str) -> Iterator[tuple[bool, str]]:
@@ -72,6 +140,11 @@ def _escape_prose(prose: str) -> str:
 def _neutralise(prose: str) -> str:
     out, pos = [], 0
     for match in _IMAGE_URL.finditer(prose):
+        if match.start() == 0 or match.end() == len(prose):
+            # Backticks added at a chunk's edge could merge with a neighbouring
+            # code span's and change where it ends; a bare URL there stays text
+            # (at worst a link, never an image).
+            continue
         out.append(_escape_prose(prose[pos:match.start()]))
         out.append(f"`{match.group(1)}`")
         pos = match.end()
@@ -79,17 +152,30 @@ def _neutralise(prose: str) -> str:
     return "".join(out)
 
 
+_ZWSP = "\u200b"
+
+
 def safe_markdown(text: str) -> str:
     """Markdown for untrusted ``text`` that fetches nothing and runs nothing.
 
-    Outside code: image syntax (inline, reference-style, shortcut) is shown as
-    literal text, link reference definitions are disabled, URLs of images
-    (bare or ``<autolinked>``) are shown as code instead of links, ``<`` is
-    escaped so HTML is inert text, and ``$`` is escaped so no LaTeX is
-    rendered. Fenced blocks and inline code spans are kept exactly as they are.
-    Render the result with ``unsafe_allow_html=False``.
+    No image can be rendered, by construction: every ``![`` (the only way
+    Markdown starts an image) is broken up, so this holds wherever the
+    renderer decides code spans begin and end. Outside code it becomes
+    ``!\\[`` (shown as ``![``); inside code, where a backslash would show,
+    a zero-width space goes between the two characters.
+
+    Outside code, as a further layer: link reference definitions are
+    disabled, URLs of images (bare or ``<autolinked>``) are shown as code
+    instead of links, ``<`` is escaped so HTML is inert text, and ``$`` is
+    escaped so no LaTeX is rendered. Code (fenced blocks, indented blocks,
+    which come back fenced, and one-line inline spans) is otherwise kept as
+    written. Code is found with regular expressions, not a full CommonMark
+    parser, so in contrived text a span may be misjudged; then only those
+    escapes are affected, which is why the result must still be rendered with
+    ``unsafe_allow_html=False`` (Streamlit's default: raw HTML is never live).
     """
-    return "".join(chunk if is_code else _neutralise(chunk) for is_code, chunk in _segments(text or ""))
+    return "".join(chunk.replace("![", f"!{_ZWSP}[") if is_code else _neutralise(chunk)
+                   for is_code, chunk in _segments(text or ""))
 
 
 # --------------------------------------------------------------------------- drawing

@@ -70,7 +70,7 @@ def test_code_blocks_survive_unchanged():
     code = "```python\nprice = '$5' if a < b else '![x](http://e/p.png)'\n<script>\n```"
     text = f"Here:\n\n{code}\n\nAnd $2 `inline <b> $x$` too."
     out = safe_markdown(text)
-    assert code in out
+    assert code.replace("![", "!\u200b[") in out  # only "![" is broken up, invisibly
     assert "`inline <b> $x$`" in out
     assert out.endswith("And \\$2 `inline <b> $x$` too.")
 
@@ -90,3 +90,47 @@ def test_plain_markdown_is_untouched():
 def test_empty_and_none():
     assert safe_markdown("") == ""
     assert safe_markdown(None) == ""
+
+
+def test_indented_code_is_shown_as_written():
+    text = "Try this:\n\n    if a < b and cost > $5:\n        print('![x](http://e/p.png)')\n\nafter <b> $"
+    out = safe_markdown(text)
+    assert "```\nif a < b and cost > $5:\n    print('!\u200b[x](http://e/p.png)')\n```" in out
+    assert out.endswith("\n\nafter &lt;b> \\$")
+    tab = safe_markdown("x\n\n\tz < 1\n")
+    assert tab == "x\n\n```\nz < 1\n```\n"
+    # Backtick runs inside the code get a longer fence, so they cannot close it.
+    assert safe_markdown("    ```\n    $x").startswith("````\n```\n$x\n````")
+
+
+def test_indented_lines_that_are_not_code_stay_neutralised():
+    # A paragraph continuation and a list item's indented paragraph are prose in CommonMark.
+    assert safe_markdown("para\n    not code <") == "para\n    not code &lt;"
+    out = safe_markdown("- item\n\n    more ![x](https://e.example/p.png) $")
+    assert not _LIVE_IMAGE.search(out) and "`https://e.example/p.png`" in out and "\\$" in out
+
+
+def _render(markdown: str) -> str:
+    from markdown_it import MarkdownIt
+
+    # CommonMark with raw HTML off, as Streamlit renders st.markdown(unsafe_allow_html=False).
+    return MarkdownIt("commonmark", {"html": False}).render(markdown)
+
+
+def test_fuzzed_markdown_never_renders_an_image():
+    """Random mixes of lists, quotes, indents, fences, backticks and image syntax through a real CommonMark renderer.
+
+    Before "![" was broken up inside code too, this found inputs whose code spans
+    the regular expressions misjudged, leaving an image live (seed 7: 3 in 20,000).
+    """
+    import random
+
+    pieces = ["- ", "1. ", "> ", "    ", "\t", "  ", "```", "~~~", "`", "``", "\n", "\n\n", "text ", "$x$ ",
+              "![a](https://e.example/p.png)", "![b][r]", "[r]: https://e.example/q.png", "<img src=x>",
+              "https://e.example/z.gif", "[link](https://e.example)", "\\", "*", "# ", "---", "&#60;", "<",
+              "(", ")", "[", "]", "!", "<https://e.example/a.png>"]
+    rng = random.Random(7)
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 25)))
+        html = _render(safe_markdown(text))
+        assert "<img" not in html, text
