@@ -140,3 +140,27 @@ def run_action(action, success: str, *, flash_key: str) -> None:
         return
     st.session_state[flash_key] = [success]
     st.rerun()
+
+
+def remember_failures(build, failures: list[str]):
+    """Wrap a ``st.download_button`` data callable so its failure is remembered.
+
+    Streamlit runs deferred download data outside the script and tells the
+    browser only that generating the file failed. The wrapped callable
+    appends the reason to ``failures`` (a plain list kept in session state, so
+    it is safe to touch from that thread) and re-raises; the page shows and
+    clears the list on its next run.
+    """
+    import logging
+
+    def run():
+        try:
+            return build()
+        except PrefloopError as exc:
+            failures.append(str(exc))
+            raise
+        except Exception as exc:
+            logging.getLogger(__name__).exception("download failed")
+            failures.append(f"{type(exc).__name__}: the server could not build the file (details in its log)")
+            raise
+    return run

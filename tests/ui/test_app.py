@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from annotate import accounts, campaign, judgments
 from annotate.accounts import Actor
+from annotate.errors import PermissionDenied
 from annotate.models import Choice, Judgment, JudgmentState, Lease, Role, User
 from annotate.settings import load_settings
 from tests.factories import PASSWORD, make_comparisons
@@ -380,6 +381,50 @@ def test_export_page_offers_every_download(app_db, people):
     assert labels == ["TRL JSONL", "Parquet (datasets)", "Judgments CSV", "Judgments JSONL"]
 
 
+@pytest.fixture
+def deferred_downloads(monkeypatch) -> dict:
+    """file id -> the data callable of each deferred download button (what a click in the browser runs)."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    seen: dict = {}
+    original = MediaFileManager.add_deferred
+
+    def add_deferred(self, data_callable, *args, **kwargs):
+        file_id = original(self, data_callable, *args, **kwargs)
+        seen[file_id] = data_callable
+        return file_id
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", add_deferred)
+    return seen
+
+
+def _download(at: AppTest, deferred: dict, label: str):
+    button = next(b for b in at.get("download_button") if b.proto.label == label)
+    return deferred[button.proto.deferred_file_id]()
+
+
+def test_export_download_builds_the_file_and_reports_a_failure(app_db, people, deferred_downloads):
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_export.py"))
+    at.run()
+    lines = _download(at, deferred_downloads, "Judgments JSONL").decode().splitlines()
+    with app_db.read() as session:
+        assert len(lines) == session.scalar(select(func.count()).select_from(Judgment))
+    # The admin loses the role in another session: the download is refused server-side, and
+    # the page says why on its next run (the browser itself only hears that it failed).
+    _, boss = people
+    with app_db.begin() as session:
+        session.get(User, boss.id).role = Role.annotator
+    with pytest.raises(PermissionDenied):
+        _download(at, deferred_downloads, "TRL JSONL")
+    with app_db.begin() as session:
+        session.get(User, boss.id).role = Role.admin
+    at.run()
+    assert [e for e in _errors(at) if e.startswith("The last download failed: ")], _errors(at)
+    at.run()
+    assert not [e for e in _errors(at) if e.startswith("The last download failed")], "shown once"
+
+
 def _upload(at: AppTest, name: str, content: bytes) -> None:
     at.file_uploader(key="import_file").upload(name, content, "application/jsonl")
     at.run()
@@ -509,3 +554,24 @@ def test_annotation_round_trip_on_postgresql(pg_clean_url, tmp_path, monkeypatch
         assert _shown_pair(at, database, annotator)[0] == cid
     finally:
         database.dispose()
+
+
+def test_remember_failures_keeps_the_reason_and_reraises():
+    from annotate.errors import PrefloopError
+    from annotate.ui.context import remember_failures
+
+    failures: list[str] = []
+    assert remember_failures(lambda: b"ok", failures)() == b"ok" and failures == []
+
+    def refused():
+        raise PrefloopError("no user named 'ghost'")
+
+    def broken():
+        raise ValueError("disk full")
+
+    with pytest.raises(PrefloopError):
+        remember_failures(refused, failures)()
+    with pytest.raises(ValueError):
+        remember_failures(broken, failures)()
+    assert failures == ["no user named 'ghost'",
+                        "ValueError: the server could not build the file (details in its log)"]

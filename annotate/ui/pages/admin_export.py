@@ -16,6 +16,12 @@ db = context.get_db()
 
 st.title("Export")
 
+# Downloads are built outside this script; a failure is reported here on the next run.
+failures: list[str] = st.session_state.setdefault("export_failures", [])
+for message in failures:
+    st.error(f"The last download failed: {message}", icon=":material/error:")
+failures.clear()
+
 with db.read() as session:
     usernames = [user.username for user in accounts.list_users(session, actor=actor)]
 
@@ -55,14 +61,14 @@ def _preferences(fmt: str):
     def build() -> bytes:
         with db.begin() as session:
             return export.preferences_bytes(session, actor=actor, format=fmt, filters=filters, margin=margin)
-    return build
+    return context.remember_failures(build, failures)
 
 
 def _judgments(fmt: str):
     def build() -> bytes:
         with db.begin() as session:
             return export.judgments_bytes(session, actor=actor, format=fmt, filters=filters)
-    return build
+    return context.remember_failures(build, failures)
 
 
 stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
