@@ -8,6 +8,7 @@ mutated. ``st.session_state`` holds only per-user UI state.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from annotate.errors import PermissionDenied, PrefloopError
 from annotate.settings import Settings, load_settings
 
 ACTOR_KEY = "actor"
+_log = logging.getLogger(__name__)
 DATABASE_DOWN = ("The database cannot be reached or is not set up: check PREFLOOP_DATABASE_URL, run "
                  "`prefloop db upgrade`, then reload this page.")
 
@@ -151,8 +153,6 @@ def remember_failures(build, failures: list[str]):
     it is safe to touch from that thread) and re-raises; the page shows and
     clears the list on its next run.
     """
-    import logging
-
     def run():
         try:
             return build()
@@ -160,7 +160,7 @@ def remember_failures(build, failures: list[str]):
             failures.append(str(exc))
             raise
         except Exception as exc:
-            logging.getLogger(__name__).exception("download failed")
+            _log.exception("download failed")
             failures.append(f"{type(exc).__name__}: the server could not build the file (details in its log)")
             raise
     return run

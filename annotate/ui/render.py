@@ -74,7 +74,6 @@ def _indented_segments(prose: str) -> Iterator[tuple[bool, str]]:
     code only changes how it looks: code is never rendered as images or links.
     """
     lines = prose.splitlines(keepends=True)
-    out: list[tuple[bool, str]] = []
     prose_lines: list[str] = []
     last_text = None  # the last non-blank line before the current one (None: only blanks so far)
     after_blank = True
@@ -97,20 +96,20 @@ def _indented_segments(prose: str) -> Iterator[tuple[bool, str]]:
         while j > i and not lines[j - 1].strip():  # trailing blank lines belong to the prose after
             j -= 1
         if prose_lines:
-            out.append((False, "".join(prose_lines)))
+            yield False, "".join(prose_lines)
             prose_lines = []
         body = [ln[1:] if ln.startswith("\t") else ln[4:] for ln in lines[i:j]]
         code = "".join(body)
         ticks = max([3] + [len(run) + 1 for run in re.findall(r"`{3,}", code)])
         fence = "`" * ticks
-        ending = "" if code.endswith("\n") else "\n"
-        tail = "\n" if j < len(lines) or lines[j - 1].endswith("\n") else ""
-        out.append((True, f"{fence}\n{code}{ending}{fence}{tail}"))
+        if code.endswith("\n"):
+            yield True, f"{fence}\n{code}{fence}\n"
+        else:  # the text ends inside the block
+            yield True, f"{fence}\n{code}\n{fence}"
         last_text, after_blank = lines[j - 1], False
         i = j
     if prose_lines:
-        out.append((False, "".join(prose_lines)))
-    return iter(out)
+        yield False, "".join(prose_lines)
 
 
 def _inline_segments(prose: str) -> Iterator[tuple[bool, str]]:
