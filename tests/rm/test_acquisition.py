@@ -249,3 +249,42 @@ def test_epig_batch_does_not_repeat_what_it_already_asked():
     pool, dups = _near_duplicate_pool()
     ids = get_strategy("epig").select(pool, 5, np.random.default_rng(0))
     assert len(dups & set(ids.tolist())) <= 2
+
+
+def test_power_sampling_draws_first_picks_in_proportion_to_score_to_the_beta():
+    # Three pairs whose BALD scores stand 1 : 2 : 4; with beta = 2 the first pick goes 1 : 4 : 16.
+    s = np.array([0.05, 0.1, 0.2])
+    base = get_strategy("bald")
+    power = get_strategy("bald+power")
+    assert power.name == "bald+power" and power.beta == 2.0
+    base.positive_scores = lambda pool, rng: s  # fixed scores: only the sampling is under test
+    power.base = base
+    pool = Pool(probs=np.full((2, 3), 0.5, np.float32))
+    rng = np.random.default_rng(0)
+    firsts = np.bincount([power.select(pool, 1, rng)[0] for _ in range(6000)], minlength=3) / 6000
+    np.testing.assert_allclose(firsts, np.array([1, 4, 16]) / 21, atol=0.02)
+    # A whole batch is a draw without replacement: every pair once, the likeliest usually first.
+    assert sorted(power.select(pool, 3, rng).tolist()) == [0, 1, 2]
+
+
+def test_power_sampling_puts_zero_scores_last_and_beta_zero_is_uniform():
+    from rm.acquisition import BaldStrategy, PowerStrategy
+
+    probs = np.array([[0.5, 0.1, 0.5, 0.2], [0.5, 0.9, 0.5, 0.8]], dtype=np.float32)  # pairs 0, 2: BALD 0
+    for seed in range(20):
+        ids = PowerStrategy(BaldStrategy()).select(Pool(probs=probs), 4, np.random.default_rng(seed))
+        assert set(ids[:2].tolist()) == {1, 3}
+    uniform = PowerStrategy(BaldStrategy(), beta=0.0)
+    rng = np.random.default_rng(1)
+    firsts = np.bincount([uniform.select(Pool(probs=probs), 1, rng)[0] for _ in range(4000)], minlength=4) / 4000
+    np.testing.assert_allclose(firsts, 0.25, atol=0.03)
+    with pytest.raises(ValueError):
+        PowerStrategy(BaldStrategy(), beta=-1)
+
+
+def test_margin_and_thompson_sample_on_the_less_likely_outcome():
+    p = np.array([0.9, 0.5, 0.2])
+    pool = Pool(probs=np.stack([p, p]))
+    for name in ("margin", "thompson"):
+        np.testing.assert_allclose(get_strategy(name).positive_scores(pool, np.random.default_rng(0)),
+                                   np.minimum(p, 1 - p), atol=1e-6)
