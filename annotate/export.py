@@ -37,7 +37,9 @@ text prompts, every text prompt becomes ``[{"role": "user", "content": text}]``
 and the whole export is conversational.
 
 Extra columns: ``comparison_id``, ``prompt_id``, ``n_judgments`` (counted votes),
-``agreement`` and ``source_tag`` (the comparison's tag, else its prompt's). With
+``agreement`` and ``source_tag`` (the comparison's tag, else its prompt's), and the
+ids the imported file gave (null where it gave none): ``external_id`` (the pair's
+row), ``prompt_external_id``, ``chosen_external_id`` and ``rejected_external_id``. With
 ``margin=True`` a float ``margin``: the mean strength of the winning votes
 (slightly = 1, clearly = 2, much = 3; votes without a strength are left out of
 the mean) and 0 when none of them gave one (always 0 for tie and both-bad rows).
@@ -50,7 +52,8 @@ Raw judgments
 -------------
 Every judgment matching the filters, whatever its state (superseded and
 retracted rows are kept and flagged by ``state``; probes by ``is_probe``), with
-the prompt and both responses. Aggregation-only filters (``include_ties``,
+the prompt and both responses, and the imported ids (``external_id``,
+``prompt_external_id``, ``response_a_external_id``, ``response_b_external_id``). Aggregation-only filters (``include_ties``,
 ``include_both_bad``, ``min_agreement``) do not apply. In CSV, ``flags`` and
 chat prompts are JSON strings, booleans are ``true``/``false``, missing values
 are empty cells, and a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab
@@ -100,7 +103,8 @@ JUDGMENT_FIELDS: tuple[str, ...] = (
     "annotator", "source", "choice", "choice_shown", "strength", "rationale", "flags",
     "a_on_left", "time_spent_ms", "is_probe", "was_gold", "is_gold", "state",
     "supersedes_id", "retracted_at", "model_version_id", "acquisition_strategy",
-    "acquisition_score", "created_at", "source_tag", "prompt", "response_a", "response_b",
+    "acquisition_score", "created_at", "source_tag", "external_id", "prompt_external_id",
+    "response_a_external_id", "response_b_external_id", "prompt", "response_a", "response_b",
 )
 """The columns of the raw judgment export, in file order."""
 
@@ -290,7 +294,9 @@ def _build_preferences(session: Session, filters: ExportFilter, margin: bool
         stmt = (
             select(Comparison.id, Comparison.prompt_id,
                    func.coalesce(Comparison.source_tag, Prompt.source_tag),
-                   Prompt.text, Prompt.messages, ResponseA.text, ResponseB.text)
+                   Prompt.text, Prompt.messages, ResponseA.text, ResponseB.text,
+                   Comparison.external_id, Prompt.external_id, ResponseA.external_id,
+                   ResponseB.external_id)
             .join(Prompt, Prompt.id == Comparison.prompt_id)
             .join(ResponseA, ResponseA.id == Comparison.response_a_id)
             .join(ResponseB, ResponseB.id == Comparison.response_b_id)
@@ -299,11 +305,13 @@ def _build_preferences(session: Session, filters: ExportFilter, margin: bool
         content.extend(_run(session, stmt).all())
     content.sort(key=lambda r: r[0])
 
-    conversational = any(messages is not None for *_, messages, _a, _b in content)
+    conversational = any(r[4] is not None for r in content)
     rows: list[dict[str, Any]] = []
-    for comparison_id, prompt_id, source_tag, prompt_text, messages, text_a, text_b in content:
+    for (comparison_id, prompt_id, source_tag, prompt_text, messages, text_a, text_b,
+         external_id, prompt_external_id, ext_a, ext_b) in content:
         winner, total, agreement, mean_strength = selected[comparison_id]
         chosen, rejected = (text_b, text_a) if winner is Choice.b else (text_a, text_b)
+        chosen_ext, rejected_ext = (ext_b, ext_a) if winner is Choice.b else (ext_a, ext_b)
         if conversational:
             prompt: Any = (_messages(messages) if messages is not None
                            else [{"role": "user", "content": prompt_text}])
@@ -315,6 +323,8 @@ def _build_preferences(session: Session, filters: ExportFilter, margin: bool
             "prompt": prompt, "chosen": chosen, "rejected": rejected,
             "comparison_id": comparison_id, "prompt_id": prompt_id,
             "n_judgments": total, "agreement": agreement, "source_tag": source_tag,
+            "external_id": external_id, "prompt_external_id": prompt_external_id,
+            "chosen_external_id": chosen_ext, "rejected_external_id": rejected_ext,
         }
         if margin:
             row["margin"] = mean_strength
@@ -337,6 +347,8 @@ def _preference_schema(rows: list[dict[str, Any]], filters: ExportFilter, margin
         ("prompt", text_type), ("chosen", text_type), ("rejected", text_type),
         ("comparison_id", pa.int64()), ("prompt_id", pa.int64()), ("n_judgments", pa.int64()),
         ("agreement", pa.float64()), ("source_tag", pa.string()),
+        ("external_id", pa.string()), ("prompt_external_id", pa.string()),
+        ("chosen_external_id", pa.string()), ("rejected_external_id", pa.string()),
     ]
     if margin:
         fields.append(("margin", pa.float64()))
@@ -447,7 +459,8 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
         select(*_JUDGMENT_COLUMNS, User.username, Comparison.prompt_id, Comparison.response_a_id,
                Comparison.response_b_id, Comparison.is_gold,
                func.coalesce(Comparison.source_tag, Prompt.source_tag),
-               Prompt.text, Prompt.messages, ResponseA.text, ResponseB.text)
+               Comparison.external_id, Prompt.external_id, ResponseA.external_id,
+               ResponseB.external_id, Prompt.text, Prompt.messages, ResponseA.text, ResponseB.text)
         .join(Comparison, Comparison.id == Judgment.comparison_id)
         .join(Prompt, Prompt.id == Comparison.prompt_id)
         .join(ResponseA, ResponseA.id == Comparison.response_a_id)
@@ -462,6 +475,7 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
          time_spent_ms, is_probe, was_gold, state, supersedes_id, retracted_at,
          model_version_id, acquisition_strategy, acquisition_score, created_at,
          username, prompt_id, a_id, b_id, is_gold, source_tag,
+         external_id, prompt_external_id, ext_a, ext_b,
          prompt_text, messages, text_a, text_b) in _run(
             session, stmt.execution_options(yield_per=2000)):
         choice = Choice(choice)
@@ -477,7 +491,9 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
             "retracted_at": _iso(retracted_at), "model_version_id": model_version_id,
             "acquisition_strategy": acquisition_strategy,
             "acquisition_score": acquisition_score, "created_at": _iso(created_at),
-            "source_tag": source_tag,
+            "source_tag": source_tag, "external_id": external_id,
+            "prompt_external_id": prompt_external_id, "response_a_external_id": ext_a,
+            "response_b_external_id": ext_b,
             "prompt": (json.dumps(messages, ensure_ascii=False) if messages is not None
                        else prompt_text),
             "response_a": text_a, "response_b": text_b,

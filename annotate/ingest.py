@@ -27,6 +27,12 @@ A prompt is a string or a list of ``{"role": "user"|"assistant"|"system",
 ``hh`` A/B is ordered by the responses' content hash, so position carries no
 label.
 
+Your own ids are kept: a row's ``id`` on the comparisons it adds
+(``Comparison.external_id``; when a pair is already there, it keeps the id it
+came with), ``prompt_id`` on the prompt and the response ids on the
+responses (the first import to add each keeps its id). Exports give them back
+as ``external_id``, ``prompt_external_id`` and the response columns' ids.
+
 :func:`parse_file` is pure (no database); :func:`import_file` validates every
 row first and writes nothing if any row is bad, then inserts in bulk with
 batched existence checks by content hash, so importing the same content again
@@ -871,6 +877,7 @@ class _Pair:
     hash_b: str
     line: int
     source_tag: str | None
+    row_id: str | None = None
     outcomes: dict[Choice, int] = field(default_factory=dict)
     """Distinct known outcomes in this pair's A/B terms -> first line."""
 
@@ -926,7 +933,9 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
                     "content_hash": h, "text": text, "generator": gen, "metadata": meta, "external_id": ext})
         pair = pairs.get(c.pair_key)
         if pair is None:
-            pair = pairs[c.pair_key] = _Pair(c.prompt_hash, c.hash_a, c.hash_b, c.line, tag)
+            pair = pairs[c.pair_key] = _Pair(c.prompt_hash, c.hash_a, c.hash_b, c.line, tag, c.row_id)
+        elif pair.row_id is None:
+            pair.row_id = c.row_id
         if c.winner is not None and known_winner != "ignore":
             choice = c.winner if c.hash_a == pair.hash_a else _flip(c.winner)
             pair.outcomes.setdefault(choice, c.line)
@@ -1031,7 +1040,7 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
                "overlap_target": overlap_target, "judgment_count": 0, "is_gold": False,
                "status": ComparisonStatus.open,
                "priority": seeded_priority(settings.queue_seed, p.prompt_hash, p.hash_a, p.hash_b),
-               "source_tag": p.source_tag, "import_batch_id": batch_id}
+               "source_tag": p.source_tag, "external_id": p.row_id, "import_batch_id": batch_id}
         if gold and p.outcomes:
             row.update(is_gold=True, gold_choice=next(iter(p.outcomes)))
             gold_added += 1

@@ -219,6 +219,8 @@ class Comparison(Base):
     model_p_a: Mapped[float | None] = mapped_column(Float)
     """The scoring model's P(A better than B) (ensemble mean)."""
     source_tag: Mapped[str | None] = mapped_column(String(128), index=True)
+    external_id: Mapped[str | None] = mapped_column(String(256))
+    """The ``id`` of the imported row the pair came from (the first import that added it)."""
     import_batch_id: Mapped[int | None] = mapped_column(ForeignKey("import_batches.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 

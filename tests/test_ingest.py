@@ -473,3 +473,31 @@ def test_overlapping_imports_at_the_same_time_both_succeed(db, settings):
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(Comparison)) == 15
         assert session.scalar(select(func.count()).select_from(Prompt)) == 15
+
+
+def test_your_ids_come_back_in_both_exports(db, settings):
+    from annotate import export
+
+    rows = [pair(1, id="pair-1", prompt_id="p-1", response_a_id="r-1a", response_b_id="r-1b", winner="b"),
+            pair(2, winner="a"),  # no ids: the export columns are empty, not invented
+            {"prompt": "k", "id": "row-k", "responses": [{"text": "k0", "id": "k-0"}, {"text": "k1", "id": "k-1"}],
+             "comparisons": [{"a": 1, "b": 0, "winner": "a"}]}]
+    run_import(db, settings, jsonl(rows[0], rows[1]), filename="p.jsonl")
+    run_import(db, settings, jsonl(rows[2]), filename="k.jsonl")
+    # A second import of pair 1 under another id keeps the id the pair came with.
+    run_import(db, settings, jsonl(pair(1, id="renamed", winner="b")), filename="again.jsonl")
+    with db.begin() as session:
+        boss = admin(session)
+        prefs = {r["prompt"]: r for r in export.preference_rows(session, actor=boss)}
+        raw = {r["prompt"]: r for r in export.judgment_rows(session, actor=boss)}
+    one = prefs["prompt 1"]  # B won: chosen is B's text and B's id
+    assert (one["chosen"], one["external_id"], one["prompt_external_id"]) == ("answer 1 b", "pair-1", "p-1")
+    assert (one["chosen_external_id"], one["rejected_external_id"]) == ("r-1b", "r-1a")
+    assert (raw["prompt 1"]["response_a_external_id"], raw["prompt 1"]["response_b_external_id"]) == ("r-1a", "r-1b")
+    assert raw["prompt 1"]["external_id"] == "pair-1"
+    k = prefs["k"]
+    assert (k["chosen"], k["chosen_external_id"], k["rejected_external_id"], k["external_id"]) == \
+        ("k1", "k-1", "k-0", "row-k")
+    assert {key: prefs["prompt 2"][key] for key in ("external_id", "prompt_external_id", "chosen_external_id",
+                                                   "rejected_external_id")} == dict.fromkeys(
+        ("external_id", "prompt_external_id", "chosen_external_id", "rejected_external_id"))
