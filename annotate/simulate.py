@@ -280,6 +280,42 @@ class Comparison:
     auc_wins: int
     worst_gap: float
     worst_gap_at: int
+    verdict: str = ""
+    """One line on what to do with the result (see ``verdict``)."""
+
+
+def verdict(auc_gain_ci: tuple[float, float], saving_ci: tuple[float, float], n_seeds: int) -> str:
+    """What the intervals support: use the strategy, keep the reference, or run more seeds."""
+    if auc_gain_ci[0] > 0 and saving_ci[0] > 0:
+        return "saves labels on this data (both intervals exclude 0)"
+    if auc_gain_ci[1] < 0:
+        return "worse than the reference on this data: keep the reference"
+    if auc_gain_ci[0] > 0:
+        return ("better on average over the curve, but the label saving at the reference budget "
+                "is not certain")
+    return (f"not distinguishable from the reference with {n_seeds} seeds (the interval for the area "
+            "includes 0): keep the reference, or run more seeds")
+
+
+def flatness_note(reference: "Curves", budget: float) -> str | None:
+    """A warning when the reference curve barely rises towards ``budget`` compared with seed noise.
+
+    Then the crossing point behind "labels needed" moves a lot with small differences,
+    and the area under the curve is the steadier measure.
+    """
+    labels = reference.labels.astype(np.float64)
+    if len(labels) < 3 or budget <= labels[0]:
+        return None
+    mean = reference.accuracy.mean(axis=0)
+    half = max(float(labels[0]), budget / 2)
+    rise = float(np.interp(budget, labels, mean) - np.interp(half, labels, mean)) * 100
+    k = int(np.argmin(np.abs(labels - budget)))
+    sd = float(reference.accuracy[:, k].std()) * 100
+    if rise >= sd:
+        return None
+    return (f"{reference.strategy}'s curve rises only {rise:+.2f} points from {half:.0f} to {budget:.0f} labels "
+            f"while seeds differ by {sd:.2f} (s.d.): the labels-needed figure is imprecise here; "
+            "trust the area under the curve more")
 
 
 def compare(strategy: Curves, reference: Curves, reference_budget: float = REFERENCE_BUDGET,
@@ -306,12 +342,14 @@ def compare(strategy: Curves, reference: Curves, reference_budget: float = REFER
     lo_n, hi_n = np.percentile(need_b, [2.5, 97.5])
     diff = (a - r).mean(axis=0) * 100
     worst = int(np.argmin(diff))
+    gain_ci = tuple(float(x) for x in np.percentile(gain_b, [2.5, 97.5]))
+    saving_ci = (1.0 - float(hi_n) / budget, 1.0 - float(lo_n) / budget)
     return Comparison(
         strategy=strategy.strategy, reference=reference.strategy, reference_budget=budget,
         target_accuracy=target, needed=needed, needed_ci=(float(lo_n), float(hi_n)),
-        saving=1.0 - needed / budget, saving_ci=(1.0 - float(hi_n) / budget, 1.0 - float(lo_n) / budget),
-        auc_gain=float(gain.mean()), auc_gain_ci=tuple(float(x) for x in np.percentile(gain_b, [2.5, 97.5])),
-        auc_wins=int((gain > 0).sum()), worst_gap=float(diff[worst]), worst_gap_at=int(labels[worst]))
+        saving=1.0 - needed / budget, saving_ci=saving_ci, auc_gain=float(gain.mean()), auc_gain_ci=gain_ci,
+        auc_wins=int((gain > 0).sum()), worst_gap=float(diff[worst]), worst_gap_at=int(labels[worst]),
+        verdict=verdict(gain_ci, saving_ci, n_seeds))
 
 
 def _fmt_needed(x: float, budget: float) -> str:
@@ -350,7 +388,13 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
             f"  labels saved: {cmp.saving * 100:.1f}% (95% CI {cmp.saving_ci[0] * 100:.1f}% to "
             f"{cmp.saving_ci[1] * 100:.1f}%)",
             f"  largest shortfall against {cmp.reference}: {cmp.worst_gap:+.2f} points at {cmp.worst_gap_at} labels",
+            f"  verdict: {cmp.verdict}",
         ]
+    if comparisons:
+        ref = next((c for c in curves if c.strategy == comparisons[0].reference), None)
+        note = flatness_note(ref, comparisons[0].reference_budget) if ref is not None else None
+        if note:
+            lines += ["", f"note: {note}"]
     return "\n".join(lines)
 
 

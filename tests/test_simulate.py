@@ -103,8 +103,22 @@ def test_compare_measures_a_known_label_saving():
     assert cmp.saving == pytest.approx(0.5, abs=0.05)
     assert cmp.saving_ci[0] > 0.4 and cmp.saving_ci[1] < 0.6
     assert cmp.auc_gain > 0 and cmp.auc_wins == 6 and cmp.worst_gap > -0.01
+    assert cmp.verdict.startswith("saves labels")
     same = simulate.compare(ref, ref, 640)
     assert same.saving == pytest.approx(0.0, abs=1e-9) and same.auc_gain == 0
+    assert same.verdict.startswith("not distinguishable")
+    slow = simulate.Curves("slow", labels, base - 0.02 + noise, np.zeros_like(noise))
+    assert simulate.compare(slow, ref, 640).verdict.startswith("worse than the reference")
+    # This reference rises steadily against tiny seed noise: no flatness warning.
+    assert simulate.flatness_note(ref, 640) is None
+
+
+def test_flat_reference_curve_gets_a_warning_about_labels_needed():
+    labels = np.arange(32, 1025, 32)
+    rng = np.random.default_rng(0)
+    flat = 0.63 + 0.002 * labels / labels[-1] + rng.normal(0, 0.012, size=(10, len(labels)))
+    note = simulate.flatness_note(simulate.Curves("random", labels, flat, np.zeros_like(flat)), 640)
+    assert note is not None and "from 320 to 640 labels" in note and "area under the curve" in note
 
 
 def _write_pairs(path, n=90, seed=0):
