@@ -11,7 +11,7 @@ from annotate.ui import context, nav
 
 st.set_page_config(page_title="prefloop", page_icon=":material/compare_arrows:", layout="wide")
 
-with context.stop_on_setup_errors():
+with context.stop_on_errors():
     context.get_settings()
     actor = context.refresh_actor()
 page = st.navigation(nav.pages_for(actor))

@@ -26,6 +26,7 @@ ACTOR_KEY = "actor"
 _log = logging.getLogger(__name__)
 DATABASE_DOWN = ("The database cannot be reached or is not set up: check PREFLOOP_DATABASE_URL, run "
                  "`prefloop db upgrade`, then reload this page.")
+DATABASE_BUSY = "The database is busy with other writes. Nothing was lost: reload this page in a moment."
 
 
 @st.cache_resource(show_spinner=False)
@@ -119,15 +120,19 @@ def user_errors() -> Iterator[None]:
 
 
 @contextmanager
-def stop_on_setup_errors() -> Iterator[None]:
-    """Stop the page with a message (not a traceback) on a bad setting or an unusable database."""
+def stop_on_errors() -> Iterator[None]:
+    """Stop the page with a message, not a traceback, when what it needs cannot be had.
+
+    A ``PrefloopError`` (a bad setting, a missing comparison, a role the user lost)
+    shows its own message; an unusable database shows ``DATABASE_DOWN``.
+    """
     try:
         yield
     except PrefloopError as exc:
         st.error(str(exc))
         st.stop()
-    except (OperationalError, ProgrammingError):
-        st.error(DATABASE_DOWN)
+    except (OperationalError, ProgrammingError) as exc:
+        st.error(DATABASE_BUSY if "locked" in str(exc).lower() else DATABASE_DOWN)
         st.stop()
 
 

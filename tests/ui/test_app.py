@@ -575,3 +575,41 @@ def test_remember_failures_keeps_the_reason_and_reraises():
         remember_failures(broken, failures)()
     assert failures == ["no user named 'ghost'",
                         "ValueError: the server could not build the file (details in its log)"]
+
+
+def _stop_on_errors_script():
+    import sqlite3
+
+    import streamlit as st
+    from sqlalchemy.exc import OperationalError
+
+    from annotate.errors import PrefloopError
+    from annotate.ui import context
+
+    kind = st.session_state.get("kind")
+    with context.stop_on_errors():
+        if kind == "user":
+            raise PrefloopError("comparison 7 does not exist")
+        if kind == "locked":
+            raise OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+        if kind == "down":
+            raise OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: users"))
+    st.write("page body")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("user", "comparison 7 does not exist"),
+    ("locked", "The database is busy with other writes. Nothing was lost: reload this page in a moment."),
+    ("down", "The database cannot be reached or is not set up"),
+    (None, None),
+])
+def test_pages_stop_with_a_message_not_a_traceback(kind, message):
+    at = AppTest.from_function(_stop_on_errors_script, default_timeout=TIMEOUT)
+    at.session_state["kind"] = kind
+    at.run()
+    assert not at.exception
+    if message is None:
+        assert _errors(at) == [] and _texts(at) == ["page body"]
+    else:
+        assert len(_errors(at)) == 1 and _errors(at)[0].startswith(message)
+        assert "page body" not in _texts(at)  # the page stopped

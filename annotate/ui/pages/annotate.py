@@ -77,14 +77,11 @@ def _is_long(text: str) -> bool:
 
 actor = context.require_login()
 settings, db = context.get_settings(), context.get_db()
-try:
+with context.stop_on_errors():
     with db.begin() as session:
         options = campaign.get_options(session, settings)
         assignment = queue.next_comparison(session, settings, options, actor=actor)
         progress = judgments.progress(session, actor=actor)
-except PrefloopError as exc:
-    st.error(str(exc))
-    st.stop()
 
 head, stats, help_box = st.columns([3, 3, 1.4], vertical_alignment="bottom")
 head.header("Which response is better?")

@@ -7,7 +7,6 @@ import pandas as pd
 import streamlit as st
 
 from annotate import dashboard, quality
-from annotate.errors import PrefloopError
 from annotate.models import utcnow
 from annotate.ui import context
 
@@ -37,11 +36,8 @@ period = left.selectbox("Period", list(PERIODS), index=list(PERIODS).index(DEFAU
                         key="annotators_period")
 if right.button("Refresh", key="annotators_refresh", icon=":material/refresh:"):
     _report.clear()
-try:
+with context.stop_on_errors():
     report = _report(context.get_settings().sqlalchemy_url, actor.id, period)
-except PrefloopError as exc:
-    st.error(str(exc))
-    st.stop()
 
 
 def _fmt(value, spec=".2f") -> str:

@@ -6,19 +6,15 @@ import pandas as pd
 import streamlit as st
 
 from annotate import dashboard
-from annotate.errors import PrefloopError
 from annotate.ui import context
 
 actor = context.require_admin_page()
 db = context.get_db()
 
 st.title("Audit log")
-try:
+with context.stop_on_errors():
     with db.read() as session:
         actions = dashboard.audit_actions(session, actor=actor)
-except PrefloopError as exc:
-    st.error(str(exc))
-    st.stop()
 
 c1, c2, c3 = st.columns(3)
 action = c1.selectbox("Action", ["All"] + actions, key="audit_action")

@@ -17,7 +17,7 @@ with middle.form("login", clear_on_submit=False, enter_to_submit=True):
 if submitted:
     settings = context.get_settings()
     # Wrong credentials, throttling and an unusable database all end here with their message.
-    with middle, context.stop_on_setup_errors():
+    with middle, context.stop_on_errors():
         actor = accounts.login(context.get_db(), username, password,
                                max_failures=settings.login_max_failures,
                                lockout_seconds=settings.login_lockout_seconds)

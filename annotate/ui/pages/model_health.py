@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from annotate import dashboard
-from annotate.errors import PrefloopError
 from annotate.ui import context
 
 actor = context.require_admin_page()
@@ -25,11 +24,8 @@ def _health(url: str, actor_id: int) -> dashboard.ModelHealth:
 st.title("Model health")
 if st.button("Refresh", key="health_refresh", icon=":material/refresh:"):
     _health.clear()
-try:
+with context.stop_on_errors():
     mh = _health(context.get_settings().sqlalchemy_url, actor.id)
-except PrefloopError as exc:
-    st.error(str(exc))
-    st.stop()
 
 
 def _fmt(value, spec=".3f") -> str:

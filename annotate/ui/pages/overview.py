@@ -7,7 +7,6 @@ import pandas as pd
 import streamlit as st
 
 from annotate import dashboard
-from annotate.errors import PrefloopError
 from annotate.ui import context
 
 PERIODS = {"Last 24 hours": timedelta(hours=24), "Last 7 days": timedelta(days=7),
@@ -31,11 +30,8 @@ left, right = st.columns([3, 1], vertical_alignment="bottom")
 period = left.selectbox("Period", list(PERIODS), key="overview_period")
 if right.button("Refresh", key="overview_refresh", icon=":material/refresh:"):
     _overview.clear()
-try:
+with context.stop_on_errors():
     ov = _overview(settings.sqlalchemy_url, actor.id, period)
-except PrefloopError as exc:
-    st.error(str(exc))
-    st.stop()
 st.caption(f"As of {ov.now:%Y-%m-%d %H:%M:%S} UTC (figures are kept for {CACHE_SECONDS} s; Refresh recounts).")
 
 

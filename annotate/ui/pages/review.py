@@ -4,7 +4,6 @@ import pandas as pd
 import streamlit as st
 
 from annotate import dashboard, quality
-from annotate.errors import PrefloopError
 from annotate.ui import context, render
 
 actor = context.require_admin_page()
@@ -19,12 +18,9 @@ comparison_id = st.number_input("Comparison id", min_value=1, step=1, value=None
 if comparison_id is None:
     st.info("Enter a comparison id to see its prompt, both responses and every judgment.")
     st.stop()
-try:
+with context.stop_on_errors():
     with db.read() as session:
         rv = dashboard.review_comparison(session, actor=actor, comparison_id=int(comparison_id))
-except PrefloopError as exc:
-    st.error(str(exc))
-    st.stop()
 
 row = st.columns(5)
 row[0].metric("Status", rv.status)

@@ -14,12 +14,9 @@ settings, db = context.get_settings(), context.get_db()
 st.title("Settings")
 for message in st.session_state.pop("settings_flash", []):
     st.success(message, icon=":material/check:")
-try:
+with context.stop_on_errors():
     with db.read() as session:
         options = dashboard.campaign_options(session, settings, actor=actor)
-except PrefloopError as exc:
-    st.error(str(exc))
-    st.stop()
 strategies = dashboard.strategy_names()
 if options.strategy not in strategies:
     strategies.append(options.strategy)
