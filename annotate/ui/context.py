@@ -124,7 +124,8 @@ def stop_on_errors() -> Iterator[None]:
     """Stop the page with a message, not a traceback, when what it needs cannot be had.
 
     A ``PrefloopError`` (a bad setting, a missing comparison, a role the user lost)
-    shows its own message; an unusable database shows ``DATABASE_DOWN``.
+    shows its own message; a database still locked after the busy timeout shows
+    ``DATABASE_BUSY``, any other unusable database ``DATABASE_DOWN``.
     """
     try:
         yield
