@@ -133,7 +133,10 @@ def stop_on_errors() -> Iterator[None]:
         st.error(str(exc))
         st.stop()
     except (OperationalError, ProgrammingError) as exc:
-        st.error(DATABASE_BUSY if "locked" in str(exc).lower() else DATABASE_DOWN)
+        # The driver's own message: SQLAlchemy's adds the statement, whose column names
+        # (users.locked_until) would match too.
+        busy = "database is locked" in str(getattr(exc, "orig", "")).lower()
+        st.error(DATABASE_BUSY if busy else DATABASE_DOWN)
         st.stop()
 
 
