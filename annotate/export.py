@@ -53,8 +53,9 @@ Raw judgments
 Every judgment matching the filters, whatever its state (superseded and
 retracted rows are kept and flagged by ``state``; probes by ``is_probe``), with
 the prompt and both responses, and the imported ids (``external_id``,
-``prompt_external_id``, ``response_a_external_id``, ``response_b_external_id``). Aggregation-only filters (``include_ties``,
-``include_both_bad``, ``min_agreement``) do not apply. In CSV, ``flags`` and
+``prompt_external_id``, ``response_a_external_id``, ``response_b_external_id``).
+Aggregation-only filters (``include_ties``, ``include_both_bad``,
+``min_agreement``) do not apply. In CSV, ``flags`` and
 chat prompts are JSON strings, booleans are ``true``/``false``, missing values
 are empty cells, and a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab
 or a carriage return is prefixed with a single quote (``'``) so spreadsheets do
@@ -305,7 +306,7 @@ def _build_preferences(session: Session, filters: ExportFilter, margin: bool
         content.extend(_run(session, stmt).all())
     content.sort(key=lambda r: r[0])
 
-    conversational = any(r[4] is not None for r in content)
+    conversational = any(r.messages is not None for r in content)
     rows: list[dict[str, Any]] = []
     for (comparison_id, prompt_id, source_tag, prompt_text, messages, text_a, text_b,
          external_id, prompt_external_id, ext_a, ext_b) in content:
