@@ -260,11 +260,6 @@ def make_pool(member_rewards: np.ndarray, feat: np.ndarray, ia, ib, *, groups=No
 # --------------------------------------------------------------------------- helpers
 
 
-def _entropy(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
-    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
-
-
 def _entropy32(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, np.float32(_EPS), np.float32(1 - _EPS))
     q = 1.0 - p
