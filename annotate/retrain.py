@@ -294,62 +294,51 @@ def _crash_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _scores_need_features(strategy) -> bool:
-    # Plain "cover" scores every pair by its feature norm; all other strategies
-    # score from the ensemble's probabilities and use features only in select().
-    return getattr(strategy, "name", "") == "cover"
+class _RowFeatures:
+    """Response features looked up on demand (``rows[idx]`` → ``features_of(idx)``) for lazy pair features."""
+
+    def __init__(self, n_rows: int, dim: int, features_of):
+        self.shape = (n_rows, dim)
+        self._features_of = features_of
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.asarray(idx)
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        return np.asarray(self._features_of(uniq), dtype=np.float32)[inverse]
 
 
 def _priorities(probs: np.ndarray, *, ia: np.ndarray, ib: np.ndarray, groups: np.ndarray,
-                labelled: tuple | None, features_of, options,
+                labelled: tuple | None, features_of, n_rows: int, dim: int, options,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
     """Acquisition ``(priority, score, strategy name)`` for the open pairs ``(ia, ib)``.
 
     ``features_of(rows)`` returns standardised features ``f / scale`` of response
-    rows (pair features are ``f_a - f_b``). With ``rm.acquisition``: the
-    strategy scores every pair; its batch selection (``acquisition.priorities``)
-    runs on the best ``ACQ_CANDIDATES`` pairs by score, which are the only ones
-    it can pick, so pair features are built for those alone; the other pairs
-    follow in score order. Priorities are in (0, 1], distinct, higher first.
-    Without ``rm.acquisition``: margin uncertainty (score = -|mean P - 0.5|).
+    rows (``n_rows`` of them, ``dim`` wide); pair features are ``f_a - f_b``,
+    built only for the pairs a strategy looks at. The order comes from
+    ``rm.acquisition.queue_order``, the function the simulator uses too.
+    Priorities are in (0, 1], distinct, higher first. Without ``rm.acquisition``:
+    margin uncertainty (score = -|mean P - 0.5|).
     """
     try:
         from rm import acquisition
     except ImportError:
         acquisition = None
-    n = len(ia)
     if acquisition is None:
         score = -np.abs(probs.mean(axis=0).astype(np.float64) - 0.5)
         return score, score, "margin"
     strategy = acquisition.get_strategy(options.strategy)
-    groups = np.asarray(groups)
-
-    def pair_features(sel):
-        rows = np.unique(np.concatenate([ia[sel], ib[sel]]))
-        f = features_of(rows)
-        return f[np.searchsorted(rows, ia[sel])] - f[np.searchsorted(rows, ib[sel])]
-
-    if _scores_need_features(strategy):
-        score = np.concatenate([
-            np.asarray(strategy.scores(acquisition.Pool(probs=probs[:, s:s + SCORE_CHUNK],
-                                                        features=pair_features(np.arange(s, min(n, s + SCORE_CHUNK)))),
-                                       rng), dtype=np.float64)
-            for s in range(0, n, SCORE_CHUNK)]) if n else np.zeros(0)
-    else:
-        score = np.asarray(strategy.scores(acquisition.Pool(probs=probs, groups=groups), rng), dtype=np.float64)
-    ranked = np.lexsort((rng.random(n), -score))
-    top = ranked[:min(n, max(ACQ_CANDIDATES, 8 * options.batch_size * ACQ_BATCHES))]
+    feat = _RowFeatures(n_rows, dim, features_of)
     lab = None
     if labelled is not None and len(labelled[0]):
-        la, lb = labelled[0][-ACQ_LABELLED:], labelled[1][-ACQ_LABELLED:]
-        rows = np.unique(np.concatenate([la, lb]))
-        f = features_of(rows)
-        lab = f[np.searchsorted(rows, la)] - f[np.searchsorted(rows, lb)]
-    sub = acquisition.Pool(probs=probs[:, top], features=pair_features(top), groups=groups[top], labelled=lab)
-    sub_priority, _ = acquisition.priorities(strategy, sub, options.batch_size, rng, n_batches=ACQ_BATCHES)
-    order = np.concatenate([top[np.argsort(-sub_priority, kind="stable")], ranked[len(top):]])
-    priority = np.empty(n, dtype=np.float64)
-    priority[order] = 1.0 - np.arange(n) / max(n, 1)
+        lab = acquisition.PairFeatures(feat, labelled[0][-ACQ_LABELLED:], labelled[1][-ACQ_LABELLED:])
+    pool = acquisition.Pool(probs=probs, features=acquisition.PairFeatures(feat, ia, ib),
+                            groups=np.asarray(groups),
+                            labelled=lab)
+    priority, score = acquisition.queue_order(strategy, pool, options.batch_size, rng, n_batches=ACQ_BATCHES,
+                                              max_candidates=ACQ_CANDIDATES, score_chunk=SCORE_CHUNK)
     return priority, score, str(strategy)[:64]
 
 
@@ -625,7 +614,7 @@ class _Run:
             priority, score, strategy = _priorities(
                 probs, ia=oia, ib=oib, groups=snap.open_group,
                 labelled=(np.searchsorted(rows, snap.lab_ia), np.searchsorted(rows, snap.lab_ib)),
-                features_of=features_of, options=snap.options,
+                features_of=features_of, n_rows=len(rows), dim=len(inv_scale), options=snap.options,
                 rng=np.random.default_rng([settings.queue_seed, self.run_id]))
         del probs
 

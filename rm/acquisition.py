@@ -4,9 +4,9 @@ A strategy is a small object over model outputs. Everything it needs comes in
 a ``Pool`` (each ensemble member's P(A ≻ B) for every open pair, optional pair
 features and prompt ids, optional features of the pairs already labelled) and
 a seeded ``numpy`` generator; nothing is kept between calls. The retraining job
-and the simulator (``prefloop simulate``) both build the pool with
-``make_pool`` and call ``select`` / ``priorities``, so what the simulator
-measures is what the queue serves.
+and the simulator (``prefloop simulate``) both order a pool with
+``queue_order`` (strategy scores, batch selection on the best candidates, the
+rest by score), so what the simulator measures is what the queue serves.
 
 Names accepted by ``get_strategy``:
 
@@ -355,6 +355,8 @@ class Strategy:
     """
 
     name = "base"
+    scores_use_features = False
+    """Whether ``scores`` reads ``pool.features`` (``queue_order`` then passes them, chunk by chunk)."""
 
     def scores(self, pool: Pool, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
@@ -519,6 +521,7 @@ class CoverStrategy(Strategy):
         self.max_labelled = max_labelled
         self.labelled_weight = labelled_weight
         self.name = "cover" if base is None else f"{base.name}+cover"
+        self.scores_use_features = base is None
 
     def scores(self, pool, rng):
         if self.base is not None:
@@ -590,6 +593,7 @@ class EpigStrategy(Strategy):
     """
 
     name = "epig"
+    scores_use_features = True
 
     def __init__(self, ridge: float = 0.1, max_dim: int = 128, max_candidates: int = 2048,
                  max_targets: int = 1024, max_labelled: int = 4096, labelled_weight: float = 0.25):
@@ -758,6 +762,39 @@ def get_strategy(name: str) -> Strategy:
 def select_strategy(name: str, n_labels: int, cold_start: int) -> Strategy:
     """``random`` while fewer than ``cold_start`` labels exist, else ``get_strategy(name)``."""
     return RandomStrategy() if n_labels < cold_start else get_strategy(name)
+
+
+def queue_order(strategy: Strategy, pool: Pool, batch_size: int, rng: np.random.Generator, *,
+                n_batches: int = 8, max_candidates: int = 2048,
+                score_chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Priorities for a whole open pool: ``(priority, score)``, both float64 ``(n,)``.
+
+    The one function the retraining job (every open pair, ``n_batches`` batches)
+    and the simulator (its next batch) order a pool with:
+
+    1. ``strategy.scores`` every pair; a strategy whose scores read pair features
+       gets them ``score_chunk`` pairs at a time, the others get none, so a
+       million-pair pool never becomes a dense feature matrix;
+    2. the best ``max(max_candidates, 8 × batch_size × n_batches)`` pairs by score
+       are the candidates: ``priorities`` builds ``n_batches`` batches from them;
+    3. every other pair follows in score order.
+    """
+    n = len(pool)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    if strategy.scores_use_features and pool.features is not None:
+        score = np.concatenate([
+            np.asarray(strategy.scores(pool.subset(np.arange(s, min(n, s + score_chunk))), rng), dtype=np.float64)
+            for s in range(0, n, score_chunk)])
+    else:
+        score = np.asarray(strategy.scores(replace(pool, features=None, labelled=None), rng), dtype=np.float64)
+    ranked = np.lexsort((rng.random(n), -score))
+    top = ranked[:min(n, max(max_candidates, 8 * batch_size * max(n_batches, 1)))]
+    sub_priority, _ = priorities(strategy, pool.subset(top), batch_size, rng, n_batches=n_batches)
+    order = np.concatenate([top[np.argsort(-sub_priority, kind="stable")], ranked[len(top):]])
+    priority = np.empty(n, dtype=np.float64)
+    priority[order] = 1.0 - np.arange(n) / n
+    return priority, score
 
 
 def priorities(strategy: Strategy, pool: Pool, batch_size: int, rng: np.random.Generator,

@@ -7,8 +7,9 @@ The loss, in three lines (``d = r_A - r_B``, ``m`` = margin from strength)::
     tie:     -log(σ(d + ε) - σ(d - ε))        # Rao–Kupper, ε = tie_epsilon
 
 Pairs judged *both bad* are dropped: they say nothing about which response is
-better. ``fit_and_evaluate`` is the one entry point shared by the retraining job
-and the active-learning simulator.
+better. The retraining job runs ``train_ensemble`` and ``rm.evaluate.evaluate``
+as two timed steps; the active-learning simulator calls ``fit_and_evaluate``,
+which is exactly those two calls.
 """
 
 from __future__ import annotations
@@ -298,8 +299,8 @@ def fit_and_evaluate(train: PairData, test: PairData | None, config: TrainConfig
                      seed: int = 0):
     """Train on ``train`` and evaluate on ``test``: ``(Ensemble, Metrics | None)``.
 
-    Pure: no files, no globals. The retraining job and the active-learning
-    simulator both call this.
+    Pure: no files, no globals. ``train_ensemble`` then ``evaluate``: the
+    simulator's training step, and the job's ``train`` and ``evaluate`` steps.
     """
     from rm.evaluate import evaluate
 

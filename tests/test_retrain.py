@@ -157,7 +157,7 @@ def test_candidate_priorities_match_the_full_pool(name, monkeypatch):
                               guidelines="")
     priority, score, strategy = retrain._priorities(
         probs, ia=ia, ib=ib, groups=groups, labelled=None, features_of=lambda rows: feats[rows],
-        options=options, rng=np.random.default_rng(0))
+        n_rows=2 * n, dim=8, options=options, rng=np.random.default_rng(0))
     full_priority, full_score = acquisition.priorities(
         acquisition.get_strategy(name), acquisition.Pool(probs=probs, features=feats[ia] - feats[ib], groups=groups),
         4, np.random.default_rng(0), n_batches=retrain.ACQ_BATCHES)
@@ -165,6 +165,30 @@ def test_candidate_priorities_match_the_full_pool(name, monkeypatch):
     assert np.allclose(score, full_score)
     assert len(np.unique(priority)) == n and priority.max() == 1.0 and priority.min() > 0
     assert np.array_equal(np.argsort(-priority), np.argsort(-full_priority))
+
+
+@pytest.mark.parametrize("name", ["epig", "cover"])
+def test_strategies_that_score_with_features_get_them(name):
+    """The job hands pair features to strategies whose scores read them (epig scored p(1-p) before)."""
+    from rm import acquisition
+    from annotate.campaign import CampaignOptions
+
+    rng = np.random.default_rng(4)
+    n, m = 400, 5
+    probs = rng.uniform(0.02, 0.98, (m, n)).astype(np.float32)
+    ia, ib = np.arange(n), np.arange(n, 2 * n)
+    feats = rng.standard_normal((2 * n, 16)).astype(np.float32)
+    options = CampaignOptions(overlap=1, max_overlap=3, gold_rate=0, probe_rate=0, strategy=name, batch_size=4,
+                              cold_start=0, retrain_every_labels=1, retrain_every_minutes=1, target_judgments=0,
+                              guidelines="")
+    _, score, _ = retrain._priorities(probs, ia=ia, ib=ib, groups=np.arange(n), labelled=None,
+                                      features_of=lambda rows: feats[rows], n_rows=2 * n, dim=16,
+                                      options=options, rng=np.random.default_rng(0))
+    pool = acquisition.Pool(probs=probs, features=feats[ia] - feats[ib], groups=np.arange(n))
+    expected = acquisition.get_strategy(name).scores(pool, np.random.default_rng(0))
+    p = probs.mean(axis=0)
+    assert np.allclose(score, expected, rtol=1e-4)
+    assert not np.allclose(score, p * (1 - p))
 
 
 # --------------------------------------------------------------------------- service, both backends
