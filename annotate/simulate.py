@@ -195,38 +195,53 @@ def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32,
 def run_simulation(data, strategies: list[str], seeds, *, seed_labels: int = 32, batch: int = 32,
                    budget: int = 1000, cold_start: int | None = None, config=None,
                    progress: bool = True) -> list[Curves]:
-    """Replay ``data`` for each strategy and seed; one ``Curves`` per strategy (same seeds, paired)."""
+    """Replay ``data`` for each strategy and seed; one ``Curves`` per strategy (same seeds, paired).
+
+    Every seed follows one label schedule, ending at ``common_budget`` (the
+    budget, or the smallest training pool over the seeds if that is smaller),
+    so each column of the curves means the same label count for every seed.
+    """
     from tqdm import tqdm
 
     seeds = list(seeds)
-    n_train = int((~_test_mask_size(data, seeds[0])).sum()) if seeds else 0
-    steps = len(label_schedule(seed_labels, batch, budget, max(n_train, 1)))
-    bar = tqdm(total=len(strategies) * len(seeds) * steps, disable=not progress, unit="retrain",
+    budget = common_budget(data, seeds, budget)
+    schedule = label_schedule(seed_labels, batch, budget, budget)
+    bar = tqdm(total=len(strategies) * len(seeds) * len(schedule), disable=not progress, unit="retrain",
                desc="simulate", file=sys.stderr)
     out = []
     try:
         for name in strategies:
             t0 = time.perf_counter()
-            rows, losses, labels = [], [], None
+            rows, losses = [], []
             for s in seeds:
                 bar.set_postfix_str(f"{name} seed {s}")
                 labels, acc, loss = simulate_seed(data, name, s, seed_labels=seed_labels, batch=batch,
                                                   budget=budget, cold_start=cold_start, config=config,
                                                   on_step=bar.update)
+                if not np.array_equal(labels, schedule):
+                    raise RuntimeError(f"seed {s} of {name} followed the label counts {labels.tolist()}, "
+                                       f"not the common schedule {schedule.tolist()}")
                 rows.append(acc)
                 losses.append(loss)
-            width = min(len(r) for r in rows)
-            out.append(Curves(name, labels[:width], np.stack([r[:width] for r in rows]),
-                              np.stack([r[:width] for r in losses]), time.perf_counter() - t0))
+            out.append(Curves(name, schedule, np.stack(rows), np.stack(losses), time.perf_counter() - t0))
     finally:
         bar.close()
     return out
 
 
-def _test_mask_size(data, seed: int) -> np.ndarray:
+def common_budget(data, seeds, budget: int) -> int:
+    """``budget``, or the smallest training pool over ``seeds`` if that is smaller.
+
+    Each seed holds out different prompts, so the pools differ in size; a
+    budget no seed's pool falls short of gives every seed the same schedule.
+    """
     from rm.split import held_out_mask
 
-    return held_out_mask(data.group, TEST_FRACTION, salt=f"simulate-{seed}")
+    pools = [int((~held_out_mask(data.group, TEST_FRACTION, salt=f"simulate-{s}")).sum()) for s in seeds]
+    if pools and min(pools) < 1:
+        raise PrefloopError("the dataset is too small to hold out a test split by prompt; "
+                            "give the simulator more prompts")
+    return min([budget, *pools])
 
 
 # --------------------------------------------------------------------------- analysis
@@ -260,8 +275,9 @@ def labels_to_reach(labels: np.ndarray, curve: np.ndarray, target: float) -> flo
 class Comparison:
     """One strategy against the reference (random), paired by seed.
 
+    ``reference_budget`` is B = min(``asked_budget``, the curves' last label count).
     ``needed``: labels the strategy's mean curve needs to reach the reference's
-    mean accuracy at ``reference_budget``; ``saving`` = 1 - needed / budget, with a
+    mean accuracy at B; ``saving`` = 1 - needed / B, with a
     bootstrap interval over seeds (seeds resampled, both curves averaged over the
     same resample). ``auc_gain`` in accuracy points, ``worst_gap`` = the lowest
     mean difference to the reference at any label count (points).
@@ -270,6 +286,7 @@ class Comparison:
     strategy: str
     reference: str
     reference_budget: float
+    asked_budget: float
     target_accuracy: float
     needed: float
     needed_ci: tuple[float, float]
@@ -346,6 +363,7 @@ def compare(strategy: Curves, reference: Curves, reference_budget: float = REFER
     saving_ci = (1.0 - float(hi_n) / budget, 1.0 - float(lo_n) / budget)
     return Comparison(
         strategy=strategy.strategy, reference=reference.strategy, reference_budget=budget,
+        asked_budget=float(reference_budget),
         target_accuracy=target, needed=needed, needed_ci=(float(lo_n), float(hi_n)),
         saving=1.0 - needed / budget, saving_ci=saving_ci, auc_gain=float(gain.mean()), auc_gain_ci=gain_ci,
         auc_wins=int((gain > 0).sum()), worst_gap=float(diff[worst]), worst_gap_at=int(labels[worst]),
@@ -391,8 +409,13 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
             f"  verdict: {cmp.verdict}",
         ]
     if comparisons:
-        ref = next((c for c in curves if c.strategy == comparisons[0].reference), None)
-        note = flatness_note(ref, comparisons[0].reference_budget) if ref is not None else None
+        first = comparisons[0]
+        if first.asked_budget > first.reference_budget:
+            lines += ["", f"note: the reference budget ({first.asked_budget:.0f} labels) is beyond the curves' "
+                      f"last point, so labels needed and saved are measured at B = {first.reference_budget:.0f} "
+                      "labels"]
+        ref = next((c for c in curves if c.strategy == first.reference), None)
+        note = flatness_note(ref, first.reference_budget) if ref is not None else None
         if note:
             lines += ["", f"note: {note}"]
     return "\n".join(lines)
@@ -487,9 +510,9 @@ def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedd
         strategies.insert(0, "random")
     strategies = list(dict.fromkeys(strategies))
     seeds = list(seeds)
-    if not seeds or seed_labels < 1 or batch < 1 or budget < seed_labels:
-        raise PrefloopError("--seeds, --seed-labels and --batch must be at least 1 and "
-                            "--budget at least --seed-labels")
+    if not seeds or seed_labels < 1 or batch < 1 or budget < seed_labels or reference_budget < seed_labels:
+        raise PrefloopError("--seeds, --seed-labels and --batch must be at least 1, and "
+                            "--budget and --reference-budget at least --seed-labels")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -499,8 +522,12 @@ def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedd
         echo(f"note: {note}")
     echo(f"{len(dataset.pairs)} labelled pairs from {data_path}; embedded "
          f"{getattr(embedder, 'n_computed', 0)} new texts in {time.perf_counter() - t0:.0f} s")
+    used = common_budget(dataset.pairs, seeds, budget)
+    if used < budget:
+        echo(f"note: the smallest training pool over these seeds has {used} pairs, so every curve "
+             f"ends at {used} labels instead of the budget of {budget}")
     echo(f"strategies: {', '.join(f'{s} (= {DEFAULT_STRATEGY})' if s == 'default' else s for s in strategies)}; "
-         f"seeds {seeds[0]}-{seeds[-1]}; {seed_labels} seed labels, batches of {batch}, budget {budget}, "
+         f"seeds {seeds[0]}-{seeds[-1]}; {seed_labels} seed labels, batches of {batch}, budget {used}, "
          f"random order until {max(seed_labels, cold_start or 0)} labels (cold start)")
     curves = run_simulation(dataset.pairs, strategies, seeds, seed_labels=seed_labels, batch=batch,
                             budget=budget, cold_start=cold_start, progress=progress)
@@ -508,7 +535,7 @@ def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedd
     comparisons = [compare(c, ref, reference_budget) for c in curves if c.strategy != "random"]
     text = format_report(curves, comparisons)
     meta = {"data": str(data_path), "pairs": len(dataset.pairs), "seeds": seeds,
-            "seed_labels": seed_labels, "batch": batch, "budget": budget,
+            "seed_labels": seed_labels, "batch": batch, "budget": budget, "budget_used": used,
             "cold_start": seed_labels if cold_start is None else cold_start,
             "default_strategy": DEFAULT_STRATEGY, "reference_budget": reference_budget,
             "test_fraction": TEST_FRACTION, "seconds": round(time.perf_counter() - t0, 1)}
@@ -527,14 +554,16 @@ def main(args) -> int:
     cache_dir = Path(getattr(args, "cache_dir", None) or settings.cache_dir)
     first = int(getattr(args, "first_seed", 0) or 0)
     n_seeds = int(args.seeds)
+    reference_budget = getattr(args, "reference_budget", None)
+    cold_start = getattr(args, "cold_start", None)
     if n_seeds < 1:
         raise PrefloopError("--seeds must be at least 1")
     embedder = make_embedder(cache_dir, settings.resolved_encoder_path, settings.torch_threads)
     report = simulate_file(
         args.data, args.strategy, range(first, first + n_seeds), embedder=embedder, out=args.out,
         seed_labels=int(args.seed_labels), batch=int(args.batch), budget=int(args.budget),
-        reference_budget=float(getattr(args, "reference_budget", None) or REFERENCE_BUDGET),
-        cold_start=getattr(args, "cold_start", None) or settings.cold_start)
+        reference_budget=float(REFERENCE_BUDGET if reference_budget is None else reference_budget),
+        cold_start=settings.cold_start if cold_start is None else cold_start)
     print()
     print(report.text)
     print(f"\nwrote {report.json_path} and {report.png_path} ({time.perf_counter() - t0:.0f} s in all)")

@@ -185,3 +185,96 @@ def test_unknown_strategy_and_unlabelled_files_are_user_errors(tmp_path):
     bare.write_text(json.dumps({"prompt": "p", "response_a": "x", "response_b": "y"}) + "\n")
     with pytest.raises(PrefloopError, match="no comparisons with a known winner"):
         simulate.simulate_file(bare, ["random"], [0], embedder=FakeEmbedder(), out=tmp_path / "o", progress=False)
+
+
+def _run_cli(argv, tmp_path, monkeypatch):
+    from annotate import cli
+
+    monkeypatch.setattr(simulate, "make_embedder", lambda *a, **k: FakeEmbedder())
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "dd"))
+    return cli.main(["simulate", *argv])
+
+
+def test_cli_parses_real_arguments_and_runs_the_command(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    argv = ["--data", str(data), "--strategy", "default", "--seed-labels", "8", "--batch", "8",
+            "--budget", "24", "--seeds", "2", "--first-seed", "3", "--reference-budget", "16",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sim")]
+    assert _run_cli(argv, tmp_path, monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "default vs random" in out and "accuracy at 16 labels" in out
+    meta = json.loads((tmp_path / "sim" / "curves.json").read_text())["meta"]
+    assert meta["seeds"] == [3, 4] and meta["budget"] == 24 and meta["reference_budget"] == 16
+    assert (tmp_path / "sim" / "curves.png").is_file()
+
+
+def test_cold_start_zero_is_passed_on_not_replaced_by_the_setting(tmp_path, monkeypatch):
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    monkeypatch.setenv("PREFLOOP_COLD_START", "64")
+    argv = ["--data", str(data), "--seed-labels", "8", "--batch", "8", "--budget", "24", "--seeds", "1",
+            "--cold-start", "0", "--out", str(tmp_path / "sim")]
+    assert _run_cli(argv, tmp_path, monkeypatch) == 0
+    assert json.loads((tmp_path / "sim" / "curves.json").read_text())["meta"]["cold_start"] == 0
+
+
+def test_module_parser_and_cli_subparser_accept_the_same_options():
+    from annotate import cli
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+
+    def options(parser):
+        return {opt: (a.dest, a.default, a.type, a.required)
+                for a in parser._actions if a.dest != "help" for opt in a.option_strings}
+
+    assert options(sub.choices["simulate"]) == options(simulate.build_parser())
+
+
+def test_every_seed_follows_one_schedule_when_the_budget_exceeds_the_pools():
+    data = _synthetic(n=60)
+    seeds = [0, 1, 2]
+    pools = [int((~held_out_mask(data.group, simulate.TEST_FRACTION, salt=f"simulate-{s}")).sum()) for s in seeds]
+    assert len(set(pools)) > 1 and min(pools) != pools[-1]  # the data this test needs
+    smallest = min(pools)
+    (curves,) = simulate.run_simulation(data, ["random"], seeds, seed_labels=8, batch=16, budget=1000,
+                                        progress=False)
+    assert curves.labels.tolist() == simulate.label_schedule(8, 16, smallest, smallest).tolist()
+    for s, row in zip(seeds, curves.accuracy):
+        labels, acc, _ = simulate.simulate_seed(data, "random", s, seed_labels=8, batch=16, budget=smallest)
+        assert labels.tolist() == curves.labels.tolist() and row.tolist() == acc.tolist()
+    assert simulate.common_budget(data, seeds, 1000) == smallest
+    assert simulate.common_budget(data, seeds, 30) == 30
+
+
+def test_progress_bar_reaches_the_number_of_retrains(capsys):
+    data = _synthetic(n=60)
+    curves = simulate.run_simulation(data, ["random", "default"], [0, 1, 2], seed_labels=8, batch=16,
+                                     budget=1000, progress=True)
+    total = sum(c.accuracy.size for c in curves)
+    err = capsys.readouterr().err
+    assert f"{total}/{total}" in err
+    assert not any(f"{total}/{n}" in err for n in range(total + 1, 2 * total))
+
+
+def test_labels_needed_are_measured_at_the_last_point_when_the_reference_budget_is_beyond_it(tmp_path):
+    labels = np.array([8, 24, 40])
+    acc = np.array([[0.6, 0.7, 0.8], [0.62, 0.71, 0.79]])
+    ref = simulate.Curves("random", labels, acc, np.zeros_like(acc))
+    fast = simulate.Curves("fast", labels, acc + 0.05, np.zeros_like(acc))
+    cmp = simulate.compare(fast, ref, 640)
+    assert cmp.reference_budget == 40 and cmp.asked_budget == 640
+    assert cmp.target_accuracy == pytest.approx(0.795)
+    assert cmp.saving == pytest.approx(1 - cmp.needed / 40)
+    text = simulate.format_report([ref, fast], [cmp])
+    assert "random's accuracy at 40 labels" in text
+    assert "reference budget (640 labels) is beyond the curves' last point" in text and "B = 40 labels" in text
+    inside = simulate.compare(fast, ref, 24)
+    assert inside.reference_budget == 24 and "beyond" not in simulate.format_report([ref, fast], [inside])
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=20)
+    from annotate.errors import PrefloopError
+
+    with pytest.raises(PrefloopError, match="--reference-budget at least --seed-labels"):
+        simulate.simulate_file(data, ["random"], [0], embedder=FakeEmbedder(), out=tmp_path / "o",
+                               seed_labels=8, reference_budget=4, progress=False)
