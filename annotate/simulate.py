@@ -3,9 +3,10 @@
 The simulator answers every query with the label recorded in the file, so a
 team can see on its own data how many labels a strategy saves against random
 order. Everything that decides the outcome is shared with the retraining job:
-features through ``rm``'s embedding cache, ``rm.train.fit_and_evaluate`` with
-its default configuration, the held-out split by prompt from ``rm.split``, and
-the acquisition API of ``rm.acquisition`` (``make_pool`` then ``select``).
+features through ``rm``'s embedding cache, ``rm.train.train_ensemble`` and
+``rm.evaluate.evaluate`` with the default configuration (``fit_and_evaluate``),
+the held-out split by prompt from ``rm.split``, and the queue order of
+``rm.acquisition.queue_order``, which the retraining job writes as priorities.
 """
 
 from __future__ import annotations
@@ -141,11 +142,12 @@ def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32,
     held-out prompts (``rm.split``, salted by ``seed``) and the random seed
     labels depend only on ``seed``, so strategies are compared on the same
     draws. Each round trains with ``rm.train.fit_and_evaluate`` (the retraining
-    job's function), builds the pool with ``rm.acquisition.make_pool`` and asks
-    ``select_strategy(...).select`` for the next batch, whose recorded labels are
+    job's training and evaluation), builds the pool with ``rm.acquisition.make_pool``
+    and takes the next batch from the front of ``rm.acquisition.queue_order`` (the
+    job's queue order; ``random`` until ``cold_start`` labels), whose recorded labels are
     then revealed.
     """
-    from rm.acquisition import get_strategy, make_pool, select_strategy
+    from rm.acquisition import get_strategy, make_pool, queue_order, select_strategy
     from rm.split import held_out_mask
     from rm.train import fit_and_evaluate
 
@@ -180,7 +182,10 @@ def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32,
                              labelled=(data.ia[lab], data.ib[lab]), scale=ens.scale)
             strategy = select_strategy(strategy_name, len(labelled), cold_start)
             use = cold_rng if strategy.name == "random" else rng
-            pick = open_rows[strategy.select(pool, int(n_labels - len(labelled)), use)]
+            need = int(n_labels - len(labelled))
+            # The retraining job's ordering function; the next batch is its first `need` pairs.
+            priority, _ = queue_order(strategy, pool, need, use, n_batches=1)
+            pick = open_rows[np.argsort(-priority, kind="stable")[:need]]
             labelled.extend(pick.tolist())
             is_open[pick] = False
         # Sorted rows: the model depends on which pairs are labelled, not on the order they came in.

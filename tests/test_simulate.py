@@ -278,3 +278,35 @@ def test_labels_needed_are_measured_at_the_last_point_when_the_reference_budget_
     with pytest.raises(PrefloopError, match="--reference-budget at least --seed-labels"):
         simulate.simulate_file(data, ["random"], [0], embedder=FakeEmbedder(), out=tmp_path / "o",
                                seed_labels=8, reference_budget=4, progress=False)
+
+
+@pytest.mark.parametrize("name", ["default", "bald", "epig", "margin+power"])
+def test_next_batch_is_the_front_of_the_retraining_jobs_queue(name):
+    """The simulator's pool (make_pool) and the job's (lazy rows, last labels) give the same next batch."""
+    import dataclasses
+
+    from annotate import retrain
+    from annotate.campaign import CampaignOptions
+    from rm.acquisition import get_strategy, make_pool, queue_order
+    from rm.heads import pair_probabilities
+
+    rng = np.random.default_rng(11)
+    n_rows, n_open, n_lab, members = 900, 400, 50, 5
+    feat = rng.normal(size=(n_rows, DIM)).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, DIM).astype(np.float32)
+    rewards = rng.normal(size=(members, n_rows)).astype(np.float32)
+    ia, ib = np.arange(n_open), np.arange(n_open, 2 * n_open)
+    la, lb = np.arange(800, 800 + n_lab), np.arange(850 - n_lab, 850)
+    prompts = rng.integers(0, 300, n_open)  # some prompts have several pairs: the cap matters
+    pool = make_pool(rewards, feat, ia, ib, groups=[f"p{g}" for g in prompts], labelled=(la, lb), scale=scale)
+    sim_priority, sim_score = queue_order(get_strategy(name), pool, 32, np.random.default_rng(5), n_batches=1)
+
+    options = CampaignOptions(overlap=1, max_overlap=3, gold_rate=0, probe_rate=0, strategy=name, batch_size=32,
+                              cold_start=0, retrain_every_labels=1, retrain_every_minutes=1, target_judgments=0,
+                              guidelines="")
+    job_priority, job_score, _ = retrain._priorities(
+        pair_probabilities(rewards, ia, ib), ia=ia, ib=ib, groups=prompts, labelled=(la, lb),
+        features_of=lambda rows: feat[rows] / scale, n_rows=n_rows, dim=DIM,
+        options=dataclasses.replace(options), rng=np.random.default_rng(5))
+    assert np.allclose(sim_score, job_score, rtol=1e-5)
+    assert np.array_equal(np.argsort(-sim_priority)[:32], np.argsort(-job_priority)[:32])
