@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from annotate.accounts import Actor, audit, require_admin
 from annotate.errors import PrefloopError
 from annotate.models import AppSetting, utcnow
-from annotate.settings import Settings
+from annotate.settings import Settings, unknown_strategy
 
 
 def default_guidelines() -> str:
@@ -46,6 +46,8 @@ class CampaignOptions:
                 raise PrefloopError(f"{name.replace('_', ' ')} must be between 0 and 0.5")
         if self.batch_size < 1 or self.cold_start < 0:
             raise PrefloopError("batch size must be positive and cold start non-negative")
+        if problem := unknown_strategy(self.strategy):
+            raise PrefloopError(problem)
         if self.retrain_every_labels < 1 or self.retrain_every_minutes <= 0:
             raise PrefloopError("retrain cadence must be positive")
         if len(self.guidelines) > 100_000:

@@ -132,5 +132,24 @@ def _validate(s: Settings) -> None:
     for name in ("gold_rate", "probe_rate"):
         if not 0.0 <= getattr(s, name) <= 0.5:
             raise ConfigError(f"PREFLOOP_{name.upper()} must be between 0 and 0.5")
+    if problem := unknown_strategy(s.strategy):
+        raise ConfigError(f"PREFLOOP_STRATEGY: {problem}")
     if s.env == "production" and s.sqlalchemy_url.startswith("sqlite") and "memory" in s.sqlalchemy_url:
         raise ConfigError("an in-memory database cannot be used in production")
+
+
+def unknown_strategy(name: str) -> str | None:
+    """Why ``name`` is not an acquisition strategy (naming the valid ones), or None if it is one.
+
+    ``rm`` is imported here, not at module level, so settings stay quick to
+    import; where ``rm`` cannot be imported the name is not checked.
+    """
+    try:
+        from rm.acquisition import get_strategy
+    except ImportError:
+        return None
+    try:
+        get_strategy(name)
+    except ValueError as exc:
+        return str(exc)
+    return None

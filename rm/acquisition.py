@@ -730,7 +730,11 @@ _BASES = {"random": RandomStrategy, "margin": MarginStrategy, "bald": BaldStrate
 
 
 def strategy_names() -> list[str]:
-    """Every name ``get_strategy`` accepts (bases, wrappers and ``default``)."""
+    """Every name ``get_strategy`` accepts (bases, wrappers and ``default``).
+
+    No ``random+cover`` or ``random+power``: random scores are noise, with
+    nothing in them for those wrappers to weight or sharpen.
+    """
     names = list(_BASES) + ["cover", "epig"]
     names += [f"{b}+diverse" for b in _BASES] + [f"{b}+cover" for b in _BASES if b != "random"]
     names += [f"{b}+power" for b in _BASES if b != "random"]
@@ -738,17 +742,21 @@ def strategy_names() -> list[str]:
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy called ``name`` (see the module docs); ``default`` is ``DEFAULT_STRATEGY``."""
+    """The strategy called ``name`` (see the module docs); ``default`` is ``DEFAULT_STRATEGY``.
+
+    Raises ``ValueError`` naming the valid names for any name not in ``strategy_names()``.
+    """
     key = (name or "default").strip().lower()
     if key == "default":
         key = DEFAULT_STRATEGY
+    names = strategy_names()
+    if key not in names:
+        raise ValueError(f"unknown acquisition strategy {name!r}; choose one of {', '.join(names)}")
     base, _, wrapper = key.partition("+")
     if base == "cover" and not wrapper:
         return CoverStrategy()
     if base == "epig" and not wrapper:
         return EpigStrategy()
-    if base not in _BASES or wrapper not in ("", "diverse", "cover", "power"):
-        raise ValueError(f"unknown acquisition strategy {name!r}; choose one of {', '.join(strategy_names())}")
     strategy = _BASES[base]()
     if wrapper == "diverse":
         return DiverseStrategy(strategy)

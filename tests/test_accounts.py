@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -115,3 +118,31 @@ def test_settings_from_environment():
         load_settings({"PREFLOOP_OVERLAP": "5", "PREFLOOP_MAX_OVERLAP": "3"})
     with pytest.raises(Exception):
         s.overlap = 3  # frozen
+
+
+def test_unknown_strategy_in_the_environment_is_refused_with_the_valid_names(monkeypatch):
+    assert load_settings({"PREFLOOP_STRATEGY": "margin"}).strategy == "margin"
+    for name in ("bal", "random+cover", "random+power"):
+        with pytest.raises(ConfigError, match=r"PREFLOOP_STRATEGY.*choose one of .*bald\+diverse"):
+            load_settings({"PREFLOOP_STRATEGY": name})
+    monkeypatch.setitem(sys.modules, "rm.acquisition", None)  # rm not importable: nothing to check against
+    assert load_settings({"PREFLOOP_STRATEGY": "bal"}).strategy == "bal"
+
+
+def test_importing_settings_does_not_import_rm():
+    code = "import sys, annotate.settings; print(sorted(m for m in ('rm', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_unknown_strategy_is_not_saved_as_a_campaign_option(db, settings):
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        for name in ("bald+shiny", "random+power"):
+            with pytest.raises(PrefloopError, match=r"unknown acquisition strategy.*choose one of .*margin"):
+                campaign.update_options(s, settings, actor=admin, strategy=name)
+        with pytest.raises(PrefloopError, match="unknown acquisition strategy"):
+            dataclasses.replace(campaign.defaults(settings), strategy="bal").validate()
+        campaign.update_options(s, settings, actor=admin, strategy="bald+power")
+    with db.read() as s:
+        assert campaign.get_options(s, settings).strategy == "bald+power"

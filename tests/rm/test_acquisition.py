@@ -107,6 +107,21 @@ def test_unknown_strategy_names_say_what_exists():
         get_strategy("bald+shiny")
 
 
+def test_get_strategy_accepts_exactly_the_listed_names():
+    """So the contract tests and the settings page cover every name a campaign can use."""
+    bases = ["random", "margin", "bald", "thompson", "cover", "epig"]
+    for name in bases + [f"{b}+{w}" for b in bases for w in ("diverse", "cover", "power")]:
+        if name in ALL:
+            assert get_strategy(name)
+        else:
+            with pytest.raises(ValueError, match="choose one of"):
+                get_strategy(name)
+    for name in ("random+cover", "random+power"):  # random scores are noise: nothing to weight or sharpen
+        assert name not in ALL
+        with pytest.raises(ValueError, match="unknown acquisition strategy"):
+            get_strategy(name)
+
+
 def test_cold_start_is_random_until_enough_labels():
     assert select_strategy("bald", 10, cold_start=64).name == "random"
     assert select_strategy("bald", 64, cold_start=64).name == "bald"
