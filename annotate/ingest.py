@@ -1040,6 +1040,7 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
                "overlap_target": overlap_target, "judgment_count": 0, "is_gold": False,
                "status": ComparisonStatus.open,
                "priority": seeded_priority(settings.queue_seed, p.prompt_hash, p.hash_a, p.hash_b),
+               "priority_strategy": "random",
                "source_tag": p.source_tag, "external_id": p.row_id, "import_batch_id": batch_id}
         if gold and p.outcomes:
             row.update(is_gold=True, gold_choice=next(iter(p.outcomes)))

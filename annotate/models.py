@@ -216,6 +216,7 @@ class Comparison(Base):
     priority_model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL"))
     priority_strategy: Mapped[str | None] = mapped_column(String(64))
+    """The strategy behind ``priority``: ``random`` from import until a retrain past the cold start."""
     model_p_a: Mapped[float | None] = mapped_column(Float)
     """The scoring model's P(A better than B) (ensemble mean)."""
     source_tag: Mapped[str | None] = mapped_column(String(128), index=True)

@@ -501,3 +501,28 @@ def test_your_ids_come_back_in_both_exports(db, settings):
     assert {key: prefs["prompt 2"][key] for key in ("external_id", "prompt_external_id", "chosen_external_id",
                                                    "rejected_external_id")} == dict.fromkeys(
         ("external_id", "prompt_external_id", "chosen_external_id", "rejected_external_id"))
+
+
+def test_judgments_before_the_first_retrain_record_random_order(db, settings):
+    """Imported pairs are in seeded-random order, and a judgment made before any retrain says so."""
+    from annotate import export, judgments, queue
+    from annotate.campaign import get_options
+
+    run_import(db, settings, jsonl(pair(1), pair(2), pair(3, winner="a")))
+    with db.read() as session:
+        provenance = {(c.priority_strategy, c.priority_score, c.priority_model_version_id)
+                      for c in session.scalars(select(Comparison))}
+    assert provenance == {("random", None, None)}
+
+    with db.begin() as session:
+        boss = admin(session)
+        options = replace(get_options(session, settings), gold_rate=0.0, probe_rate=0.0)
+        served = queue.next_comparison(session, settings, options, actor=boss)
+        judgments.submit(session, settings, actor=boss, comparison_id=served.comparison_id, shown="left")
+    with db.begin() as session:
+        judged = session.scalar(select(Judgment).where(Judgment.annotator_id == boss.id))
+        assert (judged.acquisition_strategy, judged.acquisition_score, judged.model_version_id) == \
+            ("random", None, None)
+        raw = [r for r in export.judgment_rows(session, actor=boss) if r["annotator"] == "boss"]
+    assert [(r["acquisition_strategy"], r["acquisition_score"], r["model_version_id"]) for r in raw] == \
+        [("random", None, None)]
