@@ -296,6 +296,100 @@ def test_cold_start_keeps_seeded_priorities(db, rt_settings):
         assert after[cid][2] == "random" and after[cid][4] is not None  # model P(A) still recorded
 
 
+def _save_options(db, settings, **changes) -> None:
+    """Save campaign options as the settings page does (``campaign.update_options``, as an admin)."""
+    from annotate import campaign
+    from annotate.accounts import Actor
+    from annotate.models import User
+    from tests.factories import make_user
+
+    with db.begin() as s:
+        boss = s.scalar(select(User).where(User.username == "boss"))
+        actor = Actor(id=boss.id, username=boss.username, role=boss.role) if boss else make_user(s, "boss", "admin")
+        campaign.update_options(s, settings, actor=actor, **changes)
+
+
+def test_saved_cold_start_keeps_random_order(db, rt_settings):
+    """An admin's cold start (saved, not the operator's 0) holds the queue in import order."""
+    assert rt_settings.cold_start == 0
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True)
+        open_ids = add_pairs(s, 1000, 10, judged=False)
+        before = priorities_state(s)
+    _save_options(db, rt_settings, cold_start=10_000, strategy="margin")
+    result = retrain.run_once(rt_settings, db=db)
+    assert result.status == "succeeded", result.summary()
+    with db.read() as s:
+        after = priorities_state(s)
+    for cid in open_ids:
+        priority, score, strategy, mv, p_a = after[cid]
+        assert (priority, score, strategy, mv) == (before[cid][0], None, "random", None)
+        assert p_a is not None
+
+
+def add_lookalike_prompt(session, i: int, n_responses: int = 4) -> list[int]:
+    """One prompt with ``n_responses`` responses the encoder cannot tell apart, and a comparison per pair.
+
+    They share a prefix longer than the encoder reads and differ only after it,
+    so every pair scores P(A) = 1/2: the best margin there is.
+    """
+    prompt = Prompt(content_hash=_h("lookalike", i), text=f"Question {i}: which of these is better?")
+    session.add(prompt)
+    session.flush()
+    prefix = "A careful answer with steps and an example. " * 100
+    responses = [Response(prompt_id=prompt.id, content_hash=_h("lookalike", i, k), text=f"{prefix}variant {k}")
+                 for k in range(n_responses)]
+    session.add_all(responses)
+    session.flush()
+    ids = []
+    for x in range(n_responses):
+        for y in range(x + 1, n_responses):
+            c = Comparison(prompt_id=prompt.id, response_a_id=responses[x].id, response_b_id=responses[y].id,
+                           overlap_target=1, priority=0.001 * (x * n_responses + y))
+            session.add(c)
+            session.flush()
+            ids.append(c.id)
+    return ids
+
+
+def test_saved_strategy_and_batch_size_order_the_queue(db, rt_settings):
+    """The job orders the queue with the admin's saved strategy and batch size, not the operator's."""
+    assert rt_settings.strategy == "default" and rt_settings.batch_size == 32
+    with db.begin() as s:
+        add_pairs(s, 0, 60, judged=True)
+        others = add_pairs(s, 1000, 5, judged=False)
+        lookalikes = add_lookalike_prompt(s, 3000)
+
+    def served_order(s):
+        state = priorities_state(s)
+        return sorted(others + lookalikes, key=lambda c: -state[c][0]), state
+
+    # Batches of one: the queue is the strategy's score order, so all six
+    # lookalike pairs (P(A) = 1/2, margin's favourites) come first.
+    _save_options(db, rt_settings, strategy="margin", batch_size=1)
+    first = retrain.run_once(rt_settings, db=db)
+    assert first.status == "succeeded", first.summary()
+    with db.read() as s:
+        order, state = served_order(s)
+    for cid in others + lookalikes:
+        _, score, strategy, mv, p_a = state[cid]
+        assert strategy == "margin" and mv == first.model_version_id
+        assert score == pytest.approx(-abs(p_a - 0.5), abs=1e-6)  # margin's score, not bald's
+    assert set(order[:6]) == set(lookalikes)
+
+    # Batches of sixteen: a batch takes one pair per prompt before a second
+    # from any, so the first six served cover all six prompts.
+    _save_options(db, rt_settings, batch_size=16)
+    second = retrain.run_once(rt_settings, force=True, db=db)
+    assert second.status in ("succeeded", "rejected"), second.summary()
+    with db.read() as s:
+        order, state = served_order(s)
+        prompt_of = dict(s.execute(select(Comparison.id, Comparison.prompt_id)).all())
+    assert {state[c][2] for c in order} == {"margin"}
+    assert len({prompt_of[c] for c in order[:6]}) == 6
+    assert len(set(order[:6]) & set(lookalikes)) == 1
+
+
 def test_run_skips_while_locked(db, rt_settings):
     with db.begin() as s:
         add_pairs(s, 0, 20, judged=True)

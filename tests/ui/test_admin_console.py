@@ -123,14 +123,20 @@ def test_settings_page_saves_and_shows_validation_errors(app_db, people):
     assert any("gold rate must be between 0 and 0.5" in e.value for e in at.error)
     at.number_input(key="opt_gold_rate").set_value(0.1)
     at.number_input(key="opt_max_overlap").set_value(4)
+    assert "random+cover" not in at.selectbox(key="opt_strategy").options  # only names the job accepts
+    at.selectbox(key="opt_strategy").set_value("margin")
+    at.number_input(key="opt_batch_size").set_value(8)
+    at.number_input(key="opt_cold_start").set_value(10)
     at.button[0].click().run()
     assert not at.exception, at.exception
     settings = load_settings()
     with app_db.read() as s:
         options = campaign.get_options(s, settings)
-        events = [e.action for e in s.scalars(select(AuditEvent))]
+        events = [e for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id)) if e.action == "settings.update"]
     assert options.gold_rate == pytest.approx(0.1) and options.max_overlap == 4
-    assert "settings.update" in events
+    assert (options.strategy, options.batch_size, options.cold_start) == ("margin", 8, 10)
+    assert (settings.strategy, settings.batch_size, settings.cold_start) != ("margin", 8, 10)
+    assert {"strategy", "batch_size", "cold_start"} <= set(events[-1].detail["changes"])
 
 
 def test_audit_page_lists_events(app_db, people):
