@@ -27,6 +27,7 @@ Names accepted by ``get_strategy``:
   that is still new given the labelled pairs and the batch so far.
 - ``<base>+power``: a batch sampled with probability ∝ ``score ** 2`` instead of the top
   scores (stochastic power acquisition; ``PowerStrategy``).
+  (``+cover`` and ``+power`` need a score: ``random+cover`` and ``random+power`` are refused.)
 - ``default``: ``DEFAULT_STRATEGY``.
 
 Every ``select`` applies a per-prompt cap: one pair per prompt per batch while
