@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cold-start", type=int, help="random order until this many labels (default: PREFLOOP_COLD_START)")
     p.add_argument("--cache-dir", help="embedding cache (default: <PREFLOOP_DATA_DIR>/cache)")
     p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=4, help="replays per seed with other random streams; "
+                   "each seed's curve is their mean")
     p.set_defaults(func=cmd_simulate)
     return parser
 

@@ -23,6 +23,13 @@ import numpy as np
 from annotate.errors import PrefloopError
 
 REFERENCE_BUDGET = 640
+REPEATS = 4
+"""Replays per seed, each with its own random streams; a seed's curve is their mean.
+
+One random order per seed is a noisy estimate of what random order gives: on the
+HH-RLHF harmless test file, random's mean area under the curve over seeds 0-9
+moved by 0.2 points (s.d.; 62.55 to 63.17 over 18 streams) with the random stream
+alone, bald+diverse's by 0.08. Four replays halve that noise."""
 TEST_FRACTION = 0.3
 
 
@@ -117,6 +124,8 @@ class Curves:
     accuracy: np.ndarray
     log_loss: np.ndarray
     seconds: float = 0.0
+    repeats: int = 1
+    """Replays averaged into each seed's row (``run_simulation``'s ``repeats``)."""
 
 
 def _strategy_seed(name: str) -> int:
@@ -135,7 +144,8 @@ def label_schedule(seed_labels: int, batch: int, budget: int, pool_size: int) ->
 
 def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32, batch: int = 32,
                   budget: int = 1000, cold_start: int | None = None, config=None,
-                  test_fraction: float = TEST_FRACTION, on_step=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  test_fraction: float = TEST_FRACTION, stream: int = 0,
+                  on_step=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One replay: ``(labels, accuracy, log_loss)`` per retrain for one seed and strategy.
 
     ``data`` is a ``PairData`` with recorded outcomes and prompt groups. The
@@ -145,7 +155,8 @@ def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32,
     job's training and evaluation), builds the pool with ``rm.acquisition.make_pool``
     and takes the next batch from the front of ``rm.acquisition.queue_order`` (the
     job's queue order; ``random`` until ``cold_start`` labels), whose recorded labels are
-    then revealed.
+    then revealed. ``stream`` picks other random draws for the cold start, random
+    order and any sampling in the strategy (same split and seed labels).
     """
     from rm.acquisition import get_strategy, make_pool, queue_order, select_strategy
     from rm.split import held_out_mask
@@ -164,10 +175,11 @@ def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32,
     is_open = np.ones(len(data), dtype=bool)
     is_open[test_mask] = False
     is_open[labelled] = False
-    rng = np.random.default_rng([seed, _strategy_seed(strategy_name)])
+    extra = [stream] if stream else []
+    rng = np.random.default_rng([seed, _strategy_seed(strategy_name), *extra])
     # Cold-start batches draw from the random strategy's own stream, so every
     # strategy's curve matches random's exactly until the cold start ends.
-    cold_rng = np.random.default_rng([seed, _strategy_seed("random")])
+    cold_rng = np.random.default_rng([seed, _strategy_seed("random"), *extra])
     if get_strategy(strategy_name).name == "random":
         rng = cold_rng
     accs, losses = [], []
@@ -199,19 +211,23 @@ def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32,
 
 def run_simulation(data, strategies: list[str], seeds, *, seed_labels: int = 32, batch: int = 32,
                    budget: int = 1000, cold_start: int | None = None, config=None,
-                   progress: bool = True) -> list[Curves]:
+                   repeats: int = REPEATS, progress: bool = True) -> list[Curves]:
     """Replay ``data`` for each strategy and seed; one ``Curves`` per strategy (same seeds, paired).
 
     Every seed follows one label schedule, ending at ``common_budget`` (the
     budget, or the smallest training pool over the seeds if that is smaller),
     so each column of the curves means the same label count for every seed.
+    Each seed is replayed ``repeats`` times (random streams 0, 1, …, shared by
+    every strategy) and its curve is the mean of those replays.
     """
     from tqdm import tqdm
 
     seeds = list(seeds)
     budget = common_budget(data, seeds, budget)
     schedule = label_schedule(seed_labels, batch, budget, budget)
-    bar = tqdm(total=len(strategies) * len(seeds) * len(schedule), disable=not progress, unit="retrain",
+    if repeats < 1:
+        raise PrefloopError("--repeats must be at least 1")
+    bar = tqdm(total=len(strategies) * len(seeds) * repeats * len(schedule), disable=not progress, unit="retrain",
                desc="simulate", file=sys.stderr)
     out = []
     try:
@@ -219,16 +235,20 @@ def run_simulation(data, strategies: list[str], seeds, *, seed_labels: int = 32,
             t0 = time.perf_counter()
             rows, losses = [], []
             for s in seeds:
-                bar.set_postfix_str(f"{name} seed {s}")
-                labels, acc, loss = simulate_seed(data, name, s, seed_labels=seed_labels, batch=batch,
-                                                  budget=budget, cold_start=cold_start, config=config,
-                                                  on_step=bar.update)
-                if not np.array_equal(labels, schedule):
-                    raise RuntimeError(f"seed {s} of {name} followed the label counts {labels.tolist()}, "
-                                       f"not the common schedule {schedule.tolist()}")
-                rows.append(acc)
-                losses.append(loss)
-            out.append(Curves(name, schedule, np.stack(rows), np.stack(losses), time.perf_counter() - t0))
+                accs, lls = [], []
+                for r in range(repeats):
+                    bar.set_postfix_str(f"{name} seed {s}" + (f" replay {r + 1}/{repeats}" if repeats > 1 else ""))
+                    labels, acc, loss = simulate_seed(data, name, s, seed_labels=seed_labels, batch=batch,
+                                                      budget=budget, cold_start=cold_start, config=config,
+                                                      stream=r, on_step=bar.update)
+                    if not np.array_equal(labels, schedule):
+                        raise RuntimeError(f"seed {s} of {name} followed the label counts {labels.tolist()}, "
+                                           f"not the common schedule {schedule.tolist()}")
+                    accs.append(acc)
+                    lls.append(loss)
+                rows.append(np.mean(accs, axis=0))
+                losses.append(np.mean(lls, axis=0))
+            out.append(Curves(name, schedule, np.stack(rows), np.stack(losses), time.perf_counter() - t0, repeats))
     finally:
         bar.close()
     return out
@@ -384,7 +404,8 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
     names = [c.strategy for c in curves]
     labels = curves[0].labels
     n_seeds = len(curves[0].accuracy)
-    lines = [f"held-out accuracy, mean ± std over {n_seeds} seeds"]
+    each = f" (each the mean of {curves[0].repeats} replays)" if curves[0].repeats > 1 else ""
+    lines = [f"held-out accuracy, mean ± std over {n_seeds} seeds{each}"]
     head = f"{'labels':>7}" + "".join(f"  {n:>17}" for n in names)
     lines += [head, "-" * len(head)]
     for k, n in enumerate(labels):
@@ -497,7 +518,7 @@ class Report:
 def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedder, out: str | Path,
                   seed_labels: int = 32, batch: int = 32, budget: int = 1000,
                   reference_budget: float = REFERENCE_BUDGET, cold_start: int | None = None,
-                  progress: bool = True, echo=print) -> Report:
+                  repeats: int = REPEATS, progress: bool = True, echo=print) -> Report:
     """Load ``data_path``, replay every strategy over ``seeds``, write ``curves.json``/``curves.png`` to ``out``.
 
     ``random`` is always included (it is the reference). ``echo`` receives
@@ -532,14 +553,15 @@ def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedd
         echo(f"note: the smallest training pool over these seeds has {used} pairs, so every curve "
              f"ends at {used} labels instead of the budget of {budget}")
     echo(f"strategies: {', '.join(f'{s} (= {DEFAULT_STRATEGY})' if s == 'default' else s for s in strategies)}; "
-         f"seeds {seeds[0]}-{seeds[-1]}; {seed_labels} seed labels, batches of {batch}, budget {used}, "
+         f"seeds {seeds[0]}-{seeds[-1]}, {repeats} replay{'s' if repeats != 1 else ''} each; "
+         f"{seed_labels} seed labels, batches of {batch}, budget {used}, "
          f"random order until {max(seed_labels, cold_start or 0)} labels (cold start)")
     curves = run_simulation(dataset.pairs, strategies, seeds, seed_labels=seed_labels, batch=batch,
-                            budget=budget, cold_start=cold_start, progress=progress)
+                            budget=budget, cold_start=cold_start, repeats=repeats, progress=progress)
     ref = curves[strategies.index("random")]
     comparisons = [compare(c, ref, reference_budget) for c in curves if c.strategy != "random"]
     text = format_report(curves, comparisons)
-    meta = {"data": str(data_path), "pairs": len(dataset.pairs), "seeds": seeds,
+    meta = {"data": str(data_path), "pairs": len(dataset.pairs), "seeds": seeds, "repeats": repeats,
             "seed_labels": seed_labels, "batch": batch, "budget": budget, "budget_used": used,
             "cold_start": seed_labels if cold_start is None else cold_start,
             "default_strategy": DEFAULT_STRATEGY, "reference_budget": reference_budget,
@@ -560,6 +582,7 @@ def main(args) -> int:
     first = int(getattr(args, "first_seed", 0) or 0)
     n_seeds = int(args.seeds)
     reference_budget = getattr(args, "reference_budget", None)
+    repeats = getattr(args, "repeats", None)
     cold_start = getattr(args, "cold_start", None)
     if n_seeds < 1:
         raise PrefloopError("--seeds must be at least 1")
@@ -568,7 +591,8 @@ def main(args) -> int:
         args.data, args.strategy, range(first, first + n_seeds), embedder=embedder, out=args.out,
         seed_labels=int(args.seed_labels), batch=int(args.batch), budget=int(args.budget),
         reference_budget=float(REFERENCE_BUDGET if reference_budget is None else reference_budget),
-        cold_start=settings.cold_start if cold_start is None else cold_start)
+        cold_start=settings.cold_start if cold_start is None else cold_start,
+        repeats=REPEATS if repeats is None else int(repeats))
     print()
     print(report.text)
     print(f"\nwrote {report.json_path} and {report.png_path} ({time.perf_counter() - t0:.0f} s in all)")
@@ -587,6 +611,8 @@ def build_parser():
     p.add_argument("--budget", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=REPEATS, help="replays per seed with other random streams; "
+                   "each seed's curve is their mean")
     p.add_argument("--reference-budget", type=float, default=REFERENCE_BUDGET)
     p.add_argument("--cold-start", type=int, default=None, help="random order until this many labels "
                    "(default: PREFLOOP_COLD_START, the app's setting)")

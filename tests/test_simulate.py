@@ -238,7 +238,7 @@ def test_every_seed_follows_one_schedule_when_the_budget_exceeds_the_pools():
     assert len(set(pools)) > 1 and min(pools) != pools[-1]  # the data this test needs
     smallest = min(pools)
     (curves,) = simulate.run_simulation(data, ["random"], seeds, seed_labels=8, batch=16, budget=1000,
-                                        progress=False)
+                                        repeats=1, progress=False)
     assert curves.labels.tolist() == simulate.label_schedule(8, 16, smallest, smallest).tolist()
     for s, row in zip(seeds, curves.accuracy):
         labels, acc, _ = simulate.simulate_seed(data, "random", s, seed_labels=8, batch=16, budget=smallest)
@@ -247,11 +247,29 @@ def test_every_seed_follows_one_schedule_when_the_budget_exceeds_the_pools():
     assert simulate.common_budget(data, seeds, 30) == 30
 
 
+def test_each_seed_is_the_mean_of_its_replays():
+    data = _synthetic(n=200, noise=0.3)
+    kw = dict(seed_labels=16, batch=16, budget=96, cold_start=48)
+    runs = {r: simulate.simulate_seed(data, "default", 3, stream=r, **kw) for r in range(3)}
+    assert runs[0][1][0] == runs[1][1][0] == runs[2][1][0]  # same split and seed labels
+    assert runs[0][1].tolist() != runs[1][1].tolist()  # other random draws after the seed labels
+    (curves,) = simulate.run_simulation(data, ["default"], [3], repeats=3, progress=False, **kw)
+    assert curves.repeats == 3
+    assert np.allclose(curves.accuracy[0], np.mean([runs[r][1] for r in range(3)], axis=0))
+    assert np.allclose(curves.log_loss[0], np.mean([runs[r][2] for r in range(3)], axis=0))
+    assert "each the mean of 3 replays" in simulate.format_report([curves], [])
+    # Stream 0 is the replay a single-repeat run makes.
+    (one,) = simulate.run_simulation(data, ["default"], [3], repeats=1, progress=False, **kw)
+    assert one.accuracy[0].tolist() == runs[0][1].tolist()
+    with pytest.raises(simulate.PrefloopError, match="repeats"):
+        simulate.run_simulation(data, ["default"], [3], repeats=0, progress=False, **kw)
+
+
 def test_progress_bar_reaches_the_number_of_retrains(capsys):
     data = _synthetic(n=60)
     curves = simulate.run_simulation(data, ["random", "default"], [0, 1, 2], seed_labels=8, batch=16,
-                                     budget=1000, progress=True)
-    total = sum(c.accuracy.size for c in curves)
+                                     budget=1000, repeats=2, progress=True)
+    total = sum(c.accuracy.size * c.repeats for c in curves)
     err = capsys.readouterr().err
     assert f"{total}/{total}" in err
     assert not any(f"{total}/{n}" in err for n in range(total + 1, 2 * total))
