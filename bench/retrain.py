@@ -215,7 +215,7 @@ def bench_scoring(n_pairs: int, per_prompt: int, dim: int, strategy: str) -> dic
     options = replace(defaults(load_settings(environ={})), strategy=strategy)
     t0 = time.perf_counter()
     _, _, name = retrain._priorities(probs, ia=ia, ib=ib, groups=p, labelled=None, features_of=featurize,
-                                     options=options, rng=np.random.default_rng(0))
+                                     n_rows=n_resp, dim=dim, options=options, rng=np.random.default_rng(0))
     t_acq = time.perf_counter() - t0
     return {"n_pairs": n_pairs, "n_responses": n_resp, "rewards_s": t_rewards, "pairs_s": t_pairs,
             "acquisition_s": t_acq, "strategy": name, "score_s": t_rewards + t_pairs}
