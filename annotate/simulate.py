@@ -324,6 +324,8 @@ class Comparison:
     worst_gap_at: int
     verdict: str = ""
     """One line on what to do with the result (see ``verdict``)."""
+    savings_along: tuple = ()
+    """``(b, saving)`` for b = B/4, B/2 and B (mean curves, no interval): where along the curve labels are saved."""
 
 
 def verdict(auc_gain_ci: tuple[float, float], saving_ci: tuple[float, float], n_seeds: int) -> str:
@@ -386,13 +388,18 @@ def compare(strategy: Curves, reference: Curves, reference_budget: float = REFER
     worst = int(np.argmin(diff))
     gain_ci = tuple(float(x) for x in np.percentile(gain_b, [2.5, 97.5]))
     saving_ci = (1.0 - float(hi_n) / budget, 1.0 - float(lo_n) / budget)
+    along = []
+    for b in (budget / 4, budget / 2, budget):
+        if b > labels[0]:
+            t = float(np.interp(b, labels, r.mean(axis=0)))
+            along.append((float(b), 1.0 - labels_to_reach(labels, a.mean(axis=0), t) / b))
     return Comparison(
         strategy=strategy.strategy, reference=reference.strategy, reference_budget=budget,
         asked_budget=float(reference_budget),
         target_accuracy=target, needed=needed, needed_ci=(float(lo_n), float(hi_n)),
         saving=1.0 - needed / budget, saving_ci=saving_ci, auc_gain=float(gain.mean()), auc_gain_ci=gain_ci,
         auc_wins=int((gain > 0).sum()), worst_gap=float(diff[worst]), worst_gap_at=int(labels[worst]),
-        verdict=verdict(gain_ci, saving_ci, n_seeds))
+        verdict=verdict(gain_ci, saving_ci, n_seeds), savings_along=tuple(along))
 
 
 def _fmt_needed(x: float, budget: float) -> str:
@@ -431,6 +438,14 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
             f"{_fmt_needed(cmp.needed_ci[1], b)})",
             f"  labels saved: {cmp.saving * 100:.1f}% (95% CI {cmp.saving_ci[0] * 100:.1f}% to "
             f"{cmp.saving_ci[1] * 100:.1f}%)",
+        ]
+        if len(cmp.savings_along) > 1:
+            lines.append(
+                f"  labels saved along the curve (to reach {cmp.reference}'s accuracy at "
+                + " / ".join(f"{b:.0f}" for b, _ in cmp.savings_along) + " labels): "
+                + " / ".join("never reached" if not math.isfinite(s) else f"{s * 100:.0f}%"
+                             for _, s in cmp.savings_along))
+        lines += [
             f"  largest shortfall against {cmp.reference}: {cmp.worst_gap:+.2f} points at {cmp.worst_gap_at} labels",
             f"  verdict: {cmp.verdict}",
         ]

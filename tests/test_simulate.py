@@ -104,11 +104,19 @@ def test_compare_measures_a_known_label_saving():
     assert cmp.saving_ci[0] > 0.4 and cmp.saving_ci[1] < 0.6
     assert cmp.auc_gain > 0 and cmp.auc_wins == 6 and cmp.worst_gap > -0.01
     assert cmp.verdict.startswith("saves labels")
+    assert [b for b, _ in cmp.savings_along] == [160, 320, 640]
+    assert all(s == pytest.approx(0.5, abs=0.05) for _, s in cmp.savings_along)
+    text = simulate.format_report([ref, strat], [cmp])
+    assert "labels saved along the curve (to reach random's accuracy at 160 / 320 / 640 labels): 49% / 50% / 50%" in text
     same = simulate.compare(ref, ref, 640)
     assert same.saving == pytest.approx(0.0, abs=1e-9) and same.auc_gain == 0
     assert same.verdict.startswith("not distinguishable")
     slow = simulate.Curves("slow", labels, base - 0.02 + noise, np.zeros_like(noise))
-    assert simulate.compare(slow, ref, 640).verdict.startswith("worse than the reference")
+    worse = simulate.compare(slow, ref, 640)
+    assert worse.verdict.startswith("worse than the reference")
+    assert worse.savings_along[-1][1] < 0
+    never = simulate.Curves("never", labels, base - 0.2 + noise, np.zeros_like(noise))
+    assert "/ never reached" in simulate.format_report([ref, never], [simulate.compare(never, ref, 640)])
     # This reference rises steadily against tiny seed noise: no flatness warning.
     assert simulate.flatness_note(ref, 640) is None
 
