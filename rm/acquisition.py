@@ -67,7 +67,8 @@ random's accuracy at 640). BAL-PM's prompt-entropy term (Melo et al. 2024: BALD 
 nearest-neighbour entropy estimate over the acquired prompts' embeddings, greedy in the batch),
 tried with one stream per seed: beta 0.5 / 1 / 2 gave -0.11 / +0.09 / -0.04 (seeds 100-119) and
 +0.12 / +0.10 / -0.15 (200-219) against bald+diverse's +0.07 and +0.32 in the same runs; not
-adopted."""
+adopted. With 4 replays on seeds 100-119: bald +0.32, bald+diverse +0.29, bald+power +0.24, epig
++0.20, thompson+diverse -0.09; the BALD variants are indistinguishable, so the default stays."""
 
 _EPS = 1e-7
 
