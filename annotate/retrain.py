@@ -530,6 +530,12 @@ class _Run:
             n_train=int((usable & ~test_mask).sum()), n_test=int((usable & test_mask).sum()),
             n_prompts=int(len(set(snap.lab_group.tolist()))), n_open=int(len(snap.open_ids)),
             n_responses=int(len(snap.resp_ids)))
+        from annotate.settings import unknown_strategy
+
+        if problem := unknown_strategy(snap.options.strategy):
+            # Saved before names were checked: say so before spending a training run on it.
+            return self._finish_skipped(f"the campaign's acquisition strategy cannot be used ({problem}); "
+                                        "an admin must pick one on the Settings page")
         if self.counts["n_train"] == 0:
             return self._finish_skipped("no usable judgments on the training side yet "
                                         "(both-bad pairs are not used): label more pairs")

@@ -194,6 +194,22 @@ def test_strategies_that_score_with_features_get_them(name):
 # --------------------------------------------------------------------------- service, both backends
 
 
+def test_a_strategy_saved_before_names_were_checked_skips_the_run_with_the_reason(db, rt_settings):
+    from annotate.models import AppSetting
+
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True)
+        add_pairs(s, 1000, 10, judged=False)
+        s.add(AppSetting(key="strategy", value="random+cover"))  # as an older version could save it
+    result = retrain.run_once(rt_settings, db=db)
+    assert result.status == "skipped"
+    assert "random+cover" in result.message and "Settings page" in result.message
+    with db.read() as s:
+        run = s.get(TrainingRun, result.run_id)
+        assert run.status == "skipped" and "random+cover" in run.error
+        assert s.scalar(select(func.count(ModelVersion.id))) == 0  # no training run was spent on it
+
+
 def test_skips_without_judgments(db, rt_settings):
     with db.begin() as s:
         add_pairs(s, 0, 5, judged=False)
