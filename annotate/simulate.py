@@ -372,8 +372,8 @@ def compare(strategy: Curves, reference: Curves, reference_budget: float = REFER
     a, r = strategy.accuracy, reference.accuracy
     n_seeds = len(a)
 
-    def needed_for(rows):
-        target = float(np.interp(budget, labels, r[rows].mean(axis=0)))
+    def needed_for(rows, b=budget):
+        target = float(np.interp(b, labels, r[rows].mean(axis=0)))
         return target, labels_to_reach(labels, a[rows].mean(axis=0), target)
 
     target, needed = needed_for(np.arange(n_seeds))
@@ -388,11 +388,8 @@ def compare(strategy: Curves, reference: Curves, reference_budget: float = REFER
     worst = int(np.argmin(diff))
     gain_ci = tuple(float(x) for x in np.percentile(gain_b, [2.5, 97.5]))
     saving_ci = (1.0 - float(hi_n) / budget, 1.0 - float(lo_n) / budget)
-    along = []
-    for b in (budget / 4, budget / 2, budget):
-        if b > labels[0]:
-            t = float(np.interp(b, labels, r.mean(axis=0)))
-            along.append((float(b), 1.0 - labels_to_reach(labels, a.mean(axis=0), t) / b))
+    along = [(float(b), 1.0 - needed_for(np.arange(n_seeds), b)[1] / b)
+             for b in (budget / 4, budget / 2, budget) if b > labels[0]]
     return Comparison(
         strategy=strategy.strategy, reference=reference.strategy, reference_budget=budget,
         asked_budget=float(reference_budget),

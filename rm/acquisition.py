@@ -808,13 +808,18 @@ def queue_order(strategy: Strategy, pool: Pool, batch_size: int, rng: np.random.
             for s in range(0, n, score_chunk)])
     else:
         score = np.asarray(strategy.scores(replace(pool, features=None, labelled=None), rng), dtype=np.float64)
-    ranked = np.lexsort((rng.random(n), -score))
+    ranked = _rank(score, rng)
     top = ranked[:min(n, max(max_candidates, 8 * batch_size * max(n_batches, 1)))]
     sub_priority, _ = priorities(strategy, pool.subset(top), batch_size, rng, n_batches=n_batches)
-    order = np.concatenate([top[np.argsort(-sub_priority, kind="stable")], ranked[len(top):]])
+    return _priority_of(np.concatenate([top[np.argsort(-sub_priority, kind="stable")], ranked[len(top):]])), score
+
+
+def _priority_of(order: np.ndarray) -> np.ndarray:
+    """Priorities in (0, 1], distinct, that serve ``order`` (a permutation of the pool) first to last."""
+    n = len(order)
     priority = np.empty(n, dtype=np.float64)
     priority[order] = 1.0 - np.arange(n) / n
-    return priority, score
+    return priority
 
 
 def priorities(strategy: Strategy, pool: Pool, batch_size: int, rng: np.random.Generator,
@@ -846,7 +851,4 @@ def priorities(strategy: Strategy, pool: Pool, batch_size: int, rng: np.random.G
         remaining = np.setdiff1d(remaining, chosen, assume_unique=True)
     if len(remaining):
         order.append(remaining[_rank(score[remaining], rng)])
-    full = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
-    priority = np.empty(n, dtype=np.float64)
-    priority[full] = 1.0 - np.arange(n) / n
-    return priority, score
+    return _priority_of(np.concatenate(order) if order else np.zeros(0, dtype=np.int64)), score
