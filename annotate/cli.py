@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from annotate.errors import ImportValidationError, PrefloopError
+from annotate.simulate_options import add_arguments as add_simulate_arguments
 
 
 def _settings():
@@ -259,20 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("simulate", help="replay labelled data to compare acquisition strategies")
-    p.add_argument("--data", required=True)
-    p.add_argument("--strategy", action="append", default=None)
-    p.add_argument("--seed-labels", type=int, default=32)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--budget", type=int, default=1000)
-    p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--out", default="simulation")
-    p.add_argument("--reference-budget", type=float, default=640,
-                   help="compare labels needed to reach random's accuracy at this many labels")
-    p.add_argument("--cold-start", type=int, help="random order until this many labels (default: PREFLOOP_COLD_START)")
-    p.add_argument("--cache-dir", help="embedding cache (default: <PREFLOOP_DATA_DIR>/cache)")
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=4, help="replays per seed with other random streams; "
-                   "each seed's curve is their mean")
+    add_simulate_arguments(p)
     p.set_defaults(func=cmd_simulate)
     return parser
 

@@ -22,14 +22,8 @@ import numpy as np
 
 from annotate.errors import PrefloopError
 
-REFERENCE_BUDGET = 640
-REPEATS = 4
-"""Replays per seed, each with its own random streams; a seed's curve is their mean.
+from annotate.simulate_options import REFERENCE_BUDGET, REPEATS, add_arguments
 
-One random order per seed is a noisy estimate of what random order gives: on the
-HH-RLHF harmless test file, random's mean area under the curve over seeds 0-9
-moved by 0.2 points (s.d.; 62.55 to 63.17 over 18 streams) with the random stream
-alone, bald+diverse's by 0.08. Four replays halve that noise."""
 TEST_FRACTION = 0.3
 
 
@@ -616,20 +610,7 @@ def build_parser():
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m annotate.simulate", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--strategy", action="append", default=None)
-    p.add_argument("--seed-labels", type=int, default=32)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--budget", type=int, default=1000)
-    p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=REPEATS, help="replays per seed with other random streams; "
-                   "each seed's curve is their mean")
-    p.add_argument("--reference-budget", type=float, default=REFERENCE_BUDGET)
-    p.add_argument("--cold-start", type=int, default=None, help="random order until this many labels "
-                   "(default: PREFLOOP_COLD_START, the app's setting)")
-    p.add_argument("--cache-dir", default=None, help="embedding cache (default: <PREFLOOP_DATA_DIR>/cache)")
-    p.add_argument("--out", default="simulation")
+    add_arguments(p)
     return p
 
 

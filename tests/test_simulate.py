@@ -237,6 +237,8 @@ def test_module_parser_and_cli_subparser_accept_the_same_options():
                 for a in parser._actions if a.dest != "help" for opt in a.option_strings}
 
     assert options(sub.choices["simulate"]) == options(simulate.build_parser())
+    undocumented = [a.option_strings for a in simulate.build_parser()._actions if not a.help]
+    assert not undocumented, f"options without help text: {undocumented}"
 
 
 def test_every_seed_follows_one_schedule_when_the_budget_exceeds_the_pools():
