@@ -68,7 +68,14 @@ nearest-neighbour entropy estimate over the acquired prompts' embeddings, greedy
 tried with one stream per seed: beta 0.5 / 1 / 2 gave -0.11 / +0.09 / -0.04 (seeds 100-119) and
 +0.12 / +0.10 / -0.15 (200-219) against bald+diverse's +0.07 and +0.32 in the same runs; not
 adopted. With 4 replays on seeds 100-119: bald +0.32, bald+diverse +0.29, bald+power +0.24, epig
-+0.20, thompson+diverse -0.09; the BALD variants are indistinguishable, so the default stays."""
++0.20, thompson+diverse -0.09; the BALD variants are indistinguishable, so the default stays.
+
+With 4 replays through bench/al_candidates.py, AUC gain and labels saved at 640 on seeds 100-119 /
+200-219: bald+diverse +0.32, 8% / +0.27, 37%; bald +0.32, 30% / +0.26, 24%; bald+diverse handing
+over to random order after 256 labels +0.33, 6% / +0.17, 10%; after 384 +0.29, 11%; half of each
+batch random +0.18, 5%; times a typicality (information density) +0.32, 21%; epig with ridge 7
+(the trained heads' L2 on unit-scaled features) +0.34, 15% against epig's +0.20, 10%. None is
+distinguishable from bald+diverse, which stays."""
 
 _EPS = 1e-7
 
