@@ -205,14 +205,15 @@ def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32,
 
 def run_simulation(data, strategies: list[str], seeds, *, seed_labels: int = 32, batch: int = 32,
                    budget: int = 1000, cold_start: int | None = None, config=None,
-                   repeats: int = REPEATS, progress: bool = True) -> list[Curves]:
+                   repeats: int = REPEATS, first_stream: int = 0, progress: bool = True) -> list[Curves]:
     """Replay ``data`` for each strategy and seed; one ``Curves`` per strategy (same seeds, paired).
 
     Every seed follows one label schedule, ending at ``common_budget`` (the
     budget, or the smallest training pool over the seeds if that is smaller),
     so each column of the curves means the same label count for every seed.
-    Each seed is replayed ``repeats`` times (random streams 0, 1, …, shared by
-    every strategy) and its curve is the mean of those replays.
+    Each seed is replayed ``repeats`` times (random streams ``first_stream``,
+    ``first_stream + 1``, …, shared by every strategy) and its curve is the mean
+    of those replays.
     """
     from tqdm import tqdm
 
@@ -234,7 +235,7 @@ def run_simulation(data, strategies: list[str], seeds, *, seed_labels: int = 32,
                     bar.set_postfix_str(f"{name} seed {s}" + (f" replay {r + 1}/{repeats}" if repeats > 1 else ""))
                     labels, acc, loss = simulate_seed(data, name, s, seed_labels=seed_labels, batch=batch,
                                                       budget=budget, cold_start=cold_start, config=config,
-                                                      stream=r, on_step=bar.update)
+                                                      stream=first_stream + r, on_step=bar.update)
                     if not np.array_equal(labels, schedule):
                         raise RuntimeError(f"seed {s} of {name} followed the label counts {labels.tolist()}, "
                                            f"not the common schedule {schedule.tolist()}")

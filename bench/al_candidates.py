@@ -15,7 +15,17 @@ named:
 - ``S+denseB``: ``S``'s score times a typicality ``t**B``, with
   ``t = zᵀ C z / |z|²`` for a pair's features ``z`` and ``C`` the second moment
   of the unit-normalised pool features (information density, Settles & Craven
-  2008: prefer pairs like many others over outliers).
+  2008: prefer pairs like many others over outliers);
+- ``herd``: no model at all: greedy kernel herding with the sign-invariant
+  kernel ``(z·z')²`` on unit pair features, so the labelled set's second
+  moment tracks the pool's (a representative design; with heads this
+  prior-dominated the model is close to the centroid ``Σ y z``, whose error
+  from *which* pairs are labelled is a sampling error a representative design
+  shrinks); ``S+herd`` takes ``S``'s top ``4 × n`` (like ``+diverse``) and herds
+  among them;
+- ``egl``: expected gradient length of the linear heads' loss,
+  ``p̄(1-p̄)·|z|`` (Settles et al. 2008); ``gapvar``: the members' variance of
+  the logit ``log(p/(1-p))`` (disagreement without BALD's saturation).
 
 One line per variant is printed after the simulator's report: area-under-curve
 gain and labels saved at 640 (95% bootstrap CI over seeds), the saving along
@@ -62,6 +72,82 @@ class Density(acq.Strategy):
         return s * typical ** self.beta
 
 
+class Herd(acq.Strategy):
+    """Kernel herding on pair features with ``k(z, z') = (z·z')²`` (see the module docs)."""
+
+    def __init__(self, base: acq.Strategy | None = None, factor: int = 4, sample: int = 2048):
+        self.base, self.factor, self.sample = base, factor, sample
+        self.name = "herd" if base is None else f"{base.name}+herd"
+
+    def scores(self, pool, rng):
+        return rng.random(len(pool)) if self.base is None else self.base.scores(pool, rng)
+
+    def select(self, pool, n, rng):
+        if len(pool) == 0 or n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        if pool.features is None:
+            return super().select(pool, n, rng)
+        every = np.arange(len(pool))
+        cand = every if self.base is None else acq.capped_order(
+            acq._rank(self.scores(pool, rng), rng), pool.groups, self.factor * n)
+        if len(cand) <= n:
+            return cand[:n].astype(np.int64)
+        unit = lambda x: x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)  # noqa: E731
+        z_all = unit(np.asarray(pool.features[every], dtype=np.float64))
+        tgt = z_all[rng.choice(len(z_all), min(len(z_all), self.sample), replace=False)]
+        z = z_all[cand]
+        # Herding objective: mean kernel to the pool minus mean kernel to the picks so far.
+        target = np.einsum("nd,nd->n", z @ (tgt.T @ tgt / len(tgt)), z)
+        lab = pool.labelled_rows(4096, rng)
+        lab = unit(np.asarray(lab, dtype=np.float64)) if lab is not None and len(lab) else np.zeros((0, z.shape[1]))
+        n_lab = acq._nrows(pool.labelled) if pool.labelled is not None else 0
+        w_lab = n_lab / max(len(lab), 1)
+        pulled = w_lab * ((z @ lab.T) ** 2).sum(axis=1) if len(lab) else np.zeros(len(z))
+        t0 = n_lab
+
+        def gain():
+            t = t0 + len(picked)
+            return target - pulled / (t + 1)
+
+        picked: list[int] = []
+
+        def update(i):
+            nonlocal pulled
+            picked.append(i)
+            pulled = pulled + (z @ z[i]) ** 2
+
+        groups = None if pool.groups is None else pool.groups[cand]
+        order = acq._greedy_capped(gain, update, groups, len(cand), n)
+        return cand[order].astype(np.int64)
+
+
+class Egl(acq.Strategy):
+    """Expected gradient length ``p̄(1-p̄)·|z|`` of a linear head's loss."""
+
+    name = "egl"
+    scores_use_features = True
+
+    def scores(self, pool, rng):
+        p = pool.mean_probs.astype(np.float64)
+        if pool.features is None:
+            return p * (1 - p)
+        z = np.asarray(pool.features[np.arange(len(pool))], dtype=np.float64)
+        return p * (1 - p) * np.linalg.norm(z, axis=1)
+
+
+class GapVar(acq.Strategy):
+    """Variance over members of the logit ``log(p/(1-p))`` of each pair."""
+
+    name = "gapvar"
+
+    def scores(self, pool, rng):
+        p = np.clip(pool.probs.astype(np.float64), 1e-7, 1 - 1e-7)
+        return np.log(p / (1 - p)).var(axis=0)
+
+
+_EXTRA = {"herd": lambda: Herd(), "egl": Egl, "gapvar": GapVar}
+
+
 class Mix(acq.Strategy):
     """A share ``frac`` of each batch from ``base``, the rest uniformly from the other open pairs."""
 
@@ -82,6 +168,12 @@ class Mix(acq.Strategy):
 
 
 def get_strategy(name: str) -> acq.Strategy:
+    if name in _EXTRA:
+        return _EXTRA[name]()
+    if name.endswith("+herd"):
+        return Herd(get_strategy(name[: -len("+herd")]))
+    if name.endswith("+diverse") and name[: -len("+diverse")] in _EXTRA:
+        return acq.DiverseStrategy(get_strategy(name[: -len("+diverse")]))
     if name.startswith(("epig@", "cover@")):
         base, ridge = name.split("@")
         return (acq.EpigStrategy if base == "epig" else acq.CoverStrategy)(ridge=float(ridge))

@@ -271,6 +271,9 @@ def test_each_seed_is_the_mean_of_its_replays():
     # Stream 0 is the replay a single-repeat run makes.
     (one,) = simulate.run_simulation(data, ["default"], [3], repeats=1, progress=False, **kw)
     assert one.accuracy[0].tolist() == runs[0][1].tolist()
+    # first_stream shifts the replays (bench/al_stream_spread.py runs disjoint sets of streams).
+    (later,) = simulate.run_simulation(data, ["default"], [3], repeats=2, first_stream=1, progress=False, **kw)
+    assert np.allclose(later.accuracy[0], np.mean([runs[1][1], runs[2][1]], axis=0))
     with pytest.raises(simulate.PrefloopError, match="repeats"):
         simulate.run_simulation(data, ["default"], [3], repeats=0, progress=False, **kw)
 
