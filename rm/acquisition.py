@@ -75,7 +75,15 @@ With 4 replays through bench/al_candidates.py, AUC gain and labels saved at 640 
 over to random order after 256 labels +0.33, 6% / +0.17, 10%; after 384 +0.29, 11%; half of each
 batch random +0.18, 5%; times a typicality (information density) +0.32, 21%; epig with ridge 7
 (the trained heads' L2 on unit-scaled features) +0.34, 15% against epig's +0.20, 10%. None is
-distinguishable from bald+diverse, which stays."""
+distinguishable from bald+diverse, which stays. Also tried with 4 replays on seeds 100-119 (another
+machine, where bald+diverse gave +0.38, 21%): random+diverse +0.04, 0%; kernel herding on the pair
+features, no model +0.25, 8%; bald's top 4n herded +0.37, 20%; expected gradient length +diverse
++0.28, 7%; member variance of the logit +diverse +0.27, 12%; cover with ridge 7 +0.17, -5%.
+
+Four replays still left the verdict to the random streams (see ``annotate.simulate_options.REPEATS``:
+on seeds 0-9 four disjoint sets of 4 streams gave +0.42, +0.05, +0.12 and +0.17). With 16 replays:
+bald+diverse +0.27 (+0.15, +0.39), 17% at 640 on seeds 100-119 and +0.25 (+0.14, +0.36), 19% on
+200-219; bald +0.31, 28% and +0.24, 9%. Still indistinguishable, so the default stays."""
 
 _EPS = 1e-7
 
