@@ -56,7 +56,8 @@ def main() -> None:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--sets", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=sim.REPEATS)
+    p.add_argument("--repeats", type=int, default=4,
+                   help="replays per set (default: 4, the simulator's default until 16 replaced it)")
     p.add_argument("--cold-start", type=int, default=None,
                    help="random order until this many labels (default: PREFLOOP_COLD_START, as prefloop simulate)")
     p.add_argument("--cache-dir", default=str(ROOT / ".prefloop" / "cache"))

@@ -75,8 +75,8 @@ With 4 replays through bench/al_candidates.py, AUC gain and labels saved at 640 
 over to random order after 256 labels +0.33, 6% / +0.17, 10%; after 384 +0.29, 11%; half of each
 batch random +0.18, 5%; times a typicality (information density) +0.32, 21%; epig with ridge 7
 (the trained heads' L2 on unit-scaled features) +0.34, 15% against epig's +0.20, 10%. None is
-distinguishable from bald+diverse, which stays. Also tried with 4 replays on seeds 100-119 (another
-machine, where bald+diverse gave +0.38, 21%): random+diverse +0.04, 0%; kernel herding on the pair
+distinguishable from bald+diverse, which stays. Also tried with 4 replays on seeds 100-119 (on a
+machine where bald+diverse gave +0.38, 21%): random+diverse +0.04, 0%; kernel herding on the pair
 features, no model +0.25, 8%; bald's top 4n herded +0.37, 20%; expected gradient length +diverse
 +0.28, 7%; member variance of the logit +diverse +0.27, 12%; cover with ridge 7 +0.17, -5%.
 
