@@ -23,7 +23,7 @@ at 640 as 32%, never reached, -8% and 45%, so one 4-replay verdict said "saves
 labels" and the next "not distinguishable". 16 replays (the four sets pooled)
 gave +0.19 (95% CI +0.08 to +0.31) and -7%; the stream noise in the area gain is
 then about 0.08 points (s.d.), half the 4-replay figure. The cost is linear:
-about 4 min for the HH file's 10 seeds on 2 cores with a warm embedding cache."""
+3 min 19 s for the HH file's 10 seeds on 2 cores with a warm embedding cache (4 replays: 60 s)."""
 
 
 def add_arguments(p) -> None:
