@@ -301,6 +301,9 @@ def _apply(connection: Connection, judgment_id: int, sign: int, row=None) -> Non
         k_choice = Choice(k_choice).value
         moves += [(k_uid, k_day, k_choice, {c: before[c] - (c == k_choice) for c in CHOICES}, -1),
                   (k_uid, k_day, k_choice, {c: after[c] - (c == k_choice) for c in CHOICES}, 1)]
+    # Rows in one key order in every transaction: two judgments on different comparisons that share
+    # annotators touch each other's rows, and in opposite orders they deadlocked on PostgreSQL.
+    moves.sort(key=lambda m: (m[0], str(m[1]), m[2], *(m[3][c] for c in CHOICES), m[4]))
     connection.execute(st.votes, [{"annotator_id": u, "day": d, "choice": ch, "n": n,
                                    **{f"o_{c}": o[c] for c in CHOICES}} for u, d, ch, o, n in moves])
     params = {"jid": judgment_id, "sign": sign}
