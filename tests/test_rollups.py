@@ -261,3 +261,49 @@ def test_migration_0003_counts_existing_judgments(empty_url):  # noqa: F811 - th
         assert "comparison_votes" not in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_concurrent_votes_on_comparisons_that_share_annotators_do_not_deadlock(pg_db, pg_clean_url, tmp_path):
+    # Each last vote re-counts the other annotators' rows; with the same votes on every comparison
+    # those rows are shared, and taken in different orders they deadlocked (seen in CI).
+    settings = load_settings(environ={}, data_dir=tmp_path / "data", database_url=pg_clean_url, env="test")
+    n, rounds = 6, 3
+    with pg_db.begin() as s:
+        people = [make_user(s, f"ann{i}") for i in range(n)]
+    shown = {p.id: ("left", "right", "tie")[i % 3] for i, p in enumerate(people)}
+
+    def vote(actor, cid):
+        with pg_db.begin() as s:
+            judgments.submit(s, settings, actor=actor, comparison_id=cid, shown=shown[actor.id],
+                             time_spent_ms=5_000)
+
+    errors = []
+    for r in range(rounds):
+        with pg_db.begin() as s:
+            cids = make_comparisons(s, n, overlap=n, start=r * n)
+        for i, cid in enumerate(cids):
+            for j, actor in enumerate(people):
+                if j != i:
+                    vote(actor, cid)
+        barrier = threading.Barrier(n)
+
+        def last(actor, cid, barrier=barrier):
+            try:
+                barrier.wait()
+                vote(actor, cid)
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=last, args=(p, c)) for p, c in zip(people, cids)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[:3]
+    with pg_db.read() as s:
+        incremental = _table_rows(s)
+        assert sum(sum(v) for v in incremental["comparison_votes"].values()) == n * n * rounds
+    with pg_db.begin() as s:
+        rollups.rebuild(s.connection())
+    with pg_db.read() as s:
+        _assert_same_rows(incremental, _table_rows(s))
