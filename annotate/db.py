@@ -11,11 +11,17 @@ contention one thread of a process (one Streamlit session) can wait for ever.
 Write units of work from one process therefore queue on a first-come,
 first-served gate before ``BEGIN IMMEDIATE``; other processes still queue on
 SQLite's busy timeout.
+
+On PostgreSQL a transaction can be aborted as a deadlock victim or a
+serialization failure; it wrote nothing, and PostgreSQL's advice is to run it
+again. :meth:`Database.transact` does that for one unit of work.
 """
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,12 +30,21 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from annotate.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_S = 30
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+"""PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back whole."""
+TRANSACT_ATTEMPTS = 4
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` aborted a transaction that can simply be run again (see ``TRANSIENT_SQLSTATES``)."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
 def is_sqlite(engine_or_url) -> bool:
@@ -155,6 +170,23 @@ class Database:
         finally:
             if gated:
                 self._gate.release()
+
+    def transact(self, work, attempts: int = TRANSACT_ATTEMPTS):
+        """``work(session)`` in one write unit of work; its result.
+
+        Run again, after a short random pause, when PostgreSQL aborted it as a
+        deadlock victim or a serialization failure (the attempt wrote nothing);
+        after ``attempts`` tries, or on any other error, the error is raised.
+        ``work`` must not have effects outside the session.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.begin() as session:
+                    return work(session)
+            except DBAPIError as exc:
+                if attempt == attempts or not is_transient(exc):
+                    raise
+                time.sleep(random.uniform(0.005, 0.05) * attempt)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from annotate import accounts
 from annotate.accounts import Actor
-from annotate.db import Database, create_db_engine
+from annotate.db import Database, create_db_engine, is_transient
 from annotate.errors import PermissionDenied, PrefloopError
 from annotate.settings import Settings, load_settings
 
@@ -27,6 +27,7 @@ _log = logging.getLogger(__name__)
 DATABASE_DOWN = ("The database cannot be reached or is not set up: check PREFLOOP_DATABASE_URL, run "
                  "`prefloop db upgrade`, then reload this page.")
 DATABASE_BUSY = "The database is busy with other writes. Nothing was lost: reload this page in a moment."
+NOT_SAVED = "Not saved: the database is busy or cannot be reached. Press it again in a moment."
 
 
 @st.cache_resource(show_spinner=False)
@@ -133,21 +134,29 @@ def stop_on_errors() -> Iterator[None]:
         st.error(str(exc))
         st.stop()
     except (OperationalError, ProgrammingError) as exc:
-        # The driver's own message: SQLAlchemy's adds the statement, whose column names
-        # (users.locked_until) would match too.
-        busy = "database is locked" in str(getattr(exc, "orig", "")).lower()
-        st.error(DATABASE_BUSY if busy else DATABASE_DOWN)
+        st.error(error_message(exc))
         st.stop()
+
+
+def error_message(exc: BaseException) -> str:
+    """What to tell the user about ``exc``: a ``PrefloopError``'s own text, ``DATABASE_BUSY`` for a
+    database locked past the busy timeout or a PostgreSQL deadlock / serialization failure that
+    outlasted ``Database.transact``'s retries, ``DATABASE_DOWN`` for any other database error."""
+    if isinstance(exc, PrefloopError):
+        return str(exc)
+    # The driver's own message: SQLAlchemy's adds the statement, whose column names
+    # (users.locked_until) would match too.
+    busy = "database is locked" in str(getattr(exc, "orig", "")).lower() or is_transient(exc)
+    return DATABASE_BUSY if busy else DATABASE_DOWN
 
 
 def run_action(action, success: str, *, flash_key: str) -> None:
     """Run ``action(session)`` in one write unit of work; show its error, or rerun with ``success``
     queued under ``flash_key`` for the page to show after the rerun."""
     try:
-        with get_db().begin() as session:
-            action(session)
-    except PrefloopError as exc:
-        st.error(str(exc))
+        get_db().transact(action)
+    except (PrefloopError, OperationalError) as exc:
+        st.error(error_message(exc))
         return
     st.session_state[flash_key] = [success]
     st.rerun()

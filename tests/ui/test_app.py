@@ -592,6 +592,10 @@ def _stop_on_errors_script():
             raise PrefloopError("comparison 7 does not exist")
         if kind == "locked":
             raise OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+        if kind == "deadlock":  # a PostgreSQL deadlock that outlasted Database.transact's retries
+            import psycopg.errors
+
+            raise OperationalError("UPDATE annotator_votes", {}, psycopg.errors.DeadlockDetected("deadlock"))
         if kind == "down":  # the statement mentions a lock column; only the driver's message counts
             raise OperationalError("SELECT users.locked_until FROM users", {},
                                    sqlite3.OperationalError("no such table: users"))
@@ -601,6 +605,7 @@ def _stop_on_errors_script():
 @pytest.mark.parametrize("kind, message", [
     ("user", "comparison 7 does not exist"),
     ("locked", "The database is busy with other writes. Nothing was lost: reload this page in a moment."),
+    ("deadlock", "The database is busy with other writes."),
     ("down", "The database cannot be reached or is not set up"),
     (None, None),
 ])

@@ -8,6 +8,7 @@ same rerun that recorded the judgment.
 import time
 
 import streamlit as st
+from sqlalchemy.exc import OperationalError
 
 from annotate import campaign, judgments, queue
 from annotate.errors import PrefloopError
@@ -27,19 +28,24 @@ def _timers() -> dict[int, float]:
     return st.session_state.setdefault(TIMER_KEY, {})
 
 
+def _not_done(exc: Exception) -> str:
+    """The toast for an action that did not happen (a database error after retries says so plainly)."""
+    return str(exc) if isinstance(exc, PrefloopError) else context.NOT_SAVED
+
+
 def _judge(comparison_id: int, shown: str) -> None:
     actor, settings, db = context.current_actor(), context.get_settings(), context.get_db()
     strength = st.session_state.get(f"strength_{comparison_id}") if shown in ("left", "right") else None
     started = _timers().get(comparison_id)
     elapsed_ms = int((time.monotonic() - started) * 1000) if started is not None else None
+    rationale = st.session_state.get(f"rationale_{comparison_id}") or None
+    flags = list(st.session_state.get(f"flags_{comparison_id}") or ())
     try:
-        with db.begin() as session:
-            judgments.submit(
-                session, settings, actor=actor, comparison_id=comparison_id, shown=shown, strength=strength,
-                rationale=st.session_state.get(f"rationale_{comparison_id}") or None,
-                flags=list(st.session_state.get(f"flags_{comparison_id}") or ()), time_spent_ms=elapsed_ms)
-    except PrefloopError as exc:
-        st.toast(str(exc), icon=":material/warning:")
+        db.transact(lambda session: judgments.submit(
+            session, settings, actor=actor, comparison_id=comparison_id, shown=shown, strength=strength,
+            rationale=rationale, flags=flags, time_spent_ms=elapsed_ms))
+    except (PrefloopError, OperationalError) as exc:
+        st.toast(_not_done(exc), icon=":material/warning:")
         return
     _timers().pop(comparison_id, None)
 
@@ -47,10 +53,9 @@ def _judge(comparison_id: int, shown: str) -> None:
 def _skip(comparison_id: int) -> None:
     actor, db = context.current_actor(), context.get_db()
     try:
-        with db.begin() as session:
-            queue.skip(session, actor=actor, comparison_id=comparison_id)
-    except PrefloopError as exc:
-        st.toast(str(exc), icon=":material/warning:")
+        db.transact(lambda session: queue.skip(session, actor=actor, comparison_id=comparison_id))
+    except (PrefloopError, OperationalError) as exc:
+        st.toast(_not_done(exc), icon=":material/warning:")
         return
     _timers().pop(comparison_id, None)
     st.toast("Skipped: you will not see this pair again.", icon=":material/skip_next:")
@@ -59,10 +64,9 @@ def _skip(comparison_id: int) -> None:
 def _undo() -> None:
     actor, settings, db = context.current_actor(), context.get_settings(), context.get_db()
     try:
-        with db.begin() as session:
-            comparison_id = judgments.undo_last(session, settings, actor=actor)
-    except PrefloopError as exc:
-        st.toast(str(exc), icon=":material/warning:")
+        comparison_id = db.transact(lambda session: judgments.undo_last(session, settings, actor=actor))
+    except (PrefloopError, OperationalError) as exc:
+        st.toast(_not_done(exc), icon=":material/warning:")
         return
     if comparison_id is None:
         st.toast("Nothing recent to undo.", icon=":material/info:")
