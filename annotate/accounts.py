@@ -6,16 +6,17 @@ role is enforced server-side whatever page (or script) calls it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.orm import Session
 
 from annotate.errors import AuthError, NotFound, PermissionDenied, PrefloopError
-from annotate.models import AuditEvent, Role, User, utcnow
+from annotate.models import TS, AuditEvent, Role, User, utcnow
 
 _hasher = PasswordHasher()
 # Verifying against a dummy hash when the user does not exist keeps the
@@ -31,33 +32,55 @@ class Actor:
     id: int
     username: str
     role: Role
+    credential: str | None = None
+    """Fingerprint of the password hash at login (``credential_of``); a login
+    session whose fingerprint no longer matches (the password was reset) is
+    refused. ``None`` for the operator's CLI, which has no login session."""
 
     @property
     def is_admin(self) -> bool:
         return self.role is Role.admin
 
 
+def credential_of(user: User) -> str:
+    """Short fingerprint of ``user``'s password hash: changes whenever the password does."""
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
+
+
+def actor_of(user: User) -> Actor:
+    """The ``Actor`` a login session keeps for ``user``."""
+    return Actor(id=user.id, username=user.username, role=user.role, credential=credential_of(user))
+
+
+def _stale_login(user: User, actor: Actor) -> bool:
+    return actor.credential is not None and actor.credential != credential_of(user)
+
+
 def require_admin(session: Session, actor: Actor | None) -> User:
     """Return the acting admin's row, or raise :class:`PermissionDenied`.
 
     Checks the database, not the caller's copy of the role, so a demoted or
-    deactivated admin loses access at once.
+    deactivated admin, or one whose password was reset, loses access at once.
     """
     if actor is None:
         raise PermissionDenied("log in as an admin to do this")
     user = session.get(User, actor.id)
     if user is None or not user.active or user.role is not Role.admin:
         raise PermissionDenied("this action needs the admin role")
+    if _stale_login(user, actor):
+        raise PermissionDenied("this account's password was changed: log in again")
     return user
 
 
 def require_active(session: Session, actor: Actor | None) -> User:
-    """Return the acting user's row if it exists and is active."""
+    """Return the acting user's row if it exists, is active and its password is the one logged in with."""
     if actor is None:
         raise PermissionDenied("log in first")
     user = session.get(User, actor.id)
     if user is None or not user.active:
         raise PermissionDenied("this account is deactivated")
+    if _stale_login(user, actor):
+        raise PermissionDenied("this account's password was changed: log in again")
     return user
 
 
@@ -137,51 +160,123 @@ def list_users(session: Session, *, actor: Actor) -> list[User]:
     return list(session.scalars(select(User).order_by(User.username)))
 
 
-def authenticate(session: Session, username: str, password: str, *, max_failures: int = 5,
-                 lockout_seconds: int = 60, now: datetime | None = None) -> Actor:
-    """Check credentials; throttle an account after ``max_failures`` wrong passwords.
+def _check_password(user: User | None, password: str, now: datetime) -> bool:
+    """Whether ``password`` is ``user``'s; raises while the account is locked. No writes.
 
-    The failure count lives in the database, so throttling holds across
-    Streamlit sessions, processes and machines.
+    An unknown user is verified against a dummy hash, so the response time does
+    not tell which usernames exist.
     """
-    now = now or utcnow()
-    user = session.scalar(select(User).where(User.username == username.strip()))
     if user is None:
         try:
             _hasher.verify(_DUMMY_HASH, password)
         except VerificationError:
             pass
-        raise AuthError("wrong username or password")
-    locked_until = user.locked_until
-    if locked_until is not None and locked_until.tzinfo is None:
-        locked_until = locked_until.replace(tzinfo=timezone.utc)
+        return False
+    locked_until = _aware(user.locked_until)
     if locked_until is not None and locked_until > now:
         wait = int((locked_until - now).total_seconds()) + 1
         raise AuthError(f"too many failed attempts: try again in {wait} s")
     try:
-        _hasher.verify(user.password_hash, password)
+        return _hasher.verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
-        user.failed_logins += 1
-        if user.failed_logins >= max_failures:
-            user.locked_until = now + timedelta(seconds=lockout_seconds)
-            user.failed_logins = 0
-        raise AuthError("wrong username or password") from None
+        return False
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+def _record_failure(session: Session, user_id: int, *, max_failures: int, lockout_seconds: int,
+                    now: datetime) -> None:
+    """Count one wrong password in a single UPDATE, locking the account at ``max_failures``.
+
+    The count is read and written by the database, never in Python, so
+    simultaneous wrong guesses cannot overwrite each other's counts and slip
+    past the limit.
+    """
+    reached = User.failed_logins + 1 >= max_failures
+    session.execute(
+        update(User).where(User.id == user_id).values(
+            # typed as the column, so SQLite stores it in the column's (naive UTC) form
+            locked_until=case((reached, literal(now + timedelta(seconds=lockout_seconds), TS)),
+                              else_=User.locked_until),
+            failed_logins=case((reached, 0), else_=User.failed_logins + 1))
+        .execution_options(synchronize_session=False))
+
+
+def _record_success(session: Session, user_id: int, now: datetime) -> bool:
+    """Clear the failure count unless a lock was set meanwhile; ``False`` if the account is locked now.
+
+    The password was checked outside any transaction: a lock set since (by
+    wrong guesses racing this one) still refuses the login, so parallel
+    guesses get no more tries than ``max_failures``.
+    """
+    result = session.execute(
+        update(User).where(User.id == user_id,
+                           (User.locked_until.is_(None)) | (User.locked_until <= now))
+        .values(failed_logins=0, locked_until=None)
+        .execution_options(synchronize_session=False))
+    return result.rowcount == 1
+
+
+def authenticate(session: Session, username: str, password: str, *, max_failures: int = 5,
+                 lockout_seconds: int = 60, now: datetime | None = None) -> Actor:
+    """Check credentials in ``session``; throttle an account after ``max_failures`` wrong passwords.
+
+    The failure count lives in the database, so throttling holds across
+    Streamlit sessions, processes and machines. ``login`` is the same check
+    without holding a write transaction through the slow hash.
+    """
+    now = now or utcnow()
+    user = session.scalar(select(User).where(User.username == username.strip()))
+    return _finish(session, user, _check_password(user, password, now), password,
+                   max_failures=max_failures, lockout_seconds=lockout_seconds, now=now)
+
+
+def _finish(session: Session, user: User | None, ok: bool, password: str, *, max_failures: int,
+            lockout_seconds: int, now: datetime) -> Actor:
+    """Record the outcome of a password check (in ``session``, which holds ``user``) and return the actor."""
+    if user is None:
+        raise AuthError("wrong username or password")
+    if not ok:
+        _record_failure(session, user.id, max_failures=max_failures, lockout_seconds=lockout_seconds, now=now)
+        raise AuthError("wrong username or password")
+    if not _record_success(session, user.id, now):
+        session.refresh(user)
+        wait = int((_aware(user.locked_until) - now).total_seconds()) + 1
+        raise AuthError(f"too many failed attempts: try again in {wait} s")
+    session.refresh(user)
     if not user.active:
         raise AuthError("this account is deactivated; ask an admin")
-    user.failed_logins = 0
-    user.locked_until = None
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    return Actor(id=user.id, username=user.username, role=user.role)
+    return actor_of(user)
 
 
 def login(db, username: str, password: str, *, max_failures: int = 5, lockout_seconds: int = 60) -> Actor:
-    """Authenticate in a unit of work of its own, keeping the failure count even when it fails."""
+    """Authenticate, keeping the failure count even when it fails.
+
+    The slow password hash is checked outside any transaction, and only the
+    outcome is written, in a short transaction of its own: on SQLite a write
+    transaction locks the whole database, so holding one through argon2
+    (0.1-0.3 s) would let anyone at the login page stall every annotator's
+    writes.
+    """
+    now = utcnow()
+    with db.read() as session:
+        user = session.scalar(select(User).where(User.username == username.strip()))
+        if user is not None:
+            session.expunge(user)  # keep its loaded columns for the check below
+    ok = _check_password(user, password, now)
+    if user is None:
+        raise AuthError("wrong username or password")
+    user_id = user.id
     error: AuthError | None = None
     with db.begin() as session:
+        user = session.get(User, user_id)
         try:
-            return authenticate(session, username, password, max_failures=max_failures,
-                                lockout_seconds=lockout_seconds)
+            return _finish(session, user, ok, password, max_failures=max_failures,
+                           lockout_seconds=lockout_seconds, now=now)
         except AuthError as exc:
             error = exc  # leave the block normally so the failure count is committed
     raise error

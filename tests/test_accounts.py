@@ -146,3 +146,117 @@ def test_unknown_strategy_is_not_saved_as_a_campaign_option(db, settings):
         campaign.update_options(s, settings, actor=admin, strategy="bald+power")
     with db.read() as s:
         assert campaign.get_options(s, settings).strategy == "bald+power"
+
+
+def test_simultaneous_wrong_passwords_are_all_counted(db, settings):
+    """The failure count is incremented by the database: parallel guesses cannot overwrite each other's counts."""
+    import threading
+
+    with db.begin() as s:
+        make_user(s, "ann")
+    n = 12
+    start = threading.Barrier(n)
+    errors = []
+
+    def guess():
+        start.wait()
+        try:
+            accounts.login(db, "ann", "bad-password", max_failures=n + 1)
+        except AuthError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=guess) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == ["wrong username or password"] * n
+    with db.read() as s:
+        user = s.scalar(select(User).where(User.username == "ann"))
+        assert (user.failed_logins, user.locked_until) == (n, None)
+    # one more wrong guess reaches the limit and locks the account
+    with pytest.raises(AuthError, match="wrong"):
+        accounts.login(db, "ann", "bad-password", max_failures=n + 1)
+    with pytest.raises(AuthError, match="too many failed attempts"):
+        accounts.login(db, "ann", PASSWORD, max_failures=n + 1)
+
+
+def test_right_password_checked_while_a_lock_was_set_is_refused(db, settings, monkeypatch):
+    """Guesses racing the lock get no extra tries: the lock is re-checked when the login is recorded."""
+    with db.begin() as s:
+        make_user(s, "ann")
+    real_check = accounts._check_password
+
+    def check_then_others_lock(user, password, now):
+        ok = real_check(user, password, now)  # the account was not locked when checked
+        for _ in range(3):  # ...but parallel wrong guesses lock it before this login is recorded
+            with db.begin() as s:
+                accounts._record_failure(s, user.id, max_failures=3, lockout_seconds=60, now=now)
+        return ok
+
+    monkeypatch.setattr(accounts, "_check_password", check_then_others_lock)
+    with pytest.raises(AuthError, match="too many failed attempts"):
+        accounts.login(db, "ann", PASSWORD, max_failures=3)
+
+
+def test_login_holds_no_write_transaction_while_hashing(db, settings, monkeypatch):
+    """On SQLite a write transaction locks the whole database: the slow password check must run outside one."""
+    import threading
+
+    from annotate.models import AuditEvent as Event
+
+    with db.begin() as s:
+        make_user(s, "ann")
+    real_hasher = accounts._hasher
+    write_seconds = []
+
+    class HasherWhileSomeoneWrites:
+        def __getattr__(self, name):
+            return getattr(real_hasher, name)
+
+        def verify(self, hash_, password):
+            return verify_while_someone_writes(hash_, password)
+
+    def verify_while_someone_writes(hash_, password):
+        def write():
+            import time as _time
+
+            t0 = _time.perf_counter()
+            with db.begin() as s:
+                s.add(Event(actor_id=None, action="probe", detail={}))
+            write_seconds.append(_time.perf_counter() - t0)
+
+        other = threading.Thread(target=write)
+        other.start()
+        other.join(timeout=10)
+        return real_hasher.verify(hash_, password)
+
+    monkeypatch.setattr(accounts, "_hasher", HasherWhileSomeoneWrites())
+    for password in (PASSWORD, "bad-password"):
+        try:
+            accounts.login(db, "ann", password)
+        except AuthError:
+            pass
+    with pytest.raises(AuthError):
+        accounts.login(db, "nobody", PASSWORD)
+    # the concurrent writes finished while the hash was checked (not after a busy timeout)
+    assert len(write_seconds) == 3 and max(write_seconds) < 5
+
+
+def test_password_reset_ends_open_login_sessions(db, settings):
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        make_user(s, "ann")
+    ann = accounts.login(db, "ann", PASSWORD)
+    boss = accounts.login(db, "boss", PASSWORD)
+    with db.read() as s:
+        assert accounts.require_active(s, ann).username == "ann"
+    with db.begin() as s:
+        accounts.reset_password(s, "ann", "new-password-1", actor=boss)
+        accounts.reset_password(s, "boss", "new-password-2", actor=admin)
+    with pytest.raises(PermissionDenied, match="password was changed"), db.read() as s:
+        accounts.require_active(s, ann)
+    with pytest.raises(PermissionDenied, match="password was changed"), db.read() as s:
+        accounts.require_admin(s, boss)
+    with db.read() as s:
+        assert accounts.require_active(s, accounts.login(db, "ann", "new-password-1")).username == "ann"
