@@ -29,9 +29,17 @@ _REF_DEF = re.compile(r"^([ \t>*+\-0-9.)]*)\[([^\]\n]*)\]:", re.MULTILINE)
 _IMAGE_EXT = r"(?:png|jpe?g|gif|webp|svg|bmp|ico|avif|tiff?)"
 # Autolinks "<https://host/x.png>" and bare URLs GFM would autolink, when
 # they point at an image. A match never takes in brackets, parentheses or "!",
-# so it cannot swallow the "![" of image syntax next to it.
+# so it cannot swallow the "![" of image syntax next to it. A match starts only
+# where GFM starts an autolink (after whitespace, a delimiter or "*_~", not in
+# the middle of a word) and a URL part is at most _MAX_URL characters: without
+# both, text such as "www." repeated 12,500 times took 17 s (every "www." was
+# a start scanning to the end of the text); a longer URL stays a plain link
+# (never an image: every "![" is broken up regardless).
+_MAX_URL = 512
+_URL_CHARS = rf"[^\s<>`()\[\]!]{{0,{_MAX_URL}}}"
 _IMAGE_URL = re.compile(
-    rf"<?((?:https?://|www\.)[^\s<>`()\[\]!]*?\.{_IMAGE_EXT}(?:[?#][^\s<>`()\[\]!]*)?)>?(?=[\s).,;:!?'\"\]]|$)",
+    rf"(?<![^\s<>`()\[\]!*_~])<?((?:https?://|www\.){_URL_CHARS}?\.{_IMAGE_EXT}(?:[?#]{_URL_CHARS})?)>?"
+    rf"(?=[\s).,;:!?'\"\]]|$)",
     re.IGNORECASE)
 
 

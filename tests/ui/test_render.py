@@ -52,6 +52,28 @@ def test_image_urls_are_shown_as_code_not_links(url):
         assert safe_markdown(text) == f"see `{url}` now"
 
 
+def test_image_urls_after_gfm_delimiters_are_code_and_mid_word_urls_stay_text():
+    assert safe_markdown("see _https://e.example/a.png now") == "see _`https://e.example/a.png` now"
+    assert safe_markdown("see (https://e.example/a.png) now") == "see (`https://e.example/a.png`) now"
+    # GFM starts no autolink in the middle of a word, so this is plain text either way
+    assert safe_markdown("see x:https://e.example/a.png now") == "see x:https://e.example/a.png now"
+
+
+@pytest.mark.parametrize("unit", ["www.", "_www.", "http://a", "*http://x", "a www.", "(www."])
+def test_text_made_of_url_starts_is_neutralised_in_linear_time(unit):
+    """A response repeating a URL start must not make the sanitiser quadratic (it runs on
+    every rerun of the page that shows it, in the server). Before the fix 50,000
+    characters of "www." took 17 s; now such text takes milliseconds, and the bound
+    below (3 s) only catches a return to quadratic behaviour."""
+    import time
+
+    text = (unit * (50_000 // len(unit)))[:50_000]
+    t0 = time.perf_counter()
+    out = safe_markdown(text)
+    assert time.perf_counter() - t0 < 3.0
+    assert not _LIVE_IMAGE.search(out)
+
+
 def test_ordinary_links_and_urls_are_kept():
     text = "read [the docs](https://example.com/docs) or https://example.com/page"
     assert safe_markdown(text) == text
