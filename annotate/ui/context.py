@@ -150,13 +150,20 @@ def error_message(exc: BaseException) -> str:
     return DATABASE_BUSY if busy else DATABASE_DOWN
 
 
+def not_saved_message(exc: BaseException) -> str:
+    """What to tell the user about a write that did not happen: a ``PrefloopError``'s own text, else
+    ``NOT_SAVED`` (the unit of work rolled back and the form keeps its input: pressing again retries).
+    Not ``error_message``'s "reload this page", which would throw the input away."""
+    return str(exc) if isinstance(exc, PrefloopError) else NOT_SAVED
+
+
 def run_action(action, success: str, *, flash_key: str) -> None:
-    """Run ``action(session)`` in one write unit of work; show its error, or rerun with ``success``
-    queued under ``flash_key`` for the page to show after the rerun."""
+    """Run ``action(session)`` in one write unit of work; show why it did not happen (``not_saved_message``),
+    or rerun with ``success`` queued under ``flash_key`` for the page to show after the rerun."""
     try:
         get_db().transact(action)
     except (PrefloopError, OperationalError) as exc:
-        st.error(error_message(exc))
+        st.error(not_saved_message(exc))
         return
     st.session_state[flash_key] = [success]
     st.rerun()

@@ -1,16 +1,19 @@
 """Admin: import prompts, responses and comparisons.
 
 The file is parsed and validated first (a preview and every problem are
-shown); nothing is written until the admin presses Import.
+shown); nothing is written until the admin presses Import. Messages quote the
+file (its name, CSV header, values), so they go through ``render.safe_markdown``.
 """
 
 import hashlib
 
 import streamlit as st
+from sqlalchemy.exc import OperationalError
 
 from annotate import campaign, ingest
 from annotate.errors import ImportValidationError, PrefloopError
 from annotate.ui import context
+from annotate.ui.render import safe_markdown
 
 PARSED_KEY = "import_parsed"
 KNOWN_WINNER = {
@@ -39,12 +42,12 @@ if cached is None or cached[0] != digest:
         parsed = ingest.parse_file(data, filename=upload.name, max_text_chars=settings.max_text_chars,
                                    max_bytes=settings.max_upload_mb * 2**20)
     except ImportValidationError as exc:
-        st.error(str(exc))
+        st.error(safe_markdown(str(exc)))
         if exc.problems:
             st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems], hide_index=True)
         st.stop()
     except PrefloopError as exc:
-        st.error(str(exc))
+        st.error(safe_markdown(str(exc)))
         st.stop()
     st.session_state[PARSED_KEY] = cached = (digest, parsed)
 parsed = cached[1]
@@ -52,7 +55,7 @@ parsed = cached[1]
 st.subheader("Preview")
 st.write(f"Format **{parsed.format}** · {parsed.rows} rows · {len(parsed.comparisons)} comparisons")
 for note in parsed.notes:
-    st.info(note)
+    st.info(safe_markdown(note))
 if parsed.problems:
     st.error(f"{len(parsed.problems)} problem(s) found; nothing can be imported until the file is fixed.")
     st.dataframe([{"line": line, "problem": reason} for line, reason in parsed.problems],
@@ -77,9 +80,11 @@ if st.button("Import", type="primary", disabled=bool(parsed.problems), key="impo
                                         source_tag=source_tag.strip() or None, known_winner=known_winner,
                                         overlap=int(overlap))
     except ImportValidationError as exc:
-        st.error(str(exc))
+        st.error(safe_markdown(str(exc)))
         st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems], hide_index=True)
     except PrefloopError as exc:
-        st.error(str(exc))
+        st.error(safe_markdown(str(exc)))
+    except OperationalError:  # locked past the busy timeout, or unreachable: the transaction wrote nothing
+        st.error(context.NOT_SAVED)
     else:
-        st.success(report.summary(), icon=":material/check:")
+        st.success(safe_markdown(report.summary()), icon=":material/check:")

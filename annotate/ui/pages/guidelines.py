@@ -8,10 +8,13 @@ from annotate.ui import context
 actor = context.require_login()
 settings, db = context.get_settings(), context.get_db()
 
-with db.read() as session:
-    guidelines = campaign.get_options(session, settings).guidelines
+with context.stop_on_errors():
+    with db.read() as session:
+        guidelines = campaign.get_options(session, settings).guidelines
 
 st.title("Guidelines")
+for message in st.session_state.pop("guidelines_flash", []):
+    st.toast(message, icon=":material/check:")
 st.markdown(guidelines, unsafe_allow_html=False)
 
 if actor.is_admin:
@@ -21,8 +24,6 @@ if actor.is_admin:
             text = st.text_area("Markdown", value=guidelines, height=400, key="guidelines_text")
             save = st.form_submit_button("Save guidelines", type="primary")
         if save:
-            with context.user_errors():
-                with db.begin() as session:
-                    campaign.update_options(session, settings, actor=actor, guidelines=text)
-                st.toast("Guidelines saved.", icon=":material/check:")
-                st.rerun()
+            context.run_action(lambda session: campaign.update_options(session, settings, actor=actor,
+                                                                       guidelines=text),
+                               "Guidelines saved.", flash_key="guidelines_flash")

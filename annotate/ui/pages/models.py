@@ -7,8 +7,10 @@ web server never trains, and the retrain lock keeps one run at a time.
 """
 
 import streamlit as st
+from sqlalchemy.exc import OperationalError
 
 from annotate import retrain, scoring
+from annotate.errors import PrefloopError
 from annotate.ui import context
 
 actor = context.require_admin_page()
@@ -21,7 +23,7 @@ def _scorer(version_id: int, artifact: str):
     return scoring.load_model(settings, artifact)
 
 
-with context.user_errors():
+with context.stop_on_errors():
     with db.read() as session:
         board = scoring.dashboard(session, actor=actor)
 
@@ -51,17 +53,25 @@ else:
 
 st.subheader("Training runs")
 running = [r for r in board["runs"] if r["status"] == "running"]
-if running:
+with context.stop_on_errors():
+    alive = bool(running) and retrain.run_alive(db)  # a killed run stays "running" until the next run
+if alive:
     st.warning(f"Run {running[0]['id']} is in progress (step {running[0]['step']}).")
+elif running:
+    st.info(f"Run {running[0]['id']} stopped at step {running[0]['step']} without finishing (its process is "
+            "gone); the next run marks it failed. Retrain now starts a new one.")
 if board["runs"]:
     st.dataframe(board["runs"], hide_index=True, width="stretch")
 else:
     st.caption("None yet.")
 
-if st.button("Retrain now", icon=":material/model_training:", key="retrain_now", disabled=bool(running)):
-    with context.user_errors():
-        with db.begin() as session:
+if st.button("Retrain now", icon=":material/model_training:", key="retrain_now", disabled=alive):
+    try:
+        with db.begin() as session:  # on SQLite the write lock is taken before the process starts
             pid, log_path = retrain.start_background_run(session, settings, actor=actor)
+    except (PrefloopError, OperationalError) as exc:
+        st.error(context.not_saved_message(exc))
+    else:
         st.success(f"Retraining started in process {pid} (log: {log_path}). Reload this page to follow it.")
 
 st.subheader("Score a response")

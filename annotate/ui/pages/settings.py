@@ -5,7 +5,6 @@ from dataclasses import asdict
 import streamlit as st
 
 from annotate import campaign, dashboard
-from annotate.errors import PrefloopError
 from annotate.ui import context
 
 actor = context.require_admin_page()
@@ -64,14 +63,8 @@ if save:
     if not changes:
         st.info("Nothing changed.")
     else:
-        try:
-            with db.begin() as session:
-                campaign.update_options(session, settings, actor=actor, **changes)
-        except PrefloopError as exc:
-            st.error(str(exc))
-        else:
-            st.session_state["settings_flash"] = [f"Saved: {', '.join(sorted(changes))}."]
-            st.rerun()
+        context.run_action(lambda session: campaign.update_options(session, settings, actor=actor, **changes),
+                           f"Saved: {', '.join(sorted(changes))}.", flash_key="settings_flash")
 
 st.caption("Overlap applies to comparisons imported from now on; adaptive overlap and the rates apply at once. "
            "Every change is recorded in the audit log.")

@@ -1,0 +1,250 @@
+"""AppTest tests of the admin pages' error paths: text from an import file, a locked database,
+a killed retraining run, and what an unexpected exception shows."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+import sys
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from annotate import db as db_module
+from annotate import locks, retrain
+from annotate.accounts import Actor
+from annotate.db import Database, create_db_engine
+from annotate.models import AppSetting, Comparison, JobLock, TrainingRun, utcnow
+from annotate.ui.context import NOT_SAVED
+from tests.ui.conftest import APP, PAGES, ROOT
+
+TIMEOUT = 60
+EVIL = "![t](https://evil.example/q.png)"
+
+
+def _open(actor: Actor, page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["actor"] = actor
+    at.run()
+    at.switch_page(str(PAGES / page))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _alerts(at: AppTest) -> list[str]:
+    return [e.value for kind in (at.error, at.warning, at.info, at.success) for e in kind]
+
+
+def _click(at: AppTest, label: str) -> AppTest:
+    next(b for b in at.button if b.label == label).click()
+    at.run()
+    return at
+
+
+# --------------------------------------------------------------------------- import file text
+
+
+def _upload_csv(at: AppTest, content: bytes) -> None:
+    at.file_uploader(key="import_file").upload("pairs.csv", content, "text/csv")
+    at.run()
+    assert not at.exception, at.exception
+
+
+def test_import_notes_quote_csv_columns_without_rendering_them(app_db, people):
+    at = _open(people[1], "admin_import.py")
+    _upload_csv(at, f"prompt,response_a,response_b,{EVIL}\np,a,b,x\n".encode())
+    notes = [a for a in _alerts(at) if "ignored CSV column" in a]
+    assert len(notes) == 1 and "evil.example" in notes[0], _alerts(at)
+    _click(at, "Import")
+    assert not at.exception, at.exception
+    summary = [s.value for s in at.success]
+    assert len(summary) == 1 and "evil.example" in summary[0], _alerts(at)
+    for text in _alerts(at):
+        assert "![" not in text, text  # no Markdown image: nothing is fetched from the file's URLs
+
+
+def test_import_error_quotes_a_bad_header_without_rendering_it(app_db, people):
+    at = _open(people[1], "admin_import.py")
+    _upload_csv(at, f"question,{EVIL}\nhi,there\n".encode())
+    [error] = [e.value for e in at.error]
+    assert "unrecognised CSV columns" in error and "evil.example" in error
+    assert "![" not in error, error
+
+
+# --------------------------------------------------------------------------- a locked database
+
+
+@pytest.fixture
+def lock_database(app_db, monkeypatch):
+    """A context manager that holds SQLite's write lock on the app's database from another connection.
+
+    The app's busy timeout is cut to 1 s (its engine is created at the page's first run, after
+    this), so its writes fail with "database is locked" as they would after the real 30 s.
+    """
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_S", 1)
+
+    @contextmanager
+    def locked():
+        conn = sqlite3.connect(app_db.engine.url.database, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+    return locked
+
+
+def _not_saved(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == [NOT_SAVED]
+
+
+def test_settings_save_on_a_locked_database_says_not_saved_then_saves(app_db, people, lock_database):
+    at = _open(people[1], "settings.py")
+    at.number_input(key="opt_target").set_value(500)
+    with lock_database():
+        _not_saved(_click(at, "Save settings"))
+    with app_db.read() as session:
+        assert session.get(AppSetting, "target_judgments") is None
+    _click(at, "Save settings")  # the form kept its input: pressing again saves it
+    assert not at.exception and not at.error, _alerts(at)
+    assert [s.value for s in at.success] == ["Saved: target_judgments."]
+    with app_db.read() as session:
+        assert session.get(AppSetting, "target_judgments").value == 500
+
+
+def test_guidelines_save_on_a_locked_database_says_not_saved_then_saves(app_db, people, lock_database):
+    at = _open(people[1], "guidelines.py")
+    at.text_area(key="guidelines_text").input("# New rules")
+    with lock_database():
+        _not_saved(_click(at, "Save guidelines"))
+    with app_db.read() as session:
+        assert session.get(AppSetting, "guidelines") is None
+    _click(at, "Save guidelines")
+    assert not at.exception and not at.error, _alerts(at)
+    with app_db.read() as session:
+        assert session.get(AppSetting, "guidelines").value == "# New rules"
+
+
+def test_import_on_a_locked_database_says_not_saved_then_imports(app_db, people, lock_database):
+    at = _open(people[1], "admin_import.py")
+    _upload_csv(at, b"prompt,response_a,response_b\np1,a1,b1\np2,a2,b2\n")
+    with lock_database():
+        _not_saved(_click(at, "Import"))
+    with app_db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Comparison)) == 0
+    _click(at, "Import")
+    assert not at.exception and not at.error, _alerts(at)
+    with app_db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Comparison)) == 2
+
+
+def test_retrain_now_on_a_locked_database_says_not_saved(app_db, people, lock_database, monkeypatch):
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))  # never train in a test
+    at = _open(people[1], "models.py")
+    with lock_database():
+        _not_saved(_click(at, "Retrain now"))
+    assert started == []  # SQLite's write lock is taken before the process would start
+
+
+# --------------------------------------------------------------------------- a killed retraining run
+
+
+def _add_running_run(app_db, pid: int = 4242) -> int:
+    with app_db.begin() as session:
+        run = TrainingRun(status="running", step="train", host="somehost", pid=pid,
+                          heartbeat_at=utcnow() - timedelta(hours=1))
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def _retrain_button(at: AppTest):
+    return next(b for b in at.button if b.label == "Retrain now")
+
+
+def _set_lock_row(app_db, holder: str, age: timedelta) -> None:
+    with app_db.begin() as session:
+        session.merge(JobLock(name=retrain.LOCK_NAME, holder=holder, acquired_at=utcnow() - age,
+                              heartbeat_at=utcnow() - age))
+
+
+def test_a_killed_run_does_not_disable_retrain_now(app_db, people):
+    run_id = _add_running_run(app_db)  # killed: it left no lock behind
+    at = _open(people[1], "models.py")
+    assert not _retrain_button(at).disabled
+    assert not at.warning
+    assert [i.value for i in at.info if i.value.startswith(f"Run {run_id} stopped at step train")]
+
+
+def test_retrain_now_is_disabled_only_while_the_run_holds_the_lock(app_db, people):
+    run_id = _add_running_run(app_db)
+    lock = locks.acquire(app_db, retrain.LOCK_NAME)  # held by this (live) process
+    try:
+        at = _open(people[1], "models.py")
+        assert _retrain_button(at).disabled
+        assert [w.value for w in at.warning] == [f"Run {run_id} is in progress (step train)."]
+    finally:
+        lock.release()
+    at.run()
+    assert not _retrain_button(at).disabled and not at.warning
+
+
+@pytest.mark.parametrize("holder, age, alive", [
+    ("otherhost:1:x", timedelta(seconds=5), True),  # another machine, heartbeat fresh
+    ("otherhost:1:x", timedelta(seconds=locks.DEFAULT_STALE_SECONDS + 30), False),  # stale: the job takes over
+    ("gone", timedelta(seconds=5), False),  # a process on this host that no longer exists
+])
+def test_retrain_now_follows_the_lock_staleness(app_db, people, holder, age, alive):
+    if holder == "gone":
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+        holder = f"{socket.gethostname()}:{proc.pid}:x"
+    _add_running_run(app_db)
+    _set_lock_row(app_db, holder, age)
+    assert retrain.run_alive(app_db) is alive
+    at = _open(people[1], "models.py")
+    assert _retrain_button(at).disabled is alive
+
+
+@pytest.mark.postgres
+def test_run_alive_follows_the_advisory_lock_on_postgresql(pg_clean_url):
+    database = Database(create_db_engine(pg_clean_url))
+    try:
+        other = locks.acquire(database, "some-other-job")
+        try:
+            assert not retrain.run_alive(database)  # only the retrain lock counts
+        finally:
+            other.release()
+        lock = locks.acquire(database, retrain.LOCK_NAME)
+        try:
+            assert retrain.run_alive(database)
+        finally:
+            lock.release()
+        assert not retrain.run_alive(database)  # a killed holder's connection drops: the same
+    finally:
+        database.dispose()
+
+
+# --------------------------------------------------------------------------- unexpected exceptions
+
+
+@pytest.mark.parametrize("cwd", ["root", "elsewhere"])
+def test_streamlit_shows_no_error_details(cwd, tmp_path):
+    """``make run`` (``streamlit run streamlit_app.py`` from the repo root) and ``streamlit run
+    /path/to/streamlit_app.py`` from elsewhere both read .streamlit/config.toml, which keeps
+    exception types, messages and tracebacks out of the browser."""
+    code = ("import sys, streamlit.config as c\n"
+            "if sys.argv[1:]: c._main_script_path = sys.argv[1]  # what `streamlit run` sets\n"
+            "print(c.get_option('client.showErrorDetails'))")
+    args, where = ([], ROOT) if cwd == "root" else ([APP], tmp_path)
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=where, capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "none"
