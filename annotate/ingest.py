@@ -11,7 +11,8 @@ Accepted formats (JSON Lines, ``.jsonl.gz``, ``.json`` arrays or CSV):
     ``prompt`` and ``responses`` (strings or objects with ``text`` and optional
     ``generator``, ``id``, ``metadata``), optional known outcomes
     ``comparisons: [{"a": i, "b": j, "winner": ...}]``. Every unordered pair
-    of responses becomes a comparison, A being the lower index.
+    of responses becomes a comparison, A being the lower index; a row may
+    hold up to :data:`MAX_KWISE_RESPONSES` responses.
 ``trl``
     TRL's preference format: ``prompt``/``chosen``/``rejected`` as text or as
     message lists, or the implicit-prompt form (only ``chosen``/``rejected``
@@ -36,7 +37,12 @@ as ``external_id``, ``prompt_external_id`` and the response columns' ids.
 :func:`parse_file` is pure (no database); :func:`import_file` validates every
 row first and writes nothing if any row is bad, then inserts in bulk with
 batched existence checks by content hash, so importing the same content again
-adds nothing.
+adds nothing. One file may give up to :data:`MAX_FILE_COMPARISONS` comparisons.
+
+The JSON must be strict: ``NaN``, ``Infinity`` and numbers too large for a
+float (which Python's json reads but PostgreSQL and other readers do not) are
+row problems, as is JSON nested too deeply to read and ``metadata`` nested
+deeper than :data:`MAX_JSON_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -103,6 +110,20 @@ _TEXT_LABEL = {"user": "Human", "assistant": "Assistant", "system": "System"}
 MAX_TAG_CHARS = 128
 MAX_ID_CHARS = 256
 MAX_REPORTED = 20
+MAX_KWISE_RESPONSES = 32
+"""Responses one k-wise row may hold. Every pair becomes a comparison, so k responses give k(k-1)/2 and
+the cost grows with the square: 32 give 496 (about 240 KB while parsing), where 1000 in an 8 KB row would
+give 499,500 (231 MiB). Real k-wise sets have 4 to 9 responses per prompt (UltraFeedback 4, Nectar 7); 32
+leaves room for best-of-n sets while bounding what one row can cost. Split a bigger set over rows."""
+MAX_FILE_COMPARISONS = 500_000
+"""Comparisons one file may give (counting k-wise pairs and repeats). An import holds them all in memory,
+about 3 KB each at its peak, so this bounds one import to a gigabyte or two. It is above the larger public
+sets (HH-RLHF's 161k pairs, UltraFeedback's 64k prompts x 6 pairs), and a 200 MB file of ordinary pairs
+stays under it; a bigger set is imported as several files (re-importing skips what is there)."""
+MAX_JSON_DEPTH = 64
+"""How deeply a row's free-form ``metadata`` may nest (the object itself is level 1). Real metadata is a
+few levels deep; without a bound, metadata nested some 990 levels parses but then fails json.dumps with
+RecursionError when stored or exported."""
 _CHUNK = 1000
 _INSERT_BATCH = 2000
 ANALYZE_AFTER_ROWS = 1000
@@ -316,35 +337,80 @@ def _decode_lines(data: bytes, problems: list[tuple[int, str]]) -> list[str]:
     return lines
 
 
+class _BadJSON(ValueError):
+    """JSON that Python's json reads but that cannot be stored: NaN/Infinity, or nesting too deep to read."""
+
+    def __init__(self, msg: str):
+        super().__init__(msg)
+        self.msg = msg
+
+
+def _reject_constant(name: str) -> float:
+    raise _BadJSON(f"{name} is not a JSON number; write null or a string")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _BadJSON(f"the number {_short(text, 40)} is too large")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _loads(text: str) -> Any:
+    """json.loads, strict: raises _BadJSON for NaN/Infinity/overflowing numbers and for nesting too deep."""
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise _BadJSON("nested too deeply") from None
+
+
 def _jsonl_records(lines: list[str], problems: list[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            yield number, _loads(line)
         except json.JSONDecodeError as exc:
             problems.append((number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+        except _BadJSON as exc:
+            problems.append((number, f"invalid JSON ({exc.msg})"))
 
 
-def _json_array_records(text: str) -> Iterator[tuple[int, Any]]:
-    """Elements of a top-level JSON array, each with the line it starts on."""
+def _json_array_records(text: str, problems: list[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
+    """Elements of a top-level JSON array, each with the line it starts on.
+
+    The whole text is read leniently first (a syntax error or nesting too deep stops the file); each
+    element is then read again strictly, so NaN/Infinity are problems on the element's line.
+    """
     try:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ImportValidationError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
             [(exc.lineno, f"invalid JSON ({exc.msg})")]) from None
+    except RecursionError:
+        raise ImportValidationError("invalid JSON: the file is nested too deeply to read") from None
     if not isinstance(items, list):
         raise ImportValidationError("a .json file must hold an array of rows; use JSON Lines for one row per line")
-    decoder = json.JSONDecoder()
+    count = len(items)
+    del items
+    lenient = json.JSONDecoder()
     ws = re.compile(r"[\s,]*")
     pos = ws.match(text, text.index("[") + 1).end()
     line, counted = 1, 0
-    for item in items:
+    for _ in range(count):
         line += text.count("\n", counted, pos)
         counted = pos
-        yield line, item
-        _, end = decoder.raw_decode(text, pos)
+        try:
+            item, end = _DECODER.raw_decode(text, pos)
+        except _BadJSON as exc:
+            problems.append((line, f"invalid JSON ({exc.msg})"))
+            _, end = lenient.raw_decode(text, pos)
+        else:
+            yield line, item
         pos = ws.match(text, end).end()
 
 
@@ -408,8 +474,8 @@ def _csv_records(lines: list[str], problems: list[tuple[int, str]], fmt: str | N
                     continue
                 if key in _JSON_CELLS or (key in ("prompt", "chosen", "rejected") and cell.lstrip().startswith("[")):
                     try:
-                        value = json.loads(cell)
-                    except json.JSONDecodeError as exc:
+                        value = _loads(cell)
+                    except (json.JSONDecodeError, _BadJSON) as exc:
                         if key in _JSON_CELLS:
                             problems.append((start, f"column {key!r} is not valid JSON ({exc.msg})"))
                             bad = True
@@ -468,6 +534,13 @@ def _opt_dict(obj: dict, key: str) -> dict | None:
         return None
     if not isinstance(value, dict):
         raise _RowError(f"{key!r} must be a JSON object")
+    stack = [(value, 1)]  # iterative: a recursive walk would hit the recursion limit it guards against
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _RowError(f"{key!r} is nested more than {MAX_JSON_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)
+                     if isinstance(child, (dict, list)))
     return value
 
 
@@ -571,6 +644,10 @@ def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
     items = obj["responses"]
     if not isinstance(items, list) or len(items) < 2:
         raise _RowError("'responses' must be a list of at least 2 responses")
+    if len(items) > MAX_KWISE_RESPONSES:  # before any pair is built: k responses give k(k-1)/2 comparisons
+        raise _RowError(f"'responses' has {len(items):,} responses; a k-wise row may have at most "
+                        f"{MAX_KWISE_RESPONSES} ({MAX_KWISE_RESPONSES * (MAX_KWISE_RESPONSES - 1) // 2} "
+                        "comparisons); split them over several rows with the same prompt")
     texts, gens, ids, metas = [], [], [], []
     for i, item in enumerate(items):
         if isinstance(item, dict):
@@ -741,7 +818,7 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
     if container == "csv":
         records, fmt = _csv_records(lines, problems, fmt, notes)
     elif container == "json":
-        records = _json_array_records("\n".join(lines))
+        records = _json_array_records("\n".join(lines), problems)
     else:
         records = _jsonl_records(lines, problems)
 
@@ -749,6 +826,8 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
     diverged: list[int] = []
     empty: list[int] = []
     rows = 0
+    given = 0
+    over_limit_line: int | None = None
     file_fmt = fmt
     for line, obj in records:
         rows += 1
@@ -768,21 +847,30 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
             continue
         try:
             if file_fmt == "pairs":
-                comparisons.extend(_parse_pairs(line, obj, max_text_chars))
+                parsed = _parse_pairs(line, obj, max_text_chars)
             elif file_fmt == "kwise":
-                comparisons.extend(_parse_kwise(line, obj, max_text_chars))
+                parsed = _parse_kwise(line, obj, max_text_chars)
             elif file_fmt == "trl":
-                comparisons.extend(_parse_trl(line, obj, max_text_chars))
+                parsed = _parse_trl(line, obj, max_text_chars)
             else:
                 parsed, div, has_empty = _parse_hh(line, obj, max_text_chars)
-                comparisons.extend(parsed)
                 if div:
                     diverged.append(line)
                 if has_empty:
                     empty.append(line)
         except _RowError as exc:
             problems.append((line, str(exc)))
+            continue
+        given += len(parsed)
+        if given > MAX_FILE_COMPARISONS and over_limit_line is None:
+            over_limit_line = line
+        if over_limit_line is None:  # past the limit, later rows are still checked but not kept
+            comparisons.extend(parsed)
 
+    if over_limit_line is not None:
+        problems.append((over_limit_line, f"the file gives {given:,} comparisons, more than the "
+                                          f"{MAX_FILE_COMPARISONS:,} one import may add, and this row passes that "
+                                          "limit; split the file and import the parts one after another"))
     if rows == 0 and not problems:
         raise ImportValidationError("the file has no data rows")
     if file_fmt is None:

@@ -6,11 +6,13 @@ import csv
 import gzip
 import io
 import json
+import tracemalloc
 from dataclasses import replace
 
 import pytest
 from sqlalchemy import event, func, select
 
+from annotate import cli, ingest
 from annotate.accounts import Actor, create_user
 from annotate.errors import ImportValidationError, PermissionDenied
 from annotate.ingest import (
@@ -221,6 +223,82 @@ def test_kwise_index_out_of_range_and_unknown_winner():
     assert "identical" in by_line[3]
 
 
+def test_kwise_row_over_the_response_limit_is_a_problem_before_any_pair_is_built():
+    small = {"prompt": "p", "responses": ["r0", "r1"]}
+    huge = {"prompt": "p", "responses": [f"r{i}" for i in range(1000)]}  # ~8 KB: 499,500 pairs if expanded
+    tracemalloc.start()
+    try:
+        parsed = parse_file(jsonl(small, huge, small), filename="k.jsonl")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [line for line, _ in parsed.problems] == [2]
+    assert "1,000 responses" in parsed.problems[0][1]
+    assert f"at most {ingest.MAX_KWISE_RESPONSES}" in parsed.problems[0][1]
+    assert peak < 8 * 2**20  # the 499,500 comparisons took 231 MiB
+    assert [c.line for c in parsed.comparisons] == [1, 3]
+    k = ingest.MAX_KWISE_RESPONSES
+    at_limit = {"prompt": "p", "responses": [f"r{i}" for i in range(k)]}
+    over = {"prompt": "q", "responses": [f"r{i}" for i in range(k + 1)]}
+    parsed = parse_file(jsonl(at_limit, over), filename="k.jsonl")
+    assert [line for line, _ in parsed.problems] == [2] and len(parsed.comparisons) == k * (k - 1) // 2
+
+
+def test_file_over_the_comparison_limit_names_the_row_that_passes_it(monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_FILE_COMPARISONS", 10)
+    kwise = [{"prompt": f"p{i}", "responses": ["a", "b", "c"]} for i in range(6)]  # 3 comparisons each
+    kwise[4]["responses"] = ["a", "a"]  # a bad row after the limit is still reported
+    parsed = parse_file(jsonl(*kwise), filename="k.jsonl")
+    assert [line for line, _ in parsed.problems] == [4, 5]
+    assert "15 comparisons" in parsed.problems[0][1] and "10 one import may add" in parsed.problems[0][1]
+    assert "split the file" in parsed.problems[0][1] and "identical" in parsed.problems[1][1]
+    assert len(parsed.comparisons) == 9  # rows past the limit are checked, not kept
+    assert parse_file(jsonl(*(pair(i) for i in range(10))), filename="p.jsonl").problems == []
+    parsed = parse_file(jsonl(*(pair(i) for i in range(11))), filename="p.jsonl")
+    assert [line for line, _ in parsed.problems] == [11]
+
+
+def test_deeply_nested_json_is_a_problem_not_a_crash():
+    parsed = parse_file(jsonl(pair(1), "[" * 100_000, pair(3)), filename="deep.jsonl")
+    assert parsed.problems == [(2, "invalid JSON (nested too deeply)")]
+    assert [c.line for c in parsed.comparisons] == [1, 3]
+    text = "prompt,response_a,response_b,metadata\np,a,b,{}\nq,a,b," + "[" * 100_000 + "\n"
+    parsed = parse_file(text.encode(), filename="deep.csv")
+    assert parsed.problems == [(3, "column 'metadata' is not valid JSON (nested too deeply)")]
+    with pytest.raises(ImportValidationError, match="nested too deeply"):
+        parse_file(b"[" + b"[" * 100_000, filename="deep.json")
+    # Readable but near the recursion limit, metadata fails json.dumps when stored: it is bounded well below.
+    depth = ingest.MAX_JSON_DEPTH
+    meta = '{"x": ' + "[" * depth + "]" * depth + "}"  # depth + 1 levels
+    row = '{"prompt": "p", "response_a": "a", "response_b": "b", "metadata": %s}' % meta
+    kwise = '{"prompt": "p", "responses": ["a", {"text": "b", "metadata": %s}]}' % meta
+    parsed = parse_file(jsonl(pair(1), row), filename="meta.jsonl")
+    assert parsed.problems == [(2, f"'metadata' is nested more than {depth} levels deep")]
+    assert parse_file(jsonl(row.replace("[]", "1")), filename="meta.jsonl").problems == []  # at the limit
+    assert parse_file(jsonl(kwise), filename="meta.jsonl").problems[0][0] == 1
+    ok = {"a": {"b": [[{"c": 1}]]}}
+    assert parse_file(jsonl(pair(1, metadata=ok)), filename="ok.jsonl").comparisons[0].metadata == ok
+
+
+def test_nan_infinity_and_overflowing_numbers_are_row_problems():
+    bad = '{"prompt": "p%d", "response_a": "a", "response_b": "b", "metadata": {"score": %s}}'
+    rows = [pair(1), bad % (2, "NaN"), bad % (3, "Infinity"), bad % (4, "-Infinity"), bad % (5, "1e999"),
+            pair(6, metadata={"score": 0.5})]
+    parsed = parse_file(jsonl(*rows), filename="nan.jsonl")
+    by_line = dict(parsed.problems)
+    assert sorted(by_line) == [2, 3, 4, 5]
+    for line, word in ((2, "NaN"), (3, "Infinity"), (4, "-Infinity"), (5, "1e999")):
+        assert by_line[line].startswith("invalid JSON") and word in by_line[line]
+    assert [c.line for c in parsed.comparisons] == [1, 6] and parsed.comparisons[1].metadata == {"score": 0.5}
+    array = "[\n" + json.dumps(pair(1)) + ",\n" + bad % (2, "NaN") + ",\n" + json.dumps(pair(3)) + "\n]"
+    parsed = parse_file(array.encode(), filename="nan.json")
+    assert [line for line, _ in parsed.problems] == [3] and "NaN" in parsed.problems[0][1]
+    assert [c.line for c in parsed.comparisons] == [2, 4]
+    text = 'prompt,response_a,response_b,metadata\np,a,b,"{""s"": Infinity}"\n'
+    parsed = parse_file(text.encode(), filename="nan.csv")
+    assert [line for line, _ in parsed.problems] == [2] and "Infinity" in parsed.problems[0][1]
+
+
 def test_size_limits_and_file_level_errors(tmp_path):
     big = jsonl(*[pair(i) for i in range(200)])
     with pytest.raises(ImportValidationError, match="PREFLOOP_MAX_UPLOAD_MB"):
@@ -379,6 +457,37 @@ def test_many_bad_rows_all_reported_message_capped(db, settings):
     assert "line 21:" in message and "line 22:" not in message and "5 more" in message
     with db.read() as session:
         assert counts(session)["comparisons"] == 0
+
+
+def test_nan_and_deep_metadata_rows_write_nothing(db, settings):
+    # Before: NaN was stored on SQLite (an export no JSON reader accepts) and failed PostgreSQL's insert;
+    # metadata nested ~985 deep (readable from a shallow stack) raised RecursionError at insert.
+    deep = '{"prompt": "p3", "response_a": "a", "response_b": "b", "metadata": {"x": %s}}' % (
+        "[" * 100 + "]" * 100)
+    data = jsonl(pair(1), '{"prompt": "p2", "response_a": "a", "response_b": "b", "metadata": {"x": NaN}}', deep)
+    with pytest.raises(ImportValidationError) as err:
+        run_import(db, settings, data, filename="bad.jsonl")
+    assert [line for line, _ in err.value.problems] == [2, 3]
+    assert "line 2: invalid JSON (NaN" in str(err.value) and "line 3: 'metadata' is nested" in str(err.value)
+    with db.read() as session:
+        assert counts(session)["comparisons"] == 0 and counts(session)["prompts"] == 0
+
+
+def test_cli_import_prints_nesting_and_kwise_problems(tmp_path, sqlite_url, monkeypatch, capsys):
+    monkeypatch.setenv("PREFLOOP_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "data"))
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(jsonl({"prompt": "p", "responses": ["a", "b"]}, "[" * 100_000,
+                           {"prompt": "p", "responses": [f"r{i}" for i in range(1000)]},
+                           '{"prompt": "p", "responses": ["a", "b"], "metadata": {"x": NaN}}'))
+    assert cli.main(["import", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "line 2: invalid JSON (nested too deeply)" in err and "line 3: 'responses' has 1,000" in err
+    assert "line 4: invalid JSON (NaN" in err and "nothing was imported" in err
+    array = tmp_path / "deep.json"
+    array.write_bytes(b"[" * 100_000)
+    assert cli.main(["import", str(array)]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
 
 
 def test_upload_size_setting_enforced(db, settings):
