@@ -73,7 +73,12 @@ def submit(session: Session, settings: Settings, *, actor: Actor, comparison_id:
     if bad_flags:
         raise QueueError(f"unknown flags: {', '.join(sorted(bad_flags))}")
 
-    lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == user.id))
+    # The lease is a one-time token: lock it, so simultaneous submits of the pair
+    # (a double click, two tabs) take it one at a time and the later ones find it
+    # gone. A probe has no unique index to fall back on. (SQLite already runs
+    # one writer at a time and ignores FOR UPDATE.)
+    lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == user.id)
+                           .with_for_update())
     comparison = session.get(Comparison, comparison_id)
     if comparison is None:
         raise NotFound(f"comparison {comparison_id} does not exist")

@@ -119,6 +119,49 @@ def test_concurrent_double_click_records_once(sqlite_db, sqlite_settings):
         assert len(s.scalars(select(Judgment)).all()) == 1
 
 
+def test_concurrent_double_submit_of_a_probe_records_it_once(db, settings):
+    """A probe (a judged pair shown again, sides swapped) has no unique index to fall back on:
+    the lease is the one-time token, so simultaneous submits must take it one at a time."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from annotate.models import utcnow
+
+    with db.begin() as s:
+        actor = make_user(s, "clicker")
+        make_comparisons(s, 3)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    with db.begin() as s:
+        cid = queue.next_comparison(s, settings, options, actor=actor).comparison_id
+        judgments.submit(s, settings, actor=actor, comparison_id=cid, shown="left")
+    with db.begin() as s:
+        s.execute(update(Judgment).values(created_at=utcnow() - timedelta(minutes=5)))
+    with db.begin() as s:
+        served = queue.next_comparison(s, settings, replace(options, probe_rate=1.0), actor=actor)
+    assert served.is_probe and served.comparison_id == cid
+    n = 6
+    start = threading.Barrier(n)
+    outcomes = []
+
+    def click():
+        start.wait()
+        try:
+            with db.begin() as s:
+                judgments.submit(s, settings, actor=actor, comparison_id=cid, shown="right")
+            outcomes.append("ok")
+        except QueueError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=click) for _ in range(n)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(outcomes) == ["ok"] + ["refused"] * (n - 1)
+    with db.read() as s:
+        stored = s.scalars(select(Judgment).where(Judgment.comparison_id == cid)).all()
+    assert sorted(j.is_probe for j in stored) == [False, True]
+
+
 def test_briefly_locked_sqlite_waits_instead_of_failing(sqlite_db, sqlite_settings):
     """Another process holding the write lock for a moment delays a write; it does not fail."""
     import sqlite3
