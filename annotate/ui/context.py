@@ -69,14 +69,15 @@ def log_out() -> None:
 
 def refresh_actor() -> Actor | None:
     """Re-read the logged-in user from the database: log out a deactivated or deleted
-    account, and pick up a role change, so the page list always follows the database."""
+    account or one whose password was reset since this login, and pick up a role
+    change, so the page list always follows the database."""
     actor = current_actor()
     if actor is None:
         return None
     try:
         with get_db().read() as session:
             user = accounts.require_active(session, actor)
-            fresh = Actor(id=user.id, username=user.username, role=user.role)
+            fresh = accounts.actor_of(user)
     except PermissionDenied:
         log_out()
         return None

@@ -179,6 +179,20 @@ def test_deactivated_user_is_logged_out(app_db, people):
     assert [t.value for t in at.title] == ["prefloop"]
 
 
+def test_password_reset_logs_out_open_sessions(app_db, people):
+    at = _login(_app(), "ann")
+    at.run()  # a rerun re-reads the user from the database and must keep the login's credential
+    assert at.session_state["actor"].credential is not None
+    assert [t.value for t in at.title] != ["prefloop"]
+    with app_db.begin() as session:
+        accounts.reset_password(session, "ann", "a-new-password", system=True)
+    at.run()
+    assert [t.value for t in at.title] == ["prefloop"]
+    assert "actor" not in at.session_state
+    _login(at, "ann", "a-new-password")
+    assert at.session_state["actor"].username == "ann"
+
+
 def test_logout_returns_to_login(app_db, people):
     at = _login(_app(), "ann")
     at.sidebar.button(key="logout").click()
