@@ -118,6 +118,10 @@ def cmd_import(args) -> int:
                 system=True, source_tag=args.tag, known_winner=args.known_winner, overlap=args.overlap)
     except ImportValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        listing = ingest.problems_message(exc.problems)
+        if exc.problems and listing.split(";")[0] not in str(exc):
+            # A file-level error (e.g. no row had a known format) with row problems behind it.
+            print(listing.split("\n", 1)[1], file=sys.stderr)
         print("nothing was imported.", file=sys.stderr)
         return 2
     print(report.summary())

@@ -59,6 +59,18 @@ def test_one_malformed_row_imports_nothing_and_names_it(env, tmp_path):
     assert counts(env)["comparisons"] == 0 and counts(env)["prompts"] == 0
 
 
+def test_a_file_with_no_readable_row_lists_its_row_problems(env, tmp_path):
+    """When no row can be read, the format cannot be detected either: the rows' own problems are printed too."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text("[" * 100_000 + "\n" + '{"x": NaN}\n')
+    result = run(env, "import", str(path))
+    assert result.returncode == 2
+    assert "could not detect the file's format" in result.stderr
+    assert "line 1: invalid JSON (nested too deeply)" in result.stderr
+    assert "line 2: invalid JSON (NaN is not a JSON number" in result.stderr
+    assert "Traceback" not in result.stderr and "nothing was imported" in result.stderr
+
+
 def test_users_add_with_stdin_password_and_deactivate(env):
     assert run(env, "users", "add", "alice", "--role", "admin", "--password-stdin", stdin="s3cret-password\n").returncode == 0
     dup = run(env, "users", "add", "alice", "--password-stdin", stdin="another-password\n")
