@@ -93,28 +93,40 @@ def test_postgres_twenty_annotators(pg_db, tmp_path, pg_clean_url, overlap):
     _drain(pg_db, settings, 20, overlap)
 
 
-def test_concurrent_double_click_records_once(sqlite_db, sqlite_settings):
-    db, settings = sqlite_db, sqlite_settings
+def _served_pair(db, settings):
+    """A new annotator and the pair the queue serves them (no gold, no probes): ``(actor, id, options)``."""
     with db.begin() as s:
         actor = make_user(s, "clicker")
         make_comparisons(s, 3)
         options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
     with db.begin() as s:
         cid = queue.next_comparison(s, settings, options, actor=actor).comparison_id
+    return actor, cid, options
+
+
+def _submit_at_once(db, settings, actor, cid: int, shown: str, n: int) -> list[str]:
+    """``n`` simultaneous submits of one pair (a double click, two tabs): each ``ok`` or ``refused``."""
+    start = threading.Barrier(n)
     outcomes = []
 
     def click():
+        start.wait()
         try:
             with db.begin() as s:
-                judgments.submit(s, settings, actor=actor, comparison_id=cid, shown="left")
+                judgments.submit(s, settings, actor=actor, comparison_id=cid, shown=shown)
             outcomes.append("ok")
         except QueueError:
             outcomes.append("refused")
 
-    threads = [threading.Thread(target=click) for _ in range(8)]
+    threads = [threading.Thread(target=click) for _ in range(n)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert outcomes.count("ok") == 1 and outcomes.count("refused") == 7
+    return sorted(outcomes)
+
+
+def test_concurrent_double_click_records_once(db, settings):
+    actor, cid, _ = _served_pair(db, settings)
+    assert _submit_at_once(db, settings, actor, cid, "left", 8) == ["ok"] + ["refused"] * 7
     with db.read() as s:
         assert len(s.scalars(select(Judgment)).all()) == 1
 
@@ -128,35 +140,15 @@ def test_concurrent_double_submit_of_a_probe_records_it_once(db, settings):
 
     from annotate.models import utcnow
 
+    actor, cid, options = _served_pair(db, settings)
     with db.begin() as s:
-        actor = make_user(s, "clicker")
-        make_comparisons(s, 3)
-        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
-    with db.begin() as s:
-        cid = queue.next_comparison(s, settings, options, actor=actor).comparison_id
         judgments.submit(s, settings, actor=actor, comparison_id=cid, shown="left")
     with db.begin() as s:
         s.execute(update(Judgment).values(created_at=utcnow() - timedelta(minutes=5)))
     with db.begin() as s:
         served = queue.next_comparison(s, settings, replace(options, probe_rate=1.0), actor=actor)
     assert served.is_probe and served.comparison_id == cid
-    n = 6
-    start = threading.Barrier(n)
-    outcomes = []
-
-    def click():
-        start.wait()
-        try:
-            with db.begin() as s:
-                judgments.submit(s, settings, actor=actor, comparison_id=cid, shown="right")
-            outcomes.append("ok")
-        except QueueError:
-            outcomes.append("refused")
-
-    threads = [threading.Thread(target=click) for _ in range(n)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert sorted(outcomes) == ["ok"] + ["refused"] * (n - 1)
+    assert _submit_at_once(db, settings, actor, cid, "right", 6) == ["ok"] + ["refused"] * 5
     with db.read() as s:
         stored = s.scalars(select(Judgment).where(Judgment.comparison_id == cid)).all()
     assert sorted(j.is_probe for j in stored) == [False, True]

@@ -19,6 +19,20 @@ PAGES = ROOT / "annotate" / "ui" / "pages"
 ANNOTATOR, ADMIN = "ann", "boss"
 
 
+def open_page(actor: Actor | None, page: str, timeout: float = 60):
+    """An ``AppTest`` of the app, logged in as ``actor`` (or not), switched to ``page`` and run."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    if actor is not None:
+        at.session_state["actor"] = actor
+    at.run()
+    at.switch_page(str(PAGES / page))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 @pytest.fixture(scope="session")
 def ui_template(sqlite_template, tmp_path_factory) -> Path:
     """The migrated template plus an annotator and an admin (password hashing is slow: do it once)."""

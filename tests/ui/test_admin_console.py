@@ -13,7 +13,7 @@ from annotate.accounts import Actor
 from annotate.models import AppSetting, AuditEvent, Comparison, ComparisonStatus, Judgment, ModelVersion, utcnow
 from annotate.settings import load_settings
 from tests.factories import make_comparisons
-from tests.ui.conftest import APP, PAGES
+from tests.ui.conftest import APP, PAGES, open_page
 
 TIMEOUT = 60
 CONSOLE_PAGES = ["overview.py", "annotators.py", "model_health.py", "review.py", "settings.py", "audit.py"]
@@ -43,14 +43,7 @@ def _seed(app_db, people):
 
 
 def _open(actor: Actor | None, page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    if actor is not None:
-        at.session_state["actor"] = actor
-    at.run()
-    at.switch_page(str(PAGES / page))
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(actor, page, TIMEOUT)
 
 
 def _frame_with(at: AppTest, column: str):

@@ -20,20 +20,14 @@ from annotate.accounts import Actor
 from annotate.db import Database, create_db_engine
 from annotate.models import AppSetting, Comparison, JobLock, TrainingRun, utcnow
 from annotate.ui.context import NOT_SAVED
-from tests.ui.conftest import APP, PAGES, ROOT
+from tests.ui.conftest import APP, ROOT, open_page
 
 TIMEOUT = 60
 EVIL = "![t](https://evil.example/q.png)"
 
 
-def _open(actor: Actor, page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["actor"] = actor
-    at.run()
-    at.switch_page(str(PAGES / page))
-    at.run()
-    assert not at.exception, at.exception
-    return at
+def _open(actor: Actor | None, page: str) -> AppTest:
+    return open_page(actor, page, TIMEOUT)
 
 
 def _alerts(at: AppTest) -> list[str]:
