@@ -50,6 +50,8 @@ class Settings:
     """Failed logins allowed before the account is throttled."""
     login_lockout_seconds: int = 60
     """How long a throttled account must wait before the next attempt."""
+    session_idle_minutes: int = 480
+    """A browser session with no interaction for this long is logged out at its next one (0: never)."""
     encoder_path: str = ""
     """Local Hugging Face model directory for the reward-model encoder.
     Empty means the bundled all-MiniLM-L6-v2."""
@@ -129,6 +131,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("PREFLOOP_OVERLAP must be >= 1 and <= PREFLOOP_MAX_OVERLAP")
     if s.lease_seconds < 10:
         raise ConfigError("PREFLOOP_LEASE_SECONDS must be at least 10")
+    if s.session_idle_minutes < 0:
+        raise ConfigError("PREFLOOP_SESSION_IDLE_MINUTES must be 0 (never) or more")
     for name in ("gold_rate", "probe_rate"):
         if not 0.0 <= getattr(s, name) <= 0.5:
             raise ConfigError(f"PREFLOOP_{name.upper()} must be between 0 and 0.5")

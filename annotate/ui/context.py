@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,6 +24,8 @@ from annotate.errors import PermissionDenied, PrefloopError
 from annotate.settings import Settings, load_settings
 
 ACTOR_KEY = "actor"
+LAST_SEEN_KEY = "last_seen"  # time.time() of this browser session's last run while logged in
+LOGGED_OUT_KEY = "logged_out_because"
 _log = logging.getLogger(__name__)
 DATABASE_DOWN = ("The database cannot be reached or is not set up: check PREFLOOP_DATABASE_URL, run "
                  "`prefloop db upgrade`, then reload this page.")
@@ -59,6 +62,7 @@ def current_actor() -> Actor | None:
 def log_in(actor: Actor) -> None:
     """Remember ``actor`` as this browser session's user."""
     st.session_state[ACTOR_KEY] = actor
+    st.session_state[LAST_SEEN_KEY] = time.time()
 
 
 def log_out() -> None:
@@ -70,10 +74,18 @@ def log_out() -> None:
 def refresh_actor() -> Actor | None:
     """Re-read the logged-in user from the database: log out a deactivated or deleted
     account or one whose password was reset since this login, and pick up a role
-    change, so the page list always follows the database."""
+    change, so the page list always follows the database. A session idle for more
+    than ``PREFLOOP_SESSION_IDLE_MINUTES`` is logged out first."""
     actor = current_actor()
     if actor is None:
         return None
+    idle = get_settings().session_idle_minutes
+    last_seen = st.session_state.get(LAST_SEEN_KEY)
+    if idle and last_seen is not None and time.time() - last_seen > idle * 60:
+        log_out()
+        st.session_state[LOGGED_OUT_KEY] = f"You were logged out after {idle} minutes without activity."
+        return None
+    st.session_state[LAST_SEEN_KEY] = time.time()
     try:
         with get_db().read() as session:
             user = accounts.require_active(session, actor)

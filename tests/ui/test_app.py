@@ -193,6 +193,21 @@ def test_password_reset_logs_out_open_sessions(app_db, people):
     assert at.session_state["actor"].username == "ann"
 
 
+def test_idle_session_is_logged_out_at_its_next_interaction(app_db, people):
+    import time
+
+    at = _login(_app(), "ann")
+    at.session_state["last_seen"] = time.time() - 7 * 3600  # under the default 8 hours: still logged in
+    at.run()
+    assert at.session_state["actor"].username == "ann"
+    at.session_state["last_seen"] = time.time() - 9 * 3600
+    at.run()
+    assert [t.value for t in at.title] == ["prefloop"] and "actor" not in at.session_state
+    assert [i.value for i in at.info] == ["You were logged out after 480 minutes without activity."]
+    _login(at, "ann")
+    assert at.session_state["actor"].username == "ann"
+
+
 def test_logout_returns_to_login(app_db, people):
     at = _login(_app(), "ann")
     at.sidebar.button(key="logout").click()

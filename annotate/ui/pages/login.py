@@ -8,6 +8,8 @@ from annotate.ui import context
 _, middle, _ = st.columns([1, 1.2, 1])
 middle.title("prefloop")
 middle.caption("Log in to start annotating.")
+if reason := st.session_state.pop(context.LOGGED_OUT_KEY, None):
+    middle.info(reason)
 
 with middle.form("login", clear_on_submit=False, enter_to_submit=True):
     username = st.text_input("Username", key="login_username", autocomplete="username")
