@@ -198,11 +198,34 @@ def acquire(db: Database, name: str, *, holder: str | None = None,
         row = session.get(JobLock, name)
         if row is None:
             session.add(JobLock(name=name, holder=holder, acquired_at=now, heartbeat_at=now))
-        elif row.heartbeat_at < now - timedelta(seconds=stale_after) or _process_gone(row.holder):
+        elif not _row_live(row, now, stale_after):
             row.holder, row.acquired_at, row.heartbeat_at = holder, now, now
         else:
             return None
     return RowLock(db, name, holder, heartbeat_every or max(0.05, stale_after / 5))
+
+
+def _row_live(row: JobLock, now, stale_after: float) -> bool:
+    """Whether a ``job_locks`` row still holds its lock: a recent heartbeat and a holder not known to be gone."""
+    return row.heartbeat_at >= now - timedelta(seconds=stale_after) and not _process_gone(row.holder)
+
+
+def is_held(db: Database, name: str, *, stale_after: float = DEFAULT_STALE_SECONDS) -> bool:
+    """Whether someone holds ``name`` now, as :func:`acquire` would judge it (read-only, takes nothing).
+
+    PostgreSQL: a granted advisory lock on the key (freed when its holder's
+    connection drops). SQLite: a ``job_locks`` row that ``acquire`` would not take over.
+    """
+    with db.read() as session:
+        if db.dialect == "postgresql":
+            key = advisory_key(name) & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows it as two oids
+            return bool(session.scalar(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND classid::bigint = :high AND objid::bigint = :low"),
+                {"high": key >> 32, "low": key & 0xFFFF_FFFF}))
+        row = session.get(JobLock, name)
+        return row is not None and _row_live(row, utcnow(), stale_after)
 
 
 def current_holder(db: Database, name: str) -> str | None:

@@ -53,7 +53,6 @@ from annotate.errors import PrefloopError
 from annotate.models import (
     Comparison,
     ComparisonStatus,
-    JobLock,
     Judgment,
     JudgmentState,
     ModelVersion,
@@ -416,22 +415,10 @@ def run_alive(db: Database, *, stale_after: float = locks.DEFAULT_STALE_SECONDS)
 
     Every run holds the lock from before its row is added until after its status is final, so a
     run left ``running`` while the lock is free is dead (killed): the next run marks it failed
-    (:func:`mark_dead_runs`). "Held" is what :func:`locks.acquire` would refuse to take over: on
-    PostgreSQL a granted advisory lock (freed when its holder's connection drops); on SQLite a
-    ``job_locks`` row with a heartbeat newer than ``stale_after`` whose holder is not a vanished
-    process on this host. (The run's own ``heartbeat_at`` moves only between steps.)
+    (:func:`mark_dead_runs`). The lock's own heartbeat keeps beating through a long step; the
+    run's ``heartbeat_at`` moves only between steps.
     """
-    with db.read() as session:
-        if db.dialect == "postgresql":
-            key = locks.advisory_key(LOCK_NAME) & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows it as two oids
-            return bool(session.scalar(text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND classid::bigint = :high AND objid::bigint = :low"),
-                {"high": key >> 32, "low": key & 0xFFFF_FFFF}))
-        row = session.get(JobLock, LOCK_NAME)
-        return (row is not None and row.heartbeat_at >= utcnow() - timedelta(seconds=stale_after)
-                and not locks._process_gone(row.holder))
+    return locks.is_held(db, LOCK_NAME, stale_after=stale_after)
 
 
 def _last_finished(session):
