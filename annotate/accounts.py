@@ -204,15 +204,17 @@ def _record_failure(session: Session, user_id: int, *, max_failures: int, lockou
         .execution_options(synchronize_session=False))
 
 
-def _record_success(session: Session, user_id: int, now: datetime) -> bool:
-    """Clear the failure count unless a lock was set meanwhile; ``False`` if the account is locked now.
+def _record_success(session: Session, user_id: int, checked_hash: str, now: datetime) -> bool:
+    """Clear the failure count unless the account changed since the check; ``False`` if it did.
 
-    The password was checked outside any transaction: a lock set since (by
-    wrong guesses racing this one) still refuses the login, so parallel
-    guesses get no more tries than ``max_failures``.
+    The password was checked (against ``checked_hash``) outside any
+    transaction. A lock set since, by wrong guesses racing this one, still
+    refuses the login, so parallel guesses get no more tries than
+    ``max_failures``; a password reset since refuses it too, so the old
+    password does not get in once more after the reset.
     """
     result = session.execute(
-        update(User).where(User.id == user_id,
+        update(User).where(User.id == user_id, User.password_hash == checked_hash,
                            (User.locked_until.is_(None)) | (User.locked_until <= now))
         .values(failed_logins=0, locked_until=None)
         .execution_options(synchronize_session=False))
@@ -229,22 +231,30 @@ def authenticate(session: Session, username: str, password: str, *, max_failures
     """
     now = now or utcnow()
     user = session.scalar(select(User).where(User.username == username.strip()))
-    return _finish(session, user, _check_password(user, password, now), password,
+    ok = _check_password(user, password, now)
+    return _finish(session, user, ok, user.password_hash if user else "", password,
                    max_failures=max_failures, lockout_seconds=lockout_seconds, now=now)
 
 
-def _finish(session: Session, user: User | None, ok: bool, password: str, *, max_failures: int,
-            lockout_seconds: int, now: datetime) -> Actor:
-    """Record the outcome of a password check (in ``session``, which holds ``user``) and return the actor."""
+def _finish(session: Session, user: User | None, ok: bool, checked_hash: str, password: str, *,
+            max_failures: int, lockout_seconds: int, now: datetime) -> Actor:
+    """Record the outcome of checking ``password`` against ``checked_hash`` and return the actor.
+
+    ``session`` holds ``user``, read again after the check.
+    """
     if user is None:
         raise AuthError("wrong username or password")
     if not ok:
         _record_failure(session, user.id, max_failures=max_failures, lockout_seconds=lockout_seconds, now=now)
         raise AuthError("wrong username or password")
-    if not _record_success(session, user.id, now):
+    if not _record_success(session, user.id, checked_hash, now):
         session.refresh(user)
-        wait = int((_aware(user.locked_until) - now).total_seconds()) + 1
-        raise AuthError(f"too many failed attempts: try again in {wait} s")
+        locked_until = _aware(user.locked_until)
+        if locked_until is not None and locked_until > now:
+            wait = int((locked_until - now).total_seconds()) + 1
+            raise AuthError(f"too many failed attempts: try again in {wait} s")
+        # the password was reset while it was checked: the checked one may be the old one
+        raise AuthError("wrong username or password")
     session.refresh(user)
     if not user.active:
         raise AuthError("this account is deactivated; ask an admin")
@@ -270,12 +280,12 @@ def login(db, username: str, password: str, *, max_failures: int = 5, lockout_se
     ok = _check_password(user, password, now)
     if user is None:
         raise AuthError("wrong username or password")
-    user_id = user.id
+    user_id, checked_hash = user.id, user.password_hash
     error: AuthError | None = None
     with db.begin() as session:
         user = session.get(User, user_id)
         try:
-            return _finish(session, user, ok, password, max_failures=max_failures,
+            return _finish(session, user, ok, checked_hash, password, max_failures=max_failures,
                            lockout_seconds=lockout_seconds, now=now)
         except AuthError as exc:
             error = exc  # leave the block normally so the failure count is committed

@@ -202,6 +202,30 @@ def test_right_password_checked_while_a_lock_was_set_is_refused(db, settings, mo
         accounts.login(db, "ann", PASSWORD, max_failures=3)
 
 
+def test_old_password_checked_while_it_was_reset_is_refused(db, settings, monkeypatch):
+    """A reset committing between the (slow) hash check and the login's write refuses the old password."""
+    with db.begin() as s:
+        boss = make_user(s, "boss", "admin")
+        make_user(s, "ann")
+    real_check = accounts._check_password
+
+    def check_then_admin_resets(user, password, now):
+        ok = real_check(user, password, now)  # the old password was still ann's when checked
+        with db.begin() as s:
+            accounts.reset_password(s, "ann", "new-password-1", actor=boss)
+        return ok
+
+    monkeypatch.setattr(accounts, "_check_password", check_then_admin_resets)
+    with pytest.raises(AuthError, match="wrong username or password"):
+        accounts.login(db, "ann", PASSWORD)
+    monkeypatch.setattr(accounts, "_check_password", real_check)
+    with db.read() as s:
+        assert s.scalar(select(User.failed_logins).where(User.username == "ann")) == 0  # not a wrong guess
+    assert accounts.login(db, "ann", "new-password-1").username == "ann"
+    with pytest.raises(AuthError, match="wrong username or password"):
+        accounts.login(db, "ann", PASSWORD)
+
+
 def test_login_holds_no_write_transaction_while_hashing(db, settings, monkeypatch):
     """On SQLite a write transaction locks the whole database: the slow password check must run outside one."""
     import threading
