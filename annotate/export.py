@@ -421,7 +421,8 @@ def write_preferences(session: Session, path: str | os.PathLike, *, actor: Actor
     if format not in ("jsonl", "parquet", "datasets"):
         raise PrefloopError(f"unknown preference export format {format!r}: use jsonl, parquet or datasets")
     rows, counts = _build_preferences(session, filters, margin)
-    target = Path(path)
+    # Absolute and normalised, so '.' or 'out/..' name the folder itself (they have no usable name).
+    target = Path(os.path.abspath(path))
     if format == "jsonl":
         _write_file_atomic(target, _jsonl_bytes(rows))
     elif format == "parquet":
@@ -617,12 +618,26 @@ def _write_file_atomic(target: Path, data: bytes) -> None:
         raise
 
 
+def _replaceable_dataset_dir(path: Path) -> bool:
+    """Whether ``path`` is empty or holds only what ``Dataset.save_to_disk`` writes."""
+    names = {p.name for p in path.iterdir()}
+    if not names:
+        return True
+    saved = {"state.json", "dataset_info.json"}
+    return saved <= names and all(
+        n in saved or (n.startswith("data-") and n.endswith(".arrow")) for n in names)
+
+
 def _write_dataset_atomic(target: Path, rows: list[dict[str, Any]], filters: ExportFilter,
                           margin: bool) -> None:
     from datasets import Dataset, Features
 
     if target.exists() and not target.is_dir():
         raise PrefloopError(f"{str(target)!r} is a file: a datasets export needs a folder path")
+    if target.is_dir() and not _replaceable_dataset_dir(target):
+        # Replacing the folder deletes it: only an earlier export (or an empty folder) may go.
+        raise PrefloopError(f"{str(target)!r} is a folder that is not a datasets export: "
+                            "give a new folder path (it is created) or remove that folder first")
     features = Features.from_arrow_schema(_preference_schema(rows, filters, margin))
     tmp = _temp_sibling(target)
     try:

@@ -711,3 +711,24 @@ def test_query_count_does_not_grow_with_data(db, seeded):
     # Admin check + user lookup + votes + contents (+ the begin on SQLite), not one per row.
     assert after_prefs <= 6
     assert after_raw - after_prefs <= 3
+
+
+def test_datasets_export_never_replaces_a_folder_that_is_not_an_export(db, seeded, out):
+    """``--out`` pointing at an existing working folder must not delete it."""
+    import datasets
+
+    admin, _ = seeded(lambda f: _make_mixed(f, chat=False))
+    work = out / "project"
+    work.mkdir()
+    (work / "notes.txt").write_text("keep me", encoding="utf-8")
+    with db.begin() as session, pytest.raises(PrefloopError, match="not a datasets export"):
+        export.write_preferences(session, work, actor=admin, format="datasets")
+    assert (work / "notes.txt").read_text(encoding="utf-8") == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == ["project"]
+    # An empty folder, or an earlier export, is replaced.
+    empty = out / "empty"
+    empty.mkdir()
+    with db.begin() as session:
+        assert export.write_preferences(session, empty, actor=admin, format="datasets") == 2
+        assert export.write_preferences(session, empty, actor=admin, format="datasets") == 2
+    assert datasets.load_from_disk(str(empty)).num_rows == 2
