@@ -120,16 +120,20 @@ def _fmt(v) -> str:
 
 
 def promotion_decision(new_accuracy: float | None, active_accuracy: float | None, tolerance: float,
-                       *, has_active: bool) -> tuple[bool, str]:
+                       *, has_active: bool, active_loadable: bool = True) -> tuple[bool, str]:
     """The promotion gate: ``(promote, reason)``.
 
-    The first model is always promoted. Otherwise the new model is promoted
+    The first model is always promoted, and so is any model replacing an
+    active one whose artifact cannot be loaded (it can score nothing: neither
+    the queue nor ``prefloop score``). Otherwise the new model is promoted
     unless its held-out accuracy is worse than the active model's by more than
     ``tolerance``; a new model without held-out labels is not promoted over an
     existing one.
     """
     if not has_active:
         return True, "first model"
+    if not active_loadable:
+        return True, "the active model's artifact cannot be loaded, so it cannot score anything"
     if new_accuracy is None or math.isnan(new_accuracy):
         return False, "no held-out labels to compare with the active model"
     if active_accuracy is None or math.isnan(active_accuracy):
@@ -579,7 +583,8 @@ class _Run:
         new_acc = (new_metrics or {}).get("accuracy")
         active_acc = (active_metrics or {}).get("accuracy") if snap.active else None
         promote, reason = promotion_decision(new_acc, active_acc, settings.promote_tolerance,
-                                             has_active=snap.active is not None)
+                                             has_active=snap.active is not None,
+                                             active_loadable=snap.active is None or active_model is not None)
         metrics = {"new": new_metrics, "active": active_metrics, "promoted": promote, "reason": reason,
                    "active_version_id": snap.active["id"] if snap.active else None}
         _record(self.db, self.run_id, metrics=metrics, counts=dict(self.counts))

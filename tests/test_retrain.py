@@ -553,3 +553,34 @@ def test_kill_at_each_step_keeps_previous_model(backend, request, tmp_path, tiny
             assert priorities_state(s) != state
     finally:
         db.dispose()
+
+
+def test_active_model_deleted_from_disk_is_replaced_by_the_next_run(db, rt_settings):
+    """An active model whose directory is gone cannot score anything: the next model replaces it,
+    even when the gate would have kept the active one on its stored metrics."""
+    import shutil
+
+    with db.begin() as s:
+        add_pairs(s, 0, 60, judged=True)
+        add_pairs(s, 1000, 20, judged=False)
+    first = retrain.run_once(rt_settings, db=db)
+    assert first.status == "succeeded"
+    with db.begin() as s:
+        version = s.get(ModelVersion, first.model_version_id)
+        # Stored metrics no new model can match: only they are left to compare with.
+        version.metrics = {**version.metrics, "accuracy": 1.0}
+        path = scoring.artifact_location(rt_settings, version.artifact_path)
+        # Held-out labels the model gets wrong: its accuracy falls below the stored 1.0.
+        add_pairs(s, 2000, 10, judged=True, wrong=True, where=held_out)
+    shutil.rmtree(path)
+
+    second = retrain.run_once(rt_settings, db=db)
+    assert second.status == "succeeded" and second.promoted, second.summary()
+    assert "cannot be loaded" in second.message
+    with db.read() as s:
+        assert active_id(s) == second.model_version_id
+        after = priorities_state(s)
+    open_now = [v for v in after.values() if v[3] is not None]
+    assert open_now and all(v[3] == second.model_version_id for v in open_now)
+    rows = scoring.score_texts(rt_settings, ["Question 1?"], ["An answer."])
+    assert rows[0]["model_version_id"] == second.model_version_id
