@@ -402,11 +402,32 @@ def _record(db: Database, run_id: int, **values) -> None:
         session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
 
 
-def mark_dead_runs(session) -> list[int]:
-    """Mark runs left ``running`` as failed. Call only while holding the retrain lock."""
-    dead = session.execute(select(TrainingRun.id, TrainingRun.step, TrainingRun.host, TrainingRun.pid)
+def remove_artifact(settings: Settings, rel: str | Path) -> None:
+    """Delete a run's artifact directory and any half-written copy of it (``rm.artifact``'s temporaries)."""
+    import shutil
+
+    path = artifact_location(settings, str(rel))
+    targets = [path]
+    if path.parent.is_dir():
+        targets += [p for p in path.parent.iterdir() if p.name.startswith(f".tmp-{path.name}-")]
+    for target in targets:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def mark_dead_runs(session, settings: Settings | None = None) -> list[int]:
+    """Mark runs left ``running`` as failed. Call only while holding the retrain lock.
+
+    With ``settings``, the artifact a dead run saved but never recorded as a
+    model version (it died before its final commit) is deleted.
+    """
+    dead = session.execute(select(TrainingRun.id, TrainingRun.step, TrainingRun.host, TrainingRun.pid,
+                                  TrainingRun.metrics)
                            .where(TrainingRun.status == "running")).all()
-    for run_id, step, host, pid in dead:
+    for run_id, step, host, pid, metrics in dead:
+        rel = (metrics or {}).get("artifact_path")
+        if settings is not None and rel and session.scalar(
+                select(func.count(ModelVersion.id)).where(ModelVersion.artifact_path == rel)) == 0:
+            remove_artifact(settings, rel)
         session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
             status="failed", finished_at=utcnow(),
             error=f"process died at step {step or 'start'} (pid {pid} on {host}); "
@@ -461,7 +482,7 @@ def run_once(settings: Settings, force: bool = False, *, db: Database | None = N
             return RetrainResult("skipped", "another retrain is running")
         try:
             with db.begin() as session:
-                dead = mark_dead_runs(session)
+                dead = mark_dead_runs(session, settings)
                 n_new, _, last_id = new_judgments(session)
                 total = session.scalar(select(func.count(Judgment.id)).where(*_label_filter())) or 0
                 if total == 0:
@@ -489,6 +510,10 @@ class _Run:
         self.train_config = train_config
         self.stop = stop
         self.step = "start"
+        self.artifact: Path | None = None
+        """The artifact this run saves (relative to the data folder), once it is named."""
+        self.committed = False
+        """Whether the final transaction (version, promotion, priorities) committed."""
         self.timings: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self._t0 = 0.0
@@ -516,6 +541,9 @@ class _Run:
             message = f"{type(exc).__name__} at step {self.step}: {exc}"
             if not isinstance(exc, (PrefloopError, KeyboardInterrupt)):
                 log.error("retrain run %s failed:\n%s", self.run_id, traceback.format_exc())
+            if self.artifact is not None and not self.committed:
+                # No version row will ever name it.
+                remove_artifact(self.settings, self.artifact)
             try:
                 _record(self.db, self.run_id, status="failed", error=message[:4000], finished_at=utcnow(),
                         timings=dict(self.timings), counts=dict(self.counts))
@@ -595,6 +623,9 @@ class _Run:
 
         stamp = utcnow().strftime("%Y%m%dT%H%M%S")
         rel = Path("models") / f"rm-run{self.run_id:06d}-{stamp}"
+        # Recorded before writing, so the run that finds this one dead can remove it.
+        self.artifact = rel
+        _record(self.db, self.run_id, metrics={**metrics, "artifact_path": rel.as_posix()})
         save_artifact(settings.data_dir / rel, ens, encoder=encoder.describe(), features=spec,
                       metrics=new_metrics or {}, data_counts=dict(self.counts),
                       extra={"training_run_id": self.run_id, "promotion": reason})
@@ -667,6 +698,7 @@ class _Run:
                 timings=dict(self.timings), error=None if promote else reason))
             session.flush()
             _crash_point("promote")
+        self.committed = True
         return RetrainResult(status, reason, run_id=self.run_id, model_version_id=version.id,
                              promoted=promote, metrics=metrics, counts=dict(self.counts))
 

@@ -584,3 +584,41 @@ def test_active_model_deleted_from_disk_is_replaced_by_the_next_run(db, rt_setti
     assert open_now and all(v[3] == second.model_version_id for v in open_now)
     rows = scoring.score_texts(rt_settings, ["Question 1?"], ["An answer."])
     assert rows[0]["model_version_id"] == second.model_version_id
+
+
+def _artifact_dirs(settings) -> list[str]:
+    models = settings.data_dir / "models"
+    return sorted(p.name for p in models.iterdir()) if models.is_dir() else []
+
+
+def test_failed_and_killed_runs_leave_no_artifact_behind(db, rt_settings, monkeypatch):
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True)
+        add_pairs(s, 1000, 10, judged=False)
+    first = retrain.run_once(rt_settings, db=db)
+    assert first.status == "succeeded"
+    kept = _artifact_dirs(rt_settings)
+    assert len(kept) == 1
+
+    # An error after the artifact was saved: the run fails and removes what it wrote.
+    with db.begin() as s:
+        add_pairs(s, 2000, 10, judged=True)
+
+    def boom(*a, **k):
+        raise RuntimeError("scoring exploded")
+
+    with monkeypatch.context() as m:
+        m.setattr(retrain, "score_responses", boom)
+        failed = retrain.run_once(rt_settings, db=db)
+    assert failed.status == "failed" and "scoring exploded" in failed.message
+    assert _artifact_dirs(rt_settings) == kept
+
+    # Killed after saving (inside the final transaction): the next run removes the dead run's artifact.
+    proc = _cli(rt_settings, "retrain", "--once", PREFLOOP_RETRAIN_CRASH_AT="promote")
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    assert len(_artifact_dirs(rt_settings)) == 2
+    after = retrain.run_once(rt_settings, db=db)
+    assert after.status == "succeeded"
+    with db.read() as s:
+        paths = sorted(Path(p).name for p in s.scalars(select(ModelVersion.artifact_path)))
+    assert _artifact_dirs(rt_settings) == paths and len(paths) == 2
