@@ -73,7 +73,8 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,8 +96,6 @@ from annotate.models import (
     User,
 )
 
-# Bound-parameter lists stay well under SQLite's and PostgreSQL's limits.
-_CHUNK = 5000
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 JUDGMENT_FIELDS: tuple[str, ...] = (
@@ -218,38 +217,27 @@ def _messages(messages: Iterable[Any]) -> list[dict[str, str]]:
     return out
 
 
-def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start:start + _CHUNK]
-
-
 # --------------------------------------------------------------------------- preferences
+
+_ROW_CHUNK = 256
+"""Exported comparisons whose texts are in memory at once (a file export streams in slices this big)."""
+_WINNERS = (Choice.a, Choice.b, Choice.tie, Choice.both_bad)
 
 
 @dataclass
-class _Tally:
-    counts: dict[Choice, int]
-    strengths: dict[Choice, list[int]]
+class _Selection:
+    """The comparisons an export writes, in id order, with their verdicts (compact: no texts)."""
 
+    ids: array
+    winners: array        # index into _WINNERS
+    totals: array
+    agreements: array
+    strengths: array      # mean strength of the winning votes, 0 when none gave one
+    conversational: bool  # some selected prompt is a chat: every row is conversational
+    counts: dict[str, int]
 
-def _tally_votes(session: Session, filters: ExportFilter) -> dict[int, _Tally]:
-    stmt = (
-        select(Judgment.comparison_id, Judgment.choice, Judgment.strength)
-        .join(Comparison, Comparison.id == Judgment.comparison_id)
-        .join(Prompt, Prompt.id == Comparison.prompt_id)
-        .where(Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False))
-    )
-    stmt = _apply_filters(stmt, session, filters)
-    tallies: dict[int, _Tally] = {}
-    for comparison_id, choice, strength in _run(session, stmt).all():
-        tally = tallies.get(comparison_id)
-        if tally is None:
-            tally = tallies[comparison_id] = _Tally({}, {})
-        choice = Choice(choice)
-        tally.counts[choice] = tally.counts.get(choice, 0) + 1
-        if strength is not None:
-            tally.strengths.setdefault(choice, []).append(int(strength))
-    return tallies
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def _majority(counts: dict[Choice, int]) -> Choice | None:
@@ -259,39 +247,71 @@ def _majority(counts: dict[Choice, int]) -> Choice | None:
     return max(counts, key=counts.__getitem__)
 
 
-def _build_preferences(session: Session, filters: ExportFilter, margin: bool
-                       ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def _select(session: Session, filters: ExportFilter) -> _Selection:
+    """Count each comparison's votes and apply the aggregation rule, streaming the votes in comparison order."""
     _check_filters(filters)
-    tallies = _tally_votes(session, filters)
-    counts = {"comparisons_with_votes": len(tallies), "votes": 0, "exported": 0,
-              "excluded_split": 0, "excluded_tie": 0, "excluded_both_bad": 0,
-              "excluded_low_agreement": 0}
-    selected: dict[int, tuple[Choice, int, float, float]] = {}
-    for comparison_id, tally in tallies.items():
-        total = sum(tally.counts.values())
+    stmt = (
+        select(Judgment.comparison_id, Judgment.choice, Judgment.strength, Prompt.text.is_(None))
+        .join(Comparison, Comparison.id == Judgment.comparison_id)
+        .join(Prompt, Prompt.id == Comparison.prompt_id)
+        .where(Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False))
+        .order_by(Judgment.comparison_id)
+    )
+    stmt = _apply_filters(stmt, session, filters)
+    sel = _Selection(array("q"), array("b"), array("q"), array("d"), array("d"), False,
+                     {"comparisons_with_votes": 0, "votes": 0, "exported": 0, "excluded_split": 0,
+                      "excluded_tie": 0, "excluded_both_bad": 0, "excluded_low_agreement": 0})
+    counts = sel.counts
+
+    def close(comparison_id: int, votes: dict[Choice, int], strengths: dict[Choice, list[int]],
+              is_chat: bool) -> None:
+        total = sum(votes.values())
+        counts["comparisons_with_votes"] += 1
         counts["votes"] += total
-        winner = _majority(tally.counts)
+        winner = _majority(votes)
         if winner is None:
             counts["excluded_split"] += 1
-            continue
+            return
         if winner is Choice.tie and not filters.include_ties:
             counts["excluded_tie"] += 1
-            continue
+            return
         if winner is Choice.both_bad and not filters.include_both_bad:
             counts["excluded_both_bad"] += 1
-            continue
-        agreement = tally.counts[winner] / total
+            return
+        agreement = votes[winner] / total
         if agreement < filters.min_agreement:
             counts["excluded_low_agreement"] += 1
-            continue
-        strengths = tally.strengths.get(winner, []) if winner in (Choice.a, Choice.b) else []
-        mean_strength = sum(strengths) / len(strengths) if strengths else 0.0
-        selected[comparison_id] = (winner, total, agreement, float(mean_strength))
+            return
+        won = strengths.get(winner, []) if winner in (Choice.a, Choice.b) else []
+        sel.ids.append(comparison_id)
+        sel.winners.append(_WINNERS.index(winner))
+        sel.totals.append(total)
+        sel.agreements.append(agreement)
+        sel.strengths.append(float(sum(won) / len(won)) if won else 0.0)
+        sel.conversational = sel.conversational or is_chat
 
+    current, votes, strengths, current_chat = None, {}, {}, False
+    for comparison_id, choice, strength, is_chat in _run(session, stmt.execution_options(yield_per=5000)):
+        if comparison_id != current:
+            if current is not None:
+                close(current, votes, strengths, current_chat)
+            current, votes, strengths, current_chat = comparison_id, {}, {}, bool(is_chat)
+        choice = Choice(choice)
+        votes[choice] = votes.get(choice, 0) + 1
+        if strength is not None:
+            strengths.setdefault(choice, []).append(int(strength))
+    if current is not None:
+        close(current, votes, strengths, current_chat)
+    counts["exported"] = len(sel)
+    return sel
+
+
+def _iter_preference_rows(session: Session, sel: _Selection, filters: ExportFilter,
+                          margin: bool) -> Iterator[list[dict[str, Any]]]:
+    """The selected comparisons' rows in id order, in lists of at most ``_ROW_CHUNK``."""
     ResponseA, ResponseB = aliased(Response), aliased(Response)
-    content: list[tuple] = []
-    ids = sorted(selected)
-    for chunk in _chunks(ids):
+    for start in range(0, len(sel), _ROW_CHUNK):
+        chunk = sel.ids[start:start + _ROW_CHUNK]
         stmt = (
             select(Comparison.id, Comparison.prompt_id,
                    func.coalesce(Comparison.source_tag, Prompt.source_tag),
@@ -301,47 +321,45 @@ def _build_preferences(session: Session, filters: ExportFilter, margin: bool
             .join(Prompt, Prompt.id == Comparison.prompt_id)
             .join(ResponseA, ResponseA.id == Comparison.response_a_id)
             .join(ResponseB, ResponseB.id == Comparison.response_b_id)
-            .where(Comparison.id.in_(list(chunk)))
+            .where(Comparison.id.in_(chunk.tolist()))
         )
-        content.extend(_run(session, stmt).all())
-    content.sort(key=lambda r: r[0])
+        content = {r[0]: r for r in _run(session, stmt).all()}
+        rows = []
+        for i, comparison_id in enumerate(chunk, start):
+            (_, prompt_id, source_tag, prompt_text, messages, text_a, text_b,
+             external_id, prompt_external_id, ext_a, ext_b) = content[comparison_id]
+            winner = _WINNERS[sel.winners[i]]
+            chosen, rejected = (text_b, text_a) if winner is Choice.b else (text_a, text_b)
+            chosen_ext, rejected_ext = (ext_b, ext_a) if winner is Choice.b else (ext_a, ext_b)
+            if sel.conversational:
+                prompt: Any = (_messages(messages) if messages is not None
+                               else [{"role": "user", "content": prompt_text}])
+                chosen = [{"role": "assistant", "content": chosen}]
+                rejected = [{"role": "assistant", "content": rejected}]
+            else:
+                prompt = prompt_text
+            row: dict[str, Any] = {
+                "prompt": prompt, "chosen": chosen, "rejected": rejected,
+                "comparison_id": comparison_id, "prompt_id": prompt_id,
+                "n_judgments": sel.totals[i], "agreement": sel.agreements[i], "source_tag": source_tag,
+                "external_id": external_id, "prompt_external_id": prompt_external_id,
+                "chosen_external_id": chosen_ext, "rejected_external_id": rejected_ext,
+            }
+            if margin:
+                row["margin"] = sel.strengths[i]
+            if filters.include_ties:
+                row["is_tie"] = winner is Choice.tie
+            if filters.include_both_bad:
+                row["is_both_bad"] = winner is Choice.both_bad
+            rows.append(row)
+        yield rows
+        # Let this slice's texts go before the next one is read (callers drop theirs too).
+        del rows, content
 
-    conversational = any(r.messages is not None for r in content)
-    rows: list[dict[str, Any]] = []
-    for (comparison_id, prompt_id, source_tag, prompt_text, messages, text_a, text_b,
-         external_id, prompt_external_id, ext_a, ext_b) in content:
-        winner, total, agreement, mean_strength = selected[comparison_id]
-        chosen, rejected = (text_b, text_a) if winner is Choice.b else (text_a, text_b)
-        chosen_ext, rejected_ext = (ext_b, ext_a) if winner is Choice.b else (ext_a, ext_b)
-        if conversational:
-            prompt: Any = (_messages(messages) if messages is not None
-                           else [{"role": "user", "content": prompt_text}])
-            chosen = [{"role": "assistant", "content": chosen}]
-            rejected = [{"role": "assistant", "content": rejected}]
-        else:
-            prompt = prompt_text
-        row: dict[str, Any] = {
-            "prompt": prompt, "chosen": chosen, "rejected": rejected,
-            "comparison_id": comparison_id, "prompt_id": prompt_id,
-            "n_judgments": total, "agreement": agreement, "source_tag": source_tag,
-            "external_id": external_id, "prompt_external_id": prompt_external_id,
-            "chosen_external_id": chosen_ext, "rejected_external_id": rejected_ext,
-        }
-        if margin:
-            row["margin"] = mean_strength
-        if filters.include_ties:
-            row["is_tie"] = winner is Choice.tie
-        if filters.include_both_bad:
-            row["is_both_bad"] = winner is Choice.both_bad
-        rows.append(row)
-    counts["exported"] = len(rows)
-    return rows, counts
 
-
-def _preference_schema(rows: list[dict[str, Any]], filters: ExportFilter, margin: bool):
+def _preference_schema(conversational: bool, filters: ExportFilter, margin: bool):
     import pyarrow as pa
 
-    conversational = bool(rows) and not isinstance(rows[0]["prompt"], str)
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
     text_type = pa.list_(message) if conversational else pa.string()
     fields = [
@@ -360,22 +378,32 @@ def _preference_schema(rows: list[dict[str, Any]], filters: ExportFilter, margin
     return pa.schema(fields)
 
 
-def _preference_table(rows: list[dict[str, Any]], filters: ExportFilter, margin: bool):
+def _write_jsonl(batches: Iterable[list[dict[str, Any]]], out) -> None:
+    for rows in batches:
+        for row in rows:
+            out.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        del rows
+
+
+def _write_parquet(batches: Iterable[list[dict[str, Any]]], schema, out) -> None:
+    """One row group per batch, so neither writer nor reader needs the whole table in memory."""
     import pyarrow as pa
-
-    return pa.Table.from_pylist(rows, schema=_preference_schema(rows, filters, margin))
-
-
-def _jsonl_bytes(rows: Iterable[dict[str, Any]]) -> bytes:
-    return b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in rows)
-
-
-def _parquet_bytes(table) -> bytes:
     import pyarrow.parquet as pq
 
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
+    with pq.ParquetWriter(out, schema) as writer:
+        wrote = False
+        for rows in batches:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            wrote = True
+            del rows
+        if not wrote:
+            writer.write_table(schema.empty_table())
+
+
+def _audit_preferences(session: Session, actor: Actor, sel: _Selection, filters: ExportFilter,
+                       margin: bool, format: str, **extra) -> None:
+    audit(session, actor, "export", kind="preferences", format=format, margin=margin,
+          filters=filters.describe(), counts=dict(sel.counts), **extra)
 
 
 def preference_rows(session: Session, *, actor: Actor, filters: ExportFilter = ExportFilter(),
@@ -386,9 +414,9 @@ def preference_rows(session: Session, *, actor: Actor, filters: ExportFilter = E
     described in the module docstring. Admin only; audited.
     """
     require_admin(session, actor)
-    rows, counts = _build_preferences(session, filters, margin)
-    audit(session, actor, "export", kind="preferences", format="rows", margin=margin,
-          filters=filters.describe(), counts=counts)
+    sel = _select(session, filters)
+    rows = [row for batch in _iter_preference_rows(session, sel, filters, margin) for row in batch]
+    _audit_preferences(session, actor, sel, filters, margin, "rows")
     return rows
 
 
@@ -398,12 +426,15 @@ def preferences_bytes(session: Session, *, actor: Actor, format: Literal["jsonl"
     require_admin(session, actor)
     if format not in ("jsonl", "parquet"):
         raise PrefloopError(f"unknown preference download format {format!r}: use jsonl or parquet")
-    rows, counts = _build_preferences(session, filters, margin)
-    data = (_jsonl_bytes(rows) if format == "jsonl"
-            else _parquet_bytes(_preference_table(rows, filters, margin)))
-    audit(session, actor, "export", kind="preferences", format=format, margin=margin,
-          filters=filters.describe(), counts=counts)
-    return data
+    sel = _select(session, filters)
+    buffer = io.BytesIO()
+    batches = _iter_preference_rows(session, sel, filters, margin)
+    if format == "jsonl":
+        _write_jsonl(batches, buffer)
+    else:
+        _write_parquet(batches, _preference_schema(sel.conversational, filters, margin), buffer)
+    _audit_preferences(session, actor, sel, filters, margin, format)
+    return buffer.getvalue()
 
 
 def write_preferences(session: Session, path: str | os.PathLike, *, actor: Actor,
@@ -411,27 +442,31 @@ def write_preferences(session: Session, path: str | os.PathLike, *, actor: Actor
                       filters: ExportFilter = ExportFilter(), margin: bool = False) -> int:
     """Write the preference export to ``path`` and return the number of rows.
 
-    ``jsonl``: one JSON object per line (UTF-8); ``parquet``: one Parquet file;
-    ``datasets``: a Hugging Face ``Dataset.save_to_disk`` directory (load it with
-    ``datasets.load_from_disk``). The file or directory is written under a
-    temporary name next to ``path`` and renamed into place, so readers never see
-    half an export. Admin only; audited.
+    ``jsonl``: one JSON object per line (UTF-8); ``parquet``: one Parquet file
+    (a row group per slice of rows); ``datasets``: a Hugging Face
+    ``Dataset.save_to_disk`` directory (load it with ``datasets.load_from_disk``).
+    Rows are streamed from the database in slices, so memory does not grow
+    with the export. The file or directory is written under a temporary name
+    next to ``path`` and renamed into place, so readers never see half an
+    export. Admin only; audited.
     """
     require_admin(session, actor)
     if format not in ("jsonl", "parquet", "datasets"):
         raise PrefloopError(f"unknown preference export format {format!r}: use jsonl, parquet or datasets")
-    rows, counts = _build_preferences(session, filters, margin)
     # Absolute and normalised, so '.' or 'out/..' name the folder itself (they have no usable name).
     target = Path(os.path.abspath(path))
+    _check_target(target, folder=format == "datasets")
+    sel = _select(session, filters)
+    batches = _iter_preference_rows(session, sel, filters, margin)
+    schema = _preference_schema(sel.conversational, filters, margin)
     if format == "jsonl":
-        _write_file_atomic(target, _jsonl_bytes(rows))
+        _write_file_atomic(target, lambda out: _write_jsonl(batches, out))
     elif format == "parquet":
-        _write_file_atomic(target, _parquet_bytes(_preference_table(rows, filters, margin)))
+        _write_file_atomic(target, lambda out: _write_parquet(batches, schema, out))
     else:
-        _write_dataset_atomic(target, rows, filters, margin)
-    audit(session, actor, "export", kind="preferences", format=format, path=str(target),
-          margin=margin, filters=filters.describe(), counts=counts)
-    return len(rows)
+        _write_dataset_atomic(target, batches, schema)
+    _audit_preferences(session, actor, sel, filters, margin, format, path=str(target))
+    return len(sel)
 
 
 # --------------------------------------------------------------------------- raw judgments
@@ -578,7 +613,8 @@ def write_judgments(session: Session, path: str | os.PathLike, *, actor: Actor,
     """
     require_admin(session, actor)
     writer = _judgments_writer(format)
-    target = Path(path)
+    target = Path(os.path.abspath(path))
+    _check_target(target, folder=False)
     tmp = _temp_sibling(target)
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as out:
@@ -597,19 +633,32 @@ def write_judgments(session: Session, path: str | os.PathLike, *, actor: Actor,
 # --------------------------------------------------------------------------- atomic writes
 
 
+def _check_target(target: Path, *, folder: bool) -> None:
+    """Refuse, before any work, a path the export cannot (or must not) replace."""
+    if not target.parent.is_dir():
+        raise PrefloopError(f"folder {str(target.parent)!r} does not exist: create it or pick another path")
+    if not folder and target.is_dir():
+        raise PrefloopError(f"{str(target)!r} is a folder: give a file name")
+    if folder and target.exists() and not target.is_dir():
+        raise PrefloopError(f"{str(target)!r} is a file: a datasets export needs a folder path")
+    if folder and target.is_dir() and not _replaceable_dataset_dir(target):
+        # Replacing the folder deletes it: only an earlier export (or an empty folder) may go.
+        raise PrefloopError(f"{str(target)!r} is a folder that is not a datasets export: "
+                            "give a new folder path (it is created) or remove that folder first")
+
+
 def _temp_sibling(target: Path) -> Path:
     if not target.parent.is_dir():
         raise PrefloopError(f"folder {str(target.parent)!r} does not exist: create it or pick another path")
     return target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def _write_file_atomic(target: Path, data: bytes) -> None:
-    if target.is_dir():
-        raise PrefloopError(f"{str(target)!r} is a folder: give a file name")
+def _write_file_atomic(target: Path, write: Callable[[Any], None]) -> None:
+    """Run ``write(binary file)`` on a temporary sibling, fsync it and rename it to ``target``."""
     tmp = _temp_sibling(target)
     try:
         with open(tmp, "wb") as out:
-            out.write(data)
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
@@ -628,26 +677,25 @@ def _replaceable_dataset_dir(path: Path) -> bool:
         n in saved or (n.startswith("data-") and n.endswith(".arrow")) for n in names)
 
 
-def _write_dataset_atomic(target: Path, rows: list[dict[str, Any]], filters: ExportFilter,
-                          margin: bool) -> None:
+def _write_dataset_atomic(target: Path, batches: Iterable[list[dict[str, Any]]], schema) -> None:
+    """Stream the rows into an Arrow file, then ``save_to_disk`` it (memory-mapped) under a temporary name."""
+    import pyarrow as pa
     from datasets import Dataset, Features
+    from datasets.arrow_writer import ArrowWriter
 
-    if target.exists() and not target.is_dir():
-        raise PrefloopError(f"{str(target)!r} is a file: a datasets export needs a folder path")
-    if target.is_dir() and not _replaceable_dataset_dir(target):
-        # Replacing the folder deletes it: only an earlier export (or an empty folder) may go.
-        raise PrefloopError(f"{str(target)!r} is a folder that is not a datasets export: "
-                            "give a new folder path (it is created) or remove that folder first")
-    features = Features.from_arrow_schema(_preference_schema(rows, filters, margin))
+    features = Features.from_arrow_schema(schema)
     tmp = _temp_sibling(target)
+    scratch = target.with_name(f".{target.name}.rows-{uuid.uuid4().hex[:8]}.arrow")
     try:
-        if rows:
-            Dataset.from_list(rows, features=features).save_to_disk(str(tmp))
-        else:
-            # from_list([]) drops the columns, and zero shards cannot be loaded
-            # back: an empty export is one empty shard with the full schema.
-            Dataset.from_dict({name: [] for name in features}, features=features).save_to_disk(
-                str(tmp), num_shards=1)
+        with ArrowWriter(features=features, path=str(scratch)) as writer:
+            for rows in batches:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                del rows
+            writer.finalize()
+        dataset = Dataset.from_file(str(scratch))
+        # Zero shards cannot be loaded back: an empty export is one empty shard with the full schema.
+        dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)
+        del dataset
         if target.exists():
             # A directory cannot be replaced in one rename: move the old one
             # aside first so a failure never leaves neither in place.
@@ -660,3 +708,5 @@ def _write_dataset_atomic(target: Path, rows: list[dict[str, Any]], filters: Exp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        scratch.unlink(missing_ok=True)

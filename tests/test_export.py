@@ -732,3 +732,43 @@ def test_datasets_export_never_replaces_a_folder_that_is_not_an_export(db, seede
         assert export.write_preferences(session, empty, actor=admin, format="datasets") == 2
         assert export.write_preferences(session, empty, actor=admin, format="datasets") == 2
     assert datasets.load_from_disk(str(empty)).num_rows == 2
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "datasets"])
+def test_large_preference_export_streams(db, out, fmt):
+    """Writing a preference export holds a bounded slice of the texts in memory, not all of them."""
+    import tracemalloc
+
+    import datasets
+
+    n, size = 1200, 10_000
+    with db.begin() as session:
+        f = Factory(session)
+        admin = f.actor("boss", "admin")
+        for i in range(n):
+            c = f.comparison(text=f"q{i}", a=f"{i}a" + "x" * size, b=f"{i}b" + "y" * size,
+                             messages=CHAT if i == n - 1 else None)
+            f.judge(c, "u0", "b")
+    total = n * 2 * size
+    path = out / ("prefs" if fmt == "datasets" else f"prefs.{fmt}")
+    tracemalloc.start()
+    try:
+        with db.begin() as session:
+            written = export.write_preferences(session, path, actor=admin, format=fmt)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert written == n
+    assert peak < total / 2, f"peak {peak / 1e6:.1f} MB for {total / 1e6:.1f} MB of texts"
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    elif fmt == "parquet":
+        rows = pq.read_table(path).to_pylist()
+    else:
+        rows = datasets.load_from_disk(str(path)).to_list()
+    assert len(rows) == n
+    # Ordered by comparison; one chat prompt makes every row conversational.
+    assert rows[0]["prompt"] == [{"role": "user", "content": "q0"}]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "0b" + "y" * size}]
+    assert rows[-1]["prompt"][0] == {"role": "system", "content": "be brief"}
+    assert [r["comparison_id"] for r in rows] == sorted(r["comparison_id"] for r in rows)
