@@ -745,16 +745,44 @@ class _Run:
 # --------------------------------------------------------------------------- watch
 
 
+RETRY_MINUTES = (1, 2, 4, 8, 16, 32, 60)
+"""How long the watcher waits after 1, 2, … runs in a row failed (then every 60 minutes)."""
+
+
+def _failures_in_a_row(session) -> tuple[int, datetime | None]:
+    """``(failed runs since the last finished one, when the latest of them ended)``."""
+    last = _last_finished(session)
+    query = select(func.count(TrainingRun.id), func.max(TrainingRun.finished_at)).where(
+        TrainingRun.status == "failed")
+    if last is not None:
+        query = query.where(TrainingRun.id > last.id)
+    n, at = session.execute(query).one()
+    return int(n or 0), at
+
+
 def due(session, settings: Settings, *, since: datetime) -> tuple[bool, str]:
-    """Whether the watcher should retrain now, and why."""
+    """Whether the watcher should retrain now, and why.
+
+    After a failed run the watcher waits (:data:`RETRY_MINUTES`, longer after
+    each failure in a row) instead of training again at its next poll.
+    """
     options = campaign.get_options(session, settings)
     n_new, last_at, _ = new_judgments(session)
     if n_new >= options.retrain_every_labels:
-        return True, f"{n_new} new judgments"
-    baseline = last_at or since
-    if n_new >= 1 and utcnow() - baseline >= timedelta(minutes=options.retrain_every_minutes):
-        return True, f"{n_new} new judgments and {options.retrain_every_minutes:g} minutes passed"
-    return False, f"{n_new} new judgments"
+        fire, why = True, f"{n_new} new judgments"
+    else:
+        baseline = last_at or since
+        fire = n_new >= 1 and utcnow() - baseline >= timedelta(minutes=options.retrain_every_minutes)
+        why = (f"{n_new} new judgments and {options.retrain_every_minutes:g} minutes passed" if fire
+               else f"{n_new} new judgments")
+    if fire:
+        failures, failed_at = _failures_in_a_row(session)
+        if failures and failed_at is not None:
+            retry_at = failed_at + timedelta(minutes=RETRY_MINUTES[min(failures, len(RETRY_MINUTES)) - 1])
+            if utcnow() < retry_at:
+                return False, (f"{why}; the last {failures} run(s) failed, next try after "
+                               f"{retry_at:%Y-%m-%d %H:%M:%S} UTC")
+    return fire, why
 
 
 def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float = 5.0,

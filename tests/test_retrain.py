@@ -622,3 +622,60 @@ def test_failed_and_killed_runs_leave_no_artifact_behind(db, rt_settings, monkey
     with db.read() as s:
         paths = sorted(Path(p).name for p in s.scalars(select(ModelVersion.artifact_path)))
     assert _artifact_dirs(rt_settings) == paths and len(paths) == 2
+
+
+def test_watcher_backs_off_after_a_failed_run(db, rt_settings):
+    """A run that fails does not make the watcher retrain again at every poll."""
+    from datetime import timedelta
+
+    from annotate import campaign
+    from annotate.models import utcnow
+    from tests.factories import make_user
+
+    with db.begin() as s:
+        add_pairs(s, 0, 30, judged=True)
+        admin = make_user(s, "boss", "admin")
+        campaign.update_options(s, rt_settings, actor=admin, retrain_every_labels=5)
+    started = utcnow() - timedelta(hours=1)
+    with db.read() as s:
+        assert retrain.due(s, rt_settings, since=started)[0]
+    now = utcnow()
+    with db.begin() as s:
+        s.add(TrainingRun(status="failed", step="train", error="disk full", started_at=now, finished_at=now))
+    with db.read() as s:
+        fire, why = retrain.due(s, rt_settings, since=started)
+    assert not fire and "failed" in why
+    # Two failures in a row wait longer than one.
+    with db.begin() as s:
+        run = s.scalars(select(TrainingRun)).one()
+        run.started_at = run.finished_at = now - timedelta(minutes=1, seconds=5)
+    with db.read() as s:
+        assert retrain.due(s, rt_settings, since=started)[0]
+    with db.begin() as s:
+        s.add(TrainingRun(status="failed", step="train", error="disk full",
+                          started_at=now - timedelta(minutes=1), finished_at=now - timedelta(minutes=1)))
+    with db.read() as s:
+        assert not retrain.due(s, rt_settings, since=started)[0]
+    # A run that finishes after them resets the count.
+    with db.begin() as s:
+        s.add(TrainingRun(status="succeeded", step="done", started_at=now, finished_at=now,
+                          counts={"max_judgment_id": 0}))
+    with db.read() as s:
+        assert retrain.due(s, rt_settings, since=started)[0]
+
+    # End to end: a watcher whose runs all fail tries once, not at every poll.
+    with db.begin() as s:
+        for r in s.scalars(select(TrainingRun)):
+            s.delete(r)
+    stop = threading.Event()
+    failing = dataclasses.replace(rt_settings, encoder_path=str(rt_settings.data_dir / "no-such-encoder"))
+    thread = threading.Thread(target=retrain.watch, args=(failing,),
+                              kwargs={"poll_seconds": 0.1, "stop": stop}, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: _n_runs(db, "failed") >= 1, 60)
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert _n_runs(db, "failed") == 1
