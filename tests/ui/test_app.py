@@ -61,6 +61,13 @@ def _shown_pair(at: AppTest, app_db, actor: Actor) -> tuple[int, bool]:
         return cid, shown_a_on_left(session, lease)
 
 
+def _press(at: AppTest, action: str):
+    """The on-screen pair's button for ``action`` (judge_left, judge_right, judge_tie, judge_both_bad, skip):
+    those keys end in the pair's id."""
+    [button] = [b for b in at.button if b.key and re.fullmatch(rf"{action}_\d+", b.key)]
+    return button
+
+
 def _judgments(app_db, actor: Actor) -> list[Judgment]:
     with app_db.read() as session:
         return list(session.scalars(select(Judgment).where(Judgment.annotator_id == actor.id)
@@ -233,7 +240,7 @@ def test_pair_is_shown_and_a_better_records_the_canonical_choice(app_db, people)
     assert order[0].startswith(left) and order[1].startswith(right)
     assert [s.value for s in at.subheader] == ["Response A", "Response B"]
 
-    at.button(key="judge_left").click()
+    _press(at, "judge_left").click()
     at.run()
     assert not at.exception and not _errors(at)
     [judgment] = _judgments(app_db, annotator)
@@ -257,7 +264,7 @@ def test_strength_rationale_and_flags_are_recorded(app_db, people):
     at.text_input(key=f"rationale_{cid}").input("more accurate")
     at.pills(key=f"flags_{cid}").set_value(["unsafe", "not_english"])
     at.run()
-    at.button(key="judge_right").click()
+    _press(at, "judge_right").click()
     at.run()
     [judgment] = _judgments(app_db, annotator)
     assert judgment.choice is (Choice.b if a_left else Choice.a)
@@ -272,7 +279,7 @@ def test_tie_ignores_strength(app_db, people):
     cid, _ = _shown_pair(at, app_db, annotator)
     at.segmented_control(key=f"strength_{cid}").set_value(2)
     at.run()
-    at.button(key="judge_tie").click()
+    _press(at, "judge_tie").click()
     at.run()
     [judgment] = _judgments(app_db, annotator)
     assert (judgment.choice, judgment.strength) == (Choice.tie, None)
@@ -284,7 +291,7 @@ def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, peopl
         make_comparisons(session, 3)
     at = _login(_app(), "ann")
     first, _ = _shown_pair(at, app_db, annotator)
-    at.button(key="judge_both_bad").click()
+    _press(at, "judge_both_bad").click()
     at.run()
     assert _shown_pair(at, app_db, annotator)[0] != first
 
@@ -295,7 +302,7 @@ def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, peopl
     assert _shown_pair(at, app_db, annotator)[0] == first
     assert any("withdrawn" in t.value for t in at.toast)
 
-    at.button(key="skip").click()
+    _press(at, "skip").click()
     at.run()
     with app_db.read() as session:
         skipped = session.scalar(select(Lease).where(Lease.comparison_id == first,
@@ -315,11 +322,41 @@ def test_double_submit_shows_a_toast_not_a_traceback(app_db, people):
     settings = load_settings()
     with app_db.begin() as session:
         judgments.submit(session, settings, actor=annotator, comparison_id=cid, shown="tie")
-    at.button(key="judge_left").click()
+    _press(at, "judge_left").click()
     at.run()
     assert not at.exception
     assert any("already judged" in t.value or "not assigned" in t.value for t in at.toast), [t.value for t in at.toast]
     assert len(_judgments(app_db, annotator)) == 1
+
+
+@pytest.mark.parametrize("action", ["judge_left", "skip"])
+def test_a_key_pressed_twice_acts_once_and_never_on_the_next_pair(app_db, people, action):
+    """A key pressed twice before the next pair arrives: the browser sends the second press from the
+    render that showed the first pair. It must not judge (or skip) the pair that replaced it, which
+    the annotator has not seen, nor warn that the first pair is "not assigned any more"."""
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, 3)
+    at = _login(_app(), "ann")
+    first, _ = _shown_pair(at, app_db, annotator)
+    # The browser sends the values its render holds (AppTest would look up unset ones in session state).
+    at.segmented_control(key=f"strength_{first}").set_value(None)
+    at.text_input(key=f"rationale_{first}").set_value("")
+    at.pills(key=f"flags_{first}").set_value([])
+    stale = _press(at, action).click()  # keeps its trigger: it belongs to the render showing `first`
+    stale.run()
+    second, _ = _shown_pair(at, app_db, annotator)
+    assert second != first
+    stale.run()  # the same press again, from the same render
+    assert not at.exception
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    assert [j.comparison_id for j in _judgments(app_db, annotator)] == ([first] if action == "judge_left" else [])
+    with app_db.read() as session:
+        assert not session.scalar(select(Lease.skipped).where(Lease.comparison_id == second,
+                                                              Lease.annotator_id == annotator.id))
+    assert not [t.value for t in at.toast if "assigned" in t.value or "already judged" in t.value]
+    _press(at, "judge_right").click().run()  # the pair on screen still takes a press
+    assert [j.comparison_id for j in _judgments(app_db, annotator)][-1] == second
 
 
 def test_no_more_pairs_is_handled(app_db, people):
@@ -572,7 +609,7 @@ def test_annotation_round_trip_on_postgresql(pg_clean_url, tmp_path, monkeypatch
         at = _login(_app(), "ann")
         assert [c.name for c in at.chat_message] == ["user", "assistant", "user"]
         cid, a_left = _shown_pair(at, database, annotator)
-        at.button(key="judge_right").click()
+        _press(at, "judge_right").click()
         at.run()
         assert not at.exception and not _errors(at)
         [judgment] = _judgments(database, annotator)

@@ -276,3 +276,44 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
         assert row["choice_shown"] == KEYS[key]
         assert row["rationale"] == (RATIONALE + "a" if key == "b" else None)
         assert row["time_spent_ms"] is not None and row["time_spent_ms"] > 0
+
+
+def _launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def test_a_key_pressed_twice_judges_the_pair_on_screen_once(server, seeded):
+    """Two presses of a key before the next pair arrives (the second lands while the first one's
+    run is still going) record one judgment, of the pair on screen: the second press neither
+    judges the next pair unseen nor warns that the pair is "not assigned any more"."""
+    from playwright.sync_api import expect, sync_playwright
+
+    _, database = seeded
+    expect.set_options(timeout=TIMEOUT_MS)
+    on_screen, warnings = [], []
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(server)
+            _log_in(page, "annie")
+            for gap_ms in (0, 5, 10, 20, 40):
+                _settle(page)
+                before = _pair_on_screen(page)
+                page.get_by_text("Which response is better?").click()
+                page.keyboard.press("t")
+                page.wait_for_timeout(gap_ms)
+                page.keyboard.press("t")
+                expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(re.compile(rf"Pair #{before}\b"))
+                _settle(page)
+                on_screen.append(before)
+                warnings += [t.inner_text() for t in page.get_by_test_id("stToast").all()]
+        finally:
+            browser.close()
+    with database.read() as session:
+        annie = session.scalar(select(User).where(User.username == "annie"))
+        judged = [j.comparison_id for j in session.scalars(
+            select(Judgment).where(Judgment.annotator_id == annie.id).order_by(Judgment.id))]
+    assert judged == on_screen
+    assert warnings == []

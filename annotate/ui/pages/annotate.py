@@ -3,6 +3,14 @@
 Keys: A left better, B right better, T tie, X both bad, S skip, U undo last.
 Every action runs in a button callback, so the next pair is drawn by the
 same rerun that recorded the judgment.
+
+A press acts only on the pair on screen. The judge and skip buttons are keyed by
+their pair, because Streamlit calls a button's callback with the arguments its
+key was registered with in the latest run: with one key for every pair, a key
+pressed twice before the next pair arrived judged that next pair unseen. And an
+action clears the pair on screen until the next run shows one, so a second
+press from the same render is ignored instead of warning that the pair is
+"not assigned any more".
 """
 
 import time
@@ -15,6 +23,7 @@ from annotate.errors import PrefloopError
 from annotate.ui import context, render
 
 TIMER_KEY = "pair_shown_at"
+ON_SCREEN_KEY = "pair_on_screen"  # the comparison the latest run showed; None once acted on
 ACTIONS = (
     # (shown, label, shortcut, button type)
     ("left", "A is better", "A", "primary"),
@@ -28,37 +37,51 @@ def _timers() -> dict[int, float]:
     return st.session_state.setdefault(TIMER_KEY, {})
 
 
+def _is_on_screen(comparison_id: int) -> bool:
+    return st.session_state.get(ON_SCREEN_KEY) == comparison_id
+
+
 def _not_done(exc: Exception) -> str:
     """The toast for an action that did not happen (a database error after retries says so plainly)."""
     return str(exc) if isinstance(exc, PrefloopError) else context.NOT_SAVED
 
 
+def _act(comparison_id: int, write) -> bool:
+    """Run ``write(session)`` for the pair on screen, once; False if it was not on screen or not saved.
+
+    The pair is taken off the screen before the write: Streamlit may end a callback at any
+    session-state access when the next press arrives, so nothing after the commit is sure to run.
+    """
+    if not _is_on_screen(comparison_id):  # a press from an earlier render, or a repeated one
+        return False
+    db = context.get_db()
+    st.session_state[ON_SCREEN_KEY] = None
+    try:
+        db.transact(write)
+    except (PrefloopError, OperationalError) as exc:
+        st.session_state[ON_SCREEN_KEY] = comparison_id
+        st.toast(_not_done(exc), icon=":material/warning:")
+        return False
+    _timers().pop(comparison_id, None)
+    return True
+
+
 def _judge(comparison_id: int, shown: str) -> None:
-    actor, settings, db = context.current_actor(), context.get_settings(), context.get_db()
+    actor, settings = context.current_actor(), context.get_settings()
     strength = st.session_state.get(f"strength_{comparison_id}") if shown in ("left", "right") else None
     started = _timers().get(comparison_id)
     elapsed_ms = int((time.monotonic() - started) * 1000) if started is not None else None
     rationale = st.session_state.get(f"rationale_{comparison_id}") or None
     flags = list(st.session_state.get(f"flags_{comparison_id}") or ())
-    try:
-        db.transact(lambda session: judgments.submit(
-            session, settings, actor=actor, comparison_id=comparison_id, shown=shown, strength=strength,
-            rationale=rationale, flags=flags, time_spent_ms=elapsed_ms))
-    except (PrefloopError, OperationalError) as exc:
-        st.toast(_not_done(exc), icon=":material/warning:")
-        return
-    _timers().pop(comparison_id, None)
+    _act(comparison_id, lambda session: judgments.submit(
+        session, settings, actor=actor, comparison_id=comparison_id, shown=shown, strength=strength,
+        rationale=rationale, flags=flags, time_spent_ms=elapsed_ms))
 
 
 def _skip(comparison_id: int) -> None:
-    actor, db = context.current_actor(), context.get_db()
-    try:
-        db.transact(lambda session: queue.skip(session, actor=actor, comparison_id=comparison_id))
-    except (PrefloopError, OperationalError) as exc:
-        st.toast(_not_done(exc), icon=":material/warning:")
-        return
-    _timers().pop(comparison_id, None)
-    st.toast("Skipped: you will not see this pair again.", icon=":material/skip_next:")
+    actor = context.current_actor()
+    if _act(comparison_id, lambda session: queue.skip(session, actor=actor, comparison_id=comparison_id)):
+        st.toast("Skipped: you will not see this pair again.", icon=":material/skip_next:")
 
 
 def _undo() -> None:
@@ -102,6 +125,7 @@ with help_box.popover("Guidelines", icon=":material/menu_book:", width="stretch"
 if assignment is None:
     st.success("No more pairs for you right now. Thank you! New pairs appear when an admin imports more "
                "or when others release theirs; reload later.", icon=":material/task_alt:")
+    st.session_state[ON_SCREEN_KEY] = None
     st.button("Undo last", key="undo", shortcut="U", on_click=_undo, icon=":material/undo:")
     st.stop()
 
@@ -110,6 +134,7 @@ timers = _timers()
 for stale in [k for k in timers if k != cid]:  # pairs that left the screen without an action
     del timers[stale]
 timers.setdefault(cid, time.monotonic())
+st.session_state[ON_SCREEN_KEY] = cid
 
 st.caption(f"Pair #{cid} · keys: **A** left better · **B** right better · **T** tie · **X** both bad · "
            "**S** skip · **U** undo last")
@@ -125,9 +150,9 @@ for column, label, text in ((col_a, "A", assignment.left_text), (col_b, "B", ass
 
 buttons = st.columns(6)
 for column, (shown, label, key, kind) in zip(buttons, ACTIONS):
-    column.button(label, key=f"judge_{shown}", shortcut=key, type=kind, on_click=_judge, args=(cid, shown),
+    column.button(label, key=f"judge_{shown}_{cid}", shortcut=key, type=kind, on_click=_judge, args=(cid, shown),
                   width="stretch")
-buttons[4].button("Skip", key="skip", shortcut="S", on_click=_skip, args=(cid,), icon=":material/skip_next:",
+buttons[4].button("Skip", key=f"skip_{cid}", shortcut="S", on_click=_skip, args=(cid,), icon=":material/skip_next:",
                   width="stretch")
 buttons[5].button("Undo last", key="undo", shortcut="U", on_click=_undo, icon=":material/undo:",
                   width="stretch")
