@@ -312,6 +312,53 @@ def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, peopl
     assert len(_judgments(app_db, annotator)) == 1
 
 
+def _fill(at: AppTest, cid: int, strength, rationale: str, flags: list[str]) -> None:
+    at.segmented_control(key=f"strength_{cid}").set_value(strength)
+    at.text_input(key=f"rationale_{cid}").input(rationale)
+    at.pills(key=f"flags_{cid}").set_value(flags)
+    at.run()
+
+
+def _inputs_shown(at: AppTest, cid: int) -> tuple:
+    return (at.segmented_control(key=f"strength_{cid}").value, at.text_input(key=f"rationale_{cid}").value,
+            at.pills(key=f"flags_{cid}").value)
+
+
+def test_optional_inputs_survive_undo_and_a_visit_to_the_guidelines(app_db, people):
+    """Undo brings the pair back as it was judged (strength, rationale, flags), the pair that was on
+    screen keeps what was typed into it, and so does a pair left for the Guidelines page."""
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, 4)
+    at = _login(_app(), "ann")
+    first, _ = _shown_pair(at, app_db, annotator)
+    _fill(at, first, 3, "clearer and correct", ["unsafe"])
+    _press(at, "judge_left").click().run()
+    second, _ = _shown_pair(at, app_db, annotator)
+    _fill(at, second, 1, "half-typed thought", [])
+
+    at.button(key="undo").click().run()
+    assert _shown_pair(at, app_db, annotator)[0] == first
+    assert _inputs_shown(at, first) == (3, "clearer and correct", ["unsafe"])
+    _press(at, "judge_right").click().run()
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    assert _inputs_shown(at, second) == (1, "half-typed thought", [])
+    retracted, again = _judgments(app_db, annotator)
+    assert (again.comparison_id, again.supersedes_id) == (first, retracted.id)
+    assert (again.strength, again.rationale, again.flags) == (3, "clearer and correct", ["unsafe"])
+
+    at.switch_page(_page("guidelines.py"))
+    at.run()
+    at.switch_page(_page("annotate.py"))
+    at.run()
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    assert _inputs_shown(at, second) == (1, "half-typed thought", [])
+    _press(at, "judge_tie").click().run()  # a tie keeps no strength
+    assert _judgments(app_db, annotator)[-1].rationale == "half-typed thought"
+    third, _ = _shown_pair(at, app_db, annotator)
+    assert _inputs_shown(at, third) == (None, "", [])
+
+
 def test_double_submit_shows_a_toast_not_a_traceback(app_db, people):
     """The pair was already judged (another tab, a double click): the click warns and records nothing."""
     annotator, _ = people

@@ -11,6 +11,13 @@ pressed twice before the next pair arrived judged that next pair unseen. And an
 action clears the pair on screen until the next run shows one, so a second
 press from the same render is ignored instead of warning that the pair is
 "not assigned any more".
+
+The optional inputs (strength, rationale, flags) live in widgets keyed by their
+pair, and Streamlit forgets a widget's value once a run does not draw it. So
+the page keeps a copy of each pair's inputs while it is off screen (another
+page visited, a pair undone in front of it) and of the inputs each judgment was
+sent with, and gives them back when the pair returns; an undone pair comes
+back as it was judged. A probe of a judged pair starts empty.
 """
 
 import time
@@ -24,6 +31,9 @@ from annotate.ui import context, render
 
 TIMER_KEY = "pair_shown_at"
 ON_SCREEN_KEY = "pair_on_screen"  # the comparison the latest run showed; None once acted on
+DRAFTS_KEY = "pair_drafts"  # comparison id -> its unsent optional inputs
+SENT_KEY = "pair_sent_inputs"  # comparison id -> the optional inputs its judgment was sent with (for undo)
+_KEPT = 20  # pairs remembered in each
 ACTIONS = (
     # (shown, label, shortcut, button type)
     ("left", "A is better", "A", "primary"),
@@ -35,6 +45,23 @@ ACTIONS = (
 
 def _timers() -> dict[int, float]:
     return st.session_state.setdefault(TIMER_KEY, {})
+
+
+def _kept(key: str) -> dict[int, dict]:
+    return st.session_state.setdefault(key, {})
+
+
+def _keep(key: str, comparison_id: int, inputs: dict) -> None:
+    kept = _kept(key)
+    kept.pop(comparison_id, None)
+    if any(inputs.values()):
+        kept[comparison_id] = inputs
+    for old in list(kept)[:-_KEPT]:
+        del kept[old]
+
+
+def _input_keys(comparison_id: int) -> dict[str, str]:
+    return {name: f"{name}_{comparison_id}" for name in ("strength", "rationale", "flags")}
 
 
 def _is_on_screen(comparison_id: int) -> bool:
@@ -68,11 +95,15 @@ def _act(comparison_id: int, write) -> bool:
 
 def _judge(comparison_id: int, shown: str) -> None:
     actor, settings = context.current_actor(), context.get_settings()
-    strength = st.session_state.get(f"strength_{comparison_id}") if shown in ("left", "right") else None
+    inputs = {name: st.session_state.get(key) for name, key in _input_keys(comparison_id).items()}
+    strength = inputs["strength"] if shown in ("left", "right") else None
+    rationale = inputs["rationale"] or None
+    flags = list(inputs["flags"] or ())
     started = _timers().get(comparison_id)
     elapsed_ms = int((time.monotonic() - started) * 1000) if started is not None else None
-    rationale = st.session_state.get(f"rationale_{comparison_id}") or None
-    flags = list(st.session_state.get(f"flags_{comparison_id}") or ())
+    if _is_on_screen(comparison_id):  # before the write: nothing after it is sure to run
+        _kept(DRAFTS_KEY).pop(comparison_id, None)
+        _keep(SENT_KEY, comparison_id, inputs)
     _act(comparison_id, lambda session: judgments.submit(
         session, settings, actor=actor, comparison_id=comparison_id, shown=shown, strength=strength,
         rationale=rationale, flags=flags, time_spent_ms=elapsed_ms))
@@ -80,6 +111,8 @@ def _judge(comparison_id: int, shown: str) -> None:
 
 def _skip(comparison_id: int) -> None:
     actor = context.current_actor()
+    if _is_on_screen(comparison_id):
+        _kept(DRAFTS_KEY).pop(comparison_id, None)
     if _act(comparison_id, lambda session: queue.skip(session, actor=actor, comparison_id=comparison_id)):
         st.toast("Skipped: you will not see this pair again.", icon=":material/skip_next:")
 
@@ -94,6 +127,8 @@ def _undo() -> None:
     if comparison_id is None:
         st.toast("Nothing recent to undo.", icon=":material/info:")
         return
+    if comparison_id in _kept(SENT_KEY):  # shown again as it was judged
+        _keep(DRAFTS_KEY, comparison_id, _kept(SENT_KEY).pop(comparison_id))
     _timers().pop(comparison_id, None)
     st.toast("Your last judgment was withdrawn; judge that pair again.", icon=":material/undo:")
 
@@ -157,10 +192,15 @@ buttons[4].button("Skip", key=f"skip_{cid}", shortcut="S", on_click=_skip, args=
 buttons[5].button("Undo last", key="undo", shortcut="U", on_click=_undo, icon=":material/undo:",
                   width="stretch")
 
+keys = _input_keys(cid)
+for name, value in _kept(DRAFTS_KEY).get(cid, {}).items():
+    if keys[name] not in st.session_state and value:  # its widget was not drawn by the last run
+        st.session_state[keys[name]] = value
 with st.expander("Optional: strength, rationale, flags", expanded=False):
-    st.segmented_control("How much better (for A or B)?", options=list(judgments.STRENGTHS),
-                         format_func=judgments.STRENGTHS.get, key=f"strength_{cid}")
-    st.text_input("Rationale", key=f"rationale_{cid}", max_chars=judgments.MAX_RATIONALE_CHARS,
-                  placeholder="Why? (optional)")
-    st.pills("Flags", options=list(judgments.FLAGS), selection_mode="multi",
-             format_func=lambda f: f.replace("_", " "), key=f"flags_{cid}")
+    strength = st.segmented_control("How much better (for A or B)?", options=list(judgments.STRENGTHS),
+                                    format_func=judgments.STRENGTHS.get, key=keys["strength"])
+    rationale = st.text_input("Rationale", key=keys["rationale"], max_chars=judgments.MAX_RATIONALE_CHARS,
+                              placeholder="Why? (optional)")
+    flags = st.pills("Flags", options=list(judgments.FLAGS), selection_mode="multi",
+                     format_func=lambda f: f.replace("_", " "), key=keys["flags"])
+_keep(DRAFTS_KEY, cid, {"strength": strength, "rationale": rationale, "flags": flags})
