@@ -415,6 +415,21 @@ def test_no_more_pairs_is_handled(app_db, people):
     assert any("Nothing recent to undo" in t.value for t in at.toast)
 
 
+def test_empty_queue_checks_for_new_pairs_without_a_reload(app_db, people):
+    """A reload starts a new, logged-out browser session: the empty queue must not send the
+    annotator there, and offers a button that looks for new pairs instead."""
+    annotator, _ = people
+    at = _login(_app(), "ann")
+    [message] = [s.value for s in at.success]
+    assert "No more pairs" in message and "reload" not in message.lower()
+    with app_db.begin() as session:
+        make_comparisons(session, 1)
+    at.button(key="check_again").click().run()
+    assert not at.exception and not at.success
+    assert _shown_pair(at, app_db, annotator)[0] is not None
+    assert at.session_state["actor"].username == "ann"
+
+
 def test_chat_prompt_is_rendered_as_chat(app_db, people):
     with app_db.begin() as session:
         make_comparisons(session, 1, chat=True)

@@ -158,10 +158,13 @@ with help_box.popover("Guidelines", icon=":material/menu_book:", width="stretch"
     st.page_link("annotate/ui/pages/guidelines.py", label="Open the guidelines page", icon=":material/open_in_new:")
 
 if assignment is None:
+    # Not "reload the page": a reload starts a new browser session, which is logged out.
     st.success("No more pairs for you right now. Thank you! New pairs appear when an admin imports more "
-               "or when others release theirs; reload later.", icon=":material/task_alt:")
+               "or when others release theirs: check again later.", icon=":material/task_alt:")
     st.session_state[ON_SCREEN_KEY] = None
-    st.button("Undo last", key="undo", shortcut="U", on_click=_undo, icon=":material/undo:")
+    again, undo = st.columns(2, width=420)
+    again.button("Check for new pairs", key="check_again", icon=":material/refresh:", width="stretch")
+    undo.button("Undo last", key="undo", shortcut="U", on_click=_undo, icon=":material/undo:", width="stretch")
     st.stop()
 
 cid = assignment.comparison_id
