@@ -22,6 +22,9 @@ _FENCE_OPEN = re.compile(r"^( {0,3})(`{3,}(?=[^`\n]*$)|~{3,})[^\n]*$", re.MULTIL
 # first backtick), so such text stays escaped prose.
 _INLINE_CODE = re.compile(r"(?<![`\\])(`+)(?!`)(.+?)(?<!`)\1(?!`)")
 _DOLLAR = re.compile(r"(\\*)\$")
+# An "&" that starts a character reference ("&lt;", "&#60;", "&#x3c;"), which Markdown would
+# show as the character it names: escaped, "&lt;" is shown as written, like "<" itself.
+_CHAR_REF = re.compile(r"&(?=#[0-9]{1,7};|#[xX][0-9a-fA-F]{1,6};|[A-Za-z][A-Za-z0-9]{0,31};)")
 _IMAGE_OPEN = re.compile(r"!\[")
 # A link reference definition "[label]: url" at the start of a line, possibly
 # inside block quotes or list items.
@@ -138,6 +141,7 @@ def _escape_dollar(match: re.Match) -> str:
 
 
 def _escape_prose(prose: str) -> str:
+    prose = _CHAR_REF.sub("&amp;", prose)
     prose = prose.replace("<", "&lt;")
     prose = _IMAGE_OPEN.sub(r"!\\[", prose)
     prose = _REF_DEF.sub(lambda m: f"{m.group(1)}\\[{m.group(2)}]:", prose)
@@ -173,7 +177,8 @@ def safe_markdown(text: str) -> str:
 
     Outside code, as a further layer: link reference definitions are
     disabled, URLs of images (bare or ``<autolinked>``) are shown as code
-    instead of links, ``<`` is escaped so HTML is inert text, and ``$`` is
+    instead of links, ``<`` is escaped so HTML is inert text, the ``&`` of a
+    character reference is escaped so ``&lt;`` shows as written, and ``$`` is
     escaped so no LaTeX is rendered. Code (fenced blocks, indented blocks,
     which come back fenced, and one-line inline spans) is otherwise kept as
     written. Code is found with regular expressions, not a full CommonMark

@@ -74,6 +74,17 @@ def test_text_made_of_url_starts_is_neutralised_in_linear_time(unit):
     assert not _LIVE_IMAGE.search(out)
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("Write &lt; for < and &amp; for &.", "Write &amp;lt; for &lt; and &amp;amp; for &."),
+    ("&#60;b&#x3E; &copy; &nbsp;", "&amp;#60;b&amp;#x3E; &amp;copy; &amp;nbsp;"),
+    ("Q&A, a && b, &;", "Q&A, a && b, &;"),  # no reference: Markdown shows these as written
+    ("`&lt;` stays code", "`&lt;` stays code"),
+])
+def test_character_references_are_shown_as_written(text, expected):
+    """A response explaining HTML escapes must not be shown with them decoded ("Write < for <")."""
+    assert safe_markdown(text) == expected
+
+
 def test_ordinary_links_and_urls_are_kept():
     text = "read [the docs](https://example.com/docs) or https://example.com/page"
     assert safe_markdown(text) == text
