@@ -9,7 +9,9 @@ import streamlit as st
 
 from annotate.ui import context, nav
 
-st.set_page_config(page_title="prefloop", page_icon=":material/compare_arrows:", layout="wide")
+# An emoji icon: the browser draws it from a data: URL. A ":material/...:" page icon makes every
+# browser fetch the favicon from fonts.gstatic.com.
+st.set_page_config(page_title="prefloop", page_icon="⚖️", layout="wide")
 
 with context.stop_on_errors():
     context.get_settings()

@@ -195,6 +195,10 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
             page.set_default_timeout(TIMEOUT_MS)
             evil_requests: list[str] = []
             page.on("request", lambda request: "evil.example" in request.url and evil_requests.append(request.url))
+            # Nothing else leaves the server either (annotation sites may be offline or private).
+            elsewhere: list[str] = []
+            page.on("request", lambda request: request.url.startswith(("http:", "https:", "ws:", "wss:"))
+                    and not request.url.startswith(server) and elsewhere.append(request.url))
             page.goto(server)
             expect(page.get_by_role("button", name="Log in")).to_be_visible()
             _shot(page, "login", page.get_by_role("button", name="Log in"))
@@ -259,6 +263,7 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
             browser.close()
 
     assert evil_requests == []
+    assert elsewhere == []
     with database.read() as session:
         imported = session.scalars(select(Prompt.text).where(Prompt.text.like("Imported prompt %"))).all()
         assert sorted(imported) == ["Imported prompt 0", "Imported prompt 1"]
