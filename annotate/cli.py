@@ -154,7 +154,8 @@ def cmd_export(args) -> int:
             kind = {"trl-jsonl": "jsonl", "trl-parquet": "parquet", "datasets": "datasets"}[args.format]
             n = export.write_preferences(session, out, actor=actor, format=kind, filters=filters, margin=args.margin)
         else:
-            kind = {"judgments-csv": "csv", "judgments-jsonl": "jsonl"}[args.format]
+            kind = {"judgments-csv": "csv", "judgments-jsonl": "jsonl",
+                    "judgments-parquet": "parquet"}[args.format]
             n = export.write_judgments(session, out, actor=actor, format=kind, filters=filters)
     print(f"wrote {n} rows to {out}")
     return 0
@@ -233,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export preferences (TRL) or raw judgments")
     p.add_argument("--format", required=True,
-                   choices=["trl-jsonl", "trl-parquet", "datasets", "judgments-csv", "judgments-jsonl"])
+                   choices=["trl-jsonl", "trl-parquet", "datasets", "judgments-csv", "judgments-jsonl",
+                            "judgments-parquet"])
     p.add_argument("--out", required=True)
     p.add_argument("--since"), p.add_argument("--until")
     p.add_argument("--annotator", action="append")

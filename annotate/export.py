@@ -38,8 +38,10 @@ and the whole export is conversational.
 
 Extra columns: ``comparison_id``, ``prompt_id``, ``n_judgments`` (counted votes),
 ``agreement`` and ``source_tag`` (the comparison's tag, else its prompt's), and the
-ids the imported file gave (null where it gave none): ``external_id`` (the pair's
-row), ``prompt_external_id``, ``chosen_external_id`` and ``rejected_external_id``. With
+ids the imported file gave: ``external_id`` (the pair's row), ``prompt_external_id``,
+``chosen_external_id`` and ``rejected_external_id``; a missing tag or id is null in
+Parquet and ``datasets``, and ``""`` in JSONL (``datasets`` types a JSON column from
+the first 10 MB of the file, so a column null there and given later would not load). With
 ``margin=True`` a float ``margin``: the mean strength of the winning votes
 (slightly = 1, clearly = 2, much = 3; votes without a strength are left out of
 the mean) and 0 when none of them gave one (always 0 for tie and both-bad rows).
@@ -55,7 +57,10 @@ retracted rows are kept and flagged by ``state``; probes by ``is_probe``), with
 the prompt and both responses, and the imported ids (``external_id``,
 ``prompt_external_id``, ``response_a_external_id``, ``response_b_external_id``).
 Aggregation-only filters (``include_ties``, ``include_both_bad``,
-``min_agreement``) do not apply. In CSV, ``flags`` and
+``min_agreement``) do not apply. Parquet has typed columns (chat prompts as JSON
+strings, as in JSONL) and is the format to load large exports with ``datasets``:
+its JSON loader types each column from the file's first 10 MB, so a column that
+is null there (``strength``, ``retracted_at``, …) and set later would not load. In CSV, ``flags`` and
 chat prompts are JSON strings, booleans are ``true``/``false``, missing values
 are empty cells, and a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab
 or a carriage return is prefixed with a single quote (``'``) so spreadsheets do
@@ -378,9 +383,20 @@ def _preference_schema(conversational: bool, filters: ExportFilter, margin: bool
     return pa.schema(fields)
 
 
+_OPTIONAL_TEXT_COLUMNS = ("source_tag", "external_id", "prompt_external_id", "chosen_external_id",
+                          "rejected_external_id")
+"""Preference columns that may be missing: null in Parquet and ``datasets``, ``""`` in JSONL."""
+
+
 def _write_jsonl(batches: Iterable[list[dict[str, Any]]], out) -> None:
+    # ``datasets`` types a JSON column from the first block it reads (10 MB): an
+    # id that is null throughout that block and given later would fail to load,
+    # so a missing id or tag is written as "" (never null) in JSONL.
     for rows in batches:
         for row in rows:
+            for key in _OPTIONAL_TEXT_COLUMNS:
+                if row[key] is None:
+                    row[key] = ""
             out.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
         del rows
 
@@ -570,6 +586,43 @@ def _write_judgments_jsonl(rows: Iterable[dict[str, Any]], out: io.TextIOBase) -
     return n
 
 
+def _judgment_schema():
+    import pyarrow as pa
+
+    types = {
+        "annotator": pa.string(), "source": pa.string(), "choice": pa.string(), "choice_shown": pa.string(),
+        "rationale": pa.string(), "flags": pa.list_(pa.string()), "a_on_left": pa.bool_(),
+        "is_probe": pa.bool_(), "was_gold": pa.bool_(), "is_gold": pa.bool_(), "state": pa.string(),
+        "retracted_at": pa.string(), "acquisition_strategy": pa.string(), "acquisition_score": pa.float64(),
+        "created_at": pa.string(), "source_tag": pa.string(), "external_id": pa.string(),
+        "prompt_external_id": pa.string(), "response_a_external_id": pa.string(),
+        "response_b_external_id": pa.string(), "prompt": pa.string(), "response_a": pa.string(),
+        "response_b": pa.string(),
+    }  # every other column is an integer id, count or duration
+    return pa.schema([(name, types.get(name, pa.int64())) for name in JUDGMENT_FIELDS])
+
+
+def _write_judgments_parquet(rows: Iterable[dict[str, Any]], out) -> int:
+    """Typed columns (nulls keep their column's type), one row group per 2,000 judgments."""
+    n = 0
+
+    def batches() -> Iterator[list[dict[str, Any]]]:
+        nonlocal n
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == 2000:
+                n += len(batch)
+                yield batch
+                batch = []
+        if batch:
+            n += len(batch)
+            yield batch
+
+    _write_parquet(batches(), _judgment_schema(), out)
+    return n
+
+
 def judgment_rows(session: Session, *, actor: Actor,
                   filters: ExportFilter = ExportFilter()) -> list[dict[str, Any]]:
     """Every judgment matching ``filters`` with all its fields (see :data:`JUDGMENT_FIELDS`).
@@ -585,39 +638,42 @@ def judgment_rows(session: Session, *, actor: Actor,
 
 
 def _judgments_writer(format: str):
+    """``(write(rows, out) -> count, binary)`` for a judgment export format."""
     if format == "csv":
-        return _write_judgments_csv
+        return _write_judgments_csv, False
     if format == "jsonl":
-        return _write_judgments_jsonl
-    raise PrefloopError(f"unknown judgment export format {format!r}: use jsonl or csv")
+        return _write_judgments_jsonl, False
+    if format == "parquet":
+        return _write_judgments_parquet, True
+    raise PrefloopError(f"unknown judgment export format {format!r}: use jsonl, csv or parquet")
 
 
-def judgments_bytes(session: Session, *, actor: Actor, format: Literal["jsonl", "csv"],
+def judgments_bytes(session: Session, *, actor: Actor, format: Literal["jsonl", "csv", "parquet"],
                     filters: ExportFilter = ExportFilter()) -> bytes:
     """The raw judgment export as UTF-8 file contents (for ``st.download_button``). Admin only; audited."""
     require_admin(session, actor)
-    writer = _judgments_writer(format)
-    buffer = io.StringIO()
+    writer, binary = _judgments_writer(format)
+    buffer = io.BytesIO() if binary else io.StringIO()
     n = writer(_iter_judgments(session, filters), buffer)
     audit(session, actor, "export", kind="judgments", format=format,
           filters=filters.describe(), counts={"rows": n})
-    return buffer.getvalue().encode("utf-8")
+    return buffer.getvalue() if binary else buffer.getvalue().encode("utf-8")
 
 
 def write_judgments(session: Session, path: str | os.PathLike, *, actor: Actor,
-                    format: Literal["jsonl", "csv"], filters: ExportFilter = ExportFilter()) -> int:
+                    format: Literal["jsonl", "csv", "parquet"], filters: ExportFilter = ExportFilter()) -> int:
     """Write the raw judgment export to ``path`` (atomically) and return the number of rows.
 
     Rows are streamed from the database, so memory stays flat for large exports.
     Admin only; audited.
     """
     require_admin(session, actor)
-    writer = _judgments_writer(format)
+    writer, binary = _judgments_writer(format)
     target = Path(os.path.abspath(path))
     _check_target(target, folder=False)
     tmp = _temp_sibling(target)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as out:
+        with (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")) as out:
             n = writer(_iter_judgments(session, filters), out)
             out.flush()
             os.fsync(out.fileno())

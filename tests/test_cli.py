@@ -104,3 +104,9 @@ def test_export_cli_writes_trl_jsonl(env, tmp_path, hh_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 2312
     assert {"prompt", "chosen", "rejected"} <= set(lines[0])
+    raw = tmp_path / "judgments.parquet"
+    result = run(env, "export", "--format", "judgments-parquet", "--out", str(raw))
+    assert result.returncode == 0, result.stderr
+    import pyarrow.parquet as pq
+
+    assert pq.read_metadata(raw).num_rows == 2312  # the imported judgments

@@ -513,7 +513,7 @@ def test_judgments_jsonl(db, seeded, out):
     with db.begin() as session:
         assert export.write_judgments(session, path, actor=admin, format="jsonl") == 1
         raw = export.judgments_bytes(session, actor=admin, format="jsonl")
-        with pytest.raises(PrefloopError, match="jsonl or csv"):
+        with pytest.raises(PrefloopError, match="jsonl, csv or parquet"):
             export.judgments_bytes(session, actor=admin, format="xlsx")
     text = path.read_text(encoding="utf-8")
     assert "héllo ✓" in text  # ensure_ascii=False
@@ -547,7 +547,7 @@ def test_jsonl_loads_with_datasets(db, seeded, out, hf_offline, chat):
         expected = export.preference_rows(session, actor=admin, margin=True)
     assert n == len(expected) == (3 if chat else 2)
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line) for line in lines] == expected
+    assert [json.loads(line) for line in lines] == _as_jsonl(expected)
     ds = datasets.load_dataset("json", data_files=str(path), split="train",
                                cache_dir=str(hf_offline / "datasets"))
     assert {"prompt", "chosen", "rejected", "margin", "agreement"} <= set(ds.column_names)
@@ -623,7 +623,65 @@ def test_preferences_bytes_jsonl_matches_rows(db, seeded):
         rows = export.preference_rows(session, actor=admin)
         with pytest.raises(PrefloopError, match="jsonl or parquet"):
             export.preferences_bytes(session, actor=admin, format="datasets")
-    assert [json.loads(line) for line in data.decode("utf-8").splitlines()] == rows
+    assert [json.loads(line) for line in data.decode("utf-8").splitlines()] == _as_jsonl(rows)
+
+
+def _as_jsonl(rows):
+    """Preference rows as JSONL writes them: a missing tag or imported id is "" there, not null."""
+    optional = ("source_tag", "external_id", "prompt_external_id", "chosen_external_id", "rejected_external_id")
+    return [{k: ("" if k in optional and v is None else v) for k, v in row.items()} for row in rows]
+
+
+def test_large_jsonl_whose_ids_start_late_loads_with_datasets(db, seeded, out, hf_offline):
+    """``datasets`` types JSON columns from the first 10 MB: ids missing there and given later must still load."""
+    import datasets
+
+    big = "x" * 1_100_000
+
+    def build(f):
+        for i in range(6):  # about 13 MB; only the last pair (past the first 10 MB) has imported ids
+            c = f.comparison(a=f"{i}a{big}", b=f"{i}b{big}")
+            if i == 5:
+                c.external_id, c.source_tag = "row-5", "late"
+            f.votes(c, "a")
+
+    admin, _ = seeded(build)
+    path = out / "prefs.jsonl"
+    with db.begin() as session:
+        assert export.write_preferences(session, path, actor=admin, format="jsonl") == 6
+    assert path.stat().st_size > 10 * 2**20
+    ds = datasets.load_dataset("json", data_files=str(path), split="train",
+                               cache_dir=str(hf_offline / "datasets"))
+    assert ds.num_rows == 6
+    assert ds["external_id"] == [""] * 5 + ["row-5"] and ds["source_tag"][-1] == "late"
+
+
+def test_judgments_parquet_has_typed_columns_and_loads_with_datasets(db, seeded, out, hf_offline):
+    """Columns null in early rows keep their type (JSONL cannot say it), so ``datasets`` loads any size."""
+    import datasets
+
+    def build(f):
+        c1 = f.comparison(text="q1 ✓", a="a1", b="b1")
+        f.judge(c1, "u0", "a")  # no strength, rationale, score...
+        c2 = f.comparison(messages=CHAT)
+        f.judge(c2, "u1", "b", strength=2, rationale="=clear", flags=["unsafe"], acquisition_score=0.25,
+                acquisition_strategy="bald+diverse")
+
+    admin, _ = seeded(build)
+    path = out / "j.parquet"
+    with db.begin() as session:
+        assert export.write_judgments(session, path, actor=admin, format="parquet") == 2
+        downloaded = export.judgments_bytes(session, actor=admin, format="parquet")
+        expected = export.judgment_rows(session, actor=admin)
+    table = pq.read_table(path)
+    assert table.column_names == list(export.JUDGMENT_FIELDS)
+    assert str(table.schema.field("strength").type) == "int64"
+    assert str(table.schema.field("retracted_at").type) == "string"  # null in every row, still typed
+    assert table.to_pylist() == expected == pq.read_table(io.BytesIO(downloaded)).to_pylist()
+    assert expected[1]["rationale"] == "=clear" and json.loads(expected[1]["prompt"]) == CHAT
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train",
+                               cache_dir=str(hf_offline / "datasets"))
+    assert ds.to_list() == expected
 
 
 def test_failed_write_leaves_previous_file(db, seeded, out, monkeypatch):

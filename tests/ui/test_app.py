@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
@@ -506,7 +508,8 @@ def test_export_page_offers_every_download(app_db, people):
     at.switch_page(_page("admin_export.py"))
     at.run()
     labels = [e.proto.label for e in at.get("download_button")]
-    assert labels == ["TRL JSONL", "Parquet (datasets)", "Judgments CSV", "Judgments JSONL"]
+    assert labels == ["TRL JSONL", "Parquet (datasets)", "Judgments CSV", "Judgments JSONL",
+                      "Judgments Parquet (datasets)"]
 
 
 @pytest.fixture
@@ -538,6 +541,8 @@ def test_export_download_builds_the_file_and_reports_a_failure(app_db, people, d
     lines = _download(at, deferred_downloads, "Judgments JSONL").decode().splitlines()
     with app_db.read() as session:
         assert len(lines) == session.scalar(select(func.count()).select_from(Judgment))
+    table = pq.read_table(io.BytesIO(_download(at, deferred_downloads, "Judgments Parquet (datasets)")))
+    assert table.num_rows == len(lines)
     # The admin loses the role in another session: the download is refused server-side, and
     # the page says why on its next run (the browser itself only hears that it failed).
     _, boss = people

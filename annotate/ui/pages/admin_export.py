@@ -1,4 +1,4 @@
-"""Admin: download preferences (TRL JSONL / Parquet) and raw judgments (CSV / JSONL).
+"""Admin: download preferences (TRL JSONL / Parquet) and raw judgments (CSV / JSONL / Parquet).
 
 Files are built only when a download button is pressed (deferred data), so
 opening the page neither runs an export nor writes an audit event.
@@ -84,9 +84,12 @@ p2.download_button("Parquet (datasets)", _preferences("parquet"), file_name=f"pr
 st.subheader("Raw judgments")
 st.caption("Every judgment with its annotator, canonical and shown choice, side, timing and state "
            "(retracted and superseded rows included).")
-j1, j2 = st.columns(2)
+j1, j2, j3 = st.columns(3)
 j1.download_button("Judgments CSV", _judgments("csv"), file_name=f"judgments-{stamp}.csv", mime="text/csv",
                    key="dl_judgments_csv", icon=":material/download:", on_click="ignore")
 j2.download_button("Judgments JSONL", _judgments("jsonl"), file_name=f"judgments-{stamp}.jsonl",
                    mime="application/jsonl", key="dl_judgments_jsonl", icon=":material/download:",
+                   on_click="ignore")
+j3.download_button("Judgments Parquet (datasets)", _judgments("parquet"), file_name=f"judgments-{stamp}.parquet",
+                   mime="application/vnd.apache.parquet", key="dl_judgments_parquet", icon=":material/download:",
                    on_click="ignore")
