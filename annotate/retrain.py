@@ -51,6 +51,7 @@ from annotate.scoring import artifact_location
 from annotate.db import Database, open_database
 from annotate.errors import PrefloopError
 from annotate.models import (
+    Choice,
     Comparison,
     ComparisonStatus,
     Judgment,
@@ -155,6 +156,8 @@ class Snapshot:
     """
 
     max_judgment_id: int
+    max_comparison_id: int
+    """Comparisons above this id were created after the snapshot: no run has scored them yet."""
     n_judgments: int
     resp_ids: np.ndarray           # (R,) response ids, sorted
     resp_prompt_text: list[str]    # (R,) rendered prompt of each response
@@ -188,6 +191,7 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
     active = session.execute(select(ModelVersion.id, ModelVersion.artifact_path, ModelVersion.encoder_id,
                                     ModelVersion.metrics).where(ModelVersion.is_active)).first()
     max_id = session.scalar(select(func.max(Judgment.id)).where(Judgment.is_probe.is_(False))) or 0
+    max_comparison = session.scalar(select(func.max(Comparison.id))) or 0
     labels = session.execute(
         select(Judgment.choice, Judgment.strength, Comparison.response_a_id, Comparison.response_b_id,
                Prompt.content_hash)
@@ -218,6 +222,7 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
     resp_ids = np.fromiter((r[0] for r in resp), dtype=np.int64, count=len(resp))
     return Snapshot(
         max_judgment_id=int(max_id),
+        max_comparison_id=int(max_comparison),
         n_judgments=len(labels),
         resp_ids=resp_ids,
         resp_prompt_text=[rendered[r[1]] for r in resp],
@@ -461,6 +466,33 @@ def new_judgments(session) -> tuple[int, datetime | None, int | None]:
     return int(n), (last.finished_at or last.started_at) if last else None, last.id if last else None
 
 
+def new_pairs(session, options: campaign.CampaignOptions) -> int:
+    """Open comparisons created since the last finished run read the queue: the active model has not scored them.
+
+    They keep their random import priority until a run scores them. 0 without an
+    active model, and during the cold start (fewer usable labels than
+    ``options.cold_start``): a run then keeps the random order anyway.
+    """
+    if session.scalar(select(ModelVersion.id).where(ModelVersion.is_active)) is None:
+        return 0
+    last = _last_finished(session)
+    if last is None:
+        return 0
+    query = select(func.count(Comparison.id)).where(Comparison.status == ComparisonStatus.open)
+    watermark = (last.counts or {}).get("max_comparison_id")
+    if watermark is not None:
+        query = query.where(Comparison.id > int(watermark))
+    else:  # a run recorded before the watermark was
+        query = query.where(Comparison.created_at > last.started_at)
+    n = int(session.scalar(query) or 0)
+    if n and options.cold_start > 0:
+        usable = session.scalar(select(func.count(Judgment.id)).where(
+            *_label_filter(), Judgment.choice != Choice.both_bad)) or 0
+        if usable < options.cold_start:
+            return 0
+    return n
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -470,7 +502,8 @@ def run_once(settings: Settings, force: bool = False, *, db: Database | None = N
     """One retrain + rescore cycle under the retrain lock.
 
     Skipped (no run recorded) when another run holds the lock, or, unless
-    ``force``, when no judgment arrived since the last finished run.
+    ``force``, when no judgment arrived since the last finished run and no
+    open pair was created since (:func:`new_pairs`).
     ``encoder`` and ``train_config`` override the configured encoder and
     ``rm.train.TrainConfig()`` (tests and benchmarks).
     """
@@ -487,8 +520,9 @@ def run_once(settings: Settings, force: bool = False, *, db: Database | None = N
                 total = session.scalar(select(func.count(Judgment.id)).where(*_label_filter())) or 0
                 if total == 0:
                     return RetrainResult("skipped", "no judgments yet: label some pairs first")
-                if not force and last_id is not None and n_new == 0:
-                    return RetrainResult("skipped", f"no new judgments since run {last_id} (use --force)")
+                if (not force and last_id is not None and n_new == 0
+                        and new_pairs(session, campaign.get_options(session, settings)) == 0):
+                    return RetrainResult("skipped", f"no new judgments or pairs since run {last_id} (use --force)")
                 run = TrainingRun(status="running", step="start", host=socket.gethostname()[:256],
                                   pid=os.getpid(), heartbeat_at=utcnow(),
                                   counts={"dead_runs_marked": len(dead)} if dead else {})
@@ -569,7 +603,8 @@ class _Run:
         usable = np.isin(snap.lab_outcome, (A_WINS, B_WINS, TIE))
         test_mask = held_out_mask(snap.lab_group, TEST_FRACTION)
         self.counts.update(
-            max_judgment_id=snap.max_judgment_id, n_judgments=snap.n_judgments,
+            max_judgment_id=snap.max_judgment_id, max_comparison_id=snap.max_comparison_id,
+            n_judgments=snap.n_judgments,
             n_train=int((usable & ~test_mask).sum()), n_test=int((usable & test_mask).sum()),
             n_prompts=int(len(set(snap.lab_group.tolist()))), n_open=int(len(snap.open_ids)),
             n_responses=int(len(snap.resp_ids)))
@@ -763,8 +798,12 @@ def _failures_in_a_row(session) -> tuple[int, datetime | None]:
 def due(session, settings: Settings, *, since: datetime) -> tuple[bool, str]:
     """Whether the watcher should retrain now, and why.
 
-    After a failed run the watcher waits (:data:`RETRY_MINUTES`, longer after
-    each failure in a row) instead of training again at its next poll.
+    It fires after ``retrain_every_labels`` new judgments, after
+    ``retrain_every_minutes`` once one arrived, and when open pairs were
+    created since the last finished run (:func:`new_pairs`), so imported pairs
+    are ranked without waiting for labels. After a failed run the watcher waits
+    (:data:`RETRY_MINUTES`, longer after each failure in a row) instead of
+    training again at its next poll.
     """
     options = campaign.get_options(session, settings)
     n_new, last_at, _ = new_judgments(session)
@@ -775,6 +814,8 @@ def due(session, settings: Settings, *, since: datetime) -> tuple[bool, str]:
         fire = n_new >= 1 and utcnow() - baseline >= timedelta(minutes=options.retrain_every_minutes)
         why = (f"{n_new} new judgments and {options.retrain_every_minutes:g} minutes passed" if fire
                else f"{n_new} new judgments")
+    if not fire and (n_pairs := new_pairs(session, options)):
+        fire, why = True, f"{why}; {n_pairs} new pairs the active model has not scored"
     if fire:
         failures, failed_at = _failures_in_a_row(session)
         if failures and failed_at is not None:

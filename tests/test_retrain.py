@@ -679,3 +679,45 @@ def test_watcher_backs_off_after_a_failed_run(db, rt_settings):
         stop.set()
         thread.join(30)
     assert _n_runs(db, "failed") == 1
+
+
+def test_pairs_created_after_a_run_make_the_watcher_retrain_once(db, rt_settings):
+    """Imported pairs with no new labels are scored by the next run, not left at their random priority."""
+    from datetime import timedelta
+
+    from annotate.models import utcnow
+
+    started = utcnow() - timedelta(minutes=1)
+    with db.begin() as s:
+        add_pairs(s, 1000, 5, judged=False)
+    with db.read() as s:
+        assert not retrain.due(s, rt_settings, since=started)[0]  # no judgments, no model: nothing to rank with
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True)
+    _save_options(db, rt_settings, retrain_every_labels=1000, retrain_every_minutes=600)
+    first = retrain.run_once(rt_settings, db=db)
+    assert first.status == "succeeded", first.summary()
+    with db.read() as s:
+        assert retrain.due(s, rt_settings, since=started) == (False, "0 new judgments")
+
+    with db.begin() as s:
+        imported = add_pairs(s, 2000, 12, judged=False)
+    with db.read() as s:
+        fire, why = retrain.due(s, rt_settings, since=started)
+        assert [s.get(Comparison, c).priority_strategy for c in imported] == [None] * 12
+    assert fire and "12 new pairs" in why
+
+    second = retrain.run_once(rt_settings, db=db)  # not forced: the new pairs are reason enough
+    assert second.status in ("succeeded", "rejected"), second.summary()
+    with db.read() as s:
+        state = priorities_state(s)
+        assert all(state[c][3] == active_id(s) and state[c][2] not in (None, "random") for c in imported)
+        assert retrain.due(s, rt_settings, since=started) == (False, "0 new judgments")
+    assert retrain.run_once(rt_settings, db=db).status == "skipped"
+
+    # During the cold start a run keeps the random order: new pairs are no reason to retrain.
+    _save_options(db, rt_settings, cold_start=10_000)
+    with db.begin() as s:
+        add_pairs(s, 3000, 3, judged=False)
+    with db.read() as s:
+        assert not retrain.due(s, rt_settings, since=started)[0]
