@@ -72,7 +72,12 @@ class Overview:
     labels_since_last_run: int
     retrain_every_labels: int
     next_retrain_at: datetime | None
-    """When the watcher's time trigger fires if at least one new label arrived (None before any run)."""
+    """When the watcher may next retrain: while it waits after failed runs, the end of that wait;
+    else when its time trigger fires if at least one new label arrived (None before any run)."""
+    retrain_due: bool
+    """Whether the watcher retrains at its next poll (:func:`annotate.retrain.check_due`)."""
+    retrain_reason: str
+    """The watcher's reason for retraining or waiting, e.g. the wait after failed runs."""
     period_start: datetime
     now: datetime
 
@@ -168,10 +173,9 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
     active = session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True)))
     last_run = session.scalar(select(TrainingRun).order_by(TrainingRun.started_at.desc(), TrainingRun.id.desc())
                               .limit(1))
-    # The watcher's own rule (annotate.retrain.due): labels since the last finished run, or time once any arrived.
-    since_run, last_finished_at, _ = retrain.new_judgments(session)
-    next_at = (last_finished_at + timedelta(minutes=options.retrain_every_minutes)
-               if last_finished_at is not None else None)
+    # The watcher's own rule, back-off after failed runs included. Before any finished run the time
+    # trigger counts from the watcher's start, which this process cannot know: from now, so not due on time.
+    due = retrain.check_due(session, settings, since=now, now=now)
     return Overview(
         prompts=session.scalar(select(func.count(Prompt.id))) or 0,
         comparisons=sum(by_status.values()),
@@ -191,9 +195,11 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
         last_run=None if last_run is None else {
             "id": last_run.id, "status": last_run.status, "started_at": last_run.started_at,
             "finished_at": last_run.finished_at, "error": last_run.error},
-        labels_since_last_run=int(since_run),
+        labels_since_last_run=due.new_judgments,
         retrain_every_labels=options.retrain_every_labels,
-        next_retrain_at=next_at,
+        next_retrain_at=due.next_at,
+        retrain_due=due.due,
+        retrain_reason=due.reason,
         period_start=since,
         now=now,
     )

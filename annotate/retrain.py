@@ -795,35 +795,61 @@ def _failures_in_a_row(session) -> tuple[int, datetime | None]:
     return int(n or 0), at
 
 
-def due(session, settings: Settings, *, since: datetime) -> tuple[bool, str]:
-    """Whether the watcher should retrain now, and why.
+@dataclass(frozen=True)
+class DueCheck:
+    """What :func:`check_due` found: whether the watcher retrains now, why, and when it next may."""
+
+    due: bool
+    reason: str
+    new_judgments: int
+    new_pairs: int
+    failures: int
+    """Failed runs in a row since the last finished one."""
+    next_at: datetime | None
+    """When the watcher may next retrain: the end of the wait after failed runs while it waits,
+    else when the time trigger fires (if a judgment arrived); None before any finished run."""
+
+
+def check_due(session, settings: Settings, *, since: datetime, now: datetime | None = None) -> DueCheck:
+    """Whether the watcher should retrain at ``now``, why, and when it next may (the watcher's one rule).
 
     It fires after ``retrain_every_labels`` new judgments, after
-    ``retrain_every_minutes`` once one arrived, and when open pairs were
-    created since the last finished run (:func:`new_pairs`), so imported pairs
-    are ranked without waiting for labels. After a failed run the watcher waits
+    ``retrain_every_minutes`` once one arrived (counted from the last finished
+    run, or from ``since`` before any), and when open pairs were created since
+    the last finished run (:func:`new_pairs`), so imported pairs are ranked
+    without waiting for labels. After a failed run it waits
     (:data:`RETRY_MINUTES`, longer after each failure in a row) instead of
     training again at its next poll.
     """
+    now = now or utcnow()
     options = campaign.get_options(session, settings)
+    every = timedelta(minutes=options.retrain_every_minutes)
     n_new, last_at, _ = new_judgments(session)
+    time_at = last_at + every if last_at is not None else None
+    n_pairs = 0
     if n_new >= options.retrain_every_labels:
         fire, why = True, f"{n_new} new judgments"
     else:
         baseline = last_at or since
-        fire = n_new >= 1 and utcnow() - baseline >= timedelta(minutes=options.retrain_every_minutes)
+        fire = n_new >= 1 and now - baseline >= every
         why = (f"{n_new} new judgments and {options.retrain_every_minutes:g} minutes passed" if fire
                else f"{n_new} new judgments")
-    if not fire and (n_pairs := new_pairs(session, options)):
-        fire, why = True, f"{why}; {n_pairs} new pairs the active model has not scored"
-    if fire:
-        failures, failed_at = _failures_in_a_row(session)
-        if failures and failed_at is not None:
-            retry_at = failed_at + timedelta(minutes=RETRY_MINUTES[min(failures, len(RETRY_MINUTES)) - 1])
-            if utcnow() < retry_at:
-                return False, (f"{why}; the last {failures} run(s) failed, next try after "
-                               f"{retry_at:%Y-%m-%d %H:%M:%S} UTC")
-    return fire, why
+        if not fire and (n_pairs := new_pairs(session, options)):
+            fire, why = True, f"{why}; {n_pairs} new pairs the active model has not scored"
+    failures, failed_at = _failures_in_a_row(session)
+    if failures and failed_at is not None:
+        retry_at = failed_at + timedelta(minutes=RETRY_MINUTES[min(failures, len(RETRY_MINUTES)) - 1])
+        if now < retry_at:
+            wait = (f"the last {failures} run(s) failed, next try after {retry_at:%Y-%m-%d %H:%M:%S} UTC")
+            return DueCheck(False, f"{why}; {wait}", n_new, n_pairs, failures,
+                            retry_at if time_at is None else max(retry_at, time_at))
+    return DueCheck(fire, why, n_new, n_pairs, failures, time_at)
+
+
+def due(session, settings: Settings, *, since: datetime) -> tuple[bool, str]:
+    """``(whether the watcher should retrain now, why)``: :func:`check_due` at this moment."""
+    check = check_due(session, settings, since=since)
+    return check.due, check.reason
 
 
 def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float = 5.0,

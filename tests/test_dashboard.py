@@ -105,6 +105,37 @@ def test_overview_active_model_and_next_retrain(db, settings, seeded):
     assert ov.next_retrain_at == now - timedelta(minutes=50) + timedelta(minutes=options.retrain_every_minutes)
 
 
+def test_overview_next_retrain_shows_the_wait_after_failed_runs(db, settings, seeded):
+    """The next-retrain figure follows the watcher's rule: not 'due' while it waits after failures."""
+    from annotate import retrain
+
+    now = seeded["now"]
+    with db.begin() as s:
+        seen = s.scalar(select(func.max(Judgment.id)).where(Judgment.created_at < now - timedelta(hours=1)))
+        s.add(TrainingRun(status="succeeded", started_at=now - timedelta(hours=1),
+                          finished_at=now - timedelta(minutes=50), counts={"max_judgment_id": seen}))
+        campaign.update_options(s, settings, actor=seeded["admin"], retrain_every_labels=5)
+    with db.read() as s:
+        ov = dashboard.overview(s, settings, actor=seeded["admin"], now=now)
+        options = campaign.get_options(s, settings)
+    assert ov.retrain_due and "6 new judgments" in ov.retrain_reason  # 6 >= 5
+    assert ov.next_retrain_at == now - timedelta(minutes=50) + timedelta(minutes=options.retrain_every_minutes)
+
+    # Two runs in a row failed since, the latest a minute ago: the watcher waits 2 minutes after it.
+    with db.begin() as s:
+        for ago in (3, 1):
+            s.add(TrainingRun(status="failed", step="train", error="disk full",
+                              started_at=now - timedelta(minutes=ago + 1), finished_at=now - timedelta(minutes=ago)))
+    with db.read() as s:
+        ov = dashboard.overview(s, settings, actor=seeded["admin"], now=now)
+        watcher = retrain.check_due(s, settings, since=now, now=now)
+        later = dashboard.overview(s, settings, actor=seeded["admin"], now=now + timedelta(minutes=1, seconds=5))
+    assert ov.next_retrain_at == now + timedelta(minutes=1)
+    assert not ov.retrain_due and "2 run(s) failed" in ov.retrain_reason
+    assert (ov.retrain_due, ov.retrain_reason, ov.next_retrain_at) == (watcher.due, watcher.reason, watcher.next_at)
+    assert later.retrain_due and later.retrain_reason == "6 new judgments"
+
+
 def test_annotator_table_figures(db, seeded):
     with db.read() as s:
         report = dashboard.annotator_table(s, actor=seeded["admin"])

@@ -74,6 +74,20 @@ def test_overview_shows_the_seeded_figures(app_db, people):
     assert any("60 of 120 judgments" in p.proto.text for p in at.get("progress"))
 
 
+def test_overview_next_retrain_shows_the_watchers_wait_after_a_failed_run(app_db, people):
+    from annotate.models import TrainingRun
+
+    _seed(app_db, people)  # 60 new judgments, no run yet: due on labels
+    at = _open(people[1], "overview.py")
+    assert any(c.value.startswith("Next retrain: due now (60 new judgments)") for c in at.caption)
+    with app_db.begin() as s:
+        s.add(TrainingRun(status="failed", step="train", error="disk full", started_at=utcnow(),
+                          finished_at=utcnow()))
+    at.button(key="overview_refresh").click().run(timeout=TIMEOUT)  # the figures are cached for 30 s
+    captions = [c.value for c in at.caption if c.value.startswith("Next retrain")]
+    assert len(captions) == 1 and "not before" in captions[0] and "the last 1 run(s) failed" in captions[0]
+
+
 def test_annotators_page_flags_the_left_clicker(app_db, people):
     _seed(app_db, people)
     at = _open(people[1], "annotators.py")

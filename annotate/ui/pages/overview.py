@@ -86,8 +86,13 @@ if ov.last_run is not None:
     when = ov.last_run["finished_at"] or ov.last_run["started_at"]
     st.caption(f"Last training run #{ov.last_run['id']}: {ov.last_run['status']} "
                f"at {when:%Y-%m-%d %H:%M} UTC. {ov.labels_since_last_run:,} new judgments since.")
-if ov.next_retrain_at is not None:
-    st.caption(f"Time trigger: {ov.next_retrain_at:%Y-%m-%d %H:%M} UTC (if `prefloop retrain --watch` runs "
-               "and at least one new judgment arrived).")
+# The watcher's own rule (annotate.retrain.check_due), the wait after failed runs included.
+if ov.retrain_due:
+    st.caption(f"Next retrain: due now ({ov.retrain_reason}), if `prefloop retrain --watch` runs.")
+elif ov.next_retrain_at is not None:
+    st.caption(f"Next retrain: not before {ov.next_retrain_at:%Y-%m-%d %H:%M} UTC ({ov.retrain_reason}), "
+               "if `prefloop retrain --watch` runs; on time only once a new judgment arrived.")
 elif ov.last_run is None:
     st.caption("No training run yet: the first retrain fires on labels.")
+else:
+    st.caption(f"Next retrain: not yet ({ov.retrain_reason}).")
