@@ -81,6 +81,9 @@ ACQ_CANDIDATES = 2048
 """Pairs (best by strategy score) handed to batch selection with their features."""
 ACQ_LABELLED = 2048
 """Most recent labelled pairs given to strategies as already covered."""
+MIN_HELD_OUT_PAIRS = 30
+"""Decisive held-out pairs below which the promotion gate does not compare accuracies (too noisy): the
+model trained on more labels is promoted instead (:func:`promotion_decision`)."""
 
 
 class Stopped(PrefloopError):
@@ -121,12 +124,16 @@ def _fmt(v) -> str:
 
 
 def promotion_decision(new_accuracy: float | None, active_accuracy: float | None, tolerance: float,
-                       *, has_active: bool, active_loadable: bool = True) -> tuple[bool, str]:
+                       *, has_active: bool, active_loadable: bool = True, n_held_out: int | None = None,
+                       new_n_train: int | None = None, active_n_train: int | None = None) -> tuple[bool, str]:
     """The promotion gate: ``(promote, reason)``.
 
     The first model is always promoted, and so is any model replacing an
     active one whose artifact cannot be loaded (it can score nothing: neither
-    the queue nor ``prefloop score``). Otherwise the new model is promoted
+    the queue nor ``prefloop score``). With fewer than
+    :data:`MIN_HELD_OUT_PAIRS` decisive held-out pairs (``n_held_out``, when
+    given) accuracy cannot tell the models apart, so the model trained on more
+    labels wins (the new one on a tie). Otherwise the new model is promoted
     unless its held-out accuracy is worse than the active model's by more than
     ``tolerance``; a new model without held-out labels is not promoted over an
     existing one.
@@ -135,6 +142,12 @@ def promotion_decision(new_accuracy: float | None, active_accuracy: float | None
         return True, "first model"
     if not active_loadable:
         return True, "the active model's artifact cannot be loaded, so it cannot score anything"
+    if n_held_out is not None and n_held_out < MIN_HELD_OUT_PAIRS:
+        few = (f"only {n_held_out} decisive held-out pairs (fewer than {MIN_HELD_OUT_PAIRS}), "
+               "too few to compare accuracies")
+        if new_n_train is None or active_n_train is None or new_n_train >= active_n_train:
+            return True, f"{few}: promoted the model trained on more labels ({new_n_train} vs active {active_n_train})"
+        return False, f"{few}: kept the model trained on more labels (active {active_n_train} vs new {new_n_train})"
     if new_accuracy is None or math.isnan(new_accuracy):
         return False, "no held-out labels to compare with the active model"
     if active_accuracy is None or math.isnan(active_accuracy):
@@ -172,7 +185,7 @@ class Snapshot:
     open_ib: np.ndarray
     open_group: np.ndarray         # prompt id per open comparison
     options: campaign.CampaignOptions
-    active: dict | None            # id, artifact_path, encoder_id, metrics of the active version
+    active: dict | None            # id, artifact_path, encoder_id, metrics, n_train of the active version
 
 
 def _label_filter():
@@ -189,7 +202,8 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     options = campaign.get_options(session, settings)
     active = session.execute(select(ModelVersion.id, ModelVersion.artifact_path, ModelVersion.encoder_id,
-                                    ModelVersion.metrics).where(ModelVersion.is_active)).first()
+                                    ModelVersion.metrics, ModelVersion.n_train)
+                             .where(ModelVersion.is_active)).first()
     max_id = session.scalar(select(func.max(Judgment.id)).where(Judgment.is_probe.is_(False))) or 0
     max_comparison = session.scalar(select(func.max(Comparison.id))) or 0
     labels = session.execute(
@@ -645,10 +659,14 @@ class _Run:
         active_metrics, active_model = self._evaluate_active(snap, encoder, spec, test)
         new_acc = (new_metrics or {}).get("accuracy")
         active_acc = (active_metrics or {}).get("accuracy") if snap.active else None
+        n_held_out = int((new_metrics or {}).get("n_decisive") or 0)
         promote, reason = promotion_decision(new_acc, active_acc, settings.promote_tolerance,
                                              has_active=snap.active is not None,
-                                             active_loadable=snap.active is None or active_model is not None)
+                                             active_loadable=snap.active is None or active_model is not None,
+                                             n_held_out=n_held_out, new_n_train=self.counts["n_train"],
+                                             active_n_train=snap.active["n_train"] if snap.active else None)
         metrics = {"new": new_metrics, "active": active_metrics, "promoted": promote, "reason": reason,
+                   "n_held_out_decisive": n_held_out,
                    "active_version_id": snap.active["id"] if snap.active else None}
         _record(self.db, self.run_id, metrics=metrics, counts=dict(self.counts))
 

@@ -139,6 +139,34 @@ def test_promotion_gate_rule():
     assert retrain.promotion_decision(float("nan"), 0.8, 0.01, has_active=True)[0] is False
 
 
+def test_promotion_gate_with_too_few_held_out_pairs_promotes_the_model_trained_on_more_labels():
+    few = retrain.MIN_HELD_OUT_PAIRS - 1
+    # Below the minimum, accuracy on a handful of pairs is noise: more labels win.
+    ok, reason = retrain.promotion_decision(0.5, 0.9, 0.01, has_active=True, n_held_out=few,
+                                            new_n_train=50, active_n_train=40)
+    assert ok is True and f"only {few} decisive held-out pairs" in reason and "more labels" in reason
+    ok, reason = retrain.promotion_decision(0.95, 0.5, 0.01, has_active=True, n_held_out=few,
+                                            new_n_train=30, active_n_train=40)
+    assert ok is False and "kept the model trained on more labels" in reason
+    # No held-out pairs at all: no longer a reason to keep an older model for ever.
+    ok, reason = retrain.promotion_decision(float("nan"), 0.9, 0.01, has_active=True, n_held_out=0,
+                                            new_n_train=50, active_n_train=40)
+    assert ok is True and "only 0 decisive held-out pairs" in reason
+    # At the minimum the accuracy rule decides, as before.
+    enough = retrain.MIN_HELD_OUT_PAIRS
+    ok, reason = retrain.promotion_decision(0.5, 0.9, 0.01, has_active=True, n_held_out=enough,
+                                            new_n_train=50, active_n_train=40)
+    assert ok is False and "worse" in reason
+    assert retrain.promotion_decision(0.89, 0.9, 0.01, has_active=True, n_held_out=enough,
+                                      new_n_train=30, active_n_train=40)[0] is True
+    assert retrain.promotion_decision(float("nan"), 0.9, 0.01, has_active=True, n_held_out=enough,
+                                      new_n_train=50, active_n_train=40)[0] is False
+    # The first model and a broken active one are promoted whatever the held-out set.
+    assert retrain.promotion_decision(None, None, 0.01, has_active=False, n_held_out=0, new_n_train=5)[0] is True
+    assert retrain.promotion_decision(0.5, 0.9, 0.01, has_active=True, active_loadable=False, n_held_out=0,
+                                      new_n_train=5, active_n_train=40)[0] is True
+
+
 @pytest.mark.parametrize("name", ["margin", "bald"])
 def test_candidate_priorities_match_the_full_pool(name, monkeypatch):
     """Batch selection on the best candidates gives the order the strategy gives on the whole pool."""
@@ -284,6 +312,7 @@ def test_promotion_gate_end_to_end(db, rt_settings):
         add_pairs(s, 5000, 400, judged=True, wrong=True, where=lambda ph: not held_out(ph))
         state = priorities_state(s)
     third = retrain.run_once(rt_settings, db=db)
+    assert third.metrics["new"]["n_decisive"] >= retrain.MIN_HELD_OUT_PAIRS  # enough to compare accuracies
     assert third.status == "rejected", third.summary()
     assert not third.promoted and "worse" in third.message
     with db.read() as s:
@@ -295,6 +324,26 @@ def test_promotion_gate_end_to_end(db, rt_settings):
         after = priorities_state(s)
     open_now = [cid for cid, v in after.items() if v[3] is not None]
     assert open_now and all(after[c][3] == second.model_version_id for c in open_now)
+
+
+def test_without_held_out_pairs_the_model_trained_on_more_labels_is_promoted(db, rt_settings):
+    """Every prompt on the training side: no held-out accuracy, so the gate does not block newer models."""
+    training_side = lambda ph: not held_out(ph)  # noqa: E731
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True, where=training_side)
+        add_pairs(s, 1000, 10, judged=False)
+    first = retrain.run_once(rt_settings, db=db)
+    assert first.status == "succeeded" and first.counts["n_test"] == 0, first.summary()
+    with db.begin() as s:
+        add_pairs(s, 2000, 20, judged=True, where=training_side)
+    second = retrain.run_once(rt_settings, db=db)
+    assert second.status == "succeeded" and second.promoted, second.summary()
+    assert "only 0 decisive held-out pairs" in second.message and "(60 vs active 40)" in second.message
+    with db.read() as s:
+        assert active_id(s) == second.model_version_id
+        run = s.get(TrainingRun, second.run_id)
+        assert run.metrics["reason"] == second.message and run.metrics["n_held_out_decisive"] == 0
+        assert s.get(ModelVersion, second.model_version_id).metrics["gate"] == second.message
 
 
 def test_cold_start_keeps_seeded_priorities(db, rt_settings):
