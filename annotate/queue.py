@@ -4,11 +4,20 @@ A comparison is served to an annotator when it is open, needs more judgments,
 has not been judged (or skipped) by them, and is not leased to others beyond
 what its overlap allows; highest priority first. The claim inserts a lease.
 
+A lease that ran out while its pair was on screen is renewed at the
+annotator's next request when the pair is still theirs to judge (open, and
+with room under its overlap), so the pair does not change under them. When
+there is no room the expired lease hides nothing: the pair can be claimed
+again once it has room.
+
 Concurrency: on PostgreSQL candidate rows are locked with ``FOR UPDATE SKIP
 LOCKED`` and the capacity is re-counted by a fresh statement *after* the lock
 is held (under READ COMMITTED a new statement sees every lease committed by
 whoever held the lock before). Submitting a judgment updates the comparison
-row, so it serialises with claims on that row. On SQLite every write
+row, so it serialises with claims on that row. Renewing an expired lease
+locks the annotator's lease rows, then the comparison row, waiting for it
+rather than skipping it (skipping would swap the pair on screen), and
+re-counts the same way. On SQLite every write
 transaction is ``BEGIN IMMEDIATE``, which serialises writers outright.
 
 Gold pairs and self-consistency probes are mixed in at the configured rates;
@@ -23,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, select, text
+from sqlalchemy import and_, delete, exists, func, or_, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -43,6 +52,7 @@ from annotate.models import (
 from annotate.settings import Settings
 
 CANDIDATES_PER_CLAIM = 8
+REORDERING = "the queue is being reordered by the retraining job; try again in a few seconds"
 
 
 @dataclass(frozen=True)
@@ -78,9 +88,13 @@ def _live_judgment(comparison_id, annotator_id):
     )
 
 
-def _own_lease(comparison_id, annotator_id):
-    """Any lease row of mine for the pair: a live one, or one I skipped."""
-    return exists().where(Lease.comparison_id == comparison_id, Lease.annotator_id == annotator_id)
+def _own_lease(comparison_id, annotator_id, now):
+    """A lease of mine that keeps the pair out of my claims: a live one, or one I skipped.
+
+    An expired one does not: renewing it needs room, and without room it must not
+    hide the pair from me once room returns."""
+    return exists().where(Lease.comparison_id == comparison_id, Lease.annotator_id == annotator_id,
+                          or_(Lease.skipped.is_(True), Lease.expires_at > now))
 
 
 def _others_live_leases(comparison_id, annotator_id, now):
@@ -101,7 +115,8 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
     """Lease and return the next comparison for ``actor``, or None when nothing is left.
 
     A live lease the annotator already holds is returned first, so a reload (or
-    a retrain that reorders the queue) never changes the pair on screen.
+    a retrain that reorders the queue) never changes the pair on screen; then
+    one of theirs that expired, renewed if they may still judge its pair.
     """
     user = require_active(session, actor)
     now = now or utcnow()
@@ -110,6 +125,9 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
         .order_by(Lease.created_at, Lease.id).limit(1))
     if held is not None:
         return _assignment(session, held)
+    renewed = _renew_expired(session, settings, user.id, now)
+    if renewed is not None:
+        return _assignment(session, renewed)
 
     n_done = session.scalar(select(func.count(Judgment.id)).where(Judgment.annotator_id == user.id)) or 0
     lease = None
@@ -131,7 +149,7 @@ def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: st
             Comparison.status == ComparisonStatus.open,
             Comparison.is_gold.is_(gold),
             ~_live_judgment(Comparison.id, annotator_id),
-            ~_own_lease(Comparison.id, annotator_id),
+            ~_own_lease(Comparison.id, annotator_id, now),
         )
         .order_by(Comparison.priority.desc(), Comparison.id.desc())
         .limit(limit)
@@ -160,24 +178,77 @@ def _claim(session: Session, settings: Settings, annotator_id: int, now: datetim
                     annotator_id, now, gold=gold, dialect=dialect, skip_locked=False, limit=1))
                 session.execute(text("SET LOCAL lock_timeout = 0"))
         except OperationalError:
-            raise QueueError("the queue is being reordered by the retraining job; try again in a few seconds") from None
+            raise QueueError(REORDERING) from None
     return lease
+
+
+def _has_room(session: Session, comparison_id: int, annotator_id: int, now: datetime) -> bool:
+    """Whether the pair's overlap leaves room for this annotator: judgments plus others' live leases,
+    counted by fresh statements (call it with the comparison row locked)."""
+    others = session.scalar(
+        select(func.count(Lease.id)).where(
+            Lease.comparison_id == comparison_id, Lease.annotator_id != annotator_id,
+            Lease.expires_at > now, Lease.is_probe.is_(False)))
+    count, target = session.execute(
+        select(Comparison.judgment_count, Comparison.overlap_target).where(Comparison.id == comparison_id)
+        .execution_options(populate_existing=True)).one()
+    return count + others < target
+
+
+def _lock_comparison(session: Session, comparison_id: int) -> Comparison | None:
+    """The comparison row, locked on PostgreSQL (waiting for a claim or a retrain that holds it)."""
+    query = select(Comparison).where(Comparison.id == comparison_id).execution_options(populate_existing=True)
+    if session.bind.dialect.name != "postgresql":
+        return session.scalar(query)
+    try:
+        with session.begin_nested():
+            session.execute(text("SET LOCAL lock_timeout = '20s'"))
+            comparison = session.scalar(query.with_for_update(of=Comparison))
+            session.execute(text("SET LOCAL lock_timeout = 0"))
+    except OperationalError:
+        raise QueueError(REORDERING) from None
+    return comparison
+
+
+def renew_lease(session: Session, settings: Settings, lease: Lease, now: datetime) -> bool:
+    """Extend ``lease`` (not skipped, expired) if its annotator may still judge its pair; False if not.
+
+    A probe needs the judgment it repeats to be live; any other pair must be open,
+    not judged by them, and (unless gold) have room, counted with the row locked as
+    a claim does. The caller holds the lease row (locked on PostgreSQL).
+    """
+    comparison = _lock_comparison(session, lease.comparison_id)
+    judged = session.scalar(select(_live_judgment(lease.comparison_id, lease.annotator_id)))
+    if lease.is_probe:
+        servable = judged
+    else:
+        servable = (comparison is not None and comparison.status is ComparisonStatus.open and not judged
+                    and (comparison.is_gold or _has_room(session, comparison.id, lease.annotator_id, now)))
+    if servable:
+        lease.expires_at = now + timedelta(seconds=settings.lease_seconds)
+        session.flush()
+    return bool(servable)
+
+
+def _renew_expired(session: Session, settings: Settings, annotator_id: int, now: datetime) -> Lease | None:
+    """The annotator's oldest expired (not skipped) lease that can be renewed, renewed; else None."""
+    expired = session.scalars(
+        select(Lease).where(Lease.annotator_id == annotator_id, Lease.expires_at <= now, Lease.skipped.is_(False))
+        .order_by(Lease.created_at, Lease.id).limit(CANDIDATES_PER_CLAIM).with_for_update(of=Lease)).all()
+    for lease in expired:
+        if renew_lease(session, settings, lease, now):
+            return lease
+    return None
 
 
 def _claim_from(session: Session, settings: Settings, annotator_id: int, now: datetime, *, gold: bool,
                 query) -> Lease | None:
     for comparison_id in session.scalars(query).all():
         comparison = session.get(Comparison, comparison_id)
-        if not gold:
-            # Re-count with a fresh statement now that the row lock is held.
-            others = session.scalar(
-                select(func.count(Lease.id)).where(
-                    Lease.comparison_id == comparison_id, Lease.annotator_id != annotator_id,
-                    Lease.expires_at > now, Lease.is_probe.is_(False)))
-            count = session.scalar(select(Comparison.judgment_count).where(Comparison.id == comparison_id)
-                                   .execution_options(populate_existing=True))
-            if count + others >= comparison.overlap_target:
-                continue
+        # Re-count with a fresh statement now that the row lock is held.
+        if not gold and not _has_room(session, comparison_id, annotator_id, now):
+            continue
+        release_lease(session, comparison_id, annotator_id)  # an expired lease of mine (one row per pair)
         lease = Lease(
             comparison_id=comparison_id, annotator_id=annotator_id,
             expires_at=now + timedelta(seconds=settings.lease_seconds), is_gold=gold,
@@ -275,4 +346,4 @@ def expire_stale_leases(session: Session, *, now: datetime | None = None, older_
 
 
 __all__ = ["Assignment", "a_on_left_for", "next_comparison", "skip", "queue_depth", "remaining_for",
-           "release_lease", "expire_stale_leases"]
+           "release_lease", "renew_lease", "expire_stale_leases"]

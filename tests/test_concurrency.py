@@ -204,6 +204,58 @@ def test_postgres_claim_waits_for_rows_locked_by_a_long_transaction(pg_db, tmp_p
     assert waited >= 0.8
 
 
+@pytest.mark.postgres
+def test_postgres_renewal_counts_a_claim_that_holds_the_row(pg_db, tmp_path, pg_clean_url):
+    """An expired lease is renewed only when there is room, counted once the comparison row is locked:
+    another annotator's claim of the pair, still in progress, is waited for and its lease counted (overlap 1)."""
+    from datetime import timedelta
+
+    from sqlalchemy import text as sql
+    from sqlalchemy.orm import Session
+
+    from annotate.models import Lease, utcnow
+
+    settings = load_settings(environ={}, data_dir=tmp_path, database_url=pg_clean_url, env="test")
+    with pg_db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        low, high = make_comparisons(s, 2, priority=lambda i: i)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    t0 = utcnow()
+    with pg_db.begin() as s:
+        assert queue.next_comparison(s, settings, options, actor=a, now=t0).comparison_id == high
+    later = t0 + timedelta(seconds=settings.lease_seconds + 60)
+
+    claim = Session(pg_db.engine)  # b's claim of `high`, not committed yet
+    claim.execute(select(Comparison.id).where(Comparison.id == high).with_for_update())
+    claim.add(Lease(comparison_id=high, annotator_id=b.id, created_at=later,
+                    expires_at=later + timedelta(seconds=settings.lease_seconds)))
+    claim.flush()
+    served = []
+
+    def ask():
+        try:
+            with pg_db.begin() as s:
+                served.append(queue.next_comparison(s, settings, options, actor=a, now=later).comparison_id)
+        except BaseException as exc:  # surfaced by the assertion below
+            served.append(exc)
+
+    renewal = threading.Thread(target=ask)
+    renewal.start()
+    try:
+        with pg_db.engine.connect() as watcher:
+            def waiting_on_a_lock():
+                waiting = watcher.execute(sql("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                              "current_database() AND wait_event_type = 'Lock'")).scalar()
+                watcher.rollback()  # a transaction keeps seeing its first snapshot of pg_stat_activity
+                return waiting > 0
+            _wait_until(lambda: waiting_on_a_lock() or not renewal.is_alive(), timeout=60)
+    finally:
+        claim.commit()
+        claim.close()
+    renewal.join(timeout=60)
+    assert served == [low], "b's lease fills the overlap: a must not get `high` back"
+
+
 def _wait_until(predicate, timeout=5.0):
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -102,6 +102,51 @@ def test_expired_lease_frees_the_slot(db, settings, opts):
         assert s.scalar(select(func.count()).select_from(Judgment)) == 1
 
 
+def test_pair_on_screen_past_its_lease_is_served_again_to_the_same_annotator(db, settings, opts):
+    """The lease ran out while the pair was on screen and nobody else took it: the annotator's next
+    request (any interaction reruns the page) gets that pair back, sides unchanged, lease renewed."""
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a = make_user(s, "a")
+        ids = make_comparisons(s, 3, priority=lambda i: i)
+    t0 = utcnow()
+    with db.begin() as s:
+        first = queue.next_comparison(s, settings, o, actor=a, now=t0)
+    later = t0 + timedelta(seconds=settings.lease_seconds + 60)
+    with db.begin() as s:
+        again = queue.next_comparison(s, settings, o, actor=a, now=later)
+    assert (again.comparison_id, again.a_on_left) == (first.comparison_id, first.a_on_left)
+    assert again.expires_at > later
+    with db.begin() as s:
+        judgments.submit(s, settings, actor=a, comparison_id=first.comparison_id, shown="left", now=later)
+        assert queue.next_comparison(s, settings, o, actor=a, now=later).comparison_id == ids[-2]
+    with db.read() as s:
+        assert s.scalars(select(Lease.comparison_id)).all() == [ids[-2]]
+
+
+def test_expired_lease_taken_by_another_comes_back_when_there_is_room(db, settings, opts):
+    """Someone else took the pair once the lease ran out (overlap 1): the annotator gets another
+    pair, and the expired lease does not hide the first one from them once it is free again."""
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        low, high = make_comparisons(s, 2, priority=lambda i: i)
+    t0 = utcnow()
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a, now=t0).comparison_id == high
+    later = t0 + timedelta(seconds=settings.lease_seconds + 60)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=b, now=later).comparison_id == high
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a, now=later).comparison_id == low
+        assert judgments.progress(s, actor=a, now=later).remaining == 2
+    with db.begin() as s:
+        queue.skip(s, actor=b, comparison_id=high, now=later)
+        judgments.submit(s, settings, actor=a, comparison_id=low, shown="tie", now=later)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a, now=later).comparison_id == high
+
+
 def test_double_submit_is_refused_not_duplicated(db, settings, opts):
     o = _no_mix(opts)
     with db.begin() as s:
