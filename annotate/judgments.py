@@ -1,8 +1,10 @@
 """Recording judgments: submit, undo, and the annotator's progress.
 
-Judgments are append-only. Undo marks the annotator's last judgment
-``retracted`` (kept, with the time) and hands the pair back to them; judging
-it again inserts a new row that ``supersedes`` the retracted one.
+Judgments are append-only. Undo reverses the annotator's latest action: it
+marks their last judgment ``retracted`` (kept, with the time) and hands the pair
+back to them, and judging it again inserts a new row that ``supersedes`` the
+retracted one; or, when they skipped a pair after that judgment, it un-skips
+that pair and serves it again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from annotate.models import (
     utcnow,
 )
 from annotate.quality import extend_overlap_if_needed
-from annotate.queue import a_on_left_for, release_lease, shown_a_on_left
+from annotate.queue import a_on_left_for, release_lease, renew_lease, shown_a_on_left
 from annotate.settings import Settings
 
 FLAGS = ("unsafe", "needs_expert", "broken_text", "not_english")
@@ -139,11 +141,31 @@ def _bump_count(session: Session, comparison_id: int, delta: int) -> None:
         ).execution_options(synchronize_session=False))
 
 
+@dataclass(frozen=True)
+class Undone:
+    """What undo reversed: a judgment (withdrawn, its pair served again) or a skip."""
+
+    comparison_id: int
+    skip: bool
+    served: bool
+    """Whether the pair is leased back to them now (an un-skipped pair waits for room under its overlap)."""
+
+
 def undo_last(session: Session, settings: Settings, *, actor: Actor, now: datetime | None = None,
               within: timedelta = timedelta(hours=12)) -> int | None:
-    """Retract the annotator's most recent judgment and hand the pair back to them.
+    """:func:`undo_last_action`, returning only the comparison id (or None)."""
+    undone = undo_last_action(session, settings, actor=actor, now=now, within=within)
+    return undone.comparison_id if undone is not None else None
 
-    Returns the comparison id, or None when there is nothing recent to undo.
+
+def undo_last_action(session: Session, settings: Settings, *, actor: Actor, now: datetime | None = None,
+                     within: timedelta = timedelta(hours=12)) -> Undone | None:
+    """Reverse the annotator's most recent judgment or skip (within ``within``) and hand the pair back.
+
+    A skip newer than their latest live judgment is undone: the pair is no longer
+    skipped and is leased to them again, ahead of what they hold, if it still has
+    room (else it comes back once it has). Otherwise the latest judgment is
+    retracted and its pair leased back to them. None when there is nothing recent.
     """
     user = require_active(session, actor)
     now = now or utcnow()
@@ -151,23 +173,37 @@ def undo_last(session: Session, settings: Settings, *, actor: Actor, now: dateti
         select(Judgment).where(Judgment.annotator_id == user.id, Judgment.state == JudgmentState.active,
                                Judgment.created_at > now - within)
         .order_by(Judgment.id.desc()).limit(1).with_for_update())
+    # A skip releases the lease with expires_at = the time of the skip, and nothing changes it after.
+    skipped = session.scalar(
+        select(Lease).where(Lease.annotator_id == user.id, Lease.skipped.is_(True), Lease.expires_at > now - within)
+        .order_by(Lease.expires_at.desc(), Lease.id.desc()).limit(1).with_for_update())
+    if skipped is not None and (last is None or skipped.expires_at > last.created_at):
+        skipped.skipped = False
+        _put_first(session, skipped, user.id, now)
+        return Undone(skipped.comparison_id, skip=True, served=renew_lease(session, settings, skipped, now))
     if last is None:
         return None
     last.state = JudgmentState.retracted
     last.retracted_at = now
     if not last.is_probe:
         _bump_count(session, last.comparison_id, -1)
-    # Put the pair back in front of them, ahead of anything else they hold.
-    session.execute(update(Lease).where(Lease.annotator_id == user.id).values(created_at=now)
-                    .execution_options(synchronize_session=False))
     release_lease(session, last.comparison_id, user.id)
-    session.add(Lease(comparison_id=last.comparison_id, annotator_id=user.id, is_probe=last.is_probe,
-                      is_gold=last.was_gold, created_at=now - timedelta(seconds=1),
-                      expires_at=now + timedelta(seconds=settings.lease_seconds),
-                      model_version_id=last.model_version_id, acquisition_strategy=last.acquisition_strategy,
-                      acquisition_score=last.acquisition_score))
+    lease = Lease(comparison_id=last.comparison_id, annotator_id=user.id, is_probe=last.is_probe,
+                  is_gold=last.was_gold, expires_at=now + timedelta(seconds=settings.lease_seconds),
+                  model_version_id=last.model_version_id, acquisition_strategy=last.acquisition_strategy,
+                  acquisition_score=last.acquisition_score)
+    session.add(lease)
+    _put_first(session, lease, user.id, now)
+    return Undone(last.comparison_id, skip=False, served=True)
+
+
+def _put_first(session: Session, lease: Lease, annotator_id: int, now: datetime) -> None:
+    """Put ``lease``'s pair back in front of the annotator, ahead of anything else they hold."""
     session.flush()
-    return last.comparison_id
+    session.execute(update(Lease).where(Lease.annotator_id == annotator_id, Lease.id != lease.id)
+                    .values(created_at=now).execution_options(synchronize_session=False))
+    lease.created_at = now - timedelta(seconds=1)
+    session.flush()
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,55 @@ def test_skip_releases_and_is_not_served_again(db, settings, opts):
         assert queue.next_comparison(s, settings, o, actor=b).comparison_id == first
 
 
+def test_undo_right_after_a_skip_unskips_that_pair(db, settings, opts):
+    """Undo reverses the latest action: a skip newer than the latest judgment is undone (the pair is
+    served again, the judgment stays); the next undo withdraws that judgment."""
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 4, priority=lambda i: i)
+    t = utcnow()
+    with db.begin() as s:
+        judged = queue.next_comparison(s, settings, o, actor=a, now=t).comparison_id
+        judgments.submit(s, settings, actor=a, comparison_id=judged, shown="left", now=t)
+    with db.begin() as s:
+        skipped = queue.next_comparison(s, settings, o, actor=a, now=t + timedelta(seconds=5)).comparison_id
+        queue.skip(s, actor=a, comparison_id=skipped, now=t + timedelta(seconds=5))
+    t2 = t + timedelta(seconds=8)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a, now=t2).comparison_id not in (judged, skipped)
+        assert judgments.undo_last(s, settings, actor=a, now=t2) == skipped
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a, now=t2).comparison_id == skipped
+        assert s.scalar(select(Judgment.state)) is JudgmentState.active
+        undone = judgments.undo_last_action(s, settings, actor=a, now=t2)
+    assert (undone.comparison_id, undone.skip) == (judged, False)
+    with db.read() as s:
+        assert s.scalar(select(Judgment.state)) is JudgmentState.retracted
+
+
+def test_undone_skip_of_a_pair_others_filled_comes_back_when_it_has_room(db, settings, opts):
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        low, high = make_comparisons(s, 2, priority=lambda i: i)  # overlap 1
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a).comparison_id == high
+        queue.skip(s, actor=a, comparison_id=high)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=b).comparison_id == high
+        assert queue.next_comparison(s, settings, o, actor=a).comparison_id == low
+    with db.begin() as s:
+        undone = judgments.undo_last_action(s, settings, actor=a)
+    assert (undone.comparison_id, undone.skip, undone.served) == (high, True, False)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a).comparison_id == low  # b holds `high`
+        queue.skip(s, actor=b, comparison_id=high)
+        judgments.submit(s, settings, actor=a, comparison_id=low, shown="tie")
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a).comparison_id == high
+
+
 def test_gold_pairs_are_mixed_in_at_rate(db, settings, opts):
     from dataclasses import replace
     o = replace(opts, gold_rate=0.3, probe_rate=0.0)

@@ -314,6 +314,28 @@ def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, peopl
     assert len(_judgments(app_db, annotator)) == 1
 
 
+def test_undo_right_after_skip_brings_the_skipped_pair_back(app_db, people):
+    """U after an accidental S undoes the skip, not the judgment before it."""
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, 4)
+    at = _login(_app(), "ann")
+    judged, _ = _shown_pair(at, app_db, annotator)
+    _press(at, "judge_left").click().run()
+    skipped, _ = _shown_pair(at, app_db, annotator)
+    _press(at, "skip").click().run()
+    assert _shown_pair(at, app_db, annotator)[0] not in (judged, skipped)
+
+    at.button(key="undo").click().run()
+    assert not at.exception
+    assert _shown_pair(at, app_db, annotator)[0] == skipped
+    [judgment] = _judgments(app_db, annotator)
+    assert (judgment.comparison_id, judgment.state) == (judged, JudgmentState.active)
+    assert any("Skip undone" in t.value for t in at.toast), [t.value for t in at.toast]
+    _press(at, "judge_right").click().run()
+    assert [j.comparison_id for j in _judgments(app_db, annotator)] == [judged, skipped]
+
+
 def _fill(at: AppTest, cid: int, strength, rationale: str, flags: list[str]) -> None:
     at.segmented_control(key=f"strength_{cid}").set_value(strength)
     at.text_input(key=f"rationale_{cid}").input(rationale)

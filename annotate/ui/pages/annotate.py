@@ -1,6 +1,6 @@
 """The annotation page: one pair, A on the left and B on the right, one key press per judgment.
 
-Keys: A left better, B right better, T tie, X both bad, S skip, U undo last.
+Keys: A left better, B right better, T tie, X both bad, S skip, U undo the last judgment or skip.
 Every action runs in a button callback, so the next pair is drawn by the
 same rerun that recorded the judgment.
 
@@ -114,22 +114,28 @@ def _skip(comparison_id: int) -> None:
     if _is_on_screen(comparison_id):
         _kept(DRAFTS_KEY).pop(comparison_id, None)
     if _act(comparison_id, lambda session: queue.skip(session, actor=actor, comparison_id=comparison_id)):
-        st.toast("Skipped: you will not see this pair again.", icon=":material/skip_next:")
+        st.toast("Skipped: you will not see this pair again (Undo brings it back).", icon=":material/skip_next:")
 
 
 def _undo() -> None:
     actor, settings, db = context.current_actor(), context.get_settings(), context.get_db()
     try:
-        comparison_id = db.transact(lambda session: judgments.undo_last(session, settings, actor=actor))
+        undone = db.transact(lambda session: judgments.undo_last_action(session, settings, actor=actor))
     except (PrefloopError, OperationalError) as exc:
         st.toast(_not_done(exc), icon=":material/warning:")
         return
-    if comparison_id is None:
+    if undone is None:
         st.toast("Nothing recent to undo.", icon=":material/info:")
+        return
+    comparison_id = undone.comparison_id
+    _timers().pop(comparison_id, None)
+    if undone.skip:
+        st.toast("Skip undone: here is that pair again." if undone.served else
+                 "Skip undone. Others are judging that pair right now; it comes back to you if they leave room.",
+                 icon=":material/undo:")
         return
     if comparison_id in _kept(SENT_KEY):  # shown again as it was judged
         _keep(DRAFTS_KEY, comparison_id, _kept(SENT_KEY).pop(comparison_id))
-    _timers().pop(comparison_id, None)
     st.toast("Your last judgment was withdrawn; judge that pair again.", icon=":material/undo:")
 
 
