@@ -90,7 +90,8 @@ def submit(session: Session, settings: Settings, *, actor: Actor, comparison_id:
     elif lease is None and not _has_live(session, comparison_id, user.id):
         a_left = a_on_left_for(comparison_id, user.id, settings.queue_seed)
     else:
-        raise QueueError("this pair is not assigned to you any more; reload to get the next one")
+        raise QueueError("this pair is not assigned to you any more (skipped or judged in another tab); "
+                         "here is the next one")
     if not is_probe and _has_live(session, comparison_id, user.id):
         raise QueueError("you already judged this pair; press undo to change your answer")
 

@@ -318,7 +318,7 @@ def skip(session: Session, *, actor: Actor, comparison_id: int, now: datetime | 
     now = now or utcnow()
     lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == actor.id))
     if lease is None:
-        raise NotFound("this pair is not assigned to you; reload the page")
+        raise NotFound("this pair is not assigned to you any more, so it was not skipped; here is the next one")
     lease.skipped = True
     lease.expires_at = now
 

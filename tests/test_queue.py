@@ -247,6 +247,27 @@ def test_undone_skip_of_a_pair_others_filled_comes_back_when_it_has_room(db, set
         assert queue.next_comparison(s, settings, o, actor=a).comparison_id == high
 
 
+def test_refusals_never_say_reload(db, settings, opts):
+    """A reload starts a new browser session, which is logged out: the messages the annotation page
+    shows for a pair that is no longer theirs say what happens instead (the page moves on by itself)."""
+    from annotate.errors import NotFound
+
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 2)
+    with db.begin() as s:
+        cid = queue.next_comparison(s, settings, o, actor=a).comparison_id
+        queue.skip(s, actor=a, comparison_id=cid)
+    with pytest.raises(QueueError) as refused, db.begin() as s:
+        judgments.submit(s, settings, actor=a, comparison_id=cid, shown="left")
+    with pytest.raises(NotFound) as not_found, db.begin() as s:
+        queue.skip(s, actor=a, comparison_id=999)
+    for message in (str(refused.value), str(not_found.value)):
+        assert "not assigned to you" in message and "reload" not in message.lower(), message
+        assert "next one" in message, message
+
+
 def test_gold_pairs_are_mixed_in_at_rate(db, settings, opts):
     from dataclasses import replace
     o = replace(opts, gold_rate=0.3, probe_rate=0.0)

@@ -27,9 +27,11 @@ ACTOR_KEY = "actor"
 LAST_SEEN_KEY = "last_seen"  # time.time() of this browser session's last run while logged in
 LOGGED_OUT_KEY = "logged_out_because"
 _log = logging.getLogger(__name__)
+# Never "reload this page": a reload starts a new browser session, which is logged out. The page
+# shows a Try again button instead (stop_on_errors), which runs it again in the same session.
 DATABASE_DOWN = ("The database cannot be reached or is not set up: check PREFLOOP_DATABASE_URL, run "
-                 "`prefloop db upgrade`, then reload this page.")
-DATABASE_BUSY = "The database is busy with other writes. Nothing was lost: reload this page in a moment."
+                 "`prefloop db upgrade`, then press Try again.")
+DATABASE_BUSY = "The database is busy with other writes. Nothing was lost: press Try again in a moment."
 NOT_SAVED = "Not saved: the database is busy or cannot be reached. Press it again in a moment."
 
 
@@ -139,16 +141,23 @@ def stop_on_errors() -> Iterator[None]:
 
     A ``PrefloopError`` (a bad setting, a missing comparison, a role the user lost)
     shows its own message; a database still locked after the busy timeout shows
-    ``DATABASE_BUSY``, any other unusable database ``DATABASE_DOWN``.
+    ``DATABASE_BUSY``, any other unusable database ``DATABASE_DOWN``. Under the
+    message a Try again button runs the page again in this browser session.
     """
     try:
         yield
     except PrefloopError as exc:
         st.error(str(exc))
-        st.stop()
+        _try_again()
     except (OperationalError, ProgrammingError) as exc:
         st.error(error_message(exc))
-        st.stop()
+        _try_again()
+
+
+def _try_again() -> None:
+    """Offer a rerun of the stopped page (pressing a button reruns it; a reload would log the user out)."""
+    st.button("Try again", key="try_again", icon=":material/refresh:")
+    st.stop()
 
 
 def error_message(exc: BaseException) -> str:
@@ -166,7 +175,7 @@ def error_message(exc: BaseException) -> str:
 def not_saved_message(exc: BaseException) -> str:
     """What to tell the user about a write that did not happen: a ``PrefloopError``'s own text, else
     ``NOT_SAVED`` (the unit of work rolled back and the form keeps its input: pressing again retries).
-    Not ``error_message``'s "reload this page", which would throw the input away."""
+    Not ``error_message``'s "press Try again": that button exists only on a page that stopped."""
     return str(exc) if isinstance(exc, PrefloopError) else NOT_SAVED
 
 

@@ -397,6 +397,8 @@ def test_double_submit_shows_a_toast_not_a_traceback(app_db, people):
     at.run()
     assert not at.exception
     assert any("already judged" in t.value or "not assigned" in t.value for t in at.toast), [t.value for t in at.toast]
+    assert not [t.value for t in at.toast if "reload" in t.value.lower()]  # a reload would log them out
+    assert _shown_pair(at, app_db, annotator)[0] != cid  # the page moved on by itself
     assert len(_judgments(app_db, annotator)) == 1
 
 
@@ -759,7 +761,7 @@ def _stop_on_errors_script():
 
 @pytest.mark.parametrize("kind, message", [
     ("user", "comparison 7 does not exist"),
-    ("locked", "The database is busy with other writes. Nothing was lost: reload this page in a moment."),
+    ("locked", "The database is busy with other writes. Nothing was lost: press Try again in a moment."),
     ("deadlock", "The database is busy with other writes."),
     ("down", "The database cannot be reached or is not set up"),
     (None, None),
@@ -774,3 +776,19 @@ def test_pages_stop_with_a_message_not_a_traceback(kind, message):
     else:
         assert len(_errors(at)) == 1 and _errors(at)[0].startswith(message)
         assert "page body" not in _texts(at)  # the page stopped
+
+
+@pytest.mark.parametrize("kind", ["locked", "deadlock", "down"])
+def test_database_errors_offer_try_again_instead_of_a_reload(kind):
+    """A reload starts a new, logged-out browser session: a page stopped by the database says to press
+    Try again, and the button runs the page again in the same session."""
+    at = AppTest.from_function(_stop_on_errors_script, default_timeout=TIMEOUT)
+    at.session_state["kind"] = kind
+    at.session_state["actor"] = "still logged in"
+    at.run()
+    [message] = _errors(at)
+    assert "reload" not in message.lower() and "Try again" in message
+    at.session_state["kind"] = None  # the database is back
+    at.button(key="try_again").click().run()
+    assert not at.exception and _errors(at) == [] and _texts(at) == ["page body"]
+    assert at.session_state["actor"] == "still logged in"
