@@ -242,3 +242,15 @@ def test_streamlit_shows_no_error_details(cwd, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, *args], cwd=where, capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == "none"
+
+
+def test_retrain_now_says_how_to_follow_the_run_without_a_reload(app_db, people, monkeypatch):
+    """A reload starts a new browser session (logged out): the page offers Refresh instead."""
+    monkeypatch.setattr(retrain, "start_background_run", lambda session, settings, actor: (4242, "/tmp/run.log"))
+    at = _open(people[1], "models.py")
+    _click(at, "Retrain now")
+    [message] = [s.value for s in at.success]
+    assert "process 4242" in message and "reload" not in message.lower() and "Refresh" in message
+    run_id = _add_running_run(app_db)  # what the started process records
+    _click(at, "Refresh")
+    assert [i.value for i in at.info if i.value.startswith(f"Run {run_id} stopped")]

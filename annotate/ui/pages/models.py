@@ -52,6 +52,7 @@ else:
     st.caption("None yet.")
 
 st.subheader("Training runs")
+st.button("Refresh", key="refresh_runs", icon=":material/refresh:")  # a rerun reads the runs again
 running = [r for r in board["runs"] if r["status"] == "running"]
 with context.stop_on_errors():
     alive = bool(running) and retrain.run_alive(db)  # a killed run stays "running" until the next run
@@ -72,7 +73,9 @@ if st.button("Retrain now", icon=":material/model_training:", key="retrain_now",
     except (PrefloopError, OperationalError) as exc:
         st.error(context.not_saved_message(exc))
     else:
-        st.success(f"Retraining started in process {pid} (log: {log_path}). Reload this page to follow it.")
+        # Not "reload": a reload starts a new browser session, which is logged out.
+        st.success(f"Retraining started in process {pid} (log: {log_path}). Press Refresh to follow it "
+                   "under Training runs.")
 
 st.subheader("Score a response")
 with st.form("score_form"):
