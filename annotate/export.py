@@ -6,13 +6,28 @@ should frame it in a write unit of work (``with db.begin() as session:``).
 
 Aggregation rule (preference exports)
 -------------------------------------
-* Only judgments with ``state == active`` that are not self-consistency probes
-  count as votes. Superseded and retracted judgments are ignored (the revision
-  that replaced a superseded one is the active vote). Imported judgments
-  (``source == imported``) count as votes unless ``include_imported=False``.
-* The filters on judgments (``since``/``until`` on the judgment's ``created_at``,
-  ``annotators``) choose which votes count; the comparison filters
-  (``source_tags``, ``exclude_gold``) choose which comparisons are considered.
+* Only judgments with ``state == active`` (with ``until``: current at ``until``,
+  see below) that are not self-consistency probes count as votes. Superseded
+  and retracted judgments are ignored (the revision that replaced a superseded
+  one is the active vote). Imported judgments (``source == imported``) count as
+  votes unless ``include_imported=False``.
+* ``until`` exports the votes as they stood just before that instant, not
+  today's votes cast before it: a judgment counts when it was created before
+  ``until`` and had not yet stopped being current, whatever its state now. A
+  retracted judgment stopped at its ``retracted_at``; a superseded one when the
+  judgment that replaced it (the newer row whose ``supersedes_id`` names it) was
+  created. So a vote revised after ``until`` counts with its old choice, a vote
+  undone after ``until`` still counts, and one undone before it does not (judging
+  again after an undo supersedes the retracted row, which stopped at the undo).
+  A non-active row with neither time is left out. An annotator has at most one
+  live judgment per comparison at any time, so this is at most one vote each:
+  the votes an export run at ``until`` would have counted.
+* ``since`` filters those votes (today's, or those standing at ``until``) by when
+  they were cast: a vote cast before ``since`` is left out even though it still
+  stood in the window, and so is a revision cast after ``until``.
+* The other filters on judgments (``annotators``, ``include_imported``) choose
+  which votes count; the comparison filters (``source_tags``, ``exclude_gold``)
+  choose which comparisons are considered.
 * Each comparison's votes are counted over the four choices ``a``, ``b``, ``tie``
   and ``both_bad``. The majority is the choice with a strict plurality; when two
   or more choices share the top count (for example one vote for A and one for B)
@@ -66,8 +81,19 @@ are empty cells, and a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab
 or a carriage return is prefixed with a single quote (``'``) so spreadsheets do
 not run it as a formula. Numbers are written as numbers and never prefixed.
 
-Date filters: ``since`` is inclusive, ``until`` exclusive; naive datetimes are
-taken as UTC.
+``since``/``until`` select raw rows by ``created_at`` only, and each row is
+written as stored now: ``state`` and ``retracted_at`` are today's, not as they
+were at ``until`` (a row undone after ``until`` reads ``retracted``, with its
+later ``retracted_at``). The raw export is the append-only log itself, meant for
+audit and re-aggregation, and rewriting a stored field to an earlier value would
+make a file that no longer matches the database. Note that the row that
+superseded one after ``until`` is not in such a file: to rebuild the state at a
+time from raw rows, export without ``until`` and use ``created_at``,
+``retracted_at`` and ``supersedes_id``, or use the preference export with ``until``.
+
+Date filters: ``since`` is inclusive, ``until`` exclusive (a vote replaced or
+undone exactly at ``until`` still counts, its replacement does not); naive
+datetimes are taken as UTC.
 """
 
 from __future__ import annotations
@@ -85,7 +111,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from annotate.accounts import Actor, audit, require_admin
@@ -121,7 +147,8 @@ class ExportFilter:
     since: datetime | None = None
     """Judgments created at or after this instant (naive = UTC)."""
     until: datetime | None = None
-    """Judgments created before this instant (naive = UTC)."""
+    """Judgments created before this instant (naive = UTC); preference exports count
+    the votes as they stood then, raw exports write rows as stored now."""
     annotators: tuple[str, ...] = ()
     """Usernames whose judgments count; empty means everyone (and imported rows)."""
     source_tags: tuple[str, ...] = ()
@@ -252,6 +279,30 @@ def _majority(counts: dict[Choice, int]) -> Choice | None:
     return max(counts, key=counts.__getitem__)
 
 
+def _current_votes(stmt: Select, until: datetime | None) -> Select:
+    """Keep the judgments that were votes just before ``until`` (now when None).
+
+    Without ``until`` that is the active rows. With it, a row created before
+    ``until`` (the caller's filter) still counts unless it stopped being current
+    at or before ``until``: a retracted row at its ``retracted_at``, a replaced
+    row when the row naming it in ``supersedes_id`` was created (a revision, or
+    judging again after an undo, whose retracted row already has ``retracted_at``).
+    A non-active row with neither time is left out: when it stopped is unknown.
+    """
+    if until is None:
+        return stmt.where(Judgment.state == JudgmentState.active)
+    newer = aliased(Judgment)
+    replaced = (
+        select(newer.supersedes_id.label("judgment_id"), func.min(newer.created_at).label("at"))
+        .where(newer.supersedes_id.is_not(None))
+        .group_by(newer.supersedes_id)
+        .subquery("replaced")
+    )
+    stopped_at = func.coalesce(Judgment.retracted_at, replaced.c.at, type_=Judgment.retracted_at.type)
+    return (stmt.outerjoin(replaced, replaced.c.judgment_id == Judgment.id)
+            .where(or_(Judgment.state == JudgmentState.active, stopped_at >= until)))
+
+
 def _select(session: Session, filters: ExportFilter) -> _Selection:
     """Count each comparison's votes and apply the aggregation rule, streaming the votes in comparison order."""
     _check_filters(filters)
@@ -259,10 +310,10 @@ def _select(session: Session, filters: ExportFilter) -> _Selection:
         select(Judgment.comparison_id, Judgment.choice, Judgment.strength, Prompt.text.is_(None))
         .join(Comparison, Comparison.id == Judgment.comparison_id)
         .join(Prompt, Prompt.id == Comparison.prompt_id)
-        .where(Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False))
+        .where(Judgment.is_probe.is_(False))
         .order_by(Judgment.comparison_id)
     )
-    stmt = _apply_filters(stmt, session, filters)
+    stmt = _current_votes(_apply_filters(stmt, session, filters), _utc(filters.until))
     sel = _Selection(array("q"), array("b"), array("q"), array("d"), array("d"), False,
                      {"comparisons_with_votes": 0, "votes": 0, "exported": 0, "excluded_split": 0,
                       "excluded_tie": 0, "excluded_both_bad": 0, "excluded_low_agreement": 0})

@@ -302,6 +302,139 @@ def test_date_range_filters_judgments(db, seeded):
         export.preference_rows(session, actor=admin, filters=ExportFilter(since=T0, until=T0))
 
 
+# --------------------------------------------------------------------------- until: the votes as they stood
+
+
+def _chosen(db, admin, **kw):
+    """(comparison_id, chosen, n_judgments) of each exported row."""
+    return [(r["comparison_id"], r["chosen"], r["n_judgments"]) for r in _rows(db, admin, **kw)]
+
+
+def test_until_exports_a_vote_revised_later_as_it_was(db, seeded):
+    """A vote cast before ``until`` and revised after it counts with its old choice."""
+    def data(f):
+        c = f.comparison(a="x", b="y")
+        old = f.judge(c, "ann", "a", state="superseded", created_at=T0)
+        f.judge(c, "ann", "b", supersedes_id=old.id, created_at=T0 + timedelta(days=2))
+        f.judge(c, "other", "a", created_at=T0 - timedelta(hours=1))
+        return c.id
+
+    admin, cid = seeded(data)
+    assert _chosen(db, admin, until=T0 + timedelta(days=1)) == [(cid, "x", 2)]
+    # Revised exactly at until: the revision is outside the window, so the old vote still stands.
+    assert _chosen(db, admin, until=T0 + timedelta(days=2)) == [(cid, "x", 2)]
+    # After the revision: the new vote (one each way, a split).
+    assert _chosen(db, admin, until=T0 + timedelta(days=3), include_ties=True) == []
+    assert _chosen(db, admin, until=T0 + timedelta(days=3), annotators=("ann",)) == [(cid, "y", 1)]
+    assert _chosen(db, admin, until=T0 + timedelta(days=1), annotators=("ann",)) == [(cid, "x", 1)]
+    # Before the vote was cast, only the other annotator's.
+    assert _chosen(db, admin, until=T0) == [(cid, "x", 1)]
+
+
+def test_until_counts_a_vote_retracted_later(db, seeded):
+    def data(f):
+        c = f.comparison(a="x", b="y")
+        f.judge(c, "ann", "a", state="retracted", created_at=T0, retracted_at=T0 + timedelta(days=2))
+        return c.id
+
+    admin, cid = seeded(data)
+    assert _chosen(db, admin, until=T0 + timedelta(days=1)) == [(cid, "x", 1)]
+    assert _chosen(db, admin, until=T0 + timedelta(days=2)) == [(cid, "x", 1)]
+    assert _chosen(db, admin, until=T0 + timedelta(days=3)) == []
+    assert _chosen(db, admin) == []
+
+
+def test_until_ignores_a_vote_retracted_before_it(db, seeded):
+    def data(f):
+        c = f.comparison(a="x", b="y")
+        f.judge(c, "ann", "a", state="retracted", created_at=T0, retracted_at=T0 + timedelta(hours=1))
+        f.judge(c, "other", "b", created_at=T0)
+        return c.id
+
+    admin, cid = seeded(data)
+    assert _chosen(db, admin, until=T0 + timedelta(days=1)) == [(cid, "y", 1)]
+    assert _chosen(db, admin, until=T0 + timedelta(minutes=30)) == []  # one each way: a split
+
+
+def test_until_follows_undo_and_judging_again(db, seeded, settings):
+    """Undo retracts the judgment; judging again inserts a row that supersedes the retracted one."""
+    from annotate import judgments
+
+    def data(f):
+        c = f.comparison(a="x", b="y")
+        return c.id, f.actor("ann", "annotator")
+
+    admin, (cid, ann) = seeded(data)
+    with db.begin() as session:
+        first = judgments.submit(session, settings, actor=ann, comparison_id=cid, shown="left", now=T0)
+    with db.begin() as session:
+        assert judgments.undo_last(session, settings, actor=ann, now=T0 + timedelta(hours=1)) == cid
+    with db.begin() as session:
+        again = judgments.submit(session, settings, actor=ann, comparison_id=cid, shown="right",
+                                 now=T0 + timedelta(hours=2))
+    with db.read() as session:
+        rows = session.execute(select(Judgment.id, Judgment.state, Judgment.supersedes_id)
+                               .where(Judgment.comparison_id == cid).order_by(Judgment.id)).all()
+    assert rows == [(first.judgment_id, JudgmentState.retracted, None),
+                    (again.judgment_id, JudgmentState.active, first.judgment_id)]
+    assert first.choice != again.choice
+    word = {Choice.a: "x", Choice.b: "y"}
+    assert _chosen(db, admin, until=T0 + timedelta(minutes=30)) == [(cid, word[first.choice], 1)]
+    assert _chosen(db, admin, until=T0 + timedelta(minutes=90)) == []  # undone, not judged again yet
+    assert _chosen(db, admin, until=T0 + timedelta(hours=3)) == [(cid, word[again.choice], 1)]
+    assert _chosen(db, admin) == [(cid, word[again.choice], 1)]
+
+
+def test_since_with_until_keeps_votes_cast_in_the_window(db, seeded):
+    """``since`` filters the votes standing at ``until`` by when they were cast."""
+    def data(f):
+        c = f.comparison(a="x", b="y")
+        old = f.judge(c, "ann", "a", state="superseded", created_at=T0)
+        f.judge(c, "ann", "b", supersedes_id=old.id, created_at=T0 + timedelta(days=2))
+        f.judge(c, "late", "b", state="retracted", created_at=T0 + timedelta(days=1),
+                retracted_at=T0 + timedelta(days=4))
+        return c.id
+
+    admin, cid = seeded(data)
+    # At T0+36h: ann's vote is still 'a' (cast at T0, before since), late's 'b' stands.
+    assert _chosen(db, admin, since=T0 + timedelta(hours=12), until=T0 + timedelta(hours=36)) == [(cid, "y", 1)]
+    assert _chosen(db, admin, since=T0, until=T0 + timedelta(hours=36), include_ties=True) == []
+    # At T0+3d: ann's revision (cast at T0+2d) and late's vote both stand.
+    assert _chosen(db, admin, since=T0 + timedelta(hours=12), until=T0 + timedelta(days=3)) == [(cid, "y", 2)]
+    assert _chosen(db, admin, since=T0 + timedelta(days=1, hours=12),
+                   until=T0 + timedelta(days=3)) == [(cid, "y", 1)]
+
+
+def test_without_until_only_current_votes_count(db, seeded):
+    """No ``until``: the votes active now, cast at or after ``since`` (the rule before ``until`` was historical)."""
+    def data(f):
+        c = f.comparison(a="x", b="y")
+        old = f.judge(c, "ann", "a", state="superseded", created_at=T0)
+        f.judge(c, "ann", "b", supersedes_id=old.id, created_at=T0 + timedelta(days=2))
+        f.judge(c, "gone", "a", state="retracted", created_at=T0, retracted_at=T0 + timedelta(days=4))
+        f.judge(c, "kept", "b", created_at=T0 - timedelta(days=1))
+        return c.id
+
+    admin, cid = seeded(data)
+    assert _chosen(db, admin) == [(cid, "y", 2)]
+    assert _chosen(db, admin, since=T0 + timedelta(days=1)) == [(cid, "y", 1)]
+    assert _chosen(db, admin, since=T0 + timedelta(days=3)) == []
+
+
+def test_raw_judgments_with_until_keep_the_stored_state(db, seeded):
+    """The raw export selects rows by ``created_at`` and writes each row as stored (see the module docstring)."""
+    def data(f):
+        c = f.comparison()
+        old = f.judge(c, "ann", "a", state="superseded", created_at=T0)
+        new = f.judge(c, "ann", "b", supersedes_id=old.id, created_at=T0 + timedelta(days=2))
+        return old.id, new.id
+
+    admin, (old_id, new_id) = seeded(data)
+    with db.begin() as session:
+        rows = export.judgment_rows(session, actor=admin, filters=ExportFilter(until=T0 + timedelta(days=1)))
+    assert [(r["judgment_id"], r["state"]) for r in rows] == [(old_id, "superseded")]
+
+
 def test_annotator_filter(db, seeded):
     def data(f):
         c = f.comparison(a="x", b="y")
@@ -763,12 +896,17 @@ def test_query_count_does_not_grow_with_data(db, seeded):
             after_prefs = len(statements)
             raw = export.judgment_rows(session, actor=admin)
             after_raw = len(statements)
+            historical = export.preference_rows(session, actor=admin,
+                                                filters=ExportFilter(until=T0 + timedelta(days=1)))
+            after_historical = len(statements)
     finally:
         event.remove(db.engine, "before_cursor_execute", count_statements)
-    assert len(rows) == 40 and len(raw) == 120
+    assert len(rows) == 40 and len(raw) == 120 and len(historical) == 40
     # Admin check + user lookup + votes + contents (+ the begin on SQLite), not one per row.
     assert after_prefs <= 6
     assert after_raw - after_prefs <= 3
+    # With until, the votes as they stood are still one query (the replacing rows are joined in).
+    assert after_historical - after_raw <= 4
 
 
 def test_datasets_export_never_replaces_a_folder_that_is_not_an_export(db, seeded, out):
