@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["trl-jsonl", "trl-parquet", "datasets", "judgments-csv", "judgments-jsonl",
                             "judgments-parquet"])
     p.add_argument("--out", required=True)
-    p.add_argument("--since"), p.add_argument("--until")
+    p.add_argument("--since", help="ISO date/time (UTC if naive): only votes cast at or after it")
+    p.add_argument("--until", help="ISO date/time (UTC if naive), exclusive: preferences as the votes stood "
+                                   "just before it (revisions and undos made later are not applied)")
     p.add_argument("--annotator", action="append")
     p.add_argument("--tag", action="append")
     p.add_argument("--include-ties", action="store_true")

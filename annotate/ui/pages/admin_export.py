@@ -28,7 +28,9 @@ with db.read() as session:
 with st.expander("Filters", expanded=True, icon=":material/filter_alt:"):
     c1, c2 = st.columns(2)
     since = c1.date_input("Judged on or after (UTC)", value=None, key="export_since")
-    until = c2.date_input("Judged before (UTC)", value=None, key="export_until")
+    until = c2.date_input("As the votes stood before (UTC)", value=None, key="export_until",
+                          help="Preferences: each vote as it stood just before this day (later revisions "
+                               "and undos are not applied). Raw judgments: rows made before this day.")
     annotators = c1.multiselect("Annotators (empty: everyone, and imported judgments)", usernames,
                                 key="export_annotators")
     tags_text = c2.text_input("Source tags (comma-separated; empty: all)", key="export_tags")
