@@ -284,7 +284,7 @@ def _current_votes(stmt: Select, until: datetime | None) -> Select:
 
     Without ``until`` that is the active rows. With it, a row created before
     ``until`` (the caller's filter) still counts unless it stopped being current
-    at or before ``until``: a retracted row at its ``retracted_at``, a replaced
+    before ``until`` (``until`` is exclusive: a row replaced exactly then counts): a retracted row at its ``retracted_at``, a replaced
     row when the row naming it in ``supersedes_id`` was created (a revision, or
     judging again after an undo, whose retracted row already has ``retracted_at``).
     A non-active row with neither time is left out: when it stopped is unknown.
