@@ -5,6 +5,9 @@ marks their last judgment ``retracted`` (kept, with the time) and hands the pair
 back to them, and judging it again inserts a new row that ``supersedes`` the
 retracted one; or, when they skipped a pair after that judgment, it un-skips
 that pair and serves it again.
+
+Submit and undo lock the annotator's lease rows before the judgment and comparison
+rows, the lock order :mod:`annotate.queue` documents.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from annotate.models import (
     utcnow,
 )
 from annotate.quality import extend_overlap_if_needed
-from annotate.queue import a_on_left_for, release_lease, renew_lease, shown_a_on_left
+from annotate.queue import a_on_left_for, lock_leases, release_lease, renew_lease, shown_a_on_left
 from annotate.settings import Settings
 
 FLAGS = ("unsafe", "needs_expert", "broken_text", "not_english")
@@ -77,8 +80,9 @@ def submit(session: Session, settings: Settings, *, actor: Actor, comparison_id:
 
     # The lease is a one-time token: lock it, so simultaneous submits of the pair
     # (a double click, two tabs) take it one at a time and the later ones find it
-    # gone. A probe has no unique index to fall back on. (SQLite already runs
-    # one writer at a time and ignores FOR UPDATE.)
+    # gone. A probe has no unique index to fall back on. It is this transaction's
+    # first lock, before the comparison row (queue's lock order). (SQLite already
+    # runs one writer at a time and ignores FOR UPDATE.)
     lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == user.id)
                            .with_for_update())
     comparison = session.get(Comparison, comparison_id)
@@ -170,14 +174,16 @@ def undo_last_action(session: Session, settings: Settings, *, actor: Actor, now:
     """
     user = require_active(session, actor)
     now = now or utcnow()
-    last = session.scalar(
-        select(Judgment).where(Judgment.annotator_id == user.id, Judgment.state == JudgmentState.active,
-                               Judgment.created_at > now - within)
-        .order_by(Judgment.id.desc()).limit(1).with_for_update())
+    # Lease rows before the judgment and comparison rows, as a renewal in another tab takes them.
+    lock_leases(session, user.id)
     # A skip releases the lease with expires_at = the time of the skip, and nothing changes it after.
     skipped = session.scalar(
         select(Lease).where(Lease.annotator_id == user.id, Lease.skipped.is_(True), Lease.expires_at > now - within)
         .order_by(Lease.expires_at.desc(), Lease.id.desc()).limit(1).with_for_update())
+    last = session.scalar(
+        select(Judgment).where(Judgment.annotator_id == user.id, Judgment.state == JudgmentState.active,
+                               Judgment.created_at > now - within)
+        .order_by(Judgment.id.desc()).limit(1).with_for_update())
     if skipped is not None and (last is None or skipped.expires_at > last.created_at):
         skipped.skipped = False
         _put_first(session, skipped, user.id, now)
@@ -199,9 +205,12 @@ def undo_last_action(session: Session, settings: Settings, *, actor: Actor, now:
 
 
 def _put_first(session: Session, lease: Lease, annotator_id: int, now: datetime) -> None:
-    """Put ``lease``'s pair back in front of the annotator, ahead of anything else they hold."""
+    """Put ``lease``'s pair back in front of the annotator, ahead of anything else they hold.
+
+    Only unskipped leases are served, so only they are reordered (and locked)."""
     session.flush()
-    session.execute(update(Lease).where(Lease.annotator_id == annotator_id, Lease.id != lease.id)
+    session.execute(update(Lease).where(Lease.annotator_id == annotator_id, Lease.id != lease.id,
+                                        Lease.skipped.is_(False))
                     .values(created_at=now).execution_options(synchronize_session=False))
     lease.created_at = now - timedelta(seconds=1)
     session.flush()

@@ -15,10 +15,18 @@ LOCKED`` and the capacity is re-counted by a fresh statement *after* the lock
 is held (under READ COMMITTED a new statement sees every lease committed by
 whoever held the lock before). Submitting a judgment updates the comparison
 row, so it serialises with claims on that row. Renewing an expired lease
-locks the annotator's lease rows, then the comparison row, waiting for it
-rather than skipping it (skipping would swap the pair on screen), and
-re-counts the same way. On SQLite every write
+waits for the comparison row rather than skipping it (skipping would swap the
+pair on screen), and re-counts the same way. On SQLite every write
 transaction is ``BEGIN IMMEDIATE``, which serialises writers outright.
+
+Lock order, on every path that locks an annotator's lease rows and a
+comparison row: the lease rows first, then the judgment row, then comparison
+rows. One annotator's tabs can otherwise deadlock (an undo holding the
+comparison row and waiting for a lease row that a renewal holds while it waits
+for that comparison row). A path that writes more than one of the annotator's
+leases (:func:`next_comparison`, undo) starts with :func:`lock_leases`, all of
+their unskipped leases in id order; one that touches a single lease (submit,
+skip) locks just that row, first.
 
 Gold pairs and self-consistency probes are mixed in at the configured rates;
 both look exactly like any other pair in the UI.
@@ -120,6 +128,7 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
     """
     user = require_active(session, actor)
     now = now or utcnow()
+    lock_leases(session, user.id)  # before any comparison row: see the lock order above
     held = session.scalar(
         select(Lease).where(Lease.annotator_id == user.id, Lease.expires_at > now, Lease.skipped.is_(False))
         .order_by(Lease.created_at, Lease.id).limit(1))
@@ -182,6 +191,19 @@ def _claim(session: Session, settings: Settings, annotator_id: int, now: datetim
     return lease
 
 
+def lock_leases(session: Session, annotator_id: int) -> None:
+    """Lock the annotator's unskipped lease rows, in id order (PostgreSQL; SQLite serialises writers).
+
+    The first lock of a transaction that writes several of the annotator's leases, or
+    renews one, so that it takes lease rows before comparison rows (the module's lock
+    order) and in the same order as the annotator's other tabs.
+    """
+    if session.bind.dialect.name != "postgresql":
+        return
+    session.execute(select(Lease.id).where(Lease.annotator_id == annotator_id, Lease.skipped.is_(False))
+                    .order_by(Lease.id).with_for_update())
+
+
 def _has_room(session: Session, comparison_id: int, annotator_id: int, now: datetime) -> bool:
     """Whether the pair's overlap leaves room for this annotator: judgments plus others' live leases,
     counted by fresh statements (call it with the comparison row locked)."""
@@ -215,7 +237,8 @@ def renew_lease(session: Session, settings: Settings, lease: Lease, now: datetim
 
     A probe needs the judgment it repeats to be live; any other pair must be open,
     not judged by them, and (unless gold) have room, counted with the row locked as
-    a claim does. The caller holds the lease row (locked on PostgreSQL).
+    a claim does. The caller holds the annotator's lease rows (:func:`lock_leases`): the
+    comparison row is locked after them.
     """
     comparison = _lock_comparison(session, lease.comparison_id)
     judged = session.scalar(select(_live_judgment(lease.comparison_id, lease.annotator_id)))
@@ -231,10 +254,12 @@ def renew_lease(session: Session, settings: Settings, lease: Lease, now: datetim
 
 
 def _renew_expired(session: Session, settings: Settings, annotator_id: int, now: datetime) -> Lease | None:
-    """The annotator's oldest expired (not skipped) lease that can be renewed, renewed; else None."""
+    """The annotator's oldest expired (not skipped) lease that can be renewed, renewed; else None.
+
+    The caller holds the annotator's lease rows (:func:`lock_leases`)."""
     expired = session.scalars(
         select(Lease).where(Lease.annotator_id == annotator_id, Lease.expires_at <= now, Lease.skipped.is_(False))
-        .order_by(Lease.created_at, Lease.id).limit(CANDIDATES_PER_CLAIM).with_for_update(of=Lease)).all()
+        .order_by(Lease.created_at, Lease.id).limit(CANDIDATES_PER_CLAIM)).all()
     for lease in expired:
         if renew_lease(session, settings, lease, now):
             return lease
@@ -346,4 +371,4 @@ def expire_stale_leases(session: Session, *, now: datetime | None = None, older_
 
 
 __all__ = ["Assignment", "a_on_left_for", "next_comparison", "skip", "queue_depth", "remaining_for",
-           "release_lease", "renew_lease", "expire_stale_leases"]
+           "release_lease", "renew_lease", "lock_leases", "expire_stale_leases"]

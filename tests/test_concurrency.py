@@ -326,3 +326,80 @@ def test_sqlite_writers_of_one_process_take_turns(sqlite_db):
     for t in threads:
         t.join(timeout=30)
     assert order == ["w0", "w1", "w2", "w3"]
+
+
+def _lock_waiters(engine) -> int:
+    """Backends of this database waiting for a lock (a fresh snapshot of pg_stat_activity each call)."""
+    from sqlalchemy import text as sql
+
+    with engine.connect() as conn:
+        return conn.execute(sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                "AND wait_event_type = 'Lock'")).scalar()
+
+
+@pytest.mark.postgres
+def test_postgres_undo_and_lease_renewal_of_one_annotator_do_not_deadlock(pg_db, tmp_path, pg_clean_url):
+    """One annotator, two tabs: undo in one while a page load in the other renews expired leases.
+
+    The renewal holds the annotator's expired leases and locks each lease's comparison row in turn;
+    a third session holding the first of those rows stops it there. Meanwhile the undo withdraws the
+    judgment of the pair the second expired lease (a probe of that judged pair) is on. Before the
+    fix the undo locked that comparison row and then waited for the lease row, while the renewal,
+    let go, waited for the comparison row: a deadlock, PostgreSQL aborting one of them (undo with
+    DeadlockDetected or the page load with the 'queue is being reordered' message). With leases
+    locked before comparison rows on every path both complete. Neither runs under transact's
+    retries, so a deadlock shows as an error here.
+    """
+    from datetime import timedelta
+
+    from sqlalchemy.orm import Session
+
+    from annotate.models import Lease, utcnow
+
+    settings = load_settings(environ={}, data_dir=tmp_path, database_url=pg_clean_url, env="test")
+    t0 = utcnow()
+    with pg_db.begin() as s:
+        a, b = make_user(s, "two-tabs"), make_user(s, "other")
+        filled, judged, _ = make_comparisons(s, 3)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    with pg_db.begin() as s:
+        judgments.submit(s, settings, actor=b, comparison_id=filled, shown="tie", now=t0)  # no room left for a
+        judgments.submit(s, settings, actor=a, comparison_id=judged, shown="left", now=t0)
+        expires = t0 + timedelta(seconds=settings.lease_seconds)
+        s.add(Lease(comparison_id=filled, annotator_id=a.id, created_at=t0, expires_at=expires))
+        s.add(Lease(comparison_id=judged, annotator_id=a.id, is_probe=True, created_at=t0 + timedelta(seconds=1),
+                    expires_at=expires))
+    later = t0 + timedelta(seconds=settings.lease_seconds + 60)
+
+    outcome: dict[str, object] = {}
+
+    def page_load():
+        try:
+            with pg_db.begin() as s:
+                outcome["served"] = queue.next_comparison(s, settings, options, actor=a, now=later).comparison_id
+        except BaseException as exc:  # surfaced by the assertions below
+            outcome["served"] = exc
+
+    def undo():
+        try:
+            with pg_db.begin() as s:
+                outcome["undone"] = judgments.undo_last_action(s, settings, actor=a, now=later).comparison_id
+        except BaseException as exc:
+            outcome["undone"] = exc
+
+    blocker = Session(pg_db.engine)
+    blocker.execute(select(Comparison.id).where(Comparison.id == filled).with_for_update())
+    renewal = threading.Thread(target=page_load)
+    undoing = threading.Thread(target=undo)
+    try:
+        renewal.start()
+        _wait_until(lambda: _lock_waiters(pg_db.engine) == 1 or not renewal.is_alive(), timeout=60)
+        undoing.start()
+        _wait_until(lambda: _lock_waiters(pg_db.engine) == 2 or not undoing.is_alive(), timeout=60)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    renewal.join(timeout=60)
+    undoing.join(timeout=60)
+    assert not renewal.is_alive() and not undoing.is_alive()
+    assert outcome == {"served": judged, "undone": judged}, outcome
