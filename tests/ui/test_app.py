@@ -70,6 +70,12 @@ def _press(at: AppTest, action: str):
     return button
 
 
+def _undo_button(at: AppTest):
+    """The latest render's undo button (its key changes every render)."""
+    [button] = [b for b in at.button if b.key and re.fullmatch(r"undo_\d+", b.key)]
+    return button
+
+
 def _judgments(app_db, actor: Actor) -> list[Judgment]:
     with app_db.read() as session:
         return list(session.scalars(select(Judgment).where(Judgment.annotator_id == actor.id)
@@ -297,7 +303,7 @@ def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, peopl
     at.run()
     assert _shown_pair(at, app_db, annotator)[0] != first
 
-    at.button(key="undo").click()
+    _undo_button(at).click()
     at.run()
     [judgment] = _judgments(app_db, annotator)
     assert judgment.state is JudgmentState.retracted
@@ -326,7 +332,7 @@ def test_undo_right_after_skip_brings_the_skipped_pair_back(app_db, people):
     _press(at, "skip").click().run()
     assert _shown_pair(at, app_db, annotator)[0] not in (judged, skipped)
 
-    at.button(key="undo").click().run()
+    _undo_button(at).click().run()
     assert not at.exception
     assert _shown_pair(at, app_db, annotator)[0] == skipped
     [judgment] = _judgments(app_db, annotator)
@@ -361,7 +367,7 @@ def test_optional_inputs_survive_undo_and_a_visit_to_the_guidelines(app_db, peop
     second, _ = _shown_pair(at, app_db, annotator)
     _fill(at, second, 1, "half-typed thought", [])
 
-    at.button(key="undo").click().run()
+    _undo_button(at).click().run()
     assert _shown_pair(at, app_db, annotator)[0] == first
     assert _inputs_shown(at, first) == (3, "clearer and correct", ["unsafe"])
     _press(at, "judge_right").click().run()
@@ -432,11 +438,69 @@ def test_a_key_pressed_twice_acts_once_and_never_on_the_next_pair(app_db, people
     assert [j.comparison_id for j in _judgments(app_db, annotator)][-1] == second
 
 
+def _hold_inputs(at: AppTest) -> None:
+    """Make the next runs send the inputs this render holds, as the browser does (AppTest would look up
+    unset ones in session state)."""
+    for cid in [int(c.value.split("#")[1].split()[0]) for c in at.caption if c.value.startswith("Pair #")]:
+        at.segmented_control(key=f"strength_{cid}").set_value(None)
+        at.text_input(key=f"rationale_{cid}").set_value("")
+        at.pills(key=f"flags_{cid}").set_value([])
+
+
+@pytest.mark.parametrize("pairs", [3, 2], ids=["pair-on-screen", "queue-empty"])
+def test_u_pressed_twice_before_the_page_rerenders_undoes_once(app_db, people, pairs):
+    """U pressed twice quickly: the second press comes from the same render as the first. Only the
+    latest action is undone; the judgment before it stays (the same rule as a judge or skip key)."""
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, pairs)
+    at = _login(_app(), "ann")
+    first, _ = _shown_pair(at, app_db, annotator)
+    _press(at, "judge_left").click().run()
+    second, _ = _shown_pair(at, app_db, annotator)
+    _press(at, "judge_right").click().run()
+    assert bool([c for c in at.caption if c.value.startswith("Pair #")]) == (pairs == 3)
+    _hold_inputs(at)
+    stale = _undo_button(at).click()  # keeps its trigger: it belongs to the render after the two judgments
+    stale.run()
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    stale.run()  # the second press, from the same render
+    assert not at.exception
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    assert [(j.comparison_id, j.state) for j in _judgments(app_db, annotator)] == [
+        (first, JudgmentState.active), (second, JudgmentState.retracted)]
+
+
+def test_u_pressed_again_once_the_pair_is_back_undoes_the_action_before(app_db, people):
+    """Deliberate repeated undo: U, the withdrawn pair is shown, U again withdraws the judgment before it."""
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, 3)
+    at = _login(_app(), "ann")
+    first, _ = _shown_pair(at, app_db, annotator)
+    _press(at, "judge_left").click().run()
+    second, _ = _shown_pair(at, app_db, annotator)
+    _press(at, "skip").click().run()
+    _undo_button(at).click().run()
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    assert any("Skip undone" in t.value for t in at.toast)
+    _undo_button(at).click().run()
+    assert not at.exception
+    assert _shown_pair(at, app_db, annotator)[0] == first
+    [judgment] = _judgments(app_db, annotator)
+    assert judgment.state is JudgmentState.retracted
+    _undo_button(at).click().run()  # nothing left to undo
+    assert any("Nothing recent to undo" in t.value for t in at.toast)
+    _press(at, "judge_tie").click().run()
+    assert [(j.comparison_id, j.state) for j in _judgments(app_db, annotator)] == [
+        (first, JudgmentState.retracted), (first, JudgmentState.active)]
+
+
 def test_no_more_pairs_is_handled(app_db, people):
     at = _login(_app(), "ann")
     assert not at.exception
     assert any("No more pairs" in s.value for s in at.success)
-    at.button(key="undo").click()
+    _undo_button(at).click()
     at.run()
     assert any("Nothing recent to undo" in t.value for t in at.toast)
 
@@ -705,7 +769,7 @@ def test_annotation_round_trip_on_postgresql(pg_clean_url, tmp_path, monkeypatch
         assert not at.exception and not _errors(at)
         [judgment] = _judgments(database, annotator)
         assert (judgment.comparison_id, judgment.choice) == (cid, Choice.b if a_left else Choice.a)
-        at.button(key="undo").click()
+        _undo_button(at).click()
         at.run()
         assert _judgments(database, annotator)[0].state is JudgmentState.retracted
         assert _shown_pair(at, database, annotator)[0] == cid

@@ -10,7 +10,10 @@ key was registered with in the latest run: with one key for every pair, a key
 pressed twice before the next pair arrived judged that next pair unseen. And an
 action clears the pair on screen until the next run shows one, so a second
 press from the same render is ignored instead of warning that the pair is
-"not assigned any more".
+"not assigned any more". Undo follows the same rule with a token per render:
+its button is keyed by the render's token and used once, so U pressed twice
+before the page re-renders undoes one action, not two; U pressed again once the
+undone pair is shown undoes the action before it.
 
 The optional inputs (strength, rationale, flags) live in widgets keyed by their
 pair, and Streamlit forgets a widget's value once a run does not draw it. So
@@ -33,6 +36,8 @@ TIMER_KEY = "pair_shown_at"
 ON_SCREEN_KEY = "pair_on_screen"  # the comparison the latest run showed; None once acted on
 DRAFTS_KEY = "pair_drafts"  # comparison id -> its unsent optional inputs
 SENT_KEY = "pair_sent_inputs"  # comparison id -> the optional inputs its judgment was sent with (for undo)
+UNDO_SERIAL_KEY = "undo_serial"  # renders that drew the undo button so far
+UNDO_ON_SCREEN_KEY = "undo_on_screen"  # the latest render's undo token; None once used
 _KEPT = 20  # pairs remembered in each
 ACTIONS = (
     # (shown, label, shortcut, button type)
@@ -117,11 +122,16 @@ def _skip(comparison_id: int) -> None:
         st.toast("Skipped: you will not see this pair again (Undo brings it back).", icon=":material/skip_next:")
 
 
-def _undo() -> None:
+def _undo(token: int) -> None:
+    """Undo the latest action, once per render: ``token`` is the render's the press came from."""
+    if st.session_state.get(UNDO_ON_SCREEN_KEY) != token:  # a press from an earlier render, or a repeated one
+        return
+    st.session_state[UNDO_ON_SCREEN_KEY] = None  # before the write, as in _act
     actor, settings, db = context.current_actor(), context.get_settings(), context.get_db()
     try:
         undone = db.transact(lambda session: judgments.undo_last_action(session, settings, actor=actor))
     except (PrefloopError, OperationalError) as exc:
+        st.session_state[UNDO_ON_SCREEN_KEY] = token
         st.toast(_not_done(exc), icon=":material/warning:")
         return
     if undone is None:
@@ -137,6 +147,14 @@ def _undo() -> None:
     if comparison_id in _kept(SENT_KEY):  # shown again as it was judged
         _keep(DRAFTS_KEY, comparison_id, _kept(SENT_KEY).pop(comparison_id))
     st.toast("Your last judgment was withdrawn; judge that pair again.", icon=":material/undo:")
+
+
+def _undo_button(column) -> None:
+    """The undo button, keyed by a new token each render (see the module docstring)."""
+    token = st.session_state[UNDO_SERIAL_KEY] = st.session_state.get(UNDO_SERIAL_KEY, 0) + 1
+    st.session_state[UNDO_ON_SCREEN_KEY] = token
+    column.button("Undo last", key=f"undo_{token}", shortcut="U", on_click=_undo, args=(token,),
+                  icon=":material/undo:", width="stretch")
 
 
 def _is_long(text: str) -> bool:
@@ -170,7 +188,7 @@ if assignment is None:
     st.session_state[ON_SCREEN_KEY] = None
     again, undo = st.columns(2, width=420)
     again.button("Check for new pairs", key="check_again", icon=":material/refresh:", width="stretch")
-    undo.button("Undo last", key="undo", shortcut="U", on_click=_undo, icon=":material/undo:", width="stretch")
+    _undo_button(undo)
     st.stop()
 
 cid = assignment.comparison_id
@@ -198,8 +216,7 @@ for column, (shown, label, key, kind) in zip(buttons, ACTIONS):
                   width="stretch")
 buttons[4].button("Skip", key=f"skip_{cid}", shortcut="S", on_click=_skip, args=(cid,), icon=":material/skip_next:",
                   width="stretch")
-buttons[5].button("Undo last", key="undo", shortcut="U", on_click=_undo, icon=":material/undo:",
-                  width="stretch")
+_undo_button(buttons[5])
 
 keys = _input_keys(cid)
 for name, value in _kept(DRAFTS_KEY).get(cid, {}).items():
