@@ -113,6 +113,29 @@ def test_settings_save_on_a_locked_database_says_not_saved_then_saves(app_db, pe
         assert session.get(AppSetting, "target_judgments").value == 500
 
 
+@pytest.mark.parametrize("key, field, top, above", [
+    ("opt_max_overlap", "max_overlap", 20, 21),
+    ("opt_gold_rate", "gold_rate", 0.5, 0.51),
+    ("opt_probe_rate", "probe_rate", 0.5, 0.51),
+])
+def test_settings_inputs_stop_where_the_campaign_rules_do(app_db, people, key, field, top, above):
+    """A value the form lets an admin enter is one that saves: the widget's top is the rule's.
+
+    (Gold rate 0.8 used to be accepted by the form and refused on save, below a long form.)"""
+    from dataclasses import replace
+
+    from annotate import campaign
+    from annotate.errors import PrefloopError
+    from annotate.settings import load_settings
+
+    at = _open(people[1], "settings.py")
+    assert at.number_input(key=key).max == top
+    options = replace(campaign.defaults(load_settings()), **{"max_overlap": 20, field: top})
+    options.validate()
+    with pytest.raises(PrefloopError):
+        replace(options, **{field: above}).validate()
+
+
 def test_guidelines_save_on_a_locked_database_says_not_saved_then_saves(app_db, people, lock_database):
     at = _open(people[1], "guidelines.py")
     at.text_area(key="guidelines_text").input("# New rules")

@@ -7,6 +7,10 @@ import streamlit as st
 from annotate import campaign, dashboard
 from annotate.ui import context
 
+# The widgets' bounds are CampaignOptions.validate's, so a value the form accepts is one that saves.
+MAX_OVERLAP = 20
+MAX_RATE = 0.5
+
 actor = context.require_admin_page()
 settings, db = context.get_settings(), context.get_db()
 
@@ -23,15 +27,15 @@ if options.strategy not in strategies:
 with st.form("campaign_settings"):
     st.subheader("Overlap and quality control")
     c1, c2, c3, c4 = st.columns(4)
-    overlap = c1.number_input("Overlap", min_value=1, max_value=20, value=options.overlap, step=1,
+    overlap = c1.number_input("Overlap", min_value=1, max_value=MAX_OVERLAP, value=options.overlap, step=1,
                               key="opt_overlap", help="Judgments each new comparison needs.")
-    max_overlap = c2.number_input("Maximum overlap", min_value=1, max_value=50, value=options.max_overlap, step=1,
+    max_overlap = c2.number_input("Maximum overlap", min_value=1, max_value=MAX_OVERLAP, value=options.max_overlap, step=1,
                                   key="opt_max_overlap",
                                   help="Adaptive overlap adds judgments on disagreement up to this.")
-    gold_rate = c3.number_input("Gold rate", min_value=0.0, max_value=1.0, value=float(options.gold_rate),
+    gold_rate = c3.number_input("Gold rate", min_value=0.0, max_value=MAX_RATE, value=float(options.gold_rate),
                                 step=0.01, format="%.2f", key="opt_gold_rate",
                                 help="Share of served pairs that are gold pairs (0 to 0.5).")
-    probe_rate = c4.number_input("Probe rate", min_value=0.0, max_value=1.0, value=float(options.probe_rate),
+    probe_rate = c4.number_input("Probe rate", min_value=0.0, max_value=MAX_RATE, value=float(options.probe_rate),
                                  step=0.01, format="%.2f", key="opt_probe_rate",
                                  help="Share of served pairs that are swapped repeats (0 to 0.5).")
     st.subheader("Active learning and retraining")
