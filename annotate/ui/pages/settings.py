@@ -29,8 +29,8 @@ with st.form("campaign_settings"):
     c1, c2, c3, c4 = st.columns(4)
     overlap = c1.number_input("Overlap", min_value=1, max_value=MAX_OVERLAP, value=options.overlap, step=1,
                               key="opt_overlap", help="Judgments each new comparison needs.")
-    max_overlap = c2.number_input("Maximum overlap", min_value=1, max_value=MAX_OVERLAP, value=options.max_overlap, step=1,
-                                  key="opt_max_overlap",
+    max_overlap = c2.number_input("Maximum overlap", min_value=1, max_value=MAX_OVERLAP, value=options.max_overlap,
+                                  step=1, key="opt_max_overlap",
                                   help="Adaptive overlap adds judgments on disagreement up to this.")
     gold_rate = c3.number_input("Gold rate", min_value=0.0, max_value=MAX_RATE, value=float(options.gold_rate),
                                 step=0.01, format="%.2f", key="opt_gold_rate",
