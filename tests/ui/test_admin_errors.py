@@ -70,6 +70,24 @@ def test_import_error_quotes_a_bad_header_without_rendering_it(app_db, people):
     assert "![" not in error, error
 
 
+def test_import_says_when_known_winners_will_keep_pairs_from_annotators(app_db, people):
+    """With the defaults (known winner stored as a judgment, overlap 1) a TRL or HH file's pairs are complete on
+    import; the page says so before Import, not after (re-importing with other options adds nothing)."""
+    at = _open(people[1], "admin_import.py")
+    _upload_csv(at, b"prompt,chosen,rejected\np1,good1,bad1\np2,good2,bad2\n")
+    [note] = [i.value for i in at.info if "known winner" in i.value]
+    assert "2 of the 2 comparisons" in note and "annotators will not see" in note
+    at.selectbox(key="import_known_winner").set_value("ignore")
+    at.run()
+    assert not [i.value for i in at.info if "known winner" in i.value]
+    at.selectbox(key="import_known_winner").set_value("judgment")
+    at.number_input(key="import_overlap").set_value(2)
+    at.run()
+    assert not [i.value for i in at.info if "known winner" in i.value]
+    _upload_csv(at, b"prompt,response_a,response_b\np1,a1,b1\n")  # no winners: nothing to say
+    assert not [i.value for i in at.info if "known winner" in i.value]
+
+
 # --------------------------------------------------------------------------- a locked database
 
 

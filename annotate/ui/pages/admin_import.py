@@ -71,6 +71,13 @@ known_winner = middle.selectbox("Known outcomes in the file", list(KNOWN_WINNER)
                                 key="import_known_winner")
 overlap = right.number_input("Judgments needed per pair (overlap)", min_value=1, max_value=20,
                              value=default_overlap, step=1, key="import_overlap")
+n_known = sum(c.winner is not None for c in parsed.comparisons)
+if n_known and known_winner == "judgment" and overlap <= 1:
+    # An imported judgment counts towards overlap: without this note the queue silently stays as it was.
+    st.info(f"{n_known} of the {len(parsed.comparisons)} comparisons have a known winner. Stored as an imported "
+            "judgment, it meets overlap 1, so annotators will not see those pairs. To have them judged, choose "
+            "*ignore them* or *make the pairs gold*, or raise the overlap, before importing: importing the same "
+            "pairs again adds nothing.", icon=":material/info:")
 
 if st.button("Import", type="primary", disabled=bool(parsed.problems), key="import_go",
              icon=":material/upload:"):
