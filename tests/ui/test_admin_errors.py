@@ -295,3 +295,37 @@ def test_retrain_now_says_how_to_follow_the_run_without_a_reload(app_db, people,
     run_id = _add_running_run(app_db)  # what the started process records
     _click(at, "Refresh")
     assert [i.value for i in at.info if i.value.startswith(f"Run {run_id} stopped")]
+
+
+# --------------------------------------------------------------------------- the reward model page
+
+
+def _add_active_version(app_db, gate: str) -> None:
+    from annotate.models import ModelVersion
+
+    with app_db.begin() as session:
+        session.add(ModelVersion(artifact_path="/nowhere/rm", encoder_id="enc", is_active=True, promoted=True,
+                                 promoted_at=utcnow(), n_train=73, n_test=26,
+                                 metrics={"accuracy": 0.65, "gate": gate}))
+
+
+def test_score_a_response_asks_for_both_texts_instead_of_scoring_blanks(app_db, people, monkeypatch):
+    """An empty form used to load the model and print a reward for two empty strings."""
+    from annotate import scoring
+
+    loaded = []
+    monkeypatch.setattr(scoring, "load_model", lambda *a, **k: loaded.append(a))
+    _add_active_version(app_db, "first model")
+    at = _open(people[1], "models.py")
+    at.text_area(key="score_prompt").input("How do I boil an egg?")
+    _click(at, "Score")  # the response is still empty
+    assert not at.exception, at.exception
+    assert [w.value for w in at.warning] == ["Enter a prompt and a response to score."]
+    assert loaded == [] and not [m for m in at.metric if m.label.startswith("Reward (version")]
+
+
+def test_the_promotion_reason_reads_as_a_sentence(app_db, people):
+    _add_active_version(app_db, "only 26 decisive held-out pairs (fewer than 30), too few to compare accuracies")
+    at = _open(people[1], "models.py")
+    [caption] = [c.value for c in at.caption if c.value.startswith("Trained on 73 judgments")]
+    assert "UTC. Only 26 decisive held-out pairs" in caption, caption

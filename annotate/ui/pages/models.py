@@ -41,8 +41,9 @@ else:
                                         ("Ensemble spread", "ensemble_prob_std")]):
         value = active[key]
         col.metric(label, "—" if value is None else f"{value:.3f}")
+    gate = active["gate"] or ""  # the gate's reason starts in lower case ("first model", "only 26 decisive ...")
     st.caption(f"Trained on {active['n_train']} judgments, tested on {active['n_test']} held-out ones; "
-               f"promoted {active['promoted_at']:%Y-%m-%d %H:%M} UTC. {active['gate'] or ''}")
+               f"promoted {active['promoted_at']:%Y-%m-%d %H:%M} UTC. {gate[:1].upper()}{gate[1:]}")
 
 st.subheader("Versions")
 if board["versions"]:
@@ -82,7 +83,9 @@ with st.form("score_form"):
     prompt = st.text_area("Prompt", key="score_prompt")
     response = st.text_area("Response", key="score_response")
     submitted = st.form_submit_button("Score", type="primary", disabled=active is None)
-if submitted and active is not None:
+if submitted and active is not None and not (prompt.strip() and response.strip()):
+    st.warning("Enter a prompt and a response to score.")  # an empty text still gets a reward, which means nothing
+elif submitted and active is not None:
     with context.user_errors():
         model = _scorer(active["id"], str(scoring.artifact_location(settings, active["artifact_path"])))
         (row,) = scoring.score_with(model, [prompt], [response])
