@@ -355,9 +355,11 @@ def flags_for(stats: AnnotatorStats, thresholds: Thresholds = THRESHOLDS) -> lis
     t, flags = thresholds, []
     left = stats.left_rate
     if (stats.n_decisive >= t.left_min_n and left is not None
-            and not t.left_rate_low <= left <= t.left_rate_high
-            and (binomial_p(stats.n_left, stats.n_decisive) or 1.0) < t.left_binomial_p):
-        flags.append("left_bias")
+            and not t.left_rate_low <= left <= t.left_rate_high):
+        # A strong bias over many judgments has a p-value that underflows to exactly 0.0.
+        p_value = binomial_p(stats.n_left, stats.n_decisive)
+        if p_value is not None and p_value < t.left_binomial_p:
+            flags.append("left_bias")
     if stats.n_gold >= t.gold_min_n and (stats.gold_accuracy or 0.0) < t.gold_min_accuracy:
         flags.append("gold")
     if stats.kappa_shared >= t.kappa_min_shared and stats.kappa is not None and stats.kappa < t.kappa_min:

@@ -156,6 +156,19 @@ def test_flags_thresholds():
     assert quality.flags_for(replace(base, n_timed=30, median_ms_per_1k_chars=9000.0), t) == []
 
 
+def test_left_bias_is_flagged_however_many_judgments():
+    # Over ~1,100+ decisive judgments a strong left clicker's binomial p-value underflows to
+    # exactly 0.0; that is the strongest evidence there is, not "no p-value".
+    t = quality.Thresholds()
+    base = quality.AnnotatorStats(annotator_id=1, username="x")
+    for n, left in [(2_000, 2_000), (20_000, 14_000), (1_100, 1_100), (200, 140)]:
+        lefty = replace(base, n=n, n_decisive=n, n_left=left)
+        assert lefty.left_p_value is not None and lefty.left_p_value < t.left_binomial_p
+        assert quality.flags_for(lefty, t) == ["left_bias"], (n, left)
+    # a balanced annotator with as many judgments is not flagged
+    assert quality.flags_for(replace(base, n=20_000, n_decisive=20_000, n_left=10_050), t) == []
+
+
 def test_needs_another_judgment_rules():
     assert quality.needs_another_judgment(["a", "b"], "b", None, None) == "disagreement"
     assert quality.needs_another_judgment(["a", "a"], "a", 0.5, (0, 0)) is None
