@@ -93,8 +93,10 @@ class Overview:
 
 
 def _hour_bucket(session: Session, column):
+    """The UTC hour a timestamp falls in (naive, read as UTC by :func:`_as_hour`)."""
     if session.bind.dialect.name == "postgresql":
-        return func.date_trunc("hour", column)
+        # date_trunc on a timestamptz truncates in the session's TimeZone (e.g. Asia/Kolkata, +05:30).
+        return func.date_trunc("hour", func.timezone("UTC", column))
     return func.strftime("%Y-%m-%d %H:00:00", column)
 
 

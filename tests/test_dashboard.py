@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from annotate import campaign, dashboard, quality
 from annotate.errors import NotFound, PermissionDenied, PrefloopError
@@ -81,6 +81,20 @@ def test_overview_counts(db, settings, seeded):
     # live judgments' times: 2,4,6,8,10,12,14,16,18,20 (s) -> median 11 s
     assert ov.median_time_ms == pytest.approx(11_000)
     assert ov.active_model is None and ov.last_run is None and ov.next_retrain_at is None
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "America/St_Johns"])
+def test_overview_hours_are_utc_hours_whatever_the_server_time_zone(db, settings, seeded, zone):
+    # A PostgreSQL server installed in India (or Newfoundland) has a half-hour TimeZone by default:
+    # hour buckets must still start on UTC hours, as the page says.
+    now = seeded["now"]
+    with db.read() as s:
+        if s.bind.dialect.name == "postgresql":
+            s.execute(text(f"SET LOCAL TIME ZONE '{zone}'"))
+        ov = dashboard.overview(s, settings, actor=seeded["admin"], now=now, period=timedelta(hours=24))
+    hour = now.replace(minute=0)
+    assert ov.per_hour == [(hour - timedelta(hours=2), 4), (hour, 6)]
+    assert all(h.utcoffset() == timedelta(0) for h, _ in ov.per_hour)
 
 
 def test_overview_active_model_and_next_retrain(db, settings, seeded):
