@@ -92,7 +92,33 @@ def test_demo_prints_credentials_once(env):
     assert first.returncode == 0 and first.stdout.count("password:") == 2
     second = run(env, "demo")
     assert "password:" not in second.stdout and "already exist" in second.stdout
-    assert counts(env)["comparisons"] == 36
+    assert counts(env)["comparisons"] == 54
+
+
+def test_judging_the_whole_demo_once_triggers_the_first_retrain(env):
+    """``make run``'s demo shows the loop: one annotator judging every demo pair reaches the default
+    'retrain every N new labels' (with 36 pairs for 50 labels the watcher only retrained on its timer)."""
+    from datetime import timedelta
+
+    from annotate import retrain
+    from annotate.models import utcnow
+    from annotate.settings import load_settings
+
+    assert run(env, "demo").returncode == 0
+    settings = load_settings(env)
+    db = Database(create_db_engine(env["PREFLOOP_DATABASE_URL"]))
+    try:
+        with db.begin() as s:
+            annotator = s.scalar(select(User.id).where(User.username == "annotator"))
+            for cid in s.scalars(select(Comparison.id)):
+                s.add(Judgment(comparison_id=cid, annotator_id=annotator, choice="a", a_on_left=True,
+                               time_spent_ms=4000))
+        with db.read() as s:
+            check = retrain.check_due(s, settings, since=utcnow() - timedelta(minutes=1))
+    finally:
+        db.dispose()
+    assert check.new_judgments >= settings.retrain_every_labels
+    assert check.due, check.reason
 
 
 def test_export_cli_writes_trl_jsonl(env, tmp_path, hh_path):

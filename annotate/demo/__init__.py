@@ -1,7 +1,10 @@
 """The demo campaign behind ``make run``: a small hand-written dataset and two accounts.
 
 The dataset (``demo.jsonl``, k-wise format: every pair of a prompt's three
-responses becomes a comparison) was written for this project.
+responses becomes a comparison) was written for this project. Its 18 prompts
+give 54 pairs, so one annotator judging them all reaches the default
+"retrain every 50 new labels" and the watcher trains the first model: keep it
+at least that big.
 """
 
 from __future__ import annotations
