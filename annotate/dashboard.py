@@ -63,7 +63,8 @@ class Overview:
     judgments_in_period: int
     median_time_ms: float | None
     per_hour: list[tuple[datetime, int]]
-    """(hour start, judgments) for every hour of the period that had any."""
+    """(UTC hour start, live annotator judgments, probes included) for every hour of the period that had any;
+    imported judgments are left out (they carry the time of the import)."""
     target_judgments: int
     counted_judgments: int
     """Live, non-probe annotator judgments: what the target counts."""
@@ -164,8 +165,10 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
         quality._n(and_(Judgment.is_probe.is_(False), Judgment.source == JudgmentSource.annotator)),
     ).where(live)).one()
     hour = _hour_bucket(session, Judgment.created_at).label("hour")
+    # Pace is annotators' work: an import stamps all its judgments with the import time.
     per_hour = [(_as_hour(h), int(n)) for h, n in session.execute(
-        select(hour, func.count(Judgment.id)).where(live, Judgment.created_at >= since)
+        select(hour, func.count(Judgment.id))
+        .where(live, Judgment.source == JudgmentSource.annotator, Judgment.created_at >= since)
         .group_by(hour).order_by(hour)).all()]
     recent = select(Judgment.annotator_id.label("uid")).where(Judgment.created_at >= now - ACTIVE_WINDOW,
                                                               Judgment.annotator_id.is_not(None))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, insert, select, text, update
 
 from annotate import campaign, dashboard, quality
 from annotate.errors import NotFound, PermissionDenied, PrefloopError
@@ -14,6 +14,7 @@ from annotate.models import (
     Comparison,
     ComparisonStatus,
     Judgment,
+    JudgmentSource,
     Lease,
     ModelVersion,
     TrainingRun,
@@ -95,6 +96,21 @@ def test_overview_hours_are_utc_hours_whatever_the_server_time_zone(db, settings
     hour = now.replace(minute=0)
     assert ov.per_hour == [(hour - timedelta(hours=2), 4), (hour, 6)]
     assert all(h.utcoffset() == timedelta(0) for h, _ in ov.per_hour)
+
+
+def test_overview_pace_leaves_out_imported_judgments(db, settings, seeded):
+    # An import stamps its judgments with the import time: 500 of them in one hour are not
+    # annotators' pace (they stay in the live total).
+    now = seeded["now"]
+    with db.begin() as s:
+        s.execute(insert(Judgment), [{"comparison_id": seeded["cids"][3], "annotator_id": None,
+                                      "source": JudgmentSource.imported, "choice": "a", "flags": [],
+                                      "created_at": now - timedelta(minutes=1)}] * 500)
+    with db.read() as s:
+        ov = dashboard.overview(s, settings, actor=seeded["admin"], now=now, period=timedelta(hours=24))
+    assert ov.judgments == 510 and ov.counted_judgments == 9
+    assert ov.judgments_in_period == 10
+    assert [n for _, n in ov.per_hour] == [4, 6]
 
 
 def test_overview_active_model_and_next_retrain(db, settings, seeded):
