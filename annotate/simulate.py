@@ -323,8 +323,16 @@ class Comparison:
     """``(b, saving)`` for b = B/4, B/2 and B (mean curves, no interval): where along the curve labels are saved."""
 
 
+MIN_SEEDS_FOR_VERDICT = 5
+"""Below this many seeds a bootstrap over seeds has too few distinct resamples to mean anything
+(2 seeds give 3 distinct means), so no verdict is given."""
+
+
 def verdict(auc_gain_ci: tuple[float, float], saving_ci: tuple[float, float], n_seeds: int) -> str:
     """What the intervals support: use the strategy, keep the reference, or run more seeds."""
+    if n_seeds < MIN_SEEDS_FOR_VERDICT:
+        return (f"none: {n_seeds} seed(s) are too few for the intervals to mean anything; "
+                f"run at least {MIN_SEEDS_FOR_VERDICT} (10 recommended)")
     if auc_gain_ci[0] > 0 and saving_ci[0] > 0:
         return "saves labels on this data (both intervals exclude 0)"
     if auc_gain_ci[1] < 0:
@@ -435,7 +443,7 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
             lines.append(
                 f"  labels saved along the curve (to reach {cmp.reference}'s accuracy at "
                 + " / ".join(f"{b:.0f}" for b, _ in cmp.savings_along) + " labels): "
-                + " / ".join("never reached" if not math.isfinite(s) else f"{s * 100:.0f}%"
+                + " / ".join("never reached" if not math.isfinite(s) else f"{round(s * 100)}%"
                              for _, s in cmp.savings_along))
         lines += [
             f"  largest shortfall against {cmp.reference}: {cmp.worst_gap:+.2f} points at {cmp.worst_gap_at} labels",

@@ -89,6 +89,21 @@ def test_labels_to_reach_interpolates_and_reports_never():
     assert math.isinf(simulate.labels_to_reach(labels, np.array([0.5, 0.6, 0.7]), 0.8))
 
 
+def test_no_verdict_from_too_few_seeds():
+    """Two seeds give three distinct bootstrap means: intervals that 'exclude 0' mean nothing there."""
+    assert simulate.verdict((0.1, 0.5), (0.2, 0.8), 2).startswith("none: 2 seed(s) are too few")
+    assert simulate.verdict((0.1, 0.5), (0.2, 0.8), simulate.MIN_SEEDS_FOR_VERDICT).startswith("saves labels")
+    labels = np.arange(32, 1025, 32)
+    base = 0.55 + 0.06 * np.log(labels / 32) / np.log(32)
+    ref = simulate.Curves("random", labels, np.tile(base, (2, 1)), np.zeros((2, len(labels))))
+    # A tiny shortfall at the budget reads 0%, not -0%.
+    close = simulate.Curves("close", labels, np.tile(base - 1e-5, (2, 1)), np.zeros((2, len(labels))))
+    cmp = simulate.compare(close, ref, 640)
+    assert cmp.verdict.startswith("none:")
+    text = simulate.format_report([ref, close], [cmp])
+    assert "-0%" not in text and "verdict: none: 2 seed(s)" in text
+
+
 def test_compare_measures_a_known_label_saving():
     labels = np.arange(32, 1025, 32)
     rng = np.random.default_rng(0)
