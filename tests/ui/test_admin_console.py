@@ -125,11 +125,13 @@ def test_model_health_and_review_and_gold(app_db, people):
 
 def test_settings_page_saves_and_shows_validation_errors(app_db, people):
     at = _open(people[1], "settings.py")
-    at.number_input(key="opt_gold_rate").set_value(0.9)
-    at.button[0].click().run()
-    assert any("gold rate must be between 0 and 0.5" in e.value for e in at.error)
-    at.number_input(key="opt_gold_rate").set_value(0.1)
+    # The inputs stop at the single-field limits; a rule across fields is checked on save.
+    at.number_input(key="opt_overlap").set_value(5)
     at.number_input(key="opt_max_overlap").set_value(4)
+    at.button[0].click().run()
+    assert any("overlap must be at least 1 and at most the maximum overlap" in e.value for e in at.error)
+    at.number_input(key="opt_overlap").set_value(1)
+    at.number_input(key="opt_gold_rate").set_value(0.1)
     assert "random+cover" not in at.selectbox(key="opt_strategy").options  # only names the job accepts
     at.selectbox(key="opt_strategy").set_value("margin")
     at.number_input(key="opt_batch_size").set_value(8)
