@@ -96,6 +96,8 @@ class Thresholds:
     gold_min_n: int = 5
     kappa_min: float = 0.2
     kappa_min_shared: int = 20
+    """Pairings of the annotator's vote with another annotator's vote on the same comparison
+    (what the pooled κ is computed over), not comparisons: 7 comparisons at overlap 4 give 21."""
     flip_max: float = 0.3
     flip_min_n: int = 5
     speed_min_ms_per_1k_chars: float = 3000.0

@@ -138,7 +138,7 @@ with st.expander("How flags are decided"):
         f"≥ {t.left_min_n} decisive judgments, binomial p < {t.left_binomial_p}\n"
         f"- **low gold accuracy**: below {t.gold_min_accuracy:.0%} over ≥ {t.gold_min_n} gold judgments\n"
         f"- **low agreement with others**: pooled Cohen's κ below {t.kappa_min} over ≥ {t.kappa_min_shared} "
-        "shared judgments\n"
+        "pairings of their votes with others' on the same pairs (7 pairs at overlap 4 give 21)\n"
         f"- **inconsistent on repeats**: flip rate above {t.flip_max:.0%} over ≥ {t.flip_min_n} swapped probes\n"
         f"- **too fast**: median under {t.speed_min_ms_per_1k_chars:,.0f} ms per 1,000 characters over "
         f"≥ {t.speed_min_n} timed judgments\n\n"
