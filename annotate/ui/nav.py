@@ -6,7 +6,7 @@ Annotators' sessions never register admin pages. Admin pages must still call
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import streamlit as st
@@ -46,6 +46,8 @@ ADMIN_PAGES: tuple[PageSpec, ...] = (
     PageSpec("settings.py", "Settings", ":material/settings:"),
     PageSpec("audit.py", "Audit log", ":material/history:"),
 )
+ADMIN_HOME = "overview.py"
+"""Where an admin lands after logging in."""
 
 
 def _page(spec: PageSpec) -> st.Page:
@@ -56,7 +58,9 @@ def pages_for(actor: Actor | None) -> dict[str, list[st.Page]]:
     """The navigation for ``actor`` (whose role must come fresh from the database)."""
     if actor is None:
         return {"": [_page(LOGIN_PAGE)]}
-    pages = {"Annotation": [_page(s) for s in ANNOTATOR_PAGES]}
-    if actor.is_admin:
-        pages["Admin"] = [_page(s) for s in ADMIN_PAGES]
-    return pages
+    if not actor.is_admin:
+        return {"Annotation": [_page(s) for s in ANNOTATOR_PAGES]}
+    # An admin lands on the overview: opening Annotate leases a pair (for the lease
+    # time) and counts them as an active annotator, which logging in should not do.
+    return {"Annotation": [_page(replace(s, default=False)) for s in ANNOTATOR_PAGES],
+            "Admin": [_page(replace(s, default=s.file == ADMIN_HOME)) for s in ADMIN_PAGES]}

@@ -127,6 +127,19 @@ def test_login_success_shows_the_annotation_page(app_db, people):
     assert any("Signed in as **ann**" in c.value for c in at.sidebar.caption)
 
 
+def test_admin_lands_on_the_overview_and_holds_no_pair(app_db, people):
+    """Logging in as admin must not lease a pair (nor count them as annotating)."""
+    with app_db.begin() as session:
+        make_comparisons(session, 2)
+    at = _login(_app(), "boss")
+    assert [t.value for t in at.title] == ["Campaign overview"]
+    with app_db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Lease)) == 0
+    at.switch_page(_page("annotate.py"))
+    at.run()
+    assert [h.value for h in at.header] == ["Which response is better?"]  # one click away
+
+
 def _registered_pages(at: AppTest) -> list[str]:
     """The page files this session registered (AppTest lists them when asked for an unknown page)."""
     with pytest.raises(ValueError, match="Known pages") as info:
