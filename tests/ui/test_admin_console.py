@@ -74,6 +74,23 @@ def test_overview_shows_the_seeded_figures(app_db, people):
     assert any("60 of 120 judgments" in p.proto.text for p in at.get("progress"))
 
 
+def test_overview_hour_chart_is_in_utc_and_says_so(app_db, people):
+    """Vega-Lite draws times in the viewer's zone unless told UTC; the hours are UTC hours."""
+    import json
+
+    _seed(app_db, people)
+    at = _open(people[1], "overview.py")
+    [chart] = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert chart["encoding"]["x"]["timeUnit"] == "utcyearmonthdatehours"
+    assert chart["encoding"]["x"]["title"] == "hour (UTC)"
+
+
+def test_overview_before_any_run_states_the_whole_first_retrain_rule(app_db, people):
+    at = _open(people[1], "overview.py")  # no judgments, no run
+    [caption] = [c.value for c in at.caption if c.value.startswith("No training run yet")]
+    assert "after 50 new judgments" in caption and "retrain interval" in caption
+
+
 def test_overview_next_retrain_shows_the_watchers_wait_after_a_failed_run(app_db, people):
     from annotate.models import TrainingRun
 

@@ -64,8 +64,10 @@ st.subheader("Judgments per hour")
 if ov.per_hour:
     frame = pd.DataFrame(ov.per_hour, columns=["hour", "judgments"])
     chart = alt.Chart(frame).mark_bar().encode(
-        x=alt.X("hour:T", title=None), y=alt.Y("judgments:Q", title="judgments"),
-        tooltip=[alt.Tooltip("hour:T", format="%Y-%m-%d %H:00"), "judgments:Q"])
+        # utc…: Vega-Lite would otherwise draw the UTC hours in the viewer's time zone.
+        x=alt.X("utcyearmonthdatehours(hour):T", title="hour (UTC)"), y=alt.Y("judgments:Q", title="judgments"),
+        tooltip=[alt.Tooltip("utcyearmonthdatehours(hour):T", title="hour (UTC)", format="%Y-%m-%d %H:00"),
+                 "judgments:Q"])
     st.altair_chart(chart, width="stretch")
 else:
     st.info("No judgments in this period.")
@@ -93,6 +95,7 @@ elif ov.next_retrain_at is not None:
     st.caption(f"Next retrain: not before {ov.next_retrain_at:%Y-%m-%d %H:%M} UTC ({ov.retrain_reason}), "
                "if `prefloop retrain --watch` runs; on time only once a new judgment arrived.")
 elif ov.last_run is None:
-    st.caption("No training run yet: the first retrain fires on labels.")
+    st.caption(f"No training run yet: the watcher trains the first model after {ov.retrain_every_labels} "
+               "new judgments, or once the retrain interval has passed after it started and one arrived.")
 else:
     st.caption(f"Next retrain: not yet ({ov.retrain_reason}).")
