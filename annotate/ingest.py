@@ -1059,6 +1059,12 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         # them PostgreSQL takes the next import's hash IN-lists as unselective and scans whole tables.
         session.execute(sql_text("ANALYZE prompts, responses, comparisons, judgments"))
     existing_gold_skipped = counts.pop("gold_skipped_existing")
+    complete_on_import = counts.pop("complete_on_import")
+    if complete_on_import:
+        # Otherwise an import meant for annotation silently leaves the queue as it was.
+        notes.append(f"{complete_on_import} new comparisons already have the {overlap_target} judgment(s) they "
+                     "need from the file's known winners, so annotators will not see them; to have such pairs "
+                     "judged, import them with known winners ignored or as gold, or with a higher overlap")
     if existing_gold_skipped:
         notes.append(f"{existing_gold_skipped} comparisons already existed; their known outcomes were not "
                      "turned into gold answers")
@@ -1112,7 +1118,7 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
 
     gold = known_winner == "gold"
     new_rows, new_outcomes, old_outcomes = [], [], {}
-    gold_added = gold_skipped = existing_count = 0
+    gold_added = gold_skipped = existing_count = complete_on_import = 0
     for p in pairs.values():
         a, b = response_ids[(p.prompt_hash, p.hash_a)], response_ids[(p.prompt_hash, p.hash_b)]
         found = existing.get(frozenset((a, b)))
@@ -1137,6 +1143,7 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
             row["judgment_count"] = len(p.outcomes)
             if len(p.outcomes) >= overlap_target:
                 row["status"] = ComparisonStatus.complete
+                complete_on_import += 1
         new_rows.append(row)
         new_outcomes.append(sorted(p.outcomes, key=lambda c: c.value) if not gold else [])
     judgments = []
@@ -1176,7 +1183,8 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
             bumps)
     return {"prompts_added": len(new_prompts), "responses_added": len(new_responses),
             "comparisons_added": len(new_rows), "comparisons_existing": existing_count,
-            "judgments_added": len(judgments), "gold_added": gold_added, "gold_skipped_existing": gold_skipped}
+            "judgments_added": len(judgments), "gold_added": gold_added, "gold_skipped_existing": gold_skipped,
+            "complete_on_import": complete_on_import}
 
 
 def _judgment_row(comparison_id: int, choice: Choice, was_gold: bool) -> dict:
