@@ -34,7 +34,7 @@ demo: migrate
 
 # Serves http://localhost:$(PORT) on SQLite, with the retraining watcher beside it.
 run: demo
-	@$(VENV)/bin/prefloop retrain --watch > $(PREFLOOP_DATA_DIR)/retrain.log 2>&1 & \
+	@$(VENV)/bin/prefloop retrain --watch >> $(PREFLOOP_DATA_DIR)/retrain.log 2>&1 & \
 	  watcher=$$!; trap "kill $$watcher 2>/dev/null" EXIT INT TERM; \
 	  echo "retraining watcher running (log: $(PREFLOOP_DATA_DIR)/retrain.log)"; \
 	  $(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true \
