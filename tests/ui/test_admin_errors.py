@@ -300,12 +300,12 @@ def test_retrain_now_says_how_to_follow_the_run_without_a_reload(app_db, people,
 # --------------------------------------------------------------------------- the reward model page
 
 
-def _add_active_version(app_db, gate: str) -> None:
+def _add_active_version(app_db, gate: str, n_test: int = 26) -> None:
     from annotate.models import ModelVersion
 
     with app_db.begin() as session:
         session.add(ModelVersion(artifact_path="/nowhere/rm", encoder_id="enc", is_active=True, promoted=True,
-                                 promoted_at=utcnow(), n_train=73, n_test=26,
+                                 promoted_at=utcnow(), n_train=73, n_test=n_test,
                                  metrics={"accuracy": 0.65, "gate": gate}))
 
 
@@ -320,7 +320,7 @@ def test_score_a_response_asks_for_both_texts_instead_of_scoring_blanks(app_db, 
     at.text_area(key="score_prompt").input("How do I boil an egg?")
     _click(at, "Score")  # the response is still empty
     assert not at.exception, at.exception
-    assert [w.value for w in at.warning] == ["Enter a prompt and a response to score."]
+    assert "Enter a prompt and a response to score." in [w.value for w in at.warning]
     assert loaded == [] and not [m for m in at.metric if m.label.startswith("Reward (version")]
 
 
@@ -329,3 +329,12 @@ def test_the_promotion_reason_reads_as_a_sentence(app_db, people):
     at = _open(people[1], "models.py")
     [caption] = [c.value for c in at.caption if c.value.startswith("Trained on 73 judgments")]
     assert "UTC. Only 26 decisive held-out pairs" in caption, caption
+
+
+@pytest.mark.parametrize("n_test, warned", [(1, True), (29, True), (30, False)])
+def test_metrics_from_a_tiny_held_out_set_are_marked_as_noise(app_db, people, n_test, warned):
+    """A first model tested on 1 held-out judgment showed accuracy 0.000 with nothing to say it means nothing."""
+    _add_active_version(app_db, "first model", n_test=n_test)
+    at = _open(people[1], "models.py")
+    noise = [w.value for w in at.warning if w.value.startswith(f"Tested on only {n_test} held-out judgments")]
+    assert bool(noise) is warned

@@ -44,6 +44,10 @@ else:
     gate = active["gate"] or ""  # the gate's reason starts in lower case ("first model", "only 26 decisive ...")
     st.caption(f"Trained on {active['n_train']} judgments, tested on {active['n_test']} held-out ones; "
                f"promoted {active['promoted_at']:%Y-%m-%d %H:%M} UTC. {gate[:1].upper()}{gate[1:]}")
+    if (active["n_test"] or 0) < retrain.MIN_HELD_OUT_PAIRS:
+        st.warning(f"Tested on only {active['n_test'] or 0} held-out judgments (fewer than "
+                   f"{retrain.MIN_HELD_OUT_PAIRS}): these figures are noise until more labels arrive.",
+                   icon=":material/warning:")
 
 st.subheader("Versions")
 if board["versions"]:
