@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -171,6 +172,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_retrain(args) -> int:
+    if not sys.stderr.isatty():
+        # A log file (the watcher's, Retrain now's) is no place for tqdm's "Loading weights" bars;
+        # read when transformers is first imported, so set before the job imports it.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from annotate import retrain
 
     settings = _settings()

@@ -140,3 +140,15 @@ def test_export_cli_writes_trl_jsonl(env, tmp_path, hh_path):
     import pyarrow.parquet as pq
 
     assert pq.read_metadata(raw).num_rows == 2312  # the imported judgments
+
+
+def test_retrain_once_writes_no_progress_bars_to_a_log(env, tmp_path):
+    """The watcher's and Retrain now's logs are files: tqdm's "Loading weights" bars do not belong there."""
+    rows = [{"prompt": f"Question {i}: how do I keep basil alive?", "chosen": f"Water it every {i % 5 + 1} days.",
+             "rejected": "Basil cannot be grown indoors." if i % 2 else "No idea."} for i in range(40)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    assert run(env, "import", str(path)).returncode == 0
+    result = run(env, "retrain", "--once")
+    assert result.returncode == 0, result.stderr
+    assert "Loading weights" not in result.stderr
