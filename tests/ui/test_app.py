@@ -41,6 +41,14 @@ def _login(at: AppTest, username: str, password: str = PASSWORD) -> AppTest:
     return at
 
 
+def _annotating(app_db, people, n_pairs: int) -> tuple[AppTest, Actor]:
+    """``n_pairs`` open pairs and ``ann`` logged in on the annotation page: ``(app, ann)``."""
+    annotator, _ = people
+    with app_db.begin() as session:
+        make_comparisons(session, n_pairs)
+    return _login(_app(), "ann"), annotator
+
+
 def _page(name: str) -> str:
     return str(PAGES / name)
 
@@ -248,10 +256,7 @@ def test_logout_returns_to_login(app_db, people):
 
 
 def test_pair_is_shown_and_a_better_records_the_canonical_choice(app_db, people):
-    annotator, _ = people
-    with app_db.begin() as session:
-        make_comparisons(session, 4)
-    at = _login(_app(), "ann")
+    at, annotator = _annotating(app_db, people, 4)
     cid, a_left = _shown_pair(at, app_db, annotator)
     texts = _texts(at)
     i = next(int(t.split()[2].rstrip(":")) for t in texts if t.startswith("Prompt number"))
@@ -276,10 +281,7 @@ def test_pair_is_shown_and_a_better_records_the_canonical_choice(app_db, people)
 
 
 def test_strength_rationale_and_flags_are_recorded(app_db, people):
-    annotator, _ = people
-    with app_db.begin() as session:
-        make_comparisons(session, 2)
-    at = _login(_app(), "ann")
+    at, annotator = _annotating(app_db, people, 2)
     cid, a_left = _shown_pair(at, app_db, annotator)
     at.segmented_control(key=f"strength_{cid}").set_value(3)
     at.text_input(key=f"rationale_{cid}").input("more accurate")
@@ -293,10 +295,7 @@ def test_strength_rationale_and_flags_are_recorded(app_db, people):
 
 
 def test_tie_ignores_strength(app_db, people):
-    annotator, _ = people
-    with app_db.begin() as session:
-        make_comparisons(session, 2)
-    at = _login(_app(), "ann")
+    at, annotator = _annotating(app_db, people, 2)
     cid, _ = _shown_pair(at, app_db, annotator)
     at.segmented_control(key=f"strength_{cid}").set_value(2)
     at.run()
@@ -307,10 +306,7 @@ def test_tie_ignores_strength(app_db, people):
 
 
 def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, people):
-    annotator, _ = people
-    with app_db.begin() as session:
-        make_comparisons(session, 3)
-    at = _login(_app(), "ann")
+    at, annotator = _annotating(app_db, people, 3)
     first, _ = _shown_pair(at, app_db, annotator)
     _press(at, "judge_both_bad").click()
     at.run()
@@ -335,10 +331,7 @@ def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, peopl
 
 def test_undo_right_after_skip_brings_the_skipped_pair_back(app_db, people):
     """U after an accidental S undoes the skip, not the judgment before it."""
-    annotator, _ = people
-    with app_db.begin() as session:
-        make_comparisons(session, 4)
-    at = _login(_app(), "ann")
+    at, annotator = _annotating(app_db, people, 4)
     judged, _ = _shown_pair(at, app_db, annotator)
     _press(at, "judge_left").click().run()
     skipped, _ = _shown_pair(at, app_db, annotator)
@@ -370,10 +363,7 @@ def _inputs_shown(at: AppTest, cid: int) -> tuple:
 def test_optional_inputs_survive_undo_and_a_visit_to_the_guidelines(app_db, people):
     """Undo brings the pair back as it was judged (strength, rationale, flags), the pair that was on
     screen keeps what was typed into it, and so does a pair left for the Guidelines page."""
-    annotator, _ = people
-    with app_db.begin() as session:
-        make_comparisons(session, 4)
-    at = _login(_app(), "ann")
+    at, annotator = _annotating(app_db, people, 4)
     first, _ = _shown_pair(at, app_db, annotator)
     _fill(at, first, 3, "clearer and correct", ["unsafe"])
     _press(at, "judge_left").click().run()
@@ -404,10 +394,7 @@ def test_optional_inputs_survive_undo_and_a_visit_to_the_guidelines(app_db, peop
 
 def test_double_submit_shows_a_toast_not_a_traceback(app_db, people):
     """The pair was already judged (another tab, a double click): the click warns and records nothing."""
-    annotator, _ = people
-    with app_db.begin() as session:
-        make_comparisons(session, 2)
-    at = _login(_app(), "ann")
+    at, annotator = _annotating(app_db, people, 2)
     cid, _ = _shown_pair(at, app_db, annotator)
     settings = load_settings()
     with app_db.begin() as session:
@@ -426,10 +413,7 @@ def test_a_key_pressed_twice_acts_once_and_never_on_the_next_pair(app_db, people
     """A key pressed twice before the next pair arrives: the browser sends the second press from the
     render that showed the first pair. It must not judge (or skip) the pair that replaced it, which
     the annotator has not seen, nor warn that the first pair is "not assigned any more"."""
-    annotator, _ = people
-    with app_db.begin() as session:
-        make_comparisons(session, 3)
-    at = _login(_app(), "ann")
+    at, annotator = _annotating(app_db, people, 3)
     first, _ = _shown_pair(at, app_db, annotator)
     # The browser sends the values its render holds (AppTest would look up unset ones in session state).
     at.segmented_control(key=f"strength_{first}").set_value(None)
@@ -486,10 +470,7 @@ def test_u_pressed_twice_before_the_page_rerenders_undoes_once(app_db, people, p
 
 def test_u_pressed_again_once_the_pair_is_back_undoes_the_action_before(app_db, people):
     """Deliberate repeated undo: U, the withdrawn pair is shown, U again withdraws the judgment before it."""
-    annotator, _ = people
-    with app_db.begin() as session:
-        make_comparisons(session, 3)
-    at = _login(_app(), "ann")
+    at, annotator = _annotating(app_db, people, 3)
     first, _ = _shown_pair(at, app_db, annotator)
     _press(at, "judge_left").click().run()
     second, _ = _shown_pair(at, app_db, annotator)
