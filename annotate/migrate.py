@@ -1,7 +1,16 @@
-"""Apply Alembic migrations programmatically (``prefloop db upgrade``)."""
+"""Apply Alembic migrations programmatically (``prefloop db upgrade``).
+
+Several servers may start at once against one PostgreSQL database and each
+run ``prefloop db upgrade``. Alembic itself does not serialize them (two
+``CREATE TABLE alembic_version`` collide), so on PostgreSQL every upgrade or
+downgrade first waits for a session advisory lock on a dedicated connection;
+the second one then finds the schema at head and does nothing. SQLite needs
+no lock: its migration transactions start with ``BEGIN IMMEDIATE``.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -22,12 +31,45 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+MIGRATE_LOCK_NAME = "migrate"
+
+
+@contextmanager
+def _migration_lock(url: str):
+    """Hold the PostgreSQL ``migrate`` advisory lock for the block (waits for it; nothing on SQLite)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    from annotate.db import create_db_engine
+    from annotate.locks import advisory_key
+
+    if make_url(url).get_backend_name() != "postgresql":
+        yield
+        return
+    key = advisory_key(MIGRATE_LOCK_NAME)
+    engine = create_db_engine(url, poolclass=NullPool).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    """Migrate ``url`` up to ``revision``; concurrent callers on PostgreSQL take turns."""
+    with _migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str) -> None:
-    command.downgrade(alembic_config(url), revision)
+    """Migrate ``url`` down to ``revision``; concurrent callers on PostgreSQL take turns."""
+    with _migration_lock(url):
+        command.downgrade(alembic_config(url), revision)
 
 
 def current_heads(url: str) -> set[str]:

@@ -66,3 +66,34 @@ def test_sqlite_connection_pragmas(tmp_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
     engine.dispose()
+
+
+_UPGRADE_AT = """
+import sys, time
+from annotate import migrate
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # every process begins at the same instant
+migrate.upgrade(sys.argv[1])
+"""
+
+
+def test_concurrent_upgrades_on_an_empty_database_all_succeed(empty_url):
+    """Several servers starting together each run ``prefloop db upgrade``: none fails, the schema ends at head."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 6.0  # after every process has imported alembic and the models
+    procs = [subprocess.Popen([sys.executable, "-c", _UPGRADE_AT, empty_url, str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    try:
+        outputs = [p.communicate(timeout=90)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(outputs)
+    script = ScriptDirectory.from_config(migrate.alembic_config(empty_url))
+    assert migrate.current_heads(empty_url) == {script.get_current_head()}
+    assert _diff(empty_url) == []
