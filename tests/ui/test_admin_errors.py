@@ -338,3 +338,49 @@ def test_metrics_from_a_tiny_held_out_set_are_marked_as_noise(app_db, people, n_
     at = _open(people[1], "models.py")
     noise = [w.value for w in at.warning if w.value.startswith(f"Tested on only {n_test} held-out judgments")]
     assert bool(noise) is warned
+
+
+HOSTILE = EVIL + " <img src=x onerror=alert(1)> ![u][r]\n\n[r]: https://evil.example/r.gif"
+
+
+def _rendered_markdown(at: AppTest) -> list[str]:
+    """Every piece of text the page hands to Streamlit's Markdown renderer."""
+    return [str(e.value) for kind in ("markdown", "caption", "title", "header", "subheader", "error", "warning",
+                                      "info", "success") for e in getattr(at, kind)]
+
+
+def _assert_inert(texts: list[str]) -> None:
+    for text in texts:
+        assert "![" not in text and "<img" not in text and "\n[r]:" not in text, text
+
+
+def test_review_shows_rationales_and_generator_names_without_rendering_them(app_db, people):
+    from annotate.models import Judgment, Response
+    from tests.factories import make_comparisons
+
+    annotator, admin = people
+    with app_db.begin() as s:
+        (cid,) = make_comparisons(s, 1)
+        comparison = s.get(Comparison, cid)
+        s.get(Response, comparison.response_a_id).generator = EVIL
+        s.add(Judgment(comparison_id=cid, annotator_id=annotator.id, choice="a", rationale=HOSTILE, flags=[EVIL]))
+    at = _open(admin, "review.py")
+    at.number_input(key="review_id").set_value(cid).run()
+    assert not at.exception, at.exception
+    texts = _rendered_markdown(at)
+    assert sum("evil.example/q.png" in t for t in texts) >= 2, texts  # the rationale and the generator are shown
+    _assert_inert(texts)
+
+
+def test_guidelines_are_shown_to_annotators_without_rendering_images_or_html(app_db, people):
+    from annotate import campaign
+    from annotate.settings import load_settings
+
+    annotator, admin = people
+    with app_db.begin() as s:
+        campaign.update_options(s, load_settings(environ={}, env="test"), actor=admin,
+                                guidelines="# Rules\n\nPick the **better** one. " + HOSTILE)
+    at = _open(annotator, "guidelines.py")
+    texts = _rendered_markdown(at)
+    assert any("Pick the **better** one" in t and "evil.example/q.png" in t for t in texts), texts
+    _assert_inert(texts)

@@ -1,9 +1,14 @@
-"""The annotation guidelines; admins can edit them here."""
+"""The annotation guidelines; admins can edit them here.
+
+Shown through ``render.safe_markdown``: every annotator's browser reads them, so an image or
+HTML in them (pasted from elsewhere, or written by a careless admin) must fetch and run nothing.
+"""
 
 import streamlit as st
 
 from annotate import campaign
 from annotate.ui import context
+from annotate.ui.render import safe_markdown
 
 actor = context.require_login()
 settings, db = context.get_settings(), context.get_db()
@@ -15,7 +20,7 @@ with context.stop_on_errors():
 st.title("Guidelines")
 for message in st.session_state.pop("guidelines_flash", []):
     st.toast(message, icon=":material/check:")
-st.markdown(guidelines, unsafe_allow_html=False)
+st.markdown(safe_markdown(guidelines), unsafe_allow_html=False)
 
 if actor.is_admin:
     st.divider()
