@@ -82,9 +82,23 @@ def _resolve(settings: Settings, model_path: str | Path | None) -> tuple[Path, i
             version = active_model(session)
             if version is None:
                 raise ModelError(NO_MODEL)
-            return artifact_location(settings, version.artifact_path), version.id
+            location = artifact_location(settings, version.artifact_path)
+            if not location.exists():
+                raise ModelError(_missing_active(session, version, location))
+            return location, version.id
     finally:
         db.dispose()
+
+
+def _missing_active(session: Session, version: ModelVersion, location: Path) -> str:
+    """Why the active model's artifact is not here, and what to do (it may live on another machine)."""
+    from annotate.models import TrainingRun
+
+    host = session.scalar(select(TrainingRun.host).where(TrainingRun.id == version.training_run_id))
+    return (f"the active reward model (version {version.id}{f', trained on host {host}' if host else ''}) "
+            f"is not at {location}: every machine that shares this database must see the same model "
+            "artifacts, so put PREFLOOP_DATA_DIR (or its models/ folder) on storage shared by all of them; "
+            "if the artifact was deleted, run 'prefloop retrain --once --force'")
 
 
 def score_with(model, prompts: Sequence, responses: Sequence[str]) -> list[dict]:

@@ -166,3 +166,16 @@ def test_model_page_shows_versions_and_scores(sqlite_db, page_env):
     at = at.run()
     assert not at.exception
     assert any(m.label == f"Reward (version {result.model_version_id})" for m in at.metric)
+
+
+def test_another_machines_model_is_a_clear_error_about_shared_storage(db, rt_settings, trained, monkeypatch,
+                                                                       capsys, tmp_path):
+    """Machine B (its own PREFLOOP_DATA_DIR) shares the database with machine A, which trained the active model."""
+    machine_b = dataclasses.replace(rt_settings, data_dir=tmp_path / "machine-b")
+    with pytest.raises(ModelError, match="shared by all of them") as err:
+        scoring.score_texts(machine_b, ["q"], ["a"])
+    assert f"version {trained.model_version_id}" in str(err.value)
+    assert "trained on host" in str(err.value)
+    _env(monkeypatch, machine_b)
+    assert cli.main(["score", "--prompt", "q", "--response", "a"]) == 2
+    assert "PREFLOOP_DATA_DIR" in capsys.readouterr().err
