@@ -384,3 +384,26 @@ def test_guidelines_are_shown_to_annotators_without_rendering_images_or_html(app
     texts = _rendered_markdown(at)
     assert any("Pick the **better** one" in t and "evil.example/q.png" in t for t in texts), texts
     _assert_inert(texts)
+
+
+@pytest.mark.parametrize("page", ["audit.py", "admin_export.py", "overview.py", "annotators.py", "model_health.py",
+                                  "review.py", "admin_import.py"])
+@pytest.mark.parametrize("change", ["demote", "deactivate"])
+def test_an_open_admin_page_refuses_on_the_next_click_after_demotion_or_deactivation(app_db, people, page, change):
+    from annotate import accounts
+    from annotate.models import Role
+
+    annotator, admin = people
+    at = _open(admin, page)
+    before = [t.value for t in at.title]
+    assert before and before != ["prefloop"], _alerts(at)
+    with app_db.begin() as s:
+        accounts.create_user(s, "boss2", "correct-horse-2", "admin", system=True)  # someone stays admin
+        if change == "demote":
+            accounts.set_role(s, admin.username, Role.annotator, system=True)
+        else:
+            accounts.set_active(s, admin.username, False, system=True)
+    at.run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] != before
+    assert not at.dataframe
