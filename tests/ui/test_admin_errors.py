@@ -20,6 +20,7 @@ from annotate.accounts import Actor
 from annotate.db import Database, create_db_engine
 from annotate.models import AppSetting, Comparison, JobLock, TrainingRun, utcnow
 from annotate.ui.context import NOT_SAVED
+from tests.factories import make_comparisons
 from tests.ui.conftest import APP, ROOT, open_page
 
 TIMEOUT = 60
@@ -356,7 +357,6 @@ def _assert_inert(texts: list[str]) -> None:
 
 def test_review_shows_rationales_and_generator_names_without_rendering_them(app_db, people):
     from annotate.models import Judgment, Response
-    from tests.factories import make_comparisons
 
     annotator, admin = people
     with app_db.begin() as s:
@@ -383,6 +383,13 @@ def test_guidelines_are_shown_to_annotators_without_rendering_images_or_html(app
     at = _open(annotator, "guidelines.py")
     texts = _rendered_markdown(at)
     assert any("Pick the **better** one" in t and "evil.example/q.png" in t for t in texts), texts
+    _assert_inert(texts)
+    # ...and in the Guidelines popover next to every pair on the annotate page.
+    with app_db.begin() as s:
+        make_comparisons(s, 1)
+    at = _open(annotator, "annotate.py")
+    texts = _rendered_markdown(at)
+    assert any("Pick the **better** one" in t for t in texts), texts
     _assert_inert(texts)
 
 

@@ -178,7 +178,7 @@ with stats:
     done = progress.judged_total + progress.remaining
     st.progress(progress.judged_total / done if done else 1.0)
 with help_box.popover("Guidelines", icon=":material/menu_book:", width="stretch"):
-    st.markdown(options.guidelines, unsafe_allow_html=False)
+    st.markdown(render.safe_markdown(options.guidelines), unsafe_allow_html=False)  # no remote images
     st.page_link("annotate/ui/pages/guidelines.py", label="Open the guidelines page", icon=":material/open_in_new:")
 
 if assignment is None:
