@@ -203,7 +203,9 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     options = campaign.get_options(session, settings)
     active = session.execute(select(ModelVersion.id, ModelVersion.artifact_path, ModelVersion.encoder_id,
-                                    ModelVersion.metrics, ModelVersion.n_train)
+                                    ModelVersion.metrics, ModelVersion.n_train,
+                                    TrainingRun.host.label("trained_on"))
+                             .outerjoin(TrainingRun, TrainingRun.id == ModelVersion.training_run_id)
                              .where(ModelVersion.is_active)).first()
     max_id = session.scalar(select(func.max(Judgment.id)).where(Judgment.is_probe.is_(False))) or 0
     max_comparison = session.scalar(select(func.max(Comparison.id))) or 0
@@ -764,9 +766,17 @@ class _Run:
     def _load_active(self, snap):
         from rm.model import load
 
+        location = artifact_location(self.settings, snap.active["artifact_path"])
+        trained_on = snap.active.get("trained_on")
+        if not location.exists() and trained_on and trained_on != socket.gethostname()[:256]:
+            # Not deleted but on another machine: replacing it here would leave that machine
+            # unable to load ours, and the watchers would replace each other's models for ever.
+            raise PrefloopError(
+                f"the active model {snap.active['id']} was trained on host {trained_on} and its artifact is not "
+                f"at {location}: every machine sharing this database must see the same model artifacts, so put "
+                "PREFLOOP_DATA_DIR (or its models/ folder) on shared storage")
         try:
-            return load(artifact_location(self.settings, snap.active["artifact_path"]),
-                           cache_dir=self.settings.cache_dir)
+            return load(location, cache_dir=self.settings.cache_dir)
         except Exception as exc:  # a broken active artifact must not block a new model
             log.warning("active model %s cannot be loaded: %s", snap.active["id"], exc)
             return None

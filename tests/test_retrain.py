@@ -638,6 +638,31 @@ def test_active_model_deleted_from_disk_is_replaced_by_the_next_run(db, rt_setti
     assert rows[0]["model_version_id"] == second.model_version_id
 
 
+def test_active_model_of_another_machine_is_not_replaced(db, rt_settings):
+    """Watchers on two machines without shared model storage must not replace each other's models for ever:
+    a missing artifact trained on another host fails the run with what to do, and nothing changes."""
+    import shutil
+
+    with db.begin() as s:
+        add_pairs(s, 0, 60, judged=True)
+        add_pairs(s, 1000, 20, judged=False)
+    first = retrain.run_once(rt_settings, db=db)
+    assert first.status == "succeeded"
+    with db.begin() as s:
+        version = s.get(ModelVersion, first.model_version_id)
+        s.get(TrainingRun, version.training_run_id).host = "machine-a"  # trained elsewhere
+        shutil.rmtree(scoring.artifact_location(rt_settings, version.artifact_path))  # ...so not here
+        add_pairs(s, 2000, 10, judged=True)
+        before = priorities_state(s)
+
+    second = retrain.run_once(rt_settings, db=db, force=True)
+    assert second.status == "failed", second.summary()
+    assert "trained on host machine-a" in second.message and "shared storage" in second.message
+    with db.read() as s:
+        assert active_id(s) == first.model_version_id
+        assert priorities_state(s) == before
+
+
 def _artifact_dirs(settings) -> list[str]:
     models = settings.data_dir / "models"
     return sorted(p.name for p in models.iterdir()) if models.is_dir() else []
