@@ -90,6 +90,11 @@ def _resolve(settings: Settings, model_path: str | Path | None) -> tuple[Path, i
         db.dispose()
 
 
+def missing_artifact_message(session: Session, version_id: int, location: Path) -> str:
+    """:func:`_missing_active` for a version id (the admin page's score form)."""
+    return _missing_active(session, session.get(ModelVersion, version_id), location)
+
+
 def _missing_active(session: Session, version: ModelVersion, location: Path) -> str:
     """Why the active model's artifact is not here, and what to do (it may live on another machine)."""
     from annotate.models import TrainingRun

@@ -414,3 +414,14 @@ def test_an_open_admin_page_refuses_on_the_next_click_after_demotion_or_deactiva
     assert not at.exception, at.exception
     assert [t.value for t in at.title] != before
     assert not at.dataframe
+
+
+def test_score_form_says_a_missing_artifact_needs_shared_model_storage(app_db, people):
+    """The active model's files are not on this machine: the form says what to do, as `prefloop score` does."""
+    _add_active_version(app_db, "first model")  # its artifact path does not exist here
+    at = _open(people[1], "models.py")
+    at.text_area(key="score_prompt").input("How do I boil an egg?")
+    at.text_area(key="score_response").input("Simmer it for 9 minutes.")
+    _click(at, "Score")
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error if "storage shared by all of them" in e.value], _alerts(at)

@@ -10,7 +10,7 @@ import streamlit as st
 from sqlalchemy.exc import OperationalError
 
 from annotate import retrain, scoring
-from annotate.errors import PrefloopError
+from annotate.errors import ModelError, PrefloopError
 from annotate.ui import context
 
 actor = context.require_admin_page()
@@ -91,7 +91,11 @@ if submitted and active is not None and not (prompt.strip() and response.strip()
     st.warning("Enter a prompt and a response to score.")  # an empty text still gets a reward, which means nothing
 elif submitted and active is not None:
     with context.user_errors():
-        model = _scorer(active["id"], str(scoring.artifact_location(settings, active["artifact_path"])))
+        location = scoring.artifact_location(settings, active["artifact_path"])
+        if not location.exists():  # e.g. trained on another machine without shared model storage
+            with db.read() as session:
+                raise ModelError(scoring.missing_artifact_message(session, active["id"], location))
+        model = _scorer(active["id"], str(location))
         (row,) = scoring.score_with(model, [prompt], [response])
         st.metric(f"Reward (version {active['id']})", f"{row['reward']:.3f}",
                   help=f"Ensemble spread ± {row['uncertainty']:.3f}. Rewards compare responses to the "
