@@ -607,16 +607,22 @@ def test_kill_at_each_step_keeps_previous_model(backend, request, tmp_path, tiny
         db.dispose()
 
 
-def test_active_model_deleted_from_disk_is_replaced_by_the_next_run(db, rt_settings):
-    """An active model whose directory is gone cannot score anything: the next model replaces it,
-    even when the gate would have kept the active one on its stored metrics."""
-    import shutil
-
+def _first_model(db, rt_settings):
+    """60 labelled and 20 open pairs, and the first (promoted) run on them."""
     with db.begin() as s:
         add_pairs(s, 0, 60, judged=True)
         add_pairs(s, 1000, 20, judged=False)
     first = retrain.run_once(rt_settings, db=db)
     assert first.status == "succeeded"
+    return first
+
+
+def test_active_model_deleted_from_disk_is_replaced_by_the_next_run(db, rt_settings):
+    """An active model whose directory is gone cannot score anything: the next model replaces it,
+    even when the gate would have kept the active one on its stored metrics."""
+    import shutil
+
+    first = _first_model(db, rt_settings)
     with db.begin() as s:
         version = s.get(ModelVersion, first.model_version_id)
         # Stored metrics no new model can match: only they are left to compare with.
@@ -643,11 +649,7 @@ def test_active_model_of_another_machine_is_not_replaced(db, rt_settings):
     a missing artifact trained on another host fails the run with what to do, and nothing changes."""
     import shutil
 
-    with db.begin() as s:
-        add_pairs(s, 0, 60, judged=True)
-        add_pairs(s, 1000, 20, judged=False)
-    first = retrain.run_once(rt_settings, db=db)
-    assert first.status == "succeeded"
+    first = _first_model(db, rt_settings)
     with db.begin() as s:
         version = s.get(ModelVersion, first.model_version_id)
         s.get(TrainingRun, version.training_run_id).host = "machine-a"  # trained elsewhere
