@@ -78,24 +78,32 @@ def _not_done(exc: Exception) -> str:
     return str(exc) if isinstance(exc, PrefloopError) else context.NOT_SAVED
 
 
-def _act(comparison_id: int, write) -> bool:
-    """Run ``write(session)`` for the pair on screen, once; False if it was not on screen or not saved.
+def _once(key: str, token, write) -> tuple[bool, object]:
+    """Run ``write(session)`` once for what the latest render showed under ``key`` (``token``).
 
-    The pair is taken off the screen before the write: Streamlit may end a callback at any
-    session-state access when the next press arrives, so nothing after the commit is sure to run.
+    ``(done, result)``; not done for a press from an earlier render, a repeated one, or a
+    write that was not saved (toasted). The token is cleared before the write: Streamlit
+    may end a callback at any session-state access when the next press arrives, so
+    nothing after the commit is sure to run.
     """
-    if not _is_on_screen(comparison_id):  # a press from an earlier render, or a repeated one
-        return False
-    db = context.get_db()
-    st.session_state[ON_SCREEN_KEY] = None
+    if st.session_state.get(key) != token:  # a press from an earlier render, or a repeated one
+        return False, None
+    st.session_state[key] = None
     try:
-        db.transact(write)
+        result = context.get_db().transact(write)
     except (PrefloopError, OperationalError) as exc:
-        st.session_state[ON_SCREEN_KEY] = comparison_id
+        st.session_state[key] = token
         st.toast(_not_done(exc), icon=":material/warning:")
-        return False
-    _timers().pop(comparison_id, None)
-    return True
+        return False, None
+    return True, result
+
+
+def _act(comparison_id: int, write) -> bool:
+    """Run ``write(session)`` for the pair on screen, once; False if it was not on screen or not saved."""
+    done, _ = _once(ON_SCREEN_KEY, comparison_id, write)
+    if done:
+        _timers().pop(comparison_id, None)
+    return done
 
 
 def _judge(comparison_id: int, shown: str) -> None:
@@ -124,15 +132,10 @@ def _skip(comparison_id: int) -> None:
 
 def _undo(token: int) -> None:
     """Undo the latest action, once per render: ``token`` is the render's the press came from."""
-    if st.session_state.get(UNDO_ON_SCREEN_KEY) != token:  # a press from an earlier render, or a repeated one
-        return
-    st.session_state[UNDO_ON_SCREEN_KEY] = None  # before the write, as in _act
-    actor, settings, db = context.current_actor(), context.get_settings(), context.get_db()
-    try:
-        undone = db.transact(lambda session: judgments.undo_last_action(session, settings, actor=actor))
-    except (PrefloopError, OperationalError) as exc:
-        st.session_state[UNDO_ON_SCREEN_KEY] = token
-        st.toast(_not_done(exc), icon=":material/warning:")
+    actor, settings = context.current_actor(), context.get_settings()
+    done, undone = _once(UNDO_ON_SCREEN_KEY, token,
+                         lambda session: judgments.undo_last_action(session, settings, actor=actor))
+    if not done:
         return
     if undone is None:
         st.toast("Nothing recent to undo.", icon=":material/info:")
