@@ -47,7 +47,7 @@ import numpy as np
 from sqlalchemy import bindparam, func, select, text, union, update
 
 from annotate import campaign, locks
-from annotate.scoring import artifact_location
+from annotate.scoring import artifact_elsewhere, artifact_location
 from annotate.db import Database, open_database
 from annotate.errors import PrefloopError
 from annotate.models import (
@@ -771,10 +771,7 @@ class _Run:
         if not location.exists() and trained_on and trained_on != socket.gethostname()[:256]:
             # Not deleted but on another machine: replacing it here would leave that machine
             # unable to load ours, and the watchers would replace each other's models for ever.
-            raise PrefloopError(
-                f"the active model {snap.active['id']} was trained on host {trained_on} and its artifact is not "
-                f"at {location}: every machine sharing this database must see the same model artifacts, so put "
-                "PREFLOOP_DATA_DIR (or its models/ folder) on shared storage")
+            raise PrefloopError(artifact_elsewhere(snap.active["id"], trained_on, location))
         try:
             return load(location, cache_dir=self.settings.cache_dir)
         except Exception as exc:  # a broken active artifact must not block a new model

@@ -84,25 +84,26 @@ def _resolve(settings: Settings, model_path: str | Path | None) -> tuple[Path, i
                 raise ModelError(NO_MODEL)
             location = artifact_location(settings, version.artifact_path)
             if not location.exists():
-                raise ModelError(_missing_active(session, version, location))
+                raise ModelError(missing_artifact_message(session, version.id, location))
             return location, version.id
     finally:
         db.dispose()
 
 
+def artifact_elsewhere(version_id: int, trained_on: str | None, location: Path) -> str:
+    """Why the active model's artifact is not at ``location``: it may live on another machine."""
+    return (f"the active reward model (version {version_id}{f', trained on host {trained_on}' if trained_on else ''}) "
+            f"is not at {location}: every machine that shares this database must see the same model "
+            "artifacts, so put PREFLOOP_DATA_DIR (or its models/ folder) on storage shared by all of them")
+
+
 def missing_artifact_message(session: Session, version_id: int, location: Path) -> str:
-    """:func:`_missing_active` for a version id (the admin page's score form)."""
-    return _missing_active(session, session.get(ModelVersion, version_id), location)
-
-
-def _missing_active(session: Session, version: ModelVersion, location: Path) -> str:
-    """Why the active model's artifact is not here, and what to do (it may live on another machine)."""
+    """:func:`artifact_elsewhere` for a scorer, with the host read from the version's training run."""
     from annotate.models import TrainingRun
 
-    host = session.scalar(select(TrainingRun.host).where(TrainingRun.id == version.training_run_id))
-    return (f"the active reward model (version {version.id}{f', trained on host {host}' if host else ''}) "
-            f"is not at {location}: every machine that shares this database must see the same model "
-            "artifacts, so put PREFLOOP_DATA_DIR (or its models/ folder) on storage shared by all of them; "
+    host = session.scalar(select(TrainingRun.host).join(ModelVersion, ModelVersion.training_run_id == TrainingRun.id)
+                          .where(ModelVersion.id == version_id))
+    return (f"{artifact_elsewhere(version_id, host, location)}; "
             "if the artifact was deleted, run 'prefloop retrain --once --force'")
 
 

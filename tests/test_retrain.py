@@ -659,7 +659,7 @@ def test_active_model_of_another_machine_is_not_replaced(db, rt_settings):
 
     second = retrain.run_once(rt_settings, db=db, force=True)
     assert second.status == "failed", second.summary()
-    assert "trained on host machine-a" in second.message and "shared storage" in second.message
+    assert "trained on host machine-a" in second.message and "storage shared by all of them" in second.message
     with db.read() as s:
         assert active_id(s) == first.model_version_id
         assert priorities_state(s) == before
