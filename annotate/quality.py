@@ -711,20 +711,30 @@ LOG_BUCKETS_PER_E = rollups.LOG_BUCKETS_PER_E
 def median_from_log_histogram(hist: Mapping[int, int], per_e: int = LOG_BUCKETS_PER_E) -> float | None:
     """The median of values counted in log-scale buckets ``floor(ln(v) * per_e)``.
 
-    Interpolates linearly (in log space) inside the bucket holding the median,
-    so it is exact to within one bucket (about 6 % at the default resolution).
+    The ``c`` values of a bucket are read at the middles of ``c`` equal slices of
+    it (in log space); the median is the middle one of an odd count, the mean of
+    the two middle ones of an even count (as ``numpy.median``). Each value read
+    lies in its true value's bucket, so the result is within one bucket of the
+    exact median (about 6 % at the default resolution), even when the two middle
+    values are buckets apart.
     """
-    total = sum(hist.values())
+    buckets = [(b, hist[b]) for b in sorted(hist) if hist[b] > 0]
+    total = sum(count for _, count in buckets)
     if total <= 0:
         return None
-    half, seen = total / 2.0, 0
-    for bucket in sorted(hist):
-        count = hist[bucket]
-        if seen + count >= half:
-            fraction = (half - seen) / count if count else 0.0
-            return math.exp((bucket + fraction) / per_e)
-        seen += count
-    return math.exp((max(hist) + 1) / per_e)
+
+    def value_at(rank: int) -> float:
+        seen = 0
+        for bucket, count in buckets:
+            if rank < seen + count:
+                return math.exp((bucket + (rank - seen + 0.5) / count) / per_e)
+            seen += count
+        raise AssertionError("rank beyond the histogram")
+
+    middle = total // 2
+    if total % 2:
+        return value_at(middle)
+    return (value_at(middle - 1) + value_at(middle)) / 2.0
 
 
 def _pair_kappas(session: Session, names: Mapping[int, str], since, until,

@@ -135,8 +135,33 @@ def test_median_from_log_histogram_is_within_one_bucket():
     median = quality.median_from_log_histogram(hist)
     assert abs(math.log(median) - math.log(2600.0)) <= 1 / per_e
     assert quality.median_from_log_histogram({}) is None
-    # one bucket: the median sits halfway through it
-    assert quality.median_from_log_histogram({10: 4}, per_e=1) == pytest.approx(math.exp(10.5))
+    # one bucket of four: the two middle values are read at 3/8 and 5/8 of it, and averaged
+    assert quality.median_from_log_histogram({10: 4}, per_e=1) == pytest.approx(
+        (math.exp(10.375) + math.exp(10.625)) / 2)
+    assert quality.median_from_log_histogram({10: 3}, per_e=1) == pytest.approx(math.exp(10.5))
+
+
+def _log_histogram(values, per_e: int) -> dict[int, int]:
+    buckets, counts = np.unique(np.floor(np.log(values) * per_e).astype(int), return_counts=True)
+    return dict(zip(buckets.tolist(), counts.tolist()))
+
+
+def test_median_of_two_values_far_apart_is_their_mean():
+    """An even count's median is the mean of its two middle values, not the top of the lower one's bucket."""
+    per_e = quality.LOG_BUCKETS_PER_E
+    median = quality.median_from_log_histogram(_log_histogram([400.0, 20_000.0], per_e))
+    assert abs(math.log(median) - math.log(10_200.0)) <= 1 / per_e
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 999, 1000])
+def test_median_from_log_histogram_stays_within_one_bucket_of_numpy(n):
+    """Times per judgment are roughly log-normal; a wide spread puts the middle values in different buckets."""
+    per_e = quality.LOG_BUCKETS_PER_E
+    for seed in range(50):
+        rng = np.random.default_rng([n, seed])
+        values = rng.lognormal(mean=math.log(5000.0), sigma=rng.choice([0.05, 1.0, 3.0]), size=n)
+        median = quality.median_from_log_histogram(_log_histogram(values, per_e), per_e)
+        assert abs(math.log(median) - math.log(np.median(values))) <= 1 / per_e, (n, seed)
 
 
 def test_flags_thresholds():
