@@ -25,6 +25,7 @@ import torch  # noqa: E402
 # an older rule are never mixed with new ones.
 _ENCODING_RULES_VERSION = 1
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 class EncoderError(RuntimeError):
@@ -271,6 +272,22 @@ def _file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _shard_files(model_path: Path) -> list[str]:
+    """The index file and weight shards of a sharded checkpoint (empty when unsharded)."""
+    names: set[str] = set()
+    for index in _SHARD_INDEXES:
+        f = model_path / index
+        if not f.is_file():
+            continue
+        names.add(index)
+        try:
+            weight_map = json.loads(f.read_text()).get("weight_map", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        names.update(str(v) for v in weight_map.values() if (model_path / str(v)).is_file())
+    return sorted(names)
+
+
 def _encoder_id(model_path: Path, config: EncoderConfig) -> str:
     h = hashlib.sha256()
     cfg_fields = asdict(config)
@@ -287,6 +304,11 @@ def _encoder_id(model_path: Path, config: EncoderConfig) -> str:
         f = model_path / name
         if f.is_file():
             parts[name] = _file_fingerprint(f)
+    for name in _shard_files(model_path):
+        # Sharded checkpoints have no single weight file: without this, two models
+        # with the same config and tokenizer but different weights shared an id
+        # (and so cache entries and artifacts). Unsharded ids are unchanged.
+        parts[name] = _file_fingerprint(model_path / name)
     h.update(json.dumps(parts, sort_keys=True).encode())
     cfg = json.loads((model_path / "config.json").read_text())
     stem = str(cfg.get("model_type", "model")).replace("/", "_")

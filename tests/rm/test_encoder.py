@@ -93,3 +93,26 @@ def test_bundled_encoder_matches_sentence_transformers():
     np.testing.assert_allclose(enc.encode(texts), st.encode(texts), atol=1e-5)
     multi = Encoder(config=EncoderConfig(layers=(-1, -2), layer_pooling="concat"))
     np.testing.assert_allclose(multi.encode(texts)[:, :384], st.encode(texts), atol=1e-5)
+
+
+def test_encoder_id_changes_with_the_weights_of_a_sharded_checkpoint(tiny_bert, tmp_path):
+    # Two sharded copies of one model that differ only in their weights must not share
+    # an id (which names their embedding cache and is checked when an artifact loads).
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(str(tiny_bert), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert), local_files_only=True)
+    model.save_pretrained(str(tmp_path / "a"), max_shard_size="200KB")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "encoder.layer.2." in name:
+                p.add_(1.0)
+    model.save_pretrained(str(tmp_path / "b"), max_shard_size="200KB")
+    for d in ("a", "b"):
+        tok.save_pretrained(str(tmp_path / d))
+    assert len(list((tmp_path / "a").glob("model-*.safetensors"))) > 1
+    a, b = Encoder(tmp_path / "a"), Encoder(tmp_path / "b")
+    assert np.abs(a.encode(["same text"]) - b.encode(["same text"])).max() > 1e-3
+    assert a.encoder_id != b.encoder_id
+    assert a.encoder_id == Encoder(tmp_path / "a").encoder_id

@@ -192,3 +192,42 @@ def test_annotators_cannot_reach_console_pages(app_db, people, page):
     assert not direct.exception, direct.exception
     assert [e.value for e in direct.error] == ["this action needs the admin role"]
     assert not direct.metric and not direct.dataframe and not direct.title
+
+
+def _open_tab(at: AppTest) -> str:
+    """The label of the tab the page tells the browser to show (``st.tabs``' ``default_tab_index``)."""
+    [container] = [b for b in at.get("tab_container")]
+    labels = [tab.label for tab in container.children.values()]
+    return labels[container.proto.tab_container.default_tab_index]
+
+
+def test_users_page_keeps_the_manage_tab_and_the_user_after_each_action(app_db, people):
+    """Each action reruns the page; it used to come back on "Add a user", with the admin's place lost."""
+    from annotate import accounts
+    from tests.factories import make_user
+
+    with app_db.begin() as s:
+        make_user(s, "zoe")  # last in the list: not the selectbox's first option
+    at = _open(people[1], "admin_users.py")
+    assert _open_tab(at) == "Add a user"
+    at.session_state["users_tab"] = "Manage a user"  # what clicking the tab sends
+    at.selectbox(key="manage_user").set_value("zoe").run()
+    assert _open_tab(at) == "Manage a user"
+
+    def press(label: str) -> None:
+        next(b for b in at.button if b.label == label).click().run()
+        assert not at.exception and not at.error, at.error
+        assert _open_tab(at) == "Manage a user"
+        assert at.selectbox(key="manage_user").value == "zoe"
+
+    press("Deactivate")
+    assert [s.value for s in at.success] == ["Deactivated zoe."]
+    at.selectbox(key="role_zoe").set_value("admin").run()
+    press("Change role")
+    assert [s.value for s in at.success] == ["zoe is now admin."]
+    at.text_input(key="reset_password_text").input("a-new-password")
+    press("Reset password")
+    assert [s.value for s in at.success] == ["Password of zoe reset (and any lockout lifted)."]
+    with app_db.read() as s:
+        zoe = next(u for u in accounts.list_users(s, actor=people[1]) if u.username == "zoe")
+        assert (zoe.active, zoe.role.value) == (False, "admin")

@@ -27,7 +27,9 @@ with db.read() as session:
 st.dataframe(users, hide_index=True)
 names = [u["username"] for u in users]
 
-add, manage = st.tabs(["Add a user", "Manage a user"])
+# A stateful tab bar (key, on_change): the rerun after each action opens the tab the admin was on,
+# where a stateless one reopens the first.
+add, manage = st.tabs(["Add a user", "Manage a user"], key="users_tab", on_change="rerun")
 with add:
     with st.form("add_user", clear_on_submit=True):
         username = st.text_input("Username", key="new_username")
@@ -53,7 +55,7 @@ with manage:
             if st.button("Change role", key="change_role", disabled=new_role == row["role"]):
                 _run(lambda s: accounts.set_role(s, target, new_role, actor=actor), f"{target} is now {new_role}.")
         with c2, st.form("reset_password", clear_on_submit=True):
-            new_password = st.text_input("New password", type="password")
+            new_password = st.text_input("New password", type="password", key="reset_password_text")
             if st.form_submit_button("Reset password"):
                 _run(lambda s: accounts.reset_password(s, target, new_password, actor=actor),
                      f"Password of {target} reset (and any lockout lifted).")
