@@ -196,7 +196,7 @@ def test_annotators_cannot_reach_console_pages(app_db, people, page):
 
 def _open_tab(at: AppTest) -> str:
     """The label of the tab the page tells the browser to show (``st.tabs``' ``default_tab_index``)."""
-    [container] = [b for b in at.get("tab_container")]
+    [container] = at.get("tab_container")
     labels = [tab.label for tab in container.children.values()]
     return labels[container.proto.tab_container.default_tab_index]
 
@@ -231,3 +231,38 @@ def test_users_page_keeps_the_manage_tab_and_the_user_after_each_action(app_db, 
     with app_db.read() as s:
         zoe = next(u for u in accounts.list_users(s, actor=people[1]) if u.username == "zoe")
         assert (zoe.active, zoe.role.value) == (False, "admin")
+
+
+def _next_to_save(at: AppTest) -> list[str]:
+    """The messages shown in the element right above the form's Save settings button."""
+    [form] = at.get("form")
+    children = list(form.children.values())
+    [save] = [i for i, node in enumerate(children) if getattr(node, "label", None) == "Save settings"]
+    above = children[save - 1]
+    if not hasattr(above, "children"):  # a widget, not the messages' container
+        return []
+    return [alert.value for kind in ("error", "info", "success") for alert in above.get(kind)]
+
+
+def test_settings_page_says_what_became_of_a_save_next_to_the_button_and_keeps_the_input(app_db, people):
+    """The form is taller than a screen: a message at the top of the page or after the form was out of sight."""
+    at = _open(people[1], "settings.py")
+    at.number_input(key="opt_overlap").set_value(5)
+    at.number_input(key="opt_max_overlap").set_value(4)
+    at.number_input(key="opt_target").set_value(500)
+    at.text_area(key="opt_guidelines").input("# Our rules")
+    at.button(key="FormSubmitter:campaign_settings-Save settings").click().run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["overlap must be at least 1 and at most the maximum overlap"]
+    assert _next_to_save(at) == [e.value for e in at.error]
+    typed = {"opt_overlap": 5, "opt_max_overlap": 4, "opt_target": 500}
+    assert {key: at.number_input(key=key).value for key in typed} == typed
+    assert at.text_area(key="opt_guidelines").value == "# Our rules"
+
+    at.number_input(key="opt_overlap").set_value(2)
+    at.button(key="FormSubmitter:campaign_settings-Save settings").click().run()
+    assert not at.exception and not at.error, at.error
+    saved = "Saved: guidelines, max_overlap, overlap, target_judgments."
+    assert [s.value for s in at.success] == [saved] and _next_to_save(at) == [saved]
+    at.button(key="FormSubmitter:campaign_settings-Save settings").click().run()
+    assert [i.value for i in at.info] == ["Nothing changed."] == _next_to_save(at)

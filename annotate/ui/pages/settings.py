@@ -15,8 +15,6 @@ actor = context.require_admin_page()
 settings, db = context.get_settings(), context.get_db()
 
 st.title("Settings")
-for message in st.session_state.pop("settings_flash", []):
-    st.success(message, icon=":material/check:")
 with context.stop_on_errors():
     with db.read() as session:
         options = dashboard.campaign_options(session, settings, actor=actor)
@@ -55,6 +53,11 @@ with st.form("campaign_settings"):
     st.subheader("Guidelines")
     guidelines = st.text_area("Markdown shown to annotators", value=options.guidelines, height=300,
                               key="opt_guidelines")
+    # What became of a save (saved, refused, nothing changed) shows right above the button just
+    # pressed: at the top of the page or after the form it was out of sight on a page this long.
+    feedback = st.container()
+    for message in st.session_state.pop("settings_flash", []):
+        feedback.success(message, icon=":material/check:")
     save = st.form_submit_button("Save settings", type="primary")
 
 if save:
@@ -64,11 +67,12 @@ if save:
                   retrain_every_minutes=float(every_minutes), target_judgments=int(target), guidelines=guidelines)
     current = asdict(options)
     changes = {k: v for k, v in wanted.items() if current[k] != v}
-    if not changes:
-        st.info("Nothing changed.")
-    else:
-        context.run_action(lambda session: campaign.update_options(session, settings, actor=actor, **changes),
-                           f"Saved: {', '.join(sorted(changes))}.", flash_key="settings_flash")
+    with feedback:
+        if not changes:
+            st.info("Nothing changed.")
+        else:
+            context.run_action(lambda session: campaign.update_options(session, settings, actor=actor, **changes),
+                               f"Saved: {', '.join(sorted(changes))}.", flash_key="settings_flash")
 
 st.caption("Overlap applies to comparisons imported from now on; adaptive overlap and the rates apply at once. "
            "Every change is recorded in the audit log.")
