@@ -82,7 +82,7 @@ def save_artifact(path: str | os.PathLike, ensemble: Ensemble, *, encoder: dict,
     Args:
         encoder: ``Encoder.describe()`` (must hold ``encoder_id``, ``model_path``, ``dim``).
         features: The ``FeatureSpec`` the heads were trained on.
-        metrics: Held-out metrics (e.g. ``Metrics.to_dict()``).
+        metrics: Held-out metrics (e.g. ``Metrics.to_dict()``); NaN and inf are stored as null.
         data_counts: Snapshot counts (judgments, pairs, prompts…).
         overwrite: Replace an existing artifact (the old one is moved aside, then deleted).
     """
@@ -107,10 +107,10 @@ def save_artifact(path: str | os.PathLike, ensemble: Ensemble, *, encoder: dict,
             "encoder": encoder,
             "features": features.to_dict(),
             "heads": {"n_members": ensemble.n_members, "dim": ensemble.dim, "hidden": ensemble.hidden,
-                      "temperature": float(ensemble.temperature), "info": ensemble.info},
-            "metrics": metrics or {},
-            "data_counts": data_counts or {},
-            "extra": extra or {},
+                      "temperature": float(ensemble.temperature), "info": _finite(ensemble.info)},
+            "metrics": _finite(metrics or {}),
+            "data_counts": _finite(data_counts or {}),
+            "extra": _finite(extra or {}),
             "files": {HEADS_FILE: {"size": (tmp / HEADS_FILE).stat().st_size,
                                    "sha256": _sha256(tmp / HEADS_FILE)}},
         }
@@ -134,6 +134,18 @@ def save_artifact(path: str | os.PathLike, ensemble: Ensemble, *, encoder: dict,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _finite(obj):
+    """Copy of ``obj`` with NaN/inf floats as None: held-out figures are NaN when
+    undefined (no decisive pairs, constant lengths), and JSON has no NaN."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
 
 
 def _json_default(o):

@@ -117,3 +117,19 @@ def test_encoder_mismatch_is_reported(tmp_path):
 def test_missing_directory(tmp_path):
     with pytest.raises(ArtifactError, match="no such directory"):
         rm.load(tmp_path / "nope")
+
+
+def test_undefined_metrics_are_saved_as_null(tmp_path):
+    # Metrics.to_dict() holds NaN when a figure is undefined (here: no decisive held-out
+    # pair, so no accuracy, log loss or length figures); saving it must not fail.
+    from rm.data import TIE, PairData
+    from rm.evaluate import metrics_from_rewards
+
+    data = PairData(np.zeros((2, 1), np.float32), [0], [1], [TIE], length=np.array([3, 3]))
+    metrics = metrics_from_rewards(np.zeros((1, 2), np.float32), data).to_dict()
+    assert metrics["accuracy"] != metrics["accuracy"]  # NaN
+    save_artifact(tmp_path / "v1", make_ensemble(), encoder=ENC, features=FeatureSpec(("joint", "response")),
+                  metrics=metrics, data_counts={"pairs": 1}, extra={"note": float("inf")})
+    _, info = load_artifact(tmp_path / "v1")
+    assert info.manifest["metrics"]["accuracy"] is None and info.manifest["metrics"]["n_pairs"] == 1
+    assert info.manifest["extra"]["note"] is None
