@@ -7,8 +7,9 @@ Definitions (all on held-out pairs; ``p`` is the ensemble's P(A ≻ B) =
   higher reward; exact ties in reward count one half. Ties and both-bad are excluded.
 - ``log_loss``: mean -log P(winner ≻ loser) over decisive pairs (tie mass ignored).
 - ``ece``: expected calibration error over 10 equal-width bins of predicted
-  P(A ≻ B). Each decisive pair enters in both orientations ((p, A won) and
-  (1-p, B won)), so the figure does not depend on which response is called A.
+  P(A ≻ B); NaN without decisive pairs. Each decisive pair enters in both
+  orientations ((p, A won) and (1-p, B won)), so the figure does not depend on
+  which response is called A.
   ECE = Σ_bins (count/total) · |mean predicted - observed frequency|.
 - ``length_baseline_accuracy``: accuracy of the better of "longer wins" and
   "shorter wins" (equal lengths count one half); ``length_longer_wins_accuracy``
@@ -76,7 +77,8 @@ def calibration_bins(p: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> tupl
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     which = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
-    bins, ece = [], 0.0
+    # Undefined without predictions (like accuracy and log loss), not a perfect 0.
+    bins, ece = [], (0.0 if len(p) else float("nan"))
     for b in range(n_bins):
         sel = which == b
         c = int(sel.sum())
@@ -126,8 +128,9 @@ def metrics_from_rewards(member_rewards: np.ndarray, data: PairData) -> Metrics:
         shorter_best = max(longer, 1.0 - longer)
     if data.length is not None and len(data):
         rows = np.unique(np.concatenate([data.ia, data.ib]))
-        if len(rows) > 2 and np.ptp(data.length[rows]) > 0:
-            spearman = float(spearmanr(r[:, rows].mean(0), data.length[rows]).statistic)
+        mean_r = r[:, rows].mean(0)
+        if len(rows) > 2 and np.ptp(data.length[rows]) > 0 and np.ptp(mean_r) > 0:
+            spearman = float(spearmanr(mean_r, data.length[rows]).statistic)
 
     all_p = pair_probabilities(r, data.ia, data.ib) if len(data) else np.zeros((r.shape[0], 0))
     rows = np.unique(np.concatenate([data.ia, data.ib])) if len(data) else np.zeros(0, int)

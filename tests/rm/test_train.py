@@ -110,3 +110,24 @@ def test_calibration_bins_and_ece():
     assert len(bins) == 10 and sum(b.count for b in bins) == 6
     assert ece == pytest.approx((2 * 0.05 + 2 * 0.05 + 2 * 0.05) / 6)
     assert bins[9].predicted == pytest.approx(0.95) and bins[9].observed == 1.0
+
+
+def test_no_decisive_pair_leaves_ece_undefined_not_perfect():
+    # Only ties held out: accuracy and log loss are NaN, and so must ECE be (it was 0.0,
+    # which dashboards showed as perfect calibration).
+    feat = np.zeros((4, 1), np.float32)
+    data = PairData(feat, [0, 2], [1, 3], [TIE, TIE], length=np.array([1, 2, 3, 4]))
+    m = metrics_from_rewards(np.array([[0.5, 0.1, 0.2, 0.3]], np.float32), data)
+    assert m.n_decisive == 0 and np.isnan(m.accuracy) and np.isnan(m.log_loss)
+    assert np.isnan(m.ece)
+    assert all(b.count == 0 for b in m.calibration)
+
+
+def test_constant_rewards_have_no_length_correlation_and_no_warning():
+    import warnings
+
+    data = synthetic(20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = metrics_from_rewards(np.zeros((2, len(data.feat)), np.float32), data)
+    assert np.isnan(m.reward_length_spearman) and m.accuracy == 0.5
