@@ -266,3 +266,51 @@ def test_settings_page_says_what_became_of_a_save_next_to_the_button_and_keeps_t
     assert [s.value for s in at.success] == [saved] and _next_to_save(at) == [saved]
     at.button(key="FormSubmitter:campaign_settings-Save settings").click().run()
     assert [i.value for i in at.info] == ["Nothing changed."] == _next_to_save(at)
+
+
+def _submit(at: AppTest, form: str, label: str) -> AppTest:
+    at.button(key=f"FormSubmitter:{form}-{label}").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _in_tab(at: AppTest, label: str, kind: str) -> list[str]:
+    [tab] = [t for t in at.tabs if t.label == label]
+    return [alert.value for alert in tab.get(kind)]
+
+
+def test_users_page_keeps_a_refused_new_user_and_clears_an_added_one(app_db, people):
+    """The add form used to clear on every submit: a too-short password cost the admin the username and role too."""
+    from annotate import accounts
+
+    at = _open(people[1], "admin_users.py")
+    at.text_input(key="new_username").input("newbie")
+    def password():
+        return next(t for t in at.text_input if t.label.startswith("Password"))
+
+    password().input("short")
+    at.selectbox(key="new_role").set_value("admin")
+    _submit(at, "add_user", "Add user")
+    assert _in_tab(at, "Add a user", "error") == ["passwords need at least 8 characters"]
+    password().input("long-enough")  # only the password needs typing again
+    _submit(at, "add_user", "Add user")
+    assert not at.error, [e.value for e in at.error]
+    with app_db.read() as s:
+        assert {u.username: u.role.value for u in accounts.list_users(s, actor=people[1])}["newbie"] == "admin"
+    # said where the admin is looking, and the form is empty for the next account
+    assert _in_tab(at, "Add a user", "success") == ["Added newbie (admin)."]
+    assert (at.text_input(key="new_username").value, password().value, at.selectbox(key="new_role").value) == (
+        "", "", "annotator")
+
+
+def test_users_page_says_what_an_action_did_in_the_manage_tab(app_db, people):
+    at = _open(people[1], "admin_users.py")
+    at.session_state["users_tab"] = "Manage a user"
+    at.run()
+    at.text_input(key="reset_password_text").input("short")
+    _submit(at, "reset_password", "Reset password")
+    assert _in_tab(at, "Manage a user", "error") == ["passwords need at least 8 characters"]
+    at.text_input(key="reset_password_text").input("long-enough")
+    _submit(at, "reset_password", "Reset password")
+    assert _in_tab(at, "Manage a user", "success") == ["Password of ann reset (and any lockout lifted)."]
+    assert at.text_input(key="reset_password_text").value == ""

@@ -12,12 +12,23 @@ actor = context.require_admin_page()
 db = context.get_db()
 
 st.title("Users")
-for message in st.session_state.pop("users_flash", []):
-    st.success(message, icon=":material/check:")
+# The forms keep what was typed when an action is refused, and are emptied here, before their widgets
+# exist, once it succeeded. The success is said in the tab it came from, where the admin is looking.
+added, managed = st.session_state.pop("users_added", []), st.session_state.pop("users_flash", [])
+if added:
+    for key in ("new_username", "new_password", "new_role"):
+        st.session_state.pop(key, None)
+if managed:
+    st.session_state.pop("reset_password_text", None)
 
 
-def _run(action, success: str) -> None:
-    context.run_action(action, success, flash_key="users_flash")
+def _run(action, success: str, flash_key: str = "users_flash") -> None:
+    context.run_action(action, success, flash_key=flash_key)
+
+
+def _say(messages: list[str]) -> None:
+    for message in messages:
+        st.success(message, icon=":material/check:")
 
 
 with db.read() as session:
@@ -31,16 +42,18 @@ names = [u["username"] for u in users]
 # where a stateless one reopens the first.
 add, manage = st.tabs(["Add a user", "Manage a user"], key="users_tab", on_change="rerun")
 with add:
-    with st.form("add_user", clear_on_submit=True):
+    _say(added)
+    with st.form("add_user"):
         username = st.text_input("Username", key="new_username")
         password = st.text_input(f"Password (at least {accounts.MIN_PASSWORD_LENGTH} characters)",
-                                 type="password")
+                                 type="password", key="new_password")
         role = st.selectbox("Role", ROLES, index=ROLES.index(Role.annotator.value), key="new_role")
         if st.form_submit_button("Add user", type="primary"):
             _run(lambda s: accounts.create_user(s, username, password, role, actor=actor),
-                 f"Added {username.strip()} ({role}).")
+                 f"Added {username.strip()} ({role}).", flash_key="users_added")
 
 with manage:
+    _say(managed)
     target = st.selectbox("User", names, key="manage_user")
     row = next((u for u in users if u["username"] == target), None)
     if row is not None:
@@ -54,7 +67,7 @@ with manage:
             new_role = st.selectbox("Role", ROLES, index=ROLES.index(row["role"]), key=f"role_{target}")
             if st.button("Change role", key="change_role", disabled=new_role == row["role"]):
                 _run(lambda s: accounts.set_role(s, target, new_role, actor=actor), f"{target} is now {new_role}.")
-        with c2, st.form("reset_password", clear_on_submit=True):
+        with c2, st.form("reset_password"):
             new_password = st.text_input("New password", type="password", key="reset_password_text")
             if st.form_submit_button("Reset password"):
                 _run(lambda s: accounts.reset_password(s, target, new_password, actor=actor),
