@@ -53,8 +53,9 @@ class TrainConfig:
         strength_margins: Margin ``m`` subtracted from the winner's reward gap,
             indexed by judgment strength: 0/None = unspecified (no margin),
             1 = slightly better, 2 = clearly better, 3 = much better.
-        tie_epsilon: Rao–Kupper threshold ε ≥ 0 (log ν): a tie has probability
-            ``σ(d + ε) - σ(d - ε)``, the mass where the gap is within ±ε.
+        tie_epsilon: Rao–Kupper threshold ε (log ν): a tie has probability
+            ``σ(d + ε) - σ(d - ε)``, the mass where the gap is within ±ε. Must be
+            > 0 when the data holds ties (ε = 0 gives a tie probability 0).
             Win probabilities used for evaluation stay ``σ(d)``.
         calibrate: Fit a temperature T on out-of-bag / validation pairs so that
             ``σ(d / T)`` minimises their log loss; stored in the ensemble.
@@ -251,11 +252,18 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
     if len(data) == 0:
         raise ValueError("no usable pairs to train on (all were both-bad or the data is empty); "
                          "collect A/B/tie judgments first")
+    if not config.tie_epsilon > 0 and (data.outcome == TIE).any():
+        raise ValueError(f"TrainConfig.tie_epsilon must be > 0 when the data holds ties "
+                         f"(got {config.tie_epsilon}); with it a tie has probability 0")
     used, inverse = np.unique(np.concatenate([data.ia, data.ib]), return_inverse=True)
     ia, ib = inverse[:len(data)], inverse[len(data):]
     x = np.asarray(data.feat[used], dtype=np.float32)
     mean = x.mean(axis=0)
-    scale = x.std(axis=0) + 1e-6
+    # A feature constant over the training responses (a prompt part with one prompt,
+    # a single response) keeps scale 1: its float32 std is rounding noise (~1e-6), and
+    # dividing by it made an MLP head's reward for any response that differs there explode.
+    constant = x.max(axis=0) == x.min(axis=0)
+    scale = np.where(constant, 1.0, x.std(axis=0) + 1e-6).astype(np.float32)
     x = (x - mean) / scale
 
     weights, val = _member_weights(data, config, seed)

@@ -60,3 +60,15 @@ def test_fit_temperature_recovers_a_known_scale():
     true_gap = rng.normal(scale=1.5, size=20000)
     y = rng.random(20000) < 1 / (1 + np.exp(-true_gap))
     assert fit_temperature(true_gap * 3.0, y) == pytest.approx(3.0, rel=0.1)
+
+
+def test_ties_with_zero_tie_epsilon_are_refused_not_trained_into_nan():
+    # ε = 0 gives a tie probability 0: L-BFGS returned NaN weights without a word.
+    rng = np.random.default_rng(0)
+    feat = rng.normal(size=(40, 4)).astype(np.float32)
+    data = PairData(feat, np.arange(20), np.arange(20, 40), [TIE, A_WINS] * 10)
+    with pytest.raises(ValueError, match="tie_epsilon"):
+        train_ensemble(data, TrainConfig(n_members=2, tie_epsilon=0.0), seed=0)
+    no_ties = PairData(feat, np.arange(20), np.arange(20, 40), [B_WINS, A_WINS] * 10)
+    ens = train_ensemble(no_ties, TrainConfig(n_members=2, tie_epsilon=0.0), seed=0)
+    assert np.isfinite(ens.params["w"]).all()

@@ -131,3 +131,18 @@ def test_constant_rewards_have_no_length_correlation_and_no_warning():
         warnings.simplefilter("error")
         m = metrics_from_rewards(np.zeros((2, len(data.feat)), np.float32), data)
     assert np.isnan(m.reward_length_spearman) and m.accuracy == 0.5
+
+
+def test_a_feature_constant_in_training_does_not_blow_up_mlp_rewards():
+    # The second half of the features is the same for every training response (a
+    # "prompt" part when all labels share one prompt). Standardising it by its ~0
+    # spread multiplied any other prompt's value there by ~1e6 in an MLP head.
+    data = synthetic(200, dim=8)
+    feat = np.concatenate([data.feat, np.full_like(data.feat, 0.3)], axis=1)
+    train = PairData(feat, data.ia, data.ib, data.outcome, group=data.group)
+    ens = train_ensemble(train, TrainConfig(n_members=2, hidden=8, max_steps=60), seed=0)
+    other_prompt = feat[:20].copy()
+    other_prompt[:, 8:] = np.random.default_rng(1).normal(0.3, 0.1, size=(20, 8))
+    r_train, r_other = ens.rewards(feat[:20]), ens.rewards(other_prompt)
+    assert np.isfinite(r_other).all()
+    assert np.abs(r_other).max() < 10 * np.abs(r_train).max() + 1
