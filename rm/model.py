@@ -58,8 +58,13 @@ class RewardModel:
             desc = self.info.encoder
             cfg = desc.get("config", {})
             # Artifacts from before layer_pooling existed concatenated their layers.
-            cfg = EncoderConfig(**{"layer_pooling": "concat", **cfg,
-                                   "layers": tuple(cfg.get("layers", (-1,)))})
+            try:
+                cfg = EncoderConfig(**{"layer_pooling": "concat", **cfg,
+                                       "layers": tuple(cfg.get("layers", (-1,)))})
+            except TypeError as exc:  # an option this version does not know
+                raise ArtifactError(
+                    f"reward-model artifact {self.info.path}: its encoder options {sorted(cfg)} are not "
+                    f"understood by this prefloop ({exc}); upgrade prefloop or retrain the model.") from None
             path = self._encoder or desc.get("model_path")
             if path is None or not (Path(path) / "config.json").is_file():
                 path = default_model_path()

@@ -71,3 +71,16 @@ def test_artifacts_from_before_layer_pooling_load_as_concatenated_layers(tiny_be
     model = rm.load(tmp_path / "old")
     np.testing.assert_allclose(model.score(prompts, responses).members, ens.member_rewards(feat), rtol=1e-5, atol=1e-5)
     assert model.encoder.config.layer_pooling == "concat" and model.encoder.encoder_id == enc.encoder_id
+
+
+def test_artifact_with_encoder_options_from_a_newer_version_is_a_clear_error(trained):
+    # A newer prefloop may record EncoderConfig options this one lacks: say so as an
+    # ArtifactError (shown to users), not a TypeError traceback.
+    tmp_path, enc, *_ = trained
+    ens = rm.load(tmp_path / "model").ensemble
+    desc = enc.describe()
+    desc["config"]["pooling_from_the_future"] = "cls"
+    save_artifact(tmp_path / "newer", ens, encoder=desc, features=FeatureSpec(("joint", "response")))
+    model = rm.load(tmp_path / "newer")
+    with pytest.raises(ArtifactError, match="upgrade prefloop"):
+        model.score(["p"], ["r"])
