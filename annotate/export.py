@@ -102,10 +102,12 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import uuid
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -722,16 +724,19 @@ def write_judgments(session: Session, path: str | os.PathLike, *, actor: Actor,
     writer, binary = _judgments_writer(format)
     target = Path(os.path.abspath(path))
     _check_target(target, folder=False)
-    tmp = _temp_sibling(target)
-    try:
-        with (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")) as out:
+    n = 0
+
+    def write(out) -> None:
+        nonlocal n
+        if binary:
             n = writer(_iter_judgments(session, filters), out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            return
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+        n = writer(_iter_judgments(session, filters), text)
+        text.flush()
+        text.detach()
+
+    _write_file_atomic(target, write)
     audit(session, actor, "export", kind="judgments", format=format, path=str(target),
           filters=filters.describe(), counts={"rows": n})
     return n
@@ -760,18 +765,84 @@ def _temp_sibling(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+def _temporaries(target: Path) -> list[Path]:
+    """This target's leftovers from killed exports: ``.NAME.tmp-*``, ``.NAME.old-*``, ``.NAME.rows-*.arrow``.
+
+    Only names this module makes (eight hex digits after the target's own name) match, so a
+    neighbour's temporaries or a user's own dot-files are never taken for this target's.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(?:tmp|old)-[0-9a-f]{{8}}|rows-[0-9a-f]{{8}}\.arrow)")
+    return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+@contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Hold the folder's shared export lock while writing next to ``target``; then clear stale temporaries.
+
+    A SIGKILL (or a power cut) mid-export leaves the hidden temporaries behind; nothing else ever
+    removes them. Every export holds a shared ``flock`` on the target's folder from before it creates
+    a temporary until its own are renamed or removed, so whoever gets the lock exclusively knows no
+    export is writing there and that the temporaries it finds are dead. A finished export tries for
+    that exclusive lock without waiting and, if it gets it, removes its target's leftovers; when
+    another export is writing in the folder it leaves them for a later run. Exports never wait for
+    one another. Where the folder cannot be locked (no ``fcntl``, or a filesystem without ``flock``)
+    nothing is removed. Cleaning after the new file is in place, not before, means a failed export
+    never deletes the only copy of an earlier one (a kill between the two renames of a ``datasets``
+    export leaves the previous export as ``.NAME.old-*``).
+    """
+    fd = _lock_folder(target.parent)
+    try:
+        yield
+        if fd is None:
+            return
+        import fcntl
+
+        try:
+            # Converting shared to exclusive may drop the lock first; our own writing is done by now.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return
+        for leftover in _temporaries(target):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock_folder(folder: Path) -> int | None:
+    """An open descriptor holding a shared ``flock`` on ``folder``, or None where it cannot be locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _write_file_atomic(target: Path, write: Callable[[Any], None]) -> None:
     """Run ``write(binary file)`` on a temporary sibling, fsync it and rename it to ``target``."""
-    tmp = _temp_sibling(target)
-    try:
-        with open(tmp, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _writing(target):
+        tmp = _temp_sibling(target)
+        try:
+            with open(tmp, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _replaceable_dataset_dir(path: Path) -> bool:
@@ -791,29 +862,30 @@ def _write_dataset_atomic(target: Path, batches: Iterable[list[dict[str, Any]]],
     from datasets.arrow_writer import ArrowWriter
 
     features = Features.from_arrow_schema(schema)
-    tmp = _temp_sibling(target)
-    scratch = target.with_name(f".{target.name}.rows-{uuid.uuid4().hex[:8]}.arrow")
-    try:
-        with ArrowWriter(features=features, path=str(scratch)) as writer:
-            for rows in batches:
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                del rows
-            writer.finalize()
-        dataset = Dataset.from_file(str(scratch))
-        # Zero shards cannot be loaded back: an empty export is one empty shard with the full schema.
-        dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)
-        del dataset
-        if target.exists():
-            # A directory cannot be replaced in one rename: move the old one
-            # aside first so a failure never leaves neither in place.
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        scratch.unlink(missing_ok=True)
+    with _writing(target):
+        tmp = _temp_sibling(target)
+        scratch = target.with_name(f".{target.name}.rows-{uuid.uuid4().hex[:8]}.arrow")
+        try:
+            with ArrowWriter(features=features, path=str(scratch)) as writer:
+                for rows in batches:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                    del rows
+                writer.finalize()
+            dataset = Dataset.from_file(str(scratch))
+            # Zero shards cannot be loaded back: an empty export is one empty shard with the full schema.
+            dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)
+            del dataset
+            if target.exists():
+                # A directory cannot be replaced in one rename: move the old one
+                # aside first so a failure never leaves neither in place.
+                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            scratch.unlink(missing_ok=True)

@@ -968,3 +968,134 @@ def test_large_preference_export_streams(db, out, fmt):
     assert rows[0]["chosen"] == [{"role": "assistant", "content": "0b" + "y" * size}]
     assert rows[-1]["prompt"][0] == {"role": "system", "content": "be brief"}
     assert [r["comparison_id"] for r in rows] == sorted(r["comparison_id"] for r in rows)
+
+
+# --------------------------------------------------------------------------- leftovers of killed exports
+
+
+LEFTOVERS = (".prefs.jsonl.tmp-0123abcd", ".prefs.jsonl.rows-89abcdef.arrow")
+NOT_LEFTOVERS = (".other.jsonl.tmp-0123abcd", ".prefs.jsonl.tmp-0123abcd.bak", ".prefs.jsonl.tmp-mine",
+                 ".prefs.jsonl.tmp-0123ABCD", "notes.txt")
+
+
+def _litter(out):
+    for name in (*LEFTOVERS, *NOT_LEFTOVERS):
+        (out / name).write_text("half an export", encoding="utf-8")
+    for name in (".prefs.jsonl.tmp-feedf00d", ".prefs.jsonl.old-00c0ffee"):  # datasets folders
+        (out / name).mkdir()
+        (out / name / "data-00000-of-00001.arrow").write_bytes(b"\0" * 10)
+
+
+def test_next_export_removes_only_its_targets_stale_temporaries(db, seeded, out):
+    admin, _ = seeded(lambda f: _make_mixed(f, chat=False))
+    _litter(out)
+    with db.begin() as session:
+        assert export.write_preferences(session, out / "prefs.jsonl", actor=admin, format="jsonl") == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted((*NOT_LEFTOVERS, "prefs.jsonl"))
+    # A raw-judgment export and a datasets export clean their own targets' leftovers too.
+    (out / ".raw.csv.tmp-0123abcd").write_text("half", encoding="utf-8")
+    (out / ".prefs_ds.tmp-0123abcd").mkdir()
+    (out / ".prefs_ds.rows-0123abcd.arrow").write_bytes(b"half")
+    with db.begin() as session:
+        export.write_judgments(session, out / "raw.csv", actor=admin, format="csv")
+        export.write_preferences(session, out / "prefs_ds", actor=admin, format="datasets")
+    assert sorted(p.name for p in out.iterdir()) == sorted((*NOT_LEFTOVERS, "prefs.jsonl", "raw.csv", "prefs_ds"))
+
+
+def test_an_export_still_writing_keeps_its_temporary_while_another_finishes(db, seeded, out):
+    """Two exports to one target at once: the one that finishes first must not delete the other's file."""
+    import threading
+
+    admin, _ = seeded(lambda f: _make_mixed(f, chat=False))
+    target = out / "prefs.jsonl"
+    started, release, errors = threading.Event(), threading.Event(), []
+
+    def slow_write(fh):
+        fh.write(b"first\n")
+        started.set()
+        release.wait(30)
+        fh.write(b"done\n")
+
+    def first():
+        try:
+            export._write_file_atomic(target, slow_write)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert started.wait(30)
+        (live,) = [p for p in out.iterdir() if p.name.startswith(".prefs.jsonl.tmp-")]
+        with db.begin() as session:
+            assert export.write_preferences(session, target, actor=admin, format="jsonl") == 2
+        assert live.exists()
+    finally:
+        release.set()
+        thread.join(30)
+    assert errors == [] and target.read_bytes() == b"first\ndone\n"
+    assert [p.name for p in out.iterdir()] == ["prefs.jsonl"]
+
+
+_KILLED_EXPORT = """
+import pathlib, sys, time
+from annotate import cli, export
+
+marker = pathlib.Path(sys.argv[1])
+rows = export._iter_preference_rows
+
+def stall(*args, **kwargs):
+    for i, batch in enumerate(rows(*args, **kwargs)):
+        yield batch
+        marker.touch()  # the first slice is in the temporary: stop here until killed
+        time.sleep(600)
+
+export._iter_preference_rows = stall
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["trl-jsonl", "datasets"])
+def test_export_after_a_killed_export_clears_its_leftovers(sqlite_db, sqlite_url, tmp_path, out, fmt):
+    """SIGKILL a real ``prefloop export`` mid-write: no target, a leftover; the next export removes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import datasets
+
+    with sqlite_db.begin() as session:
+        f = Factory(session)
+        admin = f.actor("boss", "admin")
+        for i in range(600):  # over two slices (_ROW_CHUNK), so the kill lands mid-write
+            c = f.comparison(text=f"q{i}", a=f"{i}a" + "x" * 1000, b=f"{i}b" + "y" * 1000)
+            f.judge(c, "u0", "a")
+    target = out / ("prefs" if fmt == "datasets" else "prefs.jsonl")
+    marker = tmp_path / "stalled"
+    env = {**os.environ, "PREFLOOP_DATABASE_URL": sqlite_url, "PREFLOOP_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_EXPORT, str(marker), "export", "--format", fmt,
+                             "--out", str(target)], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the export never reached its second slice"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    left = sorted(p.name for p in out.iterdir())
+    assert not target.exists() and left and all(n.startswith(f".{target.name}.") for n in left)
+
+    with sqlite_db.begin() as session:
+        format = "datasets" if fmt == "datasets" else "jsonl"
+        assert export.write_preferences(session, target, actor=admin, format=format) == 600
+    assert [p.name for p in out.iterdir()] == [target.name]
+    n = (datasets.load_from_disk(str(target)).num_rows if fmt == "datasets"
+         else len(target.read_text(encoding="utf-8").splitlines()))
+    assert n == 600
