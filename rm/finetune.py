@@ -112,17 +112,30 @@ def finetune(model_path: str | os.PathLike, prompts: Sequence[Prompt], chosen: S
 
     Loss per pair: ``-log σ(r_chosen - r_rejected - margin)`` (margin from
     ``strength``). The directory is written to a temporary sibling and renamed
-    into place. Returns ``(model, tokenizer)`` in eval mode.
+    into place. Returns ``(model, tokenizer)`` in eval mode. On CPU it trains with
+    ``config.num_threads`` torch threads and restores the caller's count after.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     config = config or FinetuneConfig()
     n = len(prompts)
     if not (n == len(chosen) == len(rejected)) or n == 0:
         raise ValueError("prompts, chosen and rejected must be non-empty and of the same length")
+    out = Path(output_dir)
+    if out.exists():  # before training, not after it
+        raise FileExistsError(f"{out} already exists; choose a new directory for the fine-tuned model")
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    previous_threads = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(config.num_threads)
+    try:
+        return _finetune(model_path, prompts, chosen, rejected, out, config, strength, device)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _finetune(model_path, prompts, chosen, rejected, out: Path, config: FinetuneConfig, strength, device):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    n = len(prompts)
     tok = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # transformers initialises new heads from the global RNG
@@ -160,7 +173,6 @@ def finetune(model_path: str | os.PathLike, prompts: Sequence[Prompt], chosen: S
             losses.append(float(loss.detach()))
     model.eval()
 
-    out = Path(output_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new directory for the fine-tuned model")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Full fine-tune export on a tiny random BERT."""
 
 import numpy as np
+import pytest
 import torch
 
 from rm.finetune import FinetuneConfig, finetune, load_finetuned, score_pairs_model
@@ -27,3 +28,25 @@ def test_finetune_exports_a_reloadable_sequence_classifier(tiny_bert, tmp_path):
     with torch.inference_mode():
         enc = tok2(["question 0", "question 1"], ["a kind and helpful answer"] * 2, return_tensors="pt", padding=True)
         assert reloaded(**enc).logits.shape == (2, 1)
+
+
+def test_existing_output_is_refused_before_training(tiny_bert, tmp_path, monkeypatch):
+    # The check ran after the whole training run (hours on a real model), which it then threw away.
+    from transformers import AutoModelForSequenceClassification
+
+    (tmp_path / "ft").mkdir()
+
+    def no_training(*a, **k):
+        raise AssertionError("the model was loaded for training")
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", no_training)
+    with pytest.raises(FileExistsError, match="already exists"):
+        finetune(tiny_bert, ["q"], ["a"], ["b"], tmp_path / "ft", FinetuneConfig(device="cpu"))
+
+
+def test_cpu_thread_count_is_restored(tiny_bert, tmp_path):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    cfg = FinetuneConfig(epochs=1, batch_size=2, max_length=16, device="cpu", num_threads=wanted)
+    finetune(tiny_bert, ["q1", "q2"], ["yes", "sure"], ["no", "nope"], tmp_path / "ft", cfg)
+    assert torch.get_num_threads() == before
