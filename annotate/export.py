@@ -46,7 +46,10 @@ One row per exported comparison with ``prompt``, ``chosen`` and ``rejected``.
 Plain-text prompts give strings. Chat prompts give TRL's conversational format:
 ``prompt`` is the list of ``{"role", "content"}`` messages (other message keys are
 dropped so every row has the same type), ``chosen`` is
-``[{"role": "assistant", "content": <text>}]`` and ``rejected`` likewise. A file
+``[{"role": "assistant", "content": <text>}]`` and ``rejected`` likewise; a response
+imported as several messages (a TRL row whose completion goes on past one assistant
+turn) is given back as those messages, roles kept (a text-only export gives the
+text annotators saw, later turns labelled ``Human:``/``Assistant:``). A file
 or ``datasets`` column must have a single type, so when one export mixes chat and
 text prompts, every text prompt becomes ``[{"role": "user", "content": text}]``
 and the whole export is conversational.
@@ -118,6 +121,7 @@ from sqlalchemy.orm import Session, aliased
 
 from annotate.accounts import Actor, audit, require_admin
 from annotate.errors import NotFound, PrefloopError
+from annotate.ingest import RESPONSE_MESSAGES, ROLES, render_messages
 from annotate.models import (
     Choice,
     Comparison,
@@ -375,7 +379,7 @@ def _iter_preference_rows(session: Session, sel: _Selection, filters: ExportFilt
                    func.coalesce(Comparison.source_tag, Prompt.source_tag),
                    Prompt.text, Prompt.messages, ResponseA.text, ResponseB.text,
                    Comparison.external_id, Prompt.external_id, ResponseA.external_id,
-                   ResponseB.external_id)
+                   ResponseB.external_id, ResponseA.meta, ResponseB.meta)
             .join(Prompt, Prompt.id == Comparison.prompt_id)
             .join(ResponseA, ResponseA.id == Comparison.response_a_id)
             .join(ResponseB, ResponseB.id == Comparison.response_b_id)
@@ -385,15 +389,16 @@ def _iter_preference_rows(session: Session, sel: _Selection, filters: ExportFilt
         rows = []
         for i, comparison_id in enumerate(chunk, start):
             (_, prompt_id, source_tag, prompt_text, messages, text_a, text_b,
-             external_id, prompt_external_id, ext_a, ext_b) = content[comparison_id]
+             external_id, prompt_external_id, ext_a, ext_b, meta_a, meta_b) = content[comparison_id]
             winner = _WINNERS[sel.winners[i]]
             chosen, rejected = (text_b, text_a) if winner is Choice.b else (text_a, text_b)
             chosen_ext, rejected_ext = (ext_b, ext_a) if winner is Choice.b else (ext_a, ext_b)
+            chosen_meta, rejected_meta = (meta_b, meta_a) if winner is Choice.b else (meta_a, meta_b)
             if sel.conversational:
                 prompt: Any = (_messages(messages) if messages is not None
                                else [{"role": "user", "content": prompt_text}])
-                chosen = [{"role": "assistant", "content": chosen}]
-                rejected = [{"role": "assistant", "content": rejected}]
+                chosen = _response_messages(chosen, chosen_meta)
+                rejected = _response_messages(rejected, rejected_meta)
             else:
                 prompt = prompt_text
             row: dict[str, Any] = {
@@ -413,6 +418,18 @@ def _iter_preference_rows(session: Session, sel: _Selection, filters: ExportFilt
         yield rows
         # Let this slice's texts go before the next one is read (callers drop theirs too).
         del rows, content
+
+
+def _response_messages(text: str, meta: Any) -> list[dict[str, str]]:
+    """A response as conversational messages: those it was imported as (see :func:`ingest.render_messages`),
+    else one assistant message. Stored messages are used only while they still render to the text."""
+    stored = meta.get(RESPONSE_MESSAGES) if isinstance(meta, dict) else None
+    if isinstance(stored, list) and stored and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in stored):
+        messages = [{"role": m["role"], "content": m["content"]} for m in stored]
+        if render_messages(messages) == text:
+            return messages
+    return [{"role": "assistant", "content": text}]
 
 
 def _preference_schema(conversational: bool, filters: ExportFilter, margin: bool):

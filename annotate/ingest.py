@@ -17,11 +17,15 @@ Accepted formats (JSON Lines, ``.jsonl.gz``, ``.json`` arrays or CSV):
     TRL's preference format: ``prompt``/``chosen``/``rejected`` as text or as
     message lists, or the implicit-prompt form (only ``chosen``/``rejected``
     message lists whose shared prefix is the prompt). The chosen side wins.
+    A response of more than one assistant message is stored as its
+    :func:`render_messages` text, its messages kept in its metadata for the
+    exports; such rows are counted in the notes.
 ``hh``
     Anthropic HH-RLHF transcripts: ``chosen``/``rejected`` strings of
     ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` turns. The shared conversation up
-    to the final ``\\n\\nAssistant:`` becomes the prompt (chat messages), the
-    rest the two responses.
+    to the last ``\\n\\nAssistant:`` the two share becomes the prompt (chat
+    messages), the rest the two responses, later turns included as written
+    (noted).
 
 A prompt is a string or a list of ``{"role": "user"|"assistant"|"system",
 "content": str}`` messages (in CSV a JSON list in the cell). For ``trl`` and
@@ -107,6 +111,8 @@ HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLE = {"Human": "user", "Assistant": "assistant"}
 _TEXT_LABEL = {"user": "Human", "assistant": "Assistant", "system": "System"}
+RESPONSE_MESSAGES = "messages"
+"""The response metadata key holding a response given as several messages (see :func:`render_messages`)."""
 MAX_TAG_CHARS = 128
 MAX_ID_CHARS = 256
 MAX_REPORTED = 20
@@ -596,8 +602,14 @@ def _prompt(value: Any, max_chars: int) -> str | list[dict]:
     return _text(value, "prompt", max_chars)
 
 
-def _messages_text(messages: list[dict]) -> str:
-    """Render response message(s) as one text: a leading assistant turn plain, later turns labelled."""
+def render_messages(messages: list[dict]) -> str:
+    """Render response message(s) as one text: a leading assistant turn plain, later turns labelled.
+
+    This is what annotators see and the reward model scores for a response given as several
+    messages; the messages themselves are kept under ``RESPONSE_MESSAGES`` in the response's
+    metadata, and conversational exports give them back with their roles when they still render
+    to the response's text.
+    """
     parts = []
     for i, m in enumerate(messages):
         if i == 0 and m["role"] == "assistant":
@@ -605,6 +617,14 @@ def _messages_text(messages: list[dict]) -> str:
         else:
             parts.append(f"\n\n{_TEXT_LABEL[m['role']]}: {m['content']}")
     return "".join(parts)
+
+
+def _response(messages: list[dict]) -> tuple[str, dict | None]:
+    """A response given as messages: its text, and the metadata keeping the messages unless they are one
+    assistant turn (the usual case, stored as plain text)."""
+    if len(messages) == 1 and messages[0]["role"] == "assistant":
+        return messages[0]["content"], None
+    return render_messages(messages), {RESPONSE_MESSAGES: messages}
 
 
 def _winner(value: Any, what: str = "winner") -> Choice | None:
@@ -700,25 +720,30 @@ def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
         for i in range(k) for j in range(i + 1, k)]
 
 
-def _by_hash(line: int, prompt, chosen: str, rejected: str, **extra) -> ParsedComparison:
+def _by_hash(line: int, prompt, chosen: str, rejected: str, *, chosen_meta: dict | None = None,
+             rejected_meta: dict | None = None, **extra) -> ParsedComparison:
     hc, hr = content_hash(chosen), content_hash(rejected)
     if hc < hr:
         return ParsedComparison(line=line, prompt=prompt, response_a=chosen, response_b=rejected,
-                                winner=Choice.a, hash_a=hc, hash_b=hr, **extra)
+                                winner=Choice.a, hash_a=hc, hash_b=hr, response_a_meta=chosen_meta,
+                                response_b_meta=rejected_meta, **extra)
     return ParsedComparison(line=line, prompt=prompt, response_a=rejected, response_b=chosen,
-                            winner=Choice.b, hash_a=hr, hash_b=hc, **extra)
+                            winner=Choice.b, hash_a=hr, hash_b=hc, response_a_meta=rejected_meta,
+                            response_b_meta=chosen_meta, **extra)
 
 
-def _parse_trl(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]:
+def _parse_trl(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparison], bool]:
+    """Returns the comparison and whether a response is more than one assistant message."""
     _require(obj, "chosen", "rejected")
     chosen, rejected = obj["chosen"], obj["rejected"]
+    chosen_meta = rejected_meta = None
     if isinstance(chosen, list) != isinstance(rejected, list):
         raise _RowError("'chosen' and 'rejected' must both be text or both be message lists")
     if "prompt" in obj and obj["prompt"] is not None:
         prompt = _prompt(obj["prompt"], max_chars)
         if isinstance(chosen, list):
-            chosen = _messages_text(_messages(chosen, "chosen", max_chars))
-            rejected = _messages_text(_messages(rejected, "rejected", max_chars))
+            chosen, chosen_meta = _response(_messages(chosen, "chosen", max_chars))
+            rejected, rejected_meta = _response(_messages(rejected, "rejected", max_chars))
     else:
         if not isinstance(chosen, list):
             raise _RowError("without a 'prompt', 'chosen' and 'rejected' must be message lists "
@@ -734,14 +759,15 @@ def _parse_trl(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]:
         if n == len(c) or n == len(r):
             raise _RowError("one of 'chosen'/'rejected' has nothing after the shared prompt")
         prompt = _messages(c[:n], "prompt", max_chars)
-        chosen, rejected = _messages_text(c[n:]), _messages_text(r[n:])
+        (chosen, chosen_meta), (rejected, rejected_meta) = _response(c[n:]), _response(r[n:])
     chosen = _text(chosen, "chosen", max_chars)
     rejected = _text(rejected, "rejected", max_chars)
     if chosen == rejected:
         raise _RowError("'chosen' and 'rejected' are identical")
-    return [_by_hash(line, prompt, chosen, rejected, prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS),
-                     row_id=_opt_str(obj, "id", MAX_ID_CHARS), metadata=_opt_dict(obj, "metadata"),
-                     source_tag=_tag(obj))]
+    return [_by_hash(line, prompt, chosen, rejected, chosen_meta=chosen_meta, rejected_meta=rejected_meta,
+                     prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS), row_id=_opt_str(obj, "id", MAX_ID_CHARS),
+                     metadata=_opt_dict(obj, "metadata"), source_tag=_tag(obj))], \
+        chosen_meta is not None or rejected_meta is not None
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -776,7 +802,6 @@ def _parse_hh(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparis
     split = chosen.rfind(HH_ASSISTANT, 0, n)
     if split < 0:
         raise _RowError("no shared '\\n\\nAssistant:' turn before chosen and rejected differ")
-    diverged = chosen.rfind(HH_ASSISTANT) != split or rejected.rfind(HH_ASSISTANT) != split
     messages = _hh_messages(chosen[:split])
     if not messages:
         raise _RowError("the shared conversation has no Human turn")
@@ -787,6 +812,7 @@ def _parse_hh(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparis
     r = _text(rejected[start:].strip(), "rejected response", max_chars, allow_empty=True)
     if c == r:
         raise _RowError("chosen and rejected responses are identical apart from surrounding whitespace")
+    diverged = bool(_HH_TURN.search(chosen, start) or _HH_TURN.search(rejected, start))
     return [_by_hash(line, prompt, c, r, row_id=_opt_str(obj, "id", MAX_ID_CHARS), source_tag=_tag(obj))], \
         diverged, not c or not r
 
@@ -825,6 +851,7 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
     comparisons: list[ParsedComparison] = []
     diverged: list[int] = []
     empty: list[int] = []
+    multi_message: list[int] = []
     rows = 0
     given = 0
     over_limit_line: int | None = None
@@ -851,7 +878,9 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
             elif file_fmt == "kwise":
                 parsed = _parse_kwise(line, obj, max_text_chars)
             elif file_fmt == "trl":
-                parsed = _parse_trl(line, obj, max_text_chars)
+                parsed, several = _parse_trl(line, obj, max_text_chars)
+                if several:
+                    multi_message.append(line)
             else:
                 parsed, div, has_empty = _parse_hh(line, obj, max_text_chars)
                 if div:
@@ -877,8 +906,14 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
         raise ImportValidationError(f"could not detect the file's format; accepted formats: {FORMAT_HELP}",
                                     sorted(problems))
     if diverged:
-        notes.append(f"{len(diverged)} HH rows diverge before the final assistant turn (lines "
-                     f"{_lines_note(diverged)}): split at the last shared turn, later turns kept in the responses")
+        notes.append(f"{len(diverged)} HH rows have more 'Human:'/'Assistant:' turns after the last assistant turn "
+                     f"that chosen and rejected share (lines {_lines_note(diverged)}): split there; the later turns "
+                     "are kept as written in that side's response text (one assistant message in exports)")
+    if multi_message:
+        notes.append(f"{len(multi_message)} rows have a response of several messages, or of one that is not the "
+                     f"assistant's (lines {_lines_note(multi_message)}): annotators see it as one text with later "
+                     "turns labelled 'Human:'/'Assistant:', and conversational exports give back its messages "
+                     "with their roles")
     if empty:
         notes.append(f"{len(empty)} HH rows have an empty response (lines {_lines_note(empty)}): kept as empty text")
     seen: dict[tuple, int] = {}

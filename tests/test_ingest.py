@@ -145,7 +145,16 @@ def test_hh_divergence_before_final_turn_is_split_at_last_shared_turn_and_noted(
     c = parsed.comparisons[1]
     assert c.prompt == [{"role": "user", "content": "q"}]
     assert {c.response_a, c.response_b} == {"A1\n\nHuman: more\n\nAssistant: A2", "B1"}
-    assert any("diverge" in n and "(lines 2)" in n for n in parsed.notes)
+    assert any("(lines 2)" in n and "kept as written" in n for n in parsed.notes)
+
+
+def test_hh_rows_parting_inside_a_human_turn_are_noted():
+    """Chosen and rejected share their last assistant turn but go on with different Human turns."""
+    row = {"chosen": "\n\nHuman: q\n\nAssistant: A\n\nHuman: thanks", "rejected": "\n\nHuman: q\n\nAssistant: B"}
+    parsed = parse_file(jsonl(row), filename="h.jsonl")
+    (c,) = parsed.comparisons
+    assert {c.response_a, c.response_b} == {"A\n\nHuman: thanks", "B"}
+    assert any("(lines 1)" in n and "kept as written" in n for n in parsed.notes)
 
 
 def test_csv_pairs_with_chat_prompt_cell_and_file_line_numbers():
@@ -635,3 +644,43 @@ def test_judgments_before_the_first_retrain_record_random_order(db, settings):
         raw = [r for r in export.judgment_rows(session, actor=boss) if r["annotator"] == "boss"]
     assert [(r["acquisition_strategy"], r["acquisition_score"], r["model_version_id"]) for r in raw] == \
         [("random", None, None)]
+
+
+MULTI_USER = {"role": "user", "content": "Plan a trip."}
+MULTI_CHOSEN = [{"role": "assistant", "content": "Where to?"}, {"role": "user", "content": "Rome."},
+                {"role": "assistant", "content": "Day 1: the Forum."}]
+
+
+def test_trl_responses_of_several_messages_are_noted_and_come_back_with_their_roles(db, settings):
+    """A response that is several messages is one text for annotators and its messages again in exports."""
+    from annotate import export
+
+    explicit = {"prompt": [MULTI_USER], "chosen": MULTI_CHOSEN,
+                "rejected": [{"role": "assistant", "content": "No."}]}
+    # Implicit prompt parting at a user turn: each tail starts with the user's message.
+    shared = [MULTI_USER, {"role": "assistant", "content": "Where to?"}]
+    implicit = {"chosen": [*shared, {"role": "user", "content": "Paris."}, {"role": "assistant", "content": "Louvre."}],
+                "rejected": [*shared, {"role": "user", "content": "Oslo."}, {"role": "assistant", "content": "Fjords."}]}
+    single = {"prompt": [MULTI_USER], "chosen": [{"role": "assistant", "content": "Go."}],
+              "rejected": [{"role": "assistant", "content": "Stay."}]}
+    data = jsonl(explicit, implicit, single)
+    parsed = parse_file(data, filename="multi.jsonl")
+    assert parsed.problems == []
+    (note,) = [n for n in parsed.notes if "several messages" in n]
+    assert note.startswith("2 rows") and "(lines 1, 2)" in note
+    first = parsed.comparisons[0]
+    chosen_text = first.response_a if first.winner is Choice.a else first.response_b
+    assert chosen_text == "Where to?\n\nHuman: Rome.\n\nAssistant: Day 1: the Forum."
+
+    run_import(db, settings, data, filename="multi.jsonl")
+    with db.begin() as session:
+        boss = admin(session)
+        rows = export.preference_rows(session, actor=boss)
+    by_chosen = {json.dumps(r["chosen"]): r for r in rows}
+    assert len(rows) == 3
+    one = by_chosen[json.dumps(MULTI_CHOSEN)]
+    assert one["prompt"] == [MULTI_USER] and one["rejected"] == [{"role": "assistant", "content": "No."}]
+    two = by_chosen[json.dumps([{"role": "user", "content": "Paris."}, {"role": "assistant", "content": "Louvre."}])]
+    assert two["prompt"] == shared
+    assert two["rejected"] == [{"role": "user", "content": "Oslo."}, {"role": "assistant", "content": "Fjords."}]
+    assert json.dumps([{"role": "assistant", "content": "Go."}]) in by_chosen
