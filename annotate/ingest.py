@@ -362,7 +362,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # a plain dict would keep the last value and silently drop the others
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _BadJSON(f"the key {_short(repeated, 40)!r} appears more than once in one object")
+    return obj
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_object)
 
 
 def _loads(text: str) -> Any:
@@ -433,6 +442,12 @@ def _csv_records(lines: list[str], problems: list[tuple[int, str]], fmt: str | N
     except csv.Error as exc:
         raise ImportValidationError(f"line 1: unreadable CSV header ({exc})") from None
     header = [h.strip() for h in header]
+    repeated = sorted({h for h in header if h and header.count(h) > 1})
+    if repeated:
+        # Each row becomes one object per header name: a repeated column would silently keep only its last cell.
+        raise ImportValidationError(
+            f"line 1: the CSV header repeats the column(s) {', '.join(repeated)}; give each column once",
+            [(1, f"repeated CSV column(s) {', '.join(repeated)}")])
     explicit = fmt is not None
     columns = set(header)
     expected = "; ".join(f"{name}: {', '.join(cols)}" for name, cols in CSV_COLUMNS.items())

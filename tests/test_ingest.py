@@ -180,6 +180,20 @@ def test_csv_with_wrong_columns_names_the_expected_ones():
         parse_file(b"prompt,response_a\nq,a\n", filename="bad.csv", fmt="pairs")
 
 
+def test_csv_with_a_repeated_column_is_refused_not_half_read():
+    data = b"prompt,response_a,response_b,response_b\nq,first,second,third\n"
+    with pytest.raises(ImportValidationError, match="repeats the column.s. response_b") as info:
+        parse_file(data, filename="dup.csv")
+    assert info.value.problems == [(1, "repeated CSV column(s) response_b")]
+
+
+def test_a_json_key_given_twice_is_a_row_problem_not_a_silent_pick():
+    line = '{"prompt": "q", "response_a": "x", "response_b": "y", "response_b": "z"}'
+    for data, name in ((jsonl(pair(1), line), "d.jsonl"), (f"[{json.dumps(pair(1))},\n{line}]".encode(), "d.json")):
+        parsed = parse_file(data, filename=name)
+        assert parsed.problems == [(2, "invalid JSON (the key 'response_b' appears more than once in one object)")]
+
+
 def test_json_array_and_gzip():
     array = json.dumps([pair(1), pair(2, winner="a")], indent=2).encode()
     parsed = parse_file(array, filename="x.json")
