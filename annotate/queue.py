@@ -26,7 +26,14 @@ comparison row and waiting for a lease row that a renewal holds while it waits
 for that comparison row). A path that writes more than one of the annotator's
 leases (:func:`next_comparison`, undo) starts with :func:`lock_leases`, all of
 their unskipped leases in id order; one that touches a single lease (submit,
-skip) locks just that row, first.
+skip) locks just that row, first. A probe locks the judgment it repeats, as undo
+does, so the two cannot both lease the pair.
+
+Between annotators: a renewal unlocks (savepoint rollback) each comparison row
+whose lease it cannot renew before it locks the next, so it waits holding no
+comparison row, and two annotators whose expired leases are on the same pairs
+cannot deadlock. A claim waits for one row at most, holding only rows it found
+full a moment before (full for the other claims too, so none waits for them).
 
 Gold pairs and self-consistency probes are mixed in at the configured rates;
 both look exactly like any other pair in the UI.
@@ -173,8 +180,11 @@ def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: st
 
 def _claim(session: Session, settings: Settings, annotator_id: int, now: datetime, *, gold: bool) -> Lease | None:
     dialect = session.bind.dialect.name
-    lease = _claim_from(session, settings, annotator_id, now, gold=gold,
-                        query=candidate_query(annotator_id, now, gold=gold, dialect=dialect))
+
+    def candidates(**wait):
+        return session.scalars(candidate_query(annotator_id, now, gold=gold, dialect=dialect, **wait)).all()
+
+    lease = _claim_from(session, settings, annotator_id, now, candidates(), gold=gold)
     if lease is None and dialect == "postgresql":
         # Every free row was locked: by other claims (milliseconds) or by the
         # retraining job's final transaction, which rewrites all priorities at
@@ -183,11 +193,15 @@ def _claim(session: Session, settings: Settings, annotator_id: int, now: datetim
         try:
             with session.begin_nested():
                 session.execute(text("SET LOCAL lock_timeout = '20s'"))
-                lease = _claim_from(session, settings, annotator_id, now, gold=gold, query=candidate_query(
-                    annotator_id, now, gold=gold, dialect=dialect, skip_locked=False, limit=1))
+                waited_for = candidates(skip_locked=False, limit=1)
                 session.execute(text("SET LOCAL lock_timeout = 0"))
         except OperationalError:
             raise QueueError(REORDERING) from None
+        lease = _claim_from(session, settings, annotator_id, now, waited_for, gold=gold)
+        if lease is None and waited_for:
+            # Others waited for the same row and the first of them filled it; the rows
+            # that were locked are free now.
+            lease = _claim_from(session, settings, annotator_id, now, candidates(), gold=gold)
     return lease
 
 
@@ -256,19 +270,26 @@ def renew_lease(session: Session, settings: Settings, lease: Lease, now: datetim
 def _renew_expired(session: Session, settings: Settings, annotator_id: int, now: datetime) -> Lease | None:
     """The annotator's oldest expired (not skipped) lease that can be renewed, renewed; else None.
 
-    The caller holds the annotator's lease rows (:func:`lock_leases`)."""
+    The caller holds the annotator's lease rows (:func:`lock_leases`). Each try runs in a
+    savepoint that is rolled back when the lease cannot be renewed, which unlocks its
+    comparison row: a renewal holds at most one comparison row while it waits for the next,
+    so two annotators renewing leases on the same pairs in opposite orders cannot deadlock.
+    """
     expired = session.scalars(
         select(Lease).where(Lease.annotator_id == annotator_id, Lease.expires_at <= now, Lease.skipped.is_(False))
         .order_by(Lease.created_at, Lease.id).limit(CANDIDATES_PER_CLAIM)).all()
     for lease in expired:
-        if renew_lease(session, settings, lease, now):
-            return lease
+        with session.begin_nested() as attempt:
+            if renew_lease(session, settings, lease, now):
+                return lease
+            attempt.rollback()
     return None
 
 
-def _claim_from(session: Session, settings: Settings, annotator_id: int, now: datetime, *, gold: bool,
-                query) -> Lease | None:
-    for comparison_id in session.scalars(query).all():
+def _claim_from(session: Session, settings: Settings, annotator_id: int, now: datetime, comparison_ids: list[int],
+                *, gold: bool) -> Lease | None:
+    """Lease the first of ``comparison_ids`` (locked by the candidate query) that still has room."""
+    for comparison_id in comparison_ids:
         comparison = session.get(Comparison, comparison_id)
         # Re-count with a fresh statement now that the row lock is held.
         if not gold and not _has_room(session, comparison_id, annotator_id, now):
@@ -288,18 +309,29 @@ def _claim_from(session: Session, settings: Settings, annotator_id: int, now: da
 
 
 def _claim_probe(session: Session, settings: Settings, annotator_id: int, now: datetime) -> Lease | None:
-    """Re-serve one of the annotator's own judged pairs (sides swapped), once."""
+    """Re-serve one of the annotator's own judged pairs (sides swapped), once; never a pair they skipped.
+
+    The judgment it repeats is locked (after the lease rows, as the lock order says) and must
+    still be live: an undo in another tab locks it before it re-leases the pair, so the two
+    take turns instead of both inserting the pair's lease (or the probe replacing the undo's).
+    """
     probed = select(Judgment.comparison_id).where(Judgment.annotator_id == annotator_id, Judgment.is_probe.is_(True))
+    skipped = select(Lease.comparison_id).where(Lease.annotator_id == annotator_id, Lease.skipped.is_(True))
     candidates = session.scalars(
         select(Judgment.comparison_id)
         .where(Judgment.annotator_id == annotator_id, Judgment.state == JudgmentState.active,
                Judgment.is_probe.is_(False), Judgment.comparison_id.not_in(probed),
-               Judgment.created_at < now - timedelta(minutes=2))
+               Judgment.comparison_id.not_in(skipped), Judgment.created_at < now - timedelta(minutes=2))
         .order_by(Judgment.id.desc()).limit(50)).all()
     if not candidates:
         return None
     rng = random.Random(f"{settings.queue_seed}:{annotator_id}:{len(candidates)}:probe-pick")
     comparison_id = rng.choice(candidates)
+    if session.bind.dialect.name == "postgresql" and session.scalar(
+            select(Judgment.id).where(Judgment.comparison_id == comparison_id, Judgment.annotator_id == annotator_id,
+                                      Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False))
+            .with_for_update()) is None:
+        return None  # withdrawn by an undo in another tab since it was picked; that undo leased the pair back
     session.execute(delete(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == annotator_id))
     lease = Lease(comparison_id=comparison_id, annotator_id=annotator_id, is_probe=True,
                   expires_at=now + timedelta(seconds=settings.lease_seconds))
@@ -341,7 +373,10 @@ def skip(session: Session, *, actor: Actor, comparison_id: int, now: datetime | 
     """Release the pair to others and never serve it to this annotator again."""
     require_active(session, actor)
     now = now or utcnow()
-    lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == actor.id))
+    # Locked, so a submit (or undo) of the pair in another tab that deletes the lease is waited for
+    # and the lease is then found gone, not updated in place of nothing at commit.
+    lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == actor.id)
+                           .with_for_update())
     if lease is None:
         raise NotFound("this pair is not assigned to you any more, so it was not skipped; here is the next one")
     lease.skipped = True

@@ -1,0 +1,309 @@
+"""Races between one annotator's tabs, and between annotators, forced into one interleaving.
+
+On PostgreSQL one transaction is held open (or paused at a statement) while another runs
+into it; each test names the error the interleaving produced before its fix. SQLite runs
+one writer at a time, so there the same actions can only happen one after the other: the
+serial tests check that they end in the same state on both backends.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
+
+from annotate import judgments, queue
+from annotate.campaign import get_options
+from annotate.errors import NotFound
+from annotate.models import Comparison, Judgment, JudgmentState, Lease, utcnow
+from annotate.settings import load_settings
+from tests.factories import make_comparisons, make_user
+from tests.test_concurrency import _lock_waiters, _wait_until
+
+
+@pytest.fixture
+def pg_settings(tmp_path, pg_clean_url):
+    return load_settings(environ={}, data_dir=tmp_path, database_url=pg_clean_url, env="test")
+
+
+def _in_thread(db, work) -> tuple[threading.Thread, list]:
+    """Start ``work(session)`` in its own unit of work on another thread: ``(thread, [result or exception])``."""
+    out: list = []
+
+    def run():
+        try:
+            with db.begin() as s:
+                result = work(s)
+            out.append(result)  # committed
+        except BaseException as exc:  # surfaced by the caller's assertions
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def _second_runs_into_first(db, first, second):
+    """``first(session)`` done but not committed; ``second`` started and run until it finishes or waits
+    for a lock; then ``first`` commits. ``(first's result, second's result or exception)``."""
+    held = Session(db.engine)
+    try:
+        first_result = first(held)
+        held.flush()
+        thread, out = _in_thread(db, second)
+        _wait_until(lambda: _lock_waiters(db.engine) > 0 or not thread.is_alive(), timeout=60)
+        held.commit()
+    finally:
+        held.close()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    return first_result, out[0]
+
+
+# -- a probe of a judged pair, and an undo of that judgment (or a second probe) in another tab ------------
+
+def _judged_pair(db, settings):
+    """An annotator with one judgment (old enough to be probed), no leases, and one fresh pair:
+    ``(actor, judged, fresh, options with every claim a probe, now)``."""
+    now = utcnow()
+    with db.begin() as s:
+        actor = make_user(s, "two-tabs")
+        judged, fresh = make_comparisons(s, 2)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=1.0)
+    with db.begin() as s:
+        judgments.submit(s, settings, actor=actor, comparison_id=judged, shown="left", now=now - timedelta(minutes=10))
+    return actor, judged, fresh, options, now
+
+
+def _state_of(db, actor, comparison_id):
+    """``(judgment states, [(is_probe, live) of each lease])`` of ``actor`` on the pair."""
+    with db.read() as s:
+        states = s.scalars(select(Judgment.state).where(Judgment.comparison_id == comparison_id,
+                                                        Judgment.annotator_id == actor.id)).all()
+        leases = s.execute(select(Lease.is_probe, Lease.expires_at).where(
+            Lease.comparison_id == comparison_id, Lease.annotator_id == actor.id)).all()
+    return states, [(is_probe, expires > utcnow()) for is_probe, expires in leases]
+
+
+UNDONE = ([JudgmentState.retracted], [(False, True)])
+"""After an undo of the judgment: it is withdrawn and the pair is leased back as an ordinary pair
+(a probe lease would record the new answer as a probe, not counted, and map the sides swapped)."""
+
+
+@pytest.mark.postgres
+def test_postgres_undo_in_one_tab_while_another_claims_a_probe_of_that_pair(pg_db, pg_settings):
+    """Before the fix the probe's lease insert waited on the undo's uncommitted lease of the same
+    pair and failed with an IntegrityError (uq leases comparison/annotator): a traceback on the page.
+    The probe now locks the judgment it repeats and, finding it withdrawn, claims another pair."""
+    actor, judged, fresh, options, now = _judged_pair(pg_db, pg_settings)
+    undone, served = _second_runs_into_first(
+        pg_db,
+        lambda s: judgments.undo_last_action(s, pg_settings, actor=actor, now=now).comparison_id,
+        lambda s: queue.next_comparison(s, pg_settings, options, actor=actor, now=now).comparison_id)
+    assert (undone, served) == (judged, fresh)
+    assert _state_of(pg_db, actor, judged) == UNDONE
+
+
+@pytest.mark.postgres
+def test_postgres_probe_claimed_in_one_tab_while_another_undoes_its_judgment(pg_db, pg_settings):
+    """Before the fix the undo's lease insert waited on the probe's uncommitted lease and failed
+    with an IntegrityError; now it waits for the judgment row and replaces the probe lease."""
+    actor, judged, _, options, now = _judged_pair(pg_db, pg_settings)
+    served, undone = _second_runs_into_first(
+        pg_db,
+        lambda s: queue.next_comparison(s, pg_settings, options, actor=actor, now=now),
+        lambda s: judgments.undo_last_action(s, pg_settings, actor=actor, now=now).comparison_id)
+    assert (served.comparison_id, served.is_probe, undone) == (judged, True, judged)
+    assert _state_of(pg_db, actor, judged) == UNDONE
+
+
+@pytest.mark.postgres
+def test_postgres_two_tabs_claim_the_same_probe(pg_db, pg_settings):
+    """Both tabs draw the same probe (same seed, same count). Before the fix the second insert
+    failed with an IntegrityError; now it waits for the first and both show the probe."""
+    actor, judged, _, options, now = _judged_pair(pg_db, pg_settings)
+
+    def load(s):
+        asg = queue.next_comparison(s, pg_settings, options, actor=actor, now=now)
+        return asg.comparison_id, asg.is_probe, asg.a_on_left
+
+    first, second = _second_runs_into_first(pg_db, load, load)
+    assert first == second and first[:2] == (judged, True)
+    assert _state_of(pg_db, actor, judged) == ([JudgmentState.active], [(True, True)])
+
+
+@pytest.mark.postgres
+def test_postgres_undo_lands_between_a_probe_pick_and_its_lease(pg_db, pg_settings):
+    """The undo commits after the probe picked the judged pair and before it wrote its lease.
+    Before the fix the probe deleted the undo's fresh lease and leased the pair as a probe of a
+    withdrawn judgment, so the re-judgment would have been stored as a probe (not counted, sides
+    swapped). Now the undo waits for the judgment row the probe holds, and replaces the probe."""
+    db = pg_db
+    actor, judged, _, options, now = _judged_pair(db, pg_settings)
+    paused, go = threading.Event(), threading.Event()
+    probing: list[threading.Thread] = []
+
+    def pause_before_the_lease_delete(conn, cursor, statement, *args):
+        if probing and threading.current_thread() is probing[0] and statement.startswith("DELETE FROM leases"):
+            paused.set()
+            assert go.wait(timeout=60)
+
+    event.listen(db.engine, "before_cursor_execute", pause_before_the_lease_delete)
+    try:
+        load, served = _in_thread(db, lambda s: queue.next_comparison(s, pg_settings, options, actor=actor,
+                                                                      now=now))
+        probing.append(load)
+        assert paused.wait(timeout=60)
+        undo, undone = _in_thread(db, lambda s: judgments.undo_last_action(s, pg_settings, actor=actor,
+                                                                           now=now).comparison_id)
+        _wait_until(lambda: _lock_waiters(db.engine) > 0 or not undo.is_alive(), timeout=60)
+        go.set()
+        load.join(timeout=60)
+        undo.join(timeout=60)
+    finally:
+        go.set()
+        event.remove(db.engine, "before_cursor_execute", pause_before_the_lease_delete)
+    assert (served[0].comparison_id, undone[0]) == (judged, judged)
+    assert _state_of(db, actor, judged) == UNDONE
+
+
+def test_undo_and_probe_claim_one_after_the_other(db, settings):
+    """The serial orders of the races above (all SQLite can do): the undone pair comes back as an
+    ordinary pair, whichever came first."""
+    actor, judged, _, options, now = _judged_pair(db, settings)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, options, actor=actor, now=now).is_probe
+    with db.begin() as s:
+        assert judgments.undo_last_action(s, settings, actor=actor, now=now).comparison_id == judged
+    assert _state_of(db, actor, judged) == UNDONE
+    with db.begin() as s:
+        again = queue.next_comparison(s, settings, options, actor=actor, now=now)
+    assert (again.comparison_id, again.is_probe) == (judged, False)
+    assert _state_of(db, actor, judged) == UNDONE
+
+
+def test_a_skipped_probe_is_not_served_again(db, settings):
+    """Skip promises the pair never comes back; a probe's pair was probed again. (Also keeps a probe
+    claim off skipped lease rows, which an undo locks before the judgment the probe locks.)"""
+    actor, judged, fresh, options, now = _judged_pair(db, settings)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, options, actor=actor, now=now).comparison_id == judged
+        queue.skip(s, actor=actor, comparison_id=judged, now=now)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, options, actor=actor, now=now).comparison_id == fresh
+
+
+# -- two annotators renewing expired leases on the same two pairs, in opposite orders ---------------------
+
+def _crossed_expired_leases(db, settings):
+    """a's expired leases are on (x, y), b's on (y, x), oldest first; d holds both pairs live (overlap 1),
+    so neither can renew; two free pairs remain. ``(a, b, (x, y), free pairs, options, now)``."""
+    t0 = utcnow()
+    later = t0 + timedelta(seconds=settings.lease_seconds + 60)
+    with db.begin() as s:
+        a, b, d = make_user(s, "a"), make_user(s, "b"), make_user(s, "d")
+        x, y, *free = make_comparisons(s, 4)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+        expired = t0 + timedelta(seconds=settings.lease_seconds)
+        for who, first, second in ((a, x, y), (b, y, x)):
+            s.add(Lease(comparison_id=first, annotator_id=who.id, created_at=t0, expires_at=expired))
+            s.add(Lease(comparison_id=second, annotator_id=who.id, created_at=t0 + timedelta(seconds=1),
+                        expires_at=expired))
+        for pair in (x, y):
+            s.add(Lease(comparison_id=pair, annotator_id=d.id, created_at=later,
+                        expires_at=later + timedelta(seconds=settings.lease_seconds)))
+    return a, b, (x, y), set(free), options, later
+
+
+@pytest.mark.postgres
+def test_postgres_two_annotators_renewing_in_opposite_orders_do_not_deadlock(pg_db, pg_settings):
+    """A third session holds x and y; a's page load waits for x, b's for y; it lets go. Each then
+    finds no room on its first pair and goes on to the other's. Before the fix each kept the row it
+    could not renew, so each waited for the other: PostgreSQL aborted one as a deadlock, shown as
+    'the queue is being reordered'. Now a pair that cannot be renewed is unlocked before the next."""
+    db, settings = pg_db, pg_settings
+    a, b, (x, y), free, options, now = _crossed_expired_leases(db, settings)
+    blocker = Session(db.engine)
+    loads = []
+    try:
+        blocker.execute(select(Comparison.id).where(Comparison.id.in_((x, y))).with_for_update())
+        for waiters, actor in enumerate((a, b), start=1):
+            loads.append(_in_thread(db, lambda s, actor=actor: queue.next_comparison(
+                s, settings, options, actor=actor, now=now).comparison_id))
+            _wait_until(lambda: _lock_waiters(db.engine) == waiters or not loads[-1][0].is_alive(), timeout=60)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    for thread, _ in loads:
+        thread.join(timeout=60)
+    served = [out[0] for _, out in loads]
+    assert set(served) == free, served
+
+
+def test_two_annotators_with_crossed_expired_leases_get_free_pairs(db, settings):
+    """The serial version (both backends): neither renews a pair d holds; each gets a free pair."""
+    a, b, (x, y), free, options, now = _crossed_expired_leases(db, settings)
+    served = set()
+    for actor in (a, b):
+        with db.begin() as s:
+            served.add(queue.next_comparison(s, settings, options, actor=actor, now=now).comparison_id)
+    assert served == free
+
+
+# -- a judgment and a skip of the same pair from two tabs --------------------------------------------------
+
+@pytest.mark.postgres
+def test_postgres_skip_in_one_tab_while_another_submits_the_pair(pg_db, pg_settings):
+    """The submit deletes the lease the skip read. Before the fix the skip's UPDATE matched no row
+    at commit (StaleDataError: a traceback); now it locks the lease first, finds it gone, and says so."""
+    db, settings = pg_db, pg_settings
+    with db.begin() as s:
+        actor = make_user(s, "two-tabs")
+        make_comparisons(s, 2)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    with db.begin() as s:
+        cid = queue.next_comparison(s, settings, options, actor=actor).comparison_id
+    _, skipped = _second_runs_into_first(
+        db,
+        lambda s: judgments.submit(s, settings, actor=actor, comparison_id=cid, shown="left"),
+        lambda s: queue.skip(s, actor=actor, comparison_id=cid))
+    assert isinstance(skipped, NotFound), skipped
+    with db.read() as s:
+        assert s.scalar(select(Judgment.state).where(Judgment.comparison_id == cid)) is JudgmentState.active
+        assert s.scalar(select(Lease.id).where(Lease.comparison_id == cid)) is None
+
+
+# -- two annotators waiting for the same row while the retraining job holds them all -----------------------
+
+@pytest.mark.postgres
+def test_postgres_two_annotators_waiting_out_a_reorder_both_get_a_pair(pg_db, pg_settings):
+    """While one transaction holds every open row (the retraining job's), both annotators' claims
+    wait for the best row (the fallback that does not skip locked rows). Neither holds a comparison
+    row while it waits, so they cannot deadlock; the first takes the row (overlap 1) and the second,
+    let in after it, finds no room there. Before the fix the second was told there were no more
+    pairs while two were free; now it claims one of those."""
+    db, settings = pg_db, pg_settings
+    with db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        pairs = make_comparisons(s, 3, priority=lambda i: i)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    reorder = Session(db.engine)
+    loads = []
+    try:
+        reorder.execute(select(Comparison.id).with_for_update())
+        for waiters, actor in enumerate((a, b), start=1):
+            loads.append(_in_thread(db, lambda s, actor=actor: queue.next_comparison(
+                s, settings, options, actor=actor).comparison_id))
+            _wait_until(lambda: _lock_waiters(db.engine) == waiters or not loads[-1][0].is_alive(), timeout=60)
+    finally:
+        reorder.commit()
+        reorder.close()
+    for thread, _ in loads:
+        thread.join(timeout=60)
+    served = [out[0] for _, out in loads]
+    assert served[0] == pairs[-1], "the first to wait gets the best pair"
+    assert served[1] in pairs[:-1], served
