@@ -58,14 +58,23 @@ class Submitted:
     is_probe: bool
 
 
+SIDES_CHANGED = ("this pair was judged or undone in another tab since it was shown here, which swapped its "
+                 "sides, so nothing was saved; judge it again as it is shown now")
+
+
 def submit(session: Session, settings: Settings, *, actor: Actor, comparison_id: int, shown: str,
            strength: int | None = None, rationale: str | None = None, flags: list[str] | tuple[str, ...] = (),
-           time_spent_ms: int | None = None, now: datetime | None = None) -> Submitted:
+           time_spent_ms: int | None = None, a_on_left_shown: bool | None = None,
+           now: datetime | None = None) -> Submitted:
     """Record the annotator's judgment of a pair they were served.
 
     ``shown`` is what they pressed (``left``, ``right``, ``tie``, ``both_bad``);
     the side mapping comes from the server's lease, never from the client. A
     judgment whose lease has expired is still kept (never silently lost).
+    ``a_on_left_shown`` is the side the page showed A on: when the lease's mapping
+    has changed since (the pair became a probe, or a probe an ordinary lease, in
+    another tab), nothing is saved, rather than the press being read against
+    sides the annotator never saw.
     """
     user = require_active(session, actor)
     now = now or utcnow()
@@ -96,6 +105,8 @@ def submit(session: Session, settings: Settings, *, actor: Actor, comparison_id:
     else:
         raise QueueError("this pair is not assigned to you any more (skipped or judged in another tab); "
                          "here is the next one")
+    if a_on_left_shown is not None and bool(a_on_left_shown) != a_left:
+        raise QueueError(SIDES_CHANGED)
     if not is_probe and _has_live(session, comparison_id, user.id):
         raise QueueError("you already judged this pair; press undo to change your answer")
 

@@ -186,6 +186,35 @@ def test_undo_and_probe_claim_one_after_the_other(db, settings):
     assert _state_of(db, actor, judged) == UNDONE
 
 
+def test_a_press_on_sides_that_another_tab_swapped_is_not_saved(db, settings):
+    """Tab 1 shows the probe of a judged pair (sides swapped); tab 2 undoes that judgment, so the
+    pair is leased back as an ordinary pair with the original sides. Tab 1's press was read
+    against the new lease's sides, recording the response the annotator did not pick; now it is
+    refused, and the pair is judged as it is shown next."""
+    from annotate.errors import QueueError
+    from annotate.models import Choice
+
+    actor, judged, _, options, now = _judged_pair(db, settings)
+    with db.begin() as s:
+        probe = queue.next_comparison(s, settings, options, actor=actor, now=now)
+    assert (probe.comparison_id, probe.is_probe) == (judged, True)
+    with db.begin() as s:
+        judgments.undo_last_action(s, settings, actor=actor, now=now)
+    with pytest.raises(QueueError, match="swapped its sides"), db.begin() as s:
+        judgments.submit(s, settings, actor=actor, comparison_id=judged, shown="left",
+                         a_on_left_shown=probe.a_on_left, now=now)
+    assert _state_of(db, actor, judged) == UNDONE
+    with db.begin() as s:
+        again = queue.next_comparison(s, settings, options, actor=actor, now=now)
+        assert (again.comparison_id, again.is_probe, again.a_on_left) == (judged, False, not probe.a_on_left)
+        judgments.submit(s, settings, actor=actor, comparison_id=judged, shown="left",
+                         a_on_left_shown=again.a_on_left, now=now)
+    with db.read() as s:
+        live = s.scalar(select(Judgment).where(Judgment.comparison_id == judged, Judgment.annotator_id == actor.id,
+                                               Judgment.state == JudgmentState.active))
+        assert live.choice == (Choice.a if again.a_on_left else Choice.b)
+
+
 def test_a_skipped_probe_is_not_served_again(db, settings):
     """Skip promises the pair never comes back; a probe's pair was probed again. (Also keeps a probe
     claim off skipped lease rows, which an undo locks before the judgment the probe locks.)"""

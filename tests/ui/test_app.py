@@ -348,6 +348,40 @@ def test_undo_right_after_skip_brings_the_skipped_pair_back(app_db, people):
     assert [j.comparison_id for j in _judgments(app_db, annotator)] == [judged, skipped]
 
 
+def test_a_press_on_a_probe_whose_judgment_another_tab_undid_records_nothing_against_unseen_sides(app_db, people):
+    """This tab shows the probe of a judged pair (sides swapped from the judgment); another tab
+    undoes that judgment, which leases the pair back with its original sides. The press here was
+    read against those sides, so the response the annotator did not pick was recorded. Now nothing
+    is saved, the toast says why, and the pair comes back as it now stands."""
+    from datetime import timedelta
+
+    from annotate.models import AppSetting, utcnow
+
+    annotator, _ = people
+    settings = load_settings()  # the app's
+    with app_db.begin() as session:
+        judged, _ = make_comparisons(session, 2)
+        session.add(AppSetting(key="probe_rate", value=1.0))  # every claim after a judgment is a probe
+        judgments.submit(session, settings, actor=annotator, comparison_id=judged, shown="left",
+                         now=utcnow() - timedelta(minutes=10))
+    at = _login(_app(), "ann")
+    cid, a_left = _shown_pair(at, app_db, annotator)
+    [original] = _judgments(app_db, annotator)
+    assert (cid, a_left) == (judged, not original.a_on_left)  # the probe, sides swapped
+
+    with app_db.begin() as session:  # the other tab
+        judgments.undo_last_action(session, settings, actor=annotator)
+    _press(at, "judge_left").click().run()
+    assert not at.exception
+    assert any("swapped its sides" in t.value for t in at.toast), [t.value for t in at.toast]
+    assert [j.state for j in _judgments(app_db, annotator)] == [JudgmentState.retracted]
+    assert _shown_pair(at, app_db, annotator) == (judged, original.a_on_left)
+
+    _press(at, "judge_left").click().run()  # the left response as now shown
+    live = [j for j in _judgments(app_db, annotator) if j.state is JudgmentState.active]
+    assert [(j.comparison_id, j.choice) for j in live] == [(judged, Choice.a if original.a_on_left else Choice.b)]
+
+
 def _fill(at: AppTest, cid: int, strength, rationale: str, flags: list[str]) -> None:
     at.segmented_control(key=f"strength_{cid}").set_value(strength)
     at.text_input(key=f"rationale_{cid}").input(rationale)

@@ -106,7 +106,7 @@ def _act(comparison_id: int, write) -> bool:
     return done
 
 
-def _judge(comparison_id: int, shown: str) -> None:
+def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> None:
     actor, settings = context.current_actor(), context.get_settings()
     inputs = {name: st.session_state.get(key) for name, key in _input_keys(comparison_id).items()}
     strength = inputs["strength"] if shown in ("left", "right") else None
@@ -119,7 +119,7 @@ def _judge(comparison_id: int, shown: str) -> None:
         _keep(SENT_KEY, comparison_id, inputs)
     _act(comparison_id, lambda session: judgments.submit(
         session, settings, actor=actor, comparison_id=comparison_id, shown=shown, strength=strength,
-        rationale=rationale, flags=flags, time_spent_ms=elapsed_ms))
+        rationale=rationale, flags=flags, time_spent_ms=elapsed_ms, a_on_left_shown=a_on_left))
 
 
 def _skip(comparison_id: int) -> None:
@@ -215,8 +215,8 @@ for column, label, text in ((col_a, "A", assignment.left_text), (col_b, "B", ass
 
 buttons = st.columns(6)
 for column, (shown, label, key, kind) in zip(buttons, ACTIONS):
-    column.button(label, key=f"judge_{shown}_{cid}", shortcut=key, type=kind, on_click=_judge, args=(cid, shown),
-                  width="stretch")
+    column.button(label, key=f"judge_{shown}_{cid}", shortcut=key, type=kind, on_click=_judge,
+                  args=(cid, shown, assignment.a_on_left), width="stretch")
 buttons[4].button("Skip", key=f"skip_{cid}", shortcut="S", on_click=_skip, args=(cid,), icon=":material/skip_next:",
                   width="stretch")
 _undo_button(buttons[5])
