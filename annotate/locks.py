@@ -8,7 +8,9 @@ lock when the connection closes, so a killed holder frees it at once.
 
 SQLite: a row in ``job_locks`` refreshed by a heartbeat thread. A row whose
 heartbeat is older than ``stale_after`` seconds, or whose holder is a process
-on this host that no longer exists, is taken over.
+on this host that no longer exists, is taken over; so is one left by this
+process after it released the lock (the database was locked when it tried to
+delete the row).
 
 Usage::
 
@@ -24,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -38,6 +41,10 @@ from annotate.errors import PrefloopError
 from annotate.models import JobLock, utcnow
 
 DEFAULT_STALE_SECONDS = 60.0
+log = logging.getLogger("prefloop.locks")
+_held: set[str] = set()
+"""Holders of the ``job_locks`` rows this process holds now (a row of ours not in it was released)."""
+_held_lock = threading.Lock()
 
 
 class LockLost(PrefloopError):
@@ -172,13 +179,24 @@ class RowLock:
                            "(this one missed its heartbeats); this run stops without changing anything")
 
     def release(self) -> None:
-        """Stop the heartbeat and delete the row if it is still ours (idempotent)."""
+        """Stop the heartbeat and delete the row if it is still ours (idempotent, never raises).
+
+        When the database stays locked past its busy timeout the row is left: with
+        its heartbeat stopped it goes stale for other processes, and this one no
+        longer counts it as held (:func:`_row_live`), so its next ``acquire`` takes it.
+        """
         if self._stop.is_set():
             return
         self._stop.set()
+        with _held_lock:
+            _held.discard(self.holder)
         self._thread.join(timeout=10)
-        with self.db.begin() as session:
-            session.execute(delete(JobLock).where(JobLock.name == self.name, JobLock.holder == self.holder))
+        try:
+            with self.db.begin() as session:
+                session.execute(delete(JobLock).where(JobLock.name == self.name, JobLock.holder == self.holder))
+        except Exception as exc:  # a release must not turn the caller's outcome into an error
+            log.warning("could not delete the %r lock row (%s); it goes stale once its heartbeat stops",
+                        self.name, exc)
 
 
 def acquire(db: Database, name: str, *, holder: str | None = None,
@@ -194,20 +212,38 @@ def acquire(db: Database, name: str, *, holder: str | None = None,
         return lock if lock._try() else None
     holder = holder or holder_id()
     now = utcnow()
-    with db.begin() as session:  # BEGIN IMMEDIATE: competing acquirers queue here
-        row = session.get(JobLock, name)
-        if row is None:
-            session.add(JobLock(name=name, holder=holder, acquired_at=now, heartbeat_at=now))
-        elif not _row_live(row, now, stale_after):
-            row.holder, row.acquired_at, row.heartbeat_at = holder, now, now
-        else:
-            return None
+    with _held_lock:  # before the row exists, so other threads here never take it for a leftover
+        _held.add(holder)
+    got = False
+    try:
+        with db.begin() as session:  # BEGIN IMMEDIATE: competing acquirers queue here
+            row = session.get(JobLock, name)
+            if row is None:
+                session.add(JobLock(name=name, holder=holder, acquired_at=now, heartbeat_at=now))
+            elif not _row_live(row, now, stale_after):
+                row.holder, row.acquired_at, row.heartbeat_at = holder, now, now
+            else:
+                return None
+        got = True
+    finally:
+        if not got:
+            with _held_lock:
+                _held.discard(holder)
     return RowLock(db, name, holder, heartbeat_every or max(0.05, stale_after / 5))
 
 
 def _row_live(row: JobLock, now, stale_after: float) -> bool:
     """Whether a ``job_locks`` row still holds its lock: a recent heartbeat and a holder not known to be gone."""
-    return row.heartbeat_at >= now - timedelta(seconds=stale_after) and not _process_gone(row.holder)
+    return (row.heartbeat_at >= now - timedelta(seconds=stale_after) and not _process_gone(row.holder)
+            and not _released_here(row.holder))
+
+
+def _released_here(holder: str) -> bool:
+    """True when ``holder`` names this process but not a lock it holds now (a row its release left)."""
+    if not holder.startswith(f"{socket.gethostname()}:{os.getpid()}:"):
+        return False
+    with _held_lock:
+        return holder not in _held
 
 
 def is_held(db: Database, name: str, *, stale_after: float = DEFAULT_STALE_SECONDS) -> bool:

@@ -170,6 +170,8 @@ class Snapshot:
     """
 
     max_judgment_id: int
+    judgments_seen: int
+    """Non-probe judgment rows (any state) the snapshot saw: see :func:`new_judgments`."""
     max_comparison_id: int
     """Comparisons above this id were created after the snapshot: no run has scored them yet."""
     n_judgments: int
@@ -207,7 +209,8 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
                                     TrainingRun.host.label("trained_on"))
                              .outerjoin(TrainingRun, TrainingRun.id == ModelVersion.training_run_id)
                              .where(ModelVersion.is_active)).first()
-    max_id = session.scalar(select(func.max(Judgment.id)).where(Judgment.is_probe.is_(False))) or 0
+    max_id, seen = session.execute(select(func.max(Judgment.id), func.count(Judgment.id))
+                                   .where(Judgment.is_probe.is_(False))).one()
     max_comparison = session.scalar(select(func.max(Comparison.id))) or 0
     labels = session.execute(
         select(Judgment.choice, Judgment.strength, Comparison.response_a_id, Comparison.response_b_id,
@@ -238,7 +241,8 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
         rendered[pid] = ptext if ptext is not None else render_prompt(messages)
     resp_ids = np.fromiter((r[0] for r in resp), dtype=np.int64, count=len(resp))
     return Snapshot(
-        max_judgment_id=int(max_id),
+        max_judgment_id=int(max_id or 0),
+        judgments_seen=int(seen or 0),
         max_comparison_id=int(max_comparison),
         n_judgments=len(labels),
         resp_ids=resp_ids,
@@ -412,8 +416,7 @@ def write_priorities(session, comparison_ids: np.ndarray, p_a: np.ndarray, prior
     rows = [{"v_id": ids[i], "v_p": p_list[i], "v_score": None if sco is None else sco[i],
              "v_strategy": strategy, "v_mv": mv, **({} if keep_priority else {"v_priority": pri[i]})}
             for i in range(n)]
-    session.connection().execute(stmt, rows)
-    return n
+    return session.connection().execute(stmt, rows).rowcount
 
 
 # --------------------------------------------------------------------------- run bookkeeping
@@ -475,12 +478,26 @@ def _last_finished(session):
 
 
 def new_judgments(session) -> tuple[int, datetime | None, int | None]:
-    """``(judgments since the last finished run, when that run finished, its id)``."""
+    """``(judgments the last finished run did not see, when that run finished, its id)``.
+
+    Not only ids above that run's largest: on PostgreSQL an id is taken at insert but
+    becomes visible at commit, so a judgment with a smaller id can commit after the
+    snapshot, and counting ids alone would never count it (the only new judgment
+    would never trigger a run). Judgments are never deleted, so those the run did not
+    see are the rows now less the rows it saw (``judgments_seen``); runs recorded
+    before that count was kept fall back to ids.
+    """
     last = _last_finished(session)
-    watermark = int((last.counts or {}).get("max_judgment_id", 0)) if last else 0
-    n = session.scalar(select(func.count(Judgment.id)).where(Judgment.id > watermark,
-                                                             Judgment.is_probe.is_(False))) or 0
-    return int(n), (last.finished_at or last.started_at) if last else None, last.id if last else None
+    counts = (last.counts or {}) if last else {}
+    watermark = int(counts.get("max_judgment_id", 0))
+    above, total = session.execute(
+        select(func.count(Judgment.id).filter(Judgment.id > watermark), func.count(Judgment.id))
+        .where(Judgment.is_probe.is_(False))).one()
+    n = int(above or 0)
+    if counts.get("judgments_seen") is not None:
+        # max(): a cascade that deleted rows must not hide ids above the watermark.
+        n = max(n, int(total or 0) - int(counts["judgments_seen"]))
+    return n, (last.finished_at or last.started_at) if last else None, last.id if last else None
 
 
 def new_pairs(session, options: campaign.CampaignOptions) -> int:
@@ -620,7 +637,8 @@ class _Run:
         usable = np.isin(snap.lab_outcome, (A_WINS, B_WINS, TIE))
         test_mask = held_out_mask(snap.lab_group, TEST_FRACTION)
         self.counts.update(
-            max_judgment_id=snap.max_judgment_id, max_comparison_id=snap.max_comparison_id,
+            max_judgment_id=snap.max_judgment_id, judgments_seen=snap.judgments_seen,
+            max_comparison_id=snap.max_comparison_id,
             n_judgments=snap.n_judgments,
             n_train=int((usable & ~test_mask).sum()), n_test=int((usable & test_mask).sum()),
             n_prompts=int(len(set(snap.lab_group.tolist()))), n_open=int(len(snap.open_ids)),

@@ -164,3 +164,33 @@ def test_pg_lock_lives_on_a_dedicated_connection(pg_db):
     again = locks.acquire(pg_db, "job")
     assert again is not None
     again.release()
+
+
+def test_sqlite_release_while_the_database_is_locked_does_not_raise_and_frees_the_lock_here(sqlite_settings,
+                                                                                            monkeypatch):
+    """A release that cannot delete its row (another writer holds SQLite's lock past the busy timeout) must
+    not raise out of the job's ``finally``; the row it leaves is this process's to take again at once."""
+    import sqlite3
+
+    from annotate import db as dbmod
+
+    monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_S", 1)
+    db = Database(create_db_engine(sqlite_settings.sqlalchemy_url))
+    try:
+        lock = locks.acquire(db, "job", stale_after=60)
+        assert lock is not None
+        other = sqlite3.connect(db.engine.url.database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            lock.release()  # raised OperationalError: database is locked
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        assert locks.current_holder(db, "job") == lock.holder  # left behind, heartbeat stopped
+        assert not locks.is_held(db, "job")
+        again = locks.acquire(db, "job", stale_after=60)
+        assert again is not None
+        again.release()
+        assert locks.current_holder(db, "job") is None
+    finally:
+        db.dispose()
