@@ -22,6 +22,8 @@ from annotate.models import ModelVersion
 from annotate.settings import Settings
 
 NO_MODEL = "no reward model has been trained yet: collect some judgments, then run 'prefloop retrain --once'"
+SCORE_ROWS = 4096
+"""Rows featurised and scored at a time, so scoring a large file keeps memory bounded by its results."""
 _MAX_LOADED = 4
 _loaded: OrderedDict[tuple, object] = OrderedDict()
 _loaded_lock = threading.Lock()
@@ -108,22 +110,35 @@ def missing_artifact_message(session: Session, version_id: int, location: Path) 
 
 
 def score_with(model, prompts: Sequence, responses: Sequence[str]) -> list[dict]:
-    """Score rows with a loaded model: ``[{"reward", "uncertainty"}]`` per row."""
+    """Score rows with a loaded model: ``[{"reward", "uncertainty"}]`` per row.
+
+    A prompt is text or a list of chat messages and a response is text; anything
+    else is refused (naming the row) rather than scored as its ``str()``. Rows are
+    scored :data:`SCORE_ROWS` at a time, so features never exist for all rows at once.
+    """
     from rm.artifact import ArtifactError
     from rm.encoder import EncoderError
 
+    prompts, responses = list(prompts), list(responses)
     if len(prompts) != len(responses):
         raise PrefloopError("give as many prompts as responses")
-    if not len(prompts):
-        return []
-    try:
-        scores = model.score(list(prompts), [str(r) for r in responses])
-    except (ArtifactError, EncoderError) as exc:
-        raise ModelError(str(exc)) from None
-    except ValueError as exc:  # malformed chat messages
-        raise PrefloopError(f"cannot score: {exc}") from None
-    return [{"reward": float(r), "uncertainty": float(u)}
-            for r, u in zip(scores.reward.tolist(), scores.uncertainty.tolist())]
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        if not isinstance(prompt, (str, list)):
+            raise PrefloopError(f"cannot score row {i}: the prompt must be text or a list of chat messages, "
+                                f"not {type(prompt).__name__}")
+        if not isinstance(response, str):
+            raise PrefloopError(f"cannot score row {i}: the response must be text, not {type(response).__name__}")
+    rows: list[dict] = []
+    for start in range(0, len(prompts), SCORE_ROWS):
+        try:
+            scores = model.score(prompts[start:start + SCORE_ROWS], responses[start:start + SCORE_ROWS])
+        except (ArtifactError, EncoderError) as exc:
+            raise ModelError(str(exc)) from None
+        except ValueError as exc:  # malformed chat messages
+            raise PrefloopError(f"cannot score: {exc}") from None
+        rows.extend({"reward": float(r), "uncertainty": float(u)}
+                    for r, u in zip(scores.reward.tolist(), scores.uncertainty.tolist()))
+    return rows
 
 
 def score_texts(settings: Settings, prompts: Sequence, responses: Sequence[str],

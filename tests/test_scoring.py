@@ -179,3 +179,51 @@ def test_another_machines_model_is_a_clear_error_about_shared_storage(db, rt_set
     _env(monkeypatch, machine_b)
     assert cli.main(["score", "--prompt", "q", "--response", "a"]) == 2
     assert "PREFLOOP_DATA_DIR" in capsys.readouterr().err
+
+
+def test_rows_that_are_not_text_are_refused_naming_the_row(db, rt_settings, trained):
+    """A None response was scored as the text 'None', and a None prompt raised a bare TypeError."""
+    assert scoring.score_texts(rt_settings, [], []) == []
+    with pytest.raises(PrefloopError, match="row 1: the response must be text, not NoneType"):
+        scoring.score_texts(rt_settings, ["q", "q"], ["a", None])
+    with pytest.raises(PrefloopError, match="row 0: the prompt must be text or a list of chat messages"):
+        scoring.score_texts(rt_settings, [None], ["a"])
+    with pytest.raises(PrefloopError, match="as many prompts as responses"):
+        scoring.score_texts(rt_settings, ["q"], ["a", "b"])
+    with pytest.raises(PrefloopError, match="chat message 0 has unknown role"):
+        scoring.score_texts(rt_settings, [[{"role": "robot", "content": "hi"}]], ["a"])
+
+
+def test_many_rows_are_scored_a_chunk_at_a_time(db, rt_settings, trained, monkeypatch):
+    """A large file is featurised SCORE_ROWS rows at a time (it was one feature matrix for every row)."""
+    from rm.model import RewardModel
+
+    sizes = []
+    original = RewardModel.score
+
+    def score(self, prompts, responses):
+        sizes.append(len(prompts))
+        return original(self, prompts, responses)
+
+    prompts = [f"Question {i}: how should I approach topic {i}?" for i in range(10)]
+    responses = [(GOOD if i % 2 else BAD).format(i=i) for i in range(10)]
+    whole = scoring.score_texts(rt_settings, prompts, responses)
+    monkeypatch.setattr(RewardModel, "score", score)
+    monkeypatch.setattr(scoring, "SCORE_ROWS", 4, raising=False)  # absent before chunking
+    chunked = scoring.score_texts(rt_settings, prompts, responses)
+    assert sizes == [4, 4, 2]
+    assert [r["reward"] for r in chunked] == pytest.approx([r["reward"] for r in whole], abs=1e-5)
+
+
+def test_missing_and_other_encoder_artifacts_are_model_errors(db, rt_settings, trained, tmp_path):
+    with pytest.raises(ModelError, match="no such directory"):
+        scoring.score_texts(rt_settings, ["q"], ["a"], model_path=tmp_path / "nowhere")
+    with db.read() as s:
+        path = scoring.artifact_location(rt_settings, scoring.active_model(s).artifact_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["encoder"]["encoder_id"] = "some-other-encoder"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    scoring._loaded.clear()
+    with pytest.raises(ModelError, match="trained on encoder 'some-other-encoder'"):
+        scoring.score_texts(rt_settings, ["q"], ["a"])
+    scoring._loaded.clear()
