@@ -85,9 +85,16 @@ def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
         outcome.append(outcome_code(c.winner.value))
         group.append(c.prompt_hash)
     if no_winner:
-        notes.append(f"{no_winner} comparisons have no known winner and were skipped")
+        notes.append(f"{no_winner} comparisons have no known winner and were skipped"
+                     + (" (pairs of a k-wise row's responses that its 'comparisons' do not judge)"
+                        if parsed.format == "kwise" else ""))
     if repeated:
-        notes.append(f"{repeated} repeated comparisons were used once")
+        notes.append(f"{repeated} repeated comparisons were used once (the first row's winner is kept)")
+    n_ties, n_both_bad = outcome.count(outcome_code("tie")), outcome.count(outcome_code("both_bad"))
+    if n_ties or n_both_bad:
+        notes.append(f"{n_ties} ties and {n_both_bad} both-bad labels are replayed like the others (a tie "
+                     "trains the model, a both-bad label costs a label and trains nothing); held-out "
+                     "accuracy counts only pairs with a winner (a or b)")
     if not ia:
         raise PrefloopError(f"{path} has no comparisons with a known winner; the simulator replays "
                             "recorded labels, so give it a file with chosen/rejected or winner fields")
@@ -153,6 +160,7 @@ def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32,
     order and any sampling in the strategy (same split and seed labels).
     """
     from rm.acquisition import get_strategy, make_pool, queue_order, select_strategy
+    from rm.data import BOTH_BAD
     from rm.split import held_out_mask
     from rm.train import fit_and_evaluate
 
@@ -194,6 +202,10 @@ def simulate_seed(data, strategy_name: str, seed: int, *, seed_labels: int = 32,
             pick = open_rows[np.argsort(-priority, kind="stable")[:need]]
             labelled.extend(pick.tolist())
             is_open[pick] = False
+        if k == 0 and (data.outcome[labelled] == BOTH_BAD).all():
+            raise PrefloopError(f"the {len(labelled)} seed labels of seed {seed} are all both-bad, which train "
+                                "nothing; raise --seed-labels (or give the simulator a file with more a/b/tie "
+                                "winners)")
         # Sorted rows: the model depends on which pairs are labelled, not on the order they came in.
         last_ens, metrics = fit_and_evaluate(data.subset(np.sort(labelled)), test, config, seed=seed)
         accs.append(metrics.accuracy)
@@ -262,6 +274,47 @@ def common_budget(data, seeds, budget: int) -> int:
         raise PrefloopError("the dataset is too small to hold out a test split by prompt; "
                             "give the simulator more prompts")
     return min([budget, *pools])
+
+
+def check_splits(data, seeds) -> None:
+    """Refuse (``PrefloopError``) a seed whose split by prompt leaves nothing to train on or to measure.
+
+    The held-out side needs a pair with a winner (a or b): held-out accuracy leaves out
+    ties and both-bad pairs, so without one every curve would be NaN.
+    """
+    from rm.data import A_WINS, B_WINS
+    from rm.split import held_out_mask
+
+    n_prompts = len(set(np.asarray(data.group).tolist()))
+    decisive = np.isin(data.outcome, (A_WINS, B_WINS))
+    more = (f"the file has {n_prompts} prompt{'s' if n_prompts != 1 else ''} and the split holds out about "
+            f"{TEST_FRACTION:.0%} of them, so give the simulator more prompts")
+    for s in seeds:
+        test = held_out_mask(data.group, TEST_FRACTION, salt=f"simulate-{s}")
+        if test.all():
+            raise PrefloopError(f"seed {s} holds out every prompt and leaves none to train on: {more}")
+        if not (test & decisive).any():
+            raise PrefloopError(f"seed {s} holds out no pairs with a winner (a or b) to measure accuracy on: "
+                                + (more if decisive.sum() > 1 else
+                                   f"the file has {int(decisive.sum())} such pairs (ties and both-bad "
+                                   "labels are not counted), so give the simulator a file with a/b winners"))
+
+
+def check_schedule(schedule: np.ndarray, *, seed_labels: int, cold_start: int, pool: int, capped: bool) -> None:
+    """Refuse a run in which no strategy ever picks a batch: every curve would be random's.
+
+    The strategy orders the pool for the batch after ``n`` labels only once
+    ``n >= cold_start``; the last batch is taken after ``schedule[-2]`` labels.
+    """
+    end = f"the smallest training pool ({pool} pairs)" if capped else f"the budget ({pool} labels)"
+    if len(schedule) < 2:
+        raise PrefloopError(f"--seed-labels ({seed_labels}) already cover {end}: no labels are left for a "
+                            "strategy to choose; lower --seed-labels")
+    if cold_start > schedule[-2]:
+        raise PrefloopError(f"the cold start ({cold_start} labels, --cold-start or PREFLOOP_COLD_START) is past "
+                            f"the last batch, taken after {int(schedule[-2])} labels on the way to {end}: every "
+                            f"strategy would order at random and match random's curve; use --cold-start "
+                            f"{int(schedule[-2])} or less" + ("" if capped else ", or raise --budget"))
 
 
 # --------------------------------------------------------------------------- analysis
@@ -406,8 +459,16 @@ def _fmt_needed(x: float, budget: float) -> str:
     return f"> {budget * 2:.0f}" if not math.isfinite(x) or x >= 2 * budget else f"{x:.0f}"
 
 
-def format_report(curves: list[Curves], comparisons: list[Comparison], labels_shown=None) -> str:
-    """The printed learning-curve table, areas and label savings (stable, copyable text)."""
+def _fmt_saving(saving: float, needed: float, budget: float, *, never: str = "≤ -100%") -> str:
+    """``saving`` = 1 - ``needed`` / B as a percentage, read like ``_fmt_needed``: needing more than
+    2B labels (or never reaching the target; the bootstrap caps those draws) is a saving of -100% or less."""
+    if not math.isfinite(needed):
+        return never
+    return "≤ -100%" if needed >= 2 * budget else f"{saving * 100:.1f}%"
+
+
+def format_report(curves: list[Curves], comparisons: list[Comparison], labels_shown=None, notes=()) -> str:
+    """The printed learning-curve table, areas and label savings (stable, copyable text); ``notes`` end it."""
     names = [c.strategy for c in curves]
     labels = curves[0].labels
     n_seeds = len(curves[0].accuracy)
@@ -436,8 +497,9 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
             f"  labels needed to reach {cmp.reference}'s accuracy at {b:.0f} labels ({cmp.target_accuracy:.4f}): "
             f"{_fmt_needed(cmp.needed, b)} (95% CI {_fmt_needed(cmp.needed_ci[0], b)} to "
             f"{_fmt_needed(cmp.needed_ci[1], b)})",
-            f"  labels saved: {cmp.saving * 100:.1f}% (95% CI {cmp.saving_ci[0] * 100:.1f}% to "
-            f"{cmp.saving_ci[1] * 100:.1f}%)",
+            f"  labels saved: {_fmt_saving(cmp.saving, cmp.needed, b, never='never reached')} (95% CI "
+            f"{_fmt_saving(cmp.saving_ci[0], cmp.needed_ci[1], b)} to "
+            f"{_fmt_saving(cmp.saving_ci[1], cmp.needed_ci[0], b)})",
         ]
         if len(cmp.savings_along) > 1:
             lines.append(
@@ -459,6 +521,8 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
         note = flatness_note(ref, first.reference_budget) if ref is not None else None
         if note:
             lines += ["", f"note: {note}"]
+    for note in notes:
+        lines += ["", f"note: {note}"]
     return "\n".join(lines)
 
 
@@ -490,29 +554,42 @@ def curves_to_json(curves: list[Curves], comparisons: list[Comparison], meta: di
     })
 
 
-def plot_curves(curves: list[Curves], path: Path, comparisons: list[Comparison] = ()) -> None:
-    """Mean ± std learning curves as a PNG (matplotlib, Agg backend)."""
+def plot_curves(curves: list[Curves], path: Path, comparisons: list[Comparison] = (), title: str = "") -> None:
+    """Mean ± std learning curves as a PNG (matplotlib, Agg backend).
+
+    A dashed line marks the reference's accuracy at the reference budget and a dotted
+    line, in the strategy's colour, where each strategy's mean curve reaches it.
+    ``title`` (the data file's name) heads the plot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colour = {}
     for c in curves:
         m, s = c.accuracy.mean(axis=0), c.accuracy.std(axis=0)
-        ax.plot(c.labels, m, label=c.strategy, lw=1.8)
+        (line,) = ax.plot(c.labels, m, label=c.strategy, lw=1.8)
+        colour[c.strategy] = line.get_color()
         ax.fill_between(c.labels, m - s, m + s, alpha=0.15)
+    if comparisons:
+        first = comparisons[0]
+        ax.axhline(first.target_accuracy, color="grey", lw=0.8, ls="--",
+                   label=f"{first.reference} at {first.reference_budget:.0f} labels")
     for cmp in comparisons:
-        ax.axhline(cmp.target_accuracy, color="grey", lw=0.8, ls="--")
         if math.isfinite(cmp.needed):
-            ax.axvline(cmp.needed, color="grey", lw=0.8, ls=":")
+            ax.axvline(cmp.needed, color=colour.get(cmp.strategy, "grey"), lw=0.8, ls=":",
+                       label=f"{cmp.strategy} reaches it")
     ax.set_xlabel("labels")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"learning curves ({len(curves[0].accuracy)} seeds, mean ± std)")
+    ax.set_ylabel("held-out accuracy (mean ± std over seeds)")
+    reps = curves[0].repeats
+    ax.set_title(f"{title + ': ' if title else ''}{len(curves[0].accuracy)} seeds"
+                 + (f", each the mean of {reps} replays" if reps > 1 else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
@@ -530,6 +607,77 @@ class Report:
     png_path: Path
 
 
+def check_options(*, seeds, seed_labels: int, batch: int, budget: int, reference_budget: float,
+                  cold_start: int | None, repeats: int) -> None:
+    """Refuse (``PrefloopError``, naming the option) numbers no run can use, before any work is done."""
+    if not seeds:
+        raise PrefloopError("--seeds must be at least 1")
+    if min(seeds) < 0:
+        raise PrefloopError(f"--first-seed must be 0 or more, not {min(seeds)}")
+    for option, value in (("--seed-labels", seed_labels), ("--batch", batch), ("--repeats", repeats)):
+        if value < 1:
+            raise PrefloopError(f"{option} must be at least 1, not {value}")
+    if budget < seed_labels:
+        raise PrefloopError(f"--budget ({budget}) must be at least --seed-labels ({seed_labels})")
+    if not (math.isfinite(reference_budget) and reference_budget >= seed_labels):
+        raise PrefloopError(f"--reference-budget must be a number of labels at least --seed-labels "
+                            f"({seed_labels}), not {reference_budget:g}")
+    if cold_start is not None and cold_start < 0:
+        raise PrefloopError(f"--cold-start must be 0 or more, not {cold_start}")
+
+
+def prepare_out(out: str | Path) -> Path:
+    """Create the output folder and make sure files can be written there, before the (long) run."""
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PrefloopError(f"cannot write curves.json and curves.png to {out}: it is a file, not a folder; "
+                            "choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".curves-", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise PrefloopError(f"cannot write curves.json and curves.png to {out} "
+                            f"({exc.strerror or exc}); choose another --out") from None
+    return out
+
+
+def write_outputs(out: Path, doc: dict, curves: list[Curves], comparisons: list[Comparison],
+                  title: str = "") -> tuple[Path, Path]:
+    """Write ``curves.json`` and ``curves.png`` whole or not at all.
+
+    Both go to temporary files first and are then renamed into place, so an
+    interrupt (Ctrl-C) or a failure leaves the earlier pair, if any, as it was,
+    never half a JSON file or a JSON file from one run beside the plot of another.
+    """
+    import os
+
+    json_path, png_path = out / "curves.json", out / "curves.png"
+    # Plain open() (not mkstemp's private 0600 files): the outputs get the usual permissions.
+    tmp_png, tmp_json = (out / f".{p.name}.{os.getpid()}.tmp" for p in (png_path, json_path))
+    try:
+        plot_curves(curves, tmp_png, comparisons, title=title)
+        tmp_json.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp_png, png_path)
+        os.replace(tmp_json, json_path)
+    finally:
+        for tmp in (tmp_png, tmp_json):
+            tmp.unlink(missing_ok=True)
+    return json_path, png_path
+
+
+def _sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedder, out: str | Path,
                   seed_labels: int = 32, batch: int = 32, budget: int = 1000,
                   reference_budget: float = REFERENCE_BUDGET, cold_start: int | None = None,
@@ -537,11 +685,13 @@ def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedd
     """Load ``data_path``, replay every strategy over ``seeds``, write ``curves.json``/``curves.png`` to ``out``.
 
     ``random`` is always included (it is the reference). ``echo`` receives
-    progress lines (``print`` on the command line).
+    progress lines (``print`` on the command line). Options, the output folder,
+    the split of every seed and the label schedule are checked before the run;
+    what cannot work raises ``PrefloopError`` with a message naming the fix.
     """
     from rm.acquisition import DEFAULT_STRATEGY, get_strategy
 
-    strategies = list(strategies or ["random", "default"])
+    strategies = [str(name).strip().lower() for name in (strategies or ["random", "default"])]
     for name in strategies:
         try:
             get_strategy(name)
@@ -551,11 +701,9 @@ def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedd
         strategies.insert(0, "random")
     strategies = list(dict.fromkeys(strategies))
     seeds = list(seeds)
-    if not seeds or seed_labels < 1 or batch < 1 or budget < seed_labels or reference_budget < seed_labels:
-        raise PrefloopError("--seeds, --seed-labels and --batch must be at least 1, and "
-                            "--budget and --reference-budget at least --seed-labels")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_options(seeds=seeds, seed_labels=seed_labels, batch=batch, budget=budget,
+                  reference_budget=reference_budget, cold_start=cold_start, repeats=repeats)
+    out = prepare_out(out)
 
     t0 = time.perf_counter()
     dataset = load_dataset(data_path, embedder=embedder)
@@ -563,10 +711,17 @@ def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedd
         echo(f"note: {note}")
     echo(f"{len(dataset.pairs)} labelled pairs from {data_path}; embedded "
          f"{getattr(embedder, 'n_computed', 0)} new texts in {time.perf_counter() - t0:.0f} s")
+    check_splits(dataset.pairs, seeds)
     used = common_budget(dataset.pairs, seeds, budget)
+    cold = seed_labels if cold_start is None else cold_start
+    check_schedule(label_schedule(seed_labels, batch, used, used), seed_labels=seed_labels, cold_start=cold,
+                   pool=used, capped=used < budget)
+    report_notes = []
     if used < budget:
-        echo(f"note: the smallest training pool over these seeds has {used} pairs, so every curve "
-             f"ends at {used} labels instead of the budget of {budget}")
+        report_notes.append(f"the budget of {budget} labels was capped at {used}: the smallest training pool "
+                            f"over these seeds (the pairs of prompts not held out) has {used} pairs, so every "
+                            f"curve ends there")
+        echo(f"note: {report_notes[-1]}")
     echo(f"strategies: {', '.join(f'{s} (= {DEFAULT_STRATEGY})' if s == 'default' else s for s in strategies)}; "
          f"seeds {seeds[0]}-{seeds[-1]}, {repeats} replay{'s' if repeats != 1 else ''} each; "
          f"{seed_labels} seed labels, batches of {batch}, budget {used}, "
@@ -575,20 +730,27 @@ def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedd
                             budget=budget, cold_start=cold_start, repeats=repeats, progress=progress)
     ref = curves[strategies.index("random")]
     comparisons = [compare(c, ref, reference_budget) for c in curves if c.strategy != "random"]
-    text = format_report(curves, comparisons)
-    meta = {"data": str(data_path), "pairs": len(dataset.pairs), "seeds": seeds, "repeats": repeats,
+    text = format_report(curves, comparisons, notes=report_notes)
+    meta = {"data": str(data_path), "data_path": str(Path(data_path).resolve()),
+            "data_sha256": _sha256(data_path), "pairs": len(dataset.pairs), "notes": dataset.notes,
+            "strategies": strategies,
+            "strategy_rules": {s: get_strategy(s).name for s in strategies},
+            "seeds": seeds, "repeats": repeats,
             "seed_labels": seed_labels, "batch": batch, "budget": budget, "budget_used": used,
-            "cold_start": seed_labels if cold_start is None else cold_start,
+            "budget_capped": used < budget, "cold_start": cold,
             "default_strategy": DEFAULT_STRATEGY, "reference_budget": reference_budget,
             "test_fraction": TEST_FRACTION, "seconds": round(time.perf_counter() - t0, 1)}
-    json_path, png_path = out / "curves.json", out / "curves.png"
-    json_path.write_text(json.dumps(curves_to_json(curves, comparisons, meta), indent=1))
-    plot_curves(curves, png_path, comparisons)
+    json_path, png_path = write_outputs(out, curves_to_json(curves, comparisons, meta), curves, comparisons,
+                                        title=Path(data_path).name)
     return Report(text, curves, comparisons, json_path, png_path)
 
 
 def main(args) -> int:
-    """``prefloop simulate``: replay, print the report, write ``curves.json`` and ``curves.png``."""
+    """``prefloop simulate``: replay, print the report, write ``curves.json`` and ``curves.png``.
+
+    Ctrl-C stops the run with exit status 130 and a line saying that nothing was
+    written (``curves.json``/``curves.png`` from an earlier run stay as they were).
+    """
     from annotate.settings import load_settings
 
     settings = load_settings()
@@ -600,14 +762,19 @@ def main(args) -> int:
     repeats = getattr(args, "repeats", None)
     cold_start = getattr(args, "cold_start", None)
     if n_seeds < 1:
-        raise PrefloopError("--seeds must be at least 1")
+        raise PrefloopError(f"--seeds must be at least 1, not {n_seeds}")
     embedder = make_embedder(cache_dir, settings.resolved_encoder_path, settings.torch_threads)
-    report = simulate_file(
-        args.data, args.strategy, range(first, first + n_seeds), embedder=embedder, out=args.out,
-        seed_labels=int(args.seed_labels), batch=int(args.batch), budget=int(args.budget),
-        reference_budget=float(REFERENCE_BUDGET if reference_budget is None else reference_budget),
-        cold_start=settings.cold_start if cold_start is None else cold_start,
-        repeats=REPEATS if repeats is None else int(repeats))
+    try:
+        report = simulate_file(
+            args.data, args.strategy, range(first, first + n_seeds), embedder=embedder, out=args.out,
+            seed_labels=int(args.seed_labels), batch=int(args.batch), budget=int(args.budget),
+            reference_budget=float(REFERENCE_BUDGET if reference_budget is None else reference_budget),
+            cold_start=settings.cold_start if cold_start is None else cold_start,
+            repeats=REPEATS if repeats is None else int(repeats))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.perf_counter() - t0:.0f} s: nothing was written to {args.out} "
+              "(curves.json and curves.png from an earlier run, if any, are as they were)", file=sys.stderr)
+        return 130
     print()
     print(report.text)
     print(f"\nwrote {report.json_path} and {report.png_path} ({time.perf_counter() - t0:.0f} s in all)")

@@ -50,7 +50,9 @@ def add_arguments(p) -> None:
                    help=f"compare labels needed to reach random's accuracy at this many labels "
                         f"(default: {REFERENCE_BUDGET})")
     p.add_argument("--cold-start", type=int, default=None,
-                   help="random order until this many labels (default: PREFLOOP_COLD_START, the app's setting)")
+                   help="random order until this many labels (default: PREFLOOP_COLD_START, the app's setting); "
+                        "a run whose last batch comes before it is refused, as every curve would be random's")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: <PREFLOOP_DATA_DIR>/cache)")
     p.add_argument("--out", default="simulation",
-                   help="folder for curves.json and curves.png (default: ./simulation)")
+                   help="folder for curves.json and curves.png, checked before the run and written at its end, "
+                        "both or neither (default: ./simulation)")

@@ -190,7 +190,7 @@ def test_main_runs_the_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(simulate, "make_embedder", lambda *a, **k: FakeEmbedder())
     monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "dd"))
     args = argparse.Namespace(data=str(data), strategy=["default"], seed_labels=8, batch=8, budget=24,
-                              seeds=2, out=str(tmp_path / "sim"))
+                              seeds=2, cold_start=8, out=str(tmp_path / "sim"))
     assert simulate.main(args) == 0
     out = capsys.readouterr().out
     assert "default vs random" in out and "area under the curve" in out
@@ -222,7 +222,7 @@ def test_cli_parses_real_arguments_and_runs_the_command(tmp_path, monkeypatch, c
     data = tmp_path / "pairs.jsonl"
     _write_pairs(data, n=60)
     argv = ["--data", str(data), "--strategy", "default", "--seed-labels", "8", "--batch", "8",
-            "--budget", "24", "--seeds", "2", "--first-seed", "3", "--reference-budget", "16",
+            "--budget", "24", "--seeds", "2", "--first-seed", "3", "--reference-budget", "16", "--cold-start", "8",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sim")]
     assert _run_cli(argv, tmp_path, monkeypatch) == 0
     out = capsys.readouterr().out
@@ -321,7 +321,7 @@ def test_labels_needed_are_measured_at_the_last_point_when_the_reference_budget_
     _write_pairs(data, n=20)
     from annotate.errors import PrefloopError
 
-    with pytest.raises(PrefloopError, match="--reference-budget at least --seed-labels"):
+    with pytest.raises(PrefloopError, match="--reference-budget must be a number of labels at least --seed-labels"):
         simulate.simulate_file(data, ["random"], [0], embedder=FakeEmbedder(), out=tmp_path / "o",
                                seed_labels=8, reference_budget=4, progress=False)
 
@@ -356,3 +356,232 @@ def test_next_batch_is_the_front_of_the_retraining_jobs_queue(name):
         options=dataclasses.replace(options), rng=np.random.default_rng(5))
     assert np.allclose(sim_score, job_score, rtol=1e-5)
     assert np.array_equal(np.argsort(-sim_priority)[:32], np.argsort(-job_priority)[:32])
+
+
+# --------------------------------------------------------------------------- what a team meets on its own data
+
+
+def _cli_error(argv, tmp_path, monkeypatch, capsys):
+    """Run ``prefloop simulate`` (fake embedder); ``(exit code, stderr, texts embedded)``."""
+    from annotate import cli
+
+    embedder = FakeEmbedder()
+    monkeypatch.setattr(simulate, "make_embedder", lambda *a, **k: embedder)
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "dd"))
+    rc = cli.main(["simulate", *argv])
+    return rc, capsys.readouterr().err, embedder.n_computed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--first-seed", "-3"], "--first-seed must be 0 or more"),
+    (["--reference-budget", "nan"], "--reference-budget must be"),
+    (["--reference-budget", "inf"], "--reference-budget must be"),
+    (["--cold-start", "-1"], "--cold-start must be 0 or more"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--batch", "0"], "--batch must be at least 1"),
+    (["--seed-labels", "-2"], "--seed-labels must be at least 1"),
+    (["--budget", "4"], "--budget (4) must be at least --seed-labels (8)"),
+    (["--strategy", "nope"], "unknown acquisition strategy 'nope'"),
+])
+def test_bad_options_stop_with_one_line_before_any_embedding(tmp_path, monkeypatch, capsys, extra, message):
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    argv = ["--data", str(data), "--seed-labels", "8", "--batch", "8", "--budget", "24", "--seeds", "1",
+            "--cold-start", "8", "--repeats", "1", "--out", str(tmp_path / "sim")]
+    rc, err, embedded = _cli_error(argv + extra, tmp_path, monkeypatch, capsys)
+    assert rc == 2 and err.startswith("error: ") and message in err and "Traceback" not in err
+    assert embedded == 0  # refused before the (slow) embedding of the file
+    assert not (tmp_path / "sim" / "curves.json").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_run(tmp_path, monkeypatch, capsys, where):
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    out = blocker if where == "file" else blocker / "sim"
+    argv = ["--data", str(data), "--seed-labels", "8", "--batch", "8", "--budget", "24", "--seeds", "1",
+            "--cold-start", "8", "--repeats", "1", "--out", str(out)]
+    rc, err, embedded = _cli_error(argv, tmp_path, monkeypatch, capsys)
+    assert rc == 2 and err.startswith(f"error: cannot write curves.json and curves.png to {out}")
+    assert "--out" in err and embedded == 0
+    assert blocker.read_text() == "not a folder"
+
+
+def _write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_file_with_no_decisive_held_out_pairs_is_refused_not_a_table_of_nan(tmp_path):
+    """Ties train the model but accuracy counts only a/b winners: an all-tie file measures nothing."""
+    data = _write_rows(tmp_path / "ties.jsonl", [
+        {"prompt": f"q{i}", "response_a": f"helpful {i}", "response_b": f"bad {i}", "winner": "tie"}
+        for i in range(60)])
+    with pytest.raises(simulate.PrefloopError, match="no pairs with a winner .a or b. to measure accuracy on"):
+        simulate.simulate_file(data, ["default"], [0, 1], embedder=FakeEmbedder(), out=tmp_path / "o",
+                               seed_labels=8, batch=8, budget=24, repeats=1, progress=False, echo=lambda s: None)
+    assert not (tmp_path / "o" / "curves.json").exists()
+
+
+def test_a_single_prompt_is_refused_before_the_budget_notes(tmp_path):
+    data = _write_rows(tmp_path / "one.jsonl", [
+        {"prompt": "the only question", "response_a": f"helpful {i}", "response_b": f"bad {i}", "winner": "a"}
+        for i in range(50)])
+    lines = []
+    with pytest.raises(simulate.PrefloopError, match="1 prompt"):
+        simulate.simulate_file(data, ["default"], [0, 1], embedder=FakeEmbedder(), out=tmp_path / "o",
+                               seed_labels=8, batch=8, budget=24, repeats=1, progress=False, echo=lines.append)
+    assert not any("smallest training pool" in line for line in lines)
+
+
+def test_seed_labels_that_are_all_both_bad_are_a_user_error(tmp_path):
+    rows = [{"prompt": f"q{i}", "response_a": f"helpful {i}", "response_b": f"bad {i}",
+             "winner": "a" if i % 10 == 0 else "both_bad"} for i in range(80)]
+    data = _write_rows(tmp_path / "bb.jsonl", rows)
+    with pytest.raises(simulate.PrefloopError, match="both-bad"):
+        simulate.simulate_file(data, ["default"], [0, 1], embedder=FakeEmbedder(), out=tmp_path / "o",
+                               seed_labels=4, batch=8, budget=24, repeats=1, progress=False, echo=lambda s: None)
+
+
+def test_ties_and_both_bad_labels_are_counted_in_the_notes(tmp_path):
+    rows = [{"prompt": f"q{i}", "response_a": f"helpful {i}", "response_b": f"bad {i}",
+             "winner": "tie" if i % 5 == 0 else "both_bad" if i % 7 == 0 else "a"} for i in range(70)]
+    lines = []
+    simulate.simulate_file(_write_rows(tmp_path / "t.jsonl", rows), ["default"], [0], embedder=FakeEmbedder(),
+                           out=tmp_path / "o", seed_labels=8, batch=8, budget=24, cold_start=8, repeats=1,
+                           progress=False, echo=lines.append)
+    note = next(line for line in lines if "ties" in line)
+    assert "14 ties and 8 both-bad" in note and "held-out accuracy counts only" in note
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(seed_labels=32, batch=8, budget=1000, cold_start=None), "--seed-labels (32) already cover"),
+    (dict(seed_labels=8, batch=8, budget=24, cold_start=64), "every strategy would order at random"),
+    (dict(seed_labels=8, batch=500, budget=1000, cold_start=16), "every strategy would order at random"),
+])
+def test_runs_where_no_strategy_ever_chooses_are_refused(tmp_path, kw, message):
+    """Seed labels covering the pool, or a cold start past the last batch: every curve would be random's."""
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=40)
+    with pytest.raises(simulate.PrefloopError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        simulate.simulate_file(data, ["default"], [0, 1], embedder=FakeEmbedder(), out=tmp_path / "o",
+                               repeats=1, progress=False, echo=lambda s: None, **kw)
+
+
+def test_a_capped_budget_is_stated_in_the_report_and_the_json(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=40)
+    report = simulate.simulate_file(data, ["default"], [0, 1], embedder=FakeEmbedder(), out=tmp_path / "o",
+                                    seed_labels=8, batch=8, budget=1000, cold_start=8, reference_budget=16,
+                                    repeats=1, progress=False, echo=lambda s: None)
+    used = int(report.curves[0].labels[-1])
+    assert used < 1000
+    assert f"note: the budget of 1000 labels was capped at {used}" in report.text
+    meta = json.loads(report.json_path.read_text())["meta"]
+    assert meta["budget"] == 1000 and meta["budget_used"] == used and meta["budget_capped"] is True
+
+
+def test_curves_json_says_what_was_run_on_what(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    report = simulate.simulate_file(data, ["Default", "bald"], [2, 3], embedder=FakeEmbedder(), out=tmp_path / "o",
+                                    seed_labels=8, batch=8, budget=24, cold_start=8, repeats=2, progress=False,
+                                    echo=lambda s: None)
+    doc = json.loads(report.json_path.read_text())
+    meta = doc["meta"]
+    assert meta["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert meta["data_path"] == str(data.resolve())
+    assert meta["strategies"] == ["random", "default", "bald"] and list(doc["strategies"]) == meta["strategies"]
+    assert meta["strategy_rules"] == {"random": "random", "default": "bald+diverse", "bald": "bald"}
+    assert meta["seeds"] == [2, 3] and meta["repeats"] == 2 and meta["cold_start"] == 8
+    for name in meta["strategies"]:
+        curve = doc["strategies"][name]
+        assert curve["labels"] == [8, 16, 24] and np.asarray(curve["accuracy"]).shape == (2, 3)
+
+
+def test_saving_interval_reads_like_the_labels_needed_interval_when_never_reached():
+    """A bootstrap resample that never reaches the target is capped at 2x: print it as such, not as -100.0%."""
+    labels = np.array([8, 16, 24, 32, 40, 48])
+    rng = np.random.default_rng(1)
+    ref = simulate.Curves("random", labels, 0.6 + 0.004 * labels + rng.normal(0, 0.01, (6, 6)), np.zeros((6, 6)))
+    a = ref.accuracy.copy()
+    a[:3] += 0.05  # half the seeds faster, half never reach random's last point
+    a[3:] -= 0.05
+    strat = simulate.Curves("mixed", labels, a, np.zeros_like(a))
+    cmp = simulate.compare(strat, ref, 48)
+    assert cmp.needed_ci[1] >= 96  # capped at 2B in some resamples
+    text = simulate.format_report([ref, strat], [cmp])
+    line = next(x for x in text.splitlines() if "labels saved:" in x)
+    assert "95% CI ≤ -100%" in line and "-100.0%" not in line
+
+
+def test_plot_labels_the_target_and_crossing_lines(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    seen = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **k: seen.setdefault("fig", fig))
+    labels = np.arange(32, 1025, 32)
+    base = np.tile(0.55 + 0.06 * np.log(labels / 32) / np.log(32), (3, 1))
+    ref = simulate.Curves("random", labels, base, np.zeros_like(base), repeats=4)
+    fast = simulate.Curves("fast", labels, base + 0.01, np.zeros_like(base), repeats=4)
+    simulate.plot_curves([ref, fast], tmp_path / "c.png", [simulate.compare(fast, ref, 640)], title="pairs.jsonl")
+    ax = seen["fig"].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "random at 640 labels" in legend and "fast reaches it" in legend
+    assert "pairs.jsonl" in ax.get_title() and "4 replays" in ax.get_title()
+
+
+def test_an_interrupted_run_writes_nothing_and_says_so(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    out = tmp_path / "sim"
+    out.mkdir()
+    (out / "curves.json").write_text('{"earlier": "run"}')
+    argv = ["--data", str(data), "--seed-labels", "8", "--batch", "8", "--budget", "24", "--seeds", "1",
+            "--cold-start", "8", "--repeats", "1", "--out", str(out)]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulate, "run_simulation", interrupted)
+    rc, err, _ = _cli_error(argv, tmp_path, monkeypatch, capsys)
+    assert rc == 130 and "interrupted" in err and "nothing was written" in err
+    assert (out / "curves.json").read_text() == '{"earlier": "run"}'
+    assert sorted(p.name for p in out.iterdir()) == ["curves.json"]
+
+
+def test_an_interrupt_while_writing_leaves_no_half_written_output(tmp_path, monkeypatch, capsys):
+    """Ctrl-C between curves.json and curves.png (or inside either) leaves the earlier pair as it was."""
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    out = tmp_path / "sim"
+    out.mkdir()
+    (out / "curves.json").write_text('{"earlier": "run"}')
+    argv = ["--data", str(data), "--seed-labels", "8", "--batch", "8", "--budget", "24", "--seeds", "1",
+            "--cold-start", "8", "--repeats", "1", "--out", str(out)]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulate, "plot_curves", interrupted)
+    rc, err, _ = _cli_error(argv, tmp_path, monkeypatch, capsys)
+    assert rc == 130 and "interrupted" in err
+    assert (out / "curves.json").read_text() == '{"earlier": "run"}'
+    assert sorted(p.name for p in out.iterdir()) == ["curves.json"]
+
+
+def test_kwise_rows_replay_only_their_judged_pairs_and_say_which_were_skipped(tmp_path):
+    """A ranked k-wise row judges some of its response pairs; the strategy picks among those of every prompt."""
+    rows = [{"prompt": f"q{i}", "responses": [f"helpful best {i}", f"middle {i}", f"worst {i}", f"also bad {i}"],
+             "comparisons": [{"a": 0, "b": 1, "winner": "a"}, {"a": 1, "b": 2, "winner": "a"},
+                             {"a": 0, "b": 3, "winner": "a"}]} for i in range(40)]
+    rows.append(rows[0] | {"comparisons": [{"a": 0, "b": 1, "winner": "b"}]})  # a second judge disagrees
+    lines = []
+    report = simulate.simulate_file(_write_rows(tmp_path / "k.jsonl", rows), ["default"], [0], embedder=FakeEmbedder(),
+                                    out=tmp_path / "o", seed_labels=8, batch=8, budget=32, cold_start=8, repeats=1,
+                                    progress=False, echo=lines.append)
+    assert any("125 comparisons have no known winner" in line and "k-wise row" in line for line in lines)
+    assert any("1 repeated comparisons were used once (the first row's winner is kept)" in line for line in lines)
+    assert json.loads(report.json_path.read_text())["meta"]["pairs"] == 120
