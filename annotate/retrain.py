@@ -745,9 +745,13 @@ class _Run:
                 rng=np.random.default_rng([settings.queue_seed, self.run_id]))
         del probs
 
-        # 7. promote: version, promotion, priorities and run status in one short transaction
+        # 7. promote: version, promotion, priorities and run status in one short transaction,
+        # run again if PostgreSQL picks it as a deadlock victim (against a re-import or an
+        # annotator's claim of the same rows): the aborted attempt wrote nothing, and the
+        # trained model is not thrown away over it.
         self._begin("promote")
-        with self.db.begin() as session:
+
+        def promote_tx(session):
             self.lock.check()
             version = ModelVersion(
                 artifact_path=rel.as_posix(), encoder_id=encoder.encoder_id[:128],
@@ -772,8 +776,11 @@ class _Run:
                 timings=dict(self.timings), error=None if promote else reason))
             session.flush()
             _crash_point("promote")
+            return status, version.id
+
+        status, version_id = self.db.transact(promote_tx)
         self.committed = True
-        return RetrainResult(status, reason, run_id=self.run_id, model_version_id=version.id,
+        return RetrainResult(status, reason, run_id=self.run_id, model_version_id=version_id,
                              promoted=promote, metrics=metrics, counts=dict(self.counts))
 
     def _finish_skipped(self, message: str) -> RetrainResult:

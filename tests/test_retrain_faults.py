@@ -297,3 +297,37 @@ def test_sqlite_promote_fails_cleanly_when_the_lock_stays_taken(sqlite_settings,
     finally:
         release.set()
         db.dispose()
+
+
+def test_a_promote_aborted_as_a_deadlock_victim_is_run_again_not_thrown_away(db, rt_settings, monkeypatch):  # noqa: F811
+    """PostgreSQL may abort the final transaction as a deadlock victim (a re-import or an annotator's
+    claim locking the same rows in another order). That attempt wrote nothing; the trained model was
+    discarded with it and the run failed. Now the transaction runs again and the run succeeds, with
+    one model version and every open pair rescored."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from annotate import db as db_module
+
+    first, open_ids = _first_run(db, rt_settings)
+    with db.begin() as s:
+        add_pairs(s, 2000, 5, judged=True)
+    write, calls = retrain.write_priorities, []
+
+    def deadlocked_once(session, *args, **kwargs):
+        calls.append(1)
+        written = write(session, *args, **kwargs)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE comparisons", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
+        return written
+
+    monkeypatch.setattr(db_module.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(retrain, "write_priorities", deadlocked_once)
+    second = retrain.run_once(rt_settings, db=db)
+    assert second.status in ("succeeded", "rejected"), second.summary()
+    assert len(calls) == 2
+    with db.read() as s:
+        versions = s.scalars(select(ModelVersion.id).order_by(ModelVersion.id)).all()
+        assert versions == [first.model_version_id, second.model_version_id]
+        run = s.get(TrainingRun, second.run_id)
+        assert (run.status, run.counts["n_priorities_written"]) == (second.status, len(open_ids))
