@@ -1,7 +1,9 @@
 """The ``prefloop`` command line.
 
 Every command reads settings from ``PREFLOOP_*`` variables. Errors a user can
-cause print their message (no traceback) and exit with status 2.
+cause (a bad option, file or --out path) print their message (no traceback) and
+exit with status 2; any other file or folder the system refuses (permissions, a
+read-only disk) prints the system's reason and exits with status 1.
 """
 
 from __future__ import annotations
@@ -24,10 +26,83 @@ def _settings():
     return load_settings()
 
 
+DESCRIPTION = ("prefloop: human-preference annotation with a reward model in the loop. Settings come from "
+               "PREFLOOP_* environment variables (PREFLOOP_DATABASE_URL, PREFLOOP_DATA_DIR, ...).")
+
+
+def _shown_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _unreachable(url: str, exc: Exception) -> PrefloopError:
+    """A one-line error for a database that refused the connection (the URL without its password)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    return PrefloopError(f"cannot open the database {_shown_url(url)}: {reason}; check PREFLOOP_DATABASE_URL")
+
+
+def _require_schema(url: str) -> None:
+    """Refuse to go on unless the database is reachable and migrated to this prefloop's head.
+
+    Without it, a command on a fresh or older database failed half-way with an SQL traceback.
+    """
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.exc import DBAPIError
+
+    from annotate import migrate
+
+    try:
+        current = migrate.current_heads(url)
+    except DBAPIError as exc:
+        raise _unreachable(url, exc) from None
+    script = ScriptDirectory.from_config(migrate.alembic_config(url))
+    heads = set(script.get_heads())
+    if current == heads:
+        return
+    known = {rev.revision for rev in script.walk_revisions()}
+    if not current:
+        raise PrefloopError(f"the database {_shown_url(url)} has no prefloop tables yet: run 'prefloop db upgrade'")
+    if current - known:
+        raise PrefloopError(f"the database {_shown_url(url)} is at revision {', '.join(sorted(current))}, which "
+                            "this prefloop does not know (a newer prefloop migrated it): upgrade prefloop")
+    raise PrefloopError(f"the database {_shown_url(url)} is at revision {', '.join(sorted(current))}, this prefloop "
+                        f"needs {', '.join(sorted(heads))}: run 'prefloop db upgrade'")
+
+
 def _db(settings):
     from annotate.db import open_database
 
+    _require_schema(settings.sqlalchemy_url)
     return open_database(settings)
+
+
+def _instant(value: str) -> datetime:
+    """argparse type for --since/--until: an ISO 8601 date or date-time."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO date or date-time, e.g. 2026-11-01 or 2026-11-01T09:30:00+00:00") from None
+
+
+MAX_IMPORT_OVERLAP = 20  # as the Import page's and the Settings page's overlap inputs
+
+
+def _overlap(value: str) -> int:
+    """argparse type for import --overlap: an integer from 1 to MAX_IMPORT_OVERLAP."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_IMPORT_OVERLAP:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number from 1 to {MAX_IMPORT_OVERLAP}")
+    return n
+
+
+def _cannot_write(path, exc: OSError) -> PrefloopError:
+    return PrefloopError(f"cannot write {str(path)!r}: {exc.strerror or exc}")
 
 
 def _read_password(args) -> str:
@@ -60,19 +135,28 @@ def _operator_admin(session, username: str | None):
 # --- commands ---------------------------------------------------------------
 
 def cmd_db(args) -> int:
+    from alembic.util import CommandError
+    from sqlalchemy.exc import DBAPIError
+
     from annotate import migrate
 
     settings = _settings()
     url = settings.sqlalchemy_url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if args.action == "upgrade":
-        migrate.upgrade(url, args.revision or "head")
-    elif args.action == "downgrade":
-        if not args.revision:
-            raise PrefloopError("say which revision to downgrade to, e.g. 'prefloop db downgrade base'")
-        migrate.downgrade(url, args.revision)
-    print(f"database at revision {', '.join(sorted(migrate.current_heads(url))) or 'base'}")
+    try:
+        if args.action == "upgrade":
+            migrate.upgrade(url, args.revision or "head")
+        elif args.action == "downgrade":
+            if not args.revision:
+                raise PrefloopError("say which revision to downgrade to, e.g. 'prefloop db downgrade base'")
+            migrate.downgrade(url, args.revision)
+        heads = migrate.current_heads(url)
+    except CommandError as exc:  # an unknown revision, say
+        raise PrefloopError(str(exc)) from None
+    except DBAPIError as exc:
+        raise _unreachable(url, exc) from None
+    print(f"database at revision {', '.join(sorted(heads)) or 'base'}")
     return 0
 
 
@@ -108,22 +192,25 @@ def cmd_users(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from annotate import ingest
+    from annotate import campaign, ingest
 
     settings = _settings()
     db = _db(settings)
     try:
         with db.begin() as session:
+            # The campaign's overlap, as on the Import page: an admin's saved value wins over PREFLOOP_OVERLAP.
+            overlap = args.overlap if args.overlap is not None else campaign.get_options(session, settings).overlap
             report = ingest.import_file(
                 session, settings, Path(args.file), filename=Path(args.file).name, fmt=args.format,
-                system=True, source_tag=args.tag, known_winner=args.known_winner, overlap=args.overlap)
+                system=True, source_tag=args.tag, known_winner=args.known_winner, overlap=overlap)
     except ImportValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         listing = ingest.problems_message(exc.problems)
         if exc.problems and listing.split(";")[0] not in str(exc):
             # A file-level error (e.g. no row had a known format) with row problems behind it.
             print(listing.split("\n", 1)[1], file=sys.stderr)
-        print("nothing was imported.", file=sys.stderr)
+        if "nothing was imported" not in str(exc):
+            print("nothing was imported.", file=sys.stderr)
         return 2
     print(report.summary())
     return 0
@@ -132,11 +219,8 @@ def cmd_import(args) -> int:
 def _export_filter(args):
     from annotate.export import ExportFilter
 
-    def when(value):
-        return datetime.fromisoformat(value) if value else None
-
     return ExportFilter(
-        since=when(args.since), until=when(args.until), annotators=tuple(args.annotator or ()),
+        since=args.since, until=args.until, annotators=tuple(args.annotator or ()),
         source_tags=tuple(args.tag or ()), include_ties=args.include_ties,
         include_both_bad=args.include_both_bad, exclude_gold=args.exclude_gold,
         min_agreement=args.min_agreement)
@@ -149,15 +233,20 @@ def cmd_export(args) -> int:
     db = _db(settings)
     filters = _export_filter(args)
     out = Path(args.out)
-    with db.begin() as session:
-        actor = _operator_admin(session, args.as_admin)
-        if args.format in ("trl-jsonl", "trl-parquet", "datasets"):
-            kind = {"trl-jsonl": "jsonl", "trl-parquet": "parquet", "datasets": "datasets"}[args.format]
-            n = export.write_preferences(session, out, actor=actor, format=kind, filters=filters, margin=args.margin)
-        else:
-            kind = {"judgments-csv": "csv", "judgments-jsonl": "jsonl",
-                    "judgments-parquet": "parquet"}[args.format]
-            n = export.write_judgments(session, out, actor=actor, format=kind, filters=filters)
+    try:
+        with db.begin() as session:
+            actor = _operator_admin(session, args.as_admin)
+            if args.format in ("trl-jsonl", "trl-parquet", "datasets"):
+                kind = {"trl-jsonl": "jsonl", "trl-parquet": "parquet", "datasets": "datasets"}[args.format]
+                n = export.write_preferences(session, out, actor=actor, format=kind, filters=filters,
+                                             margin=args.margin)
+            else:
+                kind = {"judgments-csv": "csv", "judgments-jsonl": "jsonl",
+                        "judgments-parquet": "parquet"}[args.format]
+                n = export.write_judgments(session, out, actor=actor, format=kind, filters=filters)
+    except OSError as exc:
+        # The export writes under a hidden name next to --out; name the path the operator gave.
+        raise _cannot_write(out, exc) from None
     print(f"wrote {n} rows to {out}")
     return 0
 
@@ -172,16 +261,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_retrain(args) -> int:
-    if not sys.stderr.isatty():
-        # A log file (the watcher's, Retrain now's) is no place for tqdm's "Loading weights" bars;
-        # read when transformers is first imported, so set before the job imports it.
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from annotate import retrain
 
     settings = _settings()
     if args.watch:
+        if args.force:
+            raise PrefloopError("--force goes with --once: the watcher retrains when new judgments or pairs arrive")
+        # No schema check: the watcher outlives a database that is down or not migrated yet, and retries.
         retrain.watch(settings)
         return 0
+    _require_schema(settings.sqlalchemy_url)
     result = retrain.run_once(settings, force=args.force)
     print(result.summary())
     return 0 if result.status in ("succeeded", "rejected", "skipped") else 1
@@ -191,16 +280,25 @@ def cmd_score(args) -> int:
     from annotate import scoring
 
     settings = _settings()
+    if args.file and (args.prompt is not None or args.response is not None):
+        raise PrefloopError("give either --file or --prompt and --response, not both")
+    if not args.file and (args.prompt is None or args.response is None):
+        raise PrefloopError("give --prompt and --response, or --file in.jsonl")
+    if args.out and not args.file:
+        raise PrefloopError("--out goes with --file; a single score is printed")
+    if args.model is None:
+        _require_schema(settings.sqlalchemy_url)
     if args.file:
         rows = scoring.score_file(settings, Path(args.file), model_path=args.model)
-        out = sys.stdout if not args.out else open(args.out, "w", encoding="utf-8")
+        try:
+            out = sys.stdout if not args.out else open(args.out, "w", encoding="utf-8")
+        except OSError as exc:
+            raise _cannot_write(args.out, exc) from None
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         if args.out:
             out.close()
         return 0
-    if args.prompt is None or args.response is None:
-        raise PrefloopError("give --prompt and --response, or --file in.jsonl")
     (row,) = scoring.score_texts(settings, [args.prompt], [args.response], model_path=args.model)
     print(json.dumps(row, ensure_ascii=False))
     return 0
@@ -213,62 +311,92 @@ def cmd_simulate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefloop", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="prefloop", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("db", help="apply or revert database migrations")
+    p = sub.add_parser("db", help="apply or revert database migrations",
+                       description="Apply (upgrade) or revert (downgrade) database migrations and print the "
+                                   "revision the database is at.")
     p.add_argument("action", choices=["upgrade", "downgrade"])
-    p.add_argument("revision", nargs="?")
+    p.add_argument("revision", nargs="?", help="target revision (upgrade: default head; downgrade: required, "
+                                               "e.g. base)")
     p.set_defaults(func=cmd_db)
 
-    p = sub.add_parser("users", help="manage local accounts")
-    p.add_argument("action", choices=["add", "deactivate", "activate", "reset-password", "set-role", "list"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("--role", choices=["admin", "annotator"], default="annotator")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p = sub.add_parser("users", help="manage local accounts",
+                       description="Manage local accounts. Passwords are read from a prompt, or from the first "
+                                   "line of standard input (--password-stdin, or when it is not a terminal); "
+                                   "never from the command line.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("add", help="create an account")
+    a.add_argument("name")
+    a.add_argument("--role", choices=["admin", "annotator"], default="annotator", help="default: annotator")
+    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    a = actions.add_parser("deactivate", help="block an account's logins (its judgments stay)")
+    a.add_argument("name")
+    a = actions.add_parser("activate", help="let a deactivated account log in again")
+    a.add_argument("name")
+    a = actions.add_parser("reset-password", help="set a new password (ends the user's open sessions)")
+    a.add_argument("name")
+    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    a = actions.add_parser("set-role", help="make an account an admin or an annotator")
+    a.add_argument("name")
+    a.add_argument("--role", choices=["admin", "annotator"], required=True)
+    actions.add_parser("list", help="print every account: name, role, active/inactive (tab-separated)")
     p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("import", help="import prompts, responses and comparisons")
-    p.add_argument("file")
-    p.add_argument("--format", choices=["pairs", "kwise", "trl", "hh"], help="default: detect")
+    p.add_argument("file", help="JSONL (.jsonl, .jsonl.gz), a .json array, or CSV")
+    p.add_argument("--format", choices=["pairs", "kwise", "trl", "hh"], help="default: detect from the columns")
     p.add_argument("--tag", help="source tag for everything in the file")
     p.add_argument("--known-winner", choices=["judgment", "gold", "ignore"], default="judgment",
                    help="what a known winner becomes (default: an imported judgment)")
-    p.add_argument("--overlap", type=int, help="judgments each comparison needs (default: PREFLOOP_OVERLAP)")
+    p.add_argument("--overlap", type=_overlap, metavar="N",
+                   help=f"judgments each new comparison needs, 1 to {MAX_IMPORT_OVERLAP} (default: the campaign's "
+                        "overlap, as on the Import page)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="export preferences (TRL) or raw judgments")
     p.add_argument("--format", required=True,
                    choices=["trl-jsonl", "trl-parquet", "datasets", "judgments-csv", "judgments-jsonl",
                             "judgments-parquet"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--since", help="ISO date/time (UTC if naive): only votes cast at or after it")
-    p.add_argument("--until", help="ISO date/time (UTC if naive), exclusive: preferences as the votes stood "
-                                   "just before it (revisions and undos made later are not applied)")
-    p.add_argument("--annotator", action="append")
-    p.add_argument("--tag", action="append")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="file to write (a folder for datasets); replaced whole if it exists")
+    p.add_argument("--since", type=_instant, metavar="ISO",
+                   help="ISO date/time (UTC if naive): only votes cast at or after it")
+    p.add_argument("--until", type=_instant, metavar="ISO",
+                   help="ISO date/time (UTC if naive), exclusive: preferences as the votes stood "
+                        "just before it (revisions and undos made later are not applied)")
+    p.add_argument("--annotator", action="append", metavar="NAME", help="only this annotator's judgments "
+                                                                        "(repeat for several)")
+    p.add_argument("--tag", action="append", metavar="T", help="only this source tag (repeat for several)")
     p.add_argument("--include-ties", action="store_true")
     p.add_argument("--include-both-bad", action="store_true")
     p.add_argument("--exclude-gold", action="store_true")
-    p.add_argument("--min-agreement", type=float, default=0.0)
+    p.add_argument("--min-agreement", type=float, default=0.0, metavar="X",
+                   help="drop comparisons whose majority share of the votes is below X (0 to 1)")
     p.add_argument("--margin", action="store_true", help="add a margin column from strength")
-    p.add_argument("--as-admin", help="admin to record in the audit log (default: the first admin)")
+    p.add_argument("--as-admin", metavar="NAME", help="admin to record in the audit log (default: the first admin)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="load the demo dataset and demo accounts")
+    p = sub.add_parser("demo", help="load the demo dataset and demo accounts",
+                       description="Load the demo dataset and create the demo accounts 'admin' and 'annotator'; "
+                                   "their passwords are printed once, the first time.")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("retrain", help="retrain the reward model")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--once", action="store_true")
-    mode.add_argument("--watch", action="store_true")
-    p.add_argument("--force", action="store_true", help="retrain even with no new judgments")
+    mode.add_argument("--once", action="store_true",
+                      help="one run if there are new judgments or pairs: train, evaluate, promote, rescore")
+    mode.add_argument("--watch", action="store_true", help="run until stopped, retraining when due")
+    p.add_argument("--force", action="store_true", help="with --once: retrain even with no new judgments")
     p.set_defaults(func=cmd_retrain)
 
-    p = sub.add_parser("score", help="score (prompt, response) pairs with the active reward model")
+    p = sub.add_parser("score", help="score (prompt, response) pairs with the active reward model",
+                       description="Print a JSON object with reward and uncertainty for --prompt/--response, "
+                                   "or one JSON line per line of --file.")
     p.add_argument("--prompt"), p.add_argument("--response")
     p.add_argument("--file", help="JSONL with prompt and response fields")
-    p.add_argument("--out")
+    p.add_argument("--out", help="with --file: write the JSON lines here instead of standard output")
     p.add_argument("--model", help="artifact directory (default: the active model)")
     p.set_defaults(func=cmd_score)
 
@@ -280,11 +408,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():
+        # A log file (the watcher's, Retrain now's, a script's) is no place for tqdm's "Loading weights"
+        # or "Saving the dataset" bars; read when transformers/datasets are first imported, so set first.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.func(args)
     except PrefloopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A file or folder the system refused (a permission, a read-only or full disk): its reason, not a traceback.
+        where = f": {exc.filename!r}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -152,3 +152,224 @@ def test_retrain_once_writes_no_progress_bars_to_a_log(env, tmp_path):
     result = run(env, "retrain", "--once")
     assert result.returncode == 0, result.stderr
     assert "Loading weights" not in result.stderr
+    # prefloop score loads the encoder too: a script capturing stderr gets no bars either, and an --out the
+    # system refuses is one line (it was a FileNotFoundError traceback).
+    (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "Question 1", "response": "Water it."}) + "\n")
+    scored = run(env, "score", "--file", str(tmp_path / "in.jsonl"), "--out", "/proc/scores.jsonl")
+    assert scored.returncode == 2 and "cannot write '/proc/scores.jsonl'" in scored.stderr, scored.stderr
+    assert "Loading weights" not in scored.stderr and "Traceback" not in scored.stderr
+
+
+# --- errors an operator can cause: one line on stderr, a non-zero status, no traceback -------------------
+
+def one_line_error(result, *needles, status=2):
+    """``result`` failed with ``status`` and a short message containing every needle (no traceback)."""
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    return result.stderr
+
+
+@pytest.fixture
+def bare_env(tmp_path):
+    """An environment whose SQLite database was never migrated."""
+    e = dict(os.environ)
+    e["PREFLOOP_DATA_DIR"] = str(tmp_path / "data")
+    e["PREFLOOP_DATABASE_URL"] = f"sqlite:///{tmp_path / 'bare.db'}"
+    return e
+
+
+@pytest.fixture
+def bare_pg_env(tmp_path):
+    """An environment whose PostgreSQL database exists but was never migrated."""
+    import uuid
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import PG_ADMIN_URL, _pg_admin_engine
+
+    name = f"prefloop_cli_bare_{uuid.uuid4().hex[:8]}"
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    e = dict(os.environ)
+    e["PREFLOOP_DATA_DIR"] = str(tmp_path / "data")
+    e["PREFLOOP_DATABASE_URL"] = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield e
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+UNMIGRATED_COMMANDS = [("users", "list"), ("users", "add", "root", "--password-stdin"), ("demo",),
+                       ("export", "--format", "trl-jsonl", "--out", "OUT"), ("retrain", "--once"),
+                       ("score", "--prompt", "p", "--response", "r")]
+
+
+def _commands_on_an_unmigrated_database_say_to_upgrade(e, tmp_path, hh_path):
+    for args in [*UNMIGRATED_COMMANDS, ("import", str(hh_path))]:
+        args = [str(tmp_path / "out.jsonl") if a == "OUT" else a for a in args]
+        one_line_error(run(e, *args, stdin="long-enough-password\n"), "no prefloop tables yet",
+                       "run 'prefloop db upgrade'")
+    assert run(e, "db", "upgrade").returncode == 0
+    assert run(e, "users", "list").returncode == 0
+
+
+def test_commands_on_an_unmigrated_sqlite_database_say_to_upgrade(bare_env, tmp_path, hh_path):
+    """Before, every command on a fresh data directory died with an SQL traceback (no such table: users)."""
+    _commands_on_an_unmigrated_database_say_to_upgrade(bare_env, tmp_path, hh_path)
+
+
+@pytest.mark.postgres
+def test_commands_on_an_unmigrated_postgres_database_say_to_upgrade(bare_pg_env, tmp_path, hh_path):
+    _commands_on_an_unmigrated_database_say_to_upgrade(bare_pg_env, tmp_path, hh_path)
+
+
+def test_a_database_behind_this_version_says_to_upgrade(env):
+    assert run(env, "db", "downgrade", "0003").returncode == 0
+    one_line_error(run(env, "users", "list"), "is at revision 0003", "run 'prefloop db upgrade'")
+
+
+def test_an_unreachable_database_is_one_line_without_its_password(env):
+    e = {**env, "PREFLOOP_DATABASE_URL": "postgresql+psycopg://postgres:hunter2-secret@127.0.0.1:1/nothing"}
+    for args in (("users", "list"), ("db", "upgrade")):
+        err = one_line_error(run(e, *args), "cannot open the database", "127.0.0.1:1/nothing",
+                             "check PREFLOOP_DATABASE_URL")
+        assert "hunter2" not in err
+
+
+def test_a_sqlite_file_that_cannot_be_created_is_one_line(env):
+    e = {**env, "PREFLOOP_DATABASE_URL": "sqlite:////proc/prefloop-cli-test/x.db"}
+    one_line_error(run(e, "users", "list"), "/proc/prefloop-cli-test", status=1)
+
+
+def test_db_upgrade_to_an_unknown_revision_is_one_line(env):
+    one_line_error(run(env, "db", "upgrade", "nosuchrev"), "nosuchrev")
+
+
+def test_users_actions_need_a_name_and_set_role_needs_a_role(env):
+    """Before: 'users add' without a name was an AttributeError traceback, and 'users set-role NAME'
+    without --role silently made NAME an annotator (the default of add's --role)."""
+    assert run(env, "users", "add", "root", "--role", "admin", "--password-stdin",
+               stdin="root-password\n").returncode == 0
+    for action in ("add", "deactivate", "activate", "reset-password", "set-role"):
+        one_line_error(run(env, "users", action, stdin="another-password\n"), "required")
+    one_line_error(run(env, "users", "set-role", "root"), "--role")
+    one_line_error(run(env, "users", "deactivate", "root", "--role", "admin"), "unrecognized arguments")
+    one_line_error(run(env, "users", "list", "root"), "unrecognized arguments")
+    assert run(env, "users", "list").stdout == "root\tadmin\tactive\n"
+    assert run(env, "users", "set-role", "root", "--role", "annotator").returncode == 0
+    assert run(env, "users", "list").stdout == "root\tannotator\tactive\n"
+
+
+@pytest.fixture
+def admin_env(env, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"p{i}", "response_a": "x", "response_b": f"y{i}",
+                                         "winner": "a"}) + "\n" for i in range(3)))
+    assert run(env, "users", "add", "root", "--role", "admin", "--password-stdin",
+               stdin="root-password\n").returncode == 0
+    assert run(env, "import", str(pairs)).returncode == 0
+    return env
+
+
+def test_export_with_a_date_that_is_not_iso_is_a_usage_error(admin_env, tmp_path):
+    """Before: a ValueError traceback from datetime.fromisoformat."""
+    for flag in ("--since", "--until"):
+        one_line_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", str(tmp_path / "a.jsonl"),
+                           flag, "yesterday"), "not an ISO date")
+    ok = run(admin_env, "export", "--format", "trl-jsonl", "--out", str(tmp_path / "a.jsonl"),
+             "--since", "2020-01-01", "--until", "2999-01-01T00:00:00+00:00")
+    assert ok.returncode == 0 and ok.stdout == f"wrote 3 rows to {tmp_path / 'a.jsonl'}\n"
+
+
+@pytest.mark.parametrize("fmt, name", [("trl-jsonl", "x.jsonl"), ("datasets", "x"), ("judgments-csv", "x.csv")])
+def test_export_to_a_path_the_system_refuses_is_one_line(admin_env, fmt, name):
+    """Before: a FileNotFoundError/PermissionError traceback naming the hidden temporary file."""
+    target = f"/proc/{name}"  # not writable, even for root
+    err = one_line_error(run(admin_env, "export", "--format", fmt, "--out", target), f"cannot write '{target}'")
+    assert ".tmp-" not in err and ".rows-" not in err
+
+
+def test_export_over_an_existing_file_replaces_it(admin_env, tmp_path):
+    out = tmp_path / "prefs.jsonl"
+    out.write_text("old\n")
+    assert run(admin_env, "export", "--format", "trl-jsonl", "--out", str(out)).returncode == 0
+    assert len(out.read_text().splitlines()) == 3 and "old" not in out.read_text()
+
+
+def test_datasets_export_writes_no_progress_bars_to_a_log(admin_env, tmp_path):
+    result = run(admin_env, "export", "--format", "datasets", "--out", str(tmp_path / "ds"))
+    assert result.returncode == 0, result.stderr
+    assert "Saving the dataset" not in result.stderr
+
+
+def test_import_default_overlap_is_the_campaigns(env, tmp_path):
+    """An admin's saved campaign overlap is what the Import page uses; the CLI used PREFLOOP_OVERLAP instead."""
+    from annotate import accounts, campaign
+    from annotate.settings import load_settings
+
+    assert run(env, "users", "add", "root", "--role", "admin", "--password-stdin",
+               stdin="root-password\n").returncode == 0
+    db = Database(create_db_engine(env["PREFLOOP_DATABASE_URL"]))
+    try:
+        with db.begin() as s:
+            actor = accounts.actor_of(s.scalar(select(User).where(User.username == "root")))
+            campaign.update_options(s, load_settings(env), actor=actor, overlap=2)
+        path = tmp_path / "pairs.jsonl"
+        path.write_text(json.dumps({"prompt": "p", "response_a": "x", "response_b": "y"}) + "\n")
+        assert run(env, "import", str(path)).returncode == 0
+        path.write_text(json.dumps({"prompt": "q", "response_a": "x", "response_b": "y"}) + "\n")
+        assert run(env, "import", str(path), "--overlap", "3").returncode == 0
+        with db.read() as s:
+            targets = dict(s.execute(select(Prompt.text, Comparison.overlap_target).join(
+                Comparison, Comparison.prompt_id == Prompt.id)).all())
+    finally:
+        db.dispose()
+    assert targets == {"p": 2, "q": 3}
+
+
+def test_import_overlap_beyond_the_apps_maximum_is_refused(env, tmp_path):
+    """The Import page allows 1-20; the CLI took 999, leaving pairs that would be served 999 times."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "response_a": "x", "response_b": "y"}) + "\n")
+    for bad in ("0", "21", "many"):
+        one_line_error(run(env, "import", str(path), "--overlap", bad), "--overlap")
+    assert counts(env)["comparisons"] == 0
+
+
+def test_import_row_problems_say_nothing_was_imported_once(env, tmp_path):
+    path = tmp_path / "huge.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "response_a": "x" * 60_000, "response_b": "y"}) + "\n")
+    err = one_line_error(run(env, "import", str(path)), "line 1: response_a is longer than")
+    assert err.count("nothing was imported") == 1
+    assert counts(env)["comparisons"] == 0
+
+
+def test_score_refuses_options_it_would_ignore(env, tmp_path):
+    """Before, --prompt/--response next to --file, and --out without --file, were silently ignored."""
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+    one_line_error(run(env, "score", "--file", str(path), "--prompt", "other"), "not both")
+    one_line_error(run(env, "score", "--prompt", "p", "--response", "r", "--out", str(tmp_path / "o")),
+                   "--out goes with --file")
+    assert not (tmp_path / "o").exists()
+
+
+def test_retrain_watch_refuses_force(env):
+    """Before, --force was accepted and ignored: the watcher started (and ran until killed)."""
+    result = subprocess.run([sys.executable, "-m", "annotate.cli", "retrain", "--watch", "--force"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    one_line_error(result, "--force goes with --once")
+
+
+def test_help_of_every_command_exits_zero_and_shows_no_markup():
+    for args in ((), ("db",), ("users",), ("users", "add"), ("users", "set-role"), ("import",), ("export",),
+                 ("demo",), ("retrain",), ("score",), ("simulate",)):
+        result = run(dict(os.environ), *args, "--help")
+        assert result.returncode == 0 and result.stdout.startswith("usage: prefloop"), (args, result.stderr)
+        assert "``" not in result.stdout
