@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from annotate.accounts import Actor, audit, require_admin
 from annotate.errors import PrefloopError
 from annotate.models import AppSetting, utcnow
-from annotate.settings import Settings, unknown_strategy
+from annotate.settings import MAX_OVERLAP, Settings, unknown_strategy
 
 
 def default_guidelines() -> str:
@@ -39,8 +39,8 @@ class CampaignOptions:
     def validate(self) -> None:
         if self.overlap < 1 or self.max_overlap < self.overlap:
             raise PrefloopError("overlap must be at least 1 and at most the maximum overlap")
-        if self.max_overlap > 20:
-            raise PrefloopError("maximum overlap above 20 is not supported")
+        if self.max_overlap > MAX_OVERLAP:
+            raise PrefloopError(f"maximum overlap above {MAX_OVERLAP} is not supported")
         for name in ("gold_rate", "probe_rate"):
             if not 0.0 <= getattr(self, name) <= 0.5:
                 raise PrefloopError(f"{name.replace('_', ' ')} must be between 0 and 0.5")

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from annotate.errors import ImportValidationError, PrefloopError
+from annotate.settings import MAX_OVERLAP
 from annotate.simulate_options import add_arguments as add_simulate_arguments
 
 
@@ -87,17 +88,16 @@ def _instant(value: str) -> datetime:
             f"{value!r} is not an ISO date or date-time, e.g. 2026-11-01 or 2026-11-01T09:30:00+00:00") from None
 
 
-MAX_IMPORT_OVERLAP = 20  # as the Import page's and the Settings page's overlap inputs
 
 
 def _overlap(value: str) -> int:
-    """argparse type for import --overlap: an integer from 1 to MAX_IMPORT_OVERLAP."""
+    """argparse type for import --overlap: an integer from 1 to MAX_OVERLAP."""
     try:
         n = int(value)
     except ValueError:
         n = 0
-    if not 1 <= n <= MAX_IMPORT_OVERLAP:
-        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number from 1 to {MAX_IMPORT_OVERLAP}")
+    if not 1 <= n <= MAX_OVERLAP:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number from 1 to {MAX_OVERLAP}")
     return n
 
 
@@ -192,17 +192,15 @@ def cmd_users(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from annotate import campaign, ingest
+    from annotate import ingest
 
     settings = _settings()
     db = _db(settings)
     try:
         with db.begin() as session:
-            # The campaign's overlap, as on the Import page: an admin's saved value wins over PREFLOOP_OVERLAP.
-            overlap = args.overlap if args.overlap is not None else campaign.get_options(session, settings).overlap
-            report = ingest.import_file(
+            report = ingest.import_file(  # overlap None: the campaign's, as on the Import page
                 session, settings, Path(args.file), filename=Path(args.file).name, fmt=args.format,
-                system=True, source_tag=args.tag, known_winner=args.known_winner, overlap=overlap)
+                system=True, source_tag=args.tag, known_winner=args.known_winner, overlap=args.overlap)
     except ImportValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         listing = ingest.problems_message(exc.problems)
@@ -351,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--known-winner", choices=["judgment", "gold", "ignore"], default="judgment",
                    help="what a known winner becomes (default: an imported judgment)")
     p.add_argument("--overlap", type=_overlap, metavar="N",
-                   help=f"judgments each new comparison needs, 1 to {MAX_IMPORT_OVERLAP} (default: the campaign's "
+                   help=f"judgments each new comparison needs, 1 to {MAX_OVERLAP} (default: the campaign's "
                         "overlap, as on the Import page)")
     p.set_defaults(func=cmd_import)
 

@@ -762,10 +762,17 @@ def write_judgments(session: Session, path: str | os.PathLike, *, actor: Actor,
 # --------------------------------------------------------------------------- atomic writes
 
 
+def _check_parent(target: Path) -> None:
+    if target.parent.is_dir():
+        return
+    if target.parent.exists():
+        raise PrefloopError(f"{str(target.parent)!r} is a file, not a folder: pick another path")
+    raise PrefloopError(f"folder {str(target.parent)!r} does not exist: create it or pick another path")
+
+
 def _check_target(target: Path, *, folder: bool) -> None:
     """Refuse, before any work, a path the export cannot (or must not) replace."""
-    if not target.parent.is_dir():
-        raise PrefloopError(f"folder {str(target.parent)!r} does not exist: create it or pick another path")
+    _check_parent(target)
     if not folder and target.is_dir():
         raise PrefloopError(f"{str(target)!r} is a folder: give a file name")
     if folder and target.exists() and not target.is_dir():
@@ -777,8 +784,7 @@ def _check_target(target: Path, *, folder: bool) -> None:
 
 
 def _temp_sibling(target: Path) -> Path:
-    if not target.parent.is_dir():
-        raise PrefloopError(f"folder {str(target.parent)!r} does not exist: create it or pick another path")
+    _check_parent(target)
     return target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 

@@ -69,6 +69,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from annotate import campaign
 from annotate.accounts import Actor, audit, require_admin
 from annotate.errors import ImportValidationError, PrefloopError
 from annotate.locks import advisory_key
@@ -280,6 +281,8 @@ def _read_bytes(source: str | Path | bytes, max_bytes: int) -> tuple[bytes, str 
         name = None
     else:
         path = Path(source)
+        if path.is_dir():
+            raise ImportValidationError(f"{path} is a folder: give the file to import")
         if not path.is_file():
             raise ImportValidationError(f"no such file: {path}")
         if path.stat().st_size > max_bytes:
@@ -1041,9 +1044,10 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         require_admin(session, actor)
     if known_winner not in ("judgment", "gold", "ignore"):
         raise PrefloopError("known_winner must be judgment, gold or ignore")
-    overlap_target = settings.overlap if overlap is None else overlap
-    if overlap_target < 1:
-        raise PrefloopError("overlap must be at least 1")
+    # The campaign's overlap by default: an admin's saved value wins over PREFLOOP_OVERLAP.
+    overlap_target = campaign.get_options(session, settings).overlap if overlap is None else overlap
+    if not 1 <= overlap_target <= campaign.MAX_OVERLAP:
+        raise PrefloopError(f"overlap must be from 1 to {campaign.MAX_OVERLAP}")
     if source_tag is not None and len(source_tag) > MAX_TAG_CHARS:
         raise PrefloopError(f"the source tag is longer than {MAX_TAG_CHARS} characters")
 

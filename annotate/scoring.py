@@ -165,11 +165,17 @@ def score_file(settings: Settings, path: Path, model_path: str | Path | None = N
     :class:`PrefloopError` naming it; nothing is scored then.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PrefloopError(f"{path} is a folder: give a JSONL file")
     if not path.is_file():
         raise PrefloopError(f"{path} does not exist")
     records: list[dict] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is not JSON
+            except UnicodeDecodeError:
+                raise PrefloopError(f"{path}:{lineno}: not UTF-8 text (a JSONL file is UTF-8)") from None
             if not line.strip():
                 continue
             try:

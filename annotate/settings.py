@@ -13,6 +13,9 @@ from pathlib import Path
 
 from annotate.errors import ConfigError
 
+MAX_OVERLAP = 20
+"""The most judgments a comparison may need: campaign overlap and maximum overlap, an import's overlap."""
+
 
 def _bundled_encoder() -> str:
     try:
@@ -129,6 +132,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("PREFLOOP_ENV must be development, production or test")
     if s.overlap < 1 or s.max_overlap < s.overlap:
         raise ConfigError("PREFLOOP_OVERLAP must be >= 1 and <= PREFLOOP_MAX_OVERLAP")
+    if s.max_overlap > MAX_OVERLAP:
+        raise ConfigError(f"PREFLOOP_MAX_OVERLAP must be at most {MAX_OVERLAP}")
     if s.lease_seconds < 10:
         raise ConfigError("PREFLOOP_LEASE_SECONDS must be at least 10")
     if s.session_idle_minutes < 0:

@@ -116,6 +116,8 @@ def test_settings_from_environment():
         load_settings({"PREFLOOP_OVERLAP": "two"})
     with pytest.raises(ConfigError):
         load_settings({"PREFLOOP_OVERLAP": "5", "PREFLOOP_MAX_OVERLAP": "3"})
+    with pytest.raises(ConfigError, match="PREFLOOP_MAX_OVERLAP must be at most 20"):
+        load_settings({"PREFLOOP_MAX_OVERLAP": "21"})  # the campaign settings would then refuse every save
     assert load_settings({"PREFLOOP_SESSION_IDLE_MINUTES": "0"}).session_idle_minutes == 0
     with pytest.raises(ConfigError, match="PREFLOOP_SESSION_IDLE_MINUTES"):
         load_settings({"PREFLOOP_SESSION_IDLE_MINUTES": "-5"})

@@ -1099,3 +1099,13 @@ def test_export_after_a_killed_export_clears_its_leftovers(sqlite_db, sqlite_url
     n = (datasets.load_from_disk(str(target)).num_rows if fmt == "datasets"
          else len(target.read_text(encoding="utf-8").splitlines()))
     assert n == 600
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "datasets"])
+def test_an_out_path_under_a_file_says_it_is_a_file(db, seeded, out, fmt):
+    """``--out notes.csv/x.jsonl`` said "folder 'notes.csv' does not exist", though it exists (as a file)."""
+    admin, _ = seeded(lambda f: _make_mixed(f, chat=False))
+    (out / "notes.csv").write_text("a,b\n", encoding="utf-8")
+    with db.begin() as session, pytest.raises(PrefloopError, match=r"notes\.csv' is a file, not a folder"):
+        export.write_preferences(session, out / "notes.csv" / "x", actor=admin, format=fmt)
+    assert (out / "notes.csv").read_text(encoding="utf-8") == "a,b\n"

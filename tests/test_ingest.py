@@ -698,3 +698,24 @@ def test_trl_responses_of_several_messages_are_noted_and_come_back_with_their_ro
     assert two["prompt"] == shared
     assert two["rejected"] == [{"role": "user", "content": "Oslo."}, {"role": "assistant", "content": "Fjords."}]
     assert json.dumps([{"role": "assistant", "content": "Go."}]) in by_chosen
+
+
+def test_a_folder_is_named_as_a_folder_not_a_missing_file(db, settings, tmp_path):
+    with pytest.raises(ImportValidationError, match="is a folder"):
+        run_import(db, settings, tmp_path)
+
+
+def test_overlap_defaults_to_the_campaigns_and_stops_at_the_apps_maximum(db, settings):
+    """Without an overlap, an admin's saved campaign overlap applies (the Import page's default), not
+    PREFLOOP_OVERLAP; 21 was accepted, leaving pairs no campaign setting can express."""
+    from annotate import campaign
+    from annotate.errors import PrefloopError
+    from annotate.models import AppSetting
+
+    with db.begin() as session:
+        session.add(AppSetting(key="overlap", value=3))
+    with pytest.raises(PrefloopError, match="overlap must be from 1 to 20"):
+        run_import(db, settings, jsonl(pair(1)), overlap=campaign.MAX_OVERLAP + 1)
+    run_import(db, settings, jsonl(pair(1)))
+    with db.read() as session:
+        assert session.scalar(select(Comparison.overlap_target)) == 3

@@ -227,3 +227,20 @@ def test_missing_and_other_encoder_artifacts_are_model_errors(db, rt_settings, t
     with pytest.raises(ModelError, match="trained on encoder 'some-other-encoder'"):
         scoring.score_texts(rt_settings, ["q"], ["a"])
     scoring._loaded.clear()
+
+
+def test_a_file_that_is_not_utf8_or_a_folder_is_named_before_any_model_is_loaded(rt_settings, tmp_path, monkeypatch):
+    """Random bytes gave a UnicodeDecodeError traceback; a folder was reported as not existing."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"prompt": "q", "response": "a"}\n\xff\xfe\x00garbage\n')
+    with pytest.raises(PrefloopError, match=r"in\.jsonl:2: not UTF-8"):
+        scoring.score_file(rt_settings, src)
+    with pytest.raises(PrefloopError, match="is a folder"):
+        scoring.score_file(rt_settings, tmp_path)
+    # A byte-order mark (as some editors save UTF-8) is not a JSON error.
+    seen = []
+    monkeypatch.setattr(scoring, "score_texts", lambda settings, prompts, responses, model_path=None: (
+        seen.extend(zip(prompts, responses)) or [{} for _ in prompts]))
+    src.write_bytes('\ufeff{"prompt": "q", "response": "a"}\n'.encode("utf-8"))
+    scoring.score_file(rt_settings, src)
+    assert seen == [("q", "a")]

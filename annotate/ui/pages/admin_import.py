@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from annotate import campaign, ingest
 from annotate.errors import ImportValidationError, PrefloopError
+from annotate.settings import MAX_OVERLAP
 from annotate.ui import context
 from annotate.ui.render import safe_markdown
 
@@ -69,7 +70,7 @@ left, middle, right = st.columns(3)
 source_tag = left.text_input("Source tag (optional, overrides the file's)", key="import_tag", max_chars=128)
 known_winner = middle.selectbox("Known outcomes in the file", list(KNOWN_WINNER), format_func=KNOWN_WINNER.get,
                                 key="import_known_winner")
-overlap = right.number_input("Judgments needed per pair (overlap)", min_value=1, max_value=20,
+overlap = right.number_input("Judgments needed per pair (overlap)", min_value=1, max_value=MAX_OVERLAP,
                              value=default_overlap, step=1, key="import_overlap")
 n_known = sum(c.winner is not None for c in parsed.comparisons)
 if n_known and known_winner == "judgment" and overlap <= 1:

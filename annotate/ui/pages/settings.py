@@ -5,10 +5,10 @@ from dataclasses import asdict
 import streamlit as st
 
 from annotate import campaign, dashboard
+from annotate.settings import MAX_OVERLAP
 from annotate.ui import context
 
 # The widgets' bounds are CampaignOptions.validate's, so a value the form accepts is one that saves.
-MAX_OVERLAP = 20
 MAX_RATE = 0.5
 
 actor = context.require_admin_page()
