@@ -221,7 +221,7 @@ def _export_filter(args):
         since=args.since, until=args.until, annotators=tuple(args.annotator or ()),
         source_tags=tuple(args.tag or ()), include_ties=args.include_ties,
         include_both_bad=args.include_both_bad, exclude_gold=args.exclude_gold,
-        min_agreement=args.min_agreement)
+        min_agreement=args.min_agreement, include_imported=not args.no_imported)
 
 
 def cmd_export(args) -> int:
@@ -370,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-ties", action="store_true")
     p.add_argument("--include-both-bad", action="store_true")
     p.add_argument("--exclude-gold", action="store_true")
+    p.add_argument("--no-imported", action="store_true",
+                   help="leave out imported judgments (the Export page's 'Count imported judgments' unticked)")
     p.add_argument("--min-agreement", type=float, default=0.0, metavar="X",
                    help="drop comparisons whose majority share of the votes is below X (0 to 1)")
     p.add_argument("--margin", action="store_true", help="add a margin column from strength")

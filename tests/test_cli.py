@@ -140,6 +140,10 @@ def test_export_cli_writes_trl_jsonl(env, tmp_path, hh_path):
     import pyarrow.parquet as pq
 
     assert pq.read_metadata(raw).num_rows == 2312  # the imported judgments
+    # As on the Export page, imported judgments can be left out: here every vote is imported.
+    result = run(env, "export", "--format", "trl-jsonl", "--out", str(out), "--no-imported")
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == ""
 
 
 def test_retrain_once_writes_no_progress_bars_to_a_log(env, tmp_path):
