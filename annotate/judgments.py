@@ -6,8 +6,8 @@ back to them, and judging it again inserts a new row that ``supersedes`` the
 retracted one; or, when they skipped a pair after that judgment, it un-skips
 that pair and serves it again.
 
-Submit and undo lock the annotator's lease rows before the judgment and comparison
-rows, the lock order :mod:`annotate.queue` documents.
+Submit and undo lock the annotator (their user row, then lease rows) before the
+judgment and comparison rows, the lock order :mod:`annotate.queue` documents.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from annotate.models import (
     utcnow,
 )
 from annotate.quality import extend_overlap_if_needed
-from annotate.queue import a_on_left_for, lock_leases, release_lease, renew_lease, shown_a_on_left
+from annotate.queue import a_on_left_for, lock_annotator, release_lease, renew_lease, shown_a_on_left
 from annotate.settings import Settings
 
 FLAGS = ("unsafe", "needs_expert", "broken_text", "not_english")
@@ -87,11 +87,12 @@ def submit(session: Session, settings: Settings, *, actor: Actor, comparison_id:
     if bad_flags:
         raise QueueError(f"unknown flags: {', '.join(sorted(bad_flags))}")
 
-    # The lease is a one-time token: lock it, so simultaneous submits of the pair
-    # (a double click, two tabs) take it one at a time and the later ones find it
-    # gone. A probe has no unique index to fall back on. It is this transaction's
-    # first lock, before the comparison row (queue's lock order). (SQLite already
-    # runs one writer at a time and ignores FOR UPDATE.)
+    # The annotator's tabs take turns (queue's lock order: the user row, then lease rows,
+    # before the judgment and comparison rows). The lease is a one-time token: simultaneous
+    # submits of the pair (a double click, two tabs) take it one at a time and the later ones
+    # find it gone; a probe has no unique index to fall back on. (SQLite already runs one
+    # writer at a time and ignores FOR UPDATE.)
+    lock_annotator(session, user.id)
     lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == user.id)
                            .with_for_update())
     comparison = session.get(Comparison, comparison_id)
@@ -185,8 +186,8 @@ def undo_last_action(session: Session, settings: Settings, *, actor: Actor, now:
     """
     user = require_active(session, actor)
     now = now or utcnow()
-    # Lease rows before the judgment and comparison rows, as a renewal in another tab takes them.
-    lock_leases(session, user.id)
+    # The annotator, then lease rows, before the judgment and comparison rows (queue's lock order).
+    lock_annotator(session, user.id)
     # A skip releases the lease with expires_at = the time of the skip, and nothing changes it after.
     skipped = session.scalar(
         select(Lease).where(Lease.annotator_id == user.id, Lease.skipped.is_(True), Lease.expires_at > now - within)

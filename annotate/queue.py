@@ -19,21 +19,26 @@ waits for the comparison row rather than skipping it (skipping would swap the
 pair on screen), and re-counts the same way. On SQLite every write
 transaction is ``BEGIN IMMEDIATE``, which serialises writers outright.
 
-Lock order, on every path that locks an annotator's lease rows and a
-comparison row: the lease rows first, then the judgment row, then comparison
-rows. One annotator's tabs can otherwise deadlock (an undo holding the
-comparison row and waiting for a lease row that a renewal holds while it waits
-for that comparison row). A path that writes more than one of the annotator's
-leases (:func:`next_comparison`, undo) starts with :func:`lock_leases`, all of
-their unskipped leases in id order; one that touches a single lease (submit,
-skip) locks just that row, first. A probe locks the judgment it repeats, as undo
-does, so the two cannot both lease the pair.
+Lock order, on every path that writes for an annotator: their user row first
+(:func:`lock_annotator`, which then locks their unskipped lease rows in id order),
+then the judgment row, then comparison rows. The user row makes one annotator's
+tabs take turns: locking only the lease rows that exist when a transaction
+starts is not enough, since another tab can commit a new lease meanwhile (a
+claim, when there was none to wait for) that a third tab then locks and judges,
+waiting for the running counts (``annotate.rollups``) the first one updated, while
+the first one (an undo putting its pair first) waits for that lease: a deadlock.
+A probe locks the judgment it repeats, as undo does, so the two cannot both
+lease the pair. Other annotators and the retraining job never lock a user row.
 
 Between annotators: a renewal unlocks (savepoint rollback) each comparison row
 whose lease it cannot renew before it locks the next, so it waits holding no
 comparison row, and two annotators whose expired leases are on the same pairs
-cannot deadlock. A claim waits for one row at most, holding only rows it found
-full a moment before (full for the other claims too, so none waits for them).
+cannot deadlock. Likewise a claim waits holding no comparison row: the
+retraining job's rewrite locks every open row, so a claim that kept a row while
+it waited for one the rewrite holds would deadlock with it. Rows a claim locked
+without taking one (found full when re-counted) are unlocked (savepoint
+rollback) before it waits, and it waits for the best row by its id, alone (see
+:func:`_claim`).
 
 Gold pairs and self-consistency probes are mixed in at the configured rates;
 both look exactly like any other pair in the UI.
@@ -62,11 +67,14 @@ from annotate.models import (
     Lease,
     Prompt,
     Response,
+    User,
     utcnow,
 )
 from annotate.settings import Settings
 
 CANDIDATES_PER_CLAIM = 8
+CLAIM_WAITS = 3
+"""Rows a claim waits for, one after the other, when every free one is locked."""
 REORDERING = "the queue is being reordered by the retraining job; try again in a few seconds"
 
 
@@ -135,7 +143,7 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
     """
     user = require_active(session, actor)
     now = now or utcnow()
-    lock_leases(session, user.id)  # before any comparison row: see the lock order above
+    lock_annotator(session, user.id)  # before any comparison row: see the lock order above
     held = session.scalar(
         select(Lease).where(Lease.annotator_id == user.id, Lease.expires_at > now, Lease.skipped.is_(False))
         .order_by(Lease.created_at, Lease.id).limit(1))
@@ -157,8 +165,10 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
 
 
 def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: str, skip_locked: bool = True,
-                    limit: int = CANDIDATES_PER_CLAIM):
-    """Open comparisons this annotator may take, best first (served by ix_comparisons_queue)."""
+                    limit: int = CANDIDATES_PER_CLAIM, lock: bool = True, only: int | None = None):
+    """Open comparisons this annotator may take, best first (served by ix_comparisons_queue).
+
+    Locked on PostgreSQL unless ``lock`` is False; ``only`` keeps just that comparison."""
     query = (
         select(Comparison.id)
         .where(
@@ -173,7 +183,9 @@ def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: st
     if not gold:
         query = query.where(Comparison.judgment_count + _others_live_leases(Comparison.id, annotator_id, now)
                             < Comparison.overlap_target)
-    if dialect == "postgresql":
+    if only is not None:
+        query = query.where(Comparison.id == only)
+    if dialect == "postgresql" and lock:
         query = query.with_for_update(skip_locked=skip_locked, of=Comparison)
     return query
 
@@ -181,39 +193,64 @@ def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: st
 def _claim(session: Session, settings: Settings, annotator_id: int, now: datetime, *, gold: bool) -> Lease | None:
     dialect = session.bind.dialect.name
 
-    def candidates(**wait):
-        return session.scalars(candidate_query(annotator_id, now, gold=gold, dialect=dialect, **wait)).all()
+    def candidates(**options):
+        return session.scalars(candidate_query(annotator_id, now, gold=gold, dialect=dialect, **options)).all()
 
-    lease = _claim_from(session, settings, annotator_id, now, candidates(), gold=gold)
-    if lease is None and dialect == "postgresql":
-        # Every free row was locked: by other claims (milliseconds) or by the
-        # retraining job's final transaction, which rewrites all priorities at
-        # once (seconds). Wait for the best row instead of reporting an empty
-        # queue, but not forever.
+    if dialect != "postgresql":
+        return _claim_from(session, settings, annotator_id, now, candidates(), gold=gold)
+
+    def claim_or_unlock(locked_ids) -> Lease | None:
+        # A savepoint rolled back when nothing was claimed unlocks every row its query locked
+        # (found full, or no longer a candidate after a wait), so no later wait holds them.
+        with session.begin_nested() as attempt:
+            lease = _claim_from(session, settings, annotator_id, now, locked_ids(), gold=gold)
+            if lease is None:
+                attempt.rollback()
+        return lease
+
+    def wait_for(comparison_id):
         try:
             with session.begin_nested():
                 session.execute(text("SET LOCAL lock_timeout = '20s'"))
-                waited_for = candidates(skip_locked=False, limit=1)
+                locked = candidates(skip_locked=False, limit=1, only=comparison_id)
                 session.execute(text("SET LOCAL lock_timeout = 0"))
         except OperationalError:
             raise QueueError(REORDERING) from None
-        lease = _claim_from(session, settings, annotator_id, now, waited_for, gold=gold)
-        if lease is None and waited_for:
+        return locked
+
+    lease = claim_or_unlock(candidates)
+    for _ in range(CLAIM_WAITS):
+        if lease is not None:
+            break
+        # Every free row was locked: by other claims (milliseconds) or by the
+        # retraining job's final transaction, which rewrites all priorities at
+        # once (seconds). Wait for the best row instead of reporting an empty
+        # queue, but not forever, and for that row alone: a query that waits
+        # for each row in turn keeps the ones that stopped being candidates
+        # while it waited, locked, and the job wants them too.
+        best = session.scalar(candidate_query(annotator_id, now, gold=gold, dialect=dialect, lock=False, limit=1))
+        if best is None:
+            break
+        lease = claim_or_unlock(lambda: wait_for(best))
+        if lease is None:
             # Others waited for the same row and the first of them filled it; the rows
-            # that were locked are free now.
-            lease = _claim_from(session, settings, annotator_id, now, candidates(), gold=gold)
+            # that were locked may be free now.
+            lease = claim_or_unlock(candidates)
     return lease
 
 
-def lock_leases(session: Session, annotator_id: int) -> None:
-    """Lock the annotator's unskipped lease rows, in id order (PostgreSQL; SQLite serialises writers).
+def lock_annotator(session: Session, annotator_id: int) -> None:
+    """Lock the annotator's user row, then their unskipped lease rows in id order (PostgreSQL;
+    SQLite serialises writers).
 
-    The first lock of a transaction that writes several of the annotator's leases, or
-    renews one, so that it takes lease rows before comparison rows (the module's lock
-    order) and in the same order as the annotator's other tabs.
+    The first lock of every transaction that writes for the annotator (serve, submit,
+    skip, undo), so that their tabs take turns and lease rows come before comparison
+    rows (the module's lock order). ``FOR NO KEY UPDATE``: rows that merely refer to
+    the user (their judgments and leases, audit events) do not wait for it.
     """
     if session.bind.dialect.name != "postgresql":
         return
+    session.execute(select(User.id).where(User.id == annotator_id).with_for_update(key_share=True))
     session.execute(select(Lease.id).where(Lease.annotator_id == annotator_id, Lease.skipped.is_(False))
                     .order_by(Lease.id).with_for_update())
 
@@ -251,7 +288,7 @@ def renew_lease(session: Session, settings: Settings, lease: Lease, now: datetim
 
     A probe needs the judgment it repeats to be live; any other pair must be open,
     not judged by them, and (unless gold) have room, counted with the row locked as
-    a claim does. The caller holds the annotator's lease rows (:func:`lock_leases`): the
+    a claim does. The caller holds the annotator's lease rows (:func:`lock_annotator`): the
     comparison row is locked after them.
     """
     comparison = _lock_comparison(session, lease.comparison_id)
@@ -270,7 +307,7 @@ def renew_lease(session: Session, settings: Settings, lease: Lease, now: datetim
 def _renew_expired(session: Session, settings: Settings, annotator_id: int, now: datetime) -> Lease | None:
     """The annotator's oldest expired (not skipped) lease that can be renewed, renewed; else None.
 
-    The caller holds the annotator's lease rows (:func:`lock_leases`). Each try runs in a
+    The caller holds the annotator's lease rows (:func:`lock_annotator`). Each try runs in a
     savepoint that is rolled back when the lease cannot be renewed, which unlocks its
     comparison row: a renewal holds at most one comparison row while it waits for the next,
     so two annotators renewing leases on the same pairs in opposite orders cannot deadlock.
@@ -373,6 +410,7 @@ def skip(session: Session, *, actor: Actor, comparison_id: int, now: datetime | 
     """Release the pair to others and never serve it to this annotator again."""
     require_active(session, actor)
     now = now or utcnow()
+    lock_annotator(session, actor.id)
     # Locked, so a submit (or undo) of the pair in another tab that deletes the lease is waited for
     # and the lease is then found gone, not updated in place of nothing at commit.
     lease = session.scalar(select(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == actor.id)
@@ -406,4 +444,4 @@ def expire_stale_leases(session: Session, *, now: datetime | None = None, older_
 
 
 __all__ = ["Assignment", "a_on_left_for", "next_comparison", "skip", "queue_depth", "remaining_for",
-           "release_lease", "renew_lease", "lock_leases", "expire_stale_leases"]
+           "release_lease", "renew_lease", "lock_annotator", "expire_stale_leases"]

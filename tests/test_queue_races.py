@@ -98,13 +98,14 @@ UNDONE = ([JudgmentState.retracted], [(False, True)])
 def test_postgres_undo_in_one_tab_while_another_claims_a_probe_of_that_pair(pg_db, pg_settings):
     """Before the fix the probe's lease insert waited on the undo's uncommitted lease of the same
     pair and failed with an IntegrityError (uq leases comparison/annotator): a traceback on the page.
-    The probe now locks the judgment it repeats and, finding it withdrawn, claims another pair."""
+    The page load now waits for the undo (the annotator's tabs take turns on their user row) and
+    shows the pair the undo put back first, as an ordinary pair."""
     actor, judged, fresh, options, now = _judged_pair(pg_db, pg_settings)
     undone, served = _second_runs_into_first(
         pg_db,
         lambda s: judgments.undo_last_action(s, pg_settings, actor=actor, now=now).comparison_id,
-        lambda s: queue.next_comparison(s, pg_settings, options, actor=actor, now=now).comparison_id)
-    assert (undone, served) == (judged, fresh)
+        lambda s: queue.next_comparison(s, pg_settings, options, actor=actor, now=now))
+    assert (undone, served.comparison_id, served.is_probe) == (judged, judged, False)
     assert _state_of(pg_db, actor, judged) == UNDONE
 
 
@@ -141,7 +142,8 @@ def test_postgres_undo_lands_between_a_probe_pick_and_its_lease(pg_db, pg_settin
     """The undo commits after the probe picked the judged pair and before it wrote its lease.
     Before the fix the probe deleted the undo's fresh lease and leased the pair as a probe of a
     withdrawn judgment, so the re-judgment would have been stored as a probe (not counted, sides
-    swapped). Now the undo waits for the judgment row the probe holds, and replaces the probe."""
+    swapped). Now the undo waits for the probe's transaction (the annotator's user row, and the judgment
+    row it holds), and replaces the probe."""
     db = pg_db
     actor, judged, _, options, now = _judged_pair(db, pg_settings)
     paused, go = threading.Event(), threading.Event()
@@ -336,3 +338,150 @@ def test_postgres_two_annotators_waiting_out_a_reorder_both_get_a_pair(pg_db, pg
     served = [out[0] for _, out in loads]
     assert served[0] == pairs[-1], "the first to wait gets the best pair"
     assert served[1] in pairs[:-1], served
+
+
+# -- found by bench/soak.py: deadlocks with the retraining job's rewrite and between one annotator's tabs ------
+
+@pytest.mark.postgres
+def test_postgres_claim_that_waits_out_a_reorder_holds_no_row_it_found_full(pg_db, pg_settings):
+    """The retraining job's rewrite holds the best pair and is about to lock the next. A claim locked
+    that next pair (free in its query's snapshot) and found it full when it re-counted: a claim by
+    another annotator committed in between (stood in for by a lease written without the FK check's
+    row lock, which would wait for the claim). Before the fix the claim kept that row while it waited
+    for the best one, and the rewrite waited for it: a deadlock (the page said 'the queue is being
+    reordered', or the job's transaction was aborted). Now the rows it found full are unlocked first."""
+    from sqlalchemy import text, update
+
+    db, settings = pg_db, pg_settings
+    now = utcnow()
+    with db.begin() as s:
+        a, d = make_user(s, "a"), make_user(s, "d")
+        best, nearly_full = make_comparisons(s, 2, priority=lambda i: 1 - i)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    paused, go = threading.Event(), threading.Event()
+    claiming: list[threading.Thread] = []
+
+    def pause_before_the_recount(conn, cursor, statement, *args):
+        if claiming and threading.current_thread() is claiming[0] and statement.startswith("SELECT count(leases.id)"):
+            paused.set()
+            assert go.wait(timeout=60)
+
+    event.listen(db.engine, "before_cursor_execute", pause_before_the_recount)
+    reorder = Session(db.engine)
+    try:
+        reorder.execute(select(Comparison.id).where(Comparison.id == best).with_for_update())
+        load, served = _in_thread(db, lambda s: queue.next_comparison(s, settings, options, actor=a,
+                                                                      now=now).comparison_id)
+        claiming.append(load)
+        assert paused.wait(timeout=60)  # it holds nearly_full, locked by its query
+        with db.engine.begin() as conn:
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            conn.execute(Lease.__table__.insert().values(comparison_id=nearly_full, annotator_id=d.id, created_at=now,
+                                                         expires_at=now + timedelta(seconds=settings.lease_seconds)))
+        go.set()
+        _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
+        reorder.execute(update(Comparison).where(Comparison.id == nearly_full).values(priority=0.5))
+        reorder.commit()
+    finally:
+        go.set()
+        event.remove(db.engine, "before_cursor_execute", pause_before_the_recount)
+        reorder.close()
+    load.join(timeout=60)
+    assert served == [best]
+
+
+@pytest.mark.postgres
+def test_postgres_undo_while_other_tabs_claim_and_judge_a_new_pair_does_not_deadlock(pg_db, pg_settings):
+    """Tab 1 undoes a judgment: it locked the annotator's leases (none then) and withdrew the judgment
+    (updating the annotator's running counts), and is about to put the pair back first, which updates
+    all their leases. Meanwhile tab 2 claims a new pair and tab 3 judges it. Before the fix tab 2 got
+    in (no lease row to wait for), tab 3 locked the new lease and waited for the counts tab 1 held,
+    and tab 1 then waited for that lease: a deadlock. Now every write of one annotator takes their
+    user row first, so their tabs take turns."""
+    db, settings = pg_db, pg_settings
+    now = utcnow()
+    with db.begin() as s:
+        actor = make_user(s, "three-tabs")
+        judged, fresh = make_comparisons(s, 2, priority=lambda i: 1 - i)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    with db.begin() as s:
+        judgments.submit(s, settings, actor=actor, comparison_id=judged, shown="left", now=now - timedelta(seconds=1))
+    paused, go = threading.Event(), threading.Event()
+    undoing: list[threading.Thread] = []
+
+    def pause_before_put_first(conn, cursor, statement, *args):
+        if undoing and threading.current_thread() is undoing[0] and statement.startswith("UPDATE leases SET created_at"):
+            paused.set()
+            assert go.wait(timeout=60)
+
+    event.listen(db.engine, "before_cursor_execute", pause_before_put_first)
+    try:
+        undo, undone = _in_thread(db, lambda s: judgments.undo_last_action(s, settings, actor=actor,
+                                                                           now=now).comparison_id)
+        undoing.append(undo)
+        assert paused.wait(timeout=60)
+        load, served = _in_thread(db, lambda s: queue.next_comparison(s, settings, options, actor=actor,
+                                                                      now=now).comparison_id)
+        _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
+        waiting = _lock_waiters(db.engine)
+        press, pressed = _in_thread(db, lambda s: judgments.submit(s, settings, actor=actor, comparison_id=fresh,
+                                                                  shown="right", now=now).comparison_id)
+        _wait_until(lambda: _lock_waiters(db.engine) == waiting + 1 or not press.is_alive(), timeout=60)
+        go.set()
+        for thread in (undo, load, press):
+            thread.join(timeout=60)
+    finally:
+        go.set()
+        event.remove(db.engine, "before_cursor_execute", pause_before_put_first)
+    assert (undone, pressed) == ([judged], [fresh]), (undone, pressed)
+    assert served[0] in (judged, fresh), served
+    assert _state_of(db, actor, judged) == UNDONE
+    assert _state_of(db, actor, fresh)[0] == [JudgmentState.active]
+
+
+def _waiting_for(engine, pid: int) -> int:
+    """Backends of this database waiting for a lock that backend ``pid`` holds."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND :pid = ANY(pg_blocking_pids(pid))"), {"pid": pid}).scalar()
+
+
+@pytest.mark.postgres
+def test_postgres_claim_keeps_no_row_filled_while_it_waited(pg_db, pg_settings):
+    """Every free row is locked: the best by another annotator's judgment of it (not committed yet),
+    the next by the retraining job's rewrite. The claim waits for the best; the judgment commits and
+    fills it. Before the fix the waiting query kept that row locked (PostgreSQL re-checks a row it
+    waited for and skips it, still locked, when it no longer matches) and went on to wait for the
+    next, held by the rewrite, which then wanted the filled row: a deadlock. Now it waits for one
+    row at a time, by id, unlocking it when it cannot take it."""
+    from sqlalchemy import text, update
+    from sqlalchemy.exc import OperationalError
+
+    db, settings = pg_db, pg_settings
+    with db.begin() as s:
+        a, d = make_user(s, "a"), make_user(s, "d")
+        best, next_best = make_comparisons(s, 2, priority=lambda i: 1 - i)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    judging, reorder = Session(db.engine), Session(db.engine)
+    rewrite_error = None
+    try:
+        judgments.submit(judging, settings, actor=d, comparison_id=best, shown="left")
+        judging.flush()
+        reorder.execute(select(Comparison.id).where(Comparison.id == next_best).with_for_update())
+        reorder_pid = reorder.execute(text("SELECT pg_backend_pid()")).scalar()
+        load, served = _in_thread(db, lambda s: queue.next_comparison(s, settings, options, actor=a).comparison_id)
+        _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
+        judging.commit()
+        _wait_until(lambda: _waiting_for(db.engine, reorder_pid) == 1 or not load.is_alive(), timeout=60)
+        try:
+            reorder.execute(update(Comparison).where(Comparison.id == best).values(priority=0.5))
+            reorder.commit()
+        except OperationalError as exc:
+            rewrite_error = exc
+    finally:
+        judging.close()
+        reorder.close()
+    load.join(timeout=60)
+    assert (served, rewrite_error) == ([next_best], None)
