@@ -806,9 +806,9 @@ def extend_overlap_if_needed(session: Session, comparison_id: int, options, *,
                              thresholds: Thresholds = THRESHOLDS) -> bool:
     """Ask for one more judgment on a comparison that just reached its overlap, when warranted.
 
-    Raises ``overlap_target`` by one and reopens the comparison when its
-    annotators disagree, when the newest judgment contradicts a confident model,
-    or when the newest judge's gold accuracy is below
+    Raises ``overlap_target`` by one and reopens the comparison (unless late judgments
+    already reach the new target) when its annotators disagree, when the newest
+    judgment contradicts a confident model, or when the newest judge's gold accuracy is below
     ``thresholds.overlap_gold_accuracy`` — never beyond ``options.max_overlap``,
     never for gold or retired pairs. Returns True when it extended. Called by
     :func:`annotate.judgments.submit` in the same transaction; the update is
@@ -834,9 +834,13 @@ def extend_overlap_if_needed(session: Session, comparison_id: int, options, *,
                                     gold_accuracy_of(session, latest_annotator), thresholds)
     if reason is None:
         return False
+    # Open unless the pair already has the judgment asked for: a judgment sent on a lease that had
+    # expired is kept, so the count can be past the target it read.
     result = session.execute(
         update(Comparison)
         .where(Comparison.id == comparison_id, Comparison.overlap_target == target)
-        .values(overlap_target=target + 1, status=ComparisonStatus.open)
+        .values(overlap_target=target + 1,
+                status=case((Comparison.judgment_count > target, ComparisonStatus.complete),
+                            else_=ComparisonStatus.open))
         .execution_options(synchronize_session=False))
     return bool(result.rowcount)

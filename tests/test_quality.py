@@ -253,6 +253,29 @@ def test_disagreement_reopens_and_caps(db, settings):
         assert queue.next_comparison(s, settings, options, actor=people[3], now=now) is None
 
 
+def test_a_late_judgment_that_disagrees_extends_a_full_pair_without_reopening_it(db, settings):
+    """Two agree (complete at 2); a third annotator's judgment on a lease that had expired is kept
+    (never lost) and disagrees. The extension raised the target to 3 and reopened the pair, though
+    it already had 3 judgments: an open pair no one could be served (found by bench/soak.py)."""
+    with db.begin() as s:
+        people = [make_user(s, f"p{i}") for i in range(4)]
+        (cid,) = make_comparisons(s, 1, overlap=2)
+    options = replace(settings_options(db, settings), gold_rate=0.0, probe_rate=0.0)
+    now = utcnow()
+    with db.begin() as s:  # the late annotator's pair, served while there was room
+        late = queue.next_comparison(s, settings, options, actor=people[2], now=now - timedelta(hours=1))
+    assert late.comparison_id == cid
+    _judge(db, settings, options, people[0], "a", now)
+    _judge(db, settings, options, people[1], "a", now)
+    assert _target(db, cid) == (2, ComparisonStatus.complete)
+    with db.begin() as s:
+        judgments.submit(s, settings, actor=people[2], comparison_id=cid, now=now,
+                         shown="right" if late.a_on_left else "left")  # b
+    with db.read() as s:
+        assert s.get(Comparison, cid).judgment_count == 3
+    assert _target(db, cid) == (3, ComparisonStatus.complete)
+
+
 def settings_options(db, settings):
     with db.read() as s:
         return get_options(s, settings)
