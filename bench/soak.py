@@ -33,8 +33,11 @@ At the end it checks, and prints one line each:
   status follows (``complete`` once the count reaches the target);
 * no pair has more live judgments than its overlap target, except by judgments
   sent after their lease had expired, or whose lease ran out while the submit
-  waited for locks (its time is read when it starts), each counted apart;
-* no annotator has two live judgments (or two live probes) of one pair;
+  waited for locks (its time is read when it starts), each counted apart (a
+  re-judgment after an undo counts as the judgment it replaced: undo leases the
+  pair back to its annotator whatever the count);
+* no annotator has two live judgments (or two live probes) of one pair, and a press
+  sent twice at once is saved once (twice only with an undo of that pair in between);
 * no annotator holds an unskipped, ordinary lease on a pair they have judged;
 * the aggregated preference export (``export.preference_rows``) agrees with the votes;
 * messages users saw, by kind; an unexpected exception (a traceback on the page) is a defect.
@@ -144,6 +147,8 @@ class Log:
     serve_s: list[float] = field(default_factory=list)
     submit_s: list[float] = field(default_factory=list)
     double_outcomes: Counter = field(default_factory=Counter)
+    double_saved_twice: list[tuple[int, int]] = field(default_factory=list)
+    """(annotator, pair) of double presses both saved: only right when an undo came in between."""
     rewrites: int = 0
     rewrite_s: list[float] = field(default_factory=list)
     rewrite_errors: Counter = field(default_factory=Counter)
@@ -169,7 +174,8 @@ class SoakResult:
 
     DEFECTS = ("lost_submits", "extra_rows", "wrong_side_or_choice", "undo_mismatch", "count_mismatch",
                "status_mismatch", "over_target_unexplained", "two_live_judgments", "two_live_probes",
-               "stale_leases_on_judged_pairs", "export_mismatch", "unexpected_exceptions")
+               "stale_leases_on_judged_pairs", "double_press_saved_twice_without_undo", "export_mismatch",
+               "unexpected_exceptions")
 
     @property
     def defects(self) -> dict[str, int]:
@@ -306,7 +312,8 @@ class Tab:
                     self.judge(asg, shown, strength)
 
     def _double(self, asg, shown, strength) -> None:
-        """The same press sent twice at once; exactly one may be saved."""
+        """The same press sent twice at once; exactly one may be saved, unless an undo (in the
+        annotator's other tab) withdrew the first and leased the pair back before the second."""
         start = threading.Barrier(2)
         outcomes = []
 
@@ -319,6 +326,8 @@ class Tab:
         other.join()
         with self.log.lock:
             self.log.double_outcomes[sum(outcomes)] += 1
+            if sum(outcomes) > 1:
+                self.log.double_saved_twice.append((self.actor.id, asg.comparison_id))
 
 
 def _rewrite_priorities(db: Database, config: SoakConfig, log: Log, done: threading.Event) -> None:
@@ -401,6 +410,16 @@ def check(db: Database, admin: Actor, log: Log) -> tuple[dict[str, int], dict[st
                 live_probes[(j.annotator_id, j.comparison_id)] += 1
             else:
                 live[j.comparison_id].append(j)
+    def inherited(j, flag: str) -> bool:
+        """``flag`` of this judgment or of one it superseded: an undo of a late judgment leases the pair
+        back to its annotator unconditionally (they re-judge what they had judged), so the re-judgment
+        stands where the late one stood, over the target too."""
+        while j is not None:
+            if sent.get(j.id, {}).get(flag):
+                return True
+            j = rows.get(j.supersedes_id)
+        return False
+
     count_bad, status_bad, over_late, over_in_flight, over_bad = [], [], [], [], []
     for c in comparisons.values():
         n = len(live[c.id])
@@ -410,8 +429,8 @@ def check(db: Database, admin: Actor, log: Log) -> tuple[dict[str, int], dict[st
         if c.status is not want:
             status_bad.append((c.id, c.status.value, n, c.overlap_target))
         if not c.is_gold and n > c.overlap_target:
-            late = sum(1 for j in live[c.id] if sent.get(j.id, {}).get("late"))
-            in_flight = sum(1 for j in live[c.id] if sent.get(j.id, {}).get("expired_in_flight"))
+            late = sum(1 for j in live[c.id] if inherited(j, "late"))
+            in_flight = sum(1 for j in live[c.id] if inherited(j, "expired_in_flight"))
             over = (over_late if late >= n - c.overlap_target else
                     over_in_flight if late + in_flight >= n - c.overlap_target else over_bad)
             over.append((c.id, n, c.overlap_target, late, in_flight))
@@ -433,6 +452,10 @@ def check(db: Database, admin: Actor, log: Log) -> tuple[dict[str, int], dict[st
              for j in sorted(rows.values(), key=lambda j: j.id) if (j.annotator_id, j.comparison_id) == k],
          [(a, u) for a, u in log.undos if (a, u.comparison_id) == k]) for k in doubled[:3]]
     checks["stale_leases_on_judged_pairs"], details["stale_leases_on_judged_pairs"] = len(stale), stale[:10]
+    undone_pairs = {(a, u.comparison_id) for a, u in log.undos if not u.skip}
+    twice = [k for k in log.double_saved_twice if k not in undone_pairs]
+    checks["double_press_saved_twice_without_undo"] = len(twice)
+    details["double_press_saved_twice_without_undo"] = twice[:10]
 
     # The export against the votes as the annotators sent them (choices from the log, not the rows).
     expected = {}
