@@ -9,6 +9,7 @@ serial tests check that they end in the same state on both backends.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 
@@ -62,6 +63,32 @@ def _second_runs_into_first(db, first, second):
     thread.join(timeout=60)
     assert not thread.is_alive()
     return first_result, out[0]
+
+
+@contextmanager
+def _paused_before(db, prefix: str, work):
+    """``work(session)`` on another thread (as :func:`_in_thread`), stopped just before it sends a
+    statement starting with ``prefix``: yields ``(thread, [result or exception], go)``; ``go.set()``
+    lets it go on (so does leaving the block)."""
+    paused, go, threads = threading.Event(), threading.Event(), []
+
+    def pause(conn, cursor, statement, *args):
+        if threads and threading.current_thread() is threads[0] and statement.startswith(prefix):
+            paused.set()
+            assert go.wait(timeout=60)
+
+    def registered(session):
+        threads.append(threading.current_thread())
+        return work(session)
+
+    event.listen(db.engine, "before_cursor_execute", pause)
+    try:
+        thread, out = _in_thread(db, registered)
+        assert paused.wait(timeout=60)
+        yield thread, out, go
+    finally:
+        go.set()
+        event.remove(db.engine, "before_cursor_execute", pause)
 
 
 # -- a probe of a judged pair, and an undo of that judgment (or a second probe) in another tab ------------
@@ -146,29 +173,14 @@ def test_postgres_undo_lands_between_a_probe_pick_and_its_lease(pg_db, pg_settin
     row it holds), and replaces the probe."""
     db = pg_db
     actor, judged, _, options, now = _judged_pair(db, pg_settings)
-    paused, go = threading.Event(), threading.Event()
-    probing: list[threading.Thread] = []
-
-    def pause_before_the_lease_delete(conn, cursor, statement, *args):
-        if probing and threading.current_thread() is probing[0] and statement.startswith("DELETE FROM leases"):
-            paused.set()
-            assert go.wait(timeout=60)
-
-    event.listen(db.engine, "before_cursor_execute", pause_before_the_lease_delete)
-    try:
-        load, served = _in_thread(db, lambda s: queue.next_comparison(s, pg_settings, options, actor=actor,
-                                                                      now=now))
-        probing.append(load)
-        assert paused.wait(timeout=60)
+    with _paused_before(db, "DELETE FROM leases", lambda s: queue.next_comparison(
+            s, pg_settings, options, actor=actor, now=now)) as (load, served, go):
         undo, undone = _in_thread(db, lambda s: judgments.undo_last_action(s, pg_settings, actor=actor,
                                                                            now=now).comparison_id)
         _wait_until(lambda: _lock_waiters(db.engine) > 0 or not undo.is_alive(), timeout=60)
         go.set()
         load.join(timeout=60)
         undo.join(timeout=60)
-    finally:
-        go.set()
-        event.remove(db.engine, "before_cursor_execute", pause_before_the_lease_delete)
     assert (served[0].comparison_id, undone[0]) == (judged, judged)
     assert _state_of(db, actor, judged) == UNDONE
 
@@ -406,20 +418,8 @@ def test_postgres_undo_while_other_tabs_claim_and_judge_a_new_pair_does_not_dead
         options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
     with db.begin() as s:
         judgments.submit(s, settings, actor=actor, comparison_id=judged, shown="left", now=now - timedelta(seconds=1))
-    paused, go = threading.Event(), threading.Event()
-    undoing: list[threading.Thread] = []
-
-    def pause_before_put_first(conn, cursor, statement, *args):
-        if undoing and threading.current_thread() is undoing[0] and statement.startswith("UPDATE leases SET created_at"):
-            paused.set()
-            assert go.wait(timeout=60)
-
-    event.listen(db.engine, "before_cursor_execute", pause_before_put_first)
-    try:
-        undo, undone = _in_thread(db, lambda s: judgments.undo_last_action(s, settings, actor=actor,
-                                                                           now=now).comparison_id)
-        undoing.append(undo)
-        assert paused.wait(timeout=60)
+    with _paused_before(db, "UPDATE leases SET created_at", lambda s: judgments.undo_last_action(
+            s, settings, actor=actor, now=now).comparison_id) as (undo, undone, go):
         load, served = _in_thread(db, lambda s: queue.next_comparison(s, settings, options, actor=actor,
                                                                       now=now).comparison_id)
         _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
@@ -430,9 +430,6 @@ def test_postgres_undo_while_other_tabs_claim_and_judge_a_new_pair_does_not_dead
         go.set()
         for thread in (undo, load, press):
             thread.join(timeout=60)
-    finally:
-        go.set()
-        event.remove(db.engine, "before_cursor_execute", pause_before_put_first)
     assert (undone, pressed) == ([judged], [fresh]), (undone, pressed)
     assert served[0] in (judged, fresh), served
     assert _state_of(db, actor, judged) == UNDONE

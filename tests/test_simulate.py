@@ -533,7 +533,10 @@ def test_plot_labels_the_target_and_crossing_lines(tmp_path, monkeypatch):
     assert "pairs.jsonl" in ax.get_title() and "4 replays" in ax.get_title()
 
 
-def test_an_interrupted_run_writes_nothing_and_says_so(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("where", ["run_simulation", "plot_curves"])
+def test_an_interrupt_writes_nothing_and_leaves_the_earlier_output(tmp_path, monkeypatch, capsys, where):
+    """Ctrl-C during the run, or between curves.json and curves.png (or inside either), says so and
+    leaves the earlier pair as it was: no half-written file, no JSON beside another run's plot."""
     data = tmp_path / "pairs.jsonl"
     _write_pairs(data, n=60)
     out = tmp_path / "sim"
@@ -545,29 +548,9 @@ def test_an_interrupted_run_writes_nothing_and_says_so(tmp_path, monkeypatch, ca
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(simulate, "run_simulation", interrupted)
+    monkeypatch.setattr(simulate, where, interrupted)
     rc, err, _ = _cli_error(argv, tmp_path, monkeypatch, capsys)
     assert rc == 130 and "interrupted" in err and "nothing was written" in err
-    assert (out / "curves.json").read_text() == '{"earlier": "run"}'
-    assert sorted(p.name for p in out.iterdir()) == ["curves.json"]
-
-
-def test_an_interrupt_while_writing_leaves_no_half_written_output(tmp_path, monkeypatch, capsys):
-    """Ctrl-C between curves.json and curves.png (or inside either) leaves the earlier pair as it was."""
-    data = tmp_path / "pairs.jsonl"
-    _write_pairs(data, n=60)
-    out = tmp_path / "sim"
-    out.mkdir()
-    (out / "curves.json").write_text('{"earlier": "run"}')
-    argv = ["--data", str(data), "--seed-labels", "8", "--batch", "8", "--budget", "24", "--seeds", "1",
-            "--cold-start", "8", "--repeats", "1", "--out", str(out)]
-
-    def interrupted(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(simulate, "plot_curves", interrupted)
-    rc, err, _ = _cli_error(argv, tmp_path, monkeypatch, capsys)
-    assert rc == 130 and "interrupted" in err
     assert (out / "curves.json").read_text() == '{"earlier": "run"}'
     assert sorted(p.name for p in out.iterdir()) == ["curves.json"]
 
