@@ -88,8 +88,6 @@ def _instant(value: str) -> datetime:
             f"{value!r} is not an ISO date or date-time, e.g. 2026-11-01 or 2026-11-01T09:30:00+00:00") from None
 
 
-
-
 def _overlap(value: str) -> int:
     """argparse type for import --overlap: an integer from 1 to MAX_OVERLAP."""
     try:
