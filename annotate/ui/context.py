@@ -92,8 +92,11 @@ def refresh_actor() -> Actor | None:
         with get_db().read() as session:
             user = accounts.require_active(session, actor)
             fresh = accounts.actor_of(user)
-    except PermissionDenied:
+    except PermissionDenied as exc:
         log_out()
+        # Said on the login page: an admin who reset their own password, or anyone deactivated
+        # while working, would otherwise just find the login form in front of them.
+        st.session_state[LOGGED_OUT_KEY] = f"You were logged out because {exc}."
         return None
     if fresh != actor:
         log_in(fresh)

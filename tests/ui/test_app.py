@@ -213,6 +213,7 @@ def test_deactivated_user_is_logged_out(app_db, people):
         accounts.set_active(session, "ann", False, system=True)
     at.run()
     assert [t.value for t in at.title] == ["prefloop"]
+    assert [i.value for i in at.info] == ["You were logged out because this account is deactivated."]
 
 
 def test_password_reset_logs_out_open_sessions(app_db, people):
@@ -225,6 +226,9 @@ def test_password_reset_logs_out_open_sessions(app_db, people):
     at.run()
     assert [t.value for t in at.title] == ["prefloop"]
     assert "actor" not in at.session_state
+    # Said, not just done: an admin resetting their own password lands here too.
+    assert [i.value for i in at.info] == [
+        "You were logged out because this account's password was changed: log in again."]
     _login(at, "ann", "a-new-password")
     assert at.session_state["actor"].username == "ann"
 
