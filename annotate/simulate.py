@@ -721,10 +721,13 @@ def simulate_file(data_path: str | Path, strategies: list[str], seeds, *, embedd
         report_notes.append(f"the budget of {budget} labels was capped at {used}: the smallest training pool "
                             f"over these seeds (the pairs of prompts not held out) has {used} pairs, so every "
                             f"curve ends there")
-        echo(f"note: {report_notes[-1]}")
+    if strategies == ["random"]:
+        report_notes.append("only random was run, so there is nothing to compare it with: add --strategy default "
+                            "(or another strategy) to see whether choosing pairs saves labels on this file")
+    capped = f" (capped from {budget}: see the note at the end)" if used < budget else ""
     echo(f"strategies: {', '.join(f'{s} (= {DEFAULT_STRATEGY})' if s == 'default' else s for s in strategies)}; "
          f"seeds {seeds[0]}-{seeds[-1]}, {repeats} replay{'s' if repeats != 1 else ''} each; "
-         f"{seed_labels} seed labels, batches of {batch}, budget {used}, "
+         f"{seed_labels} seed labels, batches of {batch}, budget {used}{capped}, "
          f"random order until {max(seed_labels, cold_start or 0)} labels (cold start)")
     curves = run_simulation(dataset.pairs, strategies, seeds, seed_labels=seed_labels, batch=batch,
                             budget=budget, cold_start=cold_start, repeats=repeats, progress=progress)

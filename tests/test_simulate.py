@@ -473,12 +473,16 @@ def test_runs_where_no_strategy_ever_chooses_are_refused(tmp_path, kw, message):
 def test_a_capped_budget_is_stated_in_the_report_and_the_json(tmp_path):
     data = tmp_path / "pairs.jsonl"
     _write_pairs(data, n=40)
+    echoed = []
     report = simulate.simulate_file(data, ["default"], [0, 1], embedder=FakeEmbedder(), out=tmp_path / "o",
                                     seed_labels=8, batch=8, budget=1000, cold_start=8, reference_budget=16,
-                                    repeats=1, progress=False, echo=lambda s: None)
+                                    repeats=1, progress=False, echo=echoed.append)
     used = int(report.curves[0].labels[-1])
     assert used < 1000
     assert f"note: the budget of 1000 labels was capped at {used}" in report.text
+    # Said once in full (at the end); the line before the run says the cap, not the whole note again.
+    assert not any("was capped" in line for line in echoed)
+    assert any(f"budget {used} (capped from 1000" in line for line in echoed)
     meta = json.loads(report.json_path.read_text())["meta"]
     assert meta["budget"] == 1000 and meta["budget_used"] == used and meta["budget_capped"] is True
 
@@ -568,3 +572,13 @@ def test_kwise_rows_replay_only_their_judged_pairs_and_say_which_were_skipped(tm
     assert any("125 comparisons have no known winner" in line and "k-wise row" in line for line in lines)
     assert any("1 repeated comparisons were used once (the first row's winner is kept)" in line for line in lines)
     assert json.loads(report.json_path.read_text())["meta"]["pairs"] == 120
+
+
+def test_random_alone_says_there_is_nothing_to_compare(tmp_path):
+    """``--strategy random`` on its own printed a table and no word on what the simulator is for."""
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    report = simulate.simulate_file(data, ["random"], [0], embedder=FakeEmbedder(), out=tmp_path / "o",
+                                    seed_labels=8, batch=8, budget=24, cold_start=8, repeats=1, progress=False,
+                                    echo=lambda s: None)
+    assert "note: only random was run" in report.text and "--strategy default" in report.text
