@@ -612,6 +612,18 @@ def _messages(value: Any, what: str, max_chars: int) -> list[dict]:
     return out
 
 
+def _dropped_message_keys(row: dict) -> set[str]:
+    """Message fields (``name``, ``tool_calls`` ...) that :func:`_messages` leaves out, in a row's message lists."""
+    keys: set[str] = set()
+    for field in ("prompt", "chosen", "rejected"):
+        value = row.get(field)
+        if isinstance(value, list):
+            for message in value:
+                if isinstance(message, dict):
+                    keys.update(str(k) for k in message if k not in ("role", "content"))
+    return keys
+
+
 def _prompt(value: Any, max_chars: int) -> str | list[dict]:
     if isinstance(value, list):
         return _messages(value, "prompt", max_chars)
@@ -870,6 +882,8 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
     diverged: list[int] = []
     empty: list[int] = []
     multi_message: list[int] = []
+    dropped_lines: list[int] = []
+    dropped_keys: set[str] = set()
     rows = 0
     given = 0
     over_limit_line: int | None = None
@@ -908,6 +922,9 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
         except _RowError as exc:
             problems.append((line, str(exc)))
             continue
+        if extra := _dropped_message_keys(obj):
+            dropped_lines.append(line)
+            dropped_keys |= extra
         given += len(parsed)
         if given > MAX_FILE_COMPARISONS and over_limit_line is None:
             over_limit_line = line
@@ -934,6 +951,11 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
                      "with their roles")
     if empty:
         notes.append(f"{len(empty)} HH rows have an empty response (lines {_lines_note(empty)}): kept as empty text")
+    if dropped_lines:
+        shown = sorted(dropped_keys)
+        keys = ", ".join(repr(k) for k in shown[:10]) + (", ..." if len(shown) > 10 else "")
+        notes.append(f"{len(dropped_lines)} rows have messages with fields other than 'role' and 'content' ({keys}; "
+                     f"lines {_lines_note(dropped_lines)}): only role and content were imported")
     seen: dict[tuple, int] = {}
     duplicates: list[int] = []
     for c in comparisons:

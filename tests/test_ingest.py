@@ -719,3 +719,18 @@ def test_overlap_defaults_to_the_campaigns_and_stops_at_the_apps_maximum(db, set
     run_import(db, settings, jsonl(pair(1)))
     with db.read() as session:
         assert session.scalar(select(Comparison.overlap_target)) == 3
+
+
+def test_message_fields_other_than_role_and_content_are_noted_not_dropped_silently():
+    """A chat message's 'name' or 'tool_calls' cannot be stored; the import said nothing about it."""
+    user = {"role": "user", "content": "hi", "name": "alice"}
+    row = {"chosen": [user, {"role": "assistant", "content": "hello!", "tool_calls": []}],
+           "rejected": [user, {"role": "assistant", "content": "go away"}]}
+    plain = {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+             "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}
+    parsed = parse_file(jsonl(plain, row), filename="t.jsonl")
+    assert not parsed.problems and len(parsed.comparisons) == 2
+    [note] = [n for n in parsed.notes if "fields other than" in n]
+    assert note.startswith("1 rows have messages with fields other than 'role' and 'content' ('name', 'tool_calls'; "
+                           "lines 2)")
+    assert not [n for n in parse_file(jsonl(plain), filename="t.jsonl").notes if "fields other than" in n]
