@@ -922,12 +922,20 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
             installed[sig] = signal.signal(sig, _on_signal)
     started = utcnow()
     print(f"{started:%Y-%m-%d %H:%M:%S} retrain watcher started (poll every {poll_seconds:g} s)", flush=True)
+    waiting = False  # said once that another process's run holds the lock, until it lets go
     try:
         while not stop.is_set():
             try:
                 with db.read() as session:
                     fire, why = due(session, settings, since=started)
-                if fire:
+                if fire and run_alive(db):
+                    # Another watcher (or Retrain now) is training: say so once, not at every poll.
+                    if not waiting:
+                        print(f"{utcnow():%Y-%m-%d %H:%M:%S} due ({why}), but another retrain is running: "
+                              "waiting for it", flush=True)
+                    waiting = True
+                elif fire:
+                    waiting = False
                     print(f"{utcnow():%Y-%m-%d %H:%M:%S} retraining: {why}", flush=True)
                     result = run_once(settings, db=db, stop=stop, **run_kwargs)
                     print(result.summary(), flush=True)

@@ -800,3 +800,42 @@ def test_pairs_created_after_a_run_make_the_watcher_retrain_once(db, rt_settings
         add_pairs(s, 3000, 3, judged=False)
     with db.read() as s:
         assert not retrain.due(s, rt_settings, since=started)[0]
+
+
+def test_a_watcher_says_once_that_another_retrain_is_running(db, rt_settings, monkeypatch, capsys):
+    """While another process's run holds the lock, a second watcher printed "retraining: …" and
+    "skipped: another retrain is running" at every poll (every 5 s for the whole run). It now says
+    once that it waits, and retrains when the lock is free."""
+    from annotate import campaign, locks
+    from tests.factories import make_user
+
+    with db.begin() as s:
+        add_pairs(s, 0, 30, judged=True)
+        admin = make_user(s, "boss", "admin")
+        campaign.update_options(s, rt_settings, actor=admin, retrain_every_labels=5)
+    checks = []
+    due = retrain.due
+
+    def counted(*args, **kwargs):
+        checks.append(1)
+        return due(*args, **kwargs)
+
+    monkeypatch.setattr(retrain, "due", counted)
+    other = locks.acquire(db, retrain.LOCK_NAME)  # the other watcher's run
+    assert other is not None
+    stop = threading.Event()
+    thread = threading.Thread(target=retrain.watch, args=(rt_settings,),
+                              kwargs={"poll_seconds": 0.05, "stop": stop}, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: len(checks) >= 8, 60)
+        assert _n_runs(db, "skipped") == 0
+        other.release()
+        _wait_for(lambda: _n_runs(db, "succeeded") == 1, 120)
+    finally:
+        stop.set()
+        thread.join(30)
+        other.release()
+    out = capsys.readouterr().out
+    assert out.count("another retrain is running") == 1, out
+    assert out.count("retraining:") == 1, out
