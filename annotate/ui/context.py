@@ -126,6 +126,9 @@ def require_admin_page() -> Actor:
     except PermissionDenied as exc:
         st.error(str(exc))
         st.stop()
+    except (OperationalError, ProgrammingError) as exc:  # the database went away after the router's read
+        st.error(error_message(exc))
+        _try_again()
     return actor
 
 

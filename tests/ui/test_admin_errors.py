@@ -425,3 +425,23 @@ def test_score_form_says_a_missing_artifact_needs_shared_model_storage(app_db, p
     _click(at, "Score")
     assert not at.exception, at.exception
     assert [e.value for e in at.error if "storage shared by all of them" in e.value], _alerts(at)
+
+
+def test_an_admin_page_whose_role_check_cannot_reach_the_database_says_so(app_db, people, monkeypatch):
+    """The router read the user a moment before; the page's own role check then hit a database that had
+    gone away and showed Streamlit's generic exception box instead of the app's message."""
+    from sqlalchemy.exc import OperationalError
+
+    from annotate import accounts
+    from annotate.ui.context import DATABASE_DOWN
+
+    at = _open(people[1], "overview.py")
+
+    def down(*args, **kwargs):
+        raise OperationalError("SELECT users", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(accounts, "require_admin", down)
+    at.run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == [DATABASE_DOWN]
+    assert [b.label for b in at.button if b.key == "try_again"] == ["Try again"]
