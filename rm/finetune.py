@@ -46,7 +46,7 @@ class FinetuneConfig:
         max_length: Tokens per (prompt, response) input.
         prompt_share: Budget share the prompt keeps when the response is long.
         strength_margins: Same meaning as ``rm.train.TrainConfig.strength_margins``.
-        seed: Seeds the head initialisation and the pair order.
+        seed: Seeds the head initialisation, the pair order and dropout (same seed, same model on one device).
         num_threads: ``torch.set_num_threads`` on CPU.
         device: ``"cuda"``, ``"cpu"``…; ``None`` picks CUDA when available.
     """
@@ -154,23 +154,27 @@ def _finetune(model_path, prompts, chosen, rejected, out: Path, config: Finetune
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min((i + 1) / warm, max(0.0, (steps - i) / max(1, steps - warm))))
     t0, losses = time.perf_counter(), []
-    for _ in range(config.epochs):
-        order = rng.permutation(n)
-        for b in range(0, n, config.batch_size):
-            idx = order[b:b + config.batch_size]
-            ps = [prompts[i] for i in idx]
-            ids, mask = _batch(tok, ps + ps, [chosen[i] for i in idx] + [rejected[i] for i in idx],
-                               config.max_length, config.prompt_share, device)
-            r = model(input_ids=ids, attention_mask=mask).logits[:, 0]
-            d = r[:len(idx)] - r[len(idx):]
-            loss = preference_loss(d, torch.zeros(len(idx), dtype=torch.long, device=device),
-                                   torch.from_numpy(margins[s[idx]]).to(device)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+    # Dropout draws from torch's global generator: seed it for the run (reproducible under a seed),
+    # in a fork so the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[] if str(device) == "cpu" else None):
+        torch.manual_seed(config.seed)
+        for _ in range(config.epochs):
+            order = rng.permutation(n)
+            for b in range(0, n, config.batch_size):
+                idx = order[b:b + config.batch_size]
+                ps = [prompts[i] for i in idx]
+                ids, mask = _batch(tok, ps + ps, [chosen[i] for i in idx] + [rejected[i] for i in idx],
+                                   config.max_length, config.prompt_share, device)
+                r = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+                d = r[:len(idx)] - r[len(idx):]
+                loss = preference_loss(d, torch.zeros(len(idx), dtype=torch.long, device=device),
+                                       torch.from_numpy(margins[s[idx]]).to(device)).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
     model.eval()
 
     if out.exists():

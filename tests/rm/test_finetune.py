@@ -50,3 +50,18 @@ def test_cpu_thread_count_is_restored(tiny_bert, tmp_path):
     cfg = FinetuneConfig(epochs=1, batch_size=2, max_length=16, device="cpu", num_threads=wanted)
     finetune(tiny_bert, ["q1", "q2"], ["yes", "sure"], ["no", "nope"], tmp_path / "ft", cfg)
     assert torch.get_num_threads() == before
+
+
+def test_the_same_seed_gives_the_same_model_and_leaves_the_callers_rng_alone(tiny_bert, tmp_path):
+    """Dropout drew from torch's unseeded global generator, so two runs with one seed differed."""
+    prompts = [f"question {i}" for i in range(8)]
+    chosen, rejected = ["a kind and helpful answer"] * 8, ["no"] * 8
+    cfg = FinetuneConfig(epochs=2, batch_size=4, lr=1e-3, max_length=32, device="cpu", seed=3)
+    scores = []
+    for run in ("a", "b"):
+        torch.manual_seed(100 if run == "a" else 200)  # the caller's state differs between the runs
+        state = torch.random.get_rng_state()
+        model, tok = finetune(tiny_bert, prompts, chosen, rejected, tmp_path / run, cfg)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        scores.append(score_pairs_model(model, tok, prompts, chosen, max_length=32))
+    np.testing.assert_array_equal(scores[0], scores[1])
