@@ -27,8 +27,20 @@ _KEY_BYTES = 32
 
 
 def text_key(kind: str, *parts: str) -> bytes:
-    """sha256 key of a cached input; ``kind`` separates texts, prompts and pairs."""
+    """sha256 key of a cached input; ``kind`` separates texts, prompts and pairs.
+
+    Parts are joined by NUL. Parts that hold a NUL themselves are keyed by their byte lengths
+    and bytes instead (under ``kind#len``), or ("a\\0b", "c") and ("a", "b\\0c") would share a
+    key; NUL-free inputs, all real text, keep the keys existing caches hold.
+    """
     h = hashlib.sha256(kind.encode())
+    if any("\x00" in p for p in parts):
+        h.update(b"#len")
+        for p in parts:
+            data = p.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "big"))
+            h.update(data)
+        return h.digest()
     for p in parts:
         h.update(b"\x00")
         h.update(p.encode("utf-8", "surrogatepass"))

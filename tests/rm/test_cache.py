@@ -68,3 +68,16 @@ def test_concurrent_writers_are_picked_up_and_compaction_keeps_everything(tiny_b
     fresh = EmbeddingCache(tmp_path, enc)
     fresh.embed(["from b"] + [f"text {i}" for i in range(5)])
     assert enc.n_encoded == 0
+
+
+def test_texts_holding_nul_never_share_a_pair_key():
+    """("a\\0b", "c") and ("a", "b\\0c") hashed the same bytes, so one pair could be served the
+    other's cached embedding; real text (no NUL) keeps the key existing caches hold."""
+    import hashlib
+
+    from rm.cache import text_key
+
+    assert text_key("pair", "a\x00b", "c") != text_key("pair", "a", "b\x00c")
+    assert text_key("pair", "a\x00", "b") != text_key("pair", "a", "\x00b")
+    old = hashlib.sha256(b"pair" + b"\x00" + "How?".encode() + b"\x00" + "Like this.".encode()).digest()
+    assert text_key("pair", "How?", "Like this.") == old
