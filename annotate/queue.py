@@ -38,7 +38,10 @@ retraining job's rewrite locks every open row, so a claim that kept a row while
 it waited for one the rewrite holds would deadlock with it. Rows a claim locked
 without taking one (found full when re-counted) are unlocked (savepoint
 rollback) before it waits, and it waits for the best row by its id, alone (see
-:func:`_claim`).
+:func:`_claim`). The savepoint rolled back must be the one that locked the row, not an
+outer one around a nested savepoint that locked it and was released: a rewrite that began
+waiting for the row meanwhile would wait for the claim's whole transaction from then on
+(see :func:`_lock_waiting`), though the row was unlocked.
 
 Gold pairs and self-consistency probes are mixed in at the configured rates;
 both look exactly like any other pair in the UI.
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -209,14 +213,9 @@ def _claim(session: Session, settings: Settings, annotator_id: int, now: datetim
         return lease
 
     def wait_for(comparison_id):
-        try:
-            with session.begin_nested():
-                session.execute(text("SET LOCAL lock_timeout = '20s'"))
-                locked = candidates(skip_locked=False, limit=1, only=comparison_id)
-                session.execute(text("SET LOCAL lock_timeout = 0"))
-        except OperationalError:
-            raise QueueError(REORDERING) from None
-        return locked
+        # Runs in claim_or_unlock's savepoint, not a nested one of its own: see _lock_waiting.
+        with _lock_waiting(session):
+            return candidates(skip_locked=False, limit=1, only=comparison_id)
 
     lease = claim_or_unlock(candidates)
     for _ in range(CLAIM_WAITS):
@@ -273,14 +272,29 @@ def _lock_comparison(session: Session, comparison_id: int) -> Comparison | None:
     query = select(Comparison).where(Comparison.id == comparison_id).execution_options(populate_existing=True)
     if session.bind.dialect.name != "postgresql":
         return session.scalar(query)
+    with _lock_waiting(session):
+        return session.scalar(query.with_for_update(of=Comparison))
+
+
+@contextmanager
+def _lock_waiting(session: Session):
+    """Wait for row locks at most 20 s inside the block; a timeout is :data:`REORDERING` (PostgreSQL).
+
+    Deliberately no savepoint of its own: the row must be locked by the savepoint that is rolled
+    back when it is not taken (the caller's). A lock taken in a nested savepoint that is then
+    released belongs to the whole transaction as far as a waiter is concerned: PostgreSQL
+    (``XactLockTableWait``) moves a backend that waited for the row from the ended subtransaction
+    on to the top-level one, and it keeps waiting for that even after the outer savepoint is
+    rolled back and the row unlocked. The retraining job's rewrite, waiting so, then deadlocks
+    with the claim's next wait. After a timeout the caller's savepoint (or transaction) is aborted;
+    the QueueError rolls it back on its way out.
+    """
     try:
-        with session.begin_nested():
-            session.execute(text("SET LOCAL lock_timeout = '20s'"))
-            comparison = session.scalar(query.with_for_update(of=Comparison))
-            session.execute(text("SET LOCAL lock_timeout = 0"))
+        session.execute(text("SET LOCAL lock_timeout = '20s'"))
+        yield
+        session.execute(text("SET LOCAL lock_timeout = 0"))
     except OperationalError:
         raise QueueError(REORDERING) from None
-    return comparison
 
 
 def renew_lease(session: Session, settings: Settings, lease: Lease, now: datetime) -> bool:

@@ -482,3 +482,64 @@ def test_postgres_claim_keeps_no_row_filled_while_it_waited(pg_db, pg_settings):
         reorder.close()
     load.join(timeout=60)
     assert (served, rewrite_error) == ([next_best], None)
+
+
+@pytest.mark.postgres
+def test_postgres_rewrite_waiting_for_a_row_a_claim_unlocked_is_let_go(pg_db, pg_settings):
+    """The retraining job's rewrite (first transaction) holds every open row; a claim waits for the
+    best. The rewrite commits with the best pair filled (a lease of another annotator). The claim
+    locks it and, before it has found it full and unlocked it, the next rewrite has locked the other
+    pair and begun waiting for the best. Before the fix the claim locked it in a savepoint nested in
+    the one it rolled back, released first: PostgreSQL then moved the rewrite on to wait for the
+    claim's whole transaction, which went on to wait for the other pair: 'deadlock detected' (the
+    page said 'the queue is being reordered', or the job's transaction was aborted). Now the row is
+    locked by the savepoint that is rolled back, which lets the rewrite go on; the claim then takes
+    the other pair once the rewrite commits."""
+    import numpy as np
+    from sqlalchemy import update
+
+    from annotate import retrain
+
+    db, settings = pg_db, pg_settings
+    now = utcnow()
+    with db.begin() as s:
+        a, d = make_user(s, "a"), make_user(s, "d")
+        best, other = make_comparisons(s, 2, priority=lambda i: 1 - i)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+
+    def rewrite(s):  # the next rewrite, which happens to lock the other pair first
+        for cid in (other, best):
+            retrain.write_priorities(s, np.array([cid]), np.array([0.5]), np.array([1.0 if cid == best else 0.0]),
+                                     None, strategy="test", model_version_id=None)
+        return True
+
+    paused, go = threading.Event(), threading.Event()
+    claiming: list[threading.Thread] = []
+
+    def pause_once_it_locked_the_best(conn, cursor, statement, *args):
+        if claiming and threading.current_thread() is claiming[0] and statement.startswith("SET LOCAL lock_timeout = 0"):
+            paused.set()
+            assert go.wait(timeout=60)
+
+    event.listen(db.engine, "before_cursor_execute", pause_once_it_locked_the_best)
+    first = Session(db.engine)
+    try:
+        first.execute(update(Comparison).where(Comparison.id.in_([best, other])).values(priority=Comparison.priority))
+        first.add(Lease(comparison_id=best, annotator_id=d.id, expires_at=now + timedelta(seconds=settings.lease_seconds)))
+        first.flush()
+        load, served = _in_thread(db, lambda s: queue.next_comparison(s, settings, options, actor=a,
+                                                                      now=now).comparison_id)
+        claiming.append(load)
+        _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
+        first.commit()
+        assert paused.wait(timeout=60)  # the claim holds the best pair, now full
+        job, rewritten = _in_thread(db, rewrite)
+        _wait_until(lambda: _lock_waiters(db.engine) == 1 or not job.is_alive(), timeout=60)
+        go.set()
+        job.join(timeout=60)
+        load.join(timeout=60)
+    finally:
+        go.set()
+        event.remove(db.engine, "before_cursor_execute", pause_once_it_locked_the_best)
+        first.close()
+    assert (served, rewritten) == ([other], [True]), (served, rewritten)
