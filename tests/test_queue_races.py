@@ -66,10 +66,10 @@ def _second_runs_into_first(db, first, second):
 
 
 @contextmanager
-def _paused_before(db, prefix: str, work):
+def _paused_before(db, prefix: str, work, *, wait: bool = True):
     """``work(session)`` on another thread (as :func:`_in_thread`), stopped just before it sends a
-    statement starting with ``prefix``: yields ``(thread, [result or exception], go)``; ``go.set()``
-    lets it go on (so does leaving the block)."""
+    statement starting with ``prefix``: yields ``(thread, [result or exception], paused, go)``. With
+    ``wait`` the block starts once it is paused; ``go.set()`` lets it go on (so does leaving the block)."""
     paused, go, threads = threading.Event(), threading.Event(), []
 
     def pause(conn, cursor, statement, *args):
@@ -84,8 +84,8 @@ def _paused_before(db, prefix: str, work):
     event.listen(db.engine, "before_cursor_execute", pause)
     try:
         thread, out = _in_thread(db, registered)
-        assert paused.wait(timeout=60)
-        yield thread, out, go
+        assert not wait or paused.wait(timeout=60)
+        yield thread, out, paused, go
     finally:
         go.set()
         event.remove(db.engine, "before_cursor_execute", pause)
@@ -174,7 +174,7 @@ def test_postgres_undo_lands_between_a_probe_pick_and_its_lease(pg_db, pg_settin
     db = pg_db
     actor, judged, _, options, now = _judged_pair(db, pg_settings)
     with _paused_before(db, "DELETE FROM leases", lambda s: queue.next_comparison(
-            s, pg_settings, options, actor=actor, now=now)) as (load, served, go):
+            s, pg_settings, options, actor=actor, now=now)) as (load, served, _, go):
         undo, undone = _in_thread(db, lambda s: judgments.undo_last_action(s, pg_settings, actor=actor,
                                                                            now=now).comparison_id)
         _wait_until(lambda: _lock_waiters(db.engine) > 0 or not undo.is_alive(), timeout=60)
@@ -370,33 +370,22 @@ def test_postgres_claim_that_waits_out_a_reorder_holds_no_row_it_found_full(pg_d
         a, d = make_user(s, "a"), make_user(s, "d")
         best, nearly_full = make_comparisons(s, 2, priority=lambda i: 1 - i)
         options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
-    paused, go = threading.Event(), threading.Event()
-    claiming: list[threading.Thread] = []
-
-    def pause_before_the_recount(conn, cursor, statement, *args):
-        if claiming and threading.current_thread() is claiming[0] and statement.startswith("SELECT count(leases.id)"):
-            paused.set()
-            assert go.wait(timeout=60)
-
-    event.listen(db.engine, "before_cursor_execute", pause_before_the_recount)
     reorder = Session(db.engine)
     try:
         reorder.execute(select(Comparison.id).where(Comparison.id == best).with_for_update())
-        load, served = _in_thread(db, lambda s: queue.next_comparison(s, settings, options, actor=a,
-                                                                      now=now).comparison_id)
-        claiming.append(load)
-        assert paused.wait(timeout=60)  # it holds nearly_full, locked by its query
-        with db.engine.begin() as conn:
-            conn.execute(text("SET LOCAL session_replication_role = replica"))
-            conn.execute(Lease.__table__.insert().values(comparison_id=nearly_full, annotator_id=d.id, created_at=now,
-                                                         expires_at=now + timedelta(seconds=settings.lease_seconds)))
-        go.set()
-        _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
-        reorder.execute(update(Comparison).where(Comparison.id == nearly_full).values(priority=0.5))
-        reorder.commit()
+        with _paused_before(db, "SELECT count(leases.id)", lambda s: queue.next_comparison(
+                s, settings, options, actor=a, now=now).comparison_id) as (load, served, _, go):
+            # it holds nearly_full, locked by its query
+            with db.engine.begin() as conn:
+                conn.execute(text("SET LOCAL session_replication_role = replica"))
+                conn.execute(Lease.__table__.insert().values(
+                    comparison_id=nearly_full, annotator_id=d.id, created_at=now,
+                    expires_at=now + timedelta(seconds=settings.lease_seconds)))
+            go.set()
+            _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
+            reorder.execute(update(Comparison).where(Comparison.id == nearly_full).values(priority=0.5))
+            reorder.commit()
     finally:
-        go.set()
-        event.remove(db.engine, "before_cursor_execute", pause_before_the_recount)
         reorder.close()
     load.join(timeout=60)
     assert served == [best]
@@ -419,7 +408,7 @@ def test_postgres_undo_while_other_tabs_claim_and_judge_a_new_pair_does_not_dead
     with db.begin() as s:
         judgments.submit(s, settings, actor=actor, comparison_id=judged, shown="left", now=now - timedelta(seconds=1))
     with _paused_before(db, "UPDATE leases SET created_at", lambda s: judgments.undo_last_action(
-            s, settings, actor=actor, now=now).comparison_id) as (undo, undone, go):
+            s, settings, actor=actor, now=now).comparison_id) as (undo, undone, _, go):
         load, served = _in_thread(db, lambda s: queue.next_comparison(s, settings, options, actor=actor,
                                                                       now=now).comparison_id)
         _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
@@ -513,33 +502,21 @@ def test_postgres_rewrite_waiting_for_a_row_a_claim_unlocked_is_let_go(pg_db, pg
                                      None, strategy="test", model_version_id=None)
         return True
 
-    paused, go = threading.Event(), threading.Event()
-    claiming: list[threading.Thread] = []
-
-    def pause_once_it_locked_the_best(conn, cursor, statement, *args):
-        if claiming and threading.current_thread() is claiming[0] and statement.startswith("SET LOCAL lock_timeout = 0"):
-            paused.set()
-            assert go.wait(timeout=60)
-
-    event.listen(db.engine, "before_cursor_execute", pause_once_it_locked_the_best)
     first = Session(db.engine)
     try:
         first.execute(update(Comparison).where(Comparison.id.in_([best, other])).values(priority=Comparison.priority))
         first.add(Lease(comparison_id=best, annotator_id=d.id, expires_at=now + timedelta(seconds=settings.lease_seconds)))
         first.flush()
-        load, served = _in_thread(db, lambda s: queue.next_comparison(s, settings, options, actor=a,
-                                                                      now=now).comparison_id)
-        claiming.append(load)
-        _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
-        first.commit()
-        assert paused.wait(timeout=60)  # the claim holds the best pair, now full
-        job, rewritten = _in_thread(db, rewrite)
-        _wait_until(lambda: _lock_waiters(db.engine) == 1 or not job.is_alive(), timeout=60)
-        go.set()
-        job.join(timeout=60)
-        load.join(timeout=60)
+        with _paused_before(db, "SET LOCAL lock_timeout = 0", lambda s: queue.next_comparison(
+                s, settings, options, actor=a, now=now).comparison_id, wait=False) as (load, served, paused, go):
+            _wait_until(lambda: _lock_waiters(db.engine) == 1 or not load.is_alive(), timeout=60)
+            first.commit()
+            assert paused.wait(timeout=60)  # the claim holds the best pair, now full
+            job, rewritten = _in_thread(db, rewrite)
+            _wait_until(lambda: _lock_waiters(db.engine) == 1 or not job.is_alive(), timeout=60)
+            go.set()
+            job.join(timeout=60)
+            load.join(timeout=60)
     finally:
-        go.set()
-        event.remove(db.engine, "before_cursor_execute", pause_once_it_locked_the_best)
         first.close()
     assert (served, rewritten) == ([other], [True]), (served, rewritten)
