@@ -91,6 +91,24 @@ def _paused_before(db, prefix: str, work, *, wait: bool = True):
         event.remove(db.engine, "before_cursor_execute", pause)
 
 
+def _page_loads_behind(db, lock_rows, actors, load) -> list:
+    """Hold ``lock_rows`` (a ``FOR UPDATE`` select) in a third session, start ``load(session, actor)``
+    for each actor in turn, each once the previous one waits on a lock, then let go: their results."""
+    blocker = Session(db.engine)
+    loads = []
+    try:
+        blocker.execute(lock_rows)
+        for waiters, actor in enumerate(actors, start=1):
+            loads.append(_in_thread(db, lambda s, actor=actor: load(s, actor)))
+            _wait_until(lambda: _lock_waiters(db.engine) == waiters or not loads[-1][0].is_alive(), timeout=60)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    for thread, _ in loads:
+        thread.join(timeout=60)
+    return [out[0] for _, out in loads]
+
+
 # -- a probe of a judged pair, and an undo of that judgment (or a second probe) in another tab ------------
 
 def _judged_pair(db, settings):
@@ -270,20 +288,9 @@ def test_postgres_two_annotators_renewing_in_opposite_orders_do_not_deadlock(pg_
     'the queue is being reordered'. Now a pair that cannot be renewed is unlocked before the next."""
     db, settings = pg_db, pg_settings
     a, b, (x, y), free, options, now = _crossed_expired_leases(db, settings)
-    blocker = Session(db.engine)
-    loads = []
-    try:
-        blocker.execute(select(Comparison.id).where(Comparison.id.in_((x, y))).with_for_update())
-        for waiters, actor in enumerate((a, b), start=1):
-            loads.append(_in_thread(db, lambda s, actor=actor: queue.next_comparison(
-                s, settings, options, actor=actor, now=now).comparison_id))
-            _wait_until(lambda: _lock_waiters(db.engine) == waiters or not loads[-1][0].is_alive(), timeout=60)
-    finally:
-        blocker.rollback()
-        blocker.close()
-    for thread, _ in loads:
-        thread.join(timeout=60)
-    served = [out[0] for _, out in loads]
+    served = _page_loads_behind(
+        db, select(Comparison.id).where(Comparison.id.in_((x, y))).with_for_update(), (a, b),
+        lambda s, actor: queue.next_comparison(s, settings, options, actor=actor, now=now).comparison_id)
     assert set(served) == free, served
 
 
@@ -334,20 +341,9 @@ def test_postgres_two_annotators_waiting_out_a_reorder_both_get_a_pair(pg_db, pg
         a, b = make_user(s, "a"), make_user(s, "b")
         pairs = make_comparisons(s, 3, priority=lambda i: i)
         options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
-    reorder = Session(db.engine)
-    loads = []
-    try:
-        reorder.execute(select(Comparison.id).with_for_update())
-        for waiters, actor in enumerate((a, b), start=1):
-            loads.append(_in_thread(db, lambda s, actor=actor: queue.next_comparison(
-                s, settings, options, actor=actor).comparison_id))
-            _wait_until(lambda: _lock_waiters(db.engine) == waiters or not loads[-1][0].is_alive(), timeout=60)
-    finally:
-        reorder.commit()
-        reorder.close()
-    for thread, _ in loads:
-        thread.join(timeout=60)
-    served = [out[0] for _, out in loads]
+    served = _page_loads_behind(  # the retraining job's transaction holds every row
+        db, select(Comparison.id).with_for_update(), (a, b),
+        lambda s, actor: queue.next_comparison(s, settings, options, actor=actor).comparison_id)
     assert served[0] == pairs[-1], "the first to wait gets the best pair"
     assert served[1] in pairs[:-1], served
 
