@@ -62,6 +62,7 @@ from sqlalchemy.orm import Session
 
 from annotate.accounts import Actor, require_active
 from annotate.campaign import CampaignOptions
+from annotate.db import is_transient
 from annotate.errors import NotFound, QueueError
 from annotate.models import (
     Comparison,
@@ -287,13 +288,17 @@ def _lock_waiting(session: Session):
     on to the top-level one, and it keeps waiting for that even after the outer savepoint is
     rolled back and the row unlocked. The retraining job's rewrite, waiting so, then deadlocks
     with the claim's next wait. After a timeout the caller's savepoint (or transaction) is aborted;
-    the QueueError rolls it back on its way out.
+    the QueueError rolls it back on its way out. A deadlock or serialization failure met while
+    waiting is not a timeout: it propagates, so that ``Database.transact`` runs the unit of work
+    again (the aborted attempt wrote nothing).
     """
     try:
         session.execute(text("SET LOCAL lock_timeout = '20s'"))
         yield
         session.execute(text("SET LOCAL lock_timeout = 0"))
-    except OperationalError:
+    except OperationalError as exc:
+        if is_transient(exc):
+            raise
         raise QueueError(REORDERING) from None
 
 

@@ -9,7 +9,7 @@ temporary file; a URL on that (empty) database, migrated first.
 
 Each annotator is a thread per browser tab (``--second-tabs`` of them have two)
 that does what the annotation page does, through the same service calls: a page
-load (``queue.next_comparison`` and ``judgments.progress`` in one ``db.begin()``),
+load (``queue.next_comparison`` and ``judgments.progress`` in one ``db.transact``),
 then after a think time of 0-20 ms a press: judge (``judgments.submit`` with the
 ``a_on_left`` the assignment showed), skip or undo, each in its own
 ``db.transact``. Some presses are sent twice at once (two tabs, or a double
@@ -234,14 +234,13 @@ class Tab:
 
     def load(self):
         """A page load: the assignment (None when nothing is left or the page showed an error)."""
-        def page(self=self):
-            with self.db.begin() as s:
-                options = get_options(s, self.settings)
-                asg = queue.next_comparison(s, self.settings, options, actor=self.actor, now=self.clock.now())
-                judgments.progress(s, actor=self.actor, now=self.clock.now())
-                return asg or False
+        def page(s, self=self):
+            options = get_options(s, self.settings)
+            asg = queue.next_comparison(s, self.settings, options, actor=self.actor, now=self.clock.now())
+            judgments.progress(s, actor=self.actor, now=self.clock.now())
+            return asg or False
         t0 = time.perf_counter()
-        asg = self._guard("serve", page)
+        asg = self._guard("serve", lambda: self.db.transact(page))
         self.log.add("serve_s", time.perf_counter() - t0)
         return asg
 

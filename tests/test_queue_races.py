@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from annotate import judgments, queue
 from annotate.campaign import get_options
 from annotate.errors import NotFound
-from annotate.models import Comparison, Judgment, JudgmentState, Lease, utcnow
+from annotate.models import Comparison, Judgment, JudgmentState, Lease, User, utcnow
 from annotate.settings import load_settings
 from tests.factories import make_comparisons, make_user
 from tests.test_concurrency import _lock_waiters, _wait_until
@@ -516,3 +516,40 @@ def test_postgres_rewrite_waiting_for_a_row_a_claim_unlocked_is_let_go(pg_db, pg
     finally:
         first.close()
     assert (served, rewritten) == ([other], [True]), (served, rewritten)
+
+
+@pytest.mark.postgres
+def test_postgres_page_load_chosen_as_a_deadlock_victim_while_it_waits_is_run_again(pg_db, pg_settings):
+    """A claim waits for the best pair, which another transaction holds; that transaction then
+    wants the annotator's user row, which the claim took first: a deadlock, and the claim, the first
+    to wait, is PostgreSQL's victim. Such an attempt wrote nothing and ``Database.transact`` runs it
+    again. Before the fix the wait turned the deadlock into "the queue is being reordered; try
+    again", a QueueError that is not retried (the soak's 'reordered' toasts); now it is served."""
+    db, settings = pg_db, pg_settings
+    with db.begin() as s:
+        actor = make_user(s, "victim")
+        pairs = make_comparisons(s, 2, priority=lambda i: i)
+        options = replace(get_options(s, settings), gold_rate=0.0, probe_rate=0.0)
+    out: list = []
+
+    def load():
+        try:
+            out.append(db.transact(lambda s: queue.next_comparison(s, settings, options, actor=actor).comparison_id))
+        except BaseException as exc:  # surfaced by the assertion below
+            out.append(exc)
+
+    blocker, thread = Session(db.engine), threading.Thread(target=load)
+    try:
+        blocker.execute(select(Comparison.id).with_for_update())
+        thread.start()
+        _wait_until(lambda: _lock_waiters(db.engine) == 1 or not thread.is_alive(), timeout=60)
+        wants_user = threading.Thread(target=lambda: blocker.execute(
+            select(User.id).where(User.id == actor.id).with_for_update(key_share=True)))
+        wants_user.start()  # granted once the claim, deadlocked, is rolled back
+        wants_user.join(timeout=60)
+        assert not wants_user.is_alive()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    thread.join(timeout=60)
+    assert out == [pairs[-1]]

@@ -445,3 +445,32 @@ def test_an_admin_page_whose_role_check_cannot_reach_the_database_says_so(app_db
     assert not at.exception, at.exception
     assert [e.value for e in at.error] == [DATABASE_DOWN]
     assert [b.label for b in at.button if b.key == "try_again"] == ["Try again"]
+
+
+def test_the_annotate_page_load_picked_as_a_deadlock_victim_is_run_again(app_db, people, monkeypatch):
+    """PostgreSQL aborts a page load caught in a deadlock (it waited for a pair's row while holding
+    the annotator's); that attempt wrote nothing. Before, the page said the database was busy and
+    offered Try again; now the load runs again, as a press does, and shows the pair."""
+    import psycopg.errors
+    from sqlalchemy.exc import OperationalError
+
+    from annotate import queue
+
+    with app_db.begin() as s:
+        (cid,) = make_comparisons(s, 1)
+    real, calls = queue.next_comparison, []
+
+    def deadlocked_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT comparisons FOR UPDATE", {}, psycopg.errors.DeadlockDetected("victim"))
+        return real(*args, **kwargs)
+
+    at = _open(people[0], "annotate.py")
+    monkeypatch.setattr(db_module.time, "sleep", lambda s: None)
+    monkeypatch.setattr(queue, "next_comparison", deadlocked_once)
+    at.run()
+    assert not at.exception, at.exception
+    assert len(calls) == 2
+    assert not at.error, _alerts(at)
+    assert any(f"Pair #{cid}" in c.value for c in at.caption), [c.value for c in at.caption]

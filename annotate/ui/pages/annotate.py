@@ -166,11 +166,17 @@ def _is_long(text: str) -> bool:
 
 actor = context.require_login()
 settings, db = context.get_settings(), context.get_db()
+
+
+def _load(session):
+    """What the page shows: run again by ``transact`` when PostgreSQL picked it as a deadlock victim."""
+    options = campaign.get_options(session, settings)
+    return (options, queue.next_comparison(session, settings, options, actor=actor),
+            judgments.progress(session, actor=actor))
+
+
 with context.stop_on_errors():
-    with db.begin() as session:
-        options = campaign.get_options(session, settings)
-        assignment = queue.next_comparison(session, settings, options, actor=actor)
-        progress = judgments.progress(session, actor=actor)
+    options, assignment, progress = db.transact(_load)
 
 head, stats, help_box = st.columns([3, 3, 1.4], vertical_alignment="bottom")
 head.header("Which response is better?")
