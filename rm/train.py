@@ -2,9 +2,14 @@
 
 The loss, in three lines (``d = r_A - r_B``, ``m`` = margin from strength)::
 
-    A wins:  -log σ(d - m)
-    B wins:  -log σ(-d - m)
-    tie:     -log(σ(d + ε) - σ(d - ε))        # Rao–Kupper, ε = tie_epsilon
+    A wins:  -log σ(d - ε - m)
+    B wins:  -log σ(-d - ε - m)
+    tie:     -log(σ(d + ε) - σ(d - ε))
+
+This is the Rao–Kupper likelihood with threshold ε = ``tie_epsilon`` when the
+training data holds ties: P(A) + P(B) + P(tie) = 1 (at m = 0). Data without
+ties is fitted with plain Bradley–Terry, ε = 0 (the maximum-likelihood ε when
+no tie is observed), so a tie-free data set trains exactly as it always did.
 
 Pairs judged *both bad* are dropped: they say nothing about which response is
 better. The retraining job runs ``train_ensemble`` and ``rm.evaluate.evaluate``
@@ -53,10 +58,16 @@ class TrainConfig:
         strength_margins: Margin ``m`` subtracted from the winner's reward gap,
             indexed by judgment strength: 0/None = unspecified (no margin),
             1 = slightly better, 2 = clearly better, 3 = much better.
-        tie_epsilon: Rao–Kupper threshold ε (log ν): a tie has probability
+        tie_epsilon: Rao–Kupper threshold ε (log ν), used when the training data
+            holds ties: P(A ≻ B) = ``σ(d - ε)``, P(B ≻ A) = ``σ(-d - ε)``, P(tie) =
             ``σ(d + ε) - σ(d - ε)``, the mass where the gap is within ±ε. Must be
-            > 0 when the data holds ties (ε = 0 gives a tie probability 0).
-            Win probabilities used for evaluation stay ``σ(d)``.
+            > 0 when the data holds ties (ε = 0 gives a tie probability 0). Data
+            without ties trains plain Bradley–Terry whatever ε is. Win
+            probabilities used for evaluation stay ``σ(d)`` on decisive pairs: with
+            ties the gap is on the Rao–Kupper scale, where P(A ≻ B | not a tie) is
+            about ``σ((1 + tanh(ε/2)) d)`` (exactly its slope at d = 0), and the
+            temperature ``calibrate`` fits on decisive out-of-bag pairs absorbs that
+            factor; with ``calibrate=False`` σ(d) is under-confident on such models.
         calibrate: Fit a temperature T on out-of-bag / validation pairs so that
             ``σ(d / T)`` minimises their log loss; stored in the ensemble.
         optimizer: ``"lbfgs"`` fits linear heads to convergence (convex, no early
@@ -82,23 +93,30 @@ class TrainConfig:
 
 
 def preference_loss(d: torch.Tensor, outcome: torch.Tensor, margin: torch.Tensor | float = 0.0,
-                    tie_epsilon: float = 0.5) -> torch.Tensor:
-    """Per-pair negative log-likelihood for reward gaps ``d = r_A - r_B``.
+                    tie_epsilon: float = 0.0) -> torch.Tensor:
+    """Per-pair Rao–Kupper negative log-likelihood for reward gaps ``d = r_A - r_B``.
 
     ``outcome`` holds ``A_WINS``/``B_WINS``/``TIE`` codes (``BOTH_BAD`` rows must
-    be removed by the caller); ``margin`` broadcasts against ``d``.
+    be removed by the caller); ``margin`` broadcasts against ``d``. With
+    ``tie_epsilon`` ε the outcomes have probabilities ``σ(d - ε)``, ``σ(-d - ε)``
+    and ``σ(d + ε) - σ(d - ε)``, which sum to 1; ε = 0 (the default) is plain
+    Bradley–Terry, where a tie has probability 0 (loss +inf).
     """
     outcome = torch.as_tensor(outcome, device=d.device)
     margin = torch.as_tensor(margin, dtype=d.dtype, device=d.device)
+    eps = torch.as_tensor(float(tie_epsilon), dtype=d.dtype, device=d.device)
     sign = torch.where(outcome == B_WINS, -1.0, 1.0).to(d.dtype)
-    win = -torch.nn.functional.logsigmoid(sign * d - margin)
+    win = -torch.nn.functional.logsigmoid(sign * d - eps - margin)
+    is_tie = outcome == TIE
+    if not bool(is_tie.any()):
+        # Tie-free batches skip the tie term: at ε = 0 its gradient is NaN even where unused.
+        return win
     # log(σ(ε - x) - σ(-ε - x)) with x = |d|, written to stay finite for large |d|.
     x = d.abs()
-    eps = torch.as_tensor(float(tie_epsilon), dtype=d.dtype, device=d.device)
     hi = torch.nn.functional.logsigmoid(eps - x)
     lo = torch.nn.functional.logsigmoid(-eps - x)
     tie = -(hi + torch.log(-torch.expm1(lo - hi)))
-    return torch.where(outcome == TIE, tie, win)
+    return torch.where(is_tie, tie, win)
 
 
 def effective_l2(config: TrainConfig) -> float:
@@ -182,18 +200,17 @@ def fit_temperature(d: np.ndarray, a_wins: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
-def _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, config) -> int:
+def _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, config) -> int:
     """Convex case: L-BFGS on pair differences to convergence (L2 does the regularising)."""
     delta = xt[ia_t] - xt[ib_t]
     l2 = effective_l2(config) / len(ia_t)  # losses below are means
-    is_tie = bool((out_t == TIE).any())
     opt = torch.optim.LBFGS(heads.parameters(), lr=1.0, max_iter=config.max_steps, history_size=20,
                             tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad(set_to_none=True)
         d = heads.w @ delta.T  # biases cancel in a gap
-        losses = (preference_loss(d, out_t, marg, config.tie_epsilon) if is_tie
+        losses = (preference_loss(d, out_t, marg, eps) if eps
                   else -torch.nn.functional.logsigmoid(torch.where(out_t == B_WINS, -d, d) - marg))
         obj = ((losses * w_t).sum(dim=1) + 0.5 * l2 * heads.penalty()).sum()
         obj.backward()
@@ -203,7 +220,7 @@ def _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, config) -> int:
     return int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
 
 
-def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, config) -> int:
+def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, config) -> int:
     """Full-batch Adam with per-member early stopping on validation (out-of-bag) pairs."""
     l2 = effective_l2(config) / len(ia_t)  # losses below are means
     v_n = v_t.sum(dim=1)
@@ -214,7 +231,7 @@ def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, config) -> int:
     stale, step = 0, 0
     for step in range(1, config.max_steps + 1):
         r = heads(xt)
-        losses = preference_loss(r[:, ia_t] - r[:, ib_t], out_t, marg, config.tie_epsilon)
+        losses = preference_loss(r[:, ia_t] - r[:, ib_t], out_t, marg, eps)
         objective = (losses * w_t).sum(dim=1) + 0.5 * l2 * heads.penalty()
         opt.zero_grad(set_to_none=True)
         objective.sum().backward()
@@ -222,7 +239,7 @@ def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, config) -> int:
         if has_val and step % config.eval_every == 0:
             with torch.no_grad():
                 r = heads(xt)
-                vl = (preference_loss(r[:, ia_t] - r[:, ib_t], out_t, 0.0, config.tie_epsilon)
+                vl = (preference_loss(r[:, ia_t] - r[:, ib_t], out_t, 0.0, eps)
                       * v_t).sum(dim=1) / v_n
             better = vl < best - 1e-5
             if better.any():
@@ -252,9 +269,12 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
     if len(data) == 0:
         raise ValueError("no usable pairs to train on (all were both-bad or the data is empty); "
                          "collect A/B/tie judgments first")
-    if not config.tie_epsilon > 0 and (data.outcome == TIE).any():
+    has_ties = bool((data.outcome == TIE).any())
+    if has_ties and not config.tie_epsilon > 0:
         raise ValueError(f"TrainConfig.tie_epsilon must be > 0 when the data holds ties "
                          f"(got {config.tie_epsilon}); with it a tie has probability 0")
+    # Rao–Kupper when there are ties; without any, ε = 0 is plain Bradley–Terry.
+    eps = float(config.tie_epsilon) if has_ties else 0.0
     used, inverse = np.unique(np.concatenate([data.ia, data.ib]), return_inverse=True)
     ia, ib = inverse[:len(data)], inverse[len(data):]
     x = np.asarray(data.feat[used], dtype=np.float32)
@@ -280,9 +300,9 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
         w_t = w_t / w_t.sum(dim=1, keepdim=True).clamp(min=1.0)
         v_t = torch.from_numpy(val.astype(np.float32))
         if config.hidden == 0 and config.optimizer == "lbfgs":
-            step = _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, config)
+            step = _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, config)
         else:
-            step = _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, config)
+            step = _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, config)
         params = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in heads.state_dict().items()}
     finally:
         torch.set_num_threads(prev_threads)

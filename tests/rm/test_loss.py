@@ -1,4 +1,4 @@
-"""The Bradley–Terry loss, margins and the Rao–Kupper tie likelihood on hand-computed values."""
+"""The Bradley–Terry loss, margins and the Rao–Kupper likelihood with ties on hand-computed values."""
 
 import math
 
@@ -32,6 +32,55 @@ def test_tie_is_rao_kupper_mass_within_epsilon():
     loss = preference_loss(torch.tensor([1.2, -1.2]), torch.tensor([TIE, TIE]), 0.0, tie_epsilon=0.3)
     expected = -math.log(_sig(1.2 + 0.3) - _sig(1.2 - 0.3))
     assert loss.tolist() == pytest.approx([expected, expected], rel=1e-5)
+
+
+def test_a_win_among_ties_uses_the_rao_kupper_threshold():
+    # With ε = 0.3 and margin 0.2, A winning at d = 0.5 has probability σ(0.5 - 0.3 - 0.2) = 1/2.
+    loss = preference_loss(torch.tensor([0.5, 0.5, 0.0]), torch.tensor([A_WINS, B_WINS, TIE]),
+                           torch.tensor([0.2, 0.2, 0.0]), tie_epsilon=0.3)
+    assert loss.tolist() == pytest.approx([math.log(2), -math.log(_sig(-0.5 - 0.3 - 0.2)),
+                                           -math.log(_sig(0.3) - _sig(-0.3))], rel=1e-6)
+
+
+def test_the_default_is_plain_bradley_terry_bit_for_bit():
+    # rm.finetune calls the loss with its defaults on wins only: that must stay -log σ(±d - m).
+    d = torch.linspace(-7, 7, 57, dtype=torch.float32)
+    out = torch.tensor([A_WINS, B_WINS] * 28 + [A_WINS])
+    m = torch.linspace(0, 1, 57)
+    expected = -torch.nn.functional.logsigmoid(torch.where(out == B_WINS, -d, d) - m)
+    assert torch.equal(preference_loss(d, out, m), expected)
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.5, 1.0, 3.0])
+def test_the_three_outcome_probabilities_sum_to_one(eps):
+    # A proper likelihood: P(A) + P(B) + P(tie) = σ(d-ε) + σ(-d-ε) + σ(d+ε) - σ(d-ε) = 1. With
+    # σ(d) for wins (as before) the sum was 1 + P(tie), up to 1.76 at ε = 3.
+    d = torch.linspace(-12, 12, 97, dtype=torch.float64)
+    p = [torch.exp(-preference_loss(d, torch.full(d.shape, o), 0.0, tie_epsilon=eps))
+         for o in (A_WINS, B_WINS, TIE)]
+    np.testing.assert_allclose((p[0] + p[1] + p[2]).numpy(), 1.0, rtol=1e-9)
+
+
+@pytest.mark.parametrize("eps", [0.2, 0.5, 1.5])
+def test_the_expected_loss_is_minimised_at_the_true_gap(eps):
+    # Fisher consistency: with outcomes drawn from Rao–Kupper at gap d*, the expected loss
+    # is smallest at d = d*. Wins scored by σ(d) put it at about 0.79 d* (ε = 0.5).
+    true = torch.tensor([-3.0, -1.0, 0.0, 0.25, 1.0, 2.0, 4.0], dtype=torch.float64)
+    probs = [torch.sigmoid(true - eps), torch.sigmoid(-true - eps)]
+    probs.append(1 - probs[0] - probs[1])
+    d = torch.zeros_like(true, requires_grad=True)
+    opt = torch.optim.LBFGS([d], lr=1.0, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = sum((p * preference_loss(d, torch.full(d.shape, o), 0.0, tie_epsilon=eps)).sum()
+                   for p, o in zip(probs, (A_WINS, B_WINS, TIE)))
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    np.testing.assert_allclose(d.detach().numpy(), true.numpy(), atol=1e-5)
 
 
 def test_tie_loss_stays_finite_for_huge_gaps():

@@ -64,6 +64,43 @@ def test_ties_pull_rewards_together():
     assert gaps.mean() < 0.2
 
 
+def test_training_with_ties_recovers_the_true_reward_gaps():
+    # Five items with known rewards, outcomes drawn from Rao–Kupper at the configured ε, one-hot
+    # features, no prior: the fitted gaps are maximum-likelihood estimates and must be unbiased.
+    # Measured over 40 seeds (1,000 comparisons per pair): each fitted gap has sd 0.036-0.048
+    # and a bias under 0.01; the worst gap of the worst seed was off by 0.12. With wins scored
+    # by σ(d) instead of σ(d - ε) every gap came out about 20% short (2.2 fitted as 1.77, the
+    # worst gap off by more than 0.40 on every seed).
+    true, eps = np.array([0.0, 0.4, 0.9, 1.5, 2.2]), 0.5
+    rng = np.random.default_rng(0)
+    pairs = np.array([(i, j) for i in range(5) for j in range(i + 1, 5)])
+    ia, ib = np.repeat(pairs[:, 0], 1000), np.repeat(pairs[:, 1], 1000)
+    flip = rng.random(len(ia)) < 0.5
+    ia, ib = np.where(flip, ib, ia), np.where(flip, ia, ib)
+    d = true[ia] - true[ib]
+    p_a, p_b = 1 / (1 + np.exp(eps - d)), 1 / (1 + np.exp(eps + d))
+    u = rng.random(len(d))
+    outcome = np.where(u < p_a, A_WINS, np.where(u < p_a + p_b, B_WINS, TIE))
+    assert 0.1 < np.mean(outcome == TIE) < 0.2
+    data = PairData(np.eye(5, dtype=np.float32), ia, ib, outcome)
+    cfg = TrainConfig(n_members=1, bootstrap=False, val_fraction=0.0, l2=0.0, calibrate=False, tie_epsilon=eps,
+                      num_threads=1)
+    r = train_ensemble(data, cfg, seed=0).rewards(np.eye(5, dtype=np.float32)).astype(float)
+    np.testing.assert_allclose(r - r[0], true, atol=0.2)
+
+
+def test_tie_epsilon_does_not_touch_data_without_ties():
+    # Without ties the model is plain Bradley–Terry (ε = 0 is the maximum-likelihood threshold
+    # when none is observed): tie-free data, and so every HH-RLHF result, trains bit for bit
+    # as before whatever ε is, with L-BFGS and with Adam.
+    data = synthetic(200, seed=4)
+    data.strength = np.random.default_rng(1).integers(0, 4, len(data)).astype(np.int8)
+    for extra in ({}, {"hidden": 8, "max_steps": 30}, {"optimizer": "adam", "max_steps": 30}):
+        a = train_ensemble(data, TrainConfig(n_members=2, tie_epsilon=0.5, num_threads=1, **extra), seed=1)
+        b = train_ensemble(data, TrainConfig(n_members=2, tie_epsilon=2.0, num_threads=1, **extra), seed=1)
+        assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
 def test_indices_into_a_shared_matrix_are_not_copied():
     data = synthetic(100)
     sub = data.subset(np.arange(10))
