@@ -21,10 +21,21 @@ _FENCE_OPEN = re.compile(r"^( {0,3})(`{3,}(?=[^`\n]*$)|~{3,})[^\n]*$", re.MULTIL
 # A run after a backslash is not taken as an opener (the backslash escapes its
 # first backtick), so such text stays escaped prose.
 _INLINE_CODE = re.compile(r"(?<![`\\])(`+)(?!`)(.+?)(?<!`)\1(?!`)")
-_DOLLAR = re.compile(r"(\\*)\$")
+_DOLLAR = re.compile(r"(\\*)(\$)")
+# Streamlit's own Markdown extensions, which turn a colon into styling: a directive with a label or
+# attributes (":green-background[Verified]", ":help[text only shown on hover]", ":x{a=b}", whose
+# label an unknown name drops), and the bare names it styles (the "red" of "color:red" vanished
+# into an empty red span). Escaped, the colon is shown as written.
+_STYLE_NAMES = (r"(?:(?:red|orange|yellow|green|blue|violet|gray|grey|primary|rainbow)(?:-background|-badge)?"
+                r"|small|shimmer|help|color)")
+_DIRECTIVE = re.compile(rf"(\\*)(:)(?=[A-Za-z][\w-]*[\[{{]|{_STYLE_NAMES}(?![\w-]))")
+# ":material/check:" (an icon) and ":streamlit:" (an <img> of the logo) are replaced in the text
+# after parsing, escaped or not: a zero-width space after the colon keeps them text.
+_ICON_CODE = re.compile(r":(?=material[/_][\w-]+:|streamlit:)")
 # An "&" that starts a character reference ("&lt;", "&#60;", "&#x3c;"), which Markdown would
 # show as the character it names: escaped, "&lt;" is shown as written, like "<" itself.
 _CHAR_REF = re.compile(r"&(?=#[0-9]{1,7};|#[xX][0-9a-fA-F]{1,6};|[A-Za-z][A-Za-z0-9]{0,31};)")
+_ZWSP = "\u200b"
 _IMAGE_OPEN = re.compile(r"!\[")
 # A link reference definition "[label]: url" at the start of a line, possibly
 # inside block quotes or list items.
@@ -134,10 +145,10 @@ def _inline_segments(prose: str) -> Iterator[tuple[bool, str]]:
         yield False, prose[pos:]
 
 
-def _escape_dollar(match: re.Match) -> str:
-    slashes = match.group(1)
-    # An odd number of backslashes already escapes the "$".
-    return slashes + ("" if len(slashes) % 2 else "\\") + "$"
+def _escape_unescaped(match: re.Match) -> str:
+    slashes, char = match.groups()
+    # An odd number of backslashes already escapes the character.
+    return slashes + ("" if len(slashes) % 2 else "\\") + char
 
 
 def _escape_prose(prose: str) -> str:
@@ -145,7 +156,9 @@ def _escape_prose(prose: str) -> str:
     prose = prose.replace("<", "&lt;")
     prose = _IMAGE_OPEN.sub(r"!\\[", prose)
     prose = _REF_DEF.sub(lambda m: f"{m.group(1)}\\[{m.group(2)}]:", prose)
-    return _DOLLAR.sub(_escape_dollar, prose)
+    prose = _ICON_CODE.sub(f":{_ZWSP}", prose)
+    prose = _DIRECTIVE.sub(_escape_unescaped, prose)
+    return _DOLLAR.sub(_escape_unescaped, prose)
 
 
 def _neutralise(prose: str) -> str:
@@ -163,9 +176,6 @@ def _neutralise(prose: str) -> str:
     return "".join(out)
 
 
-_ZWSP = "\u200b"
-
-
 def safe_markdown(text: str) -> str:
     """Markdown for untrusted ``text`` that fetches nothing and runs nothing.
 
@@ -178,10 +188,12 @@ def safe_markdown(text: str) -> str:
     Outside code, as a further layer: link reference definitions are
     disabled, URLs of images (bare or ``<autolinked>``) are shown as code
     instead of links, ``<`` is escaped so HTML is inert text, the ``&`` of a
-    character reference is escaped so ``&lt;`` shows as written, and ``$`` is
-    escaped so no LaTeX is rendered. Code (fenced blocks, indented blocks,
-    which come back fenced, and one-line inline spans) is otherwise kept as
-    written. Code is found with regular expressions, not a full CommonMark
+    character reference is escaped so ``&lt;`` shows as written, ``$`` is
+    escaped so no LaTeX is rendered, and Streamlit's colour, badge, size and
+    tooltip directives (``:green-background[...]``, ``:help[...]``), Material
+    icons and logo (``:material/check:``, ``:streamlit:``) are shown as
+    written. Code (fenced blocks, indented blocks, which come back fenced, and
+    one-line inline spans) is otherwise kept as written. Code is found with regular expressions, not a full CommonMark
     parser, so in contrived text a span may be misjudged; then only those
     escapes are affected, which is why the result must still be rendered with
     ``unsafe_allow_html=False`` (Streamlit's default: raw HTML is never live).

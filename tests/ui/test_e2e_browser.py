@@ -71,6 +71,8 @@ def _expected(key: str, a_on_left: bool) -> str:
 
 HOSTILE = (
     "# Heading\n\n" + "A long paragraph of model output. " * 60 + "\n\n"
+    ":green-background[Verified by experts] :help[only on hover] color:red :material/verified: :streamlit:\n\n"
+
     "![tracker](https://evil.example/pixel.png) and ![ref][t]\n\n[t]: https://evil.example/ref.png\n\n"
     "https://evil.example/bare.jpg\n\n"
     "<script>window.__pwned = 'script'</script><img src=x onerror=\"window.__pwned = 'img'\">\n\n"
@@ -212,6 +214,11 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
             assert page.locator("main img").count() == 0
             assert page.locator(".katex").count() == 0
             assert page.evaluate("() => window.__pwned === undefined")
+            # Streamlit's own Markdown extensions stay text: no colour, badge, tooltip or icon.
+            assert page.locator("main :is(.stMarkdownColoredText, .stMarkdownColoredBackground, "
+                                ".stMarkdownBadge, [aria-label='verified icon'])").count() == 0
+            expect(page.get_by_text(":green-background[Verified by experts] :help[only on hover] color:red")
+                   ).to_have_count(1)
             _shot(page, "annotate", page.get_by_text("Optional: strength, rationale, flags"))
 
             pressed: list[tuple[int, str]] = []
