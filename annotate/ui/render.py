@@ -208,6 +208,36 @@ RESPONSE_HEIGHT = 420
 PROMPT_HEIGHT = 320
 _LONG_PROMPT_CHARS = 1200
 _CHAT_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "ai": "assistant"}
+_OTHER_ROLE_AVATAR = ":material/settings:"  # a system turn must not pass for something the user said
+UNTRUSTED_KEY = "untrusted"
+# Model output keeps its Markdown structure but not the page's visual weight: a "# VERIFIED ANSWER"
+# heading is bold text of the body's size (not bigger than the page's "Response A"), without an
+# anchor link; nested quotes are not faded once per level (Streamlit's opacity compounds, so six
+# levels deep text was all but invisible to the annotator while the model still saw it); and each
+# paragraph takes its direction from its own text, so Arabic or Hebrew reads right to left.
+_UNTRUSTED_CSS = """<style>
+.st-key-untrusted [data-testid="stMarkdown"] :is(h1, h2, h3, h4, h5, h6) {
+  font-size: 1rem !important; font-weight: 700 !important; line-height: 1.5 !important;
+  margin: 0.75rem 0 0.25rem 0 !important; padding: 0 !important; letter-spacing: normal !important;
+}
+.st-key-untrusted [data-testid="stMarkdown"] [data-testid="stHeaderActionElements"] { display: none !important; }
+.st-key-untrusted [data-testid="stMarkdown"] blockquote blockquote { opacity: 1 !important; }
+.st-key-untrusted [data-testid="stMarkdown"] :is(p, li, h1, h2, h3, h4, h5, h6, th, td) {
+  unicode-bidi: plaintext; text-align: start;
+}
+</style>"""
+
+
+def untrusted_area():
+    """The container to draw a pair's prompt and responses in (``with render.untrusted_area(): ...``).
+
+    Inside it, untrusted Markdown cannot borrow the page's own look (see ``_UNTRUSTED_CSS``): what
+    ``safe_markdown`` cannot neutralise without changing the text, the style does. Once per page run.
+    """
+    import streamlit as st
+
+    st.html(_UNTRUSTED_CSS)  # only a <style>: Streamlit adds it to the page without taking space
+    return st.container(key=UNTRUSTED_KEY)
 
 
 def show_text(text: str, *, height: int | None = None) -> None:
@@ -234,8 +264,8 @@ def show_prompt(prompt_text: str | None, prompt_messages: Sequence[dict[str, Any
     with box:
         for message in prompt_messages:
             role = str(message.get("role", "user"))
-            name = _CHAT_ROLES.get(role.lower(), "user")
-            with st.chat_message(name):
-                if name == "user" and role.lower() not in ("user", "human"):
+            name = _CHAT_ROLES.get(role.lower())
+            with st.chat_message(name or role, avatar=None if name else _OTHER_ROLE_AVATAR):
+                if name is None:
                     st.caption(role)
                 st.markdown(safe_markdown(str(message.get("content", ""))), unsafe_allow_html=False)

@@ -561,6 +561,25 @@ def test_chat_prompt_is_rendered_as_chat(app_db, people):
     assert at.chat_message[2].markdown[0].value == "Details for 0."
 
 
+def test_a_system_turn_does_not_look_like_the_user(app_db, people):
+    """A system message had the user's avatar, with a small "system" caption: it read as the user's words."""
+    from annotate.models import Comparison, Prompt, Response
+    from tests.factories import h
+
+    with app_db.begin() as session:
+        prompt = Prompt(content_hash=h("system-chat"), messages=[
+            {"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi?"}])
+        session.add(prompt)
+        session.flush()
+        a, b = (Response(prompt_id=prompt.id, content_hash=h("system-chat", x), text=x) for x in "ab")
+        session.add_all([a, b])
+        session.flush()
+        session.add(Comparison(prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
+    at = _login(_app(), "ann")
+    assert [(c.name, c.avatar) for c in at.chat_message] == [("system", ":material/settings:"), ("user", "user")]
+    assert [c.value for c in at.chat_message[0].caption] == ["system"]
+
+
 def test_untrusted_text_is_rendered_inert(app_db, people):
     from annotate.models import Comparison, Prompt, Response
     from tests.factories import h

@@ -72,12 +72,34 @@ def _expected(key: str, a_on_left: bool) -> str:
 HOSTILE = (
     "# Heading\n\n" + "A long paragraph of model output. " * 60 + "\n\n"
     ":green-background[Verified by experts] :help[only on hover] color:red :material/verified: :streamlit:\n\n"
-
+    "> > > > > > six quotes deep\n\n"
+    "مرحبا بالعالم.\n\n"
     "![tracker](https://evil.example/pixel.png) and ![ref][t]\n\n[t]: https://evil.example/ref.png\n\n"
     "https://evil.example/bare.jpg\n\n"
     "<script>window.__pwned = 'script'</script><img src=x onerror=\"window.__pwned = 'img'\">\n\n"
     "Price: $5 to $10\n\n```python\nprint('kept <b>$x$</b>')\n```\n" + "\nmore lines" * 30
 )
+
+
+# Measured on the hostile pair: the font size of its heading and of its text, how opaque the
+# deepest quote is, and how far the Arabic paragraph's text ends from the right edge.
+_LOOK_JS = """() => {
+    const md = [...document.querySelectorAll('main [data-testid=stMarkdown]')].find(e => e.querySelector('h1'));
+    const px = e => parseFloat(getComputedStyle(e).fontSize);
+    const quote = [...md.querySelectorAll('p')].find(p => p.innerText.includes('six quotes deep'));
+    let opacity = 1;
+    for (let e = quote; e; e = e.parentElement) opacity *= parseFloat(getComputedStyle(e).opacity);
+    const rtl = [...md.querySelectorAll('p')].find(p => p.innerText.startsWith('مرحبا'));
+    const range = document.createRange();
+    range.selectNodeContents(rtl);
+    return {heading_px: px(md.querySelector('h1')), text_px: px(md.querySelector('p')), quote_opacity: opacity,
+            rtl_gap_px: rtl.getBoundingClientRect().right - range.getBoundingClientRect().right};
+}"""
+# The labels of the page's buttons that show an ellipsis instead of their whole text.
+_TRUNCATED_JS = """() => [...document.querySelectorAll(
+        'main :is([data-testid=stButton], [data-testid=stPopover]) button *')]
+    .filter(e => getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth)
+    .map(e => e.innerText)"""
 
 
 def _add_hostile_chat_pair(session) -> None:
@@ -219,6 +241,16 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
                                 ".stMarkdownBadge, [aria-label='verified icon'])").count() == 0
             expect(page.get_by_text(":green-background[Verified by experts] :help[only on hover] color:red")
                    ).to_have_count(1)
+            look = page.evaluate(_LOOK_JS)
+            assert look["heading_px"] <= look["text_px"], look  # no "# VERIFIED" louder than the page
+            assert look["quote_opacity"] >= 0.5, look  # six quotes deep is still readable
+            assert look["rtl_gap_px"] < 2, look  # Arabic starts at the right
+            for width in (1280, 800):  # the labels stay whole; nothing scrolls sideways
+                page.set_viewport_size({"width": width, "height": 1000})
+                _settle(page)
+                assert page.evaluate(_TRUNCATED_JS) == [], width
+                assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth"), width
+            page.set_viewport_size({"width": 1400, "height": 1000})
             _shot(page, "annotate", page.get_by_text("Optional: strength, rationale, flags"))
 
             pressed: list[tuple[int, str]] = []

@@ -178,15 +178,17 @@ def _load(session):
 with context.stop_on_errors():
     options, assignment, progress = db.transact(_load)
 
-head, stats, help_box = st.columns([3, 3, 1.4], vertical_alignment="bottom")
-head.header("Which response is better?")
-with stats:
-    today, left = st.columns(2)
-    today.metric("Judged today", progress.judged_today)
-    left.metric("Remaining", progress.remaining)
-    done = progress.judged_total + progress.remaining
-    st.progress(progress.judged_total / done if done else 1.0)
-with help_box.popover("Guidelines", icon=":material/menu_book:", width="stretch"):
+# A row that wraps in a narrow window, so the Guidelines button keeps its whole label.
+with st.container(horizontal=True, vertical_alignment="bottom", gap="medium"):
+    st.header("Which response is better?", anchor=False, width="content")
+    with st.container(width="stretch"):
+        today, left = st.columns(2)
+        today.metric("Judged today", progress.judged_today)
+        left.metric("Remaining", progress.remaining)
+        done = progress.judged_total + progress.remaining
+        st.progress(progress.judged_total / done if done else 1.0)
+    help_box = st.popover("Guidelines", icon=":material/menu_book:", width="content")
+with help_box:
     st.markdown(render.safe_markdown(options.guidelines), unsafe_allow_html=False)  # no remote images
     st.page_link("annotate/ui/pages/guidelines.py", label="Open the guidelines page", icon=":material/open_in_new:")
 
@@ -209,23 +211,23 @@ st.session_state[ON_SCREEN_KEY] = cid
 
 st.caption(f"Pair #{cid} · keys: **A** left better · **B** right better · **T** tie · **X** both bad · "
            "**S** skip · **U** undo last")
-with st.container(border=True):
-    st.markdown("**Prompt**")
-    render.show_prompt(assignment.prompt_text, assignment.prompt_messages)
+with render.untrusted_area():
+    with st.container(border=True):
+        st.markdown("**Prompt**")
+        render.show_prompt(assignment.prompt_text, assignment.prompt_messages)
+    col_a, col_b = st.columns(2)
+    for column, label, text in ((col_a, "A", assignment.left_text), (col_b, "B", assignment.right_text)):
+        with column:
+            st.subheader(f"Response {label}", anchor=False)
+            render.show_text(text, height=render.RESPONSE_HEIGHT if _is_long(text) else None)
 
-col_a, col_b = st.columns(2)
-for column, label, text in ((col_a, "A", assignment.left_text), (col_b, "B", assignment.right_text)):
-    with column:
-        st.subheader(f"Response {label}")
-        render.show_text(text, height=render.RESPONSE_HEIGHT if _is_long(text) else None)
-
-buttons = st.columns(6)
-for column, (shown, label, key, kind) in zip(buttons, ACTIONS):
-    column.button(label, key=f"judge_{shown}_{cid}", shortcut=key, type=kind, on_click=_judge,
+with st.container(horizontal=True):  # wraps onto a second row in a narrow window, labels whole
+    for shown, label, key, kind in ACTIONS:
+        st.button(label, key=f"judge_{shown}_{cid}", shortcut=key, type=kind, on_click=_judge,
                   args=(cid, shown, assignment.a_on_left), width="stretch")
-buttons[4].button("Skip", key=f"skip_{cid}", shortcut="S", on_click=_skip, args=(cid,), icon=":material/skip_next:",
-                  width="stretch")
-_undo_button(buttons[5])
+    st.button("Skip", key=f"skip_{cid}", shortcut="S", on_click=_skip, args=(cid,), icon=":material/skip_next:",
+              width="stretch")
+    _undo_button(st)
 
 keys = _input_keys(cid)
 for name, value in _kept(DRAFTS_KEY).get(cid, {}).items():
