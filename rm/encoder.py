@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +26,15 @@ import torch  # noqa: E402
 # an older rule are never mixed with new ones.
 _ENCODING_RULES_VERSION = 1
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_EDGE_BYTES = 1 << 20
+# Weight files, by the sha256 of their whole content, that keep the first-and-last-MiB
+# fingerprint ids used to be built from, so their artifacts still load and their cached
+# embeddings are still found: the bundled all-MiniLM-L6-v2 (the upstream model.safetensors).
+# Any other content, whatever its first and last MiB, gets a full-content fingerprint.
+_KEEP_EDGE_FINGERPRINT = frozenset({"53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"})
+_MEMO: dict[tuple, str] = {}  # (resolved path, _stat_key) -> sha256 of the whole file
+_MEMO_ENTRIES = 64
+_MEMO_SETTLE_NS = 2_000_000_000
 _SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
@@ -86,8 +96,9 @@ class Encoder:
         device: Torch device string; ``None`` picks CUDA when available.
 
     ``encoder_id`` is a content hash of the model's config, tokenizer and weight
-    file fingerprint plus ``config``; it changes whenever the vectors would.
-    The model itself is loaded on first use.
+    files (all of their bytes) plus ``config``; it changes whenever the vectors
+    would. The model itself is loaded on first use, and refused if its files
+    changed since the id was computed.
     """
 
     def __init__(self, model_path: str | Path | None = None, config: EncoderConfig | None = None,
@@ -129,6 +140,11 @@ class Encoder:
                     f"Could not load the encoder from {self.model_path}: {exc}. "
                     "Check that the directory holds the model weights and tokenizer files."
                 ) from exc
+            if _encoder_id(self.model_path, self.config) != self.encoder_id:
+                # Vectors of these weights would be cached under the id of the old ones.
+                raise EncoderError(
+                    f"The files in {self.model_path} changed after this encoder's id was computed; "
+                    "create the Encoder again (restart the process) to use the new weights.")
             model.eval().to(self.device)
             self._tokenizer, self._model = tok, model
         return self._tokenizer, self._model
@@ -260,8 +276,8 @@ def pair_token_ids(tokenizer, prompts: Sequence[str], responses: Sequence[str], 
     return out
 
 
-def _file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
-    """Size plus hash of the first and last MiB: cheap, content-based, mtime-free."""
+def _edge_fingerprint(path: Path, chunk: int = _EDGE_BYTES) -> str:
+    """Size plus hash of the first and last MiB: every byte of a file up to 2 MiB."""
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with path.open("rb") as f:
@@ -270,6 +286,92 @@ def _file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
             f.seek(max(size - chunk, chunk))
             h.update(f.read(chunk))
     return h.hexdigest()
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Content fingerprint of one weight file: every byte of it counts.
+
+    Files up to 2 MiB keep the first-and-last-MiB hash, which already read them
+    whole (their ids are unchanged). Larger files are hashed in full
+    (``sha256:<hex>``, memoised by ``_content_sha256``); one whose full hash is in
+    ``_KEEP_EDGE_FINGERPRINT`` keeps its old value, since that content is known.
+    """
+    if path.stat().st_size <= 2 * _EDGE_BYTES:
+        return _edge_fingerprint(path)
+    digest = _content_sha256(path)
+    return _edge_fingerprint(path) if digest in _KEEP_EDGE_FINGERPRINT else f"sha256:{digest}"
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _memo_file() -> Path | None:
+    """The per-user sidecar of full-file hashes (``$XDG_CACHE_HOME/prefloop``), or None."""
+    try:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home directory
+        return None
+    return root / "prefloop" / "weight-sha256.json"
+
+
+def _read_memo(memo: Path | None) -> dict:
+    try:
+        entries = json.loads(memo.read_text()) if memo is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_memo(memo: Path | None, entries: dict) -> None:
+    if memo is None:
+        return
+    live = {}
+    for name, entry in list(entries.items())[-_MEMO_ENTRIES:]:
+        if Path(name).exists():  # paths of deleted models (temporary test models) go
+            live[name] = entry
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{time.time_ns()}")
+        tmp.write_text(json.dumps(live))
+        os.replace(tmp, memo)
+    except OSError:
+        pass  # a read-only home: every process hashes the file once instead
+
+
+def _content_sha256(path: Path) -> str:
+    """sha256 of the whole file, memoised in this process and in the per-user sidecar.
+
+    The memo key is the resolved path with the file's device, inode, size, mtime and
+    ctime. A file rewritten in place, replaced, or copied over with its mtime kept
+    gets a new ctime (which the kernel sets on every write and metadata change and no
+    user-space call can set back), so a changed file never matches an old entry. A
+    file whose ctime or mtime is less than ``_MEMO_SETTLE_NS`` old, or that changes
+    while it is read, is hashed but not memoised: a second write in the same
+    timestamp tick would otherwise go unseen. What remains assumed is a filesystem
+    that keeps ctime honestly (local disks do; some network or FUSE mounts may not).
+    """
+    name = str(path.resolve())
+    key = _stat_key(path)
+    found = _MEMO.get((name, key))
+    if found is not None:
+        return found
+    memo = _memo_file()
+    entries = _read_memo(memo)
+    entry = entries.get(name)
+    if isinstance(entry, list) and len(entry) == 6 and tuple(entry[:5]) == key and isinstance(entry[5], str):
+        _MEMO[(name, key)] = entry[5]
+        return entry[5]
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    settled = time.time_ns() - max(key[3], key[4]) > _MEMO_SETTLE_NS
+    if settled and _stat_key(path) == key:
+        _MEMO[(name, key)] = digest
+        entries.pop(name, None)
+        entries[name] = [*key, digest]
+        _write_memo(memo, entries)
+    return digest
 
 
 def _shard_files(model_path: Path) -> list[str]:

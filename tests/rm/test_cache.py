@@ -81,3 +81,18 @@ def test_texts_holding_nul_never_share_a_pair_key():
     assert text_key("pair", "a\x00", "b") != text_key("pair", "a", "\x00b")
     old = hashlib.sha256(b"pair" + b"\x00" + "How?".encode() + b"\x00" + "Like this.".encode()).digest()
     assert text_key("pair", "How?", "Like this.") == old
+
+
+def test_models_that_differ_only_in_the_middle_of_their_weights_never_share_vectors(tiny_bert, tmp_path,
+                                                                                   monkeypatch):
+    # They shared an encoder id (first and last MiB of the weights), so the second model was
+    # served the first one's cached vectors without a word.
+    from tests.rm.weights import middle_twins
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    a, b, word = middle_twins(tiny_bert, tmp_path / "models")
+    enc_a, enc_b = Encoder(a, TWO), Encoder(b, TWO)
+    EmbeddingCache(tmp_path / "cache", enc_a).embed([word])
+    got = EmbeddingCache(tmp_path / "cache", enc_b).embed([word])
+    np.testing.assert_allclose(got, enc_b.encode([word]), atol=1e-6)
+    assert np.abs(got - enc_a.encode([word])).max() > 1e-3

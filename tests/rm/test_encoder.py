@@ -116,3 +116,107 @@ def test_encoder_id_changes_with_the_weights_of_a_sharded_checkpoint(tiny_bert, 
     assert np.abs(a.encode(["same text"]) - b.encode(["same text"])).max() > 1e-3
     assert a.encoder_id != b.encoder_id
     assert a.encoder_id == Encoder(tmp_path / "a").encoder_id
+
+
+@pytest.fixture
+def memo_home(tmp_path, monkeypatch):
+    """A private sidecar for full-weight hashes; files memoised as soon as they are hashed."""
+    import rm.encoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(rm.encoder, "_MEMO_SETTLE_NS", 0, raising=False)
+    return tmp_path / "xdg" / "prefloop" / "weight-sha256.json"
+
+
+def test_weights_that_differ_only_in_the_middle_get_different_ids(tiny_bert, tmp_path, memo_home):
+    # The fingerprint hashed the size and the first and last MiB of each weight file, so a
+    # fine-tune that changed only the middle shared the id, and with it the cached embeddings.
+    from tests.rm.weights import middle_twins, same_edges
+
+    a, b, word = middle_twins(tiny_bert, tmp_path)
+    assert same_edges(a / "model.safetensors", b / "model.safetensors")
+    enc_a, enc_b = Encoder(a), Encoder(b)
+    assert np.abs(enc_a.encode([word]) - enc_b.encode([word])).max() > 1e-3
+    assert enc_a.encoder_id != enc_b.encoder_id
+    assert Encoder(a).encoder_id == enc_a.encoder_id and Encoder(b).encoder_id == enc_b.encoder_id
+
+
+def test_an_unchanged_model_keeps_its_id_and_another_process_reads_the_memo(tiny_bert, tmp_path, memo_home):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(tiny_bert, tmp_path / "m")
+    first = Encoder(tmp_path / "m").encoder_id
+    assert Encoder(tmp_path / "m").encoder_id == first
+    memo = json.loads(memo_home.read_text())
+    assert list(memo) == [str((tmp_path / "m" / "model.safetensors").resolve())]
+    # Another process finds the full hash in the sidecar: it never reads the whole file.
+    code = ("import hashlib, sys, rm.encoder\n"
+            "def refuse(*a, **k): raise AssertionError('hashed the whole file again')\n"
+            "hashlib.file_digest = refuse\n"
+            "print(rm.encoder.Encoder(sys.argv[1]).encoder_id)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True,
+                         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == first
+
+
+def test_a_rewrite_that_keeps_size_mtime_and_edges_changes_the_id(tiny_bert, tmp_path, memo_home):
+    # The memo is keyed by inode, size, mtime and ctime: copying other weights over the file
+    # with their mtime set to the old one (cp -p, rsync -t) still changes ctime.
+    import os
+    import shutil
+    import time
+
+    from tests.rm.weights import middle_twins, same_edges
+
+    a, b, _ = middle_twins(tiny_bert, tmp_path)
+    weights = a / "model.safetensors"
+    assert same_edges(weights, b / "model.safetensors")
+    before = os.stat(weights)
+    old = Encoder(a).encoder_id
+    time.sleep(0.05)  # past the file's last timestamp tick (the test memoises at once)
+    os.utime(b / "model.safetensors", ns=(before.st_atime_ns, before.st_mtime_ns))
+    shutil.copy2(b / "model.safetensors", weights)  # rewrites the same inode, keeps the mtime
+    after = os.stat(weights)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert weights.read_bytes() == (b / "model.safetensors").read_bytes()
+    assert Encoder(a).encoder_id != old
+    assert Encoder(a).encoder_id == Encoder(b).encoder_id
+
+
+def test_an_encoder_refuses_weights_that_changed_after_its_id(tiny_bert, tmp_path, memo_home):
+    # Its vectors would be cached under the id of the weights it was created with.
+    from rm.encoder import EncoderError
+    from tests.rm.weights import middle_twins
+
+    a, b, _ = middle_twins(tiny_bert, tmp_path)
+    enc = Encoder(a)
+    (a / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes())
+    with pytest.raises(EncoderError, match="changed after this encoder's id"):
+        enc.encode(["text"])
+    assert Encoder(a).encode(["text"]).shape == (1, 32)
+
+
+def test_the_bundled_encoder_and_small_weight_files_keep_their_ids(tiny_bert, monkeypatch, tmp_path, memo_home):
+    # Existing artifacts name the bundled encoder's id and its cache directory holds its
+    # embeddings: its content is known, so its id is what the first-and-last-MiB rule gave.
+    # A weight file up to 2 MiB was read whole by that rule, and keeps its id too.
+    import shutil
+
+    import rm.encoder
+    from rm.encoder import _edge_fingerprint, _encoder_id, default_model_path
+
+    small = tmp_path / "small"
+    shutil.copytree(tiny_bert, small)
+    raw = (small / "model.safetensors").read_bytes()
+    (small / "model.safetensors").write_bytes(raw[:(3 << 19)])  # an id needs no loadable weights
+    new = {p: _encoder_id(p, EncoderConfig()) for p in (default_model_path(), small, tiny_bert)}
+    monkeypatch.setattr(rm.encoder, "_file_fingerprint", _edge_fingerprint)
+    old = {p: _encoder_id(p, EncoderConfig()) for p in new}
+    assert new[default_model_path()] == old[default_model_path()]
+    assert new[small] == old[small]
+    assert new[tiny_bert] != old[tiny_bert]  # 4 MB: now hashed whole
