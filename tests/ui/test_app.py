@@ -6,6 +6,7 @@ import ast
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -234,8 +235,6 @@ def test_password_reset_logs_out_open_sessions(app_db, people):
 
 
 def test_idle_session_is_logged_out_at_its_next_interaction(app_db, people):
-    import time
-
     at = _login(_app(), "ann")
     at.session_state["last_seen"] = time.time() - 7 * 3600  # under the default 8 hours: still logged in
     at.run()
@@ -504,6 +503,26 @@ def test_u_pressed_twice_before_the_page_rerenders_undoes_once(app_db, people, p
     assert _shown_pair(at, app_db, annotator)[0] == second
     assert [(j.comparison_id, j.state) for j in _judgments(app_db, annotator)] == [
         (first, JudgmentState.active), (second, JudgmentState.retracted)]
+
+
+@pytest.mark.parametrize("action", ["judge_left", "skip", "undo"])
+def test_a_press_after_the_idle_limit_logs_out_and_acts_not(app_db, people, action):
+    """Callbacks run before the script's idle check: a press in a session idle past the limit recorded
+    its judgment (or skip, or undo) and only then showed the login page. Now it does nothing."""
+    at, annotator = _annotating(app_db, people, 3)
+    first, _ = _shown_pair(at, app_db, annotator)
+    _press(at, "judge_tie").click().run()
+    second, _ = _shown_pair(at, app_db, annotator)
+    button = _undo_button(at) if action == "undo" else _press(at, action)
+    at.session_state["last_seen"] = time.time() - 9 * 3600
+    button.click().run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["prefloop"] and "actor" not in at.session_state
+    assert [i.value for i in at.info] == ["You were logged out after 480 minutes without activity."]
+    assert [(j.comparison_id, j.state) for j in _judgments(app_db, annotator)] == [(first, JudgmentState.active)]
+    with app_db.read() as session:
+        assert not session.scalar(select(Lease.skipped).where(Lease.comparison_id == second,
+                                                              Lease.annotator_id == annotator.id))
 
 
 def test_u_pressed_again_once_the_pair_is_back_undoes_the_action_before(app_db, people):

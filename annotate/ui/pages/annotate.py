@@ -15,6 +15,10 @@ its button is keyed by the render's token and used once, so U pressed twice
 before the page re-renders undoes one action, not two; U pressed again once the
 undone pair is shown undoes the action before it.
 
+Each press re-reads the session's user first (``_actor_now``), as the script
+does: callbacks run before the script, so a press in a session idle past the
+limit, or of an account deactivated meanwhile, acted before the run logged out.
+
 The optional inputs (strength, rationale, flags) live in widgets keyed by their
 pair, and Streamlit forgets a widget's value once a run does not draw it. So
 the page keeps a copy of each pair's inputs while it is off screen (another
@@ -26,7 +30,7 @@ back as it was judged. A probe of a judged pair starts empty.
 import time
 
 import streamlit as st
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from annotate import campaign, judgments, queue
 from annotate.errors import PrefloopError
@@ -98,6 +102,18 @@ def _once(key: str, token, write) -> tuple[bool, object]:
     return True, result
 
 
+def _actor_now():
+    """The actor a press acts for, re-read as the script does, or None if it must not act: a press in a
+    session idle past PREFLOOP_SESSION_IDLE_MINUTES (or of an account deactivated meanwhile) recorded
+    its action, and only the run after it logged out. Callbacks run before the script, so they check
+    themselves; the run that follows shows the login page and says why."""
+    try:
+        return context.refresh_actor()
+    except (OperationalError, ProgrammingError):
+        st.toast(context.NOT_SAVED, icon=":material/warning:")
+        return None
+
+
 def _act(comparison_id: int, write) -> bool:
     """Run ``write(session)`` for the pair on screen, once; False if it was not on screen or not saved."""
     done, _ = _once(ON_SCREEN_KEY, comparison_id, write)
@@ -107,7 +123,9 @@ def _act(comparison_id: int, write) -> bool:
 
 
 def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> None:
-    actor, settings = context.current_actor(), context.get_settings()
+    actor, settings = _actor_now(), context.get_settings()
+    if actor is None:
+        return
     inputs = {name: st.session_state.get(key) for name, key in _input_keys(comparison_id).items()}
     strength = inputs["strength"] if shown in ("left", "right") else None
     rationale = inputs["rationale"] or None
@@ -123,7 +141,9 @@ def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> Non
 
 
 def _skip(comparison_id: int) -> None:
-    actor = context.current_actor()
+    actor = _actor_now()
+    if actor is None:
+        return
     if _is_on_screen(comparison_id):
         _kept(DRAFTS_KEY).pop(comparison_id, None)
     if _act(comparison_id, lambda session: queue.skip(session, actor=actor, comparison_id=comparison_id)):
@@ -132,7 +152,9 @@ def _skip(comparison_id: int) -> None:
 
 def _undo(token: int) -> None:
     """Undo the latest action, once per render: ``token`` is the render's the press came from."""
-    actor, settings = context.current_actor(), context.get_settings()
+    actor, settings = _actor_now(), context.get_settings()
+    if actor is None:
+        return
     done, undone = _once(UNDO_ON_SCREEN_KEY, token,
                          lambda session: judgments.undo_last_action(session, settings, actor=actor))
     if not done:
