@@ -32,7 +32,7 @@ Heads, training, evaluation (``rm.heads``, ``rm.train``, ``rm.evaluate``, ``rm.s
     ``TrainConfig(...)``: every option documented on the dataclass.
     ``train_ensemble(data: PairData, config=None, seed=0) -> Ensemble``
     ``fit_and_evaluate(train: PairData, test: PairData | None, config=None, seed=0) -> (Ensemble, Metrics | None)``
-    ``preference_loss(d, outcome, margin=0.0, tie_epsilon=0.5) -> per-pair NLL`` (torch)
+    ``preference_loss(d, outcome, margin=0.0, tie_epsilon=0.0) -> per-pair NLL`` (torch)
     ``evaluate(ensemble, data) -> Metrics``; ``metrics_from_rewards(member_rewards, data) -> Metrics``
         ``Metrics.to_dict()`` / ``.summary()``: accuracy, log_loss, ece, length baselines,
         reward_length_spearman, ensemble spreads, calibration bins.

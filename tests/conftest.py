@@ -6,8 +6,10 @@ are never skipped.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -23,6 +25,10 @@ from annotate.settings import load_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# rm.encoder remembers weight-file hashes under $XDG_CACHE_HOME: the tests (and the CLI processes
+# they start) use a folder of their own, not the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = _XDG = tempfile.mkdtemp(prefix="prefloop-tests-xdg-")
+atexit.register(shutil.rmtree, _XDG, ignore_errors=True)
 
 PG_ADMIN_URL = os.environ.get("PREFLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
