@@ -72,10 +72,14 @@ def _shown_pair(at: AppTest, app_db, actor: Actor) -> tuple[int, bool]:
         return cid, shown_a_on_left(session, lease)
 
 
-def _press(at: AppTest, action: str):
+def _press(at: AppTest, action: str, *, shown_s: float = 60.0):
     """The on-screen pair's button for ``action`` (judge_left, judge_right, judge_tie, judge_both_bad, skip):
-    those keys end in the pair's id."""
+    those keys end in the pair's id. The pair counts as drawn ``shown_s`` seconds before the press (a
+    press within ``MIN_SHOWN_S`` of the pair's first drawing is refused)."""
     [button] = [b for b in at.button if b.key and re.fullmatch(rf"{action}_\d+", b.key)]
+    timers = at.session_state["pair_shown_at"]
+    for cid in timers:
+        timers[cid] = time.monotonic() - shown_s
     return button
 
 
@@ -503,6 +507,42 @@ def test_u_pressed_twice_before_the_page_rerenders_undoes_once(app_db, people, p
     assert _shown_pair(at, app_db, annotator)[0] == second
     assert [(j.comparison_id, j.state) for j in _judgments(app_db, annotator)] == [
         (first, JudgmentState.active), (second, JudgmentState.retracted)]
+
+
+@pytest.mark.parametrize("action", ["judge_left", "skip"])
+def test_a_press_just_after_the_pair_appeared_is_refused_and_the_pair_stays(app_db, people, action):
+    """A key pressed twice, the second press arriving just after the next pair was drawn (the browser
+    had it, the annotator had not read it): refused with a toast, nothing recorded, the pair stays,
+    and the same key once it has been on screen a while acts."""
+    at, annotator = _annotating(app_db, people, 3)
+    first, _ = _shown_pair(at, app_db, annotator)
+    _press(at, action, shown_s=-60).click().run()  # drawn "now": no clock can make this press late
+    assert not at.exception
+    assert any("Not saved" in t.value and "after this pair appeared" in t.value for t in at.toast), at.toast
+    assert _shown_pair(at, app_db, annotator)[0] == first
+    assert _judgments(app_db, annotator) == []
+    with app_db.read() as session:
+        assert not session.scalar(select(Lease.skipped).where(Lease.comparison_id == first,
+                                                              Lease.annotator_id == annotator.id))
+    _press(at, action).click().run()
+    assert _shown_pair(at, app_db, annotator)[0] != first
+    assert [j.comparison_id for j in _judgments(app_db, annotator)] == ([first] if action == "judge_left" else [])
+
+
+def test_a_pair_brought_back_by_undo_can_be_judged_at_once(app_db, people):
+    """The annotator has seen a pair that undo brings back: a quick re-judgment is taken, once."""
+    at, annotator = _annotating(app_db, people, 3)
+    first, _ = _shown_pair(at, app_db, annotator)
+    _press(at, "judge_left").click().run()
+    second, _ = _shown_pair(at, app_db, annotator)
+    _undo_button(at).click().run()
+    assert _shown_pair(at, app_db, annotator)[0] == first
+    _press(at, "judge_right", shown_s=-60).click().run()
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    _press(at, "judge_right", shown_s=-60).click().run()  # a new pair gets no such pass
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    assert [(j.comparison_id, j.state) for j in _judgments(app_db, annotator)] == [
+        (first, JudgmentState.retracted), (first, JudgmentState.active)]
 
 
 @pytest.mark.parametrize("action", ["judge_left", "skip", "undo"])

@@ -13,7 +13,10 @@ press from the same render is ignored instead of warning that the pair is
 "not assigned any more". Undo follows the same rule with a token per render:
 its button is keyed by the render's token and used once, so U pressed twice
 before the page re-renders undoes one action, not two; U pressed again once the
-undone pair is shown undoes the action before it.
+undone pair is shown undoes the action before it. A press that comes from the
+render now on screen but less than ``MIN_SHOWN_S`` after its pair was first drawn
+is refused with a toast (a key pressed twice, the second press landing after the
+next pair arrived).
 
 Each press re-reads the session's user first (``_actor_now``), as the script
 does: callbacks run before the script, so a press in a session idle past the
@@ -42,6 +45,13 @@ DRAFTS_KEY = "pair_drafts"  # comparison id -> its unsent optional inputs
 SENT_KEY = "pair_sent_inputs"  # comparison id -> the optional inputs its judgment was sent with (for undo)
 UNDO_SERIAL_KEY = "undo_serial"  # renders that drew the undo button so far
 UNDO_ON_SCREEN_KEY = "undo_on_screen"  # the latest render's undo token; None once used
+BACK_KEY = "pair_back"  # the comparison the latest undo brought back (seen before: no MIN_SHOWN_S)
+MIN_SHOWN_S = 0.5
+"""A judge or skip press that reaches the server sooner than this after its pair was first drawn is
+refused with a toast, and the pair stays: a key pressed twice, the second time just after the next
+pair arrived (say 300 ms apart, with the page back in 200 ms), would otherwise judge a pair the
+annotator never saw. No one reads two responses and decides in half a second, and a refused press is
+not lost: it is said, and pressing again records it. A pair brought back by undo was seen: exempt."""
 _KEPT = 20  # pairs remembered in each
 ACTIONS = (
     # (shown, label, shortcut, button type)
@@ -114,6 +124,19 @@ def _actor_now():
         return None
 
 
+def _too_soon(comparison_id: int) -> bool:
+    """Whether a press on the pair on screen came less than MIN_SHOWN_S after it was drawn (toasted)."""
+    started = _timers().get(comparison_id)
+    if started is None or st.session_state.pop(BACK_KEY, None) == comparison_id:
+        return False
+    shown_s = time.monotonic() - started
+    if shown_s >= MIN_SHOWN_S:
+        return False
+    st.toast(f"Not saved: that key came {max(shown_s, 0):.1f} s after this pair appeared (a key pressed twice?). "
+             "Read it, then press again.", icon=":material/front_hand:")
+    return True
+
+
 def _act(comparison_id: int, write) -> bool:
     """Run ``write(session)`` for the pair on screen, once; False if it was not on screen or not saved."""
     done, _ = _once(ON_SCREEN_KEY, comparison_id, write)
@@ -124,7 +147,7 @@ def _act(comparison_id: int, write) -> bool:
 
 def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> None:
     actor, settings = _actor_now(), context.get_settings()
-    if actor is None:
+    if actor is None or (_is_on_screen(comparison_id) and _too_soon(comparison_id)):
         return
     inputs = {name: st.session_state.get(key) for name, key in _input_keys(comparison_id).items()}
     strength = inputs["strength"] if shown in ("left", "right") else None
@@ -142,7 +165,7 @@ def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> Non
 
 def _skip(comparison_id: int) -> None:
     actor = _actor_now()
-    if actor is None:
+    if actor is None or (_is_on_screen(comparison_id) and _too_soon(comparison_id)):
         return
     if _is_on_screen(comparison_id):
         _kept(DRAFTS_KEY).pop(comparison_id, None)
@@ -164,6 +187,7 @@ def _undo(token: int) -> None:
         return
     comparison_id = undone.comparison_id
     _timers().pop(comparison_id, None)
+    st.session_state[BACK_KEY] = comparison_id
     if undone.skip:
         st.toast("Skip undone: here is that pair again." if undone.served else
                  "Skip undone. Others are judging that pair right now; it comes back to you if they leave room.",
