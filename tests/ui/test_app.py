@@ -565,6 +565,13 @@ def test_a_press_after_the_idle_limit_logs_out_and_acts_not(app_db, people, acti
                                                               Lease.annotator_id == annotator.id))
 
 
+def test_the_rationale_box_says_how_to_get_back_to_the_keys(app_db, people):
+    """Keys typed in the rationale are text, and Esc or Enter leave the focus there: the page says Tab."""
+    at, _ = _annotating(app_db, people, 1)
+    assert [c.value for c in at.caption if "Tab" in c.value] == [
+        "The keys do nothing while you type in this box: press **Tab** to leave it, then judge with a key."]
+
+
 def test_u_pressed_again_once_the_pair_is_back_undoes_the_action_before(app_db, people):
     """Deliberate repeated undo: U, the withdrawn pair is shown, U again withdraws the judgment before it."""
     at, annotator = _annotating(app_db, people, 3)

@@ -53,6 +53,8 @@ pair arrived (say 300 ms apart, with the page back in 200 ms), would otherwise j
 annotator never saw. No one reads two responses and decides in half a second, and a refused press is
 not lost: it is said, and pressing again records it. A pair brought back by undo was seen: exempt."""
 _KEPT = 20  # pairs remembered in each
+# The shortcuts ignore keys typed into a text box, and neither Esc nor Enter leaves it.
+TYPING_HINT = "The keys do nothing while you type in this box: press **Tab** to leave it, then judge with a key."
 ACTIONS = (
     # (shown, label, shortcut, button type)
     ("left", "A is better", "A", "primary"),
@@ -284,6 +286,7 @@ with st.expander("Optional: strength, rationale, flags", expanded=False):
                                     format_func=judgments.STRENGTHS.get, key=keys["strength"])
     rationale = st.text_input("Rationale", key=keys["rationale"], max_chars=judgments.MAX_RATIONALE_CHARS,
                               placeholder="Why? (optional)")
+    st.caption(TYPING_HINT)
     flags = st.pills("Flags", options=list(judgments.FLAGS), selection_mode="multi",
                      format_func=lambda f: f.replace("_", " "), key=keys["flags"])
 _keep(DRAFTS_KEY, cid, {"strength": strength, "rationale": rationale, "flags": flags})
