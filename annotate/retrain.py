@@ -195,6 +195,13 @@ def _label_filter():
     return (Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False))
 
 
+def judgment_marks(session) -> tuple[int, int]:
+    """``(largest id, rows)`` of the non-probe judgments (any state) a snapshot sees: :func:`new_judgments`."""
+    max_id, seen = session.execute(select(func.max(Judgment.id), func.count(Judgment.id))
+                                   .where(Judgment.is_probe.is_(False))).one()
+    return int(max_id or 0), int(seen or 0)
+
+
 def take_snapshot(session, settings: Settings) -> Snapshot:
     """Read labels, open comparisons and texts (call inside one read transaction)."""
     from rm.data import outcome_code
@@ -209,8 +216,7 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
                                     TrainingRun.host.label("trained_on"))
                              .outerjoin(TrainingRun, TrainingRun.id == ModelVersion.training_run_id)
                              .where(ModelVersion.is_active)).first()
-    max_id, seen = session.execute(select(func.max(Judgment.id), func.count(Judgment.id))
-                                   .where(Judgment.is_probe.is_(False))).one()
+    max_id, seen = judgment_marks(session)
     max_comparison = session.scalar(select(func.max(Comparison.id))) or 0
     labels = session.execute(
         select(Judgment.choice, Judgment.strength, Comparison.response_a_id, Comparison.response_b_id,
@@ -241,8 +247,8 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
         rendered[pid] = ptext if ptext is not None else render_prompt(messages)
     resp_ids = np.fromiter((r[0] for r in resp), dtype=np.int64, count=len(resp))
     return Snapshot(
-        max_judgment_id=int(max_id or 0),
-        judgments_seen=int(seen or 0),
+        max_judgment_id=max_id,
+        judgments_seen=seen,
         max_comparison_id=int(max_comparison),
         n_judgments=len(labels),
         resp_ids=resp_ids,
@@ -484,20 +490,83 @@ def new_judgments(session) -> tuple[int, datetime | None, int | None]:
     becomes visible at commit, so a judgment with a smaller id can commit after the
     snapshot, and counting ids alone would never count it (the only new judgment
     would never trigger a run). Judgments are never deleted, so those the run did not
-    see are the rows now less the rows it saw (``judgments_seen``); runs recorded
-    before that count was kept fall back to ids.
+    see are the ids above its largest plus the rows at or below it less the rows it
+    saw (``judgments_seen``; :func:`_late_judgments`); runs recorded before that count
+    was kept fall back to ids. Each poll counts only the ids above the largest (a
+    primary-key range): the late rows are counted in full until no transaction that
+    could still add one is open, then remembered.
     """
     last = _last_finished(session)
     counts = (last.counts or {}) if last else {}
     watermark = int(counts.get("max_judgment_id", 0))
-    above, total = session.execute(
-        select(func.count(Judgment.id).filter(Judgment.id > watermark), func.count(Judgment.id))
-        .where(Judgment.is_probe.is_(False))).one()
-    n = int(above or 0)
+    n = int(session.scalar(select(func.count(Judgment.id)).where(Judgment.id > watermark,
+                                                                 Judgment.is_probe.is_(False))) or 0)
     if counts.get("judgments_seen") is not None:
-        # max(): a cascade that deleted rows must not hide ids above the watermark.
-        n = max(n, int(total or 0) - int(counts["judgments_seen"]))
+        n += _late_judgments(session, last, watermark, int(counts["judgments_seen"]), counts.get("finish_xid"))
     return n, (last.finished_at or last.started_at) if last else None, last.id if last else None
+
+
+_LATE: dict[tuple, int] = {}
+"""Late judgments of finished runs that can get no more (:func:`_late_judgments`), per database and run."""
+_LATE_KEPT = 64
+
+
+def _late_judgments(session, last, watermark: int, seen: int, finish_xid: int | None) -> int:
+    """Judgments at or below run ``last``'s largest id that its snapshot did not see (committed later).
+
+    They can only come from transactions open during that run: on SQLite, which
+    writes one transaction at a time, there are none; on PostgreSQL there are
+    none left once every transaction older than the one that finished the run
+    (``finish_xid``, recorded then) has ended. From then on the count is final
+    and kept in this process, so the watcher's poll and the overview's
+    "Next retrain" line stop counting the whole judgments table every time.
+    Until then (a transaction open anywhere on the server since before the run
+    ended, an import say) each call counts in full. A count below zero (rows
+    deleted with their comparison) is 0.
+    """
+    key = (session.get_bind().url.render_as_string(), last.id, last.started_at, watermark, seen)
+    if key in _LATE:
+        return _LATE[key]
+    # Checked before counting, so a settled count includes every late row.
+    settled = _no_open_transaction_before(session, finish_xid)
+    below = session.scalar(select(func.count(Judgment.id)).where(Judgment.id <= watermark,
+                                                                 Judgment.is_probe.is_(False))) or 0
+    late = max(0, int(below) - seen)
+    if settled:
+        if len(_LATE) >= _LATE_KEPT:
+            _LATE.clear()
+        _LATE[key] = late
+    return late
+
+
+def _no_open_transaction_before(session, xid: int | None) -> bool:
+    """Whether every transaction up to ``xid`` has ended (always on SQLite; never for an unknown ``xid``)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    if xid is None:
+        return False
+    oldest = session.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
+    return int(oldest) > int(xid)
+
+
+def _transaction_id(session) -> int | None:
+    """PostgreSQL: this transaction's id (assigned now if it had none); None on SQLite."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    return int(session.scalar(text("SELECT pg_current_xact_id()::text::bigint")))
+
+
+def _finish(session, run_id: int, status: str, counts: dict, **values) -> None:
+    """Give run ``run_id`` its final status, in the caller's transaction.
+
+    Its counts keep this transaction's id (``finish_xid``, PostgreSQL): it started
+    after the run's snapshot, so once every transaction up to it has ended no
+    judgment the snapshot missed can still commit (:func:`_late_judgments`).
+    """
+    xid = _transaction_id(session)
+    session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
+        status=status, step="done", finished_at=utcnow(),
+        counts={**counts, **({"finish_xid": xid} if xid is not None else {})}, **values))
 
 
 def new_pairs(session, options: campaign.CampaignOptions) -> int:
@@ -520,8 +589,10 @@ def new_pairs(session, options: campaign.CampaignOptions) -> int:
         query = query.where(Comparison.created_at > last.started_at)
     n = int(session.scalar(query) or 0)
     if n and options.cold_start > 0:
-        usable = session.scalar(select(func.count(Judgment.id)).where(
-            *_label_filter(), Judgment.choice != Choice.both_bad)) or 0
+        # Counted up to the cold start only: the question is whether it is over, not how many labels there are.
+        usable = session.scalar(select(func.count()).select_from(
+            select(Judgment.id).where(*_label_filter(), Judgment.choice != Choice.both_bad)
+            .limit(options.cold_start).subquery())) or 0
         if usable < options.cold_start:
             return 0
     return n
@@ -551,8 +622,7 @@ def run_once(settings: Settings, force: bool = False, *, db: Database | None = N
             with db.begin() as session:
                 dead = mark_dead_runs(session, settings)
                 n_new, _, last_id = new_judgments(session)
-                total = session.scalar(select(func.count(Judgment.id)).where(*_label_filter())) or 0
-                if total == 0:
+                if session.scalar(select(Judgment.id).where(*_label_filter()).limit(1)) is None:
                     return RetrainResult("skipped", "no judgments yet: label some pairs first")
                 if (not force and last_id is not None and n_new == 0
                         and new_pairs(session, campaign.get_options(session, settings)) == 0):
@@ -771,9 +841,8 @@ class _Run:
                 session, snap.open_ids, p_a, priority, score, strategy=strategy, model_version_id=scoring_id)
             status = "succeeded" if promote else "rejected"
             self.timings["promote"] = round(time.perf_counter() - self._t0, 4)
-            session.execute(update(TrainingRun).where(TrainingRun.id == self.run_id).values(
-                status=status, step="done", finished_at=utcnow(), counts=dict(self.counts),
-                timings=dict(self.timings), error=None if promote else reason))
+            _finish(session, self.run_id, status, dict(self.counts), timings=dict(self.timings),
+                    error=None if promote else reason)
             session.flush()
             _crash_point("promote")
             return status, version.id
@@ -784,8 +853,8 @@ class _Run:
                              promoted=promote, metrics=metrics, counts=dict(self.counts))
 
     def _finish_skipped(self, message: str) -> RetrainResult:
-        _record(self.db, self.run_id, status="skipped", step="done", error=message, finished_at=utcnow(),
-                counts=dict(self.counts))
+        with self.db.begin() as session:
+            _finish(session, self.run_id, "skipped", dict(self.counts), error=message)
         return RetrainResult("skipped", message, run_id=self.run_id, counts=dict(self.counts))
 
     def _load_active(self, snap):

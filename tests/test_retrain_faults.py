@@ -84,6 +84,8 @@ def test_a_judgment_committed_after_the_snapshot_below_its_largest_id_triggers_t
             second = retrain.run_once(settings, db=db)
             assert second.status in ("succeeded", "rejected"), second.summary()
             assert second.counts["n_judgments"] == 61  # the slow one is not in the snapshot
+            with db.read() as s:  # a poll now must not take "none late" as final: the slow one is open
+                assert retrain.new_judgments(s)[0] == 0
         # ... and commits now, below the snapshot's largest id.
         with db.read() as s:
             slow_id = s.scalar(select(func.min(Judgment.id)).where(Judgment.id > 60))
