@@ -134,8 +134,8 @@ def _too_soon(comparison_id: int) -> bool:
     shown_s = time.monotonic() - started
     if shown_s >= MIN_SHOWN_S:
         return False
-    st.toast(f"Not saved: that key came {max(shown_s, 0):.1f} s after this pair appeared (a key pressed twice?). "
-             "Read it, then press again.", icon=":material/front_hand:")
+    st.toast(f"Not saved: that key came {max(shown_s, 0) * 1000:.0f} ms after this pair appeared (a key pressed "
+             "twice?). Read it, then press again.", icon=":material/front_hand:")
     return True
 
 
