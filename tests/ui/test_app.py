@@ -259,6 +259,26 @@ def test_logout_returns_to_login(app_db, people):
     assert "actor" not in at.session_state
 
 
+def _bare_strings(statements, top=True):
+    """Line numbers of the string literals standing alone as statements (not the module docstring),
+    outside functions and classes: the code Streamlit runs as the page script."""
+    for i, node in enumerate(statements):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            if not (top and i == 0):
+                yield node.lineno
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                yield from _bare_strings(getattr(node, field, []) or [], top=False)
+
+
+@pytest.mark.parametrize("script", ["streamlit_app.py", *sorted(p.name for p in PAGES.glob("*.py"))])
+def test_no_page_writes_a_stray_string(script):
+    """Streamlit's magic writes a string literal standing alone in a page script onto the page: an
+    attribute docstring under a constant of the annotation page showed above its title."""
+    path = Path(APP) if script == "streamlit_app.py" else PAGES / script
+    assert list(_bare_strings(ast.parse(path.read_text()).body)) == []
+
+
 # --------------------------------------------------------------------------- annotation
 
 

@@ -46,12 +46,13 @@ SENT_KEY = "pair_sent_inputs"  # comparison id -> the optional inputs its judgme
 UNDO_SERIAL_KEY = "undo_serial"  # renders that drew the undo button so far
 UNDO_ON_SCREEN_KEY = "undo_on_screen"  # the latest render's undo token; None once used
 BACK_KEY = "pair_back"  # the comparison the latest undo brought back (seen before: no MIN_SHOWN_S)
+# A judge or skip press that reaches the server sooner than this after its pair was first drawn is
+# refused with a toast, and the pair stays: a key pressed twice, the second time just after the next
+# pair arrived (say 300 ms apart, with the page back in 200 ms), would otherwise judge a pair the
+# annotator never saw. No one reads two responses and decides in half a second, and a refused press is
+# not lost: it is said, and pressing again records it. A pair brought back by undo was seen: exempt.
+# (A comment, not a docstring: Streamlit's magic writes a bare string in a page onto the page.)
 MIN_SHOWN_S = 0.5
-"""A judge or skip press that reaches the server sooner than this after its pair was first drawn is
-refused with a toast, and the pair stays: a key pressed twice, the second time just after the next
-pair arrived (say 300 ms apart, with the page back in 200 ms), would otherwise judge a pair the
-annotator never saw. No one reads two responses and decides in half a second, and a refused press is
-not lost: it is said, and pressing again records it. A pair brought back by undo was seen: exempt."""
 _KEPT = 20  # pairs remembered in each
 # The shortcuts ignore keys typed into a text box, and neither Esc nor Enter leaves it.
 TYPING_HINT = "The keys do nothing while you type in this box: press **Tab** to leave it, then judge with a key."
