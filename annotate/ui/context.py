@@ -85,7 +85,8 @@ def refresh_actor() -> Actor | None:
     last_seen = st.session_state.get(LAST_SEEN_KEY)
     if idle and last_seen is not None and time.time() - last_seen > idle * 60:
         log_out()
-        st.session_state[LOGGED_OUT_KEY] = f"You were logged out after {idle} minutes without activity."
+        st.session_state[LOGGED_OUT_KEY] = (f"You were logged out after {idle} minute{'' if idle == 1 else 's'} "
+                                            "without activity.")
         return None
     st.session_state[LAST_SEEN_KEY] = time.time()
     try:

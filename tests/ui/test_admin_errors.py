@@ -19,6 +19,7 @@ from annotate import locks, retrain
 from annotate.accounts import Actor
 from annotate.db import Database, create_db_engine
 from annotate.models import AppSetting, Comparison, JobLock, TrainingRun, utcnow
+from annotate.ui import render
 from annotate.ui.context import NOT_SAVED
 from tests.factories import make_comparisons
 from tests.ui.conftest import APP, ROOT, open_page
@@ -370,6 +371,9 @@ def test_review_shows_rationales_and_generator_names_without_rendering_them(app_
     texts = _rendered_markdown(at)
     assert sum("evil.example/q.png" in t for t in texts) >= 2, texts  # the rationale and the generator are shown
     _assert_inert(texts)
+    # The pair is drawn in render.untrusted_area, as on the annotate page: its headings cannot outshout
+    # the page's own (before, the review page drew the responses without that style).
+    assert [h for h in at.get("html") if render._UNTRUSTED_CSS.strip() in h.proto.body], "no untrusted-area style"
 
 
 def test_guidelines_are_shown_to_annotators_without_rendering_images_or_html(app_db, people):

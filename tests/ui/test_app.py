@@ -995,3 +995,11 @@ def test_database_errors_offer_try_again_instead_of_a_reload(kind):
     at.button(key="try_again").click().run()
     assert not at.exception and _errors(at) == [] and _texts(at) == ["page body"]
     assert at.session_state["actor"] == "still logged in"
+
+
+def test_a_one_minute_idle_limit_is_said_in_the_singular(app_db, people, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_SESSION_IDLE_MINUTES", "1")
+    at = _login(_app(), "ann")
+    at.session_state["last_seen"] = time.time() - 120
+    at.run()
+    assert [i.value for i in at.info] == ["You were logged out after 1 minute without activity."]

@@ -30,17 +30,18 @@ row[3].metric("Model P(A)", "—" if rv.model_p_a is None else f"{rv.model_p_a:.
 votes = rv.votes
 row[4].metric("Votes a / b / tie / both bad", " / ".join(str(votes[c]) for c in quality.CHOICES))
 
-st.subheader("Prompt")
-render.show_prompt(rv.prompt_text, rv.prompt_messages)
-left, right = st.columns(2)
-with left:
-    st.markdown(f"**Response A** · {len(rv.response_a):,} characters"
-                + (f" · {render.safe_markdown(rv.generator_a)}" if rv.generator_a else ""))
-    render.show_text(rv.response_a, height=render.RESPONSE_HEIGHT)
-with right:
-    st.markdown(f"**Response B** · {len(rv.response_b):,} characters"
-                + (f" · {render.safe_markdown(rv.generator_b)}" if rv.generator_b else ""))
-    render.show_text(rv.response_b, height=render.RESPONSE_HEIGHT)
+with render.untrusted_area():  # model output cannot borrow the page's look (see render)
+    st.subheader("Prompt", anchor=False)
+    render.show_prompt(rv.prompt_text, rv.prompt_messages)
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"**Response A** · {len(rv.response_a):,} characters"
+                    + (f" · {render.safe_markdown(rv.generator_a)}" if rv.generator_a else ""))
+        render.show_text(rv.response_a, height=render.RESPONSE_HEIGHT)
+    with right:
+        st.markdown(f"**Response B** · {len(rv.response_b):,} characters"
+                    + (f" · {render.safe_markdown(rv.generator_b)}" if rv.generator_b else ""))
+        render.show_text(rv.response_b, height=render.RESPONSE_HEIGHT)
 
 st.subheader("Judgments")
 if rv.judgments:
