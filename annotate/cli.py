@@ -9,6 +9,7 @@ read-only disk) prints the system's reason and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import json
 import os
@@ -37,27 +38,69 @@ def _shown_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _unreachable(url: str, exc: Exception) -> PrefloopError:
-    """A one-line error for a database that refused the connection (the URL without its password)."""
+class SystemRefused(PrefloopError):
+    """The system refused a file or folder prefloop itself needs (the database's, say): exit status 1."""
+
+
+def _database_setting(settings) -> str:
+    """The variable that chose the database: PREFLOOP_DATABASE_URL when set, else PREFLOOP_DATA_DIR."""
+    return "PREFLOOP_DATABASE_URL" if settings.database_url else "PREFLOOP_DATA_DIR"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database URL; None for another database, an in-memory one or a ``file:`` URI."""
+    from sqlalchemy.engine import make_url
+
+    sa_url = make_url(url)
+    database = sa_url.database or ""
+    if sa_url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _unreachable(settings, exc: Exception) -> PrefloopError:
+    """A one-line error for a database that refused the connection (the URL without its password).
+
+    A SQLite file the system will not open (a read-only folder, say) is a refused file: exit status 1.
+    """
+    url = settings.sqlalchemy_url
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     reason = lines[0] if lines else type(exc).__name__
-    return PrefloopError(f"cannot open the database {_shown_url(url)}: {reason}; check PREFLOOP_DATABASE_URL")
+    path = _sqlite_file(url)
+    if path is None:
+        return PrefloopError(f"cannot open the database {_shown_url(url)}: {reason}; "
+                             f"check {_database_setting(settings)}")
+    folder = path.resolve().parent
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        reason += f" (SQLite writes its journal beside the database, and the folder {folder} is not writable)"
+    return SystemRefused(f"cannot open the SQLite database {path.resolve()}: {reason}; "
+                         f"check {_database_setting(settings)}")
 
 
-def _require_schema(url: str) -> None:
+def _require_schema(settings) -> None:
     """Refuse to go on unless the database is reachable and migrated to this prefloop's head.
 
     Without it, a command on a fresh or older database failed half-way with an SQL traceback.
+    A SQLite file that does not exist is not created (with its folder) on the way: a relative
+    PREFLOOP_DATA_DIR run from another folder made an empty database there.
     """
     from alembic.script import ScriptDirectory
     from sqlalchemy.exc import DBAPIError
 
     from annotate import migrate
 
+    url = settings.sqlalchemy_url
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        if path.is_absolute():
+            raise PrefloopError(f"no database at {path}: run 'prefloop db upgrade' to create it")
+        raise PrefloopError(f"no database at {path.resolve()}: {_database_setting(settings)} is relative to the "
+                            "folder prefloop runs in, so run prefloop from the project folder (where 'make run' "
+                            "made it) or give an absolute path; for a new database, run 'prefloop db upgrade'")
     try:
         current = migrate.current_heads(url)
     except DBAPIError as exc:
-        raise _unreachable(url, exc) from None
+        raise _unreachable(settings, exc) from None
     script = ScriptDirectory.from_config(migrate.alembic_config(url))
     heads = set(script.get_heads())
     if current == heads:
@@ -75,7 +118,7 @@ def _require_schema(url: str) -> None:
 def _db(settings):
     from annotate.db import open_database
 
-    _require_schema(settings.sqlalchemy_url)
+    _require_schema(settings)
     return open_database(settings)
 
 
@@ -101,6 +144,17 @@ def _overlap(value: str) -> int:
 
 def _cannot_write(path, exc: OSError) -> PrefloopError:
     return PrefloopError(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+
+
+def _check_out_file(out: Path) -> None:
+    """Refuse, before any work, an --out file that cannot be written (scoring a large file takes minutes)."""
+    if out.is_dir():
+        raise PrefloopError(f"{str(out)!r} is a folder: give a file name")
+    if not out.parent.is_dir():
+        raise PrefloopError(f"folder {str(out.parent)!r} does not exist: create it or pick another path")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        code = errno.EROFS if os.statvfs(out.parent).f_flag & os.ST_RDONLY else errno.EACCES
+        raise _cannot_write(out, OSError(code, os.strerror(code)))
 
 
 def _read_password(args) -> str:
@@ -140,8 +194,13 @@ def cmd_db(args) -> int:
 
     settings = _settings()
     url = settings.sqlalchemy_url
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    path = _sqlite_file(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemRefused(f"cannot create the folder {path.parent.resolve()} for the SQLite database: "
+                                f"{exc.strerror or exc}; check {_database_setting(settings)}") from None
     try:
         if args.action == "upgrade":
             migrate.upgrade(url, args.revision or "head")
@@ -153,7 +212,7 @@ def cmd_db(args) -> int:
     except CommandError as exc:  # an unknown revision, say
         raise PrefloopError(str(exc)) from None
     except DBAPIError as exc:
-        raise _unreachable(url, exc) from None
+        raise _unreachable(settings, exc) from None
     print(f"database at revision {', '.join(sorted(heads)) or 'base'}")
     return 0
 
@@ -266,7 +325,7 @@ def cmd_retrain(args) -> int:
         # No schema check: the watcher outlives a database that is down or not migrated yet, and retries.
         retrain.watch(settings)
         return 0
-    _require_schema(settings.sqlalchemy_url)
+    _require_schema(settings)
     result = retrain.run_once(settings, force=args.force)
     print(result.summary())
     return 0 if result.status in ("succeeded", "rejected", "skipped") else 1
@@ -282,8 +341,10 @@ def cmd_score(args) -> int:
         raise PrefloopError("give --prompt and --response, or --file in.jsonl")
     if args.out and not args.file:
         raise PrefloopError("--out goes with --file; a single score is printed")
+    if args.out:
+        _check_out_file(Path(args.out))
     if args.model is None:
-        _require_schema(settings.sqlalchemy_url)
+        _require_schema(settings)
     if args.file:
         rows = scoring.score_file(settings, Path(args.file), model_path=args.model)
         try:
@@ -313,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="apply or revert database migrations",
                        description="Apply (upgrade) or revert (downgrade) database migrations and print the "
                                    "revision the database is at.")
-    p.add_argument("action", choices=["upgrade", "downgrade"])
+    p.add_argument("action", choices=["upgrade", "downgrade"],
+                   help="upgrade: migrate to this prefloop's schema (what 'make run' does); downgrade: revert")
     p.add_argument("revision", nargs="?", help="target revision (upgrade: default head; downgrade: required, "
                                                "e.g. base)")
     p.set_defaults(func=cmd_db)
@@ -324,26 +386,28 @@ def build_parser() -> argparse.ArgumentParser:
                                    "never from the command line.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = actions.add_parser("add", help="create an account")
-    a.add_argument("name")
+    a.add_argument("name", help="the username to log in with")
     a.add_argument("--role", choices=["admin", "annotator"], default="annotator", help="default: annotator")
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     a = actions.add_parser("deactivate", help="block an account's logins (its judgments stay)")
-    a.add_argument("name")
+    a.add_argument("name", help="the account's username")
     a = actions.add_parser("activate", help="let a deactivated account log in again")
-    a.add_argument("name")
+    a.add_argument("name", help="the account's username")
     a = actions.add_parser("reset-password", help="set a new password (ends the user's open sessions)")
-    a.add_argument("name")
+    a.add_argument("name", help="the account's username")
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     a = actions.add_parser("set-role", help="make an account an admin or an annotator")
-    a.add_argument("name")
-    a.add_argument("--role", choices=["admin", "annotator"], required=True)
+    a.add_argument("name", help="the account's username")
+    a.add_argument("--role", choices=["admin", "annotator"], required=True, help="the account's new role")
     actions.add_parser("list", help="print every account: name, role, active/inactive (tab-separated)")
     p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("import", help="import prompts, responses and comparisons")
     p.add_argument("file", help="JSONL (.jsonl, .jsonl.gz), a .json array, or CSV")
-    p.add_argument("--format", choices=["pairs", "kwise", "trl", "hh"], help="default: detect from the columns")
-    p.add_argument("--tag", help="source tag for everything in the file")
+    p.add_argument("--format", choices=["pairs", "kwise", "trl", "hh"],
+                   help="pairs (prompt, response_a, response_b), kwise (prompt, responses), trl (prompt/chosen/"
+                        "rejected), hh (Anthropic HH chosen/rejected transcripts); default: detect from the columns")
+    p.add_argument("--tag", help="source tag for everything in the file (over the rows' own tag or source)")
     p.add_argument("--known-winner", choices=["judgment", "gold", "ignore"], default="judgment",
                    help="what a known winner becomes (default: an imported judgment)")
     p.add_argument("--overlap", type=_overlap, metavar="N",
@@ -354,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export preferences (TRL) or raw judgments")
     p.add_argument("--format", required=True,
                    choices=["trl-jsonl", "trl-parquet", "datasets", "judgments-csv", "judgments-jsonl",
-                            "judgments-parquet"])
+                            "judgments-parquet"],
+                   help="trl-*: one preference row per comparison (prompt, chosen, rejected); datasets: a "
+                        "Hugging Face datasets folder (load_from_disk); judgments-*: every raw judgment")
     p.add_argument("--out", required=True, metavar="PATH",
                    help="file to write (a folder for datasets); replaced whole if it exists")
     p.add_argument("--since", type=_instant, metavar="ISO",
@@ -365,9 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotator", action="append", metavar="NAME", help="only this annotator's judgments "
                                                                         "(repeat for several)")
     p.add_argument("--tag", action="append", metavar="T", help="only this source tag (repeat for several)")
-    p.add_argument("--include-ties", action="store_true")
-    p.add_argument("--include-both-bad", action="store_true")
-    p.add_argument("--exclude-gold", action="store_true")
+    p.add_argument("--include-ties", action="store_true",
+                   help="trl-*/datasets: also export comparisons whose majority is a tie, with an is_tie column")
+    p.add_argument("--include-both-bad", action="store_true",
+                   help="trl-*/datasets: also export comparisons whose majority is 'both bad', with an "
+                        "is_both_bad column")
+    p.add_argument("--exclude-gold", action="store_true", help="leave out gold comparisons")
     p.add_argument("--no-imported", action="store_true",
                    help="leave out imported judgments (the Export page's 'Count imported judgments' unticked)")
     p.add_argument("--min-agreement", type=float, default=0.0, metavar="X",
@@ -381,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "their passwords are printed once, the first time.")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("retrain", help="retrain the reward model")
+    p = sub.add_parser("retrain", help="retrain the reward model",
+                       description="Train a reward model on the judgments, evaluate it on held-out human labels, "
+                                   "promote it if it is not worse than the active one, and re-order the queue.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--once", action="store_true",
                       help="one run if there are new judgments or pairs: train, evaluate, promote, rescore")
@@ -392,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score (prompt, response) pairs with the active reward model",
                        description="Print a JSON object with reward and uncertainty for --prompt/--response, "
                                    "or one JSON line per line of --file.")
-    p.add_argument("--prompt"), p.add_argument("--response")
+    p.add_argument("--prompt", help="the prompt text")
+    p.add_argument("--response", help="the response text")
     p.add_argument("--file", help="JSONL with prompt and response fields")
     p.add_argument("--out", help="with --file: write the JSON lines here instead of standard output")
     p.add_argument("--model", help="artifact directory (default: the active model)")
@@ -415,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PrefloopError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, SystemRefused) else 2
     except OSError as exc:
         # A file or folder the system refused (a permission, a read-only or full disk): its reason, not a traceback.
         where = f": {exc.filename!r}" if exc.filename else ""

@@ -214,23 +214,40 @@ UNMIGRATED_COMMANDS = [("users", "list"), ("users", "add", "root", "--password-s
                        ("score", "--prompt", "p", "--response", "r")]
 
 
-def _commands_on_an_unmigrated_database_say_to_upgrade(e, tmp_path, hh_path):
+def _commands_on_an_unmigrated_database_say_to_upgrade(e, tmp_path, hh_path, why):
     for args in [*UNMIGRATED_COMMANDS, ("import", str(hh_path))]:
         args = [str(tmp_path / "out.jsonl") if a == "OUT" else a for a in args]
-        one_line_error(run(e, *args, stdin="long-enough-password\n"), "no prefloop tables yet",
-                       "run 'prefloop db upgrade'")
+        one_line_error(run(e, *args, stdin="long-enough-password\n"), why, "run 'prefloop db upgrade'")
     assert run(e, "db", "upgrade").returncode == 0
     assert run(e, "users", "list").returncode == 0
 
 
 def test_commands_on_an_unmigrated_sqlite_database_say_to_upgrade(bare_env, tmp_path, hh_path):
     """Before, every command on a fresh data directory died with an SQL traceback (no such table: users)."""
-    _commands_on_an_unmigrated_database_say_to_upgrade(bare_env, tmp_path, hh_path)
+    _commands_on_an_unmigrated_database_say_to_upgrade(bare_env, tmp_path, hh_path,
+                                                       f"no database at {tmp_path / 'bare.db'}")
+    bare_env["PREFLOOP_DATABASE_URL"] = f"sqlite:///{tmp_path / 'empty.db'}"
+    (tmp_path / "empty.db").touch()
+    _commands_on_an_unmigrated_database_say_to_upgrade(bare_env, tmp_path, hh_path, "no prefloop tables yet")
 
 
 @pytest.mark.postgres
 def test_commands_on_an_unmigrated_postgres_database_say_to_upgrade(bare_pg_env, tmp_path, hh_path):
-    _commands_on_an_unmigrated_database_say_to_upgrade(bare_pg_env, tmp_path, hh_path)
+    _commands_on_an_unmigrated_database_say_to_upgrade(bare_pg_env, tmp_path, hh_path, "no prefloop tables yet")
+
+
+def test_a_command_run_outside_the_project_folder_makes_no_database_there(tmp_path):
+    """PREFLOOP_DATA_DIR defaults to .prefloop, relative to the folder prefloop runs in. Before, a command run
+    from another folder created an empty .prefloop/prefloop.db there and said to run 'prefloop db upgrade',
+    which made a second, empty database instead of finding the first."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    e = {k: v for k, v in os.environ.items() if k not in ("PREFLOOP_DATA_DIR", "PREFLOOP_DATABASE_URL")}
+    result = subprocess.run([sys.executable, "-m", "annotate.cli", "users", "list"], env=e, cwd=elsewhere,
+                            capture_output=True, text=True, timeout=300)
+    one_line_error(result, f"no database at {elsewhere / '.prefloop' / 'prefloop.db'}",
+                   "PREFLOOP_DATA_DIR is relative to the folder prefloop runs in", "run 'prefloop db upgrade'")
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_a_database_behind_this_version_says_to_upgrade(env):
@@ -248,7 +265,26 @@ def test_an_unreachable_database_is_one_line_without_its_password(env):
 
 def test_a_sqlite_file_that_cannot_be_created_is_one_line(env):
     e = {**env, "PREFLOOP_DATABASE_URL": "sqlite:////proc/prefloop-cli-test/x.db"}
-    one_line_error(run(e, "users", "list"), "/proc/prefloop-cli-test", status=1)
+    one_line_error(run(e, "users", "list"), "no database at /proc/prefloop-cli-test/x.db", "db upgrade")
+    one_line_error(run(e, "db", "upgrade"), "cannot create the folder /proc/prefloop-cli-test",
+                   "check PREFLOOP_DATABASE_URL", status=1)
+    # Chosen by the data directory, the message names that setting (it named PREFLOOP_DATABASE_URL, unset).
+    e = {k: v for k, v in env.items() if k != "PREFLOOP_DATABASE_URL"}
+    e["PREFLOOP_DATA_DIR"] = "/proc/prefloop-cli-test"
+    one_line_error(run(e, "db", "upgrade"), "cannot create the folder /proc/prefloop-cli-test",
+                   "check PREFLOOP_DATA_DIR", status=1)
+
+
+def test_a_sqlite_database_the_system_will_not_open_is_status_1_naming_the_data_dir(env, tmp_path):
+    """The README: a file or folder the system refuses (the database's, say) exits with status 1. A SQLite
+    file that could not be opened (here a folder where the file should be; a read-only folder is the same
+    error) exited with 2 and said to check PREFLOOP_DATABASE_URL, which was not set."""
+    e = {k: v for k, v in env.items() if k != "PREFLOOP_DATABASE_URL"}
+    e["PREFLOOP_DATA_DIR"] = str(tmp_path / "data")
+    (tmp_path / "data" / "prefloop.db").mkdir(parents=True)
+    for args in (("users", "list"), ("db", "upgrade")):
+        one_line_error(run(e, *args), f"cannot open the SQLite database {tmp_path / 'data' / 'prefloop.db'}",
+                       "unable to open database file", "check PREFLOOP_DATA_DIR", status=1)
 
 
 def test_db_upgrade_to_an_unknown_revision_is_one_line(env):
@@ -364,6 +400,16 @@ def test_score_refuses_options_it_would_ignore(env, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_score_checks_its_out_path_before_scoring(env, tmp_path):
+    """Before, every row was scored (minutes for a large file) before a mistyped --out folder was found; with
+    no model yet the error was about the model, not the path."""
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+    one_line_error(run(env, "score", "--file", str(path), "--out", str(tmp_path / "nowhere" / "o.jsonl")),
+                   f"folder '{tmp_path / 'nowhere'}' does not exist")
+    one_line_error(run(env, "score", "--file", str(path), "--out", str(tmp_path)), "is a folder")
+
+
 def test_retrain_watch_refuses_force(env):
     """Before, --force was accepted and ignored: the watcher started (and ran until killed)."""
     result = subprocess.run([sys.executable, "-m", "annotate.cli", "retrain", "--watch", "--force"], env=env,
@@ -377,3 +423,26 @@ def test_help_of_every_command_exits_zero_and_shows_no_markup():
         result = run(dict(os.environ), *args, "--help")
         assert result.returncode == 0 and result.stdout.startswith("usage: prefloop"), (args, result.stderr)
         assert "``" not in result.stdout
+
+
+def _options(parser, path=("prefloop",)):
+    """(command path, option) for every argument of ``parser`` and its subcommands, help excepted."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, (*path, name))
+        elif not isinstance(action, argparse._HelpAction):
+            yield " ".join(path), action
+
+
+def test_every_option_of_every_command_has_help():
+    """The README says 'prefloop COMMAND --help' describes every option; export's --include-ties,
+    --include-both-bad and --exclude-gold, score's --prompt/--response, db's action and the users
+    commands' names had no text."""
+    from annotate.cli import build_parser
+
+    bare = [f"{command} {action.option_strings or action.dest}" for command, action in _options(build_parser())
+            if not action.help]
+    assert bare == []
