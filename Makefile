@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: run test install dev migrate demo clean
+.PHONY: run serve test install dev migrate demo clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -34,11 +34,28 @@ demo: migrate
 
 # Serves http://localhost:$(PORT) on SQLite, with the retraining watcher beside it.
 run: demo
-	@$(VENV)/bin/prefloop retrain --watch >> $(PREFLOOP_DATA_DIR)/retrain.log 2>&1 & \
-	  watcher=$$!; trap "kill $$watcher 2>/dev/null" EXIT INT TERM; \
-	  echo "retraining watcher running (log: $(PREFLOOP_DATA_DIR)/retrain.log)"; \
-	  $(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true \
-	    --browser.gatherUsageStats false
+	$(serve)
+
+# The same without the demo data and accounts, for your own campaign.
+serve: migrate
+	@$(VENV)/bin/prefloop users list | grep -q "	admin	active" || echo "no admin yet: create one with" \
+	  "$(VENV)/bin/prefloop users add NAME --role admin, then log in at http://localhost:$(PORT)"
+	$(serve)
+
+# The port is checked before the watcher starts: a second 'make run' said so only after starting one.
+# The data directory is made here too: on PostgreSQL nothing else makes it, and without it the
+# watcher's log could not be opened and the watcher never started.
+define serve
+@$(PY) -c 'import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+  s.bind(("", $(PORT)))' 2>/dev/null || { echo "port $(PORT) is in use (is 'make run' already running?):" \
+  "stop that, or serve on another port: PORT=8765 make $@" >&2; exit 1; }
+@mkdir -p $(PREFLOOP_DATA_DIR)
+@$(VENV)/bin/prefloop retrain --watch >> $(PREFLOOP_DATA_DIR)/retrain.log 2>&1 & \
+  watcher=$$!; trap "kill $$watcher 2>/dev/null" EXIT INT TERM; \
+  echo "retraining watcher running (log: $(PREFLOOP_DATA_DIR)/retrain.log)"; \
+  $(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true \
+    --browser.gatherUsageStats false $(if $(PREFLOOP_MAX_UPLOAD_MB),--server.maxUploadSize $(PREFLOOP_MAX_UPLOAD_MB))
+endef
 
 # Every test: SQLite, PostgreSQL (127.0.0.1:5432) and the headless-browser tests.
 # PREFLOOP_NO_SKIPS turns any skipped test into a failure.

@@ -36,7 +36,7 @@ class Settings:
     """SQLAlchemy URL. Empty means ``sqlite:///<data_dir>/prefloop.db``.
     PostgreSQL: ``postgresql+psycopg://user@host:5432/dbname``."""
     env: str = "development"
-    """``development`` or ``production``; production refuses insecure set-ups."""
+    """``development``, ``production`` or ``test``; production refuses an in-memory database (nothing else)."""
     lease_seconds: int = 900
     """How long a pair handed to an annotator stays reserved for them."""
     overlap: int = 1
