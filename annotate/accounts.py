@@ -84,6 +84,11 @@ def require_active(session: Session, actor: Actor | None) -> User:
     return user
 
 
+def has_active_admin(session: Session) -> bool:
+    """Whether any active admin account exists (the login page's hint on a new install)."""
+    return session.scalar(select(User.id).where(User.active.is_(True), User.role == Role.admin).limit(1)) is not None
+
+
 def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise PrefloopError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")

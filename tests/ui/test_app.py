@@ -1003,3 +1003,15 @@ def test_a_one_minute_idle_limit_is_said_in_the_singular(app_db, people, monkeyp
     at.session_state["last_seen"] = time.time() - 120
     at.run()
     assert [i.value for i in at.info] == ["You were logged out after 1 minute without activity."]
+
+
+def test_the_login_page_says_how_to_create_the_first_admin_until_one_exists(app_db, people):
+    from annotate import accounts
+
+    at = _app()
+    assert not [i for i in at.info if "no admin account" in i.value]  # the fixture has an admin
+    with app_db.begin() as s:
+        accounts.set_active(s, "boss", False, system=True)
+    at = _app()
+    hints = [i.value for i in at.info if "no admin account" in i.value]
+    assert hints and "prefloop users add NAME --role admin" in hints[0], [i.value for i in at.info]

@@ -1,8 +1,10 @@
 """Log in with a local account."""
 
 import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
 
 from annotate import accounts
+from annotate.errors import PrefloopError
 from annotate.ui import context
 
 _, middle, _ = st.columns([1, 1.2, 1])
@@ -10,6 +12,15 @@ middle.title("prefloop")
 middle.caption("Log in to start annotating.")
 if reason := st.session_state.pop(context.LOGGED_OUT_KEY, None):
     middle.info(reason)
+try:
+    with context.get_db().read() as session:
+        no_admin = not accounts.has_active_admin(session)
+except (SQLAlchemyError, PrefloopError):  # an unusable database: logging in says so
+    no_admin = False
+if no_admin:
+    middle.info("This server has no admin account yet. Create one where it runs: "
+                "`.venv/bin/prefloop users add NAME --role admin` (it asks for the password), then log in here.",
+                icon=":material/person_add:")
 
 with middle.form("login", clear_on_submit=False, enter_to_submit=True):
     username = st.text_input("Username", key="login_username", autocomplete="username")
