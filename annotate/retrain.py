@@ -81,6 +81,8 @@ ACQ_CANDIDATES = 2048
 """Pairs (best by strategy score) handed to batch selection with their features."""
 ACQ_LABELLED = 2048
 """Most recent labelled pairs given to strategies as already covered."""
+LOCK_BUSY = "another retrain is running"
+"""``run_once``'s message when another process holds the retrain lock (nothing is recorded)."""
 MIN_HELD_OUT_PAIRS = 30
 """Decisive held-out pairs below which the promotion gate does not compare accuracies (too noisy): the
 model trained on more labels is promoted instead (:func:`promotion_decision`)."""
@@ -603,21 +605,22 @@ def new_pairs(session, options: campaign.CampaignOptions) -> int:
 
 def run_once(settings: Settings, force: bool = False, *, db: Database | None = None,
              lock_stale_seconds: float = locks.DEFAULT_STALE_SECONDS, encoder=None, train_config=None,
-             stop: threading.Event | None = None) -> RetrainResult:
+             stop: threading.Event | None = None, on_start=None) -> RetrainResult:
     """One retrain + rescore cycle under the retrain lock.
 
-    Skipped (no run recorded) when another run holds the lock, or, unless
+    Skipped (no run recorded) when another run holds the lock (:data:`LOCK_BUSY`), or, unless
     ``force``, when no judgment arrived since the last finished run and no
     open pair was created since (:func:`new_pairs`).
     ``encoder`` and ``train_config`` override the configured encoder and
-    ``rm.train.TrainConfig()`` (tests and benchmarks).
+    ``rm.train.TrainConfig()`` (tests and benchmarks). ``on_start(run_id)`` is
+    called once the run holds the lock and is recorded.
     """
     own_db = db is None
     db = db or open_database(settings)
     try:
         lock = locks.acquire(db, LOCK_NAME, stale_after=lock_stale_seconds)
         if lock is None:
-            return RetrainResult("skipped", "another retrain is running")
+            return RetrainResult("skipped", LOCK_BUSY)
         try:
             with db.begin() as session:
                 dead = mark_dead_runs(session, settings)
@@ -632,8 +635,10 @@ def run_once(settings: Settings, force: bool = False, *, db: Database | None = N
                                   counts={"dead_runs_marked": len(dead)} if dead else {})
                 session.add(run)
                 session.flush()
-                run_id = run.id
-            return _Run(settings, db, lock, run_id, encoder, train_config, stop).execute()
+                run_id, counts = run.id, dict(run.counts)
+            if on_start is not None:
+                on_start(run_id)
+            return _Run(settings, db, lock, run_id, encoder, train_config, stop, counts).execute()
         finally:
             lock.release()
     finally:
@@ -642,7 +647,7 @@ def run_once(settings: Settings, force: bool = False, *, db: Database | None = N
 
 
 class _Run:
-    def __init__(self, settings, db, lock, run_id, encoder, train_config, stop):
+    def __init__(self, settings, db, lock, run_id, encoder, train_config, stop, counts=None):
         self.settings, self.db, self.lock, self.run_id = settings, db, lock, run_id
         self.encoder = encoder
         self.train_config = train_config
@@ -653,7 +658,8 @@ class _Run:
         self.committed = False
         """Whether the final transaction (version, promotion, priorities) committed."""
         self.timings: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int] = dict(counts or {})
+        """Recorded with the run; it starts with what ``run_once`` recorded (``dead_runs_marked``)."""
         self._t0 = 0.0
 
     def _begin(self, step: str) -> None:
@@ -997,17 +1003,19 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
             try:
                 with db.read() as session:
                     fire, why = due(session, settings, since=started)
+                # Another watcher (or Retrain now) is training: say so once, not at every poll.
                 if fire and run_alive(db):
-                    # Another watcher (or Retrain now) is training: say so once, not at every poll.
-                    if not waiting:
-                        print(f"{utcnow():%Y-%m-%d %H:%M:%S} due ({why}), but another retrain is running: "
-                              "waiting for it", flush=True)
-                    waiting = True
+                    waiting = _say_waiting(waiting, why)
                 elif fire:
-                    waiting = False
-                    print(f"{utcnow():%Y-%m-%d %H:%M:%S} retraining: {why}", flush=True)
-                    result = run_once(settings, db=db, stop=stop, **run_kwargs)
-                    print(result.summary(), flush=True)
+                    def announce(_run_id, why=why):
+                        print(f"{utcnow():%Y-%m-%d %H:%M:%S} retraining: {why}", flush=True)
+
+                    result = run_once(settings, db=db, stop=stop, on_start=announce, **run_kwargs)
+                    if result.run_id is None and result.message == LOCK_BUSY:
+                        waiting = _say_waiting(waiting, why)  # it took the lock after run_alive looked
+                    else:
+                        waiting = False
+                        print(result.summary(), flush=True)
             except Exception:
                 log.exception("retrain watcher: check failed; retrying")
             stop.wait(poll_seconds)
@@ -1016,6 +1024,14 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
             signal.signal(sig, handler)
         db.dispose()
         print(f"{utcnow():%Y-%m-%d %H:%M:%S} retrain watcher stopped", flush=True)
+
+
+def _say_waiting(said: bool, why: str) -> bool:
+    """Log once that the watcher is due but another process's run holds the lock; True (said)."""
+    if not said:
+        print(f"{utcnow():%Y-%m-%d %H:%M:%S} due ({why}), but another retrain is running: waiting for it",
+              flush=True)
+    return True
 
 
 def start_background_run(session, settings: Settings, *, actor) -> tuple[int, Path]:

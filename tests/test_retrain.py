@@ -501,6 +501,9 @@ def test_dead_run_marked_failed(db, rt_settings):
     with db.read() as s:
         dead = s.scalars(select(TrainingRun).where(TrainingRun.host == "elsewhere")).one()
         assert dead.status == "failed" and "process died at step train" in dead.error
+        # Kept when the run records its own counts (they replaced it).
+        assert s.get(TrainingRun, result.run_id).counts["dead_runs_marked"] == 1
+    assert result.counts["dead_runs_marked"] == 1
 
 
 def test_watch_fires_on_new_labels_and_stops(db, rt_settings):
@@ -848,10 +851,14 @@ def test_the_watchers_poll_reads_only_judgments_above_the_last_run(db, rt_settin
     _wait_for(bounded_poll, 60)
 
 
-def test_a_watcher_says_once_that_another_retrain_is_running(db, rt_settings, monkeypatch, capsys):
+@pytest.mark.parametrize("taken_after_the_check", [False, True])
+def test_a_watcher_says_once_that_another_retrain_is_running(db, rt_settings, monkeypatch, capsys,
+                                                             taken_after_the_check):
     """While another process's run holds the lock, a second watcher printed "retraining: …" and
     "skipped: another retrain is running" at every poll (every 5 s for the whole run). It now says
-    once that it waits, and retrains when the lock is free."""
+    once that it waits, and retrains when the lock is free. So too when the other process takes the
+    lock after the watcher looked (two watchers due at one poll; tests/test_scale_out.py saw it):
+    "retraining: …" is said once the run holds the lock."""
     from annotate import campaign, locks
     from tests.factories import make_user
 
@@ -867,6 +874,8 @@ def test_a_watcher_says_once_that_another_retrain_is_running(db, rt_settings, mo
         return due(*args, **kwargs)
 
     monkeypatch.setattr(retrain, "due", counted)
+    if taken_after_the_check:
+        monkeypatch.setattr(retrain, "run_alive", lambda _db: False)
     other = locks.acquire(db, retrain.LOCK_NAME)  # the other watcher's run
     assert other is not None
     stop = threading.Event()
