@@ -221,7 +221,8 @@ def main() -> None:
                 finally:
                     db.dispose()
                 print(f"poll[{backend}] judgments={args.judgments} seed_s={seeded:.1f} "
-                      + " ".join(f"{k}={v:.1f}" for k, v in r.items()) + f" idle={idle} with_new_pairs={fired}", flush=True)
+                      + " ".join(f"{k}={v:.1f}" for k, v in r.items())
+                      + f" idle={idle} with_new_pairs={fired}", flush=True)
         finally:
             with admin.connect() as c:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
