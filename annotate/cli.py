@@ -142,6 +142,17 @@ def _overlap(value: str) -> int:
     return n
 
 
+def _poll_seconds(value: str) -> float:
+    """argparse type for retrain --poll-seconds: a number of seconds from 0.1 to 3600."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of seconds from 0.1 to 3600")
+    return seconds
+
+
 def _cannot_write(path, exc: OSError) -> PrefloopError:
     return PrefloopError(f"cannot write {str(path)!r}: {exc.strerror or exc}")
 
@@ -319,11 +330,13 @@ def cmd_retrain(args) -> int:
     from annotate import retrain
 
     settings = _settings()
+    if args.once and args.poll_seconds is not None:
+        raise PrefloopError("--poll-seconds goes with --watch")
     if args.watch:
         if args.force:
             raise PrefloopError("--force goes with --once: the watcher retrains when new judgments or pairs arrive")
         # No schema check: the watcher outlives a database that is down or not migrated yet, and retries.
-        retrain.watch(settings)
+        retrain.watch(settings, **({} if args.poll_seconds is None else {"poll_seconds": args.poll_seconds}))
         return 0
     _require_schema(settings)
     result = retrain.run_once(settings, force=args.force)
@@ -458,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="one run if there are new judgments or pairs: train, evaluate, promote, rescore")
     mode.add_argument("--watch", action="store_true", help="run until stopped, retraining when due")
     p.add_argument("--force", action="store_true", help="with --once: retrain even with no new judgments")
+    p.add_argument("--poll-seconds", type=_poll_seconds, default=None, metavar="S",
+                   help="with --watch: seconds between checks whether a retrain is due (default 5)")
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("score", help="score (prompt, response) pairs with the active reward model",

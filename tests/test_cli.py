@@ -417,6 +417,13 @@ def test_retrain_watch_refuses_force(env):
     one_line_error(result, "--force goes with --once")
 
 
+def test_retrain_poll_seconds_goes_with_watch_and_is_checked(env):
+    one_line_error(run(env, "retrain", "--once", "--poll-seconds", "1"), "--poll-seconds goes with --watch")
+    for bad in ("0", "-1", "nan", "soon"):
+        result = run(env, "retrain", "--watch", "--poll-seconds", bad)
+        assert result.returncode == 2 and "give a number of seconds from 0.1 to 3600" in result.stderr, result.stderr
+
+
 def test_help_of_every_command_exits_zero_and_shows_no_markup():
     for args in ((), ("db",), ("users",), ("users", "add"), ("users", "set-role"), ("import",), ("export",),
                  ("demo",), ("retrain",), ("score",), ("simulate",)):

@@ -57,7 +57,8 @@ class Watcher:
     def __init__(self, settings, log: Path):
         self.log = log
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", "retrain", "--watch"], cwd=REPO,
+            self.proc = subprocess.Popen([sys.executable, "-m", "annotate.cli", "retrain", "--watch",
+                                          "--poll-seconds", "1"], cwd=REPO,
                                          env=_cli_env(settings), stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
 
