@@ -23,8 +23,10 @@ from annotate.simulate_options import add_arguments as add_simulate_arguments
 
 
 def _settings():
-    from annotate.settings import load_settings
+    from annotate.settings import load_settings, unknown_variables
 
+    for line in unknown_variables():
+        print(f"prefloop: warning: {line}", file=sys.stderr)
     return load_settings()
 
 

@@ -7,6 +7,7 @@ The values here are their defaults and the things only an operator may set.
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -125,6 +126,27 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
     settings = Settings(**values)
     _validate(settings)
     return settings
+
+
+NOT_SETTINGS = frozenset({"PREFLOOP_NO_SKIPS", "PREFLOOP_TEST_PG_URL", "PREFLOOP_HH_DATA", "PREFLOOP_BENCH_PG_URL",
+                          "PREFLOOP_RETRAIN_CRASH_AT"})
+"""``PREFLOOP_*`` variables that are not settings: the test suite's and benchmarks' own, and a test hook."""
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """A warning for each ``PREFLOOP_*`` variable that names no setting (sorted).
+
+    They are ignored, so a misspelt name (``PREFLOOP_DATABASE_URI``) would otherwise
+    leave its setting at the default without a word; the closest setting is named.
+    """
+    env = os.environ if environ is None else environ
+    known = [f"PREFLOOP_{f.name.upper()}" for f in fields(Settings)]
+    lines = []
+    for name in sorted(k for k in env if k.startswith("PREFLOOP_") and k not in known and k not in NOT_SETTINGS):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"{name} is not a prefloop setting and is ignored{hint}")
+    return lines
 
 
 def _validate(s: Settings) -> None:

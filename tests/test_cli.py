@@ -453,3 +453,19 @@ def test_every_option_of_every_command_has_help():
     bare = [f"{command} {action.option_strings or action.dest}" for command, action in _options(build_parser())
             if not action.help]
     assert bare == []
+
+
+def test_unknown_prefloop_variables_are_named_with_the_closest_setting():
+    from annotate.settings import unknown_variables
+
+    assert unknown_variables({"PREFLOOP_DATABASE_URI": "postgresql://x", "PREFLOOP_OVERLAP": "2",
+                              "PREFLOOP_NO_SKIPS": "1", "PREFLOOP_COMPLETELY_ELSE": "1", "OTHER": "1"}) == [
+        "PREFLOOP_COMPLETELY_ELSE is not a prefloop setting and is ignored",
+        "PREFLOOP_DATABASE_URI is not a prefloop setting and is ignored (did you mean PREFLOOP_DATABASE_URL?)"]
+
+
+def test_a_misspelt_setting_is_warned_about_not_silently_ignored(env):
+    """Before, PREFLOOP_DATABASE_URI (for _URL) went unnoticed: the command used the default SQLite file."""
+    result = run({**env, "PREFLOOP_DATABSE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/x"}, "users", "list")
+    assert ("prefloop: warning: PREFLOOP_DATABSE_URL is not a prefloop setting and is ignored "
+            "(did you mean PREFLOOP_DATABASE_URL?)") in result.stderr.splitlines(), result.stderr

@@ -21,7 +21,7 @@ from annotate import accounts
 from annotate.accounts import Actor
 from annotate.db import Database, create_db_engine, is_transient
 from annotate.errors import PermissionDenied, PrefloopError
-from annotate.settings import Settings, load_settings
+from annotate.settings import Settings, load_settings, unknown_variables
 
 ACTOR_KEY = "actor"
 LAST_SEEN_KEY = "last_seen"  # time.time() of this browser session's last run while logged in
@@ -37,6 +37,8 @@ NOT_SAVED = "Not saved: the database is busy or cannot be reached. Press it agai
 
 @st.cache_resource(show_spinner=False)
 def _settings_for(environ: tuple[tuple[str, str], ...]) -> Settings:
+    for line in unknown_variables(dict(environ)):  # once per distinct environment: in the server's log
+        _log.warning("%s", line)
     return load_settings(dict(environ))
 
 
