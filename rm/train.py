@@ -6,10 +6,12 @@ The loss, in three lines (``d = r_A - r_B``, ``m`` = margin from strength)::
     B wins:  -log σ(-d - ε - m)
     tie:     -log(σ(d + ε) - σ(d - ε))
 
-This is the Rao–Kupper likelihood with threshold ε = ``tie_epsilon`` when the
-training data holds ties: P(A) + P(B) + P(tie) = 1 (at m = 0). Data without
-ties is fitted with plain Bradley–Terry, ε = 0 (the maximum-likelihood ε when
-no tie is observed), so a tie-free data set trains exactly as it always did.
+This is the Rao–Kupper likelihood with threshold ε when the training data holds
+ties: P(A) + P(B) + P(tie) = 1 (at m = 0). ε is fitted by maximum likelihood
+with the head weights (each member its own, ``fit_tie_epsilon``), or fixed at
+``tie_epsilon``. Data without ties is fitted with plain Bradley–Terry, ε = 0
+(the maximum-likelihood ε when no tie is observed, and the limit of the fitted ε
+as ties vanish), so a tie-free data set trains exactly as it always did.
 
 Pairs judged *both bad* are dropped: they say nothing about which response is
 better. The retraining job runs ``train_ensemble`` and ``rm.evaluate.evaluate``
@@ -60,14 +62,24 @@ class TrainConfig:
             1 = slightly better, 2 = clearly better, 3 = much better.
         tie_epsilon: Rao–Kupper threshold ε (log ν), used when the training data
             holds ties: P(A ≻ B) = ``σ(d - ε)``, P(B ≻ A) = ``σ(-d - ε)``, P(tie) =
-            ``σ(d + ε) - σ(d - ε)``, the mass where the gap is within ±ε. Must be
-            > 0 when the data holds ties (ε = 0 gives a tie probability 0). Data
-            without ties trains plain Bradley–Terry whatever ε is. Win
+            ``σ(d + ε) - σ(d - ε)``, the mass where the gap is within ±ε. With
+            ``fit_tie_epsilon`` it is only the starting value of the fit; without,
+            the fixed ε. Must be > 0 when the data holds ties (ε = 0 gives a tie
+            probability 0). Data without ties trains plain Bradley–Terry whatever
+            ε is. The ε each member trained with is ``Ensemble.info["tie_epsilon"]``
+            (a list, one per member; 0 for tie-free data). Win
             probabilities used for evaluation stay ``σ(d)`` on decisive pairs: with
             ties the gap is on the Rao–Kupper scale, where P(A ≻ B | not a tie) is
             about ``σ((1 + tanh(ε/2)) d)`` (exactly its slope at d = 0), and the
             temperature ``calibrate`` fits on decisive out-of-bag pairs absorbs that
             factor; with ``calibrate=False`` σ(d) is under-confident on such models.
+        fit_tie_epsilon: Fit ε by maximum likelihood jointly with the weights,
+            each member on its own resample (ε = softplus(θ), started at
+            ``tie_epsilon``), so the ε an ensemble member uses goes with the gaps
+            it fitted on the same data. A fixed ε that does not match the data's
+            tie rate biases the gaps (ε fixed at 0.5 on data with true ε 0.1:
+            gaps ×1.15-1.26; true ε 1.0: ×0.75-0.80), and a lone tie would switch
+            a fixed ε on for all wins; the fitted ε tends to 0 as ties vanish.
         calibrate: Fit a temperature T on out-of-bag / validation pairs so that
             ``σ(d / T)`` minimises their log loss; stored in the ensemble.
         optimizer: ``"lbfgs"`` fits linear heads to convergence (convex, no early
@@ -87,24 +99,27 @@ class TrainConfig:
     val_fraction: float = 0.15
     strength_margins: tuple[float, float, float, float] = (0.0, 0.1, 0.5, 1.0)
     tie_epsilon: float = 0.5
+    fit_tie_epsilon: bool = True
     calibrate: bool = True
     optimizer: str = "lbfgs"
     num_threads: int = 2
 
 
 def preference_loss(d: torch.Tensor, outcome: torch.Tensor, margin: torch.Tensor | float = 0.0,
-                    tie_epsilon: float = 0.0) -> torch.Tensor:
+                    tie_epsilon: torch.Tensor | float = 0.0) -> torch.Tensor:
     """Per-pair Rao–Kupper negative log-likelihood for reward gaps ``d = r_A - r_B``.
 
     ``outcome`` holds ``A_WINS``/``B_WINS``/``TIE`` codes (``BOTH_BAD`` rows must
     be removed by the caller); ``margin`` broadcasts against ``d``. With
     ``tie_epsilon`` ε the outcomes have probabilities ``σ(d - ε)``, ``σ(-d - ε)``
     and ``σ(d + ε) - σ(d - ε)``, which sum to 1; ε = 0 (the default) is plain
-    Bradley–Terry, where a tie has probability 0 (loss +inf).
+    Bradley–Terry, where a tie has probability 0 (loss +inf). ``tie_epsilon`` may
+    be a tensor broadcasting against ``d`` (one ε per member), differentiable.
     """
     outcome = torch.as_tensor(outcome, device=d.device)
     margin = torch.as_tensor(margin, dtype=d.dtype, device=d.device)
-    eps = torch.as_tensor(float(tie_epsilon), dtype=d.dtype, device=d.device)
+    eps = (tie_epsilon.to(d.dtype) if isinstance(tie_epsilon, torch.Tensor)
+           else torch.as_tensor(float(tie_epsilon), dtype=d.dtype, device=d.device))
     sign = torch.where(outcome == B_WINS, -1.0, 1.0).to(d.dtype)
     win = -torch.nn.functional.logsigmoid(sign * d - eps - margin)
     is_tie = outcome == TIE
@@ -200,17 +215,27 @@ def fit_temperature(d: np.ndarray, a_wins: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
-def _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, config) -> int:
-    """Convex case: L-BFGS on pair differences to convergence (L2 does the regularising)."""
+def _epsilon(eps, theta):
+    """The Rao–Kupper ε to train with: ``softplus(θ)`` (one per member) when fitted, else ``eps``."""
+    return torch.nn.functional.softplus(theta) if theta is not None else eps
+
+
+def _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, theta, config) -> int:
+    """Convex case: L-BFGS on pair differences to convergence (L2 does the regularising).
+
+    With ``theta`` (ε = softplus(θ) fitted) the problem is no longer convex in
+    (w, θ) jointly, but it stays smooth; it is convex in w for each ε.
+    """
     delta = xt[ia_t] - xt[ib_t]
     l2 = effective_l2(config) / len(ia_t)  # losses below are means
-    opt = torch.optim.LBFGS(heads.parameters(), lr=1.0, max_iter=config.max_steps, history_size=20,
+    params = list(heads.parameters()) + ([theta] if theta is not None else [])
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=config.max_steps, history_size=20,
                             tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad(set_to_none=True)
         d = heads.w @ delta.T  # biases cancel in a gap
-        losses = (preference_loss(d, out_t, marg, eps) if eps
+        losses = (preference_loss(d, out_t, marg, _epsilon(eps, theta)) if eps or theta is not None
                   else -torch.nn.functional.logsigmoid(torch.where(out_t == B_WINS, -d, d) - marg))
         obj = ((losses * w_t).sum(dim=1) + 0.5 * l2 * heads.penalty()).sum()
         obj.backward()
@@ -220,18 +245,19 @@ def _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, config) -> i
     return int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
 
 
-def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, config) -> int:
+def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config) -> int:
     """Full-batch Adam with per-member early stopping on validation (out-of-bag) pairs."""
     l2 = effective_l2(config) / len(ia_t)  # losses below are means
     v_n = v_t.sum(dim=1)
     has_val = bool((v_n > 0).all())
-    opt = torch.optim.Adam(heads.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(list(heads.parameters()) + ([theta] if theta is not None else []), lr=config.lr)
     best = torch.full((config.n_members,), float("inf"))
-    best_state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+    state = dict(heads.state_dict(), **({"theta": theta} if theta is not None else {}))
+    best_state = {k: v.detach().clone() for k, v in state.items()}
     stale, step = 0, 0
     for step in range(1, config.max_steps + 1):
         r = heads(xt)
-        losses = preference_loss(r[:, ia_t] - r[:, ib_t], out_t, marg, eps)
+        losses = preference_loss(r[:, ia_t] - r[:, ib_t], out_t, marg, _epsilon(eps, theta))
         objective = (losses * w_t).sum(dim=1) + 0.5 * l2 * heads.penalty()
         opt.zero_grad(set_to_none=True)
         objective.sum().backward()
@@ -239,19 +265,22 @@ def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, config) -> int:
         if has_val and step % config.eval_every == 0:
             with torch.no_grad():
                 r = heads(xt)
-                vl = (preference_loss(r[:, ia_t] - r[:, ib_t], out_t, 0.0, eps)
+                vl = (preference_loss(r[:, ia_t] - r[:, ib_t], out_t, 0.0, _epsilon(eps, theta))
                       * v_t).sum(dim=1) / v_n
             better = vl < best - 1e-5
             if better.any():
                 best = torch.where(better, vl, best)
-                for k, v in heads.state_dict().items():
-                    best_state[k][better] = v[better]
+                for k, v in state.items():
+                    best_state[k][better] = v.detach()[better]
                 stale = 0
             else:
                 stale += 1
                 if stale >= config.patience:
                     break
     if has_val:
+        if theta is not None:
+            with torch.no_grad():
+                theta.copy_(best_state.pop("theta"))
         heads.load_state_dict(best_state)
     return step
 
@@ -271,10 +300,14 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
                          "collect A/B/tie judgments first")
     has_ties = bool((data.outcome == TIE).any())
     if has_ties and not config.tie_epsilon > 0:
-        raise ValueError(f"TrainConfig.tie_epsilon must be > 0 when the data holds ties "
-                         f"(got {config.tie_epsilon}); with it a tie has probability 0")
+        raise ValueError(f"TrainConfig.tie_epsilon (the fixed ε, or where its fit starts) must be > 0 "
+                         f"when the data holds ties (got {config.tie_epsilon}); with it a tie has probability 0")
     # Rao–Kupper when there are ties; without any, ε = 0 is plain Bradley–Terry.
     eps = float(config.tie_epsilon) if has_ties else 0.0
+    theta = None  # ε = softplus(θ), one per member, when fitted
+    if has_ties and config.fit_tie_epsilon:
+        start = math.log(math.expm1(eps)) if eps < 20 else eps  # softplus⁻¹
+        theta = torch.nn.Parameter(torch.full((config.n_members, 1), start))
     used, inverse = np.unique(np.concatenate([data.ia, data.ib]), return_inverse=True)
     ia, ib = inverse[:len(data)], inverse[len(data):]
     x = np.asarray(data.feat[used], dtype=np.float32)
@@ -300,10 +333,12 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
         w_t = w_t / w_t.sum(dim=1, keepdim=True).clamp(min=1.0)
         v_t = torch.from_numpy(val.astype(np.float32))
         if config.hidden == 0 and config.optimizer == "lbfgs":
-            step = _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, config)
+            step = _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, theta, config)
         else:
-            step = _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, config)
+            step = _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config)
         params = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in heads.state_dict().items()}
+        member_eps = (torch.nn.functional.softplus(theta.detach())[:, 0].tolist() if theta is not None
+                      else [eps] * config.n_members)
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -319,6 +354,7 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
     ens.temperature = temperature
     ens.info = {"config": asdict(config), "seed": int(seed), "n_pairs": int(len(data)),
                 "n_both_bad_dropped": n_dropped, "steps": int(step),
+                "tie_epsilon": [round(float(e), 6) for e in member_eps],
                 "train_seconds": round(time.perf_counter() - t0, 4)}
     return ens
 

@@ -133,3 +133,20 @@ def test_undefined_metrics_are_saved_as_null(tmp_path):
     _, info = load_artifact(tmp_path / "v1")
     assert info.manifest["metrics"]["accuracy"] is None and info.manifest["metrics"]["n_pairs"] == 1
     assert info.manifest["extra"]["note"] is None
+
+
+def test_the_tie_epsilon_each_member_trained_with_is_kept_in_the_artifact(tmp_path):
+    # train_ensemble records the fitted Rao–Kupper ε per member in Ensemble.info, which the
+    # manifest stores, so evaluation and reports of a saved model can show it.
+    from rm.data import A_WINS, B_WINS, TIE, PairData
+    from rm.train import TrainConfig, train_ensemble
+
+    rng = np.random.default_rng(0)
+    feat = rng.normal(size=(80, 8)).astype(np.float32)
+    data = PairData(feat, np.arange(40), np.arange(40, 80), [A_WINS, TIE, B_WINS, A_WINS] * 10)
+    ens = train_ensemble(data, TrainConfig(n_members=3, num_threads=1), seed=0)
+    assert len(ens.info["tie_epsilon"]) == 3 and all(e > 0 for e in ens.info["tie_epsilon"])
+    save(tmp_path / "v1", ens)
+    loaded, info = load_artifact(tmp_path / "v1")
+    assert loaded.info["tie_epsilon"] == ens.info["tie_epsilon"]
+    assert info.manifest["heads"]["info"]["config"]["fit_tie_epsilon"] is True

@@ -61,26 +61,61 @@ def test_the_three_outcome_probabilities_sum_to_one(eps):
     np.testing.assert_allclose((p[0] + p[1] + p[2]).numpy(), 1.0, rtol=1e-9)
 
 
-@pytest.mark.parametrize("eps", [0.2, 0.5, 1.5])
-def test_the_expected_loss_is_minimised_at_the_true_gap(eps):
-    # Fisher consistency: with outcomes drawn from Rao–Kupper at gap d*, the expected loss
-    # is smallest at d = d*. Wins scored by σ(d) put it at about 0.79 d* (ε = 0.5).
-    true = torch.tensor([-3.0, -1.0, 0.0, 0.25, 1.0, 2.0, 4.0], dtype=torch.float64)
-    probs = [torch.sigmoid(true - eps), torch.sigmoid(-true - eps)]
+TRUE_GAPS = torch.tensor([-3.0, -1.0, 0.0, 0.25, 0.7, 1.0, 2.0, 4.0], dtype=torch.float64)
+
+
+def minimise_expected_loss(true_eps, fit_epsilon):
+    """``(d, ε)`` minimising the expected loss when outcomes are drawn from Rao–Kupper at gaps
+    ``TRUE_GAPS`` and threshold ``true_eps``; ε is fitted (softplus(θ), from 0.69) or fixed."""
+    probs = [torch.sigmoid(TRUE_GAPS - true_eps), torch.sigmoid(-TRUE_GAPS - true_eps)]
     probs.append(1 - probs[0] - probs[1])
-    d = torch.zeros_like(true, requires_grad=True)
-    opt = torch.optim.LBFGS([d], lr=1.0, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
+    d = torch.zeros_like(TRUE_GAPS, requires_grad=True)
+    theta = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([d, theta] if fit_epsilon else [d], lr=1.0, max_iter=500, tolerance_grad=1e-12,
+                            tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def eps():
+        return torch.nn.functional.softplus(theta) if fit_epsilon else true_eps
 
     def closure():
         opt.zero_grad()
-        loss = sum((p * preference_loss(d, torch.full(d.shape, o), 0.0, tie_epsilon=eps)).sum()
+        loss = sum((p * preference_loss(d, torch.full(d.shape, o), 0.0, tie_epsilon=eps())).sum()
                    for p, o in zip(probs, (A_WINS, B_WINS, TIE)))
         loss.backward()
         return loss
 
     opt.step(closure)
-    np.testing.assert_allclose(d.detach().numpy(), true.numpy(), atol=1e-5)
+    with torch.no_grad():
+        return d.detach().numpy(), float(eps())
+
+
+@pytest.mark.parametrize("eps", [0.2, 0.5, 1.5])
+def test_the_expected_loss_is_minimised_at_the_true_gap(eps):
+    # Fisher consistency: with outcomes drawn from Rao–Kupper at gap d*, the expected loss
+    # is smallest at d = d*. Wins scored by σ(d) put it at about 0.79 d* (ε = 0.5).
+    d, _ = minimise_expected_loss(eps, fit_epsilon=False)
+    np.testing.assert_allclose(d, TRUE_GAPS.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("true_eps", [0.1, 0.5, 1.5])
+def test_the_expected_loss_is_minimised_at_the_true_epsilon(true_eps):
+    # Fitting ε with the gaps is consistent: the expected loss over (d, ε = softplus(θ)) is
+    # smallest at (d*, ε*).
+    d, eps = minimise_expected_loss(true_eps, fit_epsilon=True)
+    np.testing.assert_allclose(d, TRUE_GAPS.numpy(), atol=1e-5)
+    assert eps == pytest.approx(true_eps, abs=1e-5)
+
+
+def test_tie_epsilon_may_be_one_differentiable_tensor_per_member():
+    # train_ensemble fits ε = softplus(θ) per member: the loss takes an (M, 1) tensor of ε
+    # broadcasting against (M, n) gaps, equal row by row to the float form, with a gradient.
+    d = torch.tensor([[-1.0, 0.3, 2.0, 0.0], [0.5, -0.2, 1.0, 3.0]], dtype=torch.float64)
+    out = torch.tensor([TIE, A_WINS, B_WINS, TIE])
+    eps = torch.tensor([[0.2], [1.0]], dtype=torch.float64, requires_grad=True)
+    loss = preference_loss(d, out, 0.1, tie_epsilon=eps)
+    for k in range(2):
+        assert torch.equal(loss[k], preference_loss(d[k], out, 0.1, tie_epsilon=eps[k, 0].item()))
+    assert torch.autograd.gradcheck(lambda e: preference_loss(d, out, 0.1, tie_epsilon=e), (eps,))
 
 
 def test_tie_loss_stays_finite_for_huge_gaps():

@@ -64,41 +64,95 @@ def test_ties_pull_rewards_together():
     assert gaps.mean() < 0.2
 
 
-def test_training_with_ties_recovers_the_true_reward_gaps():
-    # Five items with known rewards, outcomes drawn from Rao–Kupper at the configured ε, one-hot
-    # features, no prior: the fitted gaps are maximum-likelihood estimates and must be unbiased.
-    # Measured over 40 seeds (1,000 comparisons per pair): each fitted gap has sd 0.036-0.048
-    # and a bias under 0.01; the worst gap of the worst seed was off by 0.12. With wins scored
-    # by σ(d) instead of σ(d - ε) every gap came out about 20% short (2.2 fitted as 1.77, the
-    # worst gap off by more than 0.40 on every seed).
-    true, eps = np.array([0.0, 0.4, 0.9, 1.5, 2.2]), 0.5
-    rng = np.random.default_rng(0)
+TRUE_REWARDS = np.array([0.0, 0.4, 0.9, 1.5, 2.2])
+ONE_HOT = np.eye(5, dtype=np.float32)
+
+
+def rao_kupper_pairs(eps, seed, per_pair=1000):
+    """Every pair of five items with rewards ``TRUE_REWARDS``, ``per_pair`` outcomes each drawn
+    from Rao–Kupper with threshold ``eps`` (ε = 0: Bradley–Terry), one-hot features."""
+    rng = np.random.default_rng(seed)
     pairs = np.array([(i, j) for i in range(5) for j in range(i + 1, 5)])
-    ia, ib = np.repeat(pairs[:, 0], 1000), np.repeat(pairs[:, 1], 1000)
+    ia, ib = np.repeat(pairs[:, 0], per_pair), np.repeat(pairs[:, 1], per_pair)
     flip = rng.random(len(ia)) < 0.5
     ia, ib = np.where(flip, ib, ia), np.where(flip, ia, ib)
-    d = true[ia] - true[ib]
+    d = TRUE_REWARDS[ia] - TRUE_REWARDS[ib]
     p_a, p_b = 1 / (1 + np.exp(eps - d)), 1 / (1 + np.exp(eps + d))
     u = rng.random(len(d))
-    outcome = np.where(u < p_a, A_WINS, np.where(u < p_a + p_b, B_WINS, TIE))
-    assert 0.1 < np.mean(outcome == TIE) < 0.2
-    data = PairData(np.eye(5, dtype=np.float32), ia, ib, outcome)
-    cfg = TrainConfig(n_members=1, bootstrap=False, val_fraction=0.0, l2=0.0, calibrate=False, tie_epsilon=eps,
-                      num_threads=1)
-    r = train_ensemble(data, cfg, seed=0).rewards(np.eye(5, dtype=np.float32)).astype(float)
-    np.testing.assert_allclose(r - r[0], true, atol=0.2)
+    return PairData(ONE_HOT, ia, ib, np.where(u < p_a, A_WINS, np.where(u < p_a + p_b, B_WINS, TIE)))
+
+
+def fitted_gaps(data, **cfg):
+    """Gaps to item 0 and the ε of one linear member fitted without a prior (maximum likelihood)."""
+    cfg = TrainConfig(**{"n_members": 1, "bootstrap": False, "val_fraction": 0.0, "l2": 0.0, "calibrate": False,
+                         "num_threads": 1, **cfg})
+    ens = train_ensemble(data, cfg, seed=0)
+    r = ens.rewards(ONE_HOT).astype(float)
+    return r - r[0], ens.info["tie_epsilon"][0]
+
+
+def test_training_with_ties_at_a_fixed_epsilon_recovers_the_true_reward_gaps():
+    # Outcomes drawn from Rao–Kupper at the configured ε, fixed (not fitted): the fitted gaps are
+    # maximum-likelihood estimates and must be unbiased. Measured over 40 seeds (1,000
+    # comparisons per pair): each fitted gap has sd 0.036-0.048 and a bias under 0.01; the worst
+    # gap of the worst seed was off by 0.12. With wins scored by σ(d) instead of σ(d - ε) every
+    # gap came out about 20% short (2.2 fitted as 1.77, off by more than 0.40 on every seed).
+    data = rao_kupper_pairs(0.5, seed=0)
+    assert 0.1 < np.mean(data.outcome == TIE) < 0.2
+    gaps, eps = fitted_gaps(data, tie_epsilon=0.5, fit_tie_epsilon=False)
+    assert eps == 0.5
+    np.testing.assert_allclose(gaps, TRUE_REWARDS, atol=0.2)
+
+
+@pytest.mark.parametrize("true_eps", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fitted_tie_epsilon_and_gaps_recover_the_truth(true_eps, seed):
+    # ε is fitted with the weights (from the default start 0.5). Measured over 40 seeds of this
+    # simulation: fitted ε mean 0.100 / 0.498 / 0.995, sd 0.005 / 0.010 /
+    # 0.018, worst error 0.017 / 0.025 / 0.043; worst gap error 0.13 / 0.12 / 0.10. With ε fixed
+    # at 0.5 the gaps were biased: true ε 0.1 (4% ties) top gap ×1.20 (1.15-1.26), worst gap
+    # error 0.44 on average; true ε 1.0 (36% ties) ×0.78 (0.75-0.80), worst error ≥ 0.45.
+    data = rao_kupper_pairs(true_eps, seed)
+    gaps, eps = fitted_gaps(data)
+    assert eps == pytest.approx(true_eps, abs=0.08)
+    np.testing.assert_allclose(gaps, TRUE_REWARDS, atol=0.2)
+
+
+@pytest.mark.parametrize("extra", [{"optimizer": "adam"}, {"hidden": 8}])
+def test_adam_and_mlp_heads_fit_tie_epsilon_too(extra):
+    # Measured on 3 seeds, bootstrap members with early stopping: ε 0.094-0.111 (true 0.1)
+    # and 0.96-1.07 (true 1.0).
+    for true_eps in (0.1, 1.0):
+        ens = train_ensemble(rao_kupper_pairs(true_eps, seed=0),
+                             TrainConfig(n_members=2, l2=0.0, max_steps=600, num_threads=1, **extra), seed=0)
+        np.testing.assert_allclose(ens.info["tie_epsilon"], true_eps, rtol=0.2)
+
+
+def test_one_tie_in_a_large_tie_free_set_barely_moves_the_gaps():
+    # Bradley–Terry data, 10,000 pairs; one outcome turned into a tie. The fitted ε is then
+    # about 3e-4 and the gaps move by at most 0.0016 (20 seeds). With ε fixed at 0.5 that one
+    # tie switched ε = 0.5 on for every win and moved gaps by up to 0.57.
+    data = rao_kupper_pairs(0.0, seed=3)
+    before, eps0 = fitted_gaps(data)
+    data.outcome = data.outcome.copy()
+    data.outcome[0] = TIE
+    after, eps1 = fitted_gaps(data)
+    assert eps0 == 0.0 and 0 < eps1 < 0.01
+    np.testing.assert_allclose(after, before, atol=0.01)
 
 
 def test_tie_epsilon_does_not_touch_data_without_ties():
     # Without ties the model is plain Bradley–Terry (ε = 0 is the maximum-likelihood threshold
     # when none is observed): tie-free data, and so every HH-RLHF result, trains bit for bit
-    # as before whatever ε is, with L-BFGS and with Adam.
+    # as before whatever ε is and whether it is fitted, with L-BFGS, Adam and MLP heads.
     data = synthetic(200, seed=4)
     data.strength = np.random.default_rng(1).integers(0, 4, len(data)).astype(np.int8)
     for extra in ({}, {"hidden": 8, "max_steps": 30}, {"optimizer": "adam", "max_steps": 30}):
         a = train_ensemble(data, TrainConfig(n_members=2, tie_epsilon=0.5, num_threads=1, **extra), seed=1)
-        b = train_ensemble(data, TrainConfig(n_members=2, tie_epsilon=2.0, num_threads=1, **extra), seed=1)
-        assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+        for cfg in ({"tie_epsilon": 2.0}, {"fit_tie_epsilon": False}):
+            b = train_ensemble(data, TrainConfig(n_members=2, num_threads=1, **cfg, **extra), seed=1)
+            assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+        assert a.info["tie_epsilon"] == [0.0, 0.0]
 
 
 def test_indices_into_a_shared_matrix_are_not_copied():
