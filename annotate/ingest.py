@@ -32,6 +32,11 @@ A prompt is a string or a list of ``{"role": "user"|"assistant"|"system",
 ``hh`` A/B is ordered by the responses' content hash, so position carries no
 label.
 
+Fields a format does not read (a misspelt ``winner``, a dataset's own columns, a k-wise response's
+or outcome's other keys) are not stored; one note names them with the rows that give each, and the
+known field a name looks like a misspelling of. A row refused for a missing field names such a
+misspelling too.
+
 Your own ids are kept: a row's ``id`` on the comparisons it adds
 (``Comparison.external_id``; when a pair is already there, it keeps the id it
 came with), ``prompt_id`` on the prompt and the response ids on the
@@ -52,6 +57,8 @@ deeper than :data:`MAX_JSON_DEPTH` levels.
 from __future__ import annotations
 
 import csv
+import difflib
+import functools
 import gzip
 import hashlib
 import io
@@ -59,7 +66,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,6 +113,14 @@ OPTIONAL_FIELDS = {
     "trl": {"id", "prompt_id", "metadata", "source", "tag"},
     "hh": {"id", "source", "tag"},
 }
+ROW_FIELDS = {name: set(CSV_COLUMNS[name]) | OPTIONAL_FIELDS[name] for name in FORMATS}
+"""Every top-level field each format reads; other fields are named in the notes (see :class:`_IgnoredFields`)."""
+ALL_ROW_FIELDS = tuple(sorted(set().union(*ROW_FIELDS.values())))
+RESPONSE_FIELDS = ("text", "id", "generator", "metadata")
+"""The fields of a k-wise response object."""
+OUTCOME_FIELDS = ("a", "b", "winner")
+"""The fields of a k-wise ``comparisons`` entry."""
+MESSAGE_FIELDS = ("role", "content")
 ROLES = ("user", "assistant", "system")
 WINNERS = {c.value: c for c in Choice}
 HH_ASSISTANT = "\n\nAssistant:"
@@ -233,6 +248,32 @@ class ParsedFile:
         } for c in self.comparisons[:n]]
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``n`` with the word for one or for many: '1 row', '2 rows'; _count(n, "row has", "rows have")."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _close(name: str, candidates: tuple[str, ...]) -> str | None:
+    """The candidate ``name`` looks like a misspelling of (difflib, ignoring case), if any.
+
+    The cutoff is high so that a field of its own that shares a word with a known one
+    ('score_chosen', 'source_id') is not taken for a misspelling of it. Cached: a file of
+    rows that all fail the same way asks the same question once a row (difflib takes ~50 us).
+    """
+    by_lower = {c.lower(): c for c in candidates}
+    match = difflib.get_close_matches(name.lower(), by_lower, n=1, cutoff=0.85)
+    return by_lower[match[0]] if match else None
+
+
+def _misspelt(obj: dict, missing: Iterable[str], known: Iterable[str]) -> str:
+    """' (found 'winer': did you mean 'winner'?)' for fields of ``obj`` outside ``known`` that look like a
+    ``missing`` one, for a problem that says a field is missing; '' when none does."""
+    missing, known = tuple(missing), set(known)
+    found = [(key, match) for key in obj if key not in known and (match := _close(key, missing))]
+    return "".join(f" (found {_short(key, 40)!r}: did you mean {match!r}?)" for key, match in found)
+
+
 def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -261,10 +302,10 @@ class ImportReport:
 
     def summary(self) -> str:
         """One human-readable paragraph for the CLI and the admin page."""
-        text = (f"{self.format}: {self.rows} rows; added {self.comparisons_added} comparisons "
-                f"({self.comparisons_existing} already present), {self.prompts_added} prompts, "
-                f"{self.responses_added} responses, {self.judgments_added} imported judgments, "
-                f"{self.gold_added} gold pairs.")
+        text = (f"{self.format}: {_count(self.rows, 'row')}; added {_count(self.comparisons_added, 'comparison')} "
+                f"({self.comparisons_existing} already present), {_count(self.prompts_added, 'prompt')}, "
+                f"{_count(self.responses_added, 'response')}, {_count(self.judgments_added, 'imported judgment')}, "
+                f"{_count(self.gold_added, 'gold pair')}.")
         return "\n".join([text, *self.notes])
 
 
@@ -469,10 +510,12 @@ def _csv_records(lines: list[str], problems: list[tuple[int, str]], fmt: str | N
             f"line 1: the CSV lacks the column(s) {', '.join(missing)} needed for the {fmt} format "
             f"(expected: {', '.join(CSV_COLUMNS[fmt])})",
             [(1, f"missing CSV column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS[fmt])}")])
-    known = set(CSV_COLUMNS[fmt]) | OPTIONAL_FIELDS[fmt]
+    known = ROW_FIELDS[fmt]
     ignored = [h for h in header if h not in known]
     if ignored:
-        notes.append(f"ignored CSV column(s): {', '.join(ignored)}")
+        absent = tuple(sorted(known - columns))
+        notes.append("ignored CSV column(s): " + ", ".join(
+            h + (f" (did you mean {match}?)" if (match := _close(h, absent)) else "") for h in ignored))
 
     def records() -> Iterator[tuple[int, Any]]:
         last = reader.line_num
@@ -489,7 +532,7 @@ def _csv_records(lines: list[str], problems: list[tuple[int, str]], fmt: str | N
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
-                problems.append((start, f"has {len(row)} cells but the header has {len(header)} columns"))
+                problems.append((start, f"has {_count(len(row), 'cell')} but the header has {len(header)} columns"))
                 continue
             obj: dict[str, Any] = {}
             bad = False
@@ -598,10 +641,12 @@ def _messages(value: Any, what: str, max_chars: int) -> list[dict]:
             raise _RowError(f"{what}[{i}] must be an object with 'role' and 'content'")
         role = m.get("role")
         if role not in ROLES:
-            raise _RowError(f"{what}[{i}] has role {role!r}; roles are {', '.join(ROLES)}")
+            raise _RowError(f"{what}[{i}] has role {role!r}; roles are {', '.join(ROLES)}"
+                            + ("" if "role" in m else _misspelt(m, ["role"], MESSAGE_FIELDS)))
         content = m.get("content")
         if not isinstance(content, str):
-            raise _RowError(f"{what}[{i}].content must be a string, not {_json_type(content)}")
+            raise _RowError(f"{what}[{i}].content must be a string, not {_json_type(content)}"
+                            + ("" if "content" in m else _misspelt(m, ["content"], MESSAGE_FIELDS)))
         out.append({"role": role, "content": content})
     total = sum(len(m["content"]) for m in out)
     if not any(m["content"].strip() for m in out):
@@ -620,7 +665,7 @@ def _dropped_message_keys(row: dict) -> set[str]:
         if isinstance(value, list):
             for message in value:
                 if isinstance(message, dict):
-                    keys.update(str(k) for k in message if k not in ("role", "content"))
+                    keys.update(str(k) for k in message if k not in MESSAGE_FIELDS)
     return keys
 
 
@@ -668,7 +713,8 @@ def _winner(value: Any, what: str = "winner") -> Choice | None:
 def _require(obj: dict, *keys: str) -> None:
     missing = [k for k in keys if obj.get(k) is None]
     if missing:
-        raise _RowError(f"missing field(s) {', '.join(repr(k) for k in missing)}")
+        raise _RowError(f"missing {'field' if len(missing) == 1 else 'fields'} {', '.join(repr(k) for k in missing)}"
+                        + _misspelt(obj, missing, ALL_ROW_FIELDS))
 
 
 def _parse_pairs(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]:
@@ -702,7 +748,7 @@ def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
     for i, item in enumerate(items):
         if isinstance(item, dict):
             if "text" not in item:
-                raise _RowError(f"responses[{i}] needs a 'text' field")
+                raise _RowError(f"responses[{i}] needs a 'text' field" + _misspelt(item, ["text"], RESPONSE_FIELDS))
             texts.append(_text(item["text"], f"responses[{i}].text", max_chars))
             gens.append(_opt_str(item, "generator", MAX_ID_CHARS))
             ids.append(_opt_str(item, "id", MAX_ID_CHARS))
@@ -733,7 +779,8 @@ def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
             raise _RowError(f"comparisons[{n}] compares response {i} with itself")
         choice = _winner(oc.get("winner"), f"comparisons[{n}].winner")
         if choice is None:
-            raise _RowError(f"comparisons[{n}] has no winner")
+            raise _RowError(f"comparisons[{n}] has no winner"
+                            + ("" if "winner" in oc else _misspelt(oc, ["winner"], OUTCOME_FIELDS)))
         key, canon = ((i, j), choice) if i < j else ((j, i), _flip(choice))
         if key in outcomes and outcomes[key] is not canon:
             raise _RowError(f"comparisons[{n}] contradicts an earlier outcome for responses {key[0]} and {key[1]}")
@@ -848,8 +895,65 @@ def _parse_hh(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparis
 
 
 def _lines_note(lines: list[int], limit: int = 10) -> str:
+    """'line 3' or 'lines 1, 2, ... (5 more)'."""
     shown = ", ".join(str(x) for x in lines[:limit])
-    return shown + (f", ... ({len(lines) - limit} more)" if len(lines) > limit else "")
+    return ("line " if len(lines) == 1 else "lines ") + shown + (
+        f", ... ({len(lines) - limit} more)" if len(lines) > limit else "")
+
+
+class _IgnoredFields:
+    """Fields of a row that its format does not read, gathered over the file for one note (not one per row).
+
+    Covers the row's own fields and those of a k-wise row's response and outcome objects; a chat
+    message's other fields have their own note (see :func:`_dropped_message_keys`). In CSV, columns
+    no format reads are never read into rows: the header note names them. One instance reads one
+    file, whose rows share one format.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        """Field as shown (``responses[].model`` for a nested one) -> rows giving it, in order of first appearance."""
+        self.meant: dict[str, tuple[str, set[str]]] = {}
+        """Field as shown -> (its name, the known fields missing beside it in some row): what a misspelling meant."""
+        self.lines: list[int] = []
+        self._shapes: dict[tuple, list[str]] = {}
+        """(prefix, an object's keys) -> its fields as shown: a file's rows have few shapes, each worked out once."""
+
+    def add(self, line: int, fmt: str, obj: dict) -> None:
+        parts = [self._scan("", obj, ROW_FIELDS[fmt])]
+        if fmt == "kwise":
+            parts.extend(self._scan(f"{name}[].", item, known)
+                         for name, known in (("responses", RESPONSE_FIELDS), ("comparisons", OUTCOME_FIELDS))
+                         for item in obj.get(name) or () if isinstance(item, dict))
+        if any(parts):
+            self.lines.append(line)
+            for shown in {shown: None for part in parts for shown in part}:  # once a row, however many responses
+                self.rows[shown] = self.rows.get(shown, 0) + 1
+
+    def _scan(self, prefix: str, obj: dict, known: Collection[str]) -> list[str]:
+        shape = (prefix, *obj)
+        unknown = self._shapes.get(shape)
+        if unknown is None:
+            absent = set(known) - obj.keys()
+            unknown = self._shapes[shape] = [prefix + key for key in obj if key not in known]
+            for shown in unknown:
+                self.meant.setdefault(shown, (shown[len(prefix):], set()))[1].update(absent)
+        return unknown
+
+    def note(self, limit: int = 10) -> str | None:
+        if not self.lines:
+            return None
+        fields = sorted(self.rows, key=lambda k: -self.rows[k])  # stable: ties keep their first appearance
+        described = []
+        for shown in fields[:limit]:
+            name, absent = self.meant[shown]
+            match = _close(name, tuple(sorted(absent)))
+            described.append(f"{_short(shown, 40)!r} ({_count(self.rows[shown], 'row')}"
+                             + (f"; did you mean {match!r}?)" if match else ")"))
+        if len(fields) > limit:
+            described.append(f"... ({len(fields) - limit} more)")
+        return (f"ignored field(s) in {_count(len(self.lines), 'row')} ({_lines_note(self.lines)}): "
+                + ", ".join(described))
 
 
 def _normalise_fmt(fmt: str | None) -> str | None:
@@ -884,6 +988,7 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
     multi_message: list[int] = []
     dropped_lines: list[int] = []
     dropped_keys: set[str] = set()
+    ignored = _IgnoredFields()
     rows = 0
     given = 0
     over_limit_line: int | None = None
@@ -896,7 +1001,9 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
         row_fmt = _detect_row(obj)
         if file_fmt is None:
             if row_fmt is None:
-                problems.append((line, f"unrecognised row (fields: {', '.join(sorted(obj)) or 'none'}); "
+                meant = dict.fromkeys(m for key in obj if (m := _close(key, ALL_ROW_FIELDS)) and m not in obj)
+                hint = f"; did you mean {', '.join(map(repr, meant))}?" if meant else ""
+                problems.append((line, f"unrecognised row (fields: {', '.join(sorted(obj)) or 'none'}{hint}); "
                                        f"accepted formats: {FORMAT_HELP}"))
                 continue
             file_fmt = row_fmt
@@ -925,6 +1032,7 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
         if extra := _dropped_message_keys(obj):
             dropped_lines.append(line)
             dropped_keys |= extra
+        ignored.add(line, file_fmt, obj)
         given += len(parsed)
         if given > MAX_FILE_COMPARISONS and over_limit_line is None:
             over_limit_line = line
@@ -941,21 +1049,25 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
         raise ImportValidationError(f"could not detect the file's format; accepted formats: {FORMAT_HELP}",
                                     sorted(problems))
     if diverged:
-        notes.append(f"{len(diverged)} HH rows have more 'Human:'/'Assistant:' turns after the last assistant turn "
-                     f"that chosen and rejected share (lines {_lines_note(diverged)}): split there; the later turns "
-                     "are kept as written in that side's response text (one assistant message in exports)")
+        notes.append(f"{_count(len(diverged), 'HH row has', 'HH rows have')} more 'Human:'/'Assistant:' turns after "
+                     f"the last assistant turn that chosen and rejected share ({_lines_note(diverged)}): split there; "
+                     "the later turns are kept as written in that side's response text (one assistant message in "
+                     "exports)")
     if multi_message:
-        notes.append(f"{len(multi_message)} rows have a response of several messages, or of one that is not the "
-                     f"assistant's (lines {_lines_note(multi_message)}): annotators see it as one text with later "
-                     "turns labelled 'Human:'/'Assistant:', and conversational exports give back its messages "
-                     "with their roles")
+        notes.append(f"{_count(len(multi_message), 'row has', 'rows have')} a response of several messages, or of "
+                     f"one that is not the assistant's ({_lines_note(multi_message)}): annotators see it as one text "
+                     "with later turns labelled 'Human:'/'Assistant:', and conversational exports give back its "
+                     "messages with their roles")
     if empty:
-        notes.append(f"{len(empty)} HH rows have an empty response (lines {_lines_note(empty)}): kept as empty text")
+        notes.append(f"{_count(len(empty), 'HH row has', 'HH rows have')} an empty response ({_lines_note(empty)}): "
+                     "kept as empty text")
     if dropped_lines:
         shown = sorted(dropped_keys)
         keys = ", ".join(repr(k) for k in shown[:10]) + (", ..." if len(shown) > 10 else "")
-        notes.append(f"{len(dropped_lines)} rows have messages with fields other than 'role' and 'content' ({keys}; "
-                     f"lines {_lines_note(dropped_lines)}): only role and content were imported")
+        notes.append(f"{_count(len(dropped_lines), 'row has', 'rows have')} messages with fields other than 'role' "
+                     f"and 'content' ({keys}; {_lines_note(dropped_lines)}): only role and content were imported")
+    if note := ignored.note():
+        notes.append(note)
     seen: dict[tuple, int] = {}
     duplicates: list[int] = []
     for c in comparisons:
@@ -966,8 +1078,9 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
             seen[key] = c.line
     if duplicates:
         lines_dup = sorted(set(duplicates))
-        notes.append(f"{len(duplicates)} duplicate comparisons (lines {_lines_note(lines_dup)}) repeat earlier "
-                     "rows and are imported once")
+        notes.append(f"{_count(len(duplicates), 'duplicate comparison')} ({_lines_note(lines_dup)}) "
+                     + ("repeats an earlier row and is" if len(duplicates) == 1 else "repeat earlier rows and are")
+                     + " imported once")
     problems.sort(key=lambda p: p[0])
     return ParsedFile(format=file_fmt, comparisons=comparisons, problems=problems, notes=notes, rows=rows)
 
@@ -1138,12 +1251,17 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     complete_on_import = counts.pop("complete_on_import")
     if complete_on_import:
         # Otherwise an import meant for annotation silently leaves the queue as it was.
-        notes.append(f"{complete_on_import} new comparisons already have the {overlap_target} judgment(s) they "
-                     "need from the file's known winners, so annotators will not see them; to have such pairs "
-                     "judged, import them with known winners ignored or as gold, or with a higher overlap")
+        one = complete_on_import == 1
+        notes.append(f"{_count(complete_on_import, 'new comparison already has', 'new comparisons already have')} "
+                     f"the {overlap_target} judgment(s) {'it needs' if one else 'they need'} from the file's known "
+                     f"winners, so annotators will not see {'it' if one else 'them'}; to have such pairs judged, "
+                     "import them with known winners ignored or as gold, or with a higher overlap")
     if existing_gold_skipped:
-        notes.append(f"{existing_gold_skipped} comparisons already existed; their known outcomes were not "
-                     "turned into gold answers")
+        notes.append(
+            "1 comparison already existed; its known outcome was not turned into a gold answer"
+            if existing_gold_skipped == 1 else
+            f"{existing_gold_skipped} comparisons already existed; their known outcomes were not turned into gold "
+            "answers")
     report = ImportReport(format=parsed.format, rows=parsed.rows, notes=notes, batch_id=batch.id, **counts)
     batch.counts = {**counts, "rows": parsed.rows, "known_winner": known_winner, "overlap": overlap_target}
     audit(session, actor, "import", batch_id=batch.id, filename=name[:512], format=parsed.format,

@@ -145,7 +145,7 @@ def test_hh_divergence_before_final_turn_is_split_at_last_shared_turn_and_noted(
     c = parsed.comparisons[1]
     assert c.prompt == [{"role": "user", "content": "q"}]
     assert {c.response_a, c.response_b} == {"A1\n\nHuman: more\n\nAssistant: A2", "B1"}
-    assert any("(lines 2)" in n and "kept as written" in n for n in parsed.notes)
+    assert any("(line 2)" in n and "kept as written" in n for n in parsed.notes)
 
 
 def test_hh_rows_parting_inside_a_human_turn_are_noted():
@@ -154,7 +154,7 @@ def test_hh_rows_parting_inside_a_human_turn_are_noted():
     parsed = parse_file(jsonl(row), filename="h.jsonl")
     (c,) = parsed.comparisons
     assert {c.response_a, c.response_b} == {"A\n\nHuman: thanks", "B"}
-    assert any("(lines 1)" in n and "kept as written" in n for n in parsed.notes)
+    assert any("(line 1)" in n and "kept as written" in n for n in parsed.notes)
 
 
 def test_csv_pairs_with_chat_prompt_cell_and_file_line_numbers():
@@ -731,6 +731,169 @@ def test_message_fields_other_than_role_and_content_are_noted_not_dropped_silent
     parsed = parse_file(jsonl(plain, row), filename="t.jsonl")
     assert not parsed.problems and len(parsed.comparisons) == 2
     [note] = [n for n in parsed.notes if "fields other than" in n]
-    assert note.startswith("1 rows have messages with fields other than 'role' and 'content' ('name', 'tool_calls'; "
-                           "lines 2)")
+    assert note.startswith("1 row has messages with fields other than 'role' and 'content' ('name', 'tool_calls'; "
+                           "line 2)")
     assert not [n for n in parse_file(jsonl(plain), filename="t.jsonl").notes if "fields other than" in n]
+
+
+# --------------------------------------------------------------------------- fields no format reads
+
+USER = {"role": "user", "content": "q"}
+
+
+def said(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def json_array(*rows) -> bytes:
+    """A .json array with row n on line n, as jsonl() puts it."""
+    return ("[" + ",\n".join(json.dumps(r) for r in rows) + "]\n").encode()
+
+
+def ignored_note(parsed) -> str | None:
+    notes = [n for n in parsed.notes if n.startswith("ignored field")]
+    assert len(notes) <= 1, notes
+    return notes[0] if notes else None
+
+
+UNKNOWN_FIELDS = {
+    "pairs": ([pair(1, winer="a"), pair(2, winer="b", extra=1), pair(3)],
+              "ignored field(s) in 2 rows (lines 1, 2): 'winer' (2 rows; did you mean 'winner'?), 'extra' (1 row)"),
+    "kwise": ([{"prompt": "p", "responses": ["x", "y"]},
+               {"prompt": "p2", "tags": "t",
+                "responses": [{"text": "x", "generater": "m", "model": "m"}, {"text": "y", "model": "m"}],
+                "comparisons": [{"a": 0, "b": 1, "winner": "a", "why": "clearer"}]}],
+              "ignored field(s) in 1 row (line 2): 'tags' (1 row; did you mean 'tag'?), "
+              "'responses[].generater' (1 row; did you mean 'generator'?), 'responses[].model' (1 row), "
+              "'comparisons[].why' (1 row)"),
+    "trl": ([{"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": 8.0, "score_rejected": 3.5},
+             {"prompt": "q2", "chosen": "a", "rejected": "b", "score_chosen": 7.0, "score_rejected": 1.0}],
+            "ignored field(s) in 2 rows (lines 1, 2): 'score_chosen' (2 rows), 'score_rejected' (2 rows)"),
+    "trl conversational": ([{"prompt": [USER], "chosen": said("a"), "rejected": said("b"), "promt_id": "p-1"}],
+                           "ignored field(s) in 1 row (line 1): 'promt_id' (1 row; did you mean 'prompt_id'?)"),
+    "trl implicit prompt": ([{"chosen": [USER, *said("a")], "rejected": [USER, *said("b")], "metdata": {}}],
+                            "ignored field(s) in 1 row (line 1): 'metdata' (1 row; did you mean 'metadata'?)"),
+    "hh": ([{**hh("\n\nHuman: q", "a", "b"), "Source": "x", "metadata": {"k": 1}}],
+           "ignored field(s) in 1 row (line 1): 'Source' (1 row; did you mean 'source'?), 'metadata' (1 row)"),
+}
+
+
+@pytest.mark.parametrize("rows", [jsonl, json_array], ids=["jsonl", "json"])
+@pytest.mark.parametrize("case", list(UNKNOWN_FIELDS))
+def test_fields_no_format_reads_are_noted_once_with_their_rows_and_a_likely_spelling(case, rows):
+    """A misspelt 'winner' imported no judgment, and JSON rows' unknown fields were dropped without a word."""
+    data, expected = UNKNOWN_FIELDS[case]
+    parsed = parse_file(rows(*data), filename=f"x.{rows.__name__.replace('_array', '')}")
+    assert parsed.problems == [] and parsed.format == case.split()[0]
+    assert ignored_note(parsed) == expected
+
+
+def test_every_field_the_formats_read_is_silent():
+    full_pair = pair(1, id="c1", prompt_id="p1", response_a_id="a1", response_b_id="b1", generator_a="m1",
+                     generator_b="m2", metadata={"k": 1}, source="s", tag="t", winner="a")
+    kwise = {"prompt": "p", "id": "c2", "prompt_id": "p2", "metadata": {}, "source": "s", "tag": "t",
+             "responses": [{"text": "x", "id": "r1", "generator": "m", "metadata": {"k": 1}}, "y"],
+             "comparisons": [{"a": 0, "b": 1, "winner": "b"}]}
+    trl = {"prompt": "q", "chosen": "a", "rejected": "b", "id": "c3", "prompt_id": "p3", "metadata": {},
+           "source": "s", "tag": "t"}
+    implicit = {"chosen": [USER, *said("a")], "rejected": [USER, *said("b")], "id": "c4", "metadata": {}}
+    hh_row = {**hh("\n\nHuman: q", "a", "b"), "id": "c5", "source": "s", "tag": "t"}
+    for rows in ([full_pair], [kwise], [trl, implicit], [hh_row]):
+        parsed = parse_file(jsonl(*rows), filename="x.jsonl")
+        assert parsed.problems == [] and ignored_note(parsed) is None, parsed.notes
+
+
+def test_message_fields_are_noted_by_their_own_note_not_twice():
+    row = {"prompt": [{**USER, "name": "alice"}], "chosen": said("a"), "rejected": said("b")}
+    parsed = parse_file(jsonl(row), filename="t.jsonl")
+    assert ignored_note(parsed) is None
+    assert [n for n in parsed.notes if "fields other than 'role' and 'content' ('name'" in n]
+
+
+def test_csv_note_suggests_the_column_a_misspelling_meant():
+    parsed = parse_file(b"prompt,response_a,response_b,winer,extra\nq,x,y,a,1\n", filename="p.csv")
+    assert parsed.comparisons[0].winner is None
+    assert "ignored CSV column(s): winer (did you mean winner?), extra" in parsed.notes
+    assert ignored_note(parsed) is None
+
+
+def test_cli_import_prints_the_ignored_fields_note(tmp_path, sqlite_url, monkeypatch, capsys):
+    monkeypatch.setenv("PREFLOOP_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "data"))
+    path = tmp_path / "winer.jsonl"
+    path.write_bytes(jsonl(pair(1, winer="a")))
+    assert cli.main(["import", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 imported judgments" in out
+    assert "ignored field(s) in 1 row (line 1): 'winer' (1 row; did you mean 'winner'?)" in out
+
+
+def test_admin_import_page_shows_the_ignored_fields_note(sqlite_url, tmp_path, monkeypatch):
+    """The note reaches the Import page twice: in the preview and in the summary after importing."""
+    from annotate.db import Database, create_db_engine
+    from tests.ui.conftest import open_page
+
+    monkeypatch.setenv("PREFLOOP_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PREFLOOP_ENV", "test")
+    database = Database(create_db_engine(sqlite_url))
+    with database.begin() as session:
+        boss = admin(session)
+    database.dispose()
+    at = open_page(boss, "admin_import.py")
+    at.file_uploader(key="import_file").upload("winer.jsonl", jsonl(pair(1, winer="a")), "application/jsonl")
+    at.run()
+    note = "ignored field(s) in 1 row (line 1): 'winer' (1 row; did you mean 'winner'?)"
+    assert note in [i.value for i in at.info]
+    next(b for b in at.button if b.label == "Import").click()
+    at.run()
+    assert not at.exception, at.exception
+    (summary,) = [s.value for s in at.success]
+    assert summary.startswith("pairs: 1 row; added 1 comparison") and note in summary
+
+
+@pytest.mark.parametrize(("row", "problem"), [
+    ({"prompt": "q", "respone_a": "x", "response_b": "y"},
+     "missing field 'response_a' (found 'respone_a': did you mean 'response_a'?)"),
+    ({"prompt": "q", "chosen": "x", "rejcted": "y"},
+     "missing field 'rejected' (found 'rejcted': did you mean 'rejected'?)"),
+    ({"promt": "q", "respons_a": "x", "respons_b": "y"},
+     "unrecognised row (fields: promt, respons_a, respons_b; did you mean 'prompt', 'response_a', 'response_b'?); "
+     f"accepted formats: {ingest.FORMAT_HELP}"),
+    ({"prompt": "p", "responses": [{"txt": "x"}, "y"]},
+     "responses[0] needs a 'text' field (found 'txt': did you mean 'text'?)"),
+    ({"prompt": "p", "responses": ["x", "y"], "comparisons": [{"a": 0, "b": 1, "winer": "a"}]},
+     "comparisons[0] has no winner (found 'winer': did you mean 'winner'?)"),
+    ({"prompt": [{"role": "user", "contnet": "hi"}], "response_a": "x", "response_b": "y"},
+     "prompt[0].content must be a string, not null (found 'contnet': did you mean 'content'?)"),
+    ({"prompt": "q", "chosen": [{"Role": "assistant", "content": "a"}], "rejected": said("b")},
+     "chosen[0] has role None; roles are user, assistant, system (found 'Role': did you mean 'role'?)"),
+], ids=["pairs", "trl", "unrecognised", "kwise response", "kwise outcome", "message content", "message role"])
+def test_a_row_refused_for_a_missing_field_names_the_misspelling(row, problem):
+    try:
+        problems = parse_file(jsonl(row), filename="x.jsonl").problems
+    except ImportValidationError as exc:  # no row of a known format: a file-level error, with the rows' problems
+        problems = exc.problems
+    assert problems == [(1, problem)]
+
+
+# --------------------------------------------------------------------------- counts in words
+
+
+def test_summary_and_notes_say_1_row_not_1_rows(db, settings):
+    report = run_import(db, settings, jsonl(pair(1, winner="a")), filename="one.jsonl")
+    assert report.summary().split("\n")[0] == (
+        "pairs: 1 row; added 1 comparison (0 already present), 1 prompt, 2 responses, 1 imported judgment, "
+        "0 gold pairs.")
+    assert report.notes[0].startswith("1 new comparison already has the 1 judgment(s) it needs from the file's "
+                                      "known winners, so annotators will not see it;")
+    gold = run_import(db, settings, jsonl(pair(1, winner="b"), pair(2)), known_winner="gold")
+    assert "1 comparison already existed; its known outcome was not turned into a gold answer" in gold.notes
+    parsed = parse_file(jsonl(pair(1), pair(1)), filename="d.jsonl")
+    assert parsed.notes == ["1 duplicate comparison (line 2) repeats an earlier row and is imported once"]
+    divergent = {"chosen": "\n\nHuman: q\n\nAssistant: A\n\nHuman: thanks", "rejected": "\n\nHuman: q\n\nAssistant: "}
+    notes = parse_file(jsonl(divergent), filename="h.jsonl").notes
+    assert notes[0].startswith("1 HH row has more 'Human:'/'Assistant:' turns") and "(line 1)" in notes[0]
+    assert notes[1] == "1 HH row has an empty response (line 1): kept as empty text"
+    bad_csv = parse_file(b"prompt,response_a,response_b\nonly one cell\n", filename="p.csv")
+    assert bad_csv.problems == [(2, "has 1 cell but the header has 3 columns")]
