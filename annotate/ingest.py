@@ -248,8 +248,8 @@ class ParsedFile:
         } for c in self.comparisons[:n]]
 
 
-def _count(n: int, one: str, many: str | None = None) -> str:
-    """``n`` with the word for one or for many: '1 row', '2 rows'; _count(n, "row has", "rows have")."""
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """``n`` with the word for one or for many: '1 row', '2 rows'; counted(n, "row has", "rows have")."""
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
@@ -302,10 +302,10 @@ class ImportReport:
 
     def summary(self) -> str:
         """One human-readable paragraph for the CLI and the admin page."""
-        text = (f"{self.format}: {_count(self.rows, 'row')}; added {_count(self.comparisons_added, 'comparison')} "
-                f"({self.comparisons_existing} already present), {_count(self.prompts_added, 'prompt')}, "
-                f"{_count(self.responses_added, 'response')}, {_count(self.judgments_added, 'imported judgment')}, "
-                f"{_count(self.gold_added, 'gold pair')}.")
+        text = (f"{self.format}: {counted(self.rows, 'row')}; added {counted(self.comparisons_added, 'comparison')} "
+                f"({self.comparisons_existing} already present), {counted(self.prompts_added, 'prompt')}, "
+                f"{counted(self.responses_added, 'response')}, {counted(self.judgments_added, 'imported judgment')}, "
+                f"{counted(self.gold_added, 'gold pair')}.")
         return "\n".join([text, *self.notes])
 
 
@@ -532,7 +532,7 @@ def _csv_records(lines: list[str], problems: list[tuple[int, str]], fmt: str | N
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
-                problems.append((start, f"has {_count(len(row), 'cell')} but the header has {len(header)} columns"))
+                problems.append((start, f"has {counted(len(row), 'cell')} but the header has {len(header)} columns"))
                 continue
             obj: dict[str, Any] = {}
             bad = False
@@ -948,11 +948,11 @@ class _IgnoredFields:
         for shown in fields[:limit]:
             name, absent = self.meant[shown]
             match = _close(name, tuple(sorted(absent)))
-            described.append(f"{_short(shown, 40)!r} ({_count(self.rows[shown], 'row')}"
+            described.append(f"{_short(shown, 40)!r} ({counted(self.rows[shown], 'row')}"
                              + (f"; did you mean {match!r}?)" if match else ")"))
         if len(fields) > limit:
             described.append(f"... ({len(fields) - limit} more)")
-        return (f"ignored field(s) in {_count(len(self.lines), 'row')} ({_lines_note(self.lines)}): "
+        return (f"ignored field(s) in {counted(len(self.lines), 'row')} ({_lines_note(self.lines)}): "
                 + ", ".join(described))
 
 
@@ -1049,22 +1049,22 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
         raise ImportValidationError(f"could not detect the file's format; accepted formats: {FORMAT_HELP}",
                                     sorted(problems))
     if diverged:
-        notes.append(f"{_count(len(diverged), 'HH row has', 'HH rows have')} more 'Human:'/'Assistant:' turns after "
+        notes.append(f"{counted(len(diverged), 'HH row has', 'HH rows have')} more 'Human:'/'Assistant:' turns after "
                      f"the last assistant turn that chosen and rejected share ({_lines_note(diverged)}): split there; "
                      "the later turns are kept as written in that side's response text (one assistant message in "
                      "exports)")
     if multi_message:
-        notes.append(f"{_count(len(multi_message), 'row has', 'rows have')} a response of several messages, or of "
+        notes.append(f"{counted(len(multi_message), 'row has', 'rows have')} a response of several messages, or of "
                      f"one that is not the assistant's ({_lines_note(multi_message)}): annotators see it as one text "
                      "with later turns labelled 'Human:'/'Assistant:', and conversational exports give back its "
                      "messages with their roles")
     if empty:
-        notes.append(f"{_count(len(empty), 'HH row has', 'HH rows have')} an empty response ({_lines_note(empty)}): "
+        notes.append(f"{counted(len(empty), 'HH row has', 'HH rows have')} an empty response ({_lines_note(empty)}): "
                      "kept as empty text")
     if dropped_lines:
         shown = sorted(dropped_keys)
         keys = ", ".join(repr(k) for k in shown[:10]) + (", ..." if len(shown) > 10 else "")
-        notes.append(f"{_count(len(dropped_lines), 'row has', 'rows have')} messages with fields other than 'role' "
+        notes.append(f"{counted(len(dropped_lines), 'row has', 'rows have')} messages with fields other than 'role' "
                      f"and 'content' ({keys}; {_lines_note(dropped_lines)}): only role and content were imported")
     if note := ignored.note():
         notes.append(note)
@@ -1078,7 +1078,7 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
             seen[key] = c.line
     if duplicates:
         lines_dup = sorted(set(duplicates))
-        notes.append(f"{_count(len(duplicates), 'duplicate comparison')} ({_lines_note(lines_dup)}) "
+        notes.append(f"{counted(len(duplicates), 'duplicate comparison')} ({_lines_note(lines_dup)}) "
                      + ("repeats an earlier row and is" if len(duplicates) == 1 else "repeat earlier rows and are")
                      + " imported once")
     problems.sort(key=lambda p: p[0])
@@ -1252,8 +1252,9 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     if complete_on_import:
         # Otherwise an import meant for annotation silently leaves the queue as it was.
         one = complete_on_import == 1
-        notes.append(f"{_count(complete_on_import, 'new comparison already has', 'new comparisons already have')} "
-                     f"the {overlap_target} judgment(s) {'it needs' if one else 'they need'} from the file's known "
+        notes.append(f"{counted(complete_on_import, 'new comparison already has', 'new comparisons already have')} "
+                     f"the {counted(overlap_target, 'judgment')} {'it needs' if one else 'they need'} "
+                     "from the file's known "
                      f"winners, so annotators will not see {'it' if one else 'them'}; to have such pairs judged, "
                      "import them with known winners ignored or as gold, or with a higher overlap")
     if existing_gold_skipped:

@@ -885,7 +885,7 @@ def test_summary_and_notes_say_1_row_not_1_rows(db, settings):
     assert report.summary().split("\n")[0] == (
         "pairs: 1 row; added 1 comparison (0 already present), 1 prompt, 2 responses, 1 imported judgment, "
         "0 gold pairs.")
-    assert report.notes[0].startswith("1 new comparison already has the 1 judgment(s) it needs from the file's "
+    assert report.notes[0].startswith("1 new comparison already has the 1 judgment it needs from the file's "
                                       "known winners, so annotators will not see it;")
     gold = run_import(db, settings, jsonl(pair(1, winner="b"), pair(2)), known_winner="gold")
     assert "1 comparison already existed; its known outcome was not turned into a gold answer" in gold.notes

@@ -1015,3 +1015,11 @@ def test_the_login_page_says_how_to_create_the_first_admin_until_one_exists(app_
     at = _app()
     hints = [i.value for i in at.info if "no admin account" in i.value]
     assert hints and "prefloop users add NAME --role admin" in hints[0], [i.value for i in at.info]
+
+
+def test_the_import_preview_counts_one_row_in_the_singular(app_db, people):
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_import.py"))
+    at.run()
+    _upload(at, "one.jsonl", json.dumps({"prompt": "p", "response_a": "a", "response_b": "b"}).encode())
+    assert any(m.value.endswith("· 1 row · 1 comparison") for m in at.markdown), [m.value for m in at.markdown]

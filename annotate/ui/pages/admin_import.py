@@ -54,7 +54,8 @@ if cached is None or cached[0] != digest:
 parsed = cached[1]
 
 st.subheader("Preview")
-st.write(f"Format **{parsed.format}** · {parsed.rows} rows · {len(parsed.comparisons)} comparisons")
+st.write(f"Format **{parsed.format}** · {ingest.counted(parsed.rows, 'row')} · "
+         f"{ingest.counted(len(parsed.comparisons), 'comparison')}")
 for note in parsed.notes:
     st.info(safe_markdown(note))
 if parsed.problems:
