@@ -53,10 +53,34 @@ Full fine-tune (``rm.finetune``, optional, CUDA when available)
     ``load_finetuned(path) -> (model, tokenizer)``; ``score_pairs_model(model, tokenizer, prompts, responses)``.
 """
 
-from rm.artifact import ArtifactError
 from rm.data import A_WINS, B_WINS, BOTH_BAD, TIE, PairData
-from rm.heads import Ensemble, pair_probabilities
-from rm.model import RewardModel, Scores, load
+
+# The names below live in modules that import torch; they load on first use (PEP 562), so that
+# ``import rm`` and the numpy-only submodules (``rm.acquisition``, ``rm.data``, ``rm.split``)
+# stay light: every ``prefloop`` command checks strategy names through ``rm.acquisition``.
+_LAZY = {
+    "ArtifactError": "rm.artifact",
+    "Ensemble": "rm.heads",
+    "pair_probabilities": "rm.heads",
+    "RewardModel": "rm.model",
+    "Scores": "rm.model",
+    "load": "rm.model",
+}
 
 __all__ = ["A_WINS", "B_WINS", "BOTH_BAD", "TIE", "ArtifactError", "Ensemble", "PairData", "RewardModel",
            "Scores", "load", "pair_probabilities"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -469,3 +469,23 @@ def test_a_misspelt_setting_is_warned_about_not_silently_ignored(env):
     result = run({**env, "PREFLOOP_DATABSE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/x"}, "users", "list")
     assert ("prefloop: warning: PREFLOOP_DATABSE_URL is not a prefloop setting and is ignored "
             "(did you mean PREFLOOP_DATABASE_URL?)") in result.stderr.splitlines(), result.stderr
+
+
+def test_commands_that_need_no_model_do_not_import_torch(env):
+    """Every command checks strategy names through ``rm.acquisition``; that must not load torch
+    (about a second per command), only commands that train or score do."""
+    code = ("import runpy, sys\n"
+            "sys.argv = ['prefloop', *sys.argv[1:]]\n"
+            "try:\n"
+            "    runpy.run_module('annotate.cli', run_name='__main__')\n"
+            "except SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)\n")
+    for args in (["db", "upgrade"], ["users", "list"], ["import", "--help"], ["export", "--help"], ["score", "--help"]):
+        result = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.strip().splitlines()[-1] == "False False", (args, result.stdout)
+    e = dict(env, PREFLOOP_STRATEGY="bal")  # a strategy name is still checked, without torch
+    result = run(e, "users", "list")
+    assert result.returncode != 0 and "choose one of" in result.stderr
