@@ -132,9 +132,10 @@ def promotion_decision(new_accuracy: float | None, active_accuracy: float | None
 
     The first model is always promoted, and so is any model replacing an
     active one whose artifact cannot be loaded (it can score nothing: neither
-    the queue nor ``prefloop score``). With fewer than
-    :data:`MIN_HELD_OUT_PAIRS` decisive held-out pairs (``n_held_out``, when
-    given) accuracy cannot tell the models apart, so the model trained on more
+    the queue nor ``prefloop score``; nor can one whose encoder is gone). With
+    fewer than :data:`MIN_HELD_OUT_PAIRS` decisive held-out pairs (``n_held_out``,
+    when given: comparisons, however many judgments each has) accuracy cannot
+    tell the models apart, so the model trained on more
     labels wins (the new one on a tie). Otherwise the new model is promoted
     unless its held-out accuracy is worse than the active model's by more than
     ``tolerance``; a new model without held-out labels is not promoted over an
@@ -143,7 +144,7 @@ def promotion_decision(new_accuracy: float | None, active_accuracy: float | None
     if not has_active:
         return True, "first model"
     if not active_loadable:
-        return True, "the active model's artifact cannot be loaded, so it cannot score anything"
+        return True, "the active model cannot be loaded (its artifact or its encoder), so it cannot score anything"
     if n_held_out is not None and n_held_out < MIN_HELD_OUT_PAIRS:
         few = (f"only {n_held_out} decisive held-out pairs (fewer than {MIN_HELD_OUT_PAIRS}), "
                "too few to compare accuracies")
@@ -185,6 +186,7 @@ class Snapshot:
     lab_outcome: np.ndarray
     lab_strength: np.ndarray
     lab_group: np.ndarray          # prompt content hash per judgment
+    lab_comparison: np.ndarray     # comparison id per judgment (several judgments can share one)
     open_ids: np.ndarray           # open comparisons
     open_ia: np.ndarray
     open_ib: np.ndarray
@@ -222,7 +224,7 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
     max_comparison = session.scalar(select(func.max(Comparison.id))) or 0
     labels = session.execute(
         select(Judgment.choice, Judgment.strength, Comparison.response_a_id, Comparison.response_b_id,
-               Prompt.content_hash)
+               Prompt.content_hash, Judgment.comparison_id)
         .join(Comparison, Comparison.id == Judgment.comparison_id)
         .join(Prompt, Prompt.id == Comparison.prompt_id)
         .where(*_label_filter())
@@ -261,6 +263,7 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
         lab_outcome=np.array([outcome_code(r[0].value) for r in labels], dtype=np.int8),
         lab_strength=np.array([r[1] or 0 for r in labels], dtype=np.int8),
         lab_group=np.array([r[4] for r in labels], dtype=object),
+        lab_comparison=np.fromiter((r[5] for r in labels), dtype=np.int64, count=len(labels)),
         open_ids=opn[:, 0],
         open_ia=np.searchsorted(resp_ids, opn[:, 1]),
         open_ib=np.searchsorted(resp_ids, opn[:, 2]),
@@ -753,10 +756,13 @@ class _Run:
         from rm.evaluate import evaluate
 
         new_metrics = _clean(evaluate(ens, test).to_dict()) if len(test) else None
-        active_metrics, active_model = self._evaluate_active(snap, encoder, spec, test)
+        active_metrics, active_model = self._evaluate_active(snap, encoder, spec, test, lab_rows)
         new_acc = (new_metrics or {}).get("accuracy")
         active_acc = (active_metrics or {}).get("accuracy") if snap.active else None
-        n_held_out = int((new_metrics or {}).get("n_decisive") or 0)
+        # Pairs, not votes: the judgments of one pair share its difficulty, so three votes on ten
+        # pairs are no more a sample of thirty than ten pairs are.
+        decisive = np.isin(snap.lab_outcome, (A_WINS, B_WINS))
+        n_held_out = int(len(np.unique(snap.lab_comparison[test_mask & decisive])))
         promote, reason = promotion_decision(new_acc, active_acc, settings.promote_tolerance,
                                              has_active=snap.active is not None,
                                              active_loadable=snap.active is None or active_model is not None,
@@ -878,19 +884,37 @@ class _Run:
             log.warning("active model %s cannot be loaded: %s", snap.active["id"], exc)
             return None
 
-    def _evaluate_active(self, snap, encoder, spec, test):
-        """The active model's metrics on this run's held-out pairs (stored ones if it cannot be re-scored)."""
+    def _evaluate_active(self, snap, encoder, spec, test, lab_rows):
+        """The active model's metrics on this run's held-out pairs, and the model (None if it cannot score).
+
+        A model trained on another encoder or feature spec is re-scored with its own (as it scores the
+        queue), so both models are always compared on the same held-out judgments: its stored metrics
+        come from the held-out labels of its own run, another set of pairs. One whose encoder cannot
+        be loaded any more cannot score the queue either (None). Without held-out pairs (nothing to
+        compare on) its stored metrics are returned for the record.
+        """
+        from dataclasses import replace
+
         from rm.evaluate import evaluate
 
         if snap.active is None:
             return None, None
         model = self._load_active(snap)
-        if (model is not None and len(test) and model.info.encoder_id == encoder.encoder_id
-                and model.features == spec):
+        if model is None or not len(test):
+            stored = dict(snap.active.get("metrics") or {})
+            stored["note"] = "stored metrics (the active model could not be re-scored on this split)"
+            return stored, model
+        if model.info.encoder_id == encoder.encoder_id and model.features == spec:
             return _clean(evaluate(model.ensemble, test).to_dict()), model
-        stored = dict(snap.active.get("metrics") or {})
-        stored["note"] = "stored metrics (the active model could not be re-scored on this split)"
-        return stored, model
+        rows = np.unique(np.concatenate([test.ia, test.ib]))
+        try:
+            own = model.featurize(_take(snap.resp_prompt_text, lab_rows[rows]), _take(snap.resp_text, lab_rows[rows]))
+        except Exception as exc:  # its encoder is gone: it can score nothing, the queue included
+            log.warning("active model %s cannot featurize with its own encoder: %s", snap.active["id"], exc)
+            return None, None
+        feat = np.zeros((len(test.feat), own.shape[1]), dtype=np.float32)
+        feat[rows] = own
+        return _clean(evaluate(model.ensemble, replace(test, feat=feat)).to_dict()), model
 
     def _active_scorer(self, model, snap, encoder, spec, lab_rows, feat_lab):
         if model is None:
