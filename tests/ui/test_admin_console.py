@@ -220,7 +220,7 @@ def test_users_page_keeps_the_manage_tab_and_the_user_after_each_action(app_db, 
         assert _open_tab(at) == "Manage a user"
         assert at.selectbox(key="manage_user").value == "zoe"
 
-    press("Deactivate")
+    press("Deactivate zoe")
     assert [s.value for s in at.success] == ["Deactivated zoe."]
     at.selectbox(key="role_zoe").set_value("admin").run()
     press("Change role")
@@ -307,6 +307,7 @@ def test_users_page_says_what_an_action_did_in_the_manage_tab(app_db, people):
     at = _open(people[1], "admin_users.py")
     at.session_state["users_tab"] = "Manage a user"
     at.run()
+    at.selectbox(key="manage_user").set_value("ann").run()
     at.text_input(key="reset_password_text").input("short")
     _submit(at, "reset_password", "Reset password")
     assert _in_tab(at, "Manage a user", "error") == ["passwords need at least 8 characters"]
@@ -314,3 +315,23 @@ def test_users_page_says_what_an_action_did_in_the_manage_tab(app_db, people):
     _submit(at, "reset_password", "Reset password")
     assert _in_tab(at, "Manage a user", "success") == ["Password of ann reset (and any lockout lifted)."]
     assert at.text_input(key="reset_password_text").value == ""
+
+
+def test_users_page_acts_on_nobody_until_a_user_is_chosen_and_asks_before_deactivating(app_db, people):
+    """The first user in the list used to be preselected: opening "Manage a user" and pressing
+    Deactivate deactivated whoever sorted first, in one click and without a word of warning."""
+    at = _open(people[1], "admin_users.py")
+    at.session_state["users_tab"] = "Manage a user"
+    at.run()
+    assert at.selectbox(key="manage_user").value is None
+    assert not [b.key for b in at.button if b.key in ("deactivate", "activate", "change_role")]
+    assert "New password" not in [t.label for t in at.text_input]
+
+    at.selectbox(key="manage_user").set_value("ann").run()
+    # Deactivate is a confirmation inside a popover that says what it does, not a button on the page.
+    [popover] = at.get("popover")
+    [confirm] = [b for b in popover.get("button") if b.key == "deactivate"]
+    assert confirm.label == "Deactivate ann"
+    assert "logged out" in popover.get("markdown")[0].value
+    confirm.click().run()
+    assert _in_tab(at, "Manage a user", "success") == ["Deactivated ann."]

@@ -5,6 +5,7 @@ import streamlit as st
 from annotate import accounts
 from annotate.models import Role
 from annotate.ui import context
+from annotate.ui.render import safe_markdown
 
 ROLES = [role.value for role in Role]
 
@@ -54,14 +55,22 @@ with add:
 
 with manage:
     _say(managed)
-    target = st.selectbox("User", names, key="manage_user")
+    # No user is chosen for the admin: with the first one preselected, Deactivate acted on whoever
+    # sorted first, one click after opening the tab.
+    target = st.selectbox("User", names, index=None, placeholder="Choose a user", key="manage_user")
     row = next((u for u in users if u["username"] == target), None)
-    if row is not None:
+    if row is None:
+        st.caption("Choose a user to deactivate or activate, change their role or reset their password.")
+    else:
         c1, c2 = st.columns(2)
         with c1:
             if row["active"]:
-                if st.button("Deactivate", key="deactivate", icon=":material/block:"):
-                    _run(lambda s: accounts.set_active(s, target, False, actor=actor), f"Deactivated {target}.")
+                # Asked first: it logs the user out at their next click, mid-pair if they are annotating.
+                with st.popover("Deactivate…", icon=":material/block:"):
+                    st.markdown(f"Deactivate **{safe_markdown(target)}**? They are logged out at their next click and cannot "
+                                "log in until an admin activates the account again; their judgments are kept.")
+                    if st.button(f"Deactivate {target}", key="deactivate", type="primary"):
+                        _run(lambda s: accounts.set_active(s, target, False, actor=actor), f"Deactivated {target}.")
             elif st.button("Activate", key="activate", icon=":material/check_circle:"):
                 _run(lambda s: accounts.set_active(s, target, True, actor=actor), f"Activated {target}.")
             new_role = st.selectbox("Role", ROLES, index=ROLES.index(row["role"]), key=f"role_{target}")
