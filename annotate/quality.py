@@ -94,12 +94,17 @@ class Thresholds:
     """Left-side bias also needs a two-sided binomial test against 0.5 below this p."""
     gold_min_accuracy: float = 0.7
     gold_min_n: int = 5
+    gold_binomial_p: float = 0.05
+    """Low gold accuracy also needs a one-sided binomial test against ``gold_min_accuracy`` below this p:
+    on 5 gold pairs an annotator who is right 85 % of the time scores under 70 % one time in six."""
     kappa_min: float = 0.2
     kappa_min_shared: int = 20
     """Pairings of the annotator's vote with another annotator's vote on the same comparison
     (what the pooled κ is computed over), not comparisons: 7 comparisons at overlap 4 give 21."""
     flip_max: float = 0.3
     flip_min_n: int = 5
+    flip_binomial_p: float = 0.05
+    """Flipping also needs a one-sided binomial test against ``flip_max`` below this p."""
     speed_min_ms_per_1k_chars: float = 3000.0
     """Reading 1,000 characters of two responses in under 3 s is not reading."""
     speed_min_n: int = 20
@@ -117,6 +122,27 @@ FLAG_TEXT = {
     "flips": "inconsistent on repeats",
     "speed": "too fast for the text length",
 }
+
+
+
+def _percent_interval(k: int, n: int) -> str:
+    low, high = wilson_interval(k, n)
+    return f"{k / n:.0%}, 95% interval {low:.0%}–{high:.0%}"
+
+
+def flag_evidence(stats: AnnotatorStats, flag: str) -> str:
+    """What a flag (a key of :data:`FLAG_TEXT`) rests on, in words with counts: "low gold accuracy
+    (3 of 12 correct: 25%, 95% interval 9%–53%)"."""
+    s = stats
+    detail = {
+        "left_bias": lambda: f"left {s.n_left} of {s.n_decisive} decisive: {_percent_interval(s.n_left, s.n_decisive)}",
+        "gold": lambda: f"{s.n_gold_correct} of {s.n_gold} correct: {_percent_interval(s.n_gold_correct, s.n_gold)}",
+        "low_kappa": lambda: f"κ {s.kappa:.2f} over {s.kappa_shared} pairings with others' votes",
+        "flips": lambda: f"{s.n_flips} of {s.n_probes} repeats answered differently: "
+                         f"{_percent_interval(s.n_flips, s.n_probes)}",
+        "speed": lambda: f"median {s.median_ms_per_1k_chars:,.0f} ms per 1,000 characters over {s.n_timed} timed",
+    }[flag]
+    return f"{FLAG_TEXT[flag]} ({detail()})"
 
 
 # --------------------------------------------------------------------------- pure metrics
@@ -213,13 +239,33 @@ def rate(k: int, n: int) -> float | None:
     return k / n if n else None
 
 
-def binomial_p(k: int, n: int, p: float = 0.5) -> float | None:
-    """Two-sided exact binomial test p-value of ``k`` successes in ``n`` trials."""
+def binomial_p(k: int, n: int, p: float = 0.5, alternative: str = "two-sided") -> float | None:
+    """Exact binomial test p-value of ``k`` successes in ``n`` trials (``alternative``: ``two-sided``,
+    ``less`` or ``greater``, as :func:`scipy.stats.binomtest`)."""
     if n <= 0:
         return None
-    from scipy.stats import binomtest
+    from scipy.stats import binom, binomtest
 
+    if alternative == "less":  # what binomtest computes, without its overhead (~1 ms a call)
+        return float(binom.cdf(k, n, p))
+    if alternative == "greater":
+        return float(binom.sf(k - 1, n, p))
     return float(binomtest(k, n, p).pvalue)
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of a rate ``k / n`` (95 % at the default ``z``); None when ``n`` is 0.
+
+    Unlike ``k/n ± z·se`` it stays inside [0, 1] and is not zero-width at 0 or n successes:
+    3 of 3 gives 44-100 %, 30 of 30 gives 89-100 %.
+    """
+    if n <= 0:
+        return None
+    phat = k / n
+    denominator = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
@@ -300,6 +346,8 @@ class AnnotatorStats:
     time_length_corr: float | None = None
     kappa: float | None = None
     kappa_shared: int = 0
+    active: bool = True
+    """Whether the account is active (a deactivated annotator's judgments still count)."""
     flags: list[str] = field(default_factory=list)
 
     @property
@@ -339,17 +387,32 @@ class AnnotatorStats:
         return rate(self.n_flips, self.n_probes)
 
     def as_row(self) -> dict:
-        """A flat dict for tables (rates rounded for display by the caller)."""
+        """A flat dict for tables (rates rounded for display by the caller).
+
+        Every rate comes with the count it is over (``*_n``, ``kappa_pairings``, ``probes``), and the
+        rates flags are read from with their 95 % Wilson interval (``*_low``, ``*_high``).
+        """
         return {
-            "annotator": self.username, "judgments": self.n, "flags": ", ".join(self.flags),
-            "kappa": self.kappa, "majority_agreement": self.majority_agreement,
+            "annotator": self.username, "active": self.active, "judgments": self.n, "flags": ", ".join(self.flags),
+            "kappa": self.kappa, "kappa_pairings": self.kappa_shared,
+            "majority_agreement": self.majority_agreement, "majority_n": self.n_majority,
+            **_interval_columns("majority", self.n_majority_agree, self.n_majority),
             "gold_accuracy": self.gold_accuracy, "gold_n": self.n_gold,
-            "model_agreement": self.model_agreement, "flip_rate": self.flip_rate, "probes": self.n_probes,
+            **_interval_columns("gold", self.n_gold_correct, self.n_gold),
+            "model_agreement": self.model_agreement, "model_n": self.n_model,
+            "flip_rate": self.flip_rate, "probes": self.n_probes,
+            **_interval_columns("flip", self.n_flips, self.n_probes),
+            "decisive_n": self.n_decisive,
             "left_rate": self.left_rate, "longer_rate": self.longer_rate, "tie_rate": self.tie_rate,
             "both_bad_rate": self.both_bad_rate, "median_time_s": (self.median_time_ms / 1000
                                                                    if self.median_time_ms is not None else None),
             "ms_per_1k_chars": self.median_ms_per_1k_chars, "time_length_corr": self.time_length_corr,
         }
+
+
+def _interval_columns(name: str, k: int, n: int) -> dict[str, float | None]:
+    low, high = wilson_interval(k, n) or (None, None)
+    return {f"{name}_low": low, f"{name}_high": high}
 
 
 def flags_for(stats: AnnotatorStats, thresholds: Thresholds = THRESHOLDS) -> list[str]:
@@ -362,11 +425,15 @@ def flags_for(stats: AnnotatorStats, thresholds: Thresholds = THRESHOLDS) -> lis
         p_value = binomial_p(stats.n_left, stats.n_decisive)
         if p_value is not None and p_value < t.left_binomial_p:
             flags.append("left_bias")
-    if stats.n_gold >= t.gold_min_n and (stats.gold_accuracy or 0.0) < t.gold_min_accuracy:
+    # A rate past its threshold on a handful of observations is often chance: gold and flips also need
+    # a one-sided binomial test at the threshold, as the side bias does.
+    if (stats.n_gold >= t.gold_min_n and (stats.gold_accuracy or 0.0) < t.gold_min_accuracy
+            and binomial_p(stats.n_gold_correct, stats.n_gold, t.gold_min_accuracy, "less") < t.gold_binomial_p):
         flags.append("gold")
     if stats.kappa_shared >= t.kappa_min_shared and stats.kappa is not None and stats.kappa < t.kappa_min:
         flags.append("low_kappa")
-    if stats.n_probes >= t.flip_min_n and (stats.flip_rate or 0.0) > t.flip_max:
+    if (stats.n_probes >= t.flip_min_n and (stats.flip_rate or 0.0) > t.flip_max
+            and binomial_p(stats.n_flips, stats.n_probes, t.flip_max, "greater") < t.flip_binomial_p):
         flags.append("flips")
     if (stats.n_timed >= t.speed_min_n and stats.median_ms_per_1k_chars is not None
             and stats.median_ms_per_1k_chars < t.speed_min_ms_per_1k_chars):
@@ -496,7 +563,9 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
     require_admin(session, actor)
     without_jit(session)
     dialect = session.bind.dialect.name
-    names = dict(session.execute(select(User.id, User.username)).all())
+    users = session.execute(select(User.id, User.username, User.active)).all()
+    names = {uid: name for uid, name, _ in users}
+    active = {uid: bool(is_active) for uid, _, is_active in users}
     days, edges = split_period(since, until) if use_rollups else (None, [(since, until, 1)])
     votes = ComparisonVotes.__table__ if use_rollups else rollups.votes_from_scratch()
     profiles: Counter = Counter()
@@ -527,7 +596,7 @@ def annotator_quality(session: Session, *, actor: Actor, since: datetime | None 
 
     def stats_of(uid: int) -> AnnotatorStats:
         if uid not in stats:
-            stats[uid] = AnnotatorStats(annotator_id=uid, username=names.get(uid, "?"))
+            stats[uid] = AnnotatorStats(annotator_id=uid, username=names.get(uid, "?"), active=active.get(uid, True))
         return stats[uid]
 
     for uid, *values in day_rows:

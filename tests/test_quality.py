@@ -173,10 +173,10 @@ def test_flags_thresholds():
     # same rate on too few judgments is not flagged
     assert "left_bias" not in quality.flags_for(replace(base, n=10, n_decisive=10, n_left=10), t)
     assert "left_bias" not in quality.flags_for(replace(base, n=40, n_decisive=40, n_left=22), t)
-    assert quality.flags_for(replace(base, n_gold=10, n_gold_correct=6), t) == ["gold"]
+    assert quality.flags_for(replace(base, n_gold=10, n_gold_correct=3), t) == ["gold"]
     assert quality.flags_for(replace(base, n_gold=10, n_gold_correct=7), t) == []
     assert quality.flags_for(replace(base, kappa=0.1, kappa_shared=30), t) == ["low_kappa"]
-    assert quality.flags_for(replace(base, n_probes=10, n_flips=4), t) == ["flips"]
+    assert quality.flags_for(replace(base, n_probes=10, n_flips=7), t) == ["flips"]
     assert quality.flags_for(replace(base, n_timed=30, median_ms_per_1k_chars=1000.0), t) == ["speed"]
     assert quality.flags_for(replace(base, n_timed=30, median_ms_per_1k_chars=9000.0), t) == []
 
@@ -192,6 +192,58 @@ def test_left_bias_is_flagged_however_many_judgments():
         assert quality.flags_for(lefty, t) == ["left_bias"], (n, left)
     # a balanced annotator with as many judgments is not flagged
     assert quality.flags_for(replace(base, n=20_000, n_decisive=20_000, n_left=10_050), t) == []
+
+
+def test_wilson_interval_hand_computed():
+    # 3 of 3: centre (1 + z²/6) / (1 + z²/3), half-width z·sqrt(z²/36) / (1 + z²/3), z = 1.96
+    low, high = quality.wilson_interval(3, 3)
+    assert (low, high) == (pytest.approx(0.4385, abs=1e-4), 1.0)
+    assert quality.wilson_interval(30, 30)[0] == pytest.approx(0.8865, abs=1e-4)
+    assert quality.wilson_interval(0, 4) == (0.0, pytest.approx(0.4899, abs=1e-4))
+    low, high = quality.wilson_interval(50, 100)
+    assert (low + high) / 2 == pytest.approx(0.5) and high - low == pytest.approx(0.1923, abs=1e-4)
+    assert quality.wilson_interval(0, 0) is None
+
+
+def _flag_probability(flag: str, n: int, p: float, **counts) -> float:
+    """The exact chance that an annotator whose true rate is ``p`` is flagged ``flag`` after ``n`` observations."""
+    from scipy.stats import binom
+
+    base = quality.AnnotatorStats(annotator_id=1, username="x")
+    fields = {"gold": ("n_gold", "n_gold_correct"), "flips": ("n_probes", "n_flips")}[flag]
+    return sum(binom.pmf(k, n, p) for k in range(n + 1)
+               if flag in quality.flags_for(replace(base, **{fields[0]: n, fields[1]: k})))
+
+
+def test_gold_and_flip_flags_are_not_raised_on_chance():
+    """An annotator right on 85 % of gold pairs scored under 70 % on 5 of them one time in six, and was
+    flagged "low gold accuracy"; one who answers a repeat differently 15 % of the time was flagged
+    "inconsistent" as often on 5 probes. A flag now needs the evidence the side-bias flag needs."""
+    for n in (5, 10, 20):
+        assert _flag_probability("gold", n, 0.85) < 0.01, n
+        assert _flag_probability("flips", n, 0.15) < 0.01, n
+    # chance-level answers are still caught once there is evidence
+    assert _flag_probability("gold", 20, 0.25) > 0.99
+    assert _flag_probability("gold", 20, 0.5) > 0.5
+    assert _flag_probability("flips", 10, 1.0) == pytest.approx(1.0)
+    assert _flag_probability("flips", 20, 0.5) > 0.5
+    base = quality.AnnotatorStats(annotator_id=1, username="x")
+    assert quality.flags_for(replace(base, n_gold=5, n_gold_correct=3)) == []  # 60 %, 95 % interval 23-88 %
+    assert quality.flags_for(replace(base, n_probes=5, n_flips=2)) == []
+
+
+def test_every_rate_comes_with_its_count_and_the_flags_with_their_evidence():
+    s = quality.AnnotatorStats(annotator_id=1, username="x", n=3, n_majority=3, n_majority_agree=3, kappa=1.0,
+                               kappa_shared=3, n_model=2, n_model_agree=2, n_decisive=3, n_left=2)
+    row = s.as_row()
+    assert (row["majority_agreement"], row["majority_n"], row["kappa_pairings"], row["model_n"],
+            row["decisive_n"]) == (1.0, 3, 3, 2, 3)
+    assert row["majority_low"] == pytest.approx(0.4385, abs=1e-4) and row["majority_high"] == 1.0
+    assert row["gold_low"] is None and row["flip_low"] is None
+    bad = quality.AnnotatorStats(annotator_id=2, username="y", n_gold=12, n_gold_correct=3, n_probes=5, n_flips=5)
+    assert quality.flags_for(bad) == ["gold", "flips"]
+    assert quality.flag_evidence(bad, "gold") == "low gold accuracy (3 of 12 correct: 25%, 95% interval 9%–53%)"
+    assert quality.flag_evidence(bad, "flips").startswith("inconsistent on repeats (5 of 5 repeats")
 
 
 def test_needs_another_judgment_rules():
@@ -401,3 +453,24 @@ def test_scenario_flags_the_left_clicker_and_the_random_clicker(db, settings):
         pk[(a, b)] = pk[(b, a)] = k
     assert pk[("good1", "good2")] > 0.5
     assert pk[("good1", "random")] < 0.3
+
+
+def test_a_deactivated_annotator_is_marked_and_still_counts_for_the_others(db, settings):
+    from annotate.models import User
+
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        gone, stays = make_user(s, "gone"), make_user(s, "stays")
+        cids = make_comparisons(s, 3, overlap=2)
+    now = utcnow() - timedelta(minutes=5)
+    with db.begin() as s:
+        for cid in cids:
+            for who in (gone, stays):
+                s.add(quality_judgment(cid, who.id, "a", now))
+        s.execute(update(User).where(User.id == gone.id).values(active=False))
+    with db.read() as s:
+        report = dashboard.annotator_table(s, actor=admin)
+    by = {a.username: a for a in report.annotators}
+    assert (by["gone"].active, by["stays"].active) == (False, True)
+    assert by["gone"].as_row()["active"] is False
+    assert (by["stays"].n_majority, by["stays"].n_majority_agree) == (3, 3)

@@ -15,6 +15,12 @@ PERIODS = {"Last 24 hours": timedelta(hours=24), "Last 7 days": timedelta(days=7
 DEFAULT_PERIOD = "Last 7 days"
 PERCENT_COLUMNS = ["majority_agreement", "gold_accuracy", "model_agreement", "flip_rate", "left_rate",
                    "longer_rate", "tie_rate", "both_bad_rate"]
+INTERVALS = {"gold": "gold accuracy", "majority": "majority agreement", "flip": "flip rate"}
+"""The rates shown with a 95% interval (the figure an admin ranks people by, and the flags' rates)."""
+COLUMN_ORDER = ["annotator", "active", "judgments", "flags", "gold_accuracy", "gold_interval", "gold_n",
+                "majority_agreement", "majority_interval", "majority_n", "kappa", "kappa_pairings",
+                "model_agreement", "model_n", "flip_rate", "flip_interval", "probes", "left_rate", "decisive_n",
+                "longer_rate", "tie_rate", "both_bad_rate", "median_time_s", "ms_per_1k_chars", "time_length_corr"]
 
 actor = context.require_admin_page()
 db = context.get_db()
@@ -44,6 +50,10 @@ def _fmt(value, spec=".2f") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _interval(low, high) -> str | None:
+    return None if pd.isna(low) else f"{low:.0%}–{high:.0%}"
+
+
 overall = report.overall
 row = st.columns(5)
 row[0].metric("Annotators", len(report.annotators))
@@ -59,6 +69,8 @@ if not report.annotators:
 
 frame = pd.DataFrame([a.as_row() for a in report.annotators])
 frame["flags"] = [", ".join(quality.FLAG_TEXT[f] for f in a.flags) for a in report.annotators]
+for name in INTERVALS:
+    frame[f"{name}_interval"] = [_interval(lo, hi) for lo, hi in zip(frame[f"{name}_low"], frame[f"{name}_high"])]
 
 
 def _highlight(row):
@@ -68,17 +80,32 @@ def _highlight(row):
 st.subheader("Per annotator")
 column_config = {c: st.column_config.NumberColumn(c.replace("_", " "), format="percent")
                  for c in PERCENT_COLUMNS}
+column_config.update({f"{name}_interval": st.column_config.TextColumn(
+    f"{name} 95% interval", help=f"Where the {label} is likely to be, given how few judgments it rests on (Wilson)")
+    for name, label in INTERVALS.items()})
 column_config.update({
+    "active": st.column_config.CheckboxColumn("active", help="Unticked: the account is deactivated"),
+    "gold_n": st.column_config.NumberColumn("gold n", help="Gold pairs judged"),
+    "majority_n": st.column_config.NumberColumn(
+        "majority n", help="Judgments on pairs where the other annotators have a strict plurality"),
+    "kappa_pairings": st.column_config.NumberColumn(
+        "κ pairings", help="Their votes paired with another annotator's vote on the same pair"),
+    "model_n": st.column_config.NumberColumn("model n", help="Decisive judgments on pairs the model is sure of"),
+    "decisive_n": st.column_config.NumberColumn("decisive n", help="A/B judgments with a known side"),
     "kappa": st.column_config.NumberColumn("κ with others", format="%.2f"),
     "median_time_s": st.column_config.NumberColumn("median time (s)", format="%.1f"),
     "ms_per_1k_chars": st.column_config.NumberColumn("ms per 1k chars", format="%.0f"),
     "time_length_corr": st.column_config.NumberColumn("time~length r", format="%.2f"),
 })
+st.caption("Each rate comes with the number of judgments it rests on; a rate over a few judgments is mostly "
+           "chance (3 of 3 agreeing leaves anything from 44% to 100% likely), so read the 95% intervals "
+           "before comparing people.")
 st.dataframe(frame.style.apply(_highlight, axis=1), hide_index=True, column_config=column_config,
-             key="annotator_table")
+             column_order=COLUMN_ORDER, key="annotator_table")
 if report.flagged:
     for a in report.flagged:
-        st.warning(f"**{a.username}**: " + "; ".join(quality.FLAG_TEXT[f] for f in a.flags))
+        st.warning(f"**{a.username}**{'' if a.active else ' (deactivated)'}: "
+                   + "; ".join(quality.flag_evidence(a, f) for f in a.flags))
 else:
     st.success("Nobody is flagged in this period.")
 
@@ -136,10 +163,12 @@ with st.expander("How flags are decided"):
     st.markdown(
         f"- **picks one side**: left-side rate outside [{t.left_rate_low:.2f}, {t.left_rate_high:.2f}] over "
         f"≥ {t.left_min_n} decisive judgments, binomial p < {t.left_binomial_p}\n"
-        f"- **low gold accuracy**: below {t.gold_min_accuracy:.0%} over ≥ {t.gold_min_n} gold judgments\n"
+        f"- **low gold accuracy**: below {t.gold_min_accuracy:.0%} over ≥ {t.gold_min_n} gold judgments, "
+        f"one-sided binomial p < {t.gold_binomial_p} against {t.gold_min_accuracy:.0%}\n"
         f"- **low agreement with others**: pooled Cohen's κ below {t.kappa_min} over ≥ {t.kappa_min_shared} "
         "pairings of their votes with others' on the same pairs (7 pairs at overlap 4 give 21)\n"
-        f"- **inconsistent on repeats**: flip rate above {t.flip_max:.0%} over ≥ {t.flip_min_n} swapped probes\n"
+        f"- **inconsistent on repeats**: flip rate above {t.flip_max:.0%} over ≥ {t.flip_min_n} swapped probes, "
+        f"one-sided binomial p < {t.flip_binomial_p} against {t.flip_max:.0%}\n"
         f"- **too fast**: median under {t.speed_min_ms_per_1k_chars:,.0f} ms per 1,000 characters over "
         f"≥ {t.speed_min_n} timed judgments\n\n"
         f"Model agreement counts pairs where the model is confident (|P(A) − 0.5| ≥ {quality.MODEL_CONFIDENCE}), "

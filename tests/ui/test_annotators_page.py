@@ -1,0 +1,75 @@
+"""AppTest tests of the annotators page: every rate shows what it rests on, and a flag says why."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from streamlit.testing.v1 import AppTest
+
+from annotate.accounts import Actor
+from annotate.models import Judgment, User, utcnow
+from tests.factories import make_comparisons
+from tests.ui.conftest import open_page
+
+TIMEOUT = 60
+
+
+def _table(at: AppTest):
+    """The per-annotator table (its data, indexed by annotator) and the columns it shows, in order."""
+    [element] = [e for e in at.dataframe if "majority_agreement" in e.value.columns]
+    return element.value.set_index("annotator"), list(element.proto.column_order)
+
+
+def _judge(app_db, annotator: Actor, cids, choices, *, gold: bool = False):
+    now = utcnow() - timedelta(minutes=5)
+    with app_db.begin() as s:
+        for cid, choice in zip(cids, choices):
+            s.add(Judgment(comparison_id=cid, annotator_id=annotator.id, choice=choice, a_on_left=True,
+                           time_spent_ms=20_000, was_gold=gold, created_at=now))
+
+
+def test_a_rate_over_three_judgments_shows_its_count_and_interval(app_db, people):
+    """3 of 3 agreeing read "100%" with nothing to say it rests on three judgments."""
+    annotator, admin = people
+    with app_db.begin() as s:
+        cids = make_comparisons(s, 3, overlap=2)
+    _judge(app_db, annotator, cids, "aab")
+    _judge(app_db, admin, cids, "aab")
+    at = open_page(admin, "annotators.py", TIMEOUT)
+    table, shown = _table(at)
+    row = table.loc["ann"]
+    assert (row["majority_agreement"], row["majority_n"], row["kappa_pairings"]) == (1.0, 3, 3)
+    assert row["majority_interval"] == "44%–100%"
+    for column in ("majority_agreement", "majority_interval", "majority_n", "kappa", "kappa_pairings",
+                   "gold_accuracy", "gold_interval", "gold_n", "model_n", "flip_interval", "decisive_n", "active"):
+        assert column in shown, column
+    assert any("95% interval" in c.value for c in at.caption)
+
+
+def test_five_gold_pairs_with_two_wrong_do_not_flag_anyone(app_db, people):
+    """Right on 85 % of gold pairs, one scores 3 of 5 about one time in six: that was a "low gold accuracy" flag."""
+    annotator, admin = people
+    with app_db.begin() as s:
+        gold = make_comparisons(s, 5, gold=True)  # gold answer "a"
+    _judge(app_db, annotator, gold, "aaabb", gold=True)
+    at = open_page(admin, "annotators.py", TIMEOUT)
+    table, _ = _table(at)
+    assert table.loc["ann", "gold_accuracy"] == 0.6 and table.loc["ann", "gold_interval"] == "23%–88%"
+    assert not at.warning
+    assert [s.value for s in at.success] == ["Nobody is flagged in this period."]
+
+
+def test_a_flag_says_what_it_rests_on_and_who_is_deactivated(app_db, people):
+    annotator, admin = people
+    with app_db.begin() as s:
+        gold = make_comparisons(s, 12, gold=True)
+    _judge(app_db, annotator, gold, "aaa" + "b" * 9, gold=True)
+    with app_db.begin() as s:
+        s.execute(update(User).where(User.id == annotator.id).values(active=False))
+        assert s.scalar(select(User.active).where(User.id == annotator.id)) is False
+    at = open_page(admin, "annotators.py", TIMEOUT)
+    [warning] = [w.value for w in at.warning]
+    assert warning == "**ann** (deactivated): low gold accuracy (3 of 12 correct: 25%, 95% interval 9%–53%)"
+    table, _ = _table(at)
+    assert not table.loc["ann", "active"]
