@@ -188,6 +188,14 @@ def not_saved_message(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, PrefloopError) else NOT_SAVED
 
 
+def metric_row():
+    """A row for ``st.metric``s that wraps onto more lines where the page is narrow.
+
+    ``st.columns`` cut every label and value down to its column: at 800 px the overview's
+    "100,023" prompts read "10…", and at 1280 px "Median time per judgment" lost its end."""
+    return st.container(horizontal=True, gap="medium")
+
+
 def run_action(action, success: str, *, flash_key: str) -> None:
     """Run ``action(session)`` in one write unit of work; show why it did not happen (``not_saved_message``),
     or rerun with ``success`` queued under ``flash_key`` for the page to show after the rerun."""

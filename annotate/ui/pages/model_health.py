@@ -33,13 +33,13 @@ def _fmt(value, spec=".3f") -> str:
 
 
 active = mh.active
-row = st.columns(5)
-row[0].metric("Active version", "none" if active is None else f"v{active['id']}")
-row[1].metric("Held-out accuracy", _fmt(active and active["accuracy"]))
-row[2].metric("Length-only baseline", _fmt(active and active["length_baseline_accuracy"]),
+row = context.metric_row()
+row.metric("Active version", "none" if active is None else f"v{active['id']}")
+row.metric("Held-out accuracy", _fmt(active and active["accuracy"]))
+row.metric("Length-only baseline", _fmt(active and active["length_baseline_accuracy"]),
               help="Accuracy of 'the longer (or shorter) response wins' on the same held-out pairs.")
-row[3].metric("ECE", _fmt(active and active["ece"]))
-row[4].metric("Reward–length ρ (held-out)", _fmt(active and active["reward_length_spearman"], ".2f"),
+row.metric("ECE", _fmt(active and active["ece"]))
+row.metric("Reward–length ρ (held-out)", _fmt(active and active["reward_length_spearman"], ".2f"),
               help="Spearman correlation between reward and response length: the reward-hacking signal.")
 
 if not mh.versions:

@@ -34,13 +34,12 @@ if active is None:
             "(`make run` starts it) once there are judgments.")
 else:
     st.subheader(f"Active: version {active['id']}")
-    cols = st.columns(6)
-    for col, (label, key) in zip(cols, [("Held-out accuracy", "accuracy"), ("Log loss", "log_loss"),
-                                        ("ECE", "ece"), ("Length baseline", "length_baseline"),
-                                        ("Reward–length ρ", "reward_length_spearman"),
-                                        ("Ensemble spread", "ensemble_prob_std")]):
+    row = context.metric_row()
+    for label, key in [("Held-out accuracy", "accuracy"), ("Log loss", "log_loss"), ("ECE", "ece"),
+                       ("Length baseline", "length_baseline"), ("Reward–length ρ", "reward_length_spearman"),
+                       ("Ensemble spread", "ensemble_prob_std")]:
         value = active[key]
-        col.metric(label, "—" if value is None else f"{value:.3f}")
+        row.metric(label, "—" if value is None else f"{value:.3f}")
     gate = active["gate"] or ""  # the gate's reason starts in lower case ("first model", "only 26 decisive ...")
     st.caption(f"Trained on {active['n_train']} judgments, tested on {active['n_test']} held-out ones; "
                f"promoted {active['promoted_at']:%Y-%m-%d %H:%M} UTC. {gate[:1].upper()}{gate[1:]}")

@@ -39,20 +39,20 @@ def _duration(ms: float | None) -> str:
     return "—" if ms is None else f"{ms / 1000:.1f} s"
 
 
-row = st.columns(5)
-row[0].metric("Prompts", f"{ov.prompts:,}")
-row[1].metric("Comparisons", f"{ov.comparisons:,}")
-row[2].metric("Judgments", f"{ov.judgments:,}")
-row[3].metric("Open", f"{ov.open:,}")
-row[4].metric("Complete", f"{ov.complete:,}")
-row = st.columns(5)
-row[0].metric("Queue depth", f"{ov.queue_depth:,}", help="Open, non-gold comparisons that still need judgments.")
-row[1].metric("Active annotators now", ov.active_annotators,
+row = context.metric_row()
+row.metric("Prompts", f"{ov.prompts:,}")
+row.metric("Comparisons", f"{ov.comparisons:,}")
+row.metric("Judgments", f"{ov.judgments:,}")
+row.metric("Open", f"{ov.open:,}")
+row.metric("Complete", f"{ov.complete:,}")
+row = context.metric_row()
+row.metric("Queue depth", f"{ov.queue_depth:,}", help="Open, non-gold comparisons that still need judgments.")
+row.metric("Active annotators now", ov.active_annotators,
               help=f"Judged in the last {int(dashboard.ACTIVE_WINDOW.total_seconds() // 60)} minutes "
                    "or holding a pair right now.")
-row[2].metric(f"Judgments ({period.lower()})", f"{ov.judgments_in_period:,}")
-row[3].metric("Median time per judgment", _duration(ov.median_time_ms), help=period)
-row[4].metric("Gold pairs", f"{ov.gold:,}")
+row.metric(f"Judgments ({period.lower()})", f"{ov.judgments_in_period:,}")
+row.metric("Median time per judgment", _duration(ov.median_time_ms), help=period)
+row.metric("Gold pairs", f"{ov.gold:,}")
 
 if ov.progress is not None:
     st.progress(ov.progress, text=f"{ov.counted_judgments:,} of {ov.target_judgments:,} judgments "
@@ -73,15 +73,15 @@ else:
     st.info("No judgments in this period.")
 
 st.subheader("Reward model")
-cols = st.columns(4)
+cols = context.metric_row()
 model = ov.active_model
 if model is None:
-    cols[0].metric("Active model", "none yet")
+    cols.metric("Active model", "none yet")
 else:
-    cols[0].metric("Active model", f"v{model['id']}", help=f"encoder {model['encoder']}")
-    cols[1].metric("Held-out accuracy", "—" if model["accuracy"] is None else f"{model['accuracy']:.3f}")
-    cols[2].metric("Trained on", f"{model['n_train']:,} labels")
-cols[3].metric("Labels until next retrain", ov.labels_until_retrain,
+    cols.metric("Active model", f"v{model['id']}", help=f"encoder {model['encoder']}")
+    cols.metric("Held-out accuracy", "—" if model["accuracy"] is None else f"{model['accuracy']:.3f}")
+    cols.metric("Trained on", f"{model['n_train']:,} labels")
+cols.metric("Labels until next retrain", ov.labels_until_retrain,
                help=f"The watcher retrains after {ov.retrain_every_labels} new judgments, or when the "
                     "retrain interval has passed and at least one arrived.")
 if ov.last_run is not None:

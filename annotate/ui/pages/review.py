@@ -22,13 +22,13 @@ with context.stop_on_errors():
     with db.read() as session:
         rv = dashboard.review_comparison(session, actor=actor, comparison_id=int(comparison_id))
 
-row = st.columns(5)
-row[0].metric("Status", rv.status)
-row[1].metric("Judgments / overlap", f"{rv.judgment_count} / {rv.overlap_target}")
-row[2].metric("Gold", rv.gold_choice if rv.is_gold else "no")
-row[3].metric("Model P(A)", "—" if rv.model_p_a is None else f"{rv.model_p_a:.2f}")
+row = context.metric_row()
+row.metric("Status", rv.status)
+row.metric("Judgments / overlap", f"{rv.judgment_count} / {rv.overlap_target}")
+row.metric("Gold", rv.gold_choice if rv.is_gold else "no")
+row.metric("Model P(A)", "—" if rv.model_p_a is None else f"{rv.model_p_a:.2f}")
 votes = rv.votes
-row[4].metric("Votes a / b / tie / both bad", " / ".join(str(votes[c]) for c in quality.CHOICES))
+row.metric("Votes a / b / tie / both bad", " / ".join(str(votes[c]) for c in quality.CHOICES))
 
 with render.untrusted_area():  # model output cannot borrow the page's look (see render)
     st.subheader("Prompt", anchor=False)
