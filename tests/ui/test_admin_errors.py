@@ -18,7 +18,7 @@ from annotate import db as db_module
 from annotate import locks, retrain
 from annotate.accounts import Actor
 from annotate.db import Database, create_db_engine
-from annotate.models import AppSetting, Comparison, JobLock, TrainingRun, utcnow
+from annotate.models import AppSetting, Comparison, JobLock, ModelVersion, TrainingRun, utcnow
 from annotate.ui import render
 from annotate.ui.context import NOT_SAVED
 from tests.factories import make_comparisons
@@ -478,3 +478,19 @@ def test_the_annotate_page_load_picked_as_a_deadlock_victim_is_run_again(app_db,
     assert len(calls) == 2
     assert not at.error, _alerts(at)
     assert any(f"Pair #{cid}" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+def test_versions_table_says_first_which_version_was_refused_and_why(app_db, people):
+    """The gate's reason was the 15th column, out of sight: a refused version read as an unticked box,
+    and metrics showed every digit (log loss 0.000000000000000406)."""
+    refused = "held-out accuracy 0.9120 is worse than the active model's 1.0000 by more than 0.01"
+    with app_db.begin() as s:
+        s.add(ModelVersion(artifact_path="/m1", encoder_id="enc", is_active=True, promoted=True, n_train=60,
+                           n_test=40, promoted_at=utcnow(), metrics={"accuracy": 1.0, "log_loss": 4.06e-16, "gate": "first model"}))
+        s.add(ModelVersion(artifact_path="/m2", encoder_id="enc", is_active=False, promoted=False, n_train=80,
+                           n_test=45, metrics={"accuracy": 0.912345, "log_loss": 0.3333333, "gate": refused}))
+    at = _open(people[1], "models.py")
+    frame = at.dataframe[0].value  # Versions comes before Training runs
+    assert list(frame.columns[:3]) == ["version", "status", "why"]
+    assert frame[["status", "why"]].values.tolist() == [["refused", refused], ["active", "first model"]]
+    assert frame["accuracy"].tolist() == [0.912, 1.0] and frame["log_loss"].tolist() == [0.333, 0.0]

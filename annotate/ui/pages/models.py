@@ -48,10 +48,29 @@ else:
                    f"{retrain.MIN_HELD_OUT_PAIRS}): these figures are noise until more labels arrive.",
                    icon=":material/warning:")
 
+
+
+def _status(version: dict) -> str:
+    if version["active"]:
+        return "active"
+    return "promoted, since replaced" if version["promoted"] else "refused"
+
+
+def _version_rows(versions: list[dict]) -> list[dict]:
+    """One row per version: what became of it and why first (the promotion gate's reason sat past
+    a dozen columns, out of sight), metrics at 3 decimals (they showed 0.000000000000000406)."""
+    return [{"version": v["id"], "status": _status(v), "why": v["gate"], "created_at": v["created_at"],
+             "n_train": v["n_train"], "n_test": v["n_test"],
+             **{key: None if v[key] is None else round(v[key], 3)
+                for key in ("accuracy", "log_loss", "ece", "length_baseline", "reward_length_spearman",
+                            "ensemble_prob_std")},
+             "promoted_at": v["promoted_at"], "training_run": v["training_run_id"], "encoder": v["encoder_id"]}
+            for v in versions]
+
+
 st.subheader("Versions")
 if board["versions"]:
-    st.dataframe([{k: v for k, v in row.items() if k != "artifact_path"} for row in board["versions"]],
-                 hide_index=True, width="stretch")
+    st.dataframe(_version_rows(board["versions"]), hide_index=True, width="stretch")
 else:
     st.caption("None yet.")
 
