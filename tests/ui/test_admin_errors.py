@@ -90,6 +90,16 @@ def test_import_says_when_known_winners_will_keep_pairs_from_annotators(app_db, 
     assert not [i.value for i in at.info if "known winner" in i.value]
 
 
+def test_import_page_counts_read_as_numbers(app_db, people):
+    """A 100,000-row file said "66714 of the 100000 comparisons", and one bad row "1 problem(s)"."""
+    at = _open(people[1], "admin_import.py")
+    _upload_csv(at, b"prompt,chosen,rejected\n" + b"".join(b"p%d,good%d,bad%d\n" % (i, i, i) for i in range(1200)))
+    [note] = [i.value for i in at.info if "known winner" in i.value]
+    assert note.startswith("1,200 of the 1,200 comparisons have a known winner"), note
+    _upload_csv(at, b"prompt,response_a,response_b\np1,a1,\np2,a2,b2\n")
+    assert [e.value for e in at.error][0].startswith("1 problem found;"), _alerts(at)
+
+
 # --------------------------------------------------------------------------- a locked database
 
 

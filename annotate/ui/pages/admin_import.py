@@ -59,7 +59,8 @@ st.write(f"Format **{parsed.format}** · {ingest.counted(parsed.rows, 'row')} ·
 for note in parsed.notes:
     st.info(safe_markdown(note))
 if parsed.problems:
-    st.error(f"{len(parsed.problems)} problem(s) found; nothing can be imported until the file is fixed.")
+    st.error(f"{ingest.counted(len(parsed.problems), 'problem')} found; nothing can be imported until the file "
+             "is fixed.")
     st.dataframe([{"line": line, "problem": reason} for line, reason in parsed.problems],
                  hide_index=True)
 st.dataframe(parsed.preview(20), hide_index=True)
@@ -76,7 +77,7 @@ overlap = right.number_input("Judgments needed per pair (overlap)", min_value=1,
 n_known = sum(c.winner is not None for c in parsed.comparisons)
 if n_known and known_winner == "judgment" and overlap <= 1:
     # An imported judgment counts towards overlap: without this note the queue silently stays as it was.
-    st.info(f"{n_known} of the {len(parsed.comparisons)} comparisons have a known winner. Stored as an imported "
+    st.info(f"{n_known:,} of the {len(parsed.comparisons):,} comparisons have a known winner. Stored as an imported "
             "judgment, it meets overlap 1, so annotators will not see those pairs. To have them judged, choose "
             "*ignore them* or *make the pairs gold*, or raise the overlap, before importing: importing the same "
             "pairs again adds nothing.", icon=":material/info:")
