@@ -335,3 +335,20 @@ def test_users_page_acts_on_nobody_until_a_user_is_chosen_and_asks_before_deacti
     assert "logged out" in popover.get("markdown")[0].value
     confirm.click().run()
     assert _in_tab(at, "Manage a user", "success") == ["Deactivated ann."]
+
+
+def test_overview_says_which_judgments_each_count_holds(app_db, people):
+    """After importing a file with known winners the overview read "Judgments 66,714" beside
+    "Judgments (last 24 hours) 0", with nothing to tell that one counts imports and the other does not."""
+    from annotate.models import JudgmentSource
+
+    _seed(app_db, people)
+    with app_db.begin() as s:
+        for cid in make_comparisons(s, 5, start=200):
+            s.add(Judgment(comparison_id=cid, choice="a", source=JudgmentSource.imported))
+    at = _open(people[1], "overview.py")
+    m = _metrics(at)
+    assert (m["Judgments"], m["Judgments (last 24 hours)"]) == ("65", "60")
+    helps = {e.label: e.help for e in at.metric}
+    assert "60 by annotators" in helps["Judgments"] and "imported" in helps["Judgments"]
+    assert "imported ones are left out" in helps["Judgments (last 24 hours)"]

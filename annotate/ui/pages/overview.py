@@ -42,7 +42,9 @@ def _duration(ms: float | None) -> str:
 row = context.metric_row()
 row.metric("Prompts", f"{ov.prompts:,}")
 row.metric("Comparisons", f"{ov.comparisons:,}")
-row.metric("Judgments", f"{ov.judgments:,}")
+row.metric("Judgments", f"{ov.judgments:,}",
+           help=f"Live judgments: {ov.counted_judgments:,} by annotators; the rest are probes and judgments "
+                "imported from files' known winners.")
 row.metric("Open", f"{ov.open:,}")
 row.metric("Complete", f"{ov.complete:,}")
 row = context.metric_row()
@@ -50,7 +52,8 @@ row.metric("Queue depth", f"{ov.queue_depth:,}", help="Open, non-gold comparison
 row.metric("Active annotators now", ov.active_annotators,
               help=f"Judged in the last {int(dashboard.ACTIVE_WINDOW.total_seconds() // 60)} minutes "
                    "or holding a pair right now.")
-row.metric(f"Judgments ({period.lower()})", f"{ov.judgments_in_period:,}")
+row.metric(f"Judgments ({period.lower()})", f"{ov.judgments_in_period:,}",
+           help="Annotators' judgments (imported ones are left out: they carry the time of the import).")
 row.metric("Median time per judgment", _duration(ov.median_time_ms), help=period)
 row.metric("Gold pairs", f"{ov.gold:,}")
 
