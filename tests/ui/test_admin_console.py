@@ -352,3 +352,20 @@ def test_overview_says_which_judgments_each_count_holds(app_db, people):
     helps = {e.label: e.help for e in at.metric}
     assert "60 by annotators" in helps["Judgments"] and "imported" in helps["Judgments"]
     assert "imported ones are left out" in helps["Judgments (last 24 hours)"]
+
+
+def test_model_health_axes_show_three_decimals(app_db, people):
+    """Two versions with the same accuracy and a spread of ~1e-15 drew ticks "1.000000" and
+    "0.0000000000000…" (cut off): the accuracy and spread axes say how to write their numbers."""
+    import json
+
+    with app_db.begin() as s:
+        for n_train in (200, 300):
+            s.add(ModelVersion(artifact_path=f"/m{n_train}", encoder_id="enc", is_active=n_train == 300,
+                               promoted=True, n_train=n_train, n_test=80,
+                               metrics={"accuracy": 1.0, "ensemble_prob_std": 1.9e-15}))
+    at = _open(people[1], "model_health.py")
+    charts = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    axes = {chart["encoding"]["y"]["title"]: chart["encoding"]["y"].get("axis", {}).get("format")
+            for chart in charts if "y" in chart.get("encoding", {})}
+    assert axes["held-out accuracy"] == ".3f" and axes["mean std of P(A) across heads"] == ".3f", axes

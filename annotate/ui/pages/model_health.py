@@ -12,6 +12,8 @@ actor = context.require_admin_page()
 db = context.get_db()
 
 CACHE_SECONDS = 60
+# Vega-Lite writes a flat series' ticks with every digit ("1.000000", "0.0000000000000…" cut off).
+AXIS_3F = alt.Axis(format=".3f")
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner="Reading the model's record…", max_entries=8)
@@ -55,7 +57,7 @@ with left:
         curve = pd.DataFrame(mh.learning_curve, columns=["labels", "accuracy", "version"])
         st.altair_chart(alt.Chart(curve).mark_line(point=True).encode(
             x=alt.X("labels:Q", title="training labels"),
-            y=alt.Y("accuracy:Q", title="held-out accuracy", scale=alt.Scale(zero=False)),
+            y=alt.Y("accuracy:Q", title="held-out accuracy", scale=alt.Scale(zero=False), axis=AXIS_3F),
             tooltip=["version", "labels", alt.Tooltip("accuracy:Q", format=".3f")]), width="stretch")
     else:
         st.info("No version reports a held-out accuracy yet.")
@@ -94,7 +96,8 @@ with right:
     spread = pd.DataFrame([v for v in mh.versions if v["ensemble_prob_std"] is not None])
     if len(spread):
         st.altair_chart(alt.Chart(spread).mark_line(point=True).encode(
-            x=alt.X("id:O", title="version"), y=alt.Y("ensemble_prob_std:Q", title="mean std of P(A) across heads"),
+            x=alt.X("id:O", title="version"),
+            y=alt.Y("ensemble_prob_std:Q", title="mean std of P(A) across heads", axis=AXIS_3F),
             tooltip=["id", "n_train", alt.Tooltip("ensemble_prob_std:Q", format=".3f")]), width="stretch")
     else:
         st.info("No version reports its ensemble spread.")
