@@ -900,18 +900,21 @@ class _Run:
         if snap.active is None:
             return None, None
         model = self._load_active(snap)
+        same = model is not None and model.info.encoder_id == encoder.encoder_id and model.features == spec
+        if model is not None and not same:
+            try:
+                model.encoder  # loaded and its id checked
+            except Exception as exc:  # its encoder is gone: it can score nothing, the queue included
+                log.warning("active model %s cannot load its own encoder: %s", snap.active["id"], exc)
+                model = None
         if model is None or not len(test):
             stored = dict(snap.active.get("metrics") or {})
             stored["note"] = "stored metrics (the active model could not be re-scored on this split)"
             return stored, model
-        if model.info.encoder_id == encoder.encoder_id and model.features == spec:
+        if same:
             return _clean(evaluate(model.ensemble, test).to_dict()), model
         rows = np.unique(np.concatenate([test.ia, test.ib]))
-        try:
-            own = model.featurize(_take(snap.resp_prompt_text, lab_rows[rows]), _take(snap.resp_text, lab_rows[rows]))
-        except Exception as exc:  # its encoder is gone: it can score nothing, the queue included
-            log.warning("active model %s cannot featurize with its own encoder: %s", snap.active["id"], exc)
-            return None, None
+        own = model.featurize(_take(snap.resp_prompt_text, lab_rows[rows]), _take(snap.resp_text, lab_rows[rows]))
         feat = np.zeros((len(test.feat), own.shape[1]), dtype=np.float32)
         feat[rows] = own
         return _clean(evaluate(model.ensemble, replace(test, feat=feat)).to_dict()), model
