@@ -143,3 +143,24 @@ def test_an_active_model_whose_encoder_is_gone_is_replaced(db, rt_settings, tmp_
     assert "cannot be loaded" in second.message
     with db.read() as s:
         assert active_id(s) == second.model_version_id
+
+
+def test_an_active_model_whose_encoder_is_gone_is_replaced_without_held_out_pairs(db, rt_settings, tmp_path):
+    """With no held-out pairs the gate would keep it for its larger training set; it can score nothing."""
+    from annotate.models import JudgmentState
+
+    training_side = lambda ph: not held_out(ph)  # noqa: E731
+    old = _copy_encoder(rt_settings.resolved_encoder_path, tmp_path / "old-encoder")
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True, where=training_side)
+        add_pairs(s, 1000, 10, judged=False)
+    first = retrain.run_once(dataclasses.replace(rt_settings, encoder_path=str(old)), db=db)
+    assert first.status == "succeeded" and first.counts["n_train"] == 40
+    with db.begin() as s:  # ten judgments undone: the next model trains on fewer labels
+        undone = s.scalars(select(Judgment.id).order_by(Judgment.id).limit(10)).all()
+        s.execute(update(Judgment).where(Judgment.id.in_(undone)).values(state=JudgmentState.retracted))
+    shutil.rmtree(old)
+
+    second = retrain.run_once(rt_settings, force=True, db=db)
+    assert second.status == "succeeded" and second.promoted, second.summary()
+    assert second.counts["n_train"] == 30 and "cannot be loaded" in second.message
