@@ -808,23 +808,29 @@ def median_from_log_histogram(hist: Mapping[int, int], per_e: int = LOG_BUCKETS_
 
 def _pair_kappas(session: Session, names: Mapping[int, str], since, until,
                  sample: int | None) -> list[tuple[str, str, float | None, int]]:
-    """Cohen's κ for every pair of annotators on the comparisons they share (recent ``sample`` judgments)."""
+    """Cohen's κ for every pair of annotators on the comparisons they share.
+
+    Pairs two annotators' judgments of a comparison when at least one of them was made in the period,
+    as the per-annotator κ does (each pairing once), among the most recent ``sample`` judgments (by id;
+    None: all of them).
+    """
     j1, j2 = aliased(Judgment), aliased(Judgment)
-    conds = [_live(j1), _live(j2), j1.is_probe.is_(False), j2.is_probe.is_(False),
-             _in_period(j1, since, until), _in_period(j2, since, until)]
     cutoff = _recent_cutoff(session, sample) if sample is not None else None
-    if cutoff is not None:
-        conds += [j1.id > cutoff, j2.id > cutoff]
+    recent = [j1.id > cutoff, j2.id > cutoff] if cutoff is not None else []
     rows = session.execute(
         select(j1.annotator_id, j2.annotator_id, j1.choice, j2.choice, func.count())
-        .join(j2, and_(j2.comparison_id == j1.comparison_id, j2.annotator_id > j1.annotator_id))
-        .where(*conds)
+        .join(j2, and_(j2.comparison_id == j1.comparison_id, j2.annotator_id != j1.annotator_id))
+        .where(_live(j1), _live(j2), j1.is_probe.is_(False), j2.is_probe.is_(False), *recent,
+               _in_period(j1, since, until),
+               or_(j2.annotator_id > j1.annotator_id, ~_in_period(j2, since, until)))
         .group_by(j1.annotator_id, j2.annotator_id, j1.choice, j2.choice)).all()
     tables: dict[tuple[int, int], dict[tuple[str, str], int]] = {}
     for a1, a2, c1, c2, n in rows:
+        c1, c2 = Choice(c1).value, Choice(c2).value
+        if a1 > a2:
+            a1, a2, c1, c2 = a2, a1, c2, c1
         t = tables.setdefault((a1, a2), {})
-        key = (Choice(c1).value, Choice(c2).value)
-        t[key] = t.get(key, 0) + n
+        t[(c1, c2)] = t.get((c1, c2), 0) + n
     return sorted(((names.get(a1, "?"), names.get(a2, "?"), kappa_from_table(t), int(sum(t.values())))
                    for (a1, a2), t in tables.items()), key=lambda r: (r[0], r[1]))
 

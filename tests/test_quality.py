@@ -474,3 +474,29 @@ def test_a_deactivated_annotator_is_marked_and_still_counts_for_the_others(db, s
     assert (by["gone"].active, by["stays"].active) == (False, True)
     assert by["gone"].as_row()["active"] is False
     assert (by["stays"].n_majority, by["stays"].n_majority_agree) == (3, 3)
+
+
+def test_pairwise_kappa_pairs_a_judgment_in_the_period_with_votes_made_before_it(db, settings):
+    """The heatmap only paired judgments that were *both* made in the period, while the per-annotator κ
+    pairs each judgment of the period with the others' votes whenever made: over "last 7 days" an
+    annotator who judged pairs the other had judged 8 days earlier had a κ with others and no cell."""
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        early, late = make_user(s, "early"), make_user(s, "late")
+        cids = make_comparisons(s, 4, overlap=2)
+    now = utcnow()
+    with db.begin() as s:
+        for cid, (x, y) in zip(cids, ["aa", "bb", "ab", "tt"]):
+            y, x = ("tie" if c == "t" else c for c in (y, x))
+            s.add(quality_judgment(cid, early.id, x, now - timedelta(days=8)))
+            s.add(quality_judgment(cid, late.id, y, now - timedelta(hours=1)))
+    with db.read() as s:
+        week = quality.annotator_quality(s, actor=admin, since=now - timedelta(days=7))
+        everything = quality.annotator_quality(s, actor=admin)
+    by = {a.username: a for a in week.annotators}
+    assert set(by) == {"late"} and by["late"].kappa_shared == 4
+    # (late, early): (a,a) (b,b) (b,a) (tie,tie): po 3/4; late a 1/4 b 2/4 tie 1/4, early a 2/4 b 1/4 tie 1/4:
+    # pe = 2/16 + 2/16 + 1/16 = 5/16 -> κ = (12/16 - 5/16) / (11/16) = 7/11
+    assert by["late"].kappa == pytest.approx(7 / 11)
+    assert week.pair_kappas == [("early", "late", pytest.approx(7 / 11), 4)]
+    assert everything.pair_kappas == week.pair_kappas  # each pairing once, whichever side is in the period
