@@ -369,3 +369,20 @@ def test_model_health_axes_show_three_decimals(app_db, people):
     axes = {chart["encoding"]["y"]["title"]: chart["encoding"]["y"].get("axis", {}).get("format")
             for chart in charts if "y" in chart.get("encoding", {})}
     assert axes["held-out accuracy"] == ".3f" and axes["mean std of P(A) across heads"] == ".3f", axes
+
+
+def test_a_new_campaign_says_what_to_do_first_and_claims_no_model_check(app_db, people):
+    """On an empty database the overview was a wall of zeros with no next step, and model health
+    said "None: the model does not confidently contradict any human majority" with no model at all."""
+    at = _open(people[1], "overview.py")
+    assert any("import prompts and responses on the Import page" in i.value for i in at.info)
+    at = _open(people[1], "model_health.py")
+    assert not any("does not confidently contradict" in s.value for s in at.success)
+    assert any("No model yet" in i.value for i in at.info)
+    _seed(app_db, people)  # with comparisons and a model, neither note
+    at = _open(people[1], "overview.py")
+    at.button(key="overview_refresh").click().run()  # the figures are kept for 30 s
+    assert not any("Import page" in i.value for i in at.info)
+    at = _open(people[1], "model_health.py")
+    at.button(key="health_refresh").click().run()  # kept for a minute
+    assert not any("No model yet" in i.value for i in at.info)

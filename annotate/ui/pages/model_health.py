@@ -115,7 +115,9 @@ else:
 
 st.subheader("Confident disagreements")
 st.caption("Comparisons where the human majority contradicts a confident model. Open one on the Review page.")
-if mh.disagreements:
+if active is None:  # "None: the model does not contradict" read as a check passed, with no model to check
+    st.info("No model yet: nothing to compare with the human majorities.")
+elif mh.disagreements:
     st.dataframe(pd.DataFrame(mh.disagreements), hide_index=True, key="disagreements_table",
                  column_config={"model_p_a": st.column_config.NumberColumn("model P(A)", format="%.2f")})
 else:

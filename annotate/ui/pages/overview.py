@@ -33,6 +33,9 @@ if right.button("Refresh", key="overview_refresh", icon=":material/refresh:"):
 with context.stop_on_errors():
     ov = _overview(settings.sqlalchemy_url, actor.id, period)
 st.caption(f"As of {ov.now:%Y-%m-%d %H:%M:%S} UTC (figures are kept for {CACHE_SECONDS} s; Refresh recounts).")
+if not ov.comparisons:  # a new campaign: where a new admin lands, with every figure 0
+    st.info("Nothing to annotate yet: import prompts and responses on the Import page, then add annotators "
+            "on the Users page.", icon=":material/upload_file:")
 
 
 def _duration(ms: float | None) -> str:
