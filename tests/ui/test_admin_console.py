@@ -386,3 +386,11 @@ def test_a_new_campaign_says_what_to_do_first_and_claims_no_model_check(app_db, 
     at = _open(people[1], "model_health.py")
     at.button(key="health_refresh").click().run()  # kept for a minute
     assert not any("No model yet" in i.value for i in at.info)
+
+
+def test_every_campaign_setting_says_what_it_means(app_db, people):
+    """Batch size 32, cold start 64, strategy "default": of what, and doing what? Only the first row had help."""
+    at = _open(people[1], "settings.py")
+    inputs = [*at.number_input, *at.selectbox]
+    assert len(inputs) == 10
+    assert [w.label for w in inputs if not w.help] == []

@@ -39,17 +39,27 @@ with st.form("campaign_settings"):
     st.subheader("Active learning and retraining")
     c1, c2, c3 = st.columns(3)
     strategy = c1.selectbox("Acquisition strategy", strategies, index=strategies.index(options.strategy),
-                            key="opt_strategy")
-    batch_size = c2.number_input("Batch size", min_value=1, value=options.batch_size, step=1, key="opt_batch_size")
+                            key="opt_strategy",
+                            help="How each retrain orders the queue once the cold start is over. `default` is "
+                                 "`bald+diverse`: the pairs the model's ensemble disagrees on most, spread out; "
+                                 "`random` keeps a random order (README, Active learning).")
+    batch_size = c2.number_input("Batch size", min_value=1, value=options.batch_size, step=1, key="opt_batch_size",
+                                 help="Pairs the strategy picks together after each retrain (comparisons).")
     cold_start = c3.number_input("Cold start (random labels first)", min_value=0, value=options.cold_start,
-                                 step=1, key="opt_cold_start")
+                                 step=1, key="opt_cold_start",
+                                 help="Judgments collected in random order before the strategy takes over.")
     c1, c2, c3 = st.columns(3)
     every_labels = c1.number_input("Retrain every N new labels", min_value=1, value=options.retrain_every_labels,
-                                   step=1, key="opt_retrain_labels")
+                                   step=1, key="opt_retrain_labels",
+                                   help="The watcher (`prefloop retrain --watch`) retrains after this many new "
+                                        "judgments.")
     every_minutes = c2.number_input("…or every N minutes", min_value=0.1, value=float(options.retrain_every_minutes),
-                                    step=1.0, key="opt_retrain_minutes")
+                                    step=1.0, key="opt_retrain_minutes",
+                                    help="…or after this many minutes, if at least one new judgment arrived.")
     target = c3.number_input("Target judgments (0: none)", min_value=0, value=options.target_judgments, step=100,
-                             key="opt_target")
+                             key="opt_target",
+                             help="Annotators' judgments the campaign aims for (probes and imported ones do not "
+                                  "count): the overview's progress bar.")
     st.subheader("Guidelines")
     guidelines = st.text_area("Markdown shown to annotators", value=options.guidelines, height=300,
                               key="opt_guidelines")
