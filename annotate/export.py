@@ -1,8 +1,12 @@
 """Exports: aggregated preferences for TRL / Hugging Face ``datasets`` and raw judgments.
 
 Every public function is admin-only (it calls :func:`~annotate.accounts.require_admin`)
-and records one ``export`` audit event with the filters and counts, so the caller
-should frame it in a write unit of work (``with db.begin() as session:``).
+and records one ``export`` audit event with the filters and counts. Those that take a
+session need a write unit of work (``with db.begin() as session:``); :func:`save` and
+:func:`download` take the :class:`~annotate.db.Database` instead and read the whole export
+from one :func:`snapshot`, a read unit of work, so a long export on SQLite does not hold
+the write lock that every annotator's judgment waits for, and on PostgreSQL its statements
+all see the same commits; they record the audit event afterwards in a short write.
 
 Aggregation rule (preference exports)
 -------------------------------------
@@ -120,6 +124,7 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from annotate.accounts import Actor, audit, require_admin
+from annotate.db import Database
 from annotate.errors import NotFound, PrefloopError
 from annotate.ingest import RESPONSE_MESSAGES, ROLES, render_messages
 from annotate.models import (
@@ -506,10 +511,8 @@ def preference_rows(session: Session, *, actor: Actor, filters: ExportFilter = E
     return rows
 
 
-def preferences_bytes(session: Session, *, actor: Actor, format: Literal["jsonl", "parquet"],
-                      filters: ExportFilter = ExportFilter(), margin: bool = False) -> bytes:
-    """The preference export as file contents (for ``st.download_button``). Admin only; audited."""
-    require_admin(session, actor)
+def _preferences_bytes(session: Session, format: str, filters: ExportFilter,
+                       margin: bool) -> tuple[bytes, _Selection]:
     if format not in ("jsonl", "parquet"):
         raise PrefloopError(f"unknown preference download format {format!r}: use jsonl or parquet")
     sel = _select(session, filters)
@@ -519,8 +522,20 @@ def preferences_bytes(session: Session, *, actor: Actor, format: Literal["jsonl"
         _write_jsonl(batches, buffer)
     else:
         _write_parquet(batches, _preference_schema(sel.conversational, filters, margin), buffer)
+    return buffer.getvalue(), sel
+
+
+def preferences_bytes(session: Session, *, actor: Actor, format: Literal["jsonl", "parquet"],
+                      filters: ExportFilter = ExportFilter(), margin: bool = False) -> bytes:
+    """The preference export as file contents. Admin only; audited.
+
+    The whole file is in memory: for ``st.download_button`` use :func:`download`, which also
+    reads from one snapshot without holding SQLite's write lock.
+    """
+    require_admin(session, actor)
+    data, sel = _preferences_bytes(session, format, filters, margin)
     _audit_preferences(session, actor, sel, filters, margin, format)
-    return buffer.getvalue()
+    return data
 
 
 def write_preferences(session: Session, path: str | os.PathLike, *, actor: Actor,
@@ -537,11 +552,23 @@ def write_preferences(session: Session, path: str | os.PathLike, *, actor: Actor
     export. Admin only; audited.
     """
     require_admin(session, actor)
+    target = _preferences_target(path, format)
+    sel = _write_preferences(session, target, format, filters, margin)
+    _audit_preferences(session, actor, sel, filters, margin, format, path=str(target))
+    return len(sel)
+
+
+def _preferences_target(path: str | os.PathLike, format: str) -> Path:
     if format not in ("jsonl", "parquet", "datasets"):
         raise PrefloopError(f"unknown preference export format {format!r}: use jsonl, parquet or datasets")
     # Absolute and normalised, so '.' or 'out/..' name the folder itself (they have no usable name).
     target = Path(os.path.abspath(path))
     _check_target(target, folder=format == "datasets")
+    return target
+
+
+def _write_preferences(session: Session, target: Path, format: str, filters: ExportFilter,
+                       margin: bool) -> _Selection:
     sel = _select(session, filters)
     batches = _iter_preference_rows(session, sel, filters, margin)
     schema = _preference_schema(sel.conversational, filters, margin)
@@ -551,8 +578,7 @@ def write_preferences(session: Session, path: str | os.PathLike, *, actor: Actor
         _write_file_atomic(target, lambda out: _write_parquet(batches, schema, out))
     else:
         _write_dataset_atomic(target, batches, schema)
-    _audit_preferences(session, actor, sel, filters, margin, format, path=str(target))
-    return len(sel)
+    return sel
 
 
 # --------------------------------------------------------------------------- raw judgments
@@ -718,16 +744,42 @@ def _judgments_writer(format: str):
     raise PrefloopError(f"unknown judgment export format {format!r}: use jsonl, csv or parquet")
 
 
+def _write_judgments_to(session: Session, format: str, filters: ExportFilter, out) -> int:
+    """Stream the raw judgment export into the binary file ``out``; the number of rows."""
+    writer, binary = _judgments_writer(format)
+    if binary:
+        return writer(_iter_judgments(session, filters), out)
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+    n = writer(_iter_judgments(session, filters), text)
+    text.flush()
+    text.detach()
+    return n
+
+
+def _judgments_bytes(session: Session, format: str, filters: ExportFilter) -> tuple[bytes, int]:
+    # Encoded as it is written: a StringIO copied out and then encoded held the file three times over.
+    buffer = io.BytesIO()
+    n = _write_judgments_to(session, format, filters, buffer)
+    return buffer.getvalue(), n
+
+
+def _audit_judgments(session: Session, actor: Actor, n: int, filters: ExportFilter, format: str,
+                     **extra) -> None:
+    audit(session, actor, "export", kind="judgments", format=format, **extra,
+          filters=filters.describe(), counts={"rows": n})
+
+
 def judgments_bytes(session: Session, *, actor: Actor, format: Literal["jsonl", "csv", "parquet"],
                     filters: ExportFilter = ExportFilter()) -> bytes:
-    """The raw judgment export as UTF-8 file contents (for ``st.download_button``). Admin only; audited."""
+    """The raw judgment export as UTF-8 file contents. Admin only; audited.
+
+    The whole file is in memory: for ``st.download_button`` use :func:`download`, which also
+    reads from one snapshot without holding SQLite's write lock.
+    """
     require_admin(session, actor)
-    writer, binary = _judgments_writer(format)
-    buffer = io.BytesIO() if binary else io.StringIO()
-    n = writer(_iter_judgments(session, filters), buffer)
-    audit(session, actor, "export", kind="judgments", format=format,
-          filters=filters.describe(), counts={"rows": n})
-    return buffer.getvalue() if binary else buffer.getvalue().encode("utf-8")
+    data, n = _judgments_bytes(session, format, filters)
+    _audit_judgments(session, actor, n, filters, format)
+    return data
 
 
 def write_judgments(session: Session, path: str | os.PathLike, *, actor: Actor,
@@ -738,25 +790,102 @@ def write_judgments(session: Session, path: str | os.PathLike, *, actor: Actor,
     Admin only; audited.
     """
     require_admin(session, actor)
-    writer, binary = _judgments_writer(format)
+    target = _judgments_target(path, format)
+    n = _write_judgments(session, target, format, filters)
+    _audit_judgments(session, actor, n, filters, format, path=str(target))
+    return n
+
+
+def _judgments_target(path: str | os.PathLike, format: str) -> Path:
+    _judgments_writer(format)
     target = Path(os.path.abspath(path))
     _check_target(target, folder=False)
+    return target
+
+
+def _write_judgments(session: Session, target: Path, format: str, filters: ExportFilter) -> int:
     n = 0
 
     def write(out) -> None:
         nonlocal n
-        if binary:
-            n = writer(_iter_judgments(session, filters), out)
-            return
-        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-        n = writer(_iter_judgments(session, filters), text)
-        text.flush()
-        text.detach()
+        n = _write_judgments_to(session, format, filters, out)
 
     _write_file_atomic(target, write)
-    audit(session, actor, "export", kind="judgments", format=format, path=str(target),
-          filters=filters.describe(), counts={"rows": n})
     return n
+
+
+# --------------------------------------------------------------------------- from a Database
+
+
+Kind = Literal["preferences", "judgments"]
+
+
+@contextmanager
+def snapshot(db: Database) -> Iterator[Session]:
+    """A read unit of work that sees one snapshot of the database, from its first query to its end.
+
+    SQLite: a deferred transaction, which in WAL mode reads one snapshot and takes no write
+    lock, so annotators keep judging while a long export runs (a write unit of work begins
+    ``BEGIN IMMEDIATE`` and held the lock for the whole export: a minute or more for a million
+    judgments, past the 30 s every writer waits). PostgreSQL: ``REPEATABLE READ``, so the
+    export's statements (the votes, then the texts in slices) all see the same commits.
+    """
+    with db.read() as session:
+        if db.dialect == "postgresql":
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        yield session
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ("preferences", "judgments"):
+        raise PrefloopError(f"unknown export kind {kind!r}: use preferences or judgments")
+
+
+def save(db: Database, path: str | os.PathLike, *, actor: Actor, kind: Kind, format: str,
+         filters: ExportFilter = ExportFilter(), margin: bool = False) -> int:
+    """:func:`write_preferences` or :func:`write_judgments` (``kind``), read from one :func:`snapshot`.
+
+    The file is written from a read unit of work, so a long export neither blocks writers
+    nor sees a commit made while it runs; the audit event is then recorded in its own
+    short write unit of work. Returns the number of rows. Admin only; audited.
+    """
+    _check_kind(kind)
+    with snapshot(db) as session:
+        require_admin(session, actor)
+        if kind == "preferences":
+            target = _preferences_target(path, format)
+            sel = _write_preferences(session, target, format, filters, margin)
+        else:
+            target = _judgments_target(path, format)
+            n = _write_judgments(session, target, format, filters)
+    with db.begin() as session:
+        if kind == "preferences":
+            _audit_preferences(session, actor, sel, filters, margin, format, path=str(target))
+            return len(sel)
+        _audit_judgments(session, actor, n, filters, format, path=str(target))
+        return n
+
+
+def download(db: Database, *, actor: Actor, kind: Kind, format: str,
+             filters: ExportFilter = ExportFilter(), margin: bool = False) -> bytes:
+    """:func:`preferences_bytes` or :func:`judgments_bytes` (``kind``), read from one :func:`snapshot`.
+
+    For ``st.download_button``, which needs the whole file in memory; the audit event is
+    recorded in its own short write unit of work after the file is built. Admin only; audited.
+    """
+    _check_kind(kind)
+    with snapshot(db) as session:
+        require_admin(session, actor)
+        if kind == "preferences":
+            data, sel = _preferences_bytes(session, format, filters, margin)
+        else:
+            data, n = _judgments_bytes(session, format, filters)
+    with db.begin() as session:
+        if kind == "preferences":
+            _audit_preferences(session, actor, sel, filters, margin, format)
+        else:
+            _audit_judgments(session, actor, n, filters, format)
+    return data
 
 
 # --------------------------------------------------------------------------- atomic writes

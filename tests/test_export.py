@@ -21,6 +21,7 @@ from sqlalchemy import event, select
 
 from annotate import export
 from annotate.accounts import Actor, create_user
+from annotate.db import Database, create_db_engine
 from annotate.errors import NotFound, PermissionDenied, PrefloopError
 from annotate.export import ExportFilter
 from annotate.models import (
@@ -968,6 +969,123 @@ def test_large_preference_export_streams(db, out, fmt):
     assert rows[0]["chosen"] == [{"role": "assistant", "content": "0b" + "y" * size}]
     assert rows[-1]["prompt"][0] == {"role": "system", "content": "be brief"}
     assert [r["comparison_id"] for r in rows] == sorted(r["comparison_id"] for r in rows)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_judgments_download_holds_the_file_about_once(db, fmt):
+    """A text download is encoded as it is written: the file is in memory once, not three times."""
+    import tracemalloc
+
+    n, size = 300, 10_000
+    with db.begin() as session:
+        f = Factory(session)
+        admin = f.actor("boss", "admin")
+        for i in range(n):
+            f.judge(f.comparison(text=f"q{i}", a=f"{i}a" + "x" * size, b=f"{i}b" + "y" * size), "u0", "a")
+    tracemalloc.start()
+    try:
+        with db.begin() as session:
+            data = export.judgments_bytes(session, actor=admin, format=fmt)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) > n * 2 * size
+    assert peak < 1.5 * len(data), f"peak {peak / 1e6:.1f} MB for a {len(data) / 1e6:.1f} MB file"
+
+
+# --------------------------------------------------------------------------- one snapshot
+
+
+def _commit_midway(monkeypatch, generator: str, commit) -> None:
+    """Run ``commit()`` once the export has taken the first item from ``export.<generator>``."""
+    real = getattr(export, generator)
+
+    def midway(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                commit()
+            yield item
+
+    monkeypatch.setattr(export, generator, midway)
+
+
+@pytest.mark.parametrize("via", ["save", "download"])
+@pytest.mark.parametrize("kind", ["preferences", "judgments"])
+def test_an_export_is_one_snapshot_and_annotators_judge_while_it_runs(db, settings, seeded, out, monkeypatch,
+                                                                        kind, via):
+    """A revision and new votes committed while an export is being written are in none of its rows, and
+    the annotator committing them does not wait for the export (on SQLite a write unit of work held the
+    write lock for the whole export: that commit waited out the busy timeout and failed)."""
+    import annotate.db
+
+    def data(f):
+        comparisons = [f.comparison() for _ in range(3)]
+        for c in comparisons:
+            f.votes(c, "a", "a", "b")
+        return comparisons[-1].id, f.user("u0").id, f.user("u3").id, f.user("u4").id
+
+    admin, (last, u0, u3, u4) = seeded(data)
+    monkeypatch.setattr(export, "_ROW_CHUNK", 1)
+    # The annotator's unit of work gives up after 2 s instead of 30 if the export holds the lock.
+    monkeypatch.setattr(annotate.db, "SQLITE_BUSY_TIMEOUT_S", 2)
+    annotator_db = Database(create_db_engine(settings.sqlalchemy_url))
+
+    def judge_meanwhile():
+        # u0 revises their vote on the last pair and two more annotators outvote A there.
+        with annotator_db.begin() as session:
+            old = session.scalar(select(Judgment).where(Judgment.comparison_id == last, Judgment.annotator_id == u0))
+            old.state = JudgmentState.superseded
+            session.flush()
+            session.add_all([Judgment(comparison_id=last, annotator_id=who, choice=Choice.b, supersedes_id=sid,
+                                      created_at=T0) for who, sid in ((u0, old.id), (u3, None), (u4, None))])
+
+    def run(name: str) -> bytes:
+        if via == "download":
+            return export.download(db, actor=admin, kind=kind, format="jsonl")
+        export.save(db, out / name, actor=admin, kind=kind, format="jsonl")
+        return (out / name).read_bytes()
+
+    before = run("before.jsonl")
+    generator = "_iter_preference_rows" if kind == "preferences" else "_iter_judgments"
+    original = getattr(export, generator)
+    _commit_midway(monkeypatch, generator, judge_meanwhile)
+    try:
+        during = run("during.jsonl")
+    finally:
+        annotator_db.dispose()
+    monkeypatch.setattr(export, generator, original)
+    after = [json.loads(line) for line in run("after.jsonl").decode("utf-8").splitlines()]
+    assert during == before
+    if kind == "preferences":  # the last pair now goes to B, 4 votes of 5
+        assert [(r["comparison_id"], r["n_judgments"]) for r in after][-1] == (last, 5)
+        assert after[-1]["agreement"] == pytest.approx(0.8)
+    else:
+        assert len(after) == 12 and sum(r["state"] == "superseded" for r in after) == 1
+    with db.read() as session:
+        events = list(session.scalars(select(AuditEvent).where(AuditEvent.action == "export")
+                                      .order_by(AuditEvent.id)))
+    assert len(events) == 3 and all(e.actor_id == admin.id and e.detail["kind"] == kind for e in events)
+    counted = events[0].detail["counts"]
+    assert counted == {"rows": 9} if kind == "judgments" else counted["exported"] == 3
+    assert events[0].detail.get("path") == (None if via == "download" else str(out / "before.jsonl"))
+
+
+def test_save_and_download_deny_annotators_and_check_their_arguments(db, seeded, out):
+    admin, annotator = seeded(lambda f: f.actor("worker", "annotator"))
+    for kind in ("preferences", "judgments"):
+        with pytest.raises(PermissionDenied):
+            export.download(db, actor=annotator, kind=kind, format="jsonl")
+        with pytest.raises(PermissionDenied):
+            export.save(db, out / "x.jsonl", actor=annotator, kind=kind, format="jsonl")
+    with pytest.raises(PrefloopError, match="preferences or judgments"):
+        export.download(db, actor=admin, kind="votes", format="jsonl")
+    with pytest.raises(PrefloopError, match="jsonl or parquet"):
+        export.download(db, actor=admin, kind="preferences", format="datasets")
+    with pytest.raises(PrefloopError, match="jsonl, csv or parquet"):
+        export.save(db, out / "x.txt", actor=admin, kind="judgments", format="txt")
+    assert list(out.iterdir()) == []
+    with db.read() as session:
+        assert session.scalar(select(AuditEvent.id).where(AuditEvent.action == "export")) is None
 
 
 # --------------------------------------------------------------------------- leftovers of killed exports

@@ -1,7 +1,8 @@
 """Admin: download preferences (TRL JSONL / Parquet) and raw judgments (CSV / JSONL / Parquet).
 
 Files are built only when a download button is pressed (deferred data), so
-opening the page neither runs an export nor writes an audit event.
+opening the page neither runs an export nor writes an audit event. Streamlit
+keeps each built file in the server's memory to serve it.
 """
 
 from datetime import datetime, time, timezone
@@ -15,6 +16,9 @@ actor = context.require_admin_page()
 db = context.get_db()
 
 st.title("Export")
+st.caption("A download is built on the server, whole and in its memory, after the click: a million raw "
+           "judgments take minutes and gigabytes (Parquet is about a tenth of JSONL or CSV). For big exports, "
+           "and for `datasets` folders, run `prefloop export` on the server: it streams to a file.")
 
 # Downloads are built outside this script; a failure is reported here on the next run.
 failures: list[str] = st.session_state.setdefault("export_failures", [])
@@ -60,16 +64,15 @@ filters = export.ExportFilter(
 
 
 def _preferences(fmt: str):
+    # export.download reads one snapshot without SQLite's write lock: annotators keep judging meanwhile.
     def build() -> bytes:
-        with db.begin() as session:
-            return export.preferences_bytes(session, actor=actor, format=fmt, filters=filters, margin=margin)
+        return export.download(db, actor=actor, kind="preferences", format=fmt, filters=filters, margin=margin)
     return context.remember_failures(build, failures)
 
 
 def _judgments(fmt: str):
     def build() -> bytes:
-        with db.begin() as session:
-            return export.judgments_bytes(session, actor=actor, format=fmt, filters=filters)
+        return export.download(db, actor=actor, kind="judgments", format=fmt, filters=filters)
     return context.remember_failures(build, failures)
 
 
