@@ -34,15 +34,15 @@ ANNOTATOR_PAGES: tuple[PageSpec, ...] = (
     PageSpec("annotate.py", "Annotate", ":material/compare_arrows:", default=True),
     PageSpec("guidelines.py", "Guidelines", ":material/menu_book:"),
 )
-ADMIN_PAGES: tuple[PageSpec, ...] = (
-    PageSpec("admin_import.py", "Import", ":material/upload_file:"),
-    PageSpec("admin_export.py", "Export", ":material/download:"),
-    PageSpec("admin_users.py", "Users", ":material/group:"),
-    PageSpec("models.py", "Reward model", ":material/model_training:"),
+ADMIN_PAGES: tuple[PageSpec, ...] = (  # where an admin lands first, then in the order a campaign needs them
     PageSpec("overview.py", "Overview", ":material/dashboard:"),
+    PageSpec("admin_import.py", "Import", ":material/upload_file:"),
+    PageSpec("admin_users.py", "Users", ":material/group:"),
     PageSpec("annotators.py", "Annotators", ":material/groups:"),
-    PageSpec("model_health.py", "Model health", ":material/monitor_heart:"),
     PageSpec("review.py", "Review", ":material/rate_review:"),
+    PageSpec("models.py", "Reward model", ":material/model_training:"),
+    PageSpec("model_health.py", "Model health", ":material/monitor_heart:"),
+    PageSpec("admin_export.py", "Export", ":material/download:"),
     PageSpec("settings.py", "Settings", ":material/settings:"),
     PageSpec("audit.py", "Audit log", ":material/history:"),
 )

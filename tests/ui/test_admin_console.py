@@ -394,3 +394,11 @@ def test_every_campaign_setting_says_what_it_means(app_db, people):
     inputs = [*at.number_input, *at.selectbox]
     assert len(inputs) == 10
     assert [w.label for w in inputs if not w.help] == []
+
+
+def test_the_admin_menu_starts_with_the_page_an_admin_lands_on():
+    """The admin lands on the overview, which was fifth in the menu, below Import, Export, Users and Reward model."""
+    from annotate.ui import nav
+
+    assert [spec.title for spec in nav.ADMIN_PAGES][:3] == ["Overview", "Import", "Users"]
+    assert nav.ADMIN_PAGES[0].file == nav.ADMIN_HOME
