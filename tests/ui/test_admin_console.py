@@ -130,7 +130,7 @@ def test_model_health_and_review_and_gold(app_db, people):
     assert not at.exception, at.exception
     assert _frame_with(at, "choice")["annotator"].tolist() == ["ann", "boss"]
     assert any("left looks fine" in md.value for md in at.markdown)
-    at.selectbox(key="gold_choice").set_value("b")
+    at.selectbox(key=f"gold_choice_{cids[0]}").set_value("b")
     at.button[0].click().run()  # the form's submit button
     assert not at.exception, at.exception
     with app_db.read() as s:
@@ -402,3 +402,25 @@ def test_the_admin_menu_starts_with_the_page_an_admin_lands_on():
 
     assert [spec.title for spec in nav.ADMIN_PAGES][:3] == ["Overview", "Import", "Users"]
     assert nav.ADMIN_PAGES[0].file == nav.ADMIN_HOME
+
+
+def test_review_marks_no_gold_answer_the_admin_did_not_choose(app_db, people):
+    """The known answer was preselected as "a" (or as the answer given to the pair reviewed before):
+    pressing Mark as gold made it the answer without a choice."""
+    cids = _seed(app_db, people)
+    at = _open(people[1], "review.py")
+    at.number_input(key="review_id").set_value(cids[1]).run()
+    answer = at.selectbox(key=f"gold_choice_{cids[1]}")
+    assert answer.value is None
+    at.button(key="FormSubmitter:gold_form-Mark as gold").click().run()
+    assert [e.value for e in at.error] == ["Choose the known answer first."]
+    with app_db.read() as s:
+        assert not s.get(Comparison, cids[1]).is_gold
+    at.selectbox(key=f"gold_choice_{cids[1]}").set_value("tie")
+    at.button(key="FormSubmitter:gold_form-Mark as gold").click().run()
+    assert not at.error
+    with app_db.read() as s:
+        assert s.get(Comparison, cids[1]).gold_choice.value == "tie"
+    assert at.selectbox(key=f"gold_choice_{cids[1]}").value == "tie"  # a gold pair shows its answer
+    at.number_input(key="review_id").set_value(cids[2]).run()  # the next pair starts with no answer
+    assert at.selectbox(key=f"gold_choice_{cids[2]}").value is None

@@ -68,10 +68,16 @@ def _run(action, success: str) -> None:
 
 
 with st.form("gold_form"):
-    choice = st.selectbox("Known answer", quality.CHOICES, key="gold_choice",
-                          index=quality.CHOICES.index(rv.gold_choice) if rv.gold_choice else 0)
+    # No answer is preselected for a pair that is not gold: with "a" chosen for the admin, Mark as gold
+    # made "a" the answer every annotator's gold accuracy is scored against, chosen or not. Keyed by the
+    # pair, so the answer chosen for one pair is not carried over to the next id typed in.
+    choice = st.selectbox("Known answer", quality.CHOICES, key=f"gold_choice_{rv.id}",
+                          placeholder="Choose the known answer",
+                          index=quality.CHOICES.index(rv.gold_choice) if rv.gold_choice else None)
     mark = st.form_submit_button("Mark as gold" if not rv.is_gold else "Change the gold answer", type="primary")
-if mark:
+if mark and choice is None:
+    st.error("Choose the known answer first.")
+elif mark:
     _run(lambda s: dashboard.mark_gold(s, actor=actor, comparison_id=rv.id, choice=choice),
          f"Comparison {rv.id} is a gold pair with answer {choice}.")
 if rv.is_gold and st.button("Unmark gold", key="unmark_gold"):
