@@ -100,6 +100,24 @@ def test_import_page_counts_read_as_numbers(app_db, people):
     assert [e.value for e in at.error][0].startswith("1 problem found;"), _alerts(at)
 
 
+def test_import_runs_once_per_file_however_often_it_is_pressed(app_db, people):
+    """A second press (a double click during a long import) imported the whole file again to add nothing."""
+    from annotate.models import AuditEvent
+
+    at = _open(people[1], "admin_import.py")
+    _upload_csv(at, b"prompt,response_a,response_b\np1,a1,b1\np2,a2,b2\n")
+    _click(at, "Import")
+    [summary] = [s.value for s in at.success]
+    assert "added 2 comparisons" in summary
+    assert next(b for b in at.button if b.label == "Import").disabled
+    at.run()  # any later run of the page, e.g. the one a second press queued while the import ran
+    assert not at.exception and [s.value for s in at.success] == [summary]
+    with app_db.read() as s:
+        assert s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "import")) == 1
+    _upload_csv(at, b"prompt,response_a,response_b\np3,a3,b3\n")  # another file: Import again
+    assert not next(b for b in at.button if b.label == "Import").disabled and not at.success
+
+
 # --------------------------------------------------------------------------- a locked database
 
 

@@ -17,6 +17,7 @@ from annotate.ui import context
 from annotate.ui.render import safe_markdown
 
 PARSED_KEY = "import_parsed"
+IMPORTED_KEY = "import_done"
 KNOWN_WINNER = {
     "judgment": "store as imported judgments",
     "gold": "make the pairs gold (known answer)",
@@ -74,16 +75,24 @@ known_winner = middle.selectbox("Known outcomes in the file", list(KNOWN_WINNER)
                                 key="import_known_winner")
 overlap = right.number_input("Judgments needed per pair (overlap)", min_value=1, max_value=MAX_OVERLAP,
                              value=default_overlap, step=1, key="import_overlap")
+# The file this session imported last: a second press (a double click on a file that takes half a
+# minute) ran the whole import again, holding the database's write lock again, to add nothing.
+imported = st.session_state.get(IMPORTED_KEY)
+done = imported[1] if imported is not None and imported[0] == digest else None
 n_known = sum(c.winner is not None for c in parsed.comparisons)
-if n_known and known_winner == "judgment" and overlap <= 1:
+if done is None and n_known and known_winner == "judgment" and overlap <= 1:
     # An imported judgment counts towards overlap: without this note the queue silently stays as it was.
     st.info(f"{n_known:,} of the {len(parsed.comparisons):,} comparisons have a known winner. Stored as an imported "
             "judgment, it meets overlap 1, so annotators will not see those pairs. To have them judged, choose "
             "*ignore them* or *make the pairs gold*, or raise the overlap, before importing: importing the same "
             "pairs again adds nothing.", icon=":material/info:")
 
-if st.button("Import", type="primary", disabled=bool(parsed.problems), key="import_go",
-             icon=":material/upload:"):
+pressed = st.button("Import", type="primary", disabled=bool(parsed.problems) or done is not None, key="import_go",
+                    icon=":material/upload:")
+if done is not None:
+    st.success(done, icon=":material/check:")
+    st.caption("This file is imported; importing it again would add nothing. Choose another file to import more.")
+elif pressed:
     try:
         with st.spinner("Importing..."), db.begin() as session:
             report = ingest.import_file(session, settings, data, filename=upload.name, actor=actor,
@@ -97,4 +106,5 @@ if st.button("Import", type="primary", disabled=bool(parsed.problems), key="impo
     except OperationalError:  # locked past the busy timeout, or unreachable: the transaction wrote nothing
         st.error(context.NOT_SAVED)
     else:
-        st.success(safe_markdown(report.summary()), icon=":material/check:")
+        st.session_state[IMPORTED_KEY] = (digest, safe_markdown(report.summary()))
+        st.rerun()  # shows the summary under a disabled Import button
