@@ -46,7 +46,9 @@ as ``external_id``, ``prompt_external_id`` and the response columns' ids.
 :func:`parse_file` is pure (no database); :func:`import_file` validates every
 row first and writes nothing if any row is bad, then inserts in bulk with
 batched existence checks by content hash, so importing the same content again
-adds nothing. One file may give up to :data:`MAX_FILE_COMPARISONS` comparisons.
+adds nothing. Both read the file line by line (a ``.json`` array is read
+whole); an import holds each distinct text once, with the hashes, until it is
+written. One file may give up to :data:`MAX_FILE_COMPARISONS` comparisons.
 
 The JSON must be strict: ``NaN``, ``Infinity`` and numbers too large for a
 float (which Python's json reads but PostgreSQL and other readers do not) are
@@ -62,14 +64,16 @@ import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import math
 import re
+import zlib
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy import text as sql_text
@@ -312,43 +316,84 @@ class ImportReport:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_bytes(source: str | Path | bytes, max_bytes: int) -> tuple[bytes, str | None]:
-    limit_msg = (f"the file is larger than the {max_bytes / 2**20:g} MB import limit; split it or raise "
-                 "PREFLOOP_MAX_UPLOAD_MB")
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        if len(data) > max_bytes:
-            raise ImportValidationError(limit_msg)
-        name = None
-    else:
-        path = Path(source)
-        if path.is_dir():
-            raise ImportValidationError(f"{path} is a folder: give the file to import")
-        if not path.is_file():
-            raise ImportValidationError(f"no such file: {path}")
-        if path.stat().st_size > max_bytes:
-            raise ImportValidationError(limit_msg)
-        with path.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise ImportValidationError(limit_msg)
-        name = path.name
-    return data, name
+_BLOCK = 2**20
 
 
-def _decompress(data: bytes, max_bytes: int) -> bytes:
-    if data[:2] != b"\x1f\x8b":
-        return data
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
-            out = gz.read(max_bytes + 1)
-    except (OSError, EOFError) as exc:
-        raise ImportValidationError(f"the file looks gzip-compressed but cannot be decompressed ({exc})") from None
-    if len(out) > max_bytes:
-        raise ImportValidationError(
-            f"the file decompresses to more than the {max_bytes / 2**20:g} MB import limit; split it or raise "
-            "PREFLOOP_MAX_UPLOAD_MB")
-    return out
+class _HashingReader(io.RawIOBase):
+    """Reads a binary stream, hashing what it reads and refusing more than ``max_bytes``."""
+
+    def __init__(self, raw: BinaryIO, max_bytes: int, limit_msg: str):
+        super().__init__()
+        self.raw, self.max_bytes, self.limit_msg = raw, max_bytes, limit_msg
+        self.hasher = hashlib.sha256()
+        self.total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        if n:
+            self.total += n
+            if self.total > self.max_bytes:  # a file that grew since its size was checked
+                raise ImportValidationError(self.limit_msg)
+            self.hasher.update(memoryview(buffer)[:n])
+        return n
+
+
+class _Source:
+    """An import file, read line by line as often as needed without holding it in memory (the bytes given,
+    or a file on disk). Reading it to the end sets ``sha256``, the hash of its bytes as stored."""
+
+    def __init__(self, source: str | Path | bytes, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.limit_msg = (f"the file is larger than the {max_bytes / 2**20:g} MB import limit; split it or raise "
+                          "PREFLOOP_MAX_UPLOAD_MB")
+        self.data: bytes | None = None
+        self.path: Path | None = None
+        self.name: str | None = None
+        self.sha256: str | None = None
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self.data = bytes(source)
+            size = len(self.data)
+        else:
+            path = Path(source)
+            if path.is_dir():
+                raise ImportValidationError(f"{path} is a folder: give the file to import")
+            if not path.is_file():
+                raise ImportValidationError(f"no such file: {path}")
+            self.path, self.name, size = path, path.name, path.stat().st_size
+        if size > max_bytes:
+            raise ImportValidationError(self.limit_msg)
+
+    def lines(self) -> Iterator[bytes]:
+        """The (decompressed) file's lines, each with its b'\\n' but the last."""
+        with io.BytesIO(self.data) if self.data is not None else self.path.open("rb") as raw:
+            hashing = _HashingReader(raw, self.max_bytes, self.limit_msg)
+            buffered = io.BufferedReader(hashing, _BLOCK)
+            compressed = buffered.peek(2)[:2] == b"\x1f\x8b"
+            stream: BinaryIO = gzip.GzipFile(fileobj=buffered) if compressed else buffered
+            limit_msg = (f"the file decompresses to more than the {self.max_bytes / 2**20:g} MB import limit; "
+                         "split it or raise PREFLOOP_MAX_UPLOAD_MB") if compressed else self.limit_msg
+            total = 0
+            try:
+                while line := stream.readline(self.max_bytes + 1 - total):  # bounded: one huge line cannot blow up
+                    total += len(line)
+                    if total > self.max_bytes:
+                        raise ImportValidationError(limit_msg)
+                    yield line
+                while buffered.read(_BLOCK):  # the rest (a gzip trailer) for the hash
+                    pass
+            except (OSError, EOFError, zlib.error) as exc:
+                if not compressed:
+                    raise
+                raise ImportValidationError(
+                    f"the file looks gzip-compressed but cannot be decompressed ({exc})") from None
+            self.sha256 = hashing.hasher.hexdigest()
+
+    def is_blank(self) -> bool:
+        """Whether the file holds nothing but whitespace (read only up to its first other byte)."""
+        return not any(line.strip() for line in self.lines())
 
 
 def _container(name: str | None, text_head: str) -> str:
@@ -369,22 +414,18 @@ def _container(name: str | None, text_head: str) -> str:
     return "csv"
 
 
-def _decode_lines(data: bytes, problems: list[tuple[int, str]]) -> list[str]:
-    """Split into lines and decode each as UTF-8, reporting the lines that are not."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        pass
-    lines = []
-    for number, raw in enumerate(data.split(b"\n"), 1):
+def _decode_lines(lines: Iterable[bytes], problems: list[tuple[int, str]]) -> Iterator[str]:
+    """Decode each line (without its newline) as UTF-8, reporting the lines that are not."""
+    for number, raw in enumerate(lines, 1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if raw.endswith(b"\n"):
+            raw = raw[:-1]
         try:
-            lines.append(raw.decode("utf-8"))
+            yield raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             problems.append((number, f"not valid UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8"))
-            lines.append(raw.decode("utf-8", errors="replace"))
-    return lines
+            yield raw.decode("utf-8", errors="replace")
 
 
 class _BadJSON(ValueError):
@@ -476,9 +517,21 @@ def _json_array_records(text: str, problems: list[tuple[int, str]]) -> Iterator[
 _JSON_CELLS = {"responses", "comparisons", "metadata"}
 
 
-def _csv_records(lines: list[str], problems: list[tuple[int, str]], fmt: str | None,
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+
+
+def _csv_lines(lines: Iterable[str]) -> Iterator[str]:
+    """Lines for csv.reader as a text file opened with newline='' gives them: a lone '\\r' ends a line too."""
+    for line in lines:
+        if "\r" in line:
+            yield from _LONE_CR.split(line + "\n")
+        else:
+            yield line + "\n"
+
+
+def _csv_records(lines: Iterable[str], problems: list[tuple[int, str]], fmt: str | None,
                  notes: list[str]) -> tuple[Iterator[tuple[int, Any]], str | None]:
-    reader = csv.reader(io.StringIO("\n".join(lines), newline=""))
+    reader = csv.reader(_csv_lines(lines))
     try:
         header = next(reader)
     except StopIteration:
@@ -965,16 +1018,19 @@ def _normalise_fmt(fmt: str | None) -> str | None:
     return name
 
 
-def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: int,
-                max_bytes: int) -> ParsedFile:
+def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars: int,
+                keep: Callable[[ParsedComparison], None] | None = None) -> ParsedFile:
+    """Read and check every row of ``src``. Each comparison is passed to ``keep`` as it is read, and the
+    result's ``comparisons`` stays empty; without ``keep`` they are gathered there."""
     fmt = _normalise_fmt(fmt)
-    data = _decompress(data, max_bytes)
-    if not data.strip():
+    if src.is_blank():
         raise ImportValidationError("the file is empty")
     problems: list[tuple[int, str]] = []
     notes: list[str] = []
-    lines = _decode_lines(data, problems)
-    container = _container(name, "\n".join(lines[:5])[:1000])
+    lines = _decode_lines(src.lines(), problems)
+    head = list(itertools.islice(lines, 5))
+    container = _container(name, "\n".join(head)[:1000])
+    lines = itertools.chain(head, lines)
     if container == "csv":
         records, fmt = _csv_records(lines, problems, fmt, notes)
     elif container == "json":
@@ -983,6 +1039,10 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
         records = _jsonl_records(lines, problems)
 
     comparisons: list[ParsedComparison] = []
+    if keep is None:
+        keep = comparisons.append
+    seen: dict[tuple, int] = {}
+    duplicates: list[int] = []
     diverged: list[int] = []
     empty: list[int] = []
     multi_message: list[int] = []
@@ -1037,7 +1097,13 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
         if given > MAX_FILE_COMPARISONS and over_limit_line is None:
             over_limit_line = line
         if over_limit_line is None:  # past the limit, later rows are still checked but not kept
-            comparisons.extend(parsed)
+            for c in parsed:
+                key = (*c.pair_key, c.winner if c.hash_a == c.pair_key[1] else _flip(c.winner))
+                if key in seen:
+                    duplicates.append(c.line)
+                else:
+                    seen[key] = c.line
+                keep(c)
 
     if over_limit_line is not None:
         problems.append((over_limit_line, f"the file gives {given:,} comparisons, more than the "
@@ -1068,14 +1134,6 @@ def _parse_data(data: bytes, name: str | None, fmt: str | None, max_text_chars: 
                      f"and 'content' ({keys}; {_lines_note(dropped_lines)}): only role and content were imported")
     if note := ignored.note():
         notes.append(note)
-    seen: dict[tuple, int] = {}
-    duplicates: list[int] = []
-    for c in comparisons:
-        key = (*c.pair_key, c.winner if c.hash_a == c.pair_key[1] else _flip(c.winner))
-        if key in seen:
-            duplicates.append(c.line)
-        else:
-            seen[key] = c.line
     if duplicates:
         lines_dup = sorted(set(duplicates))
         notes.append(f"{counted(len(duplicates), 'duplicate comparison')} ({_lines_note(lines_dup)}) "
@@ -1093,8 +1151,8 @@ def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None
     file-level problems (too large, empty, unknown format, wrong CSV columns)
     raise :class:`ImportValidationError`.
     """
-    data, name = _read_bytes(path_or_bytes, max_bytes)
-    return _parse_data(data, filename or name, fmt, max_text_chars, max_bytes)
+    src = _Source(path_or_bytes, max_bytes)
+    return _parse_data(src, filename or src.name, fmt, max_text_chars)
 
 
 def problems_message(problems: list[tuple[int, str]], filename: str | None = None) -> str:
@@ -1116,23 +1174,32 @@ def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
         yield items[i:i + size]
 
 
-def _bulk_insert(session: Session, model, rows: list[dict], returning) -> list:
-    """Core INSERT ... RETURNING in batches (one statement per batch, not per row).
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
-    Core rather than ORM bulk insert: a third of the cost on 100k rows. Rows
-    are grouped by their key set because one executemany needs uniform keys.
+
+def _bulk_insert_batches(session: Session, model, rows: Iterable[dict], returning) -> Iterator[list]:
+    """Core INSERT ... RETURNING, a batch of rows at a time (one statement per batch, not per row): yields
+    each batch's returned rows. Takes the rows lazily, so they need not all be built at once.
+
+    Core rather than ORM bulk insert: a third of the cost on 100k rows. A batch's rows are grouped by
+    their key set because one executemany needs uniform keys.
     """
     table = model.__table__
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[tuple(sorted(row))].append(row)
-    cols = [table.c[attr.key] for attr in returning]
-    out = []
-    for keys, group in groups.items():
-        stmt = insert(table).returning(*cols)
-        for batch in _chunks(group, _INSERT_BATCH):
-            out.extend(session.execute(stmt, batch).all())
-    return out
+    stmt = insert(table).returning(*(table.c[attr.key] for attr in returning))
+    for batch in _batched(rows, _INSERT_BATCH):
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for row in batch:
+            groups[tuple(sorted(row))].append(row)
+        del batch
+        yield [r for group in groups.values() for r in session.execute(stmt, group).all()]
+
+
+def _bulk_insert(session: Session, model, rows: Iterable[dict], returning) -> list:
+    """:func:`_bulk_insert_batches`, every returned row in one list."""
+    return [r for inserted in _bulk_insert_batches(session, model, rows, returning) for r in inserted]
 
 
 def _lookup(session: Session, stmt, values: list) -> Iterator:
@@ -1146,7 +1213,7 @@ def _drop_none(row: dict) -> dict:
     return {k: v for k, v in row.items() if v is not None}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pair:
     prompt_hash: str
     hash_a: str
@@ -1186,16 +1253,14 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     if source_tag is not None and len(source_tag) > MAX_TAG_CHARS:
         raise PrefloopError(f"the source tag is longer than {MAX_TAG_CHARS} characters")
 
-    data, name = _read_bytes(source, settings.max_upload_mb * 2**20)
-    name = filename or name or "upload"
-    parsed = _parse_data(data, name, fmt, settings.max_text_chars, settings.max_upload_mb * 2**20)
-    problems = list(parsed.problems)
-    notes = list(parsed.notes)
-
+    src = _Source(source, settings.max_upload_mb * 2**20)
+    name = filename or src.name or "upload"
+    # Rows go straight into what will be written (each text once), not through a list of every comparison.
     prompts: dict[str, dict] = {}
     responses: dict[tuple[str, str], dict] = {}
     pairs: dict[tuple[str, str, str], _Pair] = {}
-    for c in parsed.comparisons:
+
+    def keep(c: ParsedComparison) -> None:
         tag = source_tag or c.source_tag
         if c.prompt_hash not in prompts:
             is_text = isinstance(c.prompt, str)
@@ -1216,6 +1281,10 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         if c.winner is not None and known_winner != "ignore":
             choice = c.winner if c.hash_a == pair.hash_a else _flip(c.winner)
             pair.outcomes.setdefault(choice, c.line)
+
+    parsed = _parse_data(src, name, fmt, settings.max_text_chars, keep)
+    problems = list(parsed.problems)
+    notes = list(parsed.notes)
     if known_winner == "gold":
         for pair in pairs.values():
             if len(pair.outcomes) > 1:
@@ -1233,7 +1302,7 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         # SQLite's BEGIN IMMEDIATE already serialises writers.
         session.execute(select(func.pg_advisory_xact_lock(advisory_key("import"))))
     user_id = actor.id if actor is not None else None
-    batch = ImportBatch(filename=name[:512], file_hash=content_hash(data), format=parsed.format,
+    batch = ImportBatch(filename=name[:512], file_hash=src.sha256, format=parsed.format,
                         source_tag=source_tag, counts={}, created_by_id=user_id)
     session.add(batch)
     try:
@@ -1273,16 +1342,19 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
 def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[str, dict],
            responses: dict[tuple[str, str], dict], pairs: dict[tuple[str, str, str], _Pair],
            known_winner: str, overlap_target: int) -> dict[str, int]:
+    """Insert what is new. Empties ``prompts`` and ``responses`` as their rows are written, so that the texts
+    of one stage are freed before the next (an import's memory peaks at its texts once, not at the sum)."""
     # Prompts: look up by hash in chunks, insert the missing ones in bulk.
     P, R, C, J = Prompt.__table__, Response.__table__, Comparison.__table__, Judgment.__table__
     keys = bindparam("keys", expanding=True)
-    hashes = list(prompts)
     prompt_ids: dict[str, int] = {h: i for i, h in _lookup(
-        session, select(P.c.id, P.c.content_hash).where(P.c.content_hash.in_(keys)), hashes)}
+        session, select(P.c.id, P.c.content_hash).where(P.c.content_hash.in_(keys)), list(prompts))}
     old_prompts = set(prompt_ids)
-    new_prompts = [{**prompts[h], "import_batch_id": batch_id} for h in hashes if h not in prompt_ids]
-    prompt_ids.update((h, i) for i, h in _bulk_insert(session, Prompt, new_prompts,
-                                                      (Prompt.id, Prompt.content_hash)))
+    new_prompts = [h for h in prompts if h not in prompt_ids]
+    prompt_ids.update((h, i) for i, h in _bulk_insert(
+        session, Prompt, ({**prompts.pop(h), "import_batch_id": batch_id} for h in new_prompts),
+        (Prompt.id, Prompt.content_hash)))
+    prompts.clear()
 
     # Responses: only prompts that already existed can already have them.
     response_ids: dict[tuple[str, str], int] = {}
@@ -1293,12 +1365,14 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
         if key in responses:
             response_ids[key] = rid
     old_responses = set(response_ids.values())
-    new_responses = [{**row, "prompt_id": prompt_ids[key[0]]} for key, row in responses.items()
-                     if key not in response_ids]
+    new_responses = [key for key in responses if key not in response_ids]
     prompt_hash_by_id = {i: h for h, i in prompt_ids.items()}
-    for rid, pid, h in _bulk_insert(session, Response, new_responses,
-                                    (Response.id, Response.prompt_id, Response.content_hash)):
+    for rid, pid, h in _bulk_insert(
+            session, Response, ({**responses.pop(key), "prompt_id": prompt_ids[key[0]]} for key in new_responses),
+            (Response.id, Response.prompt_id, Response.content_hash)):
         response_ids[(prompt_hash_by_id[pid], h)] = rid
+    responses.clear()
+    del prompt_hash_by_id
 
     # Comparisons: only pairs of pre-existing responses can exist, stored in either order.
     candidates: set[int] = set()
@@ -1312,42 +1386,53 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
         existing[frozenset((row.response_a_id, row.response_b_id))] = row
 
     gold = known_winner == "gold"
-    new_rows, new_outcomes, old_outcomes = [], [], {}
-    gold_added = gold_skipped = existing_count = complete_on_import = 0
-    for p in pairs.values():
-        a, b = response_ids[(p.prompt_hash, p.hash_a)], response_ids[(p.prompt_hash, p.hash_b)]
-        found = existing.get(frozenset((a, b)))
-        if found is not None:
-            existing_count += 1
-            if p.outcomes and gold:
-                gold_skipped += 1
+    old_outcomes: dict[int, tuple[bool, set]] = {}
+    outcomes_by_pair: dict[tuple[int, int], list[Choice]] = {}
+    gold_added = gold_skipped = existing_count = complete_on_import = judgments_added = 0
+
+    def new_rows() -> Iterator[dict]:
+        nonlocal gold_added, gold_skipped, existing_count, complete_on_import
+        for p in pairs.values():
+            a, b = response_ids[(p.prompt_hash, p.hash_a)], response_ids[(p.prompt_hash, p.hash_b)]
+            found = existing.get(frozenset((a, b)))
+            if found is not None:
+                existing_count += 1
+                if p.outcomes and gold:
+                    gold_skipped += 1
+                elif p.outcomes:
+                    flip = found.response_a_id != a
+                    old_outcomes[found.id] = (found.is_gold, {_flip(c) if flip else c for c in p.outcomes})
+                continue
+            row = {"prompt_id": prompt_ids[p.prompt_hash], "response_a_id": a, "response_b_id": b,
+                   "overlap_target": overlap_target, "judgment_count": 0, "is_gold": False,
+                   "status": ComparisonStatus.open,
+                   "priority": seeded_priority(settings.queue_seed, p.prompt_hash, p.hash_a, p.hash_b),
+                   "priority_strategy": "random",
+                   "source_tag": p.source_tag, "external_id": p.row_id, "import_batch_id": batch_id}
+            if gold and p.outcomes:
+                row.update(is_gold=True, gold_choice=next(iter(p.outcomes)))
+                gold_added += 1
             elif p.outcomes:
-                flip = found.response_a_id != a
-                old_outcomes[found.id] = (found.is_gold, {_flip(c) if flip else c for c in p.outcomes})
-            continue
-        row = {"prompt_id": prompt_ids[p.prompt_hash], "response_a_id": a, "response_b_id": b,
-               "overlap_target": overlap_target, "judgment_count": 0, "is_gold": False,
-               "status": ComparisonStatus.open,
-               "priority": seeded_priority(settings.queue_seed, p.prompt_hash, p.hash_a, p.hash_b),
-               "priority_strategy": "random",
-               "source_tag": p.source_tag, "external_id": p.row_id, "import_batch_id": batch_id}
-        if gold and p.outcomes:
-            row.update(is_gold=True, gold_choice=next(iter(p.outcomes)))
-            gold_added += 1
-        elif p.outcomes:
-            row["judgment_count"] = len(p.outcomes)
-            if len(p.outcomes) >= overlap_target:
-                row["status"] = ComparisonStatus.complete
-                complete_on_import += 1
-        new_rows.append(row)
-        new_outcomes.append(sorted(p.outcomes, key=lambda c: c.value) if not gold else [])
-    judgments = []
-    inserted = _bulk_insert(session, Comparison, new_rows,
-                            (Comparison.id, Comparison.response_a_id, Comparison.response_b_id))
-    ids_by_pair = {(a, b): cid for cid, a, b in inserted}
-    for row, outcomes in zip(new_rows, new_outcomes):
-        cid = ids_by_pair[(row["response_a_id"], row["response_b_id"])]
-        judgments.extend(_judgment_row(cid, c, False) for c in outcomes)
+                row["judgment_count"] = len(p.outcomes)
+                if len(p.outcomes) >= overlap_target:
+                    row["status"] = ComparisonStatus.complete
+                    complete_on_import += 1
+                outcomes_by_pair[(a, b)] = sorted(p.outcomes, key=lambda c: c.value)
+            yield row
+
+    def insert_judgments(rows: Iterable[dict]) -> None:
+        nonlocal judgments_added
+        for batch in _batched(rows, _INSERT_BATCH):
+            session.execute(insert(J), batch)
+            judgments_added += len(batch)
+
+    # Batch by batch: each batch's judgments go in with it, so no list of every new row is built.
+    comparisons_added = 0
+    for inserted in _bulk_insert_batches(session, Comparison, new_rows(),
+                                         (Comparison.id, Comparison.response_a_id, Comparison.response_b_id)):
+        comparisons_added += len(inserted)
+        insert_judgments(_judgment_row(cid, c, False) for cid, a, b in inserted
+                         for c in outcomes_by_pair.pop((a, b), ()))
 
     # Outcomes for comparisons that already existed: skip a choice already imported.
     bumps = []
@@ -1357,13 +1442,13 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
                 J.c.comparison_id.in_(keys), J.c.source == JudgmentSource.imported,
                 J.c.state == JudgmentState.active), list(old_outcomes)):
             have[cid].add(choice)
+        judgments = []
         for cid, (is_gold, choices) in old_outcomes.items():
             add = sorted(choices - have[cid], key=lambda c: c.value)
             judgments.extend(_judgment_row(cid, c, is_gold) for c in add)
             if add:
                 bumps.append({"cid": cid, "delta": len(add)})
-    for batch in _chunks(judgments, _INSERT_BATCH):
-        session.execute(insert(J), batch)
+        insert_judgments(judgments)
     if bumps:
         table = Comparison.__table__
         new_count = table.c.judgment_count + bindparam("delta")
@@ -1377,8 +1462,8 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
                     else_=ComparisonStatus.open)),
             bumps)
     return {"prompts_added": len(new_prompts), "responses_added": len(new_responses),
-            "comparisons_added": len(new_rows), "comparisons_existing": existing_count,
-            "judgments_added": len(judgments), "gold_added": gold_added, "gold_skipped_existing": gold_skipped,
+            "comparisons_added": comparisons_added, "comparisons_existing": existing_count,
+            "judgments_added": judgments_added, "gold_added": gold_added, "gold_skipped_existing": gold_skipped,
             "complete_on_import": complete_on_import}
 
 
