@@ -25,6 +25,7 @@ from annotate.models import (
     Choice,
     Comparison,
     ComparisonStatus,
+    ImportBatch,
     ComparisonVotes,
     Judgment,
     JudgmentSource,
@@ -511,3 +512,12 @@ def strategy_names() -> list[str]:
     from rm.acquisition import strategy_names as names
 
     return names()
+
+
+def import_of(session: Session, *, actor: Actor, file_hash: str, since: datetime) -> dict[str, Any] | None:
+    """The latest import of the file whose bytes hash to ``file_hash`` (sha256) that began at or after
+    ``since``, as ``{"id", "created_at", "filename"}``, or None (admin only)."""
+    require_admin(session, actor)
+    batch = session.scalar(select(ImportBatch).where(ImportBatch.file_hash == file_hash, ImportBatch.created_at >= since)
+                           .order_by(ImportBatch.id.desc()).limit(1))
+    return None if batch is None else {"id": batch.id, "created_at": batch.created_at, "filename": batch.filename}

@@ -104,8 +104,18 @@ def test_import_runs_once_per_file_however_often_it_is_pressed(app_db, people):
     """A second press (a double click during a long import) imported the whole file again to add nothing."""
     from annotate.models import AuditEvent
 
+    import hashlib
+
+    content = b"prompt,response_a,response_b\np1,a1,b1\np2,a2,b2\n"
     at = _open(people[1], "admin_import.py")
-    _upload_csv(at, b"prompt,response_a,response_b\np1,a1,b1\np2,a2,b2\n")
+    _upload_csv(at, content)
+    # A second press while the first run imports starts a second run (Streamlit drops the first one's output):
+    at.session_state["import_running"] = (hashlib.sha256(content).hexdigest(), utcnow())
+    at.run()
+    assert next(b for b in at.button if b.label == "Import").disabled
+    assert any("being imported" in i.value for i in at.info)
+    del at.session_state["import_running"]  # the first run is done (it failed here: nothing was written)
+    at.run()
     _click(at, "Import")
     [summary] = [s.value for s in at.success]
     assert "added 2 comparisons" in summary
@@ -116,6 +126,27 @@ def test_import_runs_once_per_file_however_often_it_is_pressed(app_db, people):
         assert s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "import")) == 1
     _upload_csv(at, b"prompt,response_a,response_b\np3,a3,b3\n")  # another file: Import again
     assert not next(b for b in at.button if b.label == "Import").disabled and not at.success
+
+
+def test_a_second_run_learns_from_the_database_that_the_first_one_imported_the_file(app_db, people):
+    """What the importing run remembers does not reach the run on screen: the batch in the database does."""
+    import hashlib
+
+    from annotate.models import ImportBatch
+
+    content = b"prompt,response_a,response_b\np1,a1,b1\n"
+    digest = hashlib.sha256(content).hexdigest()
+    at = _open(people[1], "admin_import.py")
+    _upload_csv(at, content)
+    at.session_state["import_running"] = (digest, utcnow() - timedelta(seconds=5))
+    at.run()
+    assert any("being imported" in i.value for i in at.info)
+    with app_db.begin() as s:
+        s.add(ImportBatch(filename="pairs.csv", file_hash=digest, format="pairs"))
+    next(b for b in at.button if b.label == "Refresh").click().run()
+    assert not at.exception, at.exception
+    [done] = [s.value for s in at.success]
+    assert done.startswith("Imported as batch") and next(b for b in at.button if b.label == "Import").disabled
 
 
 # --------------------------------------------------------------------------- a locked database

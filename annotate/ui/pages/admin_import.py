@@ -10,14 +10,16 @@ import hashlib
 import streamlit as st
 from sqlalchemy.exc import OperationalError
 
-from annotate import campaign, ingest
+from annotate import campaign, dashboard, ingest
 from annotate.errors import ImportValidationError, PrefloopError
+from annotate.models import utcnow
 from annotate.settings import MAX_OVERLAP
 from annotate.ui import context
 from annotate.ui.render import safe_markdown
 
 PARSED_KEY = "import_parsed"
 IMPORTED_KEY = "import_done"
+IMPORTING_KEY = "import_running"
 KNOWN_WINNER = {
     "judgment": "store as imported judgments",
     "gold": "make the pairs gold (known answer)",
@@ -34,6 +36,7 @@ st.caption(f"Formats: {ingest.FORMAT_HELP}. JSON Lines (.jsonl, .jsonl.gz), JSON
 upload = st.file_uploader("Data file", type=["jsonl", "gz", "json", "csv"], key="import_file")
 if upload is None:
     st.session_state.pop(PARSED_KEY, None)
+    st.session_state.pop(IMPORTING_KEY, None)  # choosing the file again retries an import that never finished
     st.stop()
 
 data = upload.getvalue()
@@ -75,10 +78,24 @@ known_winner = middle.selectbox("Known outcomes in the file", list(KNOWN_WINNER)
                                 key="import_known_winner")
 overlap = right.number_input("Judgments needed per pair (overlap)", min_value=1, max_value=MAX_OVERLAP,
                              value=default_overlap, step=1, key="import_overlap")
-# The file this session imported last: a second press (a double click on a file that takes half a
-# minute) ran the whole import again, holding the database's write lock again, to add nothing.
+# The file this session is importing or imported last. A second press (a double click on a file that
+# takes half a minute) started a second run while the first was still importing, which imported the
+# whole file again, holding the database's write lock again, to add nothing.
 imported = st.session_state.get(IMPORTED_KEY)
 done = imported[1] if imported is not None and imported[0] == digest else None
+running = st.session_state.get(IMPORTING_KEY)
+importing = running is not None and running[0] == digest
+if importing and done is None:
+    # The run that imports is not the one on screen, and what it remembers may not reach this session:
+    # the database says whether its import finished.
+    with context.stop_on_errors(), db.read() as session:
+        batch = dashboard.import_of(session, actor=actor, file_hash=digest, since=running[1])
+    if batch is not None:
+        done = (f"Imported as batch {batch['id']} at {batch['created_at']:%H:%M:%S} UTC "
+                "(its counts are in the Audit log).")
+        st.session_state[IMPORTED_KEY] = (digest, done)
+        st.session_state.pop(IMPORTING_KEY, None)
+        importing = False
 n_known = sum(c.winner is not None for c in parsed.comparisons)
 if done is None and n_known and known_winner == "judgment" and overlap <= 1:
     # An imported judgment counts towards overlap: without this note the queue silently stays as it was.
@@ -87,17 +104,24 @@ if done is None and n_known and known_winner == "judgment" and overlap <= 1:
             "*ignore them* or *make the pairs gold*, or raise the overlap, before importing: importing the same "
             "pairs again adds nothing.", icon=":material/info:")
 
-pressed = st.button("Import", type="primary", disabled=bool(parsed.problems) or done is not None, key="import_go",
-                    icon=":material/upload:")
+pressed = st.button("Import", type="primary", disabled=bool(parsed.problems) or done is not None or importing,
+                    key="import_go", icon=":material/upload:")
 if done is not None:
     st.success(done, icon=":material/check:")
     st.caption("This file is imported; importing it again would add nothing. Choose another file to import more.")
+elif importing:
+    # Streamlit shows this second run, not the one importing, whose summary and rerun are dropped.
+    st.info("This file is being imported by your earlier press. Press Refresh for the result (or remove the "
+            "file and choose it again if that import failed).", icon=":material/hourglass_top:")
+    st.button("Refresh", key="import_refresh", icon=":material/refresh:")
 elif pressed:
+    st.session_state[IMPORTING_KEY] = (digest, utcnow())
     try:
         with st.spinner("Importing..."), db.begin() as session:
             report = ingest.import_file(session, settings, data, filename=upload.name, actor=actor,
                                         source_tag=source_tag.strip() or None, known_winner=known_winner,
                                         overlap=int(overlap))
+        st.session_state[IMPORTED_KEY] = (digest, safe_markdown(report.summary()))
     except ImportValidationError as exc:
         st.error(safe_markdown(str(exc)))
         st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems], hide_index=True)
@@ -105,6 +129,7 @@ elif pressed:
         st.error(safe_markdown(str(exc)))
     except OperationalError:  # locked past the busy timeout, or unreachable: the transaction wrote nothing
         st.error(context.NOT_SAVED)
-    else:
-        st.session_state[IMPORTED_KEY] = (digest, safe_markdown(report.summary()))
+    finally:
+        st.session_state.pop(IMPORTING_KEY, None)
+    if st.session_state.get(IMPORTED_KEY, (None,))[0] == digest:
         st.rerun()  # shows the summary under a disabled Import button
