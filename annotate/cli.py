@@ -301,17 +301,17 @@ def cmd_export(args) -> int:
     db = _db(settings)
     filters = _export_filter(args)
     out = Path(args.out)
+    with db.read() as session:
+        actor = _operator_admin(session, args.as_admin)
+    # export.save reads one snapshot without the write lock (annotators keep judging while a long
+    # export runs) and records the audit event afterwards in a short write.
+    if args.format in ("trl-jsonl", "trl-parquet", "datasets"):
+        kind, fmt = "preferences", {"trl-jsonl": "jsonl", "trl-parquet": "parquet", "datasets": "datasets"}[args.format]
+    else:
+        kind, fmt = "judgments", {"judgments-csv": "csv", "judgments-jsonl": "jsonl",
+                                  "judgments-parquet": "parquet"}[args.format]
     try:
-        with db.begin() as session:
-            actor = _operator_admin(session, args.as_admin)
-            if args.format in ("trl-jsonl", "trl-parquet", "datasets"):
-                kind = {"trl-jsonl": "jsonl", "trl-parquet": "parquet", "datasets": "datasets"}[args.format]
-                n = export.write_preferences(session, out, actor=actor, format=kind, filters=filters,
-                                             margin=args.margin)
-            else:
-                kind = {"judgments-csv": "csv", "judgments-jsonl": "jsonl",
-                        "judgments-parquet": "parquet"}[args.format]
-                n = export.write_judgments(session, out, actor=actor, format=kind, filters=filters)
+        n = export.save(db, out, actor=actor, kind=kind, format=fmt, filters=filters, margin=args.margin)
     except OSError as exc:
         # The export writes under a hidden name next to --out; name the path the operator gave.
         raise _cannot_write(out, exc) from None

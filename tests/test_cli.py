@@ -489,3 +489,42 @@ def test_commands_that_need_no_model_do_not_import_torch(env):
     e = dict(env, PREFLOOP_STRATEGY="bal")  # a strategy name is still checked, without torch
     result = run(e, "users", "list")
     assert result.returncode != 0 and "choose one of" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["judgments-jsonl", "trl-jsonl"])
+def test_export_does_not_hold_the_write_lock_while_it_writes(admin_env, tmp_path, monkeypatch, fmt):
+    """An annotator's judgment must not wait for a long ``prefloop export`` (SQLite: the export
+    once ran in BEGIN IMMEDIATE, so every writer waited for it and failed after 30 s)."""
+    import sqlite3
+
+    from annotate import cli, export
+
+    for key, value in admin_env.items():
+        if key.startswith("PREFLOOP_"):
+            monkeypatch.setenv(key, value)
+    db_path = admin_env["PREFLOOP_DATABASE_URL"].removeprefix("sqlite:///")
+    wrote = []
+
+    def annotator_writes():
+        other = sqlite3.connect(db_path, timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("COMMIT")
+            wrote.append(True)
+        except sqlite3.OperationalError as exc:
+            wrote.append(str(exc))
+        finally:
+            other.close()
+
+    for name in ("_write_judgments", "_write_preferences"):
+        original = getattr(export, name)
+
+        def wrapped(*args, _original=original, **kwargs):
+            annotator_writes()
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(export, name, wrapped)
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["export", "--format", fmt, "--out", str(out)]) == 0
+    assert wrote == [True]
+    assert out.read_text().count("\n") == 3
