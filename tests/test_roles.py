@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import select
@@ -57,13 +58,14 @@ def test_the_allow_list_names_real_functions():
     assert {"accounts", "campaign", "dashboard", "export", "ingest", "quality", "retrain", "scoring"} <= modules
 
 
-def _arguments(fn, *, session, settings, tmp_path, comparison_id: int) -> dict:
+def _arguments(fn, *, session, settings, tmp_path, comparison_id: int, db=None) -> dict:
     """Plausible arguments for every required parameter (the call must get as far as the role check)."""
     known = {
-        "session": session, "settings": settings, "username": "victim", "password": "new-password-123",
+        "session": session, "db": db, "settings": settings, "username": "victim", "password": "new-password-123",
         "role": "admin", "active": False, "comparison_id": comparison_id, "choice": "a", "format": "jsonl",
         "path": tmp_path / "out.jsonl", "action": "x",
         "source": b'{"prompt": "p", "chosen": "c", "rejected": "r"}\n',
+        "file_hash": "0" * 64, "since": datetime(2000, 1, 1, tzinfo=timezone.utc), "kind": "preferences",
     }
     kwargs = {}
     for name, param in inspect.signature(fn).parameters.items():
@@ -104,7 +106,7 @@ def test_admin_functions_refuse_everyone_else(name, who, people, sqlite_db, sqli
     with sqlite_db.begin() as s:
         before = s.scalar(select(User.password_hash).where(User.username == "victim"))
         kwargs = _arguments(fn, session=s, settings=sqlite_settings, tmp_path=tmp_path,
-                            comparison_id=comparison_id)
+                            comparison_id=comparison_id, db=sqlite_db)
         with pytest.raises(PermissionDenied):
             fn(actor=actors[who], **kwargs)
         s.rollback()
