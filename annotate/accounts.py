@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import case, literal, select, update
+from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from annotate.errors import AuthError, NotFound, PermissionDenied, PrefloopError
@@ -108,8 +108,12 @@ def create_user(session: Session, username: str, password: str, role: Role | str
     username = username.strip()
     if not username or len(username) > 64 or not username.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise PrefloopError("usernames are 1-64 letters, digits, '.', '_' or '-'")
-    if session.scalar(select(User.id).where(User.username == username)) is not None:
-        raise PrefloopError(f"user {username!r} already exists")
+    # Names that differ only in case ("carol", "Carol") would be two accounts that people, the
+    # audit log and the annotator table cannot tell apart: refuse the second.
+    existing = session.scalar(select(User.username).where(func.lower(User.username) == username.lower()))
+    if existing is not None:
+        raise PrefloopError(f"user {existing!r} already exists" if existing == username else
+                            f"user {existing!r} already exists; names differ by more than case")
     user = User(username=username, password_hash=hash_password(password), role=Role(role))
     session.add(user)
     session.flush()

@@ -95,6 +95,18 @@ def test_admin_user_management_is_audited(db, settings):
     assert accounts.login(db, "carol", "password-456").role is Role.admin
 
 
+def test_a_username_that_differs_only_in_case_is_refused(db, settings):
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        accounts.create_user(s, "Carol", "password-123", "annotator", actor=admin)
+        for name in ("carol", " CAROL ", "Carol"):
+            with pytest.raises(PrefloopError, match="user 'Carol' already exists"):
+                accounts.create_user(s, name, "password-123", "annotator", actor=admin)
+        accounts.create_user(s, "carol2", "password-123", "annotator", actor=admin)
+    with db.read() as s:
+        assert sorted(s.scalars(select(User.username))) == ["Carol", "boss", "carol2"]
+
+
 def test_campaign_options_saved_validated_and_audited(db, settings):
     with db.begin() as s:
         admin = make_user(s, "boss", "admin")
