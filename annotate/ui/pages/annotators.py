@@ -15,8 +15,9 @@ PERIODS = {"Last 24 hours": timedelta(hours=24), "Last 7 days": timedelta(days=7
 DEFAULT_PERIOD = "Last 7 days"
 PERCENT_COLUMNS = ["majority_agreement", "gold_accuracy", "model_agreement", "flip_rate", "left_rate",
                    "longer_rate", "tie_rate", "both_bad_rate"]
+# The rates shown with a 95% interval (the figure an admin ranks people by, and the flags' rates). A comment,
+# not a docstring: Streamlit's magic would write a bare string onto the page.
 INTERVALS = {"gold": "gold accuracy", "majority": "majority agreement", "flip": "flip rate"}
-"""The rates shown with a 95% interval (the figure an admin ranks people by, and the flags' rates)."""
 COLUMN_ORDER = ["annotator", "active", "judgments", "flags", "gold_accuracy", "gold_interval", "gold_n",
                 "majority_agreement", "majority_interval", "majority_n", "kappa", "kappa_pairings",
                 "model_agreement", "model_n", "flip_rate", "flip_interval", "probes", "left_rate", "decisive_n",
