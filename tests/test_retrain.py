@@ -69,14 +69,15 @@ GOOD = "Here is a careful and helpful answer about topic {i}, with steps and an 
 BAD = "no idea lol {i}"
 
 
-def add_pairs(session, start: int, n: int, *, judged: bool, wrong: bool = False, strength=None,
-              where=None) -> list[int]:
+def add_pairs(session, start: int, n: int, *, judged: bool, wrong: bool | int = False, strength=None,
+              where=None, votes: int = 1) -> list[int]:
     """``n`` prompts ``start..``, each with a good and a bad response in one comparison.
 
-    A is the good one for even ``i``. ``judged``: an imported judgment saying the
-    good one wins (the bad one when ``wrong``), and the comparison is complete.
-    ``where(prompt_hash)`` filters which prompts are created.
+    A is the good one for even ``i``. ``judged``: ``votes`` imported judgments saying the
+    good one wins (the first ``wrong`` of them the bad one; every one when ``wrong`` is True),
+    and the comparison is complete. ``where(prompt_hash)`` filters which prompts are created.
     """
+    n_wrong = votes if wrong is True else int(wrong)
     ids = []
     i = start
     while len(ids) < n:
@@ -92,17 +93,17 @@ def add_pairs(session, start: int, n: int, *, judged: bool, wrong: bool = False,
         session.add_all([good, bad])
         session.flush()
         a, b = (good, bad) if i % 2 == 0 else (bad, good)
-        c = Comparison(prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id, overlap_target=1,
+        c = Comparison(prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id, overlap_target=votes,
                        priority=((i * 7919) % 1000) / 1000.0,
                        status=ComparisonStatus.complete if judged else ComparisonStatus.open,
-                       judgment_count=1 if judged else 0)
+                       judgment_count=votes if judged else 0)
         session.add(c)
         session.flush()
         if judged:
-            good_wins = "a" if a is good else "b"
-            bad_wins = "b" if a is good else "a"
-            session.add(Judgment(comparison_id=c.id, annotator_id=None, source=JudgmentSource.imported,
-                                 choice=bad_wins if wrong else good_wins, strength=strength))
+            good_wins, bad_wins = ("a", "b") if a is good else ("b", "a")
+            for v in range(votes):
+                session.add(Judgment(comparison_id=c.id, annotator_id=None, source=JudgmentSource.imported,
+                                     choice=bad_wins if v < n_wrong else good_wins, strength=strength))
         ids.append(c.id)
         i += 1
     return ids

@@ -12,19 +12,8 @@ import shutil
 from sqlalchemy import select, update
 
 from annotate import retrain
-from annotate.models import (
-    Comparison,
-    ComparisonStatus,
-    Judgment,
-    JudgmentSource,
-    ModelVersion,
-    Prompt,
-    Response,
-)
+from annotate.models import Judgment, ModelVersion
 from tests.test_retrain import (  # noqa: F401 - tiny_encoder and rt_settings are fixtures
-    BAD,
-    GOOD,
-    _h,
     active_id,
     add_pairs,
     held_out,
@@ -33,45 +22,12 @@ from tests.test_retrain import (  # noqa: F401 - tiny_encoder and rt_settings ar
 )
 
 
-def add_voted_pairs(session, start: int, n: int, *, votes: int, wrong: int = 0, where=None) -> list[int]:
-    """Like ``add_pairs(judged=True)``, each comparison with ``votes`` imported judgments.
-
-    The first ``wrong`` of them say the bad response wins, the others the good one.
-    """
-    ids = []
-    i = start
-    while len(ids) < n:
-        ph = _h("prompt", i)
-        if where is not None and not where(ph):
-            i += 1
-            continue
-        prompt = Prompt(content_hash=ph, text=f"Question {i}: how should I approach topic {i}?")
-        session.add(prompt)
-        session.flush()
-        good = Response(prompt_id=prompt.id, content_hash=_h("g", i), text=GOOD.format(i=i))
-        bad = Response(prompt_id=prompt.id, content_hash=_h("b", i), text=BAD.format(i=i))
-        session.add_all([good, bad])
-        session.flush()
-        a, b = (good, bad) if i % 2 == 0 else (bad, good)
-        c = Comparison(prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id, overlap_target=votes,
-                       priority=0.5, status=ComparisonStatus.complete, judgment_count=votes)
-        session.add(c)
-        session.flush()
-        good_wins, bad_wins = ("a", "b") if a is good else ("b", "a")
-        for v in range(votes):
-            session.add(Judgment(comparison_id=c.id, annotator_id=None, source=JudgmentSource.imported,
-                                 choice=bad_wins if v < wrong else good_wins))
-        ids.append(c.id)
-        i += 1
-    return ids
-
-
 def test_the_gate_counts_held_out_pairs_not_the_votes_on_them(db, rt_settings):
     """Three judgments of one held-out pair are one pair to the minimum of 30, not three."""
     training_side = lambda ph: not held_out(ph)  # noqa: E731
     with db.begin() as s:
         add_pairs(s, 0, 40, judged=True, where=training_side)
-        add_voted_pairs(s, 1000, 12, votes=3, where=held_out)  # 36 decisive judgments on 12 pairs
+        add_pairs(s, 1000, 12, judged=True, votes=3, where=held_out)  # 36 decisive judgments on 12 pairs
     first = retrain.run_once(rt_settings, db=db)
     assert first.status == "succeeded", first.summary()
     with db.begin() as s:
@@ -109,8 +65,8 @@ def test_an_active_model_on_another_encoder_is_compared_on_the_same_held_out_pai
         s.execute(update(ModelVersion).where(ModelVersion.id == version.id)
                   .values(metrics={**version.metrics, "accuracy": 1.0}))
         # Today's held-out labels are harder: half of the new ones say the bad response wins.
-        add_voted_pairs(s, 3000, 30, votes=1, where=held_out)
-        add_voted_pairs(s, 4000, 30, votes=1, wrong=1, where=held_out)
+        add_pairs(s, 3000, 30, judged=True, where=held_out)
+        add_pairs(s, 4000, 30, judged=True, wrong=True, where=held_out)
 
     other = _copy_encoder(rt_settings.resolved_encoder_path, tmp_path / "other-encoder")
     second = retrain.run_once(dataclasses.replace(settings, encoder_path=str(other)), db=db)
@@ -135,7 +91,7 @@ def test_an_active_model_whose_encoder_is_gone_is_replaced(db, rt_settings, tmp_
         version = s.get(ModelVersion, first.model_version_id)
         s.execute(update(ModelVersion).where(ModelVersion.id == version.id)
                   .values(metrics={**version.metrics, "accuracy": 1.0}))
-        add_voted_pairs(s, 3000, 30, votes=1, wrong=1, where=held_out)
+        add_pairs(s, 3000, 30, judged=True, wrong=True, where=held_out)
     shutil.rmtree(old)
 
     second = retrain.run_once(settings, db=db)
