@@ -17,9 +17,10 @@ from annotate.settings import MAX_OVERLAP
 from annotate.ui import context
 from annotate.ui.render import safe_markdown
 
-PARSED_KEY = "import_parsed"
+PARSED_KEY = "import_parsed"  # what the page shows of the chosen file, not the file or its parsed rows
 IMPORTED_KEY = "import_done"
 IMPORTING_KEY = "import_running"
+PROBLEMS_LISTED = 1000
 KNOWN_WINNER = {
     "judgment": "store as imported judgments",
     "gold": "make the pairs gold (known answer)",
@@ -39,35 +40,51 @@ if upload is None:
     st.session_state.pop(IMPORTING_KEY, None)  # choosing the file again retries an import that never finished
     st.stop()
 
-data = upload.getvalue()
-digest = hashlib.sha256(data).hexdigest()
-cached = st.session_state.get(PARSED_KEY)
-if cached is None or cached[0] != digest:
-    try:
-        parsed = ingest.parse_file(data, filename=upload.name, max_text_chars=settings.max_text_chars,
-                                   max_bytes=settings.max_upload_mb * 2**20)
-    except ImportValidationError as exc:
-        st.error(safe_markdown(str(exc)))
-        if exc.problems:
-            st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems], hide_index=True)
-        st.stop()
-    except PrefloopError as exc:
-        st.error(safe_markdown(str(exc)))
-        st.stop()
-    st.session_state[PARSED_KEY] = cached = (digest, parsed)
-parsed = cached[1]
+
+def summarise(data: bytes, digest: str) -> dict:
+    """What the page needs of a file until Import is pressed. The parsed file (every comparison's texts,
+    several times the file's size) is dropped: Import reads the upload again."""
+    parsed = ingest.parse_file(data, filename=upload.name, max_text_chars=settings.max_text_chars,
+                               max_bytes=settings.max_upload_mb * 2**20)
+    return {"digest": digest, "format": parsed.format, "rows": parsed.rows, "comparisons": len(parsed.comparisons),
+            "known": sum(c.winner is not None for c in parsed.comparisons), "notes": parsed.notes,
+            "problems": len(parsed.problems), "problem_rows": parsed.problems[:PROBLEMS_LISTED],
+            "preview": parsed.preview(20)}
+
+
+# Streamlit keeps the upload while the widget holds it; the session keeps only this summary of it.
+summary = st.session_state.get(PARSED_KEY)
+if summary is None or summary["file_id"] != upload.file_id:
+    data = upload.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    if summary is None or summary["digest"] != digest:
+        try:
+            summary = summarise(data, digest)
+        except ImportValidationError as exc:
+            st.error(safe_markdown(str(exc)))
+            if exc.problems:
+                st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems],
+                             hide_index=True)
+            st.stop()
+        except PrefloopError as exc:
+            st.error(safe_markdown(str(exc)))
+            st.stop()
+    st.session_state[PARSED_KEY] = summary = {**summary, "file_id": upload.file_id}
+digest = summary["digest"]
 
 st.subheader("Preview")
-st.write(f"Format **{parsed.format}** · {ingest.counted(parsed.rows, 'row')} · "
-         f"{ingest.counted(len(parsed.comparisons), 'comparison')}")
-for note in parsed.notes:
+st.write(f"Format **{summary['format']}** · {ingest.counted(summary['rows'], 'row')} · "
+         f"{ingest.counted(summary['comparisons'], 'comparison')}")
+for note in summary["notes"]:
     st.info(safe_markdown(note))
-if parsed.problems:
-    st.error(f"{ingest.counted(len(parsed.problems), 'problem')} found; nothing can be imported until the file "
+if summary["problems"]:
+    st.error(f"{ingest.counted(summary['problems'], 'problem')} found; nothing can be imported until the file "
              "is fixed.")
-    st.dataframe([{"line": line, "problem": reason} for line, reason in parsed.problems],
+    if summary["problems"] > PROBLEMS_LISTED:
+        st.caption(f"The first {PROBLEMS_LISTED:,} are listed.")
+    st.dataframe([{"line": line, "problem": reason} for line, reason in summary["problem_rows"]],
                  hide_index=True)
-st.dataframe(parsed.preview(20), hide_index=True)
+st.dataframe(summary["preview"], hide_index=True)
 
 st.subheader("Options")
 with db.read() as session:
@@ -96,15 +113,15 @@ if importing and done is None:
         st.session_state[IMPORTED_KEY] = (digest, done)
         st.session_state.pop(IMPORTING_KEY, None)
         importing = False
-n_known = sum(c.winner is not None for c in parsed.comparisons)
+n_known = summary["known"]
 if done is None and n_known and known_winner == "judgment" and overlap <= 1:
     # An imported judgment counts towards overlap: without this note the queue silently stays as it was.
-    st.info(f"{n_known:,} of the {len(parsed.comparisons):,} comparisons have a known winner. Stored as an imported "
+    st.info(f"{n_known:,} of the {summary['comparisons']:,} comparisons have a known winner. Stored as an imported "
             "judgment, it meets overlap 1, so annotators will not see those pairs. To have them judged, choose "
             "*ignore them* or *make the pairs gold*, or raise the overlap, before importing: importing the same "
             "pairs again adds nothing.", icon=":material/info:")
 
-pressed = st.button("Import", type="primary", disabled=bool(parsed.problems) or done is not None or importing,
+pressed = st.button("Import", type="primary", disabled=bool(summary["problems"]) or done is not None or importing,
                     key="import_go", icon=":material/upload:")
 if done is not None:
     st.success(done, icon=":material/check:")
@@ -118,7 +135,7 @@ elif pressed:
     st.session_state[IMPORTING_KEY] = (digest, utcnow())
     try:
         with st.spinner("Importing..."), db.begin() as session:
-            report = ingest.import_file(session, settings, data, filename=upload.name, actor=actor,
+            report = ingest.import_file(session, settings, upload.getvalue(), filename=upload.name, actor=actor,
                                         source_tag=source_tag.strip() or None, known_winner=known_winner,
                                         overlap=int(overlap))
         st.session_state[IMPORTED_KEY] = (digest, safe_markdown(report.summary()))
