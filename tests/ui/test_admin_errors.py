@@ -543,6 +543,7 @@ def test_versions_table_says_first_which_version_was_refused_and_why(app_db, peo
     """The gate's reason was the 15th column, out of sight: a refused version read as an unticked box,
     and metrics showed every digit (log loss 0.000000000000000406)."""
     refused = "held-out accuracy 0.9120 is worse than the active model's 1.0000 by more than 0.01"
+    shown = refused.replace("the active model", "the then-active v1")  # the version it was compared with
     with app_db.begin() as s:
         s.add(ModelVersion(artifact_path="/m1", encoder_id="enc", is_active=True, promoted=True, n_train=60,
                            n_test=40, promoted_at=utcnow(), metrics={"accuracy": 1.0, "log_loss": 4.06e-16, "gate": "first model"}))
@@ -551,5 +552,5 @@ def test_versions_table_says_first_which_version_was_refused_and_why(app_db, peo
     at = _open(people[1], "models.py")
     frame = at.dataframe[0].value  # Versions comes before Training runs
     assert list(frame.columns[:3]) == ["version", "status", "why"]
-    assert frame[["status", "why"]].values.tolist() == [["refused", refused], ["active", "first model"]]
+    assert frame[["status", "why"]].values.tolist() == [["refused", shown], ["active", "first model"]]
     assert frame["accuracy"].tolist() == [0.912, 1.0] and frame["log_loss"].tolist() == [0.333, 0.0]

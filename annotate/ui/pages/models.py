@@ -6,6 +6,8 @@ Retraining runs in its own process (``prefloop retrain --once --force``): the
 web server never trains, and the retrain lock keeps one run at a time.
 """
 
+import re
+
 import streamlit as st
 from sqlalchemy.exc import OperationalError
 
@@ -27,6 +29,27 @@ with context.stop_on_errors():
     with db.read() as session:
         board = scoring.dashboard(session, actor=actor)
 
+# The gate's reason (annotate/retrain.py) calls the model it was compared with "active", which on the
+# version now active read as a comparison with itself ("vs active 0.7345").
+_ACTIVE_THEN = re.compile(r"\bthe active model\b|(?<=vs )active\b|(?<=\()active\b")
+
+
+def _then_active(version: dict, versions: list[dict]) -> str:
+    """The version that was active when ``version`` was gated: only a new version is ever promoted, so it is
+    the last promoted one before it (one the table lists; else "model")."""
+    earlier = [v["id"] for v in versions if v["promoted"] and v["id"] < version["id"]]
+    return f"v{max(earlier)}" if earlier else "model"
+
+
+def _gate(version: dict, versions: list[dict]) -> str | None:
+    """The gate's reason, naming the then-active version it compared ``version`` with."""
+    gate = version["gate"]
+    if not gate:
+        return gate
+    name = _then_active(version, versions)
+    return _ACTIVE_THEN.sub(lambda m: f"the then-active {name}" if m.group().startswith("the")
+                            else f"then-active {name}", gate)
+
 st.title("Reward model")
 active = board["active"]
 if active is None:
@@ -40,14 +63,13 @@ else:
                        ("Ensemble spread", "ensemble_prob_std")]:
         value = active[key]
         row.metric(label, "—" if value is None else f"{value:.3f}")
-    gate = active["gate"] or ""  # the gate's reason starts in lower case ("first model", "only 26 decisive ...")
+    gate = _gate(active, board["versions"]) or ""  # starts in lower case ("first model", "only 26 decisive ...")
     st.caption(f"Trained on {active['n_train']} judgments, tested on {active['n_test']} held-out ones; "
                f"promoted {active['promoted_at']:%Y-%m-%d %H:%M} UTC. {gate[:1].upper()}{gate[1:]}")
     if (active["n_test"] or 0) < retrain.MIN_HELD_OUT_PAIRS:
         st.warning(f"Tested on only {active['n_test'] or 0} held-out judgments (fewer than "
                    f"{retrain.MIN_HELD_OUT_PAIRS}): these figures are noise until more labels arrive.",
                    icon=":material/warning:")
-
 
 
 def _status(version: dict) -> str:
@@ -59,7 +81,7 @@ def _status(version: dict) -> str:
 def _version_rows(versions: list[dict]) -> list[dict]:
     """One row per version: what became of it and why first (the promotion gate's reason sat past
     a dozen columns, out of sight), metrics at 3 decimals (they showed 0.000000000000000406)."""
-    return [{"version": v["id"], "status": _status(v), "why": v["gate"], "created_at": v["created_at"],
+    return [{"version": v["id"], "status": _status(v), "why": _gate(v, versions), "created_at": v["created_at"],
              "n_train": v["n_train"], "n_test": v["n_test"],
              **{key: None if v[key] is None else round(v[key], 3)
                 for key in ("accuracy", "log_loss", "ece", "length_baseline", "reward_length_spearman",

@@ -1,0 +1,45 @@
+"""AppTest: the Reward model page names the version each one was compared with."""
+
+from __future__ import annotations
+
+from annotate import retrain
+from annotate.models import ModelVersion, utcnow
+from tests.ui.conftest import open_page
+
+
+def _gate(new: float, active: float | None) -> str:
+    return retrain.promotion_decision(new, active, 0.01, has_active=active is not None, n_held_out=500)[1]
+
+
+def test_the_gate_reason_names_the_then_active_version(app_db, people):
+    """The active version said 'held-out accuracy 0.7400 vs active 0.7345', as if compared with itself."""
+    gates = [(True, _gate(0.7345, None)), (False, _gate(0.60, 0.7345)), (True, _gate(0.74, 0.7345)),
+             (False, _gate(0.70, 0.74))]
+    with app_db.begin() as s:
+        for i, (promoted, gate) in enumerate(gates, start=1):
+            s.add(ModelVersion(artifact_path=f"/m{i}", encoder_id="enc", is_active=i == 3, promoted=promoted,
+                               promoted_at=utcnow() if promoted else None, n_train=60 + i, n_test=400,
+                               metrics={"accuracy": 0.7, "gate": gate}))
+    at = open_page(people[1], "models.py")
+    assert not at.exception, at.exception
+    assert any("Held-out accuracy 0.7400 vs then-active v1 0.7345 (tolerance 0.01)" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+    why = at.dataframe[0].value["why"].tolist()  # newest first
+    assert why == ["held-out accuracy 0.7000 is worse than the then-active v3's 0.7400 by more than 0.01",
+                   "held-out accuracy 0.7400 vs then-active v1 0.7345 (tolerance 0.01)",
+                   "held-out accuracy 0.6000 is worse than the then-active v1's 0.7345 by more than 0.01",
+                   "first model"], why
+
+
+def test_few_held_out_pairs_name_the_then_active_version_too(app_db, people):
+    few = retrain.promotion_decision(0.8, 0.7, 0.01, has_active=True, n_held_out=5, new_n_train=90,
+                                     active_n_train=60)[1]
+    with app_db.begin() as s:
+        s.add(ModelVersion(artifact_path="/m1", encoder_id="enc", is_active=False, promoted=True,
+                           promoted_at=utcnow(), n_train=60, n_test=5, metrics={"gate": "first model"}))
+        s.add(ModelVersion(artifact_path="/m2", encoder_id="enc", is_active=True, promoted=True,
+                           promoted_at=utcnow(), n_train=90, n_test=5, metrics={"gate": few}))
+    at = open_page(people[1], "models.py")
+    assert not at.exception, at.exception
+    [why, _] = at.dataframe[0].value["why"].tolist()
+    assert why.endswith("promoted the model trained on more labels (90 vs then-active v1 60)"), why
