@@ -39,9 +39,9 @@ def counts(env):
 def test_hh_import_then_reimport_adds_nothing(env, hh_path):
     first = run(env, "import", str(hh_path))
     assert first.returncode == 0, first.stderr
-    assert "added 2312 comparisons" in first.stdout
+    assert "added 2,312 comparisons" in first.stdout
     # The file's winners complete every pair at overlap 1: the import says annotators will not see them.
-    assert "2312 new comparisons already have the 1 judgment they need" in first.stdout
+    assert "2,312 new comparisons already have the 1 judgment they need" in first.stdout
     assert counts(env)["comparisons"] == 2312
     second = run(env, "import", str(hh_path))
     assert second.returncode == 0

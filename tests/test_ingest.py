@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import DataError
 
 from annotate import cli, ingest
 from annotate.accounts import Actor, create_user
@@ -31,9 +32,11 @@ from annotate.models import (
     ImportBatch,
     Judgment,
     JudgmentSource,
+    JudgmentState,
     Prompt,
     Response,
 )
+from annotate.settings import load_settings
 
 HH_DIVERGENT_LINES = (1255, 1689, 1951, 1953, 2037)
 TABLES = (Prompt, Response, Comparison, Judgment, ImportBatch, AuditEvent)
@@ -556,6 +559,91 @@ def test_import_uses_a_bounded_number_of_statements(db, settings):
     assert first < 60 and len(statements) < 60
 
 
+@pytest.fixture
+def pg_settings(tmp_path, pg_clean_url):
+    return load_settings(environ={}, data_dir=tmp_path / "data", database_url=pg_clean_url, env="test")
+
+
+@pytest.mark.postgres
+def test_postgresql_loads_rows_by_copy_not_long_insert_statements(pg_db, pg_settings):
+    """Multi-row INSERT ... VALUES statements of 2,000 rows each were about 40% of a large import's time on
+    PostgreSQL (building and parsing them); rows now go in by COPY, and every INSERT is short."""
+    inserts = []
+
+    def listener(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement)
+
+    event.listen(pg_db.engine, "before_cursor_execute", listener)
+    try:
+        report = run_import(pg_db, pg_settings, jsonl(*[pair(i, winner="a") for i in range(1500)]))
+    finally:
+        event.remove(pg_db.engine, "before_cursor_execute", listener)
+    assert (report.comparisons_added, report.judgments_added) == (1500, 1500)
+    assert inserts and max(len(statement) for statement in inserts) < 2000, max(map(len, inserts))
+
+
+@pytest.mark.postgres
+def test_a_driver_error_while_copying_is_sqlalchemys_and_writes_nothing(pg_db, pg_settings):
+    """The Import page catches SQLAlchemy's OperationalError (a lost connection: "not saved"); COPY runs on the
+    driver's own cursor, whose errors SQLAlchemy does not see. A NUL character, which PostgreSQL cannot store,
+    is such an error."""
+    with pytest.raises(DataError, match="NUL"):
+        run_import(pg_db, pg_settings, jsonl(pair(1), {"prompt": "p", "response_a": "a\u0000b", "response_b": "c"}))
+    with pg_db.read() as session:
+        assert set(counts(session).values()) == {0}
+
+
+def test_stored_rows_keep_every_character_and_store_sql_null_for_what_a_row_leaves_out(db, settings):
+    """What COPY writes on PostgreSQL is what an INSERT writes on SQLite: texts to the last character
+    (COPY's own escapes: tab, newlines, backslash, a literal \\N), SQL NULL (not JSON 'null') for a
+    missing prompt text, messages or metadata, and the Python-side defaults (n_chars, created_at, flags)."""
+    odd = "tab\there\nnew line\r\ncrlf \\ backslash \\N not null, \\. alone, caf\u00e9 \U0001f600 \u2028"
+    huge = odd + "x" * (settings.max_text_chars - len(odd))
+    chat = [{"role": "system", "content": odd}, {"role": "user", "content": "hi"}]
+    rows = [{"prompt": odd, "response_a": huge, "response_b": "b", "winner": "b", "metadata": {"k": [1, None]}},
+            {"prompt": chat, "response_a": "a", "response_b": odd, "generator_a": "g\t1", "id": "row\\2"}]
+    report = run_import(db, settings, jsonl(*rows))
+    assert (report.prompts_added, report.responses_added, report.comparisons_added) == (2, 4, 2)
+    P, R, C, J = Prompt.__table__, Response.__table__, Comparison.__table__, Judgment.__table__
+    with db.read() as session:
+        texts = dict(session.execute(select(R.c.text, R.c.n_chars)).all())
+        assert texts == {huge: len(huge), "b": 1, "a": 1, odd: len(odd)}
+        assert session.execute(select(P.c.text, P.c.messages).order_by(P.c.id)).all() == [(odd, None), (None, chat)]
+        nulls = lambda table, col: session.scalar(  # noqa: E731 - SQL NULL, which JSON 'null' is not
+            select(func.count()).select_from(table).where(table.c[col].is_(None)))
+        assert (nulls(P, "text"), nulls(P, "messages"), nulls(P, "metadata"), nulls(R, "metadata")) == (1, 1, 1, 4)
+        assert session.scalar(select(P.c["metadata"]).where(P.c.text == odd)) == {"k": [1, None]}
+        assert session.scalar(select(R.c.generator).where(R.c.generator.is_not(None))) == "g\t1"
+        assert session.scalar(select(C.c.external_id).where(C.c.external_id.is_not(None))) == "row\\2"
+        assert nulls(C, "gold_choice") == 2 and nulls(C, "created_at") == 0 and nulls(R, "created_at") == 0
+        judgment = session.scalar(select(Judgment))
+        assert (judgment.choice, judgment.source, judgment.state, judgment.flags) == (
+            Choice.b, JudgmentSource.imported, JudgmentState.active, [])
+        assert judgment.created_at.tzinfo is not None and nulls(J, "annotator_id") == 1
+
+
+def test_imports_of_many_batches_and_two_in_one_transaction(db, settings, monkeypatch):
+    """More rows than one batch (COPY's staging table is emptied between batches) and two imports in one
+    transaction (each makes and drops its own staging tables) add what is new once."""
+    monkeypatch.setattr(ingest, "_COPY_BATCH", 7)
+    monkeypatch.setattr(ingest, "_INSERT_BATCH", 7)
+    first = run_import(db, settings, jsonl(*[pair(i, winner="a") for i in range(30)]))
+    assert (first.prompts_added, first.responses_added, first.comparisons_added, first.judgments_added) == (
+        30, 60, 30, 30)
+    with db.begin() as session:
+        again = import_file(session, settings, jsonl(*[pair(i, winner="b") for i in range(25)]), system=True,
+                            overlap=3)
+        more = import_file(session, settings, jsonl(*[pair(i, winner="a") for i in range(20, 45)]), system=True)
+    assert (again.comparisons_added, again.comparisons_existing, again.judgments_added) == (0, 25, 25)
+    assert (more.comparisons_added, more.comparisons_existing, more.judgments_added) == (15, 10, 15)
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Comparison)) == 45
+        assert session.scalar(select(func.count()).select_from(Judgment)) == 70
+        assert session.scalar(select(func.sum(Comparison.judgment_count))) == 70
+        assert len(set(session.scalars(select(Comparison.id)))) == 45
+
+
 def test_csv_chosen_rejected_holds_hh_transcripts_or_message_lists():
     transcript = hh("\n\nHuman: hi", "hello", "go away")
     out = io.StringIO()
@@ -878,6 +966,19 @@ def test_a_row_refused_for_a_missing_field_names_the_misspelling(row, problem):
 
 
 # --------------------------------------------------------------------------- counts in words
+
+
+def test_summary_notes_and_problems_separate_thousands():
+    """A 200k-row import said "added 100000 comparisons (100000 already present)"."""
+    report = ImportReport(format="hh", rows=200_000, prompts_added=99_914, responses_added=200_000,
+                          comparisons_added=100_000, comparisons_existing=100_000, judgments_added=1_000,
+                          gold_added=0)
+    assert report.summary() == ("hh: 200,000 rows; added 100,000 comparisons (100,000 already present), "
+                                "99,914 prompts, 200,000 responses, 1,000 imported judgments, 0 gold pairs.")
+    [note] = parse_file(jsonl(*[pair(1)] * 1012), filename="d.jsonl").notes
+    assert note.startswith("1,011 duplicate comparisons (lines 2, 3,") and "(1,001 more)" in note
+    message = ingest.problems_message([(line, "bad") for line in range(1, 1222)])
+    assert message.startswith("1,221 problems; nothing was imported.") and message.endswith("... and 1,201 more")
 
 
 def test_summary_and_notes_say_1_row_not_1_rows(db, settings):
