@@ -191,6 +191,7 @@ class Snapshot:
     open_ia: np.ndarray
     open_ib: np.ndarray
     open_group: np.ndarray         # prompt id per open comparison
+    open_held_out: np.ndarray      # whether each open comparison's prompt is on the held-out side
     options: campaign.CampaignOptions
     active: dict | None            # id, artifact_path, encoder_id, metrics, n_train of the active version
 
@@ -210,6 +211,7 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
     """Read labels, open comparisons and texts (call inside one read transaction)."""
     from rm.data import outcome_code
     from rm.features import render_prompt
+    from rm.split import held_out_mask
 
     if session.bind.dialect.name == "postgresql":
         # Every statement below must see the same moment.
@@ -250,6 +252,11 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
             .where(Prompt.id.in_(select(Comparison.prompt_id).where(involved)))):
         rendered[pid] = ptext if ptext is not None else render_prompt(messages)
     resp_ids = np.fromiter((r[0] for r in resp), dtype=np.int64, count=len(resp))
+    # The side of each open pair's prompt, decided once per prompt (not per pair) by its content hash.
+    open_prompts = session.execute(select(Prompt.id, Prompt.content_hash).where(
+        Prompt.id.in_(select(Comparison.prompt_id).where(is_open))).order_by(Prompt.id)).all()
+    prompt_ids = np.fromiter((r[0] for r in open_prompts), dtype=np.int64, count=len(open_prompts))
+    prompt_held = held_out_mask([r[1] for r in open_prompts], TEST_FRACTION)
     return Snapshot(
         max_judgment_id=max_id,
         judgments_seen=seen,
@@ -268,6 +275,7 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
         open_ia=np.searchsorted(resp_ids, opn[:, 1]),
         open_ib=np.searchsorted(resp_ids, opn[:, 2]),
         open_group=opn[:, 3],
+        open_held_out=prompt_held[np.searchsorted(prompt_ids, opn[:, 3])] if len(opn) else np.zeros(0, bool),
         options=options,
         active=dict(active._mapping) if active is not None else None,
     )
@@ -351,9 +359,14 @@ class _RowFeatures:
         return np.asarray(self._features_of(uniq), dtype=np.float32)[inverse]
 
 
+HELD_OUT_STRATEGY = "random (held-out)"
+"""The provenance of a pair served for evaluation: held-out prompts' pairs are queued in random order."""
+
+
 def _priorities(probs: np.ndarray, *, ia: np.ndarray, ib: np.ndarray, groups: np.ndarray,
                 labelled: tuple | None, features_of, n_rows: int, dim: int, options,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+                rng: np.random.Generator, held_out: np.ndarray | None = None,
+                labelled_held_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str | np.ndarray]:
     """Acquisition ``(priority, score, strategy name)`` for the open pairs ``(ia, ib)``.
 
     ``features_of(rows)`` returns standardised features ``f / scale`` of response
@@ -362,7 +375,49 @@ def _priorities(probs: np.ndarray, *, ia: np.ndarray, ib: np.ndarray, groups: np
     ``rm.acquisition.queue_order``, the function the simulator uses too.
     Priorities are in (0, 1], distinct, higher first. Without ``rm.acquisition``:
     margin uncertainty (score = -|mean P - 0.5|).
+
+    ``held_out`` marks the open pairs whose prompt is on the held-out side. Their labels only
+    measure models, so the strategy orders the training side alone and the held-out pairs are
+    queued in random order, interleaved at their share of the pool: held-out labels are then a
+    random sample of held-out pairs, and the accuracy measured on them stands for all of them
+    (ordered by the strategy they were the clear pairs, about 7 points easier: bench/retrain_gate.py).
+    Their score is NaN and their strategy ``HELD_OUT_STRATEGY``; the strategy comes back as an
+    array, one name per pair, when any pair is held out. ``labelled_held_out`` marks the
+    labelled pairs on the held-out side: they trained nothing, so strategies do not count
+    them as covered.
     """
+    n = len(ia)
+    held = np.zeros(n, dtype=bool) if held_out is None else np.asarray(held_out, dtype=bool)
+    train = np.flatnonzero(~held)
+    if labelled is not None and labelled_held_out is not None:
+        keep = ~np.asarray(labelled_held_out, dtype=bool)
+        labelled = (labelled[0][keep], labelled[1][keep])
+    t_priority, t_score, name = _training_priorities(
+        probs[:, train], ia=ia[train], ib=ib[train], groups=np.asarray(groups)[train], labelled=labelled,
+        features_of=features_of, n_rows=n_rows, dim=dim, options=options, rng=rng)
+    if len(train) == n:
+        return t_priority, t_score, name
+    held_rows = np.flatnonzero(held)
+    by_strategy = train[np.argsort(-t_priority, kind="stable")]
+    at_random = held_rows[rng.permutation(len(held_rows))]
+    # Each side spread evenly over (0, 1) by its own rank, then merged: the held-out share of every
+    # stretch of the queue is its share of the pool.
+    place = np.concatenate([(np.arange(len(by_strategy)) + 0.5) / max(len(by_strategy), 1),
+                            (np.arange(len(at_random)) + 0.5) / len(at_random)])
+    order = np.concatenate([by_strategy, at_random])[np.argsort(place, kind="stable")]
+    priority = np.empty(n, dtype=np.float64)
+    priority[order] = 1.0 - np.arange(n) / n
+    score = np.full(n, np.nan)
+    score[train] = t_score
+    strategy = np.full(n, name, dtype=object)
+    strategy[held_rows] = HELD_OUT_STRATEGY
+    return priority, score, strategy
+
+
+def _training_priorities(probs: np.ndarray, *, ia: np.ndarray, ib: np.ndarray, groups: np.ndarray,
+                         labelled: tuple | None, features_of, n_rows: int, dim: int, options,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+    """:func:`_priorities` for pairs that are all on the training side."""
     try:
         from rm import acquisition
     except ImportError:
@@ -384,9 +439,10 @@ def _priorities(probs: np.ndarray, *, ia: np.ndarray, ib: np.ndarray, groups: np
 
 
 def write_priorities(session, comparison_ids: np.ndarray, p_a: np.ndarray, priority: np.ndarray | None,
-                     score: np.ndarray | None, *, strategy: str, model_version_id: int | None) -> int:
+                     score: np.ndarray | None, *, strategy: str | np.ndarray, model_version_id: int | None) -> int:
     """Bulk-write model scores (and priorities unless ``priority`` is None) for open comparisons.
 
+    ``strategy`` is one name for every row or one per row; a NaN score is stored as NULL.
     PostgreSQL: one ``UPDATE … FROM unnest(arrays)`` per 50k rows. SQLite: one
     ``executemany``. Rows no longer open are left alone. Returns rows updated.
     """
@@ -397,7 +453,11 @@ def write_priorities(session, comparison_ids: np.ndarray, p_a: np.ndarray, prior
     p_list = np.asarray(p_a, dtype=np.float64).tolist()
     keep_priority = priority is None
     pri = None if keep_priority else np.asarray(priority, dtype=np.float64).tolist()
-    sco = None if score is None else np.asarray(score, dtype=np.float64).tolist()
+    sco = None if score is None else [None if math.isnan(v) else v
+                                      for v in np.asarray(score, dtype=np.float64).tolist()]
+    names = [strategy] * n if isinstance(strategy, str) else [str(v) for v in strategy]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} strategy names for {n} comparisons")
     mv = None if keep_priority else model_version_id
     total = 0
     if session.bind.dialect.name == "postgresql":
@@ -405,15 +465,15 @@ def write_priorities(session, comparison_ids: np.ndarray, p_a: np.ndarray, prior
         set_score = "NULL" if sco is None else "v.score"
         stmt = text(
             f"UPDATE comparisons AS c SET {set_priority}priority_score = {set_score}, "
-            "priority_strategy = :strategy, priority_model_version_id = :mv, model_p_a = v.p "
+            "priority_strategy = v.strategy, priority_model_version_id = :mv, model_p_a = v.p "
             "FROM unnest(CAST(:ids AS bigint[]), CAST(:pri AS float8[]), CAST(:sco AS float8[]), "
-            "CAST(:p AS float8[])) AS v(id, priority, score, p) "
+            "CAST(:p AS float8[]), CAST(:strategy AS text[])) AS v(id, priority, score, p, strategy) "
             "WHERE c.id = v.id AND c.status = 'open'")
         zeros = [0.0] * min(n, _WRITE_CHUNK)
         for s in range(0, n, _WRITE_CHUNK):
             e = min(n, s + _WRITE_CHUNK)
             total += session.execute(stmt, {
-                "ids": ids[s:e], "p": p_list[s:e], "strategy": strategy, "mv": mv,
+                "ids": ids[s:e], "p": p_list[s:e], "strategy": names[s:e], "mv": mv,
                 "pri": zeros[:e - s] if keep_priority else pri[s:e],
                 "sco": sco[s:e] if sco is not None else zeros[:e - s]}).rowcount
         return total
@@ -425,7 +485,7 @@ def write_priorities(session, comparison_ids: np.ndarray, p_a: np.ndarray, prior
     stmt = (update(table).where(table.c.id == bindparam("v_id"), table.c.status == ComparisonStatus.open.value)
             .values(**values))
     rows = [{"v_id": ids[i], "v_p": p_list[i], "v_score": None if sco is None else sco[i],
-             "v_strategy": strategy, "v_mv": mv, **({} if keep_priority else {"v_priority": pri[i]})}
+             "v_strategy": names[i], "v_mv": mv, **({} if keep_priority else {"v_priority": pri[i]})}
             for i in range(n)]
     return session.connection().execute(stmt, rows).rowcount
 
@@ -821,8 +881,9 @@ class _Run:
                 return np.asarray(f, dtype=np.float32) * inv_scale
 
             priority, score, strategy = _priorities(
-                probs, ia=oia, ib=oib, groups=snap.open_group,
+                probs, ia=oia, ib=oib, groups=snap.open_group, held_out=snap.open_held_out,
                 labelled=(np.searchsorted(rows, snap.lab_ia), np.searchsorted(rows, snap.lab_ib)),
+                labelled_held_out=test_mask,
                 features_of=features_of, n_rows=len(rows), dim=len(inv_scale), options=snap.options,
                 rng=np.random.default_rng([settings.queue_seed, self.run_id]))
         del probs

@@ -3,13 +3,16 @@
 Replays a labelled file (HH-RLHF harmless by default) through the job's pieces: the split by
 prompt (``rm.split``, ``annotate.retrain.TEST_FRACTION``), training on the training side's labels
 (``rm.train``), the gate (``annotate.retrain.promotion_decision``, the default tolerance), and the
-queue order of the active model (``annotate.retrain._priorities``). Annotators label the top of
-the queue, both sides of the split, ``--every`` pairs between retrains, after a random cold start.
+queue order of the active model (``annotate.retrain._priorities``, which queues held-out prompts'
+pairs at random among the strategy's; ``--held-out-order strategy`` replays the job before that, which
+let the strategy order them too). Annotators label the top of the queue, both sides of the split,
+``--every`` pairs between retrains, after a random cold start.
 At every gate the new and the active model are also evaluated on *all* held-out pairs of the
 file, the population the labelled held-out pairs stand for. Figures are means over seeds with
 the standard error across seeds (gates of one seed share their held-out labels).
 
-    .venv/bin/python bench/retrain_gate.py [--strategy default --strategy random] [--seeds 30]
+    .venv/bin/python bench/retrain_gate.py [--strategy default --strategy random] [--seeds 30] \
+        [--held-out-order random --held-out-order strategy]
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from rm.train import TrainConfig, train_ensemble  # noqa: E402
 DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
 
 
-def replay(data, test, strategy: str, seed: int, *, every: int, budget: int, cold: int, tolerance: float):
+def replay(data, test, strategy: str, seed: int, *, every: int, budget: int, cold: int, tolerance: float,
+           held_out_order: str = "random"):
     """One seed: a dict per gate (labels, held-out labels, accuracy deltas, decision)."""
     n = len(data)
     pop = data.subset(test)
@@ -68,7 +72,8 @@ def replay(data, test, strategy: str, seed: int, *, every: int, budget: int, col
         priority, _, _ = retrain._priorities(
             probs, ia=data.ia[open_], ib=data.ib[open_], groups=groups[open_],
             labelled=(data.ia[lab], data.ib[lab]), features_of=lambda rows: data.feat[rows] * inv,
-            n_rows=len(data.feat), dim=data.feat.shape[1], options=opts, rng=np.random.default_rng([0, seed, run]))
+            n_rows=len(data.feat), dim=data.feat.shape[1], options=opts, rng=np.random.default_rng([0, seed, run]),
+            **({"held_out": test[open_], "labelled_held_out": test[lab]} if held_out_order == "random" else {}))
         labelled += list(open_[np.argsort(-priority)[:every]])
     return gates
 
@@ -88,18 +93,25 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=1024)
     ap.add_argument("--cold-start", type=int, default=64)
     ap.add_argument("--tolerance", type=float, default=0.01)
+    ap.add_argument("--held-out-order", choices=("random", "strategy"), action="append",
+                    help="how held-out prompts' pairs are queued: at random, as the job does since this option "
+                         "was added (default), or by the strategy like the others, as it did before; repeat to "
+                         "compare")
     args = ap.parse_args()
     data = load_dataset(args.data, embedder=make_embedder(args.cache_dir, None, 2)).pairs
     test = held_out_mask(data.group, retrain.TEST_FRACTION)
     print(f"{args.data.name}: {len(data)} pairs, {int(test.sum())} on held-out prompts; retrain every "
           f"{args.every} labels to {args.budget}, cold start {args.cold_start}, tolerance {args.tolerance}")
-    for strategy in args.strategy or ["default", "random"]:
+    runs = [(strategy, order) for strategy in args.strategy or ["default", "random"]
+            for order in args.held_out_order or ["random"]]
+    for strategy, order in runs:
         by_seed = [replay(data, test, strategy, s, every=args.every, budget=args.budget, cold=args.cold_start,
-                          tolerance=args.tolerance) for s in range(args.seeds)]
+                          tolerance=args.tolerance, held_out_order=order) for s in range(args.seeds)]
         gates = [g for seed in by_seed for g in seed]
         worse = [g for g in gates if g["d_pop"] < -args.tolerance]
         fine = [g for g in gates if g["d_pop"] >= -args.tolerance]
-        print(f"{strategy}: {args.seeds} seeds, {len(gates)} gates, median "
+        print(f"{strategy}, held-out pairs queued {'at random' if order == 'random' else 'by the strategy'}: "
+              f"{args.seeds} seeds, {len(gates)} gates, median "
               f"{np.median([g['held_out'] for g in gates]):.0f} labelled held-out pairs per gate")
         print("  active model's accuracy, labelled held-out minus all held-out:",
               _per_seed(by_seed, lambda g: g["act_te"] - g["act_pop"]))
@@ -113,6 +125,9 @@ def main() -> None:
               _per_seed(by_seed, lambda g: 0.0 if g["promote"] else -g["d_pop"]),
               "; at the last gate:", _per_seed([seed[-1:] for seed in by_seed],
                                                lambda g: 0.0 if g["promote"] else -g["d_pop"]))
+        after = lambda g: g["act_pop"] + (g["d_pop"] if g["promote"] else 0.0)  # noqa: E731
+        print("  all-held-out accuracy of the model active after the gate, mean over gates:",
+              _per_seed(by_seed, after), "; at the last gate:", _per_seed([seed[-1:] for seed in by_seed], after))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,17 @@ def _open_state(session):
     return {r[0]: r[1:] for r in rows}
 
 
+def _held_out(session, ids) -> np.ndarray:
+    """Whether each comparison's prompt is on the retraining job's held-out side."""
+    from annotate.models import Prompt
+    from rm.split import held_out_mask
+
+    hashes = dict(session.execute(select(Comparison.id, Prompt.content_hash)
+                                  .join(Prompt, Prompt.id == Comparison.prompt_id)
+                                  .where(Comparison.id.in_([int(i) for i in ids]))).all())
+    return held_out_mask([hashes[int(i)] for i in ids], retrain.TEST_FRACTION)
+
+
 def _p_careful_wins(state, session) -> np.ndarray:
     """The model's P(careful answer wins) for each open pair (A is careful for even prompts)."""
     from annotate.models import Response
@@ -89,14 +100,26 @@ def test_judgments_drive_the_next_priorities_and_the_served_order(db, loop_setti
         after1 = _open_state(s)
         # The model learned what the annotators said: the careful answer wins on pairs nobody judged.
         assert np.mean(_p_careful_wins(after1, s) > 0.5) > 0.9
+        ids = np.array(list(after1))
+        held_out = _held_out(s, ids)
     assert set(after1) == set(before) - set(first)
-    assert all(v[2] == "margin" and v[3] == v1 for v in after1.values())
-    # Margin: the pair whose P(A wins) is closest to 1/2 comes first (one pair per prompt, so no cap).
-    ids = np.array(list(after1))
+    assert 0 < held_out.sum() < len(ids)
+    assert all(v[3] == v1 for v in after1.values())
+    # Training-side pairs are ordered by the strategy; held-out prompts' pairs, whose labels only
+    # measure models, in random order (no score), so held-out accuracy stands for all of them.
+    assert [after1[i][2] for i in ids] == [retrain.HELD_OUT_STRATEGY if h else "margin" for h in held_out]
+    assert all((after1[i][1] is None) == h for i, h in zip(ids, held_out))
     priority = np.array([after1[i][0] for i in ids])
-    closeness = np.array([abs(after1[i][4] - 0.5) for i in ids])
-    assert np.array_equal(ids[np.argsort(-priority)][:8], ids[np.argsort(closeness, kind="stable")][:8])
+    # Margin: the training pair whose P(A wins) is closest to 1/2 comes first (one pair per prompt, so no cap).
+    train = ids[~held_out]
+    closeness = np.array([abs(after1[i][4] - 0.5) for i in train])
+    train_priority = np.array([after1[i][0] for i in train])
+    assert np.array_equal(train[np.argsort(-train_priority)][:8], train[np.argsort(closeness, kind="stable")][:8])
     assert not np.array_equal(np.argsort(-priority), np.argsort([-before[i][0] for i in ids]))
+    # The two sides are interleaved at their share of the pool all along the queue.
+    share = held_out.mean()
+    served_held = np.cumsum(held_out[np.argsort(-priority)])
+    assert np.all(np.abs(served_held - share * np.arange(1, len(ids) + 1)) <= 1)
 
     # A pair on screen during the retrain stays on screen; the next claim follows the new order.
     with db.begin() as s:
@@ -116,8 +139,11 @@ def test_judgments_drive_the_next_priorities_and_the_served_order(db, loop_setti
     with db.read() as s:
         j = s.scalars(select(Judgment).where(Judgment.comparison_id == second[0])).one()
         # Provenance: the model version, strategy and score that put the pair in front of the annotator.
-        assert (j.model_version_id, j.acquisition_strategy) == (v1, "margin")
-        assert j.acquisition_score == pytest.approx(after1[second[0]][1])
+        assert (j.model_version_id, j.acquisition_strategy) == (v1, after1[second[0]][2])
+        if after1[second[0]][1] is None:
+            assert j.acquisition_score is None
+        else:
+            assert j.acquisition_score == pytest.approx(after1[second[0]][1])
     # The first pairs served in round 2 are round 1's top priorities, in order.
     assert second[:4] == [int(i) for i in ids[np.argsort(-priority)] if int(i) != held.comparison_id][:4]
     r2 = retrain.run_once(settings, db=db)

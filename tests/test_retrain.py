@@ -30,6 +30,7 @@ from annotate.models import (
     Response,
     TrainingRun,
 )
+from rm import acquisition
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -223,6 +224,37 @@ def test_strategies_that_score_with_features_get_them(name):
     assert not np.allclose(score, p * (1 - p))
 
 
+def test_held_out_pairs_are_queued_at_random_among_the_strategys():
+    """Held-out prompts' pairs only measure models: the strategy must not pick which of them get labels."""
+    from annotate.campaign import CampaignOptions
+
+    n, members = 200, 3
+    held = np.arange(n) % 4 == 0  # a quarter of the pool
+    # Margin's favourites (P(A) = 1/2) are all held out; the training pairs are all confident.
+    p = np.where(held, 0.5, np.linspace(0.9, 0.99, n))[None, :].repeat(members, axis=0)
+    options = CampaignOptions(overlap=1, max_overlap=3, gold_rate=0, probe_rate=0, strategy="margin", batch_size=8,
+                              cold_start=0, retrain_every_labels=1, retrain_every_minutes=1, target_judgments=0,
+                              guidelines="")
+
+    def order(seed):
+        priority, score, strategy = retrain._priorities(
+            p, ia=np.arange(n), ib=np.arange(n, 2 * n), groups=np.arange(n), labelled=None,
+            features_of=lambda rows: np.zeros((len(rows), 4), np.float32), n_rows=2 * n, dim=4,
+            options=options, rng=np.random.default_rng(seed), held_out=held)
+        return np.argsort(-priority), score, strategy
+
+    served, score, strategy = order(0)
+    assert list(strategy[held]) == [retrain.HELD_OUT_STRATEGY] * held.sum()
+    assert set(strategy[~held]) == {"margin"} and np.isnan(score[held]).all() and not np.isnan(score[~held]).any()
+    # Every stretch of the queue holds the held-out share of the pool, not margin's favourites first.
+    assert np.all(np.abs(np.cumsum(held[served]) - held.mean() * np.arange(1, n + 1)) <= 1)
+    # The training side follows the strategy: the least confident first.
+    train_served = served[~held[served]]
+    assert np.array_equal(train_served, np.flatnonzero(~held)[np.argsort(p[0, ~held], kind="stable")])
+    # The held-out side is a fresh random order each run.
+    assert not np.array_equal(served[held[served]], order(1)[0][held[order(1)[0]]])
+
+
 # --------------------------------------------------------------------------- service, both backends
 
 
@@ -272,10 +304,18 @@ def test_first_run_trains_promotes_and_writes_priorities(db, rt_settings):
         assert version.n_train + version.n_test == 80 and version.n_test > 0
         assert retrain.artifact_location(rt_settings, version.artifact_path).is_dir()
         after = priorities_state(s)
+        hash_of = dict(s.execute(select(Comparison.id, Prompt.content_hash).join(Prompt)).all())
+    sides = {held_out(hash_of[cid]) for cid in open_ids}
+    assert sides == {True, False}
     for cid in open_ids:
         priority, score, strategy, mv, p_a = after[cid]
-        assert mv == version.id and strategy and p_a is not None and score is not None
+        assert mv == version.id and p_a is not None
         assert 0.0 <= p_a <= 1.0
+        # Held-out prompts' pairs are queued at random (their labels measure models), the rest by the strategy.
+        if held_out(hash_of[cid]):
+            assert strategy == retrain.HELD_OUT_STRATEGY and score is None
+        else:
+            assert strategy == str(acquisition.get_strategy("default")) and score is not None
     for cid in judged:  # complete comparisons are not rescored
         assert after[cid] == before[cid]
     # The model learnt which response is good: P(A) follows where the good one is.
@@ -426,8 +466,10 @@ def test_saved_strategy_and_batch_size_order_the_queue(db, rt_settings):
     assert rt_settings.strategy == "default" and rt_settings.batch_size == 32
     with db.begin() as s:
         add_pairs(s, 0, 60, judged=True)
-        others = add_pairs(s, 1000, 5, judged=False)
+        # On the training side: held-out prompts' pairs are queued at random, whatever the strategy.
+        others = add_pairs(s, 1000, 5, judged=False, where=lambda h: not held_out(h))
         lookalikes = add_lookalike_prompt(s, 3000)
+    assert not held_out(_h("lookalike", 3000))
 
     def served_order(s):
         state = priorities_state(s)
