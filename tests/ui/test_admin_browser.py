@@ -16,10 +16,13 @@ from tests.ui.test_e2e_browser import PASSWORD, TIMEOUT_MS, _launch, _log_in, _s
 
 pytestmark = pytest.mark.browser
 
-# Metric labels and values that show an ellipsis instead of their whole text.
-_CUT_METRICS_JS = """() => [...document.querySelectorAll(
-        'main :is([data-testid=stMetricLabel], [data-testid=stMetricValue]) *')]
-    .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)"""
+# Text on the page that shows an ellipsis instead of all of it: metric labels and values, widget and button
+# labels (the hidden inputs of date pickers and uploaders overflow too, with no text).
+_CUT_TEXT_JS = """() => [...document.querySelectorAll('main *')]
+    .filter(e => (getComputedStyle(e).textOverflow === 'ellipsis'
+                  || e.closest('[data-testid=stMetricLabel], [data-testid=stMetricValue]'))
+                 && e.scrollWidth > e.clientWidth + 1 && e.innerText.trim())
+    .map(e => e.innerText)"""
 
 
 @pytest.fixture
@@ -38,9 +41,11 @@ def console(tmp_path):
         yield base
 
 
-def test_console_figures_are_never_cut_off_at_1280_or_800_px(console):
+def test_console_figures_and_labels_are_never_cut_off_at_1280_or_800_px(console):
     """The metric rows were columns: at 800 px wide the overview showed "10…" for 100,023 prompts
-    and at 1280 px "Median time per judgment" lost its end. They wrap onto more lines instead."""
+    and at 1280 px "Median time per judgment" lost its end. They wrap onto more lines instead.
+    At 800 px the Annotators page cut "Krippendorff's α (ordinal)" to "Krippe…", and the Export page
+    its longer checkbox labels and "Judgments Parquet (datasets)"."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=TIMEOUT_MS)
@@ -53,13 +58,14 @@ def test_console_figures_are_never_cut_off_at_1280_or_800_px(console):
             page.goto(console)
             _log_in(page, "root")
             expect(page.get_by_role("heading", name="Campaign overview")).to_be_visible()
-            for name in ("Overview", "Model health", "Reward model"):
+            for name, ready in (("Overview", "stMetric"), ("Model health", "stMetric"), ("Reward model", "stMetric"),
+                                ("Annotators", "stMetric"), ("Export", "stDownloadButton")):
                 page.get_by_role("link", name=name, exact=True).click()
-                expect(page.get_by_test_id("stMetric").first).to_be_visible()
+                expect(page.get_by_test_id(ready).first).to_be_visible()
                 for width in (1280, 800):
                     page.set_viewport_size({"width": width, "height": 1000})
                     _settle(page)
-                    cut[name, width] = page.evaluate(_CUT_METRICS_JS)
+                    cut[name, width] = page.evaluate(_CUT_TEXT_JS)
                     assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth"), (name, width)
                 page.set_viewport_size({"width": 1280, "height": 1000})
         finally:

@@ -40,12 +40,16 @@ with st.expander("Filters", expanded=True, icon=":material/filter_alt:"):
     tags_text = c2.text_input("Source tags (comma-separated; empty: all)", key="export_tags")
     min_agreement = c1.slider("Minimum agreement (majority share of votes)", 0.0, 1.0, 0.0, 0.05,
                               key="export_min_agreement")
+    # Short labels, the rest in help: a checkbox's label is cut off ("Add a margin column from st…") where
+    # the column is narrow (half of an 800 px window), not wrapped.
     with c2:
-        include_ties = st.checkbox("Include ties (adds is_tie)", key="export_ties")
-        include_both_bad = st.checkbox("Include both-bad (adds is_both_bad)", key="export_both_bad")
+        include_ties = st.checkbox("Include ties", key="export_ties", help="Adds an is_tie column.")
+        include_both_bad = st.checkbox("Include both-bad", key="export_both_bad",
+                                       help="Adds an is_both_bad column.")
         exclude_gold = st.checkbox("Exclude gold pairs", key="export_no_gold")
         include_imported = st.checkbox("Count imported judgments", value=True, key="export_imported")
-        margin = st.checkbox("Add a margin column from strength (preferences)", key="export_margin")
+        margin = st.checkbox("Add a margin column", key="export_margin",
+                             help="Preferences only: the mean strength of the winning votes.")
 
 
 def _instant(day):
@@ -79,22 +83,24 @@ def _judgments(fmt: str):
 stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
 st.subheader("Preferences for TRL")
 st.caption("One row per comparison with a majority winner: prompt, chosen, rejected (chat prompts as messages).")
-p1, p2 = st.columns(2)
-p1.download_button("TRL JSONL", _preferences("jsonl"), file_name=f"preferences-{stamp}.jsonl",
-                   mime="application/jsonl", key="dl_pref_jsonl", icon=":material/download:", on_click="ignore")
-p2.download_button("Parquet (datasets)", _preferences("parquet"), file_name=f"preferences-{stamp}.parquet",
-                   mime="application/vnd.apache.parquet", key="dl_pref_parquet", icon=":material/download:",
-                   on_click="ignore")
+# Buttons as wide as their labels, on more lines where the window is narrow: in equal columns
+# "Judgments Parquet (datasets)" was cut off at 800 px.
+row = st.container(horizontal=True)
+row.download_button("TRL JSONL", _preferences("jsonl"), file_name=f"preferences-{stamp}.jsonl",
+                    mime="application/jsonl", key="dl_pref_jsonl", icon=":material/download:", on_click="ignore")
+row.download_button("Parquet (datasets)", _preferences("parquet"), file_name=f"preferences-{stamp}.parquet",
+                    mime="application/vnd.apache.parquet", key="dl_pref_parquet", icon=":material/download:",
+                    on_click="ignore")
 
 st.subheader("Raw judgments")
 st.caption("Every judgment with its annotator, canonical and shown choice, side, timing and state "
            "(retracted and superseded rows included).")
-j1, j2, j3 = st.columns(3)
-j1.download_button("Judgments CSV", _judgments("csv"), file_name=f"judgments-{stamp}.csv", mime="text/csv",
-                   key="dl_judgments_csv", icon=":material/download:", on_click="ignore")
-j2.download_button("Judgments JSONL", _judgments("jsonl"), file_name=f"judgments-{stamp}.jsonl",
-                   mime="application/jsonl", key="dl_judgments_jsonl", icon=":material/download:",
-                   on_click="ignore")
-j3.download_button("Judgments Parquet (datasets)", _judgments("parquet"), file_name=f"judgments-{stamp}.parquet",
-                   mime="application/vnd.apache.parquet", key="dl_judgments_parquet", icon=":material/download:",
-                   on_click="ignore")
+row = st.container(horizontal=True)
+row.download_button("Judgments CSV", _judgments("csv"), file_name=f"judgments-{stamp}.csv", mime="text/csv",
+                    key="dl_judgments_csv", icon=":material/download:", on_click="ignore")
+row.download_button("Judgments JSONL", _judgments("jsonl"), file_name=f"judgments-{stamp}.jsonl",
+                    mime="application/jsonl", key="dl_judgments_jsonl", icon=":material/download:",
+                    on_click="ignore")
+row.download_button("Judgments Parquet (datasets)", _judgments("parquet"), file_name=f"judgments-{stamp}.parquet",
+                    mime="application/vnd.apache.parquet", key="dl_judgments_parquet", icon=":material/download:",
+                    on_click="ignore")

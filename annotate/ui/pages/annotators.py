@@ -56,13 +56,13 @@ def _interval(low, high) -> str | None:
 
 
 overall = report.overall
-row = st.columns(5)
-row[0].metric("Annotators", len(report.annotators))
-row[1].metric("Flagged", len(report.flagged))
-row[2].metric("Krippendorff's α (ordinal)", _fmt(report.alpha_ordinal),
-              help="Ties as the middle category a < tie < b; both-bad counted as missing.")
-row[3].metric("Krippendorff's α (nominal)", _fmt(report.alpha_nominal), help="All four choices as categories.")
-row[4].metric("Gold accuracy (all)", _fmt(overall.gold_accuracy, ".0%"), help=f"{overall.n_gold} gold judgments")
+row = context.metric_row()
+row.metric("Annotators", len(report.annotators))
+row.metric("Flagged", len(report.flagged))
+row.metric("Krippendorff's α (ordinal)", _fmt(report.alpha_ordinal),
+           help="Ties as the middle category a < tie < b; both-bad counted as missing.")
+row.metric("Krippendorff's α (nominal)", _fmt(report.alpha_nominal), help="All four choices as categories.")
+row.metric("Gold accuracy (all)", _fmt(overall.gold_accuracy, ".0%"), help=f"{overall.n_gold} gold judgments")
 
 if not report.annotators:
     st.info("No judgments in this period.")
