@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import case, func, literal, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from annotate.errors import AuthError, NotFound, PermissionDenied, PrefloopError
@@ -106,19 +107,38 @@ def create_user(session: Session, username: str, password: str, role: Role | str
     if not system:
         require_admin(session, actor)
     username = username.strip()
-    if not username or len(username) > 64 or not username.replace("_", "").replace("-", "").replace(".", "").isalnum():
-        raise PrefloopError("usernames are 1-64 letters, digits, '.', '_' or '-'")
-    # Names that differ only in case ("carol", "Carol") would be two accounts that people, the
-    # audit log and the annotator table cannot tell apart: refuse the second.
+    # ASCII only: lower() is then the same in Python, SQLite (which folds only ASCII) and PostgreSQL,
+    # so uq_users_username_lower refuses what the check below refuses; and no "саrol" in Cyrillic
+    # looks like "carol".
+    if (not username or len(username) > 64 or not username.isascii()
+            or not username.replace("_", "").replace("-", "").replace(".", "").isalnum()):
+        raise PrefloopError("usernames are 1-64 ASCII letters, digits, '.', '_' or '-'")
+    _refuse_taken(session, username)
+    user = User(username=username, password_hash=hash_password(password), role=Role(role))
+    try:
+        # A savepoint, so the caller's unit of work survives a refused name.
+        with session.begin_nested():
+            session.add(user)
+    except IntegrityError:
+        # Created by someone else since the check above (uq_users_username_lower): their
+        # transaction committed while this one ran, so the check now sees the name.
+        _refuse_taken(session, username)
+        raise
+    audit(session, actor, "user.create", username=username, role=Role(role).value)
+    return user
+
+
+def _refuse_taken(session: Session, username: str) -> None:
+    """Raise if ``username`` is taken, also by a name that differs only in case.
+
+    "carol" beside "Carol" would be two accounts that people, the audit log and the
+    annotator table cannot tell apart. The database refuses them too
+    (``uq_users_username_lower``); this says which name is in the way.
+    """
     existing = session.scalar(select(User.username).where(func.lower(User.username) == username.lower()))
     if existing is not None:
         raise PrefloopError(f"user {existing!r} already exists" if existing == username else
                             f"user {existing!r} already exists; names differ by more than case")
-    user = User(username=username, password_hash=hash_password(password), role=Role(role))
-    session.add(user)
-    session.flush()
-    audit(session, actor, "user.create", username=username, role=Role(role).value)
-    return user
 
 
 def _get_user(session: Session, username: str) -> User:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.types import TypeDecorator
@@ -110,6 +111,11 @@ class JudgmentSource(str, enum.Enum):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (
+        # "carol" and "Carol" would be two accounts no one can tell apart (in the audit log, the
+        # annotator table): the database refuses the second, even when two are created at once.
+        Index("uq_users_username_lower", func.lower(text("username")), unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)

@@ -107,6 +107,102 @@ def test_a_username_that_differs_only_in_case_is_refused(db, settings):
         assert sorted(s.scalars(select(User.username))) == ["Carol", "boss", "carol2"]
 
 
+def test_usernames_are_ascii(db, settings):
+    """SQLite's lower() folds ASCII only: 'Émile' beside 'émile' got past the case check there, and a
+    Cyrillic 'с' makes a 'саrol' that reads as 'carol'."""
+    with db.begin() as s:
+        for name in ("Émile", "саrol"):
+            with pytest.raises(PrefloopError, match="ASCII letters"):
+                accounts.create_user(s, name, "password-123", "annotator", system=True)
+
+
+def _create_case_twins_at_once(dbs) -> tuple[list[str], list[str]]:
+    """Each of ``dbs`` (one engine each, like two app processes) creates "carol"/"Carol" at the same instant."""
+    import threading
+
+    start = threading.Barrier(len(dbs))
+    created, refused = [], []
+
+    def create(db, name):
+        start.wait()
+        try:
+            with db.begin() as s:
+                accounts.create_user(s, name, "password-123", "annotator", system=True)
+            created.append(name)
+        except PrefloopError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=create, args=(db, name)) for db, name in zip(dbs, ("carol", "Carol"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return created, refused
+
+
+def test_case_twins_created_at_once_make_one_account(db, settings):
+    """The check before the insert read nothing the other creation had not committed yet. (On SQLite
+    BEGIN IMMEDIATE already serializes the two; on PostgreSQL only the unique index does.)"""
+    from annotate.db import Database, create_db_engine
+
+    other = Database(create_db_engine(db.engine.url.render_as_string(hide_password=False)))
+    try:
+        created, refused = _create_case_twins_at_once([db, other])
+    finally:
+        other.dispose()
+    assert len(created) == 1 and len(refused) == 1, (created, refused)
+    assert refused[0].startswith(f"user {created[0]!r} already exists")
+    with db.read() as s:
+        assert list(s.scalars(select(User.username))) == created
+
+
+@pytest.mark.postgres
+def test_a_case_twin_committed_during_the_check_is_refused_with_the_same_message(pg_db):
+    """The race made deterministic: "carol" is inserted but not committed when "Carol" is checked and
+    inserted. Before uq_users_username_lower both committed; with it, "Carol"'s insert waits for
+    "carol"'s transaction and then fails, which create_user reports like its own check, leaving the
+    caller's unit of work usable."""
+    import threading
+    import time
+
+    from annotate.db import Database, create_db_engine
+    from sqlalchemy import text
+
+    other = Database(create_db_engine(pg_db.engine.url.render_as_string(hide_password=False)))
+    outcome = {}
+
+    def create_carol_twin():
+        try:
+            with other.begin() as s:
+                try:
+                    accounts.create_user(s, "Carol", "password-123", "annotator", system=True)
+                except PrefloopError as exc:
+                    outcome["error"] = str(exc)
+                    accounts.create_user(s, "carol-2", "password-123", "annotator", system=True)
+        except Exception as exc:  # what the test reports, not hides
+            outcome["raised"] = repr(exc)
+
+    try:
+        with pg_db.begin() as s:
+            accounts.create_user(s, "carol", "password-123", "annotator", system=True)  # flushed, not committed
+            twin = threading.Thread(target=create_carol_twin)
+            twin.start()
+            # wait (not a timing assertion) until the twin's insert waits on this transaction, or it is done
+            deadline = time.monotonic() + 60
+            while twin.is_alive() and time.monotonic() < deadline:
+                with pg_db.read() as watch:
+                    if watch.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                         "AND wait_event_type = 'Lock'")):
+                        break
+                time.sleep(0.05)
+        twin.join()
+    finally:
+        other.dispose()
+    assert outcome == {"error": "user 'carol' already exists; names differ by more than case"}
+    with pg_db.read() as s:
+        assert sorted(s.scalars(select(User.username))) == ["carol", "carol-2"]
+
+
 def test_campaign_options_saved_validated_and_audited(db, settings):
     with db.begin() as s:
         admin = make_user(s, "boss", "admin")

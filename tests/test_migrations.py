@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import warnings
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -36,7 +37,10 @@ def empty_url(request, tmp_path):
 def _diff(url):
     engine = create_db_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn, warnings.catch_warnings():
+            # SQLite cannot reflect the expression index uq_users_username_lower, so it is compared on
+            # PostgreSQL only; test_usernames_differing_only_in_case_are_refused_by_the_database checks it on both.
+            warnings.filterwarnings("ignore", ".*expression-based index '?uq_users_username_lower")
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             return compare_metadata(ctx, Base.metadata)
     finally:
@@ -97,3 +101,52 @@ def test_concurrent_upgrades_on_an_empty_database_all_succeed(empty_url):
     script = ScriptDirectory.from_config(migrate.alembic_config(empty_url))
     assert migrate.current_heads(empty_url) == {script.get_current_head()}
     assert _diff(empty_url) == []
+
+
+def _add_user_row(url, name: str) -> int:
+    """A users row written as an older prefloop (or a hand-made SQL insert) could have left it."""
+    engine = create_db_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            return conn.execute(text(
+                "INSERT INTO users (username, password_hash, role, active, failed_logins, created_at) "
+                "VALUES (:n, 'x', 'annotator', true, 0, CURRENT_TIMESTAMP) RETURNING id"), {"n": name}).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_usernames_differing_only_in_case_are_refused_by_the_database(empty_url):
+    """uq_users_username_lower exists after the upgrade: checked here because SQLite cannot reflect
+    an expression index, so the models-match check above compares it on PostgreSQL only."""
+    from sqlalchemy.exc import IntegrityError
+
+    migrate.upgrade(empty_url)
+    _add_user_row(empty_url, "Carol")
+    with pytest.raises(IntegrityError):
+        _add_user_row(empty_url, "carol")
+    migrate.downgrade(empty_url, "0004")
+    _add_user_row(empty_url, "carol")  # the index is gone again
+
+
+def test_upgrade_over_usernames_differing_only_in_case_says_which_and_what_to_do(empty_url, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """Not a raw IntegrityError from CREATE UNIQUE INDEX (which the CLI reported as an unreachable database)."""
+    from annotate import cli
+
+    migrate.upgrade(empty_url, "0004")
+    carol, bob, big_carol = (_add_user_row(empty_url, name) for name in ("carol", "bob", "Carol"))
+    monkeypatch.setenv("PREFLOOP_DATABASE_URL", empty_url)
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main(["db", "upgrade"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: usernames that differ only in case: "
+                                                   f"'carol' (id {carol}), 'Carol' (id {big_carol}); rename all but one")
+    assert "'bob'" not in err and "prefloop db upgrade" in err
+    assert migrate.current_heads(empty_url) == {"0004"}  # nothing half-done
+
+    engine = create_db_engine(empty_url, poolclass=NullPool)
+    with engine.begin() as conn:  # what the message says to do
+        conn.execute(text("UPDATE users SET username = 'carol-2' WHERE id = :i"), {"i": big_carol})
+    engine.dispose()
+    assert cli.main(["db", "upgrade"]) == 0
+    assert migrate.current_heads(empty_url) == {"0005"}
