@@ -36,6 +36,7 @@ from annotate.accounts import Actor  # noqa: E402
 from annotate.db import Database, create_db_engine  # noqa: E402
 from annotate.models import Role  # noqa: E402
 from annotate.settings import load_settings  # noqa: E402
+from _pg import reset_sequences  # noqa: E402
 
 ADMIN_URL = os.environ.get("PREFLOOP_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 N_ANNOTATORS = 50
@@ -93,10 +94,7 @@ def seed(conn, n_judgments: int) -> dict[str, int]:
                    3000 + (g * 6151) % 60000, true, false, 'active', now() - (g % 1440) * interval '1 minute'
             FROM (SELECT g, {GOLD_COMPARISONS} + 1 + (g * 97) % ({n_judged} - {GOLD_COMPARISONS}) AS c
                   FROM generate_series(1::bigint, {n_probes}) g) s"""),
-        ("sequences", """
-            SELECT setval(pg_get_serial_sequence('prompts', 'id'), (SELECT max(id) FROM prompts));
-            SELECT setval(pg_get_serial_sequence('responses', 'id'), (SELECT max(id) FROM responses));
-            SELECT setval(pg_get_serial_sequence('comparisons', 'id'), (SELECT max(id) FROM comparisons))"""),
+        ("sequences", reset_sequences),
         ("model", """
             INSERT INTO model_versions (artifact_path, encoder_id, is_active, promoted, metrics, n_train, n_test,
                                         created_at)
@@ -115,9 +113,12 @@ def seed(conn, n_judgments: int) -> dict[str, int]:
     timings = {}
     for name, sql in steps:
         start = time.perf_counter()
-        for statement in sql.split(";"):
-            if statement.strip():
-                conn.execute(text(statement))
+        if callable(sql):
+            sql(conn)
+        else:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(text(statement))
         timings[name] = time.perf_counter() - start
     counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
               for t in ("users", "prompts", "comparisons", "judgments")}

@@ -69,7 +69,7 @@ def _corpus(n_chars: int) -> str:
 def seed(db, n_judgments: int, chunk: int = 20_000) -> None:
     """Bulk-insert an admin, annotators, prompts, responses, comparisons and ``n_judgments`` judgments."""
     import numpy as np
-    from sqlalchemy import text
+    from _pg import settle
 
     from annotate.models import Comparison, Judgment, Prompt, Response, User
 
@@ -136,12 +136,7 @@ def seed(db, n_judgments: int, chunk: int = 20_000) -> None:
             jid += 1
             rows.append(judgment(jid, (p * 13) % n_pairs, 1, float(r), is_probe=True))
         insert(Judgment, rows)
-    with db.begin() as s:
-        if db.dialect == "postgresql":
-            for table in ("users", "prompts", "responses", "comparisons", "judgments"):
-                s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                               f"(SELECT max(id) FROM {table}))"))
-        s.execute(text("ANALYZE"))
+    settle(db)
 
 
 def _rss_mb() -> float:

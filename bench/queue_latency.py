@@ -27,6 +27,7 @@ from annotate.campaign import get_options
 from annotate.db import Database, create_db_engine
 from annotate.models import Comparison, Prompt, Response, Role
 from annotate.settings import load_settings
+from _pg import settle
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -46,11 +47,7 @@ def seed(db: Database, n: int, chunk: int = 50_000) -> None:
             s.execute(insert(Comparison), [{"id": i + 1, "prompt_id": i + 1, "response_a_id": 2 * i + 1,
                                             "response_b_id": 2 * i + 2, "overlap_target": 1,
                                             "priority": float(pr[i - start])} for i in range(start, stop)])
-    with db.begin() as s:
-        if db.dialect == "postgresql":
-            for table in ("prompts", "responses", "comparisons"):
-                s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"))
-        s.execute(text("ANALYZE"))
+    settle(db)
 
 
 def bench(db: Database, settings, calls: int) -> dict[str, float]:

@@ -45,6 +45,7 @@ from annotate import migrate, retrain  # noqa: E402
 from annotate.db import Database, create_db_engine  # noqa: E402
 from annotate.models import Comparison, Judgment, Prompt, Response  # noqa: E402
 from annotate.settings import load_settings  # noqa: E402
+from _pg import settle  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -112,12 +113,7 @@ def seed(db: Database, n_prompts: int, per_prompt: int, pairs, quality: np.ndarr
             s.execute(insert(Comparison), rows)
             if judg:
                 s.execute(insert(Judgment), judg)
-    with db.begin() as s:
-        if db.dialect == "postgresql":
-            for table in ("prompts", "responses", "comparisons", "judgments"):
-                s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                               f"(SELECT max(id) FROM {table}))"))
-        s.execute(text("ANALYZE"))
+    settle(db)
 
 
 def texts_from_db(db: Database):

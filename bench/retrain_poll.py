@@ -55,6 +55,7 @@ from annotate.models import (
     utcnow,
 )
 from annotate.settings import load_settings
+from _pg import settle
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 ANNOTATORS = 50
@@ -96,12 +97,7 @@ def seed(db: Database, n_judgments: int, chunk: int = 50_000) -> None:
                          "state": "superseded" if 0.03 <= r < 0.08 else "active"})
         with db.begin() as s:
             s.execute(insert(Judgment), rows)
-    with db.begin() as s:
-        if db.dialect == "postgresql":
-            for table in ("users", "prompts", "responses", "comparisons", "judgments"):
-                s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                               f"(SELECT max(id) FROM {table}))"))
-        s.execute(text("ANALYZE"))
+    settle(db)
 
 
 def record_finished_run(db: Database) -> None:
