@@ -225,7 +225,7 @@ def test_users_page_keeps_the_manage_tab_and_the_user_after_each_action(app_db, 
     at.selectbox(key="role_zoe").set_value("admin").run()
     press("Change role")
     assert [s.value for s in at.success] == ["zoe is now admin."]
-    at.text_input(key="reset_password_text").input("a-new-password")
+    _type_new_password(at, "a-new-password")
     press("Reset password")
     assert [s.value for s in at.success] == ["Password of zoe reset (and any lockout lifted)."]
     with app_db.read() as s:
@@ -308,13 +308,82 @@ def test_users_page_says_what_an_action_did_in_the_manage_tab(app_db, people):
     at.session_state["users_tab"] = "Manage a user"
     at.run()
     at.selectbox(key="manage_user").set_value("ann").run()
-    at.text_input(key="reset_password_text").input("short")
+    _type_new_password(at, "short")
     _submit(at, "reset_password", "Reset password")
     assert _in_tab(at, "Manage a user", "error") == ["passwords need at least 8 characters"]
-    at.text_input(key="reset_password_text").input("long-enough")
+    _type_new_password(at, "long-enough")
     _submit(at, "reset_password", "Reset password")
     assert _in_tab(at, "Manage a user", "success") == ["Password of ann reset (and any lockout lifted)."]
-    assert at.text_input(key="reset_password_text").value == ""
+    assert [at.text_input(key=k).value for k in ("reset_password_text", "reset_password_repeat")] == ["", ""]
+
+
+def _type_new_password(at: AppTest, password: str, repeat: str | None = None) -> None:
+    at.text_input(key="reset_password_text").input(password)
+    at.text_input(key="reset_password_repeat").input(password if repeat is None else repeat)
+
+
+def _manage(at: AppTest, username: str) -> AppTest:
+    at.session_state["users_tab"] = "Manage a user"
+    at.run()
+    at.selectbox(key="manage_user").set_value(username).run()
+    return at
+
+
+def _password_is(app_db, username: str, password: str) -> bool:
+    from argon2 import PasswordHasher
+    from argon2.exceptions import VerificationError
+    from annotate.models import User
+
+    with app_db.read() as s:
+        stored = s.scalar(select(User.password_hash).where(User.username == username))
+    try:
+        return PasswordHasher().verify(stored, password)
+    except VerificationError:
+        return False
+
+
+def test_users_page_asks_for_the_new_password_twice_and_changes_nothing_when_they_differ(app_db, people):
+    """The admin typed the new password once (the CLI asks twice): a typo in it was a password nobody knew."""
+    from tests.factories import PASSWORD
+
+    at = _manage(_open(people[1], "admin_users.py"), "ann")
+    _type_new_password(at, "a-new-password", "a-new-pasword")
+    _submit(at, "reset_password", "Reset password")
+    assert _in_tab(at, "Manage a user", "error") == [
+        "The two passwords differ: nothing was changed. Type the new password twice."]
+    assert not at.success and _password_is(app_db, "ann", PASSWORD)
+    with app_db.read() as s:
+        assert not s.scalars(select(AuditEvent).where(AuditEvent.action == "user.reset_password")).all()
+    at.text_input(key="reset_password_repeat").input("a-new-password")
+    _submit(at, "reset_password", "Reset password")
+    assert _in_tab(at, "Manage a user", "success") == ["Password of ann reset (and any lockout lifted)."]
+    assert _password_is(app_db, "ann", "a-new-password")
+
+
+def test_users_page_says_what_a_reset_does_to_the_users_sessions(app_db, people):
+    at = _manage(_open(people[1], "admin_users.py"), "ann")
+    assert "ann is logged out at their next click and logs in with the new password." in [c.value for c in at.caption]
+    at.selectbox(key="manage_user").set_value("boss").run()
+    assert ("Your own account: you stay logged in here, and your other sessions are logged out."
+            in [c.value for c in at.caption])
+
+
+def test_an_admin_resetting_their_own_password_stays_logged_in_and_their_other_sessions_do_not(app_db, people):
+    """The reset ended every login of the account, this one too: the admin who pressed it found the login
+    page at the next click. Now this session takes the new password's fingerprint; the others still end."""
+    elsewhere = _open(people[1], "overview.py")  # the same admin in another browser
+    at = _manage(_open(people[1], "admin_users.py"), "boss")
+    _type_new_password(at, "boss-new-password")
+    _submit(at, "reset_password", "Reset password")
+    assert _in_tab(at, "Manage a user", "success") == [
+        "Your password was reset. You are still logged in here; your other sessions were logged out."]
+    assert _password_is(app_db, "boss", "boss-new-password")
+    at.run()  # the next click
+    assert [t.value for t in at.title] == ["Users"] and not at.error
+    elsewhere.run()
+    assert [t.value for t in elsewhere.title] == ["prefloop"]
+    assert [i.value for i in elsewhere.info] == [
+        "You were logged out because this account's password was changed: log in again."]
 
 
 def test_users_page_acts_on_nobody_until_a_user_is_chosen_and_asks_before_deactivating(app_db, people):

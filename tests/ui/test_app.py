@@ -864,6 +864,7 @@ def test_users_page_adds_deactivates_changes_role_and_resets(app_db, people):
     at.button(key="change_role").click()
     at.run()
     next(t for t in at.text_input if t.label == "New password").input("another-password")
+    next(t for t in at.text_input if t.label == "Repeat the new password").input("another-password")
     next(b for b in at.button if b.label == "Reset password").click()
     at.run()
     assert not _errors(at), _errors(at)

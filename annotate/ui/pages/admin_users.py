@@ -1,8 +1,10 @@
 """Admin: accounts (list, add, activate/deactivate, change role, reset password)."""
 
 import streamlit as st
+from sqlalchemy.exc import OperationalError
 
 from annotate import accounts
+from annotate.errors import PrefloopError
 from annotate.models import Role
 from annotate.ui import context
 from annotate.ui.render import safe_markdown
@@ -21,10 +23,34 @@ if added:
         st.session_state.pop(key, None)
 if managed:
     st.session_state.pop("reset_password_text", None)
+    st.session_state.pop("reset_password_repeat", None)
 
 
 def _run(action, success: str, flash_key: str = "users_flash") -> None:
     context.run_action(action, success, flash_key=flash_key)
+
+
+def _reset_password(username: str, password: str) -> None:
+    """``run_action`` for a reset that keeps this browser session logged in when it is the admin's own.
+
+    A reset ends every login of the account (the session's fingerprint of the password hash no longer
+    matches), and this session was logged out at its next click, mid-page and unwarned. Like Django's
+    ``update_session_auth_hash``, the session that made the change takes the new fingerprint, after the
+    commit: it was checked as this admin's in the reset's own transaction; every other session of the
+    account (a forgotten browser, a stolen cookie) is still logged out.
+    """
+    try:
+        fresh = db.transact(lambda s: accounts.actor_of(accounts.reset_password(s, username, password, actor=actor)))
+    except (PrefloopError, OperationalError) as exc:
+        st.error(context.not_saved_message(exc))
+        return
+    if fresh.id == actor.id:
+        context.log_in(fresh)
+        done = "Your password was reset. You are still logged in here; your other sessions were logged out."
+    else:
+        done = f"Password of {username} reset (and any lockout lifted)."
+    st.session_state["users_flash"] = [done]
+    st.rerun()
 
 
 def _say(messages: list[str]) -> None:
@@ -78,6 +104,13 @@ with manage:
                 _run(lambda s: accounts.set_role(s, target, new_role, actor=actor), f"{target} is now {new_role}.")
         with c2, st.form("reset_password"):
             new_password = st.text_input("New password", type="password", key="reset_password_text")
+            # Typed twice, as the CLI asks: a typo typed once is a password nobody knows.
+            repeat = st.text_input("Repeat the new password", type="password", key="reset_password_repeat")
+            st.caption("Your own account: you stay logged in here, and your other sessions are logged out."
+                       if target == actor.username else
+                       f"{safe_markdown(target)} is logged out at their next click and logs in with the new password.")
             if st.form_submit_button("Reset password"):
-                _run(lambda s: accounts.reset_password(s, target, new_password, actor=actor),
-                     f"Password of {target} reset (and any lockout lifted).")
+                if repeat != new_password:
+                    st.error("The two passwords differ: nothing was changed. Type the new password twice.")
+                else:
+                    _reset_password(target, new_password)
