@@ -97,8 +97,8 @@ def refresh_actor() -> Actor | None:
             fresh = accounts.actor_of(user)
     except PermissionDenied as exc:
         log_out()
-        # Said on the login page: an admin who reset their own password, or anyone deactivated
-        # while working, would otherwise just find the login form in front of them.
+        # Said on the login page: someone whose password was reset elsewhere (another session, the
+        # CLI), or anyone deactivated while working, would otherwise just find the login form in front of them.
         st.session_state[LOGGED_OUT_KEY] = f"You were logged out because {exc}."
         return None
     if fresh != actor:
