@@ -106,13 +106,7 @@ def create_user(session: Session, username: str, password: str, role: Role | str
     """Create an account. ``system=True`` is for the CLI run by the operator."""
     if not system:
         require_admin(session, actor)
-    username = username.strip()
-    # ASCII only: lower() is then the same in Python, SQLite (which folds only ASCII) and PostgreSQL,
-    # so uq_users_username_lower refuses what the check below refuses; and no "саrol" in Cyrillic
-    # looks like "carol".
-    if (not username or len(username) > 64 or not username.isascii()
-            or not username.replace("_", "").replace("-", "").replace(".", "").isalnum()):
-        raise PrefloopError("usernames are 1-64 ASCII letters, digits, '.', '_' or '-'")
+    username = _valid_username(username)
     _refuse_taken(session, username)
     user = User(username=username, password_hash=hash_password(password), role=Role(role))
     try:
@@ -128,14 +122,30 @@ def create_user(session: Session, username: str, password: str, role: Role | str
     return user
 
 
-def _refuse_taken(session: Session, username: str) -> None:
-    """Raise if ``username`` is taken, also by a name that differs only in case.
+def _valid_username(username: str) -> str:
+    """``username`` without surrounding blanks, or raise if it is not 1-64 ASCII letters, digits, '.', '_' or '-'."""
+    username = username.strip()
+    # ASCII only: lower() is then the same in Python, SQLite (which folds only ASCII) and PostgreSQL,
+    # so uq_users_username_lower refuses what _refuse_taken refuses; and no "саrol" in Cyrillic
+    # looks like "carol".
+    if (not username or len(username) > 64 or not username.isascii()
+            or not username.replace("_", "").replace("-", "").replace(".", "").isalnum()):
+        raise PrefloopError("usernames are 1-64 ASCII letters, digits, '.', '_' or '-'")
+    return username
+
+
+def _refuse_taken(session: Session, username: str, *, other_than: int | None = None) -> None:
+    """Raise if ``username`` is taken (by an account other than ``other_than``), also by a name that
+    differs only in case.
 
     "carol" beside "Carol" would be two accounts that people, the audit log and the
     annotator table cannot tell apart. The database refuses them too
     (``uq_users_username_lower``); this says which name is in the way.
     """
-    existing = session.scalar(select(User.username).where(func.lower(User.username) == username.lower()))
+    query = select(User.username).where(func.lower(User.username) == username.lower())
+    if other_than is not None:
+        query = query.where(User.id != other_than)
+    existing = session.scalars(query.order_by(User.id)).first()
     if existing is not None:
         raise PrefloopError(f"user {existing!r} already exists" if existing == username else
                             f"user {existing!r} already exists; names differ by more than case")
@@ -145,6 +155,34 @@ def _get_user(session: Session, username: str) -> User:
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         raise NotFound(f"no user named {username!r}")
+    return user
+
+
+def rename_user(session: Session, old: str, new: str, *, actor: Actor | None = None,
+                system: bool = False) -> User:
+    """Rename the account ``old`` to ``new``, validated like :func:`create_user`'s names.
+
+    Changing only the case of a name ('carol' -> 'Carol') is allowed. The account keeps its id, so its
+    judgments, audit entries and open login sessions (which pick up the new name) stay its own. Uses
+    only what migration 0001 made, so it also works on a database that migration 0005 refused to
+    upgrade because two names differed only in case.
+    """
+    if not system:
+        require_admin(session, actor)
+    user = _get_user(session, old)
+    new = _valid_username(new)
+    if new == user.username:
+        raise PrefloopError(f"user {old!r} is already called that")
+    _refuse_taken(session, new, other_than=user.id)
+    try:
+        # A savepoint, as in create_user: the caller's unit of work survives a refused name.
+        with session.begin_nested():
+            user.username = new
+    except IntegrityError:
+        # Taken by another account since the check above (uq_users_username_lower, uq_users_username).
+        _refuse_taken(session, new, other_than=user.id)
+        raise
+    audit(session, actor, "user.rename", username=new, old_username=old)
     return user
 
 

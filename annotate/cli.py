@@ -79,8 +79,9 @@ def _unreachable(settings, exc: Exception) -> PrefloopError:
                          f"check {_database_setting(settings)}")
 
 
-def _require_schema(settings) -> None:
-    """Refuse to go on unless the database is reachable and migrated to this prefloop's head.
+def _require_schema(settings, *, behind_ok: bool = False) -> None:
+    """Refuse to go on unless the database is reachable and migrated to this prefloop's head
+    (``behind_ok``: or to an older revision this prefloop knows).
 
     Without it, a command on a fresh or older database failed half-way with an SQL traceback.
     A SQLite file that does not exist is not created (with its folder) on the way: a relative
@@ -108,6 +109,8 @@ def _require_schema(settings) -> None:
     if current == heads:
         return
     known = {rev.revision for rev in script.walk_revisions()}
+    if behind_ok and current and current <= known:
+        return
     if not current:
         raise PrefloopError(f"the database {_shown_url(url)} has no prefloop tables yet: run 'prefloop db upgrade'")
     if current - known:
@@ -225,16 +228,62 @@ def cmd_db(args) -> int:
     except CommandError as exc:  # an unknown revision, say
         raise PrefloopError(str(exc)) from None
     except DBAPIError as exc:
+        if _refused_statement(exc):
+            raise _migration_failed(url, args.action, exc) from None
         raise _unreachable(settings, exc) from None
     print(f"database at revision {', '.join(sorted(heads)) or 'base'}")
     return 0
 
 
+def _refused_statement(exc) -> bool:
+    """Whether the database ran a statement and refused it (a duplicate, a missing table), rather
+    than could not be reached, opened or written (``_unreachable``'s errors)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if exc.connection_invalidated:
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)  # PostgreSQL's error class: its first two characters
+    if sqlstate:
+        # connection, authentication, no such database, resources, operator intervention, system
+        return sqlstate[:2] not in ("08", "28", "3D", "53", "57", "58")
+    sqlite_error = getattr(exc.orig, "sqlite_errorname", None)
+    if sqlite_error:
+        # SQLite reports a statement's error (no such table, already exists) as an OperationalError too
+        return sqlite_error.split("_")[1] in ("ERROR", "CONSTRAINT", "MISMATCH", "RANGE", "TOOBIG")
+    return not isinstance(exc, (OperationalError, InterfaceError))
+
+
+def _migration_failed(url: str, action: str, exc) -> PrefloopError:
+    """A one-line error for a migration the database refused: the revision (when the traceback
+    passes through a migration script), the database's reason and the revision it is left at."""
+    import traceback
+
+    from sqlalchemy.exc import DBAPIError
+
+    from annotate import migrate
+
+    versions = migrate.MIGRATIONS_DIR / "versions"
+    revision = next((frame.f_globals.get("revision") for frame, _ in traceback.walk_tb(exc.__traceback__)
+                     if Path(frame.f_code.co_filename).parent == versions), None)
+    lines = str(exc.orig or exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    try:
+        left_at = f"; the database is at revision {', '.join(sorted(migrate.current_heads(url))) or 'base'}"
+    except DBAPIError:
+        left_at = ""
+    what = f"migration {revision}" if revision else "a migration"
+    return PrefloopError(f"{what} failed ({action}): the database refused it: {reason}{left_at}")
+
+
 def cmd_users(args) -> int:
     from annotate import accounts
+    from annotate.db import open_database
 
     settings = _settings()
-    db = _db(settings)
+    # rename needs only the users table (migration 0001): it is the way past migration 0005's
+    # refusal of names that differ only in case, so it works on a database behind this prefloop.
+    _require_schema(settings, behind_ok=args.action == "rename")
+    db = open_database(settings)
     with db.begin() as session:
         if args.action == "add":
             accounts.create_user(session, args.name, _read_password(args), args.role, system=True)
@@ -251,6 +300,9 @@ def cmd_users(args) -> int:
         elif args.action == "set-role":
             accounts.set_role(session, args.name, args.role, system=True)
             print(f"{args.name!r} is now {args.role}")
+        elif args.action == "rename":
+            user = accounts.rename_user(session, args.name, args.new_name, system=True)
+            print(f"renamed {args.name!r} to {user.username!r}")
         elif args.action == "list":
             from sqlalchemy import select
 
@@ -414,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("set-role", help="make an account an admin or an annotator")
     a.add_argument("name", help="the account's username")
     a.add_argument("--role", choices=["admin", "annotator"], required=True, help="the account's new role")
+    a = actions.add_parser("rename", help="change an account's username (its judgments and sessions stay its own); "
+                                          "works on a database 'db upgrade' refused")
+    a.add_argument("name", help="the account's username")
+    a.add_argument("new_name", metavar="NEW", help="the new username (changing only its case is allowed)")
     actions.add_parser("list", help="print every account: name, role, active/inactive (tab-separated)")
     p.set_defaults(func=cmd_users)
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from annotate import accounts, campaign
 from annotate.accounts import Actor
-from annotate.errors import AuthError, ConfigError, PermissionDenied, PrefloopError
+from annotate.errors import AuthError, ConfigError, NotFound, PermissionDenied, PrefloopError
 from annotate.models import AuditEvent, Role, User, utcnow
 from annotate.settings import load_settings
 from tests.factories import PASSWORD, make_user
@@ -116,6 +116,50 @@ def test_usernames_are_ascii(db, settings):
                 accounts.create_user(s, name, "password-123", "annotator", system=True)
 
 
+def test_rename_is_admin_only_validated_and_audited(db, settings):
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        ann = make_user(s, "ann")
+        make_user(s, "Carol")
+    with pytest.raises(PermissionDenied), db.begin() as s:
+        accounts.rename_user(s, "ann", "anna", actor=ann)
+    with db.begin() as s:
+        for new, message in (("carol", "user 'Carol' already exists; names differ by more than case"),
+                             ("BOSS", "user 'boss' already exists; names differ by more than case"),
+                             ("Émile", "ASCII letters"), ("x" * 65, "1-64"), ("", "1-64"), ("ann", "already called")):
+            with pytest.raises(PrefloopError, match=message):
+                accounts.rename_user(s, "ann", new, actor=admin)
+        with pytest.raises(NotFound, match="no user named 'nobody'"):
+            accounts.rename_user(s, "nobody", "anna", actor=admin)
+        assert accounts.rename_user(s, "ann", " anna ", actor=admin).username == "anna"
+        accounts.rename_user(s, "boss", "Boss", actor=admin)  # one's own name, only its case changed
+    with db.read() as s:
+        assert sorted(s.scalars(select(User.username))) == ["Boss", "Carol", "anna"]
+        renames = s.scalars(select(AuditEvent).where(AuditEvent.action == "user.rename").order_by(AuditEvent.id))
+        events = [(e.actor_id, e.detail) for e in renames]
+    assert events == [(admin.id, {"username": "anna", "old_username": "ann"}),
+                      (admin.id, {"username": "Boss", "old_username": "boss"})]
+    with pytest.raises(AuthError, match="wrong username or password"):
+        accounts.login(db, "ann", PASSWORD)
+    assert accounts.login(db, "anna", PASSWORD).id == ann.id
+
+
+def test_a_renamed_user_stays_logged_in_under_the_new_name(db, settings):
+    """A login session keeps the account's id and password fingerprint, not its name: the next
+    require_active still passes, and actor_of (what context.refresh_actor stores) carries the new name."""
+    with db.begin() as s:
+        make_user(s, "boss", "admin")
+        make_user(s, "ann")
+    boss = accounts.login(db, "boss", PASSWORD)
+    ann = accounts.login(db, "ann", PASSWORD)
+    with db.begin() as s:
+        accounts.rename_user(s, "ann", "anna", actor=boss)
+        accounts.rename_user(s, "boss", "chief", actor=boss)
+    with db.read() as s:
+        assert accounts.actor_of(accounts.require_active(s, ann)) == dataclasses.replace(ann, username="anna")
+        assert accounts.require_admin(s, boss).username == "chief"  # the admin who renamed themselves keeps going
+
+
 def _create_case_twins_at_once(dbs) -> tuple[list[str], list[str]]:
     """Each of ``dbs`` (one engine each, like two app processes) creates "carol"/"Carol" at the same instant."""
     import threading
@@ -156,18 +200,29 @@ def test_case_twins_created_at_once_make_one_account(db, settings):
         assert list(s.scalars(select(User.username))) == created
 
 
+def _create_twin(s, name):
+    accounts.create_user(s, name, "password-123", "annotator", system=True)
+
+
+def _rename_to_twin(s, name):
+    accounts.rename_user(s, "bob", name, system=True)
+
+
 @pytest.mark.postgres
-def test_a_case_twin_committed_during_the_check_is_refused_with_the_same_message(pg_db):
+@pytest.mark.parametrize("make_twin", [_create_twin, _rename_to_twin])
+def test_a_case_twin_committed_during_the_check_is_refused_with_the_same_message(pg_db, make_twin):
     """The race made deterministic: "carol" is inserted but not committed when "Carol" is checked and
-    inserted. Before uq_users_username_lower both committed; with it, "Carol"'s insert waits for
-    "carol"'s transaction and then fails, which create_user reports like its own check, leaving the
-    caller's unit of work usable."""
+    inserted (or "bob" renamed to it). Before uq_users_username_lower both committed; with it, "Carol"'s
+    write waits for "carol"'s transaction and then fails, which create_user and rename_user report like
+    their own check, leaving the caller's unit of work usable."""
     import threading
     import time
 
     from annotate.db import Database, create_db_engine
     from sqlalchemy import text
 
+    with pg_db.begin() as s:
+        accounts.create_user(s, "bob", "password-123", "annotator", system=True)
     other = Database(create_db_engine(pg_db.engine.url.render_as_string(hide_password=False)))
     outcome = {}
 
@@ -175,10 +230,10 @@ def test_a_case_twin_committed_during_the_check_is_refused_with_the_same_message
         try:
             with other.begin() as s:
                 try:
-                    accounts.create_user(s, "Carol", "password-123", "annotator", system=True)
+                    make_twin(s, "Carol")
                 except PrefloopError as exc:
                     outcome["error"] = str(exc)
-                    accounts.create_user(s, "carol-2", "password-123", "annotator", system=True)
+                    make_twin(s, "carol-2")
         except Exception as exc:  # what the test reports, not hides
             outcome["raised"] = repr(exc)
 
@@ -200,7 +255,8 @@ def test_a_case_twin_committed_during_the_check_is_refused_with_the_same_message
         other.dispose()
     assert outcome == {"error": "user 'carol' already exists; names differ by more than case"}
     with pg_db.read() as s:
-        assert sorted(s.scalars(select(User.username))) == ["carol", "carol-2"]
+        assert sorted(s.scalars(select(User.username))) == (["bob"] if make_twin is _create_twin else []) + [
+            "carol", "carol-2"]
 
 
 def test_campaign_options_saved_validated_and_audited(db, settings):

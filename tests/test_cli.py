@@ -209,7 +209,8 @@ def bare_pg_env(tmp_path):
         admin.dispose()
 
 
-UNMIGRATED_COMMANDS = [("users", "list"), ("users", "add", "root", "--password-stdin"), ("demo",),
+UNMIGRATED_COMMANDS = [("users", "list"), ("users", "add", "root", "--password-stdin"), ("users", "rename", "a", "b"),
+                       ("demo",),
                        ("export", "--format", "trl-jsonl", "--out", "OUT"), ("retrain", "--once"),
                        ("score", "--prompt", "p", "--response", "r")]
 
@@ -255,6 +256,18 @@ def test_a_database_behind_this_version_says_to_upgrade(env):
     one_line_error(run(env, "users", "list"), "is at revision 0003", "run 'prefloop db upgrade'")
 
 
+def test_users_rename_works_on_a_database_behind_this_version(env):
+    """The remedy for migration 0005's refusal runs where the other users commands say to upgrade first."""
+    assert run(env, "users", "add", "carol", "--password-stdin", stdin="carol-password\n").returncode == 0
+    assert run(env, "db", "downgrade", "0004").returncode == 0
+    one_line_error(run(env, "users", "list"), "is at revision 0004", "run 'prefloop db upgrade'")
+    renamed = run(env, "users", "rename", "carol", "Carol")
+    assert (renamed.returncode, renamed.stdout, renamed.stderr) == (0, "renamed 'carol' to 'Carol'\n", "")
+    one_line_error(run(env, "users", "rename", "nobody", "x"), "no user named 'nobody'")
+    assert run(env, "db", "upgrade").returncode == 0
+    assert run(env, "users", "list").stdout == "Carol\tannotator\tactive\n"
+
+
 def test_an_unreachable_database_is_one_line_without_its_password(env):
     e = {**env, "PREFLOOP_DATABASE_URL": "postgresql+psycopg://postgres:hunter2-secret@127.0.0.1:1/nothing"}
     for args in (("users", "list"), ("db", "upgrade")):
@@ -296,7 +309,7 @@ def test_users_actions_need_a_name_and_set_role_needs_a_role(env):
     without --role silently made NAME an annotator (the default of add's --role)."""
     assert run(env, "users", "add", "root", "--role", "admin", "--password-stdin",
                stdin="root-password\n").returncode == 0
-    for action in ("add", "deactivate", "activate", "reset-password", "set-role"):
+    for action in ("add", "deactivate", "activate", "reset-password", "set-role", "rename"):
         one_line_error(run(env, "users", action, stdin="another-password\n"), "required")
     one_line_error(run(env, "users", "set-role", "root"), "--role")
     one_line_error(run(env, "users", "deactivate", "root", "--role", "admin"), "unrecognized arguments")

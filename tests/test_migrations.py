@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 import warnings
 
@@ -141,12 +142,46 @@ def test_upgrade_over_usernames_differing_only_in_case_says_which_and_what_to_do
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: usernames that differ only in case: "
                                                    f"'carol' (id {carol}), 'Carol' (id {big_carol}); rename all but one")
-    assert "'bob'" not in err and "prefloop db upgrade" in err
+    assert "'bob'" not in err and "'prefloop users rename OLD NEW'" in err and "prefloop db upgrade" in err
     assert migrate.current_heads(empty_url) == {"0004"}  # nothing half-done
 
-    engine = create_db_engine(empty_url, poolclass=NullPool)
-    with engine.begin() as conn:  # what the message says to do
-        conn.execute(text("UPDATE users SET username = 'carol-2' WHERE id = :i"), {"i": big_carol})
-    engine.dispose()
+    # What the message says to do, on the database still at 0004 (the other users commands need the head).
+    assert cli.main(["users", "list"]) == 2
+    assert "is at revision 0004" in capsys.readouterr().err
+    assert cli.main(["users", "rename", "Carol", "CAROL"]) == 2  # still only a case apart from 'carol'
+    assert capsys.readouterr().err == "error: user 'carol' already exists; names differ by more than case\n"
+    assert cli.main(["users", "rename", "Carol", "carol-2"]) == 0
+    assert capsys.readouterr().out == "renamed 'Carol' to 'carol-2'\n"
     assert cli.main(["db", "upgrade"]) == 0
     assert migrate.current_heads(empty_url) == {"0005"}
+    engine = create_db_engine(empty_url, poolclass=NullPool)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT username FROM users WHERE id = :i"), {"i": big_carol}).scalar() == "carol-2"
+        detail = conn.execute(text("SELECT detail FROM audit_log WHERE action = 'user.rename'")).scalar_one()
+    assert (json.loads(detail) if isinstance(detail, str) else detail) == {  # JSON text on SQLite
+        "username": "carol-2", "old_username": "Carol"}
+    engine.dispose()
+
+
+def test_a_migration_the_database_refuses_is_reported_as_such_not_as_an_unreachable_database(
+        empty_url, tmp_path, monkeypatch, capsys):
+    """Before, every database error of 'db upgrade' said "cannot open the database ...; check
+    PREFLOOP_DATABASE_URL" (on SQLite "cannot open the SQLite database", status 1), also one that
+    a reachable database raised for a migration's own statement: here an index someone made by hand
+    under the name migration 0005 creates."""
+    from annotate import cli
+
+    migrate.upgrade(empty_url, "0004")
+    engine = create_db_engine(empty_url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE INDEX uq_users_username_lower ON users (username)"))
+    engine.dispose()
+    monkeypatch.setenv("PREFLOOP_DATABASE_URL", empty_url)
+    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main(["db", "upgrade"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: migration 0005 failed (upgrade): the database refused it: ")
+    assert "uq_users_username_lower" in err and "already exists" in err
+    assert err.endswith("; the database is at revision 0004\n")
+    assert "cannot open" not in err and "check PREFLOOP_DATABASE_URL" not in err
+    assert migrate.current_heads(empty_url) == {"0004"}

@@ -66,6 +66,7 @@ def _arguments(fn, *, session, settings, tmp_path, comparison_id: int, db=None) 
         "path": tmp_path / "out.jsonl", "action": "x",
         "source": b'{"prompt": "p", "chosen": "c", "rejected": "r"}\n',
         "file_hash": "0" * 64, "since": datetime(2000, 1, 1, tzinfo=timezone.utc), "kind": "preferences",
+        "old": "victim", "new": "renamed-victim",
     }
     kwargs = {}
     for name, param in inspect.signature(fn).parameters.items():

@@ -32,8 +32,8 @@ def upgrade() -> None:
         clashes = ", ".join(f"{name!r} (id {id_})" for id_, name in rows)
         raise PrefloopError(
             f"usernames that differ only in case: {clashes}; rename all but one of each "
-            "(UPDATE users SET username = 'new-name' WHERE id = ...; deactivating is not enough), "
-            "then run 'prefloop db upgrade' again")
+            "with 'prefloop users rename OLD NEW' (deactivating is not enough; without the CLI: "
+            "UPDATE users SET username = 'new-name' WHERE id = ...), then run 'prefloop db upgrade' again")
     # A plain CREATE INDEX on both backends: no table copy on SQLite.
     op.create_index('uq_users_username_lower', 'users', [sa.text('lower(username)')], unique=True)
 
