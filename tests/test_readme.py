@@ -112,8 +112,9 @@ def test_every_command_and_option_in_the_command_line_section_exists():
         for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", line.split("#")[0]):
             assert option in options_of(commands[words[1]]), (words[1], option)
     users = subcommands(commands["users"])
-    for action in ("add", "deactivate", "activate", "reset-password", "set-role", "list"):
-        assert action in users and action in block
+    assert {"add", "deactivate", "activate", "reset-password", "set-role", "rename", "list"} <= set(users)
+    for action in users:  # every users command is in the block
+        assert re.search(rf"(users|\|) {re.escape(action)}\b", block), action
     import_format = next(a for a in commands["import"]._actions if "--format" in a.option_strings)
     named = re.findall(r"\(`--format (\w+)`\)|\(`(\w+)`\) —", section("Import formats"))
     assert ["".join(fmt) for fmt in named] == list(import_format.choices)

@@ -22,8 +22,7 @@ def upgrade() -> None:
     """Create uq_users_username_lower; refuse, naming them, usernames that already differ only in case."""
     from annotate.errors import PrefloopError
 
-    # Said before the index is tried: its IntegrityError names neither the accounts nor what to do
-    # (and the CLI would report a database error as an unreachable database).
+    # Said before the index is tried: its IntegrityError names neither the accounts nor what to do.
     rows = op.get_bind().execute(sa.text(
         "SELECT id, username FROM users WHERE lower(username) IN "
         "(SELECT lower(username) FROM users GROUP BY lower(username) HAVING count(*) > 1) "
