@@ -319,10 +319,12 @@ def cmd_import(args) -> int:
     settings = _settings()
     db = _db(settings)
     try:
-        with db.begin() as session:
-            report = ingest.import_file(  # overlap None: the campaign's, as on the Import page
-                session, settings, Path(args.file), filename=Path(args.file).name, fmt=args.format,
-                system=True, source_tag=args.tag, known_winner=args.known_winner, overlap=args.overlap)
+        # Read and checked before the write transaction: on SQLite its first statement takes the write lock,
+        # and annotators' judgments would wait on it for the whole read.
+        prepared = ingest.prepare_import(settings, Path(args.file), filename=Path(args.file).name, fmt=args.format,
+                                         source_tag=args.tag, known_winner=args.known_winner)
+        with db.begin() as session:  # overlap None: the campaign's, as on the Import page
+            report = ingest.import_file(session, settings, prepared, system=True, overlap=args.overlap)
     except ImportValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         listing = ingest.problems_message(exc.problems)

@@ -43,17 +43,21 @@ came with), ``prompt_id`` on the prompt and the response ids on the
 responses (the first import to add each keeps its id). Exports give them back
 as ``external_id``, ``prompt_external_id`` and the response columns' ids.
 
-:func:`parse_file` is pure (no database); :func:`import_file` validates every
-row first and writes nothing if any row is bad, then inserts in bulk (COPY on
-PostgreSQL) with batched existence checks by content hash, so importing the same content again
-adds nothing. Both read the file line by line (a ``.json`` array is read
-whole); an import holds each distinct text once, with the hashes, until it is
-written. One file may give up to :data:`MAX_FILE_COMPARISONS` comparisons.
+:func:`parse_file` is pure (no database); so is :func:`prepare_import`, which
+validates every row for :func:`import_file` before any database work (on SQLite
+the write lock is taken at a transaction's first statement, so annotators keep
+saving while a file is read). :func:`import_file` writes nothing if any row is
+bad, then inserts in bulk (COPY on PostgreSQL) with batched existence checks by
+content hash, so importing the same content again adds nothing. Both read the
+file line by line (a ``.json`` array is read whole); an import holds each
+distinct text once, with the hashes, until it is written. One file may give up to :data:`MAX_FILE_COMPARISONS` comparisons.
 
 The JSON must be strict: ``NaN``, ``Infinity`` and numbers too large for a
 float (which Python's json reads but PostgreSQL and other readers do not) are
 row problems, as is JSON nested too deeply to read and ``metadata`` nested
-deeper than :data:`MAX_JSON_DEPTH` levels.
+deeper than :data:`MAX_JSON_DEPTH` levels. A NUL character (``\\u0000``) in a
+text, message, id, generator, tag or metadata string is a row problem on every
+backend (PostgreSQL cannot store one).
 """
 
 from __future__ import annotations
@@ -232,10 +236,15 @@ class ParsedFile:
 
     format: str
     comparisons: list[ParsedComparison]
+    """Every comparison read, or the first ``keep_first`` of them (see :func:`parse_file`)."""
     problems: list[tuple[int, str]]
     notes: list[str]
     rows: int = 0
     """Data rows read (k-wise rows yield several comparisons each)."""
+    comparison_count: int = 0
+    """Comparisons read (repeats included), kept or not."""
+    known_count: int = 0
+    """Of those, the ones with a known winner."""
 
     @property
     def ok(self) -> bool:
@@ -649,7 +658,16 @@ def _opt_str(obj: dict, key: str, limit: int) -> str | None:
     value = str(value)
     if len(value) > limit:
         raise _RowError(f"{key!r} is longer than {limit} characters")
+    _refuse_nul(value, repr(key))
     return value
+
+
+def _refuse_nul(value: str, what: str) -> None:
+    """A NUL character is refused where it is read, on every backend: SQLite stores it but PostgreSQL's text
+    (and the text of a JSON value) cannot hold it, so the same file would import on one and fail on the other."""
+    if "\x00" in value:
+        raise _RowError(f"{what} contains a NUL character (\\u0000) at character {value.index(chr(0)) + 1:,}, "
+                        "which PostgreSQL cannot store; remove it")
 
 
 def _opt_dict(obj: dict, key: str) -> dict | None:
@@ -663,8 +681,11 @@ def _opt_dict(obj: dict, key: str) -> dict | None:
         node, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise _RowError(f"{key!r} is nested more than {MAX_JSON_DEPTH} levels deep")
-        stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)
-                     if isinstance(child, (dict, list)))
+        children = node.values() if isinstance(node, dict) else node
+        for text in itertools.chain(node if isinstance(node, dict) else (), children):  # keys and values
+            if isinstance(text, str):
+                _refuse_nul(text, f"a string in {key!r}")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return value
 
 
@@ -676,6 +697,7 @@ def _tag(obj: dict) -> str | None:
 def _text(value: Any, what: str, max_chars: int, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise _RowError(f"{what} must be a string, not {_json_type(value)}")
+    _refuse_nul(value, what)
     if not allow_empty and not value.strip():
         raise _RowError(f"{what} is empty")
     if len(value) > max_chars:
@@ -704,6 +726,7 @@ def _messages(value: Any, what: str, max_chars: int) -> list[dict]:
         if not isinstance(content, str):
             raise _RowError(f"{what}[{i}].content must be a string, not {_json_type(content)}"
                             + ("" if "content" in m else _misspelt(m, ["content"], MESSAGE_FIELDS)))
+        _refuse_nul(content, f"{what}[{i}].content")
         out.append({"role": role, "content": content})
     total = sum(len(m["content"]) for m in out)
     if not any(m["content"].strip() for m in out):
@@ -1054,7 +1077,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     dropped_keys: set[str] = set()
     ignored = _IgnoredFields()
     rows = 0
-    given = 0
+    given = kept = known = 0
     over_limit_line: int | None = None
     file_fmt = fmt
     for line, obj in records:
@@ -1107,6 +1130,8 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                     duplicates.append(c.line)
                 else:
                     seen[key] = c.line
+                kept += 1
+                known += c.winner is not None
                 keep(c)
 
     if over_limit_line is not None:
@@ -1144,19 +1169,33 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                      + ("repeats an earlier row and is" if len(duplicates) == 1 else "repeat earlier rows and are")
                      + " imported once")
     problems.sort(key=lambda p: p[0])
-    return ParsedFile(format=file_fmt, comparisons=comparisons, problems=problems, notes=notes, rows=rows)
+    return ParsedFile(format=file_fmt, comparisons=comparisons, problems=problems, notes=notes, rows=rows,
+                      comparison_count=kept, known_count=known)
 
 
 def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None, fmt: str | None = None,
-               max_text_chars: int = 50_000, max_bytes: int = 200 * 2**20) -> ParsedFile:
+               max_text_chars: int = 50_000, max_bytes: int = 200 * 2**20,
+               keep_first: int | None = None) -> ParsedFile:
     """Pure: reads and validates, touches no database. Detects the format when fmt is None.
 
     Row problems (with 1-based line numbers) are collected in ``problems``;
     file-level problems (too large, empty, unknown format, wrong CSV columns)
-    raise :class:`ImportValidationError`.
+    raise :class:`ImportValidationError`. With ``keep_first``, only that many comparisons are kept (for a
+    preview; ``comparison_count`` and ``known_count`` still count them all): the texts of every comparison
+    take several times the file's size.
     """
     src = _Source(path_or_bytes, max_bytes)
-    return _parse_data(src, filename or src.name, fmt, max_text_chars)
+    if keep_first is None:
+        return _parse_data(src, filename or src.name, fmt, max_text_chars)
+    first: list[ParsedComparison] = []
+
+    def keep(c: ParsedComparison) -> None:
+        if len(first) < keep_first:
+            first.append(c)
+
+    parsed = _parse_data(src, filename or src.name, fmt, max_text_chars, keep)
+    parsed.comparisons = first
+    return parsed
 
 
 def problems_message(problems: list[tuple[int, str]], filename: str | None = None) -> str:
@@ -1346,33 +1385,40 @@ class _Pair:
     """Distinct known outcomes in this pair's A/B terms -> first line."""
 
 
-def import_file(session: Session, settings: Settings, source: str | Path | bytes, *, filename: str | None = None,
-                fmt: str | None = None, actor: Actor | None = None, system: bool = False,
-                source_tag: str | None = None, known_winner: Literal["judgment", "gold", "ignore"] = "judgment",
-                overlap: int | None = None) -> ImportReport:
-    """Admin-only (require_admin unless system=True for the CLI run by the operator). All-or-nothing:
-    raises ImportValidationError (annotate.errors) listing every bad row (line number + reason, message shows up to 20,
-    `.problems` has all) and writes nothing if any row is bad. Idempotent: importing the same content twice adds 0.
-    Records an ImportBatch and an audit event ('import').
+@dataclass(eq=False)
+class PreparedImport:
+    """A file read and checked by :func:`prepare_import`, with no database touched: what :func:`import_file`
+    writes. It holds each distinct text once (the import's memory); the write empties it, so it is written once."""
 
-    Known outcomes: ``judgment`` stores each as an imported judgment (no
-    annotator) counted toward the comparison's overlap; ``gold`` marks new
-    comparisons gold with that answer (existing comparisons are left as they
-    are); ``ignore`` drops them. Idempotency rule for judgments: within a file
-    an outcome counts once per comparison and choice, and it is skipped when
-    an active imported judgment with that choice already exists for the
-    comparison. Rows repeating a comparison are merged.
+    name: str
+    file_hash: str
+    format: str
+    rows: int
+    notes: list[str]
+    source_tag: str | None
+    known_winner: str
+    prompts: dict[str, dict] = field(repr=False)
+    responses: dict[tuple[str, str], dict] = field(repr=False)
+    pairs: dict[tuple[str, str, str], _Pair] = field(repr=False)
+    written: bool = False
+
+
+def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: str | None = None,
+                   fmt: str | None = None, source_tag: str | None = None,
+                   known_winner: Literal["judgment", "gold", "ignore"] = "judgment") -> PreparedImport:
+    """Pure (no database, no role check): read and check every row of ``source`` for :func:`import_file`.
+
+    Raises ImportValidationError (annotate.errors) listing every bad row (line number + reason, the message
+    shows up to 20, ``.problems`` has all). Callers prepare before they open the write unit of work: on SQLite
+    a write transaction holds the database's write lock from its first statement, and every annotator's
+    judgment waits on that lock while the file, which takes most of an import's time, is read.
     """
-    if not system:
-        require_admin(session, actor)
     if known_winner not in ("judgment", "gold", "ignore"):
         raise PrefloopError("known_winner must be judgment, gold or ignore")
-    # The campaign's overlap by default: an admin's saved value wins over PREFLOOP_OVERLAP.
-    overlap_target = campaign.get_options(session, settings).overlap if overlap is None else overlap
-    if not 1 <= overlap_target <= campaign.MAX_OVERLAP:
-        raise PrefloopError(f"overlap must be from 1 to {campaign.MAX_OVERLAP}")
     if source_tag is not None and len(source_tag) > MAX_TAG_CHARS:
         raise PrefloopError(f"the source tag is longer than {MAX_TAG_CHARS} characters")
+    if source_tag is not None and "\x00" in source_tag:
+        raise PrefloopError("the source tag contains a NUL character, which PostgreSQL cannot store; remove it")
 
     src = _Source(source, settings.max_upload_mb * 2**20)
     name = filename or src.name or "upload"
@@ -1405,7 +1451,6 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
 
     parsed = _parse_data(src, name, fmt, settings.max_text_chars, keep)
     problems = list(parsed.problems)
-    notes = list(parsed.notes)
     if known_winner == "gold":
         for pair in pairs.values():
             if len(pair.outcomes) > 1:
@@ -1416,6 +1461,56 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     if problems:
         problems.sort(key=lambda p: p[0])
         raise ImportValidationError(problems_message(problems, name), problems)
+    return PreparedImport(name=name, file_hash=src.sha256, format=parsed.format, rows=parsed.rows,
+                          notes=list(parsed.notes), source_tag=source_tag, known_winner=known_winner,
+                          prompts=prompts, responses=responses, pairs=pairs)
+
+
+def import_file(session: Session, settings: Settings, source: str | Path | bytes | PreparedImport, *,
+                filename: str | None = None, fmt: str | None = None, actor: Actor | None = None,
+                system: bool = False, source_tag: str | None = None,
+                known_winner: Literal["judgment", "gold", "ignore"] | None = None,
+                overlap: int | None = None) -> ImportReport:
+    """Admin-only (require_admin unless system=True for the CLI run by the operator), checked before anything
+    is written. All-or-nothing: raises ImportValidationError (annotate.errors) listing every bad row (line number
+    + reason, message shows up to 20, `.problems` has all) and writes nothing if any row is bad. Idempotent:
+    importing the same content twice adds 0. Records an ImportBatch and an audit event ('import').
+
+    ``source`` is a file (path or bytes), read by :func:`prepare_import` with ``filename``, ``fmt``,
+    ``source_tag`` and ``known_winner`` before the session is used, or what :func:`prepare_import` returned
+    (those four then given to it, not here). Give the file prepared where the caller's write unit of work
+    holds a lock from its start (the admin page's process-wide gate for SQLite writers).
+
+    Known outcomes (``known_winner``, ``judgment`` by default): ``judgment`` stores each as an imported
+    judgment (no annotator) counted toward the comparison's overlap; ``gold`` marks new
+    comparisons gold with that answer (existing comparisons are left as they
+    are); ``ignore`` drops them. Idempotency rule for judgments: within a file
+    an outcome counts once per comparison and choice, and it is skipped when
+    an active imported judgment with that choice already exists for the
+    comparison. Rows repeating a comparison are merged.
+    """
+    if overlap is not None and not 1 <= overlap <= campaign.MAX_OVERLAP:
+        raise PrefloopError(f"overlap must be from 1 to {campaign.MAX_OVERLAP}")
+    if isinstance(source, PreparedImport):
+        given = [name for name, value in (("filename", filename), ("fmt", fmt), ("source_tag", source_tag),
+                                          ("known_winner", known_winner)) if value is not None]
+        if given:
+            raise TypeError(f"give {', '.join(given)} to prepare_import, not with the file it prepared")
+        prepared = source
+    else:
+        # Read before the session's first statement: on SQLite that statement takes the write lock.
+        prepared = prepare_import(settings, source, filename=filename, fmt=fmt, source_tag=source_tag,
+                                  known_winner=known_winner or "judgment")
+    if not system:
+        require_admin(session, actor)
+    if prepared.written:
+        raise PrefloopError("this file was prepared for one import, which has used it; prepare it again")
+    # The campaign's overlap by default: an admin's saved value wins over PREFLOOP_OVERLAP.
+    overlap_target = campaign.get_options(session, settings).overlap if overlap is None else overlap
+    if not 1 <= overlap_target <= campaign.MAX_OVERLAP:
+        raise PrefloopError(f"overlap must be from 1 to {campaign.MAX_OVERLAP}")
+    name, known_winner, source_tag = prepared.name, prepared.known_winner, prepared.source_tag
+    notes = list(prepared.notes)
 
     if session.get_bind().dialect.name == "postgresql":
         # Imports take turns (until this transaction ends), so one that overlaps another
@@ -1423,15 +1518,19 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         # SQLite's BEGIN IMMEDIATE already serialises writers.
         session.execute(select(func.pg_advisory_xact_lock(advisory_key("import"))))
     user_id = actor.id if actor is not None else None
-    batch = ImportBatch(filename=name[:512], file_hash=src.sha256, format=parsed.format,
+    batch = ImportBatch(filename=name[:512], file_hash=prepared.file_hash, format=prepared.format,
                         source_tag=source_tag, counts={}, created_by_id=user_id)
     session.add(batch)
+    prepared.written = True  # from here on its texts are being emptied into the database
     try:
         session.flush()
-        counts = _write(session, settings, batch.id, prompts, responses, pairs, known_winner, overlap_target)
+        counts = _write(session, settings, batch.id, prepared.prompts, prepared.responses, prepared.pairs,
+                        known_winner, overlap_target)
     except IntegrityError:
         raise PrefloopError("another import added some of the same content at the same time; "
                             "run this import again (it will skip what is already there)") from None
+    finally:
+        prepared.pairs.clear()
     if (session.get_bind().dialect.name == "postgresql"
             and counts["responses_added"] + counts["comparisons_added"] >= ANALYZE_AFTER_ROWS):
         # Freshly bulk-loaded rows have no planner statistics until autovacuum gets to them; without
@@ -1453,10 +1552,10 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
             if existing_gold_skipped == 1 else
             f"{existing_gold_skipped:,} comparisons already existed; their known outcomes were not turned into gold "
             "answers")
-    report = ImportReport(format=parsed.format, rows=parsed.rows, notes=notes, batch_id=batch.id, **counts)
-    batch.counts = {**counts, "rows": parsed.rows, "known_winner": known_winner, "overlap": overlap_target}
-    audit(session, actor, "import", batch_id=batch.id, filename=name[:512], format=parsed.format,
-          source_tag=source_tag, known_winner=known_winner, **counts, rows=parsed.rows)
+    report = ImportReport(format=prepared.format, rows=prepared.rows, notes=notes, batch_id=batch.id, **counts)
+    batch.counts = {**counts, "rows": prepared.rows, "known_winner": known_winner, "overlap": overlap_target}
+    audit(session, actor, "import", batch_id=batch.id, filename=name[:512], format=prepared.format,
+          source_tag=source_tag, known_winner=known_winner, **counts, rows=prepared.rows)
     return report
 
 

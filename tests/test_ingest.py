@@ -15,7 +15,7 @@ from sqlalchemy.exc import DataError
 
 from annotate import cli, ingest
 from annotate.accounts import Actor, create_user
-from annotate.errors import ImportValidationError, PermissionDenied
+from annotate.errors import ImportValidationError, PermissionDenied, PrefloopError
 from annotate.ingest import (
     ImportReport,
     content_hash,
@@ -499,6 +499,52 @@ def test_nan_and_deep_metadata_rows_write_nothing(db, settings):
         assert counts(session)["comparisons"] == 0 and counts(session)["prompts"] == 0
 
 
+NUL = "\u0000"
+NUL_ROWS = {
+    "response": (pair(2, response_a=f"a{NUL}b"), "response_a contains a NUL character"),
+    "text prompt": (pair(2, prompt=f"p{NUL}"), "prompt contains a NUL character"),
+    "chat prompt": (pair(2, prompt=[{"role": "user", "content": f"hi{NUL}"}]), "prompt[0].content contains a NUL"),
+    "id": (pair(2, id=f"r{NUL}"), "'id' contains a NUL character"),
+    "generator": (pair(2, generator_b=f"m{NUL}"), "'generator_b' contains a NUL character"),
+    "metadata value": (pair(2, metadata={"k": [f"v{NUL}"]}), "a string in 'metadata' contains a NUL"),
+    "metadata key": (pair(2, metadata={"k": {f"x{NUL}": 1}}), "a string in 'metadata' contains a NUL"),
+    "kwise response": ({"prompt": "q", "responses": ["a", {"text": "b", "metadata": {"m": NUL}}]},
+                       "a string in 'metadata' contains a NUL"),
+    "hh": (hh(f"\n\nHuman: hi{NUL}", "yes", "no"), "prompt[0].content contains a NUL"),
+    "trl messages": ({"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"y{NUL}"}],
+                      "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "n"}]},
+                     "contains a NUL"),
+}
+
+
+@pytest.mark.parametrize("case", list(NUL_ROWS))
+def test_a_nul_character_is_a_row_problem_on_every_backend(db, settings, case):
+    """SQLite stored a NUL character; PostgreSQL's import stopped with a DataError traceback on a text (and stored
+    it in JSON, where its ->> operators cannot read it). The same file now gives the same row problem on both."""
+    row, reason = NUL_ROWS[case]
+    first = pair(1) if "prompt" in row else hh("\n\nHuman: first", "yes", "no")
+    if "responses" in row:
+        first = {"prompt": "q0", "responses": ["a", "b"]}
+    elif "prompt" not in row and isinstance(row["chosen"], list):
+        first = {"prompt": "q0", "chosen": "y", "rejected": "n"}
+    with pytest.raises(ImportValidationError) as err:
+        run_import(db, settings, jsonl(first, row), filename="nul.jsonl")
+    assert [line for line, _ in err.value.problems] == [2]
+    assert reason in err.value.problems[0][1] and "line 2: " in str(err.value), err.value.problems
+    with db.read() as session:
+        assert set(counts(session).values()) == {0}
+
+
+def test_a_nul_character_in_a_csv_cell_or_the_source_tag_is_refused(db, settings):
+    csv_data = b"prompt,response_a,response_b\np1,a,b\np2,a\x00b,c\n"
+    assert parse_file(csv_data, filename="x.csv").problems == [
+        (3, "response_a contains a NUL character (\\u0000) at character 2, which PostgreSQL cannot store; remove it")]
+    with pytest.raises(PrefloopError, match="NUL"):
+        run_import(db, settings, jsonl(pair(1)), source_tag=f"t{NUL}")
+    with db.read() as session:
+        assert set(counts(session).values()) == {0}
+
+
 def test_cli_import_prints_nesting_and_kwise_problems(tmp_path, sqlite_url, monkeypatch, capsys):
     monkeypatch.setenv("PREFLOOP_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "data"))
@@ -587,9 +633,11 @@ def test_postgresql_loads_rows_by_copy_not_long_insert_statements(pg_db, pg_sett
 def test_a_driver_error_while_copying_is_sqlalchemys_and_writes_nothing(pg_db, pg_settings):
     """The Import page catches SQLAlchemy's OperationalError (a lost connection: "not saved"); COPY runs on the
     driver's own cursor, whose errors SQLAlchemy does not see. A NUL character, which PostgreSQL cannot store,
-    is such an error."""
+    is such an error (a file's NUL is a row problem: it is put into the prepared rows here)."""
+    prepared = ingest.prepare_import(pg_settings, jsonl(pair(1), {"prompt": "p", "response_a": "ab", "response_b": "c"}))
+    prepared.responses[(prompt_hash("p"), content_hash("ab"))]["text"] = "a\u0000b"
     with pytest.raises(DataError, match="NUL"):
-        run_import(pg_db, pg_settings, jsonl(pair(1), {"prompt": "p", "response_a": "a\u0000b", "response_b": "c"}))
+        run_import(pg_db, pg_settings, prepared)
     with pg_db.read() as session:
         assert set(counts(session).values()) == {0}
 

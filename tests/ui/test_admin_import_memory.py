@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import tracemalloc
 
 from sqlalchemy import func, select
 
@@ -48,3 +50,25 @@ def test_a_file_with_many_bad_rows_lists_the_first_thousand(app_db, people):
     assert any(c.value == "The first 1,000 are listed." for c in at.caption)
     assert len(at.dataframe[0].value) == 1000
     assert next(b for b in at.button if b.label == "Import").disabled
+
+
+def test_choosing_a_file_parses_it_without_a_list_of_every_comparison(app_db, people):
+    """The page kept only a summary, but built it from parse_file's list of every comparison (each text as a
+    Python string, the file's size again and more): a 100 MB file peaked at 337 MB (bench/import_page_memory.py).
+    It now keeps the first rows for the preview and counts the rest. The peak left is the upload's copy that the
+    page reads, plus what the parse holds per comparison (its hashes, to note repeated rows)."""
+    content = b"".join(json.dumps({"prompt": f"Prompt {i}: " + "question " * 30, "winner": "a",
+                                   "response_a": f"A {i} " + "alpha " * 200, "response_b": f"B {i} " + "beta " * 200,
+                                   }).encode() + b"\n" for i in range(3000))
+    at = open_page(people[1], "admin_import.py")
+    at.file_uploader(key="import_file").upload("pairs.jsonl", content, "application/jsonl")
+    tracemalloc.start()
+    try:
+        at.run()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not at.exception, at.exception
+    assert any("3000 comparisons" in m.value.replace(",", "") for m in at.markdown)
+    assert len(at.dataframe[0].value) == 20  # the preview
+    assert peak < 2 * len(content), (peak, len(content))

@@ -21,6 +21,7 @@ PARSED_KEY = "import_parsed"  # what the page shows of the chosen file, not the 
 IMPORTED_KEY = "import_done"
 IMPORTING_KEY = "import_running"
 PROBLEMS_LISTED = 1000
+PREVIEW_ROWS = 20
 KNOWN_WINNER = {
     "judgment": "store as imported judgments",
     "gold": "make the pairs gold (known answer)",
@@ -42,14 +43,15 @@ if upload is None:
 
 
 def summarise(data: bytes, digest: str) -> dict:
-    """What the page needs of a file until Import is pressed. The parsed file (every comparison's texts,
-    several times the file's size) is dropped: Import reads the upload again."""
+    """What the page needs of a file until Import is pressed: counts and the first rows, not the parsed file
+    (every comparison's texts, several times the file's size), which is never built. Import reads the upload
+    again."""
     parsed = ingest.parse_file(data, filename=upload.name, max_text_chars=settings.max_text_chars,
-                               max_bytes=settings.max_upload_mb * 2**20)
-    return {"digest": digest, "format": parsed.format, "rows": parsed.rows, "comparisons": len(parsed.comparisons),
-            "known": sum(c.winner is not None for c in parsed.comparisons), "notes": parsed.notes,
+                               max_bytes=settings.max_upload_mb * 2**20, keep_first=PREVIEW_ROWS)
+    return {"digest": digest, "format": parsed.format, "rows": parsed.rows, "comparisons": parsed.comparison_count,
+            "known": parsed.known_count, "notes": parsed.notes,
             "problems": len(parsed.problems), "problem_rows": parsed.problems[:PROBLEMS_LISTED],
-            "preview": parsed.preview(20)}
+            "preview": parsed.preview(PREVIEW_ROWS)}
 
 
 # Streamlit keeps the upload while the widget holds it; the session keeps only this summary of it.
@@ -134,10 +136,13 @@ elif importing:
 elif pressed:
     st.session_state[IMPORTING_KEY] = (digest, utcnow())
     try:
-        with st.spinner("Importing..."), db.begin() as session:
-            report = ingest.import_file(session, settings, upload.getvalue(), filename=upload.name, actor=actor,
-                                        source_tag=source_tag.strip() or None, known_winner=known_winner,
-                                        overlap=int(overlap))
+        with st.spinner("Importing..."):
+            # Read outside the write unit of work: it holds this process's gate for SQLite writers, and the
+            # database's write lock from its first statement, so every annotator's save would wait on the read.
+            prepared = ingest.prepare_import(settings, upload.getvalue(), filename=upload.name,
+                                             source_tag=source_tag.strip() or None, known_winner=known_winner)
+            with db.begin() as session:
+                report = ingest.import_file(session, settings, prepared, actor=actor, overlap=int(overlap))
         st.session_state[IMPORTED_KEY] = (digest, safe_markdown(report.summary()))
     except ImportValidationError as exc:
         st.error(safe_markdown(str(exc)))
