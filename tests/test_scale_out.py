@@ -35,6 +35,7 @@ from annotate.db import Database, create_db_engine
 from annotate.errors import PrefloopError
 from annotate.models import Comparison, ComparisonStatus, Judgment, JudgmentState, ModelVersion, TrainingRun
 from annotate.settings import load_settings
+from rm.acquisition import get_strategy
 from tests.factories import make_user
 from tests.test_retrain import (  # noqa: F401 - tiny_encoder is a fixture
     REPO,
@@ -275,7 +276,9 @@ def test_two_watchers_share_one_database(pg_clean_url, tmp_path, tiny_encoder): 
         assert [v.id for v in versions if v.is_active] == [promoted[-1].id]
         # Every finished trained run wrote the priorities of the open pairs, with the model active then.
         assert all(r.counts.get("n_priorities_written", 0) > 0 for r in trained)
-        assert open_pairs and set(open_pairs) == {(promoted[-1].id, open_pairs[0][1])}
+        assert open_pairs and {mv for mv, _ in open_pairs} == {promoted[-1].id}
+        # Ordered by the campaign's strategy, held-out prompts' pairs at random.
+        assert {strategy for _, strategy in open_pairs} == {str(get_strategy("default")), retrain.HELD_OUT_STRATEGY}
         assert open_pairs[0][1] not in (None, "random")
     finally:
         if annotators is not None:
