@@ -404,9 +404,9 @@ def _priorities(probs: np.ndarray, *, ia: np.ndarray, ib: np.ndarray, groups: np
     # stretch of the queue is its share of the pool.
     place = np.concatenate([(np.arange(len(by_strategy)) + 0.5) / max(len(by_strategy), 1),
                             (np.arange(len(at_random)) + 0.5) / len(at_random)])
-    order = np.concatenate([by_strategy, at_random])[np.argsort(place, kind="stable")]
-    priority = np.empty(n, dtype=np.float64)
-    priority[order] = 1.0 - np.arange(n) / n
+    from rm.acquisition import priority_of
+
+    priority = priority_of(np.concatenate([by_strategy, at_random])[np.argsort(place, kind="stable")])
     score = np.full(n, np.nan)
     score[train] = t_score
     strategy = np.full(n, name, dtype=object)

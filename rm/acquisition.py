@@ -826,10 +826,10 @@ def queue_order(strategy: Strategy, pool: Pool, batch_size: int, rng: np.random.
     ranked = _rank(score, rng)
     top = ranked[:min(n, max(max_candidates, 8 * batch_size * max(n_batches, 1)))]
     sub_priority, _ = priorities(strategy, pool.subset(top), batch_size, rng, n_batches=n_batches)
-    return _priority_of(np.concatenate([top[np.argsort(-sub_priority, kind="stable")], ranked[len(top):]])), score
+    return priority_of(np.concatenate([top[np.argsort(-sub_priority, kind="stable")], ranked[len(top):]])), score
 
 
-def _priority_of(order: np.ndarray) -> np.ndarray:
+def priority_of(order: np.ndarray) -> np.ndarray:
     """Priorities in (0, 1], distinct, that serve ``order`` (a permutation of the pool) first to last."""
     n = len(order)
     priority = np.empty(n, dtype=np.float64)
@@ -866,4 +866,4 @@ def priorities(strategy: Strategy, pool: Pool, batch_size: int, rng: np.random.G
         remaining = np.setdiff1d(remaining, chosen, assume_unique=True)
     if len(remaining):
         order.append(remaining[_rank(score[remaining], rng)])
-    return _priority_of(np.concatenate(order) if order else np.zeros(0, dtype=np.int64)), score
+    return priority_of(np.concatenate(order) if order else np.zeros(0, dtype=np.int64)), score
