@@ -125,9 +125,81 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+GATE_CONFIDENCE = 0.95
+"""A candidate is rejected only when the paired held-out evidence says, at this one-sided confidence, that
+it is worse than the active model by more than the tolerance (:func:`promotion_decision`)."""
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two models on the same decisive held-out comparisons, clustered by comparison.
+
+    Per comparison ``i`` with ``v_i`` decisive votes, ``d_i`` = the votes the new model
+    gets right minus those the active model gets right (0 where both pick the same side;
+    an exact tie in reward counts one half, as in ``rm.evaluate``'s accuracy).
+    """
+
+    n_pairs: int
+    """Decisive held-out comparisons."""
+    n_votes: float
+    """Decisive judgments on them (``N``: accuracy is per judgment)."""
+    new_only: int
+    """Comparisons where the new model gets more of the votes right (``d_i > 0``)."""
+    active_only: int
+    """Comparisons where the active model does (``d_i < 0``)."""
+    diff: float
+    """``Σ d_i``: new minus active correct votes, ``N`` times the accuracy difference."""
+    sum_sq: float
+    """``Σ d_i²``."""
+    sum_dv: float
+    """``Σ d_i v_i``."""
+    sum_v_sq: float
+    """``Σ v_i²``."""
+
+    def z(self, tolerance: float) -> float:
+        """Score statistic for "the new model is worse by exactly ``tolerance``": ``(Σ d_i + tN) /
+        sqrt(Σ (d_i + t v_i)²)``, the variance estimated at that null, clusters independent. At ``t = 0``
+        it is McNemar's test (``(n10 - n01) / sqrt(n10 + n01)`` with one vote per pair)."""
+        num = self.diff + tolerance * self.n_votes
+        var = self.sum_sq + 2 * tolerance * self.sum_dv + tolerance ** 2 * self.sum_v_sq
+        if var <= 0:
+            return 0.0 if num == 0 else math.copysign(math.inf, num)
+        return num / math.sqrt(var)
+
+    def p_worse(self, tolerance: float) -> float:
+        """One-sided p-value (normal approximation) of the hypothesis that the new model is not worse
+        than the active one by more than ``tolerance``: small means it is."""
+        return 0.5 * math.erfc(-self.z(tolerance) / math.sqrt(2))
+
+    def to_dict(self, tolerance: float) -> dict:
+        return {"n_pairs": self.n_pairs, "n_votes": self.n_votes, "new_only": self.new_only,
+                "active_only": self.active_only, "diff_votes": self.diff, "tolerance": tolerance,
+                "z": _finite(self.z(tolerance)), "p_worse": self.p_worse(tolerance)}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def paired_comparison(new_correct, active_correct, comparison) -> PairedComparison:
+    """:class:`PairedComparison` from per-judgment correctness of the two models on the same judgments
+    (``rm.evaluate.vote_correctness``: 1, 0.5, 0; NaN for judgments that are not decisive) and each
+    judgment's comparison id."""
+    new_c, act_c = np.asarray(new_correct, dtype=np.float64), np.asarray(active_correct, dtype=np.float64)
+    keep = ~(np.isnan(new_c) | np.isnan(act_c))
+    _, cluster = np.unique(np.asarray(comparison)[keep], return_inverse=True)
+    d = np.bincount(cluster, weights=new_c[keep] - act_c[keep])
+    v = np.bincount(cluster).astype(np.float64)
+    return PairedComparison(n_pairs=int(len(v)), n_votes=float(v.sum()), new_only=int((d > 0).sum()),
+                            active_only=int((d < 0).sum()), diff=float(d.sum()), sum_sq=float(d @ d),
+                            sum_dv=float(d @ v), sum_v_sq=float(v @ v))
+
+
 def promotion_decision(new_accuracy: float | None, active_accuracy: float | None, tolerance: float,
                        *, has_active: bool, active_loadable: bool = True, n_held_out: int | None = None,
-                       new_n_train: int | None = None, active_n_train: int | None = None) -> tuple[bool, str]:
+                       new_n_train: int | None = None, active_n_train: int | None = None,
+                       paired: PairedComparison | None = None,
+                       confidence: float = GATE_CONFIDENCE) -> tuple[bool, str]:
     """The promotion gate: ``(promote, reason)``.
 
     The first model is always promoted, and so is any model replacing an
@@ -136,10 +208,18 @@ def promotion_decision(new_accuracy: float | None, active_accuracy: float | None
     fewer than :data:`MIN_HELD_OUT_PAIRS` decisive held-out pairs (``n_held_out``,
     when given: comparisons, however many judgments each has) accuracy cannot
     tell the models apart, so the model trained on more
-    labels wins (the new one on a tie). Otherwise the new model is promoted
-    unless its held-out accuracy is worse than the active model's by more than
-    ``tolerance``; a new model without held-out labels is not promoted over an
-    existing one.
+    labels wins (the new one on a tie). A new model without held-out labels is
+    not promoted over an existing one.
+
+    Otherwise, with ``paired`` (both models on the same held-out judgments, as
+    the job has them), the new model is promoted unless the paired evidence
+    says, at one-sided ``confidence`` (:data:`GATE_CONFIDENCE`), that its accuracy
+    is worse than the active model's by more than ``tolerance``
+    (:meth:`PairedComparison.p_worse` below ``1 - confidence``): each
+    gate's accuracy difference carries several points of sampling noise, and a
+    rule on the difference alone rejected half the candidates that were not
+    worse (``bench/retrain_gate.py``). Without ``paired`` the accuracies alone
+    decide: promoted unless worse by more than ``tolerance``.
     """
     if not has_active:
         return True, "first model"
@@ -156,10 +236,28 @@ def promotion_decision(new_accuracy: float | None, active_accuracy: float | None
         return False, "no held-out labels to compare with the active model"
     if active_accuracy is None or math.isnan(active_accuracy):
         return True, "the active model has no comparable held-out accuracy"
+    if paired is not None:
+        return _paired_decision(new_accuracy, active_accuracy, tolerance, paired, 1 - confidence)
     if new_accuracy >= active_accuracy - tolerance:
         return True, f"held-out accuracy {new_accuracy:.4f} vs active {active_accuracy:.4f} (tolerance {tolerance})"
     return False, (f"held-out accuracy {new_accuracy:.4f} is worse than the active model's "
                    f"{active_accuracy:.4f} by more than {tolerance}")
+
+
+def _paired_decision(new_accuracy: float, active_accuracy: float, tolerance: float,
+                     paired: PairedComparison, alpha: float) -> tuple[bool, str]:
+    p = paired.p_worse(tolerance)
+    detail = (f"the new model alone right on {paired.new_only} pairs, the active model alone on "
+              f"{paired.active_only}; " + (f"p={p:.3f}" if p >= 0.001 else "p<0.001"))
+    pairs = f"on the same {paired.n_pairs} pairs"
+    if p < alpha:
+        return False, (f"held-out accuracy {new_accuracy:.4f} is worse than the active model's "
+                       f"{active_accuracy:.4f} {pairs} by more than the {tolerance} tolerance, beyond noise "
+                       f"({detail}, below {alpha:.2g})")
+    verdict = ("not worse" if new_accuracy >= active_accuracy
+               else f"not worse by more than the {tolerance} tolerance beyond noise")
+    return True, (f"held-out accuracy {new_accuracy:.4f} vs active {active_accuracy:.4f} {pairs}: {verdict} "
+                  f"({detail}, rejected only below {alpha:.2g})")
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -813,23 +911,29 @@ class _Run:
 
         # 4. evaluate, against the active model on the same held-out pairs
         self._begin("evaluate")
-        from rm.evaluate import evaluate
+        from rm.evaluate import correct_votes, evaluate
 
         new_metrics = _clean(evaluate(ens, test).to_dict()) if len(test) else None
-        active_metrics, active_model = self._evaluate_active(snap, encoder, spec, test, lab_rows)
+        active_metrics, active_model, active_correct = self._evaluate_active(snap, encoder, spec, test, lab_rows)
         new_acc = (new_metrics or {}).get("accuracy")
         active_acc = (active_metrics or {}).get("accuracy") if snap.active else None
         # Pairs, not votes: the judgments of one pair share its difficulty, so three votes on ten
         # pairs are no more a sample of thirty than ten pairs are.
         decisive = np.isin(snap.lab_outcome, (A_WINS, B_WINS))
         n_held_out = int(len(np.unique(snap.lab_comparison[test_mask & decisive])))
-        promote, reason = promotion_decision(new_acc, active_acc, settings.promote_tolerance,
+        # Both models on the same judgments, so the gate tests their difference pair by pair.
+        paired = (paired_comparison(correct_votes(ens, test), active_correct, snap.lab_comparison[test_mask])
+                  if active_correct is not None else None)
+        tolerance = settings.promote_tolerance
+        promote, reason = promotion_decision(new_acc, active_acc, tolerance,
                                              has_active=snap.active is not None,
                                              active_loadable=snap.active is None or active_model is not None,
                                              n_held_out=n_held_out, new_n_train=self.counts["n_train"],
-                                             active_n_train=snap.active["n_train"] if snap.active else None)
+                                             active_n_train=snap.active["n_train"] if snap.active else None,
+                                             paired=paired)
         metrics = {"new": new_metrics, "active": active_metrics, "promoted": promote, "reason": reason,
                    "n_held_out_decisive": n_held_out,
+                   "paired": paired.to_dict(tolerance) if paired is not None else None,
                    "active_version_id": snap.active["id"] if snap.active else None}
         _record(self.db, self.run_id, metrics=metrics, counts=dict(self.counts))
 
@@ -898,7 +1002,8 @@ class _Run:
             self.lock.check()
             version = ModelVersion(
                 artifact_path=rel.as_posix(), encoder_id=encoder.encoder_id[:128],
-                metrics={**(new_metrics or {}), "gate": reason,
+                metrics={**(new_metrics or {}), "gate": reason, "gate_compared_with": metrics["active_version_id"],
+                         "gate_paired": metrics["paired"],
                          "train_info": _clean(ens.info), "temperature": float(ens.temperature)},
                 n_train=self.counts["n_train"], n_test=self.counts["n_test"], training_run_id=self.run_id)
             session.add(version)
@@ -946,7 +1051,8 @@ class _Run:
             return None
 
     def _evaluate_active(self, snap, encoder, spec, test, lab_rows):
-        """The active model's metrics on this run's held-out pairs, and the model (None if it cannot score).
+        """The active model's metrics on this run's held-out pairs, the model (None if it cannot score) and
+        its per-judgment correctness on them (``rm.evaluate.vote_correctness``; None when not re-scored).
 
         A model trained on another encoder or feature spec is re-scored with its own (as it scores the
         queue), so both models are always compared on the same held-out judgments: its stored metrics
@@ -956,10 +1062,10 @@ class _Run:
         """
         from dataclasses import replace
 
-        from rm.evaluate import evaluate
+        from rm.evaluate import correct_votes, evaluate
 
         if snap.active is None:
-            return None, None
+            return None, None, None
         model = self._load_active(snap)
         same = model is not None and model.info.encoder_id == encoder.encoder_id and model.features == spec
         if model is not None and not same:
@@ -971,14 +1077,15 @@ class _Run:
         if model is None or not len(test):
             stored = dict(snap.active.get("metrics") or {})
             stored["note"] = "stored metrics (the active model could not be re-scored on this split)"
-            return stored, model
-        if same:
-            return _clean(evaluate(model.ensemble, test).to_dict()), model
-        rows = np.unique(np.concatenate([test.ia, test.ib]))
-        own = model.featurize(_take(snap.resp_prompt_text, lab_rows[rows]), _take(snap.resp_text, lab_rows[rows]))
-        feat = np.zeros((len(test.feat), own.shape[1]), dtype=np.float32)
-        feat[rows] = own
-        return _clean(evaluate(model.ensemble, replace(test, feat=feat)).to_dict()), model
+            return stored, model, None
+        if not same:
+            rows = np.unique(np.concatenate([test.ia, test.ib]))
+            own = model.featurize(_take(snap.resp_prompt_text, lab_rows[rows]),
+                                  _take(snap.resp_text, lab_rows[rows]))
+            feat = np.zeros((len(test.feat), own.shape[1]), dtype=np.float32)
+            feat[rows] = own
+            test = replace(test, feat=feat)
+        return _clean(evaluate(model.ensemble, test).to_dict()), model, correct_votes(model.ensemble, test)
 
     def _active_scorer(self, model, snap, encoder, spec, lab_rows, feat_lab):
         if model is None:

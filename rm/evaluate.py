@@ -18,6 +18,9 @@ Definitions (all on held-out pairs; ``p`` is the ensemble's P(A ≻ B) =
   over the distinct responses of the held-out pairs (the reward-hacking signal).
 - ``ensemble_prob_std`` / ``ensemble_reward_std``: mean over pairs (responses)
   of the standard deviation across members of P(A ≻ B) (of the reward).
+
+:func:`vote_correctness` gives the per-judgment terms of ``accuracy``, for paired
+comparisons of two models on the same pairs.
 """
 
 from __future__ import annotations
@@ -98,6 +101,29 @@ def _nan_to_none(bins: list[CalibrationBin]) -> list[CalibrationBin]:
     return bins
 
 
+def vote_correctness(member_rewards: np.ndarray, data: PairData) -> np.ndarray:
+    """Per row of ``data``: 1 where the winner gets the higher mean reward, 0 where the loser does,
+    0.5 for an exact tie in reward, NaN for rows that are not decisive (ties, both-bad).
+
+    ``accuracy`` is the mean over decisive rows.
+    """
+    r = np.asarray(member_rewards, dtype=np.float32)
+    if r.ndim == 1:
+        r = r[None, :]
+    out = np.full(len(data), np.nan)
+    decisive = (data.outcome == A_WINS) | (data.outcome == B_WINS)
+    ia, ib = data.ia[decisive], data.ib[decisive]
+    gap = (r[:, ia].mean(0) - r[:, ib].mean(0)).astype(np.float64)
+    win_gap = np.where(data.outcome[decisive] == A_WINS, gap, -gap)
+    out[decisive] = (win_gap > 0) + 0.5 * (win_gap == 0)
+    return out
+
+
+def correct_votes(ensemble: Ensemble, data: PairData) -> np.ndarray:
+    """:func:`vote_correctness` of ``ensemble`` on ``data`` (responses scored once)."""
+    return vote_correctness(_member_rewards(ensemble, data), data)
+
+
 def metrics_from_rewards(member_rewards: np.ndarray, data: PairData) -> Metrics:
     """Metrics from per-member rewards ``(M, R)`` aligned with ``data.feat`` rows.
 
@@ -151,10 +177,14 @@ def metrics_from_rewards(member_rewards: np.ndarray, data: PairData) -> Metrics:
     )
 
 
-def evaluate(ensemble: Ensemble, data: PairData) -> Metrics:
-    """Score ``data``'s responses once with ``ensemble`` and compute ``Metrics``."""
+def _member_rewards(ensemble: Ensemble, data: PairData) -> np.ndarray:
     rows = np.unique(np.concatenate([data.ia, data.ib]))
     r = np.zeros((ensemble.n_members, len(data.feat)), dtype=np.float32)
     if len(rows):
         r[:, rows] = ensemble.member_rewards(data.feat[rows])
-    return metrics_from_rewards(r, data)
+    return r
+
+
+def evaluate(ensemble: Ensemble, data: PairData) -> Metrics:
+    """Score ``data``'s responses once with ``ensemble`` and compute ``Metrics``."""
+    return metrics_from_rewards(_member_rewards(ensemble, data), data)

@@ -349,6 +349,14 @@ def test_promotion_gate_end_to_end(db, rt_settings):
     second = retrain.run_once(rt_settings, db=db)
     assert second.status == "succeeded" and second.promoted, second.summary()
     assert second.metrics["active"]["accuracy"] is not None  # the old model, re-scored on the same split
+    # Compared pair by pair on the same held-out judgments, and recorded.
+    paired = second.metrics["paired"]
+    assert paired["n_pairs"] == second.metrics["n_held_out_decisive"] >= retrain.MIN_HELD_OUT_PAIRS
+    assert paired["n_votes"] == second.metrics["new"]["n_decisive"] and paired["p_worse"] >= 0.05
+    assert f"on the same {paired['n_pairs']} pairs: not worse" in second.message, second.message
+    with db.read() as s:
+        gated = s.get(ModelVersion, second.model_version_id).metrics
+    assert gated["gate_compared_with"] == first.model_version_id and gated["gate_paired"] == paired
 
     # Many contradicting labels on training-side prompts only: the new model
     # gets worse on the unchanged held-out labels and is rejected.
@@ -359,6 +367,8 @@ def test_promotion_gate_end_to_end(db, rt_settings):
     assert third.metrics["new"]["n_decisive"] >= retrain.MIN_HELD_OUT_PAIRS  # enough to compare accuracies
     assert third.status == "rejected", third.summary()
     assert not third.promoted and "worse" in third.message
+    assert "beyond noise" in third.message and third.metrics["paired"]["p_worse"] < 0.05, third.message
+    assert third.metrics["paired"]["active_only"] > third.metrics["paired"]["new_only"]
     with db.read() as s:
         assert active_id(s) == second.model_version_id
         rejected = s.get(ModelVersion, third.model_version_id)

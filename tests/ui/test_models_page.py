@@ -11,15 +11,20 @@ def _gate(new: float, active: float | None) -> str:
     return retrain.promotion_decision(new, active, 0.01, has_active=active is not None, n_held_out=500)[1]
 
 
+def _add_versions(app_db, gates: list[tuple[bool, str]], *, active: int) -> None:
+    """Versions 1, 2, … with ``(promoted, gate reason)``; version ``active`` is the active one."""
+    with app_db.begin() as s:
+        for i, (promoted, gate) in enumerate(gates, start=1):
+            s.add(ModelVersion(artifact_path=f"/m{i}", encoder_id="enc", is_active=i == active, promoted=promoted,
+                               promoted_at=utcnow() if promoted else None, n_train=60 + i, n_test=400,
+                               metrics={"accuracy": 0.7, "gate": gate}))
+
+
 def test_the_gate_reason_names_the_then_active_version(app_db, people):
     """The active version said 'held-out accuracy 0.7400 vs active 0.7345', as if compared with itself."""
     gates = [(True, _gate(0.7345, None)), (False, _gate(0.60, 0.7345)), (True, _gate(0.74, 0.7345)),
              (False, _gate(0.70, 0.74))]
-    with app_db.begin() as s:
-        for i, (promoted, gate) in enumerate(gates, start=1):
-            s.add(ModelVersion(artifact_path=f"/m{i}", encoder_id="enc", is_active=i == 3, promoted=promoted,
-                               promoted_at=utcnow() if promoted else None, n_train=60 + i, n_test=400,
-                               metrics={"accuracy": 0.7, "gate": gate}))
+    _add_versions(app_db, gates, active=3)
     at = open_page(people[1], "models.py")
     assert not at.exception, at.exception
     assert any("Held-out accuracy 0.7400 vs then-active v1 0.7345 (tolerance 0.01)" in c.value
@@ -43,3 +48,25 @@ def test_few_held_out_pairs_name_the_then_active_version_too(app_db, people):
     assert not at.exception, at.exception
     [why, _] = at.dataframe[0].value["why"].tolist()
     assert why.endswith("promoted the model trained on more labels (90 vs then-active v1 60)"), why
+
+
+def test_the_paired_gate_reason_names_the_then_active_version(app_db, people):
+    """The paired gate's reason names the active model twice: in the accuracies and in the counts."""
+    def paired(new_only: int, active_only: int) -> str:
+        new = [1] * new_only + [0] * active_only + [1] * (200 - new_only - active_only)
+        act = [0] * new_only + [1] * active_only + [1] * (200 - new_only - active_only)
+        counts = retrain.paired_comparison(new, act, list(range(200)))
+        return retrain.promotion_decision(1 - active_only / 200, 1 - new_only / 200, 0.01, has_active=True,
+                                          n_held_out=200, paired=counts)[1]
+    gates = [(True, "first model"), (True, paired(18, 22)), (False, paired(3, 30))]
+    _add_versions(app_db, gates, active=2)
+    at = open_page(people[1], "models.py")
+    assert not at.exception, at.exception
+    refused, kept, _ = at.dataframe[0].value["why"].tolist()  # newest first
+    assert refused.startswith("held-out accuracy 0.8500 is worse than the then-active v2's 0.9850 on the same "
+                              "200 pairs by more than the 0.01 tolerance, beyond noise (the new model alone right "
+                              "on 3 pairs, the then-active v2 alone on 30; p<0.001, below 0.05)"), refused
+    assert kept.startswith("held-out accuracy 0.8900 vs then-active v1 0.9100 on the same 200 pairs: not worse "
+                           "by more than the 0.01 tolerance beyond noise (the new model alone right on 18 pairs, "
+                           "the then-active v1 alone on 22; p="), kept
+    assert "active model" not in refused + kept
