@@ -47,7 +47,8 @@ as ``external_id``, ``prompt_external_id`` and the response columns' ids.
 validates every row for :func:`import_file` before any database work (on SQLite
 the write lock is taken at a transaction's first statement, so annotators keep
 saving while a file is read). :func:`import_file` writes nothing if any row is
-bad, then inserts in bulk (COPY on PostgreSQL) with batched existence checks by
+bad, then inserts in bulk (COPY on PostgreSQL; on SQLite, executemany of the rows as prepare_import built
+them, so little but SQLite's own work happens under its write lock) with batched existence checks by
 content hash, so importing the same content again adds nothing. Both read the
 file line by line (a ``.json`` array is read whole); an import holds each
 distinct text once, with the hashes, until it is written. One file may give up to :data:`MAX_FILE_COMPARISONS` comparisons.
@@ -77,7 +78,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 from sqlalchemy import bindparam, case, column, func, insert, select, update
 from sqlalchemy import table as table_clause
@@ -99,6 +100,7 @@ from annotate.models import (
     JudgmentState,
     Prompt,
     Response,
+    utcnow,
 )
 from annotate.settings import Settings
 
@@ -1223,79 +1225,86 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _bulk_insert_batches(session: Session, model, rows: Iterable[dict], returning) -> Iterator[list]:
-    """Insert ``rows`` (dicts keyed by column, a key left out for SQL NULL) a batch at a time, yielding each
-    batch's ``returning`` columns. Takes the rows lazily, so they need not all be built at once.
+class _PromptRow(NamedTuple):
+    """A new prompt's stored values (JSON as its text), built by :func:`prepare_import` before any lock."""
 
-    PostgreSQL: :func:`_copy_insert_batches`. SQLite: Core INSERT ... RETURNING, one statement per batch, not
-    per row (Core rather than ORM bulk insert: a third of the cost on 100k rows); a batch's rows are grouped
-    by their key set because one executemany needs uniform keys.
+    content_hash: str
+    text: str | None
+    messages: str | None
+    source_tag: str | None
+    metadata: str | None
+    external_id: str | None
+
+
+class _ResponseRow(NamedTuple):
+    """A new response's stored values, as :class:`_PromptRow`; ``n_chars`` is ``len(text)`` as the model's
+    default would store it."""
+
+    content_hash: str
+    text: str
+    n_chars: int
+    generator: str | None
+    metadata: str | None
+    external_id: str | None
+
+
+_PROMPT_COLUMNS = (*_PromptRow._fields, "import_batch_id", "created_at")
+_RESPONSE_COLUMNS = ("prompt_id", *_ResponseRow._fields, "created_at")
+_COMPARISON_COLUMNS = ("prompt_id", "response_a_id", "response_b_id", "overlap_target", "judgment_count", "is_gold",
+                       "gold_choice", "status", "priority", "priority_strategy", "source_tag", "external_id",
+                       "import_batch_id", "created_at")
+_JUDGMENT_COLUMNS = ("comparison_id", "source", "choice", "flags", "is_probe", "was_gold", "state", "created_at")
+"""The columns an import writes into each table, in the order of its row tuples; every other column is SQL NULL
+(or the database's default). Values are stored forms: enums as their value, JSON as its text
+(``json.dumps``, as SQLAlchemy's JSON type writes it), None as SQL NULL."""
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _stored_now(table, session: Session) -> Any:
+    """This moment as ``table.created_at`` stores it on the session's backend (one value for every row)."""
+    dialect = session.get_bind().dialect
+    process = table.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    now = utcnow()
+    return now if process is None else process(now)
+
+
+def _insert_rows(session: Session, table, columns: tuple[str, ...], rows: Iterable[tuple],
+                 key: tuple[str, ...] = ()) -> Iterator[list[tuple]]:
+    """Insert ``rows`` (tuples of stored values for ``columns``) a batch at a time, taking them lazily (so they
+    need not all be built at once); yields each batch: its ``(id, *key columns)`` rows when ``key`` is given,
+    else its rows as given.
+
+    SQLite: one executemany of plain INSERTs per batch through the driver, with no per-row work in SQLAlchemy
+    (building its parameters was half the time the write lock was held). The ids are given, counted on from
+    the table's highest: the write transaction holds SQLite's write lock, so no other connection can insert
+    meanwhile, and these are the ids SQLite would pick. PostgreSQL: :func:`_copy_insert_batches`.
     """
-    table = model.__table__
     if session.get_bind().dialect.name == "postgresql":
-        yield from _copy_insert_batches(session, table, rows, [table.c[attr.key] for attr in returning])
+        yield from _copy_insert_batches(session, table, columns, rows, key)
         return
-    stmt = insert(table).returning(*(table.c[attr.key] for attr in returning))
+    quote = session.get_bind().dialect.identifier_preparer.quote
+    names = ("id", *columns) if key else columns
+    statement = (f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, names))}) "
+                 f"VALUES ({', '.join('?' * len(names))})")
+    connection = session.connection()
+    at = [columns.index(name) for name in key]
+    next_id = None
     for batch in _batched(rows, _INSERT_BATCH):
-        groups: dict[tuple, list[dict]] = defaultdict(list)
-        for row in batch:
-            groups[tuple(sorted(row))].append(row)
-        del batch
-        yield [r for group in groups.values() for r in session.execute(stmt, group).all()]
-
-
-class _DefaultContext:
-    """What a context-sensitive column default reads (``Response.n_chars`` reads the row's text) when COPY, not
-    SQLAlchemy, writes the row."""
-
-    __slots__ = ("row",)
-
-    def __init__(self, row: dict):
-        self.row = row
-
-    def get_current_parameters(self, isolate_multiinsert_groups: bool = True) -> dict:
-        return self.row
-
-
-def _copy_row_values(table, dialect) -> tuple[list, Callable[[dict], list]]:
-    """The columns COPY writes into ``table`` (all but the generated id) and a function giving a row's values
-    for them as an INSERT through SQLAlchemy would store them: a key left out is SQL NULL or the column's
-    Python-side default (``created_at``, ``n_chars``, ...), each value through the column type's bind processing
-    (enums to their value strings; JSON serialised, so a given None is JSON 'null' only where the column does
-    not store None as NULL)."""
-    columns, getters = [], []
-    for col in table.columns:
-        if col is table.autoincrement_column:
+        if not key:
+            connection.exec_driver_sql(statement, batch)
+            yield batch
             continue
-        default = col.default
-        if default is None and col.server_default is not None:
-            continue  # the server fills it; none of the imported tables has such a column
-        if default is not None and not (default.is_scalar or default.is_callable):
-            raise NotImplementedError(f"COPY cannot compute the default of {table.name}.{col.name}")
-        columns.append(col)
-        getters.append((col.key, default, col.type.dialect_impl(dialect).bind_processor(dialect)))
-
-    names = {col.key for col in columns}
-
-    def values(row: dict) -> list:
-        if not row.keys() <= names:  # a key COPY would drop silently
-            raise ValueError(f"no COPY column for {sorted(row.keys() - names)} in {table.name}")
-        out = []
-        for key, default, process in getters:
-            if key in row:
-                value = row[key]
-            elif default is None:
-                out.append(None)
-                continue
-            else:
-                value = default.arg(_DefaultContext(row)) if default.is_callable else default.arg
-            out.append(value if process is None else process(value))
-        return out
-
-    return columns, values
+        if next_id is None:
+            next_id = session.scalar(select(func.coalesce(func.max(table.c.id), 0))) + 1
+        first, next_id = next_id, next_id + len(batch)
+        connection.exec_driver_sql(statement, [(i, *row) for i, row in zip(range(first, next_id), batch)])
+        yield [(i, *(row[k] for k in at)) for i, row in zip(range(first, next_id), batch)]
 
 
-def _copy(session: Session, target: str, columns: list, values: Callable[[dict], list], rows: Iterable[dict]) -> None:
+def _copy(session: Session, target: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> None:
     """COPY ``rows`` into the table named ``target`` through the session's own connection (its transaction).
     A driver error is raised as SQLAlchemy's, as from any other statement (callers catch OperationalError,
     IntegrityError)."""
@@ -1303,74 +1312,54 @@ def _copy(session: Session, target: str, columns: list, values: Callable[[dict],
     from psycopg import sql
 
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(target), sql.SQL(", ").join(sql.Identifier(col.name) for col in columns))
+        sql.Identifier(target), sql.SQL(", ").join(map(sql.Identifier, columns)))
     connection = session.connection()
     try:
         with connection.connection.dbapi_connection.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
-                copy.write_row(values(row))
+                copy.write_row(row)
     except psycopg.Error as exc:
         raise DBAPIError.instance(statement.as_string(), None, exc, psycopg.Error, hide_parameters=True,
                                   dialect=connection.dialect) from exc
 
 
-def _copy_insert_batches(session: Session, table, rows: Iterable[dict], returning: list) -> Iterator[list]:
-    """PostgreSQL's :func:`_bulk_insert_batches`: each batch is COPYed into a temporary staging table, then moved
-    with one INSERT ... SELECT ... RETURNING. A long multi-row INSERT costs more to build and parse than its
-    rows cost to store (about 40% of a large import's time); COPY is not parsed as SQL. The staging table
-    has the target's column types and no constraints, so the target's constraints (unique hashes, checks) are
+def _copy_insert_batches(session: Session, table, columns: tuple[str, ...], rows: Iterable[tuple],
+                         key: tuple[str, ...]) -> Iterator[list[tuple]]:
+    """PostgreSQL's :func:`_insert_rows`. Rows whose ids are wanted back are COPYed a batch at a time into a
+    temporary staging table, then moved with one INSERT ... SELECT ... RETURNING; the others are COPYed
+    straight into the table. A long multi-row INSERT costs more to build and parse than its rows cost to
+    store (about 40% of a large import's time); COPY is not parsed as SQL. The staging table has the
+    target's column types and no constraints, so the target's constraints (unique hashes, checks) are
     checked by the INSERT and fail as an IntegrityError as before."""
-    columns, values = _copy_row_values(table, session.get_bind().dialect)
-    names = [col.name for col in columns]
+    if not key:
+        for batch in _batched(rows, _COPY_BATCH):
+            _copy(session, table.name, columns, batch)
+            yield batch
+        return
     stage_name = f"prefloop_stage_{table.name}"
     quote = session.get_bind().dialect.identifier_preparer.quote
-    stage = table_clause(stage_name, *(column(name) for name in names))
-    move = insert(table).from_select(names, select(*stage.c), include_defaults=False).returning(*returning)
+    stage = table_clause(stage_name, *map(column, columns))
+    move = insert(table).from_select(list(columns), select(*stage.c), include_defaults=False).returning(
+        table.c.id, *(table.columns[name] for name in key))
     made = False
     for batch in _batched(rows, _COPY_BATCH):
         if made:
             session.execute(sql_text(f"TRUNCATE {quote(stage_name)}"))
         else:  # with the first batch: an import that adds nothing (a re-import) makes no table
             session.execute(sql_text(f"CREATE TEMPORARY TABLE {quote(stage_name)} ON COMMIT DROP AS SELECT "
-                                     f"{', '.join(map(quote, names))} FROM {quote(table.name)} WITH NO DATA"))
+                                     f"{', '.join(map(quote, columns))} FROM {quote(table.name)} WITH NO DATA"))
             made = True
-        _copy(session, stage_name, columns, values, batch)
+        _copy(session, stage_name, columns, batch)
         del batch
-        yield session.execute(move).all()
+        yield [tuple(row) for row in session.execute(move)]
     if made:
         session.execute(sql_text(f"DROP TABLE {quote(stage_name)}"))
-
-
-def _insert_all(session: Session, model, rows: Iterable[dict]) -> int:
-    """Insert ``rows`` where no ids are needed back (COPY straight into the table on PostgreSQL, executemany
-    batches on SQLite); returns how many."""
-    table, n = model.__table__, 0
-    if session.get_bind().dialect.name == "postgresql":
-        columns, values = _copy_row_values(table, session.get_bind().dialect)
-        for batch in _batched(rows, _COPY_BATCH):
-            _copy(session, table.name, columns, values, batch)
-            n += len(batch)
-        return n
-    for batch in _batched(rows, _INSERT_BATCH):
-        session.execute(insert(table), batch)
-        n += len(batch)
-    return n
-
-
-def _bulk_insert(session: Session, model, rows: Iterable[dict], returning) -> list:
-    """:func:`_bulk_insert_batches`, every returned row in one list."""
-    return [r for inserted in _bulk_insert_batches(session, model, rows, returning) for r in inserted]
 
 
 def _lookup(session: Session, stmt, values: list) -> Iterator:
     """Run ``stmt`` (with an expanding ``keys`` parameter) over ``values`` in chunks."""
     for chunk in _chunks(values):
-        yield from session.execute(stmt, {"keys": chunk})
-
-
-def _drop_none(row: dict) -> dict:
-    # Omitting a JSON key stores SQL NULL; passing None would store the JSON literal 'null'.
-    return {k: v for k, v in row.items() if v is not None}
+        yield from session.execute(stmt, {"keys": chunk}).all()  # all at once: row by row is 4x the time
 
 
 @dataclass(slots=True)
@@ -1380,6 +1369,8 @@ class _Pair:
     hash_b: str
     line: int
     source_tag: str | None
+    priority: float
+    """Its queue priority if it is new (:func:`seeded_priority` with the settings' queue seed)."""
     row_id: str | None = None
     outcomes: dict[Choice, int] = field(default_factory=dict)
     """Distinct known outcomes in this pair's A/B terms -> first line."""
@@ -1388,7 +1379,8 @@ class _Pair:
 @dataclass(eq=False)
 class PreparedImport:
     """A file read and checked by :func:`prepare_import`, with no database touched: what :func:`import_file`
-    writes. It holds each distinct text once (the import's memory); the write empties it, so it is written once."""
+    writes. It holds each distinct text once (the import's memory), in the rows to be stored (built here, not
+    while the write holds a lock); the write empties it, so it is written once."""
 
     name: str
     file_hash: str
@@ -1397,8 +1389,8 @@ class PreparedImport:
     notes: list[str]
     source_tag: str | None
     known_winner: str
-    prompts: dict[str, dict] = field(repr=False)
-    responses: dict[tuple[str, str], dict] = field(repr=False)
+    prompts: dict[str, _PromptRow] = field(repr=False)
+    responses: dict[tuple[str, str], _ResponseRow] = field(repr=False)
     pairs: dict[tuple[str, str, str], _Pair] = field(repr=False)
     written: bool = False
 
@@ -1423,26 +1415,25 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
     src = _Source(source, settings.max_upload_mb * 2**20)
     name = filename or src.name or "upload"
     # Rows go straight into what will be written (each text once), not through a list of every comparison.
-    prompts: dict[str, dict] = {}
-    responses: dict[tuple[str, str], dict] = {}
+    prompts: dict[str, _PromptRow] = {}
+    responses: dict[tuple[str, str], _ResponseRow] = {}
     pairs: dict[tuple[str, str, str], _Pair] = {}
 
     def keep(c: ParsedComparison) -> None:
         tag = source_tag or c.source_tag
         if c.prompt_hash not in prompts:
             is_text = isinstance(c.prompt, str)
-            prompts[c.prompt_hash] = _drop_none({
-                "content_hash": c.prompt_hash, "text": c.prompt if is_text else None,
-                "messages": None if is_text else c.prompt, "source_tag": tag, "metadata": c.metadata,
-                "external_id": c.prompt_id})
+            prompts[c.prompt_hash] = _PromptRow(c.prompt_hash, c.prompt if is_text else None,
+                                                None if is_text else json.dumps(c.prompt), tag,
+                                                _json_text(c.metadata), c.prompt_id)
         for text, h, gen, meta, ext in ((c.response_a, c.hash_a, c.generator_a, c.response_a_meta, c.response_a_id),
                                         (c.response_b, c.hash_b, c.generator_b, c.response_b_meta, c.response_b_id)):
             if (c.prompt_hash, h) not in responses:
-                responses[(c.prompt_hash, h)] = _drop_none({
-                    "content_hash": h, "text": text, "generator": gen, "metadata": meta, "external_id": ext})
+                responses[(c.prompt_hash, h)] = _ResponseRow(h, text, len(text), gen, _json_text(meta), ext)
         pair = pairs.get(c.pair_key)
         if pair is None:
-            pair = pairs[c.pair_key] = _Pair(c.prompt_hash, c.hash_a, c.hash_b, c.line, tag, c.row_id)
+            pair = pairs[c.pair_key] = _Pair(c.prompt_hash, c.hash_a, c.hash_b, c.line, tag, seeded_priority(
+                settings.queue_seed, c.prompt_hash, c.hash_a, c.hash_b), c.row_id)
         elif pair.row_id is None:
             pair.row_id = c.row_id
         if c.winner is not None and known_winner != "ignore":
@@ -1524,8 +1515,8 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     prepared.written = True  # from here on its texts are being emptied into the database
     try:
         session.flush()
-        counts = _write(session, settings, batch.id, prepared.prompts, prepared.responses, prepared.pairs,
-                        known_winner, overlap_target)
+        counts = _write(session, batch.id, prepared.prompts, prepared.responses, prepared.pairs, known_winner,
+                        overlap_target)
     except IntegrityError:
         raise PrefloopError("another import added some of the same content at the same time; "
                             "run this import again (it will skip what is already there)") from None
@@ -1559,21 +1550,22 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     return report
 
 
-def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[str, dict],
-           responses: dict[tuple[str, str], dict], pairs: dict[tuple[str, str, str], _Pair],
+def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
+           responses: dict[tuple[str, str], _ResponseRow], pairs: dict[tuple[str, str, str], _Pair],
            known_winner: str, overlap_target: int) -> dict[str, int]:
     """Insert what is new. Empties ``prompts`` and ``responses`` as their rows are written, so that the texts
     of one stage are freed before the next (an import's memory peaks at its texts once, not at the sum)."""
     # Prompts: look up by hash in chunks, insert the missing ones in bulk.
     P, R, C, J = Prompt.__table__, Response.__table__, Comparison.__table__, Judgment.__table__
+    now = _stored_now(P, session)  # every row of one import has the same created_at
     keys = bindparam("keys", expanding=True)
     prompt_ids: dict[str, int] = {h: i for i, h in _lookup(
         session, select(P.c.id, P.c.content_hash).where(P.c.content_hash.in_(keys)), list(prompts))}
     old_prompts = set(prompt_ids)
     new_prompts = [h for h in prompts if h not in prompt_ids]
-    prompt_ids.update((h, i) for i, h in _bulk_insert(
-        session, Prompt, ({**prompts.pop(h), "import_batch_id": batch_id} for h in new_prompts),
-        (Prompt.id, Prompt.content_hash)))
+    for inserted in _insert_rows(session, P, _PROMPT_COLUMNS, ((*prompts.pop(h), batch_id, now) for h in new_prompts),
+                                 key=("content_hash",)):
+        prompt_ids.update((h, i) for i, h in inserted)
     prompts.clear()
 
     # Responses: only prompts that already existed can already have them.
@@ -1587,10 +1579,10 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
     old_responses = set(response_ids.values())
     new_responses = [key for key in responses if key not in response_ids]
     prompt_hash_by_id = {i: h for h, i in prompt_ids.items()}
-    for rid, pid, h in _bulk_insert(
-            session, Response, ({**responses.pop(key), "prompt_id": prompt_ids[key[0]]} for key in new_responses),
-            (Response.id, Response.prompt_id, Response.content_hash)):
-        response_ids[(prompt_hash_by_id[pid], h)] = rid
+    for inserted in _insert_rows(session, R, _RESPONSE_COLUMNS,
+                                 ((prompt_ids[key[0]], *responses.pop(key), now) for key in new_responses),
+                                 key=("prompt_id", "content_hash")):
+        response_ids.update(((prompt_hash_by_id[pid], h), rid) for rid, pid, h in inserted)
     responses.clear()
     del prompt_hash_by_id
 
@@ -1609,8 +1601,9 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
     old_outcomes: dict[int, tuple[bool, set]] = {}
     outcomes_by_pair: dict[tuple[int, int], list[Choice]] = {}
     gold_added = gold_skipped = existing_count = complete_on_import = judgments_added = 0
+    open_, complete = ComparisonStatus.open.value, ComparisonStatus.complete.value
 
-    def new_rows() -> Iterator[dict]:
+    def new_rows() -> Iterator[tuple]:
         nonlocal gold_added, gold_skipped, existing_count, complete_on_import
         for p in pairs.values():
             a, b = response_ids[(p.prompt_hash, p.hash_a)], response_ids[(p.prompt_hash, p.hash_b)]
@@ -1623,33 +1616,30 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
                     flip = found.response_a_id != a
                     old_outcomes[found.id] = (found.is_gold, {_flip(c) if flip else c for c in p.outcomes})
                 continue
-            row = {"prompt_id": prompt_ids[p.prompt_hash], "response_a_id": a, "response_b_id": b,
-                   "overlap_target": overlap_target, "judgment_count": 0, "is_gold": False,
-                   "status": ComparisonStatus.open,
-                   "priority": seeded_priority(settings.queue_seed, p.prompt_hash, p.hash_a, p.hash_b),
-                   "priority_strategy": "random",
-                   "source_tag": p.source_tag, "external_id": p.row_id, "import_batch_id": batch_id}
+            judged, is_gold, gold_choice, status = 0, False, None, open_
             if gold and p.outcomes:
-                row.update(is_gold=True, gold_choice=next(iter(p.outcomes)))
+                is_gold, gold_choice = True, next(iter(p.outcomes)).value
                 gold_added += 1
             elif p.outcomes:
-                row["judgment_count"] = len(p.outcomes)
-                if len(p.outcomes) >= overlap_target:
-                    row["status"] = ComparisonStatus.complete
+                judged = len(p.outcomes)
+                if judged >= overlap_target:
+                    status = complete
                     complete_on_import += 1
                 outcomes_by_pair[(a, b)] = sorted(p.outcomes, key=lambda c: c.value)
-            yield row
+            yield (prompt_ids[p.prompt_hash], a, b, overlap_target, judged, is_gold, gold_choice, status,
+                   p.priority, "random", p.source_tag, p.row_id, batch_id, now)
 
-    def insert_judgments(rows: Iterable[dict]) -> None:
+    def insert_judgments(rows: Iterable[tuple]) -> None:
         nonlocal judgments_added
-        judgments_added += _insert_all(session, Judgment, rows)
+        for inserted in _insert_rows(session, J, _JUDGMENT_COLUMNS, rows):
+            judgments_added += len(inserted)
 
     # Batch by batch: each batch's judgments go in with it, so no list of every new row is built.
     comparisons_added = 0
-    for inserted in _bulk_insert_batches(session, Comparison, new_rows(),
-                                         (Comparison.id, Comparison.response_a_id, Comparison.response_b_id)):
+    for inserted in _insert_rows(session, C, _COMPARISON_COLUMNS, new_rows(),
+                                 key=("response_a_id", "response_b_id")):
         comparisons_added += len(inserted)
-        insert_judgments(_judgment_row(cid, c, False) for cid, a, b in inserted
+        insert_judgments(_judgment_row(cid, c, False, now) for cid, a, b in inserted
                          for c in outcomes_by_pair.pop((a, b), ()))
 
     # Outcomes for comparisons that already existed: skip a choice already imported.
@@ -1663,20 +1653,19 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
         judgments = []
         for cid, (is_gold, choices) in old_outcomes.items():
             add = sorted(choices - have[cid], key=lambda c: c.value)
-            judgments.extend(_judgment_row(cid, c, is_gold) for c in add)
+            judgments.extend(_judgment_row(cid, c, is_gold, now) for c in add)
             if add:
                 bumps.append({"cid": cid, "delta": len(add)})
         insert_judgments(judgments)
     if bumps:
-        table = Comparison.__table__
-        new_count = table.c.judgment_count + bindparam("delta")
+        new_count = C.c.judgment_count + bindparam("delta")
         session.execute(
-            update(table).where(table.c.id == bindparam("cid")).values(
+            update(C).where(C.c.id == bindparam("cid")).values(
                 judgment_count=new_count,
                 status=case(
-                    (table.c.status == ComparisonStatus.retired, table.c.status),
-                    (table.c.is_gold, ComparisonStatus.open),
-                    (new_count >= table.c.overlap_target, ComparisonStatus.complete),
+                    (C.c.status == ComparisonStatus.retired, C.c.status),
+                    (C.c.is_gold, ComparisonStatus.open),
+                    (new_count >= C.c.overlap_target, ComparisonStatus.complete),
                     else_=ComparisonStatus.open)),
             bumps)
     return {"prompts_added": len(new_prompts), "responses_added": len(new_responses),
@@ -1685,7 +1674,7 @@ def _write(session: Session, settings: Settings, batch_id: int, prompts: dict[st
             "complete_on_import": complete_on_import}
 
 
-def _judgment_row(comparison_id: int, choice: Choice, was_gold: bool) -> dict:
-    return {"comparison_id": comparison_id, "annotator_id": None, "source": JudgmentSource.imported,
-            "choice": choice, "flags": [], "is_probe": False, "was_gold": was_gold,
-            "state": JudgmentState.active}
+def _judgment_row(comparison_id: int, choice: Choice, was_gold: bool, now: Any) -> tuple:
+    """An imported judgment's stored values for :data:`_JUDGMENT_COLUMNS` (no annotator)."""
+    return (comparison_id, JudgmentSource.imported.value, choice.value, "[]", False, was_gold,
+            JudgmentState.active.value, now)

@@ -13,12 +13,12 @@ import json
 import sqlite3
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from annotate import cli, ingest
 from annotate.accounts import Actor, create_user
 from annotate.errors import PermissionDenied, PrefloopError
-from annotate.models import AuditEvent, Comparison
+from annotate.models import AuditEvent, Choice, Comparison, Judgment, Prompt, Response
 
 ROWS = [{"prompt": f"prompt {i}", "response_a": f"a {i}", "response_b": f"b {i}", "winner": "a"} for i in range(5)]
 DATA = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
@@ -115,3 +115,44 @@ def test_a_prepared_file_is_checked_for_the_role_and_written_once(sqlite_db, sql
     with sqlite_db.read() as session:
         assert session.scalar(select(func.count()).select_from(Comparison)) == 5
         assert session.scalars(select(AuditEvent.action).where(AuditEvent.action == "import")).all() == ["import"]
+
+
+def test_sqlite_rows_go_in_as_prepared_tuples_by_executemany_with_their_ids_given(sqlite_db, sqlite_settings):
+    """While the write holds the lock, rows go to the driver as built by prepare_import: one executemany of plain
+    INSERTs per batch, ids given (counted on from the table's highest), no RETURNING to read back. Before,
+    SQLAlchemy built every row's parameters under the lock (about half the time it was held) and read the ids
+    back with multi-row INSERT ... RETURNING statements."""
+    with sqlite_db.begin() as session:  # an earlier import: new ids count on from its highest
+        ingest.import_file(session, sqlite_settings, DATA, filename="first.jsonl", system=True)
+    inserts = []
+
+    def listener(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT") and "audit_log" not in statement \
+                and "import_batches" not in statement:
+            inserts.append((statement, parameters, executemany))
+
+    rows = [{"prompt": f"new {i}", "response_a": f"x {i}", "response_b": f"y {i}", "winner": "b"} for i in range(3)]
+    prepared = ingest.prepare_import(sqlite_settings, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    expected_prompts = list(prepared.prompts.values())
+    event.listen(sqlite_db.engine, "before_cursor_execute", listener)
+    try:
+        with sqlite_db.begin() as session:
+            report = ingest.import_file(session, sqlite_settings, prepared, system=True)
+    finally:
+        event.remove(sqlite_db.engine, "before_cursor_execute", listener)
+    assert (report.prompts_added, report.responses_added, report.comparisons_added, report.judgments_added) == (
+        3, 6, 3, 3)
+    assert [statement.split("(")[0].split()[-1].strip('"') for statement, _, _ in inserts] == [
+        "prompts", "responses", "comparisons", "judgments"]
+    assert all(many and "RETURNING" not in statement.upper() for statement, _, many in inserts)
+    prompt_rows = inserts[0][1]
+    assert [row[0] for row in prompt_rows] == [6, 7, 8]  # ids after the first import's 5
+    assert [tuple(row[1:1 + len(expected_prompts[0])]) for row in prompt_rows] == [tuple(p) for p in expected_prompts]
+    with sqlite_db.read() as session:
+        stored = session.execute(select(Comparison.id, Prompt.text, Response.text).join(
+            Prompt, Prompt.id == Comparison.prompt_id).join(Response, Response.id == Comparison.response_b_id)
+            .where(Comparison.id > 5).order_by(Comparison.id)).all()
+        winners = session.execute(select(Judgment.comparison_id, Judgment.choice).where(
+            Judgment.comparison_id > 5).order_by(Judgment.comparison_id)).all()
+    assert [tuple(row) for row in stored] == [(6 + i, f"new {i}", f"y {i}") for i in range(3)]
+    assert [tuple(row) for row in winners] == [(6 + i, Choice.b) for i in range(3)]

@@ -635,7 +635,8 @@ def test_a_driver_error_while_copying_is_sqlalchemys_and_writes_nothing(pg_db, p
     driver's own cursor, whose errors SQLAlchemy does not see. A NUL character, which PostgreSQL cannot store,
     is such an error (a file's NUL is a row problem: it is put into the prepared rows here)."""
     prepared = ingest.prepare_import(pg_settings, jsonl(pair(1), {"prompt": "p", "response_a": "ab", "response_b": "c"}))
-    prepared.responses[(prompt_hash("p"), content_hash("ab"))]["text"] = "a\u0000b"
+    key = (prompt_hash("p"), content_hash("ab"))
+    prepared.responses[key] = prepared.responses[key]._replace(text="a\u0000b")
     with pytest.raises(DataError, match="NUL"):
         run_import(pg_db, pg_settings, prepared)
     with pg_db.read() as session:
@@ -669,6 +670,19 @@ def test_stored_rows_keep_every_character_and_store_sql_null_for_what_a_row_leav
         assert (judgment.choice, judgment.source, judgment.state, judgment.flags) == (
             Choice.b, JudgmentSource.imported, JudgmentState.active, [])
         assert judgment.created_at.tzinfo is not None and nulls(J, "annotator_id") == 1
+
+
+def test_an_import_writes_every_column_that_has_a_default_or_may_not_be_null():
+    """An import writes its rows' stored values itself (not through SQLAlchemy, which would fill in the model's
+    Python-side defaults): a column added with such a default or NOT NULL must be added to what it writes."""
+    written = {Prompt: ingest._PROMPT_COLUMNS, Response: ingest._RESPONSE_COLUMNS,
+               Comparison: ingest._COMPARISON_COLUMNS, Judgment: ingest._JUDGMENT_COLUMNS}
+    for model, columns in written.items():
+        table = model.__table__
+        needed = {col.name for col in table.columns if col is not table.autoincrement_column
+                  and (col.default is not None or (not col.nullable and col.server_default is None))}
+        assert needed <= set(columns), (table.name, needed - set(columns))
+        assert set(columns) <= {col.name for col in table.columns}, table.name
 
 
 def test_imports_of_many_batches_and_two_in_one_transaction(db, settings, monkeypatch):
