@@ -11,8 +11,15 @@ At every gate the new and the active model are also evaluated on *all* held-out 
 file, the population the labelled held-out pairs stand for. Figures are means over seeds with
 the standard error across seeds (gates of one seed share their held-out labels).
 
+Gate rules (``--rule``, repeat to compare; each replays the whole campaign, the same seeds):
+``paired`` is the job's (both models on the same held-out pairs, rejected only when worse by more than
+the tolerance at one-sided ``--confidence``, repeatable); ``accuracy`` is the rule before it (rejected when
+the accuracy difference alone is below minus the tolerance); ``always`` promotes every model. At every
+gate the rule also judges planted regressions (the active model with its predictions reversed on a random
+share of the labelled held-out pairs, :data:`PLANTED`) against the active model: how often it rejects them.
+
     .venv/bin/python bench/retrain_gate.py [--strategy default --strategy random] [--seeds 30] \
-        [--held-out-order random --held-out-order strategy]
+        [--held-out-order random --held-out-order strategy] [--rule paired --rule accuracy --rule always]
 """
 
 from __future__ import annotations
@@ -29,16 +36,19 @@ sys.path.insert(0, str(ROOT))
 from annotate import retrain  # noqa: E402
 from annotate.campaign import CampaignOptions  # noqa: E402
 from annotate.simulate import load_dataset, make_embedder  # noqa: E402
-from rm.evaluate import evaluate  # noqa: E402
+from rm.evaluate import correct_votes, evaluate  # noqa: E402
 from rm.heads import pair_probabilities  # noqa: E402
 from rm.split import held_out_mask  # noqa: E402
 from rm.train import TrainConfig, train_ensemble  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
+PLANTED = (0.1, 0.25, 0.5)
+"""Shares of pairs on which a planted regression reverses the active model's predictions (at accuracy a it
+loses share x (2a - 1): about 2.4, 6 and 12 points at 62%)."""
 
 
 def replay(data, test, strategy: str, seed: int, *, every: int, budget: int, cold: int, tolerance: float,
-           held_out_order: str = "random"):
+           held_out_order: str = "random", rule: str = "paired", confidence: float = retrain.GATE_CONFIDENCE):
     """One seed: a dict per gate (labels, held-out labels, accuracy deltas, decision)."""
     n = len(data)
     pop = data.subset(test)
@@ -58,11 +68,23 @@ def replay(data, test, strategy: str, seed: int, *, every: int, budget: int, col
         if active is None:
             promote = True
         else:
-            new_te, act_te = evaluate(new, data.subset(te)).accuracy, evaluate(active[0], data.subset(te)).accuracy
-            promote, _ = retrain.promotion_decision(new_te, act_te, tolerance, has_active=True, n_held_out=len(te),
-                                                    new_n_train=len(tr), active_n_train=active[1])
+            held = data.subset(te)
+            new_c, act_c = correct_votes(new, held), correct_votes(active[0], held)
+
+            def gate(candidate_c):
+                # One vote per pair here: each labelled row is its own comparison.
+                paired = retrain.paired_comparison(candidate_c, act_c, te) if rule == "paired" else None
+                return rule == "always" or retrain.promotion_decision(
+                    float(np.nanmean(candidate_c)), float(np.nanmean(act_c)), tolerance, has_active=True,
+                    n_held_out=len(te), new_n_train=len(tr), active_n_train=active[1], paired=paired,
+                    confidence=confidence)[0]
+            promote = gate(new_c)
+            # Planted regressions: the active model with its predictions reversed on a random share of pairs.
+            flip_rng = np.random.default_rng([1, seed, run])
+            planted = {f: not gate(np.where(flip_rng.random(len(te)) < f, 1 - act_c, act_c)) for f in PLANTED}
+            new_te, act_te = float(np.nanmean(new_c)), float(np.nanmean(act_c))
             gates.append(dict(labels=len(lab), held_out=len(te), promote=promote, act_te=act_te, act_pop=active[2],
-                              d_te=new_te - act_te, d_pop=new_pop - active[2]))
+                              d_te=new_te - act_te, d_pop=new_pop - active[2], planted=planted))
         if promote:
             active = (new, len(tr), new_pop)
         ens = active[0]
@@ -78,9 +100,51 @@ def replay(data, test, strategy: str, seed: int, *, every: int, budget: int, col
     return gates
 
 
-def _per_seed(by_seed, fn) -> str:
-    x = np.array([np.mean([fn(g) for g in gates]) for gates in by_seed])
+def _mean_se(x) -> str:
+    x = np.asarray(x, dtype=float)
     return f"{x.mean():+.4f} (se {x.std(ddof=1) / np.sqrt(len(x)):.4f})"
+
+
+def _per_seed(by_seed, fn) -> str:
+    return _mean_se([np.mean([fn(g) for g in gates]) for gates in by_seed])
+
+
+def _after(g) -> float:
+    """All-held-out accuracy of the model active after the gate."""
+    return g["act_pop"] + (g["d_pop"] if g["promote"] else 0.0)
+
+
+def _report(by_rule: dict, tolerance: float) -> None:
+    """One line per figure, one column per rule."""
+    names = list(by_rule)
+    width = max(22, *(len(n) + 2 for n in names))
+    always = by_rule.get("always")
+    rows = []
+    for name, by_seed in by_rule.items():
+        gates = [g for seed in by_seed for g in seed]
+        worse = [g for g in gates if g["d_pop"] < -tolerance]
+        fine = [g for g in gates if g["d_pop"] >= -tolerance]
+        last = [seed[-1:] for seed in by_seed]
+        rows.append({
+            "gates, rejected": f"{len(gates)}, {sum(not g['promote'] for g in gates)}",
+            f"not worse than -{tolerance} on all held-out, rejected":
+                f"{sum(not g['promote'] for g in fine)} of {len(fine)}",
+            f"worse than -{tolerance} on all held-out, promoted": f"{sum(g['promote'] for g in worse)} of {len(worse)}",
+            **{f"planted regression ({f:g} of pairs reversed), rejected":
+               f"{sum(g['planted'][f] for g in gates)} of {len(gates)}" for f in PLANTED},
+            "reported minus all-held-out acc. (active)": _per_seed(by_seed, lambda g: g["act_te"] - g["act_pop"]),
+            "kept minus new model's acc., mean over gates": _per_seed(
+                by_seed, lambda g: 0.0 if g["promote"] else -g["d_pop"]),
+            "kept minus new model's acc., last gate": _per_seed(last, lambda g: 0.0 if g["promote"] else -g["d_pop"]),
+            "kept model's all-held-out acc., mean over gates": _per_seed(by_seed, _after),
+            "kept model's all-held-out acc., last gate": _per_seed(last, _after),
+            "last gate's kept acc. minus always promoting's": "—" if always is None else _mean_se(
+                [_after(s[-1]) - _after(a[-1]) for s, a in zip(by_seed, always)]),
+        })
+    label = max(len(k) for k in rows[0])
+    print("  " + " " * label + "".join(f"{n:>{width}}" for n in names))
+    for key in rows[0]:
+        print(f"  {key:<{label}}" + "".join(f"{r[key]:>{width}}" for r in rows))
 
 
 def main() -> None:
@@ -97,37 +161,33 @@ def main() -> None:
                     help="how held-out prompts' pairs are queued: at random, as the job does since this option "
                          "was added (default), or by the strategy like the others, as it did before; repeat to "
                          "compare")
+    ap.add_argument("--rule", choices=("paired", "accuracy", "always"), action="append",
+                    help="the gate's rule (default: paired, accuracy and always); repeat to compare")
+    ap.add_argument("--confidence", type=float, action="append",
+                    help=f"one-sided confidence of the paired rule (default {retrain.GATE_CONFIDENCE}; 0.5 is the "
+                         "accuracy rule); repeat to compare")
     args = ap.parse_args()
     data = load_dataset(args.data, embedder=make_embedder(args.cache_dir, None, 2)).pairs
     test = held_out_mask(data.group, retrain.TEST_FRACTION)
     print(f"{args.data.name}: {len(data)} pairs, {int(test.sum())} on held-out prompts; retrain every "
-          f"{args.every} labels to {args.budget}, cold start {args.cold_start}, tolerance {args.tolerance}")
-    runs = [(strategy, order) for strategy in args.strategy or ["default", "random"]
-            for order in args.held_out_order or ["random"]]
-    for strategy, order in runs:
-        by_seed = [replay(data, test, strategy, s, every=args.every, budget=args.budget, cold=args.cold_start,
-                          tolerance=args.tolerance, held_out_order=order) for s in range(args.seeds)]
-        gates = [g for seed in by_seed for g in seed]
-        worse = [g for g in gates if g["d_pop"] < -args.tolerance]
-        fine = [g for g in gates if g["d_pop"] >= -args.tolerance]
-        print(f"{strategy}, held-out pairs queued {'at random' if order == 'random' else 'by the strategy'}: "
-              f"{args.seeds} seeds, {len(gates)} gates, median "
-              f"{np.median([g['held_out'] for g in gates]):.0f} labelled held-out pairs per gate")
-        print("  active model's accuracy, labelled held-out minus all held-out:",
-              _per_seed(by_seed, lambda g: g["act_te"] - g["act_pop"]))
-        print("  gate's new-minus-active accuracy, labelled held-out minus all held-out:",
-              _per_seed(by_seed, lambda g: g["d_te"] - g["d_pop"]),
-              f"(sd per gate {np.std([g['d_te'] - g['d_pop'] for g in gates]):.4f})")
-        print(f"  new models worse by more than the tolerance on all held-out pairs: {len(worse)}, "
-              f"promoted {sum(g['promote'] for g in worse)}; the others: {len(fine)}, "
-              f"rejected {sum(not g['promote'] for g in fine)}")
-        print("  all-held-out accuracy of the model active after the gate minus the new one's:",
-              _per_seed(by_seed, lambda g: 0.0 if g["promote"] else -g["d_pop"]),
-              "; at the last gate:", _per_seed([seed[-1:] for seed in by_seed],
-                                               lambda g: 0.0 if g["promote"] else -g["d_pop"]))
-        after = lambda g: g["act_pop"] + (g["d_pop"] if g["promote"] else 0.0)  # noqa: E731
-        print("  all-held-out accuracy of the model active after the gate, mean over gates:",
-              _per_seed(by_seed, after), "; at the last gate:", _per_seed([seed[-1:] for seed in by_seed], after))
+          f"{args.every} labels to {args.budget}, cold start {args.cold_start}, tolerance {args.tolerance}, "
+          f"{args.seeds} seeds")
+    rules = []
+    for rule in args.rule or ["paired", "accuracy", "always"]:
+        rules += ([(f"paired {c:g}", rule, c) for c in args.confidence or [retrain.GATE_CONFIDENCE]]
+                  if rule == "paired" else [(rule, rule, retrain.GATE_CONFIDENCE)])
+    for strategy in args.strategy or ["default", "random"]:
+        for order in args.held_out_order or ["random"]:
+            by_rule = {name: [replay(data, test, strategy, s, every=args.every, budget=args.budget,
+                                     cold=args.cold_start, tolerance=args.tolerance, held_out_order=order,
+                                     rule=rule, confidence=confidence) for s in range(args.seeds)]
+                       for name, rule, confidence in rules}
+            gates = [g for seed in next(iter(by_rule.values())) for g in seed]
+            print(f"{strategy}, held-out pairs queued {'at random' if order == 'random' else 'by the strategy'}: "
+                  f"median {np.median([g['held_out'] for g in gates]):.0f} labelled held-out pairs per gate, "
+                  f"gate's accuracy difference minus all-held-out one: sd per gate "
+                  f"{np.std([g['d_te'] - g['d_pop'] for g in gates]):.4f}")
+            _report(by_rule, args.tolerance)
 
 
 if __name__ == "__main__":
