@@ -398,7 +398,7 @@ def test_users_page_acts_on_nobody_until_a_user_is_chosen_and_asks_before_deacti
 
     at.selectbox(key="manage_user").set_value("ann").run()
     # Deactivate is a confirmation inside a popover that says what it does, not a button on the page.
-    [popover] = at.get("popover")
+    [popover] = [p for p in at.get("popover") if p.proto.popover.label == "Deactivate…"]
     [confirm] = [b for b in popover.get("button") if b.key == "deactivate"]
     assert confirm.label == "Deactivate ann"
     assert "logged out" in popover.get("markdown")[0].value

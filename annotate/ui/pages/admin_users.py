@@ -1,4 +1,4 @@
-"""Admin: accounts (list, add, activate/deactivate, change role, reset password)."""
+"""Admin: accounts (list, add, activate/deactivate, rename, change role, reset password)."""
 
 import streamlit as st
 from sqlalchemy.exc import OperationalError
@@ -53,6 +53,27 @@ def _reset_password(username: str, password: str) -> None:
     st.rerun()
 
 
+def _rename(old: str, new: str) -> None:
+    """``run_action`` for ``accounts.rename_user``, remembering the rename for the next runs (see below)."""
+    # Remembered before the commit: a click that arrives meanwhile (the second of a double click) stops this
+    # run at its next use of st.session_state, and a write after the commit was lost with the run, while the
+    # rename was not. Forgotten if the rename is refused.
+    st.session_state["users_renamed"] = (old, new.strip())
+    try:
+        renamed = db.transact(lambda s: accounts.rename_user(s, old, new, actor=actor).username)
+    except (PrefloopError, OperationalError) as exc:
+        st.session_state.pop("users_renamed", None)
+        st.error(context.not_saved_message(exc))
+        return
+    st.session_state["users_flash"] = [_renamed_message(old, renamed)]
+    st.rerun()
+
+
+def _renamed_message(old: str, new: str) -> str:
+    return (f"Renamed {old} to {new}. They log in as {new} from now on; "
+            "their judgments stay theirs and their open sessions stay logged in.")
+
+
 def _say(messages: list[str]) -> None:
     for message in messages:
         st.success(message, icon=":material/check:")
@@ -64,6 +85,14 @@ with db.read() as session:
              for u in accounts.list_users(session, actor=actor)]
 st.dataframe(users, hide_index=True)
 names = [u["username"] for u in users]
+# After a rename the user box still holds the old name, and so does a second press of Rename sent before
+# the page came back (a double click): both show the account under its new name, with the confirmation, and
+# the press, which was on the old name's form (keyed by it), renames nothing and says nothing confusing.
+renamed = st.session_state.get("users_renamed")
+if (renamed and renamed[0] not in names and renamed[1] in names
+        and st.session_state.get("manage_user") == renamed[0]):
+    st.session_state["manage_user"] = renamed[1]
+    managed = managed or [_renamed_message(*renamed)]
 
 # A stateful tab bar (key, on_change): the rerun after each action opens the tab the admin was on,
 # where a stateless one reopens the first.
@@ -86,7 +115,7 @@ with manage:
     target = st.selectbox("User", names, index=None, placeholder="Choose a user", key="manage_user")
     row = next((u for u in users if u["username"] == target), None)
     if row is None:
-        st.caption("Choose a user to deactivate or activate, change their role or reset their password.")
+        st.caption("Choose a user to deactivate or activate, rename, change their role or reset their password.")
     else:
         c1, c2 = st.columns(2)
         with c1:
@@ -99,6 +128,15 @@ with manage:
                         _run(lambda s: accounts.set_active(s, target, False, actor=actor), f"Deactivated {target}.")
             elif st.button("Activate", key="activate", icon=":material/check_circle:"):
                 _run(lambda s: accounts.set_active(s, target, True, actor=actor), f"Activated {target}.")
+            # The form is keyed by the name: the second press of a double click, sent before the page came
+            # back, is a press on the old name's form, which no longer exists (see the top of the page).
+            with st.popover("Rename…", icon=":material/edit:", key=f"rename_{target}"), \
+                    st.form(f"rename_form_{target}", border=False):
+                new_name = st.text_input("New username", key=f"rename_to_{target}")
+                st.caption(f"{safe_markdown(target)} keeps their judgments and stays logged in; "
+                           "they log in with the new name from then on.")
+                if st.form_submit_button(f"Rename {target}", type="primary"):
+                    _rename(target, new_name)
             new_role = st.selectbox("Role", ROLES, index=ROLES.index(row["role"]), key=f"role_{target}")
             if st.button("Change role", key="change_role", disabled=new_role == row["role"]):
                 _run(lambda s: accounts.set_role(s, target, new_role, actor=actor), f"{target} is now {new_role}.")
