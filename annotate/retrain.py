@@ -125,9 +125,12 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-GATE_CONFIDENCE = 0.95
-"""A candidate is rejected only when the paired held-out evidence says, at this one-sided confidence, that
-it is worse than the active model by more than the tolerance (:func:`promotion_decision`)."""
+GATE_CONFIDENCE = Settings.promote_confidence
+"""The default one-sided confidence (``PREFLOOP_PROMOTE_CONFIDENCE``) at which the paired held-out evidence
+must say a candidate is worse than the active model by more than the tolerance before the gate rejects it
+(:func:`promotion_decision`). At 0.5 that is "its measured accuracy is worse by more than the tolerance":
+``bench/retrain_gate.py`` found that rule keeps better models and stops more regressions than 0.8 or 0.95,
+at the cost of rejecting about half the candidates that were not worse."""
 
 
 @dataclass(frozen=True)
@@ -213,13 +216,14 @@ def promotion_decision(new_accuracy: float | None, active_accuracy: float | None
 
     Otherwise, with ``paired`` (both models on the same held-out judgments, as
     the job has them), the new model is promoted unless the paired evidence
-    says, at one-sided ``confidence`` (:data:`GATE_CONFIDENCE`), that its accuracy
-    is worse than the active model's by more than ``tolerance``
-    (:meth:`PairedComparison.p_worse` below ``1 - confidence``): each
-    gate's accuracy difference carries several points of sampling noise, and a
-    rule on the difference alone rejected half the candidates that were not
-    worse (``bench/retrain_gate.py``). Without ``paired`` the accuracies alone
-    decide: promoted unless worse by more than ``tolerance``.
+    says, at one-sided ``confidence`` (``PREFLOOP_PROMOTE_CONFIDENCE``, default
+    :data:`GATE_CONFIDENCE`), that its accuracy is worse than the active
+    model's by more than ``tolerance`` (:meth:`PairedComparison.p_worse` below
+    ``1 - confidence``). At 0.5 that is the accuracies' rule below, with the
+    paired counts in the reason; above it the gate allows for each gate's
+    several points of sampling noise (``bench/retrain_gate.py``). Without
+    ``paired`` the accuracies alone decide: promoted unless worse by more than
+    ``tolerance``.
     """
     if not has_active:
         return True, "first model"
@@ -250,12 +254,14 @@ def _paired_decision(new_accuracy: float, active_accuracy: float, tolerance: flo
     detail = (f"the new model alone right on {paired.new_only} pairs, the active model alone on "
               f"{paired.active_only}; " + (f"p={p:.3f}" if p >= 0.001 else "p<0.001"))
     pairs = f"on the same {paired.n_pairs} pairs"
+    # At alpha 0.5 the test is the accuracies' own rule: "beyond noise" would claim what it does not test.
+    noise = " beyond noise" if alpha < 0.5 else ""
     if p < alpha:
         return False, (f"held-out accuracy {new_accuracy:.4f} is worse than the active model's "
-                       f"{active_accuracy:.4f} {pairs} by more than the {tolerance} tolerance, beyond noise "
+                       f"{active_accuracy:.4f} {pairs} by more than the {tolerance} tolerance{noise and ','}{noise} "
                        f"({detail}, below {alpha:.2g})")
     verdict = ("not worse" if new_accuracy >= active_accuracy
-               else f"not worse by more than the {tolerance} tolerance beyond noise")
+               else f"not worse by more than the {tolerance} tolerance{noise}")
     return True, (f"held-out accuracy {new_accuracy:.4f} vs active {active_accuracy:.4f} {pairs}: {verdict} "
                   f"({detail}, rejected only below {alpha:.2g})")
 
@@ -930,7 +936,7 @@ class _Run:
                                              active_loadable=snap.active is None or active_model is not None,
                                              n_held_out=n_held_out, new_n_train=self.counts["n_train"],
                                              active_n_train=snap.active["n_train"] if snap.active else None,
-                                             paired=paired)
+                                             paired=paired, confidence=settings.promote_confidence)
         metrics = {"new": new_metrics, "active": active_metrics, "promoted": promote, "reason": reason,
                    "n_held_out_decisive": n_held_out,
                    "paired": paired.to_dict(tolerance) if paired is not None else None,

@@ -66,6 +66,11 @@ class Settings:
     promote_tolerance: float = 0.01
     """A new model is promoted unless its held-out accuracy is worse than the
     active model's by more than this."""
+    promote_confidence: float = 0.5
+    """How sure the gate must be that a new model is worse (by more than the tolerance) before it
+    rejects it: a one-sided confidence on the paired held-out comparison. 0.5 rejects whenever the
+    measured accuracy is worse by more than the tolerance; 0.8 or 0.95 allow for sampling noise and
+    reject fewer good models but let more regressions through (``bench/retrain_gate.py``)."""
     strategy: str = "default"
     """Acquisition strategy name; ``default`` is the app's default strategy."""
     batch_size: int = 32
@@ -160,6 +165,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError("PREFLOOP_LEASE_SECONDS must be at least 10")
     if s.session_idle_minutes < 0:
         raise ConfigError("PREFLOOP_SESSION_IDLE_MINUTES must be 0 (never) or more")
+    if not 0.0 <= s.promote_tolerance < 1.0:
+        raise ConfigError("PREFLOOP_PROMOTE_TOLERANCE must be at least 0 and below 1")
+    if not 0.5 <= s.promote_confidence < 1.0:
+        raise ConfigError("PREFLOOP_PROMOTE_CONFIDENCE must be at least 0.5 and below 1")
     for name in ("gold_rate", "probe_rate"):
         if not 0.0 <= getattr(s, name) <= 0.5:
             raise ConfigError(f"PREFLOOP_{name.upper()} must be between 0 and 0.5")

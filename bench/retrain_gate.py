@@ -13,8 +13,9 @@ the standard error across seeds (gates of one seed share their held-out labels).
 
 Gate rules (``--rule``, repeat to compare; each replays the whole campaign, the same seeds):
 ``paired`` is the job's (both models on the same held-out pairs, rejected only when worse by more than
-the tolerance at one-sided ``--confidence``, repeatable); ``accuracy`` is the rule before it (rejected when
-the accuracy difference alone is below minus the tolerance); ``always`` promotes every model. At every
+the tolerance at one-sided ``--confidence``, repeatable; the job's, ``PREFLOOP_PROMOTE_CONFIDENCE``, is
+0.5 by default); ``accuracy`` is the rule before it (rejected when the accuracy difference alone is below
+minus the tolerance: the same decisions as ``paired`` at 0.5); ``always`` promotes every model. At every
 gate the rule also judges planted regressions (the active model with its predictions reversed on a random
 share of the labelled held-out pairs, :data:`PLANTED`) against the active model: how often it rejects them.
 
@@ -162,10 +163,11 @@ def main() -> None:
                          "was added (default), or by the strategy like the others, as it did before; repeat to "
                          "compare")
     ap.add_argument("--rule", choices=("paired", "accuracy", "always"), action="append",
-                    help="the gate's rule (default: paired, accuracy and always); repeat to compare")
+                    help="the gate's rule (default: paired and always; accuracy is paired at 0.5, the job's "
+                         "default, computed from the accuracies alone); repeat to compare")
     ap.add_argument("--confidence", type=float, action="append",
-                    help=f"one-sided confidence of the paired rule (default {retrain.GATE_CONFIDENCE}; 0.5 is the "
-                         "accuracy rule); repeat to compare")
+                    help="one-sided confidence of the paired rule (default: 0.5, 0.8 and 0.95; the job's is "
+                         f"PREFLOOP_PROMOTE_CONFIDENCE, default {retrain.GATE_CONFIDENCE}); repeat to compare")
     args = ap.parse_args()
     data = load_dataset(args.data, embedder=make_embedder(args.cache_dir, None, 2)).pairs
     test = held_out_mask(data.group, retrain.TEST_FRACTION)
@@ -173,8 +175,8 @@ def main() -> None:
           f"{args.every} labels to {args.budget}, cold start {args.cold_start}, tolerance {args.tolerance}, "
           f"{args.seeds} seeds")
     rules = []
-    for rule in args.rule or ["paired", "accuracy", "always"]:
-        rules += ([(f"paired {c:g}", rule, c) for c in args.confidence or [retrain.GATE_CONFIDENCE]]
+    for rule in args.rule or ["paired", "always"]:
+        rules += ([(f"paired {c:g}", rule, c) for c in args.confidence or [0.5, 0.8, 0.95]]
                   if rule == "paired" else [(rule, rule, retrain.GATE_CONFIDENCE)])
     for strategy in args.strategy or ["default", "random"]:
         for order in args.held_out_order or ["random"]:

@@ -363,11 +363,14 @@ def test_promotion_gate_end_to_end(db, rt_settings):
     with db.begin() as s:
         add_pairs(s, 5000, 400, judged=True, wrong=True, where=lambda ph: not held_out(ph))
         state = priorities_state(s)
-    third = retrain.run_once(rt_settings, db=db)
+    # A gate that allows for noise (PREFLOOP_PROMOTE_CONFIDENCE; the default 0.5 claims no such thing)
+    # still rejects it: the run reads the setting.
+    third = retrain.run_once(dataclasses.replace(rt_settings, promote_confidence=0.95), db=db)
     assert third.metrics["new"]["n_decisive"] >= retrain.MIN_HELD_OUT_PAIRS  # enough to compare accuracies
     assert third.status == "rejected", third.summary()
     assert not third.promoted and "worse" in third.message
     assert "beyond noise" in third.message and third.metrics["paired"]["p_worse"] < 0.05, third.message
+    assert "beyond noise" not in second.message
     assert third.metrics["paired"]["active_only"] > third.metrics["paired"]["new_only"]
     with db.read() as s:
         assert active_id(s) == second.model_version_id

@@ -30,9 +30,33 @@ def _accuracies(paired: retrain.PairedComparison) -> tuple[float, float]:
     return 1 - paired.active_only / paired.n_pairs, 1 - paired.new_only / paired.n_pairs
 
 
-def _decide(paired: retrain.PairedComparison, tolerance: float = 0.01):
+def _decide(paired: retrain.PairedComparison, tolerance: float = 0.01, confidence: float = 0.95):
+    """The gate allowing for noise (``PREFLOOP_PROMOTE_CONFIDENCE=0.95``; the default, 0.5, is the accuracy rule)."""
     return retrain.promotion_decision(*_accuracies(paired), tolerance, has_active=True, n_held_out=paired.n_pairs,
-                                      new_n_train=100, active_n_train=90, paired=paired)
+                                      new_n_train=100, active_n_train=90, paired=paired, confidence=confidence)
+
+
+def test_the_default_confidence_is_the_accuracy_rule_with_the_counts_in_the_reason():
+    """At 0.5 (the default) the paired gate decides exactly as "promoted unless its accuracy is worse by more
+    than the tolerance" on every count of disagreements, and the reason claims nothing about noise."""
+    assert retrain.GATE_CONFIDENCE == 0.5
+    for tolerance in (0.0, 0.01, 0.05):
+        for new_only in range(0, 41, 3):
+            for active_only in range(0, 41, 3):
+                paired = _counts(200, new_only, active_only)
+                new, active = _accuracies(paired)
+                ok, reason = retrain.promotion_decision(new, active, tolerance, has_active=True, n_held_out=200,
+                                                        paired=paired)
+                plain = retrain.promotion_decision(new, active, tolerance, has_active=True, n_held_out=200)[0]
+                # Exactly at the tolerance the two float computations may round apart: skip that edge.
+                if abs((new - active) + tolerance) > 1e-9:
+                    assert ok is plain, (tolerance, new_only, active_only, reason)
+                assert "noise" not in reason and f"alone right on {new_only} pairs" in reason
+    ok, reason = retrain.promotion_decision(*_accuracies(_counts(212, 18, 22)), 0.01, has_active=True,
+                                            n_held_out=212, paired=_counts(212, 18, 22))
+    assert ok is False and reason == ("held-out accuracy 0.8962 is worse than the active model's 0.9151 on the "
+                                      "same 212 pairs by more than the 0.01 tolerance (the new model alone right on "
+                                      "18 pairs, the active model alone on 22; p=0.383, below 0.5)")
 
 
 def test_paired_counts_cluster_the_votes_of_one_comparison():
@@ -74,6 +98,7 @@ def test_a_lower_accuracy_within_noise_is_promoted():
                              "the active model alone on 22; p=0.")
     assert reason.endswith(", rejected only below 0.05)")
     assert retrain.promotion_decision(*_accuracies(paired), 0.01, has_active=True, n_held_out=212)[0] is False
+    assert _decide(paired, confidence=0.8)[0] is True  # p = 0.38: not below 0.2 either
 
 
 def test_a_clear_regression_is_rejected():
@@ -143,3 +168,20 @@ def test_the_job_records_the_paired_counts_in_a_jsonable_form():
     assert d["n_pairs"] == 200 and d["new_only"] == 10 and d["active_only"] == 21 and d["diff_votes"] == -11
     assert d["p_worse"] == pytest.approx(0.0524, abs=1e-3)
     assert retrain.paired_comparison([], [], []).to_dict(0.0)["z"] is not None  # nothing to compare: z = 0
+
+
+@pytest.mark.parametrize("value, ok", [("0.5", True), ("0.95", True), ("0.49", False), ("1", False),
+                                       ("nan", False), ("sure", False)])
+def test_the_gate_confidence_is_a_checked_setting(value, ok):
+    from annotate.errors import ConfigError
+    from annotate.settings import load_settings
+
+    env = {"PREFLOOP_PROMOTE_CONFIDENCE": value}
+    if ok:
+        assert load_settings(env).promote_confidence == float(value)
+    else:
+        with pytest.raises(ConfigError, match="PREFLOOP_PROMOTE_CONFIDENCE"):
+            load_settings(env)
+    assert load_settings({}).promote_confidence == retrain.GATE_CONFIDENCE
+    with pytest.raises(ConfigError, match="PREFLOOP_PROMOTE_TOLERANCE"):
+        load_settings({"PREFLOOP_PROMOTE_TOLERANCE": "-0.1"})

@@ -57,7 +57,7 @@ def test_the_paired_gate_reason_names_the_then_active_version(app_db, people):
         act = [0] * new_only + [1] * active_only + [1] * (200 - new_only - active_only)
         counts = retrain.paired_comparison(new, act, list(range(200)))
         return retrain.promotion_decision(1 - active_only / 200, 1 - new_only / 200, 0.01, has_active=True,
-                                          n_held_out=200, paired=counts)[1]
+                                          n_held_out=200, paired=counts, confidence=0.95)[1]
     gates = [(True, "first model"), (True, paired(18, 22)), (False, paired(3, 30))]
     _add_versions(app_db, gates, active=2)
     at = open_page(people[1], "models.py")
@@ -70,3 +70,21 @@ def test_the_paired_gate_reason_names_the_then_active_version(app_db, people):
                            "by more than the 0.01 tolerance beyond noise (the new model alone right on 18 pairs, "
                            "the then-active v1 alone on 22; p="), kept
     assert "active model" not in refused + kept
+
+
+def test_the_recorded_compared_version_wins_over_the_rule(app_db, people):
+    """The job records which version a candidate was gated against (``gate_compared_with``); the page names
+    that one, not the last promoted version before it, which it infers only for versions without the record."""
+    with app_db.begin() as s:
+        for i, promoted in enumerate([True, True, False], start=1):
+            metrics = {"accuracy": 0.7, "gate": "first model" if i == 1 else _gate(0.70, 0.74)}
+            if i == 3:
+                metrics["gate_compared_with"] = 1  # as recorded: not v2, which the rule would name
+            s.add(ModelVersion(artifact_path=f"/m{i}", encoder_id="enc", is_active=i == 2, promoted=promoted,
+                               promoted_at=utcnow() if promoted else None, n_train=60 + i, n_test=400,
+                               metrics=metrics))
+    at = open_page(people[1], "models.py")
+    assert not at.exception, at.exception
+    third, second, _ = at.dataframe[0].value["why"].tolist()  # newest first
+    assert "the then-active v1's 0.7400" in third, third
+    assert "the then-active v1's 0.7400" in second, second  # no record: the rule

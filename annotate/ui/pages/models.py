@@ -35,8 +35,11 @@ _ACTIVE_THEN = re.compile(r"\bthe active model\b|(?<=vs )active\b|(?<=\()active\
 
 
 def _then_active(version: dict, versions: list[dict]) -> str:
-    """The version that was active when ``version`` was gated: only a new version is ever promoted, so it is
-    the last promoted one before it (one the table lists; else "model")."""
+    """The version that was active when ``version`` was gated: as the job recorded it (``gate_compared_with``),
+    else (versions gated before it was recorded) the last promoted one before it, since only a new version is
+    ever promoted (one the table lists; else "model")."""
+    if version.get("gate_compared_with") is not None:
+        return f"v{version['gate_compared_with']}"
     earlier = [v["id"] for v in versions if v["promoted"] and v["id"] < version["id"]]
     return f"v{max(earlier)}" if earlier else "model"
 
