@@ -20,25 +20,22 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
-from sqlalchemy.pool import NullPool  # noqa: E402
 
 from annotate import dashboard, migrate, rollups  # noqa: E402
 from annotate.accounts import Actor  # noqa: E402
 from annotate.db import Database, create_db_engine  # noqa: E402
 from annotate.models import Role  # noqa: E402
 from annotate.settings import load_settings  # noqa: E402
-from _pg import reset_sequences  # noqa: E402
+from _pg import reset_sequences, scratch_database  # noqa: E402
 
-ADMIN_URL = os.environ.get("PREFLOOP_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 N_ANNOTATORS = 50
 OVERLAP = 3
 PROBE_SHARE = 0.01
@@ -173,12 +170,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-render", action="store_true", help="skip the AppTest page renders")
     args = parser.parse_args(argv)
 
-    name = f"prefloop_bench_admin_{uuid.uuid4().hex[:8]}"
-    server = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with server.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database("prefloop_bench_admin", keep=args.keep) as url:
+        name = make_url(url).database
         migrate.upgrade(url)
         engine = create_db_engine(url)
         with engine.begin() as conn:
@@ -243,11 +236,6 @@ def main(argv=None) -> int:
         print(f"alpha_ordinal: {alpha:.4f}" if alpha is not None else "alpha_ordinal: none")
         if args.keep:
             print(f"kept: {url}")
-    finally:
-        if not args.keep:
-            with server.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        server.dispose()
     return 0
 
 

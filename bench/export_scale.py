@@ -35,6 +35,7 @@ every 0.2 s, as an annotator's judgment would. One line per export::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -50,7 +51,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PG_ADMIN = os.environ.get("PREFLOOP_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 ANNOTATORS = 50
 OVERLAP = 3
 FILE_FORMATS = ("trl-jsonl", "trl-parquet", "datasets", "judgments-csv", "judgments-jsonl", "judgments-parquet")
@@ -240,6 +240,11 @@ def run_child(url: str, fmt: str, tmp: Path, via_save: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _remove_sqlite(folder: Path, name: str) -> None:
+    for path in folder.glob(name + ".db*"):  # the database and its -wal, -shm files
+        path.unlink()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judgments", default="100000,1000000", help="comma-separated sizes")
@@ -257,9 +262,7 @@ def main(argv=None) -> int:
         child(args.url, args.format, Path(args.out), args.save)
         return 0
 
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
+    from _pg import scratch_database
 
     from annotate import migrate
     from annotate.db import Database, create_db_engine
@@ -270,19 +273,17 @@ def main(argv=None) -> int:
         parser.error(f"unknown formats {sorted(unknown)}")
     print(f"# bench/export_scale.py host={platform.node()} cpus={os.cpu_count()} "
           f"load={'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    server = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with tempfile.TemporaryDirectory(prefix="prefloop-export-bench-") as tmp_name:
         tmp = Path(tmp_name)
         for size in (int(s) for s in args.judgments.split(",")):
             for backend in args.backends.split(","):
-                name = f"prefloop_bench_export_{uuid.uuid4().hex[:8]}"
-                if backend == "postgres":
-                    with server.connect() as c:
-                        c.execute(text(f'CREATE DATABASE "{name}"'))
-                    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-                else:
-                    url = f"sqlite:///{tmp / (name + '.db')}"
-                try:
+                with contextlib.ExitStack() as scratch:
+                    if backend == "postgres":
+                        url = scratch.enter_context(scratch_database("prefloop_bench_export"))
+                    else:
+                        name = f"prefloop_bench_export_{uuid.uuid4().hex[:8]}"
+                        url = f"sqlite:///{tmp / (name + '.db')}"
+                        scratch.callback(_remove_sqlite, tmp, name)
                     migrate.upgrade(url)
                     db = Database(create_db_engine(url))
                     t0 = time.perf_counter()
@@ -296,14 +297,6 @@ def main(argv=None) -> int:
                               f"base_rss_mb={r['base_rss_mb']:.0f} out_mb={r['out_mb']:.0f} "
                               f"writes={r['writes']} write_failures={r['write_failures']} "
                               f"max_write_s={r['max_write_s']:.2f} load1={os.getloadavg()[0]:.2f}", flush=True)
-                finally:
-                    if backend == "postgres":
-                        with server.connect() as c:
-                            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                    else:
-                        for p in tmp.glob(name + ".db*"):
-                            p.unlink()
-    server.dispose()
     return 0
 
 

@@ -35,6 +35,7 @@ import.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gzip
 import json
@@ -49,13 +50,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-from sqlalchemy.pool import NullPool  # noqa: E402
-
 from annotate import ingest, migrate  # noqa: E402
+from _pg import scratch_database  # noqa: E402
 
-ADMIN_URL = os.environ.get("PREFLOOP_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 HH = ROOT / "tests" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 SHAPES = ("hh-jsonl", "hh-gz", "pairs-json", "pairs-csv", "kwise-jsonl")
 K = 4
@@ -147,28 +144,19 @@ def run_import(url: str, path: Path, data_dir: Path, tree: Path = ROOT) -> tuple
 
 class Backend:
     def __init__(self, name: str, folder: Path):
-        self.name, self.folder, self.pg_names = name, folder, []
+        self.name, self.folder, self.scratch = name, folder, contextlib.ExitStack()
 
     def fresh(self) -> str:
         if self.name == "sqlite":
             url = f"sqlite:///{self.folder / f'{uuid.uuid4().hex[:8]}.db'}"
         else:
-            db = f"prefloop_bench_import_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-            with create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool).connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{db}"'))
-            self.pg_names.append(db)
-            url = make_url(ADMIN_URL).set(database=db).render_as_string(hide_password=False)
+            url = self.scratch.enter_context(scratch_database(f"prefloop_bench_import_{os.getpid()}"))
         migrate.upgrade(url)
         return url
 
     def close(self) -> None:
-        if not self.pg_names:
-            return
-        engine = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        with engine.connect() as conn:
-            for db in self.pg_names:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        engine.dispose()
+        """Drop the PostgreSQL databases ``fresh`` made."""
+        self.scratch.close()
 
 
 def load() -> str:

@@ -13,13 +13,10 @@ import argparse
 import statistics
 import tempfile
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import insert
 
 from annotate import judgments, migrate, queue
 from annotate.accounts import Actor, create_user
@@ -27,9 +24,7 @@ from annotate.campaign import get_options
 from annotate.db import Database, create_db_engine
 from annotate.models import Comparison, Prompt, Response, Role
 from annotate.settings import load_settings
-from _pg import settle
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from _pg import scratch_database, settle
 
 
 def seed(db: Database, n: int, chunk: int = 50_000) -> None:
@@ -77,29 +72,19 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, scratch_database("prefloop_bench_queue") as pg_url:
         sqlite_url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        name = f"prefloop_bench_{uuid.uuid4().hex[:6]}"
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        pg_url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-        try:
-            for label, url in (("sqlite", sqlite_url), ("postgresql", pg_url)):
-                migrate.upgrade(url)
-                db = Database(create_db_engine(url))
-                settings = load_settings(environ={}, data_dir=Path(tmp), database_url=url)
-                t0 = time.perf_counter()
-                seed(db, args.pairs)
-                seeded = time.perf_counter() - t0
-                r = bench(db, settings, args.calls)
-                print(f"queue[{label}] open_pairs={args.pairs} seed_s={seeded:.1f} calls={args.calls} "
-                      + " ".join(f"{k}={v:.1f}" for k, v in r.items()))
-                db.dispose()
-        finally:
-            with admin.connect() as c:
-                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+        for label, url in (("sqlite", sqlite_url), ("postgresql", pg_url)):
+            migrate.upgrade(url)
+            db = Database(create_db_engine(url))
+            settings = load_settings(environ={}, data_dir=Path(tmp), database_url=url)
+            t0 = time.perf_counter()
+            seed(db, args.pairs)
+            seeded = time.perf_counter() - t0
+            r = bench(db, settings, args.calls)
+            print(f"queue[{label}] open_pairs={args.pairs} seed_s={seeded:.1f} calls={args.calls} "
+                  + " ".join(f"{k}={v:.1f}" for k, v in r.items()))
+            db.dispose()
 
 
 if __name__ == "__main__":

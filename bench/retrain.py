@@ -29,7 +29,6 @@ import platform
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,17 +36,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from sqlalchemy import create_engine, insert, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-from sqlalchemy.pool import NullPool  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
 
 from annotate import migrate, retrain  # noqa: E402
 from annotate.db import Database, create_db_engine  # noqa: E402
 from annotate.models import Comparison, Judgment, Prompt, Response  # noqa: E402
 from annotate.settings import load_settings  # noqa: E402
-from _pg import settle  # noqa: E402
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from _pg import scratch_database, settle  # noqa: E402
 
 
 class SyntheticEncoder:
@@ -250,21 +245,10 @@ def main() -> None:
                 results["sqlite"] = run_backend("sqlite", url, args, quality, n_prompts, pairs, tmp)
                 report("sqlite", results["sqlite"])
             elif backend == "postgres":
-                dbname = f"prefloop_bench_{uuid.uuid4().hex[:8]}"
-                admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-                with admin.connect() as conn:
-                    conn.execute(text(f'CREATE DATABASE "{dbname}"'))
-                url = make_url(PG_ADMIN).set(database=dbname).render_as_string(hide_password=False)
-                try:
+                with scratch_database("prefloop_bench_retrain") as url:
                     migrate.upgrade(url)
                     results["postgres"] = run_backend("postgres", url, args, quality, n_prompts, pairs, tmp)
                     report("postgres", results["postgres"])
-                finally:
-                    with admin.connect() as conn:
-                        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                          "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": dbname})
-                        conn.execute(text(f'DROP DATABASE IF EXISTS "{dbname}"'))
-                    admin.dispose()
 
     if args.score_pairs:
         dim = retrain.get_encoder(settings0).dim * 2

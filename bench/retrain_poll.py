@@ -29,18 +29,16 @@ start, are timed again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import tempfile
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, insert, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import func, insert, select
 
 from annotate import campaign, migrate, retrain
 from annotate.db import Database, create_db_engine
@@ -55,9 +53,7 @@ from annotate.models import (
     utcnow,
 )
 from annotate.settings import load_settings
-from _pg import settle
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from _pg import scratch_database, settle
 ANNOTATORS = 50
 OVERLAP = 4
 
@@ -194,35 +190,28 @@ def main() -> None:
     load = os.getloadavg()
     print(f"# bench/retrain_poll.py host={platform.node()} cpus={os.cpu_count()} load1={load[0]:.2f} "
           f"judgments={args.judgments} repeats={args.repeats}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="prefloop-bench-") as tmp:
-        name = f"prefloop_bench_{uuid.uuid4().hex[:6]}"
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        urls = {"sqlite": f"sqlite:///{Path(tmp) / 'bench.db'}",
-                "postgres": make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)}
-        try:
-            for backend in args.backends.split(","):
-                url = urls[backend]
-                if backend == "postgres":
-                    with admin.connect() as c:
-                        c.execute(text(f'CREATE DATABASE "{name}"'))
-                migrate.upgrade(url)
-                db = Database(create_db_engine(url))
-                settings = load_settings(environ={}, data_dir=Path(tmp) / backend, database_url=url, env="test")
-                try:
-                    t0 = time.perf_counter()
-                    seed(db, args.judgments)
-                    seeded = time.perf_counter() - t0
-                    record_finished_run(db)
-                    r, idle, fired = bench(db, settings, args.repeats)
-                finally:
-                    db.dispose()
-                print(f"poll[{backend}] judgments={args.judgments} seed_s={seeded:.1f} "
-                      + " ".join(f"{k}={v:.1f}" for k, v in r.items())
-                      + f" idle={idle} with_new_pairs={fired}", flush=True)
-        finally:
-            with admin.connect() as c:
-                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    with tempfile.TemporaryDirectory(prefix="prefloop-bench-") as tmp, contextlib.ExitStack() as scratch:
+        for backend in args.backends.split(","):
+            if backend == "postgres":
+                url = scratch.enter_context(scratch_database("prefloop_bench_poll"))
+            elif backend == "sqlite":
+                url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+            else:
+                parser.error(f"unknown backend {backend!r}: sqlite or postgres")
+            migrate.upgrade(url)
+            db = Database(create_db_engine(url))
+            settings = load_settings(environ={}, data_dir=Path(tmp) / backend, database_url=url, env="test")
+            try:
+                t0 = time.perf_counter()
+                seed(db, args.judgments)
+                seeded = time.perf_counter() - t0
+                record_finished_run(db)
+                r, idle, fired = bench(db, settings, args.repeats)
+            finally:
+                db.dispose()
+            print(f"poll[{backend}] judgments={args.judgments} seed_s={seeded:.1f} "
+                  + " ".join(f"{k}={v:.1f}" for k, v in r.items())
+                  + f" idle={idle} with_new_pairs={fired}", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ At the end it checks, and prints one line each:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import sys
@@ -62,10 +63,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.pool import NullPool
 
 from annotate import judgments, migrate, queue
 from annotate.accounts import Actor, create_user
@@ -553,19 +552,6 @@ def report(result: SoakResult, out=sys.stdout) -> None:
             print(f"    e.g. {item}", file=out)
 
 
-def _scratch_pg() -> tuple[str, callable]:
-    name = f"prefloop_soak_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("database", nargs="?", default="postgresql", help="postgresql, sqlite or a database URL")
@@ -576,20 +562,18 @@ def main() -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     args = parser.parse_args()
     config = replace(defaults, **{k: v for k, v in vars(args).items() if k != "database"})
-    drop = None
-    with tempfile.TemporaryDirectory() as tmp:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests import this module as bench.soak
+    from _pg import scratch_database
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as scratch:
         if args.database == "postgresql":
-            url, drop = _scratch_pg()
+            url = scratch.enter_context(scratch_database("prefloop_soak", admin_url=PG_ADMIN))
         elif args.database == "sqlite":
             url = f"sqlite:///{Path(tmp) / 'soak.db'}"
         else:
             url = args.database
-        try:
-            migrate.upgrade(url)
-            result = run_soak(url, config, data_dir=Path(tmp))
-        finally:
-            if drop:
-                drop()
+        migrate.upgrade(url)
+        result = run_soak(url, config, data_dir=Path(tmp))
     report(result)
     sys.exit(1 if result.defects else 0)
 
