@@ -264,6 +264,11 @@ def test_settings_page_says_what_became_of_a_save_next_to_the_button_and_keeps_t
     assert not at.exception and not at.error, at.error
     saved = "Saved: guidelines, max_overlap, overlap, target_judgments."
     assert [s.value for s in at.success] == [saved] and _next_to_save(at) == [saved]
+    # Pressed again with the values just saved (what the second click of a double click sends): the save
+    # is confirmed, not "Nothing changed." (test_admin_double_clicks); a press that saved nothing says so.
+    at.button(key="FormSubmitter:campaign_settings-Save settings").click().run()
+    assert [s.value for s in at.success] == [saved] == _next_to_save(at) and not at.info
+    at = _open(people[1], "settings.py")
     at.button(key="FormSubmitter:campaign_settings-Save settings").click().run()
     assert [i.value for i in at.info] == ["Nothing changed."] == _next_to_save(at)
 

@@ -6,12 +6,13 @@ Retraining runs in its own process (``prefloop retrain --once --force``): the
 web server never trains, and the retrain lock keeps one run at a time.
 """
 
+import os
 import re
 
 import streamlit as st
 from sqlalchemy.exc import OperationalError
 
-from annotate import retrain, scoring
+from annotate import dashboard, retrain, scoring
 from annotate.errors import ModelError, PrefloopError
 from annotate.ui import context
 
@@ -114,10 +115,37 @@ if board["runs"]:
 else:
     st.caption("None yet.")
 
-if st.button("Retrain now", icon=":material/model_training:", key="retrain_now", disabled=alive):
+def _started_by_this_session() -> int | None:
+    """The process of the retrain this browser session started, while it still runs (else None).
+
+    The button is disabled once a run holds the retrain lock, which a new process takes only after
+    starting Python (seconds): the second click of a double click came before that and started (and
+    audited) a second process, which trained again if the first was done by then.
+    """
+    if not st.session_state.get("retrain_pressed"):
+        return None
+    with db.read() as session:
+        last = dashboard.audit_log(session, actor=actor, limit=1, action="model.retrain", username=actor.username)
+    pid = last[0].detail.get("pid") if last else None
+    if pid is None:
+        return None
     try:
-        with db.begin() as session:  # on SQLite the write lock is taken before the process starts
-            pid, log_path = retrain.start_background_run(session, settings, actor=actor)
+        os.kill(pid, 0)  # a child of this server, reaped when it ends: no signal is sent
+    except OSError:
+        return None
+    return pid
+
+
+if st.button("Retrain now", icon=":material/model_training:", key="retrain_now", disabled=alive):
+    pid = _started_by_this_session()
+    log_path = settings.data_dir / "retrain-manual.log"  # where start_background_run logs
+    try:
+        if pid is None:
+            # Remembered before the start: a click arriving meanwhile stops this run at its next use of
+            # st.session_state or its next element, and anything remembered after the start was lost.
+            st.session_state["retrain_pressed"] = True
+            with db.begin() as session:  # on SQLite the write lock is taken before the process starts
+                pid, log_path = retrain.start_background_run(session, settings, actor=actor)
     except (PrefloopError, OperationalError) as exc:
         st.error(context.not_saved_message(exc))
     else:

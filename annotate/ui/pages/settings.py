@@ -66,7 +66,8 @@ with st.form("campaign_settings"):
     # What became of a save (saved, refused, nothing changed) shows right above the button just
     # pressed: at the top of the page or after the form it was out of sight on a page this long.
     feedback = st.container()
-    for message in st.session_state.pop("settings_flash", []):
+    flashed = st.session_state.pop("settings_flash", [])
+    for message in flashed:
         feedback.success(message, icon=":material/check:")
     save = st.form_submit_button("Save settings", type="primary")
 
@@ -77,12 +78,23 @@ if save:
                   retrain_every_minutes=float(every_minutes), target_judgments=int(target), guidelines=guidelines)
     current = asdict(options)
     changes = {k: v for k, v in wanted.items() if current[k] != v}
+    saved = st.session_state.get("settings_saved")
     with feedback:
-        if not changes:
+        if not changes and saved and saved[0] == wanted:
+            # The second press of a double click carries the values the first one saved: it confirms that
+            # save, not "Nothing changed." (its own confirmation may have been lost with the first run).
+            if saved[1] not in flashed:
+                st.success(saved[1], icon=":material/check:")
+        elif not changes:
             st.info("Nothing changed.")
         else:
+            message = f"Saved: {', '.join(sorted(changes))}."
+            # Remembered before the commit: a click that arrives meanwhile stops this run at its next use of
+            # st.session_state, and the confirmation written after the commit was lost with it. Checked
+            # against the database (the values must be the saved ones), so a refused save confirms nothing.
+            st.session_state["settings_saved"] = (wanted, message)
             context.run_action(lambda session: campaign.update_options(session, settings, actor=actor, **changes),
-                               f"Saved: {', '.join(sorted(changes))}.", flash_key="settings_flash")
+                               message, flash_key="settings_flash")
 
 st.caption("Overlap applies to comparisons imported from now on; adaptive overlap and the rates apply at once. "
            "Every change is recorded in the audit log.")

@@ -1,0 +1,134 @@
+"""Double clicks on the admin console's state-changing actions, in a real browser.
+
+The second click of a double click, 0 to 300 ms after the first, arrives while the first click's run is
+still going or just after the page came back. A click during a run stops that run at its next
+st.session_state access or element (see admin_users._rename), so what a page writes after its commit can be
+lost. AppTest cannot interleave clicks; this file drives Debian's chromium (FAILS, never skips, when it or
+playwright is missing) through one server and one browser session for every action. Each action is
+double-clicked at several gaps and must happen once (one audit event), confirm itself and show no error.
+Covered: Save settings, Retrain now.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from sqlalchemy import select
+
+from annotate import accounts, migrate
+from annotate.db import Database, create_db_engine
+from annotate.models import AuditEvent
+from tests.factories import make_comparisons
+from tests.ui.test_e2e_browser import PASSWORD, TIMEOUT_MS, _launch, _log_in, _settle, streamlit_server
+
+pytestmark = pytest.mark.browser
+
+GAPS_MS = (0, 30, 100, 300)
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory):
+    """(page logged in as root, database): one server and one browser for the whole file."""
+    from playwright.sync_api import expect, sync_playwright
+
+    tmp_path = tmp_path_factory.mktemp("double-clicks")
+    url = f"sqlite:///{tmp_path / 'double.db'}"
+    migrate.upgrade(url)
+    database = Database(create_db_engine(url))
+    with database.begin() as session:
+        accounts.create_user(session, "root", PASSWORD, "admin", system=True)
+        make_comparisons(session, 3, tag="double")
+    expect.set_options(timeout=TIMEOUT_MS)
+    # The retrain started by Retrain now finds no encoder and stops at once: nothing is trained in a test.
+    with streamlit_server(url, tmp_path, PREFLOOP_GOLD_RATE="0", PREFLOOP_PROBE_RATE="0",
+                          PREFLOOP_ENCODER_PATH=str(tmp_path / "no-encoder")) as base, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(base)
+            _log_in(page, "root")
+            expect(page.get_by_role("heading", name="Campaign overview")).to_be_visible()
+            yield page, database
+        finally:
+            browser.close()
+            database.dispose()
+
+
+def _double_click(page, locator, gap_ms: int) -> None:
+    """Two clicks ``gap_ms`` apart at the middle of ``locator``, then wait for the runs to finish."""
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.click(x, y)
+    page.wait_for_timeout(gap_ms)
+    page.mouse.click(x, y)
+    _settle(page)
+
+
+def _errors(page) -> list[str]:
+    return [e.inner_text() for e in page.get_by_test_id("stAlertContentError").all()]
+
+
+def _shown(page, text: str) -> bool:
+    return page.get_by_text(text, exact=False).count() > 0
+
+
+def _audited(database, action: str) -> list[dict]:
+    with database.read() as session:
+        return [e.detail for e in session.scalars(
+            select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id))]
+
+
+def _open(page, link: str) -> None:
+    page.get_by_role("link", name=link, exact=True).click()
+    _settle(page)
+
+
+def _outcome(page, confirmation: str, *also: str) -> dict:
+    return {"confirmed": _shown(page, confirmation), "errors": _errors(page),
+            **{text: _shown(page, text) for text in also}}
+
+
+def test_settings_save(console):
+    page, database = console
+    _open(page, "Settings")
+    seen = {}
+    for i, gap in enumerate(GAPS_MS, start=1):
+        page.get_by_role("spinbutton", name="Target judgments (0: none)").fill(str(100 * i))
+        _double_click(page, page.get_by_role("button", name="Save settings"), gap)
+        seen[gap] = _outcome(page, "Saved: target_judgments.", "Nothing changed.")
+    saved = [d["changes"] for d in _audited(database, "settings.update")]
+    assert saved == [{"target_judgments": 100 * i} for i in range(1, len(GAPS_MS) + 1)]
+    assert seen == {gap: {"confirmed": True, "errors": [], "Nothing changed.": False} for gap in GAPS_MS}
+
+
+def _wait_gone(pid: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the retrain process {pid} still runs after {timeout_s} s")
+
+
+def test_retrain_now(console):
+    from playwright.sync_api import expect
+
+    page, database = console
+    _open(page, "Reward model")
+    seen = {}
+    for gap in GAPS_MS:
+        button = page.get_by_role("button", name="Retrain now")
+        expect(button).to_be_enabled()
+        _double_click(page, button, gap)
+        seen[gap] = _outcome(page, "Retraining started in process")
+        _wait_gone(_audited(database, "model.retrain")[-1]["pid"])  # the next press starts a new run
+        page.get_by_role("button", name="Refresh").click()
+        _settle(page)
+    assert (len(_audited(database, "model.retrain")), seen) == (
+        len(GAPS_MS), {gap: {"confirmed": True, "errors": []} for gap in GAPS_MS})
