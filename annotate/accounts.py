@@ -193,6 +193,8 @@ def set_active(session: Session, username: str, active: bool, *, actor: Actor | 
         if admin.username == username and not active:
             raise PrefloopError("you cannot deactivate your own account")
     user = _get_user(session, username)
+    if bool(user.active) == bool(active):
+        return user  # nothing to change (the second press of a double click): no second audit entry
     user.active = active
     audit(session, actor, "user.activate" if active else "user.deactivate", username=username)
     return user
@@ -205,6 +207,8 @@ def set_role(session: Session, username: str, role: Role | str, *, actor: Actor 
         if admin.username == username and Role(role) is not Role.admin:
             raise PrefloopError("you cannot remove your own admin role")
     user = _get_user(session, username)
+    if user.role == Role(role):
+        return user  # nothing to change (the second press of a double click): no second audit entry
     user.role = Role(role)
     audit(session, actor, "user.role", username=username, role=Role(role).value)
     return user

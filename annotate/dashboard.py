@@ -441,6 +441,8 @@ def mark_gold(session: Session, *, actor: Actor, comparison_id: int, choice: str
     c = session.get(Comparison, comparison_id)
     if c is None:
         raise NotFound(f"comparison {comparison_id} does not exist; check the id")
+    if c.is_gold and c.gold_choice == gold_choice:
+        return  # already this gold answer (the second press of a double click): no second audit entry
     c.is_gold, c.gold_choice = True, gold_choice
     if c.status != ComparisonStatus.retired:
         c.status = ComparisonStatus.open

@@ -95,6 +95,28 @@ def test_admin_user_management_is_audited(db, settings):
     assert accounts.login(db, "carol", "password-456").role is Role.admin
 
 
+def test_a_repeated_role_or_activation_change_is_one_audited_change(db, settings):
+    """The second press of a double click (or a CLI command run twice) asks for what is already so: it
+    changes nothing and writes no second audit entry, on each backend."""
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        accounts.create_user(s, "carol", "password-123", "annotator", actor=admin)
+    for _ in range(2):
+        with db.begin() as s:
+            accounts.set_role(s, "carol", "admin", actor=admin)
+        with db.begin() as s:
+            accounts.set_active(s, "carol", False, actor=admin)
+    with db.begin() as s:
+        accounts.set_active(s, "carol", True, actor=admin)
+        accounts.set_role(s, "carol", Role.admin, actor=admin)
+    with db.read() as s:
+        actions = [e.action for e in s.scalars(select(AuditEvent).where(AuditEvent.actor_id == admin.id)
+                                               .order_by(AuditEvent.id))]
+        carol = s.scalar(select(User).where(User.username == "carol"))
+        assert carol.active and carol.role is Role.admin
+    assert actions == ["user.create", "user.role", "user.deactivate", "user.activate"]
+
+
 def test_a_username_that_differs_only_in_case_is_refused(db, settings):
     with db.begin() as s:
         admin = make_user(s, "boss", "admin")
