@@ -173,7 +173,32 @@ class Distinct(acq.Strategy):
         return norm if self.base is None else norm * self.base.positive_scores(pool, rng)
 
 
-_EXTRA = {"herd": lambda: Herd(), "egl": Egl, "gapvar": GapVar, "distinct": lambda: Distinct()}
+class EpiShare(acq.Strategy):
+    """BALD's share of the total uncertainty, ``I(y; m) / H(p̄)``: pairs the members disagree on *confidently*
+    (epistemic) rather than pairs every member finds a coin toss (aleatoric, where the hindsight bench
+    found labels teach nothing)."""
+
+    name = "epishare"
+
+    def scores(self, pool, rng):
+        p = pool.probs.astype(np.float64)
+        h = -(lambda q: q * np.log(q) + (1 - q) * np.log(1 - q))(np.clip(p.mean(axis=0), 1e-7, 1 - 1e-7))
+        return acq.bald_scores(pool.probs) / np.maximum(h, 1e-9)
+
+
+class VoteEntropy(acq.Strategy):
+    """Query by committee: the entropy of the members' votes (which side each member prefers)."""
+
+    name = "vote"
+
+    def scores(self, pool, rng):
+        share = (pool.probs > 0.5).mean(axis=0).astype(np.float64)
+        q = np.clip(share, 1e-12, 1 - 1e-12)
+        return -(q * np.log(q) + (1 - q) * np.log(1 - q)) * (share > 0) * (share < 1)
+
+
+_EXTRA = {"herd": lambda: Herd(), "egl": Egl, "gapvar": GapVar, "distinct": lambda: Distinct(),
+          "epishare": EpiShare, "vote": VoteEntropy}
 
 
 class Mix(acq.Strategy):

@@ -14,6 +14,9 @@ Names accepted by ``get_strategy``:
 - ``margin``: ensemble-mean P(A ≻ B) closest to ½ first.
 - ``bald``: mutual information between the outcome and the ensemble member,
   ``H(mean p) - mean H(p_m)`` (epistemic uncertainty; ensemble disagreement).
+- ``epistemic``: BALD divided by the entropy of the mean prediction: the share
+  of a pair's uncertainty that is disagreement between members (pairs each
+  member calls fairly clearly, but differently, before coin tosses).
 - ``thompson``: one ensemble member drawn per batch; the pairs it is least sure about.
 - ``epig``: expected predictive information gain about a sample of the open pool
   under the linear posterior described for ``cover`` (what a label teaches about the pairs the
@@ -435,6 +438,28 @@ class BaldStrategy(Strategy):
         return bald_scores(pool.probs)
 
 
+class EpistemicStrategy(Strategy):
+    """BALD's share of the total uncertainty, ``I(y; m) / H(mean p)``, largest first.
+
+    BALD is largest where the members disagree, but also grows with the total
+    entropy: it favours pairs that every member finds close to a coin toss, whose
+    labels (noisy human ones) teach least (``bench/al_hindsight.py``: training on
+    the smallest-gap pairs gives a model worse than chance). Divided by the
+    entropy of the mean, the score is the share of the uncertainty that is
+    disagreement between members: pairs the members would each call fairly
+    clearly, but differently, come first.
+    """
+
+    name = "epistemic"
+
+    def scores(self, pool, rng):
+        total = np.empty(len(pool), dtype=np.float64)
+        for s in range(0, len(pool), 1 << 18):
+            total[s:s + (1 << 18)] = _entropy32(np.asarray(pool.probs[:, s:s + (1 << 18)],
+                                                           dtype=np.float32).mean(axis=0))
+        return bald_scores(pool.probs) / np.maximum(total, 1e-9)
+
+
 class ThompsonStrategy(Strategy):
     """Draw one ensemble member per batch and ask what it is least sure about.
 
@@ -753,7 +778,7 @@ def _project(x: np.ndarray, max_dim: int) -> np.ndarray:
 
 
 _BASES = {"random": RandomStrategy, "margin": MarginStrategy, "bald": BaldStrategy,
-          "thompson": ThompsonStrategy}
+          "epistemic": EpistemicStrategy, "thompson": ThompsonStrategy}
 
 
 def strategy_names() -> list[str]:

@@ -146,6 +146,18 @@ def test_margin_picks_closest_to_half_first():
     assert ids.tolist() == [4, 1, 3]
 
 
+def test_epistemic_prefers_confident_disagreement_over_a_coin_toss():
+    """Pair 0: members at 0.7 and 0.3 (a near coin toss with some disagreement); pair 1: members at 0.99 and
+    0.8 (both prefer A, one much more). BALD asks pair 0 first (0.082 against 0.057 nats); the epistemic
+    share of the uncertainty asks pair 1 first (0.17 against 0.12); pair 2, where both members agree, last."""
+    probs = np.array([[0.7, 0.99, 0.9], [0.3, 0.8, 0.9]], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    assert get_strategy("bald").select(Pool(probs=probs), 3, rng).tolist() == [0, 1, 2]
+    assert get_strategy("epistemic").select(Pool(probs=probs), 3, rng).tolist() == [1, 0, 2]
+    scores = get_strategy("epistemic").scores(Pool(probs=probs), rng)
+    assert scores[:2] == pytest.approx([0.118, 0.170], abs=0.002) and scores[2] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_bald_prefers_disagreement_over_agreed_uncertainty():
     agree = [0.5, 0.5, 0.5, 0.5]          # everyone unsure: aleatoric, nothing to learn
     disagree = [0.05, 0.95, 0.1, 0.9]     # members contradict each other: epistemic
