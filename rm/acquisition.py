@@ -86,7 +86,16 @@ features, no model +0.25, 8%; bald's top 4n herded +0.37, 20%; expected gradient
 Four replays still left the verdict to the random streams (see ``annotate.simulate_options.REPEATS``:
 on seeds 0-9 four disjoint sets of 4 streams gave +0.42, +0.05, +0.12 and +0.17). With 16 replays:
 bald+diverse +0.27 (+0.15, +0.39), 17% at 640 on seeds 100-119 and +0.25 (+0.14, +0.36), 19% on
-200-219; bald +0.31, 28% and +0.24, 9%. Still indistinguishable, so the default stays."""
+200-219; bald +0.31, 28% and +0.24, 9%. Still indistinguishable, so the default stays.
+
+Then (2026-11-28, 16 replays, bench/al_candidates.py) BALD divided by the entropy of the mean
+prediction, ``epistemic``: +0.31 (+0.22, +0.41), 36.5% (11.1%, 45.6%) at 640 on seeds 100-119 and
++0.30 (+0.15, +0.45), 31.3% (7.3%, 47.2%) on 200-219, against bald+diverse's +0.27, 16.7% and +0.25,
+18.9% in the same runs; epistemic+diverse +0.26, 25.3% and committee vote entropy +diverse -0.03,
+0.7% on 100-119. Better on both tuning sets in the labels saved at 640 (the area gain is within
+noise); but on the reporting seeds 0-9 (``prefloop simulate ... --strategy random --strategy
+epistemic --seeds 10``) it gave +0.18 (+0.01, +0.36), 674 labels, -5.3% (-43%, 25%) at 640: what
+bald+diverse gives there (+0.16 to +0.19, 663-684 labels). Not distinguishable, so the default stays."""
 
 _EPS = 1e-7
 
