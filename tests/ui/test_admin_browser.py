@@ -12,7 +12,7 @@ from annotate import accounts, migrate
 from annotate.db import Database, create_db_engine
 from annotate.models import ModelVersion
 from tests.factories import make_comparisons
-from tests.ui.test_e2e_browser import PASSWORD, TIMEOUT_MS, _launch, _log_in, _settle, streamlit_server
+from tests.ui.test_e2e_browser import PASSWORD, TIMEOUT_MS, _settle, logged_in_page, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -46,28 +46,20 @@ def test_console_figures_and_labels_are_never_cut_off_at_1280_or_800_px(console)
     and at 1280 px "Median time per judgment" lost its end. They wrap onto more lines instead.
     At 800 px the Annotators page cut "Krippendorff's α (ordinal)" to "Krippe…", and the Export page
     its longer checkbox labels and "Judgments Parquet (datasets)"."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)
     cut: dict[tuple[str, int], list[str]] = {}
-    with sync_playwright() as p:
-        browser = _launch(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(console)
-            _log_in(page, "root")
-            expect(page.get_by_role("heading", name="Campaign overview")).to_be_visible()
-            for name, ready in (("Overview", "stMetric"), ("Model health", "stMetric"), ("Reward model", "stMetric"),
-                                ("Annotators", "stMetric"), ("Export", "stDownloadButton")):
-                page.get_by_role("link", name=name, exact=True).click()
-                expect(page.get_by_test_id(ready).first).to_be_visible()
-                for width in (1280, 800):
-                    page.set_viewport_size({"width": width, "height": 1000})
-                    _settle(page)
-                    cut[name, width] = page.evaluate(_CUT_TEXT_JS)
-                    assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth"), (name, width)
-                page.set_viewport_size({"width": 1280, "height": 1000})
-        finally:
-            browser.close()
+    with logged_in_page(console, "root") as page:
+        expect(page.get_by_role("heading", name="Campaign overview")).to_be_visible()
+        for name, ready in (("Overview", "stMetric"), ("Model health", "stMetric"), ("Reward model", "stMetric"),
+                            ("Annotators", "stMetric"), ("Export", "stDownloadButton")):
+            page.get_by_role("link", name=name, exact=True).click()
+            expect(page.get_by_test_id(ready).first).to_be_visible()
+            for width in (1280, 800):
+                page.set_viewport_size({"width": width, "height": 1000})
+                _settle(page)
+                cut[name, width] = page.evaluate(_CUT_TEXT_JS)
+                assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth"), (name, width)
+            page.set_viewport_size({"width": 1280, "height": 1000})
     assert {key: texts for key, texts in cut.items() if texts} == {}

@@ -21,7 +21,7 @@ from annotate import accounts, migrate
 from annotate.db import Database, create_db_engine
 from annotate.models import AuditEvent
 from tests.factories import make_comparisons
-from tests.ui.test_e2e_browser import PASSWORD, TIMEOUT_MS, _launch, _log_in, _settle, streamlit_server
+from tests.ui.test_e2e_browser import PASSWORD, TIMEOUT_MS, _settle, double_click, logged_in_page, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -31,7 +31,7 @@ GAPS_MS = (0, 30, 100, 300)
 @pytest.fixture(scope="module")
 def console(tmp_path_factory):
     """(page logged in as root, database): one server and one browser for the whole file."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     tmp_path = tmp_path_factory.mktemp("double-clicks")
     url = f"sqlite:///{tmp_path / 'double.db'}"
@@ -43,29 +43,13 @@ def console(tmp_path_factory):
     expect.set_options(timeout=TIMEOUT_MS)
     # The retrain started by Retrain now finds no encoder and stops at once: nothing is trained in a test.
     with streamlit_server(url, tmp_path, PREFLOOP_GOLD_RATE="0", PREFLOOP_PROBE_RATE="0",
-                          PREFLOOP_ENCODER_PATH=str(tmp_path / "no-encoder")) as base, sync_playwright() as p:
-        browser = _launch(p)
+                          PREFLOOP_ENCODER_PATH=str(tmp_path / "no-encoder")) as base:
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(base)
-            _log_in(page, "root")
-            expect(page.get_by_role("heading", name="Campaign overview")).to_be_visible()
-            yield page, database
+            with logged_in_page(base, "root") as page:
+                expect(page.get_by_role("heading", name="Campaign overview")).to_be_visible()
+                yield page, database
         finally:
-            browser.close()
             database.dispose()
-
-
-def _double_click(page, locator, gap_ms: int) -> None:
-    """Two clicks ``gap_ms`` apart at the middle of ``locator``, then wait for the runs to finish."""
-    locator.scroll_into_view_if_needed()
-    box = locator.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.click(x, y)
-    page.wait_for_timeout(gap_ms)
-    page.mouse.click(x, y)
-    _settle(page)
 
 
 def _errors(page) -> list[str]:
@@ -98,7 +82,7 @@ def test_settings_save(console):
     seen = {}
     for i, gap in enumerate(GAPS_MS, start=1):
         page.get_by_role("spinbutton", name="Target judgments (0: none)").fill(str(100 * i))
-        _double_click(page, page.get_by_role("button", name="Save settings"), gap)
+        double_click(page, page.get_by_role("button", name="Save settings"), gap)
         seen[gap] = _outcome(page, "Saved: target_judgments.", "Nothing changed.")
     saved = [d["changes"] for d in _audited(database, "settings.update")]
     assert saved == [{"target_judgments": 100 * i} for i in range(1, len(GAPS_MS) + 1)]
@@ -125,7 +109,7 @@ def test_retrain_now(console):
     for gap in GAPS_MS:
         button = page.get_by_role("button", name="Retrain now")
         expect(button).to_be_enabled()
-        _double_click(page, button, gap)
+        double_click(page, button, gap)
         seen[gap] = _outcome(page, "Retraining started in process")
         _wait_gone(_audited(database, "model.retrain")[-1]["pid"])  # the next press starts a new run
         page.get_by_role("button", name="Refresh").click()

@@ -124,50 +124,37 @@ def test_a_double_click_on_rename_in_a_browser_renames_once_and_nothing_is_cut_o
     st.session_state: the rename was remembered after the commit, and at 30 ms one double click in 5-7 lost
     the memory (no confirmation, no user chosen). The manage tab with the popover open cuts no text at 1280
     or 800 px."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from tests.ui.test_admin_browser import _CUT_TEXT_JS
-    from tests.ui.test_e2e_browser import TIMEOUT_MS, _launch, _log_in, _settle
+    from tests.ui.test_e2e_browser import TIMEOUT_MS, _settle, double_click, logged_in_page
 
     _, database = seeded
     gaps_ms = (0, 20, 30, 30, 30, 40, 50, 100, 300)
     names = ["annie"] + [f"ann{i}" for i in range(1, len(gaps_ms) + 1)]
     expect.set_options(timeout=TIMEOUT_MS)
     errors, cut = [], {}
-    with sync_playwright() as p:
-        browser = _launch(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(server)
-            _log_in(page, "root")
-            page.get_by_role("link", name="Users").click()
-            page.get_by_role("tab", name="Manage a user").click()
-            page.get_by_test_id("stSelectbox").filter(has_text="User").click()
-            page.get_by_role("option", name="annie", exact=True).click()
-            for old, new, gap_ms in zip(names, names[1:], gaps_ms):
-                _settle(page)
-                page.get_by_role("button", name="Rename…").click()
-                _settle(page)
-                page.get_by_role("textbox", name="New username").fill(new)
-                if old == "annie":
-                    for width in (1280, 800):
-                        page.set_viewport_size({"width": width, "height": 1000})
-                        _settle(page)
-                        cut[width] = page.evaluate(_CUT_TEXT_JS)
-                    page.set_viewport_size({"width": 1280, "height": 1000})
-                box = page.get_by_role("button", name=f"Rename {old}").bounding_box()
-                x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-                page.mouse.click(x, y)
-                page.wait_for_timeout(gap_ms)
-                page.mouse.click(x, y)
-                expect(page.get_by_text(f"Renamed {old} to {new}.")).to_be_visible()
-                _settle(page)
-                # closed after the rename: a click where "Rename annie" was cannot submit "Rename ann1"
-                expect(page.get_by_role("textbox", name="New username")).to_have_count(0)
-                errors += [e.inner_text() for e in page.get_by_test_id("stAlertContentError").all()]
-        finally:
-            browser.close()
+    with logged_in_page(server, "root") as page:
+        page.get_by_role("link", name="Users").click()
+        page.get_by_role("tab", name="Manage a user").click()
+        page.get_by_test_id("stSelectbox").filter(has_text="User").click()
+        page.get_by_role("option", name="annie", exact=True).click()
+        for old, new, gap_ms in zip(names, names[1:], gaps_ms):
+            _settle(page)
+            page.get_by_role("button", name="Rename…").click()
+            _settle(page)
+            page.get_by_role("textbox", name="New username").fill(new)
+            if old == "annie":
+                for width in (1280, 800):
+                    page.set_viewport_size({"width": width, "height": 1000})
+                    _settle(page)
+                    cut[width] = page.evaluate(_CUT_TEXT_JS)
+                page.set_viewport_size({"width": 1280, "height": 1000})
+            double_click(page, page.get_by_role("button", name=f"Rename {old}"), gap_ms)
+            expect(page.get_by_text(f"Renamed {old} to {new}.")).to_be_visible()
+            # closed after the rename: a click where "Rename annie" was cannot submit "Rename ann1"
+            expect(page.get_by_role("textbox", name="New username")).to_have_count(0)
+            errors += [e.inner_text() for e in page.get_by_test_id("stAlertContentError").all()]
     with database.read() as session:
         renames = [e.detail["username"] for e in session.scalars(
             select(AuditEvent).where(AuditEvent.action == "user.rename").order_by(AuditEvent.id))]

@@ -193,6 +193,38 @@ def _log_in(page, username: str) -> None:
     page.get_by_role("button", name="Log in").click()
 
 
+def _launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+@contextlib.contextmanager
+def logged_in_page(base: str, username: str, *, width: int = 1280):
+    """A page of a fresh headless chromium at ``base``, logged in as ``username``; the browser closes after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(base)
+            _log_in(page, username)
+            yield page
+        finally:
+            browser.close()
+
+
+def double_click(page, locator, gap_ms: int) -> None:
+    """Two clicks ``gap_ms`` apart at the middle of ``locator``, then wait for the runs to finish."""
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.click(x, y)
+    page.wait_for_timeout(gap_ms)
+    page.mouse.click(x, y)
+    _settle(page)
+
+
 def _pair_on_screen(page) -> int:
     text = page.get_by_text(PAIR_CAPTION).first.inner_text(timeout=TIMEOUT_MS)
     return int(PAIR_CAPTION.search(text).group(1))
@@ -322,39 +354,29 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
         assert row["time_spent_ms"] is not None and row["time_spent_ms"] > 0
 
 
-def _launch(p):
-    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
 def test_a_key_pressed_twice_judges_the_pair_on_screen_once(server, seeded):
     """Two presses of a key before the next pair arrives (the second lands while the first one's
     run is still going) record one judgment, of the pair on screen: the second press neither
     judges the next pair unseen nor warns that the pair is "not assigned any more"."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     _, database = seeded
     expect.set_options(timeout=TIMEOUT_MS)
     on_screen, warnings = [], []
-    with sync_playwright() as p:
-        browser = _launch(p)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(server)
-            _log_in(page, "annie")
-            for gap_ms in (0, 5, 10, 20, 40):
-                _settle(page)
-                before = _pair_on_screen(page)
-                page.get_by_text("Which response is better?").click()
-                page.keyboard.press("t")
-                page.wait_for_timeout(gap_ms)
-                page.keyboard.press("t")
-                expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(re.compile(rf"Pair #{before}\b"))
-                _settle(page)
-                on_screen.append(before)
-                warnings += [t.inner_text() for t in page.get_by_test_id("stToast").all()]
-        finally:
-            browser.close()
+    with logged_in_page(server, "annie", width=1400) as page:
+        for gap_ms in (0, 5, 10, 20, 40):
+            _settle(page)
+            before = _pair_on_screen(page)
+            page.get_by_text("Which response is better?").click()
+            page.keyboard.press("t")
+            page.wait_for_timeout(gap_ms)
+            page.keyboard.press("t")
+            expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(re.compile(rf"Pair #{before}\b"))
+            _settle(page)
+            on_screen.append(before)
+            warnings += [t.inner_text() for t in page.get_by_test_id("stToast").all()]
     with database.read() as session:
         annie = session.scalar(select(User).where(User.username == "annie"))
         judged = [j.comparison_id for j in session.scalars(
