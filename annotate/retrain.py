@@ -917,9 +917,12 @@ class _Run:
 
         # 4. evaluate, against the active model on the same held-out pairs
         self._begin("evaluate")
-        from rm.evaluate import correct_votes, evaluate
+        from rm.evaluate import evaluate_with_votes
 
-        new_metrics = _clean(evaluate(ens, test).to_dict()) if len(test) else None
+        new_metrics = new_correct = None
+        if len(test):
+            scored, new_correct = evaluate_with_votes(ens, test)
+            new_metrics = _clean(scored.to_dict())
         active_metrics, active_model, active_correct = self._evaluate_active(snap, encoder, spec, test, lab_rows)
         new_acc = (new_metrics or {}).get("accuracy")
         active_acc = (active_metrics or {}).get("accuracy") if snap.active else None
@@ -928,7 +931,7 @@ class _Run:
         decisive = np.isin(snap.lab_outcome, (A_WINS, B_WINS))
         n_held_out = int(len(np.unique(snap.lab_comparison[test_mask & decisive])))
         # Both models on the same judgments, so the gate tests their difference pair by pair.
-        paired = (paired_comparison(correct_votes(ens, test), active_correct, snap.lab_comparison[test_mask])
+        paired = (paired_comparison(new_correct, active_correct, snap.lab_comparison[test_mask])
                   if active_correct is not None else None)
         tolerance = settings.promote_tolerance
         promote, reason = promotion_decision(new_acc, active_acc, tolerance,
@@ -1068,7 +1071,7 @@ class _Run:
         """
         from dataclasses import replace
 
-        from rm.evaluate import correct_votes, evaluate
+        from rm.evaluate import evaluate_with_votes
 
         if snap.active is None:
             return None, None, None
@@ -1091,7 +1094,8 @@ class _Run:
             feat = np.zeros((len(test.feat), own.shape[1]), dtype=np.float32)
             feat[rows] = own
             test = replace(test, feat=feat)
-        return _clean(evaluate(model.ensemble, test).to_dict()), model, correct_votes(model.ensemble, test)
+        scored, correct = evaluate_with_votes(model.ensemble, test)
+        return _clean(scored.to_dict()), model, correct
 
     def _active_scorer(self, model, snap, encoder, spec, lab_rows, feat_lab):
         if model is None:

@@ -188,3 +188,9 @@ def _member_rewards(ensemble: Ensemble, data: PairData) -> np.ndarray:
 def evaluate(ensemble: Ensemble, data: PairData) -> Metrics:
     """Score ``data``'s responses once with ``ensemble`` and compute ``Metrics``."""
     return metrics_from_rewards(_member_rewards(ensemble, data), data)
+
+
+def evaluate_with_votes(ensemble: Ensemble, data: PairData) -> tuple[Metrics, np.ndarray]:
+    """:func:`evaluate` and :func:`correct_votes` from one scoring of ``data``'s responses."""
+    r = _member_rewards(ensemble, data)
+    return metrics_from_rewards(r, data), vote_correctness(r, data)
