@@ -307,19 +307,27 @@ def _entropy32(p: np.ndarray) -> np.ndarray:
     return np.negative(out, out=out)
 
 
+def _entropies(probs: np.ndarray, chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+    """``H(mean_m p_m)`` and ``mean_m H(p_m)`` per pair, float32 ``(n,)`` each, computed in chunks."""
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim == 1:
+        probs = probs[None, :]
+    total = np.empty(probs.shape[1], dtype=np.float32)
+    expected = np.empty(probs.shape[1], dtype=np.float32)
+    for s in range(0, probs.shape[1], chunk):
+        p = probs[:, s:s + chunk]
+        total[s:s + chunk] = _entropy32(p.mean(axis=0))
+        expected[s:s + chunk] = _entropy32(p).mean(axis=0)
+    return total, expected
+
+
 def bald_scores(probs: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
     """Mutual information ``H(mean_m p_m) - mean_m H(p_m)`` per pair (nats, ≥ 0), float64 ``(n,)``.
 
     Computed in float32 chunks: 16 members × 1M pairs in about 0.1 s on 2 cores (float64: 1.2 s).
     """
-    probs = np.asarray(probs, dtype=np.float32)
-    if probs.ndim == 1:
-        probs = probs[None, :]
-    out = np.empty(probs.shape[1], dtype=np.float64)
-    for s in range(0, probs.shape[1], chunk):
-        p = probs[:, s:s + chunk]
-        out[s:s + chunk] = np.maximum(_entropy32(p.mean(axis=0)) - _entropy32(p).mean(axis=0), 0.0)
-    return out
+    total, expected = _entropies(probs, chunk)
+    return np.maximum(total - expected, 0.0).astype(np.float64)
 
 
 def _rank(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -462,11 +470,9 @@ class EpistemicStrategy(Strategy):
     name = "epistemic"
 
     def scores(self, pool, rng):
-        total = np.empty(len(pool), dtype=np.float64)
-        for s in range(0, len(pool), 1 << 18):
-            total[s:s + (1 << 18)] = _entropy32(np.asarray(pool.probs[:, s:s + (1 << 18)],
-                                                           dtype=np.float32).mean(axis=0))
-        return bald_scores(pool.probs) / np.maximum(total, 1e-9)
+        total, expected = _entropies(pool.probs)
+        bald = np.maximum(total - expected, 0.0).astype(np.float64)
+        return bald / np.maximum(total.astype(np.float64), 1e-9)
 
 
 class ThompsonStrategy(Strategy):
