@@ -101,20 +101,27 @@ def _nan_to_none(bins: list[CalibrationBin]) -> list[CalibrationBin]:
     return bins
 
 
+def _winner_gaps(r: np.ndarray, data: PairData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decisive rows' mask, their mean reward gap A − B and that gap seen from the winner (float64)."""
+    decisive = (data.outcome == A_WINS) | (data.outcome == B_WINS)
+    ia, ib = data.ia[decisive], data.ib[decisive]
+    gap = (r[:, ia].mean(0) - r[:, ib].mean(0)).astype(np.float64)
+    return decisive, gap, np.where(data.outcome[decisive] == A_WINS, gap, -gap)
+
+
+def _as_members(member_rewards: np.ndarray) -> np.ndarray:
+    r = np.asarray(member_rewards, dtype=np.float32)
+    return r[None, :] if r.ndim == 1 else r
+
+
 def vote_correctness(member_rewards: np.ndarray, data: PairData) -> np.ndarray:
     """Per row of ``data``: 1 where the winner gets the higher mean reward, 0 where the loser does,
     0.5 for an exact tie in reward, NaN for rows that are not decisive (ties, both-bad).
 
     ``accuracy`` is the mean over decisive rows.
     """
-    r = np.asarray(member_rewards, dtype=np.float32)
-    if r.ndim == 1:
-        r = r[None, :]
+    decisive, _, win_gap = _winner_gaps(_as_members(member_rewards), data)
     out = np.full(len(data), np.nan)
-    decisive = (data.outcome == A_WINS) | (data.outcome == B_WINS)
-    ia, ib = data.ia[decisive], data.ib[decisive]
-    gap = (r[:, ia].mean(0) - r[:, ib].mean(0)).astype(np.float64)
-    win_gap = np.where(data.outcome[decisive] == A_WINS, gap, -gap)
     out[decisive] = (win_gap > 0) + 0.5 * (win_gap == 0)
     return out
 
@@ -132,17 +139,13 @@ def metrics_from_rewards(member_rewards: np.ndarray, data: PairData) -> Metrics:
     """
     from scipy.stats import spearmanr
 
-    r = np.asarray(member_rewards, dtype=np.float32)
-    if r.ndim == 1:
-        r = r[None, :]
-    decisive = (data.outcome == A_WINS) | (data.outcome == B_WINS)
+    r = _as_members(member_rewards)
+    decisive, gap, win_gap = _winner_gaps(r, data)
     ia, ib = data.ia[decisive], data.ib[decisive]
     a_won = data.outcome[decisive] == A_WINS
-    gap = r[:, ia].mean(0) - r[:, ib].mean(0)
-    win_gap = np.where(a_won, gap, -gap).astype(np.float64)
     accuracy = float(np.mean((win_gap > 0) + 0.5 * (win_gap == 0))) if len(win_gap) else float("nan")
     log_loss = float(np.mean(np.logaddexp(0.0, -win_gap))) if len(win_gap) else float("nan")
-    p_a = 1.0 / (1.0 + np.exp(-gap.astype(np.float64)))
+    p_a = 1.0 / (1.0 + np.exp(-gap))
     ece, bins = calibration_bins(np.concatenate([p_a, 1 - p_a]),
                                  np.concatenate([a_won, ~a_won]).astype(float))
 
