@@ -48,15 +48,46 @@ def _diff(url):
         engine.dispose()
 
 
+def _schema(url) -> dict:
+    """Tables with their columns, indexes, unique constraints and foreign keys, as reflected."""
+    engine = create_db_engine(url, poolclass=NullPool)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*expression-based index")
+            insp = inspect(engine)
+            if engine.dialect.name == "sqlite":  # its reflection skips expression indexes: list them all
+                with engine.connect() as conn:
+                    rows = conn.execute(text("SELECT tbl_name, name FROM sqlite_master WHERE type = 'index'")).all()
+                indexes = {t: sorted(name for table, name in rows if table == t) for t in insp.get_table_names()}
+            else:
+                indexes = {t: sorted(str(i["name"]) for i in insp.get_indexes(t)) for t in insp.get_table_names()}
+            return {t: {"columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(t)),
+                        "indexes": indexes[t],
+                        "unique": sorted(str(sorted(u["column_names"])) for u in insp.get_unique_constraints(t)),
+                        "foreign_keys": sorted(str((fk["constrained_columns"], fk["referred_table"]))
+                                               for fk in insp.get_foreign_keys(t))}
+                    for t in insp.get_table_names() if t != "alembic_version"}
+    finally:
+        engine.dispose()
+
+
 def test_up_down_up_and_models_match(empty_url):
+    """Each downgrade undoes its own upgrade: stepping down one revision at a time gives back the schema
+    the chain had at that revision on the way up (going straight to base would hide a downgrade that
+    leaves its column behind, since an earlier one drops the whole table)."""
     script = ScriptDirectory.from_config(migrate.alembic_config(empty_url))
     revisions = list(reversed(list(script.walk_revisions())))
-    # step up one revision at a time, then all the way down, then up again
+    # step up one revision at a time, then down one at a time, then up again
+    schemas = [_schema(empty_url)]
     for rev in revisions:
         migrate.upgrade(empty_url, rev.revision)
+        schemas.append(_schema(empty_url))
     assert migrate.current_heads(empty_url) == {script.get_current_head()}
     assert _diff(empty_url) == []
-    migrate.downgrade(empty_url, "base")
+    assert len({str(s) for s in schemas}) == len(revisions) + 1  # every revision changes the schema
+    for rev, before in zip(reversed(revisions), reversed(schemas[:-1])):
+        migrate.downgrade(empty_url, rev.down_revision or "base")
+        assert _schema(empty_url) == before, f"downgrade of {rev.revision} does not undo its upgrade"
     engine = create_db_engine(empty_url, poolclass=NullPool)
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     engine.dispose()
