@@ -231,9 +231,10 @@ with context.stop_on_errors():
 with st.container(horizontal=True, vertical_alignment="bottom", gap="medium"):
     st.header("Which response is better?", anchor=False, width="content")
     with st.container(width="stretch"):
-        today, left = st.columns(2)
-        today.metric("Judged today", progress.judged_today)
-        left.metric("Remaining", progress.remaining)
+        # Side by side in a narrow window too (st.columns stacks them there, pushing the pair down).
+        with st.container(horizontal=True, gap="medium"):
+            st.metric("Judged today", progress.judged_today)
+            st.metric("Remaining", progress.remaining)
         done = progress.judged_total + progress.remaining
         st.progress(progress.judged_total / done if done else 1.0)
     help_box = st.popover("Guidelines", icon=":material/menu_book:", width="content")

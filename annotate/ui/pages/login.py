@@ -4,7 +4,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from annotate import accounts
-from annotate.errors import PrefloopError
+from annotate.errors import AuthError, PrefloopError
 from annotate.ui import context
 
 _, middle, _ = st.columns([1, 1.2, 1])
@@ -29,10 +29,15 @@ with middle.form("login", clear_on_submit=False, enter_to_submit=True):
 
 if submitted:
     settings = context.get_settings()
-    # Wrong credentials, throttling and an unusable database all end here with their message.
+    # Wrong credentials, throttling and an unusable database all end here with their message; for
+    # the credentials the form above is the retry, so no Try again button under the message.
     with middle, context.stop_on_errors():
-        actor = accounts.login(context.get_db(), username, password,
-                               max_failures=settings.login_max_failures,
-                               lockout_seconds=settings.login_lockout_seconds)
+        try:
+            actor = accounts.login(context.get_db(), username, password,
+                                   max_failures=settings.login_max_failures,
+                                   lockout_seconds=settings.login_lockout_seconds)
+        except AuthError as exc:
+            st.error(str(exc))
+            st.stop()
     context.log_in(actor)
     st.rerun()
