@@ -50,6 +50,23 @@ def test_select_returns_n_distinct_valid_ids(name, n_groups):
     assert ids.min() >= 0 and ids.max() < len(pool)
 
 
+# The k-means++ spread picks among candidates that hold a second round of each prompt's pairs.
+_CAP_BROKEN = pytest.mark.xfail(strict=True, reason="DiverseStrategy.select does not keep the per-prompt cap "
+                                "(product bug reported; the mark fails once it is fixed)")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_CAP_BROKEN) if get_strategy(n).name.endswith("+diverse")
+                                  else n for n in ALL])
+def test_select_keeps_the_per_prompt_cap(name):
+    """The module's promise for every ``select``: one pair per prompt while other prompts remain."""
+    for seed in range(3):
+        pool = _pool(n=100, n_groups=40, labelled=10, seed=seed)
+        for n in (16, 50):
+            ids = get_strategy(name).select(pool, n, np.random.default_rng(seed))
+            groups = pool.groups[ids].tolist()
+            assert len(set(groups)) == min(n, len(set(pool.groups.tolist()))), (seed, n, sorted(groups))
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_select_is_deterministic_under_a_seed(name):
     pool = _pool(n_groups=20)
