@@ -50,6 +50,10 @@ _IMAGE_EXT = r"(?:png|jpe?g|gif|webp|svg|bmp|ico|avif|tiff?)"
 # a start scanning to the end of the text); a longer URL stays a plain link
 # (never an image: every "![" is broken up regardless).
 _MAX_URL = 512
+# A bare URL and the text GFM's autolink would run on to (the next whitespace), wherever it starts:
+# Streamlit's renderer links URLs after punctuation and in mid-word too ("href='https://...").
+_LINK_RUN = re.compile(r"(?:https?(?=://)|www(?=\.))\S*", re.IGNORECASE)
+_LINK_START = re.compile(r"(https?(?=://)|www(?=\.))", re.IGNORECASE)
 _URL_CHARS = rf"[^\s<>`()\[\]!]{{0,{_MAX_URL}}}"
 _IMAGE_URL = re.compile(
     rf"(?<![^\s<>`()\[\]!*_~])<?((?:https?://|www\.){_URL_CHARS}?\.{_IMAGE_EXT}(?:[?#]{_URL_CHARS})?)>?"
@@ -151,7 +155,24 @@ def _escape_unescaped(match: re.Match) -> str:
     return slashes + ("" if len(slashes) % 2 else "\\") + char
 
 
-def _escape_prose(prose: str) -> str:
+def _unlink_if_escaped(match: re.Match) -> str:
+    """A bare URL as text, not a link, where the escapes would land inside the link GFM makes of it.
+
+    GFM's autolink runs to the next whitespace (a raw ``<`` would end it, but ``<`` is escaped to
+    ``&lt;``) and shows its text undecoded: ``<a href="https://e.example">x</a>`` was shown as a link
+    reading ``https://e.example">x&lt;/a>``. Escaping the colon after each scheme (or the dot of
+    ``www.``) in such a run lets the text be shown as written (a link GFM still makes of it then
+    reads as written too).
+    """
+    run = match.group(0)
+    if _escape_prose(run, unlink=False) == run:
+        return run
+    return _LINK_START.sub(r"\1\\", run)
+
+
+def _escape_prose(prose: str, *, unlink: bool = True) -> str:
+    if unlink:
+        prose = _LINK_RUN.sub(_unlink_if_escaped, prose)
     prose = _CHAR_REF.sub("&amp;", prose)
     prose = prose.replace("<", "&lt;")
     prose = _IMAGE_OPEN.sub(r"!\\[", prose)

@@ -77,6 +77,7 @@ HOSTILE = (
     "![tracker](https://evil.example/pixel.png) and ![ref][t]\n\n[t]: https://evil.example/ref.png\n\n"
     "https://evil.example/bare.jpg\n\n"
     "<script>window.__pwned = 'script'</script><img src=x onerror=\"window.__pwned = 'img'\">\n\n"
+    "<a href=\"https://evil.example/page\">Example</a>\n\n"
     "Price: $5 to $10\n\n```python\nprint('kept <b>$x$</b>')\n```\n" + "\nmore lines" * 30
 )
 
@@ -264,6 +265,8 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
             expect(page.get_by_test_id("stChatMessage")).to_have_count(3)
             expect(page.get_by_text("print('kept <b>$x$</b>')")).to_be_visible()
             expect(page.get_by_text("<script>window.__pwned = 'script'</script>", exact=False)).to_have_count(1)
+            # HTML around a URL is shown as written, not as a link reading 'https://…">Example&lt;/a>'.
+            expect(page.get_by_text('<a href="https://evil.example/page">Example</a>', exact=True)).to_have_count(1)
             assert page.locator("img[src*='evil.example']").count() == 0
             assert page.locator("main img").count() == 0
             assert page.locator(".katex").count() == 0

@@ -14,16 +14,38 @@ _LIVE_IMAGE = re.compile(r"(?<!\\)!\[")
 _LIVE_REF_DEF = re.compile(r"^[ \t>*+\-0-9.)]*\[[^\]\n]*\]:", re.MULTILINE)
 
 
+# A backslash before ASCII punctuation is a CommonMark escape: the punctuation is shown, not the backslash.
+_MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+# What GFM's autolink would make a link of (it runs to the next whitespace and shows its text undecoded).
+_AUTOLINK = re.compile(r"(?<!\\)(?:https?://|www\.)\S*", re.IGNORECASE)
+
+
+def _shown(markdown: str) -> str:
+    return _MD_ESCAPE.sub(r"\1", markdown.replace("&lt;", "<"))
+
+
 @pytest.mark.parametrize("text", [
     "<script>alert('x')</script>",
     "hello <img src=x onerror=alert(1)> world",
     "<iframe src='https://evil.example'></iframe>",
     "<a href='javascript:alert(1)'>click</a>",
+    '<a href="https://example.com">Example</a>',
+    "x www.example.com<br>y",
 ])
 def test_html_stays_inert_text(text):
     out = safe_markdown(text)
     assert "<" not in out
-    assert out.replace("&lt;", "<") == text  # shown as the same text, not dropped
+    assert _shown(out) == text  # shown as the same text, not dropped
+    # No link whose text would show an escape the model never wrote ("https://e.example">x&lt;/a>").
+    assert not [run for run in _AUTOLINK.findall(out) if "&lt;" in run or "&amp;" in run], out
+
+
+@pytest.mark.parametrize("text", [
+    "see https://example.com/a?b=1&c=2 now",
+    "plain https://example.com. and www.example.org/x",
+])
+def test_bare_urls_stay_links(text):
+    assert safe_markdown(text) == text
 
 
 @pytest.mark.parametrize("text", [
