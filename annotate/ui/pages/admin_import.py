@@ -6,6 +6,7 @@ file (its name, CSV header, values), so they go through ``render.safe_markdown``
 """
 
 import hashlib
+from datetime import datetime, timezone
 
 import streamlit as st
 from sqlalchemy.exc import OperationalError
@@ -20,6 +21,7 @@ from annotate.ui.render import safe_markdown
 PARSED_KEY = "import_parsed"  # what the page shows of the chosen file, not the file or its parsed rows
 IMPORTED_KEY = "import_done"
 IMPORTING_KEY = "import_running"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PROBLEMS_LISTED = 1000
 PREVIEW_ROWS = 20
 KNOWN_WINNER = {
@@ -115,8 +117,19 @@ if importing and done is None:
         st.session_state[IMPORTED_KEY] = (digest, done)
         st.session_state.pop(IMPORTING_KEY, None)
         importing = False
+earlier = None
+if done is None and not importing:
+    # Imported before, from the command line or another session: nothing on the page said so, and the
+    # known-winner note below warned about pairs this file can no longer add.
+    with context.stop_on_errors(), db.read() as session:
+        earlier = dashboard.import_of(session, actor=actor, file_hash=digest, since=EPOCH)
+if earlier is not None:
+    st.info(safe_markdown(
+        f"This file was imported before (last as batch {earlier['id']}, {earlier['filename']}, at "
+        f"{earlier['created_at']:%Y-%m-%d %H:%M} UTC): its pairs are already here, so importing it again adds "
+        "nothing, whatever the options (its counts are in the Audit log)."), icon=":material/content_copy:")
 n_known = summary["known"]
-if done is None and n_known and known_winner == "judgment" and overlap <= 1:
+if done is None and earlier is None and n_known and known_winner == "judgment" and overlap <= 1:
     # An imported judgment counts towards overlap: without this note the queue silently stays as it was.
     st.info(f"{n_known:,} of the {summary['comparisons']:,} comparisons have a known winner. Stored as an imported "
             "judgment, it meets overlap 1, so annotators will not see those pairs. To have them judged, choose "

@@ -56,7 +56,8 @@ with left:
     if mh.learning_curve:
         curve = pd.DataFrame(mh.learning_curve, columns=["labels", "accuracy", "version"])
         st.altair_chart(alt.Chart(curve).mark_line(point=True).encode(
-            x=alt.X("labels:Q", title="training labels"),
+            # Whole labels: one version's count alone was written "1,821.000000".
+            x=alt.X("labels:Q", title="training labels", axis=alt.Axis(format=",d", tickMinStep=1)),
             y=alt.Y("accuracy:Q", title="held-out accuracy", scale=alt.Scale(zero=False), axis=AXIS_3F),
             tooltip=["version", "labels", alt.Tooltip("accuracy:Q", format=".3f")]), width="stretch")
     else:

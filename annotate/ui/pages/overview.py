@@ -38,6 +38,10 @@ if not ov.comparisons:  # a new campaign: where a new admin lands, with every fi
             "on the Users page.", icon=":material/upload_file:")
 
 
+def _utc_datetime(t) -> alt.DateTime:
+    return alt.DateTime(year=t.year, month=t.month, date=t.day, hours=t.hour, utc=True)
+
+
 def _duration(ms: float | None) -> str:
     return "—" if ms is None else f"{ms / 1000:.1f} s"
 
@@ -69,9 +73,14 @@ else:
 st.subheader("Judgments per hour")
 if ov.per_hour:
     frame = pd.DataFrame(ov.per_hour, columns=["hour", "judgments"])
+    # The whole period on the axis, to the end of the current hour: scaled to the data, one busy hour
+    # filled the chart and its axis read "04:00, 04:00, 05:00" (half-hour ticks written as hours).
+    end = ov.now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    domain = [_utc_datetime(end - PERIODS[period] - timedelta(hours=1)), _utc_datetime(end)]
     chart = alt.Chart(frame).mark_bar().encode(
         # utc…: Vega-Lite would otherwise draw the UTC hours in the viewer's time zone.
-        x=alt.X("utcyearmonthdatehours(hour):T", title="hour (UTC)"), y=alt.Y("judgments:Q", title="judgments"),
+        x=alt.X("utcyearmonthdatehours(hour):T", title="hour (UTC)", scale=alt.Scale(domain=domain)),
+        y=alt.Y("judgments:Q", title="judgments"),
         tooltip=[alt.Tooltip("utcyearmonthdatehours(hour):T", title="hour (UTC)", format="%Y-%m-%d %H:00"),
                  "judgments:Q"])
     st.altair_chart(chart, width="stretch")
