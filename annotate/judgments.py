@@ -166,6 +166,10 @@ class Undone:
     skip: bool
     served: bool
     """Whether the pair is leased back to them now (an un-skipped pair waits for room under its overlap)."""
+    strength: int | None = None
+    rationale: str | None = None
+    flags: tuple[str, ...] = ()
+    """The withdrawn judgment's optional inputs, to show the pair again as it was judged (none for a skip)."""
 
 
 def undo_last(session: Session, settings: Settings, *, actor: Actor, now: datetime | None = None,
@@ -213,7 +217,8 @@ def undo_last_action(session: Session, settings: Settings, *, actor: Actor, now:
                   acquisition_score=last.acquisition_score)
     session.add(lease)
     _put_first(session, lease, user.id, now)
-    return Undone(last.comparison_id, skip=False, served=True)
+    return Undone(last.comparison_id, skip=False, served=True, strength=last.strength, rationale=last.rationale,
+                  flags=tuple(last.flags or ()))
 
 
 def _put_first(session: Session, lease: Lease, annotator_id: int, now: datetime) -> None:

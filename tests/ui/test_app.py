@@ -453,6 +453,25 @@ def test_optional_inputs_survive_undo_and_a_visit_to_the_guidelines(app_db, peop
     assert _inputs_shown(at, third) == (None, "", [])
 
 
+def test_undo_from_a_new_log_in_shows_the_pair_as_judged(app_db, people):
+    """The session that judged is gone (a reload, another tab): Undo takes the withdrawn judgment's
+    strength, rationale and flags from the database."""
+    at, annotator = _annotating(app_db, people, 3)
+    first, _ = _shown_pair(at, app_db, annotator)
+    _fill(at, first, 2, "fewer errors", ["needs_expert", "unsafe"])
+    _press(at, "judge_right").click().run()
+
+    again = _login(_app(), "ann")
+    _undo_button(again).click().run()
+    assert not again.exception
+    assert _shown_pair(again, app_db, annotator)[0] == first
+    assert _inputs_shown(again, first) == (2, "fewer errors", ["needs_expert", "unsafe"])
+    _press(again, "judge_left").click().run()
+    retracted, live = _judgments(app_db, annotator)
+    assert (live.supersedes_id, live.strength, live.rationale, live.flags) == (
+        retracted.id, 2, "fewer errors", ["needs_expert", "unsafe"])
+
+
 def test_double_submit_shows_a_toast_not_a_traceback(app_db, people):
     """The pair was already judged (another tab, a double click): the click warns and records nothing."""
     at, annotator = _annotating(app_db, people, 2)

@@ -196,8 +196,10 @@ def _undo(token: int) -> None:
                  "Skip undone. Others are judging that pair right now; it comes back to you if they leave room.",
                  icon=":material/undo:")
         return
-    if comparison_id in _kept(SENT_KEY):  # shown again as it was judged
-        _keep(DRAFTS_KEY, comparison_id, _kept(SENT_KEY).pop(comparison_id))
+    # Shown again as it was judged: as sent from this session, else as stored (another tab, a new log-in).
+    sent = _kept(SENT_KEY).pop(comparison_id, None)
+    _keep(DRAFTS_KEY, comparison_id, sent if sent is not None else
+          {"strength": undone.strength, "rationale": undone.rationale, "flags": list(undone.flags)})
     st.toast("Your last judgment was withdrawn; judge that pair again.", icon=":material/undo:")
 
 
