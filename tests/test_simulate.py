@@ -82,6 +82,36 @@ def test_strategies_share_the_split_and_seed_labels():
     assert b.tolist() != a1.tolist()
 
 
+def test_each_round_labels_the_front_of_the_queue(monkeypatch):
+    """The next batch is the pairs the job's queue order puts first (not any other ``need`` of them)."""
+    import rm.acquisition
+    import rm.train
+
+    data = _synthetic(n=200)  # pair i is rows (i, n + i): a training set's ``ia`` names its pairs
+    orders, trained = [], []
+    real_order, real_fit = rm.acquisition.queue_order, rm.train.fit_and_evaluate
+
+    def order(*args, **kwargs):
+        priority, score = real_order(*args, **kwargs)
+        orders.append(priority)
+        return priority, score
+
+    def fit(train, *args, **kwargs):
+        trained.append(np.sort(train.ia))
+        return real_fit(train, *args, **kwargs)
+
+    monkeypatch.setattr(rm.acquisition, "queue_order", order)
+    monkeypatch.setattr(rm.train, "fit_and_evaluate", fit)
+    simulate.simulate_seed(data, "margin", 1, seed_labels=16, batch=16, budget=64)
+    pool_rows = np.flatnonzero(~held_out_mask(data.group, simulate.TEST_FRACTION, salt="simulate-1"))
+    assert len(orders) == len(trained) - 1 == 3
+    for priority, before, after in zip(orders, trained, trained[1:]):
+        open_rows = np.setdiff1d(pool_rows, before)
+        assert len(priority) == len(open_rows)
+        front = open_rows[np.argsort(-priority, kind="stable")[:16]]
+        assert np.array_equal(np.union1d(before, front), after)
+
+
 def test_labels_to_reach_interpolates_and_reports_never():
     labels = np.array([0, 100, 200])
     assert simulate.labels_to_reach(labels, np.array([0.5, 0.6, 0.7]), 0.65) == pytest.approx(150)
@@ -93,6 +123,9 @@ def test_no_verdict_from_too_few_seeds():
     """Two seeds give three distinct bootstrap means: intervals that 'exclude 0' mean nothing there."""
     assert simulate.verdict((0.1, 0.5), (0.2, 0.8), 2).startswith("none: 2 seed(s) are too few")
     assert simulate.verdict((0.1, 0.5), (0.2, 0.8), simulate.MIN_SEEDS_FOR_VERDICT).startswith("saves labels")
+    # Both intervals must exclude 0 for "saves labels"; the area's alone is "better on average".
+    assert simulate.verdict((0.1, 0.5), (-0.1, 0.8), 5).startswith("better on average over the curve")
+    assert simulate.verdict((-0.1, 0.5), (0.2, 0.8), 5).startswith("not distinguishable")
     labels = np.arange(32, 1025, 32)
     base = 0.55 + 0.06 * np.log(labels / 32) / np.log(32)
     ref = simulate.Curves("random", labels, np.tile(base, (2, 1)), np.zeros((2, len(labels))))
