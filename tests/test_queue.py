@@ -62,6 +62,31 @@ def test_submit_maps_sides_and_advances(db, settings, opts):
         assert all(c.status is ComparisonStatus.complete for c in s.scalars(select(Comparison)))
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"shown": "left", "strength": 4}, "strength is 1, 2 or 3"),
+    ({"shown": "tie", "strength": 1}, "only applies when one response is better"),
+    ({"shown": "both_bad", "strength": 3}, "only applies when one response is better"),
+    ({"shown": "left", "rationale": "x" * (judgments.MAX_RATIONALE_CHARS + 1)}, "keep the rationale under"),
+    ({"shown": "left", "flags": ["unsafe", "boring"]}, "unknown flags: boring"),
+])
+def test_submit_refuses_what_the_page_cannot_send_and_keeps_the_pair(db, settings, opts, bad, message):
+    """The service checks strength, rationale and flags itself (not only the page): nothing is stored and
+    the pair stays the annotator's, so the same press with valid extras goes through."""
+    with db.begin() as s:
+        ann = make_user(s, "ann")
+        make_comparisons(s, 2)
+    with db.begin() as s:
+        cid = queue.next_comparison(s, settings, _no_mix(opts), actor=ann).comparison_id
+    with pytest.raises(QueueError, match=message), db.begin() as s:
+        judgments.submit(s, settings, actor=ann, comparison_id=cid, **bad)
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Judgment)) == 0
+    with db.begin() as s:
+        judgments.submit(s, settings, actor=ann, comparison_id=cid, shown=bad["shown"])
+    with db.read() as s:
+        assert s.scalar(select(Judgment.comparison_id)) == cid
+
+
 def test_sides_are_random_but_recorded(db, settings, opts):
     with db.begin() as s:
         ann = make_user(s, "ann")
