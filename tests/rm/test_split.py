@@ -21,4 +21,6 @@ def test_split_is_stable_as_data_grows_and_salt_changes_it():
     assert np.array_equal(held_out_mask(old, 0.3), held_out_mask(new, 0.3)[:200])
     assert not np.array_equal(held_out_mask(old, 0.3, salt="a"), held_out_mask(old, 0.3, salt="b"))
     train, test = split_by_group(old, 0.3)
-    assert len(set(train) & set(test)) == 0 and len(train) + len(test) == 200
+    held_out = held_out_mask(old, 0.3)
+    assert test.tolist() == np.flatnonzero(held_out).tolist() and 0 < len(test) < len(train)
+    assert train.tolist() == np.flatnonzero(~held_out).tolist()
