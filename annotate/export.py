@@ -40,7 +40,9 @@ Aggregation rule (preference exports)
   ``chosen``. Majorities of ``tie`` or ``both_bad`` are excluded unless
   ``include_ties`` / ``include_both_bad`` ask for them.
 * ``agreement`` = majority votes / all counted votes; comparisons with
-  ``agreement < min_agreement`` are dropped.
+  ``agreement < min_agreement`` are dropped, and so are those with fewer than
+  ``min_votes`` counted votes (one vote has agreement 1.0: ``min_agreement``
+  alone keeps every pair judged once, mid-campaign at overlap 2 or 3 too).
 * Gold comparisons: the known gold answer is never a vote, only human (and
   imported) judgments are; ``exclude_gold=True`` drops gold comparisons entirely.
 
@@ -79,7 +81,7 @@ retracted rows are kept and flagged by ``state``; probes by ``is_probe``), with
 the prompt and both responses, and the imported ids (``external_id``,
 ``prompt_external_id``, ``response_a_external_id``, ``response_b_external_id``).
 Aggregation-only filters (``include_ties``, ``include_both_bad``,
-``min_agreement``) do not apply. Parquet has typed columns (chat prompts as JSON
+``min_agreement``, ``min_votes``) do not apply. Parquet has typed columns (chat prompts as JSON
 strings, as in JSONL) and is the format to load large exports with ``datasets``:
 its JSON loader types each column from the file's first 10 MB, so a column that
 is null there (``strength``, ``retracted_at``, …) and set later would not load. In CSV, ``flags`` and
@@ -172,6 +174,8 @@ class ExportFilter:
     """Drop gold comparisons."""
     min_agreement: float = 0.0
     """Drop comparisons where majority votes / all votes is below this."""
+    min_votes: int = 1
+    """Drop comparisons with fewer counted votes than this (a single vote has agreement 1.0)."""
     include_imported: bool = True
     """Count imported judgments (``source == imported``) as votes / rows."""
 
@@ -181,7 +185,7 @@ class ExportFilter:
             "since": _iso(self.since), "until": _iso(self.until),
             "annotators": list(self.annotators), "source_tags": list(self.source_tags),
             "include_ties": self.include_ties, "include_both_bad": self.include_both_bad,
-            "exclude_gold": self.exclude_gold, "min_agreement": self.min_agreement,
+            "exclude_gold": self.exclude_gold, "min_agreement": self.min_agreement, "min_votes": self.min_votes,
             "include_imported": self.include_imported,
         }
 
@@ -205,6 +209,8 @@ def _iso(value: datetime | None) -> str | None:
 def _check_filters(filters: ExportFilter) -> None:
     if not 0.0 <= filters.min_agreement <= 1.0:
         raise PrefloopError("minimum agreement must be between 0 and 1")
+    if isinstance(filters.min_votes, bool) or not isinstance(filters.min_votes, int) or filters.min_votes < 1:
+        raise PrefloopError("minimum votes must be a whole number, at least 1")
     if filters.since and filters.until and _utc(filters.since) >= _utc(filters.until):
         raise PrefloopError("the start date must be before the end date")
     if isinstance(filters.annotators, str) or isinstance(filters.source_tags, str):
@@ -327,7 +333,8 @@ def _select(session: Session, filters: ExportFilter) -> _Selection:
     stmt = _current_votes(_apply_filters(stmt, session, filters), _utc(filters.until))
     sel = _Selection(array("q"), array("b"), array("q"), array("d"), array("d"), False,
                      {"comparisons_with_votes": 0, "votes": 0, "exported": 0, "excluded_split": 0,
-                      "excluded_tie": 0, "excluded_both_bad": 0, "excluded_low_agreement": 0})
+                      "excluded_tie": 0, "excluded_both_bad": 0, "excluded_low_agreement": 0,
+                      "excluded_few_votes": 0})
     counts = sel.counts
 
     def close(comparison_id: int, votes: dict[Choice, int], strengths: dict[Choice, list[int]],
@@ -335,6 +342,9 @@ def _select(session: Session, filters: ExportFilter) -> _Selection:
         total = sum(votes.values())
         counts["comparisons_with_votes"] += 1
         counts["votes"] += total
+        if total < filters.min_votes:
+            counts["excluded_few_votes"] += 1
+            return
         winner = _majority(votes)
         if winner is None:
             counts["excluded_split"] += 1

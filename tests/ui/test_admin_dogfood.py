@@ -1,11 +1,13 @@
 """What an admin running a campaign met on the console pages (AppTest): the hour chart, the learning
-curve's axis and the reward model's counts."""
+curve's axis, the reward model's counts and the Export page's minimum votes."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
 
+from annotate import export
+from annotate.export import ExportFilter
 from annotate.models import Judgment, ModelVersion, utcnow
 from tests.factories import make_comparisons
 from tests.ui.conftest import open_page
@@ -51,3 +53,17 @@ def test_the_reward_model_page_writes_counts_as_the_overview_does(app_db, people
     at = open_page(people[1], "models.py")
     captions = [c.value for c in at.caption]
     assert any("Trained on 1,821 judgments, tested on 1,779 held-out ones" in c for c in captions), captions
+
+
+def test_the_export_page_passes_its_minimum_votes_to_the_export(app_db, people, monkeypatch):
+    built = []
+
+    def recording(**filters) -> ExportFilter:
+        built.append(ExportFilter(**filters))
+        return built[-1]
+
+    monkeypatch.setattr(export, "ExportFilter", recording)
+    at = open_page(people[1], "admin_export.py")
+    at.number_input(key="export_min_votes").set_value(2).run()
+    assert not at.exception, at.exception
+    assert built[-1].min_votes == 2

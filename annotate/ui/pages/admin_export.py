@@ -10,6 +10,7 @@ from datetime import datetime, time, timezone
 import streamlit as st
 
 from annotate import accounts, export
+from annotate.settings import MAX_OVERLAP
 from annotate.ui import context
 
 actor = context.require_admin_page()
@@ -40,6 +41,10 @@ with st.expander("Filters", expanded=True, icon=":material/filter_alt:"):
     tags_text = c2.text_input("Source tags (comma-separated; empty: all)", key="export_tags")
     min_agreement = c1.slider("Minimum agreement (majority share of votes)", 0.0, 1.0, 0.0, 0.05,
                               key="export_min_agreement")
+    min_votes = c1.number_input("Minimum votes per pair", min_value=1, max_value=MAX_OVERLAP, value=1, step=1,
+                                key="export_min_votes",
+                                help="Preferences only: a pair judged once has agreement 1.0, so minimum "
+                                     "agreement alone keeps it; 2 or more keeps pairs with that many votes.")
     # Short labels, the rest in help: a checkbox's label is cut off ("Add a margin column from st…") where
     # the column is narrow (half of an 800 px window), not wrapped.
     with c2:
@@ -64,7 +69,7 @@ filters = export.ExportFilter(
     since=_instant(since), until=_instant(until), annotators=tuple(annotators),
     source_tags=tuple(t.strip() for t in tags_text.split(",") if t.strip()),
     include_ties=include_ties, include_both_bad=include_both_bad, exclude_gold=exclude_gold,
-    min_agreement=float(min_agreement), include_imported=include_imported)
+    min_agreement=float(min_agreement), min_votes=int(min_votes), include_imported=include_imported)
 
 
 def _preferences(fmt: str):
