@@ -147,6 +147,17 @@ def _overlap(value: str) -> int:
     return n
 
 
+def _min_votes(value: str) -> int:
+    """argparse type for export --min-votes: a whole number, at least 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number, at least 1")
+    return n
+
+
 def _poll_seconds(value: str) -> float:
     """argparse type for retrain --poll-seconds: a number of seconds from 0.1 to 3600."""
     try:
@@ -345,7 +356,7 @@ def _export_filter(args):
         since=args.since, until=args.until, annotators=tuple(args.annotator or ()),
         source_tags=tuple(args.tag or ()), include_ties=args.include_ties,
         include_both_bad=args.include_both_bad, exclude_gold=args.exclude_gold,
-        min_agreement=args.min_agreement, include_imported=not args.no_imported)
+        min_agreement=args.min_agreement, min_votes=args.min_votes, include_imported=not args.no_imported)
 
 
 def cmd_export(args) -> int:
@@ -370,6 +381,10 @@ def cmd_export(args) -> int:
         # The export writes under a hidden name next to --out; name the path the operator gave.
         raise _cannot_write(out, exc) from None
     print(f"wrote {n} rows to {out}")
+    if n == 0 and fmt != "datasets":
+        kind_name = {"jsonl": "JSON Lines", "parquet": "Parquet", "csv": "CSV"}[fmt]
+        print(f"warning: no rows matched; datasets.load_dataset cannot load an empty {kind_name} file",
+              file=sys.stderr)
     return 0
 
 
@@ -514,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out imported judgments (the Export page's 'Count imported judgments' unticked)")
     p.add_argument("--min-agreement", type=float, default=0.0, metavar="X",
                    help="drop comparisons whose majority share of the votes is below X (0 to 1)")
+    p.add_argument("--min-votes", type=_min_votes, default=1, metavar="N",
+                   help="drop comparisons with fewer than N counted votes (one vote has agreement 1.0)")
     p.add_argument("--margin", action="store_true", help="add a margin column from strength")
     p.add_argument("--as-admin", metavar="NAME", help="admin to record in the audit log (default: the first admin)")
     p.set_defaults(func=cmd_export)

@@ -340,6 +340,19 @@ def test_export_with_a_date_that_is_not_iso_is_a_usage_error(admin_env, tmp_path
     assert ok.returncode == 0 and ok.stdout == f"wrote 3 rows to {tmp_path / 'a.jsonl'}\n"
 
 
+def test_export_min_votes_and_an_empty_export_warns(admin_env, tmp_path):
+    """Each imported pair rests on one vote: --min-votes 2 leaves them all out, and says the file is empty."""
+    out = tmp_path / "a.jsonl"
+    one = run(admin_env, "export", "--format", "trl-jsonl", "--out", str(out), "--min-votes", "1")
+    assert one.returncode == 0 and len(out.read_text().splitlines()) == 3 and one.stderr == ""
+    two = run(admin_env, "export", "--format", "trl-jsonl", "--out", str(out), "--min-votes", "2")
+    assert two.returncode == 0 and out.read_text() == ""
+    assert two.stdout == f"wrote 0 rows to {out}\n" and "no rows matched" in two.stderr
+    for bad in ("0", "two"):
+        one_line_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", str(out), "--min-votes", bad),
+                       "at least 1")
+
+
 @pytest.mark.parametrize("fmt, name", [("trl-jsonl", "x.jsonl"), ("datasets", "x"), ("judgments-csv", "x.csv")])
 def test_export_to_a_path_the_system_refuses_is_one_line(admin_env, fmt, name):
     """Before: a FileNotFoundError/PermissionError traceback naming the hidden temporary file."""
