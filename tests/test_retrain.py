@@ -330,6 +330,12 @@ def test_no_new_judgments_skips_unless_forced(db, rt_settings):
     with db.begin() as s:
         add_pairs(s, 0, 40, judged=True)
     assert retrain.run_once(rt_settings, db=db).status == "succeeded"
+    from tests.factories import make_user
+
+    with db.begin() as s:  # a probe (a repeat to measure consistency) is no new label
+        judged = s.scalar(select(Comparison.id).order_by(Comparison.id).limit(1))
+        s.add(Judgment(comparison_id=judged, annotator_id=make_user(s, "ann").id, source=JudgmentSource.annotator,
+                       choice="a", is_probe=True))
     again = retrain.run_once(rt_settings, db=db)
     assert again.status == "skipped" and "no new judgments" in again.message
     forced = retrain.run_once(rt_settings, force=True, db=db)
