@@ -406,9 +406,63 @@ class _Source:
                     f"the file looks gzip-compressed but cannot be decompressed ({exc})") from None
             self.sha256 = hashing.hasher.hexdigest()
 
+    def magic(self, n: int = 16) -> bytes:
+        """The (decompressed) file's first ``n`` bytes; b"" where a gzip stream cannot be read."""
+        with io.BytesIO(self.data) if self.data is not None else self.path.open("rb") as raw:
+            head = raw.read(n)
+            if head[:2] != b"\x1f\x8b":
+                return head
+            raw.seek(0)
+            try:
+                return gzip.GzipFile(fileobj=raw).read(n)
+            except (OSError, EOFError, zlib.error):
+                return b""  # lines() says why
+
     def is_blank(self) -> bool:
         """Whether the file holds nothing but whitespace (read only up to its first other byte)."""
         return not any(line.strip() for line in self.lines())
+
+
+# Files that are not text, by their first bytes: named in one line rather than read as CSV
+# ("line 1: unrecognised CSV columns (PAR1)").
+_NOT_TEXT = (
+    (rb"PAR1", "a Parquet file"),
+    (rb"PK\x03\x04", "a zip archive (an Excel .xlsx workbook is one)"),
+    (rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Office file (Excel .xls)"),
+    (rb"SQLite format 3\x00", "an SQLite database"),
+    (rb"ARROW1", "an Arrow file"),
+    (rb"\xfd7zXZ\x00", "xz-compressed"),
+    (rb"\x28\xb5\x2f\xfd", "zstd-compressed"),
+    (rb"BZh[1-9]1AY&SY", "bzip2-compressed"),
+)
+
+
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def _is_text(head: bytes) -> bool:
+    """No control characters, and valid UTF-8 up to a character the cut may have split."""
+    if _CONTROL.search(head):
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.reason == "unexpected end of data" and exc.start >= len(head) - 3
+    return True
+
+
+def _check_is_text(src: _Source, name: str | None) -> None:
+    """A known binary signature followed by bytes that are not text (a CSV may begin "PAR1,")."""
+    head = src.magic(64)
+    if _is_text(head):
+        return
+    for magic, what in _NOT_TEXT:
+        if re.match(magic, head):
+            hint = (" (pandas.read_parquet(path).to_json(out, orient='records', lines=True) converts it)"
+                    if what == "a Parquet file" else "")
+            raise ImportValidationError(
+                f"{name or 'the file'} is {what}, not an import format: give JSON Lines, JSON or CSV, "
+                f"optionally gzip-compressed (.gz){hint}; nothing was imported")
 
 
 def _container(name: str | None, text_head: str) -> str:
@@ -1054,6 +1108,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     fmt = _normalise_fmt(fmt)
     if src.is_blank():
         raise ImportValidationError("the file is empty")
+    _check_is_text(src, name)
     problems: list[tuple[int, str]] = []
     notes: list[str] = []
     lines = _decode_lines(src.lines(), problems)
