@@ -474,6 +474,10 @@ def test_source_tag_filter(db, seeded):
     assert {r["source_tag"] for r in rows} == {"hh"}
     assert {r["comparison_id"] for r in _rows(db, admin, source_tags=("hh", "shp"))} == {hh, shp, inherited}
     assert _by_id(_rows(db, admin))[untagged]["source_tag"] is None
+    # One string would be read as its letters ('h', 'h') and match nothing: refused, for either list.
+    for one_string in ({"source_tags": "hh"}, {"annotators": "alice"}):
+        with db.begin() as session, pytest.raises(PrefloopError, match="lists of names, not one string"):
+            export.preference_rows(session, actor=admin, filters=ExportFilter(**one_string))
 
 
 def test_gold_answer_is_not_a_vote_and_gold_can_be_excluded(db, seeded):
