@@ -172,6 +172,24 @@ def test_expired_lease_taken_by_another_comes_back_when_there_is_room(db, settin
         assert queue.next_comparison(s, settings, o, actor=a, now=later).comparison_id == high
 
 
+def test_remaining_leaves_out_what_the_annotator_judged_or_skipped(db, settings, opts):
+    """The page's count of pairs left: open pairs still needing votes, less those this annotator judged or
+    skipped (others' work on them does not count)."""
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        make_comparisons(s, 4, overlap=2)  # a judged pair stays open for a second vote
+    with db.begin() as s:
+        judged = queue.next_comparison(s, settings, o, actor=a).comparison_id
+        judgments.submit(s, settings, actor=a, comparison_id=judged, shown="left")
+        skipped = queue.next_comparison(s, settings, o, actor=a).comparison_id
+        queue.skip(s, actor=a, comparison_id=skipped)
+    with db.read() as s:
+        assert s.get(Comparison, judged).status is ComparisonStatus.open
+        assert queue.remaining_for(s, actor=a) == 2
+        assert queue.remaining_for(s, actor=b) == 4
+
+
 def test_double_submit_is_refused_not_duplicated(db, settings, opts):
     o = _no_mix(opts)
     with db.begin() as s:
