@@ -443,6 +443,21 @@ def test_reimport_is_idempotent_including_judgments_in_either_order(db, settings
         assert sorted(j.choice.value for j in session.scalars(select(Judgment))) == ["a", "b"]
 
 
+def test_an_annotators_vote_does_not_stand_for_the_files_known_outcome(db, settings):
+    """Re-import skips an outcome only when an imported judgment already records it: an annotator who
+    picked the same answer is another vote, not the file's."""
+    run_import(db, settings, jsonl(pair(1)), overlap=3)
+    with db.begin() as session:
+        boss = admin(session)
+        cid = session.scalar(select(Comparison.id))
+        session.add(Judgment(comparison_id=cid, annotator_id=boss.id, source=JudgmentSource.annotator,
+                             choice=Choice.a))
+    assert run_import(db, settings, jsonl(pair(1, winner="a"))).judgments_added == 1
+    assert run_import(db, settings, jsonl(pair(1, winner="a"))).judgments_added == 0
+    with db.read() as session:
+        assert sorted(j.source.value for j in session.scalars(select(Judgment))) == ["annotator", "imported"]
+
+
 def test_gold_and_ignore_modes(db, settings):
     report = run_import(db, settings, jsonl(pair(1, winner="b"), pair(2)), known_winner="gold")
     assert (report.gold_added, report.judgments_added) == (1, 0)
