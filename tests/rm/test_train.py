@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from rm.data import A_WINS, B_WINS, TIE, PairData
-from rm.evaluate import calibration_bins, metrics_from_rewards
+from rm.data import A_WINS, B_WINS, BOTH_BAD, TIE, PairData
+from rm.evaluate import calibration_bins, metrics_from_rewards, vote_correctness
 from rm.heads import pair_probabilities
 from rm.split import held_out_mask
 from rm.train import TrainConfig, fit_and_evaluate, train_ensemble
@@ -192,6 +192,22 @@ def test_metrics_on_hand_made_rewards():
     assert m.log_loss == pytest.approx(expected_ll, rel=1e-6)
     assert m.length_longer_wins_accuracy == 1.0 and m.length_baseline_accuracy == 1.0
     json.dumps(m.to_dict())
+
+
+def test_vote_correctness_on_hand_made_rewards():
+    """The paired gate's per-vote terms: 1 right, 0 wrong, 0.5 for equal rewards, NaN where nobody won;
+    two members are judged by their mean reward; lengths a tie apart count half for 'longer wins'."""
+    feat = np.zeros((6, 1), np.float32)
+    r = np.array([[2.0, 0.0, 1.0, 1.0, 5.0, 0.0],
+                  [0.0, 0.0, 1.0, 3.0, 5.0, 0.0]], np.float32)  # means 1, 0, 1, 2, 5, 0
+    # Pair (0, 3): member 0 prefers A (2 > 1), member 1 B (0 < 3); the mean prefers B (1 < 2).
+    data = PairData(feat, [0, 0, 0, 4, 4, 1], [1, 1, 3, 3, 5, 5], [A_WINS, B_WINS, A_WINS, B_WINS, TIE, BOTH_BAD],
+                    length=np.array([4, 4, 1, 1, 2, 1]))
+    np.testing.assert_array_equal(vote_correctness(r, data), [1.0, 0.0, 0.0, 0.0, np.nan, np.nan])
+    tied = PairData(feat, [2, 0], [3, 1], [A_WINS, B_WINS], length=np.array([4, 2, 1, 1, 2, 1]))
+    np.testing.assert_array_equal(vote_correctness(r[:1], tied), [0.5, 0.0])
+    m = metrics_from_rewards(r[:1], tied)
+    assert m.accuracy == 0.25 and m.length_longer_wins_accuracy == 0.25  # lengths 1 = 1, then B's 2 < 4
 
 
 def test_calibration_bins_and_ece():
