@@ -165,6 +165,25 @@ def test_pg_lock_lives_on_a_dedicated_connection(pg_db):
     again.release()
 
 
+def test_pg_lock_whose_connection_dropped_is_lost_and_free_for_others(pg_db):
+    """The server ended the lock's connection (a restart, an admin's pg_terminate_backend): the advisory
+    lock went with it, so the holder must stop (``check`` raises) and another process may take it."""
+    lock = locks.acquire(pg_db, "job")
+    assert lock is not None
+    try:
+        pid = lock._conn.execute(locks.text("SELECT pg_backend_pid()")).scalar()
+        with pg_db.begin() as s:
+            assert s.execute(locks.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        assert lock.lost
+        with pytest.raises(locks.LockLost, match="connection dropped"):
+            lock.check()
+        other = locks.acquire(pg_db, "job")
+        assert other is not None
+        other.release()
+    finally:
+        lock.release()
+
+
 def test_sqlite_release_while_the_database_is_locked_does_not_raise_and_frees_the_lock_here(sqlite_settings,
                                                                                             monkeypatch):
     """A release that cannot delete its row (another writer holds SQLite's lock past the busy timeout) must
