@@ -49,7 +49,11 @@ def test_score_texts_ranks_good_over_bad(db, rt_settings, trained):
     bad = scoring.score_texts(rt_settings, prompts, [BAD.format(i=i) for i in range(300, 310)])
     assert all(g["model_version_id"] == trained.model_version_id for g in good)
     assert sum(g["reward"] > b["reward"] for g, b in zip(good, bad)) >= 9
-    assert all(g["uncertainty"] >= 0 for g in good)
+    # each row's reward and uncertainty are the mean and spread of the model's members on that row
+    members = scoring.load_model(rt_settings, good[0]["model_path"]).score(
+        prompts, [GOOD.format(i=i) for i in range(300, 310)]).members
+    assert [g["reward"] for g in good] == pytest.approx(members.mean(0).tolist(), rel=1e-5)
+    assert [g["uncertainty"] for g in good] == pytest.approx(members.std(0).tolist(), rel=1e-5)
     chat = [{"role": "user", "content": "Question 5?"}, {"role": "assistant", "content": "Which topic?"},
             {"role": "user", "content": "Topic 5."}]
     (row,) = scoring.score_texts(rt_settings, [chat], [GOOD.format(i=5)])

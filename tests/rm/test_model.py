@@ -34,6 +34,10 @@ def test_load_and_score(trained):
     s = model.score(prompts[:5], good[:5])
     assert s.reward.shape == (5,) and s.uncertainty.shape == (5,) and s.members.shape == (3, 5)
     np.testing.assert_allclose(s.members, ens.member_rewards(feat[:5]), rtol=1e-5, atol=1e-5)
+    # reward: the members' mean; uncertainty: their standard deviation (differing members: not 0)
+    np.testing.assert_allclose(s.reward, s.members.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(s.uncertainty, s.members.std(0), rtol=1e-6)
+    assert (s.uncertainty > 0).all()
     assert model.encoder.n_encoded == 0  # everything came from the cache
     s_bad = model.score(prompts[:5], bad[:5])
     assert (s.reward > s_bad.reward).all()
