@@ -1,5 +1,9 @@
 """Admin: accounts (list, add, activate/deactivate, rename, change role, reset password)."""
 
+import hashlib
+import hmac
+import secrets
+
 import streamlit as st
 from sqlalchemy.exc import OperationalError
 
@@ -21,36 +25,106 @@ added, managed = st.session_state.pop("users_added", []), st.session_state.pop("
 if added:
     for key in ("new_username", "new_password", "new_role"):
         st.session_state.pop(key, None)
-if managed:
+if managed or st.session_state.pop("users_reset_clear", False):
     st.session_state.pop("reset_password_text", None)
     st.session_state.pop("reset_password_repeat", None)
 
 
-def _run(action, success: str, flash_key: str = "users_flash") -> None:
-    context.run_action(action, success, flash_key=flash_key)
+def _digest(key: bytes, *values: str) -> str:
+    """What a press carried, to tell the second press of a double click (the same values) without keeping
+    the password."""
+    return hmac.new(key, "\0".join(values).encode(), hashlib.sha256).hexdigest()
+
+
+def _state(user) -> tuple:
+    return bool(user.active), Role(user.role).value, accounts.credential_of(user)
+
+
+def _manage_action(target: str, change, success: str, *, password: str = "") -> None:
+    """Run ``change(session)`` (it returns the ``target``'s row) in one unit of work, noting what it did.
+
+    The note, written before the commit, is (target, the row's state after the change, message, ...): a click
+    that arrives meanwhile (the second of a double click) stops this run at its next use of st.session_state,
+    and a confirmation written after the commit was lost with the run while the change was not. The manage
+    tab shows the message while the target is chosen and still in that state (a refused or overtaken change
+    confirms nothing), so also after the second click landed on whatever replaced the button.
+    """
+    key = secrets.token_bytes(16)
+
+    def work(session):
+        user = change(session)
+        st.session_state["users_done"] = {"user": target, "state": _state(user), "message": success, "key": key,
+                                          "reset": _digest(key, target, password) if password else None,
+                                          "replayed": False}
+        if user.id == actor.id and password:
+            # A reset ends every login of the account (the session's fingerprint of the password hash no
+            # longer matches); like Django's update_session_auth_hash, the session that made it takes the new
+            # fingerprint. Before the commit, as the note: taken after it, a second click logged the admin out.
+            context.log_in(accounts.actor_of(user))
+        return user
+
+    try:
+        db.transact(work)
+    except (PrefloopError, OperationalError) as exc:
+        if target == actor.username:
+            context.log_in(actor)  # the fingerprint of the password that is still the account's
+        st.error(context.not_saved_message(exc))
+        return
+    if password:
+        st.session_state["users_reset_clear"] = True
+    st.rerun()
 
 
 def _reset_password(username: str, password: str) -> None:
-    """``run_action`` for a reset that keeps this browser session logged in when it is the admin's own.
+    """Reset ``username``'s password; this browser session stays logged in when it is the admin's own.
 
-    A reset ends every login of the account (the session's fingerprint of the password hash no longer
-    matches), and this session was logged out at its next click, mid-page and unwarned. Like Django's
-    ``update_session_auth_hash``, the session that made the change takes the new fingerprint, after the
-    commit: it was checked as this admin's in the reset's own transaction; every other session of the
-    account (a forgotten browser, a stolen cookie) is still logged out.
+    Every other session of the account (a forgotten browser, a stolen cookie) is logged out. The second
+    press of a double click, carrying the same password for the same account whose password nobody changed
+    since, resets nothing again (its run shows the first press's confirmation and empties the form), and a
+    press on the emptied form right after it says nothing more.
     """
-    try:
-        fresh = db.transact(lambda s: accounts.actor_of(accounts.reset_password(s, username, password, actor=actor)))
-    except (PrefloopError, OperationalError) as exc:
-        st.error(context.not_saved_message(exc))
-        return
-    if fresh.id == actor.id:
-        context.log_in(fresh)
-        done = "Your password was reset. You are still logged in here; your other sessions were logged out."
-    else:
-        done = f"Password of {username} reset (and any lockout lifted)."
-    st.session_state["users_flash"] = [done]
-    st.rerun()
+    done = st.session_state.get("users_done")
+    if (done and done["reset"] and not done["replayed"] and done["user"] == username
+            and _states.get(username) == done["state"]):
+        if not password:
+            done["replayed"] = True
+            return  # the second click, landing on the emptied form: the confirmation above says it all
+        if hmac.compare_digest(done["reset"], _digest(done["key"], username, password)):
+            done["replayed"] = True
+            st.session_state["users_reset_clear"] = True
+            st.rerun()
+    _manage_action(username, lambda s: accounts.reset_password(s, username, password, actor=actor),
+                   "Your password was reset. You are still logged in here; your other sessions were logged out."
+                   if username == actor.username else f"Password of {username} reset (and any lockout lifted).",
+                   password=password)
+
+
+def _add_user(username: str, password: str, role: str) -> None:
+    """Create the account; the second press of a double click confirms the first one's instead.
+
+    That press carries the same values, and said "user ... already exists" about the account its first press
+    had just created (whose confirmation was lost, see ``_manage_action``). It is told by the note its first
+    press wrote before the commit: the same name, password and role, and the account under that name is the
+    one created then. Once only: a later press for that name is refused as taken, as is one for a name that
+    another admin or an earlier add took. A press on the emptied form, the second click landing after the
+    page came back, says nothing more than the confirmation.
+    """
+    made = st.session_state.get("users_created")
+    if made and not made["replayed"] and _ids.get(made["user"]) == made["id"] and (
+            (not username.strip() and not password)
+            or hmac.compare_digest(made["press"], _digest(made["key"], username.strip(), password, role))):
+        made["replayed"] = True
+        st.session_state["users_added"] = [made["message"]]
+        st.rerun()
+    success, key = f"Added {username.strip()} ({role}).", secrets.token_bytes(16)
+
+    def work(session):
+        user = accounts.create_user(session, username, password, role, actor=actor)
+        st.session_state["users_created"] = {"user": user.username, "id": user.id, "message": success, "key": key,
+                                             "press": _digest(key, user.username, password, role),
+                                             "replayed": False}
+
+    context.run_action(work, success, flash_key="users_added")
 
 
 def _rename(old: str, new: str) -> None:
@@ -80,9 +154,10 @@ def _say(messages: list[str]) -> None:
 
 
 with db.read() as session:
+    rows = accounts.list_users(session, actor=actor)
     users = [{"username": u.username, "role": u.role.value, "active": u.active,
-              "locked_until": u.locked_until, "created_at": u.created_at}
-             for u in accounts.list_users(session, actor=actor)]
+              "locked_until": u.locked_until, "created_at": u.created_at} for u in rows]
+    _states, _ids = {u.username: _state(u) for u in rows}, {u.username: u.id for u in rows}
 st.dataframe(users, hide_index=True)
 names = [u["username"] for u in users]
 # After a rename the user box still holds the old name, and so does a second press of Rename sent before
@@ -105,11 +180,14 @@ with add:
                                  type="password", key="new_password")
         role = st.selectbox("Role", ROLES, index=ROLES.index(Role.annotator.value), key="new_role")
         if st.form_submit_button("Add user", type="primary"):
-            _run(lambda s: accounts.create_user(s, username, password, role, actor=actor),
-                 f"Added {username.strip()} ({role}).", flash_key="users_added")
+            _add_user(username, password, role)
 
 with manage:
     _say(managed)
+    done = st.session_state.get("users_done")
+    if (done and st.session_state.get("manage_user") == done["user"]
+            and _states.get(done["user"]) == done["state"] and done["message"] not in managed):
+        _say([done["message"]])
     # No user is chosen for the admin: with the first one preselected, Deactivate acted on whoever
     # sorted first, one click after opening the tab.
     target = st.selectbox("User", names, index=None, placeholder="Choose a user", key="manage_user")
@@ -125,9 +203,11 @@ with manage:
                     st.markdown(f"Deactivate **{safe_markdown(target)}**? They are logged out at their next click and cannot "
                                 "log in until an admin activates the account again; their judgments are kept.")
                     if st.button(f"Deactivate {target}", key="deactivate", type="primary"):
-                        _run(lambda s: accounts.set_active(s, target, False, actor=actor), f"Deactivated {target}.")
+                        _manage_action(target, lambda s: accounts.set_active(s, target, False, actor=actor),
+                                       f"Deactivated {target}.")
             elif st.button("Activate", key="activate", icon=":material/check_circle:"):
-                _run(lambda s: accounts.set_active(s, target, True, actor=actor), f"Activated {target}.")
+                _manage_action(target, lambda s: accounts.set_active(s, target, True, actor=actor),
+                               f"Activated {target}.")
             # The form is keyed by the name: the second press of a double click, sent before the page came
             # back, is a press on the old name's form, which no longer exists (see the top of the page).
             with st.popover("Rename…", icon=":material/edit:", key=f"rename_{target}"), \
@@ -139,7 +219,8 @@ with manage:
                     _rename(target, new_name)
             new_role = st.selectbox("Role", ROLES, index=ROLES.index(row["role"]), key=f"role_{target}")
             if st.button("Change role", key="change_role", disabled=new_role == row["role"]):
-                _run(lambda s: accounts.set_role(s, target, new_role, actor=actor), f"{target} is now {new_role}.")
+                _manage_action(target, lambda s: accounts.set_role(s, target, new_role, actor=actor),
+                               f"{target} is now {new_role}.")
         with c2, st.form("reset_password"):
             new_password = st.text_input("New password", type="password", key="reset_password_text")
             # Typed twice, as the CLI asks: a typo typed once is a password nobody knows.

@@ -2,16 +2,16 @@
 
 import pandas as pd
 import streamlit as st
+from sqlalchemy.exc import OperationalError
 
 from annotate import dashboard, quality
+from annotate.errors import PrefloopError
 from annotate.ui import context, render
 
 actor = context.require_admin_page()
 db = context.get_db()
 
 st.title("Review a comparison")
-for message in st.session_state.pop("review_flash", []):
-    st.success(message, icon=":material/check:")
 
 comparison_id = st.number_input("Comparison id", min_value=1, step=1, value=None, key="review_id",
                                 placeholder="e.g. a pair id from Model health or an export")
@@ -61,10 +61,28 @@ else:
     st.info("Nobody has judged this pair yet.")
 
 st.subheader("Gold")
+# What the last gold action did, with the state it left: (id, is gold, answer) and the message. Shown while
+# this pair is on screen in that state, not once after the rerun: the second click of a double click lands
+# after the action, often on something else that reruns the page, and a one-shot message was gone by then.
+done = st.session_state.get("review_done")
+if done and done[0] == (rv.id, rv.is_gold, rv.gold_choice if rv.is_gold else None):
+    st.success(done[1], icon=":material/check:")
 
 
-def _run(action, success: str) -> None:
-    context.run_action(action, success, flash_key="review_flash")
+def _run(change, is_gold: bool, answer: str | None, success: str) -> None:
+    def work(session):
+        change(session)
+        # Noted before the commit: a click that arrives meanwhile stops this run at its next use of
+        # st.session_state, and a note written after the commit was lost with the run while the change was
+        # not. Checked against the pair's state when shown, so a refused change confirms nothing.
+        st.session_state["review_done"] = ((rv.id, is_gold, answer), success)
+
+    try:
+        db.transact(work)
+    except (PrefloopError, OperationalError) as exc:
+        st.error(context.not_saved_message(exc))
+        return
+    st.rerun()
 
 
 with st.form("gold_form"):
@@ -78,8 +96,8 @@ with st.form("gold_form"):
 if mark and choice is None:
     st.error("Choose the known answer first.")
 elif mark:
-    _run(lambda s: dashboard.mark_gold(s, actor=actor, comparison_id=rv.id, choice=choice),
+    _run(lambda s: dashboard.mark_gold(s, actor=actor, comparison_id=rv.id, choice=choice), True, choice,
          f"Comparison {rv.id} is a gold pair with answer {choice}.")
 if rv.is_gold and st.button("Unmark gold", key="unmark_gold"):
-    _run(lambda s: dashboard.unmark_gold(s, actor=actor, comparison_id=rv.id),
+    _run(lambda s: dashboard.unmark_gold(s, actor=actor, comparison_id=rv.id), False, None,
          f"Comparison {rv.id} is no longer a gold pair.")
