@@ -53,6 +53,7 @@ def _manage_action(target: str, change, success: str, *, password: str = "") -> 
 
     def work(session):
         user = change(session)
+        st.session_state.pop("users_renamed", None)  # its confirmation gives way to this one
         st.session_state["users_done"] = {"user": target, "state": _state(user), "message": success, "key": key,
                                           "reset": _digest(key, target, password) if password else None,
                                           "replayed": False}
@@ -163,11 +164,14 @@ names = [u["username"] for u in users]
 # After a rename the user box still holds the old name, and so does a second press of Rename sent before
 # the page came back (a double click): both show the account under its new name, with the confirmation, and
 # the press, which was on the old name's form (keyed by it), renames nothing and says nothing confusing.
+# The confirmation stays while the account is chosen under its new name, as the other actions' do: the second
+# click can land after the page came back (on whatever replaced the button) and rerun it without the flash.
 renamed = st.session_state.get("users_renamed")
-if (renamed and renamed[0] not in names and renamed[1] in names
-        and st.session_state.get("manage_user") == renamed[0]):
-    st.session_state["manage_user"] = renamed[1]
-    managed = managed or [_renamed_message(*renamed)]
+if renamed and renamed[0] not in names and renamed[1] in names:
+    if st.session_state.get("manage_user") == renamed[0]:
+        st.session_state["manage_user"] = renamed[1]
+    if st.session_state.get("manage_user") == renamed[1]:
+        managed = managed or [_renamed_message(*renamed)]
 
 # A stateful tab bar (key, on_change): the rerun after each action opens the tab the admin was on,
 # where a stateless one reopens the first.
