@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Float, Integer, and_, cast, func, or_, select, union
+from sqlalchemy import Float, Integer, and_, case, cast, exists, func, or_, select, union
 from sqlalchemy.orm import Session, aliased
 
 from annotate import quality, retrain
@@ -225,6 +225,30 @@ def annotator_table(session: Session, *, actor: Actor, since: datetime | None = 
 
 
 @dataclass
+class FreshLabels:
+    """The active model against judgments it never saw: made after its run read the labels
+    (judgment id above the run's ``max_judgment_id``), on comparisons with no judgment up to that id,
+    and scored by this version (``priority_model_version_id``). Decisive (a/b), non-probe, non-gold,
+    annotators' own; pairs the model calls exactly even are left out.
+
+    ``random_*`` are pairs served in random order (cold start, held-out prompts, a random campaign):
+    an unbiased sample, comparable with the held-out accuracy. ``chosen_*`` are pairs the strategy put
+    first; they were picked for the model's uncertainty, so expect lower agreement there.
+    """
+
+    version_id: int
+    after_judgment_id: int
+    random_n: int = 0
+    random_correct: int = 0
+    chosen_n: int = 0
+    chosen_correct: int = 0
+
+    @property
+    def random_interval(self) -> tuple[float, float] | None:
+        return quality.wilson_interval(self.random_correct, self.random_n)
+
+
+@dataclass
 class ModelHealth:
     """What the model-health page draws (see :func:`model_health`)."""
 
@@ -246,6 +270,40 @@ class ModelHealth:
     disagreements: list[dict[str, Any]]
     """Comparisons whose human majority contradicts a confident model, most confident first."""
     runs: list[dict[str, Any]] = field(default_factory=list)
+    fresh: FreshLabels | None = None
+    """The active model on labels it never trained on (None without an active version from a run)."""
+
+
+def fresh_labels(session: Session, active: ModelVersion | None) -> FreshLabels | None:
+    """:class:`FreshLabels` of ``active`` (two grouped counts, index-backed by judgment id)."""
+    if active is None or active.training_run_id is None:
+        return None
+    counts = session.scalar(select(TrainingRun.counts).where(TrainingRun.id == active.training_run_id)) or {}
+    if counts.get("max_judgment_id") is None:
+        return None
+    mark = int(counts["max_judgment_id"])
+    earlier = aliased(Judgment)
+    trained_on = exists().where(earlier.comparison_id == Comparison.id, earlier.id <= mark,
+                                earlier.is_probe.is_(False))
+    p = Comparison.model_p_a
+    correct = case((and_(Judgment.choice == Choice.a, p > 0.5), 1), (and_(Judgment.choice == Choice.b, p < 0.5), 1),
+                   else_=0)
+    in_random_order = Judgment.acquisition_strategy.in_(("random", retrain.HELD_OUT_STRATEGY))
+    rows = session.execute(
+        select(in_random_order.label("random"), func.count(), func.sum(correct))
+        .join(Comparison, Comparison.id == Judgment.comparison_id)
+        .where(Judgment.id > mark, Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False),
+               Judgment.was_gold.is_(False), Judgment.source == JudgmentSource.annotator,
+               Judgment.choice.in_((Choice.a, Choice.b)), Judgment.acquisition_strategy.is_not(None),
+               Comparison.priority_model_version_id == active.id, p.is_not(None), p != 0.5, ~trained_on)
+        .group_by(in_random_order)).all()
+    fresh = FreshLabels(version_id=active.id, after_judgment_id=mark)
+    for is_random, n, k in rows:
+        if is_random:
+            fresh.random_n, fresh.random_correct = int(n), int(k or 0)
+        else:
+            fresh.chosen_n, fresh.chosen_correct = int(n), int(k or 0)
+    return fresh
 
 
 def _votes_subquery():
@@ -333,7 +391,7 @@ def model_health(session: Session, *, actor: Actor, points: int = 2000, bins: in
         score_histogram=histogram, open_scored=int(n_scored or 0),
         disagreements=[{"comparison_id": cid, "model_p_a": float(p), "human_a": int(na), "human_b": int(nb),
                         "judgments": int(n)} for cid, p, na, nb, n in dis_rows],
-        runs=runs,
+        runs=runs, fresh=fresh_labels(session, active_row),
     )
 
 

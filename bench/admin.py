@@ -76,11 +76,12 @@ def seed(conn, n_judgments: int) -> dict[str, int]:
             FROM generate_series(1::bigint, {n_cmp}) g"""),
         ("judgments", f"""
             INSERT INTO judgments (comparison_id, annotator_id, source, choice, flags, a_on_left, time_spent_ms,
-                                   is_probe, was_gold, state, created_at)
+                                   is_probe, was_gold, state, created_at, acquisition_strategy)
             SELECT c, 2 + (c * 7 + k * 17) % {N_ANNOTATORS}, 'annotator',
                    CASE WHEN h < 45 THEN 'a' WHEN h < 85 THEN 'b' WHEN h < 95 THEN 'tie' ELSE 'both_bad' END,
                    '[]', (g % 2) = 0, 3000 + (g * 7919) % 60000, false, c <= {GOLD_COMPARISONS}, 'active',
-                   now() - ((g * 31) % (30 * 24 * 60)) * interval '1 minute'
+                   now() - ((g * 31) % (30 * 24 * 60)) * interval '1 minute',
+                   CASE WHEN c % 10 = 0 THEN 'random (held-out)' ELSE 'bald+diverse' END
             FROM (SELECT g, (g - 1) / {OVERLAP} + 1 AS c, (g - 1) % {OVERLAP} AS k, (g * 2654435761) % 100 AS h
                   FROM generate_series(1::bigint, {n_judged * OVERLAP}) g) s"""),
         ("probes", f"""
@@ -105,7 +106,9 @@ def seed(conn, n_judgments: int) -> dict[str, int]:
             INSERT INTO training_runs (status, step, metrics, counts, timings, started_at, finished_at)
             VALUES ('succeeded', 'promote', '{}',
                     json_build_object('max_judgment_id', (SELECT max(id) - 500 FROM judgments)), '{}',
-                    now() - interval '20 minutes', now() - interval '18 minutes')"""),
+                    now() - interval '20 minutes', now() - interval '18 minutes');
+            UPDATE model_versions SET training_run_id = (SELECT max(id) FROM training_runs) WHERE is_active;
+            UPDATE comparisons SET priority_model_version_id = (SELECT id FROM model_versions WHERE is_active)"""),
     ]
     timings = {}
     for name, sql in steps:
@@ -214,6 +217,15 @@ def main(argv=None) -> int:
                                                 args.repeat),
             "model_health": best_of(call(lambda s: dashboard.model_health(s, actor=admin)), args.repeat),
         }
+        # Model health's fresh labels when the active model's run read none of the judgments (a model
+        # promoted long ago while retraining kept failing): every judgment is a candidate.
+        with db.begin() as session:
+            session.execute(text("UPDATE training_runs SET counts = json_build_object('max_judgment_id', 0)"))
+        timings["model_health_all_fresh"] = best_of(call(lambda s: dashboard.model_health(s, actor=admin)),
+                                                    args.repeat)
+        with db.read() as session:
+            fresh = dashboard.model_health(session, actor=admin).fresh
+        figures["fresh"] = (fresh.random_n, fresh.chosen_n)
         if not args.no_render:
             for page, t in render_pages(url, admin, args.repeat).items():
                 timings[f"apptest_render_{page}"] = t
@@ -232,6 +244,7 @@ def main(argv=None) -> int:
             print(f"{key}_best_s: {best:.3f}")
             print(f"{key}_median_s: {median:.3f}")
         print(f"annotators_in_table: {len(report.annotators)}")
+        print(f"fresh_labels_all_fresh (random order, chosen): {figures['fresh']}")
         alpha = report.alpha_ordinal
         print(f"alpha_ordinal: {alpha:.4f}" if alpha is not None else "alpha_ordinal: none")
         if args.keep:

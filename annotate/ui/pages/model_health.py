@@ -44,6 +44,31 @@ row.metric("ECE", _fmt(active and active["ece"]))
 row.metric("Reward–length ρ (held-out)", _fmt(active and active["reward_length_spearman"], ".2f"),
               help="Spearman correlation between reward and response length: the reward-hacking signal.")
 
+st.subheader("Fresh labels")
+fresh = mh.fresh
+if fresh is None:
+    st.info("No active model from a training run yet: nothing to compare with new judgments.")
+else:
+    st.caption(f"v{fresh.version_id} against judgments made after its training run read the labels (judgment "
+               f"#{fresh.after_judgment_id:,} and later), on pairs it never trained on: the check that the model "
+               "still agrees with people.")
+    if fresh.random_n:
+        low, high = fresh.random_interval
+        held_out = active and active["accuracy"]
+        line = (f"Pairs served in random order: the model agrees with **{fresh.random_correct / fresh.random_n:.1%}** "
+                f"of {fresh.random_n:,} (95% interval {low:.1%}–{high:.1%})")
+        if held_out is not None and high < held_out:
+            st.warning(line + f", below its held-out accuracy of {held_out:.1%}: it does worse on new labels than "
+                       "on the ones it was tested on. What annotators see or how they judge may have changed; "
+                       "look at the disagreements below before relying on its scores.", icon=":material/warning:")
+        else:
+            st.markdown(line + ("" if held_out is None else f"; held-out accuracy {held_out:.1%}") + ".")
+    else:
+        st.markdown("Pairs served in random order: none judged yet.")
+    if fresh.chosen_n:
+        st.markdown(f"Pairs the strategy put first: **{fresh.chosen_correct / fresh.chosen_n:.1%}** of "
+                    f"{fresh.chosen_n:,}. Expect less here: they were chosen because the model was unsure.")
+
 if not mh.versions:
     st.info("No model trained yet. The charts below fill in after the first retrain.")
 else:
