@@ -345,17 +345,24 @@ def capped_order(order: np.ndarray, groups: np.ndarray | None, n: int) -> np.nda
     n = min(n, len(order))
     if groups is None or n == 0:
         return order[:n]
-    g = np.asarray(groups)[order]
-    # Rank of each item within its group (0 for the group's best), in one stable pass.
-    by_group = np.argsort(g, kind="stable")
-    sg = g[by_group]
-    starts = np.r_[0, np.flatnonzero(sg[1:] != sg[:-1]) + 1]
-    within = np.arange(len(sg)) - np.repeat(starts, np.diff(np.r_[starts, len(sg)]))
-    rank_in_group = np.empty(len(order), dtype=np.int64)
-    rank_in_group[by_group] = within
+    rank_in_group = _round_of(order, groups)  # 0 for the group's best
     # Primary key: round; secondary: position in the original order.
     final = np.lexsort((np.arange(len(order)), rank_in_group))
     return order[final[:n]]
+
+
+def _round_of(order: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """For each item of a ``capped_order`` result, its round: how many pairs of its group come before it."""
+    if groups is None:
+        return np.zeros(len(order), dtype=np.int64)
+    g = np.asarray(groups)[np.asarray(order)]
+    by_group = np.argsort(g, kind="stable")
+    sg = g[by_group]
+    starts = np.r_[0, np.flatnonzero(sg[1:] != sg[:-1]) + 1] if len(sg) else np.zeros(0, dtype=np.int64)
+    within = np.arange(len(sg)) - np.repeat(starts, np.diff(np.r_[starts, len(sg)]))
+    rounds = np.empty(len(order), dtype=np.int64)
+    rounds[by_group] = within
+    return rounds
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -515,10 +522,19 @@ class DiverseStrategy(Strategy):
         cand = capped_order(_rank(self.scores(pool, rng), rng), pool.groups, self.factor * n)
         if pool.features is None or len(cand) <= n:
             return cand[:n].astype(np.int64)
+        # The per-prompt cap holds in the batch too: the candidates come in rounds (each prompt's best pair,
+        # then each one's second best, ...); whole rounds are taken while they fit, and the spread picks the
+        # rest within the round that fills the batch. With at least n prompts that is round 0 alone.
+        rounds = _round_of(cand, pool.groups)
+        last = int(rounds[n - 1])
+        taken, round_ = cand[rounds < last], cand[rounds == last]
+        need = n - len(taken)
+        if len(round_) <= need:
+            return np.r_[taken, round_].astype(np.int64)
         # Linear rank weights: the spread never pulls in the worst candidates often.
-        weights = np.linspace(1.0, 0.25, len(cand))
-        picked = kmeanspp_order(pool.features[cand], 0, n, rng, weights)
-        return cand[picked].astype(np.int64)
+        weights = np.linspace(1.0, 0.25, len(round_))
+        picked = kmeanspp_order(pool.features[round_], 0, need, rng, weights)
+        return np.r_[taken, round_[picked]].astype(np.int64)
 
 
 class PowerStrategy(Strategy):

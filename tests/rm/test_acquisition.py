@@ -50,13 +50,7 @@ def test_select_returns_n_distinct_valid_ids(name, n_groups):
     assert ids.min() >= 0 and ids.max() < len(pool)
 
 
-# The k-means++ spread picks among candidates that hold a second round of each prompt's pairs.
-_CAP_BROKEN = pytest.mark.xfail(strict=True, reason="DiverseStrategy.select does not keep the per-prompt cap "
-                                "(product bug reported; the mark fails once it is fixed)")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_CAP_BROKEN) if get_strategy(n).name.endswith("+diverse")
-                                  else n for n in ALL])
+@pytest.mark.parametrize("name", ALL)
 def test_select_keeps_the_per_prompt_cap(name):
     """The module's promise for every ``select``: one pair per prompt while other prompts remain."""
     for seed in range(3):
