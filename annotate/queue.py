@@ -455,12 +455,5 @@ def remaining_for(session: Session, *, actor: Actor) -> int:
                              Lease.skipped.is_(True))))) or 0
 
 
-def expire_stale_leases(session: Session, *, now: datetime | None = None, older_than: timedelta = timedelta(days=1)) -> int:
-    """Delete long-expired, unskipped leases (housekeeping; expiry itself is by timestamp)."""
-    now = now or utcnow()
-    result = session.execute(delete(Lease).where(Lease.expires_at < now - older_than, Lease.skipped.is_(False)))
-    return result.rowcount or 0
-
-
 __all__ = ["Assignment", "a_on_left_for", "next_comparison", "skip", "queue_depth", "remaining_for",
-           "release_lease", "renew_lease", "lock_annotator", "expire_stale_leases"]
+           "release_lease", "renew_lease", "lock_annotator"]
