@@ -326,6 +326,8 @@ def renew_lease(session: Session, settings: Settings, lease: Lease, now: datetim
 def _renew_expired(session: Session, settings: Settings, annotator_id: int, now: datetime) -> Lease | None:
     """The annotator's oldest expired (not skipped) lease that can be renewed, renewed; else None.
 
+    The ones tried first that cannot be renewed (their pair closed, full, or judged) are deleted.
+
     The caller holds the annotator's lease rows (:func:`lock_annotator`). Each try runs in a
     savepoint that is rolled back when the lease cannot be renewed, which unlocks its
     comparison row: a renewal holds at most one comparison row while it waits for the next,
@@ -339,6 +341,11 @@ def _renew_expired(session: Session, settings: Settings, annotator_id: int, now:
             if renew_lease(session, settings, lease, now):
                 return lease
             attempt.rollback()
+        # Dropped: kept, the oldest of such leases were tried (a lock and a count each) at every claim, and
+        # once there were CANDIDATES_PER_CLAIM of them none behind was ever renewed. The pair is not hidden
+        # by an expired lease, so it comes back in the queue's order once it has room.
+        session.delete(lease)
+        session.flush()
     return None
 
 

@@ -172,6 +172,38 @@ def test_expired_lease_taken_by_another_comes_back_when_there_is_room(db, settin
         assert queue.next_comparison(s, settings, o, actor=a, now=later).comparison_id == high
 
 
+def test_expired_leases_that_cannot_be_renewed_are_dropped(db, settings, opts):
+    """Pairs others filled while the annotator was away: their expired leases are tried once and deleted,
+    not tried again (a lock and a count each) at every later claim, where CANDIDATES_PER_CLAIM of them hid
+    any renewable lease behind them. The annotator gets a free pair, and a filled pair with room again is
+    served in the queue's order."""
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        ids = make_comparisons(s, queue.CANDIDATES_PER_CLAIM + 3, priority=lambda i: i)
+    full, (free,) = ids[1:], ids[:1]
+    t0 = utcnow()
+    with db.begin() as s:
+        for i, cid in enumerate(full):
+            s.add(Lease(comparison_id=cid, annotator_id=a.id, created_at=t0 + timedelta(seconds=i),
+                        expires_at=t0 + timedelta(seconds=settings.lease_seconds)))
+    later = t0 + timedelta(seconds=settings.lease_seconds + 60)
+    with db.begin() as s:
+        for cid in full:  # b judges every one of them (overlap 1)
+            judgments.submit(s, settings, actor=b, comparison_id=cid, shown="left", now=later)
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a, now=later).comparison_id == free
+    with db.read() as s:
+        left = s.scalars(select(Lease.comparison_id).where(Lease.annotator_id == a.id,
+                                                            Lease.comparison_id.in_(full))).all()
+    assert len(left) == len(full) - queue.CANDIDATES_PER_CLAIM  # the oldest tried, and dropped
+    with db.begin() as s:
+        judgments.submit(s, settings, actor=a, comparison_id=free, shown="tie", now=later)
+        assert queue.next_comparison(s, settings, o, actor=a, now=later) is None
+    with db.read() as s:
+        assert s.scalars(select(Lease.comparison_id).where(Lease.annotator_id == a.id)).all() == []
+
+
 def test_remaining_leaves_out_what_the_annotator_judged_or_skipped(db, settings, opts):
     """The page's count of pairs left: open pairs still needing votes, less those this annotator judged or
     skipped (others' work on them does not count)."""
