@@ -13,7 +13,7 @@ judgment and comparison rows, the lock order :mod:`annotate.queue` documents.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone, tzinfo
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -240,12 +240,14 @@ class Progress:
     remaining: int
 
 
-def progress(session: Session, *, actor: Actor, now: datetime | None = None) -> Progress:
-    """What the annotation page shows: judged today (UTC), in total, and pairs left for them."""
+def progress(session: Session, *, actor: Actor, now: datetime | None = None,
+             tz: tzinfo = timezone.utc) -> Progress:
+    """What the annotation page shows: judged today (since midnight in ``tz``, the annotator's time zone),
+    in total, and pairs left for them."""
     from annotate.queue import remaining_for
 
     now = now or utcnow()
-    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    start = now.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0).astimezone(timezone.utc)
     base = select(func.count(Judgment.id)).where(Judgment.annotator_id == actor.id,
                                                  Judgment.state == JudgmentState.active)
     return Progress(

@@ -424,3 +424,33 @@ def test_prompt_with_text_only_stores_sql_null_messages(db, settings):
     with db.read() as s:
         row = s.scalar(select(Prompt))
         assert row.messages is None and not row.is_chat
+
+
+def test_judged_today_counts_from_midnight_in_the_annotators_time_zone(db, settings, opts):
+    """Judgments at 14:30 and 23:30 UTC on the 27th, counted at 00:30 UTC on the 28th: in UTC neither is
+    today's; in Los Angeles (16:30 on the 27th) both are; in Tokyo (09:30 on the 28th) the first was made at
+    23:30 on the 27th there and the second at 08:30 on the 28th, so one. Before, every annotator's day began
+    at UTC midnight."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from annotate.ui.context import zone
+
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 3)
+    times = [datetime(2026, 11, 27, 14, 30, tzinfo=timezone.utc), datetime(2026, 11, 27, 23, 30, tzinfo=timezone.utc)]
+    for when in times:
+        with db.begin() as s:
+            cid = queue.next_comparison(s, settings, o, actor=a, now=when).comparison_id
+            judgments.submit(s, settings, actor=a, comparison_id=cid, shown="left", now=when)
+    now = datetime(2026, 11, 28, 0, 30, tzinfo=timezone.utc)
+    with db.read() as s:
+        today = {name: judgments.progress(s, actor=a, now=now, tz=zone(name)).judged_today
+                 for name in (None, "America/Los_Angeles", "Asia/Tokyo")}
+    assert today == {None: 0, "America/Los_Angeles": 2, "Asia/Tokyo": 1}
+    assert judgments.progress.__kwdefaults__["tz"] is timezone.utc
+    assert zone("Asia/Tokyo") == ZoneInfo("Asia/Tokyo")
+    for bad in ("", "Not/AZone", "/etc/passwd", "../../etc/passwd", "Europe/../../x"):
+        assert zone(bad) is timezone.utc, bad

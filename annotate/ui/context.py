@@ -13,6 +13,8 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -194,6 +196,24 @@ def metric_row():
     ``st.columns`` cut every label and value down to its column: at 800 px the overview's
     "100,023" prompts read "10…", and at 1280 px "Median time per judgment" lost its end."""
     return st.container(horizontal=True, gap="medium")
+
+
+def zone(name: str | None) -> tzinfo:
+    """The time zone an IANA name (the browser's, as it reports it) names; UTC for none or one unknown here."""
+    if not name:
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):  # ValueError: not a key (an absolute path, "..", ...)
+        return timezone.utc
+
+
+def browser_zone() -> tzinfo:
+    """The browser's time zone (``st.context.timezone``), for "today" as the person at it counts days."""
+    try:
+        return zone(st.context.timezone)
+    except Exception:  # no browser behind the run (a script, AppTest)
+        return timezone.utc
 
 
 def run_action(action, success: str, *, flash_key: str) -> None:

@@ -305,6 +305,8 @@ def test_pair_is_shown_and_a_better_records_the_canonical_choice(app_db, people)
     assert next_cid != cid
     assert f"Prompt number {i}: explain something." not in _texts(at)
     assert [m.value for m in at.metric] == ["1", "3"]
+    # No browser behind AppTest, so no time zone: the day is UTC's, and the tooltip says whose day it is.
+    assert at.metric[0].proto.help == "Since midnight in your browser's time zone (UTC)."
 
 
 def test_strength_rationale_and_flags_are_recorded(app_db, people):

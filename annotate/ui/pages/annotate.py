@@ -223,7 +223,10 @@ def _load(session):
     """What the page shows: run again by ``transact`` when PostgreSQL picked it as a deadlock victim."""
     options = campaign.get_options(session, settings)
     return (options, queue.next_comparison(session, settings, options, actor=actor),
-            judgments.progress(session, actor=actor))
+            judgments.progress(session, actor=actor, tz=_zone))
+
+
+_zone = context.browser_zone()
 
 
 with context.stop_on_errors():
@@ -235,7 +238,8 @@ with st.container(horizontal=True, vertical_alignment="bottom", gap="medium"):
     with st.container(width="stretch"):
         # Side by side in a narrow window too (st.columns stacks them there, pushing the pair down).
         with st.container(horizontal=True, gap="medium"):
-            st.metric("Judged today", progress.judged_today)
+            st.metric("Judged today", progress.judged_today,
+                      help=f"Since midnight in your browser's time zone ({_zone}).")
             st.metric("Remaining", progress.remaining)
         done = progress.judged_total + progress.remaining
         st.progress(progress.judged_total / done if done else 1.0)
