@@ -37,6 +37,9 @@ _ICON_CODE = re.compile(r":(?=material[/_][\w-]+:|streamlit:)")
 _CHAR_REF = re.compile(r"&(?=#[0-9]{1,7};|#[xX][0-9a-fA-F]{1,6};|[A-Za-z][A-Za-z0-9]{0,31};)")
 _ZWSP = "\u200b"
 _IMAGE_OPEN = re.compile(r"!\[")
+# An image's alt text up to its "]": that bracket is escaped too, or in "[![badge](u)](link)" the outer "["
+# and the inner "](u)" made a link reading "![badge" to the relative URL "u" (with the rest as loose text).
+_IMAGE_ALT = re.compile(r"!\[([^\[\]\n]*)\]")
 # A link reference definition "[label]: url" at the start of a line, possibly
 # inside block quotes or list items.
 _REF_DEF = re.compile(r"^([ \t>*+\-0-9.)]*)\[([^\]\n]*)\]:", re.MULTILINE)
@@ -175,6 +178,7 @@ def _escape_prose(prose: str, *, unlink: bool = True) -> str:
         prose = _LINK_RUN.sub(_unlink_if_escaped, prose)
     prose = _CHAR_REF.sub("&amp;", prose)
     prose = prose.replace("<", "&lt;")
+    prose = _IMAGE_ALT.sub(r"!\\[\1\\]", prose)
     prose = _IMAGE_OPEN.sub(r"!\\[", prose)
     prose = _REF_DEF.sub(lambda m: f"{m.group(1)}\\[{m.group(2)}]:", prose)
     prose = _ICON_CODE.sub(f":{_ZWSP}", prose)

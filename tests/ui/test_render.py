@@ -189,3 +189,17 @@ def test_fuzzed_markdown_never_renders_an_image():
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 25)))
         html = _render(safe_markdown(text))
         assert "<img" not in html, text
+
+
+@pytest.mark.parametrize(("text", "link_text", "href"), [
+    ("[![build](https://e.example/b.svg)](https://e.example/ci)", "![build](<code>https://e.example/b.svg</code>)",
+     "https://e.example/ci"),
+    ("[![](data:image/png;base64,AAAA)](https://e.example/p)", "![](data:image/png;base64,AAAA)",
+     "https://e.example/p"),
+])
+def test_an_image_inside_a_link_is_shown_as_written_as_the_links_text(text, link_text, href):
+    """A badge, "[![alt](image)](target)": the outer link keeps its target and reads the image syntax as written.
+    Before, the outer "[" and the image's "](image)" made a link reading "![alt" to the image's URL (a
+    relative one in backticks, or the data: URL itself), and "](target)" was left as loose text."""
+    html = _render(safe_markdown(text))
+    assert html == f'<p><a href="{href}">{link_text}</a></p>\n'
