@@ -167,6 +167,8 @@ def test_annotator_never_registers_admin_pages(app_db, people):
     at.switch_page(_page("guidelines.py"))
     at.run()
     assert [t.value for t in at.title] == ["Guidelines"]
+    # The demo guidelines have no title of their own: under the page's, "# Annotation guidelines" made two.
+    assert not [m.value for m in at.markdown if m.value.startswith("# ")]
     for name in ADMIN_PAGES:
         with pytest.raises(ValueError, match="Known pages"):
             at.switch_page(_page(name))

@@ -311,7 +311,7 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
             _shot(page, "annotate_after_three", page.get_by_text("Optional: strength, rationale, flags"))
 
             page.get_by_role("link", name="Guidelines").click()
-            _shot(page, "guidelines", page.get_by_role("heading", name="Annotation guidelines"))
+            _shot(page, "guidelines", page.get_by_text("Judge, in this order:"))
 
             page.get_by_role("button", name="Log out").click()
             expect(page.get_by_role("button", name="Log in")).to_be_visible()
