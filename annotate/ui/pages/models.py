@@ -68,7 +68,8 @@ else:
         value = active[key]
         row.metric(label, "—" if value is None else f"{value:.3f}")
     gate = _gate(active, board["versions"]) or ""  # starts in lower case ("first model", "only 26 decisive ...")
-    st.caption(f"Trained on {active['n_train'] or 0:,} judgments, tested on {active['n_test'] or 0:,} held-out ones; "
+    st.caption(f"Trained on {active['n_train'] or 0:,} judgments, tested on {active['n_test'] or 0:,} held-out ones "
+               "(ties among them: the accuracy counts those with a winner); "
                f"promoted {active['promoted_at']:%Y-%m-%d %H:%M} UTC. {gate[:1].upper()}{gate[1:]}")
     if (active["n_test"] or 0) < retrain.MIN_HELD_OUT_PAIRS:
         st.warning(f"Tested on only {active['n_test'] or 0} held-out judgments (fewer than "
