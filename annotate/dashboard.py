@@ -508,13 +508,14 @@ def mark_gold(session: Session, *, actor: Actor, comparison_id: int, choice: str
 
 
 def unmark_gold(session: Session, *, actor: Actor, comparison_id: int) -> None:
-    """Turn a gold pair back into an ordinary comparison (admin only, audited)."""
+    """Turn a gold pair back into an ordinary comparison (admin only, audited); one that is not gold is left
+    as it is, unaudited, as ``mark_gold`` leaves a pair that already has the answer."""
     require_admin(session, actor)
     c = session.get(Comparison, comparison_id)
     if c is None:
         raise NotFound(f"comparison {comparison_id} does not exist; check the id")
     if not c.is_gold:
-        raise PrefloopError(f"comparison {comparison_id} is not a gold pair")
+        return  # already ordinary (the second press of a double click): no second audit entry
     c.is_gold, c.gold_choice = False, None
     if c.status != ComparisonStatus.retired:
         c.status = ComparisonStatus.complete if c.judgment_count >= c.overlap_target else ComparisonStatus.open

@@ -130,7 +130,7 @@ def test_model_health_and_review_and_gold(app_db, people):
     assert not at.exception, at.exception
     assert _frame_with(at, "choice")["annotator"].tolist() == ["ann", "boss"]
     assert any("left looks fine" in md.value for md in at.markdown)
-    at.selectbox(key=f"gold_choice_{cids[0]}").set_value("b")
+    at.selectbox(key=f"gold_choice_{cids[0]}_-").set_value("b")
     at.button[0].click().run()  # the form's submit button
     assert not at.exception, at.exception
     with app_db.read() as s:
@@ -484,17 +484,25 @@ def test_review_marks_no_gold_answer_the_admin_did_not_choose(app_db, people):
     cids = _seed(app_db, people)
     at = _open(people[1], "review.py")
     at.number_input(key="review_id").set_value(cids[1]).run()
-    answer = at.selectbox(key=f"gold_choice_{cids[1]}")
+    answer = at.selectbox(key=f"gold_choice_{cids[1]}_-")
     assert answer.value is None
     at.button(key="FormSubmitter:gold_form-Mark as gold").click().run()
     assert [e.value for e in at.error] == ["Choose the known answer first."]
     with app_db.read() as s:
         assert not s.get(Comparison, cids[1]).is_gold
-    at.selectbox(key=f"gold_choice_{cids[1]}").set_value("tie")
+    at.selectbox(key=f"gold_choice_{cids[1]}_-").set_value("tie")
     at.button(key="FormSubmitter:gold_form-Mark as gold").click().run()
     assert not at.error
     with app_db.read() as s:
         assert s.get(Comparison, cids[1]).gold_choice.value == "tie"
-    assert at.selectbox(key=f"gold_choice_{cids[1]}").value == "tie"  # a gold pair shows its answer
+    assert at.selectbox(key=f"gold_choice_{cids[1]}_tie").value == "tie"  # a gold pair shows its answer
+    # Unmarked, the pair starts with no answer again: the box kept "tie", and a press of Mark as gold right
+    # after Unmark gold (the second click of a double click, landing where Unmark gold was) marked it again.
+    at.button(key="unmark_gold").click().run()
+    assert at.selectbox(key=f"gold_choice_{cids[1]}_-").value is None
+    at.button(key="FormSubmitter:gold_form-Mark as gold").click().run()
+    assert [e.value for e in at.error] == ["Choose the known answer first."]
+    with app_db.read() as s:
+        assert not s.get(Comparison, cids[1]).is_gold
     at.number_input(key="review_id").set_value(cids[2]).run()  # the next pair starts with no answer
-    assert at.selectbox(key=f"gold_choice_{cids[2]}").value is None
+    assert at.selectbox(key=f"gold_choice_{cids[2]}_-").value is None

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from annotate import accounts, migrate
 from annotate.db import Database, create_db_engine
-from annotate.models import AuditEvent
+from annotate.models import AuditEvent, Comparison
 from tests.factories import make_comparisons
 from tests.ui.test_e2e_browser import PASSWORD, TIMEOUT_MS, _settle, double_click, logged_in_page, streamlit_server
 
@@ -149,3 +149,9 @@ def test_unmark_gold(console):
         double_click(page, page.get_by_role("button", name="Unmark gold"), gap)
         seen.append((gap, _confirmed(page, f"Comparison {pair} is no longer a gold pair."), _errors(page)))
     assert (len(_audited(database, "gold.unmark")), seen) == (len(gaps), [(gap, True, []) for gap in gaps])
+    # The confirmation was above the form, which it pushed down onto where Unmark gold had been: a second
+    # click at 300 ms (under load) pressed Mark as gold, with the old answer still in the box, and marked
+    # the pair again (no confirmation of the unmark, one gold.mark entry).
+    assert _audited(database, "gold.mark") == []
+    with database.read() as session:
+        assert [c.is_gold for c in map(lambda i: session.get(Comparison, i), pairs)] == [False] * len(gaps)

@@ -61,12 +61,6 @@ else:
     st.info("Nobody has judged this pair yet.")
 
 st.subheader("Gold")
-# What the last gold action did, with the state it left: (id, is gold, answer) and the message. Shown while
-# this pair is on screen in that state, not once after the rerun: the second click of a double click lands
-# after the action, often on something else that reruns the page, and a one-shot message was gone by then.
-done = st.session_state.get("review_done")
-if done and done[0] == (rv.id, rv.is_gold, rv.gold_choice if rv.is_gold else None):
-    st.success(done[1], icon=":material/check:")
 
 
 def _run(change, is_gold: bool, answer: str | None, success: str) -> None:
@@ -89,7 +83,9 @@ with st.form("gold_form"):
     # No answer is preselected for a pair that is not gold: with "a" chosen for the admin, Mark as gold
     # made "a" the answer every annotator's gold accuracy is scored against, chosen or not. Keyed by the
     # pair, so the answer chosen for one pair is not carried over to the next id typed in.
-    choice = st.selectbox("Known answer", quality.CHOICES, key=f"gold_choice_{rv.id}",
+    # ... nor from the pair's gold answer before an unmark: the box is a new one when the answer changes, so a
+    # click on Mark as gold right after Unmark gold (the second of a double click) cannot mark it again.
+    choice = st.selectbox("Known answer", quality.CHOICES, key=f"gold_choice_{rv.id}_{rv.gold_choice or '-'}",
                           placeholder="Choose the known answer",
                           index=quality.CHOICES.index(rv.gold_choice) if rv.gold_choice else None)
     mark = st.form_submit_button("Mark as gold" if not rv.is_gold else "Change the gold answer", type="primary")
@@ -101,3 +97,12 @@ elif mark:
 if rv.is_gold and st.button("Unmark gold", key="unmark_gold"):
     _run(lambda s: dashboard.unmark_gold(s, actor=actor, comparison_id=rv.id), False, None,
          f"Comparison {rv.id} is no longer a gold pair.")
+
+# What the last gold action did, with the state it left: (id, is gold, answer) and the message. Shown while
+# this pair is on screen in that state, not once after the rerun: the second click of a double click lands
+# after the action, often on something else that reruns the page, and a one-shot message was gone by then.
+# Below the buttons: above them it pushed the form down after an unmark, and the second click of a double
+# click on Unmark gold landed on Mark as gold, marking the pair again (chromium, 300 ms, under load).
+done = st.session_state.get("review_done")
+if done and done[0] == (rv.id, rv.is_gold, rv.gold_choice if rv.is_gold else None):
+    st.success(done[1], icon=":material/check:")
