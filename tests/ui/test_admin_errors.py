@@ -358,6 +358,37 @@ def test_retrain_now_says_how_to_follow_the_run_without_a_reload(app_db, people,
     assert [i.value for i in at.info if i.value.startswith(f"Run {run_id} stopped")]
 
 
+def test_retrain_now_pressed_again_right_after_a_run_that_ended_at_once_starts_no_second(app_db, people,
+                                                                                            monkeypatch):
+    """A run with nothing to do (no encoder, no labels) ends in about a second; the second click of a double
+    click whose run came after that found no live process and started (and audited) another. Within
+    SAME_PRESS_SECONDS of the start it is the same press; after that, a press starts a new run."""
+    from sqlalchemy import update
+
+    from annotate.accounts import audit
+    from annotate.models import AuditEvent
+
+    done = subprocess.Popen(["true"])
+    done.wait()  # a process that has ended and been reaped, like the quick run's
+    starts = []
+
+    def start(session, settings, actor):
+        starts.append(done.pid)
+        audit(session, actor, "model.retrain", pid=done.pid)
+        return done.pid, "/tmp/run.log"
+
+    monkeypatch.setattr(retrain, "start_background_run", start)
+    at = _open(people[1], "models.py")
+    _click(at, "Retrain now")
+    _click(at, "Retrain now")  # the second press, its process already gone
+    assert len(starts) == 1 and [s.value for s in at.success if f"process {done.pid}" in s.value]
+    with app_db.begin() as session:
+        session.execute(update(AuditEvent).where(AuditEvent.action == "model.retrain")
+                        .values(created_at=utcnow() - timedelta(seconds=60)))
+    _click(at, "Retrain now")  # a minute later: a new run
+    assert len(starts) == 2
+
+
 # --------------------------------------------------------------------------- the reward model page
 
 
