@@ -1239,6 +1239,11 @@ def _say_waiting(said: bool, why: str) -> bool:
     return True
 
 
+SAME_PRESS_SECONDS = 5
+"""A Retrain now pressed again this soon after the start it made (the second click of a double click) shows
+that run and starts none, even when the run already ended (one with nothing to do takes about a second)."""
+
+
 def start_background_run(session, settings: Settings, *, actor) -> tuple[int, Path]:
     """Start ``prefloop retrain --once --force`` as a separate process (admin only).
 

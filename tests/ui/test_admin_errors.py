@@ -362,7 +362,7 @@ def test_retrain_now_pressed_again_right_after_a_run_that_ended_at_once_starts_n
                                                                                             monkeypatch):
     """A run with nothing to do (no encoder, no labels) ends in about a second; the second click of a double
     click whose run came after that found no live process and started (and audited) another. Within
-    SAME_PRESS_SECONDS of the start it is the same press; after that, a press starts a new run."""
+    retrain.SAME_PRESS_SECONDS of the start it is the same press; after that, a press starts a new run."""
     from sqlalchemy import update
 
     from annotate.accounts import audit

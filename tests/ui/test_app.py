@@ -708,7 +708,7 @@ def test_untrusted_text_is_rendered_inert(app_db, people):
     at = _login(_app(), "ann")
     bodies = {m.value: m for m in at.markdown}
     assert "Say something \\$x\\$ &lt;img src=x onerror=alert(1)>" in bodies
-    assert "&lt;script>alert(1)&lt;/script> !\\[x](`http://evil.example/p.png`) costs \\$5" in bodies
+    assert "&lt;script>alert(1)&lt;/script> !\\[x\\](`http://evil.example/p.png`) costs \\$5" in bodies
     assert "```\n$ echo <b>\n```" in bodies
     assert not any(m.proto.allow_html for m in at.markdown)
 

@@ -118,12 +118,9 @@ if board["runs"]:
 else:
     st.caption("None yet.")
 
-SAME_PRESS_SECONDS = 5
-
-
 def _started_by_this_session() -> int | None:
     """The process of the retrain this browser session started, while it still runs or for
-    ``SAME_PRESS_SECONDS`` after its start (else None).
+    ``retrain.SAME_PRESS_SECONDS`` after its start (else None).
 
     The button is disabled once a run holds the retrain lock, which a new process takes only after
     starting Python (seconds): the second click of a double click came before that and started (and
@@ -138,7 +135,7 @@ def _started_by_this_session() -> int | None:
     pid = last[0].detail.get("pid") if last else None
     if pid is None:
         return None
-    if utcnow() - last[0].created_at < timedelta(seconds=SAME_PRESS_SECONDS):
+    if utcnow() - last[0].created_at < timedelta(seconds=retrain.SAME_PRESS_SECONDS):
         return pid
     try:
         os.kill(pid, 0)  # a child of this server, reaped when it ends: no signal is sent
