@@ -11,11 +11,12 @@ import re
 from datetime import timedelta
 
 import streamlit as st
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from annotate import dashboard, retrain, scoring
 from annotate.errors import ModelError, PrefloopError
-from annotate.models import utcnow
+from annotate.models import User, utcnow
 from annotate.ui import context
 
 actor = context.require_admin_page()
@@ -118,20 +119,19 @@ if board["runs"]:
 else:
     st.caption("None yet.")
 
-def _started_by_this_session() -> int | None:
-    """The process of the retrain this browser session started, while it still runs or for
-    ``retrain.SAME_PRESS_SECONDS`` after its start (else None).
+def _started_by_this_admin(session) -> int | None:
+    """The process of the retrain this admin started, while it still runs or for
+    ``retrain.SAME_PRESS_SECONDS`` after its start (else None). Called in the transaction that would start
+    one, after locking the admin's user row: the second click of a double click runs the page again while
+    the first click's run may still be starting its process (Streamlit starts the new run at once and stops
+    the old one only at its next Streamlit call), and asked before the lock it saw no run and started a second.
 
     The button is disabled once a run holds the retrain lock, which a new process takes only after
-    starting Python (seconds): the second click of a double click came before that and started (and
-    audited) a second process, which trained again if the first was done by then. A run that ends at once
-    (nothing to train, no encoder: about a second) was gone before a delayed second click's run asked, which
-    started another (the browser test, 1 run in about 8 under load); within the window it is the same press.
+    starting Python (seconds). A run with nothing to do (no labels, no encoder) ends in about a second, so
+    within the window a press is taken for the same one even when its process is gone.
     """
-    if not st.session_state.get("retrain_pressed"):
-        return None
-    with db.read() as session:
-        last = dashboard.audit_log(session, actor=actor, limit=1, action="model.retrain", username=actor.username)
+    session.execute(select(User.id).where(User.id == actor.id).with_for_update())  # PostgreSQL; SQLite: IMMEDIATE
+    last = dashboard.audit_log(session, actor=actor, limit=1, action="model.retrain", username=actor.username)
     pid = last[0].detail.get("pid") if last else None
     if pid is None:
         return None
@@ -145,14 +145,11 @@ def _started_by_this_session() -> int | None:
 
 
 if st.button("Retrain now", icon=":material/model_training:", key="retrain_now", disabled=alive):
-    pid = _started_by_this_session()
     log_path = settings.data_dir / "retrain-manual.log"  # where start_background_run logs
     try:
-        if pid is None:
-            # Remembered before the start: a click arriving meanwhile stops this run at its next use of
-            # st.session_state or its next element, and anything remembered after the start was lost.
-            st.session_state["retrain_pressed"] = True
-            with db.begin() as session:  # on SQLite the write lock is taken before the process starts
+        with db.begin() as session:  # on SQLite the write lock is taken before the process starts
+            pid = _started_by_this_admin(session)
+            if pid is None:
                 pid, log_path = retrain.start_background_run(session, settings, actor=actor)
     except (PrefloopError, OperationalError) as exc:
         st.error(context.not_saved_message(exc))
