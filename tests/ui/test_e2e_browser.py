@@ -362,12 +362,19 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
 def test_a_key_pressed_twice_judges_the_pair_on_screen_once(server, seeded):
     """Two presses of a key before the next pair arrives (the second lands while the first one's
     run is still going) record one judgment, of the pair on screen: the second press neither
-    judges the next pair unseen nor warns that the pair is "not assigned any more"."""
+    judges the next pair unseen nor warns that the pair is "not assigned any more".
+
+    On a loaded machine the test's own "second" press can be sent after the next pair's buttons
+    have arrived (the fixed gaps are the test's, not the browser's). That press is for the next
+    pair, and the page's half-second guard refuses it with its own toast, which names how soon it
+    came: that toast is allowed (and its figure must be under the guard's half second); any other
+    toast is not, and the next pair must still not be judged."""
     from playwright.sync_api import expect
 
     _, database = seeded
     expect.set_options(timeout=TIMEOUT_MS)
     on_screen, warnings = [], []
+    guard = re.compile(r"Not saved: that key came (\d+) ms after this pair appeared")
     with logged_in_page(server, "annie", width=1400) as page:
         for gap_ms in (0, 5, 10, 20, 40):
             _settle(page)
@@ -379,7 +386,13 @@ def test_a_key_pressed_twice_judges_the_pair_on_screen_once(server, seeded):
             expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(re.compile(rf"Pair #{before}\b"))
             _settle(page)
             on_screen.append(before)
-            warnings += [t.inner_text() for t in page.get_by_test_id("stToast").all()]
+            for toast in page.get_by_test_id("stToast").all():
+                text = toast.inner_text()
+                refused = guard.search(text)
+                if refused is None or int(refused.group(1)) >= 500:
+                    warnings.append(text)
+                else:
+                    print(f"gap {gap_ms} ms: the second press reached the next pair: {text!r}")
     with database.read() as session:
         annie = session.scalar(select(User).where(User.username == "annie"))
         judged = [j.comparison_id for j in session.scalars(
