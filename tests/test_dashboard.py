@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from annotate.models import (
     JudgmentSource,
     Lease,
     ModelVersion,
+    Response,
     TrainingRun,
     utcnow,
 )
@@ -67,6 +69,14 @@ def _settings(db):
 
 def test_overview_counts(db, settings, seeded):
     now = seeded["now"]
+    with db.begin() as s:
+        # three more annotators who judged nothing: only the one holding a live lease is active
+        live, expired, skipped = (make_user(s, name) for name in ("leasing", "expired", "skipper"))
+        s.add_all([Lease(comparison_id=seeded["cids"][3], annotator_id=live.id, expires_at=now + timedelta(minutes=5)),
+                   Lease(comparison_id=seeded["cids"][3], annotator_id=expired.id,
+                         expires_at=now - timedelta(minutes=1)),
+                   Lease(comparison_id=seeded["cids"][3], annotator_id=skipped.id,
+                         expires_at=now + timedelta(minutes=5), skipped=True)])
     with db.read() as s:
         ov = dashboard.overview(s, settings, actor=seeded["admin"], now=now, period=timedelta(hours=24))
     assert (ov.prompts, ov.comparisons, ov.gold) == (6, 6, 1)
@@ -74,8 +84,9 @@ def test_overview_counts(db, settings, seeded):
     assert ov.queue_depth == 2
     assert ov.judgments == 10  # 9 + probe; the retracted one is not live
     assert ov.counted_judgments == 9
-    # ann0 and ann1 judged 5 min ago, ann2 judged 5 min ago and holds a lease: 3 active
-    assert ov.active_annotators == 3
+    # ann0, ann1 and ann2 judged 5 min ago (ann2 also holds a lease), "leasing" only holds a live lease: 4
+    # active; an expired or skipped lease does not count
+    assert ov.active_annotators == 4
     assert ov.target_judgments == 16 and ov.progress == pytest.approx(9 / 16)
     assert sum(n for _, n in ov.per_hour) == ov.judgments_in_period == 10
     assert len(ov.per_hour) == 2 and ov.per_hour[0][1] == 4 and ov.per_hour[1][1] == 6
@@ -162,6 +173,7 @@ def test_overview_next_retrain_shows_the_wait_after_failed_runs(db, settings, se
         later = dashboard.overview(s, settings, actor=seeded["admin"], now=now + timedelta(minutes=1, seconds=5))
     assert ov.next_retrain_at == now + timedelta(minutes=1)
     assert not ov.retrain_due and "2 run(s) failed" in ov.retrain_reason
+    # (ov passes the watcher's own verdict through: this line documents that, the two above test it)
     assert (ov.retrain_due, ov.retrain_reason, ov.next_retrain_at) == (watcher.due, watcher.reason, watcher.next_at)
     assert later.retrain_due and later.retrain_reason == "6 new judgments"
 
@@ -186,7 +198,12 @@ def test_annotator_table_figures(db, seeded):
     pk = {(x, y): (k, n) for x, y, k, n in report.pair_kappas}
     k, n = pk[("ann0", "ann1")]
     assert n == 3 and k == pytest.approx((1 / 3 - 5 / 9) / (1 - 5 / 9))
-    assert report.alpha_nominal is not None and report.alpha_ordinal is not None
+    # α over the units with two live votes: c0 (a,a), c1 (b,a), c2 (tie,tie), gold (a,b); n_a 4, n_tie 2, n_b 2 of 8.
+    # Nominal: 4 disagreeing ordered pairs of 8, expected 2(4·2 + 4·2 + 2·2)/(8·7) = 5/7: α = 1 - (1/2)/(5/7) = 0.3.
+    # Ordinal (a < tie < b): δ(a,tie) = (6-3)² = 9, δ(tie,b) = (4-2)² = 4, δ(a,b) = (8-3)² = 25;
+    # α = 1 - 7·(4·25) / (2·(8·9 + 4·4 + 8·25)) = 1 - 700/576 = -31/144.
+    assert report.alpha_nominal == pytest.approx(0.3)
+    assert report.alpha_ordinal == pytest.approx(-31 / 144)
     # the period filter: only the last hour keeps the 5-minutes-ago judgments
     with db.read() as s:
         recent = dashboard.annotator_table(s, actor=seeded["admin"], since=seeded["now"] - timedelta(hours=1))
@@ -196,6 +213,12 @@ def test_annotator_table_figures(db, seeded):
 def test_model_health(db, seeded):
     cids = seeded["cids"]
     with db.begin() as s:
+        # c0's B is made 200 characters long: its length gap differs from the other pairs' (all equal)
+        b0 = s.scalar(select(Comparison.response_b_id).where(Comparison.id == cids[0]))
+        s.execute(update(Response).where(Response.id == b0).values(text="x" * 200, n_chars=200))
+        for status, ago in (("failed", 30), ("succeeded", 10)):
+            s.add(TrainingRun(status=status, started_at=seeded["now"] - timedelta(minutes=ago + 5),
+                              finished_at=seeded["now"] - timedelta(minutes=ago)))
         for i, (n_train, acc) in enumerate([(20, 0.6), (40, 0.7)]):
             s.add(ModelVersion(artifact_path=f"/m{i}", encoder_id="enc", is_active=i == 1, n_train=n_train,
                                metrics={"accuracy": acc, "calibration": [
@@ -220,7 +243,15 @@ def test_model_health(db, seeded):
     assert mh.open_scored == 2
     assert sum(n for _, _, n in mh.score_histogram) == 2
     assert mh.score_histogram[0][2] == 1 and mh.score_histogram[-1][2] == 1
-    assert len(mh.length_points) == 4
+    # newest pair first: c4 (p 1.0, clipped), c3 (.55), c1 (.95), c0 (.1, with its long B)
+    a_len, b_len = len("Answer A to 0, short."), len("Answer B to 0, which is a little longer.")
+    gap = a_len - b_len  # the same for every factory pair (one-digit numbers)
+    assert mh.length_points == [
+        (gap, pytest.approx(math.log((1 - 1e-6) / 1e-6))), (gap, pytest.approx(math.log(0.55 / 0.45))),
+        (gap, pytest.approx(math.log(0.95 / 0.05))), (a_len - 200, pytest.approx(math.log(0.1 / 0.9)))]
+    # ranks of the gap: c0 1, the rest tied at 3; of the score: c0 1, c3 2, c1 3, c4 4 -> 3/sqrt(3*5)
+    assert mh.length_gap_spearman == pytest.approx(3 / math.sqrt(15))
+    assert [r["status"] for r in mh.runs] == ["succeeded", "failed"]  # newest first
 
 
 def test_review_and_gold(db, seeded):
