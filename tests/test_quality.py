@@ -28,8 +28,10 @@ def test_cohen_kappa_hand_computed():
     # systematic disagreement on a balanced set: po = 0, pe = 1/2 -> -1
     assert quality.cohen_kappa(["a", "b"], ["b", "a"]) == pytest.approx(-1.0)
     assert quality.cohen_kappa([], []) is None
+    # the same kind of table given directly: rater 1 a3 b2 t1, rater 2 a3 b3; po = 4/6,
+    # pe = (3*3 + 2*3 + 1*0) / 36 = 15/36 -> kappa = (24-15)/(36-15) = 3/7
     assert quality.kappa_from_table({("a", "a"): 2, ("a", "b"): 1, ("t", "a"): 1, ("b", "b"): 2}) \
-        == pytest.approx(quality.cohen_kappa(list("aaabbt"), list("aabbba")))
+        == pytest.approx(3 / 7)
 
 
 def test_krippendorff_alpha_nominal_hand_computed():
@@ -345,7 +347,7 @@ def test_contradicting_a_confident_model_gets_a_second_opinion(db, settings):
     assert _target(db, cid_confident) == (2, ComparisonStatus.open)
     assert _judge(db, settings, options, person, "b", now) == cid_unsure
     assert _target(db, cid_unsure) == (1, ComparisonStatus.complete)
-    # the second opinion agrees with the model: no third
+    # the second opinion agrees with the model, so the two humans now disagree: that asks for a third
     assert _judge(db, settings, options, other, "a", now) == cid_confident
     assert _target(db, cid_confident) == (3, ComparisonStatus.open)  # humans now disagree with each other
 
@@ -353,22 +355,31 @@ def test_contradicting_a_confident_model_gets_a_second_opinion(db, settings):
 def test_low_gold_accuracy_judge_gets_a_second_opinion(db, settings):
     with db.begin() as s:
         person = make_user(s, "p")
-        gold = make_comparisons(s, 6, overlap=1, gold=True, tag="gold")  # gold answer "a"
+        *gold, last_gold = make_comparisons(s, 7, overlap=1, gold=True, tag="gold")  # gold answer "a"
         (plain,) = make_comparisons(s, 1, overlap=1, start=100, priority=lambda i: -1)
-    options = replace(settings_options(db, settings), gold_rate=0.5, probe_rate=0.0)
+    options = replace(settings_options(db, settings), gold_rate=0.0, probe_rate=0.0)
     now = utcnow()
-    with db.begin() as s:  # answer every gold pair wrongly, directly (the queue's gold draw is random)
+    with db.begin() as s:  # answer six gold pairs wrongly, directly (the queue's gold draw is random)
         for cid in gold:
             s.add(quality_judgment(cid, person.id, "b", now))
     with db.begin() as s:
         correct, n = quality.gold_accuracy_of(s, person.id)
     assert (correct, n) == (0, 6)
-    options = replace(options, gold_rate=0.0)
+    # a seventh wrong gold answer goes through submit, so the overlap hook runs on a full gold pair
+    # whose judge is below the gold-accuracy threshold: gold pairs themselves are never extended
+    with db.begin() as s:
+        judgments.submit(s, settings, actor=person, comparison_id=last_gold, shown="tie", time_spent_ms=20_000,
+                         now=now)
+    with db.read() as s:
+        assert quality.gold_accuracy_of(s, person.id) == (0, 7)
+        assert s.get(Comparison, last_gold).judgment_count == 1
+    assert _target(db, last_gold) == (1, ComparisonStatus.open)  # gold pairs stay open to be served again
+    with db.begin() as s:  # called again directly, it still refuses
+        assert quality.extend_overlap_if_needed(s, last_gold, options) is False
+    assert _target(db, last_gold) == (1, ComparisonStatus.open)
+    # the same judge on an ordinary pair does get a second opinion
     assert _judge(db, settings, options, person, "a", now) == plain
     assert _target(db, plain) == (2, ComparisonStatus.open)
-    with db.begin() as s:
-        for cid in gold:  # gold pairs themselves are never extended
-            assert s.get(Comparison, cid).overlap_target == 1
 
 
 def quality_judgment(cid, annotator_id, choice, now):
