@@ -25,6 +25,7 @@ from annotate.models import (
     ComparisonVotes,
     Judgment,
     JudgmentSource,
+    JudgmentState,
     Lease,
     utcnow,
 )
@@ -179,14 +180,54 @@ def test_split_period_whole_days_and_signed_edges():
     assert quality.split_period(*short) == (None, [(*short, 1)])
 
 
-def test_appending_is_the_only_change_allowed(db, settings):
+# every field rollups refuses to change in place on a live judgment, with a different value for it; listed
+# here rather than read from rollups._APPEND_ONLY so that dropping a field there fails this test
+PROTECTED_CHANGES = {
+    "choice": lambda j, other: "tie",
+    "a_on_left": lambda j, other: not j.a_on_left,
+    "time_spent_ms": lambda j, other: j.time_spent_ms + 1_000,
+    "comparison_id": lambda j, other: other["cid"],
+    "annotator_id": lambda j, other: other["annotator_id"],
+    "is_probe": lambda j, other: True,
+    "was_gold": lambda j, other: True,
+    "created_at": lambda j, other: j.created_at - timedelta(days=2),
+    "source": lambda j, other: JudgmentSource.imported,
+}
+
+
+def test_the_protected_fields_are_the_ones_rollups_guards():
+    assert set(PROTECTED_CHANGES) == set(rollups._APPEND_ONLY)
+
+
+def _vote_rows(db):
+    with db.read() as s:
+        return _table_rows(s)
+
+
+@pytest.mark.parametrize("field", sorted(PROTECTED_CHANGES))
+def test_appending_is_the_only_change_allowed(db, settings, field):
     with db.begin() as s:
-        ann = make_user(s, "ann")
-        (cid,) = make_comparisons(s, 1, overlap=2)
-        done = judgments.submit(s, settings, actor=ann, comparison_id=cid, shown="left")
+        ann, bob = make_user(s, "ann"), make_user(s, "bob")
+        cid, other_cid = make_comparisons(s, 2, overlap=2)
+        done = judgments.submit(s, settings, actor=ann, comparison_id=cid, shown="left", time_spent_ms=5_000)
+    before = _vote_rows(db)
+    assert sum(before["comparison_votes"].get((cid,), ())) == 1
     with pytest.raises(ValueError, match="append-only"):
         with db.begin() as s:
-            s.get(Judgment, done.judgment_id).choice = "tie"
+            j = s.get(Judgment, done.judgment_id)
+            setattr(j, field, PROTECTED_CHANGES[field](j, {"cid": other_cid, "annotator_id": bob.id}))
+    assert _vote_rows(db) == before  # refused and rolled back: the counts are untouched
+    # the change that is allowed, retracting it (what undo does), commits and takes it out of the counts
+    with db.begin() as s:
+        j = s.get(Judgment, done.judgment_id)
+        j.state, j.retracted_at = JudgmentState.retracted, utcnow()
+    with db.read() as s:
+        assert s.get(Judgment, done.judgment_id).state == JudgmentState.retracted
+        after = _table_rows(s)
+    assert sum(after["comparison_votes"].get((cid,), ())) == 0
+    with db.begin() as s:
+        rollups.rebuild(s.connection())
+    _assert_same_rows(after, _vote_rows(db))
 
 
 @pytest.mark.postgres
@@ -263,6 +304,7 @@ def test_migration_0003_counts_existing_judgments(empty_url):  # noqa: F811 - th
         engine.dispose()
 
 
+@pytest.mark.postgres
 def test_concurrent_votes_on_comparisons_that_share_annotators_do_not_deadlock(pg_db, pg_clean_url, tmp_path):
     # Each last vote re-counts the other annotators' rows; with the same votes on every comparison
     # those rows are shared, and taken in different orders they deadlocked (seen in CI).
