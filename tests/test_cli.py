@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -134,6 +135,20 @@ def test_export_cli_writes_trl_jsonl(env, tmp_path, hh_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 2312
     assert {"prompt", "chosen", "rejected"} <= set(lines[0])
+    # Each row's chosen is its source row's chosen (the file's winner), not its rejected: comparisons are
+    # numbered in the file's order, and HH transcripts end with the response the row compares.
+    import gzip
+
+    with gzip.open(hh_path, "rt", encoding="utf-8") as f:
+        source = [json.loads(line) for line in f]
+    assert len(source) == len(lines)
+    for src, row in zip(source, sorted(lines, key=lambda r: r["comparison_id"])):
+        (chosen,), (rejected,) = row["chosen"], row["rejected"]
+        assert chosen["content"] != rejected["content"], row["comparison_id"]
+        assert src["chosen"].rstrip().endswith(chosen["content"]), (row["comparison_id"], chosen, src["chosen"][-300:])
+        assert src["rejected"].rstrip().endswith(rejected["content"]), (row["comparison_id"], rejected,
+                                                                         src["rejected"][-300:])
+        assert row["prompt"][0]["content"] in src["chosen"], row["comparison_id"]
     raw = tmp_path / "judgments.parquet"
     result = run(env, "export", "--format", "judgments-parquet", "--out", str(raw))
     assert result.returncode == 0, result.stderr
@@ -154,11 +169,18 @@ def test_retrain_once_writes_no_progress_bars_to_a_log(env, tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     assert run(env, "import", str(path)).returncode == 0
     result = run(env, "retrain", "--once")
-    assert result.returncode == 0, result.stderr
+    # Status 0 is also a skipped run, which loads no encoder: the check below would then prove nothing.
+    assert result.returncode == 0 and result.stdout.startswith("retrain succeeded"), (result.stdout, result.stderr)
     assert "Loading weights" not in result.stderr
-    # prefloop score loads the encoder too: a script capturing stderr gets no bars either, and an --out the
-    # system refuses is one line (it was a FileNotFoundError traceback).
+    # prefloop score loads the encoder too: a script capturing stderr gets no bars either.
     (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "Question 1", "response": "Water it."}) + "\n")
+    scores = tmp_path / "scores.jsonl"
+    scored = run(env, "score", "--file", str(tmp_path / "in.jsonl"), "--out", str(scores))
+    assert (scored.returncode, scored.stdout, scored.stderr) == (0, "", ""), scored
+    (row,) = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert {"reward", "uncertainty"} <= set(row), row
+    # An --out the system refuses is one line (it was a FileNotFoundError traceback). As root, /proc passes
+    # the check made before scoring, so the encoder loads first; as another user it is refused before that.
     scored = run(env, "score", "--file", str(tmp_path / "in.jsonl"), "--out", "/proc/scores.jsonl")
     assert scored.returncode == 2 and "cannot write '/proc/scores.jsonl'" in scored.stderr, scored.stderr
     assert "Loading weights" not in scored.stderr and "Traceback" not in scored.stderr
@@ -166,12 +188,35 @@ def test_retrain_once_writes_no_progress_bars_to_a_log(env, tmp_path):
 
 # --- errors an operator can cause: one line on stderr, a non-zero status, no traceback -------------------
 
+def _stderr_lines(result) -> list[str]:
+    """``result``'s stderr lines, less prefloop's warnings about unknown ``PREFLOOP_*`` variables (the
+    environment running the tests may hold one)."""
+    return [line for line in result.stderr.splitlines() if not line.startswith("prefloop: warning: ")]
+
+
 def one_line_error(result, *needles, status=2):
-    """``result`` failed with ``status`` and a short message containing every needle (no traceback)."""
+    """``result`` failed with ``status`` and one line, ``error: ...``, containing every needle (no traceback):
+    an error prefloop raises itself."""
     assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
+    lines = _stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for needle in needles:
-        assert needle in result.stderr, result.stderr
+        assert needle in lines[0], result.stderr
+    return result.stderr
+
+
+def usage_error(result, *needles):
+    """``result`` is argparse's refusal: status 2, the usage (its first line ``usage: prefloop``, any more
+    lines indented), then one ``prefloop ...: error: ...`` line containing every needle."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    *usage, error = _stderr_lines(result)
+    assert usage and usage[0].startswith("usage: prefloop"), result.stderr
+    assert all(line.startswith(" ") for line in usage[1:]), result.stderr
+    assert re.match(r"prefloop( [a-z-]+)*: error: ", error), result.stderr
+    for needle in needles:
+        assert needle in error, result.stderr
     return result.stderr
 
 
@@ -310,10 +355,10 @@ def test_users_actions_need_a_name_and_set_role_needs_a_role(env):
     assert run(env, "users", "add", "root", "--role", "admin", "--password-stdin",
                stdin="root-password\n").returncode == 0
     for action in ("add", "deactivate", "activate", "reset-password", "set-role", "rename"):
-        one_line_error(run(env, "users", action, stdin="another-password\n"), "required")
-    one_line_error(run(env, "users", "set-role", "root"), "--role")
-    one_line_error(run(env, "users", "deactivate", "root", "--role", "admin"), "unrecognized arguments")
-    one_line_error(run(env, "users", "list", "root"), "unrecognized arguments")
+        usage_error(run(env, "users", action, stdin="another-password\n"), "required")
+    usage_error(run(env, "users", "set-role", "root"), "--role")
+    usage_error(run(env, "users", "deactivate", "root", "--role", "admin"), "unrecognized arguments")
+    usage_error(run(env, "users", "list", "root"), "unrecognized arguments")
     assert run(env, "users", "list").stdout == "root\tadmin\tactive\n"
     assert run(env, "users", "set-role", "root", "--role", "annotator").returncode == 0
     assert run(env, "users", "list").stdout == "root\tannotator\tactive\n"
@@ -333,8 +378,8 @@ def admin_env(env, tmp_path):
 def test_export_with_a_date_that_is_not_iso_is_a_usage_error(admin_env, tmp_path):
     """Before: a ValueError traceback from datetime.fromisoformat."""
     for flag in ("--since", "--until"):
-        one_line_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", str(tmp_path / "a.jsonl"),
-                           flag, "yesterday"), "not an ISO date")
+        usage_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", str(tmp_path / "a.jsonl"),
+                        flag, "yesterday"), "not an ISO date")
     ok = run(admin_env, "export", "--format", "trl-jsonl", "--out", str(tmp_path / "a.jsonl"),
              "--since", "2020-01-01", "--until", "2999-01-01T00:00:00+00:00")
     assert ok.returncode == 0 and ok.stdout == f"wrote 3 rows to {tmp_path / 'a.jsonl'}\n"
@@ -349,8 +394,8 @@ def test_export_min_votes_and_an_empty_export_warns(admin_env, tmp_path):
     assert two.returncode == 0 and out.read_text() == ""
     assert two.stdout == f"wrote 0 rows to {out}\n" and "no rows matched" in two.stderr
     for bad in ("0", "two"):
-        one_line_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", str(out), "--min-votes", bad),
-                       "at least 1")
+        usage_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", str(out), "--min-votes", bad),
+                    "at least 1")
 
 
 @pytest.mark.parametrize("fmt, name", [("trl-jsonl", "x.jsonl"), ("datasets", "x"), ("judgments-csv", "x.csv")])
@@ -404,15 +449,20 @@ def test_import_overlap_beyond_the_apps_maximum_is_refused(env, tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"prompt": "p", "response_a": "x", "response_b": "y"}) + "\n")
     for bad in ("0", "21", "many"):
-        one_line_error(run(env, "import", str(path), "--overlap", bad), "--overlap")
+        usage_error(run(env, "import", str(path), "--overlap", bad), "--overlap")
     assert counts(env)["comparisons"] == 0
 
 
 def test_import_row_problems_say_nothing_was_imported_once(env, tmp_path):
     path = tmp_path / "huge.jsonl"
     path.write_text(json.dumps({"prompt": "p", "response_a": "x" * 60_000, "response_b": "y"}) + "\n")
-    err = one_line_error(run(env, "import", str(path)), "line 1: response_a is longer than")
-    assert err.count("nothing was imported") == 1
+    result = run(env, "import", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    # Not one line: a line saying nothing was imported, then one indented line per row problem.
+    header, problem = _stderr_lines(result)
+    assert header.startswith("error: 1 problem in huge.jsonl; nothing was imported"), result.stderr
+    assert problem.startswith("  line 1: response_a is longer than"), result.stderr
+    assert result.stderr.count("nothing was imported") == 1
     assert counts(env)["comparisons"] == 0
 
 
@@ -497,9 +547,14 @@ def test_a_misspelt_setting_is_warned_about_not_silently_ignored(env):
             "(did you mean PREFLOOP_DATABASE_URL?)") in result.stderr.splitlines(), result.stderr
 
 
-def test_commands_that_need_no_model_do_not_import_torch(env):
+def test_commands_that_need_no_model_do_not_import_torch(env, tmp_path):
     """Every command checks strategy names through ``rm.acquisition``; that must not load torch
-    (about a second per command), only commands that train or score do."""
+    (about a second per command), only commands that train or score do. import and export run for real
+    (with --help argparse exits before the command runs)."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"p{i}", "response_a": f"good {i}", "response_b": f"bad {i}",
+                                         "winner": "a"}) + "\n" for i in range(3)))
+    out = tmp_path / "prefs.jsonl"
     code = ("import runpy, sys\n"
             "sys.argv = ['prefloop', *sys.argv[1:]]\n"
             "try:\n"
@@ -507,11 +562,18 @@ def test_commands_that_need_no_model_do_not_import_torch(env):
             "except SystemExit as exc:\n"
             "    assert not exc.code, exc.code\n"
             "print('torch' in sys.modules, 'transformers' in sys.modules)\n")
-    for args in (["db", "upgrade"], ["users", "list"], ["import", "--help"], ["export", "--help"], ["score", "--help"]):
+    for args in (["db", "upgrade"], ["users", "add", "root", "--role", "admin", "--password-stdin"],
+                 ["users", "list"], ["import", str(pairs)], ["export", "--format", "trl-jsonl", "--out", str(out)],
+                 ["import", "--help"], ["export", "--help"], ["score", "--help"]):
         result = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
-                                timeout=300)
+                                input="root-password\n", timeout=300)
         assert result.returncode == 0, (args, result.stderr)
         assert result.stdout.strip().splitlines()[-1] == "False False", (args, result.stdout)
+        if args[0] == "import" and args[1] != "--help":
+            assert "added 3 comparisons" in result.stdout, result.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["prompt"], r["chosen"], r["rejected"]) for r in rows) == [
+        (f"p{i}", f"good {i}", f"bad {i}") for i in range(3)]
     e = dict(env, PREFLOOP_STRATEGY="bal")  # a strategy name is still checked, without torch
     result = run(e, "users", "list")
     assert result.returncode != 0 and "choose one of" in result.stderr
