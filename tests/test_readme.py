@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from annotate.cli import build_parser
-from annotate.settings import Settings
+from annotate.settings import Settings, unknown_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -68,13 +68,24 @@ def test_the_settings_tables_defaults_are_the_programs():
     assert Settings(data_dir=Path("/x")).sqlalchemy_url == "sqlite:////x/prefloop.db"
 
 
+# PREFLOOP_* variables the README may name that are not settings, each on purpose. Any name in tests/*.py
+# was accepted before, and test_cli.py spells settings wrong on purpose (PREFLOOP_DATABSE_URL, ...).
+TEST_VARIABLES = {"PREFLOOP_TEST_PG_URL", "PREFLOOP_NO_SKIPS", "PREFLOOP_HH_DATA"}  # tests/conftest.py's
+MISSPELT_EXAMPLES = {"PREFLOOP_DATABASE_URI": "PREFLOOP_DATABASE_URL"}  # the Settings section's warning example
+
+
 def test_every_setting_the_readme_names_exists():
-    """Every ``PREFLOOP_*`` in the README is a setting or a variable the tests or the Makefile read."""
+    """Every ``PREFLOOP_*`` in the README is a setting, one of the test suite's own variables, or the
+    misspelling the README shows being warned about."""
     settings = {f"PREFLOOP_{f.name.upper()}" for f in fields(Settings)}
     others = set(re.findall(r"PREFLOOP_[A-Z_]+[A-Z]", README)) - settings
-    sources = "".join(p.read_text(encoding="utf-8") for p in [ROOT / "Makefile", *(ROOT / "tests").glob("*.py")]
-                      if p.name != "test_readme.py")
-    assert {name for name in others if name not in sources} == set()
+    assert others - TEST_VARIABLES - set(MISSPELT_EXAMPLES) == set()
+    conftest = (ROOT / "tests" / "conftest.py").read_text(encoding="utf-8")
+    for name in TEST_VARIABLES:  # still read by the tests, and not warned about as a misspelling
+        assert f'os.environ.get("{name}"' in conftest and unknown_variables({name: "1"}) == [], name
+    for name, meant in MISSPELT_EXAMPLES.items():
+        assert unknown_variables({name: "x"}) == [
+            f"{name} is not a prefloop setting and is ignored (did you mean {meant}?)"]
 
 
 def test_the_readmes_settings_defaults_elsewhere_match_the_table():
@@ -87,30 +98,52 @@ def test_the_readmes_settings_defaults_elsewhere_match_the_table():
 # --- the command line -------------------------------------------------------------------------------------
 
 def options_of(parser: argparse.ArgumentParser) -> set[str]:
-    """Every option string of ``parser`` and of its subcommands."""
-    out: set[str] = set()
-    for action in parser._actions:
-        out.update(action.option_strings)
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                out |= options_of(sub)
-    return out
+    """The option strings of ``parser`` itself (not of its subcommands: 'users list --role' is no option)."""
+    return {option for action in parser._actions for option in action.option_strings}
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return sub.choices
+    found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return found[0].choices if found else {}
+
+
+def commands_of_line(line: str) -> list[tuple[str, argparse.ArgumentParser, str]]:
+    """(command, its parser, its words) for each command a line of the block shows: ``prefloop users
+    deactivate alice | activate alice | list`` shows three users commands; a ``|`` before anything but a
+    sibling command (``retrain --once | --watch``) goes on with the same command."""
+    words = line.split()
+    assert words[0] == "prefloop", line
+    out: list[tuple[str, argparse.ArgumentParser, str]] = []
+    parent, parser, path, rest = None, build_parser(), ["prefloop"], words[1:]
+    for n, segment in enumerate(" ".join(rest).split(" | ")):
+        seg_words = segment.split()
+        if n and seg_words and parent is not None and seg_words[0] in subcommands(parent):
+            parser, path = parent, path[:-1]  # a sibling: users deactivate ... | activate ...
+        elif n:
+            name, parser, text = out.pop()
+            out.append((name, parser, f"{text} | {segment}"))
+            continue
+        while seg_words and seg_words[0] in subcommands(parser):
+            parent, parser = parser, subcommands(parser)[seg_words[0]]
+            path.append(seg_words.pop(0))
+        assert len(path) > 1, line
+        out.append((" ".join(path), parser, " ".join(seg_words)))
+    return out
 
 
 def test_every_command_and_option_in_the_command_line_section_exists():
     block = re.search(r"```bash\n(.*?)```", section("Command line"), flags=re.S).group(1)
     commands = subcommands(build_parser())
+    option = r"(?<![\w-])--[a-z][a-z-]*"
     for line in block.replace("\\\n", " ").splitlines():
-        words = line.split("#")[0].split()
-        assert words[0] == "prefloop", line
-        assert words[1] in commands, line
-        for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", line.split("#")[0]):
-            assert option in options_of(commands[words[1]]), (words[1], option)
+        code, _, comment = line.partition("#")
+        shown = commands_of_line(code)
+        for command, parser, text in shown:  # each option on its own (sub)command's parser
+            for name in re.findall(option, text):
+                assert name in options_of(parser), (command, name)
+        # A comment's options are the line's first command's ('# or --file in.jsonl [--out out.jsonl]').
+        for name in re.findall(option, comment):
+            assert name in options_of(shown[0][1]), (shown[0][0], name, comment)
     users = subcommands(commands["users"])
     assert {"add", "deactivate", "activate", "reset-password", "set-role", "rename", "list"} <= set(users)
     for action in users:  # every users command is in the block
