@@ -83,6 +83,19 @@ def _press(at: AppTest, action: str, *, shown_s: float = 60.0):
     return button
 
 
+def _choose_strength(at: AppTest, cid: int, strength: int) -> None:
+    """Press the strength button (key 1, 2 or 3) of pair ``cid`` and let the page run."""
+    at.button(key=f"set_strength_{strength}_{cid}").click().run()
+
+
+def _strength_shown(at: AppTest, cid: int) -> int | None:
+    """The strength whose button the page draws as chosen (primary), or None."""
+    chosen = [value for value in judgments.STRENGTHS if at.button(key=f"set_strength_{value}_{cid}").proto.type
+              == "primary"]
+    assert len(chosen) <= 1, chosen
+    return chosen[0] if chosen else None
+
+
 def _undo_button(at: AppTest):
     """The latest render's undo button (its key changes every render)."""
     [button] = [b for b in at.button if b.key and re.fullmatch(r"undo_\d+", b.key)]
@@ -314,7 +327,7 @@ def test_pair_is_shown_and_a_better_records_the_canonical_choice(app_db, people)
 def test_strength_rationale_and_flags_are_recorded(app_db, people):
     at, annotator = _annotating(app_db, people, 2)
     cid, a_left = _shown_pair(at, app_db, annotator)
-    at.segmented_control(key=f"strength_{cid}").set_value(3)
+    _choose_strength(at, cid, 3)
     at.text_input(key=f"rationale_{cid}").input("more accurate")
     at.pills(key=f"flags_{cid}").set_value(["unsafe", "not_english"])
     at.run()
@@ -328,12 +341,40 @@ def test_strength_rationale_and_flags_are_recorded(app_db, people):
 def test_tie_ignores_strength(app_db, people):
     at, annotator = _annotating(app_db, people, 2)
     cid, _ = _shown_pair(at, app_db, annotator)
-    at.segmented_control(key=f"strength_{cid}").set_value(2)
-    at.run()
+    _choose_strength(at, cid, 2)
     _press(at, "judge_tie").click()
     at.run()
     [judgment] = _judgments(app_db, annotator)
     assert (judgment.choice, judgment.strength) == (Choice.tie, None)
+
+
+def test_strength_keys_choose_toggle_and_belong_to_the_pair_on_screen(app_db, people):
+    """Keys 1, 2, 3 are buttons with shortcuts: one chooses its strength, pressed again it clears it (and
+    stays cleared on the next runs), and a press left over from the previous pair changes nothing."""
+    at, annotator = _annotating(app_db, people, 3)
+    cid, _ = _shown_pair(at, app_db, annotator)
+    assert [at.button(key=f"set_strength_{v}_{cid}").proto.shortcut for v in (1, 2, 3)] == ["1", "2", "3"]
+    assert _strength_shown(at, cid) is None
+    _choose_strength(at, cid, 2)
+    assert _strength_shown(at, cid) == 2
+    _choose_strength(at, cid, 2)
+    assert _strength_shown(at, cid) is None
+    at.run()
+    assert _strength_shown(at, cid) is None  # the cleared choice is not brought back from the draft
+    _choose_strength(at, cid, 1)
+    _hold_inputs(at)
+    stale = at.button(key=f"set_strength_3_{cid}")
+    _choose_strength(at, cid, 3)
+    assert _strength_shown(at, cid) == 3
+    _press(at, "judge_left").click().run()
+    second, _ = _shown_pair(at, app_db, annotator)
+    assert _strength_shown(at, second) is None  # a new pair starts with none
+    stale.click().run()  # key 3 from the render that showed the first pair
+    assert not at.exception
+    assert _strength_shown(at, second) is None
+    assert at.session_state["pair_strength"] in ({}, {second: None})
+    _press(at, "judge_right").click().run()
+    assert [(j.comparison_id, j.strength) for j in _judgments(app_db, annotator)] == [(cid, 3), (second, None)]
 
 
 def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, people):
@@ -414,14 +455,14 @@ def test_a_press_on_a_probe_whose_judgment_another_tab_undid_records_nothing_aga
 
 
 def _fill(at: AppTest, cid: int, strength, rationale: str, flags: list[str]) -> None:
-    at.segmented_control(key=f"strength_{cid}").set_value(strength)
+    _choose_strength(at, cid, strength)
     at.text_input(key=f"rationale_{cid}").input(rationale)
     at.pills(key=f"flags_{cid}").set_value(flags)
     at.run()
 
 
 def _inputs_shown(at: AppTest, cid: int) -> tuple:
-    return (at.segmented_control(key=f"strength_{cid}").value, at.text_input(key=f"rationale_{cid}").value,
+    return (_strength_shown(at, cid), at.text_input(key=f"rationale_{cid}").value,
             at.pills(key=f"flags_{cid}").value)
 
 
@@ -500,7 +541,6 @@ def test_a_key_pressed_twice_acts_once_and_never_on_the_next_pair(app_db, people
     at, annotator = _annotating(app_db, people, 3)
     first, _ = _shown_pair(at, app_db, annotator)
     # The browser sends the values its render holds (AppTest would look up unset ones in session state).
-    at.segmented_control(key=f"strength_{first}").set_value(None)
     at.text_input(key=f"rationale_{first}").set_value("")
     at.pills(key=f"flags_{first}").set_value([])
     stale = _press(at, action).click()  # keeps its trigger: it belongs to the render showing `first`
@@ -523,7 +563,6 @@ def _hold_inputs(at: AppTest) -> None:
     """Make the next runs send the inputs this render holds, as the browser does (AppTest would look up
     unset ones in session state)."""
     for cid in [int(c.value.split("#")[1].split()[0]) for c in at.caption if c.value.startswith("Pair #")]:
-        at.segmented_control(key=f"strength_{cid}").set_value(None)
         at.text_input(key=f"rationale_{cid}").set_value("")
         at.pills(key=f"flags_{cid}").set_value([])
 

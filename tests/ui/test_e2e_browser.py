@@ -286,7 +286,7 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
                 assert page.evaluate(_TRUNCATED_JS) == [], width
                 assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth"), width
             page.set_viewport_size({"width": 1400, "height": 1000})
-            _shot(page, "annotate", page.get_by_text("Optional: strength, rationale, flags"))
+            _shot(page, "annotate", page.get_by_text("Optional: rationale, flags"))
 
             pressed: list[tuple[int, str]] = []
             for key in KEYS:
@@ -295,7 +295,7 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
                 before = _pair_on_screen(page)
                 if key == "b":
                     # Letters typed into the rationale must not fire the shortcuts.
-                    page.get_by_text("Optional: strength, rationale, flags").click()
+                    page.get_by_text("Optional: rationale, flags").click()
                     page.get_by_role("textbox", name="Rationale").fill(RATIONALE)
                     page.get_by_role("textbox", name="Rationale").press("a")
                     page.wait_for_timeout(500)
@@ -303,12 +303,17 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
                 # Focus the page body, not a text box, so the key reaches the shortcuts.
                 page.get_by_text("Which response is better?").click()
                 _settle(page)  # the blur commits the rationale in a run of its own
+                if key == "a":  # strength by key too: 2 (clearly better), then the judgment
+                    page.keyboard.press("2")
+                    _settle(page)
+                    expect(page.get_by_role("button", name=re.compile(r"^Clearly better"))).to_have_attribute(
+                        "kind", "primary")
                 page.keyboard.press(key)
                 expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(
                     re.compile(rf"Pair #{before}\b"))
                 pressed.append((before, key))
             expect(page.get_by_text("Judged today")).to_be_visible()
-            _shot(page, "annotate_after_three", page.get_by_text("Optional: strength, rationale, flags"))
+            _shot(page, "annotate_after_three", page.get_by_text("Optional: rationale, flags"))
 
             page.get_by_role("link", name="Guidelines").click()
             _shot(page, "guidelines", page.get_by_text("Judge, in this order:"))
@@ -354,6 +359,7 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
         assert row["a_on_left"] == stored[cid].a_on_left
         assert row["choice_shown"] == KEYS[key]
         assert row["rationale"] == (RATIONALE + "a" if key == "b" else None)
+        assert row["strength"] == (2 if key == "a" else None), row
         assert row["time_spent_ms"] is not None and row["time_spent_ms"] > 0
 
 

@@ -46,6 +46,7 @@ SENT_KEY = "pair_sent_inputs"  # comparison id -> the optional inputs its judgme
 UNDO_SERIAL_KEY = "undo_serial"  # renders that drew the undo button so far
 UNDO_ON_SCREEN_KEY = "undo_on_screen"  # the latest render's undo token; None once used
 BACK_KEY = "pair_back"  # the comparison the latest undo brought back (seen before: no MIN_SHOWN_S)
+STRENGTH_KEY = "pair_strength"  # {comparison id: strength or None} for the pair on screen (keys 1, 2, 3)
 # A judge or skip press that reaches the server sooner than this after its pair was first drawn is
 # refused with a toast, and the pair stays: a key pressed twice, the second time just after the next
 # pair arrived (say 300 ms apart, with the page back in 200 ms), would otherwise judge a pair the
@@ -83,7 +84,26 @@ def _keep(key: str, comparison_id: int, inputs: dict) -> None:
 
 
 def _input_keys(comparison_id: int) -> dict[str, str]:
-    return {name: f"{name}_{comparison_id}" for name in ("strength", "rationale", "flags")}
+    """The widget keys of the pair's rationale and flags (its strength is kept under STRENGTH_KEY)."""
+    return {name: f"{name}_{comparison_id}" for name in ("rationale", "flags")}
+
+
+def _strengths() -> dict[int, int | None]:
+    return st.session_state.setdefault(STRENGTH_KEY, {})
+
+
+def _inputs(comparison_id: int) -> dict:
+    """The optional inputs this session holds for the pair: strength, rationale, flags."""
+    return {"strength": _strengths().get(comparison_id),
+            **{name: st.session_state.get(key) for name, key in _input_keys(comparison_id).items()}}
+
+
+def _set_strength(comparison_id: int, strength: int) -> None:
+    """Keys 1, 2, 3: choose that strength for the pair on screen, or clear it if it was chosen already.
+    A press from an earlier render (the pair has gone) changes nothing."""
+    if _is_on_screen(comparison_id):
+        chosen = _strengths()
+        chosen[comparison_id] = None if chosen.get(comparison_id) == strength else strength
 
 
 def _is_on_screen(comparison_id: int) -> bool:
@@ -152,7 +172,7 @@ def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> Non
     actor, settings = _actor_now(), context.get_settings()
     if actor is None or (_is_on_screen(comparison_id) and _too_soon(comparison_id)):
         return
-    inputs = {name: st.session_state.get(key) for name, key in _input_keys(comparison_id).items()}
+    inputs = _inputs(comparison_id)
     strength = inputs["strength"] if shown in ("left", "right") else None
     rationale = inputs["rationale"] or None
     flags = list(inputs["flags"] or ())
@@ -198,6 +218,7 @@ def _undo(token: int) -> None:
         return
     # Shown again as it was judged: as sent from this session, else as stored (another tab, a new log-in).
     sent = _kept(SENT_KEY).pop(comparison_id, None)
+    _strengths().pop(comparison_id, None)  # restored below, like the widgets' values
     _keep(DRAFTS_KEY, comparison_id, sent if sent is not None else
           {"strength": undone.strength, "rationale": undone.rationale, "flags": list(undone.flags)})
     st.toast("Your last judgment was withdrawn; judge that pair again.", icon=":material/undo:")
@@ -266,7 +287,7 @@ timers.setdefault(cid, time.monotonic())
 st.session_state[ON_SCREEN_KEY] = cid
 
 st.caption(f"Pair #{cid} · keys: **A** left better · **B** right better · **T** tie · **X** both bad · "
-           "**S** skip · **U** undo last")
+           "**S** skip · **U** undo last · **1**/**2**/**3** how much better")
 with render.untrusted_area():
     with st.container(border=True):
         st.markdown("**Prompt**")
@@ -286,12 +307,24 @@ with st.container(horizontal=True):  # wraps onto a second row in a narrow windo
     _undo_button(st)
 
 keys = _input_keys(cid)
+chosen = _strengths()
+for gone in [k for k in chosen if k != cid]:  # as Streamlit forgets the widgets of a pair no longer drawn
+    del chosen[gone]
 for name, value in _kept(DRAFTS_KEY).get(cid, {}).items():
-    if keys[name] not in st.session_state and value:  # its widget was not drawn by the last run
+    if name == "strength":
+        if cid not in chosen and value:
+            chosen[cid] = value
+    elif keys[name] not in st.session_state and value:  # its widget was not drawn by the last run
         st.session_state[keys[name]] = value
-with st.expander("Optional: strength, rationale, flags", expanded=False):
-    strength = st.segmented_control("How much better (for A or B)?", options=list(judgments.STRENGTHS),
-                                    format_func=judgments.STRENGTHS.get, key=keys["strength"])
+strength = chosen.get(cid)
+# Buttons, not a segmented control, so that a key chooses the strength: 1, 2 or 3, then A or B.
+with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+    st.markdown("How much better? *(optional: a key, then **A** or **B**; again to clear)*", width="content")
+    for value, label in judgments.STRENGTHS.items():
+        st.button(label.capitalize(), key=f"set_strength_{value}_{cid}", shortcut=str(value),
+                  type="primary" if strength == value else "secondary", on_click=_set_strength,
+                  args=(cid, value), help="Ignored for a tie or both bad.")
+with st.expander("Optional: rationale, flags", expanded=False):
     rationale = st.text_input("Rationale", key=keys["rationale"], max_chars=judgments.MAX_RATIONALE_CHARS,
                               placeholder="Why? (optional)")
     st.caption(TYPING_HINT)
