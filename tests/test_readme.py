@@ -246,14 +246,14 @@ def test_make_run_gives_streamlit_the_upload_limit(stub_venv, tmp_path):
 # --- the demo's guidelines --------------------------------------------------------------------------------
 
 def key_rows(text: str) -> dict[str, str]:
-    return {key: meaning for keys, meaning in re.findall(r"^\| (`[A-Z]`(?: / `[A-Z]`)*) \| (.+?) \|$", text,
+    return {key: meaning for keys, meaning in re.findall(r"^\| (`[A-Z0-9]`(?:(?: / | )`[A-Z0-9]`)*) \| (.+?) \|$", text,
                                                           flags=re.M)
-            for key in re.findall(r"`([A-Z])`", keys)}
+            for key in re.findall(r"`([A-Z0-9])`", keys)}
 
 
 def test_the_demo_guidelines_name_the_keys_the_readme_does():
     """The default guidelines said U undoes 'your last judgment'; it undoes a skip too, if that came last."""
     guidelines = (ROOT / "annotate" / "demo" / "guidelines.md").read_text(encoding="utf-8")
     readme, shown = key_rows(section("Annotating")), key_rows(guidelines)
-    assert sorted(shown) == sorted(readme) == list("ABSTUX")
+    assert sorted(shown) == sorted(readme) == list("123ABGSTUX")
     assert "skip" in readme["U"] and "skip" in shown["U"]

@@ -478,10 +478,11 @@ def test_guidelines_are_shown_to_annotators_without_rendering_images_or_html(app
     texts = _rendered_markdown(at)
     assert any("Pick the **better** one" in t and "evil.example/q.png" in t for t in texts), texts
     _assert_inert(texts)
-    # ...and in the Guidelines popover next to every pair on the annotate page.
+    # ...and in the Guidelines dialog (key G) over every pair on the annotate page.
     with app_db.begin() as s:
         make_comparisons(s, 1)
     at = _open(annotator, "annotate.py")
+    at.button(key="show_guidelines").click().run()
     texts = _rendered_markdown(at)
     assert any("Pick the **better** one" in t for t in texts), texts
     _assert_inert(texts)

@@ -377,6 +377,14 @@ def test_strength_keys_choose_toggle_and_belong_to_the_pair_on_screen(app_db, pe
     assert [(j.comparison_id, j.strength) for j in _judgments(app_db, annotator)] == [(cid, 3), (second, None)]
 
 
+def test_the_page_has_the_keys_the_readme_lists(app_db, people):
+    from tests.test_readme import key_rows, section
+
+    at, _ = _annotating(app_db, people, 2)
+    shortcuts = sorted(b.proto.shortcut.upper() for b in at.button if b.proto.shortcut)
+    assert shortcuts == sorted(key_rows(section("Annotating")))
+
+
 def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, people):
     at, annotator = _annotating(app_db, people, 3)
     first, _ = _shown_pair(at, app_db, annotator)
@@ -755,7 +763,7 @@ def test_untrusted_text_is_rendered_inert(app_db, people):
 # --------------------------------------------------------------------------- guidelines and admin pages
 
 
-def test_guidelines_popover_and_admin_edit(app_db, people):
+def test_guidelines_by_key_and_admin_edit(app_db, people):
     at = _login(_app(), "boss")
     at.switch_page(_page("guidelines.py"))
     at.run()
@@ -770,6 +778,11 @@ def test_guidelines_popover_and_admin_edit(app_db, people):
         make_comparisons(session, 1)
     at.switch_page(_page("annotate.py"))
     at.run()
+    assert "# House rules\n\nBe kind." not in _texts(at)  # one key away, not on the page
+    [button] = [b for b in at.button if b.key == "show_guidelines"]
+    assert button.proto.shortcut.upper() == "G"
+    button.click().run()
+    assert not at.exception
     assert "# House rules\n\nBe kind." in _texts(at)
 
 

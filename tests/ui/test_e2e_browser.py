@@ -288,6 +288,17 @@ def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
             page.set_viewport_size({"width": 1400, "height": 1000})
             _shot(page, "annotate", page.get_by_text("Optional: rationale, flags"))
 
+            # G: the guidelines over the pair; Esc closes them and the pair is the same.
+            _settle(page)
+            before = _pair_on_screen(page)
+            page.get_by_text("Which response is better?").click()
+            page.keyboard.press("g")
+            expect(page.get_by_role("dialog")).to_contain_text("Judge, in this order:")
+            _shot(page, "annotate_guidelines", page.get_by_role("dialog").get_by_text("Open the guidelines page"))
+            page.keyboard.press("Escape")
+            expect(page.get_by_role("dialog")).to_have_count(0)
+            assert _pair_on_screen(page) == before
+
             pressed: list[tuple[int, str]] = []
             for key in KEYS:
                 # The previous pair's widgets are replaced by this run: let it finish before typing.

@@ -232,6 +232,13 @@ def _undo_button(column) -> None:
                   icon=":material/undo:", width="stretch")
 
 
+@st.dialog("Guidelines", width="large")
+def _guidelines(text: str) -> None:
+    """Key G: the guidelines over the pair, which stays as it was (Esc or the cross closes them)."""
+    st.markdown(render.safe_markdown(text), unsafe_allow_html=False)  # no remote images
+    st.page_link("annotate/ui/pages/guidelines.py", label="Open the guidelines page", icon=":material/open_in_new:")
+
+
 def _is_long(text: str) -> bool:
     return len(text) > 900 or text.count("\n") > 14
 
@@ -264,10 +271,10 @@ with st.container(horizontal=True, vertical_alignment="bottom", gap="medium"):
             st.metric("Remaining", progress.remaining)
         done = progress.judged_total + progress.remaining
         st.progress(progress.judged_total / done if done else 1.0)
-    help_box = st.popover("Guidelines", icon=":material/menu_book:", width="content")
-with help_box:
-    st.markdown(render.safe_markdown(options.guidelines), unsafe_allow_html=False)  # no remote images
-    st.page_link("annotate/ui/pages/guidelines.py", label="Open the guidelines page", icon=":material/open_in_new:")
+    show_guidelines = st.button("Guidelines", key="show_guidelines", shortcut="G", icon=":material/menu_book:",
+                                width="content", help="The campaign's guidelines, over this pair (Esc closes them).")
+if show_guidelines:
+    _guidelines(options.guidelines)
 
 if assignment is None:
     # Not "reload the page": a reload starts a new browser session, which is logged out.
