@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timezone, tzinfo
+from datetime import datetime, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
@@ -214,6 +214,36 @@ def browser_zone() -> tzinfo:
         return zone(st.context.timezone)
     except Exception:  # no browser behind the run (a script, AppTest)
         return timezone.utc
+
+
+def zone_label() -> str:
+    """The browser's time zone as the admin pages name it: its IANA key ("Europe/Berlin"), or "UTC"."""
+    return str(browser_zone())
+
+
+def local_time(value: datetime | None) -> datetime | None:
+    """A stored time (UTC; a naive one is read as UTC) as the wall clock of the browser's time zone,
+    naive, for display: in text with :func:`zone_label` beside it, in tables under a caption that names it."""
+    if value is None:
+        return None
+    aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return aware.astimezone(browser_zone()).replace(tzinfo=None)
+
+
+def shown_time(value: datetime, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """``value`` in the browser's time zone, formatted, with the zone named: "2026-11-28 19:27 (Europe/Berlin)"."""
+    return f"{local_time(value):{fmt}} ({zone_label()})"
+
+
+def local_rows(rows: list[dict]) -> list[dict]:
+    """Table rows with every datetime value as :func:`local_time` shows it."""
+    return [{key: local_time(value) if isinstance(value, datetime) else value for key, value in row.items()}
+            for row in rows]
+
+
+def times_caption() -> None:
+    """The line under a table with times in it."""
+    st.caption(f"Times in {zone_label()}, your browser's time zone.")
 
 
 def run_action(action, success: str, *, flash_key: str) -> None:

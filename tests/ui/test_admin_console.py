@@ -75,14 +75,48 @@ def test_overview_shows_the_seeded_figures(app_db, people):
 
 
 def test_overview_hour_chart_is_in_utc_and_says_so(app_db, people):
-    """Vega-Lite draws times in the viewer's zone unless told UTC; the hours are UTC hours."""
+    """No browser zone (AppTest has none): UTC, and the axis says whose. The hours are UTC instants (an aware
+    column) that Vega-Lite draws on the browser's clock (local time units, no utc), as the axis's
+    domain is given (the browser test draws it in Kolkata)."""
     import json
 
     _seed(app_db, people)
     at = _open(people[1], "overview.py")
     [chart] = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
-    assert chart["encoding"]["x"]["timeUnit"] == "utcyearmonthdatehours"
+    assert chart["encoding"]["x"]["timeUnit"] == chart["encoding"]["x2"]["timeUnit"] == "yearmonthdatehoursminutes"
     assert chart["encoding"]["x"]["title"] == "hour (UTC)"
+    assert not any(d.get("utc") for d in chart["encoding"]["x"]["scale"]["domain"])
+
+
+def test_admin_times_follow_the_browsers_time_zone(app_db, people, monkeypatch):
+    """In Kolkata (UTC+5:30, a half-hour zone) the overview's times, its hour chart and the audit table read
+    the browser's wall clock and name its zone."""
+    import json
+    import re
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from annotate.ui import context
+
+    _seed(app_db, people)
+    with app_db.begin() as s:
+        s.add(AuditEvent(actor_id=people[1].id, action="user.create", detail={"username": "x"},
+                         created_at=datetime(2026, 3, 1, 20, 15)))
+    monkeypatch.setattr(context, "browser_zone", lambda: ZoneInfo("Asia/Kolkata"))
+    at = _open(people[1], "overview.py")
+    [as_of] = [c.value for c in at.caption if c.value.startswith("As of")]
+    shown = datetime.strptime(re.search(r"As of (\S+ \S+) \(Asia/Kolkata\)", as_of).group(1), "%Y-%m-%d %H:%M:%S")
+    now = datetime.now(ZoneInfo("Asia/Kolkata")).replace(tzinfo=None)
+    assert timedelta(0) <= now - shown < timedelta(minutes=5), (as_of, now)
+    [chart] = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert chart["encoding"]["x"]["title"] == "hour (Asia/Kolkata)"
+    assert {d["minutes"] for d in chart["encoding"]["x"]["scale"]["domain"]} == {30}  # UTC hours at :30 there
+
+    at = _open(people[1], "audit.py")
+    [frame] = at.dataframe
+    when = frame.value.loc[frame.value["action"] == "user.create", "when"].tolist()
+    assert datetime(2026, 3, 2, 1, 45) in [w.to_pydatetime() for w in when]
+    assert "Times in Asia/Kolkata, your browser's time zone." in [c.value for c in at.caption]
 
 
 def test_overview_before_any_run_states_the_whole_first_retrain_rule(app_db, people):

@@ -420,7 +420,7 @@ def test_the_promotion_reason_reads_as_a_sentence(app_db, people):
     _add_active_version(app_db, "only 26 decisive held-out pairs (fewer than 30), too few to compare accuracies")
     at = _open(people[1], "models.py")
     [caption] = [c.value for c in at.caption if c.value.startswith("Trained on 73 judgments")]
-    assert "UTC. Only 26 decisive held-out pairs" in caption, caption
+    assert "(UTC). Only 26 decisive held-out pairs" in caption, caption
 
 
 @pytest.mark.parametrize("n_test, warned", [(1, True), (29, True), (30, False)])

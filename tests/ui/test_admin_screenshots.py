@@ -10,6 +10,7 @@ skips) when either is missing. Server start and login follow
 from __future__ import annotations
 
 import random
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -125,7 +126,9 @@ def test_admin_console_pages_render_and_are_captured(server, seeded):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+            # A half-hour zone: the pages show times on this browser's clock (st.context.timezone).
+            page = browser.new_context(viewport={"width": 1500, "height": 1100},
+                                       timezone_id="Asia/Kolkata").new_page()
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(server)
             page.get_by_role("textbox", name="Username").fill("root")
@@ -136,6 +139,8 @@ def test_admin_console_pages_render_and_are_captured(server, seeded):
             page.get_by_role("link", name="Overview").click()
             expect(page.get_by_text("Judgments per hour")).to_be_visible()
             expect(page.get_by_test_id("stMetric").filter(has_text="Comparisons")).to_contain_text("100")
+            # Chromium names the zone by its older alias.
+            expect(page.get_by_text(re.compile(r"^As of \S+ \S+ \(Asia/(Kolkata|Calcutta)\) \(figures"))).to_be_visible()
             written.append(_shot(page, "overview", page.get_by_text("Reward model", exact=True)))
 
             page.get_by_role("link", name="Annotators").click()

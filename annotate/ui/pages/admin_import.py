@@ -112,7 +112,7 @@ if importing and done is None:
     with context.stop_on_errors(), db.read() as session:
         batch = dashboard.import_of(session, actor=actor, file_hash=digest, since=running[1])
     if batch is not None:
-        done = (f"Imported as batch {batch['id']} at {batch['created_at']:%H:%M:%S} UTC "
+        done = (f"Imported as batch {batch['id']} at {context.shown_time(batch['created_at'], '%H:%M:%S')} "
                 "(its counts are in the Audit log).")
         st.session_state[IMPORTED_KEY] = (digest, done)
         st.session_state.pop(IMPORTING_KEY, None)
@@ -126,7 +126,7 @@ if done is None and not importing:
 if earlier is not None:
     st.info(safe_markdown(
         f"This file was imported before (last as batch {earlier['id']}, {earlier['filename']}, at "
-        f"{earlier['created_at']:%Y-%m-%d %H:%M} UTC): its pairs are already here, so importing it again adds "
+        f"{context.shown_time(earlier['created_at'])}): its pairs are already here, so importing it again adds "
         "nothing, whatever the options (its counts are in the Audit log)."), icon=":material/content_copy:")
 n_known = summary["known"]
 if done is None and earlier is None and n_known and known_winner == "judgment" and overlap <= 1:

@@ -159,7 +159,8 @@ with db.read() as session:
     users = [{"username": u.username, "role": u.role.value, "active": u.active,
               "locked_until": u.locked_until, "created_at": u.created_at} for u in rows]
     _states, _ids = {u.username: _state(u) for u in rows}, {u.username: u.id for u in rows}
-st.dataframe(users, hide_index=True)
+st.dataframe(context.local_rows(users), hide_index=True)
+context.times_caption()
 names = [u["username"] for u in users]
 # After a rename the user box still holds the old name, and so does a second press of Rename sent before
 # the page came back (a double click): both show the account under its new name, with the confirmation, and

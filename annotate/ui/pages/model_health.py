@@ -73,7 +73,8 @@ if not mh.versions:
     st.info("No model trained yet. The charts below fill in after the first retrain.")
 else:
     st.subheader("Versions")
-    st.dataframe(pd.DataFrame(mh.versions), hide_index=True, key="versions_table")
+    st.dataframe(pd.DataFrame(context.local_rows(mh.versions)), hide_index=True, key="versions_table")
+    context.times_caption()
 
 left, right = st.columns(2)
 with left:
@@ -151,4 +152,5 @@ else:
 
 if mh.runs:
     with st.expander("Recent training runs"):
-        st.dataframe(pd.DataFrame(mh.runs), hide_index=True)
+        st.dataframe(pd.DataFrame(context.local_rows(mh.runs)), hide_index=True)
+        context.times_caption()

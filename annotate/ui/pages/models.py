@@ -73,7 +73,7 @@ else:
     gate = _gate(active, board["versions"]) or ""  # starts in lower case ("first model", "only 26 decisive ...")
     st.caption(f"Trained on {active['n_train'] or 0:,} judgments, tested on {active['n_test'] or 0:,} held-out ones "
                "(ties among them: the accuracy counts those with a winner); "
-               f"promoted {active['promoted_at']:%Y-%m-%d %H:%M} UTC. {gate[:1].upper()}{gate[1:]}")
+               f"promoted {context.shown_time(active['promoted_at'])}. {gate[:1].upper()}{gate[1:]}")
     if (active["n_test"] or 0) < retrain.MIN_HELD_OUT_PAIRS:
         st.warning(f"Tested on only {active['n_test'] or 0} held-out judgments (fewer than "
                    f"{retrain.MIN_HELD_OUT_PAIRS}): these figures are noise until more labels arrive.",
@@ -100,7 +100,8 @@ def _version_rows(versions: list[dict]) -> list[dict]:
 
 st.subheader("Versions")
 if board["versions"]:
-    st.dataframe(_version_rows(board["versions"]), hide_index=True, width="stretch")
+    st.dataframe(context.local_rows(_version_rows(board["versions"])), hide_index=True, width="stretch")
+    context.times_caption()
 else:
     st.caption("None yet.")
 
@@ -115,7 +116,8 @@ elif running:
     st.info(f"Run {running[0]['id']} stopped at step {running[0]['step']} without finishing (its process is "
             "gone); the next run marks it failed. Retrain now starts a new one.")
 if board["runs"]:
-    st.dataframe(board["runs"], hide_index=True, width="stretch")
+    st.dataframe(context.local_rows(board["runs"]), hide_index=True, width="stretch")
+    context.times_caption()
 else:
     st.caption("None yet.")
 

@@ -32,14 +32,16 @@ if right.button("Refresh", key="overview_refresh", icon=":material/refresh:"):
     _overview.clear()
 with context.stop_on_errors():
     ov = _overview(settings.sqlalchemy_url, actor.id, period)
-st.caption(f"As of {ov.now:%Y-%m-%d %H:%M:%S} UTC (figures are kept for {CACHE_SECONDS} s; Refresh recounts).")
+st.caption(f"As of {context.shown_time(ov.now, '%Y-%m-%d %H:%M:%S')} (figures are kept for {CACHE_SECONDS} s; Refresh recounts).")
 if not ov.comparisons:  # a new campaign: where a new admin lands, with every figure 0
     st.info("Nothing to annotate yet: import prompts and responses on the Import page, then add annotators "
             "on the Users page.", icon=":material/upload_file:")
 
 
-def _utc_datetime(t) -> alt.DateTime:
-    return alt.DateTime(year=t.year, month=t.month, date=t.day, hours=t.hour, utc=True)
+def _browser_clock(t) -> alt.DateTime:
+    """A wall-clock time of the browser's zone as Vega-Lite reads a DateTime without ``utc``: in the
+    viewer's zone, which is the browser's (the data are UTC instants, drawn in that zone too)."""
+    return alt.DateTime(year=t.year, month=t.month, date=t.day, hours=t.hour, minutes=t.minute)
 
 
 def _duration(ms: float | None) -> str:
@@ -72,17 +74,23 @@ else:
 
 st.subheader("Judgments per hour")
 if ov.per_hour:
-    frame = pd.DataFrame(ov.per_hour, columns=["hour", "judgments"])
+    # UTC instants (an aware column: the browser read naive ones as its own wall clock, which moved the
+    # bars by its offset against the axis), drawn by Vega-Lite on the browser's clock, whose zone
+    # st.context.timezone names. Counted per UTC hour: in a half-hour zone a bar starts at :30.
+    frame = pd.DataFrame([(hour, hour + timedelta(hours=1), n) for hour, n in ov.per_hour],
+                         columns=["hour", "end", "judgments"])
+    hour_title = f"hour ({context.zone_label()})"
     # The whole period on the axis, to the end of the current hour: scaled to the data, one busy hour
     # filled the chart and its axis read "04:00, 04:00, 05:00" (half-hour ticks written as hours).
-    end = ov.now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    domain = [_utc_datetime(end - PERIODS[period] - timedelta(hours=1)), _utc_datetime(end)]
+    end = context.local_time(ov.now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
+    domain = [_browser_clock(end - PERIODS[period] - timedelta(hours=1)), _browser_clock(end)]
+    unit = "yearmonthdatehoursminutes"
     chart = alt.Chart(frame).mark_bar().encode(
-        # utc…: Vega-Lite would otherwise draw the UTC hours in the viewer's time zone.
-        x=alt.X("utcyearmonthdatehours(hour):T", title="hour (UTC)", scale=alt.Scale(domain=domain)),
-        y=alt.Y("judgments:Q", title="judgments"),
-        tooltip=[alt.Tooltip("utcyearmonthdatehours(hour):T", title="hour (UTC)", format="%Y-%m-%d %H:00"),
-                 "judgments:Q"])
+        # A bar spans its hour (x to x2): a minutes time unit alone drew hairlines.
+        x=alt.X(f"{unit}(hour):T", title=hour_title, scale=alt.Scale(domain=domain)),
+        x2=alt.X2(f"{unit}(end):T"),
+        y=alt.Y("judgments:Q", title="judgments"), y2=alt.datum(0),
+        tooltip=[alt.Tooltip(f"{unit}(hour):T", title=hour_title, format="%Y-%m-%d %H:%M"), "judgments:Q"])
     st.altair_chart(chart, width="stretch")
 else:
     st.info("No judgments in this period.")
@@ -102,12 +110,12 @@ cols.metric("Labels until next retrain", ov.labels_until_retrain,
 if ov.last_run is not None:
     when = ov.last_run["finished_at"] or ov.last_run["started_at"]
     st.caption(f"Last training run #{ov.last_run['id']}: {ov.last_run['status']} "
-               f"at {when:%Y-%m-%d %H:%M} UTC. {ov.labels_since_last_run:,} new judgments since.")
+               f"at {context.shown_time(when)}. {ov.labels_since_last_run:,} new judgments since.")
 # The watcher's own rule (annotate.retrain.check_due), the wait after failed runs included.
 if ov.retrain_due:
     st.caption(f"Next retrain: due now ({ov.retrain_reason}), if `prefloop retrain --watch` runs.")
 elif ov.next_retrain_at is not None:
-    st.caption(f"Next retrain: not before {ov.next_retrain_at:%Y-%m-%d %H:%M} UTC ({ov.retrain_reason}), "
+    st.caption(f"Next retrain: not before {context.shown_time(ov.next_retrain_at)} ({ov.retrain_reason}), "
                "if `prefloop retrain --watch` runs; on time only once a new judgment arrived.")
 elif ov.last_run is None:
     st.caption(f"No training run yet: the watcher trains the first model after {ov.retrain_every_labels} "

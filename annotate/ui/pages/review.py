@@ -49,9 +49,10 @@ if rv.judgments:
         "id": j.id, "annotator": j.annotator or f"({j.source})", "choice": j.choice, "strength": j.strength,
         "shown": None if j.a_on_left is None else ("A left" if j.a_on_left else "A right"),
         "time_s": None if j.time_spent_ms is None else j.time_spent_ms / 1000, "probe": j.is_probe,
-        "gold": j.was_gold, "state": j.state, "flags": ", ".join(j.flags), "created_at": j.created_at,
+        "gold": j.was_gold, "state": j.state, "flags": ", ".join(j.flags), "created_at": context.local_time(j.created_at),
     } for j in rv.judgments])
     st.dataframe(frame, hide_index=True, key="review_judgments")
+    context.times_caption()
     for j in rv.judgments:
         if j.rationale:
             with st.container(border=True):
