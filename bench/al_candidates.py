@@ -263,6 +263,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=sim.REPEATS)
     p.add_argument("--cold-start", type=int, default=64, help="the app's default PREFLOOP_COLD_START")
     p.add_argument("--cache-dir", default=str(ROOT / ".prefloop" / "cache"))
+    p.add_argument("--members", type=int, default=None,
+                   help="ensemble size for every strategy's model, random's too (the app's: rm.train.TrainConfig)")
     args = p.parse_args()
     for name in args.strategy:
         get_strategy(name)  # unknown names fail before any work
@@ -272,12 +274,16 @@ def main() -> None:
     t0 = time.perf_counter()
     data = sim.load_dataset(args.data, embedder=sim.make_embedder(args.cache_dir)).pairs
     names = ["random"] + [s for s in args.strategy if s != "random"]
+    from rm.train import TrainConfig
+
+    config = TrainConfig(n_members=args.members) if args.members else None
     curves = sim.run_simulation(data, names, range(args.first_seed, args.first_seed + args.seeds),
-                                cold_start=args.cold_start, repeats=args.repeats)
+                                cold_start=args.cold_start, repeats=args.repeats, config=config)
     comparisons = [sim.compare(c, curves[0]) for c in curves[1:]]
     print(sim.format_report(curves, comparisons))
     print(f"\nseeds {args.first_seed}-{args.first_seed + args.seeds - 1}, {args.repeats} replays, "
-          f"cold start {args.cold_start}; {time.perf_counter() - t0:.0f} s")
+          f"cold start {args.cold_start}, {args.members or TrainConfig().n_members} members; "
+          f"{time.perf_counter() - t0:.0f} s")
     for c in comparisons:
         along = " / ".join(f"{s * 100:.0f}%" if np.isfinite(s) else "not reached" for _, s in c.savings_along)
         print(f"{c.strategy:26s} AUC {c.auc_gain:+.2f} ({c.auc_gain_ci[0]:+.2f} to {c.auc_gain_ci[1]:+.2f})  "
