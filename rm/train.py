@@ -245,6 +245,24 @@ def _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, theta, confi
     return int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
 
 
+def _snapshot(heads, theta) -> dict:
+    state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+    return dict(state, **({"theta": theta.detach().clone()} if theta is not None else {}))
+
+
+def _restore(heads, theta, state: dict) -> None:
+    state = dict(state)
+    with torch.no_grad():
+        if theta is not None:
+            theta.copy_(state.pop("theta"))
+        heads.load_state_dict(state)
+
+
+def _all_finite(heads, theta) -> bool:
+    tensors = list(heads.parameters()) + ([theta] if theta is not None else [])
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config) -> int:
     """Full-batch Adam with per-member early stopping on validation (out-of-bag) pairs."""
     l2 = effective_l2(config) / len(ia_t)  # losses below are means
@@ -333,7 +351,17 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
         w_t = w_t / w_t.sum(dim=1, keepdim=True).clamp(min=1.0)
         v_t = torch.from_numpy(val.astype(np.float32))
         if config.hidden == 0 and config.optimizer == "lbfgs":
-            step = _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, theta, config)
+            start_state = _snapshot(heads, theta)
+            try:
+                step = _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, theta, config)
+                diverged = not _all_finite(heads, theta)
+            except RuntimeError:  # the line search's step overflowed float32
+                diverged = True
+            if diverged:
+                # A handful of separable labels with ties: ε's fit has no bound, and L-BFGS's line search
+                # ran away (1 seed in 60 at 12 pairs). Adam's steps are bounded; start again with it.
+                _restore(heads, theta, start_state)
+                step = _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config)
         else:
             step = _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config)
         params = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in heads.state_dict().items()}

@@ -253,3 +253,25 @@ def test_a_feature_constant_in_training_does_not_blow_up_mlp_rewards():
     r_train, r_other = ens.rewards(feat[:20]), ens.rewards(other_prompt)
     assert np.isfinite(r_other).all()
     assert np.abs(r_other).max() < 10 * np.abs(r_train).max() + 1
+
+
+def test_a_few_separable_labels_with_a_tie_train_where_lbfgs_runs_away():
+    """Twelve pairs in 768 dimensions, one a tie (the demo's first retrain after 16 labels): the fitted ε has
+    no bound there, and on this seed L-BFGS's line search overflowed float32 ("value cannot be converted to
+    type float without overflow", a failed run in the app). Training falls back to Adam and gives finite
+    rewards that follow the labels."""
+    rng = np.random.default_rng(51)
+    n = 12
+    feat = rng.normal(size=(2 * n, 768)).astype(np.float32)
+    out = rng.choice([A_WINS, B_WINS, A_WINS, B_WINS, A_WINS, TIE], size=n).astype(np.int8)
+    out[0] = TIE
+    strength = rng.choice([0, 0, 1, 2, 3], size=n).astype(np.int8)
+    strength[out == TIE] = 0
+    data = PairData(feat=feat, ia=np.arange(n), ib=np.arange(n, 2 * n), outcome=out, strength=strength,
+                    group=np.array([f"p{i % 9}" for i in range(n)]))
+    ens = train_ensemble(data, TrainConfig(), seed=51)
+    rewards = ens.rewards(feat)
+    assert np.isfinite(rewards).all() and all(np.isfinite(v).all() for v in ens.params.values())
+    decisive = out != TIE
+    gap = rewards[:n] - rewards[n:]
+    assert ((gap > 0) == (out == A_WINS))[decisive].mean() >= 0.9  # it learned its training labels
