@@ -71,9 +71,13 @@ def get_options(session: Session, settings: Settings) -> CampaignOptions:
     return replace(base, **saved) if saved else base
 
 
-def update_options(session: Session, settings: Settings, *, actor: Actor, **changes) -> CampaignOptions:
-    """Save changed options (admin only), validated, and audit the change."""
-    require_admin(session, actor)
+def update_options(session: Session, settings: Settings, *, actor: Actor | None, system: bool = False,
+                   **changes) -> CampaignOptions:
+    """Save changed options (admin only; ``system=True`` for the operator's own commands, such as the demo),
+    validated, and audit the change."""
+    if not system:
+        require_admin(session, actor)
+    by = actor.id if actor is not None else None
     current = get_options(session, settings)
     unknown = set(changes) - {f.name for f in fields(CampaignOptions)}
     if unknown:
@@ -85,9 +89,9 @@ def update_options(session: Session, settings: Settings, *, actor: Actor, **chan
     for key, value in changed.items():
         row = session.get(AppSetting, key)
         if row is None:
-            session.add(AppSetting(key=key, value=value, updated_by_id=actor.id))
+            session.add(AppSetting(key=key, value=value, updated_by_id=by))
         else:
-            row.value, row.updated_by_id, row.updated_at = value, actor.id, utcnow()
+            row.value, row.updated_by_id, row.updated_at = value, by, utcnow()
     if changed:
         audit(session, actor, "settings.update",
               changes={k: (v if k != "guidelines" else f"{len(v)} characters") for k, v in changed.items()})

@@ -100,30 +100,51 @@ def test_demo_prints_credentials_once(env):
     assert counts(env)["comparisons"] == 54
 
 
-def test_judging_the_whole_demo_once_triggers_the_first_retrain(env):
-    """``make run``'s demo shows the loop: one annotator judging every demo pair reaches the default
-    'retrain every N new labels' (with 36 pairs for 50 labels the watcher only retrained on its timer)."""
+def test_the_demo_campaign_turns_the_loop_while_one_annotator_works(env):
+    """``make run``'s demo shows the loop: a new demo campaign retrains after 16 labels and orders the queue
+    by the strategy from then on (the defaults, 50 and 64, gave one model at best on 54 pairs and never an
+    ordered queue). Run again, the demo leaves an admin's own choice alone."""
     from datetime import timedelta
 
-    from annotate import retrain
-    from annotate.models import utcnow
+    from annotate import campaign, retrain
+    from annotate.accounts import Actor
+    from annotate.models import AuditEvent, Role, utcnow
     from annotate.settings import load_settings
 
     assert run(env, "demo").returncode == 0
     settings = load_settings(env)
     db = Database(create_db_engine(env["PREFLOOP_DATABASE_URL"]))
     try:
+        with db.read() as s:
+            options = campaign.get_options(s, settings)
+            assert (options.retrain_every_labels, options.cold_start, options.batch_size) == (16, 16, 8)
+            [event] = s.scalars(select(AuditEvent).where(AuditEvent.action == "settings.update")).all()
+            assert event.actor_id is None and set(event.detail["changes"]) == {
+                "retrain_every_labels", "cold_start", "batch_size"}
         with db.begin() as s:
             annotator = s.scalar(select(User.id).where(User.username == "annotator"))
-            for cid in s.scalars(select(Comparison.id)):
+            for cid in s.scalars(select(Comparison.id).limit(15)):
                 s.add(Judgment(comparison_id=cid, annotator_id=annotator, choice="a", a_on_left=True,
                                time_spent_ms=4000))
+        since = utcnow() - timedelta(minutes=1)
         with db.read() as s:
-            check = retrain.check_due(s, settings, since=utcnow() - timedelta(minutes=1))
+            assert not retrain.check_due(s, settings, since=since).due
+        with db.begin() as s:
+            cid = s.scalar(select(Comparison.id).order_by(Comparison.id.desc()).limit(1))
+            s.add(Judgment(comparison_id=cid, annotator_id=annotator, choice="b", a_on_left=True, time_spent_ms=4000))
+        with db.read() as s:
+            check = retrain.check_due(s, settings, since=since)
+        assert check.due and check.new_judgments == 16, check.reason
+
+        with db.begin() as s:
+            admin = s.scalar(select(User).where(User.username == "admin"))
+            campaign.update_options(s, settings, actor=Actor(admin.id, admin.username, Role.admin),
+                                    retrain_every_labels=40)
+        assert run(env, "demo").returncode == 0
+        with db.read() as s:
+            assert campaign.get_options(s, settings).retrain_every_labels == 40
     finally:
         db.dispose()
-    assert check.new_judgments >= settings.retrain_every_labels
-    assert check.due, check.reason
 
 
 def test_export_cli_writes_trl_jsonl(env, tmp_path, hh_path):

@@ -2,9 +2,10 @@
 
 The dataset (``demo.jsonl``, k-wise format: every pair of a prompt's three
 responses becomes a comparison) was written for this project. Its 18 prompts
-give 54 pairs, so one annotator judging them all reaches the default
-"retrain every 50 new labels" and the watcher trains the first model: keep it
-at least that big.
+give 54 pairs. The campaign's defaults (retrain every 50 new labels, random
+order for the first 64) would show one model at best and never an ordered
+queue, so a new demo campaign sets ``DEMO_OPTIONS``: the loop turns three times
+while one annotator works through it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from importlib import resources
 
 from sqlalchemy import select
 
-from annotate import accounts, ingest
-from annotate.models import User
+from annotate import accounts, campaign, ingest
+from annotate.models import AppSetting, User
 
 DEMO_USERS = (("admin", "admin"), ("annotator", "annotator"))
+# A model after 16 labels, the queue in the strategy's order from then on, in batches of 8.
+DEMO_OPTIONS = {"retrain_every_labels": 16, "cold_start": 16, "batch_size": 8}
 
 
 def demo_file_bytes() -> bytes:
@@ -32,6 +35,9 @@ def load_demo(db, settings, *, print_credentials: bool = False) -> dict[str, str
     with db.begin() as session:
         report = ingest.import_file(session, settings, demo_file_bytes(), filename="demo.jsonl", system=True,
                                     source_tag="demo")
+        # Only for a new demo campaign: run again, the demo leaves an admin's own choices alone.
+        if report.comparisons_added and not session.scalar(select(AppSetting.key).limit(1)):
+            campaign.update_options(session, settings, actor=None, system=True, **DEMO_OPTIONS)
     created: dict[str, str] = {}
     with db.begin() as session:
         for username, role in DEMO_USERS:
