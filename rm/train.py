@@ -271,7 +271,7 @@ def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config) 
     opt = torch.optim.Adam(list(heads.parameters()) + ([theta] if theta is not None else []), lr=config.lr)
     best = torch.full((config.n_members,), float("inf"))
     state = dict(heads.state_dict(), **({"theta": theta} if theta is not None else {}))
-    best_state = {k: v.detach().clone() for k, v in state.items()}
+    best_state = _snapshot(heads, theta)
     stale, step = 0, 0
     for step in range(1, config.max_steps + 1):
         r = heads(xt)
@@ -296,10 +296,7 @@ def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config) 
                 if stale >= config.patience:
                     break
     if has_val:
-        if theta is not None:
-            with torch.no_grad():
-                theta.copy_(best_state.pop("theta"))
-        heads.load_state_dict(best_state)
+        _restore(heads, theta, best_state)
     return step
 
 
@@ -350,19 +347,19 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
         w_t = torch.from_numpy(weights)
         w_t = w_t / w_t.sum(dim=1, keepdim=True).clamp(min=1.0)
         v_t = torch.from_numpy(val.astype(np.float32))
+        step = None
         if config.hidden == 0 and config.optimizer == "lbfgs":
             start_state = _snapshot(heads, theta)
             try:
                 step = _fit_linear_lbfgs(heads, xt, ia_t, ib_t, out_t, marg, w_t, eps, theta, config)
-                diverged = not _all_finite(heads, theta)
             except RuntimeError:  # the line search's step overflowed float32
-                diverged = True
-            if diverged:
+                step = None
+            if step is None or not _all_finite(heads, theta):
                 # A handful of separable labels with ties: ε's fit has no bound, and L-BFGS's line search
-                # ran away (1 seed in 60 at 12 pairs). Adam's steps are bounded; start again with it.
+                # ran away (1 seed in 60 at 12 pairs). Adam's steps are bounded: start again with it.
                 _restore(heads, theta, start_state)
-                step = _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config)
-        else:
+                step = None
+        if step is None:
             step = _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config)
         params = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in heads.state_dict().items()}
         member_eps = (torch.nn.functional.softplus(theta.detach())[:, 0].tolist() if theta is not None
