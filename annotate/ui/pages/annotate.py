@@ -317,12 +317,12 @@ keys = _input_keys(cid)
 chosen = _strengths()
 for gone in [k for k in chosen if k != cid]:  # as Streamlit forgets the widgets of a pair no longer drawn
     del chosen[gone]
-for name, value in _kept(DRAFTS_KEY).get(cid, {}).items():
-    if name == "strength":
-        if cid not in chosen and value:
-            chosen[cid] = value
-    elif keys[name] not in st.session_state and value:  # its widget was not drawn by the last run
-        st.session_state[keys[name]] = value
+draft = _kept(DRAFTS_KEY).get(cid, {})
+if cid not in chosen and draft.get("strength"):  # present as None once cleared: not brought back
+    chosen[cid] = draft["strength"]
+for name, key in keys.items():
+    if key not in st.session_state and draft.get(name):  # its widget was not drawn by the last run
+        st.session_state[key] = draft[name]
 strength = chosen.get(cid)
 # Buttons, not a segmented control, so that a key chooses the strength: 1, 2 or 3, then A or B.
 with st.container(horizontal=True, vertical_alignment="center", gap="small"):

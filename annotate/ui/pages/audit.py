@@ -25,8 +25,9 @@ with db.read() as session:
                                action=None if action == "All" else action)
 st.metric("Events shown", len(rows))
 if rows:
-    st.dataframe(pd.DataFrame([{"id": r.id, "when": context.local_time(r.created_at), "admin": r.actor or "(system)",
-                                "action": r.action, "detail": json.dumps(r.detail, default=str)} for r in rows]),
+    st.dataframe(pd.DataFrame(context.local_rows([
+                     {"id": r.id, "when": r.created_at, "admin": r.actor or "(system)", "action": r.action,
+                      "detail": json.dumps(r.detail, default=str)} for r in rows])),
                  hide_index=True, key="audit_table")
     context.times_caption()
 else:
