@@ -234,6 +234,43 @@ def _put_first(session: Session, lease: Lease, annotator_id: int, now: datetime)
 
 
 @dataclass(frozen=True)
+class Latest:
+    """The annotator's latest judgment, as they saw it: ``shown`` is left/right/tie/both_bad."""
+
+    comparison_id: int
+    shown: str
+    strength: int | None
+    has_rationale: bool
+    flags: tuple[str, ...]
+
+
+def latest_judgment(session: Session, *, actor: Actor, now: datetime | None = None,
+                    within: timedelta = timedelta(hours=12)) -> Latest | None:
+    """The judgment Undo would take back now, as stored: the annotator's latest live judgment within
+    ``within``, unless they skipped a pair after it (Undo then brings back that pair). None otherwise.
+
+    The annotation page shows it after each judgment, so that what was recorded (a strength key
+    included) is read back from the database, not from what the page meant to send."""
+    now = now or utcnow()
+    last = session.scalar(
+        select(Judgment).where(Judgment.annotator_id == actor.id, Judgment.state == JudgmentState.active,
+                               Judgment.created_at > now - within)
+        .order_by(Judgment.id.desc()).limit(1))
+    if last is None:
+        return None
+    skipped_after = session.scalar(
+        select(Lease.id).where(Lease.annotator_id == actor.id, Lease.skipped.is_(True),
+                               Lease.expires_at > last.created_at).limit(1))
+    if skipped_after is not None:
+        return None
+    if last.choice in (Choice.tie, Choice.both_bad):
+        shown = last.choice.value
+    else:  # a_on_left is recorded with every judgment made on the page; A was on the left by default
+        shown = "left" if (last.choice is Choice.a) == (last.a_on_left is not False) else "right"
+    return Latest(last.comparison_id, shown, last.strength, bool(last.rationale), tuple(last.flags or ()))
+
+
+@dataclass(frozen=True)
 class Progress:
     judged_today: int
     judged_total: int

@@ -300,6 +300,47 @@ def test_undo_right_after_a_skip_unskips_that_pair(db, settings, opts):
         assert s.scalar(select(Judgment.state)) is JudgmentState.retracted
 
 
+def test_latest_judgment_is_what_undo_would_take_back_as_the_annotator_saw_it(db, settings, opts):
+    """The side is given as shown (left/right), whatever the stored A/B; a later skip hides it (Undo then
+    brings back the skipped pair); a retracted judgment gives way to the one before; others' are not theirs."""
+    from annotate.queue import shown_a_on_left
+
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        make_comparisons(s, 6, priority=lambda i: i)
+    t = utcnow()
+    with db.begin() as s:
+        assert judgments.latest_judgment(s, actor=a, now=t) is None
+    sides = {}
+    with db.begin() as s:
+        for shown, strength, flags in (("left", 3, ["unsafe"]), ("right", None, [])):
+            cid = queue.next_comparison(s, settings, o, actor=a, now=t).comparison_id
+            sides[cid] = shown_a_on_left(s, s.scalar(select(Lease).where(Lease.comparison_id == cid,
+                                                                         Lease.annotator_id == a.id)))
+            judgments.submit(s, settings, actor=a, comparison_id=cid, shown=shown, strength=strength,
+                             rationale="why" if strength else None, flags=flags, now=t)
+    first, second = sides
+    assert sides == {first: True, second: False}  # deterministic: A shown on the right for `second`
+    with db.read() as s:  # so B pressed on the right is stored as A
+        assert s.scalar(select(Judgment.choice).where(Judgment.comparison_id == second)).value == "a"
+    with db.read() as s:
+        assert judgments.latest_judgment(s, actor=a, now=t) == judgments.Latest(second, "right", None, False, ())
+        assert judgments.latest_judgment(s, actor=b, now=t) is None
+    with db.begin() as s:
+        judgments.undo_last_action(s, settings, actor=a, now=t)
+    with db.read() as s:
+        assert judgments.latest_judgment(s, actor=a, now=t) == judgments.Latest(first, "left", 3, True, ("unsafe",))
+        assert judgments.latest_judgment(s, actor=a, now=t + timedelta(hours=13)) is None  # too old to undo
+    with db.begin() as s:
+        assert queue.next_comparison(s, settings, o, actor=a, now=t).comparison_id == second
+        judgments.submit(s, settings, actor=a, comparison_id=second, shown="tie", now=t)
+        skipped = queue.next_comparison(s, settings, o, actor=a, now=t).comparison_id
+        queue.skip(s, actor=a, comparison_id=skipped, now=t + timedelta(seconds=5))
+    with db.read() as s:
+        assert judgments.latest_judgment(s, actor=a, now=t + timedelta(seconds=6)) is None
+
+
 def test_undone_skip_of_a_pair_others_filled_comes_back_when_it_has_room(db, settings, opts):
     o = _no_mix(opts)
     with db.begin() as s:

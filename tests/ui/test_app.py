@@ -1099,3 +1099,53 @@ def test_the_import_preview_counts_one_row_in_the_singular(app_db, people):
     at.run()
     _upload(at, "one.jsonl", json.dumps({"prompt": "p", "response_a": "a", "response_b": "b"}).encode())
     assert any(m.value.endswith("· 1 row · 1 comparison") for m in at.markdown), [m.value for m in at.markdown]
+
+
+@pytest.mark.parametrize("presses", [(2,), (2, 2), (3, 1)])
+def test_a_strength_pressed_in_the_same_run_as_the_judgment_counts_whatever_the_callbacks_order(
+        app_db, people, presses):
+    """Two keys the server takes in one run (2 then A with no pause, the second press arriving before the
+    first one's run started): Streamlit runs the judge button's callback before the strength button's (the
+    judge buttons are drawn first). The judgment must still carry the strength, and the strength button's
+    own callback, run after it, must not change it twice. ``presses`` before the last are separate runs."""
+    at, annotator = _annotating(app_db, people, 2)
+    cid, _ = _shown_pair(at, app_db, annotator)
+    for value in presses[:-1]:
+        _choose_strength(at, cid, value)
+    at.button(key=f"set_strength_{presses[-1]}_{cid}").click()
+    _press(at, "judge_left").click()
+    at.run()
+    assert not at.exception
+    expected = {(2,): 2, (2, 2): None, (3, 1): 1}[presses]
+    [judgment] = _judgments(app_db, annotator)
+    assert (judgment.comparison_id, judgment.strength) == (cid, expected)
+    second, _ = _shown_pair(at, app_db, annotator)
+    assert second != cid and _strength_shown(at, second) is None
+
+
+def test_the_page_reads_back_what_the_latest_judgment_saved_and_undo_clears_it(app_db, people):
+    """After each judgment the page says what the database holds for it (the side as the annotator saw
+    it, the strength, a rationale, flags), so a dropped strength key shows; U takes it back."""
+    at, annotator = _annotating(app_db, people, 3)
+    first, _ = _shown_pair(at, app_db, annotator)
+    assert not [c for c in at.caption if "Last saved" in c.value]
+    _choose_strength(at, first, 3)
+    at.text_input(key=f"rationale_{first}").input("terse")
+    at.pills(key=f"flags_{first}").set_value(["unsafe", "not_english"])
+    _press(at, "judge_right").click().run()
+    [saved] = [c.value for c in at.caption if "Last saved" in c.value]
+    assert saved == (f":material/check_circle: Last saved: pair #{first}, **B is better** (much better), "
+                     "with a rationale, flagged not english, unsafe. **U** takes it back.")
+    [judgment] = _judgments(app_db, annotator)
+    assert (judgment.strength, judgment.rationale, judgment.flags) == (3, "terse", ["not_english", "unsafe"])
+    second, _ = _shown_pair(at, app_db, annotator)
+    _press(at, "judge_tie").click().run()
+    assert [c.value for c in at.caption if "Last saved" in c.value] == [
+        f":material/check_circle: Last saved: pair #{second}, **Tie**. **U** takes it back."]
+    _undo_button(at).click().run()
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    # What U would take back next: the judgment before, of the first pair.
+    assert [c.value for c in at.caption if "Last saved" in c.value] == [saved]
+    _press(at, "judge_both_bad").click().run()
+    _press(at, "skip").click().run()  # a skip after it: U would bring back the skipped pair, not a judgment
+    assert not [c for c in at.caption if "Last saved" in c.value]

@@ -418,21 +418,29 @@ def test_a_key_pressed_twice_judges_the_pair_on_screen_once(server, seeded):
     assert warnings == []
 
 
-def test_a_strength_key_and_a_judgment_key_pressed_together_keep_the_strength(server, seeded):
-    """2 then A with no pause: two presses the server may take in one run. The judgment must carry the
-    strength (measured: 8 of 8 at gaps of 0 to 150 ms, quiet and beside two busy cores)."""
+def test_a_strength_key_then_a_judgment_key_at_typing_speed_keep_the_strength(server, seeded):
+    """2 then A, 80 ms apart (fast typing) and with no pause at all. At typing speed the judgment carries
+    the strength: the two presses may reach the server as one run, whose callbacks Streamlit calls judge
+    first (tests/ui/test_app.py covers that order). With no pause, a busy server can drop the 2 (Streamlit
+    stops its run for the A's before the 2's callback runs: measured 3 to 4 in 30 beside two busy cores,
+    none at 60 ms): the page must then say so, reading back what was stored, so U can take it back."""
     from playwright.sync_api import expect
 
     _, database = seeded
     with logged_in_page(server, "annie") as page:
-        for _ in range(2):
+        for gap_ms in (80, 80, 0, 0):
             page.get_by_role("button", name=re.compile(r"^Clearly better")).wait_for()
             _settle(page)
             page.wait_for_timeout(600)  # past the half-second guard
             before = _pair_on_screen(page)
             page.keyboard.press("2")
+            if gap_ms:
+                page.wait_for_timeout(gap_ms)
             page.keyboard.press("a")
             expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(re.compile(rf"Pair #{before}\b"))
             with database.read() as session:
                 judged = session.scalar(select(Judgment).where(Judgment.comparison_id == before))
-            assert (judged.choice.value, judged.strength) == (_expected("a", judged.a_on_left), 2)
+            assert judged.choice.value == _expected("a", judged.a_on_left)
+            assert judged.strength == 2 if gap_ms else judged.strength in (2, None)
+            said = f"Last saved: pair #{before}, A is better{' (clearly better)' if judged.strength else ''}. U takes"
+            expect(page.get_by_text(re.compile(r"Last saved: pair #"))).to_contain_text(said)

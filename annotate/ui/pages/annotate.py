@@ -22,6 +22,12 @@ Each press re-reads the session's user first (``_actor_now``), as the script
 does: callbacks run before the script, so a press in a session idle past the
 limit, or of an account deactivated meanwhile, acted before the run logged out.
 
+Keys 1, 2, 3 choose a strength. Pressed just before a judgment key, both presses can reach the server
+as one run, in which Streamlit calls the judge button's callback first: the judgment applies such a
+press itself (``_strength_pressed_with``). Pressed at the same instant on a busy server, Streamlit can
+drop the strength press altogether (the run it started is stopped for the judgment's before its
+callback runs), so the page reads back from the database what the latest judgment saved.
+
 The optional inputs (strength, rationale, flags) live in widgets keyed by their
 pair, and Streamlit forgets a widget's value once a run does not draw it. So
 the page keeps a copy of each pair's inputs while it is off screen (another
@@ -47,6 +53,7 @@ UNDO_SERIAL_KEY = "undo_serial"  # renders that drew the undo button so far
 UNDO_ON_SCREEN_KEY = "undo_on_screen"  # the latest render's undo token; None once used
 BACK_KEY = "pair_back"  # the comparison the latest undo brought back (seen before: no MIN_SHOWN_S)
 STRENGTH_KEY = "pair_strength"  # {comparison id: strength or None} for the pair on screen (keys 1, 2, 3)
+STRENGTH_PRESS_KEY = "strength_press"  # (comparison id, strength) whose button's callback ran in this run
 # A judge or skip press that reaches the server sooner than this after its pair was first drawn is
 # refused with a toast, and the pair stays: a key pressed twice, the second time just after the next
 # pair arrived (say 300 ms apart, with the page back in 200 ms), would otherwise judge a pair the
@@ -98,12 +105,29 @@ def _inputs(comparison_id: int) -> dict:
             **{name: st.session_state.get(key) for name, key in _input_keys(comparison_id).items()}}
 
 
+def _strength_button(comparison_id: int, strength: int) -> str:
+    return f"set_strength_{strength}_{comparison_id}"
+
+
 def _set_strength(comparison_id: int, strength: int) -> None:
     """Keys 1, 2, 3: choose that strength for the pair on screen, or clear it if it was chosen already.
     A press from an earlier render (the pair has gone) changes nothing."""
-    if _is_on_screen(comparison_id):
+    if _is_on_screen(comparison_id) and st.session_state.get(STRENGTH_PRESS_KEY) != (comparison_id, strength):
         chosen = _strengths()
         chosen[comparison_id] = None if chosen.get(comparison_id) == strength else strength
+        st.session_state[STRENGTH_PRESS_KEY] = (comparison_id, strength)  # this run's press is applied
+
+
+def _strength_pressed_with(comparison_id: int) -> None:
+    """Apply a strength key the server took in the same run as a judgment, before the judgment reads it.
+
+    2 then A with no pause can reach the server as one run with both buttons pressed, and Streamlit then
+    calls the judge button's callback first (its button is drawn first): the judgment would go without
+    the strength, and the strength's callback would then find the pair gone. So the judgment applies it
+    here, and the strength's callback, if it comes after, sees STRENGTH_PRESS_KEY and leaves it be."""
+    for value in judgments.STRENGTHS:
+        if st.session_state.get(_strength_button(comparison_id, value)):  # pressed in this run
+            _set_strength(comparison_id, value)
 
 
 def _is_on_screen(comparison_id: int) -> bool:
@@ -172,6 +196,8 @@ def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> Non
     actor, settings = _actor_now(), context.get_settings()
     if actor is None or (_is_on_screen(comparison_id) and _too_soon(comparison_id)):
         return
+    if _is_on_screen(comparison_id):
+        _strength_pressed_with(comparison_id)
     inputs = _inputs(comparison_id)
     strength = inputs["strength"] if shown in ("left", "right") else None
     rationale = inputs["rationale"] or None
@@ -239,10 +265,23 @@ def _guidelines(text: str) -> None:
     st.page_link("annotate/ui/pages/guidelines.py", label="Open the guidelines page", icon=":material/open_in_new:")
 
 
+def _saved_line(latest: judgments.Latest) -> str:
+    """What the latest judgment recorded, read back from the database: a strength key Streamlit dropped
+    (see the README) or a key that judged the other side shows here, and U takes it back."""
+    label = next(label for shown, label, _, _ in ACTIONS if shown == latest.shown)
+    extras = [f"**{label}**" + (f" ({judgments.STRENGTHS[latest.strength]})" if latest.strength else "")]
+    if latest.has_rationale:
+        extras.append("with a rationale")
+    if latest.flags:
+        extras.append("flagged " + ", ".join(f.replace("_", " ") for f in latest.flags))
+    return f":material/check_circle: Last saved: pair #{latest.comparison_id}, {', '.join(extras)}. **U** takes it back."
+
+
 def _is_long(text: str) -> bool:
     return len(text) > 900 or text.count("\n") > 14
 
 
+st.session_state.pop(STRENGTH_PRESS_KEY, None)  # the strength presses this run's callbacks took are done
 actor = context.require_login()
 settings, db = context.get_settings(), context.get_db()
 
@@ -251,14 +290,14 @@ def _load(session):
     """What the page shows: run again by ``transact`` when PostgreSQL picked it as a deadlock victim."""
     options = campaign.get_options(session, settings)
     return (options, queue.next_comparison(session, settings, options, actor=actor),
-            judgments.progress(session, actor=actor, tz=_zone))
+            judgments.progress(session, actor=actor, tz=_zone), judgments.latest_judgment(session, actor=actor))
 
 
 _zone = context.browser_zone()
 
 
 with context.stop_on_errors():
-    options, assignment, progress = db.transact(_load)
+    options, assignment, progress, latest = db.transact(_load)
 
 # A row that wraps in a narrow window, so the Guidelines button keeps its whole label.
 with st.container(horizontal=True, vertical_alignment="bottom", gap="medium"):
@@ -284,6 +323,8 @@ if assignment is None:
     again, undo = st.columns(2, width=420)
     again.button("Check for new pairs", key="check_again", icon=":material/refresh:", width="stretch")
     _undo_button(undo)
+    if latest is not None:
+        st.caption(_saved_line(latest))
     st.stop()
 
 cid = assignment.comparison_id
@@ -312,6 +353,8 @@ with st.container(horizontal=True):  # wraps onto a second row in a narrow windo
     st.button("Skip", key=f"skip_{cid}", shortcut="S", on_click=_skip, args=(cid,), icon=":material/skip_next:",
               width="stretch")
     _undo_button(st)
+if latest is not None and latest.comparison_id != cid:
+    st.caption(_saved_line(latest))
 
 keys = _input_keys(cid)
 chosen = _strengths()
@@ -328,7 +371,7 @@ strength = chosen.get(cid)
 with st.container(horizontal=True, vertical_alignment="center", gap="small"):
     st.markdown("How much better? *(optional: a key, then **A** or **B**; again to clear)*", width="content")
     for value, label in judgments.STRENGTHS.items():
-        st.button(label.capitalize(), key=f"set_strength_{value}_{cid}", shortcut=str(value),
+        st.button(label.capitalize(), key=_strength_button(cid, value), shortcut=str(value),
                   type="primary" if strength == value else "secondary", on_click=_set_strength,
                   args=(cid, value), help="Ignored for a tie or both bad.")
 with st.expander("Optional: rationale, flags", expanded=False):
