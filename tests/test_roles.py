@@ -30,6 +30,7 @@ ANNOTATOR_CALLABLE = {
     "accounts.audit",            # a helper that records an event for its caller; not an action itself
     "accounts.require_active",   # the check annotators' actions use
     "judgments.submit", "judgments.undo_last", "judgments.undo_last_action", "judgments.progress",
+    "judgments.latest_judgment",  # their own latest judgment, read back on the annotation page, like progress
     "queue.next_comparison", "queue.remaining_for", "queue.skip",
 }
 
