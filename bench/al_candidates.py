@@ -29,7 +29,12 @@ named:
 - ``distinct``: no model: the pairs whose two responses differ most (``|z|`` in
   the heads' standardised geometry) first, a model-free stand-in for a clear
   preference (``bench/al_hindsight.py``: the pairs with the largest *true*
-  reward gap teach fastest); ``S*distinct`` multiplies ``S``'s score by ``|z|``.
+  reward gap teach fastest); ``S*distinct`` multiplies ``S``'s score by ``|z|``;
+- ``S+strataK``: the open pool cut into ``K`` equal-count strata by the
+  ensemble mean's confidence ``|p̄ - ½|`` (``S+zstrataK``: by ``|z|``), each
+  batch taking the strata's best pairs under ``S`` in turn, so it spans the
+  pool like a random batch (does uncertainty sampling flatten late because
+  its labelled set holds no clear pairs?).
 
 One line per variant is printed after the simulator's report: area-under-curve
 gain and labels saved at 640 (95% bootstrap CI over seeds), the saving along
@@ -197,6 +202,42 @@ class VoteEntropy(acq.Strategy):
         return -(q * np.log(q) + (1 - q) * np.log(1 - q)) * (share > 0) * (share < 1)
 
 
+class Strata(acq.Strategy):
+    """``base``'s order within ``k`` equal-count strata of the open pool, the batch drawn evenly from them.
+
+    ``+strataK`` stratifies by the ensemble mean's confidence ``|p̄ - ½|``;
+    ``+zstrataK`` by ``|z|`` (no model). Uncertainty sampling leads early and
+    then flattens (its labelled set holds no clear pairs, whose clean labels the
+    hindsight bench found teach most); a batch that spans the pool's strata
+    like a random one, taking the most informative pair of each, keeps both.
+    """
+
+    def __init__(self, base: acq.Strategy, k: int, by: str = "conf"):
+        self.base, self.k, self.by = base, k, by
+        self.name = f"{base.name}+{'z' if by == 'z' else ''}strata{k}"
+        self.scores_use_features = by == "z" or base.scores_use_features
+
+    def scores(self, pool, rng):
+        return self.base.scores(pool, rng)
+
+    def select(self, pool, n, rng):
+        if len(pool) == 0 or n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        if self.by == "z" and pool.features is not None:
+            key = np.linalg.norm(np.asarray(pool.features[np.arange(len(pool))], dtype=np.float64), axis=1)
+        else:
+            key = np.abs(pool.mean_probs.astype(np.float64) - 0.5)
+        k = max(1, min(self.k, len(pool)))
+        stratum = np.empty(len(pool), dtype=np.int64)
+        stratum[np.lexsort((rng.random(len(pool)), key))] = np.arange(len(pool)) * k // len(pool)
+        order = acq._rank(self.base.scores(pool, rng), rng)
+        # Each stratum's best, then each one's second best, ...; strata in a random order within a round.
+        within = acq._round_of(order, stratum[order])
+        shuffle = rng.permutation(k)
+        order = order[np.lexsort((shuffle[stratum[order]], within))]
+        return acq.capped_order(order, pool.groups, n).astype(np.int64)
+
+
 _EXTRA = {"herd": lambda: Herd(), "egl": Egl, "gapvar": GapVar, "distinct": lambda: Distinct(),
           "epishare": EpiShare, "vote": VoteEntropy}
 
@@ -231,6 +272,10 @@ def get_strategy(name: str) -> acq.Strategy:
         diverse = acq.DiverseStrategy(get_strategy(name[: -len("+diverse")]))
         diverse.scores_use_features = diverse.base.scores_use_features
         return diverse
+    if "strata" in name:
+        base, k = name.rsplit("strata", 1)
+        by = "z" if base.endswith("+z") else "conf"
+        return Strata(get_strategy(base[: -2] if by == "z" else base[: -1]), int(k), by)
     if name.startswith(("epig@", "cover@")):
         base, ridge = name.split("@")
         return (acq.EpigStrategy if base == "epig" else acq.CoverStrategy)(ridge=float(ridge))
