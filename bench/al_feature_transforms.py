@@ -9,13 +9,15 @@ every response of the file (the app would fit them on every imported response):
 - ``white`` / ``dwhite``: shrunk whitening, ``M = (1-alpha) I + alpha C`` with ``C``
   the correlation of the pool's response features (``white``) or of its pair
   differences (``dwhite``), features multiplied by ``M^-1/2`` (an L2 prior shaped
-  by the pool, LDA-like).
+  by the pool, LDA-like);
+- ``pca``: the pool's standardised response features projected on their top
+  ``--k`` principal components (fewer weights to learn from few labels).
 
 ``base`` is the app's model. Each runs random against ``default`` through the
 simulator's own ``run_simulation`` on tuning seeds (never 0-9) and prints
 the curves at a few budgets, the area gain and the labels saved at 640.
 
-    .venv/bin/python bench/al_feature_transforms.py base|std|white|dwhite [--alpha 0.5] \\
+    .venv/bin/python bench/al_feature_transforms.py base|std|white|dwhite|pca [--alpha 0.5] [--k 64] \\
         [--first-seed 100] [--seeds 20] [--repeats 4] [--strategies default]
 """
 import argparse
@@ -32,12 +34,13 @@ sys.path.insert(0, str(ROOT))
 from annotate import simulate as sim  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-p.add_argument("variant", choices=["base", "std", "white", "dwhite"])
+p.add_argument("variant", choices=["base", "std", "white", "dwhite", "pca"])
 p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"))
 p.add_argument("--first-seed", type=int, default=100)
 p.add_argument("--seeds", type=int, default=20)
 p.add_argument("--repeats", type=int, default=4)
 p.add_argument("--alpha", type=float, default=0.5)
+p.add_argument("--k", type=int, default=64, help="pca: components kept")
 p.add_argument("--strategies", default="default")
 a = p.parse_args()
 data = sim.load_dataset(a.data,
@@ -62,13 +65,17 @@ elif a.variant == "dwhite":       # shrunk whitening over the pool's pair-differ
     M = (1 - a.alpha) * np.eye(len(C)) + a.alpha * C
     ev, V = np.linalg.eigh(M)
     F = Z @ V @ np.diag(ev ** -0.5) @ V.T
+elif a.variant == "pca":          # top-k principal components of the pool's responses
+    Z = (X - mu) / sd
+    ev, V = np.linalg.eigh(np.cov(Z, rowvar=False))
+    F = Z @ V[:, np.argsort(ev)[::-1][: a.k]]
 data = replace(data, feat=np.ascontiguousarray(F, dtype=np.float32))
 seeds = range(a.first_seed, a.first_seed + a.seeds)
 t0 = time.perf_counter()
 curves = sim.run_simulation(data, ["random", *a.strategies.split(",")], seeds, repeats=a.repeats,
                             cold_start=64, progress=False)
 ref = curves[0]
-print(f"{a.variant} alpha={a.alpha} seeds {seeds.start}-{seeds.stop-1} repeats {a.repeats}: {time.perf_counter()-t0:.0f}s")
+print(f"{a.variant} alpha={a.alpha} k={a.k} seeds {seeds.start}-{seeds.stop-1} repeats {a.repeats}: {time.perf_counter()-t0:.0f}s")
 for c in curves:
     m = c.accuracy.mean(0)
     idx = [list(c.labels).index(x) for x in (64, 128, 256, 384, 640, 992) if x in list(c.labels)]
