@@ -310,6 +310,8 @@ def main() -> None:
     p.add_argument("--cache-dir", default=str(ROOT / ".prefloop" / "cache"))
     p.add_argument("--members", type=int, default=None,
                    help="ensemble size for every strategy's model, random's too (the app's: rm.train.TrainConfig)")
+    p.add_argument("--l2", type=float, default=None,
+                   help="the heads' L2 prior for every strategy's model (the app's: rm.train.TrainConfig)")
     args = p.parse_args()
     for name in args.strategy:
         get_strategy(name)  # unknown names fail before any work
@@ -321,13 +323,15 @@ def main() -> None:
     names = ["random"] + [s for s in args.strategy if s != "random"]
     from rm.train import TrainConfig
 
-    config = TrainConfig(n_members=args.members) if args.members else None
+    overrides = {k: v for k, v in (("n_members", args.members), ("l2", args.l2)) if v}
+    config = TrainConfig(**overrides) if overrides else None
     curves = sim.run_simulation(data, names, range(args.first_seed, args.first_seed + args.seeds),
                                 cold_start=args.cold_start, repeats=args.repeats, config=config)
     comparisons = [sim.compare(c, curves[0]) for c in curves[1:]]
     print(sim.format_report(curves, comparisons))
     print(f"\nseeds {args.first_seed}-{args.first_seed + args.seeds - 1}, {args.repeats} replays, "
-          f"cold start {args.cold_start}, {args.members or TrainConfig().n_members} members; "
+          f"cold start {args.cold_start}, {args.members or TrainConfig().n_members} members, "
+          f"L2 {args.l2 or 'default'}; "
           f"{time.perf_counter() - t0:.0f} s")
     for c in comparisons:
         along = " / ".join(f"{s * 100:.0f}%" if np.isfinite(s) else "not reached" for _, s in c.savings_along)
