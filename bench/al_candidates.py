@@ -41,7 +41,7 @@ gain and labels saved at 640 (95% bootstrap CI over seeds), the saving along
 the curve, and the largest shortfall.
 
     .venv/bin/python bench/al_candidates.py default bald 'default>random@256' 'default~0.5' \\
-        [--data FILE] [--first-seed 100] [--seeds 20] [--repeats 4] [--cold-start 64]
+        [--data FILE] [--first-seed 100] [--seeds 20] [--repeats 4] [--cold-start 64] [--members M] [--l2 L]
 """
 
 from __future__ import annotations
