@@ -6,8 +6,8 @@ the report's 0-9), with the simulator's ``run_simulation`` and ``compare``
 unchanged. Besides every app strategy name, three kinds of variant can be
 named:
 
-- ``S>random@N``: strategy ``S`` until ``N`` labels, random order after
-  (does an early lead survive when the later labels are an unbiased sample?);
+- ``S>T@N``: strategy ``S`` until ``N`` labels, ``T`` after (``S>random@N``:
+  does an early lead survive when the later labels are an unbiased sample?);
 - ``S~F``: each batch takes a share ``F`` from ``S`` and the rest at random;
 - ``epig@R`` / ``cover@R``: those strategies with the prior precision ``R``
   (``ridge``) of their linear posterior, on unit-scaled pair features, in
@@ -279,8 +279,8 @@ def get_strategy(name: str) -> acq.Strategy:
     if name.startswith(("epig@", "cover@")):
         base, ridge = name.split("@")
         return (acq.EpigStrategy if base == "epig" else acq.CoverStrategy)(ridge=float(ridge))
-    if ">random@" in name:
-        return get_strategy(name.split(">random@")[0])
+    if ">" in name and "@" in name:
+        return get_strategy(name.split(">")[0])
     if "+dense" in name:
         base, beta = name.rsplit("+dense", 1)
         return Density(get_strategy(base), float(beta))
@@ -293,9 +293,10 @@ def get_strategy(name: str) -> acq.Strategy:
 def select_strategy(name: str, n_labels: int, cold_start: int) -> acq.Strategy:
     if n_labels < cold_start:
         return acq.RandomStrategy()
-    if ">random@" in name:
-        base, at = name.split(">random@")
-        return acq.RandomStrategy() if n_labels >= int(at) else get_strategy(base)
+    if ">" in name and "@" in name:
+        base, rest = name.split(">", 1)
+        then, at = rest.rsplit("@", 1)
+        return get_strategy(then) if n_labels >= int(at) else get_strategy(base)
     return get_strategy(name)
 
 
