@@ -3,8 +3,7 @@
 ``prefloop simulate`` compares the strategies the app ships. Before a rule is
 added there it is tried here, on tuning seeds (100 onwards by default, never
 the report's 0-9), with the simulator's ``run_simulation`` and ``compare``
-unchanged. Besides every app strategy name, three kinds of variant can be
-named:
+unchanged. Besides every app strategy name, these variants can be named:
 
 - ``S>T@N``: strategy ``S`` until ``N`` labels, ``T`` after (``S>random@N``:
   does an early lead survive when the later labels are an unbiased sample?);
@@ -34,7 +33,12 @@ named:
   ensemble mean's confidence ``|p̄ - ½|`` (``S+zstrataK``: by ``|z|``), each
   batch taking the strata's best pairs under ``S`` in turn, so it spans the
   pool like a random batch (does uncertainty sampling flatten late because
-  its labelled set holds no clear pairs?).
+  its labelled set holds no clear pairs?). The stratified batch takes ``S``'s
+  scores only: ``default+strataK`` ranks by BALD without ``+diverse``'s step;
+- ``eer``: expected error reduction (Roy & McCallum 2001): the drop in the
+  open pool's expected error ``min(p, 1 - p)`` that each pair's answer would
+  bring under a one-step Laplace update of a linear posterior (``epig``'s
+  features and covariance, prior precision 7).
 
 One line per variant is printed after the simulator's report: area-under-curve
 gain and labels saved at 640 (95% bootstrap CI over seeds), the saving along
@@ -238,8 +242,54 @@ class Strata(acq.Strategy):
         return acq.capped_order(order, pool.groups, n).astype(np.int64)
 
 
+class Eer(acq.Strategy):
+    """Expected error reduction (Roy & McCallum 2001) under a linear Bradley–Terry posterior.
+
+    For each open pair ``c`` and each answer, the logits of a sample of the
+    open pool move by the one-step Laplace update ``z_tᵀ Σ z_c · g`` with
+    ``g = (y - p_c) / (1 + p_c(1 - p_c) z_cᵀ Σ z_c)``; the score is the drop in
+    the pool's expected error ``mean_t min(p_t, 1 - p_t)``, averaged over the
+    answer under the ensemble mean ``p_c``. Features are projected and scaled
+    like ``epig``'s, with the prior precision ``ridge`` (7 matches the heads' L2).
+    """
+
+    name = "eer"
+    scores_use_features = True
+
+    def __init__(self, ridge: float = 7.0, max_targets: int = 1024):
+        self.ridge, self.max_targets = ridge, max_targets
+
+    def scores(self, pool, rng):
+        p = pool.mean_probs.astype(np.float64)
+        if pool.features is None or len(pool) == 0:
+            return p * (1 - p)
+        every = np.arange(len(pool))
+        tgt = every if len(pool) <= self.max_targets else np.sort(rng.choice(len(pool), self.max_targets,
+                                                                              replace=False))
+        z = acq._project(np.asarray(pool.features[every], dtype=np.float64), 128)
+        unit = acq._unit_scale(z[tgt])
+        z *= unit
+        cov = acq._posterior_cov(pool, rng, unit, z.shape[1], ridge=self.ridge, max_dim=128,
+                                 max_labelled=4096, labelled_weight=0.25)
+        pc = np.clip(p, 1e-6, 1 - 1e-6)
+        logit_t = np.log(pc[tgt] / (1 - pc[tgt]))
+        err_now = np.minimum(pc[tgt], 1 - pc[tgt]).mean()
+        s = acq._quad(z, cov)
+        out = np.empty(len(pool))
+        for lo in range(0, len(pool), 512):
+            c = every[lo:lo + 512]
+            k = z[tgt] @ (cov @ z[c].T)  # (targets, candidates)
+            denom = 1 + pc[c] * (1 - pc[c]) * s[c]
+            after = 0.0
+            for y, weight in ((1.0, pc[c]), (0.0, 1 - pc[c])):
+                q = 1 / (1 + np.exp(-(logit_t[:, None] + k * ((y - pc[c]) / denom)[None, :])))
+                after = after + weight * np.minimum(q, 1 - q).mean(axis=0)
+            out[c] = err_now - after
+        return out + 1e-12 * rng.random(len(pool))  # random tie-break
+
+
 _EXTRA = {"herd": lambda: Herd(), "egl": Egl, "gapvar": GapVar, "distinct": lambda: Distinct(),
-          "epishare": EpiShare, "vote": VoteEntropy}
+          "epishare": EpiShare, "vote": VoteEntropy, "eer": Eer}
 
 
 class Mix(acq.Strategy):
