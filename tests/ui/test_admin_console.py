@@ -540,3 +540,25 @@ def test_review_marks_no_gold_answer_the_admin_did_not_choose(app_db, people):
         assert not s.get(Comparison, cids[1]).is_gold
     at.number_input(key="review_id").set_value(cids[2]).run()  # the next pair starts with no answer
     assert at.selectbox(key=f"gold_choice_{cids[2]}_-").value is None
+
+
+def _tab_blocks(at: AppTest, label: str) -> list[str]:
+    """The kinds of the tab's top-level elements in page order (a form, the columns, an alert)."""
+    [tab] = [t for t in at.tabs if t.label == label]
+    return [getattr(child, "type", None) or type(child).__name__ for _, child in sorted(tab.children.items())]
+
+
+def test_users_page_confirms_below_the_controls_so_a_second_click_finds_them_where_they_were(app_db, people):
+    """A confirmation above a tab's controls pushed them down: the second click of a double click on Add user
+    landed on the Role box over it and opened its list (test_admin_double_clicks)."""
+    at = _open(people[1], "admin_users.py")
+    at.text_input(key="new_username").input("newbie")
+    next(t for t in at.text_input if t.label.startswith("Password")).input("long-enough")
+    _submit(at, "add_user", "Add user")
+    assert _in_tab(at, "Add a user", "success") == ["Added newbie (annotator)."]
+    assert _tab_blocks(at, "Add a user") == ["form", "success"]
+    at = _manage(at, "ann")
+    _type_new_password(at, "long-enough")
+    _submit(at, "reset_password", "Reset password")
+    assert _in_tab(at, "Manage a user", "success") == ["Password of ann reset (and any lockout lifted)."]
+    assert _tab_blocks(at, "Manage a user") == ["selectbox", "flex_container", "success"]  # user, columns

@@ -144,9 +144,11 @@ def _confirmed(page, text: str) -> bool:
 
 
 def _double_click(page, locator, gap_ms: int) -> None:
-    """``double_click``, then Escape: after an action the confirmation above the form pushes it down, and a
-    second click 300 ms later can land on the Role box above the button and open its list, which then covers
-    the next control the test clicks (why this test was flaky, 3 of 6 runs, and dropped in 01b24f5)."""
+    """``double_click``, then Escape. The confirmations once showed above the forms and pushed them down, so a
+    second click 300 ms later landed on the Role box above the button and opened its list, which covered the
+    next control the test clicked (why this test was flaky, 3 of 6 runs, and dropped in 01b24f5). They show
+    below now, but Activate's second click still opens the Deactivate… popover that took the button's place
+    (it asks before acting): without the Escape the next choice of a Role failed 3 runs of 4."""
     double_click(page, locator, gap_ms)
     page.keyboard.press("Escape")
     _settle(page)

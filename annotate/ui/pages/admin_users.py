@@ -177,8 +177,9 @@ if renamed and renamed[0] not in names and renamed[1] in names:
 # A stateful tab bar (key, on_change): the rerun after each action opens the tab the admin was on,
 # where a stateless one reopens the first.
 add, manage = st.tabs(["Add a user", "Manage a user"], key="users_tab", on_change="rerun")
+# Each tab says what its action did below its controls, not above them: a confirmation above pushed them
+# down, and the second click of a double click landed on the Role box over the button and opened its list.
 with add:
-    _say(added)
     with st.form("add_user"):
         username = st.text_input("Username", key="new_username")
         password = st.text_input(f"Password (at least {accounts.MIN_PASSWORD_LENGTH} characters)",
@@ -186,13 +187,13 @@ with add:
         role = st.selectbox("Role", ROLES, index=ROLES.index(Role.annotator.value), key="new_role")
         if st.form_submit_button("Add user", type="primary"):
             _add_user(username, password, role)
+    _say(added)
 
 with manage:
-    _say(managed)
     done = st.session_state.get("users_done")
     if (done and st.session_state.get("manage_user") == done["user"]
             and _states.get(done["user"]) == done["state"] and done["message"] not in managed):
-        _say([done["message"]])
+        managed = [*managed, done["message"]]
     # No user is chosen for the admin: with the first one preselected, Deactivate acted on whoever
     # sorted first, one click after opening the tab.
     target = st.selectbox("User", names, index=None, placeholder="Choose a user", key="manage_user")
@@ -238,3 +239,4 @@ with manage:
                     st.error("The two passwords differ: nothing was changed. Type the new password twice.")
                 else:
                     _reset_password(target, new_password)
+    _say(managed)
