@@ -250,27 +250,25 @@ class Eer(acq.Strategy):
     ``g = (y - p_c) / (1 + p_c(1 - p_c) z_cᵀ Σ z_c)``; the score is the drop in
     the pool's expected error ``mean_t min(p_t, 1 - p_t)``, averaged over the
     answer under the ensemble mean ``p_c``. Features are projected and scaled
-    like ``epig``'s, with the prior precision ``ridge`` (7 matches the heads' L2).
+    by ``epig``'s code, with the prior precision ``ridge`` (7 matches the heads' L2).
     """
 
     name = "eer"
     scores_use_features = True
 
-    def __init__(self, ridge: float = 7.0, max_targets: int = 1024):
-        self.ridge, self.max_targets = ridge, max_targets
+    def __init__(self, ridge: float = 7.0):
+        self.epig = acq.EpigStrategy(ridge=ridge)  # its target sample, projection and posterior
 
     def scores(self, pool, rng):
         p = pool.mean_probs.astype(np.float64)
         if pool.features is None or len(pool) == 0:
             return p * (1 - p)
-        every = np.arange(len(pool))
-        tgt = every if len(pool) <= self.max_targets else np.sort(rng.choice(len(pool), self.max_targets,
-                                                                              replace=False))
-        z = acq._project(np.asarray(pool.features[every], dtype=np.float64), 128)
+        every, tgt, e = np.arange(len(pool)), self.epig._targets(pool, rng), self.epig
+        z = acq._project(np.asarray(pool.features[every], dtype=np.float64), e.max_dim)
         unit = acq._unit_scale(z[tgt])
         z *= unit
-        cov = acq._posterior_cov(pool, rng, unit, z.shape[1], ridge=self.ridge, max_dim=128,
-                                 max_labelled=4096, labelled_weight=0.25)
+        cov = acq._posterior_cov(pool, rng, unit, z.shape[1], ridge=e.ridge, max_dim=e.max_dim,
+                                 max_labelled=e.max_labelled, labelled_weight=e.labelled_weight)
         pc = np.clip(p, 1e-6, 1 - 1e-6)
         logit_t = np.log(pc[tgt] / (1 - pc[tgt]))
         err_now = np.minimum(pc[tgt], 1 - pc[tgt]).mean()
