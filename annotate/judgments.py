@@ -224,12 +224,15 @@ def undo_last_action(session: Session, settings: Settings, *, actor: Actor, now:
 def _put_first(session: Session, lease: Lease, annotator_id: int, now: datetime) -> None:
     """Put ``lease``'s pair back in front of the annotator, ahead of anything else they hold.
 
-    Only unskipped leases are served, so only they are reordered (and locked)."""
+    Leases are served oldest first, so the pair gets a time a second before the oldest of their
+    other unskipped leases (only those are served), which keep their order: after U, U, U the
+    three undone pairs come back in the order they were first judged, then the pair that was on
+    screen (before, the others all got the same time and came back in the order of their ids,
+    the pair on screen first and the undone ones last to first)."""
     session.flush()
-    session.execute(update(Lease).where(Lease.annotator_id == annotator_id, Lease.id != lease.id,
-                                        Lease.skipped.is_(False))
-                    .values(created_at=now).execution_options(synchronize_session=False))
-    lease.created_at = now - timedelta(seconds=1)
+    oldest = session.scalar(select(func.min(Lease.created_at)).where(
+        Lease.annotator_id == annotator_id, Lease.id != lease.id, Lease.skipped.is_(False)))
+    lease.created_at = min(oldest, now) - timedelta(seconds=1) if oldest is not None else now
     session.flush()
 
 

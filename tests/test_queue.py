@@ -260,6 +260,36 @@ def test_undo_retracts_and_serves_again_then_supersedes(db, settings, opts):
         assert s.get(Comparison, cid).judgment_count == 1
 
 
+def test_undone_pairs_come_back_in_the_order_first_judged_then_the_pair_that_was_on_screen(db, settings, opts):
+    """Judge three pairs, undo three times: the annotator re-judges them in the order they first judged
+    them, then gets the pair they had on screen. (Before, the undone pairs all got one time and came
+    back by lease id: the pair on screen first, then the undone ones last to first.)"""
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a = make_user(s, "a")
+        make_comparisons(s, 6, priority=lambda i: i)
+    t = utcnow()
+    judged = []
+    for step in range(3):
+        with db.begin() as s:
+            cid = queue.next_comparison(s, settings, o, actor=a, now=t + timedelta(seconds=step)).comparison_id
+            judgments.submit(s, settings, actor=a, comparison_id=cid, shown="tie", now=t + timedelta(seconds=step))
+            judged.append(cid)
+    with db.begin() as s:
+        on_screen = queue.next_comparison(s, settings, o, actor=a, now=t + timedelta(seconds=5)).comparison_id
+    for step in range(3):
+        with db.begin() as s:
+            judgments.undo_last(s, settings, actor=a, now=t + timedelta(seconds=6 + step))
+    served = []
+    for step in range(4):
+        now = t + timedelta(seconds=10 + step)
+        with db.begin() as s:
+            cid = queue.next_comparison(s, settings, o, actor=a, now=now).comparison_id
+            judgments.submit(s, settings, actor=a, comparison_id=cid, shown="left", now=now)
+            served.append(cid)
+    assert served == judged + [on_screen]
+
+
 def test_skip_releases_and_is_not_served_again(db, settings, opts):
     o = _no_mix(opts)
     with db.begin() as s:

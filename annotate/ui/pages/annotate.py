@@ -61,6 +61,14 @@ STRENGTH_PRESS_KEY = "strength_press"  # (comparison id, strength) whose button'
 # not lost: it is said, and pressing again records it. A pair brought back by undo was seen: exempt.
 # (A comment, not a docstring: Streamlit's magic writes a bare string in a page onto the page.)
 MIN_SHOWN_S = 0.5
+# The pair on screen can change without an action of this session: judged, skipped or undone in another
+# tab, or its lease lapsed and others filled it. The run that notices says so above the new pair, and a
+# judge or skip press sooner than this after it was drawn is refused: it was most likely meant for the
+# pair that went (a strength key there had swapped the pair unnoticed, and a judgment key 0.8 s later
+# judged the new one).
+SWAP_MIN_SHOWN_S = 2.0
+SWAPPED_KEY = "pair_swapped"  # the pair that replaced another without an action of this session
+TOLD_KEY = "pair_told_gone"  # a pair whose press was refused with a toast (which said it went)
 _KEPT = 20  # pairs remembered in each
 # The shortcuts ignore keys typed into a text box, and neither Esc nor Enter leaves it.
 TYPING_HINT = "The keys do nothing while you type in this box: press **Tab** to leave it, then judge with a key."
@@ -154,6 +162,8 @@ def _once(key: str, token, write) -> tuple[bool, object]:
         result = context.get_db().transact(write)
     except (PrefloopError, OperationalError) as exc:
         st.session_state[key] = token
+        if key == ON_SCREEN_KEY:
+            st.session_state[TOLD_KEY] = token
         st.toast(_not_done(exc), icon=":material/warning:")
         return False, None
     return True, result
@@ -177,10 +187,12 @@ def _too_soon(comparison_id: int) -> bool:
     if started is None or st.session_state.pop(BACK_KEY, None) == comparison_id:
         return False
     shown_s = time.monotonic() - started
-    if shown_s >= MIN_SHOWN_S:
+    swapped = st.session_state.get(SWAPPED_KEY) == comparison_id
+    if shown_s >= (SWAP_MIN_SHOWN_S if swapped else MIN_SHOWN_S):
         return False
-    st.toast(f"Not saved: that key came {max(shown_s, 0) * 1000:.0f} ms after this pair appeared (a key pressed "
-             "twice?). Read it, then press again.", icon=":material/front_hand:")
+    why = ("it replaced the pair you had, which went elsewhere" if swapped else "a key pressed twice?")
+    st.toast(f"Not saved: that key came {max(shown_s, 0) * 1000:.0f} ms after this pair appeared ({why}). "
+             "Read it, then press again.", icon=":material/front_hand:")
     return True
 
 
@@ -317,8 +329,14 @@ if show_guidelines:
 
 if assignment is None:
     # Not "reload the page": a reload starts a new browser session, which is logged out.
+    # "Remaining" counts open pairs this annotator has not judged or skipped; with none to serve,
+    # those are on others' screens (their leases fill the pairs' overlap).
+    n = progress.remaining
+    held = (f" The {n} remaining {'pair is' if n == 1 else 'pairs are'} on other annotators' screens, and "
+            f"{'comes' if n == 1 else 'one comes'} to you if they leave {'it' if n == 1 else 'one'} unjudged."
+            if n else "")
     st.success("No more pairs for you right now. Thank you! New pairs appear when an admin imports more "
-               "or when others release theirs: check again later.", icon=":material/task_alt:")
+               f"or when others release theirs: check again later.{held}", icon=":material/task_alt:")
     st.session_state[ON_SCREEN_KEY] = None
     again, undo = st.columns(2, width=420)
     again.button("Check for new pairs", key="check_again", icon=":material/refresh:", width="stretch")
@@ -332,6 +350,17 @@ timers = _timers()
 for stale in [k for k in timers if k != cid]:  # pairs that left the screen without an action
     del timers[stale]
 timers.setdefault(cid, time.monotonic())
+# The latest run showed another pair, and no action of this session took it away (an action clears
+# ON_SCREEN_KEY; an undo here sets BACK_KEY to the pair it brought back).
+gone, told = st.session_state.get(ON_SCREEN_KEY), st.session_state.pop(TOLD_KEY, None)
+if gone is not None and gone != cid and st.session_state.get(BACK_KEY) != cid:
+    st.session_state[SWAPPED_KEY] = cid
+    if told != gone:  # a press on it was refused in this run, and its toast said why
+        st.warning(f"Pair #{gone} is no longer yours: it was judged, skipped or undone in another tab, or "
+                   "others took it while you were away. **This is another pair**; a key pressed in the next "
+                   f"{SWAP_MIN_SHOWN_S:g} seconds is not saved.", icon=":material/swap_horiz:")
+elif st.session_state.get(SWAPPED_KEY) != cid:
+    st.session_state.pop(SWAPPED_KEY, None)
 st.session_state[ON_SCREEN_KEY] = cid
 
 st.caption(f"Pair #{cid} · keys: **A** left better · **B** right better · **T** tie · **X** both bad · "
