@@ -247,6 +247,9 @@ class ParsedFile:
     """Comparisons read (repeats included), kept or not."""
     known_count: int = 0
     """Of those, the ones with a known winner."""
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+    """For each comparison that rows give different known winners, where a later one does and where the
+    first did ('line 5', or 'line 1, element 3' in a one-line JSON array); :func:`parse_file` notes them."""
 
     @property
     def ok(self) -> bool:
@@ -536,20 +539,22 @@ def _loads(text: str) -> Any:
         raise _BadJSON("nested too deeply") from None
 
 
-def _jsonl_records(lines: list[str], problems: list[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
+def _jsonl_records(lines: list[str], problems: list[tuple[int, str]]) -> Iterator[tuple[int, None, Any]]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            yield number, _loads(line)
+            yield number, None, _loads(line)
         except json.JSONDecodeError as exc:
             problems.append((number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
         except _BadJSON as exc:
             problems.append((number, f"invalid JSON ({exc.msg})"))
 
 
-def _json_array_records(text: str, problems: list[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
-    """Elements of a top-level JSON array, each with the line it starts on.
+def _json_array_records(text: str, problems: list[tuple[int, str]]) -> Iterator[tuple[int, int | None, Any]]:
+    """Elements of a top-level JSON array, each with the line it starts on and, where another element
+    starts on that line too (``json.dump`` writes the whole array on one line), its 1-based place in
+    the array (else None).
 
     The whole text is read leniently first (a syntax error or nesting too deep stops the file); each
     element is then read again strictly, so NaN/Infinity are problems on the element's line.
@@ -569,18 +574,38 @@ def _json_array_records(text: str, problems: list[tuple[int, str]]) -> Iterator[
     lenient = json.JSONDecoder()
     ws = re.compile(r"[\s,]*")
     pos = ws.match(text, text.index("[") + 1).end()
-    line, counted = 1, 0
-    for _ in range(count):
+    line, counted, previous = 1, 0, 0
+    for element in range(1, count + 1):
         line += text.count("\n", counted, pos)
         counted = pos
         try:
             item, end = _DECODER.raw_decode(text, pos)
+            bad = None
         except _BadJSON as exc:
-            problems.append((line, f"invalid JSON ({exc.msg})"))
+            item, bad = None, exc.msg
             _, end = lenient.raw_decode(text, pos)
+        pos = ws.match(text, end).end()  # where the next element starts
+        shared = line == previous or (element < count and text.find("\n", counted, pos) == -1)
+        previous = line
+        if bad is not None:
+            problems.append((line, _at_element(element if shared else None, f"invalid JSON ({bad})")))
         else:
-            yield line, item
-        pos = ws.match(text, end).end()
+            yield line, element if shared else None, item
+
+
+_ELEMENT = re.compile(r"element \d+: ")
+"""How :func:`_at_element` starts a reason."""
+
+
+def _at_element(element: int | None, reason: str) -> str:
+    """A row problem's reason, naming the array element when several start on its line (see
+    :func:`problems_message`)."""
+    return reason if element is None else f"element {element}: {reason}"
+
+
+def _where(line: int, element: int | None) -> str:
+    """'line 3', or 'line 1, element 2' for an array element that shares its line."""
+    return f"line {line}" if element is None else f"line {line}, element {element}"
 
 
 _JSON_CELLS = {"responses", "comparisons", "metadata"}
@@ -599,7 +624,7 @@ def _csv_lines(lines: Iterable[str]) -> Iterator[str]:
 
 
 def _csv_records(lines: Iterable[str], problems: list[tuple[int, str]], fmt: str | None,
-                 notes: list[str]) -> tuple[Iterator[tuple[int, Any]], str | None]:
+                 notes: list[str]) -> tuple[Iterator[tuple[int, None, Any]], str | None]:
     reader = csv.reader(_csv_lines(lines))
     try:
         header = next(reader)
@@ -639,7 +664,7 @@ def _csv_records(lines: Iterable[str], problems: list[tuple[int, str]], fmt: str
         notes.append("ignored CSV column(s): " + ", ".join(
             h + (f" (did you mean {match}?)" if (match := _close(h, absent)) else "") for h in ignored))
 
-    def records() -> Iterator[tuple[int, Any]]:
+    def records() -> Iterator[tuple[int, None, Any]]:
         last = reader.line_num
         while True:
             start = last + 1
@@ -677,7 +702,7 @@ def _csv_records(lines: Iterable[str], problems: list[tuple[int, str]], fmt: str
                 else:
                     obj[key] = cell
             if not bad:
-                yield start, obj
+                yield start, None, obj
 
     # chosen/rejected without a prompt column may hold HH transcripts or message lists (implicit-prompt
     # TRL): let each row's content decide, as for JSON.
@@ -1031,10 +1056,34 @@ def _parse_hh(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparis
 
 
 def _lines_note(lines: list[int], limit: int = 10) -> str:
-    """'line 3' or 'lines 1, 2, ... (5 more)'."""
+    """'line 3' or 'lines 1, 2, ... (5 more)', each line once (the elements of a one-line JSON array share it)."""
+    lines = list(dict.fromkeys(lines))
     shown = ", ".join(str(x) for x in lines[:limit])
     return ("line " if len(lines) == 1 else "lines ") + shown + (
         f", ... ({len(lines) - limit:,} more)" if len(lines) > limit else "")
+
+
+def _conflicts_note(conflicts: list[tuple[str, str]], known_winner: str | None, limit: int = 5) -> str:
+    """The note for comparisons that rows give different known winners: where, and what the import does
+    with them (``known_winner`` as :func:`prepare_import` takes it; None for a preview, before it is chosen).
+
+    Both answers are kept, as the file gives them: a file may hold several people's labels, and picking
+    one would hide that they disagree. Imported judgments count once per answer, so such a pair has no
+    majority (see the README's aggregation rule).
+    """
+    one = len(conflicts) == 1
+    places = list(dict.fromkeys(f"{where} against {first}" for where, first in conflicts))  # k-wise rows: once
+    shown = "; ".join(places[:limit]) + (f"; ... ({len(places) - limit:,} more)" if len(places) > limit else "")
+    head = (f"{counted(len(conflicts), 'comparison is', 'comparisons are')} given different known winners by "
+            f"different rows ({shown}): ")
+    if known_winner == "ignore":
+        return head + f"known winners are ignored, so {'it is' if one else 'they are'} imported without one"
+    kept = (f"each answer becomes one imported judgment, however many rows give it, so "
+            f"{'the pair has' if one else 'these pairs have'} no majority and preference exports leave "
+            f"{'it' if one else 'them'} out until more votes settle {'it' if one else 'them'}")
+    if known_winner is None:
+        kept += "; as gold pairs the file is refused (a gold pair needs one answer)"
+    return head + kept
 
 
 class _IgnoredFields:
@@ -1104,7 +1153,8 @@ def _normalise_fmt(fmt: str | None) -> str | None:
 def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars: int,
                 keep: Callable[[ParsedComparison], None] | None = None) -> ParsedFile:
     """Read and check every row of ``src``. Each comparison is passed to ``keep`` as it is read, and the
-    result's ``comparisons`` stays empty; without ``keep`` they are gathered there."""
+    result's ``comparisons`` stays empty; without ``keep`` they are gathered there. The note on ``conflicts``
+    is the caller's: what they come to depends on the import's handling of known winners."""
     fmt = _normalise_fmt(fmt)
     if src.is_blank():
         raise ImportValidationError("the file is empty")
@@ -1125,8 +1175,11 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     comparisons: list[ParsedComparison] = []
     if keep is None:
         keep = comparisons.append
-    seen: dict[tuple, int] = {}
+    # pair key -> (winner, line, element) of the row that gave it, or {winner: (line, element)} once rows
+    # give it with different winners (most pairs are given once: a tuple, not a dict, for each)
+    seen: dict[tuple[str, str, str], tuple | dict] = {}
     duplicates: list[int] = []
+    conflicts: list[tuple[str, str]] = []
     diverged: list[int] = []
     empty: list[int] = []
     multi_message: list[int] = []
@@ -1135,25 +1188,27 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     ignored = _IgnoredFields()
     rows = 0
     given = kept = known = 0
-    over_limit_line: int | None = None
+    over_limit: tuple[int, int | None] | None = None
     file_fmt = fmt
-    for line, obj in records:
+    for line, element, obj in records:
         rows += 1
         if not isinstance(obj, dict):
-            problems.append((line, f"a row must be a JSON object, not {_json_type(obj)}"))
+            problems.append((line, _at_element(element, f"a row must be a JSON object, not {_json_type(obj)}")))
             continue
         row_fmt = _detect_row(obj)
         if file_fmt is None:
             if row_fmt is None:
                 meant = dict.fromkeys(m for key in obj if (m := _close(key, ALL_ROW_FIELDS)) and m not in obj)
                 hint = f"; did you mean {', '.join(map(repr, meant))}?" if meant else ""
-                problems.append((line, f"unrecognised row (fields: {', '.join(sorted(obj)) or 'none'}{hint}); "
-                                       f"accepted formats: {FORMAT_HELP}"))
+                reason = (f"unrecognised row (fields: {', '.join(sorted(obj)) or 'none'}{hint}); "
+                          f"accepted formats: {FORMAT_HELP}")
+                problems.append((line, _at_element(element, reason)))
                 continue
             file_fmt = row_fmt
         elif fmt is None and row_fmt is not None and row_fmt != file_fmt:
-            problems.append((line, f"row looks like {row_fmt or 'no known format'} but earlier rows are "
-                                   f"{file_fmt}; one file must use one format"))
+            reason = (f"row looks like {row_fmt or 'no known format'} but earlier rows are {file_fmt}; "
+                      "one file must use one format")
+            problems.append((line, _at_element(element, reason)))
             continue
         try:
             if file_fmt == "pairs":
@@ -1171,30 +1226,42 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                 if has_empty:
                     empty.append(line)
         except _RowError as exc:
-            problems.append((line, str(exc)))
+            problems.append((line, _at_element(element, str(exc))))
             continue
         if extra := _dropped_message_keys(obj):
             dropped_lines.append(line)
             dropped_keys |= extra
         ignored.add(line, file_fmt, obj)
         given += len(parsed)
-        if given > MAX_FILE_COMPARISONS and over_limit_line is None:
-            over_limit_line = line
-        if over_limit_line is None:  # past the limit, later rows are still checked but not kept
+        if given > MAX_FILE_COMPARISONS and over_limit is None:
+            over_limit = (line, element)
+        if over_limit is None:  # past the limit, later rows are still checked but not kept
             for c in parsed:
-                key = (*c.pair_key, c.winner if c.hash_a == c.pair_key[1] else _flip(c.winner))
-                if key in seen:
-                    duplicates.append(c.line)
+                key = c.pair_key
+                winner = c.winner if c.hash_a == key[1] else _flip(c.winner)
+                earlier = seen.get(key)
+                if earlier is None:
+                    seen[key] = (winner, line, element)
                 else:
-                    seen[key] = c.line
+                    if isinstance(earlier, tuple):
+                        earlier = seen[key] = {earlier[0]: earlier[1:]}
+                    if winner in earlier:
+                        duplicates.append(line)
+                    else:
+                        # A row with no winner adds nothing to disagree with; otherwise name the first row
+                        # that gave this pair another winner.
+                        first = next((at for w, at in earlier.items() if w is not None), None)
+                        if winner is not None and first is not None:
+                            conflicts.append((_where(line, element), _where(*first)))
+                        earlier[winner] = (line, element)
                 kept += 1
                 known += c.winner is not None
                 keep(c)
 
-    if over_limit_line is not None:
-        problems.append((over_limit_line, f"the file gives {given:,} comparisons, more than the "
-                                          f"{MAX_FILE_COMPARISONS:,} one import may add, and this row passes that "
-                                          "limit; split the file and import the parts one after another"))
+    if over_limit is not None:
+        reason = (f"the file gives {given:,} comparisons, more than the {MAX_FILE_COMPARISONS:,} one import may "
+                  "add, and this row passes that limit; split the file and import the parts one after another")
+        problems.append((over_limit[0], _at_element(over_limit[1], reason)))
     if rows == 0 and not problems:
         raise ImportValidationError("the file has no data rows")
     if file_fmt is None:
@@ -1227,7 +1294,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                      + " imported once")
     problems.sort(key=lambda p: p[0])
     return ParsedFile(format=file_fmt, comparisons=comparisons, problems=problems, notes=notes, rows=rows,
-                      comparison_count=kept, known_count=known)
+                      comparison_count=kept, known_count=known, conflicts=conflicts)
 
 
 def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None, fmt: str | None = None,
@@ -1235,32 +1302,36 @@ def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None
                keep_first: int | None = None) -> ParsedFile:
     """Pure: reads and validates, touches no database. Detects the format when fmt is None.
 
-    Row problems (with 1-based line numbers) are collected in ``problems``;
+    Row problems (with 1-based line numbers; the reason starts 'element N: ' for an element of a JSON array
+    that shares its line with others) are collected in ``problems``;
     file-level problems (too large, empty, unknown format, wrong CSV columns)
     raise :class:`ImportValidationError`. With ``keep_first``, only that many comparisons are kept (for a
     preview; ``comparison_count`` and ``known_count`` still count them all): the texts of every comparison
     take several times the file's size.
     """
     src = _Source(path_or_bytes, max_bytes)
-    if keep_first is None:
-        return _parse_data(src, filename or src.name, fmt, max_text_chars)
     first: list[ParsedComparison] = []
 
     def keep(c: ParsedComparison) -> None:
         if len(first) < keep_first:
             first.append(c)
 
-    parsed = _parse_data(src, filename or src.name, fmt, max_text_chars, keep)
-    parsed.comparisons = first
+    parsed = _parse_data(src, filename or src.name, fmt, max_text_chars, None if keep_first is None else keep)
+    if keep_first is not None:
+        parsed.comparisons = first
+    if parsed.conflicts:  # before the import's handling of known winners is chosen: say what each does
+        parsed.notes.append(_conflicts_note(parsed.conflicts, None))
     return parsed
 
 
 def problems_message(problems: list[tuple[int, str]], filename: str | None = None) -> str:
-    """The user-facing text for bad rows (up to 20 listed)."""
+    """The user-facing text for bad rows (up to 20 listed): 'line 3: reason', or 'line 1, element 2: reason'
+    for an element of a JSON array that shares its line with others."""
     where = f" in {filename}" if filename else ""
     head = (f"{counted(len(problems), 'problem')}{where}; nothing was imported. "
             "Fix these rows and import the file again:")
-    body = [f"  line {line}: {reason}" for line, reason in problems[:MAX_REPORTED]]
+    body = [f"  line {line}{', ' if _ELEMENT.match(reason) else ': '}{reason}"
+            for line, reason in problems[:MAX_REPORTED]]
     if len(problems) > MAX_REPORTED:
         body.append(f"  ... and {len(problems) - MAX_REPORTED:,} more")
     return "\n".join([head, *body])
@@ -1496,6 +1567,8 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
             pair.outcomes.setdefault(choice, c.line)
 
     parsed = _parse_data(src, name, fmt, settings.max_text_chars, keep)
+    if parsed.conflicts and known_winner != "gold":  # as gold they are problems (below)
+        parsed.notes.append(_conflicts_note(parsed.conflicts, known_winner))
     problems = list(parsed.problems)
     if known_winner == "gold":
         for pair in pairs.values():
@@ -1533,7 +1606,8 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     are); ``ignore`` drops them. Idempotency rule for judgments: within a file
     an outcome counts once per comparison and choice, and it is skipped when
     an active imported judgment with that choice already exists for the
-    comparison. Rows repeating a comparison are merged.
+    comparison. Rows repeating a comparison are merged; the notes name them, and apart the rows that give
+    one comparison different winners (each answer one judgment, so it has no majority).
     """
     if overlap is not None and not 1 <= overlap <= campaign.MAX_OVERLAP:
         raise PrefloopError(f"overlap must be from 1 to {campaign.MAX_OVERLAP}")
