@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,6 +37,30 @@ _ICON_CODE = re.compile(r":(?=material[/_][\w-]+:|streamlit:)")
 # show as the character it names: escaped, "&lt;" is shown as written, like "<" itself.
 _CHAR_REF = re.compile(r"&(?=#[0-9]{1,7};|#[xX][0-9a-fA-F]{1,6};|[A-Za-z][A-Za-z0-9]{0,31};)")
 _ZWSP = "\u200b"
+# ":smile:" and ":+1:" are drawn as emoji by Streamlit's remark-emoji (names are lowercase letters, digits,
+# "_" and "-", plus "+1", "-1", "100" and "1234"; times such as "12:30:45" name none), whether escaped or not:
+# a zero-width space after the colon keeps them text, as for icons. Not before "//": "x:https://" is a URL.
+_EMOJI_CODE = re.compile(r":(?=(?=[0-9_-]{0,63}[a-z])[a-z0-9_-]{1,64}+:(?!//)|(?:100|1234|[+-]1):)")
+# A "*" between two letters or digits ("2*3*4"), which CommonMark may take as emphasis ("2<em>3</em>4"):
+# escaped, it is shown. Not next to scripts written without spaces (Chinese, Japanese, Thai, ...), where
+# "这是**重要**的" is how bold is written. "_" needs nothing: CommonMark never opens emphasis inside a word.
+_NO_SPACES_SCRIPTS = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3000-\u9fff\uac00-\ud7af\uf900-\ufaff"
+                      "\uff00-\uffef\U00020000-\U0003ffff")
+_INTRAWORD_STAR = re.compile(rf"(?<=[^\W_])(?<![{_NO_SPACES_SCRIPTS}])\*+(?=[^\W_])(?![{_NO_SPACES_SCRIPTS}])")
+# Characters that would make the annotator read something other than what the model wrote, shown as
+# "⟨U+202E⟩" (angle brackets, not square ones, which could make a link): the bidi embeddings, overrides
+# and isolates, which reorder the text after them ("\u202eRLO txt.exe" was drawn "exe.txt OLR"), and the
+# invisible zero-width space, word joiner and byte order mark, which hide where a word is split.
+# Left alone: ZWNJ and ZWJ (U+200C, U+200D; Persian and Indic words and emoji sequences need them) and
+# the soft hyphen (U+00AD; it hides nothing, only allows a hyphen at a line wrap, and is common in text
+# taken from hyphenated web pages). The direction marks (LRM U+200E, RLM U+200F, ALM U+061C) are
+# ordinary in text that mixes Arabic or Hebrew with Latin script or numbers, but each acts as an
+# invisible letter of its direction, and where it is the only one in its line it can reorder the line:
+# "\u200fthe\u200f answer\u200f is\u200f five" was drawn "five is answer the", "\u200f1 2 3\u200f" as
+# "3 2 1", and LRMs around Hebrew words swapped them. So a mark is shown in a line that has no letter of
+# its own direction, and left alone in a line that has one (there it adds nothing the letters don't).
+_SHOWN_CONTROLS = re.compile("[\u200b\u2060\ufeff\u202a-\u202e\u2066-\u2069]")
+_DIRECTION_MARKS = re.compile("[\u200e\u200f\u061c]")
 _IMAGE_OPEN = re.compile(r"!\[")
 # An image's alt text up to its "]": that bracket is escaped too, or in "[![badge](u)](link)" the outer "["
 # and the inner "](u)" made a link reading "![badge" to the relative URL "u" (with the rest as loose text).
@@ -64,8 +89,11 @@ _IMAGE_URL = re.compile(
     re.IGNORECASE)
 
 
-def _segments(text: str) -> Iterator[tuple[bool, str]]:
-    """Split ``text`` into (is_code, chunk) pieces: fenced blocks, indented blocks and inline code spans are code.
+_PROSE, _INLINE_CODE_SPAN, _CODE_BLOCK = "prose", "inline", "block"
+
+
+def _segments(text: str) -> Iterator[tuple[str, str]]:
+    """Split ``text`` into (kind, chunk) pieces: prose, inline code spans (never over a line end) and code blocks.
 
     Indented code blocks come back rewritten as fenced blocks (see ``_indented_segments``).
     """
@@ -75,7 +103,7 @@ def _segments(text: str) -> Iterator[tuple[bool, str]]:
         end_of_prose = fence.start() if fence else len(text)
         for is_code, chunk in _indented_segments(text[pos:end_of_prose]):
             if is_code:
-                yield True, chunk
+                yield _CODE_BLOCK, chunk
             else:
                 yield from _inline_segments(chunk)
         if fence is None:
@@ -84,7 +112,7 @@ def _segments(text: str) -> Iterator[tuple[bool, str]]:
         closing = re.compile(rf"^ {{0,3}}{re.escape(char)}{{{length},}}[ \t]*$", re.MULTILINE)
         close = closing.search(text, fence.end())
         block_end = close.end() if close else len(text)
-        yield True, text[fence.start():block_end]
+        yield _CODE_BLOCK, text[fence.start():block_end]
         pos = block_end
 
 
@@ -141,15 +169,15 @@ def _indented_segments(prose: str) -> Iterator[tuple[bool, str]]:
         yield False, "".join(prose_lines)
 
 
-def _inline_segments(prose: str) -> Iterator[tuple[bool, str]]:
+def _inline_segments(prose: str) -> Iterator[tuple[str, str]]:
     pos = 0
     for match in _INLINE_CODE.finditer(prose):
         if match.start() > pos:
-            yield False, prose[pos:match.start()]
-        yield True, match.group(0)
+            yield _PROSE, prose[pos:match.start()]
+        yield _INLINE_CODE_SPAN, match.group(0)
         pos = match.end()
     if pos < len(prose):
-        yield False, prose[pos:]
+        yield _PROSE, prose[pos:]
 
 
 def _escape_unescaped(match: re.Match) -> str:
@@ -182,6 +210,8 @@ def _escape_prose(prose: str, *, unlink: bool = True) -> str:
     prose = _IMAGE_OPEN.sub(r"!\\[", prose)
     prose = _REF_DEF.sub(lambda m: f"{m.group(1)}\\[{m.group(2)}]:", prose)
     prose = _ICON_CODE.sub(f":{_ZWSP}", prose)
+    prose = _EMOJI_CODE.sub(f":{_ZWSP}", prose)
+    prose = _INTRAWORD_STAR.sub(lambda m: "\\*" * len(m.group(0)), prose)
     prose = _DIRECTIVE.sub(_escape_unescaped, prose)
     return _DOLLAR.sub(_escape_unescaped, prose)
 
@@ -201,8 +231,70 @@ def _neutralise(prose: str) -> str:
     return "".join(out)
 
 
+def _marker(match: re.Match) -> str:
+    return f"\u27e8U+{ord(match.group(0)):04X}\u27e9"
+
+
+def _show_hidden(text: str) -> str:
+    """``text`` with bidi controls and invisible characters shown as markers (see ``_SHOWN_CONTROLS``)."""
+    text = _SHOWN_CONTROLS.sub(_marker, text)
+    if not _DIRECTION_MARKS.search(text):
+        return text
+    return "\n".join(_show_lone_marks(line) for line in text.split("\n"))
+
+
+def _show_lone_marks(line: str) -> str:
+    """``line`` with each direction mark shown as a marker unless the line has a letter of the mark's direction."""
+    if not _DIRECTION_MARKS.search(line):
+        return line
+    classes = {unicodedata.bidirectional(char) for char in _DIRECTION_MARKS.sub("", line)}
+    has_ltr, has_rtl = "L" in classes, bool(classes & {"R", "AL"})
+    return _DIRECTION_MARKS.sub(
+        lambda m: m.group(0) if (has_ltr if m.group(0) == "\u200e" else has_rtl) else _marker(m), line)
+
+
+# What starts a line's own block after its quote markers and indentation (a list item, a heading, a
+# fence, a thematic break or setext underline): the paragraph before ends there, so it needs no break.
+_BLOCK_START = re.compile(r"(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)|#{1,6}(?:[ \t]|$)|`{3}|~{3}|[-=*_][-=*_ \t]*$")
+_ONE_LINE_BLOCK = re.compile(r"#{1,6}(?:[ \t]|$)|[-=*_][-=*_ \t]*$")
+_CONTAINER = re.compile(r"[ \t>]*")
+_FENCE_RUN = re.compile(r"`{3,}(?=[^`]*$)|~{3,}")  # as _FENCE_OPEN: "```x``` y" is inline code
+
+
+def _hard_line_breaks(prose: str) -> str:
+    """``prose`` (with its inline code, never a code block) with each line end inside a paragraph made a hard break.
+
+    CommonMark joins the lines of a paragraph ("Poem:\\nRoses are red" was drawn "Poem: Roses are
+    red"), so the same text looked different with single and with blank lines between its lines. Two
+    spaces go before the line end where the line and the next have text, unless the line already ends in
+    a hard break (two spaces or a backslash) or is a heading or rule, the next line starts a block of its
+    own (list item, heading, fence, rule, setext underline), both lines hold a "|" (rows of a table), or
+    the line is in a fence nested in a list item (which ``_segments`` takes for prose).
+    """
+    lines = prose.split("\n")
+    fence = None
+    for i, line in enumerate(lines[:-1]):
+        body = _CONTAINER.sub("", line, count=1)
+        run = _FENCE_RUN.match(body)
+        if fence is not None:
+            if run and run.group(0)[0] == fence[0] and len(run.group(0)) >= len(fence) and not body[run.end():].strip():
+                fence = None
+            continue
+        if run:
+            fence = run.group(0)
+            continue
+        following = lines[i + 1]
+        after = _CONTAINER.sub("", following, count=1)
+        if (body.strip() and after.strip() and not line.endswith("  ")
+                and (len(line) - len(line.rstrip("\\"))) % 2 == 0
+                and not _ONE_LINE_BLOCK.match(body) and not _BLOCK_START.match(after)
+                and not ("|" in line and "|" in following)):
+            lines[i] = line + "  "
+    return "\n".join(lines)
+
+
 def safe_markdown(text: str) -> str:
-    """Markdown for untrusted ``text`` that fetches nothing and runs nothing.
+    """Markdown for untrusted ``text`` that fetches nothing and runs nothing, and shows what was written.
 
     No image can be rendered, by construction: every ``![`` (the only way
     Markdown starts an image) is broken up, so this holds wherever the
@@ -210,21 +302,40 @@ def safe_markdown(text: str) -> str:
     ``!\\[`` (shown as ``![``); inside code, where a backslash would show,
     a zero-width space goes between the two characters.
 
+    Everywhere, code included, bidi embeddings, overrides and isolates and
+    invisible characters that split words are shown as markers (``⟨U+202E⟩``)
+    instead of reordering or hiding text (see ``_SHOWN_CONTROLS``).
+
     Outside code, as a further layer: link reference definitions are
     disabled, URLs of images (bare or ``<autolinked>``) are shown as code
     instead of links, ``<`` is escaped so HTML is inert text, the ``&`` of a
     character reference is escaped so ``&lt;`` shows as written, ``$`` is
     escaped so no LaTeX is rendered, and Streamlit's colour, badge, size and
     tooltip directives (``:green-background[...]``, ``:help[...]``), Material
-    icons and logo (``:material/check:``, ``:streamlit:``) are shown as
-    written. Code (fenced blocks, indented blocks, which come back fenced, and
-    one-line inline spans) is otherwise kept as written. Code is found with regular expressions, not a full CommonMark
+    icons and logo (``:material/check:``, ``:streamlit:``) and emoji codes
+    (``:smile:``) are shown as written, as is a ``*`` inside a word (``2*3*4``).
+    A single line end inside a paragraph is a line break, as it is in the
+    text (see ``_hard_line_breaks``). Code (fenced blocks, indented blocks,
+    which come back fenced, and one-line inline spans) is otherwise kept as
+    written. Code is found with regular expressions, not a full CommonMark
     parser, so in contrived text a span may be misjudged; then only those
     escapes are affected, which is why the result must still be rendered with
     ``unsafe_allow_html=False`` (Streamlit's default: raw HTML is never live).
     """
-    return "".join(chunk.replace("![", f"!{_ZWSP}[") if is_code else _neutralise(chunk)
-                   for is_code, chunk in _segments(text or ""))
+    # First, so that the zero-width spaces added below stay invisible.
+    text = _show_hidden((text or "").replace("\r\n", "\n").replace("\r", "\n"))
+    out: list[str] = []
+    prose: list[str] = []  # prose and inline code since the last code block
+    for kind, chunk in _segments(text):
+        if kind == _PROSE:
+            prose.append(_neutralise(chunk))
+        elif kind == _INLINE_CODE_SPAN:
+            prose.append(chunk.replace("![", f"!{_ZWSP}["))
+        else:
+            out += [_hard_line_breaks("".join(prose)), chunk.replace("![", f"!{_ZWSP}[")]
+            prose = []
+    out.append(_hard_line_breaks("".join(prose)))
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- drawing

@@ -160,7 +160,7 @@ def test_indented_code_is_shown_as_written():
 
 def test_indented_lines_that_are_not_code_stay_neutralised():
     # A paragraph continuation and a list item's indented paragraph are prose in CommonMark.
-    assert safe_markdown("para\n    not code <") == "para\n    not code &lt;"
+    assert safe_markdown("para\n    not code <") == "para  \n    not code &lt;"  # a line break, as written
     out = safe_markdown("- item\n\n    more ![x](https://e.example/p.png) $")
     assert not _LIVE_IMAGE.search(out) and "`https://e.example/p.png`" in out and "\\$" in out
 
@@ -203,3 +203,108 @@ def test_an_image_inside_a_link_is_shown_as_written_as_the_links_text(text, link
     relative one in backticks, or the data: URL itself), and "](target)" was left as loose text."""
     html = _render(safe_markdown(text))
     assert html == f'<p><a href="{href}">{link_text}</a></p>\n'
+
+
+# --------------------------------------------------------------------------- shown as written
+
+
+@pytest.mark.parametrize("char", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
+                                  "\u2066", "\u2067", "\u2068", "\u2069", "\u200b", "\u2060", "\ufeff"])
+def test_bidi_controls_and_invisible_characters_are_shown(char):
+    """Before, "\\u202eRLO override txt.exe" was drawn reversed ("exe.txt edirrevo OLR"), and a zero-width
+    space split a word where nobody could see it. In code too: an override reorders code just the same."""
+    marker = f"\u27e8U+{ord(char):04X}\u27e9"
+    assert safe_markdown(f"file {char}RLO txt.exe") == f"file {marker}RLO txt.exe"
+    assert safe_markdown(f"`a{char}b` and\n\n```\nx{char}y\n```") == f"`a{marker}b` and\n\n```\nx{marker}y\n```"
+    assert safe_markdown(f"    code{char}\n") == f"```\ncode{marker}\n```\n"
+
+
+@pytest.mark.parametrize("text", [
+    "\U0001f469\u200d\U0001f4bb and \U0001f3f3\ufe0f\u200d\U0001f308",  # emoji sequences need ZWJ
+    "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian: ZWNJ inside a word
+    "\u0915\u094d\u200d\u0937",  # Devanagari: ZWJ
+    "hyphen\u00adation",  # a soft hyphen hides nothing
+    "\u200eleft-to-right mark",
+    "\u05e9\u05dc\u05d5\u05dd\u200f (hello) \u05e2\u05d5\u05dc\u05dd",  # RLM in Hebrew text
+    "\u0645\u0631\u062d\u0628\u0627\u061c 123",  # ALM in Arabic text
+])
+def test_joiners_soft_hyphens_and_marks_in_right_to_left_text_are_left_alone(text):
+    assert safe_markdown(text) == text
+
+
+def test_direction_marks_in_a_line_without_letters_of_their_direction_are_shown():
+    """A mark is an invisible letter of its direction: "\\u200fthe\\u200f answer\\u200f is" was drawn
+    "is answer the", "\\u200f1 2 3\\u200f" as "3 2 1", and LRMs around two Hebrew words swapped them.
+    Each line is judged on its own."""
+    lrm, rlm, alm = "\u27e8U+200E\u27e9", "\u27e8U+200F\u27e9", "\u27e8U+061C\u27e9"
+    assert safe_markdown("\u200fthe\u200f answer\u061c is") == f"{rlm}the{rlm} answer{alm} is"
+    assert safe_markdown("pay \u200f1 2 3\u200f\n\n\u05e9\u200f") == f"pay {rlm}1 2 3{rlm}\n\n\u05e9\u200f"
+    assert safe_markdown("\u200e\u05d0\u05d1\u200e \u05d2\u05d3") == f"{lrm}\u05d0\u05d1{lrm} \u05d2\u05d3"
+    mixed = "\u05d0\u05d1 C++\u200e \u05d2\u05d3 \u200f(x)"
+    assert safe_markdown(mixed) == mixed
+
+
+def test_safe_markdowns_own_zero_width_spaces_stay_invisible():
+    assert safe_markdown("`![x](u)` :material/check:") == "`!\u200b[x](u)` :\u200bmaterial/check:"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Poem:\nRoses are red\nViolets are blue", "Poem:  \nRoses are red  \nViolets are blue"),
+    ("Windows\r\nline ends\rtoo", "Windows  \nline ends  \ntoo"),
+    ("run `make`\nthen `make test`\nnow", "run `make`  \nthen `make test`  \nnow"),  # a code span ends the line
+    ("`a`\n`b`", "`a`  \n`b`"),
+    ("> quoted\n> lines\nlazy", "> quoted  \n> lines  \nlazy"),
+    ("- item\n  more\n- next", "- item  \n  more\n- next"),
+    ("already two  \nspaces", "already two  \nspaces"),
+    ("a backslash\\\nbreaks", "a backslash\\\nbreaks"),
+    ("an escaped backslash\\\\\nbreaks", "an escaped backslash\\\\  \nbreaks"),
+    ("para\n\nnext para", "para\n\nnext para"),
+    ("text\n# heading\ntext", "text\n# heading\ntext"),
+    ("Setext\n===\nand\n---", "Setext\n===\nand\n---"),
+    ("text\n1. list\n2. list\n* star", "text\n1. list\n2. list\n* star"),
+    ("| a | b |\n|---|---|\n| 1 | 2 |", "| a | b |\n|---|---|\n| 1 | 2 |"),
+    ("- item\n\n    ```\n    a\n    b\n    ```\n  after", "- item\n\n    ```\n    a\n    b\n    ```\n  after"),
+])
+def test_single_line_ends_in_prose_are_line_breaks(text, expected):
+    """Before, CommonMark joined the lines of a paragraph: the poem was drawn as one line, unlike the
+    same text with blank lines between its lines."""
+    assert safe_markdown(text) == expected
+
+
+def test_line_breaks_never_change_code_blocks():
+    text = "intro\n```\na\nb\n```\nafter\nmore\n\n    c\n    d\n\nend\nlast"
+    assert safe_markdown(text) == "intro\n```\na\nb\n```\nafter  \nmore\n\n```\nc\nd\n```\n\nend  \nlast"
+    html = _render(safe_markdown("Poem:\nRoses are red\n\n- a\n- b"))
+    assert html == "<p>Poem:<br />\nRoses are red</p>\n<ul>\n<li>a</li>\n<li>b</li>\n</ul>\n"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2*3*4 = 24", "2\\*3\\*4 = 24"),
+    ("x*y and 2**10", "x\\*y and 2\\*\\*10"),
+    ("\u00e9*\u00fc", "\u00e9\\*\u00fc"),
+    ("**bold**, *it*, a * b, 2 * 3", "**bold**, *it*, a * b, 2 * 3"),
+    ("__dunder__ and snake_case_name", "__dunder__ and snake_case_name"),
+    ("2\\*3 stays escaped once", "2\\*3 stays escaped once"),
+    ("\u8fd9\u662f**\u91cd\u8981**\u7684", "\u8fd9\u662f**\u91cd\u8981**\u7684"),  # Chinese bold inside a "word"
+    ("`2*3*4`", "`2*3*4`"),
+])
+def test_a_star_inside_a_word_is_shown(text, expected):
+    """Before, "2*3*4" was drawn as "234" with the 3 in italics."""
+    assert safe_markdown(text) == expected
+
+
+def test_stars_in_a_word_render_as_text_and_emphasis_still_works():
+    assert _render(safe_markdown("2*3*4 is **bold** and *it*")) == (
+        "<p>2*3*4 is <strong>bold</strong> and <em>it</em></p>\n")
+
+
+@pytest.mark.parametrize("text", [
+    ":" + "a" * 50_000, (":a" * 25_000), "a*" * 25_000, "\u200fa\n" * 15_000, "x\n" * 25_000,
+    ("- a\n" + "```\n" * 3) * 3_000,
+])
+def test_new_rewrites_stay_linear(text):
+    import time
+
+    t0 = time.perf_counter()
+    safe_markdown(text)
+    assert time.perf_counter() - t0 < 3.0

@@ -1,0 +1,175 @@
+"""safe_markdown through Streamlit's real renderer (react-markdown, remark-gfm, remark-emoji) in a browser.
+
+The text an annotator reads must be the text the model wrote: no bidi override reversing it, no
+soft line break joining a poem into one line, no ``2*3*4`` turned into emphasis, no ``:smile:``
+turned into an emoji, while lists, quotes, headings, tables and emphasis keep rendering as Markdown.
+
+Needs Debian's chromium at /usr/bin/chromium and playwright; FAILS (never skips) when either is
+missing. Saves a screenshot to ``bench/screenshots/render_markdown.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TIMEOUT_MS, _free_port, _wait_healthy
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CASES = {
+    "rlo": "file \u202eRLO override txt.exe",
+    "rlm": "\u200fthe\u200f answer\u200f is\u200f five",
+    "hebrew": "שלום\u200f (hello) עולם",
+    "lrm": "\u200eשלום\u200e עולם",
+    "poem": "Poem:\nRoses are red\nViolets are blue",
+    "code_end": "run `make`\nthen `make test`\n\n```\nkeep\nas is\n```\nafter",
+    "list": "- one\n- two\n  continued\n\n1. first\n2. second",
+    "quote": "> quoted line\n> second line",
+    "headings": "# ATX\nbelow atx\n\nSetext one\n===\n\nSetext two\n---\ntext",
+    "table": "Intro line\n| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |",
+    "backslash": "ends in a backslash\\\nnext line",
+    "stars": "2*3*4 = 24, **bold** and *italic*, __dunder__, 2\\*3",
+    "emoji": "say :smile: and :+1: at 12:30:45, ratio 3:2",
+}
+
+_APP = """
+import json, os
+import streamlit as st
+from annotate.ui import render
+
+with render.untrusted_area():
+    for key, text in json.loads(os.environ["RENDER_CASES"]).items():
+        with st.container(key=f"case_{key}"):
+            render.show_text(text)
+"""
+
+# Per case: the rendered text, its lines as shown, and the tags it holds.
+_READ_JS = """(keys) => Object.fromEntries(keys.map(key => {
+    const md = document.querySelector(`.st-key-case_${key} [data-testid=stMarkdownContainer]`);
+    const tags = {};
+    for (const e of md.querySelectorAll('*')) tags[e.tagName.toLowerCase()] = (tags[e.tagName.toLowerCase()] || 0) + 1;
+    return [key, {text: md.textContent, lines: md.innerText.split('\\n').filter(l => l.trim()), tags}];
+}))"""
+# The words of a case's first paragraph in the order the eye reads them on screen (left to right).
+_VISUAL_ORDER_JS = """(key) => {
+    const p = document.querySelector(`.st-key-case_${key} [data-testid=stMarkdownContainer] p`);
+    const walker = document.createTreeWalker(p, NodeFilter.SHOW_TEXT);
+    const words = [];
+    for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+        for (const m of t.data.matchAll(/[A-Za-z.]{2,}/g)) {
+            const r = document.createRange();
+            r.setStart(t, m.index);
+            r.setEnd(t, m.index + m[0].length);
+            words.push([m[0], r.getBoundingClientRect().left]);
+        }
+    }
+    return words.sort((a, b) => a[1] - b[1]).map(w => w[0]).join(' ');
+}"""
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """What the browser shows for each case, and the page (for screenshots and layout)."""
+    import os
+    import subprocess
+
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError as exc:  # a missing browser stack is a failure, never a skip
+        pytest.fail(f"playwright is not installed: {exc}")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"chromium not found at {CHROMIUM}")
+    tmp = tmp_path_factory.mktemp("render")
+    app = tmp / "render_app.py"
+    app.write_text(_APP)
+    port = _free_port()
+    env = {**os.environ, "RENDER_CASES": json.dumps(CASES), "PYTHONPATH": str(ROOT)}
+    log = tmp / "streamlit.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc, log)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 900, "height": 2000})
+                page.set_default_timeout(TIMEOUT_MS)
+                page.goto(base)
+                expect(page.locator(".st-key-case_emoji [data-testid=stMarkdownContainer]")).to_be_visible()
+                page.wait_for_timeout(1500)  # remark-emoji is loaded on demand; let it arrive and rerender
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / "render_markdown.png"), full_page=True)
+                shown = page.evaluate(_READ_JS, list(CASES))
+                shown["rlo"]["order"] = page.evaluate(_VISUAL_ORDER_JS, "rlo")
+                shown["rlm"]["order"] = page.evaluate(_VISUAL_ORDER_JS, "rlm")
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return shown
+
+
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def test_bidi_overrides_are_shown_not_obeyed(rendered):
+    """Before, "\\u202eRLO override txt.exe" was drawn reversed: "exe.txt edirrevo OLR"."""
+    rlo = rendered["rlo"]
+    assert not _BIDI_CONTROLS & set(rlo["text"])
+    assert rlo["text"] == "file ⟨U+202E⟩RLO override txt.exe"
+    assert rlo["order"] == "file RLO override txt.exe"
+    # Right-to-left marks between Latin words reversed their order on screen ("five is answer the").
+    assert rendered["rlm"]["order"] == "the answer is five"
+    assert rendered["hebrew"]["text"] == "שלום\u200f (hello) עולם"  # an ordinary mark in Hebrew stays
+    # Left-to-right marks around Hebrew words swapped them (read right to left: "עולם שלום").
+    assert rendered["lrm"]["text"] == "⟨U+200E⟩שלום⟨U+200E⟩ עולם"
+
+
+def test_single_line_breaks_are_kept(rendered):
+    """Before, the poem was one run-on line ("Poem: Roses are red Violets are blue")."""
+    assert rendered["poem"]["lines"] == ["Poem:", "Roses are red", "Violets are blue"]
+    assert rendered["code_end"]["lines"] == ["run make", "then make test", "keep", "as is", "after"]
+    assert rendered["code_end"]["tags"]["pre"] == 1
+
+
+def test_markdown_blocks_still_render(rendered):
+    listed = rendered["list"]
+    assert listed["tags"]["ul"] == 1 and listed["tags"]["ol"] == 1 and listed["tags"]["li"] == 4
+    assert listed["lines"] == ["one", "two", "continued", "first", "second"]
+    assert rendered["quote"]["tags"]["blockquote"] == 1
+    assert rendered["quote"]["lines"] == ["quoted line", "second line"]
+    headings = rendered["headings"]
+    assert headings["tags"]["h1"] == 2 and headings["tags"]["h2"] == 1, headings
+    assert headings["lines"] == ["ATX", "below atx", "Setext one", "Setext two", "text"]
+    table = rendered["table"]
+    assert table["tags"]["table"] == 1 and table["tags"]["tr"] == 3, table
+    backslash = rendered["backslash"]
+    assert backslash["lines"] == ["ends in a backslash", "next line"] and backslash["tags"]["br"] == 1
+
+
+def test_intraword_stars_are_shown_and_emphasis_still_works(rendered):
+    """Before, "2*3*4" was drawn as "234" with the 3 in italics."""
+    stars = rendered["stars"]
+    assert stars["text"] == "2*3*4 = 24, bold and italic, dunder, 2*3"
+    assert stars["tags"]["strong"] == 2 and stars["tags"]["em"] == 1, stars
+
+
+def test_emoji_shortcodes_are_shown_as_written(rendered):
+    """Before, ":smile:" was drawn as 😄 and ":+1:" as 👍."""
+    assert rendered["emoji"]["text"].replace("\u200b", "") == "say :smile: and :+1: at 12:30:45, ratio 3:2"
