@@ -396,7 +396,13 @@ def show_prompt(prompt_text: str | None, prompt_messages: Sequence[dict[str, Any
             st.markdown(safe_markdown(text), unsafe_allow_html=False)
         return
     total = sum(len(str(m.get("content", ""))) for m in prompt_messages)
-    box = st.container(height=PROMPT_HEIGHT * 2 if total > _LONG_PROMPT_CHARS else "content", border=False)
+    long = total > _LONG_PROMPT_CHARS
+    if long and len(prompt_messages) > 1:
+        # Streamlit keeps a box of chat messages scrolled to its end, where the turn the responses answer is;
+        # nothing showed that the conversation's start was above.
+        st.caption(f":material/arrow_upward: {len(prompt_messages)} turns: the box opens at the last one; "
+                   "scroll up in it for the earlier ones.")
+    box = st.container(height=PROMPT_HEIGHT * 2 if long else "content", border=False)
     with box:
         for message in prompt_messages:
             role = str(message.get("role", "user"))

@@ -823,6 +823,30 @@ def test_a_system_turn_does_not_look_like_the_user(app_db, people):
     assert [c.value for c in at.chat_message[0].caption] == ["system"]
 
 
+@pytest.mark.parametrize("long", [False, True])
+def test_a_long_chat_says_its_start_is_above(app_db, people, long):
+    """A long chat's box opens scrolled to its last turn (Streamlit keeps chat boxes at their end): the
+    first turns were hidden above with nothing to say so. A short chat, shown whole, says nothing."""
+    from annotate.models import Comparison, Prompt, Response
+    from tests.factories import h
+
+    body = "FIRST-TURN-START " + "words " * (300 if long else 5)
+    with app_db.begin() as session:
+        prompt = Prompt(content_hash=h("long-chat", long), messages=[
+            {"role": "user", "content": body}, {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": "And then?"}])
+        session.add(prompt)
+        session.flush()
+        a, b = (Response(prompt_id=prompt.id, content_hash=h("long-chat", long, x), text=x) for x in "ab")
+        session.add_all([a, b])
+        session.flush()
+        session.add(Comparison(prompt_id=prompt.id, response_a_id=a.id, response_b_id=b.id))
+    at = _login(_app(), "ann")
+    assert at.chat_message[0].markdown[0].value.startswith("FIRST-TURN-START")
+    said = [c.value for c in at.caption if "scroll up" in c.value]
+    assert bool(said) is long and (not long or "3 turns" in said[0])
+
+
 def test_untrusted_text_is_rendered_inert(app_db, people):
     from annotate.models import Comparison, Prompt, Response
     from tests.factories import h
