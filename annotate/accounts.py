@@ -12,12 +12,12 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import case, delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from annotate.errors import AuthError, NotFound, PermissionDenied, PrefloopError
-from annotate.models import TS, AuditEvent, Role, User, utcnow
+from annotate.models import TS, AuditEvent, Lease, Role, User, utcnow
 
 _hasher = PasswordHasher()
 # Verifying against a dummy hash when the user does not exist keeps the
@@ -148,7 +148,7 @@ def _refuse_taken(session: Session, username: str, *, other_than: int | None = N
     existing = session.scalars(query.order_by(User.id)).first()
     if existing is not None:
         raise PrefloopError(f"user {existing!r} already exists" if existing == username else
-                            f"user {existing!r} already exists; names differ by more than case")
+                            f"user {existing!r} already exists; names must differ by more than case")
 
 
 def _get_user(session: Session, username: str) -> User:
@@ -186,8 +186,46 @@ def rename_user(session: Session, old: str, new: str, *, actor: Actor | None = N
     return user
 
 
+def _refuse_last_admin(session: Session, user: User, change: str) -> None:
+    """Raise if ``user`` is the only active admin: without one, nobody can reach the admin pages.
+
+    On PostgreSQL the active admins' rows are locked (in id order) before they are counted, so two
+    admins demoting or deactivating each other at once cannot both succeed: the second waits, then
+    counts again. (SQLite runs one writer at a time.)
+    """
+    if not user.active or user.role is not Role.admin:
+        return
+    query = (select(User.id).where(User.active.is_(True), User.role == Role.admin).order_by(User.id)
+             .with_for_update(key_share=True))
+    if not [uid for uid in session.scalars(query) if uid != user.id]:
+        raise PrefloopError(f"{user.username!r} is the only active admin: {change} would leave nobody who can "
+                            "open the admin pages. Make another account an admin first (Users page, or "
+                            "'prefloop users set-role NAME --role admin' or 'prefloop users add NAME --role admin')")
+
+
+def _release_leases(session: Session, user_id: int) -> int:
+    """Delete the pairs ``user_id`` holds (their unskipped leases), so others are served them now.
+
+    Skipped leases stay: they hold no pair from anyone (they expired when skipped) and keep the
+    pair from being served to this user again. Deletes in id order after the user row is written
+    (the caller's flush), the queue's lock order (``queue.lock_annotator``). Returns how many.
+    """
+    session.flush()
+    held = select(Lease.id).where(Lease.annotator_id == user_id, Lease.skipped.is_(False))
+    ids = list(session.scalars(held.order_by(Lease.id).with_for_update()))
+    if ids:
+        session.execute(delete(Lease).where(Lease.id.in_(ids)).execution_options(synchronize_session=False))
+    return len(ids)
+
+
 def set_active(session: Session, username: str, active: bool, *, actor: Actor | None = None,
                system: bool = False) -> User:
+    """Activate or deactivate ``username``.
+
+    Deactivating releases the pairs the user holds in the same transaction (their leases would
+    otherwise keep them from everyone else until they expire), and is refused for the only active
+    admin.
+    """
     if not system:
         admin = require_admin(session, actor)
         if admin.username == username and not active:
@@ -195,13 +233,21 @@ def set_active(session: Session, username: str, active: bool, *, actor: Actor | 
     user = _get_user(session, username)
     if bool(user.active) == bool(active):
         return user  # nothing to change (the second press of a double click): no second audit entry
+    if not active:
+        _refuse_last_admin(session, user, "deactivating it")
     user.active = active
+    if not active:
+        _release_leases(session, user.id)
     audit(session, actor, "user.activate" if active else "user.deactivate", username=username)
     return user
 
 
 def set_role(session: Session, username: str, role: Role | str, *, actor: Actor | None = None,
              system: bool = False) -> User:
+    """Make ``username`` an admin or an annotator; refused for the only active admin's demotion.
+
+    The pairs the user holds are kept: admins annotate too, on the same page.
+    """
     if not system:
         admin = require_admin(session, actor)
         if admin.username == username and Role(role) is not Role.admin:
@@ -209,6 +255,8 @@ def set_role(session: Session, username: str, role: Role | str, *, actor: Actor 
     user = _get_user(session, username)
     if user.role == Role(role):
         return user  # nothing to change (the second press of a double click): no second audit entry
+    if Role(role) is not Role.admin:
+        _refuse_last_admin(session, user, "making it an annotator")
     user.role = Role(role)
     audit(session, actor, "user.role", username=username, role=Role(role).value)
     return user

@@ -41,7 +41,8 @@ from annotate.models import (
 from annotate.settings import Settings
 
 ACTIVE_WINDOW = timedelta(minutes=15)
-"""An annotator is active now when they judged within this window or hold a live lease."""
+"""An annotator is active now when their account is active and they judged within this window or hold a live
+lease."""
 
 
 # --------------------------------------------------------------------------- overview
@@ -174,7 +175,10 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
     recent = select(Judgment.annotator_id.label("uid")).where(Judgment.created_at >= now - ACTIVE_WINDOW,
                                                               Judgment.annotator_id.is_not(None))
     leasing = select(Lease.annotator_id.label("uid")).where(Lease.expires_at > now, Lease.skipped.is_(False))
-    active_now = session.scalar(select(func.count()).select_from(union(recent, leasing).subquery())) or 0
+    working = union(recent, leasing).subquery()
+    # A deactivated account is not at work, whatever it judged or held moments ago.
+    active_now = session.scalar(select(func.count()).select_from(working)
+                                .join(User, and_(User.id == working.c.uid, User.active.is_(True)))) or 0
 
     active = session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True)))
     last_run = session.scalar(select(TrainingRun).order_by(TrainingRun.started_at.desc(), TrainingRun.id.desc())

@@ -63,7 +63,7 @@ from sqlalchemy.orm import Session
 from annotate.accounts import Actor, require_active
 from annotate.campaign import CampaignOptions
 from annotate.db import is_transient
-from annotate.errors import NotFound, QueueError
+from annotate.errors import NotFound, PermissionDenied, QueueError
 from annotate.models import (
     Comparison,
     ComparisonStatus,
@@ -246,11 +246,17 @@ def lock_annotator(session: Session, annotator_id: int) -> None:
     The first lock of every transaction that writes for the annotator (serve, submit,
     skip, undo), so that their tabs take turns and lease rows come before comparison
     rows (the module's lock order). ``FOR NO KEY UPDATE``: rows that merely refer to
-    the user (their judgments and leases, audit events) do not wait for it.
+    the user (their judgments and leases, audit events) do not wait for it. Raises
+    PermissionDenied if the account was deactivated while this waited for its row.
     """
     if session.bind.dialect.name != "postgresql":
         return
-    session.execute(select(User.id).where(User.id == annotator_id).with_for_update(key_share=True))
+    active = session.scalar(select(User.active).where(User.id == annotator_id).with_for_update(key_share=True))
+    if not active:
+        # Deactivated while this waited for the row (the caller checked before): deactivation released
+        # the user's leases, so a claim now would hold a pair from everyone, and a submit would find no
+        # lease and record a judgment of an account that is no longer active.
+        raise PermissionDenied("this account is deactivated")
     session.execute(select(Lease.id).where(Lease.annotator_id == annotator_id, Lease.skipped.is_(False))
                     .order_by(Lease.id).with_for_update())
 

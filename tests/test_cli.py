@@ -82,6 +82,8 @@ def test_users_add_with_stdin_password_and_deactivate(env):
     assert dup.returncode == 2 and "already exists" in dup.stderr
     short = run(env, "users", "add", "bob", "--password-stdin", stdin="short\n")
     assert short.returncode == 2 and "at least" in short.stderr
+    assert run(env, "users", "add", "carol", "--role", "admin", "--password-stdin",
+               stdin="another-password\n").returncode == 0  # alice is not the only admin
     assert run(env, "users", "deactivate", "alice").returncode == 0
     listing = run(env, "users", "list").stdout
     assert "alice\tadmin\tinactive" in listing
@@ -381,8 +383,32 @@ def test_users_actions_need_a_name_and_set_role_needs_a_role(env):
     usage_error(run(env, "users", "deactivate", "root", "--role", "admin"), "unrecognized arguments")
     usage_error(run(env, "users", "list", "root"), "unrecognized arguments")
     assert run(env, "users", "list").stdout == "root\tadmin\tactive\n"
+    assert run(env, "users", "add", "chief", "--role", "admin", "--password-stdin",
+               stdin="another-password\n").returncode == 0  # root is not the only admin
     assert run(env, "users", "set-role", "root", "--role", "annotator").returncode == 0
-    assert run(env, "users", "list").stdout == "root\tannotator\tactive\n"
+    assert run(env, "users", "list").stdout == "chief\tadmin\tactive\nroot\tannotator\tactive\n"
+
+
+def test_users_refuses_to_leave_no_active_admin_and_says_how_to_get_past(env):
+    """Before: 'users set-role boss --role annotator' or 'users deactivate boss', boss the only active admin,
+    exited 0 and left nobody who could open the admin pages."""
+    assert run(env, "users", "add", "boss", "--role", "admin", "--password-stdin",
+               stdin="boss-password\n").returncode == 0
+    for args in (("set-role", "boss", "--role", "annotator"), ("deactivate", "boss")):
+        refused = run(env, "users", *args)
+        assert refused.returncode == 2 and refused.stdout == "", refused
+        assert refused.stderr.startswith("error: 'boss' is the only active admin: ") and refused.stderr.count("\n") == 1
+        assert "'prefloop users add NAME --role admin'" in refused.stderr and "Traceback" not in refused.stderr
+    assert run(env, "users", "list").stdout == "boss\tadmin\tactive\n"
+    # what the message offers works without an admin to act as; then boss may go
+    assert run(env, "users", "add", "Carol", "--role", "annotator", "--password-stdin",
+               stdin="carol-password\n").returncode == 0
+    twin = run(env, "users", "add", "CAROL", "--password-stdin", stdin="carol-password\n")
+    assert twin.returncode == 2 and twin.stderr == (
+        "error: user 'Carol' already exists; names must differ by more than case\n")
+    assert run(env, "users", "set-role", "Carol", "--role", "admin").returncode == 0
+    assert run(env, "users", "deactivate", "boss").returncode == 0
+    assert run(env, "users", "list").stdout == "Carol\tadmin\tactive\nboss\tadmin\tinactive\n"
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from annotate.models import (
     ModelVersion,
     Response,
     TrainingRun,
+    User,
     utcnow,
 )
 from tests.factories import make_comparisons, make_user
@@ -93,6 +94,25 @@ def test_overview_counts(db, settings, seeded):
     # live judgments' times: 2,4,6,8,10,12,14,16,18,20 (s) -> median 11 s
     assert ov.median_time_ms == pytest.approx(11_000)
     assert ov.active_model is None and ov.last_run is None and ov.next_retrain_at is None
+
+
+def test_active_annotators_now_leaves_out_deactivated_accounts(db, settings, seeded):
+    """A deactivated account that judged minutes ago, or still has a live lease row, is not at work now. Its
+    lease row is written back after the deactivation here, as one left by an older prefloop would be."""
+    now = seeded["now"]
+    with db.begin() as s:
+        (cid,) = make_comparisons(s, 1, start=70)
+        leasing = make_user(s, "leasing")
+        s.add(Lease(comparison_id=cid, annotator_id=leasing.id, expires_at=now + timedelta(minutes=5)))
+    with db.read() as s:
+        assert dashboard.overview(s, settings, actor=seeded["admin"], now=now).active_annotators == 4
+    with db.begin() as s:
+        from annotate.accounts import set_active
+
+        set_active(s, "ann2", False, actor=seeded["admin"])  # judged 5 min ago and held a lease
+        s.execute(update(User).where(User.username == "leasing").values(active=False))
+    with db.read() as s:
+        assert dashboard.overview(s, settings, actor=seeded["admin"], now=now).active_annotators == 2
 
 
 @pytest.mark.parametrize("zone", ["Asia/Kolkata", "America/St_Johns"])

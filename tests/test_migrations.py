@@ -180,7 +180,7 @@ def test_upgrade_over_usernames_differing_only_in_case_says_which_and_what_to_do
     assert cli.main(["users", "list"]) == 2
     assert "is at revision 0004" in capsys.readouterr().err
     assert cli.main(["users", "rename", "Carol", "CAROL"]) == 2  # still only a case apart from 'carol'
-    assert capsys.readouterr().err == "error: user 'carol' already exists; names differ by more than case\n"
+    assert capsys.readouterr().err == "error: user 'carol' already exists; names must differ by more than case\n"
     assert cli.main(["users", "rename", "Carol", "carol-2"]) == 0
     assert capsys.readouterr().out == "renamed 'Carol' to 'carol-2'\n"
     assert cli.main(["db", "upgrade"]) == 0

@@ -203,6 +203,42 @@ def test_postgres_undo_lands_between_a_probe_pick_and_its_lease(pg_db, pg_settin
     assert _state_of(db, actor, judged) == UNDONE
 
 
+@pytest.mark.parametrize("action", ["serve", "submit"])
+def test_postgres_action_that_waited_out_a_deactivation_is_refused(pg_db, pg_settings, action):
+    """Deactivation releases the account's leases. A page load (or a judgment) of that account that passed
+    its active check and then waited for the user row behind the deactivation went on: the load leased a
+    new pair, held from everyone for the lease time; the judgment found no lease and was recorded as a
+    lease-less judgment. Both are refused now, and nothing is left leased or recorded."""
+    from annotate import accounts
+    from annotate.errors import PermissionDenied
+
+    options = replace(get_options_for(pg_db, pg_settings), gold_rate=0.0, probe_rate=0.0)
+    with pg_db.begin() as s:
+        ann, boss = make_user(s, "ann"), make_user(s, "boss", role="admin")
+        make_comparisons(s, 3)
+    with pg_db.begin() as s:
+        held = queue.next_comparison(s, pg_settings, options, actor=ann).comparison_id
+
+    def deactivate(session):
+        accounts.set_active(session, "ann", False, actor=boss)
+
+    def work(session):
+        if action == "serve":
+            return queue.next_comparison(session, pg_settings, options, actor=ann)
+        return judgments.submit(session, pg_settings, actor=ann, comparison_id=held, shown="left")
+
+    _, result = _second_runs_into_first(pg_db, deactivate, work)
+    assert isinstance(result, PermissionDenied), result
+    with pg_db.read() as s:
+        assert s.scalars(select(Lease).where(Lease.annotator_id == ann.id)).all() == []
+        assert s.scalars(select(Judgment)).all() == []
+
+
+def get_options_for(db, settings):
+    with db.read() as s:
+        return get_options(s, settings)
+
+
 def test_undo_and_probe_claim_one_after_the_other(db, settings):
     """The serial orders of the races above (all SQLite can do): the undone pair comes back as an
     ordinary pair, whichever came first."""

@@ -65,8 +65,8 @@ def test_an_admin_renames_a_user_and_the_page_follows_the_account(app_db, people
 
 @pytest.mark.parametrize(("new", "message"), [
     ("boss", "user 'boss' already exists"),
-    ("BOSS", "user 'boss' already exists; names differ by more than case"),
-    ("carol", "user 'Carol' already exists; names differ by more than case"),
+    ("BOSS", "user 'boss' already exists; names must differ by more than case"),
+    ("carol", "user 'Carol' already exists; names must differ by more than case"),
     ("Émile", INVALID), ("ann bob", INVALID), ("x" * 65, INVALID), ("", INVALID), ("  ", INVALID),
     ("ann", "user 'ann' is already called that"),
 ])

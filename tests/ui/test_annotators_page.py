@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from annotate.accounts import Actor
 from annotate.models import Judgment, User, utcnow
-from tests.factories import make_comparisons
+from tests.factories import make_comparisons, make_user
 from tests.ui.conftest import open_page
 
 TIMEOUT = 60
@@ -73,3 +73,42 @@ def test_a_flag_says_what_it_rests_on_and_who_is_deactivated(app_db, people):
     assert warning == "**ann** (deactivated): low gold accuracy (3 of 12 correct: 25%, 95% interval 9%–53%)"
     table, _ = _table(at)
     assert not table.loc["ann", "active"]
+
+
+def _kappa_heatmap(at: AppTest) -> dict:
+    import json
+
+    [chart] = [spec for spec in (json.loads(c.proto.spec) for c in at.get("vega_lite_chart"))
+               if any(layer.get("mark", {}).get("type") == "rect" and "kappa" in str(layer.get("encoding"))
+                      for layer in spec.get("layer", [spec]))]
+    return chart
+
+
+def _annotators_sharing_pairs(app_db, people, n_more: int) -> None:
+    annotator, admin = people
+    with app_db.begin() as s:
+        cids = make_comparisons(s, 4, overlap=2 + n_more)
+        others = [make_user(s, f"a{i:02d}") for i in range(n_more)]
+    for who in (annotator, admin, *others):
+        _judge(app_db, who, cids, "abab" if who.id % 2 else "abba")
+
+
+def test_the_kappa_heatmap_has_square_cells_of_a_readable_size(app_db, people):
+    """With two annotators the heatmap was stretched to the column's width: two bars 8 px tall, their labels
+    over the bars. Its cells are square now, a fixed step per annotator, and it keeps its own width."""
+    _annotators_sharing_pairs(app_db, people, 0)
+    at = open_page(people[1], "annotators.py", TIMEOUT)
+    chart = _kappa_heatmap(at)
+    assert chart["width"] == chart["height"] == {"step": 56}
+    [element] = [c for c in at.get("vega_lite_chart") if "kappa" in c.proto.spec and '"step"' in c.proto.spec]
+    assert not element.proto.use_container_width
+    names = chart["layer"][0]["encoding"]["y"]["scale"]["domain"]
+    assert names == chart["layer"][0]["encoding"]["x"]["scale"]["domain"] == ["ann", "boss"]
+    assert any(layer["mark"]["type"] == "text" for layer in chart["layer"])  # the κ in each cell
+
+
+def test_the_kappa_heatmap_shrinks_its_cells_for_many_annotators(app_db, people):
+    _annotators_sharing_pairs(app_db, people, 28)  # 30 annotators: 280 px / 30 = 9 px a cell
+    chart = _kappa_heatmap(open_page(people[1], "annotators.py", TIMEOUT))
+    assert chart["width"] == chart["height"] == {"step": 9}
+    assert "layer" not in chart or all(layer["mark"]["type"] == "rect" for layer in chart["layer"])

@@ -46,3 +46,15 @@ def test_fresh_labels_are_shown_and_a_drop_is_warned(app_db, people, agree, warn
 def test_no_fresh_labels_without_a_model(app_db, people):
     at = open_page(people[1], "model_health.py")
     assert any("nothing to compare with new judgments" in i.value for i in at.info)
+
+
+def test_the_caption_names_the_first_judgment_counted(app_db, people):
+    """The run read up to judgment #5 and fresh labels are those with a greater id: the caption said
+    "judgment #5 and later", one judgment too early."""
+    annotator, admin = people
+    _seed(app_db, annotator, agree=3, n=4)
+    with app_db.begin() as s:
+        s.execute(update(TrainingRun).values(counts={"max_judgment_id": 5}))
+    at = open_page(admin, "model_health.py")
+    [caption] = [c.value for c in at.caption if "training run read the labels" in c.value]
+    assert "(judgment #6 and later)" in caption, caption

@@ -27,6 +27,10 @@ actor = context.require_admin_page()
 db = context.get_db()
 
 CACHE_SECONDS = 60
+# The κ heatmap's cells: square, at most this many pixels a side, and the whole grid at most KAPPA_GRID_PX across
+# (never under KAPPA_CELL_MIN_PX a cell), so that with its labels and legend it fits its half of the page up to
+# 35 annotators. Stretched to the column's width, two annotators made two bars 8 px tall.
+KAPPA_CELL_MAX_PX, KAPPA_CELL_MIN_PX, KAPPA_GRID_PX = 56, 8, 280
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner="Computing agreement…", max_entries=32)
@@ -118,11 +122,24 @@ with left:
         for a, b, k, n in report.pair_kappas:
             cells += [{"annotator": a, "other": b, "kappa": k, "shared": n},
                       {"annotator": b, "other": a, "kappa": k, "shared": n}]
-        heat = alt.Chart(pd.DataFrame(cells)).mark_rect().encode(
-            x=alt.X("other:N", title=None), y=alt.Y("annotator:N", title=None),
-            color=alt.Color("kappa:Q", scale=alt.Scale(domain=[-0.2, 1.0], scheme="redyellowgreen"), title="κ"),
+        names = sorted({c["annotator"] for c in cells})
+        cell = max(KAPPA_CELL_MIN_PX, min(KAPPA_CELL_MAX_PX, KAPPA_GRID_PX // len(names)))
+        base = alt.Chart(pd.DataFrame(cells)).encode(
+            x=alt.X("other:N", title=None, sort=names, scale=alt.Scale(domain=names),
+                    axis=alt.Axis(labelAngle=-90, labelLimit=100)),
+            y=alt.Y("annotator:N", title=None, sort=names, scale=alt.Scale(domain=names),
+                    axis=alt.Axis(labelLimit=100)))
+        heat = base.mark_rect().encode(
+            # clamped: a κ below the domain's -0.2 is drawn as -0.2 (red), not extrapolated to black
+            color=alt.Color("kappa:Q", scale=alt.Scale(domain=[-0.2, 1.0], scheme="redyellowgreen", clamp=True),
+                            title="κ"),
             tooltip=["annotator", "other", alt.Tooltip("kappa:Q", format=".2f"), "shared"])
-        st.altair_chart(heat, width="stretch")
+        if cell >= 32:  # room for the figure in each cell; white on the dark ends of the scale
+            heat += base.mark_text(fontSize=11).encode(
+                text=alt.Text("kappa:Q", format=".2f"),
+                color=alt.condition("datum.kappa < 0.1 || datum.kappa > 0.85", alt.value("white"),
+                                    alt.value("black")))
+        st.altair_chart(heat.properties(width=alt.Step(cell), height=alt.Step(cell)), width="content")
     else:
         st.info("No two annotators share a comparison yet.")
 with right:

@@ -50,7 +50,7 @@ if fresh is None:
     st.info("No active model from a training run yet: nothing to compare with new judgments.")
 else:
     st.caption(f"v{fresh.version_id} against judgments made after its training run read the labels (judgment "
-               f"#{fresh.after_judgment_id:,} and later), on pairs it never trained on: the check that the model "
+               f"#{fresh.after_judgment_id + 1:,} and later), on pairs it never trained on: the check that the model "
                "still agrees with people.")
     if fresh.random_n:
         low, high = fresh.random_interval

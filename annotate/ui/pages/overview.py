@@ -59,8 +59,8 @@ row.metric("Complete", f"{ov.complete:,}")
 row = context.metric_row()
 row.metric("Queue depth", f"{ov.queue_depth:,}", help="Open, non-gold comparisons that still need judgments.")
 row.metric("Active annotators now", ov.active_annotators,
-              help=f"Judged in the last {int(dashboard.ACTIVE_WINDOW.total_seconds() // 60)} minutes "
-                   "or holding a pair right now.")
+              help=f"Active accounts that judged in the last {int(dashboard.ACTIVE_WINDOW.total_seconds() // 60)} "
+                   "minutes or hold a pair right now.")
 row.metric(f"Judgments ({period.lower()})", f"{ov.judgments_in_period:,}",
            help="Annotators' judgments (imported ones are left out: they carry the time of the import).")
 row.metric("Median time per judgment", _duration(ov.median_time_ms), help=period)
