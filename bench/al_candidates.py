@@ -46,6 +46,7 @@ the curve, and the largest shortfall.
 
     .venv/bin/python bench/al_candidates.py default bald 'default>random@256' 'default~0.5' \\
         [--data FILE] [--first-seed 100] [--seeds 20] [--repeats 4] [--cold-start 64] [--members M] [--l2 L]
+        [--hidden H] [--parts response]
 """
 
 from __future__ import annotations
@@ -361,6 +362,10 @@ def main() -> None:
                    help="ensemble size for every strategy's model, random's too (the app's: rm.train.TrainConfig)")
     p.add_argument("--l2", type=float, default=None,
                    help="the heads' L2 prior for every strategy's model (the app's: rm.train.TrainConfig)")
+    p.add_argument("--hidden", type=int, default=None,
+                   help="MLP heads of this width for every strategy's model (the app's: linear)")
+    p.add_argument("--parts", default=None,
+                   help="comma-separated feature parts (rm.features.FeatureSpec; the app's: joint,response)")
     args = p.parse_args()
     for name in args.strategy:
         get_strategy(name)  # unknown names fail before any work
@@ -368,11 +373,14 @@ def main() -> None:
     acq.get_strategy, acq.select_strategy = get_strategy, select_strategy
 
     t0 = time.perf_counter()
-    data = sim.load_dataset(args.data, embedder=sim.make_embedder(args.cache_dir)).pairs
+    from rm.features import FeatureSpec
+
+    spec = FeatureSpec(parts=tuple(args.parts.split(","))) if args.parts else None
+    data = sim.load_dataset(args.data, embedder=sim.make_embedder(args.cache_dir), features=spec).pairs
     names = ["random"] + [s for s in args.strategy if s != "random"]
     from rm.train import TrainConfig
 
-    overrides = {k: v for k, v in (("n_members", args.members), ("l2", args.l2)) if v}
+    overrides = {k: v for k, v in (("n_members", args.members), ("l2", args.l2), ("hidden", args.hidden)) if v}
     config = TrainConfig(**overrides) if overrides else None
     curves = sim.run_simulation(data, names, range(args.first_seed, args.first_seed + args.seeds),
                                 cold_start=args.cold_start, repeats=args.repeats, config=config)
@@ -380,7 +388,8 @@ def main() -> None:
     print(sim.format_report(curves, comparisons))
     print(f"\nseeds {args.first_seed}-{args.first_seed + args.seeds - 1}, {args.repeats} replays, "
           f"cold start {args.cold_start}, {args.members or TrainConfig().n_members} members, "
-          f"L2 {args.l2 or 'default'}; "
+          f"L2 {args.l2 or 'default'}, {f'MLP {args.hidden}' if args.hidden else 'linear'} heads, "
+          f"features {args.parts or 'joint,response'}; "
           f"{time.perf_counter() - t0:.0f} s")
     for c in comparisons:
         along = " / ".join(f"{s * 100:.0f}%" if np.isfinite(s) else "not reached" for _, s in c.savings_along)
