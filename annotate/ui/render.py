@@ -201,7 +201,24 @@ def _unlink_if_escaped(match: re.Match) -> str:
     return _LINK_START.sub(r"\1\\", run)
 
 
+# A CommonMark autolink to a web page or an address ("<https://host/page>"): escaping its "<" left GFM to
+# link the bare URL on to the next space, so the page showed a stray "<" and a link whose target ended in
+# "%3E". It is kept as written instead (a link, which stays clickable like any other; never an image, which
+# autolinks cannot make). Other schemes (javascript:, data:) stay escaped text.
+_AUTOLINK = re.compile(r"<(?:https?://|mailto:)[^\s<>`]*>", re.IGNORECASE)
+
+
 def _escape_prose(prose: str, *, unlink: bool = True) -> str:
+    if unlink and "<" in prose:
+        out, pos = [], 0
+        for match in _AUTOLINK.finditer(prose):
+            out += [_escape_text(prose[pos:match.start()]), match.group(0)]
+            pos = match.end()
+        return "".join(out) + _escape_text(prose[pos:])
+    return _escape_text(prose, unlink=unlink)
+
+
+def _escape_text(prose: str, *, unlink: bool = True) -> str:
     if unlink:
         prose = _LINK_RUN.sub(_unlink_if_escaped, prose)
     prose = _CHAR_REF.sub("&amp;", prose)

@@ -308,3 +308,17 @@ def test_new_rewrites_stay_linear(text):
     t0 = time.perf_counter()
     safe_markdown(text)
     assert time.perf_counter() - t0 < 3.0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("see <http://127.0.0.1:9/auto> now", "see <http://127.0.0.1:9/auto> now"),
+    ("mail <mailto:a@b.example>", "mail <mailto:a@b.example>"),
+    ("<HTTPS://E.EXAMPLE/X>", "<HTTPS://E.EXAMPLE/X>"),
+    ("<javascript:alert(1)> <data:text/html,x>", "&lt;javascript:alert(1)> &lt;data:text/html,x>"),
+    ("<http://a b> <b>", "&lt;http://a b> &lt;b>"),  # not an autolink: a space
+    ("x <https://e.example/x.png> y", "x `https://e.example/x.png` y"),  # an image's URL: code, as before
+])
+def test_web_autolinks_are_kept_and_other_angle_brackets_escaped(text, expected):
+    """Before, "<http://127.0.0.1:9/auto>" lost its "<" to an escape, and GFM linked the bare URL with the
+    ">" in it. An autolink is a link (never an image), so it is kept as written for web pages and addresses."""
+    assert safe_markdown(text) == expected

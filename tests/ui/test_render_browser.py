@@ -36,6 +36,7 @@ CASES = {
     "backslash": "ends in a backslash\\\nnext line",
     "stars": "2*3*4 = 24, **bold** and *italic*, __dunder__, 2\\*3",
     "emoji": "say :smile: and :+1: at 12:30:45, ratio 3:2",
+    "autolink": "see <http://127.0.0.1:9/auto> and <mailto:a@example.com>, not <javascript:alert(1)>",
 }
 
 _APP = """
@@ -54,7 +55,8 @@ _READ_JS = """(keys) => Object.fromEntries(keys.map(key => {
     const md = document.querySelector(`.st-key-case_${key} [data-testid=stMarkdownContainer]`);
     const tags = {};
     for (const e of md.querySelectorAll('*')) tags[e.tagName.toLowerCase()] = (tags[e.tagName.toLowerCase()] || 0) + 1;
-    return [key, {text: md.textContent, lines: md.innerText.split('\\n').filter(l => l.trim()), tags}];
+    const links = [...md.querySelectorAll('a')].map(a => [a.textContent, a.getAttribute('href')]);
+    return [key, {text: md.textContent, lines: md.innerText.split('\\n').filter(l => l.trim()), tags, links}];
 }))"""
 # The words of a case's first paragraph in the order the eye reads them on screen (left to right).
 _VISUAL_ORDER_JS = """(key) => {
@@ -173,3 +175,12 @@ def test_intraword_stars_are_shown_and_emphasis_still_works(rendered):
 def test_emoji_shortcodes_are_shown_as_written(rendered):
     """Before, ":smile:" was drawn as 😄 and ":+1:" as 👍."""
     assert rendered["emoji"]["text"].replace("\u200b", "") == "say :smile: and :+1: at 12:30:45, ratio 3:2"
+
+
+def test_autolinks_are_links_to_what_they_say(rendered):
+    """Before, "<http://127.0.0.1:9/auto>" showed a stray "<" and linked to ".../auto%3E" (its "<" was escaped,
+    so GFM linked the bare URL on to the next space). Schemes other than web pages and addresses stay text."""
+    autolink = rendered["autolink"]
+    assert autolink["text"] == "see http://127.0.0.1:9/auto and mailto:a@example.com, not <javascript:alert(1)>"
+    assert autolink["links"] == [["http://127.0.0.1:9/auto", "http://127.0.0.1:9/auto"],
+                                 ["mailto:a@example.com", "mailto:a@example.com"]]
