@@ -66,4 +66,8 @@ def test_the_export_page_passes_its_minimum_votes_to_the_export(app_db, people, 
     at = open_page(people[1], "admin_export.py")
     at.number_input(key="export_min_votes").set_value(2).run()
     assert not at.exception, at.exception
+    assert built[-1].min_votes == 1  # typed, not applied: the downloads keep the filters they show
+    at.number_input(key="export_min_votes").set_value(2)
+    at.button(key="export_apply").click().run()  # the form sends its values with the submit
     assert built[-1].min_votes == 2
+    assert any("at least 2 votes" in c.value for c in at.caption), [c.value for c in at.caption]

@@ -11,7 +11,7 @@ import streamlit as st
 
 from annotate import accounts, export
 from annotate.settings import MAX_OVERLAP
-from annotate.ui import context
+from annotate.ui import context, render
 
 actor = context.require_admin_page()
 db = context.get_db()
@@ -30,7 +30,12 @@ failures.clear()
 with db.read() as session:
     usernames = [user.username for user in accounts.list_users(session, actor=actor)]
 
-with st.expander("Filters", expanded=True, icon=":material/filter_alt:"):
+# A form: filters take effect when applied, not when a box loses focus. Outside a form, typing a tag and
+# clicking a download button straight away sent both at once: the rerun the typed tag started replaced the
+# button's deferred file while the click fetched it, so the click downloaded the file of the old filters
+# (its audit entry saying so, a second entry for a file that never arrived) or nothing at all.
+with st.expander("Filters", expanded=True, icon=":material/filter_alt:"), \
+        st.form("export_filters", border=False, enter_to_submit=True):
     c1, c2 = st.columns(2)
     since = c1.date_input("Judged on or after (UTC)", value=None, key="export_since")
     until = c2.date_input("As the votes stood before (UTC)", value=None, key="export_until",
@@ -55,6 +60,8 @@ with st.expander("Filters", expanded=True, icon=":material/filter_alt:"):
         include_imported = st.checkbox("Count imported judgments", value=True, key="export_imported")
         margin = st.checkbox("Add a margin column", key="export_margin",
                              help="Preferences only: the mean strength of the winning votes.")
+    st.form_submit_button("Apply filters", icon=":material/filter_alt:", key="export_apply",
+                          help="The downloads below use the filters as last applied (Enter in a box applies too).")
 
 
 def _instant(day):
@@ -70,6 +77,33 @@ filters = export.ExportFilter(
     source_tags=tuple(t.strip() for t in tags_text.split(",") if t.strip()),
     include_ties=include_ties, include_both_bad=include_both_bad, exclude_gold=exclude_gold,
     min_agreement=float(min_agreement), min_votes=int(min_votes), include_imported=include_imported)
+
+
+def _applied(f: export.ExportFilter, with_margin: bool) -> str:
+    """The filters the downloads use, in a line (they are the form's as last applied, not as being edited)."""
+    parts = []
+    if f.since or f.until:
+        parts.append("judged " + " and ".join(
+            x for x in (f.since and f"on or after {f.since:%Y-%m-%d}", f.until and f"before {f.until:%Y-%m-%d}")
+            if x) + " (UTC)")
+    if f.annotators:
+        parts.append("annotators " + ", ".join(f.annotators))
+    if f.source_tags:
+        parts.append("tags " + ", ".join(f.source_tags))
+    if f.min_agreement > 0:
+        parts.append(f"agreement at least {f.min_agreement:.2f}")
+    if f.min_votes > 1:
+        parts.append(f"at least {f.min_votes} votes")
+    parts += [label for on, label in ((f.include_ties, "with ties"), (f.include_both_bad, "with both-bad"),
+                                       (f.exclude_gold, "without gold pairs"),
+                                       (not f.include_imported, "without imported judgments"),
+                                       (with_margin, "with a margin column")) if on]
+    return "; ".join(parts) if parts else "none (everything)"
+
+
+# Tags are typed text: shown through safe_markdown like any other text the page did not write.
+st.caption(":material/filter_alt: Filters applied to the downloads: "
+           + render.safe_markdown(_applied(filters, margin)) + ".")
 
 
 def _preferences(fmt: str):
