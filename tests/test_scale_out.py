@@ -146,8 +146,16 @@ def _finished(db) -> list[TrainingRun]:
 LATE = ("score", "promote")
 
 
+def _mid(step: str) -> bool:
+    """A step in the middle of a run: past "start" (the watcher announces a run, "retraining: ...", after
+    committing its row at "start", so a process stopped there had not said it yet: under load a CI run
+    caught one in that gap), and two steps or more before its end."""
+    return step != "start" and step not in LATE
+
+
 def _frozen_mid_run(db, watchers: dict[int, Watcher]) -> tuple[Watcher, TrainingRun]:
-    """Stop (SIGSTOP) the watcher that has a run in progress, caught two steps or more before its end.
+    """Stop (SIGSTOP) the watcher that has a run in progress, caught past its start and two steps or more
+    before its end (``_mid``).
 
     Runs take well under a second here, so a signal sent on seeing one could land
     after it committed. Frozen, the run is checked again: still running, its
@@ -157,8 +165,7 @@ def _frozen_mid_run(db, watchers: dict[int, Watcher]) -> tuple[Watcher, Training
     """
     end = time.monotonic() + 180
     while time.monotonic() < end:
-        run = next((r for r in _runs(db) if r.status == "running" and r.pid in watchers and r.step not in LATE),
-                   None)
+        run = next((r for r in _runs(db) if r.status == "running" and r.pid in watchers and _mid(r.step)), None)
         if run is None:
             time.sleep(0.02)
             continue
@@ -166,7 +173,7 @@ def _frozen_mid_run(db, watchers: dict[int, Watcher]) -> tuple[Watcher, Training
         time.sleep(0.3)  # a commit already sent reaches the server meanwhile
         with db.read() as s:
             again = s.get(TrainingRun, run.id)
-        if again.status == "running" and again.step not in LATE:
+        if again.status == "running" and _mid(again.step):
             return watchers[run.pid], again
         os.kill(run.pid, signal.SIGCONT)
     raise AssertionError("no run caught in progress")
