@@ -138,13 +138,21 @@ def seeded(tmp_path):
 @contextlib.contextmanager
 def streamlit_server(url: str, tmp_path: Path, **extra_env: str):
     """Serve streamlit_app.py on a free port against ``url``; yield its base URL; stop it afterwards."""
+    with streamlit_script("streamlit_app.py", tmp_path, PREFLOOP_DATABASE_URL=url,
+                          PREFLOOP_DATA_DIR=str(tmp_path / "data"), PREFLOOP_ENV="test", **extra_env) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def streamlit_script(script: str | Path, tmp_path: Path, **extra_env: str):
+    """Serve a Streamlit ``script`` (run from the repository root) on a free port, its log in ``tmp_path``;
+    yield its base URL; stop it afterwards."""
     port = _free_port()
-    env = {**os.environ, "PREFLOOP_DATABASE_URL": url, "PREFLOOP_DATA_DIR": str(tmp_path / "data"),
-           "PREFLOOP_ENV": "test", **extra_env}
+    env = {**os.environ, **extra_env}
     log = tmp_path / "streamlit.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+            [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
              "--server.port", str(port), "--server.address", "127.0.0.1",
              "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
              # Others edit the tree while this runs: no "source changed" prompts or reruns.

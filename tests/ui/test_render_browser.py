@@ -11,12 +11,11 @@ missing. Saves a screenshot to ``bench/screenshots/render_markdown.png``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TIMEOUT_MS, _free_port, _wait_healthy
+from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TIMEOUT_MS, streamlit_script
 
 pytestmark = pytest.mark.browser
 
@@ -78,9 +77,6 @@ _VISUAL_ORDER_JS = """(key) => {
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """What the browser shows for each case, and the page (for screenshots and layout)."""
-    import os
-    import subprocess
-
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError as exc:  # a missing browser stack is a failure, never a skip
@@ -90,40 +86,22 @@ def rendered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("render")
     app = tmp / "render_app.py"
     app.write_text(_APP)
-    port = _free_port()
-    env = {**os.environ, "RENDER_CASES": json.dumps(CASES), "PYTHONPATH": str(ROOT)}
-    log = tmp / "streamlit.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base, proc, log)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 900, "height": 2000})
-                page.set_default_timeout(TIMEOUT_MS)
-                page.goto(base)
-                expect(page.locator(".st-key-case_emoji [data-testid=stMarkdownContainer]")).to_be_visible()
-                page.wait_for_timeout(1500)  # remark-emoji is loaded on demand; let it arrive and rerender
-                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(SCREENSHOTS / "render_markdown.png"), full_page=True)
-                shown = page.evaluate(_READ_JS, list(CASES))
-                shown["rlo"]["order"] = page.evaluate(_VISUAL_ORDER_JS, "rlo")
-                shown["rlm"]["order"] = page.evaluate(_VISUAL_ORDER_JS, "rlm")
-            finally:
-                browser.close()
-    finally:
-        proc.terminate()
+    with streamlit_script(app, tmp, RENDER_CASES=json.dumps(CASES), PYTHONPATH=str(ROOT)) as base, \
+            sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            page = browser.new_page(viewport={"width": 900, "height": 2000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(base)
+            expect(page.locator(".st-key-case_emoji [data-testid=stMarkdownContainer]")).to_be_visible()
+            page.wait_for_timeout(1500)  # remark-emoji is loaded on demand; let it arrive and rerender
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "render_markdown.png"), full_page=True)
+            shown = page.evaluate(_READ_JS, list(CASES))
+            shown["rlo"]["order"] = page.evaluate(_VISUAL_ORDER_JS, "rlo")
+            shown["rlm"]["order"] = page.evaluate(_VISUAL_ORDER_JS, "rlm")
+        finally:
+            browser.close()
     return shown
 
 
