@@ -993,8 +993,8 @@ def test_cli_import_prints_the_ignored_fields_note(tmp_path, sqlite_url, monkeyp
     assert "ignored field(s) in 1 row (line 1): 'winer' (1 row; did you mean 'winner'?)" in out
 
 
-def test_admin_import_page_shows_the_ignored_fields_note(sqlite_url, tmp_path, monkeypatch):
-    """The note reaches the Import page twice: in the preview and in the summary after importing."""
+def admin_import_page(sqlite_url, tmp_path, monkeypatch):
+    """The admin Import page (AppTest) over a new SQLite database at ``sqlite_url``, an admin logged in."""
     from annotate.db import Database, create_db_engine
     from tests.ui.conftest import open_page
 
@@ -1005,7 +1005,12 @@ def test_admin_import_page_shows_the_ignored_fields_note(sqlite_url, tmp_path, m
     with database.begin() as session:
         boss = admin(session)
     database.dispose()
-    at = open_page(boss, "admin_import.py")
+    return open_page(boss, "admin_import.py")
+
+
+def test_admin_import_page_shows_the_ignored_fields_note(sqlite_url, tmp_path, monkeypatch):
+    """The note reaches the Import page twice: in the preview and in the summary after importing."""
+    at = admin_import_page(sqlite_url, tmp_path, monkeypatch)
     at.file_uploader(key="import_file").upload("winer.jsonl", jsonl(pair(1, winer="a")), "application/jsonl")
     at.run()
     note = "ignored field(s) in 1 row (line 1): 'winer' (1 row; did you mean 'winner'?)"

@@ -18,7 +18,7 @@ from annotate import cli, export, ingest
 from annotate.errors import ImportValidationError
 from annotate.ingest import import_file, parse_file
 from annotate.models import Choice, Comparison, Judgment
-from tests.test_ingest import admin, hh, jsonl, pair
+from tests.test_ingest import admin, admin_import_page, hh, jsonl, pair
 
 JUDGMENT_TAIL = ("each answer becomes one imported judgment, however many rows give it, so the pair has no "
                  "majority and preference exports leave it out until more votes settle it")
@@ -127,17 +127,7 @@ def test_cli_import_prints_the_note(tmp_path, sqlite_url, monkeypatch, capsys):
 
 
 def test_admin_import_page_shows_the_note_in_the_preview_and_the_summary(sqlite_url, tmp_path, monkeypatch):
-    from annotate.db import Database, create_db_engine
-    from tests.ui.conftest import open_page
-
-    monkeypatch.setenv("PREFLOOP_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("PREFLOOP_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("PREFLOOP_ENV", "test")
-    database = Database(create_db_engine(sqlite_url))
-    with database.begin() as session:
-        boss = admin(session)
-    database.dispose()
-    at = open_page(boss, "admin_import.py")
+    at = admin_import_page(sqlite_url, tmp_path, monkeypatch)
     at.file_uploader(key="import_file").upload("c.jsonl", jsonl(pair(1, winner="a"), pair(1, winner="b")),
                                                "application/jsonl")
     at.run()
