@@ -251,10 +251,9 @@ def test_a_case_twin_committed_during_the_check_is_refused_with_the_same_message
     write waits for "carol"'s transaction and then fails, which create_user and rename_user report like
     their own check, leaving the caller's unit of work usable."""
     import threading
-    import time
 
     from annotate.db import Database, create_db_engine
-    from sqlalchemy import text
+    from tests.test_concurrency import _lock_waiters, _wait_until
 
     with pg_db.begin() as s:
         accounts.create_user(s, "bob", "password-123", "annotator", system=True)
@@ -278,13 +277,7 @@ def test_a_case_twin_committed_during_the_check_is_refused_with_the_same_message
             twin = threading.Thread(target=create_carol_twin)
             twin.start()
             # wait (not a timing assertion) until the twin's insert waits on this transaction, or it is done
-            deadline = time.monotonic() + 60
-            while twin.is_alive() and time.monotonic() < deadline:
-                with pg_db.read() as watch:
-                    if watch.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                         "AND wait_event_type = 'Lock'")):
-                        break
-                time.sleep(0.05)
+            _wait_until(lambda: _lock_waiters(pg_db.engine) > 0 or not twin.is_alive(), timeout=60)
         twin.join()
     finally:
         other.dispose()
@@ -611,11 +604,9 @@ def test_two_admins_demoting_each_other_at_once_leave_one(pg_db):
     admin as far as committed data goes) demotes boss. Counting the admins waits for boss's transaction, then
     sees chief is none, and refuses: without the lock both demotions committed and no admin was left."""
     import threading
-    import time
-
-    from sqlalchemy import text
 
     from annotate.db import Database, create_db_engine
+    from tests.test_concurrency import _lock_waiters, _wait_until
 
     with pg_db.begin() as s:
         boss, chief = make_user(s, "boss", "admin"), make_user(s, "chief", "admin")
@@ -638,13 +629,8 @@ def test_two_admins_demoting_each_other_at_once_leave_one(pg_db):
             s.flush()
             rival = threading.Thread(target=demote_boss)
             rival.start()
-            deadline = time.monotonic() + 60  # wait (not a timing assertion) until the rival waits on this one
-            while rival.is_alive() and time.monotonic() < deadline:
-                with pg_db.read() as watch:
-                    if watch.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                         "AND wait_event_type = 'Lock'")):
-                        break
-                time.sleep(0.05)
+            # wait (not a timing assertion) until it waits on this transaction, or it is done
+            _wait_until(lambda: _lock_waiters(pg_db.engine) > 0 or not rival.is_alive(), timeout=60)
         rival.join()
     finally:
         other.dispose()
