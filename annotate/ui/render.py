@@ -61,6 +61,18 @@ _INTRAWORD_STAR = re.compile(rf"(?<=[^\W_])(?<![{_NO_SPACES_SCRIPTS}])\*+(?=[^\W
 # its own direction, and left alone in a line that has one (there it adds nothing the letters don't).
 _SHOWN_CONTROLS = re.compile("[\u200b\u2060\ufeff\u202a-\u202e\u2066-\u2069]")
 _DIRECTION_MARKS = re.compile("[\u200e\u200f\u061c]")
+# Text hidden in invisible characters ("ASCII smuggling"): Unicode tag characters (U+E0000-E007F) mirror
+# ASCII, and a language model reads "hello\U000e0069\U000e0067..." as "hello ig..." where a person sees
+# "hello". A run is shown decoded, as "⟨hidden tag text: "ig"⟩", unless it is the tag sequence of a
+# subdivision flag (U+1F3F4 then lowercase letters or digits and a cancel tag, as in the flag of
+# Scotland), the one use emoji make of them. Variation selectors (U+FE00-FE0F, U+E0100-E01EF) choose a
+# glyph for the one character before them (an emoji, an ideograph), so two in a row never mean anything
+# and a run of them can carry bytes after any character: a run is shown as "⟨N variation selectors⟩", and so
+# is a lone U+E0100-E01EF (ideographic variation sequences only) after anything but an ideograph.
+_TAG_RUN = re.compile("(\U0001f3f4?)([\U000e0000-\U000e007f]+)")
+_FLAG_TAGS = re.compile("[\U000e0030-\U000e0039\U000e0061-\U000e007a]{1,7}\U000e007f")
+_SELECTOR_RUN = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]{2,}"
+                           "|(?<![\u3400-\u9fff\uf900-\ufaff\U00020000-\U0003ffff])[\U000e0100-\U000e01ef]")
 _IMAGE_OPEN = re.compile(r"!\[")
 # An image's alt text up to its "]": that bracket is escaped too, or in "[![badge](u)](link)" the outer "["
 # and the inner "](u)" made a link reading "![badge" to the relative URL "u" (with the rest as loose text).
@@ -208,6 +220,16 @@ def _unlink_if_escaped(match: re.Match) -> str:
 _AUTOLINK = re.compile(r"<(?:https?://|mailto:)[^\s<>`]*>", re.IGNORECASE)
 
 
+# An inline link "[text](target)" to anything but a web page or an address: "data:" and "file:" links were
+# live (Streamlit's renderer turns only "javascript:"-like ones into "#"), and a relative target ("/admin",
+# "?page=x", "#top") pointed into the app itself. With its "(" escaped it is shown as written.
+# (At the end of a piece of prose the target is an autolink, which _escape_prose keeps apart, or code.)
+_OTHER_LINK = re.compile(r"\]\((?!\s*(?:<?(?:https?://|mailto:)|\Z))", re.IGNORECASE)
+# A "~" that is not one of a pair: Streamlit's GFM strikes out the text between two single ones ("~one~ two"
+# showed "one" struck through), which models do not mean ("~~" does strike through and is left alone).
+_LONE_TILDE = re.compile(r"(?<![~\\])(\\*)(~)(?!~)")
+
+
 def _escape_prose(prose: str, *, unlink: bool = True) -> str:
     if unlink and "<" in prose:
         out, pos = [], 0
@@ -221,6 +243,7 @@ def _escape_prose(prose: str, *, unlink: bool = True) -> str:
 def _escape_text(prose: str, *, unlink: bool = True) -> str:
     if unlink:
         prose = _LINK_RUN.sub(_unlink_if_escaped, prose)
+    prose = _OTHER_LINK.sub(r"]\\(", prose)
     prose = _CHAR_REF.sub("&amp;", prose)
     prose = prose.replace("<", "&lt;")
     prose = _IMAGE_ALT.sub(r"!\\[\1\\]", prose)
@@ -230,7 +253,18 @@ def _escape_text(prose: str, *, unlink: bool = True) -> str:
     prose = _EMOJI_CODE.sub(f":{_ZWSP}", prose)
     prose = _INTRAWORD_STAR.sub(lambda m: "\\*" * len(m.group(0)), prose)
     prose = _DIRECTIVE.sub(_escape_unescaped, prose)
+    prose = _escape_tildes(prose)
     return _DOLLAR.sub(_escape_unescaped, prose)
+
+
+def _escape_tildes(prose: str) -> str:
+    """``prose`` with each lone ``~`` escaped, but those in a URL GFM will link (``https://host/~user``),
+    where the escape would unlink it (see ``_unlink_if_escaped``) and no strike-through can start."""
+    out, pos = [], 0
+    for match in _LINK_RUN.finditer(prose):
+        out += [_LONE_TILDE.sub(_escape_unescaped, prose[pos:match.start()]), match.group(0)]
+        pos = match.end()
+    return "".join(out) + _LONE_TILDE.sub(_escape_unescaped, prose[pos:])
 
 
 def _neutralise(prose: str) -> str:
@@ -252,9 +286,24 @@ def _marker(match: re.Match) -> str:
     return f"\u27e8U+{ord(match.group(0)):04X}\u27e9"
 
 
+def _decode_tags(match: re.Match) -> str:
+    flag, tags = match.groups()
+    if flag and _FLAG_TAGS.fullmatch(tags):
+        return match.group(0)
+    decoded = "".join(chr(ord(c) - 0xE0000) if 0xE0020 <= ord(c) <= 0xE007E else f"U+{ord(c):04X}" for c in tags)
+    return f'{flag}\u27e8hidden tag text: "{decoded}"\u27e9'
+
+
+def _show_selectors(match: re.Match) -> str:
+    run = match.group(0)
+    return _marker(match) if len(run) == 1 else f"\u27e8{len(run)} variation selectors\u27e9"
+
+
 def _show_hidden(text: str) -> str:
-    """``text`` with bidi controls and invisible characters shown as markers (see ``_SHOWN_CONTROLS``)."""
+    """``text`` with bidi controls and invisible characters shown as markers (see ``_SHOWN_CONTROLS``),
+    and text hidden in tag characters or variation selectors shown (see ``_TAG_RUN``)."""
     text = _SHOWN_CONTROLS.sub(_marker, text)
+    text = _SELECTOR_RUN.sub(_show_selectors, _TAG_RUN.sub(_decode_tags, text))
     if not _DIRECTION_MARKS.search(text):
         return text
     return "\n".join(_show_lone_marks(line) for line in text.split("\n"))
@@ -321,7 +370,8 @@ def safe_markdown(text: str) -> str:
 
     Everywhere, code included, bidi embeddings, overrides and isolates and
     invisible characters that split words are shown as markers (``⟨U+202E⟩``)
-    instead of reordering or hiding text (see ``_SHOWN_CONTROLS``).
+    instead of reordering or hiding text (see ``_SHOWN_CONTROLS``), and so is
+    text hidden in tag characters or variation selectors (see ``_TAG_RUN``).
 
     Outside code, as a further layer: link reference definitions are
     disabled, URLs of images (bare or ``<autolinked>``) are shown as code
@@ -330,7 +380,8 @@ def safe_markdown(text: str) -> str:
     escaped so no LaTeX is rendered, and Streamlit's colour, badge, size and
     tooltip directives (``:green-background[...]``, ``:help[...]``), Material
     icons and logo (``:material/check:``, ``:streamlit:``) and emoji codes
-    (``:smile:``) are shown as written, as is a ``*`` inside a word (``2*3*4``).
+    (``:smile:``) are shown as written, as are a ``*`` inside a word (``2*3*4``),
+    a single ``~`` and a link to anything but a web page or an address.
     A single line end inside a paragraph is a line break, as it is in the
     text (see ``_hard_line_breaks``). Code (fenced blocks, indented blocks,
     which come back fenced, and one-line inline spans) is otherwise kept as

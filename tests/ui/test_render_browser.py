@@ -36,6 +36,10 @@ CASES = {
     "stars": "2*3*4 = 24, **bold** and *italic*, __dunder__, 2\\*3",
     "emoji": "say :smile: and :+1: at 12:30:45, ratio 3:2",
     "autolink": "see <http://127.0.0.1:9/auto> and <mailto:a@example.com>, not <javascript:alert(1)>",
+    "links": "[x](data:text/html,<b>hi</b>) [f](file:///etc/passwd) [a](/admin) [d](https://docs.example/p) "
+             "https://host/~user/page",
+    "tilde": "~one~ two, ~~three~~ four, ~5 to ~6",
+    "hidden": "hello" + "".join(chr(0xE0000 + ord(c)) for c in "obey") + " world a\ufe00\ufe01 b \u2764\ufe0f",
 }
 
 _APP = """
@@ -162,3 +166,23 @@ def test_autolinks_are_links_to_what_they_say(rendered):
     assert autolink["text"] == "see http://127.0.0.1:9/auto and mailto:a@example.com, not <javascript:alert(1)>"
     assert autolink["links"] == [["http://127.0.0.1:9/auto", "http://127.0.0.1:9/auto"],
                                  ["mailto:a@example.com", "mailto:a@example.com"]]
+
+
+def test_links_are_only_to_web_pages_and_addresses(rendered):
+    """Before, the data: and file: links were live, and "[a](/admin)" linked into the app itself."""
+    links = rendered["links"]
+    assert links["text"] == ("[x](data:text/html,<b>hi</b>) [f](file:///etc/passwd) [a](/admin) d "
+                             "https://host/~user/page")
+    assert links["links"] == [["d", "https://docs.example/p"], ["https://host/~user/page", "https://host/~user/page"]]
+
+
+def test_single_tildes_are_shown_and_double_ones_strike_through(rendered):
+    """Before, "~one~" was drawn struck through."""
+    tilde = rendered["tilde"]
+    assert tilde["text"] == "~one~ two, three four, ~5 to ~6"
+    assert tilde["tags"].get("del") == 1
+
+
+def test_hidden_text_is_shown(rendered):
+    """Before, the tag characters spelling "obey" were invisible ("hello world")."""
+    assert rendered["hidden"]["text"] == 'hello⟨hidden tag text: "obey"⟩ world a⟨2 variation selectors⟩ b \u2764\ufe0f'
