@@ -452,3 +452,43 @@ def test_a_strength_key_then_a_judgment_key_at_typing_speed_keep_the_strength(se
             assert judged.strength == 2 if gap_ms else judged.strength in (2, None)
             said = f"Last saved: pair #{before}, A is better{' (clearly better)' if judged.strength else ''}. U takes"
             expect(page.get_by_text(re.compile(r"Last saved: pair #"))).to_contain_text(said)
+
+
+def test_keys_pressed_while_the_guidelines_are_open_judge_nothing(server, seeded):
+    """G opens the guidelines over the pair. Before, A, 2 or S pressed while reading them acted on the pair
+    behind the dialog (a judgment the annotator never meant); now those keys do nothing until it is closed,
+    and Esc gives them back."""
+    from playwright.sync_api import expect
+
+    _, database = seeded
+    expect.set_options(timeout=TIMEOUT_MS)
+
+    def judged() -> list[int]:
+        with database.read() as session:
+            return list(session.scalars(select(Judgment.comparison_id).join(User, Judgment.annotator_id == User.id)
+                                        .where(User.username == "annie").order_by(Judgment.id)))
+
+    with logged_in_page(server, "annie", width=1400) as page:
+        _settle(page)
+        pair = _pair_on_screen(page)
+        page.get_by_text("Which response is better?").click()
+        page.keyboard.press("g")
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_be_visible()
+        _settle(page)
+        for key in ("2", "a", "s", "u"):
+            page.keyboard.press(key)
+            page.wait_for_timeout(400)
+        _settle(page)
+        expect(dialog).to_be_visible()
+        assert judged() == []
+        assert _pair_on_screen(page) == pair
+        page.keyboard.press("Escape")
+        expect(dialog).to_have_count(0)
+        _settle(page)
+        page.get_by_text("Which response is better?").click()
+        page.wait_for_timeout(600)  # the half-second guard counts from the rerun the dismissal made
+        page.keyboard.press("a")
+        expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(re.compile(rf"Pair #{pair}\b"))
+        _settle(page)
+    assert judged() == [pair]

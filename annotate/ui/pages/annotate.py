@@ -262,15 +262,17 @@ def _undo(token: int) -> None:
     st.toast("Your last judgment was withdrawn; judge that pair again.", icon=":material/undo:")
 
 
-def _undo_button(column) -> None:
+def _undo_button(column, *, disabled: bool = False) -> None:
     """The undo button, keyed by a new token each render (see the module docstring)."""
     token = st.session_state[UNDO_SERIAL_KEY] = st.session_state.get(UNDO_SERIAL_KEY, 0) + 1
     st.session_state[UNDO_ON_SCREEN_KEY] = token
     column.button("Undo last", key=f"undo_{token}", shortcut="U", on_click=_undo, args=(token,),
-                  icon=":material/undo:", width="stretch")
+                  icon=":material/undo:", width="stretch", disabled=disabled)
 
 
-@st.dialog("Guidelines", width="large")
+# Closing the dialog (Esc, the cross, a click beside it) runs the page again, with the keys live again: while
+# it is open the pair's buttons are disabled, so a key pressed while reading the guidelines judges nothing.
+@st.dialog("Guidelines", width="large", on_dismiss="rerun")
 def _guidelines(text: str) -> None:
     """Key G: the guidelines over the pair, which stays as it was (Esc or the cross closes them)."""
     st.markdown(render.safe_markdown(text), unsafe_allow_html=False)  # no remote images
@@ -340,7 +342,7 @@ if assignment is None:
     st.session_state[ON_SCREEN_KEY] = None
     again, undo = st.columns(2, width=420)
     again.button("Check for new pairs", key="check_again", icon=":material/refresh:", width="stretch")
-    _undo_button(undo)
+    _undo_button(undo, disabled=show_guidelines)
     if latest is not None:
         st.caption(_saved_line(latest))
     st.stop()
@@ -378,10 +380,10 @@ with render.untrusted_area():
 with st.container(horizontal=True):  # wraps onto a second row in a narrow window, labels whole
     for shown, label, key, kind in ACTIONS:
         st.button(label, key=f"judge_{shown}_{cid}", shortcut=key, type=kind, on_click=_judge,
-                  args=(cid, shown, assignment.a_on_left), width="stretch")
+                  args=(cid, shown, assignment.a_on_left), width="stretch", disabled=show_guidelines)
     st.button("Skip", key=f"skip_{cid}", shortcut="S", on_click=_skip, args=(cid,), icon=":material/skip_next:",
-              width="stretch")
-    _undo_button(st)
+              width="stretch", disabled=show_guidelines)
+    _undo_button(st, disabled=show_guidelines)
 if latest is not None and latest.comparison_id != cid:
     st.caption(_saved_line(latest))
 
@@ -402,7 +404,7 @@ with st.container(horizontal=True, vertical_alignment="center", gap="small"):
     for value, label in judgments.STRENGTHS.items():
         st.button(label.capitalize(), key=_strength_button(cid, value), shortcut=str(value),
                   type="primary" if strength == value else "secondary", on_click=_set_strength,
-                  args=(cid, value), help="Ignored for a tie or both bad.")
+                  args=(cid, value), help="Ignored for a tie or both bad.", disabled=show_guidelines)
 with st.expander("Optional: rationale, flags", expanded=False):
     rationale = st.text_input("Rationale", key=keys["rationale"], max_chars=judgments.MAX_RATIONALE_CHARS,
                               placeholder="Why? (optional)")
