@@ -21,7 +21,7 @@ from annotate import accounts, migrate
 from annotate.db import Database, create_db_engine
 from annotate.models import AppSetting, Comparison, ComparisonStatus, Judgment, ModelVersion, TrainingRun, utcnow
 from tests.factories import make_comparisons
-from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, _settle, streamlit_server
+from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, _settle, require_browser, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -114,12 +114,7 @@ def _shot(page, name: str, ready) -> Path:
 
 
 def test_admin_console_pages_render_and_are_captured(server, seeded):
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError as exc:  # a missing browser stack is a failure, never a skip
-        pytest.fail(f"playwright is not installed: {exc}")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium not found at {CHROMIUM}")
+    expect, sync_playwright = require_browser()
     _, review_id = seeded
     expect.set_options(timeout=TIMEOUT_MS)
     written = []

@@ -202,6 +202,17 @@ def _log_in(page, username: str) -> None:
     page.get_by_role("button", name="Log in").click()
 
 
+def require_browser():
+    """Playwright's ``expect`` and ``sync_playwright``; a missing browser stack FAILS the test, never skips it."""
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed: {exc}")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"chromium not found at {CHROMIUM}")
+    return expect, sync_playwright
+
+
 def _launch(p):
     return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
@@ -240,12 +251,7 @@ def _pair_on_screen(page) -> int:
 
 
 def test_annotate_with_keys_then_export_as_admin(server, seeded, tmp_path):
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError as exc:  # a missing browser stack is a failure, never a skip
-        pytest.fail(f"playwright is not installed: {exc}")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium not found at {CHROMIUM}")
+    expect, sync_playwright = require_browser()
     _, database = seeded
     expect.set_options(timeout=TIMEOUT_MS)
     upload = tmp_path / "new-pairs.jsonl"

@@ -17,7 +17,7 @@ import pytest
 from annotate import campaign, judgments, queue
 from annotate.settings import load_settings
 from tests.factories import make_comparisons
-from tests.ui.test_e2e_browser import CHROMIUM, TIMEOUT_MS, _launch, _log_in, _settle, seeded, server  # noqa: F401
+from tests.ui.test_e2e_browser import TIMEOUT_MS, _launch, _log_in, _settle, require_browser, seeded, server  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -44,12 +44,7 @@ def _judge_everything(database, url: str, tmp_path: Path) -> None:
 
 
 def test_a_download_right_after_typing_a_filter_uses_the_applied_filters_and_says_so(server, seeded, tmp_path):
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError as exc:  # a missing browser stack is a failure, never a skip
-        pytest.fail(f"playwright is not installed: {exc}")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium not found at {CHROMIUM}")
+    expect, sync_playwright = require_browser()
     url, database = seeded
     _judge_everything(database, url, tmp_path)
     expect.set_options(timeout=TIMEOUT_MS)

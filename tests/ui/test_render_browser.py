@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TIMEOUT_MS, streamlit_script
+from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TIMEOUT_MS, require_browser, streamlit_script
 
 pytestmark = pytest.mark.browser
 
@@ -81,12 +81,7 @@ _VISUAL_ORDER_JS = """(key) => {
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """What the browser shows for each case, and the page (for screenshots and layout)."""
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError as exc:  # a missing browser stack is a failure, never a skip
-        pytest.fail(f"playwright is not installed: {exc}")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium not found at {CHROMIUM}")
+    expect, sync_playwright = require_browser()
     tmp = tmp_path_factory.mktemp("render")
     app = tmp / "render_app.py"
     app.write_text(_APP)
