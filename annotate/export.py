@@ -14,7 +14,9 @@ Aggregation rule (preference exports)
   see below) that are not self-consistency probes count as votes. Superseded
   and retracted judgments are ignored (the revision that replaced a superseded
   one is the active vote). Imported judgments (``source == imported``) count as
-  votes unless ``include_imported=False``.
+  votes unless ``include_imported=False``: one for each rater an imported row
+  names (``external_annotator``; a later import of another answer from that
+  rater supersedes theirs), and one per answer for rows that name none.
 * ``until`` exports the votes as they stood just before that instant, not
   today's votes cast before it: a judgment counts when it was created before
   ``until`` and had not yet stopped being current, whatever its state now. A
@@ -23,9 +25,9 @@ Aggregation rule (preference exports)
   created. So a vote revised after ``until`` counts with its old choice, a vote
   undone after ``until`` still counts, and one undone before it does not (judging
   again after an undo supersedes the retracted row, which stopped at the undo).
-  A non-active row with neither time is left out. An annotator has at most one
-  live judgment per comparison at any time, so this is at most one vote each:
-  the votes an export run at ``until`` would have counted.
+  A non-active row with neither time is left out. An annotator (or an imported
+  rater) has at most one live judgment per comparison at any time, so this is at
+  most one vote each: the votes an export run at ``until`` would have counted.
 * ``since`` filters those votes (today's, or those standing at ``until``) by when
   they were cast: a vote cast before ``since`` is left out even though it still
   stood in the window, and so is a revision cast after ``until``.
@@ -79,7 +81,9 @@ Raw judgments
 Every judgment matching the filters, whatever its state (superseded and
 retracted rows are kept and flagged by ``state``; probes by ``is_probe``), with
 the prompt and both responses, and the imported ids (``external_id``,
-``prompt_external_id``, ``response_a_external_id``, ``response_b_external_id``).
+``prompt_external_id``, ``response_a_external_id``, ``response_b_external_id``)
+and rater (``external_annotator``: the ``annotator`` an imported row named; ``annotator``
+is the user who judged, null for imported rows).
 Aggregation-only filters (``include_ties``, ``include_both_bad``,
 ``min_agreement``, ``min_votes``) do not apply. Parquet has typed columns (chat prompts as JSON
 strings, as in JSONL) and is the format to load large exports with ``datasets``:
@@ -144,7 +148,7 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 JUDGMENT_FIELDS: tuple[str, ...] = (
     "judgment_id", "comparison_id", "prompt_id", "response_a_id", "response_b_id",
-    "annotator", "source", "choice", "choice_shown", "strength", "rationale", "flags",
+    "annotator", "external_annotator", "source", "choice", "choice_shown", "strength", "rationale", "flags",
     "a_on_left", "time_spent_ms", "is_probe", "was_gold", "is_gold", "state",
     "supersedes_id", "retracted_at", "model_version_id", "acquisition_strategy",
     "acquisition_score", "created_at", "source_tag", "external_id", "prompt_external_id",
@@ -607,7 +611,7 @@ _JUDGMENT_COLUMNS = (
     Judgment.rationale, Judgment.flags, Judgment.a_on_left, Judgment.time_spent_ms,
     Judgment.is_probe, Judgment.was_gold, Judgment.state, Judgment.supersedes_id,
     Judgment.retracted_at, Judgment.model_version_id, Judgment.acquisition_strategy,
-    Judgment.acquisition_score, Judgment.created_at,
+    Judgment.acquisition_score, Judgment.created_at, Judgment.external_annotator,
 )
 
 
@@ -632,7 +636,7 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
     # export never holds every row twice.
     for (jid, comparison_id, source, choice, strength, rationale, flags, a_on_left,
          time_spent_ms, is_probe, was_gold, state, supersedes_id, retracted_at,
-         model_version_id, acquisition_strategy, acquisition_score, created_at,
+         model_version_id, acquisition_strategy, acquisition_score, created_at, external_annotator,
          username, prompt_id, a_id, b_id, is_gold, source_tag,
          external_id, prompt_external_id, ext_a, ext_b,
          prompt_text, messages, text_a, text_b) in _run(
@@ -641,7 +645,7 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
         yield {
             "judgment_id": jid, "comparison_id": comparison_id, "prompt_id": prompt_id,
             "response_a_id": a_id, "response_b_id": b_id, "annotator": username,
-            "source": JudgmentSource(source).value, "choice": choice.value,
+            "external_annotator": external_annotator, "source": JudgmentSource(source).value, "choice": choice.value,
             "choice_shown": _choice_shown(choice, a_on_left), "strength": strength,
             "rationale": rationale, "flags": list(flags or []), "a_on_left": a_on_left,
             "time_spent_ms": time_spent_ms, "is_probe": bool(is_probe),
@@ -696,7 +700,7 @@ def _judgment_schema():
     import pyarrow as pa
 
     types = {
-        "annotator": pa.string(), "source": pa.string(), "choice": pa.string(), "choice_shown": pa.string(),
+        "annotator": pa.string(), "external_annotator": pa.string(), "source": pa.string(), "choice": pa.string(), "choice_shown": pa.string(),
         "rationale": pa.string(), "flags": pa.list_(pa.string()), "a_on_left": pa.bool_(),
         "is_probe": pa.bool_(), "was_gold": pa.bool_(), "is_gold": pa.bool_(), "state": pa.string(),
         "retracted_at": pa.string(), "acquisition_strategy": pa.string(), "acquisition_score": pa.float64(),

@@ -5,12 +5,14 @@ Accepted formats (JSON Lines, ``.jsonl.gz``, ``.json`` arrays or CSV):
 ``pairs``
     ``prompt``, ``response_a``, ``response_b``; optional ``id``, ``prompt_id``,
     ``response_a_id``, ``response_b_id``, ``generator_a``, ``generator_b``,
-    ``metadata`` (object), ``source``/``tag`` and a known ``winner``
-    (``a``, ``b``, ``tie``, ``both_bad``). A and B keep the file's order.
+    ``metadata`` (object), ``source``/``tag``, a known ``winner``
+    (``a``, ``b``, ``tie``, ``both_bad``) and the ``annotator`` who gave it.
+    A and B keep the file's order.
 ``kwise``
     ``prompt`` and ``responses`` (strings or objects with ``text`` and optional
     ``generator``, ``id``, ``metadata``), optional known outcomes
-    ``comparisons: [{"a": i, "b": j, "winner": ...}]``. Every unordered pair
+    ``comparisons: [{"a": i, "b": j, "winner": ...}]``, each with an optional
+    ``annotator`` (else the row's). Every unordered pair
     of responses becomes a comparison, A being the lower index; a row may
     hold up to :data:`MAX_KWISE_RESPONSES` responses.
 ``trl``
@@ -36,6 +38,11 @@ Fields a format does not read (a misspelt ``winner``, a dataset's own columns, a
 or outcome's other keys) are not stored; one note names them with the rows that give each, and the
 known field a name looks like a misspelling of. A row refused for a missing field names such a
 misspelling too.
+
+Every format with a known winner takes the ``annotator`` who gave it (your id for the person, stored as
+``Judgment.external_annotator``). Imported judgments without one count once per comparison and answer; with
+one, once per comparison and rater: a rater's repeat adds nothing, a later import of another answer from
+them supersedes their earlier one, and two answers from one rater for one pair in one file are a problem.
 
 Your own ids are kept: a row's ``id`` on the comparisons it adds
 (``Comparison.external_id``; when a pair is already there, it keeps the id it
@@ -119,17 +126,17 @@ CSV_COLUMNS = {
 }
 OPTIONAL_FIELDS = {
     "pairs": {"id", "prompt_id", "response_a_id", "response_b_id", "generator_a", "generator_b",
-              "metadata", "source", "tag", "winner"},
-    "kwise": {"id", "prompt_id", "comparisons", "metadata", "source", "tag"},
-    "trl": {"id", "prompt_id", "metadata", "source", "tag"},
-    "hh": {"id", "source", "tag"},
+              "metadata", "source", "tag", "winner", "annotator"},
+    "kwise": {"id", "prompt_id", "comparisons", "metadata", "source", "tag", "annotator"},
+    "trl": {"id", "prompt_id", "metadata", "source", "tag", "annotator"},
+    "hh": {"id", "source", "tag", "annotator"},
 }
 ROW_FIELDS = {name: set(CSV_COLUMNS[name]) | OPTIONAL_FIELDS[name] for name in FORMATS}
 """Every top-level field each format reads; other fields are named in the notes (see :class:`_IgnoredFields`)."""
 ALL_ROW_FIELDS = tuple(sorted(set().union(*ROW_FIELDS.values())))
 RESPONSE_FIELDS = ("text", "id", "generator", "metadata")
 """The fields of a k-wise response object."""
-OUTCOME_FIELDS = ("a", "b", "winner")
+OUTCOME_FIELDS = ("a", "b", "winner", "annotator")
 """The fields of a k-wise ``comparisons`` entry."""
 MESSAGE_FIELDS = ("role", "content")
 ROLES = ("user", "assistant", "system")
@@ -195,7 +202,8 @@ class ParsedComparison:
     """One candidate comparison read from a file, in canonical A/B order.
 
     ``winner`` is the known outcome in those canonical terms (None when the
-    file gives none). ``line`` is the 1-based line where the row starts.
+    file gives none), ``annotator`` the rater the file names for it (read only
+    with a winner). ``line`` is the 1-based line where the row starts.
     """
 
     line: int
@@ -203,6 +211,7 @@ class ParsedComparison:
     response_a: str
     response_b: str
     winner: Choice | None = None
+    annotator: str | None = None
     prompt_id: str | None = None
     row_id: str | None = None
     response_a_id: str | None = None
@@ -232,6 +241,17 @@ class ParsedComparison:
         return self.prompt_hash, lo, hi
 
 
+class _Conflict(NamedTuple):
+    """Rows giving one comparison different known winners: where a later one does, and where the first that
+    gave it another did ('line 5', or 'line 1, element 3' in a one-line JSON array)."""
+
+    where: str
+    first: str
+    separate: bool
+    """Both rows name a rater (different ones: one rater's two answers are a problem), so each is a vote."""
+    pair: tuple[str, str, str]
+
+
 @dataclass
 class ParsedFile:
     """The result of :func:`parse_file`: comparisons, or the problems that stop an import."""
@@ -247,9 +267,16 @@ class ParsedFile:
     """Comparisons read (repeats included), kept or not."""
     known_count: int = 0
     """Of those, the ones with a known winner."""
-    conflicts: list[tuple[str, str]] = field(default_factory=list)
-    """For each comparison that rows give different known winners, where a later one does and where the
-    first did ('line 5', or 'line 1, element 3' in a one-line JSON array); :func:`parse_file` notes them."""
+    conflicts: list[_Conflict] = field(default_factory=list)
+    """Where rows give a comparison different known winners; :func:`parse_file` notes them."""
+    rater_conflicts: list[tuple[int, str]] = field(default_factory=list)
+    """Rows where a rater gives a comparison another winner than an earlier row did, as problems: which
+    answer is final cannot be told. :func:`parse_file` adds them to ``problems``, and so does an import
+    unless it makes gold pairs (which do not read the rater, and refuse any pair given two answers)."""
+    rated_count: int = 0
+    """Of the comparisons with a known winner, the ones that name its rater (``annotator``)."""
+    raters: int = 0
+    """The distinct raters those name."""
 
     @property
     def ok(self) -> bool:
@@ -730,16 +757,19 @@ def _detect_row(obj: dict) -> str | None:
     return None
 
 
-def _opt_str(obj: dict, key: str, limit: int) -> str | None:
+def _opt_str(obj: dict, key: str, limit: int, what: str | None = None) -> str | None:
+    """``obj[key]`` as a string (a number as its digits), None when absent or empty; ``what`` names it in
+    problems (``repr(key)`` by default)."""
+    what = what or repr(key)
     value = obj.get(key)
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _RowError(f"{key!r} must be a string")
+        raise _RowError(f"{what} must be a string")
     value = str(value)
     if len(value) > limit:
-        raise _RowError(f"{key!r} is longer than {limit} characters")
-    _refuse_nul(value, repr(key))
+        raise _RowError(f"{what} is longer than {limit} characters")
+    _refuse_nul(value, what)
     return value
 
 
@@ -887,6 +917,7 @@ def _parse_pairs(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
         raise _RowError("response_a and response_b are identical")
     return [ParsedComparison(
         line=line, prompt=prompt, response_a=a, response_b=b, winner=_winner(obj.get("winner")),
+        annotator=_opt_str(obj, "annotator", MAX_ID_CHARS),
         prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS), row_id=_opt_str(obj, "id", MAX_ID_CHARS),
         response_a_id=_opt_str(obj, "response_a_id", MAX_ID_CHARS),
         response_b_id=_opt_str(obj, "response_b_id", MAX_ID_CHARS),
@@ -922,7 +953,9 @@ def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
         if t in seen:
             raise _RowError(f"responses[{seen[t]}] and responses[{i}] are identical")
         seen[t] = i
-    outcomes: dict[tuple[int, int], Choice] = {}
+    # (i, j) -> {rater (None for an outcome naming none): outcome}: one outcome per rater and pair
+    outcomes: dict[tuple[int, int], dict[str | None, Choice]] = {}
+    row_rater = _opt_str(obj, "annotator", MAX_ID_CHARS)
     raw_outcomes = obj.get("comparisons") or []
     if not isinstance(raw_outcomes, list):
         raise _RowError("'comparisons' must be a list of {\"a\": i, \"b\": j, \"winner\": ...}")
@@ -942,20 +975,25 @@ def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
         if choice is None:
             raise _RowError(f"comparisons[{n}] has no winner"
                             + ("" if "winner" in oc else _misspelt(oc, ["winner"], OUTCOME_FIELDS)))
+        rater = _opt_str(oc, "annotator", MAX_ID_CHARS, f"comparisons[{n}].annotator") or row_rater
         key, canon = ((i, j), choice) if i < j else ((j, i), _flip(choice))
-        if key in outcomes and outcomes[key] is not canon:
-            raise _RowError(f"comparisons[{n}] contradicts an earlier outcome for responses {key[0]} and {key[1]}")
-        outcomes[key] = canon
+        given = outcomes.setdefault(key, {})
+        if given.get(rater, canon) is not canon:
+            by = "" if rater is None else f" by annotator {_short(rater, 40)!r}"
+            raise _RowError(f"comparisons[{n}] contradicts an earlier outcome{by} for responses {key[0]} and {key[1]}")
+        given[rater] = canon
     prompt_id, row_id = _opt_str(obj, "prompt_id", MAX_ID_CHARS), _opt_str(obj, "id", MAX_ID_CHARS)
     meta, tag = _opt_dict(obj, "metadata"), _tag(obj)
     p_hash = prompt_hash(prompt)
     hashes = [content_hash(t) for t in texts]
+    # A pair that several raters judged is given once for each of them.
     return [ParsedComparison(
-        line=line, prompt=prompt, response_a=texts[i], response_b=texts[j], winner=outcomes.get((i, j)),
+        line=line, prompt=prompt, response_a=texts[i], response_b=texts[j], winner=winner, annotator=rater,
         prompt_id=prompt_id, row_id=row_id, response_a_id=ids[i], response_b_id=ids[j],
         generator_a=gens[i], generator_b=gens[j], response_a_meta=metas[i], response_b_meta=metas[j],
         metadata=meta, source_tag=tag, prompt_hash=p_hash, hash_a=hashes[i], hash_b=hashes[j])
-        for i in range(k) for j in range(i + 1, k)]
+        for i in range(k) for j in range(i + 1, k)
+        for rater, winner in (outcomes.get((i, j)) or {None: None}).items()]
 
 
 def _by_hash(line: int, prompt, chosen: str, rejected: str, *, chosen_meta: dict | None = None,
@@ -1004,7 +1042,8 @@ def _parse_trl(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedCompari
         raise _RowError("'chosen' and 'rejected' are identical")
     return [_by_hash(line, prompt, chosen, rejected, chosen_meta=chosen_meta, rejected_meta=rejected_meta,
                      prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS), row_id=_opt_str(obj, "id", MAX_ID_CHARS),
-                     metadata=_opt_dict(obj, "metadata"), source_tag=_tag(obj))], \
+                     metadata=_opt_dict(obj, "metadata"), source_tag=_tag(obj),
+                     annotator=_opt_str(obj, "annotator", MAX_ID_CHARS))], \
         chosen_meta is not None or rejected_meta is not None
 
 
@@ -1051,7 +1090,8 @@ def _parse_hh(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparis
     if c == r:
         raise _RowError("chosen and rejected responses are identical apart from surrounding whitespace")
     diverged = bool(_HH_TURN.search(chosen, start) or _HH_TURN.search(rejected, start))
-    return [_by_hash(line, prompt, c, r, row_id=_opt_str(obj, "id", MAX_ID_CHARS), source_tag=_tag(obj))], \
+    return [_by_hash(line, prompt, c, r, row_id=_opt_str(obj, "id", MAX_ID_CHARS), source_tag=_tag(obj),
+                     annotator=_opt_str(obj, "annotator", MAX_ID_CHARS))], \
         diverged, not c or not r
 
 
@@ -1063,27 +1103,53 @@ def _lines_note(lines: list[int], limit: int = 10) -> str:
         f", ... ({len(lines) - limit:,} more)" if len(lines) > limit else "")
 
 
-def _conflicts_note(conflicts: list[tuple[str, str]], known_winner: str | None, limit: int = 5) -> str:
+def _conflicts_note(conflicts: list[_Conflict], known_winner: str | None, limit: int = 5) -> str:
     """The note for comparisons that rows give different known winners: where, and what the import does
     with them (``known_winner`` as :func:`prepare_import` takes it; None for a preview, before it is chosen).
 
     Both answers are kept, as the file gives them: a file may hold several people's labels, and picking
-    one would hide that they disagree. Imported judgments count once per answer, so such a pair has no
-    majority (see the README's aggregation rule).
+    one would hide that they disagree. Rows that name different raters are a vote each; rows that name
+    none count once per answer, so such a pair has no majority (see the README's aggregation rule).
     """
-    one = len(conflicts) == 1
-    places = list(dict.fromkeys(f"{where} against {first}" for where, first in conflicts))  # k-wise rows: once
+    n = len({c.pair for c in conflicts})
+    one = n == 1
+    places = list(dict.fromkeys(c.where if c.where == c.first else f"{c.where} against {c.first}"
+                                for c in conflicts))  # k-wise rows: once
     shown = "; ".join(places[:limit]) + (f"; ... ({len(places) - limit:,} more)" if len(places) > limit else "")
-    head = (f"{counted(len(conflicts), 'comparison is', 'comparisons are')} given different known winners by "
+    head = (f"{counted(n, 'comparison is', 'comparisons are')} given different known winners by "
             f"different rows ({shown}): ")
     if known_winner == "ignore":
         return head + f"known winners are ignored, so {'it is' if one else 'they are'} imported without one"
-    kept = (f"each answer becomes one imported judgment, however many rows give it, so "
-            f"{'the pair has' if one else 'these pairs have'} no majority and preference exports leave "
-            f"{'it' if one else 'them'} out until more votes settle {'it' if one else 'them'}")
+    separate = {c.separate for c in conflicts}
+    if separate == {True}:
+        kept = ("the rows name different raters ('annotator'), so each is a vote of its own and preference "
+                "exports take the majority (leaving out a pair without one until more votes settle it)")
+    elif separate == {False}:
+        kept = (f"each answer becomes one imported judgment, however many rows give it, so "
+                f"{'the pair has' if one else 'these pairs have'} no majority and preference exports leave "
+                f"{'it' if one else 'them'} out until more votes settle {'it' if one else 'them'}; rows that "
+                "name different raters ('annotator') would be separate votes")
+    else:
+        kept = ("rows that name different raters ('annotator') are separate votes, and of rows that name none "
+                "each answer becomes one imported judgment, however many rows give it; preference exports "
+                "leave out a pair without a majority until more votes settle it")
     if known_winner is None:
         kept += "; as gold pairs the file is refused (a gold pair needs one answer)"
     return head + kept
+
+
+def _raters_note(rated: int, raters: int, known_winner: str | None) -> str | None:
+    """How many raters the file's known winners name (None when none does, or known winners are ignored)."""
+    if not rated or known_winner == "ignore":
+        return None
+    head = (f"{counted(rated, 'known winner comes', 'known winners come')} from "
+            f"{counted(raters, 'rater')} ('annotator'): ")
+    if known_winner == "gold":
+        return head + "a gold pair has one answer, whoever gave it, so the raters are not stored"
+    text = head + "each rater's answer to a pair is a vote of its own, one imported judgment"
+    if known_winner is None:
+        text += "; as gold pairs the raters are not stored"
+    return text
 
 
 class _IgnoredFields:
@@ -1153,8 +1219,9 @@ def _normalise_fmt(fmt: str | None) -> str | None:
 def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars: int,
                 keep: Callable[[ParsedComparison], None] | None = None) -> ParsedFile:
     """Read and check every row of ``src``. Each comparison is passed to ``keep`` as it is read, and the
-    result's ``comparisons`` stays empty; without ``keep`` they are gathered there. The note on ``conflicts``
-    is the caller's: what they come to depends on the import's handling of known winners."""
+    result's ``comparisons`` stays empty; without ``keep`` they are gathered there. The notes on ``conflicts``
+    and raters, and the problems in ``rater_conflicts``, are the caller's: what they come to depends on the
+    import's handling of known winners."""
     fmt = _normalise_fmt(fmt)
     if src.is_blank():
         raise ImportValidationError("the file is empty")
@@ -1175,16 +1242,22 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     comparisons: list[ParsedComparison] = []
     if keep is None:
         keep = comparisons.append
-    # pair key -> (winner, line, element) of the row that gave it, or {winner: (line, element)} once rows
-    # give it with different winners (most pairs are given once: a tuple, not a dict, for each)
+    # pair key -> (vote, winner, line, element) of the row that gave it, or {vote: (winner, line, element)}
+    # once rows repeat it (most pairs are given once: a tuple, not a dict, for each). A row's vote is
+    # (rater, None) when it names the rater of its winner, else (None, winner): one per rater, or one
+    # per answer for rows that name none.
     seen: dict[tuple[str, str, str], tuple | dict] = {}
     duplicates: list[int] = []
-    conflicts: list[tuple[str, str]] = []
+    conflicts: list[_Conflict] = []
+    raters: set[str] = set()
+    rated = 0
     diverged: list[int] = []
     empty: list[int] = []
     multi_message: list[int] = []
     dropped_lines: list[int] = []
     dropped_keys: set[str] = set()
+    rater_conflicts: list[tuple[int, str]] = []
+    rater_lines: set[tuple[int, int | None]] = set()
     ignored = _IgnoredFields()
     rows = 0
     given = kept = known = 0
@@ -1239,21 +1312,39 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
             for c in parsed:
                 key = c.pair_key
                 winner = c.winner if c.hash_a == key[1] else _flip(c.winner)
+                rater = c.annotator if winner is not None else None
+                vote = (rater, None) if rater is not None else (None, winner)
+                if rater is not None:
+                    rated += 1
+                    raters.add(rater)
                 earlier = seen.get(key)
                 if earlier is None:
-                    seen[key] = (winner, line, element)
+                    seen[key] = (vote, winner, line, element)
                 else:
                     if isinstance(earlier, tuple):
                         earlier = seen[key] = {earlier[0]: earlier[1:]}
-                    if winner in earlier:
+                    prior = earlier.get(vote)
+                    if prior is not None and prior[0] == winner:
                         duplicates.append(line)
+                    elif prior is not None:
+                        # Which of one rater's two answers is final cannot be told (a later import can
+                        # change it): a problem, once a row.
+                        if (line, element) not in rater_lines:
+                            rater_lines.add((line, element))
+                            pair = "this pair" if file_fmt != "kwise" else "a pair of this row"
+                            rater_conflicts.append((line, _at_element(element, (
+                                f"annotator {_short(rater, 40)!r} gives {pair} another winner than on "
+                                f"{_where(*prior[1:])}; a rater has one answer per pair: keep the row with the "
+                                "final one (importing another answer later replaces theirs)"))))
                     else:
-                        # A row with no winner adds nothing to disagree with; otherwise name the first row
-                        # that gave this pair another winner.
-                        first = next((at for w, at in earlier.items() if w is not None), None)
-                        if winner is not None and first is not None:
-                            conflicts.append((_where(line, element), _where(*first)))
-                        earlier[winner] = (line, element)
+                        # A row with no winner adds nothing to disagree with, nor does one repeating an answer
+                        # already given; otherwise name the first row that gave this pair another winner.
+                        if winner is not None and all(w != winner for w, *_ in earlier.values()):
+                            first = next(((v, at) for v, at in earlier.items() if at[0] is not None), None)
+                            if first is not None:
+                                conflicts.append(_Conflict(_where(line, element), _where(*first[1][1:]),
+                                                           rater is not None and first[0][0] is not None, key))
+                        earlier[vote] = (winner, line, element)
                 kept += 1
                 known += c.winner is not None
                 keep(c)
@@ -1294,7 +1385,8 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                      + " imported once")
     problems.sort(key=lambda p: p[0])
     return ParsedFile(format=file_fmt, comparisons=comparisons, problems=problems, notes=notes, rows=rows,
-                      comparison_count=kept, known_count=known, conflicts=conflicts)
+                      comparison_count=kept, known_count=known, conflicts=conflicts,
+                      rater_conflicts=rater_conflicts, rated_count=rated, raters=len(raters))
 
 
 def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None, fmt: str | None = None,
@@ -1321,6 +1413,10 @@ def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None
         parsed.comparisons = first
     if parsed.conflicts:  # before the import's handling of known winners is chosen: say what each does
         parsed.notes.append(_conflicts_note(parsed.conflicts, None))
+    if parsed.rater_conflicts:
+        parsed.problems = sorted(parsed.problems + parsed.rater_conflicts, key=lambda p: p[0])
+    if note := _raters_note(parsed.rated_count, parsed.raters, None):
+        parsed.notes.append(note)
     return parsed
 
 
@@ -1379,7 +1475,8 @@ _RESPONSE_COLUMNS = ("prompt_id", *_ResponseRow._fields, "created_at")
 _COMPARISON_COLUMNS = ("prompt_id", "response_a_id", "response_b_id", "overlap_target", "judgment_count", "is_gold",
                        "gold_choice", "status", "priority", "priority_strategy", "source_tag", "external_id",
                        "import_batch_id", "created_at")
-_JUDGMENT_COLUMNS = ("comparison_id", "source", "choice", "flags", "is_probe", "was_gold", "state", "created_at")
+_JUDGMENT_COLUMNS = ("comparison_id", "source", "choice", "flags", "is_probe", "was_gold", "state", "created_at",
+                     "external_annotator", "supersedes_id")
 """The columns an import writes into each table, in the order of its row tuples; every other column is SQL NULL
 (or the database's default). Values are stored forms: enums as their value, JSON as its text
 (``json.dumps``, as SQLAlchemy's JSON type writes it), None as SQL NULL."""
@@ -1499,7 +1596,10 @@ class _Pair:
     """Its queue priority if it is new (:func:`seeded_priority` with the settings' queue seed)."""
     row_id: str | None = None
     outcomes: dict[Choice, int] = field(default_factory=dict)
-    """Distinct known outcomes in this pair's A/B terms -> first line."""
+    """Distinct known outcomes in this pair's A/B terms -> first line (for gold, every row's; else those of
+    rows that name no rater)."""
+    rated: dict[str, Choice] | None = None
+    """Rater -> their known outcome in this pair's A/B terms, for imported judgments (None while there is none)."""
 
 
 @dataclass(eq=False)
@@ -1564,12 +1664,21 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
             pair.row_id = c.row_id
         if c.winner is not None and known_winner != "ignore":
             choice = c.winner if c.hash_a == pair.hash_a else _flip(c.winner)
-            pair.outcomes.setdefault(choice, c.line)
+            if c.annotator is None or known_winner == "gold":  # a gold pair has one answer, whoever gave it
+                pair.outcomes.setdefault(choice, c.line)
+            else:  # a rater's other answer for the pair is a problem (_parse_data)
+                if pair.rated is None:
+                    pair.rated = {}
+                pair.rated.setdefault(c.annotator, choice)
 
     parsed = _parse_data(src, name, fmt, settings.max_text_chars, keep)
     if parsed.conflicts and known_winner != "gold":  # as gold they are problems (below)
         parsed.notes.append(_conflicts_note(parsed.conflicts, known_winner))
+    if note := _raters_note(parsed.rated_count, parsed.raters, known_winner):
+        parsed.notes.append(note)
     problems = list(parsed.problems)
+    if known_winner != "gold":  # as gold the rater is not read, and the pair's two answers are refused below
+        problems.extend(parsed.rater_conflicts)
     if known_winner == "gold":
         for pair in pairs.values():
             if len(pair.outcomes) > 1:
@@ -1603,11 +1712,13 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     Known outcomes (``known_winner``, ``judgment`` by default): ``judgment`` stores each as an imported
     judgment (no annotator) counted toward the comparison's overlap; ``gold`` marks new
     comparisons gold with that answer (existing comparisons are left as they
-    are); ``ignore`` drops them. Idempotency rule for judgments: within a file
-    an outcome counts once per comparison and choice, and it is skipped when
-    an active imported judgment with that choice already exists for the
-    comparison. Rows repeating a comparison are merged; the notes name them, and apart the rows that give
-    one comparison different winners (each answer one judgment, so it has no majority).
+    are); ``ignore`` drops them. Idempotency rule for judgments: an outcome that names no rater counts once
+    per comparison and choice, within a file and across imports (it is skipped when an active imported
+    judgment without a rater gives that choice); one that names its rater (``annotator``, stored as
+    ``external_annotator``) counts once per comparison and rater: the same answer again is skipped, another
+    answer supersedes the rater's active one (``state`` superseded, ``supersedes_id`` on the new row, as an
+    annotator's revision). Rows repeating a comparison are merged; the notes name them, and apart the rows that
+    give one comparison different winners (each answer without a rater one judgment, so it has no majority).
     """
     if overlap is not None and not 1 <= overlap <= campaign.MAX_OVERLAP:
         raise PrefloopError(f"overlap must be from 1 to {campaign.MAX_OVERLAP}")
@@ -1658,6 +1769,7 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         session.execute(sql_text("ANALYZE prompts, responses, comparisons, judgments"))
     existing_gold_skipped = counts.pop("gold_skipped_existing")
     complete_on_import = counts.pop("complete_on_import")
+    superseded = counts.pop("judgments_superseded")
     if complete_on_import:
         # Otherwise an import meant for annotation silently leaves the queue as it was.
         one = complete_on_import == 1
@@ -1672,6 +1784,9 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
             if existing_gold_skipped == 1 else
             f"{existing_gold_skipped:,} comparisons already existed; their known outcomes were not turned into gold "
             "answers")
+    if superseded:
+        notes.append(f"{counted(superseded, 'imported judgment replaces', 'imported judgments replace')} the "
+                     "answer the same rater ('annotator') gave the pair in an earlier import, now superseded")
     report = ImportReport(format=prepared.format, rows=prepared.rows, notes=notes, batch_id=batch.id, **counts)
     batch.counts = {**counts, "rows": prepared.rows, "known_winner": known_winner, "overlap": overlap_target}
     audit(session, actor, "import", batch_id=batch.id, filename=name[:512], format=prepared.format,
@@ -1727,8 +1842,8 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
         existing[frozenset((row.response_a_id, row.response_b_id))] = row
 
     gold = known_winner == "gold"
-    old_outcomes: dict[int, tuple[bool, set]] = {}
-    outcomes_by_pair: dict[tuple[int, int], list[Choice]] = {}
+    old_outcomes: dict[int, tuple[bool, set, dict]] = {}
+    outcomes_by_pair: dict[tuple[int, int], list[tuple[Choice, str | None]]] = {}
     gold_added = gold_skipped = existing_count = complete_on_import = judgments_added = 0
     open_, complete = ComparisonStatus.open.value, ComparisonStatus.complete.value
 
@@ -1741,20 +1856,23 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
                 existing_count += 1
                 if p.outcomes and gold:
                     gold_skipped += 1
-                elif p.outcomes:
+                elif p.outcomes or p.rated:
                     flip = found.response_a_id != a
-                    old_outcomes[found.id] = (found.is_gold, {_flip(c) if flip else c for c in p.outcomes})
+                    old_outcomes[found.id] = (found.is_gold, {_flip(c) if flip else c for c in p.outcomes},
+                                              {r: _flip(c) if flip else c for r, c in (p.rated or {}).items()})
                 continue
             judged, is_gold, gold_choice, status = 0, False, None, open_
             if gold and p.outcomes:
                 is_gold, gold_choice = True, next(iter(p.outcomes)).value
                 gold_added += 1
-            elif p.outcomes:
-                judged = len(p.outcomes)
+            elif p.outcomes or p.rated:
+                votes = [(c, None) for c in sorted(p.outcomes, key=lambda c: c.value)]
+                votes.extend((c, r) for r, c in (p.rated or {}).items())
+                judged = len(votes)
                 if judged >= overlap_target:
                     status = complete
                     complete_on_import += 1
-                outcomes_by_pair[(a, b)] = sorted(p.outcomes, key=lambda c: c.value)
+                outcomes_by_pair[(a, b)] = votes
             yield (prompt_ids[p.prompt_hash], a, b, overlap_target, judged, is_gold, gold_choice, status,
                    p.priority, "random", p.source_tag, p.row_id, batch_id, now)
 
@@ -1768,23 +1886,42 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     for inserted in _insert_rows(session, C, _COMPARISON_COLUMNS, new_rows(),
                                  key=("response_a_id", "response_b_id")):
         comparisons_added += len(inserted)
-        insert_judgments(_judgment_row(cid, c, False, now) for cid, a, b in inserted
-                         for c in outcomes_by_pair.pop((a, b), ()))
+        insert_judgments(_judgment_row(cid, c, False, now, rater) for cid, a, b in inserted
+                         for c, rater in outcomes_by_pair.pop((a, b), ()))
 
-    # Outcomes for comparisons that already existed: skip a choice already imported.
-    bumps = []
+    # Outcomes for comparisons that already existed: skip a choice already imported without a rater, and a
+    # rater's answer already imported; a rater's other answer supersedes theirs.
+    bumps, superseded = [], []
     if old_outcomes:
         have: dict[int, set] = defaultdict(set)
-        for cid, choice in _lookup(session, select(J.c.comparison_id, J.c.choice).where(
+        have_rated: dict[tuple[int, str], tuple[int, Choice]] = {}
+        for jid, cid, choice, rater in _lookup(session, select(
+                J.c.id, J.c.comparison_id, J.c.choice, J.c.external_annotator).where(
                 J.c.comparison_id.in_(keys), J.c.source == JudgmentSource.imported,
                 J.c.state == JudgmentState.active), list(old_outcomes)):
-            have[cid].add(choice)
+            if rater is None:
+                have[cid].add(choice)
+            else:
+                have_rated[(cid, rater)] = (jid, choice)
         judgments = []
-        for cid, (is_gold, choices) in old_outcomes.items():
+        for cid, (is_gold, choices, rated) in old_outcomes.items():
             add = sorted(choices - have[cid], key=lambda c: c.value)
             judgments.extend(_judgment_row(cid, c, is_gold, now) for c in add)
-            if add:
-                bumps.append({"cid": cid, "delta": len(add)})
+            added = len(add)
+            for rater, choice in rated.items():
+                live = have_rated.get((cid, rater))
+                if live is None:
+                    added += 1
+                elif live[1] != choice:
+                    superseded.append({"jid": live[0]})
+                else:
+                    continue
+                judgments.append(_judgment_row(cid, choice, is_gold, now, rater, None if live is None else live[0]))
+            if added:
+                bumps.append({"cid": cid, "delta": added})
+        if superseded:  # before the rows that replace them: never two live answers from one rater
+            session.execute(update(J).where(J.c.id == bindparam("jid"), J.c.state == JudgmentState.active)
+                            .values(state=JudgmentState.superseded), superseded)
         insert_judgments(judgments)
     if bumps:
         new_count = C.c.judgment_count + bindparam("delta")
@@ -1800,10 +1937,12 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     return {"prompts_added": len(new_prompts), "responses_added": len(new_responses),
             "comparisons_added": comparisons_added, "comparisons_existing": existing_count,
             "judgments_added": judgments_added, "gold_added": gold_added, "gold_skipped_existing": gold_skipped,
-            "complete_on_import": complete_on_import}
+            "complete_on_import": complete_on_import, "judgments_superseded": len(superseded)}
 
 
-def _judgment_row(comparison_id: int, choice: Choice, was_gold: bool, now: Any) -> tuple:
-    """An imported judgment's stored values for :data:`_JUDGMENT_COLUMNS` (no annotator)."""
+def _judgment_row(comparison_id: int, choice: Choice, was_gold: bool, now: Any, rater: str | None = None,
+                  supersedes: int | None = None) -> tuple:
+    """An imported judgment's stored values for :data:`_JUDGMENT_COLUMNS` (no annotator of ours; ``rater`` is
+    the file's, and ``supersedes`` the id of that rater's earlier answer it replaces)."""
     return (comparison_id, JudgmentSource.imported.value, choice.value, "[]", False, was_gold,
-            JudgmentState.active.value, now)
+            JudgmentState.active.value, now, rater, supersedes)

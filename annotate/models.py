@@ -277,6 +277,8 @@ class Judgment(Base):
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("judgments.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)
     retracted_at: Mapped[datetime | None] = mapped_column(TS)
+    external_annotator: Mapped[str | None] = mapped_column(String(256))
+    """An imported judgment's rater, as the file named them (its row's ``annotator``); NULL otherwise."""
 
     comparison: Mapped[Comparison] = relationship()
     annotator: Mapped[User | None] = relationship()

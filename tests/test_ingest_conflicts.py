@@ -3,8 +3,8 @@
 A dogfood import of two rows for one pair, winner "a" and winner "b", said only "added 1 comparison ...
 2 imported judgments": two opposing votes, so no majority, and the pair silently dropped out of the
 preference exports. Identical repeats already had a note. Both answers stay (a file may hold several
-people's labels; none of the formats names an annotator, so picking one would hide the disagreement),
-and a note names the rows and says what became of them.
+people's labels, and picking one would hide the disagreement), and a note names the rows and says what
+became of them. Rows that name their rater (``annotator``) are separate votes: tests/test_ingest_raters.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from annotate.models import Choice, Comparison, Judgment
 from tests.test_ingest import admin, admin_import_page, hh, jsonl, pair
 
 JUDGMENT_TAIL = ("each answer becomes one imported judgment, however many rows give it, so the pair has no "
-                 "majority and preference exports leave it out until more votes settle it")
+                 "majority and preference exports leave it out until more votes settle it; rows that name "
+                 "different raters ('annotator') would be separate votes")
 PREVIEW_TAIL = f"{JUDGMENT_TAIL}; as gold pairs the file is refused (a gold pair needs one answer)"
 ONE = "1 comparison is given different known winners by different rows (line 2 against line 1): "
 
@@ -45,12 +46,10 @@ def test_a_repeat_of_either_answer_is_a_duplicate_and_the_note_names_the_first_r
     rows = [pair(1, winner="a"), pair(2, winner="a"), pair(1, winner="b"), pair(1, winner="a"),
             pair(1, winner="tie"), pair(2, winner="a")]
     notes = parse_file(jsonl(*rows), filename="c.jsonl").notes
-    assert notes == [
+    assert notes == [  # one comparison (it said 2: one for each answer after the first)
         "2 duplicate comparisons (lines 4, 6) repeat earlier rows and are imported once",
-        "2 comparisons are given different known winners by different rows (line 3 against line 1; line 5 "
-        "against line 1): each answer becomes one imported judgment, however many rows give it, so these pairs "
-        "have no majority and preference exports leave them out until more votes settle them; as gold pairs the "
-        "file is refused (a gold pair needs one answer)"]
+        "1 comparison is given different known winners by different rows (line 3 against line 1; line 5 "
+        f"against line 1): {PREVIEW_TAIL}"]
 
 
 def test_a_row_without_a_winner_disagrees_with_nothing():

@@ -184,7 +184,8 @@ def test_upgrade_over_usernames_differing_only_in_case_says_which_and_what_to_do
     assert cli.main(["users", "rename", "Carol", "carol-2"]) == 0
     assert capsys.readouterr().out == "renamed 'Carol' to 'carol-2'\n"
     assert cli.main(["db", "upgrade"]) == 0
-    assert migrate.current_heads(empty_url) == {"0005"}
+    assert migrate.current_heads(empty_url) == {ScriptDirectory.from_config(migrate.alembic_config(empty_url))
+                                                .get_current_head()}
     engine = create_db_engine(empty_url, poolclass=NullPool)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT username FROM users WHERE id = :i"), {"i": big_carol}).scalar() == "carol-2"
@@ -216,3 +217,22 @@ def test_a_migration_the_database_refuses_is_reported_as_such_not_as_an_unreacha
     assert err.endswith("; the database is at revision 0004\n")
     assert "cannot open" not in err and "check PREFLOOP_DATABASE_URL" not in err
     assert migrate.current_heads(empty_url) == {"0004"}
+
+
+def test_0006_adds_the_rater_of_imported_judgments_and_takes_it_away_again(empty_url):
+    """judgments.external_annotator (the ``annotator`` an imported row names) comes with 0006 and goes with
+    its downgrade, on both backends; the models-match check above holds it to the model's String(256)."""
+    def columns() -> dict:
+        engine = create_db_engine(empty_url, poolclass=NullPool)
+        try:
+            return {c["name"]: c for c in inspect(engine).get_columns("judgments")}
+        finally:
+            engine.dispose()
+
+    migrate.upgrade(empty_url, "0005")
+    assert "external_annotator" not in columns()
+    migrate.upgrade(empty_url, "0006")
+    column = columns()["external_annotator"]
+    assert column["nullable"] and getattr(column["type"], "length", None) == 256
+    migrate.downgrade(empty_url, "0005")
+    assert "external_annotator" not in columns()

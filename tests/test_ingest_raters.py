@@ -1,0 +1,290 @@
+"""Multi-rater imports: the ``annotator`` who gave a row's known winner keeps their vote.
+
+Imported judgments were one per comparison and answer, so a file where three people answered one pair
+a, a and b stored one ``a`` and one ``b``, and the preference export found no majority. A row's
+``annotator`` (in every format with a known winner) is stored as ``Judgment.external_annotator``: one live
+imported judgment per comparison and rater, a rater's repeat adds nothing and their changed answer in a
+later import supersedes the earlier one. Rows without it behave as before (tests/test_ingest_conflicts.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import event, func, select
+
+from annotate import export, ingest
+from annotate.accounts import Actor
+from annotate.errors import ImportValidationError
+from annotate.export import ExportFilter
+from annotate.ingest import parse_file
+from annotate.models import Choice, Comparison, Judgment, JudgmentSource, JudgmentState, User, utcnow
+from tests.test_ingest import USER, admin, hh, jsonl, pair, run_import
+
+
+def boss(session) -> Actor:
+    """The admin 'boss', created the first time."""
+    user = session.scalar(select(User).where(User.username == "boss"))
+    return admin(session) if user is None else Actor(id=user.id, username=user.username, role=user.role)
+
+
+def preferences(db, **filters) -> list[dict]:
+    with db.begin() as session:
+        return export.preference_rows(session, actor=boss(session), filters=ExportFilter(**filters))
+
+
+def stored(db) -> list[tuple]:
+    """Every judgment as (external_annotator, choice, state, supersedes_id, id), in id order."""
+    with db.read() as session:
+        return [(j.external_annotator, j.choice.value, j.state.value, j.supersedes_id, j.id)
+                for j in session.scalars(select(Judgment).order_by(Judgment.id))]
+
+
+def note_with(report_or_parsed, text: str) -> list[str]:
+    return [n for n in report_or_parsed.notes if text in n]
+
+
+# --------------------------------------------------------------------------- parsing (no database)
+
+
+def test_every_format_with_a_known_winner_reads_the_annotator():
+    kwise = {"prompt": "p", "responses": ["x", "y", "z"], "annotator": "row-rater",
+             "comparisons": [{"a": 0, "b": 1, "winner": "a", "annotator": "r1"},
+                             {"a": 1, "b": 0, "winner": "a", "annotator": "r2"},  # the same pair, r2: y won
+                             {"a": 0, "b": 2, "winner": "tie"}]}  # the row's rater
+    cases = {
+        "pairs": [pair(1, winner="a", annotator="r1")],
+        "trl": [{"prompt": "q", "chosen": "x", "rejected": "y", "annotator": "r1"},
+                {"prompt": [USER], "chosen": [{"role": "assistant", "content": "x"}],
+                 "rejected": [{"role": "assistant", "content": "y"}], "annotator": 7}],  # a number, as its digits
+        "hh": [{**hh("\n\nHuman: q", "x", "y"), "annotator": "r1"}],
+    }
+    for fmt, rows in cases.items():
+        parsed = parse_file(jsonl(*rows), filename="r.jsonl")
+        assert parsed.format == fmt and parsed.problems == [], parsed.problems
+        assert [c.annotator for c in parsed.comparisons] == ["r1", "7"][:len(rows)], fmt
+        assert not [n for n in parsed.notes if n.startswith("ignored field")], parsed.notes
+    parsed = parse_file(jsonl(kwise), filename="k.jsonl")
+    assert parsed.problems == [] and not [n for n in parsed.notes if n.startswith("ignored field")]
+    got = sorted((c.response_a, c.response_b, c.annotator, c.winner and c.winner.value) for c in parsed.comparisons)
+    assert got == [("x", "y", "r1", "a"), ("x", "y", "r2", "b"), ("x", "z", "row-rater", "tie"),
+                   ("y", "z", None, None)]  # a pair no one judged names no rater
+    csv_file = b"prompt,response_a,response_b,winner,annotator\nq,x,y,a,r1\nq,x,y,b,\n"
+    assert [c.annotator for c in parse_file(csv_file, filename="r.csv").comparisons] == ["r1", None]
+
+
+def test_a_misspelt_annotator_is_named_and_a_bad_one_is_a_problem():
+    parsed = parse_file(jsonl(pair(1, winner="a", annotater="r1")), filename="r.jsonl")
+    assert parsed.comparisons[0].annotator is None
+    assert ("ignored field(s) in 1 row (line 1): 'annotater' (1 row; did you mean 'annotator'?)" in parsed.notes)
+    kwise = {"prompt": "p", "responses": ["x", "y"], "comparisons": [{"a": 0, "b": 1, "winner": "a", "rater": "r"}]}
+    assert ("ignored field(s) in 1 row (line 1): 'comparisons[].rater' (1 row)"
+            in parse_file(jsonl(kwise), filename="k.jsonl").notes)
+    bad = [pair(1, winner="a", annotator="r" * 257), pair(2, winner="a", annotator="r\u00001"),
+           pair(3, winner="a", annotator=["r1"]),
+           {"prompt": "p", "responses": ["x", "y"], "comparisons": [{"a": 0, "b": 1, "winner": "a", "annotator": {}}]},
+           {"prompt": "p", "responses": ["x", "y"], "annotator": "r1",
+            "comparisons": [{"a": 0, "b": 1, "winner": "a"}, {"a": 1, "b": 0, "winner": "a"}]}]
+    problems = [parse_file(jsonl(row), filename="r.jsonl").problems for row in bad]
+    assert problems == [
+        [(1, "'annotator' is longer than 256 characters")],
+        [(1, "'annotator' contains a NUL character (\\u0000) at character 2, which PostgreSQL cannot store; "
+             "remove it")],
+        [(1, "'annotator' must be a string")],
+        [(1, "comparisons[0].annotator must be a string")],
+        [(1, "comparisons[1] contradicts an earlier outcome by annotator 'r1' for responses 0 and 1")]]
+
+
+# --------------------------------------------------------------------------- votes through the export
+
+
+def _three_raters(fmt: str) -> list[dict]:
+    """Three raters answer one pair: r1 and r2 prefer 'better', r3 'worse'."""
+    if fmt == "pairs":
+        return [{"prompt": "q", "response_a": "better", "response_b": "worse", "winner": w, "annotator": r}
+                for r, w in (("r1", "a"), ("r2", "a"), ("r3", "b"))]
+    if fmt == "trl":
+        return [{"prompt": "q", "chosen": c, "rejected": x, "annotator": r}
+                for r, c, x in (("r1", "better", "worse"), ("r2", "better", "worse"), ("r3", "worse", "better"))]
+    if fmt == "hh":
+        return [{**hh("\n\nHuman: q", c, x), "annotator": r}
+                for r, c, x in (("r1", "better", "worse"), ("r2", "better", "worse"), ("r3", "worse", "better"))]
+    return [{"prompt": "q", "responses": ["better", "worse"], "annotator": "r1",
+             "comparisons": [{"a": 0, "b": 1, "winner": "a"}, {"a": 1, "b": 0, "winner": "b", "annotator": "r2"},
+                             {"a": 0, "b": 1, "winner": "b", "annotator": "r3"}]}]
+
+
+@pytest.mark.parametrize("fmt", ["pairs", "trl", "hh", "kwise"])
+def test_three_raters_a_a_b_export_the_majority_with_agreement_two_thirds(db, settings, fmt):
+    report = run_import(db, settings, jsonl(*_three_raters(fmt)), overlap=3)
+    assert (report.comparisons_added, report.judgments_added) == (1, 3)
+    assert note_with(report, "from 3 raters") == [
+        "3 known winners come from 3 raters ('annotator'): each rater's answer to a pair is a vote of its own, "
+        "one imported judgment"]
+    assert sorted((r, c) for r, c, *_ in stored(db)) in ([("r1", "a"), ("r2", "a"), ("r3", "b")],
+                                                         [("r1", "b"), ("r2", "b"), ("r3", "a")])  # A/B by hash
+    with db.read() as session:
+        comparison = session.scalar(select(Comparison))
+        assert (comparison.judgment_count, comparison.status.value) == (3, "complete")
+    [row] = preferences(db)
+    chosen = row["chosen"] if isinstance(row["chosen"], str) else row["chosen"][0]["content"]
+    assert (chosen, row["n_judgments"], row["agreement"]) == ("better", 3, pytest.approx(2 / 3))
+
+
+def test_reimporting_the_same_rows_adds_nothing_and_rows_without_a_rater_are_votes_apart(db, settings):
+    data = jsonl(*_three_raters("pairs"), {"prompt": "q", "response_a": "better", "response_b": "worse",
+                                          "winner": "a"})
+    first = run_import(db, settings, data, overlap=5)
+    assert first.judgments_added == 4  # three raters, and the answer of a row that names none
+    again = run_import(db, settings, data)
+    swapped = run_import(db, settings, jsonl({"prompt": "q", "response_a": "worse", "response_b": "better",
+                                              "winner": "b", "annotator": "r1"}))  # r1's answer, sides swapped
+    assert (again.judgments_added, again.comparisons_existing, swapped.judgments_added) == (0, 1, 0)
+    assert not note_with(again, "replace")
+    assert [(r, c, s) for r, c, s, *_ in stored(db)] == [
+        (None, "a", "active"), ("r1", "a", "active"), ("r2", "a", "active"), ("r3", "b", "active")]
+    with db.read() as session:
+        assert session.scalar(select(Comparison.judgment_count)) == 4
+
+
+def test_a_raters_changed_answer_in_a_later_import_supersedes_theirs_and_until_gives_the_old_one(db, settings):
+    run_import(db, settings, jsonl(*_three_raters("pairs")), overlap=3)
+    [before] = preferences(db)
+    assert (before["chosen"], before["agreement"]) == ("better", pytest.approx(2 / 3))
+    between = utcnow()
+    # r1 changes their mind; the file gives the pair the other way round (winner "a" is 'worse').
+    changed = run_import(db, settings, jsonl({"prompt": "q", "response_a": "worse", "response_b": "better",
+                                              "winner": "a", "annotator": "r1"}))
+    assert (changed.comparisons_existing, changed.judgments_added) == (1, 1)
+    assert note_with(changed, "replace") == [
+        "1 imported judgment replaces the answer the same rater ('annotator') gave the pair in an earlier import, "
+        "now superseded"]
+    (r1_old, r2, r3, r1_new) = stored(db)
+    assert r1_old[:3] == ("r1", "a", "superseded") and r1_new[:4] == ("r1", "b", "active", r1_old[4])
+    assert [r2[2], r3[2]] == ["active", "active"]
+    with db.read() as session:
+        comparison = session.scalar(select(Comparison))
+        assert comparison.judgment_count == 3  # a vote replaced, not added
+        sources = set(session.scalars(select(Judgment.source)))
+        assert sources == {JudgmentSource.imported}
+        live = session.scalar(select(func.count()).select_from(Judgment).where(
+            Judgment.state == JudgmentState.active, Judgment.external_annotator == "r1"))
+        assert live == 1
+    [now] = preferences(db)
+    assert (now["chosen"], now["n_judgments"], now["agreement"]) == ("worse", 3, pytest.approx(2 / 3))
+    [then] = preferences(db, until=between)
+    assert (then["chosen"], then["n_judgments"], then["agreement"]) == ("better", 3, pytest.approx(2 / 3))
+    # And back again: the superseding row is superseded in turn, once.
+    assert run_import(db, settings, jsonl(_three_raters("pairs")[0])).judgments_added == 1
+    assert [s for _, _, s, *_ in stored(db)] == ["superseded", "active", "active", "superseded", "active"]
+
+
+def test_one_rater_giving_one_pair_two_answers_in_a_file_is_a_problem_naming_both_lines(db, settings):
+    rows = [pair(1, winner="a", annotator="r1"), pair(1, winner="a", annotator="r2"),
+            pair(1, winner="b", annotator="r1"), pair(1, winner="a", annotator="r1")]  # line 4 repeats line 1
+    problem = (3, "annotator 'r1' gives this pair another winner than on line 1; a rater has one answer per "
+                  "pair: keep the row with the final one (importing another answer later replaces theirs)")
+    assert parse_file(jsonl(*rows), filename="r.jsonl").problems == [problem]
+    for known_winner in ("judgment", "ignore"):
+        with pytest.raises(ImportValidationError) as refused:
+            run_import(db, settings, jsonl(*rows), known_winner=known_winner)
+        assert refused.value.problems == [problem]
+        assert "line 3: annotator 'r1' gives this pair another winner than on line 1" in str(refused.value)
+    kwise = [{"prompt": "p", "responses": ["x", "y", "z"], "annotator": "r1",
+              "comparisons": [{"a": 0, "b": 1, "winner": "a"}]},
+             {"prompt": "p", "responses": ["x", "y", "z"], "annotator": "r1",
+              "comparisons": [{"a": 0, "b": 1, "winner": "b"}, {"a": 0, "b": 2, "winner": "b"}]}]
+    [(line, reason)] = parse_file(jsonl(*kwise), filename="k.jsonl").problems
+    assert (line, reason.split(";")[0]) == (2, "annotator 'r1' gives a pair of this row another winner than on line 1")
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Comparison)) == 0  # all-or-nothing
+
+
+def test_gold_ignores_the_rater_and_still_refuses_a_pair_given_two_answers(db, settings):
+    for rows in ([pair(1, winner="a", annotator="r1"), pair(1, winner="b", annotator="r2")],
+                 [pair(1, winner="a", annotator="r1"), pair(1, winner="b", annotator="r1")]):
+        with pytest.raises(ImportValidationError) as refused:
+            run_import(db, settings, jsonl(*rows), known_winner="gold")
+        assert refused.value.problems == [  # the gold refusal alone, not the rater's
+            (2, "conflicting known outcomes for the same pair (lines 1, 2); a gold pair needs one answer")]
+    report = run_import(db, settings, jsonl(pair(1, winner="b", annotator="r1"), pair(1, winner="b", annotator="r2")),
+                        known_winner="gold")
+    assert (report.gold_added, report.judgments_added) == (1, 0)
+    assert note_with(report, "raters") == ["2 known winners come from 2 raters ('annotator'): a gold pair has one "
+                                           "answer, whoever gave it, so the raters are not stored"]
+    with db.read() as session:
+        assert session.scalar(select(Comparison.gold_choice)) is Choice.b
+        assert session.scalar(select(func.count()).select_from(Judgment)) == 0
+
+
+def test_the_notes_say_rows_naming_different_raters_are_separate_votes(db, settings):
+    votes = [pair(1, winner="a", annotator="r1"), pair(1, winner="b", annotator="r2")]
+    parsed = parse_file(jsonl(*votes), filename="r.jsonl")
+    assert parsed.notes == [
+        "1 comparison is given different known winners by different rows (line 2 against line 1): the rows name "
+        "different raters ('annotator'), so each is a vote of its own and preference exports take the majority "
+        "(leaving out a pair without one until more votes settle it); as gold pairs the file is refused (a gold "
+        "pair needs one answer)",
+        "2 known winners come from 2 raters ('annotator'): each rater's answer to a pair is a vote of its own, one "
+        "imported judgment; as gold pairs the raters are not stored"]
+    mixed = parse_file(jsonl(*votes, pair(2, winner="a"), pair(2, winner="b")), filename="r.jsonl")
+    [note] = [n for n in mixed.notes if "different known winners" in n]
+    assert note == ("2 comparisons are given different known winners by different rows (line 2 against line 1; "
+                    "line 4 against line 3): rows that name different raters ('annotator') are separate votes, "
+                    "and of rows that name none each answer becomes one imported judgment, however many rows give "
+                    "it; preference exports leave out a pair without a majority until more votes settle it; as "
+                    "gold pairs the file is refused (a gold pair needs one answer)")
+    # Three raters, three answers: one comparison, though two rows bring an answer not given before.
+    three = parse_file(jsonl(*votes, pair(1, winner="tie", annotator="r3")), filename="r.jsonl")
+    assert [n for n in three.notes if n.startswith("1 comparison is given different known winners by different "
+                                                   "rows (line 2 against line 1; line 3 against line 1)")]
+    report = run_import(db, settings, jsonl(*votes), overlap=3)
+    assert report.judgments_added == 2
+    assert note_with(report, "different known winners")[0].endswith(
+        "preference exports take the majority (leaving out a pair without one until more votes settle it)")
+    assert preferences(db) == []  # one vote each: no majority
+
+
+# --------------------------------------------------------------------------- both write paths, raw export
+
+
+def test_the_rater_goes_in_by_copy_on_postgresql_and_by_insert_on_sqlite(db, settings, monkeypatch):
+    """Each backend's bulk write carries external_annotator and supersedes_id, over several batches."""
+    monkeypatch.setattr(ingest, "_COPY_BATCH", 7)
+    monkeypatch.setattr(ingest, "_INSERT_BATCH", 7)
+    statements = []
+    event.listen(db.engine, "before_cursor_execute", lambda conn, cur, statement, *a: statements.append(statement))
+    rows = [pair(i, winner="a", annotator=f"rater {i % 3}\t\\N") for i in range(20)]
+    assert run_import(db, settings, jsonl(*rows)).judgments_added == 20
+    assert run_import(db, settings, jsonl(*[{**r, "winner": "b"} for r in rows[:9]])).judgments_added == 9
+    judgment_inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO JUDGMENTS")]
+    if db.dialect == "postgresql":  # COPY runs on the driver's cursor, which SQLAlchemy's events do not see
+        assert not judgment_inserts
+    else:
+        assert judgment_inserts and all("external_annotator" in s for s in judgment_inserts)
+    got = stored(db)
+    assert len(got) == 29 and {r for r, *_ in got} == {"rater 0\t\\N", "rater 1\t\\N", "rater 2\t\\N"}
+    by_id = {j[4]: j for j in got}
+    replaced = [j for j in got if j[3] is not None]
+    assert len(replaced) == 9 and all(by_id[j[3]][2] == "superseded" and by_id[j[3]][0] == j[0] for j in replaced)
+
+
+def test_the_raw_export_has_the_rater_in_every_format(db, settings):
+    run_import(db, settings, jsonl(pair(1, winner="a", annotator="=r1"), pair(2, winner="b")), overlap=2)
+    with db.begin() as session:
+        actor = boss(session)
+        rows = export.judgment_rows(session, actor=actor)
+        files = {fmt: export.judgments_bytes(session, actor=actor, format=fmt) for fmt in ("csv", "jsonl", "parquet")}
+    assert list(export.JUDGMENT_FIELDS).index("external_annotator") == list(export.JUDGMENT_FIELDS).index(
+        "annotator") + 1
+    assert [(r["annotator"], r["external_annotator"]) for r in rows] == [(None, "=r1"), (None, None)]
+    reader = list(csv.DictReader(io.StringIO(files["csv"].decode())))
+    assert [r["external_annotator"] for r in reader] == ["'=r1", ""]  # a formula is quoted, as every text cell
+    assert [json.loads(line)["external_annotator"] for line in files["jsonl"].splitlines()] == ["=r1", None]
+    table = pq.read_table(io.BytesIO(files["parquet"]))
+    assert str(table.schema.field("external_annotator").type) == "string"
+    assert table.column("external_annotator").to_pylist() == ["=r1", None]
