@@ -418,6 +418,8 @@ def _logit(p: float) -> float:
 class JudgmentView:
     id: int
     annotator: str | None
+    rater: str | None
+    """An imported judgment's rater: the ``annotator`` its file named (``Judgment.external_annotator``)."""
     choice: str
     strength: int | None
     rationale: str | None
@@ -479,10 +481,10 @@ def review_comparison(session: Session, *, actor: Actor, comparison_id: int) -> 
         gold_choice=Choice(c.gold_choice).value if c.gold_choice else None, model_p_a=c.model_p_a,
         priority_score=c.priority_score, source_tag=c.source_tag,
         judgments=[JudgmentView(
-            id=j.id, annotator=name, choice=Choice(j.choice).value, strength=j.strength, rationale=j.rationale,
-            flags=list(j.flags or []), a_on_left=j.a_on_left, time_spent_ms=j.time_spent_ms, is_probe=j.is_probe,
-            was_gold=j.was_gold, state=JudgmentState(j.state).value, source=JudgmentSource(j.source).value,
-            created_at=j.created_at) for j, name in rows],
+            id=j.id, annotator=name, rater=j.external_annotator, choice=Choice(j.choice).value, strength=j.strength,
+            rationale=j.rationale, flags=list(j.flags or []), a_on_left=j.a_on_left, time_spent_ms=j.time_spent_ms,
+            is_probe=j.is_probe, was_gold=j.was_gold, state=JudgmentState(j.state).value,
+            source=JudgmentSource(j.source).value, created_at=j.created_at) for j, name in rows],
     )
 
 

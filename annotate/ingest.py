@@ -283,7 +283,10 @@ class ParsedFile:
         return not self.problems
 
     def preview(self, n: int = 10) -> list[dict]:
-        """The first ``n`` comparisons as plain rows for an admin preview table."""
+        """The first ``n`` comparisons as plain rows for an admin preview table; with an ``annotator`` (the
+        winner's rater) when any of them names one."""
+        shown = self.comparisons[:n]
+        rated = any(c.annotator is not None for c in shown)
         return [{
             "line": c.line,
             "prompt": _short(_prompt_display(c.prompt)),
@@ -292,8 +295,9 @@ class ParsedFile:
             "generator_a": c.generator_a,
             "generator_b": c.generator_b,
             "winner": c.winner.value if c.winner else None,
+            **({"annotator": c.annotator} if rated else {}),
             "source": c.source_tag,
-        } for c in self.comparisons[:n]]
+        } for c in shown]
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

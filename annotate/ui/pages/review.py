@@ -43,10 +43,18 @@ with render.untrusted_area():  # model output cannot borrow the page's look (see
                     + (f" · {render.safe_markdown(rv.generator_b)}" if rv.generator_b else ""))
         render.show_text(rv.response_b, height=render.RESPONSE_HEIGHT)
 
+
+def _who(j: dashboard.JudgmentView) -> str:
+    """The annotator's username; for a judgment of no account its source, with the rater an import named."""
+    if j.annotator:
+        return j.annotator
+    return f"({j.source}, rater {j.rater})" if j.rater else f"({j.source})"
+
+
 st.subheader("Judgments")
 if rv.judgments:
     frame = pd.DataFrame([{
-        "id": j.id, "annotator": j.annotator or f"({j.source})", "choice": j.choice, "strength": j.strength,
+        "id": j.id, "annotator": _who(j), "choice": j.choice, "strength": j.strength,
         "shown": None if j.a_on_left is None else ("A left" if j.a_on_left else "A right"),
         "time_s": None if j.time_spent_ms is None else j.time_spent_ms / 1000, "probe": j.is_probe,
         "gold": j.was_gold, "state": j.state, "flags": ", ".join(j.flags), "created_at": context.local_time(j.created_at),
@@ -56,7 +64,7 @@ if rv.judgments:
     for j in rv.judgments:
         if j.rationale:
             with st.container(border=True):
-                st.caption(f"{j.annotator or j.source} chose **{j.choice}** ({j.state})")
+                st.caption(f"{render.safe_markdown(_who(j))} chose **{j.choice}** ({j.state})")
                 render.show_text(j.rationale)
 else:
     st.info("Nobody has judged this pair yet.")
