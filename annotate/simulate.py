@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +47,10 @@ class Dataset:
 def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
     """Parse ``path`` (any importable format) and featurize each distinct response once.
 
-    Comparisons without a known winner and repeated pairs are skipped (a
-    note says how many). ``embedder`` is an ``rm.cache.EmbeddingCache``.
+    Comparisons without a known winner are skipped, and a pair several rows
+    give (several raters, say) is replayed once with the majority of their
+    winners, as the preference export takes it, or skipped without one (notes
+    say how many). ``embedder`` is an ``rm.cache.EmbeddingCache``.
     """
     from annotate.ingest import parse_file
     from rm.data import PairData, outcome_code
@@ -61,8 +64,7 @@ def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
     rows: dict[tuple[str, str], int] = {}
     prompts, responses = [], []
     ia, ib, outcome, group = [], [], [], []
-    seen: set[tuple] = set()
-    no_winner = repeated = 0
+    no_winner = 0
 
     def row(prompt, p_hash, text, t_hash):
         key = (p_hash, t_hash)
@@ -72,24 +74,37 @@ def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
             responses.append(text)
         return rows[key]
 
+    firsts, votes = {}, {}  # pair -> its first row with a winner, and every such row's winner in that row's A/B
     for c in parsed.comparisons:
         if c.winner is None:
             no_winner += 1
             continue
-        if c.pair_key in seen:
+        first = firsts.setdefault(c.pair_key, c)
+        winner = c.winner.value
+        if c.hash_a != first.hash_a and winner in ("a", "b"):  # a row that gives the pair the other way round
+            winner = "b" if winner == "a" else "a"
+        votes.setdefault(c.pair_key, []).append(winner)
+    repeated = no_majority = 0
+    for key, c in firsts.items():
+        top = Counter(votes[key]).most_common(2)
+        if len(votes[key]) > 1:
             repeated += 1
-            continue
-        seen.add(c.pair_key)
+            if len(top) > 1 and top[0][1] == top[1][1]:
+                no_majority += 1
+                continue
         ia.append(row(c.prompt, c.prompt_hash, c.response_a, c.hash_a))
         ib.append(row(c.prompt, c.prompt_hash, c.response_b, c.hash_b))
-        outcome.append(outcome_code(c.winner.value))
+        outcome.append(outcome_code(top[0][0]))
         group.append(c.prompt_hash)
     if no_winner:
         notes.append(f"{no_winner} comparisons have no known winner and were skipped"
                      + (" (pairs of a k-wise row's responses that its 'comparisons' do not judge)"
                         if parsed.format == "kwise" else ""))
     if repeated:
-        notes.append(f"{repeated} repeated comparisons were used once (the first row's winner is kept)")
+        notes.append(f"{repeated} comparisons are given by several rows and replayed once, with the majority of "
+                     "their winners (as the preference export takes it)"
+                     + (f"; {no_majority} without one {'was' if no_majority == 1 else 'were'} skipped"
+                        if no_majority else ""))
     n_ties, n_both_bad = outcome.count(outcome_code("tie")), outcome.count(outcome_code("both_bad"))
     if n_ties or n_both_bad:
         notes.append(f"{n_ties} ties and {n_both_bad} both-bad labels are replayed like the others (a tie "

@@ -603,8 +603,23 @@ def test_kwise_rows_replay_only_their_judged_pairs_and_say_which_were_skipped(tm
                                     out=tmp_path / "o", seed_labels=8, batch=8, budget=32, cold_start=8, repeats=1,
                                     progress=False, echo=lines.append)
     assert any("125 comparisons have no known winner" in line and "k-wise row" in line for line in lines)
-    assert any("1 repeated comparisons were used once (the first row's winner is kept)" in line for line in lines)
-    assert json.loads(report.json_path.read_text())["meta"]["pairs"] == 120
+    assert any("1 comparisons are given by several rows and replayed once, with the majority of their winners"
+               in line and "1 without one was skipped" in line for line in lines)
+    assert json.loads(report.json_path.read_text())["meta"]["pairs"] == 119  # a against b: no majority
+
+
+def test_a_pair_given_by_several_raters_is_replayed_with_their_majority(tmp_path):
+    """Multi-rater data: three raters answer one pair, one of them on a row with the responses the other way
+    round. Two prefer "Hi there!"; the first row's rater prefers "Go away.", whose winner was kept before."""
+    rows = [{"prompt": "Say hi", "response_a": "Go away.", "response_b": "Hi there!", "winner": "a",
+             "annotator": "r1"},
+            {"prompt": "Say hi", "response_a": "Hi there!", "response_b": "Go away.", "winner": "a",
+             "annotator": "r2"},
+            {"prompt": "Say hi", "response_a": "Go away.", "response_b": "Hi there!", "winner": "b",
+             "annotator": "r3"}]
+    dataset = simulate.load_dataset(_write_rows(tmp_path / "raters.jsonl", rows), embedder=FakeEmbedder())
+    assert dataset.pairs.outcome.tolist() == [B_WINS]  # in the first row's A/B: "Hi there!" is B
+    assert any("1 comparisons are given by several rows" in note for note in dataset.notes)
 
 
 def test_random_alone_says_there_is_nothing_to_compare(tmp_path):
