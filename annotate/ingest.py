@@ -1774,14 +1774,31 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     existing_gold_skipped = counts.pop("gold_skipped_existing")
     complete_on_import = counts.pop("complete_on_import")
     superseded = counts.pop("judgments_superseded")
+    raised, closed, reopened = counts.pop("overlap_raised"), counts.pop("closed_existing"), counts.pop("reopened_existing")
+    reopen = (f"to have {{}} judged, import the file again with a higher overlap (more than "
+              f"{counted(overlap_target, 'judgment')}: it raises the overlap of its pairs already here)")
     if complete_on_import:
         # Otherwise an import meant for annotation silently leaves the queue as it was.
         one = complete_on_import == 1
         notes.append(f"{counted(complete_on_import, 'new comparison already has', 'new comparisons already have')} "
                      f"the {counted(overlap_target, 'judgment')} {'it needs' if one else 'they need'} "
                      "from the file's known "
-                     f"winners, so annotators will not see {'it' if one else 'them'}; to have such pairs judged, "
-                     "import them with known winners ignored or as gold, or with a higher overlap")
+                     f"winners, so annotators will not see {'it' if one else 'them'}; "
+                     + reopen.format("it" if one else "them"))
+    if closed:
+        # Known winners for pairs imported before without them (say, with known winners ignored): labels that
+        # arrive later are imported judgments, but pairs leaving annotators' queue must not go unsaid.
+        one = closed == 1
+        notes.append(f"{counted(closed, 'comparison')} already here {'was' if one else 'were'} waiting for "
+                     "annotators and now {} the judgments {} from the file's known winners, so annotators will "
+                     "not see {} any more; ".format(*(("has", "it needs", "it") if one else ("have", "they need", "them")))
+                     + reopen.format("it" if one else "them"))
+    if raised:
+        one = raised == 1
+        notes.append(f"{counted(raised, 'comparison')} already here had an overlap below {overlap_target}; "
+                     f"{'it needs' if one else 'they need'} {counted(overlap_target, 'judgment')} now"
+                     + (f", so {counted(reopened, 'comparison is', 'comparisons are')} back in annotators' queue"
+                        if reopened else ""))
     if existing_gold_skipped:
         notes.append(
             "1 comparison already existed; its known outcome was not turned into a gold answer"
@@ -1841,12 +1858,14 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
         if a in old_responses and b in old_responses:
             candidates.update((a, b))
     existing: dict[frozenset, Any] = {}
-    for row in _lookup(session, select(C.c.id, C.c.response_a_id, C.c.response_b_id, C.c.is_gold).where(
+    for row in _lookup(session, select(C.c.id, C.c.response_a_id, C.c.response_b_id, C.c.is_gold, C.c.status,
+                                       C.c.judgment_count, C.c.overlap_target).where(
             C.c.response_a_id.in_(keys)), sorted(candidates)):
         existing[frozenset((row.response_a_id, row.response_b_id))] = row
 
     gold = known_winner == "gold"
     old_outcomes: dict[int, tuple[bool, set, dict]] = {}
+    old_found: dict[int, Any] = {}  # comparisons already here that this file gives, by id
     outcomes_by_pair: dict[tuple[int, int], list[tuple[Choice, str | None]]] = {}
     gold_added = gold_skipped = existing_count = complete_on_import = judgments_added = 0
     open_, complete = ComparisonStatus.open.value, ComparisonStatus.complete.value
@@ -1858,6 +1877,7 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
             found = existing.get(frozenset((a, b)))
             if found is not None:
                 existing_count += 1
+                old_found[found.id] = found
                 if p.outcomes and gold:
                     gold_skipped += 1
                 elif p.outcomes or p.rated:
@@ -1927,6 +1947,25 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
             session.execute(update(J).where(J.c.id == bindparam("jid"), J.c.state == JudgmentState.active)
                             .values(state=JudgmentState.superseded), superseded)
         insert_judgments(judgments)
+    # A pair already here whose overlap is below this import's takes it (before the bumps below, whose status
+    # rule then reads it): importing a file again "with a higher overlap" reopens its pairs for annotators.
+    raised = [{"cid": cid} for cid, found in old_found.items() if found.overlap_target < overlap_target
+              and not found.is_gold and found.status != ComparisonStatus.retired]
+    if raised:
+        session.execute(
+            update(C).where(C.c.id == bindparam("cid"), C.c.overlap_target < overlap_target).values(
+                overlap_target=overlap_target,
+                status=case((C.c.judgment_count >= overlap_target, ComparisonStatus.complete),
+                            else_=ComparisonStatus.open)),
+            raised)
+    delta = {bump["cid"]: bump["delta"] for bump in bumps}
+    closed = reopened = 0  # of the pairs already here: open before and complete now, and the other way round
+    for cid, found in old_found.items():
+        if found.is_gold or found.status == ComparisonStatus.retired:
+            continue
+        now_complete = (found.judgment_count + delta.get(cid, 0)) >= max(found.overlap_target, overlap_target)
+        closed += found.status == ComparisonStatus.open and now_complete
+        reopened += found.status == ComparisonStatus.complete and not now_complete
     if bumps:
         new_count = C.c.judgment_count + bindparam("delta")
         session.execute(
@@ -1941,7 +1980,8 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     return {"prompts_added": len(new_prompts), "responses_added": len(new_responses),
             "comparisons_added": comparisons_added, "comparisons_existing": existing_count,
             "judgments_added": judgments_added, "gold_added": gold_added, "gold_skipped_existing": gold_skipped,
-            "complete_on_import": complete_on_import, "judgments_superseded": len(superseded)}
+            "complete_on_import": complete_on_import, "judgments_superseded": len(superseded),
+            "overlap_raised": len(raised), "closed_existing": closed, "reopened_existing": reopened}
 
 
 def _judgment_row(comparison_id: int, choice: Choice, was_gold: bool, now: Any, rater: str | None = None,

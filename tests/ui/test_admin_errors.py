@@ -74,7 +74,7 @@ def test_import_error_quotes_a_bad_header_without_rendering_it(app_db, people):
 
 def test_import_says_when_known_winners_will_keep_pairs_from_annotators(app_db, people):
     """With the defaults (known winner stored as a judgment, overlap 1) a TRL or HH file's pairs are complete on
-    import; the page says so before Import, not after (re-importing with other options adds nothing)."""
+    import; the page says so before Import, not after."""
     at = _open(people[1], "admin_import.py")
     _upload_csv(at, b"prompt,chosen,rejected\np1,good1,bad1\np2,good2,bad2\n")
     [note] = [i.value for i in at.info if "known winner" in i.value]
@@ -110,7 +110,8 @@ def test_import_runs_once_per_file_however_often_it_is_pressed(app_db, people):
     at = _open(people[1], "admin_import.py")
     _upload_csv(at, content)
     # A second press while the first run imports starts a second run (Streamlit drops the first one's output):
-    at.session_state["import_running"] = (hashlib.sha256(content).hexdigest(), utcnow())
+    # The page's token for a file and its options: the defaults, known winners as judgments and overlap 1.
+    at.session_state["import_running"] = ((hashlib.sha256(content).hexdigest(), "judgment", 1), utcnow())
     at.run()
     assert next(b for b in at.button if b.label == "Import").disabled
     assert any("being imported" in i.value for i in at.info)
@@ -138,7 +139,7 @@ def test_a_second_run_learns_from_the_database_that_the_first_one_imported_the_f
     digest = hashlib.sha256(content).hexdigest()
     at = _open(people[1], "admin_import.py")
     _upload_csv(at, content)
-    at.session_state["import_running"] = (digest, utcnow() - timedelta(seconds=5))
+    at.session_state["import_running"] = ((digest, "judgment", 1), utcnow() - timedelta(seconds=5))
     at.run()
     assert any("being imported" in i.value for i in at.info)
     with app_db.begin() as s:

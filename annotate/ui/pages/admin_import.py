@@ -102,10 +102,12 @@ overlap = right.number_input("Judgments needed per pair (overlap)", min_value=1,
 # The file this session is importing or imported last. A second press (a double click on a file that
 # takes half a minute) started a second run while the first was still importing, which imported the
 # whole file again, holding the database's write lock again, to add nothing.
+# With the options: the same file again with others can still add (known winners ignored the first time).
+token = (digest, known_winner, int(overlap))
 imported = st.session_state.get(IMPORTED_KEY)
-done = imported[1] if imported is not None and imported[0] == digest else None
+done = imported[1] if imported is not None and imported[0] == token else None
 running = st.session_state.get(IMPORTING_KEY)
-importing = running is not None and running[0] == digest
+importing = running is not None and running[0] == token
 if importing and done is None:
     # The run that imports is not the one on screen, and what it remembers may not reach this session:
     # the database says whether its import finished.
@@ -114,7 +116,7 @@ if importing and done is None:
     if batch is not None:
         done = (f"Imported as batch {batch['id']} at {context.shown_time(batch['created_at'], '%H:%M:%S')} "
                 "(its counts are in the Audit log).")
-        st.session_state[IMPORTED_KEY] = (digest, done)
+        st.session_state[IMPORTED_KEY] = (token, done)
         st.session_state.pop(IMPORTING_KEY, None)
         importing = False
 earlier = None
@@ -123,31 +125,40 @@ if done is None and not importing:
     # known-winner note below warned about pairs this file can no longer add.
     with context.stop_on_errors(), db.read() as session:
         earlier = dashboard.import_of(session, actor=actor, file_hash=digest, since=EPOCH)
+n_known = summary["known"]
 if earlier is not None:
+    # Not "adds nothing, whatever the options": known winners imported before as nothing (ignored) became
+    # judgments on a second import, and every pair they completed left annotators' queue without a word.
+    again = {"judgment": " Its known winners that are not imported judgments yet become ones, and pairs they "
+                         "give all the judgments they need leave annotators' queue.",
+             "gold": " Known winners of pairs already here do not become gold answers.",
+             "ignore": ""}[known_winner] if n_known else ""
     st.info(safe_markdown(
         f"This file was imported before (last as batch {earlier['id']}, {earlier['filename']}, at "
-        f"{context.shown_time(earlier['created_at'])}): its pairs are already here, so importing it again adds "
-        "nothing, whatever the options (its counts are in the Audit log)."), icon=":material/content_copy:")
-n_known = summary["known"]
+        f"{context.shown_time(earlier['created_at'])}; its counts are in the Audit log): its pairs are already "
+        f"here, so importing it again adds no pairs.{again}"
+        + (f" Its pairs that need fewer than {int(overlap)} judgments are raised to {int(overlap)} (back in the "
+           "queue where they have fewer)." if overlap > 1 else "")), icon=":material/content_copy:")
 if done is None and earlier is None and n_known and known_winner == "judgment" and overlap <= 1:
     # An imported judgment counts towards overlap: without this note the queue silently stays as it was.
     st.info(f"{n_known:,} of the {summary['comparisons']:,} comparisons have a known winner. Stored as an imported "
             "judgment, it meets overlap 1, so annotators will not see those pairs. To have them judged, choose "
-            "*ignore them* or *make the pairs gold*, or raise the overlap, before importing: importing the same "
-            "pairs again adds nothing.", icon=":material/info:")
+            "*ignore them* or *make the pairs gold*, or raise the overlap, before importing (afterwards, importing "
+            "the file again with a higher overlap puts them back in the queue).", icon=":material/info:")
 
 pressed = st.button("Import", type="primary", disabled=bool(summary["problems"]) or done is not None or importing,
                     key="import_go", icon=":material/upload:")
 if done is not None:
     st.success(done, icon=":material/check:")
-    st.caption("This file is imported; importing it again would add nothing. Choose another file to import more.")
+    st.caption("This file is imported with these options; importing it again with them would add nothing. "
+               "Choose another file to import more, or other options for this one.")
 elif importing:
     # Streamlit shows this second run, not the one importing, whose summary and rerun are dropped.
     st.info("This file is being imported by your earlier press. Press Refresh for the result (or remove the "
             "file and choose it again if that import failed).", icon=":material/hourglass_top:")
     st.button("Refresh", key="import_refresh", icon=":material/refresh:")
 elif pressed:
-    st.session_state[IMPORTING_KEY] = (digest, utcnow())
+    st.session_state[IMPORTING_KEY] = (token, utcnow())
     try:
         with st.spinner("Importing..."):
             # Read outside the write unit of work: it holds this process's gate for SQLite writers, and the
@@ -156,7 +167,7 @@ elif pressed:
                                              source_tag=source_tag.strip() or None, known_winner=known_winner)
             with db.begin() as session:
                 report = ingest.import_file(session, settings, prepared, actor=actor, overlap=int(overlap))
-        st.session_state[IMPORTED_KEY] = (digest, safe_markdown(report.summary()))
+        st.session_state[IMPORTED_KEY] = (token, safe_markdown(report.summary()))
     except ImportValidationError as exc:
         st.error(safe_markdown(str(exc)))
         st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems], hide_index=True)
@@ -166,5 +177,5 @@ elif pressed:
         st.error(context.NOT_SAVED)
     finally:
         st.session_state.pop(IMPORTING_KEY, None)
-    if st.session_state.get(IMPORTED_KEY, (None,))[0] == digest:
+    if st.session_state.get(IMPORTED_KEY, (None,))[0] == token:
         st.rerun()  # shows the summary under a disabled Import button

@@ -96,5 +96,6 @@ if save:
             context.run_action(lambda session: campaign.update_options(session, settings, actor=actor, **changes),
                                message, flash_key="settings_flash")
 
-st.caption("Overlap applies to comparisons imported from now on; adaptive overlap and the rates apply at once. "
+st.caption("Overlap applies to comparisons imported from now on (and to those of a file imported again, where it "
+           "is higher than theirs); adaptive overlap and the rates apply at once. "
            "Every change is recorded in the audit log.")

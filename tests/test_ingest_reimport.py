@@ -1,0 +1,91 @@
+"""Importing a file again: what it may still change about pairs already here, and that it says so.
+
+A dogfooding run imported 20 HH rows with known winners ignored (20 pairs for annotators), imported the same
+file again with the defaults, and every pair left annotators' queue without a word: its known winners became
+imported judgments that met overlap 1. The advice printed for pairs complete on import ("import them ... with
+a higher overlap") could not be followed either: a second import changed nothing about pairs already here.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from annotate.models import Comparison, ComparisonStatus
+from tests.test_ingest import admin_import_page, jsonl, pair, run_import
+
+FILE = jsonl(*(pair(i, winner="a") for i in range(4)))
+
+
+def _states(db) -> list[tuple[str, int, int]]:
+    with db.read() as session:
+        return [(c.status.value, c.overlap_target, c.judgment_count)
+                for c in session.scalars(select(Comparison).order_by(Comparison.id))]
+
+
+def test_known_winners_that_close_pairs_already_here_are_named(db, settings):
+    run_import(db, settings, FILE, known_winner="ignore")
+    assert _states(db) == [("open", 1, 0)] * 4
+    report = run_import(db, settings, FILE)
+    assert report.comparisons_added == 0 and report.judgments_added == 4
+    assert _states(db) == [("complete", 1, 1)] * 4
+    [note] = [n for n in report.notes if "already here" in n]
+    assert note.startswith("4 comparisons already here were waiting for annotators and now have the judgments "
+                           "they need from the file's known winners, so annotators will not see them any more;")
+    assert "import the file again with a higher overlap" in note
+    # The same import once more adds nothing and has nothing to say.
+    report = run_import(db, settings, FILE)
+    assert report.judgments_added == 0 and not [n for n in report.notes if "already here" in n]
+
+
+def test_importing_again_with_a_higher_overlap_puts_pairs_back_in_the_queue(db, settings):
+    first = run_import(db, settings, FILE)
+    assert any("4 new comparisons already have the 1 judgment they need" in n
+               and "import the file again with a higher overlap" in n for n in first.notes)
+    assert _states(db) == [("complete", 1, 1)] * 4
+    report = run_import(db, settings, FILE, overlap=2)
+    assert report.judgments_added == 0 and report.comparisons_added == 0
+    assert _states(db) == [("open", 2, 1)] * 4
+    assert ("4 comparisons already here had an overlap below 2; they need 2 judgments now, so 4 comparisons are "
+            "back in annotators' queue") in report.notes
+    # Never lowered: a later import with overlap 1 leaves them as they are.
+    report = run_import(db, settings, FILE, overlap=1)
+    assert _states(db) == [("open", 2, 1)] * 4 and not [n for n in report.notes if "already here" in n]
+
+
+def test_a_higher_overlap_leaves_gold_and_retired_pairs_alone(db, settings):
+    run_import(db, settings, jsonl(pair(0, winner="a")), known_winner="gold")
+    run_import(db, settings, jsonl(pair(1)))
+    with db.begin() as session:
+        session.scalars(select(Comparison).order_by(Comparison.id.desc())).first().status = ComparisonStatus.retired
+    before = _states(db)
+    report = run_import(db, settings, jsonl(pair(0, winner="a"), pair(1)), overlap=3, known_winner="ignore")
+    assert _states(db) == before
+    assert not [n for n in report.notes if "overlap below" in n]
+
+
+def test_import_page_says_what_importing_a_file_again_still_does(sqlite_url, tmp_path, monkeypatch):
+    """Before, it said that importing again "adds nothing, whatever the options", and kept Import disabled for a
+    file this session had imported, whatever options were chosen next."""
+    at = admin_import_page(sqlite_url, tmp_path, monkeypatch)
+    at.file_uploader(key="import_file").upload("four.jsonl", FILE, "application/jsonl")
+    at.run()
+    at.selectbox(key="import_known_winner").set_value("ignore")
+    at.run()
+    next(b for b in at.button if b.label == "Import").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert next(b for b in at.button if b.label == "Import").disabled  # the same options again: nothing to add
+    at.selectbox(key="import_known_winner").set_value("judgment")
+    at.number_input(key="import_overlap").set_value(2)
+    at.run()
+    [said] = [i.value for i in at.info if "imported before" in i.value]
+    assert "adds no pairs" in said and "whatever the options" not in said
+    assert "known winners that are not imported judgments yet become ones" in said
+    assert "raised to 2" in said
+    import_button = next(b for b in at.button if b.label == "Import")
+    assert not import_button.disabled
+    import_button.click()
+    at.run()
+    assert not at.exception, at.exception
+    [summary] = [s.value for s in at.success]
+    assert "4 imported judgments" in summary and "overlap below 2" in summary
