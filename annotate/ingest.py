@@ -826,7 +826,7 @@ def _json_type(value: Any) -> str:
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _messages(value: Any, what: str, max_chars: int) -> list[dict]:
+def _messages(value: Any, what: str, max_chars: int, *, allow_empty: bool = False) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise _RowError(f"{what} must be a non-empty list of messages")
     out = []
@@ -844,7 +844,7 @@ def _messages(value: Any, what: str, max_chars: int) -> list[dict]:
         _refuse_nul(content, f"{what}[{i}].content")
         out.append({"role": role, "content": content})
     total = sum(len(m["content"]) for m in out)
-    if not any(m["content"].strip() for m in out):
+    if not allow_empty and not any(m["content"].strip() for m in out):
         raise _RowError(f"{what} is empty")
     if total > max_chars:
         raise _RowError(f"{what} is longer than the {max_chars:,}-character limit ({total:,} characters; "
@@ -1012,8 +1012,11 @@ def _by_hash(line: int, prompt, chosen: str, rejected: str, *, chosen_meta: dict
                             response_b_meta=chosen_meta, **extra)
 
 
-def _parse_trl(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparison], bool]:
-    """Returns the comparison and whether a response is more than one assistant message."""
+def _parse_trl(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparison], bool, bool]:
+    """Returns the comparison, whether a response is more than one assistant message, and whether one is empty.
+
+    An empty response ("", or messages with empty content) is kept, as HH's are: a model that said nothing
+    is data, and a preference export of such a pair (``"chosen": ""``) must import back."""
     _require(obj, "chosen", "rejected")
     chosen, rejected = obj["chosen"], obj["rejected"]
     chosen_meta = rejected_meta = None
@@ -1022,14 +1025,14 @@ def _parse_trl(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedCompari
     if "prompt" in obj and obj["prompt"] is not None:
         prompt = _prompt(obj["prompt"], max_chars)
         if isinstance(chosen, list):
-            chosen, chosen_meta = _response(_messages(chosen, "chosen", max_chars))
-            rejected, rejected_meta = _response(_messages(rejected, "rejected", max_chars))
+            chosen, chosen_meta = _response(_messages(chosen, "chosen", max_chars, allow_empty=True))
+            rejected, rejected_meta = _response(_messages(rejected, "rejected", max_chars, allow_empty=True))
     else:
         if not isinstance(chosen, list):
             raise _RowError("without a 'prompt', 'chosen' and 'rejected' must be message lists "
                             "(or HH transcripts starting with '\\n\\nHuman:')")
-        c = _messages(chosen, "chosen", 2 ** 62)
-        r = _messages(rejected, "rejected", 2 ** 62)
+        c = _messages(chosen, "chosen", 2 ** 62, allow_empty=True)
+        r = _messages(rejected, "rejected", 2 ** 62, allow_empty=True)
         n = 0
         while n < min(len(c), len(r)) and c[n] == r[n]:
             n += 1
@@ -1040,15 +1043,15 @@ def _parse_trl(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedCompari
             raise _RowError("one of 'chosen'/'rejected' has nothing after the shared prompt")
         prompt = _messages(c[:n], "prompt", max_chars)
         (chosen, chosen_meta), (rejected, rejected_meta) = _response(c[n:]), _response(r[n:])
-    chosen = _text(chosen, "chosen", max_chars)
-    rejected = _text(rejected, "rejected", max_chars)
+    chosen = _text(chosen, "chosen", max_chars, allow_empty=True)
+    rejected = _text(rejected, "rejected", max_chars, allow_empty=True)
     if chosen == rejected:
         raise _RowError("'chosen' and 'rejected' are identical")
     return [_by_hash(line, prompt, chosen, rejected, chosen_meta=chosen_meta, rejected_meta=rejected_meta,
                      prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS), row_id=_opt_str(obj, "id", MAX_ID_CHARS),
                      metadata=_opt_dict(obj, "metadata"), source_tag=_tag(obj),
                      annotator=_opt_str(obj, "annotator", MAX_ID_CHARS))], \
-        chosen_meta is not None or rejected_meta is not None
+        chosen_meta is not None or rejected_meta is not None, not chosen.strip() or not rejected.strip()
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -1293,9 +1296,11 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
             elif file_fmt == "kwise":
                 parsed = _parse_kwise(line, obj, max_text_chars)
             elif file_fmt == "trl":
-                parsed, several = _parse_trl(line, obj, max_text_chars)
+                parsed, several, has_empty = _parse_trl(line, obj, max_text_chars)
                 if several:
                     multi_message.append(line)
+                if has_empty:
+                    empty.append(line)
             else:
                 parsed, div, has_empty = _parse_hh(line, obj, max_text_chars)
                 if div:
@@ -1373,8 +1378,8 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                      "with later turns labelled 'Human:'/'Assistant:', and conversational exports give back its "
                      "messages with their roles")
     if empty:
-        notes.append(f"{counted(len(empty), 'HH row has', 'HH rows have')} an empty response ({_lines_note(empty)}): "
-                     "kept as empty text")
+        notes.append(f"{counted(len(empty), f'{file_fmt.upper()} row has', f'{file_fmt.upper()} rows have')} an "
+                     f"empty response ({_lines_note(empty)}): kept as empty text")
     if dropped_lines:
         shown = sorted(dropped_keys)
         keys = ", ".join(repr(k) for k in shown[:10]) + (", ..." if len(shown) > 10 else "")

@@ -89,3 +89,42 @@ def test_import_page_says_what_importing_a_file_again_still_does(sqlite_url, tmp
     assert not at.exception, at.exception
     [summary] = [s.value for s in at.success]
     assert "4 imported judgments" in summary and "overlap below 2" in summary
+
+
+def test_a_preference_export_with_an_empty_response_imports_back(db, settings, tmp_path):
+    """HH keeps a response that said nothing as empty text, and exports it so ('"chosen": ""' in the standard
+    format, an assistant message with empty content in the conversational one); importing that export was
+    refused ("line 103: chosen is empty")."""
+    import json
+
+    from annotate import export
+    from annotate.accounts import Actor, create_user
+    from annotate.ingest import parse_file
+    from tests.test_ingest import hh
+
+    run_import(db, settings, jsonl(hh("\n\nHuman: say nothing", "", "Something."),
+                                   hh("\n\nHuman: hi", "Hello!", "")))
+    with db.begin() as session:
+        boss = create_user(session, "boss", "password123", "admin", system=True)
+        actor = Actor(id=boss.id, username=boss.username, role=boss.role)
+        data = export.preferences_bytes(session, actor=actor, format="jsonl")
+    rows = [json.loads(line) for line in data.decode().splitlines()]
+    assert [m["content"] for row in rows for m in row["chosen"] + row["rejected"]] == ["", "Something.", "Hello!", ""]
+    standard = [{"prompt": "say nothing", "chosen": "", "rejected": " Something."}]
+    for name, content in (("conversational.jsonl", data), ("standard.jsonl", jsonl(*standard))):
+        path = tmp_path / name
+        path.write_bytes(content)
+        parsed = parse_file(path)
+        assert not parsed.problems, parsed.problems
+        assert any("TRL row" in n and "an empty response" in n and "kept as empty text" in n for n in parsed.notes)
+    report = run_import(db, settings, data)  # the same pairs: nothing new
+    assert report.comparisons_added == 0 and report.responses_added == 0
+    blank = parse_file(_write(tmp_path / "both.jsonl", jsonl({"prompt": "p", "chosen": "", "rejected": " "})))
+    assert blank.problems == []  # two different texts, both empty to the eye: kept, and noted
+    same = parse_file(_write(tmp_path / "same.jsonl", jsonl({"prompt": "p", "chosen": "", "rejected": ""})))
+    assert [reason for _, reason in same.problems] == ["'chosen' and 'rejected' are identical"]
+
+
+def _write(path, content: bytes):
+    path.write_bytes(content)
+    return path
