@@ -37,9 +37,13 @@ run: demo
 	$(serve)
 
 # The same without the demo data and accounts, for your own campaign.
+# The hint names the PREFLOOP_DATA_DIR / PREFLOOP_DATABASE_URL this server uses (the URL's password hidden):
+# copied without them, the command made the admin in the default database.
 serve: migrate
-	@$(VENV)/bin/prefloop users list | grep -q "	admin	active" || echo "no admin yet: create one with" \
-	  "$(VENV)/bin/prefloop users add NAME --role admin, then log in at http://localhost:$(PORT)"
+	@$(VENV)/bin/prefloop users list | grep -q "	admin	active" || $(PY) -c 'import sys; \
+	  from annotate.settings import load_settings, operator_command; \
+	  print("no admin yet: create one with", operator_command(load_settings(), sys.argv[1]), end=", "); \
+	  print("then log in at", sys.argv[2])' "$(VENV)/bin/prefloop users add NAME --role admin" "http://localhost:$(PORT)"
 	$(serve)
 
 # The port is checked before the watcher starts: a second 'make run' said so only after starting one.

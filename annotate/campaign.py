@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from annotate.accounts import Actor, audit, require_admin
 from annotate.errors import PrefloopError
 from annotate.models import AppSetting, utcnow
-from annotate.settings import MAX_OVERLAP, Settings, unknown_strategy
+from annotate.settings import MAX_OVERLAP, MAX_RETRAIN_MINUTES, MIN_RETRAIN_MINUTES, Settings, unknown_strategy
 
 
 def default_guidelines() -> str:
@@ -48,8 +48,13 @@ class CampaignOptions:
             raise PrefloopError("batch size must be positive and cold start non-negative")
         if problem := unknown_strategy(self.strategy):
             raise PrefloopError(problem)
-        if self.retrain_every_labels < 1 or self.retrain_every_minutes <= 0:
-            raise PrefloopError("retrain cadence must be positive")
+        if self.retrain_every_labels < 1:
+            raise PrefloopError("retrain every N new labels must be at least 1")
+        if not MIN_RETRAIN_MINUTES <= self.retrain_every_minutes <= MAX_RETRAIN_MINUTES:  # NaN too
+            raise PrefloopError(f"retrain every N minutes must be from {MIN_RETRAIN_MINUTES} to "
+                                f"{MAX_RETRAIN_MINUTES:,} (a year)")
+        if self.target_judgments < 0:
+            raise PrefloopError("target judgments must be 0 (none) or more")
         if len(self.guidelines) > 100_000:
             raise PrefloopError("guidelines are limited to 100,000 characters")
 

@@ -53,9 +53,11 @@ def _sqlite_file(url: str) -> Path | None:
     """The file of a SQLite database URL; None for another database, an in-memory one or a ``file:`` URI."""
     from sqlalchemy.engine import make_url
 
+    from annotate.settings import in_memory_sqlite
+
     sa_url = make_url(url)
     database = sa_url.database or ""
-    if sa_url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+    if sa_url.get_backend_name() != "sqlite" or in_memory_sqlite(url) or database.startswith("file:"):
         return None
     return Path(database)
 
@@ -194,20 +196,23 @@ def _read_password(args) -> str:
     return password
 
 
-def _operator_admin(session, username: str | None):
+def _operator_admin(session, settings, username: str | None):
     """The admin an operator's CLI command acts as (for the audit log and role checks)."""
     from sqlalchemy import select
 
     from annotate.accounts import Actor
     from annotate.models import Role, User
+    from annotate.settings import operator_command
 
     query = select(User).where(User.role == Role.admin, User.active.is_(True))
     if username:
         query = query.where(User.username == username)
     user = session.scalars(query.order_by(User.id)).first()
     if user is None:
+        add = operator_command(settings, "prefloop users add NAME --role admin")
         raise PrefloopError(f"no active admin {username!r}" if username else
-                            "no active admin exists: create one with 'prefloop users add NAME --role admin'")
+                            f"no active admin exists: create one with '{add.line}'"
+                            + (f" ({add.note})" if add.note else ""))
     return Actor(id=user.id, username=user.username, role=user.role)
 
 
@@ -218,6 +223,7 @@ def cmd_db(args) -> int:
     from sqlalchemy.exc import DBAPIError
 
     from annotate import migrate
+    from annotate.settings import in_memory_sqlite
 
     settings = _settings()
     url = settings.sqlalchemy_url
@@ -235,6 +241,11 @@ def cmd_db(args) -> int:
             if not args.revision:
                 raise PrefloopError("say which revision to downgrade to, e.g. 'prefloop db downgrade base'")
             migrate.downgrade(url, args.revision)
+        if in_memory_sqlite(url):
+            # Each connection has its own, so reading the revision back found a new, empty one ("at revision base").
+            print(f"{args.action}d an in-memory SQLite database, which is gone now that the command has ended: "
+                  f"nothing was kept; point {_database_setting(settings)} at a file or a server to keep one")
+            return 0
         heads = migrate.current_heads(url)
     except CommandError as exc:  # an unknown revision, say
         raise PrefloopError(str(exc)) from None
@@ -299,18 +310,20 @@ def cmd_users(args) -> int:
         if args.action == "add":
             accounts.create_user(session, args.name, _read_password(args), args.role, system=True)
             print(f"created {args.role} {args.name!r}")
-        elif args.action == "deactivate":
-            accounts.set_active(session, args.name, False, system=True)
-            print(f"deactivated {args.name!r}")
-        elif args.action == "activate":
-            accounts.set_active(session, args.name, True, system=True)
-            print(f"activated {args.name!r}")
+        elif args.action in ("deactivate", "activate"):
+            active = args.action == "activate"
+            was = _account_state(session, args.name)
+            accounts.set_active(session, args.name, active, system=True)  # unchanged: no audit entry either
+            print(f"{args.name!r} was already {'active' if active else 'inactive'}" if was.active == active
+                  else f"{args.action}d {args.name!r}")
         elif args.action == "reset-password":
             accounts.reset_password(session, args.name, _read_password(args), system=True)
             print(f"password reset for {args.name!r}")
         elif args.action == "set-role":
+            was = _account_state(session, args.name)
             accounts.set_role(session, args.name, args.role, system=True)
-            print(f"{args.name!r} is now {args.role}")
+            print(f"{args.name!r} was already {args.role}" if was.role.value == args.role
+                  else f"{args.name!r} is now {args.role}")
         elif args.action == "rename":
             user = accounts.rename_user(session, args.name, args.new_name, system=True)
             print(f"renamed {args.name!r} to {user.username!r}")
@@ -322,6 +335,16 @@ def cmd_users(args) -> int:
             for user in session.scalars(select(User).order_by(User.username)):
                 print(f"{user.username}\t{user.role.value}\t{'active' if user.active else 'inactive'}")
     return 0
+
+
+def _account_state(session, username: str):
+    """``(active, role)`` of ``username`` before a change, to say when there was nothing to change
+    (None for no such user: the change itself then says so)."""
+    from sqlalchemy import select
+
+    from annotate.models import User
+
+    return session.execute(select(User.active, User.role).where(User.username == username)).first()
 
 
 def cmd_import(args) -> int:
@@ -367,7 +390,7 @@ def cmd_export(args) -> int:
     filters = _export_filter(args)
     out = Path(args.out)
     with db.read() as session:
-        actor = _operator_admin(session, args.as_admin)
+        actor = _operator_admin(session, settings, args.as_admin)
     # export.save reads one snapshot without the write lock (annotators keep judging while a long
     # export runs) and records the audit event afterwards in a short write.
     if args.format in ("trl-jsonl", "trl-parquet", "datasets"):
@@ -403,6 +426,7 @@ def cmd_retrain(args) -> int:
     settings = _settings()
     if args.once and args.poll_seconds is not None:
         raise PrefloopError("--poll-seconds goes with --watch")
+    retrain.log_to_stderr()
     if args.watch:
         if args.force:
             raise PrefloopError("--force goes with --once: the watcher retrains when new judgments or pairs arrive")

@@ -203,7 +203,7 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
         counted_judgments=int(judgment_row[1] or 0),
         active_model=_version_dict(active) if active is not None else None,
         last_run=None if last_run is None else {
-            "id": last_run.id, "status": last_run.status, "started_at": last_run.started_at,
+            "id": last_run.id, "status": last_run.status, "step": last_run.step, "started_at": last_run.started_at,
             "finished_at": last_run.finished_at, "error": last_run.error},
         labels_since_last_run=due.new_judgments,
         retrain_every_labels=options.retrain_every_labels,

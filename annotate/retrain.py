@@ -40,7 +40,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ from annotate import campaign, locks
 from annotate.scoring import artifact_elsewhere, artifact_location
 from annotate.db import Database, open_database
 from annotate.errors import PrefloopError
+from annotate.ingest import counted
 from annotate.models import (
     Choice,
     Comparison,
@@ -1158,20 +1159,22 @@ def check_due(session, settings: Settings, *, since: datetime, now: datetime | N
     n_new, last_at, _ = new_judgments(session)
     time_at = last_at + every if last_at is not None else None
     n_pairs = 0
+    new = counted(n_new, "new judgment")
     if n_new >= options.retrain_every_labels:
-        fire, why = True, f"{n_new} new judgments"
+        fire, why = True, new
     else:
         baseline = last_at or since
         fire = n_new >= 1 and now - baseline >= every
-        why = (f"{n_new} new judgments and {options.retrain_every_minutes:g} minutes passed" if fire
-               else f"{n_new} new judgments")
+        minutes = options.retrain_every_minutes
+        why = f"{new} and {minutes:g} minute{'' if minutes == 1 else 's'} passed" if fire else new
         if not fire and (n_pairs := new_pairs(session, options)):
-            fire, why = True, f"{why}; {n_pairs} new pairs the active model has not scored"
+            fire, why = True, f"{why}; {counted(n_pairs, 'new pair')} the active model has not scored"
     failures, failed_at = _failures_in_a_row(session)
     if failures and failed_at is not None:
         retry_at = failed_at + timedelta(minutes=RETRY_MINUTES[min(failures, len(RETRY_MINUTES)) - 1])
         if now < retry_at:
-            wait = (f"the last {failures} run(s) failed, next try after {retry_at:%Y-%m-%d %H:%M:%S} UTC")
+            failed = "the last run failed" if failures == 1 else f"the last {failures} runs failed"
+            wait = f"{failed}, next try after {retry_at:%Y-%m-%d %H:%M:%S} UTC"
             return DueCheck(False, f"{why}; {wait}", n_new, n_pairs, failures,
                             retry_at if time_at is None else max(retry_at, time_at))
     return DueCheck(fire, why, n_new, n_pairs, failures, time_at)
@@ -1201,7 +1204,7 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
         for sig in (signal.SIGTERM, signal.SIGINT):
             installed[sig] = signal.signal(sig, _on_signal)
     started = utcnow()
-    print(f"{started:%Y-%m-%d %H:%M:%S} retrain watcher started (poll every {poll_seconds:g} s)", flush=True)
+    _say(f"retrain watcher started (poll every {poll_seconds:g} s)", started)
     waiting = False  # said once that another process's run holds the lock, until it lets go
     try:
         while not stop.is_set():
@@ -1213,14 +1216,14 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
                     waiting = _say_waiting(waiting, why)
                 elif fire:
                     def announce(_run_id, why=why):
-                        print(f"{utcnow():%Y-%m-%d %H:%M:%S} retraining: {why}", flush=True)
+                        _say(f"retraining: {why}")
 
                     result = run_once(settings, db=db, stop=stop, on_start=announce, **run_kwargs)
                     if result.run_id is None and result.message == LOCK_BUSY:
                         waiting = _say_waiting(waiting, why)  # it took the lock after run_alive looked
                     else:
                         waiting = False
-                        print(result.summary(), flush=True)
+                        _say(result.summary())
             except Exception:
                 log.exception("retrain watcher: check failed; retrying")
             stop.wait(poll_seconds)
@@ -1228,14 +1231,42 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
         for sig, handler in installed.items():
             signal.signal(sig, handler)
         db.dispose()
-        print(f"{utcnow():%Y-%m-%d %H:%M:%S} retrain watcher stopped", flush=True)
+        _say("retrain watcher stopped")
+
+
+def _stamp(at: datetime | None = None) -> str:
+    """How each entry of the watcher's log (``retrain.log`` under ``make run``) starts: the UTC time, the host
+    and the process id, so that watchers sharing a data directory can be told apart."""
+    return f"{at or utcnow():%Y-%m-%d %H:%M:%S} {socket.gethostname()}[{os.getpid()}]"
+
+
+def _say(message: str, at: datetime | None = None) -> None:
+    """Write one entry of the watcher's log on standard output (a run's summary continues on the lines below)."""
+    print(f"{_stamp(at)} {message}", flush=True)
+
+
+class LogFormatter(logging.Formatter):
+    """``logging`` records (a failed run's traceback, a warning) headed as the watcher's own entries."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{_stamp(datetime.fromtimestamp(record.created, timezone.utc))} {super().format(record)}"
+
+
+def log_to_stderr() -> None:
+    """Write prefloop's log records (a failed run's traceback, warnings, the watcher's signal) from INFO up on
+    standard error, headed as the watcher's own entries: under ``make run`` both go to ``retrain.log``."""
+    logger = logging.getLogger("prefloop")
+    if not any(isinstance(h.formatter, LogFormatter) for h in logger.handlers):  # once per process
+        handler = logging.StreamHandler()
+        handler.setFormatter(LogFormatter())
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _say_waiting(said: bool, why: str) -> bool:
     """Log once that the watcher is due but another process's run holds the lock; True (said)."""
     if not said:
-        print(f"{utcnow():%Y-%m-%d %H:%M:%S} due ({why}), but another retrain is running: waiting for it",
-              flush=True)
+        _say(f"due ({why}), but another retrain is running: waiting for it")
     return True
 
 

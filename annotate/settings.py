@@ -8,14 +8,20 @@ The values here are their defaults and the things only an operator may set.
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 from annotate.errors import ConfigError
 
 MAX_OVERLAP = 20
 """The most judgments a comparison may need: campaign overlap and maximum overlap, an import's overlap."""
+YEAR_SECONDS = 365 * 24 * 3600
+MIN_RETRAIN_MINUTES, MAX_RETRAIN_MINUTES = 0.1, YEAR_SECONDS // 60
+"""The shortest and longest retrain interval (6 s, a year): ``PREFLOOP_RETRAIN_EVERY_MINUTES``, the campaign's."""
 
 
 def _bundled_encoder() -> str:
@@ -154,6 +160,23 @@ def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
     return lines
 
 
+_WHOLE_NUMBER_RANGES = {  # field: (lowest, highest or None for no limit, what the lowest means)
+    "lease_seconds": (10, YEAR_SECONDS, ""),
+    "queue_seed": (0, None, ""),  # numpy's seed sequences refuse a negative seed: every retrain failed
+    "max_upload_mb": (1, None, ""),
+    "max_text_chars": (1, None, ""),
+    "login_max_failures": (1, None, ""),
+    "login_lockout_seconds": (1, YEAR_SECONDS, ""),
+    "session_idle_minutes": (0, YEAR_SECONDS // 60, " (0: never)"),
+    "retrain_every_labels": (1, None, ""),
+    "batch_size": (1, None, ""),
+    "cold_start": (0, None, ""),
+    "torch_threads": (1, 1024, ""),  # torch.set_num_threads refuses 0 and overflows past a C int
+}
+"""The ranges of the whole-number settings other than the overlaps (checked together). Durations stop at a year:
+far longer ones overflowed the dates they are added to (past the year 9999)."""
+
+
 def _validate(s: Settings) -> None:
     if s.env not in {"development", "production", "test"}:
         raise ConfigError("PREFLOOP_ENV must be development, production or test")
@@ -161,10 +184,14 @@ def _validate(s: Settings) -> None:
         raise ConfigError("PREFLOOP_OVERLAP must be >= 1 and <= PREFLOOP_MAX_OVERLAP")
     if s.max_overlap > MAX_OVERLAP:
         raise ConfigError(f"PREFLOOP_MAX_OVERLAP must be at most {MAX_OVERLAP}")
-    if s.lease_seconds < 10:
-        raise ConfigError("PREFLOOP_LEASE_SECONDS must be at least 10")
-    if s.session_idle_minutes < 0:
-        raise ConfigError("PREFLOOP_SESSION_IDLE_MINUTES must be 0 (never) or more")
+    for name, (lowest, highest, meaning) in _WHOLE_NUMBER_RANGES.items():
+        value = getattr(s, name)
+        if value < lowest or (highest is not None and value > highest):
+            allowed = f"from {lowest:,} to {highest:,}" if highest is not None else f"at least {lowest:,}"
+            raise ConfigError(f"PREFLOOP_{name.upper()} must be {allowed}{meaning}, not {value:,}")
+    if not MIN_RETRAIN_MINUTES <= s.retrain_every_minutes <= MAX_RETRAIN_MINUTES:
+        raise ConfigError(f"PREFLOOP_RETRAIN_EVERY_MINUTES must be from {MIN_RETRAIN_MINUTES} to "
+                          f"{MAX_RETRAIN_MINUTES:,} (a year), not {s.retrain_every_minutes:g}")
     if not 0.0 <= s.promote_tolerance < 1.0:
         raise ConfigError("PREFLOOP_PROMOTE_TOLERANCE must be at least 0 and below 1")
     if not 0.5 <= s.promote_confidence < 1.0:
@@ -172,10 +199,75 @@ def _validate(s: Settings) -> None:
     for name in ("gold_rate", "probe_rate"):
         if not 0.0 <= getattr(s, name) <= 0.5:
             raise ConfigError(f"PREFLOOP_{name.upper()} must be between 0 and 0.5")
+    for field in fields(Settings):  # the ranges above refuse NaN and infinities already; any other float too
+        value = getattr(s, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"PREFLOOP_{field.name.upper()} must be a finite number, not {value}")
     if problem := unknown_strategy(s.strategy):
         raise ConfigError(f"PREFLOOP_STRATEGY: {problem}")
-    if s.env == "production" and s.sqlalchemy_url.startswith("sqlite") and "memory" in s.sqlalchemy_url:
-        raise ConfigError("an in-memory database cannot be used in production")
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        memory = in_memory_sqlite(s.sqlalchemy_url)
+    except ArgumentError:  # the URL is not repeated: it may hold a password
+        raise ConfigError("PREFLOOP_DATABASE_URL is not a database URL; PostgreSQL: "
+                          "postgresql+psycopg://user@host:5432/dbname") from None
+    if s.env == "production" and memory:
+        raise ConfigError("PREFLOOP_DATABASE_URL: an in-memory SQLite database cannot be used in production "
+                          "(it is gone when the process ends)")
+
+
+def in_memory_sqlite(url: str) -> bool:
+    """Whether ``url`` is a SQLite database held in memory, gone when its last connection closes:
+    no database (``sqlite://``), ``:memory:``, a ``file::memory:`` URI or ``mode=memory``.
+
+    Read with SQLAlchemy's own parsing, so ``sqlite+pysqlite://`` counts and a file or a PostgreSQL
+    database named "memory" does not. Raises ``sqlalchemy.exc.ArgumentError`` for a string that is not a URL.
+    """
+    from sqlalchemy.engine import make_url
+
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() != "sqlite":
+        return False
+    database = sa_url.database or ""
+    mode = sa_url.query.get("mode", ())
+    return (database in ("", ":memory:") or database.startswith("file::memory:")
+            or "memory" in ((mode,) if isinstance(mode, str) else mode))
+
+
+class OperatorCommand(NamedTuple):
+    """A shell command for an operator to copy (``line``), and what to do to it first (``note``, or "")."""
+
+    line: str
+    note: str
+
+    def __str__(self) -> str:
+        return f"{self.line} ({self.note})" if self.note else self.line
+
+
+def operator_command(settings: Settings, command: str) -> OperatorCommand:
+    """``command`` prefixed with the ``PREFLOOP_DATA_DIR`` and ``PREFLOOP_DATABASE_URL`` that ``settings``
+    use where they are not the defaults, so that an operator who copies it acts on this process's database,
+    not the default one: ``PREFLOOP_DATA_DIR=/srv/prefloop .venv/bin/prefloop users add NAME --role admin``.
+
+    The data directory is made absolute (the command may run elsewhere). A password in the URL is never
+    shown: it reads ``***`` (a ``password=`` parameter is left out), and the note says to put it back.
+    """
+    from sqlalchemy.engine import make_url
+
+    prefix, note = [], ""
+    if settings.data_dir.resolve() != Settings.data_dir.resolve():
+        prefix.append(f"PREFLOOP_DATA_DIR={shlex.quote(str(settings.data_dir.resolve()))}")
+    if settings.database_url:
+        url, shown = make_url(settings.database_url), settings.database_url
+        if url.password is not None:
+            note = "the database password is hidden: write it in place of ***"
+        if "password" in url.query:
+            url, note = url.difference_update_query(["password"]), "the URL's password parameter is left out: add it"
+        if note:
+            shown = url.render_as_string(hide_password=True)
+        prefix.append(f"PREFLOOP_DATABASE_URL={shlex.quote(shown)}")
+    return OperatorCommand(" ".join([*prefix, command]), note)
 
 
 def unknown_strategy(name: str) -> str | None:

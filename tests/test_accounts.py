@@ -317,6 +317,102 @@ def test_settings_from_environment():
         s.overlap = 3
 
 
+REFUSED_SETTINGS = [
+    # Each was accepted: nan/inf killed the watcher (timedelta of NaN) and the Overview page, a torch thread
+    # count of 0 or a negative queue seed failed every retrain, the rest left imports or the queue unusable.
+    ("RETRAIN_EVERY_MINUTES", "nan", "from 0.1 to 525,600"), ("RETRAIN_EVERY_MINUTES", "inf", "from 0.1"),
+    ("RETRAIN_EVERY_MINUTES", "-5", "from 0.1"), ("RETRAIN_EVERY_MINUTES", "0", "from 0.1"),
+    ("RETRAIN_EVERY_MINUTES", "1e9", "to 525,600"),
+    ("TORCH_THREADS", "0", "from 1 to 1,024"), ("TORCH_THREADS", "-1", "from 1"),
+    ("BATCH_SIZE", "0", "at least 1"), ("COLD_START", "-5", "at least 0"),
+    ("RETRAIN_EVERY_LABELS", "-1", "at least 1"), ("RETRAIN_EVERY_LABELS", "0", "at least 1"),
+    ("MAX_UPLOAD_MB", "0", "at least 1"), ("MAX_UPLOAD_MB", "-3", "at least 1"),
+    ("MAX_TEXT_CHARS", "-1", "at least 1"), ("QUEUE_SEED", "-1", "at least 0"),
+    ("LOGIN_MAX_FAILURES", "0", "at least 1"), ("LOGIN_LOCKOUT_SECONDS", "-60", "from 1 to 31,536,000"),
+    ("LEASE_SECONDS", "99999999999", "from 10 to 31,536,000"), ("SESSION_IDLE_MINUTES", "-5", "from 0"),
+    ("GOLD_RATE", "nan", "between 0 and 0.5"), ("PROBE_RATE", "inf", "between 0 and 0.5"),
+    ("PROMOTE_TOLERANCE", "nan", "at least 0 and below 1"), ("PROMOTE_CONFIDENCE", "-inf", "at least 0.5"),
+]
+
+
+@pytest.mark.parametrize("name, value, allowed", REFUSED_SETTINGS)
+def test_every_numeric_setting_out_of_range_is_refused_naming_the_variable_and_the_range(name, value, allowed):
+    with pytest.raises(ConfigError) as refused:
+        load_settings({f"PREFLOOP_{name}": value})
+    message = str(refused.value)
+    assert message.startswith(f"PREFLOOP_{name} must be") and allowed in message and "\n" not in message
+
+
+def test_the_edges_of_each_numeric_settings_range_are_accepted():
+    edges = {"RETRAIN_EVERY_MINUTES": "0.1", "TORCH_THREADS": "1", "BATCH_SIZE": "1", "COLD_START": "0",
+             "RETRAIN_EVERY_LABELS": "1", "MAX_UPLOAD_MB": "1", "MAX_TEXT_CHARS": "1", "QUEUE_SEED": "0",
+             "LOGIN_MAX_FAILURES": "1", "LOGIN_LOCKOUT_SECONDS": "31536000", "LEASE_SECONDS": "10"}
+    s = load_settings({f"PREFLOOP_{k}": v for k, v in edges.items()})
+    assert (s.retrain_every_minutes, s.torch_threads, s.cold_start, s.login_lockout_seconds) == (0.1, 1, 0, 31536000)
+    assert load_settings({"PREFLOOP_RETRAIN_EVERY_MINUTES": "525600"}).retrain_every_minutes == 525600
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://", "sqlite:///",
+                                 "sqlite:///:memory:?cache=shared", "sqlite:///file::memory:?uri=true",
+                                 "sqlite:///file:db?mode=memory&cache=shared&uri=true", "sqlite:///x.db?mode=memory"])
+def test_production_refuses_every_in_memory_sqlite_database(url):
+    """Only sqlite:///:memory: was refused (the check looked for the text "memory"); sqlite:// was accepted."""
+    assert load_settings({"PREFLOOP_DATABASE_URL": url}).database_url == url  # development: allowed
+    with pytest.raises(ConfigError, match="PREFLOOP_DATABASE_URL: an in-memory SQLite database cannot be used"):
+        load_settings({"PREFLOOP_ENV": "production", "PREFLOOP_DATABASE_URL": url})
+
+
+def test_production_accepts_a_database_that_is_not_in_memory(tmp_path):
+    for url in (f"sqlite:///{tmp_path / 'memory.db'}", "postgresql+psycopg://u:p@h:5432/memory"):
+        assert load_settings({"PREFLOOP_ENV": "production", "PREFLOOP_DATABASE_URL": url}).database_url == url
+    assert load_settings({"PREFLOOP_ENV": "production", "PREFLOOP_DATA_DIR": str(tmp_path)}).env == "production"
+
+
+def test_a_database_url_that_is_not_a_url_is_one_line_without_the_url():
+    with pytest.raises(ConfigError, match=r"^PREFLOOP_DATABASE_URL is not a database URL") as refused:
+        load_settings({"PREFLOOP_DATABASE_URL": "s3cret-not-a-url"})
+    assert "s3cret" not in str(refused.value)
+
+
+def test_an_operator_command_names_the_database_settings_that_are_not_the_defaults(tmp_path, monkeypatch):
+    """What the no-admin hints print (make serve, the login page, the CLI); never the URL's password."""
+    from annotate.settings import operator_command
+
+    command = "prefloop users add NAME --role admin"
+    monkeypatch.chdir(tmp_path)
+    for environ in ({}, {"PREFLOOP_DATA_DIR": ".prefloop"}, {"PREFLOOP_DATA_DIR": str(tmp_path / ".prefloop")}):
+        assert operator_command(load_settings(environ), command) == (command, "")
+    moved = operator_command(load_settings({"PREFLOOP_DATA_DIR": "my data"}), command)
+    assert moved == (f"PREFLOOP_DATA_DIR='{tmp_path / 'my data'}' {command}", "")  # absolute, quoted
+    pg = load_settings({"PREFLOOP_DATABASE_URL": "postgresql+psycopg://team:s3cret@db:5432/prefloop"})
+    line, note = operator_command(pg, command)
+    assert line == f"PREFLOOP_DATABASE_URL='postgresql+psycopg://team:***@db:5432/prefloop' {command}"
+    assert "s3cret" not in line + note and "***" in note
+    in_query = load_settings({"PREFLOOP_DATABASE_URL": "postgresql+psycopg://team@db/p?password=s3cret&sslmode=on"})
+    line, note = operator_command(in_query, command)
+    assert "s3cret" not in line and "password" in note and "sslmode=on" in line
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"retrain_every_minutes": float("nan")}, "retrain every N minutes must be from 0.1 to 525,600"),
+    ({"retrain_every_minutes": float("inf")}, "retrain every N minutes"),
+    ({"retrain_every_minutes": 0.0}, "retrain every N minutes"),
+    ({"retrain_every_labels": 0}, "retrain every N new labels must be at least 1"),
+    ({"gold_rate": float("nan")}, "gold rate must be between 0 and 0.5"),
+    ({"probe_rate": float("inf")}, "probe rate must be between 0 and 0.5"),
+    ({"batch_size": 0}, "batch size"), ({"cold_start": -5}, "cold start"),
+    ({"target_judgments": -1}, "target judgments must be 0"),
+])
+def test_campaign_options_refuse_what_the_settings_refuse(db, settings, changes, message):
+    """A NaN retrain interval was saved (NaN <= 0 is false), and the watcher then died at its next poll."""
+    with db.begin() as s:
+        admin = make_user(s, "boss", "admin")
+        with pytest.raises(PrefloopError, match=message):
+            campaign.update_options(s, settings, actor=admin, **changes)
+    with db.read() as s:
+        assert campaign.get_options(s, settings) == campaign.defaults(settings)
+
+
 def test_unknown_strategy_in_the_environment_is_refused_with_the_valid_names(monkeypatch):
     assert load_settings({"PREFLOOP_STRATEGY": "margin"}).strategy == "margin"
     for name in ("bal", "random+cover", "random+power"):

@@ -84,7 +84,7 @@ def test_users_add_with_stdin_password_and_deactivate(env):
     assert short.returncode == 2 and "at least" in short.stderr
     assert run(env, "users", "add", "carol", "--role", "admin", "--password-stdin",
                stdin="another-password\n").returncode == 0  # alice is not the only admin
-    assert run(env, "users", "deactivate", "alice").returncode == 0
+    assert run(env, "users", "deactivate", "alice").stdout == "deactivated 'alice'\n"
     listing = run(env, "users", "list").stdout
     assert "alice\tadmin\tinactive" in listing
     db = Database(create_db_engine(env["PREFLOOP_DATABASE_URL"]))
@@ -409,6 +409,78 @@ def test_users_refuses_to_leave_no_active_admin_and_says_how_to_get_past(env):
     assert run(env, "users", "set-role", "Carol", "--role", "admin").returncode == 0
     assert run(env, "users", "deactivate", "boss").returncode == 0
     assert run(env, "users", "list").stdout == "Carol\tadmin\tactive\nboss\tadmin\tinactive\n"
+
+
+def test_a_change_to_what_an_account_already_is_says_so_and_records_nothing(env):
+    """'users deactivate alice' on an inactive account printed "deactivated 'alice'" again."""
+    from annotate.models import AuditEvent
+
+    for name, role in (("alice", "admin"), ("carol", "admin")):
+        assert run(env, "users", "add", name, "--role", role, "--password-stdin",
+                   stdin="s3cret-password\n").returncode == 0
+    assert run(env, "users", "deactivate", "alice").stdout == "deactivated 'alice'\n"
+    again = run(env, "users", "deactivate", "alice")
+    assert again.returncode == 0 and again.stdout == "'alice' was already inactive\n", again
+    assert run(env, "users", "activate", "carol").stdout == "'carol' was already active\n"
+    assert run(env, "users", "set-role", "carol", "--role", "admin").stdout == "'carol' was already admin\n"
+    assert run(env, "users", "activate", "alice").stdout == "activated 'alice'\n"
+    one_line_error(run(env, "users", "deactivate", "nobody"), "no user named 'nobody'")
+    db = Database(create_db_engine(env["PREFLOOP_DATABASE_URL"]))
+    with db.read() as s:
+        actions = s.scalars(select(AuditEvent.action).where(AuditEvent.action.like("user.%"))
+                            .order_by(AuditEvent.id)).all()
+    db.dispose()
+    assert actions == ["user.create", "user.create", "user.deactivate", "user.activate"]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_db_upgrade_of_an_in_memory_database_says_it_kept_nothing(tmp_path, url):
+    """It printed "database at revision base" (it read the revision back from a new, empty database),
+    which reads as if the upgrade had failed; a file database prints the revision it reached."""
+    e = {**os.environ, "PREFLOOP_DATA_DIR": str(tmp_path / "data"), "PREFLOOP_DATABASE_URL": url}
+    result = run(e, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("upgraded an in-memory SQLite database, which is gone now that the command has "
+                             "ended: nothing was kept; point PREFLOOP_DATABASE_URL at a file or a server to keep one\n")
+    e["PREFLOOP_DATABASE_URL"] = f"sqlite:///{tmp_path / 'file.db'}"
+    assert re.fullmatch(r"database at revision \d{4}\n", run(e, "db", "upgrade").stdout)
+
+
+def test_production_refuses_sqlite_in_memory_before_migrating(tmp_path):
+    """'PREFLOOP_ENV=production PREFLOOP_DATABASE_URL=sqlite:// prefloop db upgrade' was accepted."""
+    e = {**os.environ, "PREFLOOP_ENV": "production", "PREFLOOP_DATABASE_URL": "sqlite://"}
+    one_line_error(run(e, "db", "upgrade"), "PREFLOOP_DATABASE_URL: an in-memory SQLite database cannot be used")
+
+
+@pytest.mark.parametrize("name, value", [("RETRAIN_EVERY_MINUTES", "nan"), ("TORCH_THREADS", "0")])
+def test_the_watcher_refuses_a_setting_out_of_range_in_one_line(env, name, value):
+    """With nan the watcher died of "ValueError: cannot convert float NaN to integer" at its first poll; with
+    0 threads every run failed ("set_num_threads expects a positive integer")."""
+    result = subprocess.run([sys.executable, "-m", "annotate.cli", "retrain", "--watch"],
+                            env={**env, f"PREFLOOP_{name}": value}, capture_output=True, text=True, timeout=60)
+    one_line_error(result, f"PREFLOOP_{name} must be from ")
+
+
+def test_the_no_admin_hint_names_the_database_the_command_used(env, tmp_path):
+    """Copied without PREFLOOP_DATA_DIR / PREFLOOP_DATABASE_URL, the hint's command made the admin in the
+    default .prefloop/ database."""
+    out = tmp_path / "x.jsonl"
+    one_line_error(run(env, "export", "--format", "trl-jsonl", "--out", str(out)),
+                   f"no active admin exists: create one with 'PREFLOOP_DATA_DIR={tmp_path / 'data'} "
+                   f"PREFLOOP_DATABASE_URL=sqlite:///{tmp_path / 'cli.db'} prefloop users add NAME --role admin'")
+
+
+def test_what_commands_write_into_the_project_folder_by_default_is_ignored_by_git():
+    """'prefloop simulate' writes ./simulation by default, which 'git status' then listed."""
+    from pathlib import Path
+
+    from annotate.cli import build_parser
+    from annotate.settings import Settings
+
+    ignored = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().splitlines()
+    simulate = build_parser().parse_args(["simulate", "--data", "x.jsonl"])
+    for folder in (simulate.out, str(Settings.data_dir)):
+        assert f"{folder}/" in ignored or f"/{folder}/" in ignored, folder
 
 
 @pytest.fixture

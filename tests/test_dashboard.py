@@ -192,7 +192,7 @@ def test_overview_next_retrain_shows_the_wait_after_failed_runs(db, settings, se
         watcher = retrain.check_due(s, settings, since=now, now=now)
         later = dashboard.overview(s, settings, actor=seeded["admin"], now=now + timedelta(minutes=1, seconds=5))
     assert ov.next_retrain_at == now + timedelta(minutes=1)
-    assert not ov.retrain_due and "2 run(s) failed" in ov.retrain_reason
+    assert not ov.retrain_due and "the last 2 runs failed" in ov.retrain_reason
     # (ov passes the watcher's own verdict through: this line documents that, the two above test it)
     assert (ov.retrain_due, ov.retrain_reason, ov.next_retrain_at) == (watcher.due, watcher.reason, watcher.next_at)
     assert later.retrain_due and later.retrain_reason == "6 new judgments"

@@ -164,6 +164,7 @@ if [ "$1" = retrain ]; then echo "watcher up"; exec sleep 60; fi
 STUB_PYTHON = """#!/bin/sh
 if [ "$1" = -m ] && [ "$2" = streamlit ]; then
   echo "streamlit $*"
+  if [ -n "$STUB_STREAMLIT_SERVES" ]; then exec sleep 60; fi  # up until stopped, as Streamlit is
   # Stay up until the watcher has written its first line (the recipe's trap stops it when this exits).
   for _ in $(seq 100); do grep -q "watcher up" "$PREFLOOP_DATA_DIR/retrain.log" 2>/dev/null && exit 0; sleep 0.1; done
   echo "the watcher never wrote its log" >&2; exit 3
@@ -226,11 +227,82 @@ def test_make_run_on_a_port_in_use_says_so_before_starting_anything(stub_venv, t
 
 def test_make_serve_serves_without_the_demo(stub_venv, tmp_path):
     """A team's own campaign: the demo's 54 pairs joined every queue, and nothing removes them."""
-    result = make("serve", stub_venv, tmp_path / "data", free_port())
+    port = free_port()
+    result = make("serve", stub_venv, tmp_path / "data", port)
     assert result.returncode == 0, result.stderr
     assert "prefloop db upgrade" in result.stdout and "prefloop demo" not in result.stdout
-    assert f"no admin yet: create one with {stub_venv}/bin/prefloop users add NAME --role admin" in result.stdout
+    assert (f"no admin yet: create one with PREFLOOP_DATA_DIR={tmp_path / 'data'} {stub_venv}/bin/prefloop users add "
+            f"NAME --role admin, then log in at http://localhost:{port}\n") in result.stdout
     assert "streamlit -m streamlit run" in result.stdout
+
+
+def test_make_serves_hint_names_the_database_the_server_uses_without_its_password(stub_venv, tmp_path):
+    """The hint said '.venv/bin/prefloop users add NAME --role admin' whatever PREFLOOP_DATA_DIR and
+    PREFLOOP_DATABASE_URL the server was started with: copied, it made the admin in the default .prefloop/."""
+    url = "postgresql+psycopg://team:s3cret@db.example:5432/prefloop"
+    result = make("serve", stub_venv, tmp_path / "data", free_port(), PREFLOOP_DATABASE_URL=url)
+    assert result.returncode == 0, result.stderr
+    assert (f"create one with PREFLOOP_DATA_DIR={tmp_path / 'data'} "
+            "PREFLOOP_DATABASE_URL='postgresql+psycopg://team:***@db.example:5432/prefloop' "
+            f"{stub_venv}/bin/prefloop users add NAME --role admin (the database password is hidden: write it in "
+            "place of ***), then log in at") in result.stdout
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def running_in_group(pgid: int) -> list[str]:
+    """The commands of the processes of group ``pgid`` that still run (zombies left for init to reap are not)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            command = (stat.parent / "cmdline").read_text().replace("\0", " ").strip()
+        except OSError:  # ended meanwhile
+            continue
+        if int(group) == pgid and state != "Z":
+            found.append(command)
+    return found
+
+
+def test_ctrl_c_stops_make_run_and_its_watcher_as_the_readme_says(stub_venv, tmp_path):
+    """The README never said how to stop 'make run'. Ctrl-C signals the terminal's foreground process group."""
+    import signal
+    import time
+
+    assert "Ctrl-C in that terminal stops the server and its watcher" in section("Two commands")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PREFLOOP_", "MAKE"))}
+    environ.update(PREFLOOP_DATA_DIR=str(tmp_path / "data"), STUB_STREAMLIT_SERVES="1")
+    out = tmp_path / "make.out"
+
+    def as_a_terminal_starts_it():  # its own process group, SIGINT not ignored (as it is for a background job)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setpgid(0, 0)
+
+    with out.open("w") as sink:
+        proc = subprocess.Popen(["make", "--no-print-directory", "-C", str(ROOT), "run", f"VENV={stub_venv}",
+                                 f"PORT={free_port()}"], env=environ, stdout=sink, stderr=subprocess.STDOUT,
+                                preexec_fn=as_a_terminal_starts_it)
+    try:
+        for _ in range(300):
+            if "streamlit -m streamlit" in out.read_text() and "watcher up" in (
+                    (tmp_path / "data" / "retrain.log").read_text() if (tmp_path / "data" / "retrain.log").exists()
+                    else ""):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(out.read_text())
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        for _ in range(100):  # nothing of the group is left: not the stand-in server, not its watcher
+            if not running_in_group(proc.pid):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"outlived Ctrl-C: {running_in_group(proc.pid)}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_make_run_gives_streamlit_the_upload_limit(stub_venv, tmp_path):

@@ -956,3 +956,41 @@ def test_a_watcher_says_once_that_another_retrain_is_running(db, rt_settings, mo
     out = capsys.readouterr().out
     assert out.count("another retrain is running") == 1, out
     assert out.count("retraining:") == 1, out
+
+
+def test_each_line_of_the_watchers_log_names_its_host_and_process(db, rt_settings, capsys):
+    """Two watchers sharing one data directory (README, Scaling out) wrote the same lines to one retrain.log,
+    and nothing told them apart."""
+    import logging
+    import re
+    import socket
+
+    stop = threading.Event()
+    stop.set()  # starts, checks once, stops
+    retrain.watch(rt_settings, db=db, poll_seconds=0.01, stop=stop)
+    head = rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {re.escape(socket.gethostname())}\[{os.getpid()}\] "
+    lines = capsys.readouterr().out.splitlines()
+    assert [re.sub(head, "", line) for line in lines] == ["retrain watcher started (poll every 0.01 s)",
+                                                          "retrain watcher stopped"], lines
+    record = logging.LogRecord("prefloop.retrain", logging.ERROR, __file__, 1, "retrain run %s failed", (7,), None)
+    assert re.fullmatch(head + "retrain run 7 failed", retrain.LogFormatter().format(record))
+
+
+def test_the_watchers_reasons_count_one_in_the_singular(db, rt_settings):
+    """The overview read "due now (1 new judgments)" and "the last 1 run(s) failed"."""
+    from datetime import timedelta
+
+    from annotate.models import TrainingRun, utcnow
+
+    with db.begin() as s:
+        add_pairs(s, 0, 1, judged=True)
+    _save_options(db, rt_settings, retrain_every_labels=1)
+    with db.read() as s:
+        assert retrain.due(s, rt_settings, since=utcnow()) == (True, "1 new judgment")
+    with db.begin() as s:
+        s.add(TrainingRun(status="failed", step="train", error="disk full", started_at=utcnow(),
+                          finished_at=utcnow()))
+    with db.read() as s:
+        check = retrain.check_due(s, rt_settings, since=utcnow())
+    assert check.reason.startswith("1 new judgment; the last run failed, next try after "), check.reason
+    assert check.next_at is not None and check.next_at - utcnow() < timedelta(minutes=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -136,7 +137,57 @@ def test_overview_next_retrain_shows_the_watchers_wait_after_a_failed_run(app_db
                           finished_at=utcnow()))
     at.button(key="overview_refresh").click().run(timeout=TIMEOUT)  # the figures are cached for 30 s
     captions = [c.value for c in at.caption if c.value.startswith("Next retrain")]
-    assert len(captions) == 1 and "not before" in captions[0] and "the last 1 run(s) failed" in captions[0]
+    assert len(captions) == 1 and "not before" in captions[0]
+    assert "(60 new judgments; the last run failed, next try" in captions[0]
+
+
+def test_overview_counts_one_judgment_in_the_singular(app_db, people):
+    """It read "Next retrain: due now (1 new judgments)" and "1 new judgments since"."""
+    from annotate.models import TrainingRun
+
+    annotator, admin = people
+    with app_db.begin() as s:
+        [cid] = make_comparisons(s, 1)
+        s.add(TrainingRun(status="succeeded", started_at=utcnow() - timedelta(hours=2),
+                          finished_at=utcnow() - timedelta(hours=1), counts={"max_judgment_id": 0}))
+        s.add(Judgment(comparison_id=cid, annotator_id=annotator.id, choice="a", a_on_left=True, time_spent_ms=500))
+        s.add(AppSetting(key="retrain_every_labels", value=1))
+        s.add(AppSetting(key="target_judgments", value=1))
+    at = _open(admin, "overview.py")
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("Next retrain: due now (1 new judgment)") for c in captions), captions
+    assert any(c.endswith("1 new judgment since.") for c in captions), captions
+    assert any(p.proto.text.startswith("1 of 1 judgment (") for p in at.get("progress"))
+    [until] = [m for m in at.metric if m.label == "Labels until next retrain"]
+    assert "retrains after 1 new judgment," in until.proto.help
+    assert not [c for c in captions if re.search(r"\b1 (new )?judgments\b", c)], captions
+
+
+def test_overview_says_when_a_run_was_left_running_by_a_watcher_that_died(app_db, people):
+    """A watcher killed mid-run leaves its run "running"; the overview said "running" for good."""
+    from annotate.models import TrainingRun
+
+    _seed(app_db, people)
+    with app_db.begin() as s:
+        s.add(TrainingRun(status="running", step="embed", started_at=utcnow() - timedelta(minutes=3),
+                          host="elsewhere", pid=999_999))
+    at = _open(people[1], "overview.py")
+    [last] = [c.value for c in at.caption if c.value.startswith("Last training run")]
+    assert "stopped at step embed without finishing (its process is gone" in last, last
+    assert "the next run marks it failed. 60 new judgments since." in last
+
+
+def test_overview_with_a_setting_out_of_range_says_which_instead_of_crashing(app_db, people, monkeypatch):
+    """With PREFLOOP_RETRAIN_EVERY_MINUTES=nan (the watcher beside it died of it) the page showed "This app
+    has encountered an error"."""
+    _seed(app_db, people)
+    monkeypatch.setenv("PREFLOOP_RETRAIN_EVERY_MINUTES", "nan")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["actor"] = people[1]
+    at.run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == [
+        "PREFLOOP_RETRAIN_EVERY_MINUTES must be from 0.1 to 525,600 (a year), not nan"]
 
 
 def test_annotators_page_flags_the_left_clicker(app_db, people):
@@ -197,6 +248,20 @@ def test_settings_page_saves_and_shows_validation_errors(app_db, people):
     assert (options.strategy, options.batch_size, options.cold_start) == ("margin", 8, 10)
     assert (settings.strategy, settings.batch_size, settings.cold_start) != ("margin", 8, 10)
     assert {"strategy", "batch_size", "cold_start"} <= set(events[-1].detail["changes"])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, 1e10])
+def test_settings_page_keeps_the_retrain_interval_within_what_the_watcher_can_use(app_db, people, value):
+    """The input stops where CampaignOptions.validate does (0.1 minute to a year): 1e10 minutes was saved, and
+    once a run had finished, the watcher's next time trigger overflowed the date ("date value out of range") at
+    every poll. (NaN and 0 the input refused already.)"""
+    at = _open(people[1], "settings.py")
+    at.number_input(key="opt_retrain_minutes").set_value(value)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="opt_retrain_minutes").value == 30.0
+    with app_db.read() as s:
+        assert s.get(AppSetting, "retrain_every_minutes") is None
 
 
 def test_audit_page_lists_events(app_db, people):

@@ -1206,6 +1206,21 @@ def test_the_login_page_says_how_to_create_the_first_admin_until_one_exists(app_
     assert hints and "prefloop users add NAME --role admin" in hints[0], [i.value for i in at.info]
 
 
+def test_the_login_pages_admin_hint_names_the_servers_database(app_db, people, tmp_path):
+    """The hint said '.venv/bin/prefloop users add NAME --role admin' whatever PREFLOOP_DATA_DIR and
+    PREFLOOP_DATABASE_URL the server used: copied, it made the admin in the default .prefloop/ database."""
+    from sqlalchemy import update
+
+    from annotate.models import User
+
+    with app_db.begin() as s:
+        s.execute(update(User).where(User.username == "boss").values(active=False))
+    at = _app()
+    [hint] = [i.value for i in at.info if "no admin account" in i.value]
+    assert (f"`PREFLOOP_DATA_DIR={tmp_path / 'data'} PREFLOOP_DATABASE_URL=sqlite:///{tmp_path / 'prefloop.db'} "
+            ".venv/bin/prefloop users add NAME --role admin` (it asks for the password)") in hint, hint
+
+
 def test_the_import_preview_counts_one_row_in_the_singular(app_db, people):
     at = _login(_app(), "boss")
     at.switch_page(_page("admin_import.py"))

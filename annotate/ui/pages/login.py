@@ -5,6 +5,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from annotate import accounts
 from annotate.errors import AuthError, PrefloopError
+from annotate.settings import operator_command
 from annotate.ui import context
 
 _, middle, _ = st.columns([1, 1.2, 1])
@@ -18,9 +19,10 @@ try:
 except (SQLAlchemyError, PrefloopError):  # an unusable database: logging in says so
     no_admin = False
 if no_admin:
-    middle.info("This server has no admin account yet. Create one where it runs: "
-                "`.venv/bin/prefloop users add NAME --role admin` (it asks for the password), then log in here.",
-                icon=":material/person_add:")
+    # With this server's PREFLOOP_DATA_DIR / PREFLOOP_DATABASE_URL: without them the admin went to the default database.
+    add = operator_command(context.get_settings(), ".venv/bin/prefloop users add NAME --role admin")
+    middle.info(f"This server has no admin account yet. Create one where it runs: `{add.line}` (it asks for the "
+                f"password{'; ' + add.note if add.note else ''}), then log in here.", icon=":material/person_add:")
 
 with middle.form("login", clear_on_submit=False, enter_to_submit=True):
     username = st.text_input("Username", key="login_username", autocomplete="username")

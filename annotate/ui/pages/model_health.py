@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from annotate import dashboard
+from annotate.ingest import counted
 from annotate.ui import context
 
 actor = context.require_admin_page()
@@ -136,7 +137,7 @@ if mh.score_histogram:
         x=alt.X("lower:Q", bin="binned", title="acquisition score"), x2="upper:Q",
         y=alt.Y("count:Q", title="open comparisons"), tooltip=["lower", "upper", "count"]),
         width="stretch")
-    st.caption(f"{mh.open_scored:,} open comparisons carry a score.")
+    st.caption(f"{counted(mh.open_scored, 'open comparison carries', 'open comparisons carry')} a score.")
 else:
     st.info("The open pool has not been scored yet.")
 

@@ -6,7 +6,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from annotate import dashboard
+from annotate import dashboard, retrain
+from annotate.ingest import counted
 from annotate.ui import context
 
 PERIODS = {"Last 24 hours": timedelta(hours=24), "Last 7 days": timedelta(days=7),
@@ -19,10 +20,12 @@ CACHE_SECONDS = 30
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner="Counting…", max_entries=32)
-def _overview(url: str, actor_id: int, period: str) -> dashboard.Overview:
-    """The overview, shared by admins' reruns for a few seconds (the page re-checks the role first)."""
+def _overview(url: str, actor_id: int, period: str) -> tuple[dashboard.Overview, bool]:
+    """The overview and whether a retrain process runs now, shared by admins' reruns for a few seconds (the
+    page re-checks the role first). A watcher killed mid-run leaves its run "running" and no process."""
     with db.read() as session:
-        return dashboard.overview(session, settings, actor=actor, period=PERIODS[period])
+        ov = dashboard.overview(session, settings, actor=actor, period=PERIODS[period])
+    return ov, retrain.run_alive(db)
 
 
 st.title("Campaign overview")
@@ -31,7 +34,7 @@ period = left.selectbox("Period", list(PERIODS), key="overview_period")
 if right.button("Refresh", key="overview_refresh", icon=":material/refresh:"):
     _overview.clear()
 with context.stop_on_errors():
-    ov = _overview(settings.sqlalchemy_url, actor.id, period)
+    ov, run_alive = _overview(settings.sqlalchemy_url, actor.id, period)
 st.caption(f"As of {context.shown_time(ov.now, '%Y-%m-%d %H:%M:%S')} (figures are kept for {CACHE_SECONDS} s; Refresh recounts).")
 if not ov.comparisons:  # a new campaign: where a new admin lands, with every figure 0
     st.info("Nothing to annotate yet: import prompts and responses on the Import page, then add annotators "
@@ -67,7 +70,7 @@ row.metric("Median time per judgment", _duration(ov.median_time_ms), help=period
 row.metric("Gold pairs", f"{ov.gold:,}")
 
 if ov.progress is not None:
-    st.progress(ov.progress, text=f"{ov.counted_judgments:,} of {ov.target_judgments:,} judgments "
+    st.progress(ov.progress, text=f"{ov.counted_judgments:,} of {counted(ov.target_judgments, 'judgment')} "
                                   f"({ov.progress:.0%} of the target)")
 else:
     st.caption("No target set: set *target judgments* on the Settings page to track progress.")
@@ -103,14 +106,20 @@ if model is None:
 else:
     cols.metric("Active model", f"v{model['id']}", help=f"encoder {model['encoder']}")
     cols.metric("Held-out accuracy", "—" if model["accuracy"] is None else f"{model['accuracy']:.3f}")
-    cols.metric("Trained on", f"{model['n_train']:,} labels")
+    cols.metric("Trained on", counted(model["n_train"], "label"))
 cols.metric("Labels until next retrain", ov.labels_until_retrain,
-               help=f"The watcher retrains after {ov.retrain_every_labels} new judgments, or when the "
+               help=f"The watcher retrains after {counted(ov.retrain_every_labels, 'new judgment')}, or when the "
                     "retrain interval has passed and at least one arrived.")
 if ov.last_run is not None:
     when = ov.last_run["finished_at"] or ov.last_run["started_at"]
-    st.caption(f"Last training run #{ov.last_run['id']}: {ov.last_run['status']} "
-               f"at {context.shown_time(when)}. {ov.labels_since_last_run:,} new judgments since.")
+    since = f"{counted(ov.labels_since_last_run, 'new judgment')} since."
+    if ov.last_run["status"] == "running" and not run_alive:
+        st.caption(f"Last training run #{ov.last_run['id']} stopped at step {ov.last_run['step']} without "
+                   f"finishing (its process is gone: is `prefloop retrain --watch` still running?); the next run "
+                   f"marks it failed. {since}")
+    else:
+        st.caption(f"Last training run #{ov.last_run['id']}: {ov.last_run['status']} "
+                   f"at {context.shown_time(when)}. {since}")
 # The watcher's own rule (annotate.retrain.check_due), the wait after failed runs included.
 if ov.retrain_due:
     st.caption(f"Next retrain: due now ({ov.retrain_reason}), if `prefloop retrain --watch` runs.")
@@ -118,7 +127,8 @@ elif ov.next_retrain_at is not None:
     st.caption(f"Next retrain: not before {context.shown_time(ov.next_retrain_at)} ({ov.retrain_reason}), "
                "if `prefloop retrain --watch` runs; on time only once a new judgment arrived.")
 elif ov.last_run is None:
-    st.caption(f"No training run yet: the watcher trains the first model after {ov.retrain_every_labels} "
-               "new judgments, or once the retrain interval has passed after it started and one arrived.")
+    st.caption(f"No training run yet: the watcher trains the first model after "
+               f"{counted(ov.retrain_every_labels, 'new judgment')}, or once the retrain interval has passed after it "
+               "started and one arrived.")
 else:
     st.caption(f"Next retrain: not yet ({ov.retrain_reason}).")

@@ -5,7 +5,7 @@ from dataclasses import asdict
 import streamlit as st
 
 from annotate import campaign, dashboard
-from annotate.settings import MAX_OVERLAP
+from annotate.settings import MAX_OVERLAP, MAX_RETRAIN_MINUTES, MIN_RETRAIN_MINUTES
 from annotate.ui import context
 
 # The widgets' bounds are CampaignOptions.validate's, so a value the form accepts is one that saves.
@@ -53,8 +53,9 @@ with st.form("campaign_settings"):
                                    step=1, key="opt_retrain_labels",
                                    help="The watcher (`prefloop retrain --watch`) retrains after this many new "
                                         "judgments.")
-    every_minutes = c2.number_input("…or every N minutes", min_value=0.1, value=float(options.retrain_every_minutes),
-                                    step=1.0, key="opt_retrain_minutes",
+    every_minutes = c2.number_input("…or every N minutes", min_value=MIN_RETRAIN_MINUTES,
+                                    max_value=float(MAX_RETRAIN_MINUTES),
+                                    value=float(options.retrain_every_minutes), step=1.0, key="opt_retrain_minutes",
                                     help="…or after this many minutes, if at least one new judgment arrived.")
     target = c3.number_input("Target judgments (0: none)", min_value=0, value=options.target_judgments, step=100,
                              key="opt_target",
