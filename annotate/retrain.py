@@ -914,7 +914,10 @@ class _Run:
                         snap.lab_outcome, snap.lab_strength, group=snap.lab_group, length=lengths)
         train, test = data.subset(~test_mask), data.subset(test_mask)
         config = self.train_config or TrainConfig(num_threads=settings.torch_threads)
-        ens = train_ensemble(train, config, seed=self.run_id)
+        # One seed for every run: the same labels train the same model. Seeded by the run, a retrain with no
+        # new labels (Retrain now, or a run for newly imported pairs) drew other bootstrap samples, and its
+        # model, another on the same labels, replaced the active one or was rejected against it.
+        ens = train_ensemble(train, config, seed=settings.queue_seed)
 
         # 4. evaluate, against the active model on the same held-out pairs
         self._begin("evaluate")
