@@ -234,8 +234,10 @@ def promotion_decision(new_accuracy: float | None, active_accuracy: float | None
         few = (f"only {n_held_out} decisive held-out pairs (fewer than {MIN_HELD_OUT_PAIRS}), "
                "too few to compare accuracies")
         if new_n_train is None or active_n_train is None or new_n_train >= active_n_train:
-            more = "not fewer" if new_n_train == active_n_train else "more"
-            return True, f"{few}: promoted the model trained on {more} labels ({new_n_train} vs active {active_n_train})"
+            if new_n_train == active_n_train:
+                return True, (f"{few}: promoted the new model, trained on as many labels as the active one "
+                              f"({new_n_train})")
+            return True, f"{few}: promoted the model trained on more labels ({new_n_train} vs active {active_n_train})"
         return False, f"{few}: kept the model trained on more labels (active {active_n_train} vs new {new_n_train})"
     if new_accuracy is None or math.isnan(new_accuracy):
         return False, "no held-out labels to compare with the active model"

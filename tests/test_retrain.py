@@ -152,7 +152,7 @@ def test_promotion_gate_with_too_few_held_out_pairs_promotes_the_model_trained_o
     assert ok is False and "kept the model trained on more labels" in reason
     ok, reason = retrain.promotion_decision(0.5, 0.9, 0.01, has_active=True, n_held_out=few,
                                             new_n_train=40, active_n_train=40)
-    assert ok is True and "trained on not fewer labels (40 vs active 40)" in reason  # a tie goes to the new one
+    assert ok is True and "trained on as many labels as the active one (40)" in reason  # a tie goes to the new one
     # No held-out pairs at all: no longer a reason to keep an older model for ever.
     ok, reason = retrain.promotion_decision(float("nan"), 0.9, 0.01, has_active=True, n_held_out=0,
                                             new_n_train=50, active_n_train=40)
