@@ -81,7 +81,7 @@ import json
 import math
 import re
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,9 +264,12 @@ class ParsedFile:
     rows: int = 0
     """Data rows read (k-wise rows yield several comparisons each)."""
     comparison_count: int = 0
-    """Comparisons read (repeats included), kept or not."""
+    """Distinct comparisons read, kept or not (rows repeating a pair, several raters' say, count it once)."""
     known_count: int = 0
     """Of those, the ones with a known winner."""
+    votes: dict[tuple[int, bool], int] = field(default_factory=dict)
+    """Comparisons with known winners by (votes an import makes of them, whether one answer has a majority): a
+    rater's answer is a vote, as is each different answer of rows that name no rater."""
     conflicts: list[_Conflict] = field(default_factory=list)
     """Where rows give a comparison different known winners; :func:`parse_file` notes them."""
     rater_conflicts: list[tuple[int, str]] = field(default_factory=list)
@@ -804,6 +807,12 @@ def _opt_dict(obj: dict, key: str) -> dict | None:
     return value
 
 
+def _rater(obj: dict, what: str | None = None) -> str | None:
+    """The ``annotator`` who gave a row's known winner, without surrounding spaces ("  r3 " is r3), or None."""
+    rater = _opt_str(obj, "annotator", MAX_ID_CHARS, what)
+    return rater.strip() or None if rater is not None else None
+
+
 def _tag(obj: dict) -> str | None:
     tag = _opt_str(obj, "source", MAX_TAG_CHARS)
     return tag if tag is not None else _opt_str(obj, "tag", MAX_TAG_CHARS)
@@ -921,7 +930,7 @@ def _parse_pairs(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
         raise _RowError("response_a and response_b are identical")
     return [ParsedComparison(
         line=line, prompt=prompt, response_a=a, response_b=b, winner=_winner(obj.get("winner")),
-        annotator=_opt_str(obj, "annotator", MAX_ID_CHARS),
+        annotator=_rater(obj),
         prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS), row_id=_opt_str(obj, "id", MAX_ID_CHARS),
         response_a_id=_opt_str(obj, "response_a_id", MAX_ID_CHARS),
         response_b_id=_opt_str(obj, "response_b_id", MAX_ID_CHARS),
@@ -959,7 +968,7 @@ def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
         seen[t] = i
     # (i, j) -> {rater (None for an outcome naming none): outcome}: one outcome per rater and pair
     outcomes: dict[tuple[int, int], dict[str | None, Choice]] = {}
-    row_rater = _opt_str(obj, "annotator", MAX_ID_CHARS)
+    row_rater = _rater(obj)
     raw_outcomes = obj.get("comparisons") or []
     if not isinstance(raw_outcomes, list):
         raise _RowError("'comparisons' must be a list of {\"a\": i, \"b\": j, \"winner\": ...}")
@@ -979,7 +988,7 @@ def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
         if choice is None:
             raise _RowError(f"comparisons[{n}] has no winner"
                             + ("" if "winner" in oc else _misspelt(oc, ["winner"], OUTCOME_FIELDS)))
-        rater = _opt_str(oc, "annotator", MAX_ID_CHARS, f"comparisons[{n}].annotator") or row_rater
+        rater = _rater(oc, f"comparisons[{n}].annotator") or row_rater
         key, canon = ((i, j), choice) if i < j else ((j, i), _flip(choice))
         given = outcomes.setdefault(key, {})
         if given.get(rater, canon) is not canon:
@@ -1050,7 +1059,7 @@ def _parse_trl(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedCompari
     return [_by_hash(line, prompt, chosen, rejected, chosen_meta=chosen_meta, rejected_meta=rejected_meta,
                      prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS), row_id=_opt_str(obj, "id", MAX_ID_CHARS),
                      metadata=_opt_dict(obj, "metadata"), source_tag=_tag(obj),
-                     annotator=_opt_str(obj, "annotator", MAX_ID_CHARS))], \
+                     annotator=_rater(obj))], \
         chosen_meta is not None or rejected_meta is not None, not chosen.strip() or not rejected.strip()
 
 
@@ -1098,7 +1107,7 @@ def _parse_hh(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparis
         raise _RowError("chosen and rejected responses are identical apart from surrounding whitespace")
     diverged = bool(_HH_TURN.search(chosen, start) or _HH_TURN.search(rejected, start))
     return [_by_hash(line, prompt, c, r, row_id=_opt_str(obj, "id", MAX_ID_CHARS), source_tag=_tag(obj),
-                     annotator=_opt_str(obj, "annotator", MAX_ID_CHARS))], \
+                     annotator=_rater(obj))], \
         diverged, not c or not r
 
 
@@ -1154,8 +1163,8 @@ def _raters_note(rated: int, raters: int, known_winner: str | None) -> str | Non
     if known_winner == "gold":
         return head + "a gold pair has one answer, whoever gave it, so the raters are not stored"
     text = head + "each rater's answer to a pair is a vote of its own, one imported judgment"
-    if known_winner is None:
-        text += "; as gold pairs the raters are not stored"
+    if known_winner is None:  # the preview's note: the import's options are not chosen yet
+        text += " (with known winners ignored or made gold answers, the raters are not stored)"
     return text
 
 
@@ -1267,7 +1276,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     rater_lines: set[tuple[int, int | None]] = set()
     ignored = _IgnoredFields()
     rows = 0
-    given = kept = known = 0
+    given = 0
     over_limit: tuple[int, int | None] | None = None
     file_fmt = fmt
     for line, element, obj in records:
@@ -1354,8 +1363,6 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                                 conflicts.append(_Conflict(_where(line, element), _where(*first[1][1:]),
                                                            rater is not None and first[0][0] is not None, key))
                         earlier[vote] = (winner, line, element)
-                kept += 1
-                known += c.winner is not None
                 keep(c)
 
     if over_limit is not None:
@@ -1393,9 +1400,16 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                      + ("repeats an earlier row and is" if len(duplicates) == 1 else "repeat earlier rows and are")
                      + " imported once")
     problems.sort(key=lambda p: p[0])
+    votes: Counter = Counter()
+    for given in seen.values():
+        answers = ([given[1]] if isinstance(given, tuple) else [at[0] for at in given.values()])
+        answers = [w for w in answers if w is not None]
+        if answers:
+            votes[(len(answers), _settled(answers))] += 1
     return ParsedFile(format=file_fmt, comparisons=comparisons, problems=problems, notes=notes, rows=rows,
-                      comparison_count=kept, known_count=known, conflicts=conflicts,
-                      rater_conflicts=rater_conflicts, rated_count=rated, raters=len(raters))
+                      comparison_count=len(seen), known_count=sum(votes.values()), votes=dict(votes),
+                      conflicts=conflicts, rater_conflicts=rater_conflicts, rated_count=rated,
+                      raters=len(raters))
 
 
 def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None, fmt: str | None = None,
@@ -1746,7 +1760,8 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     if prepared.written:
         raise PrefloopError("this file was prepared for one import, which has used it; prepare it again")
     # The campaign's overlap by default: an admin's saved value wins over PREFLOOP_OVERLAP.
-    overlap_target = campaign.get_options(session, settings).overlap if overlap is None else overlap
+    options = campaign.get_options(session, settings)
+    overlap_target = options.overlap if overlap is None else overlap
     if not 1 <= overlap_target <= campaign.MAX_OVERLAP:
         raise PrefloopError(f"overlap must be from 1 to {campaign.MAX_OVERLAP}")
     name, known_winner, source_tag = prepared.name, prepared.known_winner, prepared.source_tag
@@ -1758,6 +1773,10 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         # SQLite's BEGIN IMMEDIATE already serialises writers.
         session.execute(select(func.pg_advisory_xact_lock(advisory_key("import"))))
     user_id = actor.id if actor is not None else None
+    # A file imported before holds no newer answers than what is here: its raters' answers that a later import
+    # changed stay changed (re-importing an older file, say to raise its overlap, reverted raters' corrections).
+    imported_before = session.scalar(select(ImportBatch.id).where(ImportBatch.file_hash == prepared.file_hash)
+                                     .order_by(ImportBatch.id.desc()).limit(1))
     batch = ImportBatch(filename=name[:512], file_hash=prepared.file_hash, format=prepared.format,
                         source_tag=source_tag, counts={}, created_by_id=user_id)
     session.add(batch)
@@ -1765,7 +1784,8 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     try:
         session.flush()
         counts = _write(session, batch.id, prepared.prompts, prepared.responses, prepared.pairs, known_winner,
-                        overlap_target)
+                        overlap_target, supersede=imported_before is None,
+                        max_overlap=max(options.max_overlap, overlap_target))
     except IntegrityError:
         raise PrefloopError("another import added some of the same content at the same time; "
                             "run this import again (it will skip what is already there)") from None
@@ -1779,9 +1799,23 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     existing_gold_skipped = counts.pop("gold_skipped_existing")
     complete_on_import = counts.pop("complete_on_import")
     superseded = counts.pop("judgments_superseded")
+    if kept := counts.pop("rater_answers_kept"):
+        notes.append(f"{counted(kept, 'answer')} in this file {'differs' if kept == 1 else 'differ'} from what the "
+                     f"same rater ('annotator') gave the pair in a later import; this file was imported before "
+                     f"(batch {imported_before}), so the later {'answer stays' if kept == 1 else 'answers stay'} "
+                     "(a new file with a rater's answer replaces theirs)")
     raised, closed, reopened = counts.pop("overlap_raised"), counts.pop("closed_existing"), counts.pop("reopened_existing")
+    unsettled, most_votes = counts.pop("unsettled"), counts.pop("most_votes")
+    # More than the judgments they have: several raters' votes can be past the overlap.
     reopen = (f"to have {{}} judged, import the file again with a higher overlap (more than "
-              f"{counted(overlap_target, 'judgment')}: it raises the overlap of its pairs already here)")
+              f"{counted(max(overlap_target, most_votes), 'judgment')}: it raises the overlap of its pairs "
+              "already here)")
+    if unsettled:
+        one = unsettled == 1
+        notes.append(f"{counted(unsettled, 'new comparison has', 'new comparisons have')} no majority among the "
+                     f"file's answers (raters split evenly): {'it needs' if one else 'each needs'} one more "
+                     f"judgment, as adaptive overlap asks when annotators disagree, so annotators will see "
+                     f"{'it' if one else 'them'}")
     if complete_on_import:
         # Otherwise an import meant for annotation silently leaves the queue as it was.
         one = complete_on_import == 1
@@ -1822,9 +1856,15 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
 
 def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
            responses: dict[tuple[str, str], _ResponseRow], pairs: dict[tuple[str, str, str], _Pair],
-           known_winner: str, overlap_target: int) -> dict[str, int]:
+           known_winner: str, overlap_target: int, *, supersede: bool = True,
+           max_overlap: int | None = None) -> dict[str, int]:
     """Insert what is new. Empties ``prompts`` and ``responses`` as their rows are written, so that the texts
-    of one stage are freed before the next (an import's memory peaks at its texts once, not at the sum)."""
+    of one stage are freed before the next (an import's memory peaks at its texts once, not at the sum).
+
+    Without ``supersede`` (a file imported before) a rater's answer that differs from theirs here is kept out.
+    A new pair whose imported votes meet its overlap without a majority (raters split 1-1) needs one more
+    judgment, up to ``max_overlap``, as adaptive overlap asks of annotators who disagree."""
+    max_overlap = overlap_target if max_overlap is None else max_overlap
     # Prompts: look up by hash in chunks, insert the missing ones in bulk.
     P, R, C, J = Prompt.__table__, Response.__table__, Comparison.__table__, Judgment.__table__
     now = _stored_now(P, session)  # every row of one import has the same created_at
@@ -1872,11 +1912,12 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     old_outcomes: dict[int, tuple[bool, set, dict]] = {}
     old_found: dict[int, Any] = {}  # comparisons already here that this file gives, by id
     outcomes_by_pair: dict[tuple[int, int], list[tuple[Choice, str | None]]] = {}
-    gold_added = gold_skipped = existing_count = complete_on_import = judgments_added = 0
+    gold_added = gold_skipped = existing_count = complete_on_import = judgments_added = unsettled = 0
+    most_votes = 0  # the most imported votes a new pair complete on import has
     open_, complete = ComparisonStatus.open.value, ComparisonStatus.complete.value
 
     def new_rows() -> Iterator[tuple]:
-        nonlocal gold_added, gold_skipped, existing_count, complete_on_import
+        nonlocal gold_added, gold_skipped, existing_count, complete_on_import, unsettled, most_votes
         for p in pairs.values():
             a, b = response_ids[(p.prompt_hash, p.hash_a)], response_ids[(p.prompt_hash, p.hash_b)]
             found = existing.get(frozenset((a, b)))
@@ -1890,7 +1931,7 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
                     old_outcomes[found.id] = (found.is_gold, {_flip(c) if flip else c for c in p.outcomes},
                                               {r: _flip(c) if flip else c for r, c in (p.rated or {}).items()})
                 continue
-            judged, is_gold, gold_choice, status = 0, False, None, open_
+            judged, is_gold, gold_choice, status, target = 0, False, None, open_, overlap_target
             if gold and p.outcomes:
                 is_gold, gold_choice = True, next(iter(p.outcomes)).value
                 gold_added += 1
@@ -1898,11 +1939,14 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
                 votes = [(c, None) for c in sorted(p.outcomes, key=lambda c: c.value)]
                 votes.extend((c, r) for r, c in (p.rated or {}).items())
                 judged = len(votes)
-                if judged >= overlap_target:
+                if judged >= target and judged < max_overlap and not _settled(c for c, _ in votes):
+                    target, unsettled = judged + 1, unsettled + 1
+                if judged >= target:
                     status = complete
                     complete_on_import += 1
+                    most_votes = max(most_votes, judged)
                 outcomes_by_pair[(a, b)] = votes
-            yield (prompt_ids[p.prompt_hash], a, b, overlap_target, judged, is_gold, gold_choice, status,
+            yield (prompt_ids[p.prompt_hash], a, b, target, judged, is_gold, gold_choice, status,
                    p.priority, "random", p.source_tag, p.row_id, batch_id, now)
 
     def insert_judgments(rows: Iterable[tuple]) -> None:
@@ -1921,6 +1965,7 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     # Outcomes for comparisons that already existed: skip a choice already imported without a rater, and a
     # rater's answer already imported; a rater's other answer supersedes theirs.
     bumps, superseded = [], []
+    kept_later = 0  # raters' answers that differ from theirs here, in a file imported before
     if old_outcomes:
         have: dict[int, set] = defaultdict(set)
         have_rated: dict[tuple[int, str], tuple[int, Choice]] = {}
@@ -1941,9 +1986,10 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
                 live = have_rated.get((cid, rater))
                 if live is None:
                     added += 1
-                elif live[1] != choice:
+                elif live[1] != choice and supersede:
                     superseded.append({"jid": live[0]})
                 else:
+                    kept_later += live[1] != choice
                     continue
                 judgments.append(_judgment_row(cid, choice, is_gold, now, rater, None if live is None else live[0]))
             if added:
@@ -1986,7 +2032,14 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
             "comparisons_added": comparisons_added, "comparisons_existing": existing_count,
             "judgments_added": judgments_added, "gold_added": gold_added, "gold_skipped_existing": gold_skipped,
             "complete_on_import": complete_on_import, "judgments_superseded": len(superseded),
+            "rater_answers_kept": kept_later, "unsettled": unsettled, "most_votes": most_votes,
             "overlap_raised": len(raised), "closed_existing": closed, "reopened_existing": reopened}
+
+
+def _settled(choices: Iterable[Choice]) -> bool:
+    """Whether one answer has more votes than any other (the preference export's majority rule)."""
+    top = Counter(choices).most_common(2)
+    return len(top) == 1 or top[0][1] > top[1][1]
 
 
 def _judgment_row(comparison_id: int, choice: Choice, was_gold: bool, now: Any, rater: str | None = None,

@@ -230,7 +230,7 @@ def test_the_notes_say_rows_naming_different_raters_are_separate_votes(db, setti
         "(leaving out a pair without one until more votes settle it); as gold pairs the file is refused (a gold "
         "pair needs one answer)",
         "2 known winners come from 2 raters ('annotator'): each rater's answer to a pair is a vote of its own, one "
-        "imported judgment; as gold pairs the raters are not stored"]
+        "imported judgment (with known winners ignored or made gold answers, the raters are not stored)"]
     mixed = parse_file(jsonl(*votes, pair(2, winner="a"), pair(2, winner="b")), filename="r.jsonl")
     [note] = [n for n in mixed.notes if "different known winners" in n]
     assert note == ("2 comparisons are given different known winners by different rows (line 2 against line 1; "
@@ -288,3 +288,86 @@ def test_the_raw_export_has_the_rater_in_every_format(db, settings):
     table = pq.read_table(io.BytesIO(files["parquet"]))
     assert str(table.schema.field("external_annotator").type) == "string"
     assert table.column("external_annotator").to_pylist() == ["=r1", None]
+
+
+# --------------------------------------------------------------------------- found by a browser dogfood run
+
+
+def _rated(i: int, *answers: str, **extra) -> list[dict]:
+    return [pair(i, winner=w, annotator=f"r{n}", **extra) for n, w in enumerate(answers, 1)]
+
+
+def _comparisons(db) -> list[tuple[str, int, int]]:
+    with db.read() as session:
+        return [(c.status.value, c.overlap_target, c.judgment_count)
+                for c in session.scalars(select(Comparison).order_by(Comparison.id))]
+
+
+def test_importing_an_older_file_again_keeps_the_raters_later_answers(db, settings):
+    """Import v1, then v2 (r2 changes an answer), then v1 again (to raise its overlap, as a note advises):
+    v1's old answer superseded r2's correction without a word, and the export went back to it."""
+    v1 = jsonl(*_rated(0, "a", "a", "b"))
+    v2 = jsonl(*_rated(0, "a", "b", "b"))
+    run_import(db, settings, v1)
+    run_import(db, settings, v2)
+    assert [row["agreement"] for row in preferences(db)] == [pytest.approx(2 / 3)]  # b, a and b
+    report = run_import(db, settings, v1, overlap=4)
+    assert report.judgments_added == 0
+    assert note_with(report, "later import") == [
+        "1 answer in this file differs from what the same rater ('annotator') gave the pair in a later import; "
+        "this file was imported before (batch 1), so the later answer stays (a new file with a rater's answer "
+        "replaces theirs)"]
+    live = [(rater, choice) for rater, choice, state, *_ in stored(db) if state == "active"]
+    assert sorted(live) == [("r1", "a"), ("r2", "b"), ("r3", "b")]
+    assert _comparisons(db) == [("open", 4, 3)]  # the overlap still rises
+
+
+def test_pairs_the_raters_split_evenly_need_one_more_judgment(db, settings):
+    """A 1-1 split meets overlap 1 (or 2) but has no majority, so the preference export leaves it out "until
+    more votes settle it": no vote ever came, as the pair was complete. Now it asks for one more, up to the
+    campaign's maximum overlap (3 by default), as adaptive overlap does when annotators disagree."""
+    data = jsonl(*_rated(0, "a", "b"), *_rated(1, "a", "a"), *_rated(2, "a", "b", "tie"), pair(3, winner="a"))
+    report = run_import(db, settings, data)
+    assert _comparisons(db) == [("open", 3, 2), ("complete", 1, 2), ("complete", 1, 3), ("complete", 1, 1)]
+    assert note_with(report, "no majority") == [
+        "1 new comparison has no majority among the file's answers (raters split evenly): it needs one more "
+        "judgment, as adaptive overlap asks when annotators disagree, so annotators will see it"]
+    # The advice for the pairs complete on import counts their votes, not the overlap: 3 at most here.
+    [note] = note_with(report, "already have")
+    assert note.startswith("3 new comparisons already have the 1 judgment they need")
+    assert "import the file again with a higher overlap (more than 3 judgments:" in note
+
+
+def test_the_preview_counts_distinct_pairs_and_their_votes():
+    """180 rows of 60 pairs × 3 raters said "180 comparisons", "180 of the 180 have a known winner"."""
+    parsed = parse_file(jsonl(*_rated(0, "a", "a", "b"), *_rated(1, "a", "b"), pair(2), pair(2)))
+    assert (parsed.rows, parsed.comparison_count, parsed.known_count) == (7, 3, 2)
+    assert parsed.votes == {(3, True): 1, (2, False): 1}
+
+
+def test_rater_ids_lose_surrounding_spaces():
+    """"  r3 " was a rater of its own, shown as "(imported, rater   r3 )"."""
+    parsed = parse_file(jsonl(pair(0, winner="a", annotator="  r3 "), pair(1, winner="a", annotator="r3"),
+                              pair(2, winner="b", annotator="   ")))
+    assert [c.annotator for c in parsed.comparisons] == ["r3", "r3", None]
+    assert note_with(parsed, "raters") and note_with(parsed, "from 1 rater")
+
+
+def test_import_page_warns_when_raters_votes_meet_a_higher_overlap(sqlite_url, tmp_path, monkeypatch):
+    """Three raters per pair imported at overlap 3: every pair complete, and the page said nothing (it warned
+    only at overlap 1)."""
+    from tests.test_ingest import admin_import_page
+
+    at = admin_import_page(sqlite_url, tmp_path, monkeypatch)
+    at.file_uploader(key="import_file").upload("r.jsonl", jsonl(*_rated(0, "a", "a", "b"), *_rated(1, "b", "b", "b")),
+                                               "application/jsonl")
+    at.run()
+    at.number_input(key="import_overlap").set_value(3)
+    at.run()
+    [said] = [i.value for i in at.info if "annotators will not see" in i.value]
+    assert said.startswith("2 of the 2 comparisons have as many known answers (up to 3, one per rater) as "
+                           "overlap 3 asks for."), said
+    assert "or an overlap above 3, before importing" in said
+    at.number_input(key="import_overlap").set_value(4)
+    at.run()
+    assert not [i.value for i in at.info if "annotators will not see" in i.value]

@@ -51,7 +51,7 @@ def summarise(data: bytes, digest: str) -> dict:
     parsed = ingest.parse_file(data, filename=upload.name, max_text_chars=settings.max_text_chars,
                                max_bytes=settings.max_upload_mb * 2**20, keep_first=PREVIEW_ROWS)
     return {"digest": digest, "format": parsed.format, "rows": parsed.rows, "comparisons": parsed.comparison_count,
-            "known": parsed.known_count, "notes": parsed.notes,
+            "known": parsed.known_count, "votes": parsed.votes, "notes": parsed.notes,
             "problems": len(parsed.problems), "problem_rows": parsed.problems[:PROBLEMS_LISTED],
             "preview": parsed.preview(PREVIEW_ROWS)}
 
@@ -92,7 +92,8 @@ st.dataframe(summary["preview"], hide_index=True)
 
 st.subheader("Options")
 with db.read() as session:
-    default_overlap = campaign.get_options(session, settings).overlap
+    saved_options = campaign.get_options(session, settings)
+default_overlap = saved_options.overlap
 left, middle, right = st.columns(3)
 source_tag = left.text_input("Source tag (optional, overrides the file's)", key="import_tag", max_chars=128)
 known_winner = middle.selectbox("Known outcomes in the file", list(KNOWN_WINNER), format_func=KNOWN_WINNER.get,
@@ -139,12 +140,21 @@ if earlier is not None:
         f"here, so importing it again adds no pairs.{again}"
         + (f" Its pairs that need fewer than {int(overlap)} judgments are raised to {int(overlap)} (back in the "
            "queue where they have fewer)." if overlap > 1 else "")), icon=":material/content_copy:")
-if done is None and earlier is None and n_known and known_winner == "judgment" and overlap <= 1:
+# Pairs whose imported votes meet the overlap, as the import counts them: one per rater ('annotator'), and a
+# pair the raters split evenly asks for one more judgment (up to the maximum overlap). Before, this was said
+# only at overlap 1, and three raters' pairs imported at overlap 3 were all complete without a word.
+top = max(int(overlap), saved_options.max_overlap)
+met = {v: n for (v, settled), n in summary["votes"].items() if v >= overlap and (settled or v >= top)}
+if done is None and earlier is None and met and known_winner == "judgment":
     # An imported judgment counts towards overlap: without this note the queue silently stays as it was.
-    st.info(f"{n_known:,} of the {summary['comparisons']:,} comparisons have a known winner. Stored as an imported "
-            "judgment, it meets overlap 1, so annotators will not see those pairs. To have them judged, choose "
-            "*ignore them* or *make the pairs gold*, or raise the overlap, before importing (afterwards, importing "
-            "the file again with a higher overlap puts them back in the queue).", icon=":material/info:")
+    most = max(met)
+    have = ("have a known winner. Stored as an imported judgment, it meets" if most == 1 else
+            f"have as many known answers (up to {most}, one per rater) as overlap {int(overlap)} asks for. "
+            "Stored as imported judgments, they meet")
+    st.info(f"{sum(met.values()):,} of the {summary['comparisons']:,} comparisons {have} overlap {int(overlap)}, "
+            "so annotators will not see those pairs. To have them judged, choose *ignore them* or *make the "
+            f"pairs gold*, or an overlap above {most}, before importing (afterwards, importing the file again "
+            "with a higher overlap puts them back in the queue).", icon=":material/info:")
 
 pressed = st.button("Import", type="primary", disabled=bool(summary["problems"]) or done is not None or importing,
                     key="import_go", icon=":material/upload:")
