@@ -48,8 +48,8 @@ from tests.test_retrain import (  # noqa: F401 - tiny_encoder is a fixture
 
 pytestmark = pytest.mark.postgres
 
-SUMMARY = re.compile(r"^retrain (\w+) \(run (\d+)\)", re.M)
-"""The first line of a recorded run's summary in a watcher's log."""
+SUMMARY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+\[(\d+)\] retrain (\w+) \(run (\d+)\)", re.M)
+"""The first line of a recorded run's summary in a watcher's log, after its time, host and process id."""
 
 
 class Watcher:
@@ -71,8 +71,10 @@ class Watcher:
         return self.log.read_text(errors="replace")
 
     def runs(self) -> list[tuple[str, int]]:
-        """``(status, run id)`` of each run this watcher reported."""
-        return [(status, int(run)) for status, run in SUMMARY.findall(self.output())]
+        """``(status, run id)`` of each run this watcher reported (its lines name its own process)."""
+        found = SUMMARY.findall(self.output())
+        assert {int(pid) for pid, _, _ in found} <= {self.pid}, found
+        return [(status, int(run)) for _, status, run in found]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
