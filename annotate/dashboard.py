@@ -34,6 +34,7 @@ from annotate.models import (
     ModelVersion,
     Prompt,
     Response,
+    Role,
     TrainingRun,
     User,
     utcnow,
@@ -70,6 +71,10 @@ class Overview:
     target_judgments: int
     counted_judgments: int
     """Live, non-probe annotator judgments: what the target counts."""
+    imported_judgments: int
+    """Live imported judgments (files' known winners), counted in ``judgments``; the rest of it are probes."""
+    annotator_accounts: int
+    """Active accounts with the annotator role."""
     active_model: dict[str, Any] | None
     last_run: dict[str, Any] | None
     labels_since_last_run: int
@@ -165,6 +170,7 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
     judgment_row = session.execute(select(
         func.count(Judgment.id),
         quality._n(and_(Judgment.is_probe.is_(False), Judgment.source == JudgmentSource.annotator)),
+        quality._n(Judgment.source == JudgmentSource.imported),
     ).where(live)).one()
     hour = _hour_bucket(session, Judgment.created_at).label("hour")
     # Pace is annotators' work: an import stamps all its judgments with the import time.
@@ -201,6 +207,9 @@ def overview(session: Session, settings: Settings, *, actor: Actor, now: datetim
         per_hour=per_hour,
         target_judgments=options.target_judgments,
         counted_judgments=int(judgment_row[1] or 0),
+        imported_judgments=int(judgment_row[2] or 0),
+        annotator_accounts=session.scalar(select(func.count(User.id)).where(
+            User.role == Role.annotator, User.active.is_(True))) or 0,
         active_model=_version_dict(active) if active is not None else None,
         last_run=None if last_run is None else {
             "id": last_run.id, "status": last_run.status, "step": last_run.step, "started_at": last_run.started_at,
@@ -223,6 +232,32 @@ def annotator_table(session: Session, *, actor: Actor, since: datetime | None = 
     """Per-annotator quality figures and flags over ``[since, until)`` (admin only)."""
     require_admin(session, actor)
     return quality.annotator_quality(session, actor=actor, since=since, until=until)
+
+
+@dataclass(frozen=True)
+class ImportedJudgments:
+    """Live imported judgments, which no annotator figure counts (see :func:`imported_judgments`)."""
+
+    n: int
+    named: int
+    """Those whose file named a rater (``external_annotator``)."""
+    raters: int
+    """Distinct rater names."""
+
+
+def imported_judgments(session: Session, *, actor: Actor) -> ImportedJudgments:
+    """How many live imported judgments there are, and from how many named raters (admin only).
+
+    One COUNT over the judgments with no annotator of ours (``annotator_id IS NULL``: only imports write
+    those), which the ``(annotator_id, created_at)`` index finds without reading annotators' rows.
+    """
+    require_admin(session, actor)
+    n, named, raters = session.execute(
+        select(func.count(Judgment.id), func.count(Judgment.external_annotator),
+               func.count(Judgment.external_annotator.distinct()))
+        .where(Judgment.annotator_id.is_(None), Judgment.source == JudgmentSource.imported,
+               Judgment.state == JudgmentState.active)).one()
+    return ImportedJudgments(n=int(n or 0), named=int(named or 0), raters=int(raters or 0))
 
 
 # --------------------------------------------------------------------------- model health

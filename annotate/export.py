@@ -226,7 +226,15 @@ def _annotator_ids(session: Session, usernames: Sequence[str]) -> list[int]:
     found = dict(session.execute(select(User.username, User.id).where(User.username.in_(wanted))).all())
     missing = [u for u in wanted if u not in found]
     if missing:
-        raise NotFound(f"no user named {', '.join(map(repr, missing))}; check the annotator filter")
+        message = f"no user named {', '.join(map(repr, missing))}; check the annotator filter"
+        raters = session.scalars(select(Judgment.external_annotator).distinct().where(
+            Judgment.annotator_id.is_(None), Judgment.external_annotator.in_(missing))).all()
+        if raters:
+            names = ", ".join(map(repr, sorted(raters)))
+            message += (f" ({names} {'names a rater' if len(raters) == 1 else 'name raters'} of imported judgments: "
+                        "imported raters are not accounts, and their answers are in the raw judgments export's "
+                        "external_annotator column, exported without an annotator filter)")
+        raise NotFound(message)
     return list(found.values())
 
 

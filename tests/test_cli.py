@@ -525,6 +525,22 @@ def test_export_to_a_path_the_system_refuses_is_one_line(admin_env, fmt, name):
     assert ".tmp-" not in err and ".rows-" not in err
 
 
+def test_export_for_an_imported_rater_says_raters_are_not_accounts(admin_env, tmp_path):
+    """--annotator r1, r1 an imported file's rater, said only "no user named 'r1'; check the annotator filter"."""
+    votes = tmp_path / "votes.jsonl"
+    votes.write_text("".join(json.dumps({"prompt": "q", "response_a": "x", "response_b": "y", "winner": w,
+                                         "annotator": r}) + "\n" for r, w in (("r1", "a"), ("r2", "b"))))
+    assert run(admin_env, "import", str(votes), "--overlap", "2").returncode == 0
+    out = str(tmp_path / "a.jsonl")
+    one_line_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", out, "--annotator", "r1"),
+                   "no user named 'r1'; check the annotator filter ('r1' names a rater of imported judgments: "
+                   "imported raters are not accounts, and their answers are in the raw judgments export's "
+                   "external_annotator column, exported without an annotator filter)")
+    nobody = one_line_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", out, "--annotator", "nobody",
+                                "--annotator", "root"), "no user named 'nobody'; check the annotator filter")
+    assert "rater" not in nobody
+
+
 def test_export_over_an_existing_file_replaces_it(admin_env, tmp_path):
     out = tmp_path / "prefs.jsonl"
     out.write_text("old\n")

@@ -246,6 +246,16 @@ def times_caption() -> None:
     st.caption(f"Times in {zone_label()}, your browser's time zone.")
 
 
+def runs_table(runs: list[dict]) -> None:
+    """A table of training runs (``annotate.scoring`` / ``annotate.dashboard`` rows), times on the browser's
+    clock. Their ``error`` is headed "why": besides a failed run's error it holds a rejected run's promotion
+    gate reason and a skipped run's cause, which are no errors."""
+    why = st.column_config.TextColumn("why", help="Why the run failed, was rejected (the promotion gate's reason) "
+                                                   "or was skipped")
+    st.dataframe(local_rows(runs), hide_index=True, width="stretch", column_config={"error": why})
+    times_caption()
+
+
 def run_action(action, success: str, *, flash_key: str) -> None:
     """Run ``action(session)`` in one write unit of work; show why it did not happen (``not_saved_message``),
     or rerun with ``success`` queued under ``flash_key`` for the page to show after the rerun."""

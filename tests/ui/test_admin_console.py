@@ -11,7 +11,16 @@ from streamlit.testing.v1 import AppTest
 
 from annotate import campaign
 from annotate.accounts import Actor
-from annotate.models import AppSetting, AuditEvent, Comparison, ComparisonStatus, Judgment, ModelVersion, utcnow
+from annotate.models import (
+    AppSetting,
+    AuditEvent,
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    ModelVersion,
+    User,
+    utcnow,
+)
 from annotate.settings import load_settings
 from tests.factories import make_comparisons
 from tests.ui.conftest import APP, PAGES, open_page
@@ -523,8 +532,40 @@ def test_overview_says_which_judgments_each_count_holds(app_db, people):
     m = _metrics(at)
     assert (m["Judgments"], m["Judgments (last 24 hours)"]) == ("65", "60")
     helps = {e.label: e.help for e in at.metric}
-    assert "60 by annotators" in helps["Judgments"] and "imported" in helps["Judgments"]
+    assert "60 by annotators, 5 imported from files' known winners and 0 self-consistency probes" in helps["Judgments"]
     assert "imported ones are left out" in helps["Judgments (last 24 hours)"]
+    # Said where it is seen, not only on hover: "Judgments 180" beside "Judgments (last 24 hours) 0" after an import.
+    assert ("**Judgments** includes 5 imported judgments (files' known winners); **Judgments (last 24 hours)** and "
+            "the hourly chart count annotators' own only.") in [c.value for c in at.caption]
+
+
+def test_overview_says_nothing_of_imports_without_any(app_db, people):
+    _seed(app_db, people)
+    at = _open(people[1], "overview.py")
+    assert not [c.value for c in at.caption if "imported" in c.value]
+
+
+def test_overview_says_a_retrain_waits_for_a_new_judgment_only_while_none_arrived(app_db, people):
+    """"Next retrain: not before … (2 new judgments) …; on time only once a new judgment arrived", with two
+    arrived: the last clause is for when none has."""
+    from annotate.models import TrainingRun
+
+    annotator, admin = people
+    with app_db.begin() as s:
+        cids = make_comparisons(s, 2)
+        s.add(TrainingRun(status="succeeded", started_at=utcnow() - timedelta(minutes=2),
+                          finished_at=utcnow() - timedelta(minutes=1), counts={"max_judgment_id": 0}))
+    at = _open(admin, "overview.py")
+    [caption] = [c.value for c in at.caption if c.value.startswith("Next retrain")]
+    assert "(0 new judgments)" in caption and caption.endswith("; on time only once a new judgment arrives."), caption
+
+    with app_db.begin() as s:
+        for cid in cids:
+            s.add(Judgment(comparison_id=cid, annotator_id=annotator.id, choice="a", a_on_left=True))
+    at.button(key="overview_refresh").click().run(timeout=TIMEOUT)  # the figures are kept for 30 s
+    [caption] = [c.value for c in at.caption if c.value.startswith("Next retrain")]
+    assert "not before" in caption and "(2 new judgments)" in caption, caption
+    assert caption.endswith("if `prefloop retrain --watch` runs."), caption
 
 
 def test_model_health_axes_show_three_decimals(app_db, people):
@@ -549,6 +590,14 @@ def test_a_new_campaign_says_what_to_do_first_and_claims_no_model_check(app_db, 
     said "None: the model does not confidently contradict any human majority" with no model at all."""
     at = _open(people[1], "overview.py")
     assert any("import prompts and responses on the Import page" in i.value for i in at.info)
+    # "ann" is an active annotator: no "add annotators" (it said so with annotators there)
+    assert not any("add annotators" in i.value for i in at.info), [i.value for i in at.info]
+    with app_db.begin() as s:
+        s.execute(update(User).where(User.username == "ann").values(active=False))
+    at.button(key="overview_refresh").click().run()
+    assert any(i.value.endswith("then add annotators on the Users page.") for i in at.info), [i.value for i in at.info]
+    with app_db.begin() as s:
+        s.execute(update(User).where(User.username == "ann").values(active=True))
     at = _open(people[1], "model_health.py")
     assert not any("does not confidently contradict" in s.value for s in at.success)
     assert any("No model yet" in i.value for i in at.info)

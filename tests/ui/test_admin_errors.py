@@ -585,5 +585,5 @@ def test_versions_table_says_first_which_version_was_refused_and_why(app_db, peo
     at = _open(people[1], "models.py")
     frame = at.dataframe[0].value  # Versions comes before Training runs
     assert list(frame.columns[:3]) == ["version", "status", "why"]
-    assert frame[["status", "why"]].values.tolist() == [["refused", shown], ["active", "first model"]]
+    assert frame[["status", "why"]].values.tolist() == [["rejected", shown], ["active", "first model"]]
     assert frame["accuracy"].tolist() == [0.912, 1.0] and frame["log_loss"].tolist() == [0.333, 0.0]

@@ -112,3 +112,32 @@ def test_the_kappa_heatmap_shrinks_its_cells_for_many_annotators(app_db, people)
     chart = _kappa_heatmap(open_page(people[1], "annotators.py", TIMEOUT))
     assert chart["width"] == chart["height"] == {"step": 9}
     assert "layer" not in chart or all(layer["mark"]["type"] == "rect" for layer in chart["layer"])
+
+
+def _import_votes(app_db, rows: list[dict]) -> None:
+    import json
+
+    from annotate import ingest
+    from annotate.settings import load_settings
+
+    data = "\n".join(json.dumps(r) for r in rows).encode() + b"\n"
+    with app_db.begin() as session:
+        ingest.import_file(session, load_settings(), data, filename="votes.jsonl", system=True, overlap=3)
+
+
+def test_imported_votes_are_named_as_not_counted_here(app_db, people):
+    """195 votes imported from 7 raters left the page at "No judgments in this period", α "—" and "No two
+    annotators share a comparison yet", without a word: a caption says how many there are and where they count."""
+    _, admin = people
+    at = open_page(admin, "annotators.py", TIMEOUT)
+    assert not [c.value for c in at.caption if "imported" in c.value]  # nothing imported: nothing said
+
+    pair = {"prompt": "q", "response_a": "better", "response_b": "worse"}
+    _import_votes(app_db, [{**pair, "winner": w, "annotator": r} for r, w in (("r1", "a"), ("r2", "a"), ("r3", "b"))]
+                  + [{"prompt": "q2", "response_a": "x", "response_b": "y", "winner": "b"}])
+    at.button(key="annotators_refresh").click().run()  # the figures are cached for a minute
+    [caption] = [c.value for c in at.caption if "imported" in c.value]
+    assert caption.startswith(":material/info: 4 imported judgments (3 of them from 3 named raters) are not in "
+                              "these figures, which cover annotators' own judgments only."), caption
+    assert "preference exports" in caption and "`external_annotator`" in caption
+    assert [i.value for i in at.info][0] == "No judgments in this period."

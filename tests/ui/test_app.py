@@ -506,6 +506,26 @@ def test_optional_inputs_survive_undo_and_a_visit_to_the_guidelines(app_db, peop
     assert _inputs_shown(at, third) == (None, "", [])
 
 
+@pytest.mark.parametrize("action", ["judge_tie", "judge_both_bad"])
+def test_undo_of_a_tie_brings_back_no_strength(app_db, people, action):
+    """3 then T saves a tie with no strength (ignored for tie and both bad); U brought the pair back with
+    "Much better" chosen, and A then saved "A better (much better)", a strength never chosen for A.
+    The pair comes back as saved: no strength, its rationale and flags kept."""
+    at, annotator = _annotating(app_db, people, 2)
+    first, _ = _shown_pair(at, app_db, annotator)
+    _fill(at, first, 3, "same facts", ["needs_expert"])
+    _press(at, action).click().run()
+    assert _judgments(app_db, annotator)[-1].strength is None
+
+    _undo_button(at).click().run()
+    assert _shown_pair(at, app_db, annotator)[0] == first
+    assert _inputs_shown(at, first) == (None, "same facts", ["needs_expert"])
+    _press(at, "judge_left").click().run()
+    retracted, live = _judgments(app_db, annotator)
+    assert (live.supersedes_id, live.strength, live.rationale, live.flags) == (
+        retracted.id, None, "same facts", ["needs_expert"])
+
+
 def test_undo_from_a_new_log_in_shows_the_pair_as_judged(app_db, people):
     """The session that judged is gone (a reload, another tab): Undo takes the withdrawn judgment's
     strength, rationale and flags from the database."""

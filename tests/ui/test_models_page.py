@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from annotate import retrain
-from annotate.models import ModelVersion, utcnow
+from annotate.models import ModelVersion, TrainingRun, utcnow
 from tests.ui.conftest import open_page
 
 
@@ -88,3 +90,25 @@ def test_the_recorded_compared_version_wins_over_the_rule(app_db, people):
     third, second, _ = at.dataframe[0].value["why"].tolist()  # newest first
     assert "the then-active v1's 0.7400" in third, third
     assert "the then-active v1's 0.7400" in second, second  # no record: the rule
+
+
+def test_a_rejected_model_is_rejected_in_both_tables_and_its_reason_no_error(app_db, people):
+    """Versions called a rejected model "refused" and Training runs "rejected", with the gate's reason in a
+    column headed "error"; the health page's runs too."""
+    reason = _gate(0.60, 0.7345)
+    with app_db.begin() as s:
+        run = TrainingRun(status="rejected", step="promote", started_at=utcnow(), finished_at=utcnow(), error=reason)
+        s.add(run)
+        s.flush()
+        s.add(ModelVersion(artifact_path="/m1", encoder_id="enc", is_active=True, promoted=True, promoted_at=utcnow(),
+                           n_train=60, n_test=400, metrics={"accuracy": 0.7345, "gate": "first model"}))
+        s.add(ModelVersion(artifact_path="/m2", encoder_id="enc", is_active=False, promoted=False, n_train=70,
+                           n_test=400, training_run_id=run.id, metrics={"accuracy": 0.6, "gate": reason}))
+    for page in ("models.py", "model_health.py"):
+        at = open_page(people[1], page)
+        assert not at.exception, at.exception
+        [runs] = [d for d in at.dataframe if "step" in d.value.columns]
+        assert runs.value[["status", "error"]].values.tolist() == [["rejected", reason]]
+        assert json.loads(runs.proto.columns)["error"]["label"] == "why", runs.proto.columns
+        if page == "models.py":
+            assert at.dataframe[0].value["status"].tolist() == ["rejected", "active"]

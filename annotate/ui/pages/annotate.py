@@ -33,7 +33,8 @@ pair, and Streamlit forgets a widget's value once a run does not draw it. So
 the page keeps a copy of each pair's inputs while it is off screen (another
 page visited, a pair undone in front of it) and of the inputs each judgment was
 sent with, and gives them back when the pair returns; an undone pair comes
-back as it was judged. A probe of a judged pair starts empty.
+back as it was judged (a tie or both bad with no strength: it saves none). A
+probe of a judged pair starts empty.
 """
 
 import time
@@ -48,7 +49,7 @@ from annotate.ui import context, render
 TIMER_KEY = "pair_shown_at"
 ON_SCREEN_KEY = "pair_on_screen"  # the comparison the latest run showed; None once acted on
 DRAFTS_KEY = "pair_drafts"  # comparison id -> its unsent optional inputs
-SENT_KEY = "pair_sent_inputs"  # comparison id -> the optional inputs its judgment was sent with (for undo)
+SENT_KEY = "pair_sent_inputs"  # comparison id -> the optional inputs its judgment saved (for undo)
 UNDO_SERIAL_KEY = "undo_serial"  # renders that drew the undo button so far
 UNDO_ON_SCREEN_KEY = "undo_on_screen"  # the latest render's undo token; None once used
 BACK_KEY = "pair_back"  # the comparison the latest undo brought back (seen before: no MIN_SHOWN_S)
@@ -218,7 +219,9 @@ def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> Non
     elapsed_ms = int((time.monotonic() - started) * 1000) if started is not None else None
     if _is_on_screen(comparison_id):  # before the write: nothing after it is sure to run
         _kept(DRAFTS_KEY).pop(comparison_id, None)
-        _keep(SENT_KEY, comparison_id, inputs)
+        # What is saved, for undo: a strength chosen before a tie or both bad is not, and brought back
+        # it would go with the next A or B, a strength never chosen for it.
+        _keep(SENT_KEY, comparison_id, {**inputs, "strength": strength})
     _act(comparison_id, lambda session: judgments.submit(
         session, settings, actor=actor, comparison_id=comparison_id, shown=shown, strength=strength,
         rationale=rationale, flags=flags, time_spent_ms=elapsed_ms, a_on_left_shown=a_on_left))

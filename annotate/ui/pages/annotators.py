@@ -41,14 +41,36 @@ def _report(url: str, actor_id: int, period: str) -> quality.QualityReport:
         return dashboard.annotator_table(session, actor=actor, since=since)
 
 
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False, max_entries=8)
+def _imported(url: str, actor_id: int) -> dashboard.ImportedJudgments:
+    """The imported judgments none of the page's figures count (one COUNT), shared like the report."""
+    with db.read() as session:
+        return dashboard.imported_judgments(session, actor=actor)
+
+
+def _imported_caption(imported: dashboard.ImportedJudgments) -> str:
+    """Says that the imported judgments are not in these figures, and where they do count."""
+    n, named, raters = imported.n, imported.named, imported.raters
+    whose = ""
+    if raters:
+        rater_s = f"{raters:,} named rater{'' if raters == 1 else 's'}"
+        whose = f" (from {rater_s})" if named == n else f" ({named:,} of them from {rater_s})"
+    return (f":material/info: {n:,} imported judgment{'' if n == 1 else 's'}{whose} "
+            f"{'is' if n == 1 else 'are'} not in these figures, which cover annotators' own judgments only. "
+            "Imported votes count in preference exports, and the raw judgments export names each one's rater "
+            "(`external_annotator`).")
+
+
 st.title("Annotators")
 left, right = st.columns([3, 1], vertical_alignment="bottom")
 period = left.selectbox("Period", list(PERIODS), index=list(PERIODS).index(DEFAULT_PERIOD),
                         key="annotators_period")
 if right.button("Refresh", key="annotators_refresh", icon=":material/refresh:"):
     _report.clear()
+    _imported.clear()
 with context.stop_on_errors():
-    report = _report(context.get_settings().sqlalchemy_url, actor.id, period)
+    url = context.get_settings().sqlalchemy_url
+    report, imported = _report(url, actor.id, period), _imported(url, actor.id)
 
 
 def _fmt(value, spec=".2f") -> str:
@@ -67,6 +89,8 @@ row.metric("Krippendorff's α (ordinal)", _fmt(report.alpha_ordinal),
            help="Ties as the middle category a < tie < b; both-bad counted as missing.")
 row.metric("Krippendorff's α (nominal)", _fmt(report.alpha_nominal), help="All four choices as categories.")
 row.metric("Gold accuracy (all)", _fmt(overall.gold_accuracy, ".0%"), help=f"{overall.n_gold} gold judgments")
+if imported.n:
+    st.caption(_imported_caption(imported))
 
 if not report.annotators:
     st.info("No judgments in this period.")

@@ -153,5 +153,4 @@ else:
 
 if mh.runs:
     with st.expander("Recent training runs"):
-        st.dataframe(pd.DataFrame(context.local_rows(mh.runs)), hide_index=True)
-        context.times_caption()
+        context.runs_table(mh.runs)

@@ -83,7 +83,7 @@ else:
 def _status(version: dict) -> str:
     if version["active"]:
         return "active"
-    return "promoted, since replaced" if version["promoted"] else "refused"
+    return "promoted, since replaced" if version["promoted"] else "rejected"  # as its training run says
 
 
 def _version_rows(versions: list[dict]) -> list[dict]:
@@ -116,8 +116,7 @@ elif running:
     st.info(f"Run {running[0]['id']} stopped at step {running[0]['step']} without finishing (its process is "
             "gone); the next run marks it failed. Retrain now starts a new one.")
 if board["runs"]:
-    st.dataframe(context.local_rows(board["runs"]), hide_index=True, width="stretch")
-    context.times_caption()
+    context.runs_table(board["runs"])
 else:
     st.caption("None yet.")
 

@@ -37,8 +37,9 @@ with context.stop_on_errors():
     ov, run_alive = _overview(settings.sqlalchemy_url, actor.id, period)
 st.caption(f"As of {context.shown_time(ov.now, '%Y-%m-%d %H:%M:%S')} (figures are kept for {CACHE_SECONDS} s; Refresh recounts).")
 if not ov.comparisons:  # a new campaign: where a new admin lands, with every figure 0
-    st.info("Nothing to annotate yet: import prompts and responses on the Import page, then add annotators "
-            "on the Users page.", icon=":material/upload_file:")
+    st.info("Nothing to annotate yet: import prompts and responses on the Import page"
+            + ("." if ov.annotator_accounts else ", then add annotators on the Users page."),
+            icon=":material/upload_file:")
 
 
 def _browser_clock(t) -> alt.DateTime:
@@ -54,9 +55,10 @@ def _duration(ms: float | None) -> str:
 row = context.metric_row()
 row.metric("Prompts", f"{ov.prompts:,}")
 row.metric("Comparisons", f"{ov.comparisons:,}")
+probes = ov.judgments - ov.counted_judgments - ov.imported_judgments
 row.metric("Judgments", f"{ov.judgments:,}",
-           help=f"Live judgments: {ov.counted_judgments:,} by annotators; the rest are probes and judgments "
-                "imported from files' known winners.")
+           help=f"Live judgments: {ov.counted_judgments:,} by annotators, {ov.imported_judgments:,} imported from "
+                f"files' known winners and {counted(probes, 'self-consistency probe')}.")
 row.metric("Open", f"{ov.open:,}")
 row.metric("Complete", f"{ov.complete:,}")
 row = context.metric_row()
@@ -65,9 +67,13 @@ row.metric("Active annotators now", ov.active_annotators,
               help=f"Active accounts that judged in the last {int(dashboard.ACTIVE_WINDOW.total_seconds() // 60)} "
                    "minutes or hold a pair right now.")
 row.metric(f"Judgments ({period.lower()})", f"{ov.judgments_in_period:,}",
-           help="Annotators' judgments (imported ones are left out: they carry the time of the import).")
+           help="Annotators' own judgments, probes included (imported ones are left out: they carry the time "
+                "of the import).")
 row.metric("Median time per judgment", _duration(ov.median_time_ms), help=period)
 row.metric("Gold pairs", f"{ov.gold:,}")
+if ov.imported_judgments:
+    st.caption(f"**Judgments** includes {counted(ov.imported_judgments, 'imported judgment')} (files' known "
+               f"winners); **Judgments ({period.lower()})** and the hourly chart count annotators' own only.")
 
 if ov.progress is not None:
     st.progress(ov.progress, text=f"{ov.counted_judgments:,} of {counted(ov.target_judgments, 'judgment')} "
@@ -124,8 +130,10 @@ if ov.last_run is not None:
 if ov.retrain_due:
     st.caption(f"Next retrain: due now ({ov.retrain_reason}), if `prefloop retrain --watch` runs.")
 elif ov.next_retrain_at is not None:
+    # Its time trigger needs a new judgment: say so only while none has arrived.
     st.caption(f"Next retrain: not before {context.shown_time(ov.next_retrain_at)} ({ov.retrain_reason}), "
-               "if `prefloop retrain --watch` runs; on time only once a new judgment arrived.")
+               "if `prefloop retrain --watch` runs"
+               + ("." if ov.labels_since_last_run else "; on time only once a new judgment arrives."))
 elif ov.last_run is None:
     st.caption(f"No training run yet: the watcher trains the first model after "
                f"{counted(ov.retrain_every_labels, 'new judgment')}, or once the retrain interval has passed after it "
