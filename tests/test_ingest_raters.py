@@ -371,3 +371,11 @@ def test_import_page_warns_when_raters_votes_meet_a_higher_overlap(sqlite_url, t
     at.number_input(key="import_overlap").set_value(4)
     at.run()
     assert not [i.value for i in at.info if "annotators will not see" in i.value]
+    # At overlap 1 (maximum 3), three votes settled and three split 1-1-1 alike meet it: 3 pairs, not 2.
+    at.file_uploader(key="import_file").upload("s.jsonl", jsonl(*_rated(0, "a", "a", "b"), *_rated(1, "b", "b", "b"),
+                                                                *_rated(2, "a", "b", "tie")), "application/jsonl")
+    at.run()
+    at.number_input(key="import_overlap").set_value(1)
+    at.run()
+    [said] = [i.value for i in at.info if "annotators will not see" in i.value]
+    assert said.startswith("3 of the 3 comparisons have as many known answers (up to 3, one per rater)"), said

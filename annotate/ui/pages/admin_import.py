@@ -144,14 +144,14 @@ if earlier is not None:
 # pair the raters split evenly asks for one more judgment (up to the maximum overlap). Before, this was said
 # only at overlap 1, and three raters' pairs imported at overlap 3 were all complete without a word.
 top = max(int(overlap), saved_options.max_overlap)
-met = {v: n for (v, settled), n in summary["votes"].items() if v >= overlap and (settled or v >= top)}
+met = [(v, n) for (v, settled), n in summary["votes"].items() if v >= overlap and (settled or v >= top)]
 if done is None and earlier is None and met and known_winner == "judgment":
     # An imported judgment counts towards overlap: without this note the queue silently stays as it was.
-    most = max(met)
+    most = max(v for v, _ in met)
     have = ("have a known winner. Stored as an imported judgment, it meets" if most == 1 else
             f"have as many known answers (up to {most}, one per rater) as overlap {int(overlap)} asks for. "
             "Stored as imported judgments, they meet")
-    st.info(f"{sum(met.values()):,} of the {summary['comparisons']:,} comparisons {have} overlap {int(overlap)}, "
+    st.info(f"{sum(n for _, n in met):,} of the {summary['comparisons']:,} comparisons {have} overlap {int(overlap)}, "
             "so annotators will not see those pairs. To have them judged, choose *ignore them* or *make the "
             f"pairs gold*, or an overlap above {most}, before importing (afterwards, importing the file again "
             "with a higher overlap puts them back in the queue).", icon=":material/info:")
