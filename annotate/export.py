@@ -132,7 +132,7 @@ from sqlalchemy.orm import Session, aliased
 from annotate.accounts import Actor, audit, require_admin
 from annotate.db import Database
 from annotate.errors import NotFound, PrefloopError
-from annotate.ingest import RESPONSE_MESSAGES, ROLES, render_messages
+from annotate.ingest import RESPONSE_MESSAGES, ROLES, majority, render_messages
 from annotate.models import (
     Choice,
     Comparison,
@@ -301,13 +301,6 @@ class _Selection:
         return len(self.ids)
 
 
-def _majority(counts: dict[Choice, int]) -> Choice | None:
-    ranked = sorted(counts.values(), reverse=True)
-    if len(ranked) > 1 and ranked[0] == ranked[1]:
-        return None
-    return max(counts, key=counts.__getitem__)
-
-
 def _current_votes(stmt: Select, until: datetime | None) -> Select:
     """Keep the judgments that were votes just before ``until`` (now when None).
 
@@ -357,7 +350,7 @@ def _select(session: Session, filters: ExportFilter) -> _Selection:
         if total < filters.min_votes:
             counts["excluded_few_votes"] += 1
             return
-        winner = _majority(votes)
+        winner = majority(votes)
         if winner is None:
             counts["excluded_split"] += 1
             return

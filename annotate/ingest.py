@@ -82,7 +82,7 @@ import math
 import re
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple
@@ -2036,10 +2036,19 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
             "overlap_raised": len(raised), "closed_existing": closed, "reopened_existing": reopened}
 
 
+def majority(counts: Mapping[Any, int]) -> Any:
+    """The answer with more votes than any other (a strict plurality), or None when two lead together: the
+    preference export's rule, which an import (a split pair needs another judgment) and the simulator (the
+    label of a pair several rows give) follow too."""
+    ranked = sorted(counts.values(), reverse=True)
+    if len(ranked) > 1 and ranked[0] == ranked[1]:
+        return None
+    return max(counts, key=counts.__getitem__)
+
+
 def _settled(choices: Iterable[Choice]) -> bool:
-    """Whether one answer has more votes than any other (the preference export's majority rule)."""
-    top = Counter(choices).most_common(2)
-    return len(top) == 1 or top[0][1] > top[1][1]
+    """Whether one answer has a majority (:func:`majority`)."""
+    return majority(Counter(choices)) is not None
 
 
 def _judgment_row(comparison_id: int, choice: Choice, was_gold: bool, now: Any, rater: str | None = None,

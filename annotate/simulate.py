@@ -52,7 +52,7 @@ def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
     winners, as the preference export takes it, or skipped without one (notes
     say how many). ``embedder`` is an ``rm.cache.EmbeddingCache``.
     """
-    from annotate.ingest import parse_file
+    from annotate.ingest import majority, parse_file
     from rm.data import PairData, outcome_code
     from rm.features import FeatureSpec, build_features
 
@@ -86,15 +86,14 @@ def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
         votes.setdefault(c.pair_key, []).append(winner)
     repeated = no_majority = 0
     for key, c in firsts.items():
-        top = Counter(votes[key]).most_common(2)
-        if len(votes[key]) > 1:
-            repeated += 1
-            if len(top) > 1 and top[0][1] == top[1][1]:
-                no_majority += 1
-                continue
+        winner = majority(Counter(votes[key]))  # the preference export's rule
+        repeated += len(votes[key]) > 1
+        if winner is None:
+            no_majority += 1
+            continue
         ia.append(row(c.prompt, c.prompt_hash, c.response_a, c.hash_a))
         ib.append(row(c.prompt, c.prompt_hash, c.response_b, c.hash_b))
-        outcome.append(outcome_code(top[0][0]))
+        outcome.append(outcome_code(winner))
         group.append(c.prompt_hash)
     if no_winner:
         notes.append(f"{no_winner} comparisons have no known winner and were skipped"
