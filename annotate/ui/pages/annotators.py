@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from annotate import dashboard, quality
+from annotate.ingest import counted
 from annotate.models import utcnow
 from annotate.ui import context
 
@@ -53,10 +54,11 @@ def _imported_caption(imported: dashboard.ImportedJudgments) -> str:
     n, named, raters = imported.n, imported.named, imported.raters
     whose = ""
     if raters:
-        rater_s = f"{raters:,} named rater{'' if raters == 1 else 's'}"
+        rater_s = counted(raters, "named rater")
         whose = f" (from {rater_s})" if named == n else f" ({named:,} of them from {rater_s})"
-    return (f":material/info: {n:,} imported judgment{'' if n == 1 else 's'}{whose} "
-            f"{'is' if n == 1 else 'are'} not in these figures, which cover annotators' own judgments only. "
+    judgments = counted(n, "imported judgment")
+    return (f":material/info: {judgments}{whose} {'is' if n == 1 else 'are'} not in these figures, which cover "
+            "annotators' own judgments only. "
             "Imported votes count in preference exports, and the raw judgments export names each one's rater "
             "(`external_annotator`).")
 
