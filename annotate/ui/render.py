@@ -230,13 +230,18 @@ _OTHER_LINK = re.compile(r"\]\((?!\s*(?:<?(?:https?://|mailto:)|\Z))", re.IGNORE
 _LONE_TILDE = re.compile(r"(?<![~\\])(\\*)(~)(?!~)")
 
 
+def _between(pattern: re.Pattern, text: str, escape) -> str:
+    """``text`` with ``escape`` applied to what lies between the matches of ``pattern``, kept as written."""
+    out, pos = [], 0
+    for match in pattern.finditer(text):
+        out += [escape(text[pos:match.start()]), match.group(0)]
+        pos = match.end()
+    return "".join(out) + escape(text[pos:])
+
+
 def _escape_prose(prose: str, *, unlink: bool = True) -> str:
     if unlink and "<" in prose:
-        out, pos = [], 0
-        for match in _AUTOLINK.finditer(prose):
-            out += [_escape_text(prose[pos:match.start()]), match.group(0)]
-            pos = match.end()
-        return "".join(out) + _escape_text(prose[pos:])
+        return _between(_AUTOLINK, prose, _escape_text)
     return _escape_text(prose, unlink=unlink)
 
 
@@ -260,11 +265,7 @@ def _escape_text(prose: str, *, unlink: bool = True) -> str:
 def _escape_tildes(prose: str) -> str:
     """``prose`` with each lone ``~`` escaped, but those in a URL GFM will link (``https://host/~user``),
     where the escape would unlink it (see ``_unlink_if_escaped``) and no strike-through can start."""
-    out, pos = [], 0
-    for match in _LINK_RUN.finditer(prose):
-        out += [_LONE_TILDE.sub(_escape_unescaped, prose[pos:match.start()]), match.group(0)]
-        pos = match.end()
-    return "".join(out) + _LONE_TILDE.sub(_escape_unescaped, prose[pos:])
+    return _between(_LINK_RUN, prose, lambda gap: _LONE_TILDE.sub(_escape_unescaped, gap))
 
 
 def _neutralise(prose: str) -> str:
