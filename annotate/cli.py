@@ -89,7 +89,6 @@ def _require_schema(settings, *, behind_ok: bool = False) -> None:
     A SQLite file that does not exist is not created (with its folder) on the way: a relative
     PREFLOOP_DATA_DIR run from another folder made an empty database there.
     """
-    from alembic.script import ScriptDirectory
     from sqlalchemy.exc import DBAPIError
 
     from annotate import migrate
@@ -106,7 +105,7 @@ def _require_schema(settings, *, behind_ok: bool = False) -> None:
         current = migrate.current_heads(url)
     except DBAPIError as exc:
         raise _unreachable(settings, exc) from None
-    script = ScriptDirectory.from_config(migrate.alembic_config(url))
+    script = migrate.script_directory(url)
     heads = set(script.get_heads())
     if current == heads:
         return
@@ -227,6 +226,10 @@ def cmd_db(args) -> int:
 
     settings = _settings()
     url = settings.sqlalchemy_url
+    if args.action in ("backup", "restore"):
+        return _backup_or_restore(args, settings)
+    if args.replace:
+        raise PrefloopError("--replace goes with 'db restore'")
     path = _sqlite_file(url)
     if path is not None:
         try:
@@ -255,6 +258,71 @@ def cmd_db(args) -> int:
         raise _unreachable(settings, exc) from None
     print(f"database at revision {', '.join(sorted(heads)) or 'base'}")
     return 0
+
+
+def _backup_or_restore(args, settings) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from annotate import backup
+
+    url = settings.sqlalchemy_url
+    if not args.revision:
+        raise PrefloopError(f"say which file to {'write' if args.action == 'backup' else 'restore'}, e.g. "
+                            f"'prefloop db {args.action} prefloop-backup.{'db' if _sqlite_file(url) else 'dump'}'")
+    try:
+        if args.action == "backup":
+            if args.replace:
+                raise PrefloopError("--replace goes with 'db restore' (a backup never overwrites a file)")
+            _require_schema(settings, behind_ok=True)
+            report = backup.backup(url, Path(args.revision))
+            what = (report.contents.describe() if report.contents
+                    else "pg_dump custom format, read back with pg_restore --list")
+            print(f"backed up {_shown_url(url)} to {report.path} ({report.size:,} bytes; {what})")
+            active = report.contents.active_model if report.contents else _active_artifact(settings)
+            if active:
+                print(f"the active reward model's files are not in the backup: copy "
+                      f"{settings.data_dir / active} with it (or run 'prefloop retrain --once --force' after a restore)")
+            return 0
+
+        def run_in_progress() -> bool:
+            from annotate.db import open_database
+            from annotate.retrain import run_alive
+
+            db = open_database(settings, null_pool=True)
+            try:
+                return run_alive(db)
+            except DBAPIError:  # an older schema without the lock table: no run of this prefloop
+                return False
+            finally:
+                db.dispose()
+
+        report = backup.restore(url, Path(args.revision), data_dir=settings.data_dir, replace=args.replace,
+                                run_in_progress=run_in_progress)
+    except DBAPIError as exc:
+        raise _unreachable(settings, exc) from None
+    if report.saved is not None:
+        print(f"the database as it was is saved at {report.saved.path}")
+    print(f"restored {args.revision} into {_shown_url(url)} ({report.contents.describe()})")
+    for note in report.notes:
+        print(note)
+    if report.contents.active_model and not (settings.data_dir / report.contents.active_model).exists():
+        print(f"the active reward model's files are not at {settings.data_dir / report.contents.active_model}: "
+              "copy them there from the backup's machine, or run 'prefloop retrain --once --force'")
+    return 0
+
+
+def _active_artifact(settings) -> str | None:
+    from sqlalchemy import select
+
+    from annotate.db import open_database
+    from annotate.models import ModelVersion
+
+    db = open_database(settings, null_pool=True)
+    try:
+        with db.read() as session:
+            return session.scalar(select(ModelVersion.artifact_path).where(ModelVersion.is_active.is_(True)))
+    finally:
+        db.dispose()
 
 
 def _refused_statement(exc) -> bool:
@@ -479,13 +547,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("db", help="apply or revert database migrations",
+    p = sub.add_parser("db", help="apply or revert database migrations; back up or restore the database",
                        description="Apply (upgrade) or revert (downgrade) database migrations and print the "
-                                   "revision the database is at.")
-    p.add_argument("action", choices=["upgrade", "downgrade"],
-                   help="upgrade: migrate to this prefloop's schema (what 'make run' does); downgrade: revert")
-    p.add_argument("revision", nargs="?", help="target revision (upgrade: default head; downgrade: required, "
-                                               "e.g. base)")
+                                   "revision the database is at; or write a consistent copy of the database while "
+                                   "the app runs (backup FILE: SQLite's online backup, or pg_dump) and make the "
+                                   "database what such a copy holds (restore FILE).")
+    p.add_argument("action", choices=["upgrade", "downgrade", "backup", "restore"],
+                   help="upgrade: migrate to this prefloop's schema (what 'make run' does); downgrade: revert; "
+                        "backup FILE: write a new file; restore FILE: replace the database with a backup")
+    p.add_argument("revision", nargs="?", metavar="REVISION|FILE",
+                   help="target revision (upgrade: default head; downgrade: required, e.g. base); "
+                        "the backup file (backup, restore)")
+    p.add_argument("--replace", action="store_true",
+                   help="restore: replace a database that has prefloop tables (it is first backed up under "
+                        "PREFLOOP_DATA_DIR/backups/)")
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("users", help="manage local accounts",

@@ -72,6 +72,13 @@ def downgrade(url: str, revision: str) -> None:
         command.downgrade(alembic_config(url), revision)
 
 
+def script_directory(url: str):
+    """This prefloop's migration scripts (their revisions and heads)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(url))
+
+
 def current_heads(url: str) -> set[str]:
     from alembic.runtime.migration import MigrationContext
     from annotate.db import create_db_engine
