@@ -56,6 +56,9 @@ class Submitted:
     comparison_id: int
     choice: Choice
     is_probe: bool
+    extra: bool = False
+    """The pair already had the judgments it needed (others filled it while this annotator's lease had
+    expired): the judgment is kept, as one vote more than asked for."""
 
 
 SIDES_CHANGED = ("this pair was judged or undone in another tab since it was shown here, which swapped its "
@@ -130,11 +133,13 @@ def submit(session: Session, settings: Settings, *, actor: Actor, comparison_id:
             session.flush()
     except IntegrityError:
         raise QueueError("you already judged this pair; press undo to change your answer") from None
+    extra = (not is_probe and not comparison.is_gold and comparison.status != ComparisonStatus.retired
+             and comparison.judgment_count >= comparison.overlap_target)
     release_lease(session, comparison_id, user.id)
     if not is_probe:
         _bump_count(session, comparison_id, +1)
         extend_overlap_if_needed(session, comparison_id, get_options(session, settings))
-    return Submitted(judgment.id, comparison_id, judgment.choice, is_probe)
+    return Submitted(judgment.id, comparison_id, judgment.choice, is_probe, extra)
 
 
 def _has_live(session: Session, comparison_id: int, annotator_id: int) -> bool:

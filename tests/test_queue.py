@@ -127,6 +127,28 @@ def test_expired_lease_frees_the_slot(db, settings, opts):
         assert s.scalar(select(func.count()).select_from(Judgment)) == 1
 
 
+def test_a_late_judgment_of_a_pair_others_filled_is_kept_and_marked_extra(db, settings, opts):
+    """The pair sat on a's screen past the lease; b took it and filled its overlap; a's press still
+    counts (never silently lost) and says it was one vote more than asked, so the page can tell a."""
+    o = _no_mix(opts)
+    with db.begin() as s:
+        a, b = make_user(s, "a"), make_user(s, "b")
+        (cid,) = make_comparisons(s, 1)
+    with db.begin() as s:
+        queue.next_comparison(s, settings, o, actor=a)
+    later = utcnow() + timedelta(seconds=settings.lease_seconds + 1)
+    with db.begin() as s:
+        queue.next_comparison(s, settings, o, actor=b, now=later)
+        assert judgments.submit(s, settings, actor=b, comparison_id=cid, shown="left", now=later).extra is False
+    with db.begin() as s:
+        late = judgments.submit(s, settings, actor=a, comparison_id=cid, shown="right", now=later)
+    assert late.extra is True
+    with db.read() as s:
+        c = s.get(Comparison, cid)
+        assert c.judgment_count == 2 and c.status == ComparisonStatus.complete
+        assert s.scalar(select(func.count()).select_from(Judgment).where(Judgment.state == JudgmentState.active)) == 2
+
+
 def test_pair_on_screen_past_its_lease_is_served_again_to_the_same_annotator(db, settings, opts):
     """The lease ran out while the pair was on screen and nobody else took it: the annotator's next
     request (any interaction reruns the page) gets that pair back, sides unchanged, lease renewed."""

@@ -34,6 +34,9 @@ _log = logging.getLogger(__name__)
 DATABASE_DOWN = ("The database cannot be reached or is not set up: check PREFLOOP_DATABASE_URL, run "
                  "`prefloop db upgrade`, then press Try again.")
 DATABASE_BUSY = "The database is busy with other writes. Nothing was lost: press Try again in a moment."
+EXTRA_VOTE = ("Saved, as an extra judgment: others completed this pair while it sat here past its lease "
+              "(PREFLOOP_LEASE_SECONDS). Your answer counts like theirs.")
+"""The toast for a judgment of a pair whose overlap others filled meanwhile (``judgments.Submitted.extra``)."""
 NOT_SAVED = "Not saved: the database is busy or cannot be reached. Press it again in a moment."
 
 

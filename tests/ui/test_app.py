@@ -385,6 +385,35 @@ def test_the_page_has_the_keys_the_readme_lists(app_db, people):
     assert shortcuts == sorted(key_rows(section("Annotating")))
 
 
+def test_a_press_on_a_pair_others_filled_past_its_lease_is_kept_and_the_page_says_so(app_db, people):
+    """The README promised another pair once others filled the overlap of a pair left on screen past its
+    lease; the press is saved (never lost), so the page says it was an extra judgment."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from annotate.models import Comparison, utcnow
+    from annotate.ui.context import EXTRA_VOTE
+
+    at, annotator = _annotating(app_db, people, 2)
+    cid, _ = _shown_pair(at, app_db, annotator)
+    _, admin = people
+    settings = load_settings()
+    with app_db.begin() as session:
+        session.execute(update(Lease).where(Lease.comparison_id == cid)
+                        .values(expires_at=utcnow() - timedelta(seconds=1)))
+        judgments.submit(session, settings, actor=admin, comparison_id=cid, shown="tie")
+    _press(at, "judge_left").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.toast] == [EXTRA_VOTE]
+    [mine] = _judgments(app_db, annotator)
+    assert (mine.comparison_id, mine.state) == (cid, JudgmentState.active)
+    with app_db.read() as session:
+        assert session.get(Comparison, cid).judgment_count == 2
+    assert _shown_pair(at, app_db, annotator)[0] != cid
+
+
 def test_undo_retracts_and_shows_the_pair_again_then_skip_moves_on(app_db, people):
     at, annotator = _annotating(app_db, people, 3)
     first, _ = _shown_pair(at, app_db, annotator)

@@ -197,12 +197,13 @@ def _too_soon(comparison_id: int) -> bool:
     return True
 
 
-def _act(comparison_id: int, write) -> bool:
-    """Run ``write(session)`` for the pair on screen, once; False if it was not on screen or not saved."""
-    done, _ = _once(ON_SCREEN_KEY, comparison_id, write)
+def _act(comparison_id: int, write) -> tuple[bool, object]:
+    """Run ``write(session)`` for the pair on screen, once: ``(done, its result)``; not done if it was not
+    on screen or not saved."""
+    done, result = _once(ON_SCREEN_KEY, comparison_id, write)
     if done:
         _timers().pop(comparison_id, None)
-    return done
+    return done, result
 
 
 def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> None:
@@ -222,9 +223,11 @@ def _judge(comparison_id: int, shown: str, a_on_left: bool | None = None) -> Non
         # What is saved, for undo: a strength chosen before a tie or both bad is not, and brought back
         # it would go with the next A or B, a strength never chosen for it.
         _keep(SENT_KEY, comparison_id, {**inputs, "strength": strength})
-    _act(comparison_id, lambda session: judgments.submit(
+    done, submitted = _act(comparison_id, lambda session: judgments.submit(
         session, settings, actor=actor, comparison_id=comparison_id, shown=shown, strength=strength,
         rationale=rationale, flags=flags, time_spent_ms=elapsed_ms, a_on_left_shown=a_on_left))
+    if done and submitted.extra:
+        st.toast(context.EXTRA_VOTE, icon=":material/info:")
 
 
 def _skip(comparison_id: int) -> None:
@@ -233,7 +236,7 @@ def _skip(comparison_id: int) -> None:
         return
     if _is_on_screen(comparison_id):
         _kept(DRAFTS_KEY).pop(comparison_id, None)
-    if _act(comparison_id, lambda session: queue.skip(session, actor=actor, comparison_id=comparison_id)):
+    if _act(comparison_id, lambda session: queue.skip(session, actor=actor, comparison_id=comparison_id))[0]:
         st.toast("Skipped: you will not see this pair again (Undo brings it back).", icon=":material/skip_next:")
 
 
