@@ -107,6 +107,7 @@ from annotate.models import (
     JudgmentState,
     Prompt,
     Response,
+    User,
     utcnow,
 )
 from annotate.settings import Settings
@@ -1847,11 +1848,29 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     if superseded:
         notes.append(f"{counted(superseded, 'imported judgment replaces', 'imported judgments replace')} the "
                      "answer the same rater ('annotator') gave the pair in an earlier import, now superseded")
+    if overlap_target > 1 and (counts["comparisons_added"] or raised):
+        notes.extend(overlap_notes(session, overlap_target, options.max_overlap))
     report = ImportReport(format=prepared.format, rows=prepared.rows, notes=notes, batch_id=batch.id, **counts)
     batch.counts = {**counts, "rows": prepared.rows, "known_winner": known_winner, "overlap": overlap_target}
     audit(session, actor, "import", batch_id=batch.id, filename=name[:512], format=prepared.format,
           source_tag=source_tag, known_winner=known_winner, **counts, rows=prepared.rows)
     return report
+
+
+def overlap_notes(session: Session, overlap: int, max_overlap: int) -> list[str]:
+    """What an overlap above the campaign's maximum, or above the people who can annotate, means for the
+    pairs that need it (an import allows both; the Settings page refuses the first for the campaign)."""
+    notes = []
+    if overlap > max_overlap:
+        notes.append(f"overlap {overlap} is above the campaign's maximum overlap ({max_overlap}, the most adaptive "
+                     f"overlap asks for and the Settings page allows): these comparisons need "
+                     f"{counted(overlap, 'judgment')} all the same")
+    people = session.scalar(select(func.count(User.id)).where(User.active.is_(True))) or 0
+    if overlap > people:
+        notes.append(f"overlap {overlap}: each of these comparisons needs {counted(overlap, 'judgment')} from "
+                     f"different people (imported answers count), and {counted(people, 'active account')} can "
+                     "annotate now: add accounts on the Users page, or pairs short of answers stay in the queue")
+    return notes
 
 
 def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],

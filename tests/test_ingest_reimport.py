@@ -128,3 +128,26 @@ def test_a_preference_export_with_an_empty_response_imports_back(db, settings, t
 def _write(path, content: bytes):
     path.write_bytes(content)
     return path
+
+
+def test_an_overlap_above_the_maximum_or_the_people_who_can_annotate_is_said(db, settings):
+    """The Settings page refuses an overlap above the campaign's maximum; an import allows one (a calibration
+    set judged by everyone, say), and a dogfooding run imported pairs at overlap 5 with three annotators
+    without a word: they could never be completed."""
+    from tests.factories import make_user
+
+    with db.begin() as session:
+        for name in ("a1", "a2", "a3"):
+            make_user(session, name)
+    report = run_import(db, settings, jsonl(*(pair(i) for i in range(3))), overlap=5)
+    assert [n for n in report.notes if n.startswith("overlap 5")] == [
+        "overlap 5 is above the campaign's maximum overlap (3, the most adaptive overlap asks for and the Settings "
+        "page allows): these comparisons need 5 judgments all the same",
+        "overlap 5: each of these comparisons needs 5 judgments from different people (imported answers count), "
+        "and 3 active accounts can annotate now: add accounts on the Users page, or pairs short of answers stay "
+        "in the queue"]
+    report = run_import(db, settings, jsonl(*(pair(i) for i in range(3, 6))), overlap=3)
+    assert not [n for n in report.notes if n.startswith("overlap")]
+    # Nothing new and nothing raised: nothing to say.
+    report = run_import(db, settings, jsonl(*(pair(i) for i in range(3))), overlap=5)
+    assert not [n for n in report.notes if n.startswith("overlap")]

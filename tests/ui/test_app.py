@@ -1076,6 +1076,44 @@ def test_import_writes_after_preview(app_db, people):
         ("batch-1", True, Choice.a, 2)}
 
 
+def test_the_options_chosen_for_one_file_do_not_carry_over_to_the_next(app_db, people):
+    """A dogfooding admin imported a gold file with tag hh-gold, chose the next file (rows tagged
+    "adversarial") in the same uploader and pressed Import: its pairs were stored as hh-gold."""
+    from annotate.models import Comparison
+
+    def rows(tag, start):
+        return "\n".join(json.dumps({"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}", "tag": tag})
+                         for i in range(start, start + 2)).encode()
+
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_import.py"))
+    at.run()
+    _upload(at, "gold.jsonl", rows("first", 0))
+    at.text_input(key="import_tag").input("hh-gold")
+    at.number_input(key="import_overlap").set_value(4)
+    at.run()
+    # two accounts, overlap 4, the campaign's maximum 3: said before importing
+    assert [w.value for w in at.warning if w.value.startswith("overlap 4")] == [
+        "overlap 4 is above the campaign's maximum overlap (3, the most adaptive overlap asks for and the Settings "
+        "page allows): these comparisons need 4 judgments all the same",
+        "overlap 4: each of these comparisons needs 4 judgments from different people (imported answers count), "
+        "and 2 active accounts can annotate now: add accounts on the Users page, or pairs short of answers stay "
+        "in the queue"]
+    next(b for b in at.button if b.label == "Import").click()
+    at.run()
+    assert not _errors(at), _errors(at)
+    _upload(at, "adversarial.jsonl", rows("adversarial", 2))
+    assert at.text_input(key="import_tag").value == ""
+    assert at.number_input(key="import_overlap").value == 1
+    assert not [w for w in at.warning if w.value.startswith("overlap")]
+    next(b for b in at.button if b.label == "Import").click()
+    at.run()
+    assert not _errors(at), _errors(at)
+    with app_db.read() as session:
+        assert sorted((c.source_tag, c.overlap_target) for c in session.scalars(select(Comparison))) == [
+            ("adversarial", 1), ("adversarial", 1), ("hh-gold", 4), ("hh-gold", 4)]
+
+
 def test_users_page_adds_deactivates_changes_role_and_resets(app_db, people):
     at = _login(_app(), "boss")
     at.switch_page(_page("admin_users.py"))

@@ -30,6 +30,8 @@ KNOWN_WINNER = {
     "ignore": "ignore them",
 }
 
+OPTION_KEYS = ("import_tag", "import_known_winner", "import_overlap")
+
 actor = context.require_admin_page()
 settings, db = context.get_settings(), context.get_db()
 
@@ -62,6 +64,10 @@ if summary is None or summary["file_id"] != upload.file_id:
     data = upload.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     if summary is None or summary["digest"] != digest:
+        # Another file: its options start from the defaults. A source tag typed for the last file
+        # was kept and silently replaced the new file's own tags.
+        for key in OPTION_KEYS:
+            st.session_state.pop(key, None)
         try:
             summary = summarise(data, digest)
         except ImportValidationError as exc:
@@ -100,6 +106,10 @@ known_winner = middle.selectbox("Known outcomes in the file", list(KNOWN_WINNER)
                                 key="import_known_winner")
 overlap = right.number_input("Judgments needed per pair (overlap)", min_value=1, max_value=MAX_OVERLAP,
                              value=default_overlap, step=1, key="import_overlap")
+if overlap > 1:
+    with db.read() as session:
+        for note in ingest.overlap_notes(session, int(overlap), saved_options.max_overlap):
+            st.warning(note, icon=":material/group:")
 # The file this session is importing or imported last. A second press (a double click on a file that
 # takes half a minute) started a second run while the first was still importing, which imported the
 # whole file again, holding the database's write lock again, to add nothing.
