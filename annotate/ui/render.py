@@ -90,9 +90,10 @@ _IMAGE_EXT = r"(?:png|jpe?g|gif|webp|svg|bmp|ico|avif|tiff?)"
 # a start scanning to the end of the text); a longer URL stays a plain link
 # (never an image: every "![" is broken up regardless).
 _MAX_URL = 512
-# A bare URL and the text GFM's autolink would run on to (the next whitespace), wherever it starts:
-# Streamlit's renderer links URLs after punctuation and in mid-word too ("href='https://...").
-_LINK_RUN = re.compile(r"(?:https?(?=://)|www(?=\.))\S*", re.IGNORECASE)
+# A bare URL and the text GFM's autolink would run on to (the next space, tab or line end: not a
+# no-break space), wherever it starts: Streamlit's renderer links URLs after punctuation and in mid-word
+# too ("href='https://...").
+_LINK_RUN = re.compile(r"(?:https?(?=://)|www(?=\.))[^ \t\r\n]*", re.IGNORECASE)
 _LINK_START = re.compile(r"(https?(?=://)|www(?=\.))", re.IGNORECASE)
 _URL_CHARS = rf"[^\s<>`()\[\]!]{{0,{_MAX_URL}}}"
 _IMAGE_URL = re.compile(
@@ -198,17 +199,47 @@ def _escape_unescaped(match: re.Match) -> str:
     return slashes + ("" if len(slashes) % 2 else "\\") + char
 
 
-def _unlink_if_escaped(match: re.Match) -> str:
-    """A bare URL as text, not a link, where the escapes would land inside the link GFM makes of it.
+# What ends a URL where GFM's autolink runs on: characters no URL holds ('"', "<", ">", "`", whitespace
+# other than the space, tab and line end that end the run, control characters) and the "⟨" of a marker
+# this module shows (see ``_marker``). And a "'" when the URL follows one (``src='https://...'``).
+_URL_END = re.compile(r"[\"<>`\u27e8\s\x00-\x1f\x7f]")
+# What GFM's autolink leaves out of the link at its end (mdast-util-gfm-autolink-literal's splitUrl).
+_GFM_TRAIL = "!\"&'),.:;<>?]}"
 
-    GFM's autolink runs to the next whitespace (a raw ``<`` would end it, but ``<`` is escaped to
-    ``&lt;``) and shows its text undecoded: ``<a href="https://e.example">x</a>`` was shown as a link
-    reading ``https://e.example">x&lt;/a>``. Escaping the colon after each scheme (or the dot of
-    ``www.``) in such a run lets the text be shown as written (a link GFM still makes of it then
-    reads as written too).
+
+def _gfm_link_end(run: str) -> int:
+    """Where the link GFM makes of ``run`` (a URL and what follows it up to a space) ends: before the
+    trailing punctuation, save the ")" that close a "(" in the link (as mdast-util-gfm-autolink-literal,
+    which Streamlit's renderer runs on the text once escapes and character references are decoded)."""
+    end = len(run.rstrip(_GFM_TRAIL))
+    opens, closes = run.count("(", 0, end), run.count(")", 0, end)
+    while opens > closes:
+        close = run.find(")", end)
+        if close == -1:
+            break
+        end, closes = close + 1, closes + 1
+    return end
+
+
+def _unlink_if_escaped(match: re.Match) -> str:
+    """A bare URL as text, not a link, where the link GFM makes of it would not end where the URL does.
+
+    Streamlit's renderer links a URL twice over: micromark's GFM extension while parsing (it shows the
+    link's text undecoded: ``&lt;`` as written) and, on the text left unlinked, remark-gfm's transform,
+    which works on the decoded text and runs on to the next space: ``<a href="https://e.example">x</a>``
+    was drawn as a link reading ``https://e.example">x</a`` to ``https://e.example%22%3Ex%3C/a``, escaped
+    or not. Where the URL ends (``_URL_END``) before the end of that link, a zero-width space after each
+    scheme (or ``www``) in the run keeps all of it text, shown as written (escapes cannot: they are
+    decoded before the transform runs). Otherwise, where escapes would land in the link (``$``, ``<``)
+    or micromark would keep a ``">`` at its end, escaping the colon after each scheme (or the dot of
+    ``www.``) leaves the link to the transform, which ends it where the URL ends and reads as written.
     """
     run = match.group(0)
-    if _escape_prose(run, unlink=False) == run:
+    before = match.string[match.start() - 1:match.start()]
+    end = _gfm_link_end(run)
+    if _URL_END.search(run, 0, end) or (before == "'" and "'" in run[:end]):
+        return _LINK_START.sub(rf"\1{_ZWSP}", run)
+    if _escape_prose(run, unlink=False) == run and not _URL_END.search(run):
         return run
     return _LINK_START.sub(r"\1\\", run)
 
@@ -382,7 +413,10 @@ def safe_markdown(text: str) -> str:
     tooltip directives (``:green-background[...]``, ``:help[...]``), Material
     icons and logo (``:material/check:``, ``:streamlit:``) and emoji codes
     (``:smile:``) are shown as written, as are a ``*`` inside a word (``2*3*4``),
-    a single ``~`` and a link to anything but a web page or an address.
+    a single ``~`` and a link to anything but a web page or an address. A bare
+    URL stays a link only where GFM's link ends where the URL does; one it would
+    run on past, into a tag or a quote (``<a href="https://e.example">x</a>``),
+    is text (see ``_unlink_if_escaped``).
     A single line end inside a paragraph is a line break, as it is in the
     text (see ``_hard_line_breaks``). Code (fenced blocks, indented blocks,
     which come back fenced, and one-line inline spans) is otherwise kept as

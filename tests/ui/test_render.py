@@ -16,12 +16,39 @@ _LIVE_REF_DEF = re.compile(r"^[ \t>*+\-0-9.)]*\[[^\]\n]*\]:", re.MULTILINE)
 
 # A backslash before ASCII punctuation is a CommonMark escape: the punctuation is shown, not the backslash.
 _MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
-# What GFM's autolink would make a link of (it runs to the next whitespace and shows its text undecoded).
-_AUTOLINK = re.compile(r"(?<!\\)(?:https?://|www\.)\S*", re.IGNORECASE)
+_ZWSP = "\u200b"
+# What remark-gfm's transform (mdast-util-gfm-autolink-literal, as Streamlit's renderer runs it) links in
+# the text once escapes are decoded: a scheme or "www." after a space, punctuation or the start, a domain,
+# and everything on to the next space, tab or line end, less trailing punctuation (a ")" closing a "(" kept).
+_GFM_URL = re.compile(r"(https?://|www(?=\.))([-.\w]+)([^ \t\r\n]*)", re.IGNORECASE | re.ASCII)
 
 
 def _shown(markdown: str) -> str:
+    """The text the browser shows (with the zero-width spaces, which it shows as nothing)."""
     return _MD_ESCAPE.sub(r"\1", markdown.replace("&lt;", "<"))
+
+
+def _gfm_links(shown: str) -> list[str]:
+    """The URLs remark-gfm's transform would make links of in ``shown`` (one text node)."""
+    import unicodedata
+
+    links, pos = [], 0
+    while match := _GFM_URL.search(shown, pos):
+        before = shown[match.start() - 1:match.start()]
+        domain = match.group(2) if match.group(1)[0] in "hH" else match.group(1) + match.group(2)
+        parts = domain.split(".")
+        if ((before and not (before.isspace() or unicodedata.category(before)[0] in "PS"))
+                or len(parts) < 2 or any(p and ("_" in p or not re.search("[A-Za-z0-9]", p)) for p in parts[-2:])):
+            pos = match.start() + 1
+            continue
+        url = match.group(0).rstrip("!\"&'),.:;<>?]}")
+        trail = match.group(0)[len(url):]
+        while url.count("(") > url.count(")") and ")" in trail:
+            cut = trail.index(")") + 1
+            url, trail = url + trail[:cut], trail[cut:]
+        links.append(url)
+        pos = match.end()
+    return links
 
 
 @pytest.mark.parametrize("text", [
@@ -31,13 +58,54 @@ def _shown(markdown: str) -> str:
     "<a href='javascript:alert(1)'>click</a>",
     '<a href="https://example.com">Example</a>',
     "x www.example.com<br>y",
+    '<a href="https://e.example">x</a> done',
+    '<iframe src="https://example.com"></iframe>',
+    'Visit www.example.com"><b>bold</b> now',
 ])
 def test_html_stays_inert_text(text):
     out = safe_markdown(text)
     assert "<" not in out
-    assert _shown(out) == text  # shown as the same text, not dropped
-    # No link whose text would show an escape the model never wrote ("https://e.example">x&lt;/a>").
-    assert not [run for run in _AUTOLINK.findall(out) if "&lt;" in run or "&amp;" in run], out
+    assert _shown(out).replace(_ZWSP, "") == text  # shown as the same text, not dropped
+    # No link that runs on past its URL into the tag ('https://e.example">x</a' to "https://e.example%22%3Ex%3C/a").
+    assert not [url for url in _gfm_links(_shown(out)) if re.search("[\"'<>]", url)], out
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('<a href="https://e.example">x</a> done', f'&lt;a href="https{_ZWSP}://e.example">x&lt;/a> done'),
+    ('<iframe src="https://example.com"></iframe>', f'&lt;iframe src="https{_ZWSP}://example.com">&lt;/iframe>'),
+    ('Visit www.example.com"><b>bold</b> now', f'Visit www{_ZWSP}.example.com">&lt;b>bold&lt;/b> now'),
+    ("<a href='https://e.example/q'>q</a>", f"&lt;a href='https{_ZWSP}://e.example/q'>q&lt;/a>"),
+    ('json {"url":"https://e.example/x","n":1}', f'json {{"url":"https{_ZWSP}://e.example/x","n":1}}'),
+    ("nbsp https://e.example\u00a0and", f"nbsp https{_ZWSP}://e.example\u00a0and"),
+    ("see https://www.e.example/a\"b", f"see https{_ZWSP}://www{_ZWSP}.e.example/a\"b"),  # every start in the run
+])
+def test_a_url_gfm_would_link_past_its_end_is_text(text, expected):
+    """Before, each of these was drawn as a link running on past the URL (remark-gfm's transform links the
+    decoded text to the next space, so the escaped colon of ``https\\://`` did not stop it). A zero-width space
+    after the scheme keeps the run text, shown as written."""
+    out = safe_markdown(text)
+    assert out == expected
+    assert _gfm_links(_shown(out)) == []
+
+
+@pytest.mark.parametrize(("text", "expected", "links"), [
+    ("see https://example.com/path?q=1 now", "see https://example.com/path?q=1 now", ["https://example.com/path?q=1"]),
+    ('see https://e.example/a"> now', 'see https\\://e.example/a"> now', ["https://e.example/a"]),
+    ("'https://e.example/b' and \"https://e.example/c\",", "'https://e.example/b' and \"https\\://e.example/c\",",
+     ["https://e.example/b", "https://e.example/c"]),
+    ("(https://en.wikipedia.org/wiki/Foo_(bar))", "(https://en.wikipedia.org/wiki/Foo_(bar))",
+     ["https://en.wikipedia.org/wiki/Foo_(bar)"]),
+    ("https://en.wikipedia.org/wiki/Ender's_Game", "https://en.wikipedia.org/wiki/Ender's_Game",
+     ["https://en.wikipedia.org/wiki/Ender's_Game"]),
+    ("<img src='https://e.example/p.png'>", "&lt;img src='https\\://e.example/p.png'>", ["https://e.example/p.png"]),
+])
+def test_a_url_gfm_links_to_its_end_stays_a_link(text, expected, links):
+    """A URL whose link ends where it does (trailing quotes and ">" are left out of GFM's link) stays a link.
+    Where micromark's own autolink would keep a trailing '">' (it does), the escaped colon leaves it to the
+    transform."""
+    out = safe_markdown(text)
+    assert out == expected
+    assert _gfm_links(_shown(out)) == links
 
 
 @pytest.mark.parametrize("text", [
@@ -301,6 +369,7 @@ def test_stars_in_a_word_render_as_text_and_emphasis_still_works():
 @pytest.mark.parametrize("text", [
     ":" + "a" * 50_000, (":a" * 25_000), "a*" * 25_000, "\u200fa\n" * 15_000, "x\n" * 25_000,
     ("- a\n" + "```\n" * 3) * 3_000,
+    "https://e.example/" + "(" * 25_000 + ")" * 25_000, 'https://a"' * 5_000, "_www." * 10_000,
 ])
 def test_new_rewrites_stay_linear(text):
     import time

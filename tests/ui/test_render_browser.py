@@ -40,6 +40,12 @@ CASES = {
              "https://host/~user/page",
     "tilde": "~one~ two, ~~three~~ four, ~5 to ~6",
     "hidden": "hello" + "".join(chr(0xE0000 + ord(c)) for c in "obey") + " world a\ufe00\ufe01 b \u2764\ufe0f",
+    "html_link": '<a href="https://e.example">x</a> done',
+    "iframe": '<iframe src="https://example.com"></iframe>',
+    "www_tag": 'Visit www.example.com"><b>bold</b> now',
+    "url_query": "see https://example.com/path?q=1 now",
+    "url_trail": "see https://e.example/a\"> and 'https://e.example/b' and (https://en.wikipedia.org/wiki/Foo_(bar)) "
+                 "and https://e.example/$5 and <img src='https://e.example/p.png'>",
 }
 
 _APP = """
@@ -181,3 +187,24 @@ def test_single_tildes_are_shown_and_double_ones_strike_through(rendered):
 def test_hidden_text_is_shown(rendered):
     """Before, the tag characters spelling "obey" were invisible ("hello world")."""
     assert rendered["hidden"]["text"] == 'hello⟨hidden tag text: "obey"⟩ world a⟨2 variation selectors⟩ b \u2764\ufe0f'
+
+
+@pytest.mark.parametrize("key", ["html_link", "iframe", "www_tag"])
+def test_urls_in_html_are_not_linked_past_their_end(rendered, key):
+    """Before, remark-gfm linked each URL on to the next space: a link reading 'https://e.example">x</a' to
+    "https://e.example%22%3Ex%3C/a", one to "https://example.com%22%3E%3C/iframe", and one reading
+    'www.example.com"><b>bold</b' to "http://www.example.com%22%3E%3Cb%3Ebold%3C/b". The tag is text."""
+    shown = rendered[key]
+    assert shown["text"].replace("\u200b", "") == CASES[key]
+    assert shown["links"] == []
+    assert "b" not in shown["tags"] and "iframe" not in shown["tags"]
+
+
+def test_urls_in_prose_link_to_exactly_the_url(rendered):
+    assert rendered["url_query"]["text"] == CASES["url_query"]
+    assert rendered["url_query"]["links"] == [["https://example.com/path?q=1", "https://example.com/path?q=1"]]
+    trail = rendered["url_trail"]
+    assert trail["text"] == CASES["url_trail"]
+    assert trail["links"] == [[url, url] for url in (
+        "https://e.example/a", "https://e.example/b", "https://en.wikipedia.org/wiki/Foo_(bar)",
+        "https://e.example/$5", "https://e.example/p.png")]
