@@ -1857,6 +1857,19 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     return report
 
 
+def _other_form_hash(row: _PromptRow) -> str | None:
+    """The hash of ``row``'s prompt in its other form: a text prompt's as a chat of one user turn, and such a
+    chat's as text; None for a chat of several turns or roles."""
+    if row.text is not None:
+        return prompt_hash([{"role": "user", "content": row.text}])
+    messages = json.loads(row.messages) if row.messages else None
+    if (isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict)
+            and set(messages[0]) == {"role", "content"} and messages[0]["role"] == "user"
+            and isinstance(messages[0]["content"], str)):
+        return prompt_hash(messages[0]["content"])
+    return None
+
+
 def overlap_notes(session: Session, overlap: int, max_overlap: int) -> list[str]:
     """What an overlap above the campaign's maximum, or above the people who can annotate, means for the
     pairs that need it (an import allows both; the Settings page refuses the first for the campaign)."""
@@ -1890,6 +1903,17 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     keys = bindparam("keys", expanding=True)
     prompt_ids: dict[str, int] = {h: i for i, h in _lookup(
         session, select(P.c.id, P.c.content_hash).where(P.c.content_hash.in_(keys)), list(prompts))}
+    # A text prompt and a chat of that one user turn are one prompt: a preference export that mixes chats and
+    # text writes every text prompt as such a chat (one column, one type), and imported back it made a second
+    # prompt with every pair of the first again.
+    other_form = {alt: h for h in prompts if h not in prompt_ids and (alt := _other_form_hash(prompts[h]))}
+    if other_form:
+        taken = set(prompt_ids.values())
+        for i, alt in _lookup(session, select(P.c.id, P.c.content_hash).where(P.c.content_hash.in_(keys)),
+                              list(other_form)):
+            if i not in taken:  # both forms in this file: the other one is that prompt already
+                prompt_ids[other_form[alt]] = i
+                taken.add(i)
     old_prompts = set(prompt_ids)
     new_prompts = [h for h in prompts if h not in prompt_ids]
     for inserted in _insert_rows(session, P, _PROMPT_COLUMNS, ((*prompts.pop(h), batch_id, now) for h in new_prompts),

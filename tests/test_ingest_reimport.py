@@ -8,7 +8,7 @@ a higher overlap") could not be followed either: a second import changed nothing
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from annotate.models import Comparison, ComparisonStatus
 from tests.test_ingest import admin_import_page, jsonl, pair, run_import
@@ -151,3 +151,29 @@ def test_an_overlap_above_the_maximum_or_the_people_who_can_annotate_is_said(db,
     # Nothing new and nothing raised: nothing to say.
     report = run_import(db, settings, jsonl(*(pair(i) for i in range(3))), overlap=5)
     assert not [n for n in report.notes if n.startswith("overlap")]
+
+
+def test_a_preference_export_mixing_chats_and_text_imports_back_adding_nothing(db, settings):
+    """Such an export writes every text prompt as a chat of one user turn (a column has one type); imported
+    back, each made a second prompt with its pairs again (617 duplicate pairs back in the queue in a
+    dogfooding run). A text prompt and a chat of that one user turn are one prompt, in either order."""
+    from annotate import export
+    from annotate.models import Prompt
+    from tests.test_ingest import admin
+
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello?"},
+            {"role": "user", "content": "Tell me a joke"}]
+    run_import(db, settings, jsonl(pair(1, winner="a"), pair(2, winner="b"),
+                                   {"prompt": chat, "response_a": "No.", "response_b": "Why did…", "winner": "b"}))
+    with db.begin() as session:
+        rows = export.preference_rows(session, actor=admin(session), filters=export.ExportFilter())
+    assert rows[0]["prompt"] == [{"role": "user", "content": "prompt 1"}]  # the mixed export's text prompt
+    report = run_import(db, settings, jsonl(*({k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows)))
+    assert (report.comparisons_added, report.prompts_added, report.responses_added) == (0, 0, 0)
+    # and the other way round: a chat of one user turn first, the same words as text later
+    one_turn = [{"role": "user", "content": "Only words"}]
+    run_import(db, settings, jsonl({"prompt": one_turn, "response_a": "x", "response_b": "y"}))
+    report = run_import(db, settings, jsonl({"prompt": "Only words", "response_a": "y", "response_b": "x"}))
+    assert (report.comparisons_added, report.prompts_added) == (0, 0)
+    with db.read() as session:
+        assert session.scalar(select(func.count(Prompt.id)).where(Prompt.text == "prompt 1")) == 1
