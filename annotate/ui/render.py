@@ -341,6 +341,18 @@ def _show_hidden(text: str) -> str:
     return "\n".join(_show_lone_marks(line) for line in text.split("\n"))
 
 
+def plain(value):
+    """``value`` for a table cell (``st.dataframe`` shows text as is, no Markdown): a string from a file or a
+    model with bidi controls and invisible characters shown as markers, as :func:`safe_markdown` shows them;
+    anything else unchanged."""
+    return _show_hidden(value) if isinstance(value, str) else value
+
+
+def plain_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every string of ``rows`` (a table's records) made :func:`plain`."""
+    return [{key: plain(value) for key, value in row.items()} for row in rows]
+
+
 def _show_lone_marks(line: str) -> str:
     """``line`` with each direction mark shown as a marker unless the line has a letter of the mark's direction."""
     if not _DIRECTION_MARKS.search(line):

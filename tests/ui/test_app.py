@@ -1114,6 +1114,21 @@ def test_the_options_chosen_for_one_file_do_not_carry_over_to_the_next(app_db, p
             ("adversarial", 1), ("adversarial", 1), ("hh-gold", 4), ("hh-gold", 4)]
 
 
+def test_the_import_preview_shows_hidden_and_reordering_characters_as_markers(app_db, people):
+    """st.dataframe shows text as is: a right-to-left override in a response reversed the preview's text
+    ("txet desrever live") while the Review page showed it with markers."""
+    row = {"prompt": "p\u200b1", "response_a": "safe. \u202eevil reversed\u202c end", "response_b": "b",
+           "annotator": "r\u202e1"}
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_import.py"))
+    at.run()
+    _upload(at, "bidi.jsonl", json.dumps(row).encode())
+    [shown] = at.dataframe[0].value.to_dict("records")
+    assert shown["prompt"] == "p\u27e8U+200B\u27e91"
+    assert shown["response_a"] == "safe. \u27e8U+202E\u27e9evil reversed\u27e8U+202C\u27e9 end"
+    assert shown["annotator"] == "r\u27e8U+202E\u27e91"
+
+
 def test_users_page_adds_deactivates_changes_role_and_resets(app_db, people):
     at = _login(_app(), "boss")
     at.switch_page(_page("admin_users.py"))

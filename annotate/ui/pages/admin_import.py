@@ -15,7 +15,7 @@ from annotate import campaign, dashboard, ingest
 from annotate.errors import ImportValidationError, PrefloopError
 from annotate.models import utcnow
 from annotate.settings import MAX_OVERLAP
-from annotate.ui import context
+from annotate.ui import context, render
 from annotate.ui.render import safe_markdown
 
 PARSED_KEY = "import_parsed"  # what the page shows of the chosen file, not the file or its parsed rows
@@ -73,7 +73,7 @@ if summary is None or summary["file_id"] != upload.file_id:
         except ImportValidationError as exc:
             st.error(safe_markdown(str(exc)))
             if exc.problems:
-                st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems],
+                st.dataframe([{"line": line, "problem": render.plain(reason)} for line, reason in exc.problems],
                              hide_index=True)
             st.stop()
         except PrefloopError as exc:
@@ -92,9 +92,10 @@ if summary["problems"]:
              "is fixed.")
     if summary["problems"] > PROBLEMS_LISTED:
         st.caption(f"The first {PROBLEMS_LISTED:,} are listed.")
-    st.dataframe([{"line": line, "problem": reason} for line, reason in summary["problem_rows"]],
+    st.dataframe([{"line": line, "problem": render.plain(reason)} for line, reason in summary["problem_rows"]],
                  hide_index=True)
-st.dataframe(summary["preview"], hide_index=True)
+# The file's texts, shown as the Review page shows them: a right-to-left override reversed the preview's text.
+st.dataframe(render.plain_rows(summary["preview"]), hide_index=True)
 
 st.subheader("Options")
 with db.read() as session:
@@ -190,7 +191,7 @@ elif pressed:
         st.session_state[IMPORTED_KEY] = (token, safe_markdown(report.summary()))
     except ImportValidationError as exc:
         st.error(safe_markdown(str(exc)))
-        st.dataframe([{"line": line, "problem": reason} for line, reason in exc.problems], hide_index=True)
+        st.dataframe([{"line": line, "problem": render.plain(reason)} for line, reason in exc.problems], hide_index=True)
     except PrefloopError as exc:
         st.error(safe_markdown(str(exc)))
     except OperationalError:  # locked past the busy timeout, or unreachable: the transaction wrote nothing

@@ -48,7 +48,7 @@ def _who(j: dashboard.JudgmentView) -> str:
     """The annotator's username; for a judgment of no account its source, with the rater an import named."""
     if j.annotator:
         return j.annotator
-    return f"({j.source}, rater {j.rater})" if j.rater else f"({j.source})"
+    return f"({j.source}, rater {render.plain(j.rater)})" if j.rater else f"({j.source})"
 
 
 st.subheader("Judgments")
