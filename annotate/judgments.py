@@ -37,6 +37,9 @@ from annotate.queue import a_on_left_for, lock_annotator, release_lease, renew_l
 from annotate.settings import Settings
 
 FLAGS = ("unsafe", "needs_expert", "broken_text", "not_english")
+FLAG_LABELS = {"unsafe": "unsafe", "needs_expert": "needs expert", "broken_text": "broken text",
+               "not_english": "not English"}
+"""How the pages name each flag."""
 STRENGTHS = {1: "slightly better", 2: "clearly better", 3: "much better"}
 MAX_RATIONALE_CHARS = 2000
 

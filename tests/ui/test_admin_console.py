@@ -77,7 +77,7 @@ def test_overview_shows_the_seeded_figures(app_db, people):
     assert [t.value for t in at.title] == ["Campaign overview"]
     assert m["Prompts"] == "34" and m["Comparisons"] == "34" and m["Judgments"] == "60"
     assert m["Open"] == "4" and m["Complete"] == "30" and m["Queue depth"] == "4"
-    assert m["Active annotators now"] == "2"
+    assert m["Annotating now"] == "2"
     assert m["Judgments (last 24 hours)"] == "60"
     assert m["Median time per judgment"] == "15.2 s"  # halfway between 0.5 s and 30 s
     assert m["Active model"].startswith("v") and m["Held-out accuracy"] == "0.740"

@@ -329,6 +329,8 @@ def test_strength_rationale_and_flags_are_recorded(app_db, people):
     cid, a_left = _shown_pair(at, app_db, annotator)
     _choose_strength(at, cid, 3)
     at.text_input(key=f"rationale_{cid}").input("more accurate")
+    assert [o.content for o in at.pills(key=f"flags_{cid}").proto.options] == [
+        "unsafe", "needs expert", "broken text", "not English"]
     at.pills(key=f"flags_{cid}").set_value(["unsafe", "not_english"])
     at.run()
     _press(at, "judge_right").click()
@@ -1365,7 +1367,7 @@ def test_the_page_reads_back_what_the_latest_judgment_saved_and_undo_clears_it(a
     _press(at, "judge_right").click().run()
     [saved] = [c.value for c in at.caption if "Last saved" in c.value]
     assert saved == (f":material/check_circle: Last saved: pair #{first}, **B is better** (much better), "
-                     "with a rationale, flagged not english, unsafe. **U** takes it back.")
+                     "with a rationale, flagged not English, unsafe. **U** takes it back.")
     [judgment] = _judgments(app_db, annotator)
     assert (judgment.strength, judgment.rationale, judgment.flags) == (3, "terse", ["not_english", "unsafe"])
     second, _ = _shown_pair(at, app_db, annotator)

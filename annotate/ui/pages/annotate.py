@@ -293,7 +293,7 @@ def _saved_line(latest: judgments.Latest) -> str:
     if latest.has_rationale:
         extras.append("with a rationale")
     if latest.flags:
-        extras.append("flagged " + ", ".join(f.replace("_", " ") for f in latest.flags))
+        extras.append("flagged " + ", ".join(judgments.FLAG_LABELS.get(f, f) for f in latest.flags))
     return f":material/check_circle: Last saved: pair #{latest.comparison_id}, {', '.join(extras)}. **U** takes it back."
 
 
@@ -416,5 +416,5 @@ with st.expander("Optional: rationale, flags", expanded=False):
                               placeholder="Why? (optional)")
     st.caption(TYPING_HINT)
     flags = st.pills("Flags", options=list(judgments.FLAGS), selection_mode="multi",
-                     format_func=lambda f: f.replace("_", " "), key=keys["flags"])
+                     format_func=judgments.FLAG_LABELS.get, key=keys["flags"])
 _keep(DRAFTS_KEY, cid, {"strength": strength, "rationale": rationale, "flags": flags})

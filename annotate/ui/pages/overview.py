@@ -63,9 +63,9 @@ row.metric("Open", f"{ov.open:,}")
 row.metric("Complete", f"{ov.complete:,}")
 row = context.metric_row()
 row.metric("Queue depth", f"{ov.queue_depth:,}", help="Open, non-gold comparisons that still need judgments.")
-row.metric("Active annotators now", ov.active_annotators,
-              help=f"Active accounts that judged in the last {int(dashboard.ACTIVE_WINDOW.total_seconds() // 60)} "
-                   "minutes or hold a pair right now.")
+row.metric("Annotating now", ov.active_annotators,
+              help=f"Accounts (admins too) that judged in the last {int(dashboard.ACTIVE_WINDOW.total_seconds() // 60)} "
+                   "minutes or hold a pair right now: an admin who opens the Annotate page holds one.")
 row.metric(f"Judgments ({period.lower()})", f"{ov.judgments_in_period:,}",
            help="Annotators' own judgments, probes included (imported ones are left out: they carry the time "
                 "of the import).")
