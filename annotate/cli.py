@@ -471,7 +471,9 @@ def cmd_export(args) -> int:
     except OSError as exc:
         # The export writes under a hidden name next to --out; name the path the operator gave.
         raise _cannot_write(out, exc) from None
-    print(f"wrote {n} rows to {out}")
+    from annotate.ingest import counted
+
+    print(f"wrote {counted(n, 'row')} to {out}")
     if n == 0 and fmt != "datasets":
         kind_name = {"jsonl": "JSON Lines", "parquet": "Parquet", "csv": "CSV"}[fmt]
         print(f"warning: no rows matched; datasets.load_dataset cannot load an empty {kind_name} file",
@@ -517,6 +519,8 @@ def cmd_score(args) -> int:
         raise PrefloopError("give --prompt and --response, or --file in.jsonl")
     if args.out and not args.file:
         raise PrefloopError("--out goes with --file; a single score is printed")
+    if not args.file and (problem := scoring.row_problem(args.prompt, args.response)):
+        raise PrefloopError(f"cannot score: {problem}")  # before the database and the model are read
     if args.out:
         _check_out_file(Path(args.out))
     if args.model is None:

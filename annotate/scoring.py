@@ -109,32 +109,75 @@ def missing_artifact_message(session: Session, version_id: int, location: Path) 
             "if the artifact was deleted, run 'prefloop retrain --once --force'")
 
 
+def empty_text(prompt, response) -> str | None:
+    """What is empty in a (prompt, response) to score, or None: an empty text still gets a reward, which
+    means nothing. Blank (whitespace only) text is empty, and so is a chat with no message that has text.
+
+    The one check of the admin page's "Score a response" and of ``prefloop score`` (via :func:`row_problem`).
+    """
+    def blank(value) -> bool:
+        if isinstance(value, str):
+            return not value.strip()
+        if isinstance(value, list):
+            return all(isinstance(m, dict) and isinstance(m.get("content"), str) and not m["content"].strip()
+                       for m in value)
+        return False
+
+    empty = [name for name, value in (("prompt", prompt), ("response", response)) if blank(value)]
+    if not empty:
+        return None
+    return "the prompt and the response are empty" if len(empty) == 2 else f"the {empty[0]} is empty"
+
+
+def row_problem(prompt, response) -> str | None:
+    """Why one (prompt, response) cannot be scored, or None.
+
+    A prompt is text or a list of chat messages (each a dict with a user, assistant or system
+    ``role`` and a ``content``) and a response is text; neither may be empty (:func:`empty_text`).
+    """
+    from rm.features import render_prompt
+
+    if not isinstance(prompt, (str, list)):
+        return f"the prompt must be text or a list of chat messages, not {type(prompt).__name__}"
+    if not isinstance(response, str):
+        return f"the response must be text, not {type(response).__name__}"
+    if isinstance(prompt, list):
+        try:
+            render_prompt(prompt)
+        except ValueError as exc:  # a message that is not a dict, or an unknown role
+            return str(exc)
+    empty = empty_text(prompt, response)
+    return None if empty is None else f"{empty} (an empty text would get a reward that means nothing)"
+
+
+def _check_rows(prompts: list, responses: list) -> None:
+    if len(prompts) != len(responses):
+        raise PrefloopError("give as many prompts as responses")
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        problem = row_problem(prompt, response)
+        if problem is not None:
+            raise PrefloopError(f"cannot score row {i}: {problem}")
+
+
 def score_with(model, prompts: Sequence, responses: Sequence[str]) -> list[dict]:
     """Score rows with a loaded model: ``[{"reward", "uncertainty"}]`` per row.
 
-    A prompt is text or a list of chat messages and a response is text; anything
-    else is refused (naming the row) rather than scored as its ``str()``. Rows are
+    A row that :func:`row_problem` refuses (not text, empty, a malformed chat) is
+    refused naming the row rather than scored (as its ``str()``, say). Rows are
     scored :data:`SCORE_ROWS` at a time, so features never exist for all rows at once.
     """
     from rm.artifact import ArtifactError
     from rm.encoder import EncoderError
 
     prompts, responses = list(prompts), list(responses)
-    if len(prompts) != len(responses):
-        raise PrefloopError("give as many prompts as responses")
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        if not isinstance(prompt, (str, list)):
-            raise PrefloopError(f"cannot score row {i}: the prompt must be text or a list of chat messages, "
-                                f"not {type(prompt).__name__}")
-        if not isinstance(response, str):
-            raise PrefloopError(f"cannot score row {i}: the response must be text, not {type(response).__name__}")
+    _check_rows(prompts, responses)
     rows: list[dict] = []
     for start in range(0, len(prompts), SCORE_ROWS):
         try:
             scores = model.score(prompts[start:start + SCORE_ROWS], responses[start:start + SCORE_ROWS])
         except (ArtifactError, EncoderError) as exc:
             raise ModelError(str(exc)) from None
-        except ValueError as exc:  # malformed chat messages
+        except ValueError as exc:  # what row_problem does not foresee
             raise PrefloopError(f"cannot score: {exc}") from None
         rows.extend({"reward": float(r), "uncertainty": float(u)}
                     for r, u in zip(scores.reward.tolist(), scores.uncertainty.tolist()))
@@ -149,6 +192,8 @@ def score_texts(settings: Settings, prompts: Sequence, responses: Sequence[str],
     (ensemble mean), ``uncertainty`` (member spread), ``model_version_id`` and
     ``model_path``.
     """
+    prompts, responses = list(prompts), list(responses)
+    _check_rows(prompts, responses)  # before the model loads: a bad row is named at once
     path, version_id = _resolve(settings, model_path)
     rows = score_with(load_model(settings, path), prompts, responses)
     for row in rows:
@@ -162,8 +207,13 @@ def score_file(settings: Settings, path: Path, model_path: str | Path | None = N
 
     Returns each input object with ``reward``, ``uncertainty``,
     ``model_version_id`` and ``model_path`` added. A bad line raises
-    :class:`PrefloopError` naming it; nothing is scored then.
+    :class:`PrefloopError` naming it (``FILE:LINE: why``); nothing is scored then.
+    Lines are read as ``prefloop import`` reads JSON (a key repeated in one object,
+    NaN or Infinity is refused), and each row is checked by :func:`row_problem`
+    (an empty prompt or response, an unknown chat role) before the model loads.
     """
+    from annotate.ingest import _BadJSON, _loads  # import's strict reader: a repeated key is an error
+
     path = Path(path)
     if path.is_dir():
         raise PrefloopError(f"{path} is a folder: give a JSONL file")
@@ -179,14 +229,17 @@ def score_file(settings: Settings, path: Path, model_path: str | Path | None = N
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+                obj = _loads(line)
+            except (json.JSONDecodeError, _BadJSON) as exc:
                 raise PrefloopError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(obj, dict) or "prompt" not in obj or "response" not in obj:
                 raise PrefloopError(f"{path}:{lineno}: each line needs 'prompt' and 'response' fields")
             if not isinstance(obj["response"], str) or not isinstance(obj["prompt"], (str, list)):
                 raise PrefloopError(f"{path}:{lineno}: 'prompt' must be text or chat messages "
                                     "and 'response' text")
+            problem = row_problem(obj["prompt"], obj["response"])
+            if problem is not None:
+                raise PrefloopError(f"{path}:{lineno}: {problem}")
             records.append(obj)
     scores = score_texts(settings, [r["prompt"] for r in records], [r["response"] for r in records],
                          model_path=model_path)

@@ -254,6 +254,14 @@ def pair_token_ids(tokenizer, prompts: Sequence[str], responses: Sequence[str], 
     The response is kept whole when it fits; the prompt keeps its *end* (the last
     turns) and at least ``prompt_share`` of the budget when it has that many tokens.
     """
+    return [ids for ids, _ in pair_token_segments(tokenizer, prompts, responses, max_length, prompt_share)]
+
+
+def pair_token_segments(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int,
+                        prompt_share: float = 0.25) -> list[tuple[list[int], int]]:
+    """``(ids, n_first)`` per pair: :func:`pair_token_ids`'s ids and how many of them are the first
+    segment (``[CLS] prompt-tail [SEP]``), where a tokenizer's pair encoding puts token type 0;
+    the rest (``response-head [SEP]``) is the second segment, token type 1."""
     if len(prompts) != len(responses):
         raise ValueError("prompts and responses must have the same length")
     cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
@@ -272,7 +280,8 @@ def pair_token_ids(tokenizer, prompts: Sequence[str], responses: Sequence[str], 
     for p, r in zip(ids(prompts), ids(responses)):
         n_r = min(len(r), budget - min(len(p), reserve))
         n_p = min(len(p), budget - n_r)
-        out.append(head + (p[len(p) - n_p:] if n_p else []) + mid + r[:n_r] + tail)
+        first = head + (p[len(p) - n_p:] if n_p else []) + mid
+        out.append((first + r[:n_r] + tail, len(first)))
     return out
 
 

@@ -2,8 +2,24 @@
 
 The result is saved as a Hugging Face ``AutoModelForSequenceClassification``
 (``num_labels=1``) plus its tokenizer, so TRL and transformers load it directly.
-Inputs are ``[CLS] prompt-tail [SEP] response [SEP]`` (prompts lose their
-start, as in ``rm.encoder``); the saved tokenizer truncates from the left too.
+Inputs are a tokenizer's pair encoding, ``[CLS] prompt-tail [SEP] response [SEP]``
+with ``token_type_ids`` 0 on ``[CLS] prompt-tail [SEP]`` and 1 on ``response [SEP]``
+(for tokenizers that return token type ids, as BERT's do); prompts lose their
+start, as in ``rm.encoder``. The saved tokenizer truncates from the left and its
+``model_max_length`` is ``FinetuneConfig.max_length``, so with plain transformers::
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    reward = model(**tok(render_prompt(prompt), response, truncation="only_first",
+                         return_tensors="pt")).logits[:, 0]
+
+gives the rewards :func:`score_pairs_model` gives (``rm.features.render_prompt``
+turns a chat into the text trained on; a text prompt is passed as it is),
+whenever the response keeps all its tokens: it fits in ``max_length`` less the
+3 special tokens and less the prompt's reserve (``prompt_share`` of that budget,
+or the whole prompt when shorter). A longer response is cut at its *end* by
+prefloop, which no tokenizer call with left truncation does; score such pairs
+with :func:`score_pairs_model` (or cut the response first).
 Uses CUDA when available; on CPU it works but is slow (~30 s per 100 pairs for
 MiniLM-L6 on 2 cores).
 """
@@ -26,7 +42,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from rm.encoder import pair_token_ids  # noqa: E402
+from rm.encoder import pair_token_segments  # noqa: E402
 from rm.features import Prompt, render_prompt  # noqa: E402
 from rm.train import preference_loss  # noqa: E402
 
@@ -64,22 +80,42 @@ class FinetuneConfig:
     device: str | None = None
 
 
-def _batch(tokenizer, prompts, responses, max_length, prompt_share, device):
-    ids = pair_token_ids(tokenizer, [render_prompt(p) for p in prompts], list(responses),
-                         max_length, prompt_share)
-    width = max(len(x) for x in ids)
+def _batch(tokenizer, prompts, responses, max_length, prompt_share, device) -> dict:
+    """Model inputs as ``tokenizer(prompt, response, padding=True)`` gives them: ``input_ids``,
+    ``attention_mask`` and, where the tokenizer has them, ``token_type_ids`` (0 prompt part, 1 response part)."""
+    pairs = pair_token_segments(tokenizer, [render_prompt(p) for p in prompts], list(responses),
+                                max_length, prompt_share)
+    width = max(len(x) for x, _ in pairs)
     pad = tokenizer.pad_token_id or 0
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
+    input_ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    types = torch.zeros((len(pairs), width), dtype=torch.long)  # padding is type 0, as a tokenizer pads it
+    for i, (x, n_first) in enumerate(pairs):
         input_ids[i, :len(x)] = torch.tensor(x)
         mask[i, :len(x)] = 1
-    return input_ids.to(device), mask.to(device)
+        types[i, n_first:len(x)] = 1
+    batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+    if "token_type_ids" in tokenizer.model_input_names:
+        batch["token_type_ids"] = types.to(device)
+    return batch
+
+
+def _default_max_length(tokenizer) -> int:
+    n = getattr(tokenizer, "model_max_length", None)
+    return int(n) if isinstance(n, int) and 0 < n < 1_000_000 else 256  # unset: transformers' huge sentinel
 
 
 def score_pairs_model(model, tokenizer, prompts: Sequence[Prompt], responses: Sequence[str], *,
-                      max_length: int = 256, prompt_share: float = 0.25, batch_size: int = 32) -> np.ndarray:
-    """Scalar rewards ``(n,)`` float32 from a sequence-classification reward model (eval mode)."""
+                      max_length: int | None = None, prompt_share: float = 0.25,
+                      batch_size: int = 32) -> np.ndarray:
+    """Scalar rewards ``(n,)`` float32 from a sequence-classification reward model (eval mode).
+
+    Inputs are built as in training. ``max_length`` defaults to the tokenizer's
+    ``model_max_length``, which a saved fine-tune sets to its ``FinetuneConfig.max_length``
+    (256 when the tokenizer sets none); pass the fine-tune's ``prompt_share`` if it was not 0.25.
+    """
+    if max_length is None:
+        max_length = _default_max_length(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -87,9 +123,9 @@ def score_pairs_model(model, tokenizer, prompts: Sequence[Prompt], responses: Se
     try:
         with torch.inference_mode():
             for s in range(0, len(responses), batch_size):
-                ids, mask = _batch(tokenizer, prompts[s:s + batch_size], responses[s:s + batch_size],
-                                   max_length, prompt_share, device)
-                out[s:s + batch_size] = model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu().numpy()
+                batch = _batch(tokenizer, prompts[s:s + batch_size], responses[s:s + batch_size],
+                               max_length, prompt_share, device)
+                out[s:s + batch_size] = model(**batch).logits[:, 0].float().cpu().numpy()
     finally:
         model.train(was_training)
     return out
@@ -163,9 +199,9 @@ def _finetune(model_path, prompts, chosen, rejected, out: Path, config: Finetune
             for b in range(0, n, config.batch_size):
                 idx = order[b:b + config.batch_size]
                 ps = [prompts[i] for i in idx]
-                ids, mask = _batch(tok, ps + ps, [chosen[i] for i in idx] + [rejected[i] for i in idx],
-                                   config.max_length, config.prompt_share, device)
-                r = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+                batch = _batch(tok, ps + ps, [chosen[i] for i in idx] + [rejected[i] for i in idx],
+                               config.max_length, config.prompt_share, device)
+                r = model(**batch).logits[:, 0]
                 d = r[:len(idx)] - r[len(idx):]
                 loss = preference_loss(d, torch.zeros(len(idx), dtype=torch.long, device=device),
                                        torch.from_numpy(margins[s[idx]]).to(device)).mean()
@@ -183,13 +219,15 @@ def _finetune(model_path, prompts, chosen, rejected, out: Path, config: Finetune
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
     try:
         tok.truncation_side = "left"
+        tok.model_max_length = config.max_length  # tok(prompt, response, truncation=...) cuts where training did
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         (tmp / INFO_FILE).write_text(json.dumps({
             "config": asdict(config), "n_pairs": n, "steps": steps, "device": device,
             "train_seconds": round(time.perf_counter() - t0, 2),
             "final_loss": float(np.mean(losses[-10:])) if losses else None,
-            "base_model": str(model_path)}, indent=2))
+            "base_model": str(model_path),
+            "token_type_ids": "token_type_ids" in tok.model_input_names}, indent=2))
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

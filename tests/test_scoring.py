@@ -248,3 +248,70 @@ def test_a_file_that_is_not_utf8_or_a_folder_is_named_before_any_model_is_loaded
     src.write_bytes('\ufeff{"prompt": "q", "response": "a"}\n'.encode("utf-8"))
     scoring.score_file(rt_settings, src)
     assert seen == [("q", "a")]
+
+
+def test_a_file_is_read_as_strictly_as_an_import(rt_settings, tmp_path, monkeypatch):
+    """json.loads kept the last of a repeated key ({"prompt": "a", ..., "prompt": "c"} scored "c"), where
+    import refuses the line; NaN was read too (and written back out as NaN, which is not JSON)."""
+    monkeypatch.setattr(scoring, "score_texts", lambda *a, **k: pytest.fail("a bad file was scored"))
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "q", "response": "a"}\n{"prompt": "a", "response": "b", "prompt": "c"}\n')
+    with pytest.raises(PrefloopError, match=r"in\.jsonl:2: not valid JSON \(the key 'prompt' appears more than once"):
+        scoring.score_file(rt_settings, src)
+    src.write_text('{"prompt": [{"role": "user", "content": "a", "content": "b"}], "response": "r"}\n')
+    with pytest.raises(PrefloopError, match=r":1: not valid JSON \(the key 'content' appears more than once"):
+        scoring.score_file(rt_settings, src)
+    src.write_text('{"prompt": "q", "response": "a", "weight": NaN}\n')
+    with pytest.raises(PrefloopError, match=r":1: not valid JSON \(NaN is not a JSON number"):
+        scoring.score_file(rt_settings, src)
+
+
+def test_empty_prompts_and_responses_are_refused_as_on_the_model_page(rt_settings, tmp_path, monkeypatch, capsys):
+    """The file and --prompt/--response scored an empty text (-0.158, a reward that means nothing); the
+    model page's "Score a response" refused it. One check, scoring.empty_text, serves both."""
+    assert scoring.empty_text("q", "a") is None
+    assert scoring.empty_text(" \n", "a") == "the prompt is empty"
+    assert scoring.empty_text("q", "") == "the response is empty"
+    assert scoring.empty_text("", "\t") == "the prompt and the response are empty"
+    assert scoring.empty_text([], "a") == "the prompt is empty"
+    assert scoring.empty_text([{"role": "user", "content": " "}], "a") == "the prompt is empty"
+    assert scoring.empty_text([{"role": "user", "content": ""}, {"role": "assistant", "content": "hi"}], "a") is None
+
+    monkeypatch.setattr(scoring, "_resolve", lambda *a, **k: pytest.fail("the model was looked for"))
+    with pytest.raises(PrefloopError, match="row 1: the response is empty"):
+        scoring.score_texts(rt_settings, ["q", "q"], ["a", "  "])
+    with pytest.raises(PrefloopError, match="row 0: the prompt is empty"):
+        scoring.score_with(object(), [""], ["a"])  # the model page's call
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "q", "response": "a"}\n\n{"prompt": "", "response": "a"}\n')
+    with pytest.raises(PrefloopError, match=r"in\.jsonl:3: the prompt is empty"):
+        scoring.score_file(rt_settings, src)
+    src.write_text('{"prompt": [], "response": ""}\n')
+    with pytest.raises(PrefloopError, match=r":1: the prompt and the response are empty"):
+        scoring.score_file(rt_settings, src)
+
+    _env(monkeypatch, rt_settings)
+    assert cli.main(["score", "--prompt", "q", "--response", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot score: the response is empty") and err.count("\n") == 1, err
+
+
+def test_a_bad_chat_role_in_a_file_names_its_line(rt_settings, tmp_path, monkeypatch, capsys):
+    """It was 'error: cannot score: chat message 0 has unknown role ...', with no file:line (after the model
+    loaded), unlike every other bad line."""
+    monkeypatch.setattr(scoring, "_resolve", lambda *a, **k: pytest.fail("the model was looked for"))
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "q", "response": "a"}\n'
+                   '{"prompt": [{"role": "bot", "content": "hi"}], "response": "a"}\n')
+    with pytest.raises(PrefloopError, match=r"in\.jsonl:2: chat message 0 has unknown role 'bot'"):
+        scoring.score_file(rt_settings, src)
+    src.write_text('{"prompt": ["hi"], "response": "a"}\n')
+    with pytest.raises(PrefloopError, match=r"in\.jsonl:1: chat message 0 must be a dict"):
+        scoring.score_file(rt_settings, src)
+    with pytest.raises(PrefloopError, match="row 1: chat message 0 has unknown role 'bot'"):
+        scoring.score_texts(rt_settings, ["q", [{"role": "bot", "content": "hi"}]], ["a", "a"])
+
+    _env(monkeypatch, rt_settings)
+    src.write_text('{"prompt": [{"role": "bot", "content": "hi"}], "response": "a"}\n')
+    assert cli.main(["score", "--file", str(src)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {src}:1: chat message 0 has unknown role 'bot'")

@@ -164,7 +164,7 @@ with st.form("score_form"):
     prompt = st.text_area("Prompt", key="score_prompt")
     response = st.text_area("Response", key="score_response")
     submitted = st.form_submit_button("Score", type="primary", disabled=active is None)
-if submitted and active is not None and not (prompt.strip() and response.strip()):
+if submitted and active is not None and scoring.empty_text(prompt, response):
     st.warning("Enter a prompt and a response to score.")  # an empty text still gets a reward, which means nothing
 elif submitted and active is not None:
     with context.user_errors():
