@@ -144,9 +144,26 @@ class Curves:
 
 
 def _strategy_seed(name: str) -> int:
+    """The strategy's part of its random stream's seed: crc32 of its canonical name.
+
+    Every name ``rm.acquisition.get_strategy`` takes for one strategy (any case,
+    surrounding spaces, ``default`` and what it resolves to) gives the same
+    stream, so two names of one strategy give the same curves. The strategy
+    ``default`` resolves to (``rm.acquisition.DEFAULT_STRATEGY``) is seeded by
+    ``"default"``, so the default's figures are the same whichever of its names
+    is typed (and stay those published for ``--strategy default``). A name the
+    app does not know (a variant a bench script's own ``get_strategy`` builds)
+    is seeded as given.
+    """
     import zlib
 
-    return zlib.crc32(name.encode())
+    from rm.acquisition import get_strategy, strategy_names
+
+    key = (name or "default").strip().lower()
+    if key not in strategy_names():
+        return zlib.crc32(name.encode())
+    canonical = get_strategy(key).name
+    return zlib.crc32(b"default" if canonical == get_strategy("default").name else canonical.encode())
 
 
 def label_schedule(seed_labels: int, batch: int, budget: int, pool_size: int) -> np.ndarray:
@@ -362,11 +379,15 @@ def labels_to_reach(labels: np.ndarray, curve: np.ndarray, target: float) -> flo
 class Comparison:
     """One strategy against the reference (random), paired by seed.
 
-    ``reference_budget`` is B = min(``asked_budget``, the curves' last label count).
-    ``needed``: labels the strategy's mean curve needs to reach the reference's
-    mean accuracy at B; ``saving`` = 1 - needed / B, with a
+    ``reference_budget`` is B = min(``asked_budget``, ``curve_end``), the curves'
+    last label count. ``needed``: labels the strategy's mean curve needs to reach
+    the reference's mean accuracy at B; ``saving`` = 1 - needed / B, with a
     bootstrap interval over seeds (seeds resampled, both curves averaged over the
-    same resample). ``auc_gain`` in accuracy points, ``worst_gap`` = the lowest
+    same resample). A target not reached by ``curve_end`` labels is ``needed`` =
+    inf (``null`` in curves.json; printed "> curve_end") and ``saving`` = -inf
+    (printed "< 1 - curve_end / B"): the curves show only that more labels are
+    needed, not how many. So is an interval end that falls on resamples which
+    do not reach it. ``auc_gain`` in accuracy points, ``worst_gap`` = the lowest
     mean difference to the reference at any label count (points).
     """
 
@@ -388,6 +409,8 @@ class Comparison:
     """One line on what to do with the result (see ``verdict``)."""
     savings_along: tuple = ()
     """``(b, saving)`` for b = B/4, B/2 and B (mean curves, no interval): where along the curve labels are saved."""
+    curve_end: float = math.nan
+    """The curves' last label count: a ``needed`` of inf means "more than this"."""
 
 
 MIN_SEEDS_FOR_VERDICT = 5
@@ -449,11 +472,10 @@ def compare(strategy: Curves, reference: Curves, reference_budget: float = REFER
     target, needed = needed_for(np.arange(n_seeds))
     boot = np.random.default_rng(seed)
     draws = boot.integers(0, n_seeds, size=(n_boot, n_seeds))
-    cap = 2.0 * float(labels[-1])
-    need_b = np.array([min(needed_for(rows)[1], cap) for rows in draws])
+    need_b = np.array([needed_for(rows)[1] for rows in draws])  # inf: not reached by the curves' end
     gain = (area_under_curve(labels, a) - area_under_curve(labels, r)) * 100
     gain_b = gain[draws].mean(axis=1)
-    lo_n, hi_n = np.percentile(need_b, [2.5, 97.5])
+    lo_n, hi_n = _needed_percentiles(need_b, float(labels[-1]))
     diff = (a - r).mean(axis=0) * 100
     worst = int(np.argmin(diff))
     gain_ci = tuple(float(x) for x in np.percentile(gain_b, [2.5, 97.5]))
@@ -466,19 +488,42 @@ def compare(strategy: Curves, reference: Curves, reference_budget: float = REFER
         target_accuracy=target, needed=needed, needed_ci=(float(lo_n), float(hi_n)),
         saving=1.0 - needed / budget, saving_ci=saving_ci, auc_gain=float(gain.mean()), auc_gain_ci=gain_ci,
         auc_wins=int((gain > 0).sum()), worst_gap=float(diff[worst]), worst_gap_at=int(labels[worst]),
-        verdict=verdict(gain_ci, saving_ci, n_seeds), savings_along=tuple(along))
+        verdict=verdict(gain_ci, saving_ci, n_seeds), savings_along=tuple(along), curve_end=float(labels[-1]))
 
 
-def _fmt_needed(x: float, budget: float) -> str:
-    return f"> {budget * 2:.0f}" if not math.isfinite(x) or x >= 2 * budget else f"{x:.0f}"
+def _needed_percentiles(need: np.ndarray, end: float, q=(2.5, 97.5)) -> tuple[float, ...]:
+    """``np.percentile`` of bootstrap draws of labels needed, inf where the draws say only "more than ``end``".
+
+    A draw of inf did not reach the target by the curves' last point (``end``
+    labels). A percentile that falls on such draws (or between one and a
+    reached draw) depends on a number the curves do not show, so it is inf;
+    one between reached draws is the usual interpolated percentile.
+    """
+    reached = np.isfinite(need)
+    # The same percentiles with the unreached draws put at two made-up places beyond the curves:
+    # a percentile that moves with them rests on them.
+    at = [np.percentile(np.where(reached, need, k * end), q) for k in (2.0, 3.0)]
+    return tuple(float(x) if x == y else math.inf for x, y in zip(*at))
 
 
-def _fmt_saving(saving: float, needed: float, budget: float, *, never: str = "≤ -100%") -> str:
-    """``saving`` = 1 - ``needed`` / B as a percentage, read like ``_fmt_needed``: needing more than
-    2B labels (or never reaching the target; the bootstrap caps those draws) is a saving of -100% or less."""
-    if not math.isfinite(needed):
-        return never
-    return "≤ -100%" if needed >= 2 * budget else f"{saving * 100:.1f}%"
+def _percent(x: float, digits: int) -> str:
+    """``x`` (a fraction) as a percentage with ``digits`` decimals, never "-0"."""
+    return f"{round(x * 100, digits) + 0.0:.{digits}f}%"
+
+
+def _fmt_needed(x: float, end: float) -> str:
+    """Labels needed, or "> ``end``" for a target the curves do not reach by their last point (``end`` labels)."""
+    return f"{x:.0f}" if math.isfinite(x) else f"> {end:.0f}"
+
+
+def _fmt_saving(saving: float, budget: float, end: float, digits: int = 1) -> str:
+    """``saving`` = 1 - needed / ``budget`` as a percentage, read like ``_fmt_needed``: a target not reached by
+    the curves' last point (``end`` labels; ``saving`` -inf) needs more than ``end`` labels, a saving below
+    1 - ``end`` / ``budget`` (below 0% where the budget is the last point)."""
+    if math.isfinite(saving):
+        return _percent(saving, digits)
+    bound = 1.0 - end / budget
+    return f"< {_percent(bound, 0 if round(bound * 100, digits) == round(bound * 100) else digits)}"
 
 
 def format_report(curves: list[Curves], comparisons: list[Comparison], labels_shown=None, notes=()) -> str:
@@ -501,6 +546,7 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
     for c in curves:
         auc = area_under_curve(c.labels, c.accuracy)
         lines.append(f"  {c.strategy:>20}: {auc.mean():.4f} ± {auc.std():.4f}   ({c.seconds:.0f} s)")
+    end = float(labels[-1])
     for cmp in comparisons:
         b = cmp.reference_budget
         lines += [
@@ -509,18 +555,16 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
             f"  AUC gain: {cmp.auc_gain:+.2f} points (95% CI {cmp.auc_gain_ci[0]:+.2f} to {cmp.auc_gain_ci[1]:+.2f}; "
             f"better on {cmp.auc_wins}/{n_seeds} seeds)",
             f"  labels needed to reach {cmp.reference}'s accuracy at {b:.0f} labels ({cmp.target_accuracy:.4f}): "
-            f"{_fmt_needed(cmp.needed, b)} (95% CI {_fmt_needed(cmp.needed_ci[0], b)} to "
-            f"{_fmt_needed(cmp.needed_ci[1], b)})",
-            f"  labels saved: {_fmt_saving(cmp.saving, cmp.needed, b, never='never reached')} (95% CI "
-            f"{_fmt_saving(cmp.saving_ci[0], cmp.needed_ci[1], b)} to "
-            f"{_fmt_saving(cmp.saving_ci[1], cmp.needed_ci[0], b)})",
+            f"{_fmt_needed(cmp.needed, end)} (95% CI {_fmt_needed(cmp.needed_ci[0], end)} to "
+            f"{_fmt_needed(cmp.needed_ci[1], end)})",
+            f"  labels saved: {_fmt_saving(cmp.saving, b, end)} (95% CI {_fmt_saving(cmp.saving_ci[0], b, end)} to "
+            f"{_fmt_saving(cmp.saving_ci[1], b, end)})",
         ]
         if len(cmp.savings_along) > 1:
             lines.append(
                 f"  labels saved along the curve (to reach {cmp.reference}'s accuracy at "
                 + " / ".join(f"{b:.0f}" for b, _ in cmp.savings_along) + " labels): "
-                + " / ".join("never reached" if not math.isfinite(s) else f"{round(s * 100)}%"
-                             for _, s in cmp.savings_along))
+                + " / ".join(_fmt_saving(s, b, end, digits=0) for b, s in cmp.savings_along))
         lines += [
             f"  largest shortfall against {cmp.reference}: {cmp.worst_gap:+.2f} points at {cmp.worst_gap_at} labels",
             f"  verdict: {cmp.verdict}",
@@ -535,6 +579,12 @@ def format_report(curves: list[Curves], comparisons: list[Comparison], labels_sh
         note = flatness_note(ref, first.reference_budget) if ref is not None else None
         if note:
             lines += ["", f"note: {note}"]
+        if any(not math.isfinite(x) for cmp in comparisons
+               for x in (cmp.needed, *cmp.needed_ci, *(s for _, s in cmp.savings_along))):
+            lines += ["", f"note: \"> {end:.0f}\" labels needed, and the saving \"< …\" beside it, mean that the mean "
+                      f"curve (or, for an interval, the resamples at that end) had not reached the target by the "
+                      f"curves' last point, {end:.0f} labels: how many more labels it would need is not measured; "
+                      "raise --budget to see"]
     for note in notes:
         lines += ["", f"note: {note}"]
     return "\n".join(lines)
@@ -573,14 +623,16 @@ def plot_curves(curves: list[Curves], path: Path, comparisons: list[Comparison] 
 
     A dashed line marks the reference's accuracy at the reference budget and a dotted
     line, in the strategy's colour, where each strategy's mean curve reaches it.
-    ``title`` (the data file's name) heads the plot.
+    ``title`` (the data file's name) heads the plot. The legend stands to the right
+    of the axes, outside them, so it hides no curve or band whatever their shape
+    (the image widens to hold it).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), dpi=120)  # wide enough for the legend beside the axes
     colour = {}
     for c in curves:
         m, s = c.accuracy.mean(axis=0), c.accuracy.std(axis=0)
@@ -601,9 +653,9 @@ def plot_curves(curves: list[Curves], path: Path, comparisons: list[Comparison] 
     ax.set_title(f"{title + ': ' if title else ''}{len(curves[0].accuracy)} seeds"
                  + (f", each the mean of {reps} replays" if reps > 1 else ""), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", bbox_inches="tight")
     plt.close(fig)
 
 
@@ -641,15 +693,26 @@ def check_options(*, seeds, seed_labels: int, batch: int, budget: int, reference
 
 
 def prepare_out(out: str | Path) -> Path:
-    """Create the output folder and make sure files can be written there, before the (long) run."""
+    """Create the output folder and make sure files can be written there, before the (long) run.
+
+    The folder itself is created if need be, but not the folders above it: a
+    parent that does not exist is refused, as ``prefloop export`` and
+    ``prefloop score`` refuse an ``--out`` in a missing folder (a mistyped path
+    then says so instead of growing a tree of folders).
+    """
     import tempfile
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrefloopError(f"cannot write curves.json and curves.png to {out}: it is a file, not a folder; "
                             "choose another --out")
+    parent = out.absolute().parent
+    if not out.exists() and not parent.is_dir():
+        what = ("is a file, not a folder; choose another --out" if parent.exists()
+                else "does not exist: create it or choose another --out")
+        raise PrefloopError(f"cannot write curves.json and curves.png to {out}: folder {str(out.parent)!r} {what}")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".curves-", suffix=".probe"):
             pass
     except OSError as exc:

@@ -54,5 +54,5 @@ def add_arguments(p) -> None:
                         "a run whose last batch comes before it is refused, as every curve would be random's")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: <PREFLOOP_DATA_DIR>/cache)")
     p.add_argument("--out", default="simulation",
-                   help="folder for curves.json and curves.png, checked before the run and written at its end, "
-                        "both or neither (default: ./simulation)")
+                   help="folder for curves.json and curves.png (created if missing, in a folder that must exist), "
+                        "checked before the run and written at its end, both or neither (default: ./simulation)")

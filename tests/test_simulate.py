@@ -164,7 +164,10 @@ def test_compare_measures_a_known_label_saving():
     assert worse.verdict.startswith("worse than the reference")
     assert worse.savings_along[-1][1] < 0
     never = simulate.Curves("never", labels, base - 0.2 + noise, np.zeros_like(noise))
-    assert "/ never reached" in simulate.format_report([ref, never], [simulate.compare(never, ref, 640)])
+    # Not reached by the last point (1024 labels): to reach random's accuracy at 160 labels it needs more
+    # than 1024, a saving below 1 - 1024/160 = -540%; all the curves show, not "never".
+    text = simulate.format_report([ref, never], [simulate.compare(never, ref, 640)])
+    assert "160 / 320 / 640 labels): < -540% / < -220% / < -60%" in text and "never reached" not in text
     # This reference rises steadily against tiny seed noise: no flatness warning.
     assert simulate.flatness_note(ref, 640) is None
 
@@ -538,8 +541,9 @@ def test_curves_json_says_what_was_run_on_what(tmp_path):
         assert curve["labels"] == [8, 16, 24] and np.asarray(curve["accuracy"]).shape == (2, 3)
 
 
-def test_saving_interval_reads_like_the_labels_needed_interval_when_never_reached():
-    """A bootstrap resample that never reaches the target is capped at 2x: print it as such, not as -100.0%."""
+def test_saving_interval_reads_like_the_labels_needed_interval_when_not_reached():
+    """Resamples that do not reach the target by the last point (48 labels) need more than 48 labels: a saving
+    below 0%. Printed as that, not as "≤ -100%" or "> 96" (twice the budget, which the curves do not show)."""
     labels = np.array([8, 16, 24, 32, 40, 48])
     rng = np.random.default_rng(1)
     ref = simulate.Curves("random", labels, 0.6 + 0.004 * labels + rng.normal(0, 0.01, (6, 6)), np.zeros((6, 6)))
@@ -548,10 +552,12 @@ def test_saving_interval_reads_like_the_labels_needed_interval_when_never_reache
     a[3:] -= 0.05
     strat = simulate.Curves("mixed", labels, a, np.zeros_like(a))
     cmp = simulate.compare(strat, ref, 48)
-    assert cmp.needed_ci[1] >= 96  # capped at 2B in some resamples
     text = simulate.format_report([ref, strat], [cmp])
-    line = next(x for x in text.splitlines() if "labels saved:" in x)
-    assert "95% CI ≤ -100%" in line and "-100.0%" not in line
+    needed = next(x for x in text.splitlines() if "labels needed" in x)
+    saved = next(x for x in text.splitlines() if "labels saved:" in x)
+    assert needed.endswith(" to > 48)") and "> 96" not in needed
+    assert "(95% CI < 0% to " in saved and "-100" not in saved
+    assert math.isinf(cmp.needed_ci[1]) and cmp.saving_ci[0] == -math.inf and cmp.curve_end == 48
 
 
 def test_plot_labels_the_target_and_crossing_lines(tmp_path, monkeypatch):
@@ -630,3 +636,138 @@ def test_random_alone_says_there_is_nothing_to_compare(tmp_path):
                                     seed_labels=8, batch=8, budget=24, cold_start=8, repeats=1, progress=False,
                                     echo=lambda s: None)
     assert "note: only random was run" in report.text and "--strategy default" in report.text
+
+
+# --------------------------------------------------------------------------- defects found by a tester
+
+
+def test_names_of_one_strategy_replay_the_same_random_stream():
+    """``default`` and ``bald+diverse`` (or ``Bald+Diverse``) are one strategy: the same curves. The stream was
+    seeded by the name as typed, so ``--strategy default --strategy bald+diverse`` gave two different curves."""
+    import zlib
+
+    data = _synthetic(n=200, noise=0.3)
+    kw = dict(seed_labels=16, batch=16, budget=96, cold_start=32)
+    curve = {name: simulate.simulate_seed(data, name, 3, **kw)[1].tolist()
+             for name in ("default", "bald+diverse", " Bald+Diverse ", "DEFAULT", "bald", "BALD ")}
+    assert curve["default"] == curve["bald+diverse"] == curve[" Bald+Diverse "] == curve["DEFAULT"]
+    assert curve["bald"] == curve["BALD "]
+    # The default keeps the stream its published figures came from; every other app name its own.
+    assert simulate._strategy_seed("default") == zlib.crc32(b"default")
+    assert simulate._strategy_seed("bald+diverse") == simulate._strategy_seed(" Default") == zlib.crc32(b"default")
+    assert simulate._strategy_seed("random") == simulate._strategy_seed("Random") == zlib.crc32(b"random")
+    assert simulate._strategy_seed("Margin+Power") == zlib.crc32(b"margin+power")
+    # A name only a bench script's own get_strategy knows keeps the stream of the name as given.
+    assert simulate._strategy_seed("bald~0.5") == zlib.crc32(b"bald~0.5")
+    (a, b) = simulate.run_simulation(data, ["default", "bald+diverse"], [3, 4], repeats=2, progress=False, **kw)
+    assert a.accuracy.tolist() == b.accuracy.tolist()
+
+
+def _curves_ending_at_200(strategy_shift=-0.02, n_seeds=5):
+    """Curves like ``--budget 200``'s: 32, 64, …, 192, 200 labels; the strategy ends below random for most seeds."""
+    labels = np.array([32, 64, 96, 128, 160, 192, 200])
+    rng = np.random.default_rng(7)
+    base = 0.57 + 0.07 * (labels - 32) / 168
+    ref = simulate.Curves("random", labels, base + rng.normal(0, 0.01, (n_seeds, len(labels))),
+                          np.zeros((n_seeds, len(labels))))
+    acc = ref.accuracy + strategy_shift * (labels >= 96)
+    acc[0] += 0.05  # one seed is faster: some resamples reach the target early
+    return ref, simulate.Curves("margin", labels, acc, np.zeros_like(acc))
+
+
+def test_a_target_not_reached_by_the_curves_end_claims_no_more_than_they_show(tmp_path):
+    """Curves ending at 200 labels printed "> 400 (95% CI 32 to > 400)" and "never reached (95% CI ≤ -100% …)":
+    all they show is that more than 200 labels are needed, a saving below 0%."""
+    ref, strat = _curves_ending_at_200()
+    cmp = simulate.compare(strat, ref, 640)
+    assert cmp.reference_budget == 200
+    assert math.isinf(cmp.needed) and math.isinf(cmp.needed_ci[1]) and cmp.needed_ci[0] < 200
+    text = simulate.format_report([ref, strat], [cmp])
+    needed = next(x for x in text.splitlines() if "labels needed to reach" in x)
+    saved = next(x for x in text.splitlines() if "labels saved:" in x)
+    along = next(x for x in text.splitlines() if "along the curve" in x)
+    assert needed.endswith(f": > 200 (95% CI {cmp.needed_ci[0]:.0f} to > 200)")
+    assert saved.startswith("  labels saved: < 0% (95% CI < 0% to ") and saved.endswith("%)")
+    assert along.endswith("/ < 0%")
+    for wrong in ("400", "never", "-100"):
+        assert wrong not in needed + saved + along
+    assert 'note: "> 200" labels needed' in text and "raise --budget" in text
+    # curves.json records "not reached" as null, not the made-up 400 labels and -100%.
+    doc = json.loads(json.dumps(simulate.curves_to_json([ref, strat], [cmp], {})))
+    (row,) = doc["comparisons"]
+    assert row["needed"] is None and row["needed_ci"][1] is None and row["saving_ci"][0] is None
+    assert row["curve_end"] == 200 and row["savings_along"][-1] == [200.0, None]
+
+
+def test_labels_needed_beyond_the_last_point_of_longer_curves_are_bounded_by_it():
+    """With B = 640 on curves to 1024 labels, a target not reached needs more than 1024 (a saving below -60%)."""
+    labels = np.arange(32, 1025, 32)
+    base = 0.55 + 0.06 * np.log(labels / 32) / np.log(32)
+    rng = np.random.default_rng(0)
+    ref = simulate.Curves("random", labels, base + rng.normal(0, 0.0003, (6, len(labels))), np.zeros((6, len(labels))))
+    slow = simulate.Curves("slow", labels, ref.accuracy - 0.1, np.zeros_like(ref.accuracy))
+    cmp = simulate.compare(slow, ref, 640)
+    assert cmp.reference_budget == 640
+    text = simulate.format_report([ref, slow], [cmp])
+    assert "): > 1024 (95% CI > 1024 to > 1024)\n" in text
+    assert "labels saved: < -60% (95% CI < -60% to < -60%)" in text
+    assert "> 1280" not in text and "-100" not in text
+    assert cmp.curve_end == 1024
+
+
+def test_bootstrap_percentiles_are_unchanged_unless_they_rest_on_unreached_resamples():
+    """Where every draw at a percentile's position reached the target, the interval is what it was (published
+    figures stay); where the position falls on unreached draws, it is inf ("> the last point")."""
+    reached = np.linspace(30.0, 190.0, 1990)
+    few = np.r_[reached, [math.inf] * 10]  # 0.5% of the draws do not reach the target: 97.5% rests on reached ones
+    old = np.percentile(np.minimum(few, 400.0), [2.5, 97.5])  # the old cap at twice the last point
+    assert simulate._needed_percentiles(few, 200.0) == (old[0], old[1])
+    many = np.r_[np.linspace(30.0, 190.0, 1900), [math.inf] * 100]  # 5%: the upper end is beyond the curves
+    lo, hi = simulate._needed_percentiles(many, 200.0)
+    assert lo == np.percentile(np.minimum(many, 400.0), 2.5) and math.isinf(hi)
+    assert simulate._needed_percentiles(np.full(50, math.inf), 200.0) == (math.inf, math.inf)
+
+
+def test_an_out_folder_inside_a_missing_folder_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    """``prefloop export`` and ``score`` refuse an --out in a folder that does not exist; simulate created
+    every missing folder (a mistyped path grew a tree). The --out folder itself is still created."""
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, n=60)
+    argv = ["--data", str(data), "--seed-labels", "8", "--batch", "8", "--budget", "24", "--seeds", "1",
+            "--cold-start", "8", "--repeats", "1", "--out"]
+    out = tmp_path / "nope" / "deeper" / "sim"
+    rc, err, embedded = _cli_error(argv + [str(out)], tmp_path, monkeypatch, capsys)
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: cannot write curves.json and curves.png to {out}: folder ")
+    assert str(out.parent) in err and "does not exist" in err and "--out" in err
+    assert embedded == 0 and not (tmp_path / "nope").exists()
+    monkeypatch.chdir(tmp_path)  # a relative path: the same
+    rc, err, _ = _cli_error(argv + ["typo/sim"], tmp_path, monkeypatch, capsys)
+    assert rc == 2 and "folder 'typo' does not exist" in err and not (tmp_path / "typo").exists()
+    # A new --out folder in a folder that exists is created, as the README says.
+    rc, _, _ = _cli_error(argv + ["fresh"], tmp_path, monkeypatch, capsys)
+    assert rc == 0 and (tmp_path / "fresh" / "curves.json").is_file()
+
+
+def test_the_legend_hides_no_curve(tmp_path, monkeypatch):
+    """The legend sat inside the axes, over the curves and their bands: it stands outside them now."""
+    import matplotlib.figure
+
+    seen = {}
+
+    def savefig(fig, path, **kwargs):
+        seen.update(fig=fig, kwargs=kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    ref, strat = _curves_ending_at_200(strategy_shift=0.01)
+    simulate.plot_curves([ref, strat], tmp_path / "c.png", [simulate.compare(strat, ref, 640)], title="t")
+    fig = seen["fig"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert not legend.overlaps(axes)
+    assert seen["kwargs"].get("bbox_inches") == "tight"  # the saved image holds the legend
+    simulate.plot_curves([ref, strat], tmp_path / "real.png", [], title="t")  # and it really saves
+    monkeypatch.undo()
+    simulate.plot_curves([ref, strat], tmp_path / "real.png", [], title="t")
+    assert (tmp_path / "real.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
