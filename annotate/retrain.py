@@ -15,7 +15,9 @@ these steps, each recorded in ``training_runs.step`` with its wall time:
 6. ``score``: every open comparison with the model that will be active: each
    response scored once (features read from the cache, and new texts embedded,
    chunk by chunk so memory stays bounded), pairs combined by index,
-   acquisition priorities.
+   acquisition priorities. The time spent getting the open responses' features
+   (embedding new texts, reading the cache) is recorded as ``embed_pool``, not
+   in ``score``.
 7. ``promote``: one short transaction records the model version, promotes it
    (or not), writes all priorities in bulk and closes the run.
 
@@ -44,7 +46,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import bindparam, func, select, text, union, update
+from sqlalchemy import bindparam, false, func, or_, select, text, union, update
 
 from annotate import campaign, locks
 from annotate.scoring import artifact_elsewhere, artifact_location
@@ -93,6 +95,12 @@ class Stopped(PrefloopError):
     """The run was asked to stop (SIGTERM/SIGINT to the watcher) between two steps."""
 
 
+STOPPED = "stopped"
+"""Key set (true) in the counts of a run that was stopped on purpose (:class:`Stopped`, or Ctrl-C:
+``KeyboardInterrupt``). Its status is ``failed``, as for any run that did not finish, but the
+watcher's wait after failed runs does not count it (:func:`_failures_in_a_row`)."""
+
+
 @dataclass
 class RetrainResult:
     """What one ``run_once`` did. ``status`` is succeeded, rejected, skipped or failed."""
@@ -112,9 +120,13 @@ class RetrainResult:
         lines = [f"{head}: {self.message}" if self.message else head]
         new = self.metrics.get("new") or {}
         if new:
-            lines.append("held-out: " + ", ".join(
-                f"{k}={_fmt(new.get(k))}" for k in ("accuracy", "log_loss", "ece", "length_baseline_accuracy",
-                                                    "reward_length_spearman", "n_pairs")))
+            # Judgments (rows, both-bad included), those with a winner, and the pairs those are on: the
+            # gate's "on the same N pairs" counts the last.
+            figures = [f"{k}={_fmt(new.get(k))}" for k in ("accuracy", "log_loss", "ece", "length_baseline_accuracy",
+                                                           "reward_length_spearman", "n_judgments", "n_decisive")]
+            if self.metrics.get("n_held_out_decisive") is not None:
+                figures.append(f"n_decisive_pairs={self.metrics['n_held_out_decisive']}")
+            lines.append("held-out: " + ", ".join(figures))
         if self.counts:
             lines.append("counts: " + ", ".join(f"{k}={v}" for k, v in self.counts.items()))
         if self.timings:
@@ -831,17 +843,33 @@ class _Run:
         self.counts: dict[str, int] = dict(counts or {})
         """Recorded with the run; it starts with what ``run_once`` recorded (``dead_runs_marked``)."""
         self._t0 = 0.0
+        self._parts: dict[str, float] = {}
+        """Seconds of the current step spent on work timed on its own (``embed_pool`` in ``score``)."""
 
     def _begin(self, step: str) -> None:
         now = time.perf_counter()
         if self.step != "start":
-            self.timings[self.step] = round(now - self._t0, 4)
+            # Parts timed on their own are recorded under their names, before the step, and not in it.
+            for name, seconds in self._parts.items():
+                self.timings[name] = round(seconds, 4)
+            self.timings[self.step] = round(now - self._t0 - sum(self._parts.values()), 4)
+            self._parts = {}
         if self.stop is not None and self.stop.is_set():
             raise Stopped(f"stopped by signal before step {step}")
         self.step, self._t0 = step, now
         _record(self.db, self.run_id, step=step, heartbeat_at=utcnow(), timings=dict(self.timings))
         if step != "promote":
             _crash_point(step)
+
+    def _timed(self, part: str, fn):
+        """``fn`` with the seconds spent in it counted as ``part`` of the current step (:meth:`_begin`)."""
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._parts[part] = self._parts.get(part, 0.0) + time.perf_counter() - t
+        return timed
 
     def execute(self) -> RetrainResult:
         t_start = time.perf_counter()
@@ -853,6 +881,8 @@ class _Run:
             return result
         except BaseException as exc:  # noqa: BLE001 - the run must be marked whatever happened
             message = f"{type(exc).__name__} at step {self.step}: {exc}"
+            if isinstance(exc, (Stopped, KeyboardInterrupt)):
+                self.counts[STOPPED] = True  # on purpose (a restart, Ctrl-C): not a failure to back off from
             if not isinstance(exc, (PrefloopError, KeyboardInterrupt)):
                 log.error("retrain run %s failed:\n%s", self.run_id, traceback.format_exc())
             if self.artifact is not None and not self.committed:
@@ -981,6 +1011,8 @@ class _Run:
             known = (lab_rows, feat_lab)
         else:
             scorer, featurize, known = self._active_scorer(active_model, snap, encoder, spec, lab_rows, feat_lab)
+        # The pool's texts are embedded here (or read from the cache), chunk by chunk: timed as embed_pool.
+        featurize = self._timed("embed_pool", featurize)
         rewards = score_responses(scorer, rows, featurize, known=known)
         self.counts["n_embedded"] = int(cache.n_computed)
         oia, oib = np.searchsorted(rows, snap.open_ia), np.searchsorted(rows, snap.open_ib)
@@ -1122,10 +1154,16 @@ RETRY_MINUTES = (1, 2, 4, 8, 16, 32, 60)
 
 
 def _failures_in_a_row(session) -> tuple[int, datetime | None]:
-    """``(failed runs since the last finished one, when the latest of them ended)``."""
+    """``(failed runs since the last finished one, when the latest of them ended)``.
+
+    Runs stopped on purpose (SIGTERM/SIGINT: ``counts["stopped"]``, :data:`STOPPED`) are not counted: a
+    restart is no persistent error, and the next watcher must not wait for it. A crash, a kill -9
+    (:func:`mark_dead_runs`) or an exception is counted.
+    """
     last = _last_finished(session)
+    stopped = TrainingRun.counts[STOPPED].as_boolean()
     query = select(func.count(TrainingRun.id), func.max(TrainingRun.finished_at)).where(
-        TrainingRun.status == "failed")
+        TrainingRun.status == "failed", or_(stopped.is_(None), stopped == false()))
     if last is not None:
         query = query.where(TrainingRun.id > last.id)
     n, at = session.execute(query).one()
@@ -1143,8 +1181,9 @@ class DueCheck:
     failures: int
     """Failed runs in a row since the last finished one."""
     next_at: datetime | None
-    """When the watcher may next retrain: the end of the wait after failed runs while it waits,
-    else when the time trigger fires (if a judgment arrived); None before any finished run."""
+    """When the watcher may next retrain: while it waits after failed runs, the end of that wait (or,
+    when no trigger has fired yet, the later of that and when the time trigger fires); else when the
+    time trigger fires (if a judgment arrived); None before any finished run."""
 
 
 def check_due(session, settings: Settings, *, since: datetime, now: datetime | None = None) -> DueCheck:
@@ -1156,7 +1195,9 @@ def check_due(session, settings: Settings, *, since: datetime, now: datetime | N
     the last finished run (:func:`new_pairs`), so imported pairs are ranked
     without waiting for labels. After a failed run it waits
     (:data:`RETRY_MINUTES`, longer after each failure in a row) instead of
-    training again at its next poll.
+    training again at its next poll; a trigger that has already fired then
+    fires at the end of that wait (``next_at``). Runs stopped on purpose
+    (SIGTERM/SIGINT) are not failures here (:func:`_failures_in_a_row`).
     """
     now = now or utcnow()
     options = campaign.get_options(session, settings)
@@ -1180,8 +1221,9 @@ def check_due(session, settings: Settings, *, since: datetime, now: datetime | N
         if now < retry_at:
             failed = "the last run failed" if failures == 1 else f"the last {failures} runs failed"
             wait = f"{failed}, next try after {retry_at:%Y-%m-%d %H:%M:%S} UTC"
-            return DueCheck(False, f"{why}; {wait}", n_new, n_pairs, failures,
-                            retry_at if time_at is None else max(retry_at, time_at))
+            # Fired already (labels, time or new pairs): the watcher retrains as soon as the wait ends.
+            next_at = retry_at if fire or time_at is None else max(retry_at, time_at)
+            return DueCheck(False, f"{why}; {wait}", n_new, n_pairs, failures, next_at)
     return DueCheck(fire, why, n_new, n_pairs, failures, time_at)
 
 
@@ -1196,7 +1238,8 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
     """Retrain whenever :func:`due` says so, until SIGTERM/SIGINT (or ``stop`` is set).
 
     A signal stops the loop at once when idle; a run in progress stops at its
-    next step boundary and is marked failed (the previous model stays active).
+    next step boundary and is marked failed and stopped (:data:`STOPPED`; the
+    previous model stays active), which the next watcher does not wait for.
     """
     stop = stop or threading.Event()
     db = db or open_database(settings)

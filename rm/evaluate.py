@@ -48,9 +48,15 @@ class CalibrationBin:
 
 @dataclass
 class Metrics:
-    """Held-out figures (see the module docstring). ``to_dict`` is JSON-serialisable."""
+    """Held-out figures (see the module docstring). ``to_dict`` is JSON-serialisable.
 
-    n_pairs: int
+    The counts are of rows of the data, one per judgment (several judgments can share one pair):
+    ``n_judgments`` all of them, ``n_decisive`` those with a winner (what ``accuracy`` averages over),
+    ``n_ties`` and ``n_both_bad`` the rest. (Metrics stored before it was named for what it counts
+    call ``n_judgments`` ``n_pairs``.)
+    """
+
+    n_judgments: int
     n_decisive: int
     n_ties: int
     n_both_bad: int
@@ -164,7 +170,7 @@ def metrics_from_rewards(member_rewards: np.ndarray, data: PairData) -> Metrics:
     all_p = pair_probabilities(r, data.ia, data.ib) if len(data) else np.zeros((r.shape[0], 0))
     rows = np.unique(np.concatenate([data.ia, data.ib])) if len(data) else np.zeros(0, int)
     return Metrics(
-        n_pairs=int(len(data)),
+        n_judgments=int(len(data)),
         n_decisive=int(decisive.sum()),
         n_ties=int((data.outcome == TIE).sum()),
         n_both_bad=int((data.outcome == BOTH_BAD).sum()),

@@ -1012,3 +1012,176 @@ def test_the_watchers_reasons_count_one_in_the_singular(db, rt_settings):
         check = retrain.check_due(s, rt_settings, since=utcnow())
     assert check.reason.startswith("1 new judgment; the last run failed, next try after "), check.reason
     assert check.next_at is not None and check.next_at - utcnow() < timedelta(minutes=2)
+
+
+def _finished_run(db, *, minutes_ago: float) -> None:
+    """A finished run that saw every judgment there is now, ``minutes_ago`` minutes ago."""
+    from datetime import timedelta
+
+    from annotate.models import utcnow
+
+    at = utcnow() - timedelta(minutes=minutes_ago)
+    with db.begin() as s:
+        max_id, seen = retrain.judgment_marks(s)
+        s.add(TrainingRun(status="succeeded", step="done", started_at=at, finished_at=at,
+                          counts={"max_judgment_id": max_id, "judgments_seen": seen}))
+
+
+def test_after_a_failed_run_a_fired_trigger_retrains_when_the_wait_ends(db, rt_settings):
+    """With 300 new judgments after a failed run, check_due said "next try after 17:54:42 UTC" but next_at
+    18:23:22 (the time trigger, which had nothing left to add): the overview read "Next retrain: not before
+    18:23:22 (…next try after 17:54:42 UTC)" while the watcher retrained at 17:54:42."""
+    from datetime import timedelta
+
+    from annotate.models import utcnow
+
+    _save_options(db, rt_settings, retrain_every_labels=5, retrain_every_minutes=30)
+    _finished_run(db, minutes_ago=1)
+    with db.begin() as s:
+        add_pairs(s, 0, 8, judged=True)
+    now = utcnow()
+    with db.begin() as s:
+        s.add(TrainingRun(status="failed", step="train", error="disk full", started_at=now, finished_at=now))
+    with db.read() as s:
+        check = retrain.check_due(s, rt_settings, since=now - timedelta(hours=1), now=now)
+    retry_at = now + timedelta(minutes=retrain.RETRY_MINUTES[0])
+    assert not check.due and check.failures == 1
+    assert check.reason == f"8 new judgments; the last run failed, next try after {retry_at:%Y-%m-%d %H:%M:%S} UTC"
+    assert check.next_at == retry_at  # not the time trigger's, 29 minutes later
+    with db.read() as s:
+        assert retrain.check_due(s, rt_settings, since=now, now=retry_at).due
+
+    # No trigger has fired yet (1 judgment of 5, 30 minutes not passed): the later of the two.
+    with db.begin() as s:
+        for r in s.scalars(select(TrainingRun)):
+            s.delete(r)
+    _finished_run(db, minutes_ago=1)
+    with db.begin() as s:
+        add_pairs(s, 100, 1, judged=True)
+        last_at = s.scalar(select(TrainingRun.finished_at).where(TrainingRun.status == "succeeded"))
+        s.add(TrainingRun(status="failed", step="train", error="disk full", started_at=now, finished_at=now))
+    with db.read() as s:
+        check = retrain.check_due(s, rt_settings, since=now, now=now)
+    assert not check.due and check.new_judgments == 1
+    assert check.next_at == last_at + timedelta(minutes=30) > retry_at
+
+
+def _stop_in_embed(monkeypatch, stop: threading.Event) -> None:
+    """Set ``stop`` (as the watcher's SIGTERM/SIGINT handler does) while the run is in its ``embed`` step."""
+    real = retrain.get_encoder
+
+    def get_encoder(settings):
+        stop.set()
+        return real(settings)
+
+    monkeypatch.setattr(retrain, "get_encoder", get_encoder)
+
+
+def test_a_run_stopped_on_purpose_does_not_make_the_next_watcher_wait(db, rt_settings, monkeypatch):
+    """Stopping a run (SIGTERM or Ctrl-C to the watcher, a deploy restart) was recorded as a failure: the next
+    watcher waited 1 minute, then 2, 4 … 60 when restarts kept landing mid-run. A crash still waits."""
+    from datetime import timedelta
+
+    from annotate.models import utcnow
+
+    with db.begin() as s:
+        add_pairs(s, 0, 30, judged=True)
+    _save_options(db, rt_settings, retrain_every_labels=5)
+    since = utcnow() - timedelta(hours=1)
+
+    stop = threading.Event()
+    _stop_in_embed(monkeypatch, stop)
+    stopped = retrain.run_once(rt_settings, db=db, stop=stop)
+    assert stopped.status == "failed" and "stopped by signal before step train" in stopped.message
+    with db.read() as s:
+        check = retrain.check_due(s, rt_settings, since=since)
+        run = s.get(TrainingRun, stopped.run_id)
+    assert check.due and check.failures == 0 and check.reason == "30 new judgments", check
+    # Still failed (it did not finish: the run tables, the overview and --once's exit status say so), marked stopped.
+    assert run.status == "failed" and run.error.startswith("Stopped at step embed") and run.counts["stopped"] is True
+
+    # Ctrl-C of `prefloop retrain --once` (no handler: KeyboardInterrupt mid-step) is a stop too.
+    def interrupted(settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrain, "get_encoder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        retrain.run_once(rt_settings, db=db)
+    with db.read() as s:
+        assert retrain.check_due(s, rt_settings, since=since).due
+        run = s.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(1)).one()
+    assert run.status == "failed" and run.counts["stopped"] is True
+
+    # A crash (an exception) still counts, stops after it do not reset it, and its wait is from the crash.
+    def broken(settings):
+        raise RuntimeError("no such encoder")
+
+    monkeypatch.setattr(retrain, "get_encoder", broken)
+    crashed = retrain.run_once(rt_settings, db=db)
+    assert crashed.status == "failed" and "no such encoder" in crashed.message
+    with db.read() as s:
+        assert "stopped" not in s.get(TrainingRun, crashed.run_id).counts
+        check = retrain.check_due(s, rt_settings, since=since)
+        crashed_at = s.get(TrainingRun, crashed.run_id).finished_at
+    assert not check.due and check.failures == 1 and "the last run failed" in check.reason
+    monkeypatch.undo()
+    stop = threading.Event()
+    _stop_in_embed(monkeypatch, stop)
+    assert retrain.run_once(rt_settings, db=db, stop=stop).status == "failed"
+    with db.read() as s:
+        check = retrain.check_due(s, rt_settings, since=since)
+    assert not check.due and check.failures == 1
+    assert check.next_at == crashed_at + timedelta(minutes=retrain.RETRY_MINUTES[0])
+
+    # A run killed (kill -9), marked failed by the next one, counts too.
+    with db.begin() as s:
+        for r in s.scalars(select(TrainingRun)):
+            s.delete(r)
+        s.add(TrainingRun(status="running", step="train", host="h", pid=1, counts={}))
+    with db.begin() as s:
+        assert len(retrain.mark_dead_runs(s)) == 1
+    with db.read() as s:
+        check = retrain.check_due(s, rt_settings, since=since)
+    assert not check.due and check.failures == 1
+
+
+def test_the_watchers_summary_counts_judgments_and_pairs_by_their_names():
+    """It printed n_pairs=2415 (judgments, both-bad included) beside the gate's "on the same 887 pairs"."""
+    new = {"accuracy": 0.9, "log_loss": 0.3, "ece": 0.05, "length_baseline_accuracy": 0.6,
+           "reward_length_spearman": 0.1, "n_judgments": 2415, "n_decisive": 2300, "n_ties": 80, "n_both_bad": 35}
+    result = retrain.RetrainResult("succeeded", "held-out accuracy 0.9 vs active 0.89 on the same 887 pairs",
+                                   run_id=3, metrics={"new": new, "n_held_out_decisive": 887})
+    [line] = [line for line in result.summary().splitlines() if line.startswith("held-out: ")]
+    assert line.endswith(", n_judgments=2415, n_decisive=2300, n_decisive_pairs=887"), line
+    assert "n_pairs" not in line
+
+
+def test_the_pools_embedding_is_timed_as_embedding_not_scoring(db, rt_settings, monkeypatch):
+    """A run logged embed=13.77 s, score=135.31 s, most of "score" spent embedding the open pool."""
+    import rm.features
+
+    with db.begin() as s:
+        add_pairs(s, 0, 40, judged=True)
+        open_ids = add_pairs(s, 1000, 10, judged=False)
+        open_texts = {t for (t,) in s.execute(select(Response.text).join(
+            Comparison, Response.id.in_([Comparison.response_a_id, Comparison.response_b_id]))
+            .where(Comparison.id.in_(open_ids)))}
+    real = rm.features.build_features
+    slow = 1.5
+
+    def build_features(prompts, responses, embedder, spec=None):
+        if open_texts & set(responses):  # the pool's texts: a slow encoder
+            time.sleep(slow)
+        return real(prompts, responses, embedder, spec)
+
+    monkeypatch.setattr(rm.features, "build_features", build_features)
+    result = retrain.run_once(rt_settings, db=db)
+    assert result.status == "succeeded", result.summary()
+    timings = result.timings
+    assert list(timings) == ["snapshot", "embed", "train", "evaluate", "save", "embed_pool", "score", "promote",
+                             "total"]
+    assert timings["embed_pool"] >= slow > timings["score"], timings
+    assert sum(v for k, v in timings.items() if k != "total") == pytest.approx(timings["total"], abs=0.05)
+    assert f"embed_pool={timings['embed_pool']:.2f}" in result.summary()
+    with db.read() as s:
+        assert s.get(TrainingRun, result.run_id).timings == timings

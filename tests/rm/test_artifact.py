@@ -131,7 +131,7 @@ def test_undefined_metrics_are_saved_as_null(tmp_path):
     save_artifact(tmp_path / "v1", make_ensemble(), encoder=ENC, features=FeatureSpec(("joint", "response")),
                   metrics=metrics, data_counts={"pairs": 1}, extra={"note": float("inf")})
     _, info = load_artifact(tmp_path / "v1")
-    assert info.manifest["metrics"]["accuracy"] is None and info.manifest["metrics"]["n_pairs"] == 1
+    assert info.manifest["metrics"]["accuracy"] is None and info.manifest["metrics"]["n_judgments"] == 1
     assert info.manifest["extra"]["note"] is None
 
 
