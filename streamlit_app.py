@@ -16,7 +16,8 @@ st.set_page_config(page_title="prefloop", page_icon="⚖️", layout="wide")
 with context.stop_on_errors():
     context.get_settings()
     actor = context.refresh_actor()
-page = st.navigation(nav.pages_for(actor))
+# Logged out, every address is the login page (nav.pages_for): no menu of them.
+page = st.navigation(nav.pages_for(actor), position="hidden" if actor is None else "sidebar")
 
 if actor is not None:
     with st.sidebar:

@@ -54,10 +54,18 @@ def _page(spec: PageSpec) -> st.Page:
     return st.Page(spec.path, title=spec.title, icon=spec.icon, default=spec.default)
 
 
+def _login_at(spec: PageSpec) -> st.Page:
+    """The login page at ``spec``'s address, so that a page reloaded (F5 starts a logged-out session) or
+    opened from a link or bookmark asks to log in, then opens there. With the login page alone, Streamlit
+    said "Page not found" over it and the admin landed on the overview. No other page's code is registered."""
+    return st.Page(LOGIN_PAGE.path, title=LOGIN_PAGE.title, icon=LOGIN_PAGE.icon,
+                   url_path=_page(replace(spec, default=False)).url_path)
+
+
 def pages_for(actor: Actor | None) -> dict[str, list[st.Page]]:
     """The navigation for ``actor`` (whose role must come fresh from the database)."""
     if actor is None:
-        return {"": [_page(LOGIN_PAGE)]}
+        return {"": [_page(LOGIN_PAGE), *(_login_at(s) for s in (*ANNOTATOR_PAGES, *ADMIN_PAGES))]}
     if not actor.is_admin:
         return {"Annotation": [_page(s) for s in ANNOTATOR_PAGES]}
     # An admin lands on the overview: opening Annotate leases a pair (for the lease

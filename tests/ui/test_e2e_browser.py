@@ -498,3 +498,36 @@ def test_keys_pressed_while_the_guidelines_are_open_judge_nothing(server, seeded
         expect(page.get_by_text(PAIR_CAPTION).first).not_to_have_text(re.compile(rf"Pair #{pair}\b"))
         _settle(page)
     assert judged() == [pair]
+
+
+@pytest.mark.browser
+def test_a_reloaded_or_bookmarked_page_asks_to_log_in_then_opens_there(server):
+    """F5 starts a logged-out session: at /review Streamlit said "Page not found" over the login page (only
+    the login page was registered) and the admin landed on the overview, as did every shared admin link.
+    An annotator at an admin address logs in and gets the annotation page, never the admin one."""
+    from playwright.sync_api import expect, sync_playwright
+
+    require_browser()
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{server}/review")
+            expect(page.get_by_role("button", name="Log in")).to_be_visible()
+            _settle(page)
+            expect(page.get_by_text("Page not found")).to_have_count(0)
+            expect(page.get_by_test_id("stSidebarNav")).to_have_count(0)
+            _log_in(page, "root")
+            expect(page.get_by_role("heading", name="Review a comparison")).to_be_visible()
+            assert page.url.endswith("/review")
+
+            other = browser.new_page(viewport={"width": 1280, "height": 1000})
+            other.set_default_timeout(TIMEOUT_MS)
+            other.goto(f"{server}/review")
+            _log_in(other, "annie")
+            expect(other.get_by_role("heading", name="Which response is better?")).to_be_visible()
+            expect(other.get_by_role("heading", name="Review a comparison")).to_have_count(0)
+        finally:
+            browser.close()
