@@ -474,6 +474,12 @@ def cmd_export(args) -> int:
     from annotate.ingest import counted
 
     print(f"wrote {counted(n, 'row')} to {out}")
+    if fmt == "jsonl" and (untyped := export.untyped_json_columns(out)):
+        print(f"warning: datasets.load_dataset('json') types each column from a file's first "
+              f"{export.DATASETS_JSON_BLOCK >> 20} MB, where {', '.join(untyped)} "
+              f"{'is' if len(untyped) == 1 else 'are'} empty in every row, so it cannot load this file: export "
+              f"--format {'judgments' if kind == 'judgments' else 'trl'}-parquet (typed columns), or pass "
+              "features= to load_dataset", file=sys.stderr)
     if n == 0 and fmt != "datasets":
         kind_name = {"jsonl": "JSON Lines", "parquet": "Parquet", "csv": "CSV"}[fmt]
         print(f"warning: no rows matched; datasets.load_dataset cannot load an empty {kind_name} file",

@@ -881,6 +881,38 @@ def save(db: Database, path: str | os.PathLike, *, actor: Actor, kind: Kind, for
         return n
 
 
+DATASETS_JSON_BLOCK = 10 << 20
+"""The bytes of a JSON Lines file ``datasets.load_dataset("json")`` reads before it fixes each column's type
+(its ``JsonConfig.chunksize``): a column null in every row of that block and set later does not load."""
+
+
+def untyped_json_columns(path: str | os.PathLike, block: int | None = None) -> list[str]:
+    """The columns of the JSON Lines file at ``path`` that are null in every row starting in its first
+    ``block`` bytes and set in a later row: what ``datasets``' JSON loader cannot load (see the module
+    docstring). Nothing for a file of one block."""
+    block = DATASETS_JSON_BLOCK if block is None else block
+    if os.path.getsize(path) <= block:
+        return []
+    seen: set[str] = set()
+    keys: list[str] = []
+    late: set[str] = set()
+    offset = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if start < block:
+                keys.extend(k for k in row if k not in keys)
+                seen.update(k for k, v in row.items() if v is not None)
+            else:
+                late.update(k for k, v in row.items() if v is not None and k not in seen)
+                if len(late) + len(seen) >= len(keys):
+                    break
+    return [k for k in keys if k in late]
+
+
 def download(db: Database, *, actor: Actor, kind: Kind, format: str,
              filters: ExportFilter = ExportFilter(), margin: bool = False) -> bytes:
     """:func:`preferences_bytes` or :func:`judgments_bytes` (``kind``), read from one :func:`snapshot`.

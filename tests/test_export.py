@@ -1231,3 +1231,33 @@ def test_an_out_path_under_a_file_says_it_is_a_file(db, seeded, out, fmt):
     with db.begin() as session, pytest.raises(PrefloopError, match=r"notes\.csv' is a file, not a folder"):
         export.write_preferences(session, out / "notes.csv" / "x", actor=admin, format=fmt)
     assert (out / "notes.csv").read_text(encoding="utf-8") == "a,b\n"
+
+
+def test_untyped_json_columns_names_what_datasets_cannot_load(tmp_path):
+    """A raw-judgments JSONL of an ordinary campaign (imported judgments first, with no annotator or
+    strength, annotators' after) did not load in datasets at 13 MB, with no warning. The check names the
+    columns null throughout the loader's first block and set after it; the loader fails on exactly those."""
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    def write(path, n_null, n_set):
+        with open(path, "w") as fh:
+            for i in range(n_null + n_set):
+                fh.write(json.dumps({"id": i, "text": "x" * 200, "annotator": None if i < n_null else "ann",
+                                     "strength": None if i < n_null else 2, "retracted_at": None}) + "\n")
+
+    small = tmp_path / "small.jsonl"
+    write(small, 5, 5)
+    assert export.untyped_json_columns(small, block=500) == ["annotator", "strength"]
+    assert export.untyped_json_columns(small) == []  # one block: the loader sees every row before typing
+
+    big = tmp_path / "big.jsonl"
+    write(big, 50_000, 10)  # about 13 MB of nulls first
+    assert big.stat().st_size > export.DATASETS_JSON_BLOCK
+    assert export.untyped_json_columns(big) == ["annotator", "strength"]
+    with pytest.raises(DatasetGenerationError):
+        load_dataset("json", data_files=str(big), split="train", cache_dir=str(tmp_path / "cache"))
+    fine = tmp_path / "fine.jsonl"
+    write(fine, 0, 50_010)
+    assert export.untyped_json_columns(fine) == []
+    assert load_dataset("json", data_files=str(fine), split="train", cache_dir=str(tmp_path / "c2")).num_rows == 50_010
