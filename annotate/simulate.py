@@ -526,6 +526,12 @@ def _fmt_saving(saving: float, budget: float, end: float, digits: int = 1) -> st
     return f"< {_percent(bound, 0 if round(bound * 100, digits) == round(bound * 100) else digits)}"
 
 
+def saving_text(c: Comparison, saving: float, digits: int = 1) -> str:
+    """One of ``c``'s savings (its estimate, an interval end, a point along the curve) as the report writes
+    it: ``"< 0%"`` for a target its curves do not reach (for scripts that print comparisons their own way)."""
+    return _fmt_saving(saving, c.reference_budget, c.curve_end, digits)
+
+
 def format_report(curves: list[Curves], comparisons: list[Comparison], labels_shown=None, notes=()) -> str:
     """The printed learning-curve table, areas and label savings (stable, copyable text); ``notes`` end it."""
     names = [c.strategy for c in curves]

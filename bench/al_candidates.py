@@ -392,10 +392,10 @@ def main() -> None:
           f"features {args.parts or 'joint,response'}; "
           f"{time.perf_counter() - t0:.0f} s")
     for c in comparisons:
-        along = " / ".join(f"{s * 100:.0f}%" if np.isfinite(s) else "not reached" for _, s in c.savings_along)
+        along = " / ".join(sim.saving_text(c, s, 0) for _, s in c.savings_along)
         print(f"{c.strategy:26s} AUC {c.auc_gain:+.2f} ({c.auc_gain_ci[0]:+.2f} to {c.auc_gain_ci[1]:+.2f})  "
-              f"saved at {c.reference_budget:.0f}: {c.saving * 100:5.1f}% "
-              f"({c.saving_ci[0] * 100:.1f}% to {c.saving_ci[1] * 100:.1f}%)  along {along}  "
+              f"saved at {c.reference_budget:.0f}: {sim.saving_text(c, c.saving):>6s} "
+              f"({sim.saving_text(c, c.saving_ci[0])} to {sim.saving_text(c, c.saving_ci[1])})  along {along}  "
               f"worst {c.worst_gap:+.2f} at {c.worst_gap_at}")
 
 

@@ -84,5 +84,6 @@ for c in curves:
 for c in curves[1:]:
     cmp = sim.compare(c, ref)
     print(f"  {c.strategy} vs random: AUC gain {cmp.auc_gain:+.2f} {tuple(round(x,2) for x in cmp.auc_gain_ci)}, "
-          f"saved@640 {cmp.saving*100:.0f}% {tuple(round(x*100) for x in cmp.saving_ci)}, along "
-          + " / ".join(f"{s*100:.0f}%" for _, s in cmp.savings_along) + f", worst {cmp.worst_gap:+.2f}")
+          f"saved@640 {sim.saving_text(cmp, cmp.saving, 0)} "
+          f"({sim.saving_text(cmp, cmp.saving_ci[0], 0)} to {sim.saving_text(cmp, cmp.saving_ci[1], 0)}), along "
+          + " / ".join(sim.saving_text(cmp, s, 0) for _, s in cmp.savings_along) + f", worst {cmp.worst_gap:+.2f}")

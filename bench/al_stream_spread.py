@@ -36,8 +36,8 @@ DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
 
 def _line(label: str, c: sim.Comparison) -> str:
     return (f"{label:18s} AUC {c.auc_gain:+.2f} ({c.auc_gain_ci[0]:+.2f} to {c.auc_gain_ci[1]:+.2f})  "
-            f"saved at {c.reference_budget:.0f}: {c.saving * 100:5.1f}% "
-            f"({c.saving_ci[0] * 100:.1f}% to {c.saving_ci[1] * 100:.1f}%)  "
+            f"saved at {c.reference_budget:.0f}: {sim.saving_text(c, c.saving):>6s} "
+            f"({sim.saving_text(c, c.saving_ci[0])} to {sim.saving_text(c, c.saving_ci[1])})  "
             f"worst {c.worst_gap:+.2f} at {c.worst_gap_at}")
 
 

@@ -699,6 +699,15 @@ def test_a_target_not_reached_by_the_curves_end_claims_no_more_than_they_show(tm
     assert row["curve_end"] == 200 and row["savings_along"][-1] == [200.0, None]
 
 
+def test_saving_text_is_what_the_report_prints_for_the_bench_scripts():
+    """bench/al_*.py print comparisons their own way: with not-reached savings now -inf they printed "-inf%"."""
+    ref, strat = _curves_ending_at_200()
+    cmp = simulate.compare(strat, ref, 640)
+    assert simulate.saving_text(cmp, cmp.saving_ci[0]) == "< 0%"
+    assert simulate.saving_text(cmp, 0.25) == "25.0%" and simulate.saving_text(cmp, 0.25, 0) == "25%"
+    assert simulate.saving_text(cmp, cmp.saving) in simulate.format_report([ref, strat], [cmp])
+
+
 def test_labels_needed_beyond_the_last_point_of_longer_curves_are_bounded_by_it():
     """With B = 640 on curves to 1024 labels, a target not reached needs more than 1024 (a saving below -60%)."""
     labels = np.arange(32, 1025, 32)
