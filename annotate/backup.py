@@ -98,7 +98,11 @@ def _check_target(out: Path) -> None:
 
 
 def _partial(out: Path) -> Path:
-    return out.with_name(f".{out.name}.{os.getpid()}.partial")
+    """A new, empty file beside ``out`` that only this user can read: a backup holds every account's
+    password hash (the copy is renamed to ``out`` once whole)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return tmp
 
 
 def _contents(url: str | None = None, *, sqlite_file: Path | None = None) -> Contents:

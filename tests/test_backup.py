@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -77,6 +78,7 @@ def test_a_sqlite_backup_holds_what_was_committed_and_a_restore_brings_it_back(s
     r = run(env, "db", "backup", str(out))
     assert r.returncode == 0, r.stderr
     assert "5 judgments, 12 comparisons, 1 account" in r.stdout
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # every account's password hash is in it
     # one self-contained file: no -wal beside it, and SQLite finds it whole
     assert not out.with_name("backup.db-wal").exists()
     with sqlite3.connect(out) as conn:
@@ -272,6 +274,7 @@ def test_a_postgres_backup_restores_into_an_empty_database_and_over_one(pg_datab
     r = run(env, "db", "backup", str(out))
     assert r.returncode == 0, r.stderr
     assert out.read_bytes().startswith(b"PGDMP")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
     target_env = _env(tmp_path, target)
     r = run(target_env, "db", "restore", str(out))
