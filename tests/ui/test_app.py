@@ -972,6 +972,9 @@ def test_export_page_offers_every_download(app_db, people):
     labels = [e.proto.label for e in at.get("download_button")]
     assert labels == ["TRL JSONL", "Parquet (datasets)", "Judgments CSV", "Judgments JSONL",
                       "Judgments Parquet (datasets)"]
+    # A 13 MB raw-judgments JSONL of an ordinary campaign did not load in datasets; the page says so up front.
+    jsonl = next(e for e in at.get("download_button") if e.proto.label == "Judgments JSONL")
+    assert "first 10 MB" in jsonl.proto.help and "Parquet" in jsonl.proto.help
 
 
 @pytest.fixture

@@ -139,7 +139,10 @@ row.download_button("Judgments CSV", _judgments("csv"), file_name=f"judgments-{s
                     key="dl_judgments_csv", icon=":material/download:", on_click="ignore")
 row.download_button("Judgments JSONL", _judgments("jsonl"), file_name=f"judgments-{stamp}.jsonl",
                     mime="application/jsonl", key="dl_judgments_jsonl", icon=":material/download:",
-                    on_click="ignore")
+                    on_click="ignore",
+                    help="datasets' JSON loader types each column from a file's first 10 MB: a larger export "
+                         "whose early rows leave a column empty (imported judgments have no annotator or "
+                         "strength) will not load there. Parquet's columns are typed.")
 row.download_button("Judgments Parquet (datasets)", _judgments("parquet"), file_name=f"judgments-{stamp}.parquet",
                     mime="application/vnd.apache.parquet", key="dl_judgments_parquet", icon=":material/download:",
                     on_click="ignore")
