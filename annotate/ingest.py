@@ -83,7 +83,7 @@ import re
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple
 
@@ -1671,6 +1671,8 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
 
     def keep(c: ParsedComparison) -> None:
         tag = source_tag or c.source_tag
+        if c.prompt_hash not in prompts and (alt := _other_form(c.prompt)) in prompts:
+            c = replace(c, prompt_hash=alt)  # the prompt in its other form earlier in this file: one prompt
         if c.prompt_hash not in prompts:
             is_text = isinstance(c.prompt, str)
             prompts[c.prompt_hash] = _PromptRow(c.prompt_hash, c.prompt if is_text else None,
@@ -1857,17 +1859,21 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
     return report
 
 
-def _other_form_hash(row: _PromptRow) -> str | None:
-    """The hash of ``row``'s prompt in its other form: a text prompt's as a chat of one user turn, and such a
+def _other_form(prompt: str | list | None) -> str | None:
+    """The hash of ``prompt`` in its other form: a text prompt's as a chat of one user turn, and such a
     chat's as text; None for a chat of several turns or roles."""
-    if row.text is not None:
-        return prompt_hash([{"role": "user", "content": row.text}])
-    messages = json.loads(row.messages) if row.messages else None
-    if (isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict)
-            and set(messages[0]) == {"role", "content"} and messages[0]["role"] == "user"
-            and isinstance(messages[0]["content"], str)):
-        return prompt_hash(messages[0]["content"])
+    if isinstance(prompt, str):
+        return prompt_hash([{"role": "user", "content": prompt}])
+    if (isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict)
+            and set(prompt[0]) == {"role", "content"} and prompt[0]["role"] == "user"
+            and isinstance(prompt[0]["content"], str)):
+        return prompt_hash(prompt[0]["content"])
     return None
+
+
+def _other_form_hash(row: _PromptRow) -> str | None:
+    """:func:`_other_form` of a prompt row as stored (text, or its messages as JSON)."""
+    return _other_form(row.text if row.text is not None else json.loads(row.messages) if row.messages else None)
 
 
 def overlap_notes(session: Session, overlap: int, max_overlap: int) -> list[str]:

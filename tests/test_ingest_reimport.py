@@ -175,5 +175,10 @@ def test_a_preference_export_mixing_chats_and_text_imports_back_adding_nothing(d
     run_import(db, settings, jsonl({"prompt": one_turn, "response_a": "x", "response_b": "y"}))
     report = run_import(db, settings, jsonl({"prompt": "Only words", "response_a": "y", "response_b": "x"}))
     assert (report.comparisons_added, report.prompts_added) == (0, 0)
+    # and both forms in one new file: one prompt, one pair
+    report = run_import(db, settings, jsonl({"prompt": "Fresh", "response_a": "1", "response_b": "2"},
+                                            {"prompt": [{"role": "user", "content": "Fresh"}], "response_a": "2",
+                                             "response_b": "1"}))
+    assert (report.comparisons_added, report.prompts_added) == (1, 1)
     with db.read() as session:
         assert session.scalar(select(func.count(Prompt.id)).where(Prompt.text == "prompt 1")) == 1
