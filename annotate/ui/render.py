@@ -22,14 +22,14 @@ _FENCE_OPEN = re.compile(r"^( {0,3})(`{3,}(?=[^`\n]*$)|~{3,})[^\n]*$", re.MULTIL
 # A run after a backslash is not taken as an opener (the backslash escapes its
 # first backtick), so such text stays escaped prose.
 _INLINE_CODE = re.compile(r"(?<![`\\])(`+)(?!`)(.+?)(?<!`)\1(?!`)")
-_DOLLAR = re.compile(r"(\\*)(\$)")
+_DOLLAR = re.compile(r"(?<!\\)(\\*)(\$)")  # from a run's start: a match tried inside a run rescanned it (quadratic)
 # Streamlit's own Markdown extensions, which turn a colon into styling: a directive with a label or
 # attributes (":green-background[Verified]", ":help[text only shown on hover]", ":x{a=b}", whose
 # label an unknown name drops), and the bare names it styles (the "red" of "color:red" vanished
 # into an empty red span). Escaped, the colon is shown as written.
 _STYLE_NAMES = (r"(?:(?:red|orange|yellow|green|blue|violet|gray|grey|primary|rainbow)(?:-background|-badge)?"
                 r"|small|shimmer|help|color)")
-_DIRECTIVE = re.compile(rf"(\\*)(:)(?=[A-Za-z][\w-]*[\[{{]|{_STYLE_NAMES}(?![\w-]))")
+_DIRECTIVE = re.compile(rf"(?<!\\)(\\*)(:)(?=[A-Za-z][\w-]*[\[{{]|{_STYLE_NAMES}(?![\w-]))")
 # ":material/check:" (an icon) and ":streamlit:" (an <img> of the logo) are replaced in the text
 # after parsing, escaped or not: a zero-width space after the colon keeps them text.
 _ICON_CODE = re.compile(r":(?=material[/_][\w-]+:|streamlit:)")
