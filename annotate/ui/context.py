@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
 from sqlalchemy.exc import OperationalError, ProgrammingError
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from annotate import accounts
 from annotate.accounts import Actor
@@ -27,6 +28,9 @@ from annotate.settings import Settings, load_settings, unknown_variables
 
 ACTOR_KEY = "actor"
 LAST_SEEN_KEY = "last_seen"  # time.time() of this browser session's last run while logged in
+# [time.time()] of its last download press let through by deferred_download (a click that runs no script):
+# activity too. A list, changed in place, because that press runs in another thread (see deferred_download).
+PRESSED_KEY = "last_download_press"
 LOGGED_OUT_KEY = "logged_out_because"
 _log = logging.getLogger(__name__)
 # Never "reload this page": a reload starts a new browser session, which is logged out. The page
@@ -80,20 +84,31 @@ def log_out() -> None:
         del st.session_state[key]
 
 
+def _idle_too_long(idle_minutes: int, last_seen: float | None, pressed: list[float] | None) -> bool:
+    """Whether a session last seen at ``last_seen`` (``time.time()`` of its last run) or, if later, at its last
+    download press (``PRESSED_KEY``) has been idle past the limit (0: never). None seen: not idle."""
+    seen = [t for t in (last_seen, *(pressed or ())) if t is not None]
+    return bool(idle_minutes) and bool(seen) and time.time() - max(seen) > idle_minutes * 60
+
+
+def _idle_logged_out(idle_minutes: int) -> str:
+    """What the login page says to a session logged out for being idle."""
+    return f"You were logged out after {idle_minutes} minute{'' if idle_minutes == 1 else 's'} without activity."
+
+
 def refresh_actor() -> Actor | None:
     """Re-read the logged-in user from the database: log out a deactivated or deleted
     account or one whose password was reset since this login, and pick up a role
     change, so the page list always follows the database. A session idle for more
-    than ``PREFLOOP_SESSION_IDLE_MINUTES`` is logged out first."""
+    than ``PREFLOOP_SESSION_IDLE_MINUTES`` (since its last run or its last download press, see
+    :func:`deferred_download`) is logged out first."""
     actor = current_actor()
     if actor is None:
         return None
     idle = get_settings().session_idle_minutes
-    last_seen = st.session_state.get(LAST_SEEN_KEY)
-    if idle and last_seen is not None and time.time() - last_seen > idle * 60:
+    if _idle_too_long(idle, st.session_state.get(LAST_SEEN_KEY), st.session_state.get(PRESSED_KEY)):
         log_out()
-        st.session_state[LOGGED_OUT_KEY] = (f"You were logged out after {idle} minute{'' if idle == 1 else 's'} "
-                                            "without activity.")
+        st.session_state[LOGGED_OUT_KEY] = _idle_logged_out(idle)
         return None
     st.session_state[LAST_SEEN_KEY] = time.time()
     try:
@@ -291,3 +306,47 @@ def remember_failures(build, failures: list[str]):
             failures.append(f"{type(exc).__name__}: the server could not build the file (details in its log)")
             raise
     return run
+
+
+def deferred_download(build, failures: list[str]):
+    """A ``st.download_button`` data callable for ``build`` that first checks the session as a rerun would.
+
+    A click on a deferred download (``on_click="ignore"``) runs no script, so :func:`refresh_actor` never
+    sees it: Streamlit calls the data callable in a worker thread (``asyncio.to_thread``) with no script
+    run context, where ``st.session_state`` is a process-wide stand-in, not this session's. So the callable
+    keeps this session's own state object, taken here while the script runs, and only reads it there. It
+    refuses (``PermissionDenied``, nothing built, no audit entry) when the session no longer holds the user
+    it was built for, and when it has been idle past ``PREFLOOP_SESSION_IDLE_MINUTES`` by
+    :func:`refresh_actor`'s rule and clock. A refused idle session is left as it is, so its next run logs it
+    out exactly as now and says why; until then every such click is refused the same way. Nothing is
+    deleted from there: the script thread may be running meanwhile, under another lock, and widget state
+    is not this thread's to drop. A press let through counts as activity, as every other action does (each
+    reruns the script, which stamps ``LAST_SEEN_KEY``): its time goes into the ``PRESSED_KEY`` list, in
+    place, which :func:`refresh_actor`'s idle check reads too. Then ``build`` runs, with its own checks
+    (``require_admin``).
+
+    Failures, refusals included, are reported as :func:`remember_failures` does; the browser gets
+    Streamlit's "Failed to generate file for download", never the file.
+    """
+    ctx = get_script_run_ctx()
+    state = ctx.session_state if ctx is not None else None
+    idle = get_settings().session_idle_minutes
+    owner = current_actor()
+    pressed: list[float] = st.session_state.setdefault(PRESSED_KEY, [])
+
+    def peek(key: str):
+        try:
+            return state[key]
+        except KeyError:
+            return None
+
+    def checked():
+        actor = peek(ACTOR_KEY) if state is not None else None
+        if owner is None or actor is None or actor.id != owner.id:
+            raise PermissionDenied("log in first")
+        if _idle_too_long(idle, peek(LAST_SEEN_KEY), pressed):
+            raise PermissionDenied(f"this session was idle for more than {idle} minute{'' if idle == 1 else 's'}: "
+                                   "log in again")
+        pressed[:] = [time.time()]
+        return build()
+    return remember_failures(checked, failures)

@@ -2,7 +2,9 @@
 
 Files are built only when a download button is pressed (deferred data), so
 opening the page neither runs an export nor writes an audit event. Streamlit
-keeps each built file in the server's memory to serve it.
+keeps each built file in the server's memory to serve it. Such a click reruns
+no script, so no idle check either: ``context.deferred_download`` makes it
+itself and refuses a session idle past the limit (its next run logs it out).
 """
 
 from datetime import datetime, time, timezone
@@ -110,13 +112,13 @@ def _preferences(fmt: str):
     # export.download reads one snapshot without SQLite's write lock: annotators keep judging meanwhile.
     def build() -> bytes:
         return export.download(db, actor=actor, kind="preferences", format=fmt, filters=filters, margin=margin)
-    return context.remember_failures(build, failures)
+    return context.deferred_download(build, failures)
 
 
 def _judgments(fmt: str):
     def build() -> bytes:
         return export.download(db, actor=actor, kind="judgments", format=fmt, filters=filters)
-    return context.remember_failures(build, failures)
+    return context.deferred_download(build, failures)
 
 
 stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
