@@ -7,6 +7,7 @@ role is enforced server-side whatever page (or script) calls it.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -20,6 +21,14 @@ from annotate.errors import AuthError, NotFound, PermissionDenied, PrefloopError
 from annotate.models import TS, AuditEvent, Lease, Role, User, utcnow
 
 _hasher = PasswordHasher()
+_HASHING = threading.BoundedSemaphore(4)
+"""Password hashes computed at once in this process: each takes 64 MiB (argon2id's memory cost), and every
+login form submitted at once (each Streamlit session is a thread) took its own, unbounded."""
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    with _HASHING:
+        return _hasher.verify(password_hash, password)
 # Verifying against a dummy hash when the user does not exist keeps the
 # response time the same, so usernames cannot be probed by timing.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
@@ -93,7 +102,8 @@ def has_active_admin(session: Session) -> bool:
 def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise PrefloopError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
-    return _hasher.hash(password)
+    with _HASHING:
+        return _hasher.hash(password)
 
 
 def audit(session: Session, actor: Actor | None, action: str, **detail) -> None:
@@ -287,7 +297,7 @@ def _check_password(user: User | None, password: str, now: datetime) -> bool:
     """
     if user is None:
         try:
-            _hasher.verify(_DUMMY_HASH, password)
+            _verify(_DUMMY_HASH, password)
         except VerificationError:
             pass
         return False
@@ -296,7 +306,7 @@ def _check_password(user: User | None, password: str, now: datetime) -> bool:
         wait = int((locked_until - now).total_seconds()) + 1
         raise AuthError(f"too many failed attempts: try again in {wait} s")
     try:
-        return _hasher.verify(user.password_hash, password)
+        return _verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -378,7 +388,8 @@ def _finish(session: Session, user: User | None, ok: bool, checked_hash: str, pa
     if not user.active:
         raise AuthError("this account is deactivated; ask an admin")
     if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
+        with _HASHING:
+            user.password_hash = _hasher.hash(password)
     return actor_of(user)
 
 

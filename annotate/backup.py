@@ -105,6 +105,20 @@ def _partial(out: Path) -> Path:
     return tmp
 
 
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Give the finished copy ``tmp`` the name ``out`` unless a file took that name meanwhile (a hard link
+    fails on an existing name, where a rename would replace it); the temporary name is removed after."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise PrefloopError(f"{out} was created while the backup ran: choose a new file name (a backup never "
+                            "overwrites a file)") from None
+    except OSError:  # a file system without hard links
+        if out.exists():
+            raise PrefloopError(f"{out} was created while the backup ran: choose a new file name") from None
+        os.replace(tmp, out)
+
+
 def _contents(url: str | None = None, *, sqlite_file: Path | None = None) -> Contents:
     """Revision and counts of the prefloop database at ``url``, or of the SQLite file ``sqlite_file``
     opened read-only (the app's engine would turn a backup's journal back to WAL)."""
@@ -181,7 +195,7 @@ def _sqlite_backup(url: str, out: Path) -> BackupReport:
             raise PrefloopError(f"the copy of {source} failed SQLite's integrity check ({verdict}); "
                                 "the database itself may be damaged: nothing was written")
         contents = _contents(sqlite_file=tmp)
-        os.replace(tmp, out)
+        _put_in_place(tmp, out)
     except sqlite3.Error as exc:
         raise _sqlite_error("cannot back up the SQLite database", source, exc) from None
     finally:
@@ -210,8 +224,10 @@ def _read_sqlite_backup(path: Path) -> Contents:
 def _sqlite_restore(url: str, backup: Path) -> None:
     from annotate.db import SQLITE_BUSY_TIMEOUT_S
 
+    from annotate.db import create_private_file
+
     target = _sqlite_path(url)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    create_private_file(target)
     try:
         src = sqlite3.connect(_read_only(backup), uri=True)
         dst = sqlite3.connect(target, timeout=SQLITE_BUSY_TIMEOUT_S)
@@ -241,9 +257,15 @@ def _libpq(url: str) -> tuple[list[str], dict[str, str]]:
     not on a command line other users can read."""
     sa_url = make_url(url)
     env = dict(os.environ)
-    if sa_url.password:
-        env["PGPASSWORD"] = str(sa_url.password)
-    conninfo = sa_url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    password = sa_url.password if sa_url.password is not None else sa_url.query.get("password")
+    if isinstance(password, (tuple, list)):
+        password = password[-1]
+    if password:
+        env["PGPASSWORD"] = str(password)
+    # A password= parameter too: the command line is readable by every local user (ps).
+    # (URL.set ignores None: _replace clears the password.)
+    conninfo = (sa_url._replace(drivername="postgresql", password=None).difference_update_query(["password"])
+                .render_as_string(hide_password=False))
     return [f"--dbname={conninfo}"], env
 
 
@@ -263,7 +285,7 @@ def _pg_backup(url: str, out: Path) -> BackupReport:
         _run([pg_dump, "--format=custom", "--no-owner", f"--file={tmp}", *dbname], env,
              "pg_dump could not back up the database")
         _run([pg_restore, "--list", str(tmp)], env, "the dump pg_dump wrote cannot be read back")
-        os.replace(tmp, out)
+        _put_in_place(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return BackupReport(out, out.stat().st_size, "postgresql")

@@ -35,9 +35,12 @@ DESCRIPTION = ("prefloop: human-preference annotation with a reward model in the
 
 
 def _shown_url(url: str) -> str:
+    """``url`` for a message or a log: its password ``***``, in the user part or a ``password=`` parameter."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    sa_url = make_url(url)
+    shown = sa_url.difference_update_query(["password"]).render_as_string(hide_password=True)
+    return f"{shown}{'&' if '?' in shown else '?'}password=***" if "password" in sa_url.query else shown
 
 
 class SystemRefused(PrefloopError):

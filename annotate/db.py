@@ -19,6 +19,7 @@ again. :meth:`Database.transact` does that for one unit of work.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -52,12 +53,26 @@ def is_sqlite(engine_or_url) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
+def create_private_file(path: Path) -> None:
+    """Create ``path`` (and its folder), empty and readable by its owner only, unless it exists.
+
+    For a SQLite database, which holds every account's password hash: SQLite creates a new file with the
+    process's umask (world-readable under the usual 022) and gives its -wal and -shm files the database
+    file's permissions, so the file is made before SQLite opens it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def create_db_engine(url: str, *, poolclass=None, echo: bool = False) -> Engine:
     """Create an engine with the project's connection settings for ``url``."""
     sa_url = make_url(url)
     if sa_url.get_backend_name() == "sqlite":
-        if sa_url.database and sa_url.database != ":memory:":
-            Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+        if sa_url.database and sa_url.database != ":memory:" and not sa_url.database.startswith("file:"):
+            create_private_file(Path(sa_url.database))
         engine = create_engine(
             sa_url,
             echo=echo,

@@ -734,3 +734,37 @@ def test_two_admins_demoting_each_other_at_once_leave_one(pg_db):
     with pg_db.read() as s:
         assert dict(s.execute(select(User.username, User.role)).all()) == {"boss": Role.admin,
                                                                             "chief": Role.annotator}
+
+
+def test_password_hashes_computed_at_once_are_bounded(monkeypatch):
+    """Each argon2 hash takes 64 MiB; login forms submitted at once each took their own, without bound
+    (security review). At most four run at once in a process; the rest wait their turn."""
+    import threading
+    import time
+
+    from annotate import accounts
+
+    running, most = 0, 0
+    lock = threading.Lock()
+    real = accounts._hasher.verify
+
+    def slow_verify(h, p):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return real(h, p)
+
+    class Slow:
+        verify = staticmethod(slow_verify)
+
+    monkeypatch.setattr(accounts, "_hasher", Slow())
+    threads = [threading.Thread(target=accounts._check_password, args=(None, "guess", None)) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most == 4

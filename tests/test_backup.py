@@ -225,6 +225,9 @@ def test_restore_into_a_new_data_dir_and_of_an_older_revision_says_to_upgrade(tm
     r = run(fresh, "db", "restore", str(tmp_path / "old-backup.db"))
     assert r.returncode == 0, r.stderr
     assert "revision 0005" in r.stdout and "run 'prefloop db upgrade'" in r.stdout
+    # the live database, like the backup, holds every password hash: owner only (it was 0644 under umask 022)
+    for db_file in (tmp_path / "old.db", tmp_path / "new" / "prefloop.db"):
+        assert stat.S_IMODE(db_file.stat().st_mode) == 0o600, db_file
     assert run(fresh, "db", "upgrade").returncode == 0
     assert migrate.current_heads(fresh["PREFLOOP_DATABASE_URL"]) == set(migrate.script_directory(old_url).get_heads())
 
@@ -337,3 +340,27 @@ def test_restore_of_a_judgment_table_changed_since_keeps_every_later_judgment_in
     listing = subprocess.run(["pg_restore", "--data-only", "--table=judgments", "--file=-", str(saved)],
                              capture_output=True, text=True, check=True).stdout
     assert listing.count("edited after the backup") == 3
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://bob:s3cret@db.example:5432/pf?sslmode=require",
+                                 "postgresql+psycopg://bob@db.example/pf?sslmode=require&password=s3cret"])
+def test_a_postgres_password_goes_to_pgpassword_never_the_command_line_or_a_message(url):
+    """pg_dump's arguments are readable by every local user (ps): URL.set(password=None) left a password in the
+    user part there, and a password= parameter was passed on too and printed in messages (security review)."""
+    from annotate.backup import _libpq
+    from annotate.cli import _shown_url
+
+    argv, env = _libpq(url)
+    assert env["PGPASSWORD"] == "s3cret"
+    assert not any("s3cret" in a for a in argv) and argv[0].startswith("--dbname=postgresql://bob@db.example")
+    assert "sslmode=require" in argv[0]
+    assert "s3cret" not in _shown_url(url) and "***" in _shown_url(url)
+
+
+@pytest.mark.postgres
+def test_a_postgres_backup_with_a_password_in_the_url_works(pg_databases, tmp_path):
+    source, _ = pg_databases
+    with_password = make_url(source).set(password="unused-under-trust").render_as_string(hide_password=False)
+    r = run(_env(tmp_path, with_password), "db", "backup", str(tmp_path / "b.dump"))
+    assert r.returncode == 0, r.stderr
+    assert "unused-under-trust" not in r.stdout + r.stderr and "***" in r.stdout
