@@ -31,6 +31,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from annotate.errors import PrefloopError
@@ -133,7 +134,7 @@ def _contents(url: str | None = None, *, sqlite_file: Path | None = None) -> Con
         engine = create_engine("sqlite://", poolclass=NullPool,
                                creator=lambda: sqlite3.connect(_read_only(sqlite_file), uri=True))
     else:
-        engine = create_db_engine(url, poolclass=NullPool)
+        engine = create_db_engine(url, poolclass=NullPool).execution_options(sqlite_begin="DEFERRED")
     try:
         with engine.connect() as conn:
             heads = MigrationContext.configure(conn).get_current_heads()
@@ -154,7 +155,7 @@ def _has_prefloop_tables(url: str) -> bool:
 
     from annotate.db import create_db_engine
 
-    engine = create_db_engine(url, poolclass=NullPool)
+    engine = create_db_engine(url, poolclass=NullPool).execution_options(sqlite_begin="DEFERRED")
     try:
         with engine.connect() as conn:
             return inspect(conn).has_table("alembic_version")
@@ -192,12 +193,16 @@ def _sqlite_backup(url: str, out: Path) -> BackupReport:
             dst.close()
             src.close()
         if verdict != "ok":
-            raise PrefloopError(f"the copy of {source} failed SQLite's integrity check ({verdict}); "
-                                "the database itself may be damaged: nothing was written")
+            raise Damaged(f"the copy of {source} failed SQLite's integrity check ({verdict}); "
+                          "the database itself may be damaged: nothing was written", verdict)
         contents = _contents(sqlite_file=tmp)
         _put_in_place(tmp, out)
+    except sqlite3.DatabaseError as exc:
+        if _is_damage(exc):
+            raise Damaged(f"cannot back up the SQLite database {source}: {exc}", str(exc)) from None
+        raise PrefloopError(f"cannot back up the SQLite database {source} to {out}: {exc}") from None
     except sqlite3.Error as exc:
-        raise _sqlite_error("cannot back up the SQLite database", source, exc) from None
+        raise PrefloopError(f"cannot back up the SQLite database {source} to {out}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return BackupReport(out, out.stat().st_size, "sqlite", contents)
@@ -239,7 +244,8 @@ def _sqlite_restore(url: str, backup: Path) -> None:
             dst.close()
             src.close()
     except sqlite3.Error as exc:
-        raise _sqlite_error("cannot restore into the SQLite database", target, exc) from None
+        raise PrefloopError(f"cannot restore into the SQLite database {target}: {exc}; the database was left as "
+                            "it was") from None
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------
@@ -336,8 +342,43 @@ def _kind_of_file(path: Path) -> str:
     return "unknown"
 
 
+class Damaged(PrefloopError):
+    """The SQLite database file is damaged (``reason``: SQLite's words, or what its header says)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _is_damage(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def _header_damage(path: Path) -> str | None:
+    """What a SQLite file's first 100 bytes say is wrong with it, read without opening it with SQLite (which
+    may rewrite or remove a -wal beside it): not a SQLite file, or shorter than its header's page count."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as fh:
+        head = fh.read(100)
+    if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
+        return "not a SQLite database file"
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    size = path.stat().st_size
+    if pages and head[24:28] == head[92:96] and size < pages * page_size:  # the header's count is valid
+        return f"truncated: {size:,} bytes where its header says {pages * page_size:,}"
+    return None
+
+
 def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    """UTC time and this process's id: two restores in one second got one name, and the second failed."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}"
+
+
+
 
 
 def restore(url: str, backup_file: str | os.PathLike, *, data_dir: Path, replace: bool = False,
@@ -363,10 +404,20 @@ def restore(url: str, backup_file: str | os.PathLike, *, data_dir: Path, replace
         raise PrefloopError(f"{backup_file} is a {'SQLite' if kind == 'sqlite' else 'PostgreSQL'} backup and the "
                             f"database is {'SQLite' if backend == 'sqlite' else 'PostgreSQL'}: a backup is restored "
                             "into the kind of database it came from")
+    damaged = None
     if backend == "sqlite":
         backup_contents = _read_sqlite_backup(backup_file)
         backup_revision = backup_contents.revision
-        exists = _sqlite_path(url).exists() and _has_prefloop_tables(url)
+        live = _sqlite_path(url)
+        damaged = _header_damage(live)
+        if damaged is None and live.exists():
+            try:
+                exists = _has_prefloop_tables(url)
+            except DBAPIError as exc:
+                if not _is_damage(exc):
+                    raise
+                damaged = str(exc.orig or exc)
+        exists = live.exists() and (damaged is not None or exists)
     else:
         _, env = _libpq(url)
         backup_revision = _pg_backup_revision(backup_file, env)
@@ -376,26 +427,44 @@ def restore(url: str, backup_file: str | os.PathLike, *, data_dir: Path, replace
         raise PrefloopError(f"the backup {backup_file} is at revision {backup_revision or 'none'}, which this prefloop "
                             "does not know (a newer prefloop wrote it): restore it with that prefloop")
     saved = None
-    if exists:
-        if not replace:
-            raise PrefloopError("the database already has prefloop tables: add --replace to replace it with the "
-                                "backup (it is first backed up under DATA_DIR/backups/)")
+    notes = []
+    folder = data_dir / "backups"
+    if exists and not replace:
+        if damaged is not None:
+            raise PrefloopError(f"the database file {live} is damaged ({damaged}): add --replace to move it aside "
+                                "(to DATA_DIR/backups/) and restore the backup in its place")
+        raise PrefloopError("the database already has prefloop tables: add --replace to replace it with the "
+                            "backup (it is first backed up under DATA_DIR/backups/)")
+    if exists and damaged is None:
         if run_in_progress is not None and run_in_progress():
             raise PrefloopError("a retraining run is in progress: stop the watcher (and the app) and restore again")
         current = ", ".join(sorted(migrate.current_heads(url))) or None
-        if backend == "postgresql" and current != backup_revision:
-            raise PrefloopError(f"the database is at revision {current}, the backup at {backup_revision}: pg_restore "
-                                f"replaces the backup's tables only, so first run 'prefloop db downgrade "
-                                f"{backup_revision}' (or restore into an empty database)")
-        folder = data_dir / "backups"
         folder.mkdir(parents=True, exist_ok=True)
-        saved = backup(url, folder / f"before-restore-{_stamp()}.{'db' if backend == 'sqlite' else 'dump'}")
+        try:
+            saved = backup(url, folder / f"before-restore-{_stamp()}.{'db' if backend == 'sqlite' else 'dump'}")
+        except Damaged as exc:  # damage inside the file, which only reading all of it finds
+            damaged = exc.reason
+    if exists and damaged is not None:
+        # A damaged file cannot be backed up or written into: it is moved aside, whole, with its -wal and -shm.
+        folder.mkdir(parents=True, exist_ok=True)
+        aside = folder / f"damaged-before-restore-{_stamp()}.db"
+        for suffix in ("", "-wal", "-shm"):
+            if (part := live.with_name(live.name + suffix)).exists():
+                os.replace(part, aside.with_name(aside.name + suffix))
+        notes.append(f"the damaged database file ({damaged}) was moved to {aside}")
+    elif exists:
+        if backend == "postgresql" and current != backup_revision:
+            # Saved first: the downgrade this asks for drops what later revisions added (imported raters' names).
+            raise PrefloopError(f"the database is at revision {current}, the backup at {backup_revision}: pg_restore "
+                                f"replaces the backup's tables only. The database as it is now is saved at "
+                                f"{saved.path} (a downgrade drops what later revisions added, so keep it); run "
+                                f"'prefloop db downgrade {backup_revision}' and restore again, or restore into an "
+                                "empty database")
     if backend == "sqlite":
         _sqlite_restore(url, backup_file)
     else:
         _pg_restore(url, backup_file)
     contents = _contents(url)
-    notes = []
     heads = set(migrate.script_directory(url).get_heads())
     if contents.revision and set(contents.revision.split(", ")) != heads:
         notes.append(f"the restored database is at revision {contents.revision}: run 'prefloop db upgrade'")

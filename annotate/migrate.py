@@ -84,7 +84,9 @@ def current_heads(url: str) -> set[str]:
     from annotate.db import create_db_engine
     from sqlalchemy.pool import NullPool
 
-    engine = create_db_engine(url, poolclass=NullPool)
+    # A read: on SQLite a deferred transaction, so a writer holding the lock (a long import) does not make
+    # every command's schema check wait for it (and fail after the busy timeout).
+    engine = create_db_engine(url, poolclass=NullPool).execution_options(sqlite_begin="DEFERRED")
     try:
         with engine.connect() as conn:
             return set(MigrationContext.configure(conn).get_current_heads())

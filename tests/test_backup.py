@@ -202,6 +202,56 @@ def test_restore_refuses_what_is_not_a_backup_of_this_kind_or_version(sqlite_env
     assert not (tmp_path / "data" / "backups").exists()
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "inside"])
+def test_restore_moves_a_damaged_database_aside_and_restores_in_its_place(sqlite_env, tmp_path, damage):
+    """An operator's disaster drill: a truncated or overwritten prefloop.db could not be restored over ("database
+    disk image is malformed; check PREFLOOP_DATA_DIR"), the one case a restore is for."""
+    env, url = sqlite_env
+    assert run(env, "db", "backup", str(tmp_path / "good.db")).returncode == 0
+    live = tmp_path / "data" / "prefloop.db"
+    _judge(url, tmp_path, 20, annotator="more", pairs=40)  # a file of several pages to damage
+    size = live.stat().st_size
+    if damage == "garbage":
+        live.write_bytes(os.urandom(size))
+    elif damage == "truncated":
+        with open(live, "r+b") as fh:
+            fh.truncate(size // 2)
+    else:  # pages in the middle overwritten: only reading the whole file finds it
+        with open(live, "r+b") as fh:
+            fh.seek(size // 2)
+            fh.write(os.urandom(8192))
+    if damage != "inside":  # (SQLite opens this one, and would replay or drop a log beside it)
+        live.with_name("prefloop.db-wal").write_bytes(b"stale log")
+    r = run(env, "db", "restore", str(tmp_path / "good.db"))
+    assert r.returncode == 2 and "--replace" in r.stderr
+    assert ("is damaged" in r.stderr) == (damage != "inside")  # found by the copy --replace makes first
+    r = run(env, "db", "restore", str(tmp_path / "good.db"), "--replace")
+    assert r.returncode == 0, r.stderr
+    [aside] = (tmp_path / "data" / "backups").glob("damaged-before-restore-*.db")
+    assert f"moved to {aside}" in r.stdout
+    if damage != "inside":
+        assert aside.with_name(aside.name + "-wal").read_bytes() == b"stale log"
+    assert _count(url) == 5
+    with sqlite3.connect(live) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_backup_does_not_wait_for_a_writer_holding_the_lock(sqlite_env, tmp_path):
+    """Every command's schema check began BEGIN IMMEDIATE: a backup during a long import waited for its write
+    lock and failed after 30 s with "database is locked"; the copy itself needs only a read."""
+    env, url = sqlite_env
+    writer = sqlite3.connect(tmp_path / "data" / "prefloop.db", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE app_settings SET key = key")
+        r = run(env, "db", "backup", str(tmp_path / "b.db"))
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert r.returncode == 0, r.stderr
+    assert "5 judgments" in r.stdout
+
+
 def test_restore_waits_for_no_retraining_run(sqlite_env, tmp_path):
     env, url = sqlite_env
     assert run(env, "db", "backup", str(tmp_path / "b.db")).returncode == 0
@@ -306,6 +356,9 @@ def test_a_postgres_restore_over_another_revision_says_to_downgrade_first(pg_dat
     r = run(_env(tmp_path, target), "db", "restore", str(tmp_path / "b.dump"), "--replace")
     assert r.returncode == 2 and "prefloop db downgrade" in r.stderr
     assert migrate.current_heads(target) == {"0005"}
+    # the downgrade it asks for drops what later revisions added: the database is saved first, and said so
+    [saved] = (tmp_path / "data" / "backups").glob("before-restore-*.dump")
+    assert f"saved at {saved}" in r.stderr
 
 
 @pytest.mark.postgres
