@@ -310,7 +310,8 @@ def _backup_or_restore(args, settings) -> int:
         print(note)
     if report.contents.active_model and not (settings.data_dir / report.contents.active_model).exists():
         print(f"the active reward model's files are not at {settings.data_dir / report.contents.active_model}: "
-              "copy them there from the backup's machine, or run 'prefloop retrain --once --force'")
+              "copy them there from the backup's machine, or run 'prefloop retrain --once --force "
+              "--replace-missing'")
     return 0
 
 
@@ -512,8 +513,10 @@ def cmd_retrain(args) -> int:
         # No schema check: the watcher outlives a database that is down or not migrated yet, and retries.
         retrain.watch(settings, **({} if args.poll_seconds is None else {"poll_seconds": args.poll_seconds}))
         return 0
+    if args.replace_missing and not args.once:
+        raise PrefloopError("--replace-missing goes with --once")
     _require_schema(settings)
-    result = retrain.run_once(settings, force=args.force)
+    result = retrain.run_once(settings, force=args.force, replace_missing=args.replace_missing)
     print(result.summary())
     return 0 if result.status in ("succeeded", "rejected", "skipped") else 1
 
@@ -660,6 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="one run if there are new judgments or pairs: train, evaluate, promote, rescore")
     mode.add_argument("--watch", action="store_true", help="run until stopped, retraining when due")
     p.add_argument("--force", action="store_true", help="with --once: retrain even with no new judgments")
+    p.add_argument("--replace-missing", action="store_true",
+                   help="with --once: an active model another host trained, whose files are not here (that host "
+                        "is gone, the database restored on a new machine), is replaced instead of failing the run")
     p.add_argument("--poll-seconds", type=_poll_seconds, default=None, metavar="S",
                    help="with --watch: seconds between checks whether a retrain is due (default 5)")
     p.set_defaults(func=cmd_retrain)

@@ -787,8 +787,12 @@ def new_pairs(session, options: campaign.CampaignOptions) -> int:
 
 def run_once(settings: Settings, force: bool = False, *, db: Database | None = None,
              lock_stale_seconds: float = locks.DEFAULT_STALE_SECONDS, encoder=None, train_config=None,
-             stop: threading.Event | None = None, on_start=None) -> RetrainResult:
+             stop: threading.Event | None = None, on_start=None, replace_missing: bool = False) -> RetrainResult:
     """One retrain + rescore cycle under the retrain lock.
+
+    ``replace_missing``: an active model whose artifact is missing here although another host trained it
+    is treated as gone (its host lost, the database restored on a new machine) instead of failing the run;
+    without it such a run fails, so watchers with separate data folders never replace each other's models.
 
     Skipped (no run recorded) when another run holds the lock (:data:`LOCK_BUSY`), or, unless
     ``force``, when no judgment arrived since the last finished run and no
@@ -820,7 +824,9 @@ def run_once(settings: Settings, force: bool = False, *, db: Database | None = N
                 run_id, counts = run.id, dict(run.counts)
             if on_start is not None:
                 on_start(run_id)
-            return _Run(settings, db, lock, run_id, encoder, train_config, stop, counts).execute()
+            run = _Run(settings, db, lock, run_id, encoder, train_config, stop, counts)
+            run.replace_missing = replace_missing
+            return run.execute()
         finally:
             lock.release()
     finally:
@@ -835,6 +841,8 @@ class _Run:
         self.train_config = train_config
         self.stop = stop
         self.step = "start"
+        self.replace_missing = False
+        """See :func:`run_once`."""
         self.artifact: Path | None = None
         """The artifact this run saves (relative to the data folder), once it is named."""
         self.committed = False
@@ -1090,7 +1098,13 @@ class _Run:
         if not location.exists() and trained_on and trained_on != socket.gethostname()[:256]:
             # Not deleted but on another machine: replacing it here would leave that machine
             # unable to load ours, and the watchers would replace each other's models for ever.
-            raise PrefloopError(artifact_elsewhere(snap.active["id"], trained_on, location))
+            if not self.replace_missing:
+                raise PrefloopError(f"{artifact_elsewhere(snap.active['id'], trained_on, location)}; if that "
+                                    "machine is gone (a database restored on a new one), run 'prefloop retrain "
+                                    "--once --force --replace-missing'")
+            log.warning("active model %s (trained on host %s) is not at %s: replaced, as asked",
+                        snap.active["id"], trained_on, location)
+            return None
         try:
             return load(location, cache_dir=self.settings.cache_dir)
         except Exception as exc:  # a broken active artifact must not block a new model

@@ -746,6 +746,12 @@ def test_active_model_of_another_machine_is_not_replaced(db, rt_settings):
     with db.read() as s:
         assert active_id(s) == first.model_version_id
         assert priorities_state(s) == before
+    # That machine gone (the database restored on a new one): an operator says so, and the model is replaced.
+    assert "--replace-missing" in second.message
+    third = retrain.run_once(rt_settings, db=db, force=True, replace_missing=True)
+    assert third.status == "succeeded" and third.promoted, third.summary()
+    with db.read() as s:
+        assert active_id(s) == third.model_version_id
 
 
 def _artifact_dirs(settings) -> list[str]:
