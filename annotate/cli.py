@@ -433,7 +433,7 @@ def cmd_import(args) -> int:
             report = ingest.import_file(session, settings, prepared, system=True, overlap=args.overlap)
     except ImportValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        listing = ingest.problems_message(exc.problems)
+        listing = ingest.problems_message(exc.problems, count=exc.count)
         if exc.problems and listing.split(";")[0] not in str(exc):
             # A file-level error (e.g. no row had a known format) with row problems behind it.
             print(listing.split("\n", 1)[1], file=sys.stderr)

@@ -24,12 +24,15 @@ class NotFound(PrefloopError):
 class ImportValidationError(PrefloopError):
     """An import file has bad rows; nothing was written.
 
-    ``problems`` is a list of ``(line_number, reason)``.
+    ``problems`` is a list of ``(line_number, reason)``: an import lists the first 1,000 by line
+    (``annotate.ingest.MAX_PROBLEMS_KEPT``), and ``count`` says how many there are in all (at least, from
+    ``annotate.ingest.MAX_PROBLEMS_COUNTED``, where an import stops reading).
     """
 
-    def __init__(self, message: str, problems: list[tuple[int, str]] | None = None):
+    def __init__(self, message: str, problems: list[tuple[int, str]] | None = None, count: int | None = None):
         super().__init__(message)
         self.problems = problems or []
+        self.count = len(self.problems) if count is None else max(count, len(self.problems))
 
 
 class QueueError(PrefloopError):

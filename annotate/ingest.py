@@ -75,6 +75,7 @@ import difflib
 import functools
 import gzip
 import hashlib
+import heapq
 import io
 import itertools
 import json
@@ -151,6 +152,15 @@ RESPONSE_MESSAGES = "messages"
 MAX_TAG_CHARS = 128
 MAX_ID_CHARS = 256
 MAX_REPORTED = 20
+MAX_PROBLEMS_KEPT = 1000
+"""Row problems a parse keeps (the first by line) to list; the others are only counted (``problem_count``,
+``ImportValidationError.count``). Every line of a file can be a problem, at some 185 bytes each, and gzip
+shrinks a file of repeated bad lines a thousandfold: kept, every problem of the 200 MB a ~200 KB upload may
+decompress to came to some 18 GB."""
+MAX_PROBLEMS_COUNTED = 1_000_000
+"""A file with this many row problems is read no further (``stopped_at``), and its count is a lower bound
+("at least"). Counting on says nothing more (one import adds at most :data:`MAX_FILE_COMPARISONS`) and takes
+minutes: some 2-4 us a bad line, 100 million of them in 200 MB of "1" lines."""
 MAX_KWISE_RESPONSES = 32
 """Responses one k-wise row may hold. Every pair becomes a comparison, so k responses give k(k-1)/2 and
 the cost grows with the square: 32 give 496 (about 240 KB while parsing), where 1000 in an 8 KB row would
@@ -261,6 +271,7 @@ class ParsedFile:
     comparisons: list[ParsedComparison]
     """Every comparison read, or the first ``keep_first`` of them (see :func:`parse_file`)."""
     problems: list[tuple[int, str]]
+    """The first :data:`MAX_PROBLEMS_KEPT` row problems, by line; ``problem_count`` says how many there are."""
     notes: list[str]
     rows: int = 0
     """Data rows read (k-wise rows yield several comparisons each)."""
@@ -276,15 +287,29 @@ class ParsedFile:
     rater_conflicts: list[tuple[int, str]] = field(default_factory=list)
     """Rows where a rater gives a comparison another winner than an earlier row did, as problems: which
     answer is final cannot be told. :func:`parse_file` adds them to ``problems``, and so does an import
-    unless it makes gold pairs (which do not read the rater, and refuse any pair given two answers)."""
+    unless it makes gold pairs (which do not read the rater, and refuse any pair given two answers). The first
+    :data:`MAX_PROBLEMS_KEPT`, as of ``problems``; ``rater_conflict_count`` says how many there are."""
     rated_count: int = 0
     """Of the comparisons with a known winner, the ones that name its rater (``annotator``)."""
     raters: int = 0
     """The distinct raters those name."""
+    problem_count: int = -1
+    """The row problems found, listed in ``problems`` or not (``len(problems)`` when not given)."""
+    rater_conflict_count: int = -1
+    """The rows ``rater_conflicts`` stands for (``len(rater_conflicts)`` when not given)."""
+    stopped_at: int | None = None
+    """The last line read when reading stopped at :data:`MAX_PROBLEMS_COUNTED` problems: the rows, comparisons,
+    notes and ``problem_count`` (then a lower bound) are those of the lines up to it."""
+
+    def __post_init__(self) -> None:
+        if self.problem_count < 0:
+            self.problem_count = len(self.problems)
+        if self.rater_conflict_count < 0:
+            self.rater_conflict_count = len(self.rater_conflicts)
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problem_count
 
     def preview(self, n: int = 10) -> list[dict]:
         """The first ``n`` comparisons as plain rows for an admin preview table; with an ``annotator`` (the
@@ -308,6 +333,86 @@ def counted(n: int, one: str, many: str | None = None) -> str:
     """``n`` with the word for one or for many: '1 row', '2 rows', '100,000 rows' (thousands separated);
     counted(n, "row has", "rows have")."""
     return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+class _Problems:
+    """Row problems as they are found: the first ``cap`` by line (ties in the order found), and how many were
+    found in all. A problem past the first ``cap`` costs a comparison, not memory. Readers stop at ``limit``
+    (:meth:`full`)."""
+
+    __slots__ = ("cap", "limit", "count", "stopped_at", "_heap")
+
+    def __init__(self, cap: int | None = None):
+        self.cap = MAX_PROBLEMS_KEPT if cap is None else cap
+        self.limit = MAX_PROBLEMS_COUNTED
+        self.count = 0
+        self.stopped_at: int | None = None
+        """The last line read, where reading stopped at ``limit`` problems."""
+        self._heap: list[tuple[int, int, str]] = []  # (-line, -order found, reason): the last kept on top
+
+    def append(self, problem: tuple[int, str]) -> None:
+        self.count += 1
+        item = (-problem[0], -self.count, problem[1])
+        if len(self._heap) < self.cap:
+            heapq.heappush(self._heap, item)
+        elif item > self._heap[0]:  # an earlier line than the last kept (lines mostly come in order: rarely)
+            heapq.heapreplace(self._heap, item)
+
+    def extend(self, problems: Iterable[tuple[int, str]], count: int | None = None) -> None:
+        """Add ``problems``; ``count`` is how many they stand for when they are the listed part of more."""
+        added = 0
+        for problem in problems:
+            self.append(problem)
+            added += 1
+        if count is not None:
+            self.count += count - added
+
+    def past(self, line: int) -> bool:
+        """Whether a problem on ``line`` would not be kept; if so it is counted here, and the caller need not
+        word its reason (some of which take longer to word than the row took to read)."""
+        if len(self._heap) < self.cap or -line > self._heap[0][0]:
+            return False
+        self.count += 1
+        return True
+
+    def full(self, line: int) -> bool:
+        """Whether reading is to stop, the file having ``limit`` problems, ``line`` being the last line read
+        (then ``stopped_at``)."""
+        if self.count < self.limit:
+            return False
+        self.stopped_at = line
+        return True
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def listed(self) -> list[tuple[int, str]]:
+        """The problems kept, by line."""
+        return [(-line, reason) for line, _, reason in sorted(self._heap, reverse=True)]
+
+
+class _Lines:
+    """The lines of the rows a note is about, as :func:`_lines_note` names them: how many were added
+    (``len``), how many distinct lines they are, and the first of those, not a list of them all (every line
+    of a file can be one). Lines are added in the file's order."""
+
+    __slots__ = ("count", "distinct", "first", "_last")
+
+    def __init__(self) -> None:
+        self.count = self.distinct = 0
+        self.first: list[int] = []
+        self._last: int | None = None
+
+    def append(self, line: int) -> None:
+        self.count += 1
+        if line != self._last:
+            self._last = line
+            self.distinct += 1
+            if len(self.first) < _NOTE_LINES:
+                self.first.append(line)
+
+    def __len__(self) -> int:
+        return self.count
 
 
 @functools.lru_cache(maxsize=4096)
@@ -425,7 +530,9 @@ class _Source:
             hashing = _HashingReader(raw, self.max_bytes, self.limit_msg)
             buffered = io.BufferedReader(hashing, _BLOCK)
             compressed = buffered.peek(2)[:2] == b"\x1f\x8b"
-            stream: BinaryIO = gzip.GzipFile(fileobj=buffered) if compressed else buffered
+            # GzipFile.readline is Python code on every call; a BufferedReader over it reads lines in C.
+            stream: BinaryIO = (io.BufferedReader(gzip.GzipFile(fileobj=buffered), 2**16) if compressed
+                                else buffered)
             limit_msg = (f"the file decompresses to more than the {self.max_bytes / 2**20:g} MB import limit; "
                          "split it or raise PREFLOOP_MAX_UPLOAD_MB") if compressed else self.limit_msg
             total = 0
@@ -521,7 +628,7 @@ def _container(name: str | None, text_head: str) -> str:
     return "csv"
 
 
-def _decode_lines(lines: Iterable[bytes], problems: list[tuple[int, str]]) -> Iterator[str]:
+def _decode_lines(lines: Iterable[bytes], problems: _Problems) -> Iterator[str]:
     """Decode each line (without its newline) as UTF-8, reporting the lines that are not."""
     for number, raw in enumerate(lines, 1):
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -574,8 +681,10 @@ def _loads(text: str) -> Any:
         raise _BadJSON("nested too deeply") from None
 
 
-def _jsonl_records(lines: list[str], problems: list[tuple[int, str]]) -> Iterator[tuple[int, None, Any]]:
+def _jsonl_records(lines: list[str], problems: _Problems) -> Iterator[tuple[int, None, Any]]:
     for number, line in enumerate(lines, 1):
+        if problems.full(number - 1):
+            return
         if not line.strip():
             continue
         try:
@@ -586,46 +695,80 @@ def _jsonl_records(lines: list[str], problems: list[tuple[int, str]]) -> Iterato
             problems.append((number, f"invalid JSON ({exc.msg})"))
 
 
-def _json_array_records(text: str, problems: list[tuple[int, str]]) -> Iterator[tuple[int, int | None, Any]]:
+def _joined(lines: Iterable[str], chunk: int = 4096) -> str:
+    """``"\\n".join(lines)`` without a list of every line, which str.join makes of an iterator: some 60 bytes
+    a line more than its text, 3 GB for a 200 MB file of short lines."""
+    parts, lines = [], iter(lines)
+    for first in lines:
+        parts.append("\n".join(itertools.chain((first,), itertools.islice(lines, chunk - 1))))
+    return "\n".join(parts)
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+"""What JSON reads as whitespace."""
+
+
+def _json_array_records(text: str, problems: _Problems) -> Iterator[tuple[int, int | None, Any]]:
     """Elements of a top-level JSON array, each with the line it starts on and, where another element
     starts on that line too (``json.dump`` writes the whole array on one line), its 1-based place in
     the array (else None).
 
-    The whole text is read leniently first (a syntax error or nesting too deep stops the file); each
-    element is then read again strictly, so NaN/Infinity are problems on the element's line.
+    The array is read one element at a time, each strictly, so NaN/Infinity are problems on the element's
+    line; a syntax error or nesting too deep stops the file, wherever it is. (It was read whole first, to
+    find those: every element at once, some 70 bytes for each ``{}`` of three.)
     """
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ImportValidationError(
-            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-            [(exc.lineno, f"invalid JSON ({exc.msg})")]) from None
-    except RecursionError:
-        raise ImportValidationError("invalid JSON: the file is nested too deeply to read") from None
-    if not isinstance(items, list):
+
+    def invalid(msg: str, pos: int) -> ImportValidationError:
+        exc = json.JSONDecodeError(msg, text, pos)
+        return ImportValidationError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                                     [(exc.lineno, f"invalid JSON ({exc.msg})")])
+
+    def too_deep() -> ImportValidationError:
+        return ImportValidationError("invalid JSON: the file is nested too deeply to read")
+
+    start = _JSON_SPACE.match(text).end()
+    if not text.startswith("[", start):  # one value, not an object either (a file that starts with '{' is JSONL)
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise invalid(exc.msg, exc.pos) from None
+        except RecursionError:
+            raise too_deep() from None
         raise ImportValidationError("a .json file must hold an array of rows; use JSON Lines for one row per line")
-    count = len(items)
-    del items
     lenient = json.JSONDecoder()
-    ws = re.compile(r"[\s,]*")
-    pos = ws.match(text, text.index("[") + 1).end()
-    line, counted, previous = 1, 0, 0
-    for element in range(1, count + 1):
+    pos = _JSON_SPACE.match(text, start + 1).end()
+    end = pos if text.startswith("]", pos) else None  # where the array ends: here when it is empty
+    line, counted, previous, element = 1, 0, 0, 0
+    while end is None and not problems.full(line):
+        element += 1
         line += text.count("\n", counted, pos)
         counted = pos
         try:
-            item, end = _DECODER.raw_decode(text, pos)
-            bad = None
-        except _BadJSON as exc:
-            item, bad = None, exc.msg
-            _, end = lenient.raw_decode(text, pos)
-        pos = ws.match(text, end).end()  # where the next element starts
-        shared = line == previous or (element < count and text.find("\n", counted, pos) == -1)
+            try:
+                item, after = _DECODER.raw_decode(text, pos)
+                bad = None
+            except _BadJSON as exc:
+                item, bad = None, exc.msg
+                _, after = lenient.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise invalid(exc.msg, exc.pos) from None
+        except RecursionError:
+            raise too_deep() from None
+        after = _JSON_SPACE.match(text, after).end()
+        if text.startswith(",", after):
+            pos = _JSON_SPACE.match(text, after + 1).end()  # where the next element starts
+        elif text.startswith("]", after):
+            end = after
+        else:
+            raise invalid("Expecting ',' delimiter", after)
+        shared = line == previous or (end is None and text.find("\n", counted, pos) == -1)
         previous = line
         if bad is not None:
             problems.append((line, _at_element(element if shared else None, f"invalid JSON ({bad})")))
         else:
             yield line, element if shared else None, item
+    if end is not None and (rest := _JSON_SPACE.match(text, end + 1).end()) < len(text):
+        raise invalid("Extra data", rest)
 
 
 _ELEMENT = re.compile(r"element \d+: ")
@@ -658,7 +801,7 @@ def _csv_lines(lines: Iterable[str]) -> Iterator[str]:
             yield line + "\n"
 
 
-def _csv_records(lines: Iterable[str], problems: list[tuple[int, str]], fmt: str | None,
+def _csv_records(lines: Iterable[str], problems: _Problems, fmt: str | None,
                  notes: list[str]) -> tuple[Iterator[tuple[int, None, Any]], str | None]:
     reader = csv.reader(_csv_lines(lines))
     try:
@@ -701,7 +844,7 @@ def _csv_records(lines: Iterable[str], problems: list[tuple[int, str]], fmt: str
 
     def records() -> Iterator[tuple[int, None, Any]]:
         last = reader.line_num
-        while True:
+        while not problems.full(last):
             start = last + 1
             try:
                 row = next(reader)
@@ -714,7 +857,9 @@ def _csv_records(lines: Iterable[str], problems: list[tuple[int, str]], fmt: str
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
-                problems.append((start, f"has {counted(len(row), 'cell')} but the header has {len(header)} columns"))
+                if not problems.past(start):
+                    problems.append((start, f"has {counted(len(row), 'cell')} but the header has {len(header)} "
+                                            "columns"))
                 continue
             obj: dict[str, Any] = {}
             bad = False
@@ -1112,12 +1257,15 @@ def _parse_hh(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparis
         diverged, not c or not r
 
 
-def _lines_note(lines: list[int], limit: int = 10) -> str:
+_NOTE_LINES = 10
+"""The lines a note names (:func:`_lines_note`)."""
+
+
+def _lines_note(lines: _Lines) -> str:
     """'line 3' or 'lines 1, 2, ... (5 more)', each line once (the elements of a one-line JSON array share it)."""
-    lines = list(dict.fromkeys(lines))
-    shown = ", ".join(str(x) for x in lines[:limit])
-    return ("line " if len(lines) == 1 else "lines ") + shown + (
-        f", ... ({len(lines) - limit:,} more)" if len(lines) > limit else "")
+    shown = ", ".join(str(x) for x in lines.first)
+    return ("line " if lines.distinct == 1 else "lines ") + shown + (
+        f", ... ({lines.distinct - len(lines.first):,} more)" if lines.distinct > len(lines.first) else "")
 
 
 def _conflicts_note(conflicts: list[_Conflict], known_winner: str | None, limit: int = 5) -> str:
@@ -1183,7 +1331,7 @@ class _IgnoredFields:
         """Field as shown (``responses[].model`` for a nested one) -> rows giving it, in order of first appearance."""
         self.meant: dict[str, tuple[str, set[str]]] = {}
         """Field as shown -> (its name, the known fields missing beside it in some row): what a misspelling meant."""
-        self.lines: list[int] = []
+        self.lines = _Lines()
         self._shapes: dict[tuple, list[str]] = {}
         """(prefix, an object's keys) -> its fields as shown: a file's rows have few shapes, each worked out once."""
 
@@ -1209,7 +1357,7 @@ class _IgnoredFields:
         return unknown
 
     def note(self, limit: int = 10) -> str | None:
-        if not self.lines:
+        if not len(self.lines):
             return None
         fields = sorted(self.rows, key=lambda k: -self.rows[k])  # stable: ties keep their first appearance
         described = []
@@ -1243,7 +1391,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     if src.is_blank():
         raise ImportValidationError("the file is empty")
     _check_is_text(src, name)
-    problems: list[tuple[int, str]] = []
+    problems = _Problems()  # the first MAX_PROBLEMS_KEPT and a count: a file can have one on every line
     notes: list[str] = []
     lines = _decode_lines(src.lines(), problems)
     head = list(itertools.islice(lines, 5))
@@ -1252,7 +1400,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     if container == "csv":
         records, fmt = _csv_records(lines, problems, fmt, notes)
     elif container == "json":
-        records = _json_array_records("\n".join(lines), problems)
+        records = _json_array_records(_joined(lines), problems)
     else:
         records = _jsonl_records(lines, problems)
 
@@ -1264,17 +1412,19 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     # (rater, None) when it names the rater of its winner, else (None, winner): one per rater, or one
     # per answer for rows that name none.
     seen: dict[tuple[str, str, str], tuple | dict] = {}
-    duplicates: list[int] = []
+    # Rows a note is about, and rows that are problems, are counted and the first kept, not listed: a file
+    # repeating one row (gzip makes a 200 MB one a 200 KB upload) adds one to these on every line.
+    duplicates = _Lines()
     conflicts: list[_Conflict] = []
     raters: set[str] = set()
     rated = 0
-    diverged: list[int] = []
-    empty: list[int] = []
-    multi_message: list[int] = []
-    dropped_lines: list[int] = []
+    diverged = _Lines()
+    empty = _Lines()
+    multi_message = _Lines()
+    dropped_lines = _Lines()
     dropped_keys: set[str] = set()
-    rater_conflicts: list[tuple[int, str]] = []
-    rater_lines: set[tuple[int, int | None]] = set()
+    rater_conflicts = _Problems()
+    rater_line: tuple[int, int | None] | None = None  # the last row in rater_conflicts (a k-wise row: once)
     ignored = _IgnoredFields()
     rows = 0
     given = 0
@@ -1283,11 +1433,14 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     for line, element, obj in records:
         rows += 1
         if not isinstance(obj, dict):
-            problems.append((line, _at_element(element, f"a row must be a JSON object, not {_json_type(obj)}")))
+            if not problems.past(line):
+                problems.append((line, _at_element(element, f"a row must be a JSON object, not {_json_type(obj)}")))
             continue
         row_fmt = _detect_row(obj)
         if file_fmt is None:
             if row_fmt is None:
+                if problems.past(line):
+                    continue
                 meant = dict.fromkeys(m for key in obj if (m := _close(key, ALL_ROW_FIELDS)) and m not in obj)
                 hint = f"; did you mean {', '.join(map(repr, meant))}?" if meant else ""
                 reason = (f"unrecognised row (fields: {', '.join(sorted(obj)) or 'none'}{hint}); "
@@ -1348,8 +1501,8 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                     elif prior is not None:
                         # Which of one rater's two answers is final cannot be told (a later import can
                         # change it): a problem, once a row.
-                        if (line, element) not in rater_lines:
-                            rater_lines.add((line, element))
+                        if (line, element) != rater_line:
+                            rater_line = (line, element)
                             pair = "this pair" if file_fmt != "kwise" else "a pair of this row"
                             rater_conflicts.append((line, _at_element(element, (
                                 f"annotator {_short(rater, 40)!r} gives {pair} another winner than on "
@@ -1373,8 +1526,10 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     if rows == 0 and not problems:
         raise ImportValidationError("the file has no data rows")
     if file_fmt is None:
-        raise ImportValidationError(f"could not detect the file's format; accepted formats: {FORMAT_HELP}",
-                                    sorted(problems))
+        stopped = (f" (reading stopped at line {problems.stopped_at:,}, after {counted(problems.count, 'problem')})"
+                   if problems.stopped_at is not None else "")
+        raise ImportValidationError(f"could not detect the file's format{stopped}; accepted formats: {FORMAT_HELP}",
+                                    problems.listed(), count=problems.count)
     if diverged:
         notes.append(f"{counted(len(diverged), 'HH row has', 'HH rows have')} more 'Human:'/'Assistant:' turns after "
                      f"the last assistant turn that chosen and rejected share ({_lines_note(diverged)}): split there; "
@@ -1396,21 +1551,20 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     if note := ignored.note():
         notes.append(note)
     if duplicates:
-        lines_dup = sorted(set(duplicates))
-        notes.append(f"{counted(len(duplicates), 'duplicate comparison')} ({_lines_note(lines_dup)}) "
+        notes.append(f"{counted(len(duplicates), 'duplicate comparison')} ({_lines_note(duplicates)}) "
                      + ("repeats an earlier row and is" if len(duplicates) == 1 else "repeat earlier rows and are")
                      + " imported once")
-    problems.sort(key=lambda p: p[0])
     votes: Counter = Counter()
     for given in seen.values():
         answers = ([given[1]] if isinstance(given, tuple) else [at[0] for at in given.values()])
         answers = [w for w in answers if w is not None]
         if answers:
             votes[(len(answers), _settled(answers))] += 1
-    return ParsedFile(format=file_fmt, comparisons=comparisons, problems=problems, notes=notes, rows=rows,
+    return ParsedFile(format=file_fmt, comparisons=comparisons, problems=problems.listed(), notes=notes, rows=rows,
                       comparison_count=len(seen), known_count=sum(votes.values()), votes=dict(votes),
-                      conflicts=conflicts, rater_conflicts=rater_conflicts, rated_count=rated,
-                      raters=len(raters))
+                      conflicts=conflicts, rater_conflicts=rater_conflicts.listed(), rated_count=rated,
+                      raters=len(raters), problem_count=problems.count,
+                      rater_conflict_count=rater_conflicts.count, stopped_at=problems.stopped_at)
 
 
 def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None, fmt: str | None = None,
@@ -1419,7 +1573,9 @@ def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None
     """Pure: reads and validates, touches no database. Detects the format when fmt is None.
 
     Row problems (with 1-based line numbers; the reason starts 'element N: ' for an element of a JSON array
-    that shares its line with others) are collected in ``problems``;
+    that shares its line with others) are collected in ``problems``, the first :data:`MAX_PROBLEMS_KEPT` by
+    line, and counted in ``problem_count`` (every line of a file can be one; reading stops at
+    :data:`MAX_PROBLEMS_COUNTED`, ``stopped_at``);
     file-level problems (too large, empty, unknown format, wrong CSV columns)
     raise :class:`ImportValidationError`. With ``keep_first``, only that many comparisons are kept (for a
     preview; ``comparison_count`` and ``known_count`` still count them all): the texts of every comparison
@@ -1437,23 +1593,32 @@ def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None
         parsed.comparisons = first
     if parsed.conflicts:  # before the import's handling of known winners is chosen: say what each does
         parsed.notes.append(_conflicts_note(parsed.conflicts, None))
-    if parsed.rater_conflicts:
-        parsed.problems = sorted(parsed.problems + parsed.rater_conflicts, key=lambda p: p[0])
+    if parsed.rater_conflict_count:
+        problems = _Problems()
+        problems.extend(parsed.problems, parsed.problem_count)
+        problems.extend(parsed.rater_conflicts, parsed.rater_conflict_count)
+        parsed.problems, parsed.problem_count = problems.listed(), problems.count
     if note := _raters_note(parsed.rated_count, parsed.raters, None):
         parsed.notes.append(note)
     return parsed
 
 
-def problems_message(problems: list[tuple[int, str]], filename: str | None = None) -> str:
+def problems_message(problems: list[tuple[int, str]], filename: str | None = None, count: int | None = None,
+                     stopped_at: int | None = None) -> str:
     """The user-facing text for bad rows (up to 20 listed): 'line 3: reason', or 'line 1, element 2: reason'
-    for an element of a JSON array that shares its line with others."""
+    for an element of a JSON array that shares its line with others. ``count`` is how many problems there are
+    when ``problems`` lists the first of them (``len(problems)`` by default): 'at least' that many from
+    :data:`MAX_PROBLEMS_COUNTED` or where reading stopped (``stopped_at``, the last line read)."""
+    count = len(problems) if count is None else max(count, len(problems))
+    at_least = "at least " if stopped_at is not None or count >= MAX_PROBLEMS_COUNTED else ""
     where = f" in {filename}" if filename else ""
-    head = (f"{counted(len(problems), 'problem')}{where}; nothing was imported. "
+    stopped = f" (reading stopped at line {stopped_at:,})" if stopped_at is not None else ""
+    head = (f"{at_least}{counted(count, 'problem')}{where}{stopped}; nothing was imported. "
             "Fix these rows and import the file again:")
     body = [f"  line {line}{', ' if _ELEMENT.match(reason) else ': '}{reason}"
             for line, reason in problems[:MAX_REPORTED]]
-    if len(problems) > MAX_REPORTED:
-        body.append(f"  ... and {len(problems) - MAX_REPORTED:,} more")
+    if count > len(body):
+        body.append(f"  ... and {at_least}{count - len(body):,} more")
     return "\n".join([head, *body])
 
 
@@ -1650,10 +1815,12 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
                    known_winner: Literal["judgment", "gold", "ignore"] = "judgment") -> PreparedImport:
     """Pure (no database, no role check): read and check every row of ``source`` for :func:`import_file`.
 
-    Raises ImportValidationError (annotate.errors) listing every bad row (line number + reason, the message
-    shows up to 20, ``.problems`` has all). Callers prepare before they open the write unit of work: on SQLite
-    a write transaction holds the database's write lock from its first statement, and every annotator's
-    judgment waits on that lock while the file, which takes most of an import's time, is read.
+    Raises ImportValidationError (annotate.errors) for bad rows (line number + reason; the message counts them
+    and shows up to 20, ``.problems`` has the first :data:`MAX_PROBLEMS_KEPT` and ``.count`` counts them, up
+    to :data:`MAX_PROBLEMS_COUNTED`, where reading stops).
+    Callers prepare before they open the write unit of work: on SQLite a write transaction holds the database's
+    write lock from its first statement, and every annotator's judgment waits on that lock while the file,
+    which takes most of an import's time, is read.
     """
     if known_winner not in ("judgment", "gold", "ignore"):
         raise PrefloopError("known_winner must be judgment, gold or ignore")
@@ -1702,9 +1869,10 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
         parsed.notes.append(_conflicts_note(parsed.conflicts, known_winner))
     if note := _raters_note(parsed.rated_count, parsed.raters, known_winner):
         parsed.notes.append(note)
-    problems = list(parsed.problems)
+    problems = _Problems()
+    problems.extend(parsed.problems, parsed.problem_count)
     if known_winner != "gold":  # as gold the rater is not read, and the pair's two answers are refused below
-        problems.extend(parsed.rater_conflicts)
+        problems.extend(parsed.rater_conflicts, parsed.rater_conflict_count)
     if known_winner == "gold":
         for pair in pairs.values():
             if len(pair.outcomes) > 1:
@@ -1713,8 +1881,9 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
                                        f"{', '.join(map(str, lines))}); a gold pair needs one answer")
                                 for line in lines[1:])
     if problems:
-        problems.sort(key=lambda p: p[0])
-        raise ImportValidationError(problems_message(problems, name), problems)
+        listed = problems.listed()
+        raise ImportValidationError(problems_message(listed, name, problems.count, parsed.stopped_at), listed,
+                                    count=problems.count)
     return PreparedImport(name=name, file_hash=src.sha256, format=parsed.format, rows=parsed.rows,
                           notes=list(parsed.notes), source_tag=source_tag, known_winner=known_winner,
                           prompts=prompts, responses=responses, pairs=pairs)
@@ -1726,9 +1895,10 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
                 known_winner: Literal["judgment", "gold", "ignore"] | None = None,
                 overlap: int | None = None) -> ImportReport:
     """Admin-only (require_admin unless system=True for the CLI run by the operator), checked before anything
-    is written. All-or-nothing: raises ImportValidationError (annotate.errors) listing every bad row (line number
-    + reason, message shows up to 20, `.problems` has all) and writes nothing if any row is bad. Idempotent:
-    importing the same content twice adds 0. Records an ImportBatch and an audit event ('import').
+    is written. All-or-nothing: raises ImportValidationError (annotate.errors) for bad rows (line number + reason,
+    the message counts them and shows up to 20, `.problems` has the first 1,000, `.count` counts them, up to a
+    million) and writes nothing if any row is bad. Idempotent: importing the same content twice adds 0.
+    Records an ImportBatch and an audit event ('import').
 
     ``source`` is a file (path or bytes), read by :func:`prepare_import` with ``filename``, ``fmt``,
     ``source_tag`` and ``known_winner`` before the session is used, or what :func:`prepare_import` returned

@@ -59,7 +59,8 @@ def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
     parsed = parse_file(path)
     notes = list(parsed.notes)
     if parsed.problems:
-        notes.append(f"{len(parsed.problems)} rows could not be read and were skipped "
+        notes.append(f"{'at least ' if parsed.stopped_at else ''}{parsed.problem_count:,} rows could not be read "
+                     "and were skipped "
                      f"(first: line {parsed.problems[0][0]}: {parsed.problems[0][1]})")
     rows: dict[tuple[str, str], int] = {}
     prompts, responses = [], []

@@ -1,6 +1,6 @@
 """Admin: import prompts, responses and comparisons.
 
-The file is parsed and validated first (a preview and every problem are
+The file is parsed and validated first (a preview, the count of its problems and the first of them are
 shown); nothing is written until the admin presses Import. Messages quote the
 file (its name, CSV header, values), so they go through ``render.safe_markdown``.
 """
@@ -22,7 +22,7 @@ PARSED_KEY = "import_parsed"  # what the page shows of the chosen file, not the 
 IMPORTED_KEY = "import_done"
 IMPORTING_KEY = "import_running"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-PROBLEMS_LISTED = 1000
+PROBLEMS_LISTED = min(1000, ingest.MAX_PROBLEMS_KEPT)  # ingest keeps the first 1,000 and counts the rest
 PREVIEW_ROWS = 20
 KNOWN_WINNER = {
     "judgment": "store as imported judgments",
@@ -54,8 +54,19 @@ def summarise(data: bytes, digest: str) -> dict:
                                max_bytes=settings.max_upload_mb * 2**20, keep_first=PREVIEW_ROWS)
     return {"digest": digest, "format": parsed.format, "rows": parsed.rows, "comparisons": parsed.comparison_count,
             "known": parsed.known_count, "votes": parsed.votes, "notes": parsed.notes,
-            "problems": len(parsed.problems), "problem_rows": parsed.problems[:PROBLEMS_LISTED],
+            "problems": parsed.problem_count, "problem_rows": parsed.problems[:PROBLEMS_LISTED],
+            "stopped_at": parsed.stopped_at,
             "preview": parsed.preview(PREVIEW_ROWS)}
+
+
+def show_problems(exc: ImportValidationError) -> None:
+    """The first problems of a refused file, and how many are not listed (ingest keeps the first 1,000 of a
+    file's problems, however many it has)."""
+    listed = exc.problems[:PROBLEMS_LISTED]
+    if exc.count > len(listed):
+        at_least = "At least " if exc.count >= ingest.MAX_PROBLEMS_COUNTED else ""
+        st.caption(f"{at_least}{ingest.counted(exc.count, 'problem')} in all; the first {len(listed):,} are listed.")
+    st.dataframe([{"line": line, "problem": render.plain(reason)} for line, reason in listed], hide_index=True)
 
 
 # Streamlit keeps the upload while the widget holds it; the session keeps only this summary of it.
@@ -73,8 +84,7 @@ if summary is None or summary["file_id"] != upload.file_id:
         except ImportValidationError as exc:
             st.error(safe_markdown(str(exc)))
             if exc.problems:
-                st.dataframe([{"line": line, "problem": render.plain(reason)} for line, reason in exc.problems],
-                             hide_index=True)
+                show_problems(exc)
             st.stop()
         except PrefloopError as exc:
             st.error(safe_markdown(str(exc)))
@@ -88,10 +98,12 @@ st.write(f"Format **{summary['format']}** · {ingest.counted(summary['rows'], 'r
 for note in summary["notes"]:
     st.info(safe_markdown(note))
 if summary["problems"]:
-    st.error(f"{ingest.counted(summary['problems'], 'problem')} found; nothing can be imported until the file "
-             "is fixed.")
-    if summary["problems"] > PROBLEMS_LISTED:
-        st.caption(f"The first {PROBLEMS_LISTED:,} are listed.")
+    stopped = summary.get("stopped_at")  # reading stops at ingest.MAX_PROBLEMS_COUNTED: then 'at least'
+    st.error(f"{'At least ' if stopped is not None else ''}{ingest.counted(summary['problems'], 'problem')} found"
+             f"{f' (reading stopped at line {stopped:,})' if stopped is not None else ''}; nothing can be imported "
+             "until the file is fixed.")
+    if summary["problems"] > len(summary["problem_rows"]):
+        st.caption(f"The first {len(summary['problem_rows']):,} are listed.")
     st.dataframe([{"line": line, "problem": render.plain(reason)} for line, reason in summary["problem_rows"]],
                  hide_index=True)
 # The file's texts, shown as the Review page shows them: a right-to-left override reversed the preview's text.
@@ -191,7 +203,7 @@ elif pressed:
         st.session_state[IMPORTED_KEY] = (token, safe_markdown(report.summary()))
     except ImportValidationError as exc:
         st.error(safe_markdown(str(exc)))
-        st.dataframe([{"line": line, "problem": render.plain(reason)} for line, reason in exc.problems], hide_index=True)
+        show_problems(exc)
     except PrefloopError as exc:
         st.error(safe_markdown(str(exc)))
     except OperationalError:  # locked past the busy timeout, or unreachable: the transaction wrote nothing
