@@ -101,8 +101,10 @@ def _check_target(out: Path) -> None:
 def _partial(out: Path) -> Path:
     """A new, empty file beside ``out`` that only this user can read: a backup holds every account's
     password hash (the copy is renamed to ``out`` once whole)."""
+    from annotate.db import create_private_file
+
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    create_private_file(tmp, exist_ok=False)
     return tmp
 
 

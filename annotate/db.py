@@ -53,8 +53,9 @@ def is_sqlite(engine_or_url) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def create_private_file(path: Path) -> None:
-    """Create ``path`` (and its folder), empty and readable by its owner only, unless it exists.
+def create_private_file(path: Path, *, exist_ok: bool = True) -> None:
+    """Create ``path`` (and its folder), empty and readable by its owner only; an existing file is left as it
+    is (``exist_ok``) or raises FileExistsError.
 
     For a SQLite database, which holds every account's password hash: SQLite creates a new file with the
     process's umask (world-readable under the usual 022) and gives its -wal and -shm files the database
@@ -64,7 +65,8 @@ def create_private_file(path: Path) -> None:
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
-        pass
+        if not exist_ok:
+            raise
 
 
 def create_db_engine(url: str, *, poolclass=None, echo: bool = False) -> Engine:
