@@ -129,14 +129,14 @@ def _contents(url: str | None = None, *, sqlite_file: Path | None = None) -> Con
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
-    from annotate.db import create_db_engine
+    from annotate.db import reading_engine
     from annotate.models import Comparison, Judgment, ModelVersion, User
 
     if sqlite_file is not None:
         engine = create_engine("sqlite://", poolclass=NullPool,
                                creator=lambda: sqlite3.connect(_read_only(sqlite_file), uri=True))
     else:
-        engine = create_db_engine(url, poolclass=NullPool).execution_options(sqlite_begin="DEFERRED")
+        engine = reading_engine(url)
     try:
         with engine.connect() as conn:
             heads = MigrationContext.configure(conn).get_current_heads()
@@ -155,9 +155,9 @@ def _contents(url: str | None = None, *, sqlite_file: Path | None = None) -> Con
 def _has_prefloop_tables(url: str) -> bool:
     from sqlalchemy import inspect
 
-    from annotate.db import create_db_engine
+    from annotate.db import reading_engine
 
-    engine = create_db_engine(url, poolclass=NullPool).execution_options(sqlite_begin="DEFERRED")
+    engine = reading_engine(url)
     try:
         with engine.connect() as conn:
             return inspect(conn).has_table("alembic_version")

@@ -91,6 +91,12 @@ def create_db_engine(url: str, *, poolclass=None, echo: bool = False) -> Engine:
     return create_engine(sa_url, **kwargs)
 
 
+def reading_engine(url: str) -> Engine:
+    """A one-off engine (no pool) for reads: on SQLite its transactions begin DEFERRED, so a writer holding
+    the lock (a long import) does not make it wait, as ``BEGIN IMMEDIATE`` does."""
+    return create_db_engine(url, poolclass=NullPool).execution_options(sqlite_begin="DEFERRED")
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):

@@ -81,12 +81,11 @@ def script_directory(url: str):
 
 def current_heads(url: str) -> set[str]:
     from alembic.runtime.migration import MigrationContext
-    from annotate.db import create_db_engine
-    from sqlalchemy.pool import NullPool
+    from annotate.db import reading_engine
 
     # A read: on SQLite a deferred transaction, so a writer holding the lock (a long import) does not make
     # every command's schema check wait for it (and fail after the busy timeout).
-    engine = create_db_engine(url, poolclass=NullPool).execution_options(sqlite_begin="DEFERRED")
+    engine = reading_engine(url)
     try:
         with engine.connect() as conn:
             return set(MigrationContext.configure(conn).get_current_heads())
