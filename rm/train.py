@@ -300,6 +300,13 @@ def _fit_adam(heads, xt, ia_t, ib_t, out_t, marg, w_t, v_t, eps, theta, config) 
     return step
 
 
+def _distinct_pairs(ia: np.ndarray, ib: np.ndarray) -> int:
+    """How many different pairs of responses the rows judge (A/B in either order is one pair)."""
+    if not len(ia):
+        return 0
+    return int(len(np.unique(np.stack([np.minimum(ia, ib), np.maximum(ia, ib)], axis=1), axis=0)))
+
+
 def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int = 0) -> Ensemble:
     """Fit ``config.n_members`` Bradley–Terry heads on ``data`` (both-bad pairs dropped).
 
@@ -377,7 +384,8 @@ def train_ensemble(data: PairData, config: TrainConfig | None = None, seed: int 
         d_oob = (d * val).sum(axis=0)[rows] / n_val[rows]
         temperature = fit_temperature(d_oob, data.outcome[rows] == A_WINS)
     ens.temperature = temperature
-    ens.info = {"config": asdict(config), "seed": int(seed), "n_pairs": int(len(data)),
+    ens.info = {"config": asdict(config), "seed": int(seed), "n_judgments": int(len(data)),
+                "n_pairs": _distinct_pairs(data.ia, data.ib),
                 "n_both_bad_dropped": n_dropped, "steps": int(step),
                 "tie_epsilon": [round(float(e), 6) for e in member_eps],
                 "train_seconds": round(time.perf_counter() - t0, 4)}

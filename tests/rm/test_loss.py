@@ -136,7 +136,16 @@ def test_both_bad_pairs_are_dropped_by_the_trainer():
     out = np.array([A_WINS, B_WINS, TIE, BOTH_BAD] * 5)
     data = PairData(feat, np.arange(20), np.arange(20, 40), out)
     ens = train_ensemble(data, TrainConfig(n_members=2), seed=0)
-    assert ens.info["n_both_bad_dropped"] == 5 and ens.info["n_pairs"] == 15
+    assert ens.info["n_both_bad_dropped"] == 5 and ens.info["n_judgments"] == 15 and ens.info["n_pairs"] == 15
+
+
+def test_info_counts_judgments_and_distinct_pairs_apart():
+    """Two raters on one pair (once shown swapped) are two judgments of one pair."""
+    feat = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    data = PairData(feat, np.array([0, 1, 2, 4]), np.array([1, 0, 3, 5]),
+                    np.array([A_WINS, B_WINS, A_WINS, TIE]))
+    ens = train_ensemble(data, TrainConfig(n_members=2), seed=0)
+    assert ens.info["n_judgments"] == 4 and ens.info["n_pairs"] == 3
 
 
 def test_fit_temperature_recovers_a_known_scale():
