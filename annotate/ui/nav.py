@@ -1,6 +1,7 @@
 """The page lists per role: the one place to add a page.
 
-Annotators' sessions never register admin pages. Admin pages must still call
+Annotators' sessions never register admin pages (their addresses show a hidden page saying they are for
+admins). Admin pages must still call
 :func:`annotate.ui.context.require_admin_page` themselves.
 """
 
@@ -62,12 +63,30 @@ def _login_at(spec: PageSpec) -> st.Page:
                    url_path=_page(replace(spec, default=False)).url_path)
 
 
+def _admins_only_at(spec: PageSpec, actor: Actor) -> st.Page:
+    """A hidden page at admin page ``spec``'s address for an annotator, saying that it is for admins.
+
+    Without it, an annotator following an admin's link (or a bookmark from before a role change) got
+    Streamlit's "Page not found" and then the annotation page, which leases a pair, and was not told why.
+    Only this message runs there: the admin page's file is never registered for them."""
+    def admins_only() -> None:
+        st.title(spec.title)
+        st.warning(f"**{spec.title}** is for admins. You are signed in as **{actor.username}**, "
+                   f"an annotator: ask an admin if you need it.", icon=":material/lock:")
+        st.page_link(str(PAGES_DIR / "annotate.py"), label="Go to Annotate", icon=":material/compare_arrows:")
+
+    admins_only.__name__ = f"admins_only_{Path(spec.file).stem}"
+    return st.Page(admins_only, title=spec.title, icon=spec.icon, visibility="hidden",
+                   url_path=_page(replace(spec, default=False)).url_path)
+
+
 def pages_for(actor: Actor | None) -> dict[str, list[st.Page]]:
     """The navigation for ``actor`` (whose role must come fresh from the database)."""
     if actor is None:
         return {"": [_page(LOGIN_PAGE), *(_login_at(s) for s in (*ANNOTATOR_PAGES, *ADMIN_PAGES))]}
     if not actor.is_admin:
-        return {"Annotation": [_page(s) for s in ANNOTATOR_PAGES]}
+        return {"Annotation": [*(_page(s) for s in ANNOTATOR_PAGES),
+                               *(_admins_only_at(s, actor) for s in ADMIN_PAGES)]}
     # An admin lands on the overview: opening Annotate leases a pair (for the lease
     # time) and counts them as an active annotator, which logging in should not do.
     return {"Annotation": [_page(replace(s, default=False)) for s in ANNOTATOR_PAGES],

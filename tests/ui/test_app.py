@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from annotate import accounts, campaign, judgments
+from annotate.ui import nav
 from annotate.accounts import Actor
 from annotate.errors import PermissionDenied
 from annotate.models import Choice, Judgment, JudgmentState, Lease, Role, User
@@ -176,7 +177,11 @@ def _registered_pages(at: AppTest) -> list[str]:
 
 def test_annotator_never_registers_admin_pages(app_db, people):
     at = _login(_app(), "ann")
-    assert _registered_pages(at) == ["annotate.py", "guidelines.py"]
+    registered = _registered_pages(at)
+    assert [p for p in registered if p.endswith(".py")] == ["annotate.py", "guidelines.py"]
+    # The rest are the hidden "for admins" notices at the admin pages' addresses (no page file behind them).
+    assert sorted(p for p in registered if not p.endswith(".py")) == sorted(
+        Path(spec.file).stem for spec in nav.ADMIN_PAGES)
     at.switch_page(_page("guidelines.py"))
     at.run()
     assert [t.value for t in at.title] == ["Guidelines"]
@@ -185,6 +190,34 @@ def test_annotator_never_registers_admin_pages(app_db, people):
     for name in ADMIN_PAGES:
         with pytest.raises(ValueError, match="Known pages"):
             at.switch_page(_page(name))
+
+
+_NOTICES = """
+from pathlib import Path
+import streamlit as st
+from annotate.accounts import Actor
+from annotate.models import Role
+from annotate.ui import nav
+
+pages = [p for section in nav.pages_for(Actor(id=7, username="ann", role=Role.annotator)).values() for p in section]
+st.navigation(pages, position="sidebar")
+st.session_state["pages"] = [(p.url_path, p.title, p.visibility, isinstance(p._page, Path)) for p in pages]
+next(p for p in pages if p.url_path == "admin_export")._page()
+"""
+
+
+def test_an_annotator_at_an_admin_address_is_told_it_is_for_admins():
+    """Hidden notices sit at the admin pages' addresses (no admin page file behind them) and say why."""
+    at = AppTest.from_string(_NOTICES, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    pages = at.session_state["pages"]
+    assert [(u, t, f) for u, t, v, f in pages if v == "visible"] == [("", "Annotate", True),  # the default
+                                                                      ("guidelines", "Guidelines", True)]
+    notices = [(u, t, f) for u, t, v, f in pages if v == "hidden"]
+    assert notices == [(Path(spec.file).stem, spec.title, False) for spec in nav.ADMIN_PAGES]
+    assert [t.value for t in at.title] == ["Export"]
+    assert [w.value for w in at.warning] == [
+        "**Export** is for admins. You are signed in as **ann**, an annotator: ask an admin if you need it."]
 
 
 def test_admin_registers_the_admin_pages(app_db, people):

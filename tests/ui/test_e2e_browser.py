@@ -504,7 +504,7 @@ def test_keys_pressed_while_the_guidelines_are_open_judge_nothing(server, seeded
 def test_a_reloaded_or_bookmarked_page_asks_to_log_in_then_opens_there(server):
     """F5 starts a logged-out session: at /review Streamlit said "Page not found" over the login page (only
     the login page was registered) and the admin landed on the overview, as did every shared admin link.
-    An annotator at an admin address logs in and gets the annotation page, never the admin one."""
+    An annotator at an admin address logs in and is told the page is for admins, with a link to Annotate."""
     from playwright.sync_api import expect, sync_playwright
 
     require_browser()
@@ -527,7 +527,12 @@ def test_a_reloaded_or_bookmarked_page_asks_to_log_in_then_opens_there(server):
             other.set_default_timeout(TIMEOUT_MS)
             other.goto(f"{server}/review")
             _log_in(other, "annie")
-            expect(other.get_by_role("heading", name="Which response is better?")).to_be_visible()
+            # Told why, rather than "Page not found" and the annotation page (which leased a pair).
+            expect(other.get_by_text("is for admins. You are signed in as annie, an annotator")).to_be_visible()
             expect(other.get_by_role("heading", name="Review a comparison")).to_have_count(0)
+            expect(other.get_by_text("Page not found")).to_have_count(0)
+            assert other.url.endswith("/review")
+            other.get_by_role("link", name="Go to Annotate").click()
+            expect(other.get_by_role("heading", name="Which response is better?")).to_be_visible()
         finally:
             browser.close()
