@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -516,7 +517,10 @@ def cmd_retrain(args) -> int:
     if args.replace_missing and not args.once:
         raise PrefloopError("--replace-missing goes with --once")
     _require_schema(settings)
-    result = retrain.run_once(settings, force=args.force, replace_missing=args.replace_missing)
+    # SIGTERM (a deploy, a scheduler's timeout) or Ctrl-C stops the run at its next step, recorded as
+    # stopped, as the watcher's run is; a second one stops at once.
+    with retrain.stop_on_signals(threading.Event()) as stop:
+        result = retrain.run_once(settings, force=args.force, replace_missing=args.replace_missing, stop=stop)
     print(result.summary())
     return 0 if result.status in ("succeeded", "rejected", "skipped") else 1
 

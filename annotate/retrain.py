@@ -41,6 +41,8 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -458,8 +460,35 @@ def score_responses(ensemble, rows: np.ndarray, featurize, *, known=None, chunk:
 
 
 def _crash_point(step: str) -> None:
-    if os.environ.get(CRASH_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Tests: ``PREFLOOP_RETRAIN_CRASH_AT=STEP`` kills the process (SIGKILL) as ``STEP`` begins;
+    ``STEP:SIGTERM`` (any signal's name) sends it that signal instead."""
+    at, _, name = os.environ.get(CRASH_ENV, "").partition(":")
+    if at == step:
+        os.kill(os.getpid(), getattr(signal, name or "SIGKILL"))
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
+    """Within: SIGTERM or SIGINT (Ctrl-C) sets ``stop``, which a run checks between its steps; a second
+    signal does what that signal does by default (a second Ctrl-C stops at once: the run is marked
+    stopped all the same; a second SIGTERM kills, and the next run marks it dead). Outside the main thread,
+    where Python cannot install handlers, nothing is installed."""
+    installed = {}
+
+    def _on_signal(signum, _frame):
+        log.info("signal %s: stopping", signum)
+        stop.set()
+        for sig, handler in installed.items():  # the next one is not caught
+            signal.signal(sig, handler)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            installed[sig] = signal.signal(sig, _on_signal)
+    try:
+        yield stop
+    finally:
+        for sig, handler in installed.items():
+            signal.signal(sig, handler)
 
 
 class _RowFeatures:
@@ -1257,14 +1286,11 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
     """
     stop = stop or threading.Event()
     db = db or open_database(settings)
-    installed = {}
-    if threading.current_thread() is threading.main_thread():
-        def _on_signal(signum, _frame):
-            log.info("signal %s: stopping", signum)
-            stop.set()
+    with stop_on_signals(stop):
+        _watch(settings, db, poll_seconds, stop, run_kwargs)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            installed[sig] = signal.signal(sig, _on_signal)
+
+def _watch(settings: Settings, db: Database, poll_seconds: float, stop: threading.Event, run_kwargs) -> None:
     started = utcnow()
     _say(f"retrain watcher started (poll every {poll_seconds:g} s)", started)
     waiting = False  # said once that another process's run holds the lock, until it lets go
@@ -1290,8 +1316,6 @@ def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float
                 log.exception("retrain watcher: check failed; retrying")
             stop.wait(poll_seconds)
     finally:
-        for sig, handler in installed.items():
-            signal.signal(sig, handler)
         db.dispose()
         _say("retrain watcher stopped")
 

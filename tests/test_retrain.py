@@ -690,6 +690,64 @@ def test_kill_at_each_step_keeps_previous_model(backend, request, tmp_path, tiny
         db.dispose()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_sigterm_stops_a_once_run_at_its_next_step(backend, request, tmp_path, tiny_encoder):
+    """SIGTERM (a deploy, a scheduler's time limit) to ``retrain --once`` killed it outright: the run stayed
+    "running" until a later run marked it dead. Now, as for the watcher, it stops at its next step, marked
+    failed and stopped, the active model and the queue's order untouched and the lock let go."""
+    from annotate.db import Database, create_db_engine
+    from annotate.settings import load_settings
+
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_clean_url")
+    settings = load_settings(environ={}, data_dir=tmp_path / "data", database_url=url, env="test",
+                             encoder_path=str(tiny_encoder), cold_start=0, torch_threads=1)
+    db = Database(create_db_engine(url))
+    try:
+        with db.begin() as s:
+            add_pairs(s, 0, 60, judged=True)
+            add_pairs(s, 1000, 30, judged=False)
+        first = retrain.run_once(settings, db=db)
+        assert first.status == "succeeded"
+        with db.begin() as s:
+            add_pairs(s, 2000, 20, judged=True)
+            state = priorities_state(s)
+        for step, after in (("embed", "train"), ("score", "promote")):
+            proc = _cli(settings, "retrain", "--once", PREFLOOP_RETRAIN_CRASH_AT=f"{step}:SIGTERM")
+            assert proc.returncode == 1, (step, proc.returncode, proc.stdout, proc.stderr)
+            assert proc.stdout.startswith("retrain failed (run "), proc.stdout
+            assert f"Stopped at step {step}: stopped by signal before step {after}" in proc.stdout
+            assert "Traceback" not in proc.stderr, proc.stderr
+            with db.read() as s:
+                run = s.scalars(select(TrainingRun).order_by(TrainingRun.id.desc())).first()
+                assert (run.status, run.step, run.counts.get("stopped")) == ("failed", step, True)
+                assert run.finished_at is not None
+                assert active_id(s) == first.model_version_id
+                assert priorities_state(s) == state
+            assert not locks.is_held(db, retrain.LOCK_NAME)
+        # Stopped on purpose: the next run neither waits for it nor counts it as a failure.
+        proc = _cli(settings, "retrain", "--once")
+        assert proc.returncode == 0 and "retrain succeeded" in proc.stdout, proc.stdout + proc.stderr
+    finally:
+        db.dispose()
+
+
+def test_a_second_signal_stops_at_once():
+    """The first SIGINT/SIGTERM asks the run to stop at its next step (which can be minutes away while it
+    embeds); a second is not caught: Ctrl-C twice stops now. The handlers go back as they were."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop = threading.Event()
+    with pytest.raises(KeyboardInterrupt):
+        with retrain.stop_on_signals(stop):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # Python runs the handler at the next bytecode boundary
+            assert stop.is_set()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def _first_model(db, rt_settings):
     """60 labelled and 20 open pairs, and the first (promoted) run on them."""
     with db.begin() as s:
