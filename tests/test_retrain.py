@@ -645,24 +645,32 @@ def _cli(settings, *args, **extra):
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_kill_at_each_step_keeps_previous_model(backend, request, tmp_path, tiny_encoder):
+def _cli_campaign(backend, request, tmp_path, encoder):
+    """Settings and a database on ``backend`` with a first model promoted, 20 labels since and open pairs
+    in that model's order: ``(settings, db, first run, the queue's priorities)``, for runs of the CLI."""
     from annotate.db import Database, create_db_engine
     from annotate.settings import load_settings
 
     url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_clean_url")
     settings = load_settings(environ={}, data_dir=tmp_path / "data", database_url=url, env="test",
-                             encoder_path=str(tiny_encoder), cold_start=0, torch_threads=1)
+                             encoder_path=str(encoder), cold_start=0, torch_threads=1)
     db = Database(create_db_engine(url))
+    with db.begin() as s:
+        add_pairs(s, 0, 60, judged=True)
+        add_pairs(s, 1000, 30, judged=False)
+    first = retrain.run_once(settings, db=db)
+    assert first.status == "succeeded"
+    with db.begin() as s:
+        add_pairs(s, 2000, 20, judged=True)
+        state = priorities_state(s)
+    return settings, db, first, state
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_kill_at_each_step_keeps_previous_model(backend, request, tmp_path, tiny_encoder):
+    settings, db, first, state = _cli_campaign(backend, request, tmp_path, tiny_encoder)
     try:
-        with db.begin() as s:
-            add_pairs(s, 0, 60, judged=True)
-            add_pairs(s, 1000, 30, judged=False)
-        first = retrain.run_once(settings, db=db)
-        assert first.status == "succeeded"
-        with db.begin() as s:
-            add_pairs(s, 2000, 20, judged=True)
-            state = priorities_state(s)
+        with db.read() as s:
             n_versions = s.scalar(select(func.count(ModelVersion.id)))
 
         for step in retrain.STEPS:
@@ -695,22 +703,8 @@ def test_sigterm_stops_a_once_run_at_its_next_step(backend, request, tmp_path, t
     """SIGTERM (a deploy, a scheduler's time limit) to ``retrain --once`` killed it outright: the run stayed
     "running" until a later run marked it dead. Now, as for the watcher, it stops at its next step, marked
     failed and stopped, the active model and the queue's order untouched and the lock let go."""
-    from annotate.db import Database, create_db_engine
-    from annotate.settings import load_settings
-
-    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_clean_url")
-    settings = load_settings(environ={}, data_dir=tmp_path / "data", database_url=url, env="test",
-                             encoder_path=str(tiny_encoder), cold_start=0, torch_threads=1)
-    db = Database(create_db_engine(url))
+    settings, db, first, state = _cli_campaign(backend, request, tmp_path, tiny_encoder)
     try:
-        with db.begin() as s:
-            add_pairs(s, 0, 60, judged=True)
-            add_pairs(s, 1000, 30, judged=False)
-        first = retrain.run_once(settings, db=db)
-        assert first.status == "succeeded"
-        with db.begin() as s:
-            add_pairs(s, 2000, 20, judged=True)
-            state = priorities_state(s)
         for step, after in (("embed", "train"), ("score", "promote")):
             proc = _cli(settings, "retrain", "--once", PREFLOOP_RETRAIN_CRASH_AT=f"{step}:SIGTERM")
             assert proc.returncode == 1, (step, proc.returncode, proc.stdout, proc.stderr)
