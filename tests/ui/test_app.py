@@ -24,7 +24,36 @@ from tests.factories import PASSWORD, make_comparisons
 from tests.ui.conftest import APP, PAGES
 
 TIMEOUT = 30
-ADMIN_PAGES = ["admin_import.py", "admin_export.py", "admin_users.py"]
+ANNOTATOR_FILES = {"login.py", "annotate.py", "guidelines.py"}
+ADMIN_PAGES = sorted(p.name for p in PAGES.glob("*.py") if p.name not in ANNOTATOR_FILES)
+"""Every other page file: each must guard itself (a hand-written list had left one out)."""
+
+
+def test_every_admin_page_file_is_in_the_admin_menu():
+    assert ADMIN_PAGES == sorted(spec.file for spec in nav.ADMIN_PAGES)
+
+
+def _first_statement(path: Path) -> str:
+    """A page's first top-level statement that does something: not an import, a definition, its docstring
+    or a constant (an UPPER_CASE name) assigned."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and all(
+                isinstance(t, ast.Name) and t.id.isupper() for t in targets):
+            continue
+        return ast.unparse(node)
+    return ""
+
+
+@pytest.mark.parametrize("name", ADMIN_PAGES)
+def test_admin_pages_check_the_role_before_anything_else(name):
+    """The page's own guard, first: the service layer refuses annotators too, so the page tests below
+    would not notice a guard taken away, and a page reading something unguarded would show it."""
+    assert _first_statement(PAGES / name) == "actor = context.require_admin_page()"
 
 
 def _app() -> AppTest:
@@ -995,7 +1024,9 @@ def test_admin_pages_render_for_an_admin(app_db, people):
         assert not at.exception, at.exception
         assert not _errors(at)
         titles[name] = [t.value for t in at.title]
-    assert titles == {"admin_import.py": ["Import"], "admin_export.py": ["Export"], "admin_users.py": ["Users"]}
+    assert {name: titles[name] for name in ("admin_import.py", "admin_export.py", "admin_users.py")} == {
+        "admin_import.py": ["Import"], "admin_export.py": ["Export"], "admin_users.py": ["Users"]}
+    assert all(titles.values()), titles
 
 
 def test_export_page_offers_every_download(app_db, people):
