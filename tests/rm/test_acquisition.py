@@ -326,3 +326,38 @@ def test_margin_and_thompson_sample_on_the_less_likely_outcome():
     for name in ("margin", "thompson"):
         np.testing.assert_allclose(get_strategy(name).positive_scores(pool, np.random.default_rng(0)),
                                    np.minimum(p, 1 - p), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the +diverse step
+
+
+def _ranked_pool(features: np.ndarray) -> Pool:
+    """Pairs whose margin rank is their index (pair 0 the closest to even), with the given features."""
+    n = len(features)
+    probs = (0.5 + 0.04 * np.arange(n))[None, :]
+    return Pool(probs=probs, features=features.astype(np.float32))
+
+
+def test_diverse_counts_a_pair_and_its_swap_as_one_question():
+    """Pair features are compared up to sign: the same two responses shown the other way round (features
+    negated) are at distance 0 from the pair already picked, so they never fill the batch's second place,
+    although they are the second best by score."""
+    v = np.eye(8)
+    features = np.r_[v[:1], -v[:1], v[2:]]  # pair 1 is pair 0 swapped
+    strategy = get_strategy("margin+diverse")
+    seconds = [int(strategy.select(_ranked_pool(features), 2, np.random.default_rng(s))[1]) for s in range(200)]
+    assert seconds.count(1) == 0
+    assert set(seconds) == set(range(2, 8))
+
+
+def test_diverse_leans_towards_the_better_ranked_of_equally_distant_pairs():
+    """Among candidates equally far from the batch, k-means++ draws with probability ∝ the rank weight
+    (1 for the best, down to 0.25 for the last): the second-best pair comes up about 3.6 times as often
+    as the last one, never the other way round."""
+    strategy = get_strategy("margin+diverse")
+    pool = _ranked_pool(np.eye(8))  # all orthogonal: every distance the same
+    seconds = np.array([strategy.select(pool, 2, np.random.default_rng(s))[1] for s in range(2000)])
+    counts = np.bincount(seconds, minlength=8)
+    assert counts[0] == 0  # the best is first, once
+    assert counts[1] > 2.5 * counts[7], counts
+    assert np.all(np.diff(counts[1:]) < 60), counts  # falling with the rank, up to sampling noise
