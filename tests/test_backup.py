@@ -19,7 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from annotate import campaign, judgments, locks, migrate, queue
 from annotate.db import Database, create_db_engine
-from annotate.models import Judgment, ModelVersion
+from annotate.models import Comparison, Judgment, JudgmentState, ModelVersion
 from annotate.retrain import LOCK_NAME
 from annotate.settings import load_settings
 from tests.conftest import PG_ADMIN_URL
@@ -125,25 +125,65 @@ def test_a_backup_includes_judgments_still_in_the_wal_that_a_file_copy_misses(sq
     assert _count(f"sqlite:///{tmp_path / 'backup.db'}") == 9
 
 
+def _mismatched_counts(url):
+    """Comparisons whose ``judgment_count`` is not their number of active judgments (a torn copy's sign)."""
+    engine = create_db_engine(url, poolclass=NullPool)
+    active = (select(Judgment.comparison_id, func.count().label("n"))
+              .where(Judgment.state == JudgmentState.active).group_by(Judgment.comparison_id).subquery())
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(Comparison.id, Comparison.judgment_count, active.c.n)
+                                .outerjoin(active, active.c.comparison_id == Comparison.id)
+                                .where(Comparison.judgment_count != func.coalesce(active.c.n, 0))).all()
+    finally:
+        engine.dispose()
+
+
 def test_a_backup_taken_while_annotators_write_is_whole_and_loses_none_of_their_judgments(sqlite_env, tmp_path):
+    """Three backups while an annotator judges without pause: each is a consistent snapshot (every pair's
+    count matches its judgments), they grow, and the writes go on across them (so they are taken mid-write)."""
     env, url = sqlite_env
-    errors = []
+    errors, made = [], []
+    started, stop = threading.Event(), threading.Event()
+    settings = load_settings(environ={}, data_dir=tmp_path / "data", database_url=url, env="test")
 
     def write():
+        db = Database(create_db_engine(url))
         try:
-            _judge(url, tmp_path, 20, annotator="busy", pairs=20)
+            with db.begin() as s:
+                make_comparisons(s, 400, tag="busy")
+                user = make_user(s, "busy")
+            while not stop.is_set() and len(made) < 400:
+                with db.begin() as s:
+                    a = queue.next_comparison(s, settings, campaign.get_options(s, settings), actor=user)
+                    judgments.submit(s, settings, actor=user, comparison_id=a.comparison_id, shown="left")
+                made.append(a.comparison_id)
+                if len(made) == 3:
+                    started.set()
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
+        finally:
+            started.set()
+            db.dispose()
 
     writer = threading.Thread(target=write)
     writer.start()
-    results = [run(env, "db", "backup", str(tmp_path / f"b{i}.db")) for i in range(3)]
-    writer.join()
-    assert not errors
+    try:
+        assert started.wait(120)
+        results = [run(env, "db", "backup", str(tmp_path / f"b{i}.db")) for i in range(3)]
+    finally:
+        stop.set()
+        writer.join()
+    assert not errors, errors
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
-    counts = [_count(f"sqlite:///{tmp_path / f'b{i}.db'}") for i in range(3)]
-    assert counts == sorted(counts) and 5 <= counts[0] and counts[-1] <= 25
-    assert _count(url) == 25
+    assert len(made) < 400, "the writer ran out of pairs before the backups ended"
+    backups = [f"sqlite:///{tmp_path / f'b{i}.db'}" for i in range(3)]
+    counts = [_count(b) for b in backups]
+    final = _count(url)
+    assert final == 5 + len(made)
+    assert counts == sorted(counts) and 5 + 3 <= counts[0] and counts[-1] < final, (counts, final)
+    assert [_mismatched_counts(b) for b in backups] == [[], [], []]
+    assert _mismatched_counts(url) == []
 
 
 def test_backup_refusals_are_one_line_and_leave_no_file(sqlite_env, tmp_path):
