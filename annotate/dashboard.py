@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Float, Integer, and_, case, cast, exists, func, or_, select, union
+from sqlalchemy import Float, Integer, and_, case, cast, delete, exists, func, or_, select, union
 from sqlalchemy.orm import Session, aliased
 
 from annotate import quality, retrain
@@ -561,6 +561,44 @@ def unmark_gold(session: Session, *, actor: Actor, comparison_id: int) -> None:
     if c.status != ComparisonStatus.retired:
         c.status = ComparisonStatus.complete if c.judgment_count >= c.overlap_target else ComparisonStatus.open
     audit(session, actor, "gold.unmark", comparison_id=comparison_id)
+
+
+# --------------------------------------------------------------------------- retiring a pair
+
+
+def retire(session: Session, *, actor: Actor, comparison_id: int) -> None:
+    """Take a comparison out of the campaign (admin only, audited): a broken pair, a prompt that should not
+    be there. Nobody is served it again (its leases are let go; an annotator who still has it on screen and
+    answers is recorded, as every judgment is), its judgments are kept but left out of training and of
+    the preference exports (the raw judgment exports keep them, ``comparison_status`` = ``retired``).
+    :func:`reopen` undoes it. A pair already retired is left as it is, unaudited (a double click)."""
+    require_admin(session, actor)
+    c = session.get(Comparison, comparison_id, with_for_update=True)
+    if c is None:
+        raise NotFound(f"comparison {comparison_id} does not exist; check the id")
+    if c.status == ComparisonStatus.retired:
+        return
+    before = ComparisonStatus(c.status).value
+    c.status = ComparisonStatus.retired
+    released = session.execute(delete(Lease).where(Lease.comparison_id == comparison_id,
+                                                   Lease.skipped.is_(False))).rowcount
+    audit(session, actor, "comparison.retire", comparison_id=comparison_id, was=before,
+          judgments=c.judgment_count, leases_released=int(released or 0))
+
+
+def reopen(session: Session, *, actor: Actor, comparison_id: int) -> None:
+    """Put a retired comparison back (admin only, audited): open while it needs judgments (a gold pair
+    always), complete otherwise, and its judgments count again. One not retired is left as it is."""
+    require_admin(session, actor)
+    c = session.get(Comparison, comparison_id, with_for_update=True)
+    if c is None:
+        raise NotFound(f"comparison {comparison_id} does not exist; check the id")
+    if c.status != ComparisonStatus.retired:
+        return
+    c.status = (ComparisonStatus.complete if not c.is_gold and c.judgment_count >= c.overlap_target
+                else ComparisonStatus.open)
+    audit(session, actor, "comparison.reopen", comparison_id=comparison_id,
+          status=ComparisonStatus(c.status).value)
 
 
 # --------------------------------------------------------------------------- audit log

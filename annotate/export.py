@@ -47,6 +47,9 @@ Aggregation rule (preference exports)
   alone keeps every pair judged once, mid-campaign at overlap 2 or 3 too).
 * Gold comparisons: the known gold answer is never a vote, only human (and
   imported) judgments are; ``exclude_gold=True`` drops gold comparisons entirely.
+* Retired comparisons (an admin took them out of the campaign: ``dashboard.retire``)
+  are never exported here; the raw judgment export keeps their judgments, with
+  ``comparison_status`` = ``retired``.
 
 Row format (TRL preference format)
 ----------------------------------
@@ -79,7 +82,8 @@ does not read those columns must filter them out itself.
 Raw judgments
 -------------
 Every judgment matching the filters, whatever its state (superseded and
-retracted rows are kept and flagged by ``state``; probes by ``is_probe``), with
+retracted rows are kept and flagged by ``state``; probes by ``is_probe``; the pair's
+``comparison_status`` now, ``open``, ``complete`` or ``retired``), with
 the prompt and both responses, and the imported ids (``external_id``,
 ``prompt_external_id``, ``response_a_external_id``, ``response_b_external_id``)
 and rater (``external_annotator``: the ``annotator`` an imported row named; ``annotator``
@@ -136,6 +140,7 @@ from annotate.ingest import RESPONSE_MESSAGES, ROLES, majority, render_messages
 from annotate.models import (
     Choice,
     Comparison,
+    ComparisonStatus,
     Judgment,
     JudgmentSource,
     JudgmentState,
@@ -149,7 +154,7 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 JUDGMENT_FIELDS: tuple[str, ...] = (
     "judgment_id", "comparison_id", "prompt_id", "response_a_id", "response_b_id",
     "annotator", "external_annotator", "source", "choice", "choice_shown", "strength", "rationale", "flags",
-    "a_on_left", "time_spent_ms", "is_probe", "was_gold", "is_gold", "state",
+    "a_on_left", "time_spent_ms", "is_probe", "was_gold", "is_gold", "comparison_status", "state",
     "supersedes_id", "retracted_at", "model_version_id", "acquisition_strategy",
     "acquisition_score", "created_at", "source_tag", "external_id", "prompt_external_id",
     "response_a_external_id", "response_b_external_id", "prompt", "response_a", "response_b",
@@ -329,7 +334,8 @@ def _select(session: Session, filters: ExportFilter) -> _Selection:
     """Count each comparison's votes and apply the aggregation rule, streaming the votes in comparison order."""
     _check_filters(filters)
     stmt = (
-        select(Judgment.comparison_id, Judgment.choice, Judgment.strength, Prompt.text.is_(None))
+        select(Judgment.comparison_id, Judgment.choice, Judgment.strength, Prompt.text.is_(None),
+               Comparison.status == ComparisonStatus.retired)
         .join(Comparison, Comparison.id == Judgment.comparison_id)
         .join(Prompt, Prompt.id == Comparison.prompt_id)
         .where(Judgment.is_probe.is_(False))
@@ -339,7 +345,7 @@ def _select(session: Session, filters: ExportFilter) -> _Selection:
     sel = _Selection(array("q"), array("b"), array("q"), array("d"), array("d"), False,
                      {"comparisons_with_votes": 0, "votes": 0, "exported": 0, "excluded_split": 0,
                       "excluded_tie": 0, "excluded_both_bad": 0, "excluded_low_agreement": 0,
-                      "excluded_few_votes": 0})
+                      "excluded_few_votes": 0, "excluded_retired": 0})
     counts = sel.counts
 
     def close(comparison_id: int, votes: dict[Choice, int], strengths: dict[Choice, list[int]],
@@ -372,8 +378,13 @@ def _select(session: Session, filters: ExportFilter) -> _Selection:
         sel.strengths.append(float(sum(won) / len(won)) if won else 0.0)
         sel.conversational = sel.conversational or is_chat
 
-    current, votes, strengths, current_chat = None, {}, {}, False
-    for comparison_id, choice, strength, is_chat in _run(session, stmt.execution_options(yield_per=5000)):
+    current, votes, strengths, current_chat, passed = None, {}, {}, False, None
+    for comparison_id, choice, strength, is_chat, retired in _run(session, stmt.execution_options(yield_per=5000)):
+        if retired:  # an admin took the pair out of the campaign (dashboard.retire)
+            if comparison_id != passed:
+                counts["excluded_retired"] += 1
+                passed = comparison_id
+            continue
         if comparison_id != current:
             if current is not None:
                 close(current, votes, strengths, current_chat)
@@ -621,7 +632,7 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
     ResponseA, ResponseB = aliased(Response), aliased(Response)
     stmt = (
         select(*_JUDGMENT_COLUMNS, User.username, Comparison.prompt_id, Comparison.response_a_id,
-               Comparison.response_b_id, Comparison.is_gold,
+               Comparison.response_b_id, Comparison.is_gold, Comparison.status,
                func.coalesce(Comparison.source_tag, Prompt.source_tag),
                Comparison.external_id, Prompt.external_id, ResponseA.external_id,
                ResponseB.external_id, Prompt.text, Prompt.messages, ResponseA.text, ResponseB.text)
@@ -638,7 +649,7 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
     for (jid, comparison_id, source, choice, strength, rationale, flags, a_on_left,
          time_spent_ms, is_probe, was_gold, state, supersedes_id, retracted_at,
          model_version_id, acquisition_strategy, acquisition_score, created_at, external_annotator,
-         username, prompt_id, a_id, b_id, is_gold, source_tag,
+         username, prompt_id, a_id, b_id, is_gold, comparison_status, source_tag,
          external_id, prompt_external_id, ext_a, ext_b,
          prompt_text, messages, text_a, text_b) in _run(
             session, stmt.execution_options(yield_per=2000)):
@@ -651,6 +662,7 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
             "rationale": rationale, "flags": list(flags or []), "a_on_left": a_on_left,
             "time_spent_ms": time_spent_ms, "is_probe": bool(is_probe),
             "was_gold": bool(was_gold), "is_gold": bool(is_gold),
+            "comparison_status": ComparisonStatus(comparison_status).value,
             "state": JudgmentState(state).value, "supersedes_id": supersedes_id,
             "retracted_at": _iso(retracted_at), "model_version_id": model_version_id,
             "acquisition_strategy": acquisition_strategy,
@@ -703,7 +715,7 @@ def _judgment_schema():
     types = {
         "annotator": pa.string(), "external_annotator": pa.string(), "source": pa.string(), "choice": pa.string(), "choice_shown": pa.string(),
         "rationale": pa.string(), "flags": pa.list_(pa.string()), "a_on_left": pa.bool_(),
-        "is_probe": pa.bool_(), "was_gold": pa.bool_(), "is_gold": pa.bool_(), "state": pa.string(),
+        "is_probe": pa.bool_(), "was_gold": pa.bool_(), "is_gold": pa.bool_(), "comparison_status": pa.string(), "state": pa.string(),
         "retracted_at": pa.string(), "acquisition_strategy": pa.string(), "acquisition_score": pa.float64(),
         "created_at": pa.string(), "source_tag": pa.string(), "external_id": pa.string(),
         "prompt_external_id": pa.string(), "response_a_external_id": pa.string(),

@@ -378,7 +378,8 @@ def _claim_from(session: Session, settings: Settings, annotator_id: int, now: da
 
 
 def _claim_probe(session: Session, settings: Settings, annotator_id: int, now: datetime) -> Lease | None:
-    """Re-serve one of the annotator's own judged pairs (sides swapped), once; never a pair they skipped.
+    """Re-serve one of the annotator's own judged pairs (sides swapped), once; never a pair they skipped
+    or one an admin retired.
 
     The judgment it repeats is locked (after the lease rows, as the lock order says) and must
     still be live: an undo in another tab locks it before it re-leases the pair, so the two
@@ -386,11 +387,13 @@ def _claim_probe(session: Session, settings: Settings, annotator_id: int, now: d
     """
     probed = select(Judgment.comparison_id).where(Judgment.annotator_id == annotator_id, Judgment.is_probe.is_(True))
     skipped = select(Lease.comparison_id).where(Lease.annotator_id == annotator_id, Lease.skipped.is_(True))
+    retired = select(Comparison.id).where(Comparison.status == ComparisonStatus.retired)
     candidates = session.scalars(
         select(Judgment.comparison_id)
         .where(Judgment.annotator_id == annotator_id, Judgment.state == JudgmentState.active,
                Judgment.is_probe.is_(False), Judgment.comparison_id.not_in(probed),
-               Judgment.comparison_id.not_in(skipped), Judgment.created_at < now - timedelta(minutes=2))
+               Judgment.comparison_id.not_in(skipped), Judgment.comparison_id.not_in(retired),
+               Judgment.created_at < now - timedelta(minutes=2))
         .order_by(Judgment.id.desc()).limit(50)).all()
     if not candidates:
         return None

@@ -318,7 +318,10 @@ class Snapshot:
 
 
 def _label_filter():
-    return (Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False))
+    """The judgments that train: active, not probes, and not on a pair an admin retired."""
+    retired = select(Comparison.id).where(Comparison.status == ComparisonStatus.retired)
+    return (Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False),
+            Judgment.comparison_id.not_in(retired))
 
 
 def judgment_marks(session) -> tuple[int, int]:

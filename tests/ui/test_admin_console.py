@@ -676,3 +676,25 @@ def test_users_page_confirms_below_the_controls_so_a_second_click_finds_them_whe
     _submit(at, "reset_password", "Reset password")
     assert _in_tab(at, "Manage a user", "success") == ["Password of ann reset (and any lockout lifted)."]
     assert _tab_blocks(at, "Manage a user") == ["selectbox", "flex_container", "success"]  # user, columns
+
+
+def test_review_retires_and_reopens_a_pair(app_db, people):
+    """Retire… asks in a popover, then says what it did; the page shows the pair retired, with Reopen."""
+    cids = _seed(app_db, people)
+    at = _open(people[1], "review.py")
+    at.number_input(key="review_id").set_value(cids[3]).run()
+    assert "reopen" not in [b.key for b in at.button]
+    at.button(key="retire").click().run()
+    assert not at.exception and not at.error
+    assert [s.value for s in at.success] == [f"Comparison {cids[3]} is retired."]
+    assert [m.value for m in at.metric if m.label == "Status"] == ["retired"]
+    assert any("nobody is served this pair" in i.value for i in at.info)
+    assert "retire" not in [b.key for b in at.button]
+    with app_db.read() as s:
+        assert s.get(Comparison, cids[3]).status is ComparisonStatus.retired
+    at.button(key="reopen").click().run()
+    assert [s.value for s in at.success] == [f"Comparison {cids[3]} is back in the campaign."]
+    assert [m.value for m in at.metric if m.label == "Status"] == ["complete"]
+    assert "reopen" not in [b.key for b in at.button]
+    with app_db.read() as s:
+        assert s.get(Comparison, cids[3]).status is ComparisonStatus.complete

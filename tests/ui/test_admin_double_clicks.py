@@ -7,7 +7,7 @@ lost. AppTest cannot interleave clicks; this file drives Debian's chromium (FAIL
 playwright is missing) through one server and one browser session for every action. Each action is
 double-clicked at several gaps and must happen once (one audit event), confirm itself and show no error.
 Covered: Save settings, Retrain now; on the Users page Deactivate, Activate, Change role, Reset password (of
-another account and the admin's own), Add user; on the Review page Unmark gold. The cheaper replays of
+another account and the admin's own), Add user; on the Review page Unmark gold, Retire and Reopen. The cheaper replays of
 these in AppTest: tests/ui/test_admin_double_press.py.
 """
 
@@ -220,6 +220,14 @@ def test_users_page_actions(console):
         [f"new{gap}" for gap in USERS_GAPS_MS])
 
 
+def _review(page, pair: int) -> None:
+    """Show ``pair`` on the Review page."""
+    box = page.get_by_role("spinbutton", name="Comparison id")
+    box.fill(str(pair))
+    box.press("Enter")
+    _settle(page)
+
+
 def test_unmark_gold(console):
     """Before: its confirmation was lost at 0-300 ms, most often at 300 ms (there one double click in two or
     three): 300 ms thrice."""
@@ -230,10 +238,7 @@ def test_unmark_gold(console):
     _open(page, "Review")
     seen = []
     for gap, pair in zip(gaps, pairs):
-        box = page.get_by_role("spinbutton", name="Comparison id")
-        box.fill(str(pair))
-        box.press("Enter")
-        _settle(page)
+        _review(page, pair)
         double_click(page, page.get_by_role("button", name="Unmark gold"), gap)
         seen.append((gap, _confirmed(page, f"Comparison {pair} is no longer a gold pair."), _errors(page)))
     assert (len(_audited(database, "gold.unmark")), seen) == (len(gaps), [(gap, True, []) for gap in gaps])
@@ -243,3 +248,26 @@ def test_unmark_gold(console):
     assert _audited(database, "gold.mark") == []
     with database.read() as session:
         assert [c.is_gold for c in map(lambda i: session.get(Comparison, i), pairs)] == [False] * len(gaps)
+
+
+def test_retire_and_reopen(console):
+    """Retire is confirmed in a popover and Reopen takes its place: a double click on either does it once,
+    confirms it, and its second click does not undo it (on Reopen, or on Retire… where Reopen was)."""
+    page, database = console
+    with database.begin() as session:
+        pairs = make_comparisons(session, len(GAPS_MS), tag="double-retire")
+    _open(page, "Review")
+    seen = []
+    for gap, pair in zip(GAPS_MS, pairs):
+        _review(page, pair)
+        page.get_by_role("button", name="Retire…").click()
+        double_click(page, page.get_by_role("button", name=f"Retire comparison {pair}"), gap)
+        retired = _confirmed(page, f"Comparison {pair} is retired."), _errors(page)
+        double_click(page, page.get_by_role("button", name="Reopen"), gap)
+        seen.append((gap, retired, (_confirmed(page, f"Comparison {pair} is back in the campaign."),
+                                    _errors(page))))
+    assert seen == [(gap, (True, []), (True, [])) for gap in GAPS_MS]
+    assert [d["comparison_id"] for d in _audited(database, "comparison.retire")] == list(pairs)
+    assert [d["comparison_id"] for d in _audited(database, "comparison.reopen")] == list(pairs)
+    with database.read() as session:
+        assert {session.get(Comparison, i).status.value for i in pairs} == {"open"}

@@ -508,7 +508,11 @@ def test_an_open_admin_page_refuses_on_the_next_click_after_demotion_or_deactiva
             accounts.set_active(s, admin.username, False, system=True)
     at.run()
     assert not at.exception, at.exception
-    assert [t.value for t in at.title] != before
+    if change == "demote":  # now an annotator: the page's address says it is for admins, and nothing more
+        assert [w.value for w in at.warning if "is for admins" in w.value], _alerts(at)
+        assert not at.metric and not at.number_input and not at.file_uploader
+    else:
+        assert [t.value for t in at.title] != before
     assert not at.dataframe
 
 

@@ -1,4 +1,4 @@
-"""Admin: one comparison with its texts, every judgment and rationale, and gold marking."""
+"""Admin: one comparison with its texts, every judgment and rationale, gold marking, and retiring it."""
 
 import pandas as pd
 import streamlit as st
@@ -72,13 +72,21 @@ else:
 st.subheader("Gold")
 
 
-def _run(change, is_gold: bool, answer: str | None, success: str) -> None:
+def _state(is_gold: bool, answer: str | None, retired: bool) -> tuple:
+    """What the gold and retire buttons change, for telling which confirmation still holds."""
+    return rv.id, is_gold, answer if is_gold else None, retired
+
+
+NOW = _state(rv.is_gold, rv.gold_choice, rv.status == "retired")
+
+
+def _run(change, after: tuple, success: str) -> None:
     def work(session):
         change(session)
         # Noted before the commit: a click that arrives meanwhile stops this run at its next use of
         # st.session_state, and a note written after the commit was lost with the run while the change was
         # not. Checked against the pair's state when shown, so a refused change confirms nothing.
-        st.session_state["review_done"] = ((rv.id, is_gold, answer), success)
+        st.session_state["review_done"] = (after, success)
 
     try:
         db.transact(work)
@@ -101,11 +109,29 @@ with st.form("gold_form"):
 if mark and choice is None:
     st.error("Choose the known answer first.")
 elif mark:
-    _run(lambda s: dashboard.mark_gold(s, actor=actor, comparison_id=rv.id, choice=choice), True, choice,
-         f"Comparison {rv.id} is a gold pair with answer {choice}.")
+    _run(lambda s: dashboard.mark_gold(s, actor=actor, comparison_id=rv.id, choice=choice),
+         _state(True, choice, NOW[3]), f"Comparison {rv.id} is a gold pair with answer {choice}.")
 if rv.is_gold and st.button("Unmark gold", key="unmark_gold"):
-    _run(lambda s: dashboard.unmark_gold(s, actor=actor, comparison_id=rv.id), False, None,
-         f"Comparison {rv.id} is no longer a gold pair.")
+    _run(lambda s: dashboard.unmark_gold(s, actor=actor, comparison_id=rv.id),
+         _state(False, None, NOW[3]), f"Comparison {rv.id} is no longer a gold pair.")
+
+st.subheader("Retire")
+if rv.status == "retired":
+    st.info("Retired: nobody is served this pair, and its judgments are left out of training and of the "
+            "preference exports (the raw judgment exports keep them, comparison_status = retired).",
+            icon=":material/archive:")
+    if st.button("Reopen", key="reopen", icon=":material/unarchive:"):
+        _run(lambda s: dashboard.reopen(s, actor=actor, comparison_id=rv.id),
+             _state(rv.is_gold, rv.gold_choice, False), f"Comparison {rv.id} is back in the campaign.")
+else:
+    # In a popover, as Deactivate is on the Users page: the confirming click is not where Reopen appears.
+    with st.popover("Retire…", icon=":material/archive:"):
+        st.markdown("Take this pair out of the campaign (broken text, a prompt that should not be there): "
+                    "nobody is served it again, and its judgments are kept but left out of training and of "
+                    "the preference exports. Reopen undoes it.")
+        if st.button(f"Retire comparison {rv.id}", key="retire", type="primary"):
+            _run(lambda s: dashboard.retire(s, actor=actor, comparison_id=rv.id),
+                 _state(rv.is_gold, rv.gold_choice, True), f"Comparison {rv.id} is retired.")
 
 # What the last gold action did, with the state it left: (id, is gold, answer) and the message. Shown while
 # this pair is on screen in that state, not once after the rerun: the second click of a double click lands
@@ -113,5 +139,5 @@ if rv.is_gold and st.button("Unmark gold", key="unmark_gold"):
 # Below the buttons: above them it pushed the form down after an unmark, and the second click of a double
 # click on Unmark gold landed on Mark as gold, marking the pair again (chromium, 300 ms, under load).
 done = st.session_state.get("review_done")
-if done and done[0] == (rv.id, rv.is_gold, rv.gold_choice if rv.is_gold else None):
+if done and done[0] == NOW:
     st.success(done[1], icon=":material/check:")
