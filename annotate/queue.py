@@ -101,7 +101,7 @@ class Assignment:
         return self.prompt_messages is not None
 
 
-def a_on_left_for(comparison_id: int, annotator_id: int, seed: int = 0) -> bool:
+def a_on_left_for(comparison_id: int, annotator_id: int, seed: int) -> bool:
     """Which side response A is shown on: random per (comparison, annotator), stable on reload."""
     digest = hashlib.sha256(f"{seed}:{comparison_id}:{annotator_id}".encode()).digest()
     return digest[0] & 1 == 1
@@ -153,10 +153,10 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
         select(Lease).where(Lease.annotator_id == user.id, Lease.expires_at > now, Lease.skipped.is_(False))
         .order_by(Lease.created_at, Lease.id).limit(1))
     if held is not None:
-        return _assignment(session, held)
+        return _assignment(session, held, settings.queue_seed)
     renewed = _renew_expired(session, settings, user.id, now)
     if renewed is not None:
-        return _assignment(session, renewed)
+        return _assignment(session, renewed, settings.queue_seed)
 
     n_done = session.scalar(select(func.count(Judgment.id)).where(Judgment.annotator_id == user.id)) or 0
     lease = None
@@ -166,7 +166,7 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
         lease = _claim(session, settings, user.id, now, gold=True)
     if lease is None:
         lease = _claim(session, settings, user.id, now, gold=False)
-    return _assignment(session, lease) if lease is not None else None
+    return _assignment(session, lease, settings.queue_seed) if lease is not None else None
 
 
 def candidate_query(annotator_id: int, now: datetime, *, gold: bool, dialect: str, skip_locked: bool = True,
@@ -412,7 +412,7 @@ def _claim_probe(session: Session, settings: Settings, annotator_id: int, now: d
     return lease
 
 
-def shown_a_on_left(session: Session, lease: Lease, seed: int = 0) -> bool:
+def shown_a_on_left(session: Session, lease: Lease, seed: int) -> bool:
     """Side of A for this lease; a probe swaps the side the original judgment saw."""
     if not lease.is_probe:
         return a_on_left_for(lease.comparison_id, lease.annotator_id, seed)
@@ -425,12 +425,12 @@ def shown_a_on_left(session: Session, lease: Lease, seed: int = 0) -> bool:
     return not original
 
 
-def _assignment(session: Session, lease: Lease) -> Assignment:
+def _assignment(session: Session, lease: Lease, seed: int) -> Assignment:
     comparison = session.get(Comparison, lease.comparison_id)
     prompt = session.get(Prompt, comparison.prompt_id)
     text_a = session.scalar(select(Response.text).where(Response.id == comparison.response_a_id))
     text_b = session.scalar(select(Response.text).where(Response.id == comparison.response_b_id))
-    a_left = shown_a_on_left(session, lease)
+    a_left = shown_a_on_left(session, lease, seed)  # the side submit reads the press against
     return Assignment(
         comparison_id=comparison.id, prompt_text=prompt.text, prompt_messages=prompt.messages,
         left_text=text_a if a_left else text_b, right_text=text_b if a_left else text_a,

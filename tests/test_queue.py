@@ -91,8 +91,35 @@ def test_sides_are_random_but_recorded(db, settings, opts):
     with db.begin() as s:
         ann = make_user(s, "ann")
         make_comparisons(s, 40)
-    sides = [queue.a_on_left_for(cid, ann.id) for cid in range(1, 41)]
+    sides = [queue.a_on_left_for(cid, ann.id, settings.queue_seed) for cid in range(1, 41)]
     assert 8 < sum(sides) < 32
+
+
+def test_with_any_queue_seed_the_sides_served_are_the_sides_a_press_is_read_against(db, settings, opts):
+    """PREFLOOP_QUEUE_SEED other than 0: the page laid the pair out with seed 0 and submit read the press with
+    the configured seed, so half the pairs were refused ("... swapped its sides, so nothing was saved") at
+    every press (an annotator team's dogfood run on PostgreSQL)."""
+    from dataclasses import replace
+
+    seeded = replace(settings, queue_seed=7)
+    with db.begin() as s:
+        ann = make_user(s, "ann")
+        cids = make_comparisons(s, 24)
+    shown = {}
+    for _ in cids:
+        with db.begin() as s:
+            a = queue.next_comparison(s, seeded, _no_mix(opts), actor=ann)
+            shown[a.comparison_id] = a.a_on_left
+            assert a.a_on_left == queue.a_on_left_for(a.comparison_id, ann.id, 7)
+            judgments.submit(s, seeded, actor=ann, comparison_id=a.comparison_id, shown="left",
+                             a_on_left_shown=a.a_on_left)
+    assert sorted(shown) == sorted(cids)
+    # Both layouts occur, and seed 0 would have laid out some pairs the other way round.
+    assert 0 < sum(shown.values()) < len(cids)
+    assert any(queue.a_on_left_for(c, ann.id, 0) != left for c, left in shown.items())
+    with db.read() as s:
+        chosen = {j.comparison_id: j.choice.value for j in s.scalars(select(Judgment))}
+    assert chosen == {c: "a" if left else "b" for c, left in shown.items()}
 
 
 def test_overlap_two_serves_two_annotators_not_three(db, settings, opts):
@@ -369,7 +396,8 @@ def test_latest_judgment_is_what_undo_would_take_back_as_the_annotator_saw_it(db
         for shown, strength, flags in (("left", 3, ["unsafe"]), ("right", None, [])):
             cid = queue.next_comparison(s, settings, o, actor=a, now=t).comparison_id
             sides[cid] = shown_a_on_left(s, s.scalar(select(Lease).where(Lease.comparison_id == cid,
-                                                                         Lease.annotator_id == a.id)))
+                                                                         Lease.annotator_id == a.id)),
+                                         settings.queue_seed)
             judgments.submit(s, settings, actor=a, comparison_id=cid, shown=shown, strength=strength,
                              rationale="why" if strength else None, flags=flags, now=t)
     first, second = sides

@@ -19,7 +19,7 @@ from annotate.ui import nav
 from annotate.accounts import Actor
 from annotate.errors import PermissionDenied
 from annotate.models import Choice, Judgment, JudgmentState, Lease, Role, User
-from annotate.settings import load_settings
+from annotate.settings import Settings, load_settings
 from tests.factories import PASSWORD, make_comparisons
 from tests.ui.conftest import APP, PAGES
 
@@ -99,7 +99,7 @@ def _shown_pair(at: AppTest, app_db, actor: Actor) -> tuple[int, bool]:
     [cid] = [int(c.value.split("#")[1].split()[0]) for c in at.caption if c.value.startswith("Pair #")]
     with app_db.read() as session:
         lease = session.scalar(select(Lease).where(Lease.annotator_id == actor.id, Lease.comparison_id == cid))
-        return cid, shown_a_on_left(session, lease)
+        return cid, shown_a_on_left(session, lease, Settings.queue_seed)
 
 
 def _press(at: AppTest, action: str, *, shown_s: float = 60.0):
