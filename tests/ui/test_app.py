@@ -800,6 +800,37 @@ def test_a_press_just_after_the_pair_appeared_is_refused_and_the_pair_stays(app_
     assert [j.comparison_id for j in _judgments(app_db, annotator)] == ([first] if action == "judge_left" else [])
 
 
+def test_the_time_a_pair_is_shown_counts_from_the_end_of_the_run_that_drew_it(app_db, people, monkeypatch):
+    """On a busy server the run drawing the next pair took long enough (its texts, its buttons) to use up
+    MIN_SHOWN_S before the browser had the pair: a key pressed twice judged it unseen. Drawn slowly here
+    (0.4 s per text), a press right after the run is still refused, and one after MIN_SHOWN_S is saved."""
+    from annotate.ui import render
+
+    at, annotator = _annotating(app_db, people, 3)
+    _press(at, "judge_left").click().run()
+    second, _ = _shown_pair(at, app_db, annotator)
+    slow = render.show_text
+
+    def show_text_slowly(*args, **kwargs):
+        time.sleep(0.4)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(render, "show_text", show_text_slowly)
+    at.run()  # the same pair, drawn again: its time stands
+    at.session_state["pair_drawn"] = None  # as if this run were the one that first drew it
+    at.run()
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    [button] = [b for b in at.button if b.key == f"judge_left_{second}"]
+    button.click().run()  # at once: the run drawing it took 0.8 s, but the pair had been on screen for none
+    assert any("Not saved: that key came" in t.value for t in at.toast), [t.value for t in at.toast]
+    assert _shown_pair(at, app_db, annotator)[0] == second
+    time.sleep(_page_constant("MIN_SHOWN_S"))
+    [button] = [b for b in at.button if b.key == f"judge_left_{second}"]
+    button.click().run()
+    assert _shown_pair(at, app_db, annotator)[0] != second
+    assert [j.comparison_id for j in _judgments(app_db, annotator)][-1] == second
+
+
 def test_a_pair_brought_back_by_undo_can_be_judged_at_once(app_db, people):
     """The annotator has seen a pair that undo brings back: a quick re-judgment is taken, once."""
     at, annotator = _annotating(app_db, people, 3)
