@@ -377,6 +377,10 @@ def _claim_from(session: Session, settings: Settings, annotator_id: int, now: da
     return None
 
 
+PROBE_STRATEGY = "probe"
+"""The ``acquisition_strategy`` a self-consistency probe's judgment records (no model version, no score)."""
+
+
 def _claim_probe(session: Session, settings: Settings, annotator_id: int, now: datetime) -> Lease | None:
     """Re-serve one of the annotator's own judged pairs (sides swapped), once; never a pair they skipped
     or one an admin retired.
@@ -405,8 +409,9 @@ def _claim_probe(session: Session, settings: Settings, annotator_id: int, now: d
             .with_for_update()) is None:
         return None  # withdrawn by an undo in another tab since it was picked; that undo leased the pair back
     session.execute(delete(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == annotator_id))
+    # Provenance: the probe rate put it in front of them, not a model (a probe's judgment trains nothing).
     lease = Lease(comparison_id=comparison_id, annotator_id=annotator_id, is_probe=True,
-                  expires_at=now + timedelta(seconds=settings.lease_seconds))
+                  expires_at=now + timedelta(seconds=settings.lease_seconds), acquisition_strategy=PROBE_STRATEGY)
     session.add(lease)
     session.flush()
     return lease

@@ -504,6 +504,10 @@ def test_probe_repeats_with_sides_swapped(db, settings, opts):
     with db.read() as s:
         # a probe never counts toward overlap and never completes or reopens anything
         assert all(c.judgment_count <= 1 for c in s.scalars(select(Comparison)))
+        # and says what put it in front of the annotator: the probe rate, no model
+        provenance = {(j.is_probe, j.acquisition_strategy, j.model_version_id, j.acquisition_score)
+                      for j in s.scalars(select(Judgment))}
+    assert provenance == {(True, "probe", None, None), (False, None, None, None)}
 
 
 def test_deactivated_annotator_cannot_take_work(db, settings, opts):
