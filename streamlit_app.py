@@ -23,6 +23,7 @@ if actor is not None:
     with st.sidebar:
         st.caption(f"Signed in as **{actor.username}** ({actor.role.value})")
         if st.button("Log out", key="logout", icon=":material/logout:"):
+            context.give_back_pairs(actor)
             context.log_out()
             st.rerun()
 

@@ -446,6 +446,15 @@ def release_lease(session: Session, comparison_id: int, annotator_id: int) -> No
     session.execute(delete(Lease).where(Lease.comparison_id == comparison_id, Lease.annotator_id == annotator_id))
 
 
+def give_back(session: Session, *, actor: Actor) -> int:
+    """Release every pair ``actor`` holds (the one on screen, those Undo set aside), so others are served
+    them now rather than when their leases lapse: what Log out does. Skipped pairs stay skipped.
+    Returns how many. A judgment pressed afterwards in a tab still open is recorded all the same."""
+    lock_annotator(session, actor.id)
+    return session.execute(delete(Lease).where(Lease.annotator_id == actor.id, Lease.skipped.is_(False))
+                           .execution_options(synchronize_session=False)).rowcount or 0
+
+
 def skip(session: Session, *, actor: Actor, comparison_id: int, now: datetime | None = None) -> None:
     """Release the pair to others and never serve it to this annotator again."""
     require_active(session, actor)

@@ -32,6 +32,7 @@ ANNOTATOR_CALLABLE = {
     "judgments.submit", "judgments.undo_last", "judgments.undo_last_action", "judgments.progress",
     "judgments.latest_judgment",  # their own latest judgment, read back on the annotation page, like progress
     "queue.next_comparison", "queue.remaining_for", "queue.skip",
+    "queue.give_back",  # the pairs they hold, on Log out
 }
 
 

@@ -20,7 +20,7 @@ import streamlit as st
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from annotate import accounts
+from annotate import accounts, queue
 from annotate.accounts import Actor
 from annotate.db import Database, create_db_engine, is_transient
 from annotate.errors import PermissionDenied, PrefloopError
@@ -76,6 +76,15 @@ def log_in(actor: Actor) -> None:
     """Remember ``actor`` as this browser session's user."""
     st.session_state[ACTOR_KEY] = actor
     st.session_state[LAST_SEEN_KEY] = time.time()
+
+
+def give_back_pairs(actor: Actor) -> None:
+    """Let go of the pairs ``actor`` holds, on Log out, so that others are served them now (they waited for
+    the lease to lapse, 15 minutes by default). Best effort: with the database away, the leases lapse."""
+    try:
+        get_db().transact(lambda session: queue.give_back(session, actor=actor))
+    except (PrefloopError, OperationalError, ProgrammingError):
+        pass
 
 
 def log_out() -> None:
