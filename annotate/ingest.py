@@ -130,9 +130,18 @@ OPTIONAL_FIELDS = {
     "pairs": {"id", "prompt_id", "response_a_id", "response_b_id", "generator_a", "generator_b",
               "metadata", "source", "tag", "winner", "annotator"},
     "kwise": {"id", "prompt_id", "comparisons", "metadata", "source", "tag", "annotator"},
-    "trl": {"id", "prompt_id", "metadata", "source", "tag", "annotator"},
+    "trl": {"id", "prompt_id", "chosen_id", "rejected_id", "metadata", "source", "tag", "annotator"},
     "hh": {"id", "source", "tag", "annotator"},
 }
+OWN_EXPORT_MARK = "prompt_external_id"
+"""A column only prefloop's exports write: a row with it is read as one (:func:`_from_own_export`)."""
+OWN_EXPORT_IDS = {"prompt_external_id": "prompt_id", "external_id": "id", "source_tag": "tag",
+                  "response_a_external_id": "response_a_id", "response_b_external_id": "response_b_id",
+                  "chosen_external_id": "chosen_id", "rejected_external_id": "rejected_id"}
+"""In a prefloop export, the columns holding the ids and tag a file gave, and the fields an import reads them as."""
+OWN_IDS = ("prompt_id", "comparison_id", "judgment_id", "response_a_id", "response_b_id", "source")
+"""In a prefloop export, the exporting database's own row ids, meaningless to another database, and the raw
+judgment export's ``source`` (``annotator`` or ``imported``: who judged, not a tag): never read."""
 ROW_FIELDS = {name: set(CSV_COLUMNS[name]) | OPTIONAL_FIELDS[name] for name in FORMATS}
 """Every top-level field each format reads; other fields are named in the notes (see :class:`_IgnoredFields`)."""
 ALL_ROW_FIELDS = tuple(sorted(set().union(*ROW_FIELDS.values())))
@@ -817,6 +826,9 @@ def _csv_records(lines: Iterable[str], problems: _Problems, fmt: str | None,
         raise ImportValidationError(
             f"line 1: the CSV header repeats the column(s) {', '.join(repeated)}; give each column once",
             [(1, f"repeated CSV column(s) {', '.join(repeated)}")])
+    if OWN_EXPORT_MARK in header:  # prefloop's own export: its ids as imported (see _from_own_export)
+        header = ["" if h in OWN_IDS or (h in OWN_EXPORT_IDS and OWN_EXPORT_IDS[h] in set(header) - set(OWN_IDS))
+                  else OWN_EXPORT_IDS.get(h, h) for h in header]
     explicit = fmt is not None
     columns = set(header)
     expected = "; ".join(f"{name}: {', '.join(cols)}" for name, cols in CSV_COLUMNS.items())
@@ -836,7 +848,7 @@ def _csv_records(lines: Iterable[str], problems: _Problems, fmt: str | None,
             f"(expected: {', '.join(CSV_COLUMNS[fmt])})",
             [(1, f"missing CSV column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS[fmt])}")])
     known = ROW_FIELDS[fmt]
-    ignored = [h for h in header if h not in known]
+    ignored = [h for h in header if h and h not in known]
     if ignored:
         absent = tuple(sorted(known - columns))
         notes.append("ignored CSV column(s): " + ", ".join(
@@ -1067,6 +1079,24 @@ def _require(obj: dict, *keys: str) -> None:
                         + _misspelt(obj, missing, ALL_ROW_FIELDS))
 
 
+def _from_own_export(obj: dict) -> dict:
+    """A row of prefloop's own preference or raw judgment export, read back as the ids it was imported with.
+
+    Such a row's ``prompt_id`` (and ``comparison_id``, ``response_a_id``, ...) are the exporting database's row
+    ids, which the pairs and TRL formats would read as your prompt id: an export imported elsewhere came back
+    with prompt ids "1", "2", ... and without its ids and tag. Its ``prompt_external_id``, ``external_id``,
+    ``*_external_id`` and ``source_tag`` are what the first import was given: they are read as ``prompt_id``,
+    ``id``, the response ids and ``tag`` (``""``, as JSON Lines exports write a missing one, is none; a
+    ``tag`` column added to the file wins). Other rows are returned as they are."""
+    if OWN_EXPORT_MARK not in obj:
+        return obj
+    out = {k: v for k, v in obj.items() if k not in OWN_IDS and k not in OWN_EXPORT_IDS}
+    for column, field in OWN_EXPORT_IDS.items():
+        if column in obj and (field not in obj or field in OWN_IDS):  # the exporting database's id: replaced
+            out[field] = obj[column]
+    return out
+
+
 def _parse_pairs(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]:
     _require(obj, "prompt", "response_a", "response_b")
     prompt = _prompt(obj["prompt"], max_chars)
@@ -1156,15 +1186,17 @@ def _parse_kwise(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]
 
 
 def _by_hash(line: int, prompt, chosen: str, rejected: str, *, chosen_meta: dict | None = None,
-             rejected_meta: dict | None = None, **extra) -> ParsedComparison:
+             rejected_meta: dict | None = None, chosen_id: str | None = None, rejected_id: str | None = None,
+             **extra) -> ParsedComparison:
     hc, hr = content_hash(chosen), content_hash(rejected)
     if hc < hr:
         return ParsedComparison(line=line, prompt=prompt, response_a=chosen, response_b=rejected,
                                 winner=Choice.a, hash_a=hc, hash_b=hr, response_a_meta=chosen_meta,
-                                response_b_meta=rejected_meta, **extra)
+                                response_b_meta=rejected_meta, response_a_id=chosen_id, response_b_id=rejected_id,
+                                **extra)
     return ParsedComparison(line=line, prompt=prompt, response_a=rejected, response_b=chosen,
                             winner=Choice.b, hash_a=hr, hash_b=hc, response_a_meta=rejected_meta,
-                            response_b_meta=chosen_meta, **extra)
+                            response_b_meta=chosen_meta, response_a_id=rejected_id, response_b_id=chosen_id, **extra)
 
 
 def _parse_trl(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedComparison], bool, bool]:
@@ -1203,6 +1235,8 @@ def _parse_trl(line: int, obj: dict, max_chars: int) -> tuple[list[ParsedCompari
     if chosen == rejected:
         raise _RowError("'chosen' and 'rejected' are identical")
     return [_by_hash(line, prompt, chosen, rejected, chosen_meta=chosen_meta, rejected_meta=rejected_meta,
+                     chosen_id=_opt_str(obj, "chosen_id", MAX_ID_CHARS),
+                     rejected_id=_opt_str(obj, "rejected_id", MAX_ID_CHARS),
                      prompt_id=_opt_str(obj, "prompt_id", MAX_ID_CHARS), row_id=_opt_str(obj, "id", MAX_ID_CHARS),
                      metadata=_opt_dict(obj, "metadata"), source_tag=_tag(obj),
                      annotator=_rater(obj))], \
@@ -1436,6 +1470,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
             if not problems.past(line):
                 problems.append((line, _at_element(element, f"a row must be a JSON object, not {_json_type(obj)}")))
             continue
+        obj = _from_own_export(obj)
         row_fmt = _detect_row(obj)
         if file_fmt is None:
             if row_fmt is None:

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.orm import aliased
 from sqlalchemy.exc import DataError
 
 from annotate import cli, ingest
@@ -798,6 +799,64 @@ def test_your_ids_come_back_in_both_exports(db, settings):
     assert {key: prefs["prompt 2"][key] for key in ("external_id", "prompt_external_id", "chosen_external_id",
                                                    "rejected_external_id")} == dict.fromkeys(
         ("external_id", "prompt_external_id", "chosen_external_id", "rejected_external_id"))
+
+
+IDS = ("external_id", "prompt_external_id", "chosen_external_id", "rejected_external_id", "source_tag")
+
+
+@pytest.mark.parametrize("kind", ["preferences jsonl", "judgments jsonl", "judgments csv"])
+def test_an_export_imported_into_another_database_keeps_the_ids_and_tags_it_was_given(db, settings, tmp_path,
+                                                                                        kind):
+    """An export's prompt_id is the exporting database's row id, which the pairs and TRL formats read as your
+    prompt id: imported elsewhere, a pair came back with prompt id "1" and without its ids and tag
+    (researcher dogfood run). It now reads the ids and tag the export carries."""
+    from annotate import export, migrate
+    from annotate.db import Database, create_db_engine
+
+    rows = [pair(i, id=f"cmp-{i}", prompt_id=f"P-{i}", response_a_id=f"r{i}a", response_b_id=f"r{i}b",
+                 tag="gen-v1", winner="b" if i % 2 else "a") for i in range(1, 4)]
+    rows.append(pair(4, winner="a"))  # no ids, no tag: none invented on the way
+    # A first pair, so that the pairs' own row ids (1, 2, ...) are not the order of the ids given.
+    run_import(db, settings, jsonl({"prompt": "offset", "response_a": "x", "response_b": "y"}),
+               filename="offset.jsonl")
+    run_import(db, settings, jsonl(*rows), filename="ids.jsonl")
+    what, format = kind.split()
+    with db.begin() as session:
+        boss = admin(session)
+        data = (export.preferences_bytes(session, actor=boss, format=format) if what == "preferences"
+                else export.judgments_bytes(session, actor=boss, format=format))
+        before = {r["prompt"]: r for r in export.preference_rows(session, actor=boss)}
+
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    migrate.upgrade(url)
+    elsewhere = Database(create_db_engine(url))
+    try:
+        report = run_import(elsewhere, load_settings(environ={}, data_dir=tmp_path, database_url=url, env="test"),
+                            data, filename=f"export.{format}")
+        assert not [n for n in report.notes if "prompt_external_id" in n or "source_tag" in n], report.notes
+        with elsewhere.begin() as session:
+            after = {r["prompt"]: r for r in export.preference_rows(session, actor=admin(session))}
+        with elsewhere.read() as session:
+            ResponseA, ResponseB = aliased(Response), aliased(Response)
+            stored = {(c.external_id, p.external_id, a.external_id, b.external_id, c.source_tag or p.source_tag)
+                      for c, p, a, b in session.execute(
+                          select(Comparison, Prompt, ResponseA, ResponseB)
+                          .join(Prompt, Prompt.id == Comparison.prompt_id)
+                          .join(ResponseA, ResponseA.id == Comparison.response_a_id)
+                          .join(ResponseB, ResponseB.id == Comparison.response_b_id))}
+    finally:
+        elsewhere.dispose()
+    assert before["prompt 1"]["prompt_external_id"] == "P-1" and before["prompt 1"]["source_tag"] == "gen-v1"
+    assert before["prompt 1"]["prompt_id"] != 1  # the offset pair: internal and given ids differ
+    # The raw judgment export has no winner column ("choice"): its pairs come back without judgments.
+    expected = before if what == "preferences" else {}
+    assert {p: {k: r[k] for k in IDS} for p, r in after.items()} == {
+        p: {k: r[k] for k in IDS} for p, r in expected.items()}
+    given = {(f"cmp-{i}", f"P-{i}", f"r{i}a", f"r{i}b", "gen-v1") for i in (1, 2, 3)}
+    if what == "judgments":  # a / b as stored; a preference export gives chosen / rejected, in either order
+        assert {g for g in stored if g[0]} == given
+    else:
+        assert {(c, p, *sorted((a, b)), t) for c, p, a, b, t in stored if c} == given
 
 
 def test_judgments_before_the_first_retrain_record_random_order(db, settings):
