@@ -698,3 +698,23 @@ def test_review_retires_and_reopens_a_pair(app_db, people):
     assert "reopen" not in [b.key for b in at.button]
     with app_db.read() as s:
         assert s.get(Comparison, cids[3]).status is ComparisonStatus.complete
+
+
+def test_model_health_claims_no_disagreement_check_when_no_judged_pair_was_scored(app_db, people):
+    """Imported winners are never scored (a retrain scores open pairs): the page said "None: the model does
+    not confidently contradict any human majority" having compared nothing (researcher dogfood run)."""
+    cids = _seed(app_db, people)
+    with app_db.begin() as s:
+        s.execute(update(Comparison).values(model_p_a=None))
+    at = _open(people[1], "model_health.py")
+    assert not at.exception
+    assert not any("does not confidently contradict" in s.value for s in at.success)
+    assert any("No judged pair has a model P(A) yet" in i.value for i in at.info), [i.value for i in at.info]
+    # One judged pair scored (both humans chose A) and not contradicted: checked, and it says on how many.
+    with app_db.begin() as s:
+        s.execute(update(Comparison).where(Comparison.id == cids[3]).values(model_p_a=0.95))
+    at.button(key="health_refresh").click().run()
+    assert [s.value for s in at.success] == [
+        "None: on the 1 judged pair with a model P(A), the model does not confidently contradict the human "
+        "majority."]
+    assert not any("No judged pair has a model P(A) yet" in i.value for i in at.info)

@@ -15,6 +15,14 @@ db = context.get_db()
 CACHE_SECONDS = 60
 # Vega-Lite writes a flat series' ticks with every digit ("1.000000", "0.0000000000000…" cut off).
 AXIS_3F = alt.Axis(format=".3f")
+# What the live checks rest on: a pair's P(A) is written when a retrain scores the open pool, so a pair judged
+# before the first model, or imported with its winner, has none, and a pair scored while open keeps the P(A) of
+# the model that scored it last (which may since have trained on its labels).
+NO_LIVE_SCORES = ("No judged pair has a model P(A) yet, so there is nothing to compare with the human majorities: "
+                  "a retrain scores the open pairs, and a pair judged before the first model or imported with "
+                  "its winner is never scored. The held-out figures above are the check until then.")
+LIVE_P = ("P(A) is the one the pair got when a retrain last scored it while it was open (that model may since "
+          "have trained on its labels).")
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner="Reading the model's record…", max_entries=8)
@@ -106,6 +114,11 @@ with right:
         st.altair_chart(diagonal + points, width="stretch")
     else:
         st.info("No calibration data yet.")
+    scored_judged = sum(b.count for b in mh.live_calibration)
+    if active is not None and not scored_judged:
+        st.caption(NO_LIVE_SCORES)
+    elif scored_judged:
+        st.caption(f"Live: {counted(scored_judged, 'judged pair')} with a model P(A): " + LIVE_P)
 
 left, right = st.columns(2)
 with left:
@@ -143,13 +156,19 @@ else:
 
 st.subheader("Confident disagreements")
 st.caption("Comparisons where the human majority contradicts a confident model. Open one on the Review page.")
+scored_judged = sum(b.count for b in mh.live_calibration)
 if active is None:  # "None: the model does not contradict" read as a check passed, with no model to check
     st.info("No model yet: nothing to compare with the human majorities.")
 elif mh.disagreements:
     st.dataframe(pd.DataFrame(mh.disagreements), hide_index=True, key="disagreements_table",
                  column_config={"model_p_a": st.column_config.NumberColumn("model P(A)", format="%.2f")})
+    st.caption(LIVE_P)
+elif not scored_judged:  # "None" read as a check passed, with nothing checked (imported winners, say)
+    st.info(NO_LIVE_SCORES)
 else:
-    st.success("None: the model does not confidently contradict any human majority.")
+    st.success(f"None: on the {counted(scored_judged, 'judged pair')} with a model P(A), the model does not "
+               "confidently contradict the human majority.")
+    st.caption(LIVE_P)
 
 if mh.runs:
     with st.expander("Recent training runs"):
