@@ -1090,7 +1090,7 @@ class _Run:
             version = ModelVersion(
                 artifact_path=rel.as_posix(), encoder_id=encoder.encoder_id[:128],
                 metrics={**(new_metrics or {}), "gate": reason, "gate_compared_with": metrics["active_version_id"],
-                         "gate_paired": metrics["paired"],
+                         "gate_paired": metrics["paired"], "n_held_out_decisive": n_held_out,
                          "train_info": _clean(ens.info), "temperature": float(ens.temperature)},
                 n_train=self.counts["n_train"], n_test=self.counts["n_test"], training_run_id=self.run_id)
             session.add(version)

@@ -381,6 +381,7 @@ def test_promotion_gate_end_to_end(db, rt_settings):
     with db.read() as s:
         gated = s.get(ModelVersion, second.model_version_id).metrics
     assert gated["gate_compared_with"] == first.model_version_id and gated["gate_paired"] == paired
+    assert gated["n_held_out_decisive"] == second.metrics["n_held_out_decisive"] > 0  # the Reward model page's
 
     # Many contradicting labels on training-side prompts only: the new model
     # gets worse on the unchanged held-out labels and is rejected.

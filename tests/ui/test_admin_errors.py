@@ -393,13 +393,13 @@ def test_retrain_now_pressed_again_right_after_a_run_that_ended_at_once_starts_n
 # --------------------------------------------------------------------------- the reward model page
 
 
-def _add_active_version(app_db, gate: str, n_test: int = 26) -> None:
+def _add_active_version(app_db, gate: str, n_test: int = 26, **metrics) -> None:
     from annotate.models import ModelVersion
 
     with app_db.begin() as session:
         session.add(ModelVersion(artifact_path="/nowhere/rm", encoder_id="enc", is_active=True, promoted=True,
                                  promoted_at=utcnow(), n_train=73, n_test=n_test,
-                                 metrics={"accuracy": 0.65, "gate": gate}))
+                                 metrics={"accuracy": 0.65, "gate": gate, **metrics}))
 
 
 def test_score_a_response_asks_for_both_texts_instead_of_scoring_blanks(app_db, people, monkeypatch):
@@ -431,6 +431,17 @@ def test_metrics_from_a_tiny_held_out_set_are_marked_as_noise(app_db, people, n_
     at = _open(people[1], "models.py")
     noise = [w.value for w in at.warning if w.value.startswith(f"Tested on only {n_test} held-out judgments")]
     assert bool(noise) is warned
+
+
+@pytest.mark.parametrize("pairs, warned", [(20, True), (29, True), (30, False)])
+def test_the_noise_warning_counts_held_out_pairs_as_the_gate_does(app_db, people, pairs, warned):
+    """60 held-out judgments on 20 pairs (overlap 3) showed no warning, while the gate said "too few"
+    (researcher dogfood run): the warning counts pairs with a winner, as the gate does."""
+    _add_active_version(app_db, "first model", n_test=60, n_held_out_decisive=pairs)
+    at = _open(people[1], "models.py")
+    noise = [w.value for w in at.warning if w.value.startswith("Tested on only")]
+    assert noise == ([f"Tested on only {pairs} held-out pairs with a winner (fewer than 30): these figures are "
+                      "noise until more labels arrive."] if warned else [])
 
 
 HOSTILE = EVIL + " <img src=x onerror=alert(1)> ![u][r]\n\n[r]: https://evil.example/r.gif"

@@ -74,10 +74,14 @@ else:
     st.caption(f"Trained on {active['n_train'] or 0:,} judgments, tested on {active['n_test'] or 0:,} held-out ones "
                "(ties among them: the accuracy counts those with a winner); "
                f"promoted {context.shown_time(active['promoted_at'])}. {gate[:1].upper()}{gate[1:]}")
-    if (active["n_test"] or 0) < retrain.MIN_HELD_OUT_PAIRS:
-        st.warning(f"Tested on only {active['n_test'] or 0} held-out judgments (fewer than "
-                   f"{retrain.MIN_HELD_OUT_PAIRS}): these figures are noise until more labels arrive.",
-                   icon=":material/warning:")
+    # Pairs with a winner, as the gate counts them: three votes on ten pairs are not thirty pairs (a version
+    # from before they were recorded: its held-out judgments, which are at least as many).
+    pairs = active["n_held_out_decisive"]
+    tested = pairs if pairs is not None else active["n_test"] or 0
+    if tested < retrain.MIN_HELD_OUT_PAIRS:
+        what = "held-out pairs with a winner" if pairs is not None else "held-out judgments"
+        st.warning(f"Tested on only {tested} {what} (fewer than {retrain.MIN_HELD_OUT_PAIRS}): these figures are "
+                   "noise until more labels arrive.", icon=":material/warning:")
 
 
 def _status(version: dict) -> str:
