@@ -129,11 +129,13 @@ def empty_text(prompt, response) -> str | None:
     return "the prompt and the response are empty" if len(empty) == 2 else f"the {empty[0]} is empty"
 
 
-def row_problem(prompt, response) -> str | None:
+def row_problem(prompt, response, *, allow_empty_response: bool = False) -> str | None:
     """Why one (prompt, response) cannot be scored, or None.
 
     A prompt is text or a list of chat messages (each a dict with a user, assistant or system
-    ``role`` and a ``content``) and a response is text; neither may be empty (:func:`empty_text`).
+    ``role`` and a ``content``) and a response is text; neither may be empty (:func:`empty_text`), but for
+    an empty response where ``allow_empty_response`` (a file of a policy's samples, some of which said nothing:
+    imports keep such responses and the model trains on them).
     """
     from rm.features import render_prompt
 
@@ -146,20 +148,21 @@ def row_problem(prompt, response) -> str | None:
             render_prompt(prompt)
         except ValueError as exc:  # a message that is not a dict, or an unknown role
             return str(exc)
-    empty = empty_text(prompt, response)
+    empty = empty_text(prompt, "x" if allow_empty_response else response)
     return None if empty is None else f"{empty} (an empty text would get a reward that means nothing)"
 
 
-def _check_rows(prompts: list, responses: list) -> None:
+def _check_rows(prompts: list, responses: list, allow_empty_response: bool = False) -> None:
     if len(prompts) != len(responses):
         raise PrefloopError("give as many prompts as responses")
     for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        problem = row_problem(prompt, response)
+        problem = row_problem(prompt, response, allow_empty_response=allow_empty_response)
         if problem is not None:
             raise PrefloopError(f"cannot score row {i}: {problem}")
 
 
-def score_with(model, prompts: Sequence, responses: Sequence[str]) -> list[dict]:
+def score_with(model, prompts: Sequence, responses: Sequence[str], *,
+               allow_empty_response: bool = False) -> list[dict]:
     """Score rows with a loaded model: ``[{"reward", "uncertainty"}]`` per row.
 
     A row that :func:`row_problem` refuses (not text, empty, a malformed chat) is
@@ -170,7 +173,7 @@ def score_with(model, prompts: Sequence, responses: Sequence[str]) -> list[dict]
     from rm.encoder import EncoderError
 
     prompts, responses = list(prompts), list(responses)
-    _check_rows(prompts, responses)
+    _check_rows(prompts, responses, allow_empty_response)
     rows: list[dict] = []
     for start in range(0, len(prompts), SCORE_ROWS):
         try:
@@ -185,7 +188,7 @@ def score_with(model, prompts: Sequence, responses: Sequence[str]) -> list[dict]
 
 
 def score_texts(settings: Settings, prompts: Sequence, responses: Sequence[str],
-                model_path: str | Path | None = None) -> list[dict]:
+                model_path: str | Path | None = None, *, allow_empty_response: bool = False) -> list[dict]:
     """Score (prompt, response) rows with the active model (or the artifact at ``model_path``).
 
     A prompt is a string or a list of chat messages. Each row gives ``reward``
@@ -193,24 +196,29 @@ def score_texts(settings: Settings, prompts: Sequence, responses: Sequence[str],
     ``model_path``.
     """
     prompts, responses = list(prompts), list(responses)
-    _check_rows(prompts, responses)  # before the model loads: a bad row is named at once
+    _check_rows(prompts, responses, allow_empty_response)  # before the model loads: a bad row is named at once
     path, version_id = _resolve(settings, model_path)
-    rows = score_with(load_model(settings, path), prompts, responses)
+    rows = score_with(load_model(settings, path), prompts, responses, allow_empty_response=allow_empty_response)
     for row in rows:
         row["model_version_id"] = version_id
         row["model_path"] = str(path)
     return rows
 
 
+SHOWN_PROBLEMS = 20
+"""How many bad lines of a file to score :func:`score_file` names (it counts the rest)."""
+
+
 def score_file(settings: Settings, path: Path, model_path: str | Path | None = None) -> list[dict]:
     """Score every line of a JSONL file with ``prompt`` and ``response`` fields.
 
     Returns each input object with ``reward``, ``uncertainty``,
-    ``model_version_id`` and ``model_path`` added. A bad line raises
-    :class:`PrefloopError` naming it (``FILE:LINE: why``); nothing is scored then.
-    Lines are read as ``prefloop import`` reads JSON (a key repeated in one object,
-    NaN or Infinity is refused), and each row is checked by :func:`row_problem`
-    (an empty prompt or response, an unknown chat role) before the model loads.
+    ``model_version_id`` and ``model_path`` added. Bad lines raise
+    :class:`PrefloopError` naming the first :data:`SHOWN_PROBLEMS` (``FILE:LINE: why``) and counting
+    the rest; nothing is scored then. Lines are read as ``prefloop import`` reads JSON (a key repeated
+    in one object, NaN or Infinity is refused), and each row is checked by :func:`row_problem`
+    (an empty prompt, an unknown chat role) before the model loads. An empty response is scored: a
+    policy's sample that said nothing needs a reward too, and imports keep such responses to train on.
     """
     from annotate.ingest import _BadJSON, _loads  # import's strict reader: a repeated key is an error
 
@@ -220,29 +228,41 @@ def score_file(settings: Settings, path: Path, model_path: str | Path | None = N
     if not path.is_file():
         raise PrefloopError(f"{path} does not exist")
     records: list[dict] = []
+    problems: list[str] = []
+    n_problems = 0
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
+            problem = None
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is not JSON
             except UnicodeDecodeError:
-                raise PrefloopError(f"{path}:{lineno}: not UTF-8 text (a JSONL file is UTF-8)") from None
-            if not line.strip():
+                line, problem = "", "not UTF-8 text (a JSONL file is UTF-8)"
+            if problem is None and not line.strip():
                 continue
-            try:
-                obj = _loads(line)
-            except (json.JSONDecodeError, _BadJSON) as exc:
-                raise PrefloopError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or "prompt" not in obj or "response" not in obj:
-                raise PrefloopError(f"{path}:{lineno}: each line needs 'prompt' and 'response' fields")
-            if not isinstance(obj["response"], str) or not isinstance(obj["prompt"], (str, list)):
-                raise PrefloopError(f"{path}:{lineno}: 'prompt' must be text or chat messages "
-                                    "and 'response' text")
-            problem = row_problem(obj["prompt"], obj["response"])
-            if problem is not None:
-                raise PrefloopError(f"{path}:{lineno}: {problem}")
-            records.append(obj)
+            if problem is None:
+                try:
+                    obj = _loads(line)
+                except (json.JSONDecodeError, _BadJSON) as exc:
+                    problem = f"not valid JSON ({exc.msg})"
+            if problem is None and (not isinstance(obj, dict) or "prompt" not in obj or "response" not in obj):
+                problem = "each line needs 'prompt' and 'response' fields"
+            if problem is None and (not isinstance(obj["response"], str) or not isinstance(obj["prompt"], (str, list))):
+                problem = "'prompt' must be text or chat messages and 'response' text"
+            if problem is None:
+                problem = row_problem(obj["prompt"], obj["response"], allow_empty_response=True)
+            if problem is None:
+                records.append(obj)
+                continue
+            n_problems += 1
+            if len(problems) < SHOWN_PROBLEMS:
+                problems.append(f"{path}:{lineno}: {problem}")
+    if problems:
+        more = n_problems - len(problems)
+        head = problems[0] if n_problems == 1 else f"{path}: {n_problems:,} bad lines, nothing scored"
+        raise PrefloopError("\n".join([head, *(problems if n_problems > 1 else []),
+                                       *([f"... and {more:,} more"] if more else [])]))
     scores = score_texts(settings, [r["prompt"] for r in records], [r["response"] for r in records],
-                         model_path=model_path)
+                         model_path=model_path, allow_empty_response=True)
     return [{**rec, **sc} for rec, sc in zip(records, scores)]
 
 

@@ -91,6 +91,26 @@ def test_bad_file_lines_are_named(db, rt_settings, trained, tmp_path):
         scoring.score_file(rt_settings, src)
 
 
+def test_a_file_scores_an_empty_response_and_names_every_bad_line(db, rt_settings, trained, tmp_path):
+    """One empty response among 200 policy samples refused the whole file, naming only the first bad line
+    (researcher dogfood run): imports keep empty responses and the model trains on them, so a file's empty
+    response is scored; its bad lines are all counted and the first 20 named."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "q", "response": "a"}\n{"prompt": "q", "response": ""}\n')
+    rows = scoring.score_file(rt_settings, src)
+    assert [r["response"] for r in rows] == ["a", ""]
+    assert all(isinstance(r["reward"], float) for r in rows) and rows[0]["reward"] != rows[1]["reward"]
+    lines = ['{"prompt": "q", "response": "a"}'] + ['{"prompt": ""}'] * 3 + ['{"prompt": "", "response": "a"}'] * 22
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PrefloopError) as info:
+        scoring.score_file(rt_settings, src)
+    message = str(info.value).split("\n")
+    assert message[0] == f"{src}: 25 bad lines, nothing scored"
+    assert message[1:4] == [f"{src}:{n}: each line needs 'prompt' and 'response' fields" for n in (2, 3, 4)]
+    assert message[4] == f"{src}:5: the prompt is empty (an empty text would get a reward that means nothing)"
+    assert len(message) == 1 + scoring.SHOWN_PROBLEMS + 1 and message[-1] == "... and 5 more"
+
+
 def test_corrupt_artifact_is_a_model_error(db, rt_settings, trained):
     with db.read() as s:
         path = scoring.artifact_location(rt_settings, scoring.active_model(s).artifact_path)
@@ -243,7 +263,7 @@ def test_a_file_that_is_not_utf8_or_a_folder_is_named_before_any_model_is_loaded
         scoring.score_file(rt_settings, tmp_path)
     # A byte-order mark (as some editors save UTF-8) is not a JSON error.
     seen = []
-    monkeypatch.setattr(scoring, "score_texts", lambda settings, prompts, responses, model_path=None: (
+    monkeypatch.setattr(scoring, "score_texts", lambda settings, prompts, responses, model_path=None, **_: (
         seen.extend(zip(prompts, responses)) or [{} for _ in prompts]))
     src.write_bytes('\ufeff{"prompt": "q", "response": "a"}\n'.encode("utf-8"))
     scoring.score_file(rt_settings, src)
@@ -268,7 +288,8 @@ def test_a_file_is_read_as_strictly_as_an_import(rt_settings, tmp_path, monkeypa
 
 def test_empty_prompts_and_responses_are_refused_as_on_the_model_page(rt_settings, tmp_path, monkeypatch, capsys):
     """The file and --prompt/--response scored an empty text (-0.158, a reward that means nothing); the
-    model page's "Score a response" refused it. One check, scoring.empty_text, serves both."""
+    model page's "Score a response" refused it. One check, scoring.empty_text, serves both (a file's empty
+    response is scored: a policy's sample that said nothing)."""
     assert scoring.empty_text("q", "a") is None
     assert scoring.empty_text(" \n", "a") == "the prompt is empty"
     assert scoring.empty_text("q", "") == "the response is empty"
@@ -286,8 +307,8 @@ def test_empty_prompts_and_responses_are_refused_as_on_the_model_page(rt_setting
     src.write_text('{"prompt": "q", "response": "a"}\n\n{"prompt": "", "response": "a"}\n')
     with pytest.raises(PrefloopError, match=r"in\.jsonl:3: the prompt is empty"):
         scoring.score_file(rt_settings, src)
-    src.write_text('{"prompt": [], "response": ""}\n')
-    with pytest.raises(PrefloopError, match=r":1: the prompt and the response are empty"):
+    src.write_text('{"prompt": [], "response": ""}\n')  # a file's empty response is scored (below), not its prompt
+    with pytest.raises(PrefloopError, match=r":1: the prompt is empty"):
         scoring.score_file(rt_settings, src)
 
     _env(monkeypatch, rt_settings)
