@@ -3,8 +3,9 @@
 A prompt is a plain string or a list of chat messages
 ``[{"role": "user"|"assistant"|"system", "content": str}]``; ``render_prompt``
 turns it into text in the ``\\n\\nHuman: … \\n\\nAssistant: …`` transcript form
-(the form of the HH-RLHF data). The encoder truncates prompts from the left, so
-the last turns, where the responses differ, are kept.
+(the form of the HH-RLHF data), but for a chat of one user message, which is its text.
+The encoder truncates prompts from the left, so the last turns, where the responses
+differ, are kept.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ FEATURE_PARTS = ("joint", "response", "prompt", "prompt_x_response")
 
 
 def render_prompt(prompt: Prompt) -> str:
-    """Text of a prompt: strings unchanged, chat messages as a ``Human:/Assistant:`` transcript."""
+    """Text of a prompt: strings unchanged, chat messages as a ``Human:/Assistant:`` transcript.
+
+    A chat of one user message is that message's text, as the same prompt given as text is: they are one
+    prompt (an import takes them as one), so they get one reward. (The transcript form made them two:
+    −0.598 against −0.498 for "How do I boil an egg?".)
+    """
     if isinstance(prompt, str):
         return prompt
     out = []
@@ -33,8 +39,10 @@ def render_prompt(prompt: Prompt) -> str:
         name = _ROLE_NAMES.get(str(role).lower())
         if name is None:
             raise ValueError(f"chat message {i} has unknown role {role!r}; use user, assistant or system")
-        out.append(f"\n\n{name}: {content}")
-    return "".join(out)
+        out.append((name, content))
+    if len(out) == 1 and out[0][0] == "Human":
+        return str(out[0][1])
+    return "".join(f"\n\n{name}: {content}" for name, content in out)
 
 
 @dataclass(frozen=True)

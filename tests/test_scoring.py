@@ -111,6 +111,18 @@ def test_a_file_scores_an_empty_response_and_names_every_bad_line(db, rt_setting
     assert len(message) == 1 + scoring.SHOWN_PROBLEMS + 1 and message[-1] == "... and 5 more"
 
 
+def test_a_text_prompt_and_its_one_user_turn_chat_get_one_reward(db, rt_settings, trained):
+    """They are one prompt to an import; the model gave them two rewards (-0.598 and -0.498; researcher
+    dogfood run), so a policy scored with text prompts was off the chats the model learnt from."""
+    text = "How do I boil an egg?"
+    chat = [{"role": "user", "content": text}]
+    by_text, by_chat, longer = scoring.score_texts(
+        rt_settings, [text, chat, [*chat, {"role": "assistant", "content": "Boiled?"}, *chat]],
+        ["Simmer it for nine minutes."] * 3)
+    assert by_text["reward"] == pytest.approx(by_chat["reward"], abs=1e-6)
+    assert longer["reward"] != pytest.approx(by_text["reward"], abs=1e-6)  # a longer chat is another prompt
+
+
 def test_corrupt_artifact_is_a_model_error(db, rt_settings, trained):
     with db.read() as s:
         path = scoring.artifact_location(rt_settings, scoring.active_model(s).artifact_path)

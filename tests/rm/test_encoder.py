@@ -36,6 +36,11 @@ def test_render_prompt_formats_and_validates_chat():
                           {"role": "assistant", "content": "yo"}]) == "\n\nSystem: s\n\nHuman: hi\n\nAssistant: yo"
     with pytest.raises(ValueError, match="unknown role"):
         render_prompt([{"role": "robot", "content": "x"}])
+    # One user turn is the same prompt as its text (import takes them as one): one rendering, one reward.
+    assert render_prompt([{"role": "user", "content": "How do I boil an egg?"}]) == "How do I boil an egg?"
+    assert render_prompt([{"role": "system", "content": "s"}]) == "\n\nSystem: s"
+    with pytest.raises(ValueError, match="unknown role"):
+        render_prompt([{"role": "robot", "content": "x"}])
 
 
 def test_encoder_id_changes_with_options_and_weights(tiny_bert, tiny_bert_other):
