@@ -133,6 +133,7 @@ def _version_dict(v: ModelVersion) -> dict[str, Any]:
         "promoted": v.promoted, "n_train": v.n_train, "n_test": v.n_test, "encoder": v.encoder_id,
         "accuracy": _num(m.get("accuracy")), "log_loss": _num(m.get("log_loss")), "ece": _num(m.get("ece")),
         "length_baseline_accuracy": _num(m.get("length_baseline_accuracy")),
+        "length_rule": quality.length_rule(_num(m.get("length_longer_wins_accuracy"))),
         "reward_length_spearman": _num(m.get("reward_length_spearman")),
         "ensemble_prob_std": _num(m.get("ensemble_prob_std")),
         "ensemble_reward_std": _num(m.get("ensemble_reward_std")),

@@ -919,3 +919,13 @@ def extend_overlap_if_needed(session: Session, comparison_id: int, options, *,
                             else_=ComparisonStatus.open))
         .execution_options(synchronize_session=False))
     return bool(result.rowcount)
+
+
+def length_rule(longer_wins_accuracy: float | None) -> str | None:
+    """Which length rule the length baseline is: ``"longer wins"`` or ``"shorter wins"`` (None when unknown).
+
+    The baseline is the better of the two on the held-out pairs; on HH-RLHF harmless the shorter response is
+    the safer bet, and that direction is what a reward model exploiting length would follow."""
+    if longer_wins_accuracy is None:
+        return None
+    return "longer wins" if longer_wins_accuracy >= 0.5 else "shorter wins"

@@ -17,6 +17,7 @@ from typing import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from annotate import quality
 from annotate.errors import ModelError, PrefloopError
 from annotate.models import ModelVersion
 from annotate.settings import Settings
@@ -273,6 +274,7 @@ def _version_row(v: ModelVersion) -> dict:
         "promoted_at": v.promoted_at, "n_train": v.n_train, "n_test": v.n_test,
         "accuracy": m.get("accuracy"), "log_loss": m.get("log_loss"), "ece": m.get("ece"),
         "length_baseline": m.get("length_baseline_accuracy"),
+        "length_rule": quality.length_rule(m.get("length_longer_wins_accuracy")),
         "reward_length_spearman": m.get("reward_length_spearman"),
         "ensemble_prob_std": m.get("ensemble_prob_std"), "gate": m.get("gate"),
         "n_held_out_decisive": m.get("n_held_out_decisive"),

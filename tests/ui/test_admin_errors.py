@@ -433,6 +433,19 @@ def test_metrics_from_a_tiny_held_out_set_are_marked_as_noise(app_db, people, n_
     assert bool(noise) is warned
 
 
+@pytest.mark.parametrize("longer, rule", [(0.465, "shorter wins"), (0.61, "longer wins"), (None, "either way")])
+def test_the_length_baseline_says_which_way_it_goes(app_db, people, longer, rule):
+    """The pages showed the better of 'longer wins' and 'shorter wins' without saying which (researcher
+    dogfood run): the direction is what a length-hacking model would follow."""
+    _add_active_version(app_db, "first model", length_baseline_accuracy=0.535,
+                        **({} if longer is None else {"length_longer_wins_accuracy": longer}))
+    at = _open(people[1], "models.py")
+    assert [m.value for m in at.metric if m.label == f"Length baseline ({rule})"] == ["0.535"]
+    at = _open(people[1], "model_health.py")
+    label = "Length-only baseline" + ("" if longer is None else f" ({rule})")
+    assert [m.value for m in at.metric if m.label == label] == ["0.535"]
+
+
 @pytest.mark.parametrize("pairs, warned", [(20, True), (29, True), (30, False)])
 def test_the_noise_warning_counts_held_out_pairs_as_the_gate_does(app_db, people, pairs, warned):
     """60 held-out judgments on 20 pairs (overlap 3) showed no warning, while the gate said "too few"

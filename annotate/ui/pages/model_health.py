@@ -47,8 +47,11 @@ active = mh.active
 row = context.metric_row()
 row.metric("Active version", "none" if active is None else f"v{active['id']}")
 row.metric("Held-out accuracy", _fmt(active and active["accuracy"]))
-row.metric("Length-only baseline", _fmt(active and active["length_baseline_accuracy"]),
-              help="Accuracy of 'the longer (or shorter) response wins' on the same held-out pairs.")
+rule = active and active["length_rule"]
+row.metric(f"Length-only baseline ({rule})" if rule else "Length-only baseline",
+           _fmt(active and active["length_baseline_accuracy"]),
+           help="Accuracy of 'the longer (or shorter) response wins', whichever does better, on the same held-out "
+                "pairs.")
 row.metric("ECE", _fmt(active and active["ece"]))
 row.metric("Reward–length ρ (held-out)", _fmt(active and active["reward_length_spearman"], ".2f"),
               help="Spearman correlation between reward and response length: the reward-hacking signal.")

@@ -66,7 +66,8 @@ else:
     st.subheader(f"Active: version {active['id']}")
     row = context.metric_row()
     for label, key in [("Held-out accuracy", "accuracy"), ("Log loss", "log_loss"), ("ECE", "ece"),
-                       ("Length baseline", "length_baseline"), ("Reward–length ρ", "reward_length_spearman"),
+                       (f"Length baseline ({active['length_rule'] or 'either way'})", "length_baseline"),
+                       ("Reward–length ρ", "reward_length_spearman"),
                        ("Ensemble spread", "ensemble_prob_std")]:
         value = active[key]
         row.metric(label, "—" if value is None else f"{value:.3f}")
