@@ -277,7 +277,7 @@ def _version_row(v: ModelVersion) -> dict:
         "length_rule": quality.length_rule(m.get("length_longer_wins_accuracy")),
         "reward_length_spearman": m.get("reward_length_spearman"),
         "ensemble_prob_std": m.get("ensemble_prob_std"), "gate": m.get("gate"),
-        "n_held_out_decisive": m.get("n_held_out_decisive"),
+        "n_held_out_decisive": m.get("n_held_out_decisive"), "n_decisive": m.get("n_decisive"),
         "gate_compared_with": m.get("gate_compared_with"),
         "encoder_id": v.encoder_id, "artifact_path": v.artifact_path, "training_run_id": v.training_run_id,
     }

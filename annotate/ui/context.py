@@ -87,6 +87,12 @@ def give_back_pairs(actor: Actor) -> None:
         pass
 
 
+def three_decimals(*columns: str) -> dict:
+    """``column_config`` showing ``columns`` with three decimals (a float column dropped trailing zeros:
+    0.63 beside 0.623)."""
+    return {name: st.column_config.NumberColumn(format="%.3f") for name in columns}
+
+
 def log_out() -> None:
     """Forget everything this browser session knew (the actor and all UI state)."""
     for key in list(st.session_state.keys()):

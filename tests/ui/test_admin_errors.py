@@ -3,6 +3,7 @@ a killed retraining run, and what an unexpected exception shows."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import subprocess
@@ -444,6 +445,20 @@ def test_the_length_baseline_says_which_way_it_goes(app_db, people, longer, rule
     at = _open(people[1], "model_health.py")
     label = "Length-only baseline" + ("" if longer is None else f" ({rule})")
     assert [m.value for m in at.metric if m.label == label] == ["0.535"]
+
+
+@pytest.mark.parametrize("n_decisive, said", [(20, "tested on 26 held-out ones (20 with a winner, which the "
+                                                  "accuracy counts); promoted"), (26, "tested on 26 held-out ones; "
+                                                                                       "promoted")])
+def test_the_caption_names_held_out_ties_only_when_there_are_some(app_db, people, n_decisive, said):
+    """"(ties among them: ...)" was said of every model, ties or none (researcher dogfood run)."""
+    _add_active_version(app_db, "first model", n_decisive=n_decisive)
+    at = _open(people[1], "models.py")
+    [caption] = [c.value for c in at.caption if c.value.startswith("Trained on 73 judgments")]
+    assert said in caption, caption
+    # Metrics in the versions table at three decimals: 0.650, not 0.65 beside 0.623.
+    [table] = [d for d in at.dataframe if "accuracy" in d.value.columns]
+    assert json.loads(table.proto.columns)["accuracy"]["type_config"]["format"] == "%.3f"
 
 
 @pytest.mark.parametrize("pairs, warned", [(20, True), (29, True), (30, False)])

@@ -85,7 +85,10 @@ if not mh.versions:
     st.info("No model trained yet. The charts below fill in after the first retrain.")
 else:
     st.subheader("Versions")
-    st.dataframe(pd.DataFrame(context.local_rows(mh.versions)), hide_index=True, key="versions_table")
+    st.dataframe(pd.DataFrame(context.local_rows(mh.versions)), hide_index=True, key="versions_table",
+                 column_config=context.three_decimals("accuracy", "log_loss", "ece", "length_baseline_accuracy",
+                                                      "reward_length_spearman", "ensemble_prob_std",
+                                                      "ensemble_reward_std"))
     context.times_caption()
 
 left, right = st.columns(2)
@@ -98,6 +101,8 @@ with left:
             x=alt.X("labels:Q", title="training labels", axis=alt.Axis(format=",d", tickMinStep=1)),
             y=alt.Y("accuracy:Q", title="held-out accuracy", scale=alt.Scale(zero=False), axis=AXIS_3F),
             tooltip=["version", "labels", alt.Tooltip("accuracy:Q", format=".3f")]), width="stretch")
+        st.caption("Each version on the held-out labels of its own run: later versions are measured on more "
+                   "pairs, so a step between two points mixes the model's change with the test set's.")
     else:
         st.info("No version reports a held-out accuracy yet.")
 with right:

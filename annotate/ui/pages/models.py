@@ -72,9 +72,11 @@ else:
         value = active[key]
         row.metric(label, "—" if value is None else f"{value:.3f}")
     gate = _gate(active, board["versions"]) or ""  # starts in lower case ("first model", "only 26 decisive ...")
-    st.caption(f"Trained on {active['n_train'] or 0:,} judgments, tested on {active['n_test'] or 0:,} held-out ones "
-               "(ties among them: the accuracy counts those with a winner); "
-               f"promoted {context.shown_time(active['promoted_at'])}. {gate[:1].upper()}{gate[1:]}")
+    n_decisive = active.get("n_decisive")
+    without_winner = n_decisive is not None and n_decisive < (active["n_test"] or 0)
+    st.caption(f"Trained on {active['n_train'] or 0:,} judgments, tested on {active['n_test'] or 0:,} held-out ones"
+               + (f" ({n_decisive:,} with a winner, which the accuracy counts); " if without_winner else "; ")
+               + f"promoted {context.shown_time(active['promoted_at'])}. {gate[:1].upper()}{gate[1:]}")
     # Pairs with a winner, as the gate counts them: three votes on ten pairs are not thirty pairs (a version
     # from before they were recorded: its held-out judgments, which are at least as many).
     pairs = active["n_held_out_decisive"]
@@ -105,7 +107,9 @@ def _version_rows(versions: list[dict]) -> list[dict]:
 
 st.subheader("Versions")
 if board["versions"]:
-    st.dataframe(context.local_rows(_version_rows(board["versions"])), hide_index=True, width="stretch")
+    st.dataframe(context.local_rows(_version_rows(board["versions"])), hide_index=True, width="stretch",
+                 column_config=context.three_decimals("accuracy", "log_loss", "ece", "length_baseline",
+                                                      "reward_length_spearman", "ensemble_prob_std"))
     context.times_caption()
 else:
     st.caption("None yet.")
