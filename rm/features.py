@@ -3,9 +3,8 @@
 A prompt is a plain string or a list of chat messages
 ``[{"role": "user"|"assistant"|"system", "content": str}]``; ``render_prompt``
 turns it into text in the ``\\n\\nHuman: … \\n\\nAssistant: …`` transcript form
-(the form of the HH-RLHF data), but for a chat of one user message, which is its text.
-The encoder truncates prompts from the left, so the last turns, where the responses
-differ, are kept.
+(the form of the HH-RLHF data). The encoder truncates prompts from the left, so
+the last turns, where the responses differ, are kept.
 """
 
 from __future__ import annotations
@@ -21,13 +20,19 @@ _ROLE_NAMES = {"user": "Human", "human": "Human", "assistant": "Assistant", "sys
 FEATURE_PARTS = ("joint", "response", "prompt", "prompt_x_response")
 
 
-def render_prompt(prompt: Prompt) -> str:
-    """Text of a prompt: strings unchanged, chat messages as a ``Human:/Assistant:`` transcript.
+def as_chat(prompt: Prompt) -> Prompt:
+    """A text prompt as the chat of one user turn it is (``[{"role": "user", "content": text}]``); a chat as it is.
 
-    A chat of one user message is that message's text, as the same prompt given as text is: they are one
-    prompt (an import takes them as one), so they get one reward. (The transcript form made them two:
-    −0.598 against −0.498 for "How do I boil an egg?".)
-    """
+    The app's rule: an import takes a text prompt and that one-turn chat as one prompt, so the model must
+    see them alike, in the transcript form of the chats it learns from (HH-RLHF's "\\n\\nHuman: ..."). Apply
+    it where a prompt as given enters the model (scoring, the retraining job's snapshot, the simulator):
+    :func:`render_prompt` leaves a string as it is, being also how a rendered transcript is passed on.
+    The two forms got two rewards before (-0.598 and -0.498 for "How do I boil an egg?")."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def render_prompt(prompt: Prompt) -> str:
+    """Text of a prompt: strings unchanged, chat messages as a ``Human:/Assistant:`` transcript."""
     if isinstance(prompt, str):
         return prompt
     out = []
@@ -39,10 +44,8 @@ def render_prompt(prompt: Prompt) -> str:
         name = _ROLE_NAMES.get(str(role).lower())
         if name is None:
             raise ValueError(f"chat message {i} has unknown role {role!r}; use user, assistant or system")
-        out.append((name, content))
-    if len(out) == 1 and out[0][0] == "Human":
-        return str(out[0][1])
-    return "".join(f"\n\n{name}: {content}" for name, content in out)
+        out.append(f"\n\n{name}: {content}")
+    return "".join(out)
 
 
 @dataclass(frozen=True)

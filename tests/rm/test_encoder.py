@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rm.encoder import Encoder, EncoderConfig
-from rm.features import FeatureSpec, build_features, render_prompt
+from rm.features import FeatureSpec, as_chat, build_features, render_prompt
 
 
 def test_left_truncation_keeps_the_end_of_a_long_chat(tiny_bert):
@@ -36,11 +36,11 @@ def test_render_prompt_formats_and_validates_chat():
                           {"role": "assistant", "content": "yo"}]) == "\n\nSystem: s\n\nHuman: hi\n\nAssistant: yo"
     with pytest.raises(ValueError, match="unknown role"):
         render_prompt([{"role": "robot", "content": "x"}])
-    # One user turn is the same prompt as its text (import takes them as one): one rendering, one reward.
-    assert render_prompt([{"role": "user", "content": "How do I boil an egg?"}]) == "How do I boil an egg?"
-    assert render_prompt([{"role": "system", "content": "s"}]) == "\n\nSystem: s"
-    with pytest.raises(ValueError, match="unknown role"):
-        render_prompt([{"role": "robot", "content": "x"}])
+    # A text prompt is the chat of one user turn (import takes them as one): one rendering, one reward.
+    egg = "How do I boil an egg?"
+    assert render_prompt(as_chat(egg)) == render_prompt([{"role": "user", "content": egg}]) == f"\n\nHuman: {egg}"
+    chat = [{"role": "system", "content": "s"}]
+    assert as_chat(chat) is chat
 
 
 def test_encoder_id_changes_with_options_and_weights(tiny_bert, tiny_bert_other):
