@@ -574,6 +574,11 @@ def retire(session: Session, *, actor: Actor, comparison_id: int) -> None:
     the preference exports (the raw judgment exports keep them, ``comparison_status`` = ``retired``).
     :func:`reopen` undoes it. A pair already retired is left as it is, unaudited (a double click)."""
     require_admin(session, actor)
+    # The queue's lock order (annotate.queue): lease rows before the comparison row. Locked the other way
+    # round, a retire and an annotator's submit of the pair deadlocked on PostgreSQL.
+    held = list(session.scalars(select(Lease.id).where(Lease.comparison_id == comparison_id,
+                                                       Lease.skipped.is_(False))
+                                .order_by(Lease.id).with_for_update()))
     c = session.get(Comparison, comparison_id, with_for_update=True)
     if c is None:
         raise NotFound(f"comparison {comparison_id} does not exist; check the id")
@@ -581,8 +586,8 @@ def retire(session: Session, *, actor: Actor, comparison_id: int) -> None:
         return
     before = ComparisonStatus(c.status).value
     c.status = ComparisonStatus.retired
-    released = session.execute(delete(Lease).where(Lease.comparison_id == comparison_id,
-                                                   Lease.skipped.is_(False))).rowcount
+    released = session.execute(delete(Lease).where(Lease.id.in_(held))
+                               .execution_options(synchronize_session=False)).rowcount if held else 0
     audit(session, actor, "comparison.retire", comparison_id=comparison_id, was=before,
           judgments=c.judgment_count, leases_released=int(released or 0))
 

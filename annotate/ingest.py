@@ -133,8 +133,10 @@ OPTIONAL_FIELDS = {
     "trl": {"id", "prompt_id", "chosen_id", "rejected_id", "metadata", "source", "tag", "annotator"},
     "hh": {"id", "source", "tag", "annotator"},
 }
-OWN_EXPORT_MARK = "prompt_external_id"
-"""A column only prefloop's exports write: a row with it is read as one (:func:`_from_own_export`)."""
+OWN_EXPORT_MARK = ("prompt_external_id", "comparison_id")
+"""Columns every prefloop export writes (preference and raw judgment exports alike): a row with both is read
+as one (:func:`_from_own_export`), and the import's notes say so. One alone is not enough: a file of yours
+may well have a ``prompt_external_id``."""
 OWN_EXPORT_IDS = {"prompt_external_id": "prompt_id", "external_id": "id", "source_tag": "tag",
                   "response_a_external_id": "response_a_id", "response_b_external_id": "response_b_id",
                   "chosen_external_id": "chosen_id", "rejected_external_id": "rejected_id"}
@@ -142,6 +144,10 @@ OWN_EXPORT_IDS = {"prompt_external_id": "prompt_id", "external_id": "id", "sourc
 OWN_IDS = ("prompt_id", "comparison_id", "judgment_id", "response_a_id", "response_b_id", "source")
 """In a prefloop export, the exporting database's own row ids, meaningless to another database, and the raw
 judgment export's ``source`` (``annotator`` or ``imported``: who judged, not a tag): never read."""
+OWN_OUTCOMES = {"is_tie": Choice.tie, "is_both_bad": Choice.both_bad}
+"""A preference export's columns for the rows whose majority was a tie or both bad (when asked for)."""
+OWN_WINNER = "\x00own-export winner"
+"""Where :func:`_from_own_export` leaves such a row's winner for the parse (a key no JSON file gives)."""
 ROW_FIELDS = {name: set(CSV_COLUMNS[name]) | OPTIONAL_FIELDS[name] for name in FORMATS}
 """Every top-level field each format reads; other fields are named in the notes (see :class:`_IgnoredFields`)."""
 ALL_ROW_FIELDS = tuple(sorted(set().union(*ROW_FIELDS.values())))
@@ -826,7 +832,8 @@ def _csv_records(lines: Iterable[str], problems: _Problems, fmt: str | None,
         raise ImportValidationError(
             f"line 1: the CSV header repeats the column(s) {', '.join(repeated)}; give each column once",
             [(1, f"repeated CSV column(s) {', '.join(repeated)}")])
-    if OWN_EXPORT_MARK in header:  # prefloop's own export: its ids as imported (see _from_own_export)
+    if all(k in header for k in OWN_EXPORT_MARK):  # prefloop's own export: its ids as imported (_from_own_export)
+        notes.append(OWN_EXPORT_NOTE)
         header = ["" if h in OWN_IDS or (h in OWN_EXPORT_IDS and OWN_EXPORT_IDS[h] in set(header) - set(OWN_IDS))
                   else OWN_EXPORT_IDS.get(h, h) for h in header]
     explicit = fmt is not None
@@ -1079,6 +1086,12 @@ def _require(obj: dict, *keys: str) -> None:
                         + _misspelt(obj, missing, ALL_ROW_FIELDS))
 
 
+OWN_EXPORT_NOTE = ("read as a prefloop export (it has prompt_external_id and comparison_id): its prompt_id, "
+                   "comparison_id, judgment_id, response ids and source are the exporting database's and were not "
+                   "read; prompt_external_id, external_id, the *_external_id columns and source_tag were read as "
+                   "prompt_id, id, the response ids and tag")
+
+
 def _from_own_export(obj: dict) -> dict:
     """A row of prefloop's own preference or raw judgment export, read back as the ids it was imported with.
 
@@ -1087,13 +1100,20 @@ def _from_own_export(obj: dict) -> dict:
     with prompt ids "1", "2", ... and without its ids and tag. Its ``prompt_external_id``, ``external_id``,
     ``*_external_id`` and ``source_tag`` are what the first import was given: they are read as ``prompt_id``,
     ``id``, the response ids and ``tag`` (``""``, as JSON Lines exports write a missing one, is none; a
-    ``tag`` column added to the file wins). Other rows are returned as they are."""
-    if OWN_EXPORT_MARK not in obj:
+    ``tag`` column added to the file wins), and a row marked ``is_tie`` / ``is_both_bad`` keeps that
+    outcome (:data:`OWN_WINNER`). Rows without both :data:`OWN_EXPORT_MARK` columns are returned as they are."""
+    if not all(k in obj for k in OWN_EXPORT_MARK):
         return obj
-    out = {k: v for k, v in obj.items() if k not in OWN_IDS and k not in OWN_EXPORT_IDS}
+    out = {k: v for k, v in obj.items() if k not in OWN_IDS and k not in OWN_EXPORT_IDS
+           and k not in OWN_OUTCOMES}
     for column, field in OWN_EXPORT_IDS.items():
         if column in obj and (field not in obj or field in OWN_IDS):  # the exporting database's id: replaced
             out[field] = obj[column]
+    # A preference export written with ties (or both-bad majorities) included marks those rows: their
+    # chosen/rejected are only A and B, and read as "chosen wins" they would be votes nobody gave.
+    for column, winner in OWN_OUTCOMES.items():
+        if obj.get(column) is True:
+            out[OWN_WINNER] = winner
     return out
 
 
@@ -1453,6 +1473,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     raters: set[str] = set()
     rated = 0
     diverged = _Lines()
+    own_export = _Lines()
     empty = _Lines()
     multi_message = _Lines()
     dropped_lines = _Lines()
@@ -1470,7 +1491,9 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
             if not problems.past(line):
                 problems.append((line, _at_element(element, f"a row must be a JSON object, not {_json_type(obj)}")))
             continue
-        obj = _from_own_export(obj)
+        if (own := _from_own_export(obj)) is not obj:
+            obj = own
+            own_export.append(line)
         row_fmt = _detect_row(obj)
         if file_fmt is None:
             if row_fmt is None:
@@ -1508,10 +1531,12 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
         except _RowError as exc:
             problems.append((line, _at_element(element, str(exc))))
             continue
+        if (own_winner := obj.get(OWN_WINNER)) is not None:
+            parsed = [replace(c, winner=own_winner) for c in parsed]
         if extra := _dropped_message_keys(obj):
             dropped_lines.append(line)
             dropped_keys |= extra
-        ignored.add(line, file_fmt, obj)
+        ignored.add(line, file_fmt, {k: v for k, v in obj.items() if k != OWN_WINNER})
         given += len(parsed)
         if given > MAX_FILE_COMPARISONS and over_limit is None:
             over_limit = (line, element)
@@ -1575,6 +1600,8 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                      f"one that is not the assistant's ({_lines_note(multi_message)}): annotators see it as one text "
                      "with later turns labelled 'Human:'/'Assistant:', and conversational exports give back its "
                      "messages with their roles")
+    if own_export:
+        notes.append(f"{OWN_EXPORT_NOTE} ({counted(len(own_export), 'row')}: {_lines_note(own_export)})")
     if empty:
         notes.append(f"{counted(len(empty), f'{file_fmt.upper()} row has', f'{file_fmt.upper()} rows have')} an "
                      f"empty response ({_lines_note(empty)}): kept as empty text")

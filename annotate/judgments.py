@@ -194,7 +194,8 @@ def undo_last_action(session: Session, settings: Settings, *, actor: Actor, now:
     A skip newer than their latest live judgment is undone: the pair is no longer
     skipped and is leased to them again, ahead of what they hold, if it still has
     room (else it comes back once it has). Otherwise the latest judgment is
-    retracted and its pair leased back to them. None when there is nothing recent.
+    retracted and its pair leased back to them (``served``), unless an admin retired the pair since.
+    None when there is nothing recent.
     """
     user = require_active(session, actor)
     now = now or utcnow()
@@ -219,6 +220,10 @@ def undo_last_action(session: Session, settings: Settings, *, actor: Actor, now:
     if not last.is_probe:
         _bump_count(session, last.comparison_id, -1)
     release_lease(session, last.comparison_id, user.id)
+    retired = session.scalar(select(Comparison.status).where(Comparison.id == last.comparison_id))
+    if retired == ComparisonStatus.retired:  # an admin took the pair out since: withdrawn, not served again
+        return Undone(last.comparison_id, skip=False, served=False, strength=last.strength,
+                      rationale=last.rationale, flags=tuple(last.flags or ()))
     lease = Lease(comparison_id=last.comparison_id, annotator_id=user.id, is_probe=last.is_probe,
                   is_gold=last.was_gold, expires_at=now + timedelta(seconds=settings.lease_seconds),
                   model_version_id=last.model_version_id, acquisition_strategy=last.acquisition_strategy,

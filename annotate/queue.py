@@ -149,8 +149,10 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
     user = require_active(session, actor)
     now = now or utcnow()
     lock_annotator(session, user.id)  # before any comparison row: see the lock order above
-    held = session.scalar(
-        select(Lease).where(Lease.annotator_id == user.id, Lease.expires_at > now, Lease.skipped.is_(False))
+    retired = select(Comparison.id).where(Comparison.status == ComparisonStatus.retired)
+    held = session.scalar(  # not a pair an admin retired after this lease was made (a probe racing the retire)
+        select(Lease).where(Lease.annotator_id == user.id, Lease.expires_at > now, Lease.skipped.is_(False),
+                            Lease.comparison_id.not_in(retired))
         .order_by(Lease.created_at, Lease.id).limit(1))
     if held is not None:
         return _assignment(session, held, settings.queue_seed)
@@ -319,7 +321,7 @@ def renew_lease(session: Session, settings: Settings, lease: Lease, now: datetim
     comparison = _lock_comparison(session, lease.comparison_id)
     judged = session.scalar(select(_live_judgment(lease.comparison_id, lease.annotator_id)))
     if lease.is_probe:
-        servable = judged
+        servable = judged and comparison is not None and comparison.status is not ComparisonStatus.retired
     else:
         servable = (comparison is not None and comparison.status is ComparisonStatus.open and not judged
                     and (comparison.is_gold or _has_room(session, comparison.id, lease.annotator_id, now)))

@@ -833,7 +833,8 @@ def test_an_export_imported_into_another_database_keeps_the_ids_and_tags_it_was_
     try:
         report = run_import(elsewhere, load_settings(environ={}, data_dir=tmp_path, database_url=url, env="test"),
                             data, filename=f"export.{format}")
-        assert not [n for n in report.notes if "prompt_external_id" in n or "source_tag" in n], report.notes
+        assert not [n for n in report.notes if "ignored" in n and ("prompt_external_id" in n or "source_tag" in n)]
+        assert [n for n in report.notes if n.startswith("read as a prefloop export")], report.notes
         with elsewhere.begin() as session:
             after = {r["prompt"]: r for r in export.preference_rows(session, actor=admin(session))}
         with elsewhere.read() as session:
@@ -857,6 +858,37 @@ def test_an_export_imported_into_another_database_keeps_the_ids_and_tags_it_was_
         assert {g for g in stored if g[0]} == given
     else:
         assert {(c, p, *sorted((a, b)), t) for c, p, a, b, t in stored if c} == given
+
+
+def test_only_a_real_export_is_read_as_one():
+    """A file of yours with a prompt_external_id column (and 'source' as its tag) was read as a prefloop export:
+    its prompt_id replaced, its response ids and tag dropped, with no note (review). Both of an export's
+    marks are needed, and the notes say when a file is read so."""
+    mine = pair(1, prompt_id="my-p1", response_a_id="ra", response_b_id="rb", source="gen-v2",
+                prompt_external_id="legacy-77")
+    [c] = parse_file(jsonl(mine)).comparisons
+    assert (c.prompt_id, c.response_a_id, c.response_b_id, c.source_tag) == ("my-p1", "ra", "rb", "gen-v2")
+    parsed = parse_file(jsonl({**mine, "comparison_id": 5, "source_tag": "gen-v1", "external_id": "cmp-1"}))
+    [c] = parsed.comparisons
+    assert (c.prompt_id, c.row_id, c.response_a_id, c.source_tag) == ("legacy-77", "cmp-1", None, "gen-v1")
+    assert any(n.startswith("read as a prefloop export") and "line 1" in n for n in parsed.notes), parsed.notes
+
+
+def test_a_preference_export_with_ties_imports_them_as_ties():
+    """Exported with ties (or both-bad majorities) included, those rows have chosen = A and rejected = B and an
+    is_tie / is_both_bad mark; read as "chosen wins" they became votes nobody gave (review)."""
+    base = {"prompt": "p", "comparison_id": 1, "prompt_id": 1, "prompt_external_id": "", "external_id": "",
+            "chosen_external_id": "", "rejected_external_id": "", "source_tag": "", "agreement": 1.0,
+            "n_judgments": 1}
+    rows = [{**base, "chosen": "a0", "rejected": "b0", "is_tie": True, "is_both_bad": False},
+            {**base, "prompt": "q", "chosen": "a1", "rejected": "b1", "is_tie": False, "is_both_bad": True},
+            {**base, "prompt": "r", "chosen": "a2", "rejected": "b2", "is_tie": False, "is_both_bad": False}]
+    parsed = parse_file(jsonl(*rows))
+    got = {c.prompt: c.winner for c in parsed.comparisons}
+    assert (got["p"], got["q"]) == (Choice.tie, Choice.both_bad)
+    [r] = [c for c in parsed.comparisons if c.prompt == "r"]  # unmarked: chosen won, whichever side it is on
+    assert (r.response_a if r.winner is Choice.a else r.response_b) == "a2" and r.winner in (Choice.a, Choice.b)
+    assert not [n for n in parsed.notes if "is_tie" in n or "is_both_bad" in n], parsed.notes
 
 
 def test_judgments_before_the_first_retrain_record_random_order(db, settings):

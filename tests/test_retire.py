@@ -185,3 +185,65 @@ def test_only_admins_retire_and_the_pair_must_exist(db, settings, people):
             db.transact(lambda s, call=call: call(s, actor=admin, comparison_id=99_999))
     with db.read() as s:
         assert s.get(Comparison, cid).status is ComparisonStatus.open
+
+
+def test_undo_of_a_judgment_on_a_pair_retired_since_withdraws_it_and_serves_it_not(db, settings, people):
+    """Undo leased the pair back whatever its status, and the queue served a retired pair (review)."""
+    admin, ann, _ = people
+    with db.begin() as s:
+        cids = make_comparisons(s, 2)
+    first = _serve(db, settings, ann)
+    _judge(db, settings, ann, first)
+    db.transact(lambda s: dashboard.retire(s, actor=admin, comparison_id=first))
+    undone = db.transact(lambda s: judgments.undo_last_action(s, settings, actor=ann))
+    assert (undone.comparison_id, undone.served) == (first, False)
+    with db.read() as s:
+        assert [j.state.value for j in s.scalars(select(Judgment))] == ["retracted"]
+        assert s.get(Comparison, first).judgment_count == 0
+    assert _serve(db, settings, ann) == next(c for c in cids if c != first)
+
+
+@pytest.mark.postgres
+def test_retire_takes_the_queue_lock_order_and_does_not_deadlock_with_a_submit(pg_db, pg_clean_url, tmp_path):
+    """Retire locked the comparison row, then the lease rows; a submit locks its lease rows, then the
+    comparison: pressed at the same moment on PostgreSQL the two deadlocked (review). Now the retire waits
+    for the submit and both go through, the judgment recorded on the pair now retired."""
+    import threading
+    import time
+
+    from annotate.settings import load_settings
+
+    db = pg_db
+    settings = load_settings(environ={}, data_dir=tmp_path, database_url=pg_clean_url, env="test")
+    with db.begin() as s:
+        admin, ann = make_user(s, "boss", "admin"), make_user(s, "ann")
+        [cid] = make_comparisons(s, 1)
+    assert _serve(db, settings, ann) == cid
+    errors = []
+
+    def submit():
+        try:
+            with db.begin() as s:
+                queue.lock_annotator(s, ann.id)  # submit's first locks: the user row, then their lease rows
+                time.sleep(1.0)  # meanwhile the admin presses Retire
+                judgments.submit(s, settings, actor=ann, comparison_id=cid, shown="left")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def retire():
+        time.sleep(0.3)
+        try:
+            with db.begin() as s:  # one attempt, no retry: a deadlock would show
+                dashboard.retire(s, actor=admin, comparison_id=cid)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit), threading.Thread(target=retire)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with db.read() as s:
+        c = s.get(Comparison, cid)
+        assert (c.status, c.judgment_count) == (ComparisonStatus.retired, 1)

@@ -261,6 +261,12 @@ def _undo(token: int) -> None:
                  "Skip undone. Others are judging that pair right now; it comes back to you if they leave room.",
                  icon=":material/undo:")
         return
+    if not undone.served:
+        st.session_state.pop(BACK_KEY, None)
+        _kept(SENT_KEY).pop(comparison_id, None)
+        st.toast("Your last judgment was withdrawn. An admin has retired that pair since, so it is not shown "
+                 "again.", icon=":material/undo:")
+        return
     # Shown again as it was judged: as sent from this session, else as stored (another tab, a new log-in).
     sent = _kept(SENT_KEY).pop(comparison_id, None)
     _strengths().pop(comparison_id, None)  # restored below, like the widgets' values
