@@ -334,7 +334,7 @@ def judgment_marks(session) -> tuple[int, int]:
 def take_snapshot(session, settings: Settings) -> Snapshot:
     """Read labels, open comparisons and texts (call inside one read transaction)."""
     from rm.data import outcome_code
-    from rm.features import as_chat, render_prompt
+    from rm.features import render_prompt
     from rm.split import held_out_mask
 
     if session.bind.dialect.name == "postgresql":
@@ -374,7 +374,7 @@ def take_snapshot(session, settings: Settings) -> Snapshot:
     for pid, ptext, messages in session.execute(
             select(Prompt.id, Prompt.text, Prompt.messages)
             .where(Prompt.id.in_(select(Comparison.prompt_id).where(involved)))):
-        rendered[pid] = render_prompt(as_chat(ptext) if ptext is not None else messages)  # text: one user turn
+        rendered[pid] = render_prompt(ptext if ptext is not None else messages)  # text: as one user turn
     resp_ids = np.fromiter((r[0] for r in resp), dtype=np.int64, count=len(resp))
     # The side of each open pair's prompt, decided once per prompt (not per pair) by its content hash.
     open_prompts = session.execute(select(Prompt.id, Prompt.content_hash).where(

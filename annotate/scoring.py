@@ -173,11 +173,8 @@ def score_with(model, prompts: Sequence, responses: Sequence[str], *,
     from rm.artifact import ArtifactError
     from rm.encoder import EncoderError
 
-    from rm.features import as_chat
-
     prompts, responses = list(prompts), list(responses)
     _check_rows(prompts, responses, allow_empty_response)
-    prompts = [as_chat(p) for p in prompts]  # a text prompt is one user turn, as in training (rm.features.as_chat)
     rows: list[dict] = []
     for start in range(0, len(prompts), SCORE_ROWS):
         try:

@@ -54,7 +54,7 @@ def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
     """
     from annotate.ingest import majority, parse_file
     from rm.data import PairData, outcome_code
-    from rm.features import FeatureSpec, as_chat, build_features
+    from rm.features import FeatureSpec, build_features
 
     parsed = parse_file(path)
     notes = list(parsed.notes)
@@ -71,7 +71,7 @@ def load_dataset(path: str | Path, *, embedder, features=None) -> Dataset:
         key = (p_hash, t_hash)
         if key not in rows:
             rows[key] = len(responses)
-            prompts.append(as_chat(prompt))  # a text prompt is one user turn, as the retraining job renders it
+            prompts.append(prompt)
             responses.append(text)
         return rows[key]
 

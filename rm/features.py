@@ -20,19 +20,26 @@ _ROLE_NAMES = {"user": "Human", "human": "Human", "assistant": "Assistant", "sys
 FEATURE_PARTS = ("joint", "response", "prompt", "prompt_x_response")
 
 
+_RENDERED = tuple(f"\n\n{name}:" for name in ("Human", "Assistant", "System"))
+
+
 def as_chat(prompt: Prompt) -> Prompt:
     """A text prompt as the chat of one user turn it is (``[{"role": "user", "content": text}]``); a chat as it is.
 
-    The app's rule: an import takes a text prompt and that one-turn chat as one prompt, so the model must
-    see them alike, in the transcript form of the chats it learns from (HH-RLHF's "\\n\\nHuman: ..."). Apply
-    it where a prompt as given enters the model (scoring, the retraining job's snapshot, the simulator):
-    :func:`render_prompt` leaves a string as it is, being also how a rendered transcript is passed on.
-    The two forms got two rewards before (-0.598 and -0.498 for "How do I boil an egg?")."""
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    An import takes a text prompt and that one-turn chat as one prompt, so the model must see them alike, in
+    the transcript form of the chats it learns from (HH-RLHF's "\\n\\nHuman: ..."): :func:`render_prompt`
+    applies it, so training and scoring, in the app and through this library, agree. The two forms got two rewards before (-0.598 and -0.498 for "How do I boil an egg?"). A string that
+    already is a transcript (starting ``\\n\\nHuman:``, ``\\n\\nAssistant:`` or ``\\n\\nSystem:``, as HH-RLHF's
+    prompts do) is left as it is."""
+    if isinstance(prompt, str) and not prompt.startswith(_RENDERED):
+        return [{"role": "user", "content": prompt}]
+    return prompt  # a chat, or a transcript already rendered (HH-RLHF's own strings)
 
 
 def render_prompt(prompt: Prompt) -> str:
-    """Text of a prompt: strings unchanged, chat messages as a ``Human:/Assistant:`` transcript."""
+    """Text of a prompt: chat messages as a ``Human:/Assistant:`` transcript, a text prompt as the chat of one
+    user turn it is (:func:`as_chat`), a string that already is a transcript unchanged."""
+    prompt = as_chat(prompt)
     if isinstance(prompt, str):
         return prompt
     out = []

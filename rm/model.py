@@ -96,7 +96,8 @@ class RewardModel:
         return Scores(reward=members.mean(0), uncertainty=members.std(0), members=members)
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Scores:
-        """Score each (prompt, response) row once: rewards, uncertainties, member rewards."""
+        """Score each (prompt, response) row once: rewards, uncertainties, member rewards (a text prompt is the
+        chat of one user turn: :func:`rm.features.render_prompt`)."""
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses must have the same length")
         return self.score_features(self.featurize(prompts, responses))

@@ -11,7 +11,6 @@ from sqlalchemy import select
 from annotate import cli, retrain, scoring
 from annotate.errors import ModelError, PrefloopError
 from annotate.models import ModelVersion
-from rm.features import as_chat
 from tests.test_retrain import BAD, GOOD, add_pairs, tiny_encoder  # noqa: F401 - fixture
 
 
@@ -51,8 +50,8 @@ def test_score_texts_ranks_good_over_bad(db, rt_settings, trained):
     assert all(g["model_version_id"] == trained.model_version_id for g in good)
     assert sum(g["reward"] > b["reward"] for g, b in zip(good, bad)) >= 9
     # each row's reward and uncertainty are the mean and spread of the model's members on that row
-    members = scoring.load_model(rt_settings, good[0]["model_path"]).score(  # a text prompt: one user turn
-        [as_chat(p) for p in prompts], [GOOD.format(i=i) for i in range(300, 310)]).members
+    members = scoring.load_model(rt_settings, good[0]["model_path"]).score(
+        prompts, [GOOD.format(i=i) for i in range(300, 310)]).members
     assert [g["reward"] for g in good] == pytest.approx(members.mean(0).tolist(), rel=1e-5)
     assert [g["uncertainty"] for g in good] == pytest.approx(members.std(0).tolist(), rel=1e-5)
     chat = [{"role": "user", "content": "Question 5?"}, {"role": "assistant", "content": "Which topic?"},

@@ -31,7 +31,7 @@ def test_long_response_keeps_its_start_and_some_prompt(tiny_bert):
 
 
 def test_render_prompt_formats_and_validates_chat():
-    assert render_prompt("plain") == "plain"
+    assert render_prompt("plain") == "\n\nHuman: plain"  # a text prompt is the chat of one user turn
     assert render_prompt([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
                           {"role": "assistant", "content": "yo"}]) == "\n\nSystem: s\n\nHuman: hi\n\nAssistant: yo"
     with pytest.raises(ValueError, match="unknown role"):
@@ -41,6 +41,8 @@ def test_render_prompt_formats_and_validates_chat():
     assert render_prompt(as_chat(egg)) == render_prompt([{"role": "user", "content": egg}]) == f"\n\nHuman: {egg}"
     chat = [{"role": "system", "content": "s"}]
     assert as_chat(chat) is chat
+    assert as_chat("\n\nHuman: hi\n\nAssistant: yo") == "\n\nHuman: hi\n\nAssistant: yo"  # already a transcript
+    assert as_chat("Human: hi") == [{"role": "user", "content": "Human: hi"}]
 
 
 def test_encoder_id_changes_with_options_and_weights(tiny_bert, tiny_bert_other):

@@ -45,13 +45,19 @@ def test_load_and_score(trained):
     assert p.shape == (3, 2) and (p > 0.5).all()
 
 
-def test_chat_prompts_score_like_their_rendered_text(trained):
+def test_chat_prompts_score_like_their_rendered_text_and_text_like_one_user_turn(trained):
     tmp_path, *_ = trained
     model = rm.load(tmp_path / "model")
-    chat = [{"role": "user", "content": "hello"}]
-    a = model.score([chat], ["hi there"]).reward
-    b = model.score(["\n\nHuman: hello"], ["hi there"]).reward
+    chat = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "bye"}]
+    rendered = "\n\nHuman: hello\n\nAssistant: hi\n\nHuman: bye"
+    np.testing.assert_allclose(model.featurize([chat], ["see you"]), model.featurize([rendered], ["see you"]))
+    np.testing.assert_allclose(model.score([chat], ["see you"]).reward, model.score([rendered], ["see you"]).reward)
+    # score() takes prompts as given: a text prompt is the chat of one user turn, as the app trains on it.
+    a = model.score([[{"role": "user", "content": "hello"}]], ["hi there"]).reward
+    b = model.score(["hello"], ["hi there"]).reward
     np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert model.score([chat], ["see you"]).reward != pytest.approx(model.score(["bye"], ["see you"]).reward)
 
 
 def test_wrong_encoder_override_is_refused(trained, tiny_bert_other):
@@ -73,7 +79,8 @@ def test_artifacts_from_before_layer_pooling_load_as_concatenated_layers(tiny_be
     ens = train_ensemble(data, TrainConfig(n_members=2), seed=0)
     save_artifact(tmp_path / "old", ens, encoder=desc, features=FeatureSpec())
     model = rm.load(tmp_path / "old")
-    np.testing.assert_allclose(model.score(prompts, responses).members, ens.member_rewards(feat), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.score_features(model.featurize(prompts, responses)).members,
+                               ens.member_rewards(feat), rtol=1e-5, atol=1e-5)
     assert model.encoder.config.layer_pooling == "concat" and model.encoder.encoder_id == enc.encoder_id
 
 
