@@ -154,10 +154,11 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 JUDGMENT_FIELDS: tuple[str, ...] = (
     "judgment_id", "comparison_id", "prompt_id", "response_a_id", "response_b_id",
     "annotator", "external_annotator", "source", "choice", "choice_shown", "strength", "rationale", "flags",
-    "a_on_left", "time_spent_ms", "is_probe", "was_gold", "is_gold", "comparison_status", "state",
+    "a_on_left", "time_spent_ms", "is_probe", "was_gold", "is_gold", "state",
     "supersedes_id", "retracted_at", "model_version_id", "acquisition_strategy",
     "acquisition_score", "created_at", "source_tag", "external_id", "prompt_external_id",
     "response_a_external_id", "response_b_external_id", "prompt", "response_a", "response_b",
+    "comparison_status",  # last: added 2026-11-29, after files read by column position
 )
 """The columns of the raw judgment export, in file order."""
 
@@ -662,7 +663,6 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
             "rationale": rationale, "flags": list(flags or []), "a_on_left": a_on_left,
             "time_spent_ms": time_spent_ms, "is_probe": bool(is_probe),
             "was_gold": bool(was_gold), "is_gold": bool(is_gold),
-            "comparison_status": ComparisonStatus(comparison_status).value,
             "state": JudgmentState(state).value, "supersedes_id": supersedes_id,
             "retracted_at": _iso(retracted_at), "model_version_id": model_version_id,
             "acquisition_strategy": acquisition_strategy,
@@ -673,6 +673,7 @@ def _iter_judgments(session: Session, filters: ExportFilter) -> Iterator[dict[st
             "prompt": (json.dumps(messages, ensure_ascii=False) if messages is not None
                        else prompt_text),
             "response_a": text_a, "response_b": text_b,
+            "comparison_status": ComparisonStatus(comparison_status).value,
         }
 
 

@@ -2285,7 +2285,9 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
               and not found.is_gold and found.status != ComparisonStatus.retired]
     if raised:
         session.execute(
-            update(C).where(C.c.id == bindparam("cid"), C.c.overlap_target < overlap_target).values(
+            # Not retired meanwhile: the check above read the pair early in a long import (PostgreSQL).
+            update(C).where(C.c.id == bindparam("cid"), C.c.overlap_target < overlap_target,
+                            C.c.status != ComparisonStatus.retired).values(
                 overlap_target=overlap_target,
                 status=case((C.c.judgment_count >= overlap_target, ComparisonStatus.complete),
                             else_=ComparisonStatus.open)),

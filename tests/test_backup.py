@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -171,6 +172,10 @@ def test_a_backup_taken_while_annotators_write_is_whole_and_loses_none_of_their_
     try:
         assert started.wait(120)
         results = [run(env, "db", "backup", str(tmp_path / f"b{i}.db")) for i in range(3)]
+        after = len(made)  # the last backup's process has ended: judgments from here on are in no backup
+        deadline = time.monotonic() + 60
+        while len(made) <= after and not errors and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         stop.set()
         writer.join()
