@@ -3,7 +3,8 @@
 A prompt is a plain string or a list of chat messages
 ``[{"role": "user"|"assistant"|"system", "content": str}]``; ``render_prompt``
 turns it into text in the ``\\n\\nHuman: … \\n\\nAssistant: …`` transcript form
-(the form of the HH-RLHF data). The encoder truncates prompts from the left, so
+(the form of the HH-RLHF data); a plain string is the chat of one user turn, unless it
+already is such a transcript. The encoder truncates prompts from the left, so
 the last turns, where the responses differ, are kept.
 """
 
