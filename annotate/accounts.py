@@ -213,15 +213,17 @@ def _refuse_last_admin(session: Session, user: User, change: str) -> None:
                             "'prefloop users set-role NAME --role admin' or 'prefloop users add NAME --role admin')")
 
 
-def _release_leases(session: Session, user_id: int) -> int:
-    """Delete the pairs ``user_id`` holds (their unskipped leases), so others are served them now.
+def release_leases(session: Session, *where) -> int:
+    """Delete the unskipped leases matching ``where`` (the pairs they hold), so others are served those
+    pairs now; returns how many.
 
-    Skipped leases stay: they hold no pair from anyone (they expired when skipped) and keep the
-    pair from being served to this user again. Deletes in id order after the user row is written
-    (the caller's flush), the queue's lock order (``queue.lock_annotator``). Returns how many.
+    Skipped leases stay: they hold no pair from anyone (they expired when skipped) and keep the pair
+    from being served to that user again. The rows are locked in id order first, after anything the
+    caller wrote (flushed here): the queue's lock order (``annotate.queue``), lease rows before a
+    comparison row. Deactivating a user, Log out and retiring a pair use it.
     """
     session.flush()
-    held = select(Lease.id).where(Lease.annotator_id == user_id, Lease.skipped.is_(False))
+    held = select(Lease.id).where(Lease.skipped.is_(False), *where)
     ids = list(session.scalars(held.order_by(Lease.id).with_for_update()))
     if ids:
         session.execute(delete(Lease).where(Lease.id.in_(ids)).execution_options(synchronize_session=False))
@@ -247,7 +249,7 @@ def set_active(session: Session, username: str, active: bool, *, actor: Actor | 
         _refuse_last_admin(session, user, "deactivating it")
     user.active = active
     if not active:
-        _release_leases(session, user.id)
+        release_leases(session, Lease.annotator_id == user.id)
     audit(session, actor, "user.activate" if active else "user.deactivate", username=username)
     return user
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Float, Integer, and_, case, cast, delete, exists, func, or_, select, union
+from sqlalchemy import Float, Integer, and_, case, cast, exists, func, or_, select, union
 from sqlalchemy.orm import Session, aliased
 
 from annotate import quality, retrain
-from annotate.accounts import Actor, audit, require_admin
+from annotate.accounts import Actor, audit, release_leases, require_admin
 from annotate.campaign import CampaignOptions, get_options
 from annotate.errors import NotFound, PrefloopError
 from annotate.models import (
@@ -576,20 +576,16 @@ def retire(session: Session, *, actor: Actor, comparison_id: int) -> None:
     require_admin(session, actor)
     # The queue's lock order (annotate.queue): lease rows before the comparison row. Locked the other way
     # round, a retire and an annotator's submit of the pair deadlocked on PostgreSQL.
-    held = list(session.scalars(select(Lease.id).where(Lease.comparison_id == comparison_id,
-                                                       Lease.skipped.is_(False))
-                                .order_by(Lease.id).with_for_update()))
+    released = release_leases(session, Lease.comparison_id == comparison_id)
     c = session.get(Comparison, comparison_id, with_for_update=True)
     if c is None:
         raise NotFound(f"comparison {comparison_id} does not exist; check the id")
     if c.status == ComparisonStatus.retired:
-        return
+        return  # nothing is leased on a retired pair, so nothing was let go either
     before = ComparisonStatus(c.status).value
     c.status = ComparisonStatus.retired
-    released = session.execute(delete(Lease).where(Lease.id.in_(held))
-                               .execution_options(synchronize_session=False)).rowcount if held else 0
     audit(session, actor, "comparison.retire", comparison_id=comparison_id, was=before,
-          judgments=c.judgment_count, leases_released=int(released or 0))
+          judgments=c.judgment_count, leases_released=released)
 
 
 def reopen(session: Session, *, actor: Actor, comparison_id: int) -> None:

@@ -220,8 +220,8 @@ def undo_last_action(session: Session, settings: Settings, *, actor: Actor, now:
     if not last.is_probe:
         _bump_count(session, last.comparison_id, -1)
     release_lease(session, last.comparison_id, user.id)
-    retired = session.scalar(select(Comparison.status).where(Comparison.id == last.comparison_id))
-    if retired == ComparisonStatus.retired:  # an admin took the pair out since: withdrawn, not served again
+    status = session.scalar(select(Comparison.status).where(Comparison.id == last.comparison_id))
+    if status == ComparisonStatus.retired:  # an admin took the pair out since: withdrawn, not served again
         return Undone(last.comparison_id, skip=False, served=False, strength=last.strength,
                       rationale=last.rationale, flags=tuple(last.flags or ()))
     lease = Lease(comparison_id=last.comparison_id, annotator_id=user.id, is_probe=last.is_probe,

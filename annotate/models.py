@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    select,
     text,
 )
 from sqlalchemy.types import TypeDecorator
@@ -234,6 +235,12 @@ class Comparison(Base):
     prompt: Mapped[Prompt] = relationship()
     response_a: Mapped[Response] = relationship(foreign_keys=[response_a_id])
     response_b: Mapped[Response] = relationship(foreign_keys=[response_b_id])
+
+
+def retired_comparison_ids():
+    """The ids of the comparisons an admin retired, as a subquery: the queue never serves them (nor
+    probes them) and their judgments train nothing (``Judgment.comparison_id.not_in(...)``)."""
+    return select(Comparison.id).where(Comparison.status == ComparisonStatus.retired)
 
 
 class Judgment(Base):

@@ -60,7 +60,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from annotate.accounts import Actor, require_active
+from annotate.accounts import Actor, release_leases, require_active
 from annotate.campaign import CampaignOptions
 from annotate.db import is_transient
 from annotate.errors import NotFound, PermissionDenied, QueueError
@@ -73,6 +73,7 @@ from annotate.models import (
     Prompt,
     Response,
     User,
+    retired_comparison_ids,
     utcnow,
 )
 from annotate.settings import Settings
@@ -149,10 +150,9 @@ def next_comparison(session: Session, settings: Settings, options: CampaignOptio
     user = require_active(session, actor)
     now = now or utcnow()
     lock_annotator(session, user.id)  # before any comparison row: see the lock order above
-    retired = select(Comparison.id).where(Comparison.status == ComparisonStatus.retired)
     held = session.scalar(  # not a pair an admin retired after this lease was made (a probe racing the retire)
         select(Lease).where(Lease.annotator_id == user.id, Lease.expires_at > now, Lease.skipped.is_(False),
-                            Lease.comparison_id.not_in(retired))
+                            Lease.comparison_id.not_in(retired_comparison_ids()))
         .order_by(Lease.created_at, Lease.id).limit(1))
     if held is not None:
         return _assignment(session, held, settings.queue_seed)
@@ -393,12 +393,11 @@ def _claim_probe(session: Session, settings: Settings, annotator_id: int, now: d
     """
     probed = select(Judgment.comparison_id).where(Judgment.annotator_id == annotator_id, Judgment.is_probe.is_(True))
     skipped = select(Lease.comparison_id).where(Lease.annotator_id == annotator_id, Lease.skipped.is_(True))
-    retired = select(Comparison.id).where(Comparison.status == ComparisonStatus.retired)
     candidates = session.scalars(
         select(Judgment.comparison_id)
         .where(Judgment.annotator_id == annotator_id, Judgment.state == JudgmentState.active,
                Judgment.is_probe.is_(False), Judgment.comparison_id.not_in(probed),
-               Judgment.comparison_id.not_in(skipped), Judgment.comparison_id.not_in(retired),
+               Judgment.comparison_id.not_in(skipped), Judgment.comparison_id.not_in(retired_comparison_ids()),
                Judgment.created_at < now - timedelta(minutes=2))
         .order_by(Judgment.id.desc()).limit(50)).all()
     if not candidates:
@@ -453,8 +452,7 @@ def give_back(session: Session, *, actor: Actor) -> int:
     them now rather than when their leases lapse: what Log out does. Skipped pairs stay skipped.
     Returns how many. A judgment pressed afterwards in a tab still open is recorded all the same."""
     lock_annotator(session, actor.id)
-    return session.execute(delete(Lease).where(Lease.annotator_id == actor.id, Lease.skipped.is_(False))
-                           .execution_options(synchronize_session=False)).rowcount or 0
+    return release_leases(session, Lease.annotator_id == actor.id)
 
 
 def skip(session: Session, *, actor: Actor, comparison_id: int, now: datetime | None = None) -> None:

@@ -65,6 +65,7 @@ from annotate.models import (
     Prompt,
     Response,
     TrainingRun,
+    retired_comparison_ids,
     utcnow,
 )
 from annotate.settings import Settings
@@ -319,9 +320,8 @@ class Snapshot:
 
 def _label_filter():
     """The judgments that train: active, not probes, and not on a pair an admin retired."""
-    retired = select(Comparison.id).where(Comparison.status == ComparisonStatus.retired)
     return (Judgment.state == JudgmentState.active, Judgment.is_probe.is_(False),
-            Judgment.comparison_id.not_in(retired))
+            Judgment.comparison_id.not_in(retired_comparison_ids()))
 
 
 def judgment_marks(session) -> tuple[int, int]:
