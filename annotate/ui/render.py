@@ -256,6 +256,34 @@ _AUTOLINK = re.compile(r"<(?:https?://|mailto:)[^\s<>`]*>", re.IGNORECASE)
 # "?page=x", "#top") pointed into the app itself. With its "(" escaped it is shown as written.
 # (At the end of a piece of prose the target is an autolink, which _escape_prose keeps apart, or code.)
 _OTHER_LINK = re.compile(r"\]\((?!\s*(?:<?(?:https?://|mailto:)|\Z))", re.IGNORECASE)
+# An inline link to a web page whose text reads as another address: "[https://bank.example/login](https://evil.example)"
+# was drawn as a link reading bank.example that went to evil.example. Where the text names a host (a URL,
+# "www.", a domain name, an e-mail address) other than the target's, the "(" is escaped and the link is
+# shown as written, target and all; "[docs.python.org](https://docs.python.org/3/)" stays a link.
+_WEB_LINK = re.compile(r"\[([^\[\]\n]*)\]\(\s*<?((?:https?://|mailto:)[^\s<>()]*)", re.IGNORECASE)
+_HOST_IN_TEXT = re.compile(r"(?:[\w-]+\.)+[a-z][\w-]*[a-z0-9]", re.IGNORECASE)
+_TARGET_HOST = re.compile(r"(?:https?://(?:[^/?#@\s]*@)?|mailto:[^@?\s]*@)([^/?#:\s]*)", re.IGNORECASE)
+
+
+def _host(name: str) -> str:
+    name = name.lower().rstrip(".")
+    return name[4:] if name.startswith("www.") else name
+
+
+def _unlink_misleading(match: re.Match) -> str:
+    """A web link whose text names a host other than its target's, with its "(" escaped (shown as written)."""
+    text, target = match.groups()
+    named = {_host(h) for h in _HOST_IN_TEXT.findall(text.replace("\\", ""))}
+    found = _TARGET_HOST.match(target)
+    if not named or (found and named == {_host(found.group(1))}):
+        return match.group(0)
+    at = match.group(0).index("](")
+    return match.group(0)[:at] + "]\\(" + match.group(0)[at + 2:]
+
+
+# A "]" right before ":" is escaped (shown the same): a link reference definition ("[label]: url") needs one, and
+# _REF_DEF finds only those whose label is on one line ("[1\n]: https://evil.example" defined a link too).
+_REF_CLOSE = re.compile(r"(?<!\\)(\\*)(\])(?=:)")
 # A "~" that is not one of a pair: Streamlit's GFM strikes out the text between two single ones ("~one~ two"
 # showed "one" struck through), which models do not mean ("~~" does strike through and is left alone).
 _LONE_TILDE = re.compile(r"(?<![~\\])(\\*)(~)(?!~)")
@@ -271,6 +299,8 @@ def _between(pattern: re.Pattern, text: str, escape) -> str:
 
 
 def _escape_prose(prose: str, *, unlink: bool = True) -> str:
+    if unlink:
+        prose = _WEB_LINK.sub(_unlink_misleading, prose)
     if unlink and "<" in prose:
         return _between(_AUTOLINK, prose, _escape_text)
     return _escape_text(prose, unlink=unlink)
@@ -280,6 +310,7 @@ def _escape_text(prose: str, *, unlink: bool = True) -> str:
     if unlink:
         prose = _LINK_RUN.sub(_unlink_if_escaped, prose)
     prose = _OTHER_LINK.sub(r"]\\(", prose)
+    prose = _REF_CLOSE.sub(_escape_unescaped, prose)
     prose = _CHAR_REF.sub("&amp;", prose)
     prose = prose.replace("<", "&lt;")
     prose = _IMAGE_ALT.sub(r"!\\[\1\\]", prose)
@@ -464,7 +495,9 @@ UNTRUSTED_KEY = "untrusted"
 # Model output keeps its Markdown structure but not the page's visual weight: a "# VERIFIED ANSWER"
 # heading is bold text of the body's size (not bigger than the page's "Response A"), without an
 # anchor link; nested quotes are not faded once per level (Streamlit's opacity compounds, so six
-# levels deep text was all but invisible to the annotator while the model still saw it); and each
+# levels deep text was all but invisible to the annotator while the model still saw it), and past three
+# levels quotes and lists indent no further (each level took its indent from the width, so text 30
+# quotes deep was drawn 0 px wide, "hidden" behind a row of quote borders); and each
 # paragraph takes its direction from its own text, so Arabic or Hebrew reads right to left.
 _UNTRUSTED_CSS = """<style>
 .st-key-untrusted [data-testid="stMarkdown"] :is(h1, h2, h3, h4, h5, h6) {
@@ -473,6 +506,12 @@ _UNTRUSTED_CSS = """<style>
 }
 .st-key-untrusted [data-testid="stMarkdown"] [data-testid="stHeaderActionElements"] { display: none !important; }
 .st-key-untrusted [data-testid="stMarkdown"] blockquote blockquote { opacity: 1 !important; }
+.st-key-untrusted [data-testid="stMarkdown"] blockquote blockquote blockquote blockquote {
+  margin: 0 !important; padding: 0 !important; border: none !important;
+}
+.st-key-untrusted [data-testid="stMarkdown"] :is(ul, ol) :is(ul, ol) :is(ul, ol) :is(ul, ol, li) {
+  margin-left: 0 !important; margin-right: 0 !important; padding-left: 0 !important; padding-right: 0 !important;
+}
 .st-key-untrusted [data-testid="stMarkdown"] :is(p, li, h1, h2, h3, h4, h5, h6, th, td) {
   unicode-bidi: plaintext; text-align: start;
 }

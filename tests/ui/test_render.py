@@ -447,3 +447,35 @@ def test_runs_of_variation_selectors_are_shown():
     for text in ("\u2764\ufe0f heart", "1\ufe0f\u20e3 keycap", "\u845b\U000e0100 ideograph",
                  "\U0001f441\ufe0f\u200d\U0001f5e8\ufe0f eye"):
         assert safe_markdown(text) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[https://bank.example/login](https://evil.example)", "[https://bank.example/login]\\(https://evil.example)"),
+    ("[www.bank.example](https://evil.example/x)", "[www.bank.example]\\(https://evil.example/x)"),
+    ("[https://bank.example](<https://evil.example>)", "[https://bank.example]\\(<https://evil.example>)"),
+    ("[bank.example](https://bank.example@evil.example/)", "[bank.example]\\(https://bank.example@evil.example/)"),
+    ("[a@bank.example](mailto:x@evil.example)", "[a@bank.example]\\(mailto:x@evil.example)"),
+    ("[bank.example and evil.example](https://evil.example)", "[bank.example and evil.example]\\(https://evil.example)"),
+])
+def test_a_link_whose_text_names_another_host_is_shown_as_written(text, expected):
+    assert safe_markdown(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "[docs.python.org](https://docs.python.org/3/)",
+    "[www.Example.com](https://example.com/x)",
+    "[the docs](https://evil.example)",
+    "[mail me](mailto:a@b.example)",
+    "[a@b.example](mailto:a@b.example)",
+])
+def test_a_link_whose_text_names_its_own_host_or_none_stays_a_link(text):
+    assert safe_markdown(text) == text
+
+
+@pytest.mark.parametrize("text", [
+    "[bank\n]: https://evil.example/x\n\nsee [bank] now",
+    "> [two\n> lines]: https://evil.example/x\n\n[two lines]",
+])
+def test_a_reference_definition_over_two_lines_defines_nothing(text):
+    out = safe_markdown(text)
+    assert "\\]:" in out and not re.search(r"(?<!\\)\]:", out), out

@@ -44,6 +44,11 @@ CASES = {
     "iframe": '<iframe src="https://example.com"></iframe>',
     "www_tag": 'Visit www.example.com"><b>bold</b> now',
     "url_query": "see https://example.com/path?q=1 now",
+    "misleading": "[https://bank.example/login](https://evil.example) [https://bank.example](<https://evil.example>) "
+                  "[docs.python.org](https://docs.python.org/3/) [the docs](https://docs.example/p)",
+    "ref_two_lines": "[bank\n]: https://evil.example/x\n\nsee [bank] now",
+    "deep_quote": "visible\n\n" + ">" * 100 + " hidden deep quote",
+    "deep_list": "- " * 100 + "deep list text",
     "url_trail": "see https://e.example/a\"> and 'https://e.example/b' and (https://en.wikipedia.org/wiki/Foo_(bar)) "
                  "and https://e.example/$5 and <img src='https://e.example/p.png'>",
 }
@@ -83,6 +88,12 @@ _VISUAL_ORDER_JS = """(key) => {
     return words.sort((a, b) => a[1] - b[1]).map(w => w[0]).join(' ');
 }"""
 
+# How wide the innermost element holding ``words`` is, and how wide its case's box is.
+_TEXT_WIDTH_JS = """([key, words]) => {
+    const box = document.querySelector(`.st-key-case_${key} [data-testid=stMarkdownContainer]`);
+    const inner = [...box.querySelectorAll('*')].filter(e => e.textContent.includes(words)).pop();
+    return {text: inner.getBoundingClientRect().width, box: box.getBoundingClientRect().width};
+}"""
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
@@ -105,6 +116,8 @@ def rendered(tmp_path_factory):
             shown = page.evaluate(_READ_JS, list(CASES))
             shown["rlo"]["order"] = page.evaluate(_VISUAL_ORDER_JS, "rlo")
             shown["rlm"]["order"] = page.evaluate(_VISUAL_ORDER_JS, "rlm")
+            for key, words in (("deep_quote", "hidden deep quote"), ("deep_list", "deep list text")):
+                shown[key]["width"] = page.evaluate(_TEXT_WIDTH_JS, [key, words])
         finally:
             browser.close()
     return shown
@@ -208,3 +221,26 @@ def test_urls_in_prose_link_to_exactly_the_url(rendered):
     assert trail["links"] == [[url, url] for url in (
         "https://e.example/a", "https://e.example/b", "https://en.wikipedia.org/wiki/Foo_(bar)",
         "https://e.example/$5", "https://e.example/p.png")]
+
+
+def test_a_link_reading_as_another_address_is_shown_as_written(rendered):
+    """Before, "[https://bank.example/login](https://evil.example)" was a link reading bank.example that went
+    to evil.example (also with the target in angle brackets, and through a reference whose label spans two
+    lines). A link whose text names its own host, or no host, stays a link."""
+    misleading = rendered["misleading"]
+    for text, href in misleading["links"]:
+        assert "bank.example" not in text or "bank.example" in href, misleading
+    assert "[https://bank.example/login](https://evil.example)" in misleading["text"].replace("\u200b", "")
+    assert ["docs.python.org", "https://docs.python.org/3/"] in misleading["links"]
+    assert ["the docs", "https://docs.example/p"] in misleading["links"]
+    two_lines = rendered["ref_two_lines"]
+    assert all(text == href for text, href in two_lines["links"]), two_lines  # a bare URL says where it goes
+    assert "see [bank] now" in two_lines["text"]
+
+
+def test_deep_nesting_does_not_squeeze_text_out_of_sight(rendered):
+    """Before, text 30 quotes (or 40 list levels) deep was drawn in a box 0 px wide: the annotator saw a row of
+    quote borders, the model read the text."""
+    for key in ("deep_quote", "deep_list"):
+        width = rendered[key]["width"]
+        assert width["text"] >= 0.8 * width["box"], (key, width)
