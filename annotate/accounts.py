@@ -291,22 +291,65 @@ def list_users(session: Session, *, actor: Actor) -> list[User]:
     return list(session.scalars(select(User).order_by(User.username)))
 
 
+def _dummy_verify(password: str) -> None:
+    try:
+        _verify(_DUMMY_HASH, password)
+    except VerificationError:
+        pass
+
+
+def _locked_error(locked_until: datetime, now: datetime) -> AuthError:
+    return AuthError(f"too many failed attempts: try again in {int((locked_until - now).total_seconds()) + 1} s")
+
+
+class _UnknownNames:
+    """Failed logins under usernames that do not exist, counted and locked like an account's (in this
+    process, the most recent ``capacity`` names), so "too many failed attempts" does not tell that a name
+    exists: it was said only for real accounts, and an unknown name answered "wrong username or password"
+    forever."""
+
+    def __init__(self, capacity: int = 10_000):
+        self._capacity = capacity
+        self._entries: dict[str, tuple[int, datetime | None]] = {}  # insertion order: the oldest goes first
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(username: str) -> str:
+        return hashlib.sha256(username.strip().lower().encode()).hexdigest()
+
+    def locked_until(self, username: str, now: datetime) -> datetime | None:
+        with self._lock:
+            _, until = self._entries.get(self._key(username), (0, None))
+        return until if until is not None and until > now else None
+
+    def fail(self, username: str, *, max_failures: int, lockout_seconds: int, now: datetime) -> None:
+        key = self._key(username)
+        with self._lock:
+            count, until = self._entries.pop(key, (0, None))
+            if until is not None and until <= now:
+                count = 0  # the lock ran out: counting starts again, as an account's does
+            count += 1
+            self._entries[key] = (0, now + timedelta(seconds=lockout_seconds)) if count >= max_failures else (count, None)
+            while len(self._entries) > self._capacity:
+                del self._entries[next(iter(self._entries))]
+
+
+_unknown_names = _UnknownNames()
+
+
 def _check_password(user: User | None, password: str, now: datetime) -> bool:
     """Whether ``password`` is ``user``'s; raises while the account is locked. No writes.
 
-    An unknown user is verified against a dummy hash, so the response time does
-    not tell which usernames exist.
+    An unknown user, and a locked account, is verified against a dummy hash, so the response time does
+    not tell which usernames exist (a locked account answered at once).
     """
     if user is None:
-        try:
-            _verify(_DUMMY_HASH, password)
-        except VerificationError:
-            pass
+        _dummy_verify(password)
         return False
     locked_until = _aware(user.locked_until)
     if locked_until is not None and locked_until > now:
-        wait = int((locked_until - now).total_seconds()) + 1
-        raise AuthError(f"too many failed attempts: try again in {wait} s")
+        _dummy_verify(password)
+        raise _locked_error(locked_until, now)
     try:
         return _verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
@@ -382,8 +425,7 @@ def _finish(session: Session, user: User | None, ok: bool, checked_hash: str, pa
         session.refresh(user)
         locked_until = _aware(user.locked_until)
         if locked_until is not None and locked_until > now:
-            wait = int((locked_until - now).total_seconds()) + 1
-            raise AuthError(f"too many failed attempts: try again in {wait} s")
+            raise _locked_error(locked_until, now)
         # the password was reset while it was checked: the checked one may be the old one
         raise AuthError("wrong username or password")
     session.refresh(user)
@@ -409,9 +451,14 @@ def login(db, username: str, password: str, *, max_failures: int = 5, lockout_se
         user = session.scalar(select(User).where(User.username == username.strip()))
         if user is not None:
             session.expunge(user)  # keep its loaded columns for the check below
-    ok = _check_password(user, password, now)
     if user is None:
+        locked_until = _unknown_names.locked_until(username, now)
+        _dummy_verify(password)
+        if locked_until is not None:
+            raise _locked_error(locked_until, now)
+        _unknown_names.fail(username, max_failures=max_failures, lockout_seconds=lockout_seconds, now=now)
         raise AuthError("wrong username or password")
+    ok = _check_password(user, password, now)
     user_id, checked_hash = user.id, user.password_hash
     error: AuthError | None = None
     with db.begin() as session:

@@ -130,6 +130,14 @@ def pg_db(tmp_path, pg_clean_url):
 HH_DATA = Path(__file__).resolve().parent / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
+@pytest.fixture(autouse=True)
+def _forget_unknown_login_names(monkeypatch):
+    """Each test starts with no failed logins under unknown names (the app keeps them per process)."""
+    from annotate import accounts
+
+    monkeypatch.setattr(accounts, "_unknown_names", accounts._UnknownNames())
+
+
 @pytest.fixture(scope="session")
 def hh_path() -> Path:
     path = Path(os.environ.get("PREFLOOP_HH_DATA", HH_DATA))

@@ -768,3 +768,56 @@ def test_password_hashes_computed_at_once_are_bounded(monkeypatch):
     for t in threads:
         t.join()
     assert most == 4
+
+
+def test_an_unknown_name_is_locked_like_an_account(db, settings):
+    """Before, "too many failed attempts" was said only for real accounts, so it told which names exist."""
+    with db.begin() as s:
+        make_user(s, "ann")
+    answers = {}
+    for name in ("ann", "ghost"):
+        for _ in range(3):
+            with pytest.raises(AuthError, match="wrong username or password"):
+                accounts.login(db, name, "bad-password", max_failures=3, lockout_seconds=60)
+        with pytest.raises(AuthError) as locked:
+            accounts.login(db, name, "bad-password", max_failures=3, lockout_seconds=60)
+        answers[name] = str(locked.value)
+    assert answers["ann"].startswith("too many failed attempts: try again in ")
+    assert answers["ghost"].startswith("too many failed attempts: try again in ")
+    # names differing in case or spaces are one name, as accounts are
+    with pytest.raises(AuthError, match="too many failed attempts"):
+        accounts.login(db, " GHOST ", "bad-password", max_failures=3, lockout_seconds=60)
+    # another unknown name is not locked by ghost's failures
+    with pytest.raises(AuthError, match="wrong username or password"):
+        accounts.login(db, "phantom", "bad-password", max_failures=3, lockout_seconds=60)
+
+
+def test_unknown_name_locks_run_out_and_are_bounded():
+    names = accounts._UnknownNames(capacity=3)
+    now = utcnow()
+    for _ in range(2):
+        names.fail("ghost", max_failures=2, lockout_seconds=60, now=now)
+    assert names.locked_until("ghost", now) == now + timedelta(seconds=60)
+    later = now + timedelta(seconds=61)
+    assert names.locked_until("ghost", later) is None
+    names.fail("ghost", max_failures=2, lockout_seconds=60, now=later)  # counting starts again
+    assert names.locked_until("ghost", later) is None
+    for other in ("a", "b", "c"):  # past the capacity the oldest name is forgotten
+        names.fail(other, max_failures=1, lockout_seconds=60, now=later)
+    assert [names.locked_until(n, later) is not None for n in ("a", "b", "c")] == [True, True, True]
+    assert len(names._entries) == 3 and names._key("ghost") not in names._entries
+
+
+def test_a_locked_account_checks_a_hash_as_a_wrong_password_does(db, settings, monkeypatch):
+    """Before, a locked account answered at once, with no hash checked: the time told that the name exists."""
+    with db.begin() as s:
+        make_user(s, "ann")
+    for _ in range(3):
+        with pytest.raises(AuthError):
+            accounts.login(db, "ann", "bad-password", max_failures=3, lockout_seconds=60)
+    verified = []
+    real_verify = accounts._verify
+    monkeypatch.setattr(accounts, "_verify", lambda h, p: verified.append(h) or real_verify(h, p))
+    with pytest.raises(AuthError, match="too many failed attempts"):
+        accounts.login(db, "ann", "bad-password", max_failures=3, lockout_seconds=60)
+    assert verified == [accounts._DUMMY_HASH]
