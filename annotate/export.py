@@ -149,7 +149,10 @@ from annotate.models import (
     User,
 )
 
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
+"""A CSV cell starting with one of these gets a leading "'", so a spreadsheet shows it as text and runs no
+formula; "'" itself is among them, so removing one leading "'" (``prefloop import`` does, for its own
+exports) always gives the value back."""
 
 JUDGMENT_FIELDS: tuple[str, ...] = (
     "judgment_id", "comparison_id", "prompt_id", "response_a_id", "response_b_id",

@@ -148,6 +148,11 @@ OWN_OUTCOMES = {"is_tie": Choice.tie, "is_both_bad": Choice.both_bad}
 """A preference export's columns for the rows whose majority was a tie or both bad (when asked for)."""
 OWN_WINNER = "\x00own-export winner"
 """Where :func:`_from_own_export` leaves such a row's winner for the parse (a key no JSON file gives)."""
+OWN_ROW = "\x00own-export row"
+"""Marks a row of prefloop's own export for the parse (a key no JSON file gives): its responses come from a
+database, which keeps empty ones (HH has them), so an empty ``response_a`` / ``response_b`` is read as one
+(a raw judgment export of such a pair was refused: "response_b is empty")."""
+OWN_KEYS = (OWN_WINNER, OWN_ROW)
 ROW_FIELDS = {name: set(CSV_COLUMNS[name]) | OPTIONAL_FIELDS[name] for name in FORMATS}
 """Every top-level field each format reads; other fields are named in the notes (see :class:`_IgnoredFields`)."""
 ALL_ROW_FIELDS = tuple(sorted(set().union(*ROW_FIELDS.values())))
@@ -832,7 +837,8 @@ def _csv_records(lines: Iterable[str], problems: _Problems, fmt: str | None,
         raise ImportValidationError(
             f"line 1: the CSV header repeats the column(s) {', '.join(repeated)}; give each column once",
             [(1, f"repeated CSV column(s) {', '.join(repeated)}")])
-    if all(k in header for k in OWN_EXPORT_MARK):  # prefloop's own export: its ids as imported (_from_own_export)
+    own = all(k in header for k in OWN_EXPORT_MARK)
+    if own:  # prefloop's own export: its ids as imported (_from_own_export)
         notes.append(OWN_EXPORT_NOTE)
         header = ["" if h in OWN_IDS or (h in OWN_EXPORT_IDS and OWN_EXPORT_IDS[h] in set(header) - set(OWN_IDS))
                   else OWN_EXPORT_IDS.get(h, h) for h in header]
@@ -880,9 +886,14 @@ def _csv_records(lines: Iterable[str], problems: _Problems, fmt: str | None,
                     problems.append((start, f"has {counted(len(row), 'cell')} but the header has {len(header)} "
                                             "columns"))
                 continue
-            obj: dict[str, Any] = {}
+            obj: dict[str, Any] = {OWN_ROW: True} if own else {}
             bad = False
             for key, cell in zip(header, row):
+                if own:
+                    cell = cell[1:] if cell.startswith("'") else cell  # the export's spreadsheet guard
+                    if key in ("response_a", "response_b") and cell == "":
+                        obj[key] = ""  # an empty response, which a database keeps (a missing one is no cell)
+                        continue
                 if key not in known or cell == "":
                     continue
                 if key in _JSON_CELLS or (key in ("prompt", "chosen", "rejected") and cell.lstrip().startswith("[")):
@@ -1100,12 +1111,23 @@ def _from_own_export(obj: dict) -> dict:
     with prompt ids "1", "2", ... and without its ids and tag. Its ``prompt_external_id``, ``external_id``,
     ``*_external_id`` and ``source_tag`` are what the first import was given: they are read as ``prompt_id``,
     ``id``, the response ids and ``tag`` (``""``, as JSON Lines exports write a missing one, is none; a
-    ``tag`` column added to the file wins), and a row marked ``is_tie`` / ``is_both_bad`` keeps that
-    outcome (:data:`OWN_WINNER`). Rows without both :data:`OWN_EXPORT_MARK` columns are returned as they are."""
+    ``tag`` column added to the file wins), a row marked ``is_tie`` / ``is_both_bad`` keeps that
+    outcome (:data:`OWN_WINNER`), a prompt written as the JSON text of its messages is that chat, and an
+    empty response is one (:data:`OWN_ROW`). Rows without both :data:`OWN_EXPORT_MARK` columns are returned as they are."""
     if not all(k in obj for k in OWN_EXPORT_MARK):
         return obj
     out = {k: v for k, v in obj.items() if k not in OWN_IDS and k not in OWN_EXPORT_IDS
            and k not in OWN_OUTCOMES}
+    out[OWN_ROW] = True
+    # The raw judgment export writes a chat prompt as the JSON text of its messages (one column type for
+    # `datasets`), as CSV cells hold them: read back as that chat, not as a text prompt of JSON.
+    if isinstance(prompt := obj.get("prompt"), str) and prompt.lstrip().startswith("["):
+        try:
+            messages = _loads(prompt)
+        except (json.JSONDecodeError, _BadJSON):
+            messages = None
+        if isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages):
+            out["prompt"] = messages
     for column, field in OWN_EXPORT_IDS.items():
         if column in obj and (field not in obj or field in OWN_IDS):  # the exporting database's id: replaced
             out[field] = obj[column]
@@ -1120,8 +1142,9 @@ def _from_own_export(obj: dict) -> dict:
 def _parse_pairs(line: int, obj: dict, max_chars: int) -> list[ParsedComparison]:
     _require(obj, "prompt", "response_a", "response_b")
     prompt = _prompt(obj["prompt"], max_chars)
-    a = _text(obj["response_a"], "response_a", max_chars)
-    b = _text(obj["response_b"], "response_b", max_chars)
+    own = obj.get(OWN_ROW) is True
+    a = _text(obj["response_a"], "response_a", max_chars, allow_empty=own)
+    b = _text(obj["response_b"], "response_b", max_chars, allow_empty=own)
     if a == b:
         raise _RowError("response_a and response_b are identical")
     return [ParsedComparison(
@@ -1536,7 +1559,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
         if extra := _dropped_message_keys(obj):
             dropped_lines.append(line)
             dropped_keys |= extra
-        ignored.add(line, file_fmt, {k: v for k, v in obj.items() if k != OWN_WINNER})
+        ignored.add(line, file_fmt, {k: v for k, v in obj.items() if k not in OWN_KEYS})
         given += len(parsed)
         if given > MAX_FILE_COMPARISONS and over_limit is None:
             over_limit = (line, element)

@@ -8,9 +8,11 @@ a higher overlap") could not be followed either: a second import changed nothing
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
 
-from annotate.models import Comparison, ComparisonStatus
+from annotate.models import Comparison, ComparisonStatus, Prompt, Response
 from tests.test_ingest import admin_import_page, jsonl, pair, run_import
 
 FILE = jsonl(*(pair(i, winner="a") for i in range(4)))
@@ -182,3 +184,47 @@ def test_a_preference_export_mixing_chats_and_text_imports_back_adding_nothing(d
     assert (report.comparisons_added, report.prompts_added) == (1, 1)
     with db.read() as session:
         assert session.scalar(select(func.count(Prompt.id)).where(Prompt.text == "prompt 1")) == 1
+
+
+@pytest.mark.parametrize("format", ["jsonl", "csv"])
+def test_a_raw_judgment_export_imports_back_as_it_was(db, settings, tmp_path, format):
+    """README-follower run: a raw judgment export imported into another database came back with every chat
+    prompt as a text prompt of JSON ('[{"role": "user", ...') in JSON Lines, and was refused whole when a pair
+    had an empty response (HH has them): "response_b is empty" (CSV: "missing field 'response_b'"). And the
+    CSV's spreadsheet guard (a "'" before a cell starting with "-", "=", ...) stayed in the texts."""
+    from annotate import export, migrate
+    from annotate.db import Database, create_db_engine
+    from annotate.settings import load_settings
+    from tests.test_ingest import admin
+
+    ResponseA, ResponseB = aliased(Response), aliased(Response)
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello?"},
+            {"role": "user", "content": "- list me things"}]
+    texts = ["- one\n- two", "=SUM(A1)", "'quoted'", "+1", "@here", "plain", ""]
+    rows = [{"prompt": chat, "chosen": "Sure:", "rejected": ""},  # TRL keeps an empty response, as HH does
+            *({"prompt": f"q{i}", "chosen": f"other {i}", "rejected": t} for i, t in enumerate(texts[:-1]))]
+    run_import(db, settings, jsonl(*rows))
+    with db.begin() as session:
+        data = export.judgments_bytes(session, actor=admin(session), format=format)
+
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    migrate.upgrade(url)
+    elsewhere = Database(create_db_engine(url))
+    try:
+        report = run_import(elsewhere, load_settings(environ={}, data_dir=tmp_path, database_url=url, env="test"),
+                            data, filename=f"judgments.{format}")
+        assert report.comparisons_added == len(rows), report
+        with elsewhere.read() as session:
+            pairs = {(p.text, p.messages and tuple((m["role"], m["content"]) for m in p.messages), a.text, b.text)
+                     for p, a, b in session.execute(
+                         select(Prompt, ResponseA, ResponseB).join(Comparison, Comparison.prompt_id == Prompt.id)
+                         .join(ResponseA, ResponseA.id == Comparison.response_a_id)
+                         .join(ResponseB, ResponseB.id == Comparison.response_b_id))}
+    finally:
+        elsewhere.dispose()
+    texts_back = {(a, b) for _, _, a, b in pairs}
+    assert ("Sure:", "") in texts_back or ("", "Sure:") in texts_back
+    for i, t in enumerate(texts[:-1]):
+        assert (t, f"other {i}") in texts_back or (f"other {i}", t) in texts_back, (t, texts_back)
+    chats = [m for _, m, _, _ in pairs if m and len(m) == 3]
+    assert chats == [tuple((m["role"], m["content"]) for m in chat)], pairs
