@@ -285,7 +285,8 @@ def _backup_or_restore(args, settings) -> int:
             active = report.contents.active_model if report.contents else _active_artifact(settings)
             if active:
                 print(f"the active reward model's files are not in the backup: copy "
-                      f"{settings.data_dir / active} with it (or run 'prefloop retrain --once --force' after a restore)")
+                      f"{settings.data_dir / active} with it (or, after a restore without them, run 'prefloop retrain "
+                      "--once --force', with --replace-missing on another machine)")
             return 0
 
         def run_in_progress() -> bool:
@@ -511,8 +512,10 @@ def cmd_retrain(args) -> int:
     if args.watch:
         if args.force:
             raise PrefloopError("--force goes with --once: the watcher retrains when new judgments or pairs arrive")
-        # No schema check: the watcher outlives a database that is down or not migrated yet, and retries.
-        retrain.watch(settings, **({} if args.poll_seconds is None else {"poll_seconds": args.poll_seconds}))
+        # The schema check does not stop the watcher: it outlives a database that is down, not migrated yet or
+        # not made yet (make run starts it beside the app), says why once and checks again at each poll.
+        retrain.watch(settings, ready=lambda: _require_schema(settings),
+                      **({} if args.poll_seconds is None else {"poll_seconds": args.poll_seconds}))
         return 0
     if args.replace_missing and not args.once:
         raise PrefloopError("--replace-missing goes with --once")

@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -1280,22 +1280,46 @@ def due(session, settings: Settings, *, since: datetime) -> tuple[bool, str]:
 
 
 def watch(settings: Settings, *, db: Database | None = None, poll_seconds: float = 5.0,
-          stop: threading.Event | None = None, **run_kwargs) -> None:
+          stop: threading.Event | None = None, ready: Callable[[], None] | None = None, **run_kwargs) -> None:
     """Retrain whenever :func:`due` says so, until SIGTERM/SIGINT (or ``stop`` is set).
 
     A signal stops the loop at once when idle; a run in progress stops at its
     next step boundary and is marked failed and stopped (:data:`STOPPED`; the
     previous model stays active), which the next watcher does not wait for.
+    ``ready`` raises :class:`PrefloopError` while the database cannot be used yet (no SQLite file, not
+    migrated, unreachable): the watcher says why once, opens nothing (opening makes a missing SQLite
+    file), and checks again at each poll until it passes (the CLI passes its schema check).
     """
     stop = stop or threading.Event()
-    db = db or open_database(settings)
-    with stop_on_signals(stop):
-        _watch(settings, db, poll_seconds, stop, run_kwargs)
-
-
-def _watch(settings: Settings, db: Database, poll_seconds: float, stop: threading.Event, run_kwargs) -> None:
     started = utcnow()
     _say(f"retrain watcher started (poll every {poll_seconds:g} s)", started)
+    with stop_on_signals(stop):
+        if ready is not None and not _wait_until_ready(ready, poll_seconds, stop):
+            _say("retrain watcher stopped")
+            return
+        _watch(settings, db or open_database(settings), poll_seconds, stop, run_kwargs, started)
+
+
+def _wait_until_ready(ready: Callable[[], None], poll_seconds: float, stop: threading.Event) -> bool:
+    """Wait until ``ready`` passes (True) or ``stop`` is set (False), saying why it fails each time that changes."""
+    said = None
+    while not stop.is_set():
+        try:
+            ready()
+        except PrefloopError as exc:
+            if str(exc) != said:
+                said = str(exc)
+                _say(f"waiting for the database: {said}")
+            stop.wait(poll_seconds)
+            continue
+        if said is not None:
+            _say("the database is ready")
+        return True
+    return False
+
+
+def _watch(settings: Settings, db: Database, poll_seconds: float, stop: threading.Event, run_kwargs,
+           started: datetime) -> None:
     waiting = False  # said once that another process's run holds the lock, until it lets go
     try:
         while not stop.is_set():

@@ -133,7 +133,9 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
             else:
                 values[field.name] = raw
         except ValueError:
-            raise ConfigError(f"{key}={raw!r} is not a valid {kind}") from None
+            what = {"int": "a whole number", "float": "a number"}.get(kind, f"a valid {kind}")
+            allowed = _allowed(field.name) if kind == "int" else ""
+            raise ConfigError(f"{key}={raw!r} is not {what}{f' ({allowed})' if allowed else ''}") from None
     settings = Settings(**values)
     _validate(settings)
     return settings
@@ -177,18 +179,26 @@ _WHOLE_NUMBER_RANGES = {  # field: (lowest, highest or None for no limit, what t
 far longer ones overflowed the dates they are added to (past the year 9999)."""
 
 
+def _allowed(name: str) -> str:
+    """The range a whole-number setting takes, in words ("from 10 to 31,536,000"), or ""."""
+    if name not in _WHOLE_NUMBER_RANGES:
+        return {"overlap": "from 1 to PREFLOOP_MAX_OVERLAP", "max_overlap": f"from 1 to {MAX_OVERLAP}"}.get(name, "")
+    lowest, highest, meaning = _WHOLE_NUMBER_RANGES[name]
+    return (f"from {lowest:,} to {highest:,}" if highest is not None else f"at least {lowest:,}") + meaning
+
+
 def _validate(s: Settings) -> None:
     if s.env not in {"development", "production", "test"}:
         raise ConfigError("PREFLOOP_ENV must be development, production or test")
     if s.overlap < 1 or s.max_overlap < s.overlap:
-        raise ConfigError("PREFLOOP_OVERLAP must be >= 1 and <= PREFLOOP_MAX_OVERLAP")
+        raise ConfigError(f"PREFLOOP_OVERLAP must be from 1 to PREFLOOP_MAX_OVERLAP ({s.max_overlap}), "
+                          f"not {s.overlap}; raise PREFLOOP_MAX_OVERLAP (at most {MAX_OVERLAP}) for more")
     if s.max_overlap > MAX_OVERLAP:
         raise ConfigError(f"PREFLOOP_MAX_OVERLAP must be at most {MAX_OVERLAP}")
-    for name, (lowest, highest, meaning) in _WHOLE_NUMBER_RANGES.items():
+    for name, (lowest, highest, _) in _WHOLE_NUMBER_RANGES.items():
         value = getattr(s, name)
         if value < lowest or (highest is not None and value > highest):
-            allowed = f"from {lowest:,} to {highest:,}" if highest is not None else f"at least {lowest:,}"
-            raise ConfigError(f"PREFLOOP_{name.upper()} must be {allowed}{meaning}, not {value:,}")
+            raise ConfigError(f"PREFLOOP_{name.upper()} must be {_allowed(name)}, not {value:,}")
     if not MIN_RETRAIN_MINUTES <= s.retrain_every_minutes <= MAX_RETRAIN_MINUTES:
         raise ConfigError(f"PREFLOOP_RETRAIN_EVERY_MINUTES must be from {MIN_RETRAIN_MINUTES} to "
                           f"{MAX_RETRAIN_MINUTES:,} (a year), not {s.retrain_every_minutes:g}")

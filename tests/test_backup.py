@@ -336,10 +336,12 @@ def test_the_backup_names_the_active_models_files_it_does_not_hold(sqlite_env, t
     r = run(env, "db", "backup", str(tmp_path / "b.db"))
     assert r.returncode == 0, r.stderr
     assert f"copy {tmp_path / 'data' / 'models' / 'v1'} with it" in r.stdout
+    # its remedy works on another machine too (README-follower run: without --replace-missing it failed there)
+    assert "retrain --once --force', with --replace-missing on another machine" in r.stdout
     fresh = _env(tmp_path / "elsewhere", f"sqlite:///{tmp_path / 'elsewhere.db'}")
     r = run(fresh, "db", "restore", str(tmp_path / "b.db"))
     assert r.returncode == 0, r.stderr
-    assert "files are not at" in r.stdout and "retrain --once --force" in r.stdout
+    assert "files are not at" in r.stdout and "retrain --once --force --replace-missing" in r.stdout
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

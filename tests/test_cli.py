@@ -751,3 +751,43 @@ def test_export_does_not_hold_the_write_lock_while_it_writes(admin_env, tmp_path
     assert cli.main(["export", "--format", fmt, "--out", str(out)]) == 0
     assert wrote == [True]
     assert out.read_text().count("\n") == 3
+
+
+def test_the_watcher_waits_for_a_database_that_is_not_there_yet_without_making_one(tmp_path):
+    """README-follower run: 'prefloop retrain --watch' on a data dir with no database made an empty SQLite file
+    (after which every command said "has no prefloop tables" instead of "no database") and logged a
+    traceback every 5 s, forever. It now says why once, makes nothing, and starts once the database is made."""
+    import signal
+    import time
+
+    path = tmp_path / "later.db"
+    e = {**os.environ, "PREFLOOP_DATA_DIR": str(tmp_path / "data"), "PREFLOOP_DATABASE_URL": f"sqlite:///{path}"}
+    watcher = subprocess.Popen([sys.executable, "-m", "annotate.cli", "retrain", "--watch", "--poll-seconds", "0.2"],
+                               env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(4)  # many polls
+        assert not path.exists()
+        assert run(e, "db", "upgrade").returncode == 0
+        time.sleep(2)
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        out, _ = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, out
+    assert "Traceback" not in out, out
+    waiting = [line for line in out.splitlines() if "waiting for the database" in line]
+    # said once, not at every poll (the upgrade, seen half-way, may add a line per revision it passes)
+    assert f"no database at {path}: run 'prefloop db upgrade'" in waiting[0], out
+    reasons = [line.split(" waiting for the database: ")[1] for line in waiting]
+    assert len(reasons) == len(set(reasons)) and not any("no database" in r for r in reasons[1:]), out
+    assert out.index("waiting for the database") < out.index("the database is ready"), out
+
+
+def test_a_setting_that_is_not_a_number_is_named_with_its_range(env):
+    """README-follower run: PREFLOOP_LEASE_SECONDS=abc said "is not a valid int", without the range the README
+    promises for a bad value."""
+    one_line_error(run({**env, "PREFLOOP_LEASE_SECONDS": "abc"}, "users", "list"),
+                   "PREFLOOP_LEASE_SECONDS='abc' is not a whole number (from 10 to 31,536,000)")
+    one_line_error(run({**env, "PREFLOOP_GOLD_RATE": "lots"}, "users", "list"),
+                   "PREFLOOP_GOLD_RATE='lots' is not a number")
+    one_line_error(run({**env, "PREFLOOP_OVERLAP": "4"}, "users", "list"),
+                   "PREFLOOP_OVERLAP must be from 1 to PREFLOOP_MAX_OVERLAP (3), not 4")

@@ -166,7 +166,8 @@ def test_login_failure_shows_the_message_then_throttles(app_db, people, monkeypa
 def test_bad_setting_and_unmigrated_database_show_a_message(app_db, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFLOOP_OVERLAP", "0")
     at = _app()
-    assert _errors(at) == ["PREFLOOP_OVERLAP must be >= 1 and <= PREFLOOP_MAX_OVERLAP"]
+    assert _errors(at) == ["PREFLOOP_OVERLAP must be from 1 to PREFLOOP_MAX_OVERLAP (3), not 0; raise "
+                           "PREFLOOP_MAX_OVERLAP (at most 20) for more"]
     monkeypatch.delenv("PREFLOOP_OVERLAP")
     monkeypatch.setenv("PREFLOOP_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
     at = _login(_app(), "ann")
