@@ -64,7 +64,9 @@ sys.path.insert(0, str(ROOT))
 import rm.acquisition as acq  # noqa: E402
 from annotate import simulate as sim  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
+from _data import hh_data  # noqa: E402
+
+DEFAULT_DATA = hh_data()
 _app_strategy = acq.get_strategy
 
 

@@ -35,7 +35,9 @@ from rm.data import A_WINS  # noqa: E402
 from rm.split import held_out_mask  # noqa: E402
 from rm.train import fit_and_evaluate  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
+from _data import hh_data  # noqa: E402
+
+DEFAULT_DATA = hh_data()
 
 
 def main() -> None:

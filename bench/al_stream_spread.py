@@ -31,7 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from annotate import simulate as sim  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
+from _data import hh_data  # noqa: E402
+
+DEFAULT_DATA = hh_data()
 
 
 def _line(label: str, c: sim.Comparison) -> str:

@@ -69,7 +69,7 @@ def encoder_vs_sentence_transformers(n_texts: int = 640, threads: int = 2, repea
     """Texts per second of our encoder and of sentence-transformers' ``encode`` on the same HH texts; prints them."""
     from sentence_transformers import SentenceTransformer
 
-    data = DEFAULT_DATA if DEFAULT_DATA.exists() else ROOT / "tests" / "data" / DEFAULT_DATA.name
+    data = DEFAULT_DATA
     _, chosen, rejected, _ = load_hh(data)
     rng = np.random.default_rng(0)
     texts = [str(t) for t in rng.choice(np.array(chosen + rejected, dtype=object), n_texts, replace=False)]

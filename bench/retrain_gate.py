@@ -42,7 +42,9 @@ from rm.heads import pair_probabilities  # noqa: E402
 from rm.split import held_out_mask  # noqa: E402
 from rm.train import TrainConfig, train_ensemble  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
+from _data import hh_data  # noqa: E402
+
+DEFAULT_DATA = hh_data()
 PLANTED = (0.1, 0.25, 0.5)
 """Shares of pairs on which a planted regression reverses the active model's predictions (at accuracy a it
 loses share x (2a - 1): about 2.4, 6 and 12 points at 62%)."""

@@ -30,7 +30,9 @@ from annotate import simulate as sim  # noqa: E402
 from rm.data import B_WINS  # noqa: E402
 from rm.split import held_out_mask  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
+from _data import hh_data  # noqa: E402
+
+DEFAULT_DATA = hh_data()
 SIZES = (128, 256, 384, 640)
 _app_fit = train_mod._fit_linear_lbfgs
 _eta = [0.0]

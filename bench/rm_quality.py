@@ -30,7 +30,9 @@ from rm.features import FeatureSpec, build_features  # noqa: E402
 from rm.split import held_out_mask  # noqa: E402
 from rm.train import TrainConfig, effective_l2, fit_and_evaluate  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
+from _data import hh_data  # noqa: E402
+
+DEFAULT_DATA = hh_data()
 MARKER = "\n\nAssistant:"
 
 
@@ -63,8 +65,7 @@ def pair_data(prompts, chosen, rejected, feat, seed=0) -> PairData:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.exists()
-                    else ROOT / "tests" / "data" / DEFAULT_DATA.name)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cache-dir", type=Path, default=ROOT / ".prefloop" / "cache")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--test-fraction", type=float, default=0.3)
