@@ -479,3 +479,12 @@ def test_a_link_whose_text_names_its_own_host_or_none_stays_a_link(text):
 def test_a_reference_definition_over_two_lines_defines_nothing(text):
     out = safe_markdown(text)
     assert "\\]:" in out and not re.search(r"(?<!\\)\]:", out), out
+
+
+def test_a_text_drawn_again_is_not_escaped_again():
+    """A page draws the pair's texts at every key press; a hostile 50k-character text took up to 1 s each time."""
+    text = "``x" * 1000 + " unique to this test"
+    safe_markdown(text)
+    hits = safe_markdown.cache_info().hits
+    assert safe_markdown(text) == safe_markdown.__wrapped__(text)
+    assert safe_markdown.cache_info().hits == hits + 1
