@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from annotate.db import Database, create_db_engine
-from annotate.models import Comparison, Judgment, Prompt, Response, User
+from annotate.models import Comparison, ImportBatch, Judgment, Prompt, Response, User
 from sqlalchemy import func, select
 
 
@@ -100,6 +100,12 @@ def test_demo_prints_credentials_once(env):
     second = run(env, "demo")
     assert "password:" not in second.stdout and "already exist" in second.stdout
     assert counts(env)["comparisons"] == 54
+    # and no second import batch: each make run added an empty one to the Audit log (README-follower run)
+    assert "demo data: already imported (batch 1); nothing added" in second.stdout
+    db = Database(create_db_engine(env["PREFLOOP_DATABASE_URL"]))
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(ImportBatch)) == 1
+    db.dispose()
 
 
 def test_the_demo_campaign_turns_the_loop_while_one_annotator_works(env):

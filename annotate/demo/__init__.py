@@ -10,13 +10,14 @@ while one annotator works through it.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from importlib import resources
 
 from sqlalchemy import select
 
 from annotate import accounts, campaign, ingest
-from annotate.models import AppSetting, User
+from annotate.models import AppSetting, ImportBatch, User
 
 DEMO_USERS = (("admin", "admin"), ("annotator", "annotator"))
 # A model after 16 labels, the queue in the strategy's order from then on, in batches of 8.
@@ -32,11 +33,16 @@ def load_demo(db, settings, *, print_credentials: bool = False) -> dict[str, str
 
     Returns the passwords of accounts created now (each printed once when asked).
     """
+    data = demo_file_bytes()
     with db.begin() as session:
-        report = ingest.import_file(session, settings, demo_file_bytes(), filename="demo.jsonl", system=True,
-                                    source_tag="demo")
+        # Imported before (make run, every start): not again, which added nothing but an empty import batch to
+        # the Audit log at each start.
+        before = session.scalar(select(ImportBatch.id).where(ImportBatch.file_hash == hashlib.sha256(data).hexdigest())
+                                .order_by(ImportBatch.id).limit(1))
+        report = None if before is not None else ingest.import_file(
+            session, settings, data, filename="demo.jsonl", system=True, source_tag="demo")
         # Only for a new demo campaign: run again, the demo leaves an admin's own choices alone.
-        if report.comparisons_added and not session.scalar(select(AppSetting.key).limit(1)):
+        if report is not None and report.comparisons_added and not session.scalar(select(AppSetting.key).limit(1)):
             campaign.update_options(session, settings, actor=None, system=True, **DEMO_OPTIONS)
     created: dict[str, str] = {}
     with db.begin() as session:
@@ -46,7 +52,8 @@ def load_demo(db, settings, *, print_credentials: bool = False) -> dict[str, str
                 accounts.create_user(session, username, password, role, system=True)
                 created[username] = password
     if print_credentials:
-        print(f"demo data: {report.summary()}")
+        print(f"demo data: {report.summary()}" if report is not None
+              else f"demo data: already imported (batch {before}); nothing added")
         if created:
             print("demo accounts (shown once; reset with 'prefloop users reset-password NAME'):")
             for username, password in created.items():
