@@ -315,7 +315,9 @@ class _UnknownNames:
 
     @staticmethod
     def _key(username: str) -> str:
-        return hashlib.sha256(username.strip().lower().encode()).hexdigest()
+        # As login looks accounts up: by the name as typed, spaces stripped. Folding case here let "BOB"'s
+        # failures lock "bob", which then answered "locked" for no account and "wrong" for a real one.
+        return hashlib.sha256(username.strip().encode()).hexdigest()
 
     def locked_until(self, username: str, now: datetime) -> datetime | None:
         with self._lock:
@@ -325,13 +327,26 @@ class _UnknownNames:
     def fail(self, username: str, *, max_failures: int, lockout_seconds: int, now: datetime) -> None:
         key = self._key(username)
         with self._lock:
-            count, until = self._entries.pop(key, (0, None))
-            if until is not None and until <= now:
+            count, until = self._entries.get(key, (0, None))
+            if until is not None and until > now:
+                return  # a guess checked before the lock was set: the lock stays, as an account's does
+            self._entries.pop(key, None)
+            if until is not None:
                 count = 0  # the lock ran out: counting starts again, as an account's does
             count += 1
             self._entries[key] = (0, now + timedelta(seconds=lockout_seconds)) if count >= max_failures else (count, None)
-            while len(self._entries) > self._capacity:
-                del self._entries[next(iter(self._entries))]
+            if len(self._entries) > self._capacity:
+                self._forget(now)
+
+    def _forget(self, now: datetime) -> None:
+        """Down to capacity: names not locked (or whose lock ran out) go first, oldest first; then locked ones.
+        Dropping the oldest regardless let failures under 10,000 other names unlock a name an account keeps."""
+        excess = len(self._entries) - self._capacity
+        unlocked = [k for k, (_, until) in self._entries.items() if until is None or until <= now][:excess]
+        for key in unlocked:
+            del self._entries[key]
+        while len(self._entries) > self._capacity:
+            del self._entries[next(iter(self._entries))]
 
 
 _unknown_names = _UnknownNames()

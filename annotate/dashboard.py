@@ -115,7 +115,9 @@ def _as_hour(value) -> datetime:
 
 
 def _median_time(session: Session, since: datetime) -> float | None:
-    cond = and_(Judgment.created_at >= since, Judgment.time_spent_ms > 0, Judgment.state == JudgmentState.active)
+    # Not probes, as on the Annotators page (the Overview's median was over another set of judgments).
+    cond = and_(Judgment.created_at >= since, Judgment.time_spent_ms > 0, Judgment.state == JudgmentState.active,
+                Judgment.is_probe.is_(False))
     if session.bind.dialect.name == "postgresql":
         value = session.scalar(select(func.percentile_cont(0.5).within_group(Judgment.time_spent_ms)).where(cond))
         return None if value is None else float(value)
@@ -549,9 +551,11 @@ def mark_gold(session: Session, *, actor: Actor, comparison_id: int, choice: str
     audit(session, actor, "gold.mark", comparison_id=comparison_id, choice=gold_choice.value)
 
 
-def unmark_gold(session: Session, *, actor: Actor, comparison_id: int) -> None:
+def unmark_gold(session: Session, settings: Settings, *, actor: Actor, comparison_id: int) -> None:
     """Turn a gold pair back into an ordinary comparison (admin only, audited); one that is not gold is left
-    as it is, unaudited, as ``mark_gold`` leaves a pair that already has the answer."""
+    as it is, unaudited, as ``mark_gold`` leaves a pair that already has the answer. Back among ordinary pairs,
+    its votes are weighed as a judgment's are (:func:`quality.extend_overlap_if_needed`): split votes ask for
+    one more (a 2-to-1 pair at overlap 3 was closed, where an ordinary one is raised to 4)."""
     require_admin(session, actor)
     c = session.get(Comparison, comparison_id)
     if c is None:
@@ -561,7 +565,9 @@ def unmark_gold(session: Session, *, actor: Actor, comparison_id: int) -> None:
     c.is_gold, c.gold_choice = False, None
     if c.status != ComparisonStatus.retired:
         c.status = ComparisonStatus.complete if c.judgment_count >= c.overlap_target else ComparisonStatus.open
-    audit(session, actor, "gold.unmark", comparison_id=comparison_id)
+    session.flush()
+    extended = quality.extend_overlap_if_needed(session, comparison_id, get_options(session, settings))
+    audit(session, actor, "gold.unmark", comparison_id=comparison_id, **({"overlap_raised": True} if extended else {}))
 
 
 # --------------------------------------------------------------------------- retiring a pair
@@ -588,9 +594,11 @@ def retire(session: Session, *, actor: Actor, comparison_id: int) -> None:
           judgments=c.judgment_count, leases_released=released)
 
 
-def reopen(session: Session, *, actor: Actor, comparison_id: int) -> None:
+def reopen(session: Session, settings: Settings, *, actor: Actor, comparison_id: int) -> None:
     """Put a retired comparison back (admin only, audited): open while it needs judgments (a gold pair
-    always), complete otherwise, and its judgments count again. One not retired is left as it is."""
+    always), complete otherwise, and its judgments count again; split votes ask for one more, as after a
+    judgment (:func:`quality.extend_overlap_if_needed`, which leaves a retired pair alone). One not retired is
+    left as it is."""
     require_admin(session, actor)
     c = session.get(Comparison, comparison_id, with_for_update=True)
     if c is None:
@@ -599,6 +607,9 @@ def reopen(session: Session, *, actor: Actor, comparison_id: int) -> None:
         return
     c.status = (ComparisonStatus.complete if not c.is_gold and c.judgment_count >= c.overlap_target
                 else ComparisonStatus.open)
+    session.flush()
+    quality.extend_overlap_if_needed(session, comparison_id, get_options(session, settings))
+    session.refresh(c)
     audit(session, actor, "comparison.reopen", comparison_id=comparison_id,
           status=ComparisonStatus(c.status).value)
 

@@ -136,7 +136,7 @@ from sqlalchemy.orm import Session, aliased
 from annotate.accounts import Actor, audit, require_admin
 from annotate.db import Database
 from annotate.errors import NotFound, PrefloopError
-from annotate.ingest import RESPONSE_MESSAGES, ROLES, majority, render_messages
+from annotate.ingest import CSV_GUARDED, RESPONSE_MESSAGES, ROLES, majority, render_messages
 from annotate.models import (
     Choice,
     Comparison,
@@ -149,10 +149,7 @@ from annotate.models import (
     User,
 )
 
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
-"""A CSV cell starting with one of these gets a leading "'", so a spreadsheet shows it as text and runs no
-formula; "'" itself is among them, so removing one leading "'" (``prefloop import`` does, for its own
-exports) always gives the value back."""
+
 
 JUDGMENT_FIELDS: tuple[str, ...] = (
     "judgment_id", "comparison_id", "prompt_id", "response_a_id", "response_b_id",
@@ -690,7 +687,7 @@ def _csv_cell(value: Any) -> Any:
     if isinstance(value, (list, dict)):
         value = json.dumps(value, ensure_ascii=False)
     value = str(value)
-    if value.startswith(_FORMULA_PREFIXES):
+    if value.startswith(CSV_GUARDED):
         return "'" + value
     return value
 

@@ -153,6 +153,11 @@ OWN_ROW = "\x00own-export row"
 database, which keeps empty ones (HH has them), so an empty ``response_a`` / ``response_b`` is read as one
 (a raw judgment export of such a pair was refused: "response_b is empty")."""
 OWN_KEYS = (OWN_WINNER, OWN_ROW)
+CSV_GUARDED = ("=", "+", "-", "@", "\t", "\r", "'")
+"""An exported CSV cell starting with one of these gets a leading "'", so a spreadsheet shows it as text and
+runs no formula. "'" is among them, so a cell that is "'" and then one of these is always a guarded value:
+import takes the "'" off such a cell of its own export, and leaves "'Twas" (an older export, before "'" was
+guarded) as it is."""
 ROW_FIELDS = {name: set(CSV_COLUMNS[name]) | OPTIONAL_FIELDS[name] for name in FORMATS}
 """Every top-level field each format reads; other fields are named in the notes (see :class:`_IgnoredFields`)."""
 ALL_ROW_FIELDS = tuple(sorted(set().union(*ROW_FIELDS.values())))
@@ -890,7 +895,8 @@ def _csv_records(lines: Iterable[str], problems: _Problems, fmt: str | None,
             bad = False
             for key, cell in zip(header, row):
                 if own:
-                    cell = cell[1:] if cell.startswith("'") else cell  # the export's spreadsheet guard
+                    if cell.startswith("'") and cell[1:].startswith(CSV_GUARDED):
+                        cell = cell[1:]  # the export's spreadsheet guard (CSV_GUARDED)
                     if key in ("response_a", "response_b") and cell == "":
                         obj[key] = ""  # an empty response, which a database keeps (a missing one is no cell)
                         continue
@@ -1126,8 +1132,9 @@ def _from_own_export(obj: dict) -> dict:
             messages = _loads(prompt)
         except (json.JSONDecodeError, _BadJSON):
             messages = None
-        if isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages):
-            out["prompt"] = messages
+        if isinstance(messages, list) and messages and all(
+                isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages):
+            out["prompt"] = messages  # else a text prompt that starts with "[" (JSON that is no chat), kept as text
     for column, field in OWN_EXPORT_IDS.items():
         if column in obj and (field not in obj or field in OWN_IDS):  # the exporting database's id: replaced
             out[field] = obj[column]

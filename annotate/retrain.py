@@ -700,7 +700,8 @@ def _last_finished(session):
 
 
 def new_judgments(session) -> tuple[int, datetime | None, int | None]:
-    """``(judgments the last finished run did not see, when that run finished, its id)``.
+    """``(judgments the last finished run did not see, when that run finished, its id)``: active ones, not
+    probes, above its largest id (and, below it, every row it did not see, whatever its state).
 
     Not only ids above that run's largest: on PostgreSQL an id is taken at insert but
     becomes visible at commit, so a judgment with a smaller id can commit after the
@@ -715,8 +716,11 @@ def new_judgments(session) -> tuple[int, datetime | None, int | None]:
     last = _last_finished(session)
     counts = (last.counts or {}) if last else {}
     watermark = int(counts.get("max_judgment_id", 0))
+    # Labels, not rows: an undone judgment (retracted) or one revised since (superseded) is no new label;
+    # counted, each undo and judge-again made two ("217 new judgments" for 212 labels; quality audit).
     n = int(session.scalar(select(func.count(Judgment.id)).where(Judgment.id > watermark,
-                                                                 Judgment.is_probe.is_(False))) or 0)
+                                                                 Judgment.is_probe.is_(False),
+                                                                 Judgment.state == JudgmentState.active)) or 0)
     if counts.get("judgments_seen") is not None:
         n += _late_judgments(session, last, watermark, int(counts["judgments_seen"]), counts.get("finish_xid"))
     return n, (last.finished_at or last.started_at) if last else None, last.id if last else None

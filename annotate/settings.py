@@ -134,7 +134,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
                 values[field.name] = raw
         except ValueError:
             what = {"int": "a whole number", "float": "a number"}.get(kind, f"a valid {kind}")
-            allowed = _allowed(field.name) if kind == "int" else ""
+            allowed = _allowed(field.name)
             raise ConfigError(f"{key}={raw!r} is not {what}{f' ({allowed})' if allowed else ''}") from None
     settings = Settings(**values)
     _validate(settings)
@@ -180,9 +180,12 @@ far longer ones overflowed the dates they are added to (past the year 9999)."""
 
 
 def _allowed(name: str) -> str:
-    """The range a whole-number setting takes, in words ("from 10 to 31,536,000"), or ""."""
+    """The range a numeric setting takes, in words ("from 10 to 31,536,000"), or ""."""
     if name not in _WHOLE_NUMBER_RANGES:
-        return {"overlap": "from 1 to PREFLOOP_MAX_OVERLAP", "max_overlap": f"from 1 to {MAX_OVERLAP}"}.get(name, "")
+        return {"overlap": "from 1 to PREFLOOP_MAX_OVERLAP", "max_overlap": f"from 1 to {MAX_OVERLAP}",
+                "retrain_every_minutes": f"from {MIN_RETRAIN_MINUTES} to {MAX_RETRAIN_MINUTES:,}",
+                "promote_tolerance": "at least 0 and below 1", "promote_confidence": "at least 0.5 and below 1",
+                "gold_rate": "from 0 to 0.5", "probe_rate": "from 0 to 0.5"}.get(name, "")
     lowest, highest, meaning = _WHOLE_NUMBER_RANGES[name]
     return (f"from {lowest:,} to {highest:,}" if highest is not None else f"at least {lowest:,}") + meaning
 
@@ -190,11 +193,11 @@ def _allowed(name: str) -> str:
 def _validate(s: Settings) -> None:
     if s.env not in {"development", "production", "test"}:
         raise ConfigError("PREFLOOP_ENV must be development, production or test")
+    if s.max_overlap > MAX_OVERLAP:
+        raise ConfigError(f"PREFLOOP_MAX_OVERLAP must be at most {MAX_OVERLAP}, not {s.max_overlap}")
     if s.overlap < 1 or s.max_overlap < s.overlap:
         raise ConfigError(f"PREFLOOP_OVERLAP must be from 1 to PREFLOOP_MAX_OVERLAP ({s.max_overlap}), "
                           f"not {s.overlap}; raise PREFLOOP_MAX_OVERLAP (at most {MAX_OVERLAP}) for more")
-    if s.max_overlap > MAX_OVERLAP:
-        raise ConfigError(f"PREFLOOP_MAX_OVERLAP must be at most {MAX_OVERLAP}")
     for name, (lowest, highest, _) in _WHOLE_NUMBER_RANGES.items():
         value = getattr(s, name)
         if value < lowest or (highest is not None and value > highest):

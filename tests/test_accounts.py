@@ -784,9 +784,15 @@ def test_an_unknown_name_is_locked_like_an_account(db, settings):
         answers[name] = str(locked.value)
     assert answers["ann"].startswith("too many failed attempts: try again in ")
     assert answers["ghost"].startswith("too many failed attempts: try again in ")
-    # names differing in case or spaces are one name, as accounts are
+    # surrounding spaces are stripped, as for accounts; case is not folded, as the account lookup does not:
+    # "ANN"'s failures locked "ann" too, which then answered "locked" only where no account exists
     with pytest.raises(AuthError, match="too many failed attempts"):
-        accounts.login(db, " GHOST ", "bad-password", max_failures=3, lockout_seconds=60)
+        accounts.login(db, " ghost ", "bad-password", max_failures=3, lockout_seconds=60)
+    for _ in range(3):
+        with pytest.raises(AuthError, match="wrong username or password"):
+            accounts.login(db, "BOB", "bad-password", max_failures=3, lockout_seconds=60)
+    with pytest.raises(AuthError, match="wrong username or password"):
+        accounts.login(db, "bob", "bad-password", max_failures=3, lockout_seconds=60)
     # another unknown name is not locked by ghost's failures
     with pytest.raises(AuthError, match="wrong username or password"):
         accounts.login(db, "phantom", "bad-password", max_failures=3, lockout_seconds=60)
@@ -806,6 +812,15 @@ def test_unknown_name_locks_run_out_and_are_bounded():
         names.fail(other, max_failures=1, lockout_seconds=60, now=later)
     assert [names.locked_until(n, later) is not None for n in ("a", "b", "c")] == [True, True, True]
     assert len(names._entries) == 3 and names._key("ghost") not in names._entries
+    # a guess checked before the lock was set, failing after it, leaves the lock as it is (it was lifted)
+    names.fail("a", max_failures=1, lockout_seconds=60, now=later + timedelta(seconds=1))
+    assert names.locked_until("a", later + timedelta(seconds=1)) == later + timedelta(seconds=60)
+    # names not locked are forgotten before locked ones, so failures under other names unlock nothing
+    names = accounts._UnknownNames(capacity=3)
+    names.fail("locked", max_failures=1, lockout_seconds=60, now=now)
+    for i in range(10):
+        names.fail(f"other {i}", max_failures=5, lockout_seconds=60, now=now)
+    assert names.locked_until("locked", now) is not None and len(names._entries) == 3
 
 
 def test_a_locked_account_checks_a_hash_as_a_wrong_password_does(db, settings, monkeypatch):

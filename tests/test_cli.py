@@ -794,6 +794,10 @@ def test_a_setting_that_is_not_a_number_is_named_with_its_range(env):
     one_line_error(run({**env, "PREFLOOP_LEASE_SECONDS": "abc"}, "users", "list"),
                    "PREFLOOP_LEASE_SECONDS='abc' is not a whole number (from 10 to 31,536,000)")
     one_line_error(run({**env, "PREFLOOP_GOLD_RATE": "lots"}, "users", "list"),
-                   "PREFLOOP_GOLD_RATE='lots' is not a number")
+                   "PREFLOOP_GOLD_RATE='lots' is not a number (from 0 to 0.5)")
+    one_line_error(run({**env, "PREFLOOP_RETRAIN_EVERY_MINUTES": "x"}, "users", "list"),
+                   "PREFLOOP_RETRAIN_EVERY_MINUTES='x' is not a number (from ")
+    one_line_error(run({**env, "PREFLOOP_OVERLAP": "30", "PREFLOOP_MAX_OVERLAP": "25"}, "users", "list"),
+                   "PREFLOOP_MAX_OVERLAP must be at most 20, not 25")
     one_line_error(run({**env, "PREFLOOP_OVERLAP": "4"}, "users", "list"),
                    "PREFLOOP_OVERLAP must be from 1 to PREFLOOP_MAX_OVERLAP (3), not 4")

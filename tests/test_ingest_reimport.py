@@ -228,3 +228,31 @@ def test_a_raw_judgment_export_imports_back_as_it_was(db, settings, tmp_path, fo
         assert (t, f"other {i}") in texts_back or (f"other {i}", t) in texts_back, (t, texts_back)
     chats = [m for _, m, _, _ in pairs if m and len(m) == 3]
     assert chats == [tuple((m["role"], m["content"]) for m in chat)], pairs
+
+
+def test_own_export_cells_are_read_back_exactly_old_exports_included(db, settings):
+    """Review: every leading "'" of an own-export CSV cell was taken off, so an older export (which did not
+    guard a leading "'") lost the apostrophe of "'Twas"; and a text prompt of JSON that is no chat refused the
+    whole JSON Lines file ("prompt[0] has role None")."""
+    import csv
+    import io
+    import json
+
+    from annotate.ingest import parse_file
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["comparison_id", "prompt_external_id", "prompt", "response_a", "response_b"])
+    writer.writerows([[1, "", "'Twas the night", "''quoted'", "'- item"],  # old, new, new guard
+                      [2, "", "p2", "'=SUM(A1)", "''=x"]])
+    parsed = parse_file(buf.getvalue().encode(), filename="old.csv", keep_first=10)
+    assert not parsed.problems, parsed.problems
+    assert [(c.prompt, c.response_a, c.response_b) for c in parsed.comparisons] == [
+        ("'Twas the night", "'quoted'", "- item"), ("p2", "=SUM(A1)", "'=x")]
+    rows = [{"comparison_id": 1, "prompt_external_id": "", "prompt": '[{"a": 1}]', "response_a": "x",
+             "response_b": "y"},
+            {"comparison_id": 2, "prompt_external_id": "", "prompt": '[{"role": "user", "content": "hi"}]',
+             "response_a": "x", "response_b": "y"}]
+    parsed = parse_file("\n".join(json.dumps(r) for r in rows).encode(), filename="j.jsonl", keep_first=10)
+    assert not parsed.problems, parsed.problems
+    assert [c.prompt for c in parsed.comparisons] == ['[{"a": 1}]', [{"role": "user", "content": "hi"}]]

@@ -133,7 +133,7 @@ def test_retired_pairs_train_nothing_and_leave_the_preference_export(db, setting
         cids[0]: "complete", cids[1]: "retired", cids[2]: "complete", cids[3]: "complete"}
 
     for _ in range(2):  # reopen: back as it was (complete: it has its two judgments), once
-        db.transact(lambda s: dashboard.reopen(s, actor=admin, comparison_id=cids[1]))
+        db.transact(lambda s: dashboard.reopen(s, settings, actor=admin, comparison_id=cids[1]))
     assert _audit(db, "comparison.reopen") == [{"comparison_id": cids[1], "status": "complete"}]
     with db.begin() as s:
         assert len(retrain.take_snapshot(s, settings).lab_comparison) == 8  # first: it sets the isolation level
@@ -151,7 +151,7 @@ def test_reopen_serves_a_pair_that_still_needs_judgments_and_overlap_never_grows
     _judge(db, settings, ann, cid, shown="left")
     db.transact(lambda s: dashboard.retire(s, actor=admin, comparison_id=cid))
     assert _serve(db, settings, bea) is None
-    db.transact(lambda s: dashboard.reopen(s, actor=admin, comparison_id=cid))
+    db.transact(lambda s: dashboard.reopen(s, settings, actor=admin, comparison_id=cid))
     with db.read() as s:
         assert s.get(Comparison, cid).status is ComparisonStatus.open
     assert _serve(db, settings, bea) == cid
@@ -178,7 +178,7 @@ def test_only_admins_retire_and_the_pair_must_exist(db, settings, people):
     admin, ann, _ = people
     with db.begin() as s:
         [cid] = make_comparisons(s, 1)
-    for call in (dashboard.retire, dashboard.reopen):
+    for call in (dashboard.retire, lambda s, **kw: dashboard.reopen(s, settings, **kw)):
         with pytest.raises(PermissionDenied):
             db.transact(lambda s, call=call: call(s, actor=ann, comparison_id=cid))
         with pytest.raises(NotFound, match="comparison 99999 does not exist"):
@@ -247,3 +247,28 @@ def test_retire_takes_the_queue_lock_order_and_does_not_deadlock_with_a_submit(p
     with db.read() as s:
         c = s.get(Comparison, cid)
         assert (c.status, c.judgment_count) == (ComparisonStatus.retired, 1)
+
+
+def test_unmarking_gold_or_reopening_a_pair_with_split_votes_asks_for_one_more(db, settings, people):
+    """Quality audit: a gold pair with votes 2 a / 1 b at overlap 3 was closed when unmarked, where an ordinary
+    pair with such votes is raised to overlap 4; reopening a retired one did the same."""
+    admin, ann, bea = people
+    with db.begin() as s:
+        cids = make_comparisons(s, 2, overlap=2)
+        campaign.update_options(s, settings, actor=admin, max_overlap=4)
+        dashboard.mark_gold(s, actor=admin, comparison_id=cids[0], choice="a")
+    with db.begin() as s:  # split votes on both: one a, one b
+        for cid in cids:
+            s.add_all([Judgment(comparison_id=cid, annotator_id=ann.id, choice="a", a_on_left=True),
+                       Judgment(comparison_id=cid, annotator_id=bea.id, choice="b", a_on_left=True)])
+            s.get(Comparison, cid).judgment_count = 2
+        s.get(Comparison, cids[1]).status = ComparisonStatus.complete
+    db.transact(lambda s: dashboard.retire(s, actor=admin, comparison_id=cids[1]))
+    with db.read() as s:
+        assert [(s.get(Comparison, c).overlap_target, s.get(Comparison, c).status.value) for c in cids] == [
+            (2, "open"), (2, "retired")]
+    db.transact(lambda s: dashboard.unmark_gold(s, settings, actor=admin, comparison_id=cids[0]))
+    db.transact(lambda s: dashboard.reopen(s, settings, actor=admin, comparison_id=cids[1]))
+    with db.read() as s:
+        assert [(s.get(Comparison, c).overlap_target, s.get(Comparison, c).status.value) for c in cids] == [
+            (3, "open"), (3, "open")]

@@ -333,3 +333,21 @@ def test_a_promote_aborted_as_a_deadlock_victim_is_run_again_not_thrown_away(db,
         assert versions == [first.model_version_id, second.model_version_id]
         run = s.get(TrainingRun, second.run_id)
         assert (run.status, run.counts["n_priorities_written"]) == (second.status, len(open_ids))
+
+
+def test_undone_and_revised_judgments_are_no_new_labels(db, rt_settings):  # noqa: F811
+    """Quality audit: the watcher's "N new judgments" (and the Overview's labels until the next retrain) counted
+    rows, so each undo and judge-again counted twice, and a revision's replaced row too."""
+    from annotate.models import JudgmentState
+
+    _first_run(db, rt_settings)
+    with db.begin() as s:
+        add_pairs(s, 2000, 4, judged=True)
+    with db.begin() as s:
+        rows = list(s.scalars(select(Judgment).where(Judgment.id > 60).order_by(Judgment.id)))
+        assert len(rows) == 4
+        rows[0].state = JudgmentState.retracted  # undone
+        rows[1].state = JudgmentState.superseded  # revised: the new row below replaces it
+        s.add(Judgment(comparison_id=rows[1].comparison_id, annotator_id=None, source=rows[1].source, choice="b"))
+    with db.read() as s:
+        assert retrain.new_judgments(s)[0] == 3  # rows 3 and 4, and the revision

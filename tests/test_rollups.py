@@ -116,7 +116,7 @@ def _random_history(db, settings, seed: int):
                 if rng.random() < 0.7:
                     dashboard.mark_gold(s, actor=admin, comparison_id=cid, choice=rng.choice("ab"))
                 elif s.get(Comparison, cid).is_gold:
-                    dashboard.unmark_gold(s, actor=admin, comparison_id=cid)
+                    dashboard.unmark_gold(s, settings, actor=admin, comparison_id=cid)
             else:
                 # imported judgments are no annotator's: they count for none of the figures
                 s.add(Judgment(comparison_id=rng.choice(everything), annotator_id=None,

@@ -260,10 +260,14 @@ _OTHER_LINK = re.compile(r"\]\((?!\s*(?:<?(?:https?://|mailto:)|\Z))", re.IGNORE
 # An inline link to a web page whose text reads as another address: "[https://bank.example/login](https://evil.example)"
 # was drawn as a link reading bank.example that went to evil.example. Where the text names a host (a URL,
 # "www.", a domain name, an e-mail address) other than the target's, the "(" is escaped and the link is
-# shown as written, target and all; "[docs.python.org](https://docs.python.org/3/)" stays a link.
-_WEB_LINK = re.compile(r"\[([^\[\]\n]*)\]\(\s*<?((?:https?://|mailto:)[^\s<>()]*)", re.IGNORECASE)
+# shown as written, target and all; "[docs.python.org](https://docs.python.org/3/)" stays a link. The text is
+# found by matching brackets back from its "]" (it may hold brackets, formatting and line ends:
+# "[**bank**.example](...)", "[see [bank.example]](...)"), and read with formatting characters taken out.
+_WEB_TARGET = re.compile(r"\]\(\s*<?((?:https?://|mailto:)[^\s<>()]*)", re.IGNORECASE)
 _HOST_IN_TEXT = re.compile(r"(?:[\w-]+\.)+[a-z][\w-]*[a-z0-9]", re.IGNORECASE)
 _TARGET_HOST = re.compile(r"(?:https?://(?:[^/?#@\s]*@)?|mailto:[^@?\s]*@)([^/?#:\s]*)", re.IGNORECASE)
+_FORMATTING = re.compile(r"[*_~`\\\[\]!]")  # taken out of a link's text before its hosts are read
+_MAX_LINK_TEXT = 2000  # characters scanned back for a link's "["; a text longer than that is not trusted
 
 
 def _host(name: str) -> str:
@@ -271,15 +275,50 @@ def _host(name: str) -> str:
     return name[4:] if name.startswith("www.") else name
 
 
-def _unlink_misleading(match: re.Match) -> str:
-    """A web link whose text names a host other than its target's, with its "(" escaped (shown as written)."""
-    text, target = match.groups()
-    named = {_host(h) for h in _HOST_IN_TEXT.findall(text.replace("\\", ""))}
-    found = _TARGET_HOST.match(target)
-    if not named or (found and named == {_host(found.group(1))}):
-        return match.group(0)
-    at = match.group(0).index("](")
-    return match.group(0)[:at] + "]\\(" + match.group(0)[at + 2:]
+_URL_IN_TEXT = re.compile(r"(?:https?://|mailto:)[^\s()]*", re.IGNORECASE)
+
+
+def _hosts_named(text: str) -> set[str]:
+    """The hosts a link's text names: those of the URLs in it, and the domain names in the rest (the path of a
+    URL, "e.example/b.svg", names no host "b.svg")."""
+    hosts = {_host(found.group(1)) for url in _URL_IN_TEXT.findall(text)
+             if (found := _TARGET_HOST.match(url)) and found.group(1)}
+    return hosts | {_host(h) for h in _HOST_IN_TEXT.findall(_URL_IN_TEXT.sub(" ", text))}
+
+
+def _link_text_start(prose: str, close: int) -> int | None:
+    """Where the text of the link whose "]" is at ``close`` starts (after its "["), or None if not found."""
+    depth = 0
+    for i in range(close - 1, max(-1, close - _MAX_LINK_TEXT - 1), -1):
+        char = prose[i]
+        if char not in "[]":
+            continue
+        slashes = len(prose[:i]) - len(prose[:i].rstrip("\\"))
+        if slashes % 2:
+            continue  # an escaped bracket is text
+        if char == "]":
+            depth += 1
+        elif depth:
+            depth -= 1
+        else:
+            return i + 1
+    return None
+
+
+def _unlink_misleading(prose: str) -> str:
+    """``prose`` with each web link whose text names a host other than its target's shown as written
+    (its "(" escaped)."""
+    out, pos = [], 0
+    for match in _WEB_TARGET.finditer(prose):
+        start = _link_text_start(prose, match.start())
+        if start is not None:
+            named = _hosts_named(_FORMATTING.sub("", prose[start:match.start()]))
+            found = _TARGET_HOST.match(match.group(1))
+            if not named or (found and named == {_host(found.group(1))}):
+                continue
+        out += [prose[pos:match.start()], "]\\("]
+        pos = match.start() + 2
+    return "".join(out) + prose[pos:]
 
 
 # A "]" right before ":" is escaped (shown the same): a link reference definition ("[label]: url") needs one, and
@@ -300,8 +339,6 @@ def _between(pattern: re.Pattern, text: str, escape) -> str:
 
 
 def _escape_prose(prose: str, *, unlink: bool = True) -> str:
-    if unlink:
-        prose = _WEB_LINK.sub(_unlink_misleading, prose)
     if unlink and "<" in prose:
         return _between(_AUTOLINK, prose, _escape_text)
     return _escape_text(prose, unlink=unlink)
@@ -332,6 +369,9 @@ def _escape_tildes(prose: str) -> str:
 
 
 def _neutralise(prose: str) -> str:
+    # Links that read as another host, on the whole piece of prose: split at an image URL below, the rest of a
+    # badge's outer link ("](target)") would have no "[" to read its text from.
+    prose = _unlink_misleading(prose)
     out, pos = [], 0
     for match in _IMAGE_URL.finditer(prose):
         if match.start() == 0 or match.end() == len(prose):

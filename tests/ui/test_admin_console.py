@@ -718,3 +718,21 @@ def test_model_health_claims_no_disagreement_check_when_no_judged_pair_was_score
         "None: on the 1 judged pair with a model P(A), the model does not confidently contradict the human "
         "majority."]
     assert not any("No judged pair has a model P(A) yet" in i.value for i in at.info)
+
+
+def test_overview_says_how_many_pairs_are_retired_and_its_median_leaves_probes_out(app_db, people):
+    """Quality audit: Open + Complete fell short of Comparisons with retired pairs, without a word, and the median
+    time counted probes where the Annotators page does not."""
+    cids = _seed(app_db, people)
+    annotator = people[0]
+    with app_db.begin() as s:
+        s.get(Comparison, cids[0]).status = ComparisonStatus.retired
+        for _ in range(3):  # slow probes: counted, they would move the median
+            s.add(Judgment(comparison_id=cids[1], annotator_id=annotator.id, choice="a", a_on_left=True,
+                           time_spent_ms=900_000, is_probe=True, created_at=utcnow() - timedelta(minutes=5)))
+    at = _open(people[1], "overview.py")
+    m = _metrics(at)
+    assert m["Open"] == "4" and m["Complete"] == "29" and m["Comparisons"] == "34"
+    assert any(c.value.startswith("1 comparison retired on the Review page") for c in at.caption), \
+        [c.value for c in at.caption]
+    assert m["Median time per judgment"] == "15.2 s"

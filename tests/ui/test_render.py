@@ -488,3 +488,18 @@ def test_a_text_drawn_again_is_not_escaped_again():
     hits = safe_markdown.cache_info().hits
     assert safe_markdown(text) == safe_markdown.__wrapped__(text)
     assert safe_markdown.cache_info().hits == hits + 1
+
+
+@pytest.mark.parametrize("text", [
+    "[**bank**.example](https://evil.example)",
+    "[`bank.example`](https://evil.example)",
+    "[see [bank.example]](https://evil.example)",
+    "[bank.example\nlogin](https://evil.example)",
+    "[![x](y) bank.example](https://evil.example)",
+    "[bank.example" + " pad" * 600 + "](https://evil.example)",
+])
+def test_formatting_brackets_or_length_in_a_link_text_do_not_hide_its_host(text):
+    """Review: the host check read only link texts without brackets, formatting or line ends, so
+    "[**bank**.example](https://evil.example)" was still a link reading bank.example to evil.example."""
+    out = safe_markdown(text)
+    assert "]\\(https://evil.example)" in out and "](https://evil.example)" not in out, out

@@ -61,6 +61,9 @@ row.metric("Judgments", f"{ov.judgments:,}",
                 f"files' known winners and {counted(probes, 'self-consistency probe')}.")
 row.metric("Open", f"{ov.open:,}")
 row.metric("Complete", f"{ov.complete:,}")
+if ov.retired:  # else Open + Complete fell short of Comparisons without a word
+    st.caption(f"{counted(ov.retired, 'comparison')} retired on the Review page (not served, not trained on) "
+               f"{'is' if ov.retired == 1 else 'are'} neither open nor complete.")
 row = context.metric_row()
 row.metric("Queue depth", f"{ov.queue_depth:,}", help="Open, non-gold comparisons that still need judgments.")
 row.metric("Annotating now", ov.active_annotators,
@@ -69,7 +72,8 @@ row.metric("Annotating now", ov.active_annotators,
 row.metric(f"Judgments ({period.lower()})", f"{ov.judgments_in_period:,}",
            help="Annotators' own judgments, probes included (imported ones are left out: they carry the time "
                 "of the import).")
-row.metric("Median time per judgment", _duration(ov.median_time_ms), help=period)
+row.metric("Median time per judgment", _duration(ov.median_time_ms),
+           help=f"{period}: annotators' own judgments, probes left out (as on the Annotators page).")
 row.metric("Gold pairs", f"{ov.gold:,}")
 if ov.imported_judgments:
     st.caption(f"**Judgments** includes {counted(ov.imported_judgments, 'imported judgment')} (files' known "

@@ -9,7 +9,7 @@ from annotate.errors import PrefloopError
 from annotate.ui import context, render
 
 actor = context.require_admin_page()
-db = context.get_db()
+settings, db = context.get_settings(), context.get_db()
 
 st.title("Review a comparison")
 
@@ -112,7 +112,7 @@ elif mark:
     _run(lambda s: dashboard.mark_gold(s, actor=actor, comparison_id=rv.id, choice=choice),
          _state(True, choice, NOW[3]), f"Comparison {rv.id} is a gold pair with answer {choice}.")
 if rv.is_gold and st.button("Unmark gold", key="unmark_gold"):
-    _run(lambda s: dashboard.unmark_gold(s, actor=actor, comparison_id=rv.id),
+    _run(lambda s: dashboard.unmark_gold(s, settings, actor=actor, comparison_id=rv.id),
          _state(False, None, NOW[3]), f"Comparison {rv.id} is no longer a gold pair.")
 
 st.subheader("Retire")
@@ -121,7 +121,7 @@ if rv.status == "retired":
             "preference exports (the raw judgment exports keep them, comparison_status = retired).",
             icon=":material/archive:")
     if st.button("Reopen", key="reopen", icon=":material/unarchive:"):
-        _run(lambda s: dashboard.reopen(s, actor=actor, comparison_id=rv.id),
+        _run(lambda s: dashboard.reopen(s, settings, actor=actor, comparison_id=rv.id),
              _state(rv.is_gold, rv.gold_choice, False), f"Comparison {rv.id} is back in the campaign.")
 else:
     # In a popover, as Deactivate is on the Users page: the confirming click is not where Reopen appears.
