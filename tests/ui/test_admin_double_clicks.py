@@ -121,7 +121,10 @@ def test_retrain_now(console):
         button = page.get_by_role("button", name="Retrain now")
         expect(button).to_be_enabled()
         double_click(page, button, gap)
-        seen[gap] = _outcome(page, "Retraining started in process")
+        # Waited for, as Save settings' is: read at once after a 100 ms double click, the confirmation was
+        # missing in 1 of 4 gaps in a CI run (1 run of about 30) with the audit showing the one retrain.
+        seen[gap] = {**_outcome(page, "Retraining started in process"),
+                     "confirmed": _confirmed(page, "Retraining started in process")}
         _wait_gone(_audited(database, "model.retrain")[-1]["pid"])  # the next press starts a new run,
         time.sleep(retrain.SAME_PRESS_SECONDS)  # once it cannot be the same press
         page.get_by_role("button", name="Refresh").click()
