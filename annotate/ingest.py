@@ -83,7 +83,7 @@ import math
 import re
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple
@@ -288,6 +288,22 @@ class _Conflict(NamedTuple):
     pair: tuple[str, str, str]
 
 
+class _Key(NamedTuple):
+    prompt_hash: str
+    hash_a: str
+    hash_b: str
+
+
+@dataclass(frozen=True)
+class PairKeys:
+    """A file's distinct pairs as an import stores them: (prompt hash, lower response hash, higher), a prompt
+    given in both forms (text, and a chat of that one user turn) under the hash it has first; and each stored
+    prompt hash's other form (None: it has none)."""
+
+    pairs: set[_Key]
+    other_form: dict[str, str | None]
+
+
 @dataclass
 class ParsedFile:
     """The result of :func:`parse_file`: comparisons, or the problems that stop an import."""
@@ -325,6 +341,9 @@ class ParsedFile:
     stopped_at: int | None = None
     """The last line read when reading stopped at :data:`MAX_PROBLEMS_COUNTED` problems: the rows, comparisons,
     notes and ``problem_count`` (then a lower bound) are those of the lines up to it."""
+    pair_keys: PairKeys | None = field(default=None, repr=False)
+    """The file's distinct pairs as an import stores them, without their texts (:func:`parse_file` gives them;
+    :func:`count_present` reads them)."""
 
     def __post_init__(self) -> None:
         if self.problem_count < 0:
@@ -1675,14 +1694,17 @@ def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None
     """
     src = _Source(path_or_bytes, max_bytes)
     first: list[ParsedComparison] = []
+    forms, pairs = _PromptForms(), set()
 
     def keep(c: ParsedComparison) -> None:
-        if len(first) < keep_first:
+        _, lo, hi = c.pair_key
+        pairs.add(_Key(forms.stored_as(c), lo, hi))
+        if keep_first is None or len(first) < keep_first:
             first.append(c)
 
-    parsed = _parse_data(src, filename or src.name, fmt, max_text_chars, None if keep_first is None else keep)
-    if keep_first is not None:
-        parsed.comparisons = first
+    parsed = _parse_data(src, filename or src.name, fmt, max_text_chars, keep)
+    parsed.comparisons, parsed.pair_keys = first, PairKeys(pairs, forms.other)
+    parsed.comparison_count = len(pairs)  # a prompt given in both forms is one: as many as an import stores
     if parsed.conflicts:  # before the import's handling of known winners is chosen: say what each does
         parsed.notes.append(_conflicts_note(parsed.conflicts, None))
     if parsed.rater_conflict_count:
@@ -1927,11 +1949,12 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
     prompts: dict[str, _PromptRow] = {}
     responses: dict[tuple[str, str], _ResponseRow] = {}
     pairs: dict[tuple[str, str, str], _Pair] = {}
+    forms = _PromptForms()
 
     def keep(c: ParsedComparison) -> None:
         tag = source_tag or c.source_tag
-        if c.prompt_hash not in prompts and (alt := _other_form(c.prompt)) in prompts:
-            c = replace(c, prompt_hash=alt)  # the prompt in its other form earlier in this file: one prompt
+        if (h := forms.stored_as(c)) != c.prompt_hash:
+            c = replace(c, prompt_hash=h)  # the prompt in its other form earlier in this file: one prompt
         if c.prompt_hash not in prompts:
             is_text = isinstance(c.prompt, str)
             prompts[c.prompt_hash] = _PromptRow(c.prompt_hash, c.prompt if is_text else None,
@@ -2154,6 +2177,89 @@ def overlap_notes(session: Session, overlap: int, max_overlap: int) -> list[str]
     return notes
 
 
+class _PromptForms:
+    """The hash each prompt of a file is stored under: its own, or that of its other form (:func:`_other_form`)
+    when that form came earlier in the file (one prompt, as a database keeps it)."""
+
+    def __init__(self) -> None:
+        self.other: dict[str, str | None] = {}
+        """Each stored hash, and the hash of that prompt in its other form (None: it has none)."""
+
+    def stored_as(self, c: ParsedComparison) -> str:
+        if c.prompt_hash in self.other:
+            return c.prompt_hash
+        alt = _other_form(c.prompt)
+        if alt in self.other:
+            return alt
+        self.other[c.prompt_hash] = alt
+        return c.prompt_hash
+
+
+@dataclass
+class _Existing:
+    """What of a file a database holds already (see :func:`_find_existing`)."""
+
+    prompt_ids: dict[str, int]
+    """The file's prompt hash -> the id of that prompt here (in either form)."""
+    response_ids: dict[tuple[str, str], int]
+    """(the file's prompt hash, response hash) -> the id of that response here."""
+    comparisons: dict[frozenset, Any]
+    """{response id, response id} -> the row of a comparison of two of those responses (stored in either order)."""
+
+
+def _find_existing(session: Session, prompt_hashes: Iterable[str], other_form: Callable[[str], str | None],
+                   response_keys: Container[tuple[str, str]], pairs: Iterable[Any]) -> _Existing:
+    """Look up the prompts, responses and comparisons of a file (``pairs``: objects with ``prompt_hash``,
+    ``hash_a`` and ``hash_b``) that are here already: the import (:func:`_write`) and the Import page's count
+    before it (:func:`count_present`) read the database the same way. Reads only."""
+    P, R, C = Prompt.__table__, Response.__table__, Comparison.__table__
+    keys = bindparam("keys", expanding=True)
+    hashes = list(prompt_hashes)
+    prompt_ids: dict[str, int] = {h: i for i, h in _lookup(
+        session, select(P.c.id, P.c.content_hash).where(P.c.content_hash.in_(keys)), hashes)}
+    # A text prompt and a chat of that one user turn are one prompt: a preference export that mixes chats and
+    # text writes every text prompt as such a chat (one column, one type), and imported back it made a second
+    # prompt with every pair of the first again.
+    other_forms = {alt: h for h in hashes if h not in prompt_ids and (alt := other_form(h))}
+    if other_forms:
+        taken = set(prompt_ids.values())
+        for i, alt in _lookup(session, select(P.c.id, P.c.content_hash).where(P.c.content_hash.in_(keys)),
+                              list(other_forms)):
+            if i not in taken:  # both forms in this file: the other one is that prompt already
+                prompt_ids[other_forms[alt]] = i
+                taken.add(i)
+    # Responses: only prompts that already existed can already have them.
+    response_ids: dict[tuple[str, str], int] = {}
+    old_prompt_by_id = {i: h for h, i in prompt_ids.items()}
+    for rid, pid, h in _lookup(session, select(R.c.id, R.c.prompt_id, R.c.content_hash).where(
+            R.c.prompt_id.in_(keys)), list(old_prompt_by_id)):
+        key = (old_prompt_by_id[pid], h)
+        if key in response_keys:
+            response_ids[key] = rid
+    # Comparisons: only pairs of pre-existing responses can exist, stored in either order.
+    candidates: set[int] = set()
+    for p in pairs:
+        a, b = response_ids.get((p.prompt_hash, p.hash_a)), response_ids.get((p.prompt_hash, p.hash_b))
+        if a is not None and b is not None:
+            candidates.update((a, b))
+    comparisons: dict[frozenset, Any] = {}
+    for row in _lookup(session, select(C.c.id, C.c.response_a_id, C.c.response_b_id, C.c.is_gold, C.c.status,
+                                       C.c.judgment_count, C.c.overlap_target).where(
+            C.c.response_a_id.in_(keys)), sorted(candidates)):
+        comparisons[frozenset((row.response_a_id, row.response_b_id))] = row
+    return _Existing(prompt_ids, response_ids, comparisons)
+
+
+def count_present(session: Session, keys: PairKeys) -> int:
+    """How many of a parsed file's pairs (:attr:`ParsedFile.pair_keys`) are here already: what importing it now
+    would report as already present. Reads only (looked up as the import looks them up)."""
+    found = _find_existing(session, keys.other_form, keys.other_form.get,
+                           {(k.prompt_hash, h) for k in keys.pairs for h in (k.hash_a, k.hash_b)}, keys.pairs)
+    ids = found.response_ids
+    return sum(frozenset((ids.get((k.prompt_hash, k.hash_a)), ids.get((k.prompt_hash, k.hash_b))))
+               in found.comparisons for k in keys.pairs)
+
+
 def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
            responses: dict[tuple[str, str], _ResponseRow], pairs: dict[tuple[str, str, str], _Pair],
            known_winner: str, overlap_target: int, *, supersede: bool = True,
@@ -2169,35 +2275,15 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     P, R, C, J = Prompt.__table__, Response.__table__, Comparison.__table__, Judgment.__table__
     now = _stored_now(P, session)  # every row of one import has the same created_at
     keys = bindparam("keys", expanding=True)
-    prompt_ids: dict[str, int] = {h: i for i, h in _lookup(
-        session, select(P.c.id, P.c.content_hash).where(P.c.content_hash.in_(keys)), list(prompts))}
-    # A text prompt and a chat of that one user turn are one prompt: a preference export that mixes chats and
-    # text writes every text prompt as such a chat (one column, one type), and imported back it made a second
-    # prompt with every pair of the first again.
-    other_form = {alt: h for h in prompts if h not in prompt_ids and (alt := _other_form_hash(prompts[h]))}
-    if other_form:
-        taken = set(prompt_ids.values())
-        for i, alt in _lookup(session, select(P.c.id, P.c.content_hash).where(P.c.content_hash.in_(keys)),
-                              list(other_form)):
-            if i not in taken:  # both forms in this file: the other one is that prompt already
-                prompt_ids[other_form[alt]] = i
-                taken.add(i)
-    old_prompts = set(prompt_ids)
+    found = _find_existing(session, prompts, lambda h: _other_form_hash(prompts[h]), responses, pairs.values())
+    prompt_ids, response_ids, existing = found.prompt_ids, found.response_ids, found.comparisons
+    old_responses = set(response_ids.values())
     new_prompts = [h for h in prompts if h not in prompt_ids]
     for inserted in _insert_rows(session, P, _PROMPT_COLUMNS, ((*prompts.pop(h), batch_id, now) for h in new_prompts),
                                  key=("content_hash",)):
         prompt_ids.update((h, i) for i, h in inserted)
     prompts.clear()
 
-    # Responses: only prompts that already existed can already have them.
-    response_ids: dict[tuple[str, str], int] = {}
-    old_prompt_by_id = {prompt_ids[h]: h for h in old_prompts}
-    for rid, pid, h in _lookup(session, select(R.c.id, R.c.prompt_id, R.c.content_hash).where(
-            R.c.prompt_id.in_(keys)), list(old_prompt_by_id)):
-        key = (old_prompt_by_id[pid], h)
-        if key in responses:
-            response_ids[key] = rid
-    old_responses = set(response_ids.values())
     new_responses = [key for key in responses if key not in response_ids]
     prompt_hash_by_id = {i: h for h, i in prompt_ids.items()}
     for inserted in _insert_rows(session, R, _RESPONSE_COLUMNS,
@@ -2206,18 +2292,6 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
         response_ids.update(((prompt_hash_by_id[pid], h), rid) for rid, pid, h in inserted)
     responses.clear()
     del prompt_hash_by_id
-
-    # Comparisons: only pairs of pre-existing responses can exist, stored in either order.
-    candidates: set[int] = set()
-    for p in pairs.values():
-        a, b = response_ids[(p.prompt_hash, p.hash_a)], response_ids[(p.prompt_hash, p.hash_b)]
-        if a in old_responses and b in old_responses:
-            candidates.update((a, b))
-    existing: dict[frozenset, Any] = {}
-    for row in _lookup(session, select(C.c.id, C.c.response_a_id, C.c.response_b_id, C.c.is_gold, C.c.status,
-                                       C.c.judgment_count, C.c.overlap_target).where(
-            C.c.response_a_id.in_(keys)), sorted(candidates)):
-        existing[frozenset((row.response_a_id, row.response_b_id))] = row
 
     gold = known_winner == "gold"
     old_outcomes: dict[int, tuple[bool, set, dict]] = {}

@@ -256,3 +256,58 @@ def test_own_export_cells_are_read_back_exactly_old_exports_included(db, setting
     parsed = parse_file("\n".join(json.dumps(r) for r in rows).encode(), filename="j.jsonl", keep_first=10)
     assert not parsed.problems, parsed.problems
     assert [c.prompt for c in parsed.comparisons] == ['[{"a": 1}]', [{"role": "user", "content": "hi"}]]
+
+
+def _new_file_over(db, settings) -> bytes:
+    """A file that gives pairs already here in every way an import finds them, and new ones."""
+    run_import(db, settings, jsonl(pair(1), pair(2), {"prompt": [{"role": "user", "content": "Only words"}],
+                                                      "response_a": "x", "response_b": "y"}))
+    return jsonl(
+        {**pair(1), "response_a": "answer 1 b", "response_b": "answer 1 a"},  # here, its responses the other way
+        {"prompt": [{"role": "user", "content": "prompt 2"}], "response_a": "answer 2 a",
+         "response_b": "answer 2 b"},  # here, its text prompt as a chat of that one turn
+        {"prompt": "Only words", "response_a": "y", "response_b": "x"},  # here, its chat prompt as text
+        {**pair(1), "response_b": "a new answer"},  # a prompt and a response here, the pair new
+        pair(3), pair(3),  # new, twice
+        {"prompt": "Fresh", "response_a": "1", "response_b": "2"},  # new, in both forms of its prompt
+        {"prompt": [{"role": "user", "content": "Fresh"}], "response_a": "2", "response_b": "1"})
+
+
+def test_the_pairs_already_here_are_counted_before_importing_as_the_import_counts_them(db, settings):
+    """The Import page's preview counted a file's comparisons and said nothing of those already here: a file
+    overlapping an earlier one promised pairs that the import then called "already present"."""
+    from annotate.ingest import count_present, parse_file
+
+    data = _new_file_over(db, settings)
+    parsed = parse_file(data)
+    with db.read() as session:
+        present = count_present(session, parsed.pair_keys)
+    report = run_import(db, settings, data)
+    # "Fresh" in its two forms is one pair, as the import stores it (the preview counted it twice)
+    assert (present, parsed.comparison_count) == (report.comparisons_existing, 6)
+    assert (report.comparisons_existing, report.comparisons_added) == (3, 3)
+    with db.read() as session:  # and once imported, every pair of the file is
+        assert count_present(session, parse_file(data).pair_keys) == 6
+
+
+def test_the_import_page_says_how_many_pairs_are_here_already(sqlite_url, tmp_path, monkeypatch):
+    from annotate.db import Database, create_db_engine
+    from annotate.settings import load_settings
+    from tests.test_ingest import admin_import_page
+
+    at = admin_import_page(sqlite_url, tmp_path, monkeypatch)
+    database = Database(create_db_engine(sqlite_url))
+    try:
+        data = _new_file_over(database, load_settings(environ={}, data_dir=tmp_path / "data",
+                                                      database_url=sqlite_url, env="test"))
+    finally:
+        database.dispose()
+    at.file_uploader(key="import_file").upload("more.jsonl", data, "application/jsonl")
+    at.run()
+    assert not at.exception, at.exception
+    assert ("Format **pairs** · 8 rows · 6 comparisons (3 already here when the file was read)"
+            in [m.value for m in at.markdown]), [m.value for m in at.markdown]
+    next(b for b in at.button if b.label == "Import").click()
+    at.run()
+    (summary,) = [s.value for s in at.success]
+    assert summary.startswith("pairs: 8 rows; added 3 comparisons (3 already present)"), summary

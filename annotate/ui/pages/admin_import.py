@@ -52,7 +52,11 @@ def summarise(data: bytes, digest: str) -> dict:
     again."""
     parsed = ingest.parse_file(data, filename=upload.name, max_text_chars=settings.max_text_chars,
                                max_bytes=settings.max_upload_mb * 2**20, keep_first=PREVIEW_ROWS)
-    return {"digest": digest, "format": parsed.format, "rows": parsed.rows, "comparisons": parsed.comparison_count,
+    # Pairs another file (or this one) imported before: without the count the preview promised every pair
+    # and the import then added fewer, "already present".
+    with context.stop_on_errors(), db.read() as session:
+        present = ingest.count_present(session, parsed.pair_keys)
+    return {"present": present, "digest": digest, "format": parsed.format, "rows": parsed.rows, "comparisons": parsed.comparison_count,
             "known": parsed.known_count, "votes": parsed.votes, "notes": parsed.notes,
             "problems": parsed.problem_count, "problem_rows": parsed.problems[:PROBLEMS_LISTED],
             "stopped_at": parsed.stopped_at,
@@ -93,8 +97,9 @@ if summary is None or summary["file_id"] != upload.file_id:
 digest = summary["digest"]
 
 st.subheader("Preview")
+present = (f" ({summary['present']:,} already here when the file was read)" if summary["present"] else "")
 st.write(f"Format **{summary['format']}** · {ingest.counted(summary['rows'], 'row')} · "
-         f"{ingest.counted(summary['comparisons'], 'comparison')}")
+         f"{ingest.counted(summary['comparisons'], 'comparison')}{present}")
 for note in summary["notes"]:
     st.info(safe_markdown(note))
 if summary["problems"]:
