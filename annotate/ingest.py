@@ -2093,7 +2093,7 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
                      f"(batch {imported_before}), so the later {'answer stays' if kept == 1 else 'answers stay'} "
                      "(a new file with a rater's answer replaces theirs)")
     raised, closed, reopened = counts.pop("overlap_raised"), counts.pop("closed_existing"), counts.pop("reopened_existing")
-    unsettled, most_votes = counts.pop("unsettled"), counts.pop("most_votes")
+    unsettled, most_votes, split = counts.pop("unsettled"), counts.pop("most_votes"), counts.pop("split_existing")
     # More than the judgments they have: several raters' votes can be past the overlap.
     reopen = (f"to have {{}} judged, import the file again with a higher overlap (more than "
               f"{counted(max(overlap_target, most_votes), 'judgment')}: it raises the overlap of its pairs "
@@ -2103,6 +2103,12 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         notes.append(f"{counted(unsettled, 'new comparison has', 'new comparisons have')} no majority among the "
                      f"file's answers (raters split evenly): {'it needs' if one else 'each needs'} one more "
                      f"judgment, as adaptive overlap asks when annotators disagree, so annotators will see "
+                     f"{'it' if one else 'them'}")
+    if split:
+        one = split == 1
+        notes.append(f"{counted(split, 'comparison')} already here {'has' if one else 'have'} no majority once "
+                     f"this file's answers are in (votes split evenly): {'it needs' if one else 'each needs'} one "
+                     f"more judgment, as adaptive overlap asks when annotators disagree, so annotators will see "
                      f"{'it' if one else 'them'}")
     if complete_on_import:
         # Otherwise an import meant for annotation silently leaves the queue as it was.
@@ -2350,6 +2356,7 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     # Outcomes for comparisons that already existed: skip a choice already imported without a rater, and a
     # rater's answer already imported; a rater's other answer supersedes theirs.
     bumps, superseded = [], []
+    changed: set[int] = set()  # pairs already here whose votes this file adds to or changes
     kept_later = 0  # raters' answers that differ from theirs here, in a file imported before
     if old_outcomes:
         have: dict[int, set] = defaultdict(set)
@@ -2373,12 +2380,14 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
                     added += 1
                 elif live[1] != choice and supersede:
                     superseded.append({"jid": live[0]})
+                    changed.add(cid)
                 else:
                     kept_later += live[1] != choice
                     continue
                 judgments.append(_judgment_row(cid, choice, is_gold, now, rater, None if live is None else live[0]))
             if added:
                 bumps.append({"cid": cid, "delta": added})
+                changed.add(cid)
         if superseded:  # before the rows that replace them: never two live answers from one rater
             session.execute(update(J).where(J.c.id == bindparam("jid"), J.c.state == JudgmentState.active)
                             .values(state=JudgmentState.superseded), superseded)
@@ -2397,13 +2406,37 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
                             else_=ComparisonStatus.open)),
             raised)
     delta = {bump["cid"]: bump["delta"] for bump in bumps}
+    # A pair already here that has all its judgments but no majority once this file's answers are in (a rater's
+    # answer added or changed split its votes evenly) needs one more, as a new pair's split votes do (above)
+    # and as adaptive overlap asks when annotators disagree: it stayed complete and left the queue undecided.
+    split: dict[int, int] = {}  # comparison id -> its new overlap
+    if changed:
+        votes: dict[int, list[Choice]] = defaultdict(list)
+        for cid, choice in _lookup(session, select(J.c.comparison_id, J.c.choice).where(
+                J.c.comparison_id.in_(keys), J.c.state == JudgmentState.active, J.c.is_probe.is_(False)),
+                sorted(changed)):
+            votes[cid].append(Choice(choice))
+        for cid in sorted(changed):
+            found = old_found[cid]
+            judged = found.judgment_count + delta.get(cid, 0)
+            if (not found.is_gold and found.status != ComparisonStatus.retired
+                    and max(found.overlap_target, overlap_target) <= judged < max_overlap
+                    and not _settled(votes[cid])):
+                split[cid] = judged + 1
+    if split:
+        session.execute(
+            update(C).where(C.c.id == bindparam("cid"), C.c.status != ComparisonStatus.retired,
+                            C.c.is_gold.is_(False)).values(overlap_target=bindparam("target"),
+                                                           status=ComparisonStatus.open),
+            [{"cid": cid, "target": target} for cid, target in split.items()])
     closed = reopened = 0  # of the pairs already here: open before and complete now, and the other way round
     for cid, found in old_found.items():
         if found.is_gold or found.status == ComparisonStatus.retired:
             continue
-        now_complete = (found.judgment_count + delta.get(cid, 0)) >= max(found.overlap_target, overlap_target)
+        now_complete = (found.judgment_count + delta.get(cid, 0)) >= max(found.overlap_target, overlap_target,
+                                                                          split.get(cid, 0))
         closed += found.status == ComparisonStatus.open and now_complete
-        reopened += found.status == ComparisonStatus.complete and not now_complete
+        reopened += found.status == ComparisonStatus.complete and not now_complete and cid not in split
     if bumps:
         new_count = C.c.judgment_count + bindparam("delta")
         session.execute(
@@ -2420,7 +2453,8 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
             "judgments_added": judgments_added, "gold_added": gold_added, "gold_skipped_existing": gold_skipped,
             "complete_on_import": complete_on_import, "judgments_superseded": len(superseded),
             "rater_answers_kept": kept_later, "unsettled": unsettled, "most_votes": most_votes,
-            "overlap_raised": len(raised), "closed_existing": closed, "reopened_existing": reopened}
+            "overlap_raised": len(raised), "closed_existing": closed, "reopened_existing": reopened,
+            "split_existing": len(split)}
 
 
 def majority(counts: Mapping[Any, int]) -> Any:

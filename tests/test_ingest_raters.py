@@ -379,3 +379,45 @@ def test_import_page_warns_when_raters_votes_meet_a_higher_overlap(sqlite_url, t
     at.run()
     [said] = [i.value for i in at.info if "annotators will not see" in i.value]
     assert said.startswith("3 of the 3 comparisons have as many known answers (up to 3, one per rater)"), said
+
+
+def _pair_state(db) -> tuple[str, int, int]:
+    with db.read() as session:
+        c = session.scalar(select(Comparison))
+        return c.status.value, c.overlap_target, c.judgment_count
+
+
+def test_a_later_file_that_splits_a_pairs_votes_evenly_asks_for_one_more_judgment(db, settings):
+    """A new pair whose raters split evenly needs one more judgment (up to the maximum overlap); a pair already
+    here that a later file's answers split stayed complete, out of the queue, with no majority to export."""
+    run_import(db, settings, jsonl(pair(1, winner="a", annotator="r1")))
+    assert _pair_state(db) == ("complete", 1, 1)
+    report = run_import(db, settings, jsonl(pair(1, winner="b", annotator="r2")))  # a rater added: 1-1
+    assert _pair_state(db) == ("open", 3, 2)  # one more than it has (the campaign's maximum overlap is 3)
+    assert ("1 comparison already here has no majority once this file's answers are in (votes split evenly): it "
+            "needs one more judgment, as adaptive overlap asks when annotators disagree, so annotators will see "
+            "it") in report.notes
+    assert not [n for n in report.notes if "waiting for annotators" in n]  # not "closed" by the file either
+    report = run_import(db, settings, jsonl(pair(1, winner="a", annotator="r3")))  # settled 2-1: complete
+    assert _pair_state(db) == ("complete", 3, 3)
+    assert not [n for n in report.notes if "no majority" in n]
+
+
+def test_a_raters_changed_answer_that_splits_the_votes_asks_for_one_more(db, settings):
+    run_import(db, settings, jsonl(pair(1, winner="a", annotator="r1"), pair(1, winner="a", annotator="r2")))
+    assert _pair_state(db) == ("complete", 1, 2)
+    run_import(db, settings, jsonl(pair(1, winner="b", annotator="r2")))  # r2's answer replaced: 1-1
+    assert _pair_state(db) == ("open", 3, 2)
+
+
+def test_split_votes_past_the_maximum_overlap_or_on_gold_pairs_stay_as_they_are(db, settings):
+    three = [pair(1, winner=w, annotator=f"r{i}") for i, w in enumerate("aab")]
+    run_import(db, settings, jsonl(*three))
+    report = run_import(db, settings, jsonl(pair(1, winner="b", annotator="r9")))  # 2-2, but 4 >= max overlap 3
+    assert _pair_state(db) == ("complete", 1, 4)
+    assert not [n for n in report.notes if "no majority" in n]
+    run_import(db, settings, jsonl(pair(2, winner="a")), known_winner="gold")
+    run_import(db, settings, jsonl(pair(2, winner="b", annotator="r1")))
+    with db.read() as session:
+        gold = session.scalar(select(Comparison).where(Comparison.is_gold.is_(True)))
+        assert (gold.status.value, gold.overlap_target) == ("open", 1)
