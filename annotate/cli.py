@@ -450,7 +450,7 @@ def _export_filter(args):
     from annotate.export import ExportFilter
 
     return ExportFilter(
-        since=args.since, until=args.until, annotators=tuple(args.annotator or ()),
+        since=args.since, until=args.until, annotators=tuple(args.annotator or ()), raters=tuple(args.rater or ()),
         source_tags=tuple(args.tag or ()), include_ties=args.include_ties,
         include_both_bad=args.include_both_bad, exclude_gold=args.exclude_gold,
         min_agreement=args.min_agreement, min_votes=args.min_votes, include_imported=not args.no_imported)
@@ -640,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "just before it (revisions and undos made later are not applied)")
     p.add_argument("--annotator", action="append", metavar="NAME", help="only this annotator's judgments "
                                                                         "(repeat for several)")
+    p.add_argument("--rater", action="append", metavar="NAME",
+                   help="only this imported rater's judgments (the 'annotator' an imported row named; repeat "
+                        "for several; with --annotator, both count)")
     p.add_argument("--tag", action="append", metavar="T", help="only this source tag (repeat for several)")
     p.add_argument("--include-ties", action="store_true",
                    help="trl-*/datasets: also export comparisons whose majority is a tie, with an is_tie column")

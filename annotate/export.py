@@ -31,7 +31,7 @@ Aggregation rule (preference exports)
 * ``since`` filters those votes (today's, or those standing at ``until``) by when
   they were cast: a vote cast before ``since`` is left out even though it still
   stood in the window, and so is a revision cast after ``until``.
-* The other filters on judgments (``annotators``, ``include_imported``) choose
+* The other filters on judgments (``annotators``, ``raters``, ``include_imported``) choose
   which votes count; the comparison filters (``source_tags``, ``exclude_gold``)
   choose which comparisons are considered.
 * Each comparison's votes are counted over the four choices ``a``, ``b``, ``tie``
@@ -130,7 +130,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from annotate.accounts import Actor, audit, require_admin
@@ -173,7 +173,10 @@ class ExportFilter:
     """Judgments created before this instant (naive = UTC); preference exports count
     the votes as they stood then, raw exports write rows as stored now."""
     annotators: tuple[str, ...] = ()
-    """Usernames whose judgments count; empty means everyone (and imported rows)."""
+    """Usernames whose judgments count; empty (and no ``raters``) means everyone, and imported rows."""
+    raters: tuple[str, ...] = ()
+    """Raters of imported judgments (the import's ``annotator``, stored as ``external_annotator``) whose
+    judgments count. With ``annotators`` too, both count; with ``raters`` alone, only those raters'."""
     source_tags: tuple[str, ...] = ()
     """Comparison (else prompt) source tags to include; empty means all."""
     include_ties: bool = False
@@ -193,7 +196,7 @@ class ExportFilter:
         """A JSON-ready description (for the audit log)."""
         return {
             "since": _iso(self.since), "until": _iso(self.until),
-            "annotators": list(self.annotators), "source_tags": list(self.source_tags),
+            "annotators": list(self.annotators), "raters": list(self.raters), "source_tags": list(self.source_tags),
             "include_ties": self.include_ties, "include_both_bad": self.include_both_bad,
             "exclude_gold": self.exclude_gold, "min_agreement": self.min_agreement, "min_votes": self.min_votes,
             "include_imported": self.include_imported,
@@ -223,8 +226,11 @@ def _check_filters(filters: ExportFilter) -> None:
         raise PrefloopError("minimum votes must be a whole number, at least 1")
     if filters.since and filters.until and _utc(filters.since) >= _utc(filters.until):
         raise PrefloopError("the start date must be before the end date")
-    if isinstance(filters.annotators, str) or isinstance(filters.source_tags, str):
-        raise PrefloopError("annotators and source tags must be lists of names, not one string")
+    if any(isinstance(names, str) for names in (filters.annotators, filters.raters, filters.source_tags)):
+        raise PrefloopError("annotators, raters and source tags must be lists of names, not one string")
+    if filters.raters and not filters.include_imported:
+        raise PrefloopError("the rater filter chooses imported judgments, which 'count imported judgments' "
+                            "being off leaves out: turn it on, or choose no rater")
 
 
 def _annotator_ids(session: Session, usernames: Sequence[str]) -> list[int]:
@@ -238,10 +244,33 @@ def _annotator_ids(session: Session, usernames: Sequence[str]) -> list[int]:
         if raters:
             names = ", ".join(map(repr, sorted(raters)))
             message += (f" ({names} {'names a rater' if len(raters) == 1 else 'name raters'} of imported judgments: "
-                        "imported raters are not accounts, and their answers are in the raw judgments export's "
-                        "external_annotator column, exported without an annotator filter)")
+                        "imported raters are not accounts: filter them as raters, with --rater or the Export page's "
+                        "Imported raters)")
         raise NotFound(message)
     return list(found.values())
+
+
+def _rater_names(session: Session, raters: Sequence[str]) -> list[str]:
+    """The raters of imported judgments named (stored names: the import strips surrounding spaces)."""
+    wanted = sorted({r.strip() for r in raters if r.strip()})
+    found = set(session.scalars(select(Judgment.external_annotator).distinct().where(
+        Judgment.source == JudgmentSource.imported, Judgment.external_annotator.in_(wanted))).all())
+    missing = [r for r in wanted if r not in found]
+    if missing:
+        message = f"no imported judgment names the rater {', '.join(map(repr, missing))}; check the rater filter"
+        users = session.scalars(select(User.username).where(User.username.in_(missing))).all()
+        if users:
+            message += (f" ({', '.join(map(repr, sorted(users)))} {'is an account' if len(users) == 1 else 'are accounts'}"
+                        ": filter accounts as annotators, with --annotator or the Export page's Annotators)")
+        raise NotFound(message)
+    return wanted
+
+
+def imported_raters(session: Session) -> list[str]:
+    """The raters that imported judgments name, sorted (for the rater filter's choices)."""
+    return list(session.scalars(select(Judgment.external_annotator).distinct().where(
+        Judgment.source == JudgmentSource.imported, Judgment.external_annotator.is_not(None))
+        .order_by(Judgment.external_annotator)).all())
 
 
 def _apply_filters(stmt: Select, session: Session, filters: ExportFilter) -> Select:
@@ -250,8 +279,14 @@ def _apply_filters(stmt: Select, session: Session, filters: ExportFilter) -> Sel
         stmt = stmt.where(Judgment.created_at >= _utc(filters.since))
     if filters.until is not None:
         stmt = stmt.where(Judgment.created_at < _utc(filters.until))
+    chosen = []  # whose judgments count, when some are named
     if filters.annotators:
-        stmt = stmt.where(Judgment.annotator_id.in_(_annotator_ids(session, filters.annotators)))
+        chosen.append(Judgment.annotator_id.in_(_annotator_ids(session, filters.annotators)))
+    if filters.raters:
+        chosen.append(and_(Judgment.source == JudgmentSource.imported,
+                           Judgment.external_annotator.in_(_rater_names(session, filters.raters))))
+    if chosen:
+        stmt = stmt.where(or_(*chosen))
     if not filters.include_imported:
         stmt = stmt.where(Judgment.source != JudgmentSource.imported)
     if filters.source_tags:

@@ -540,8 +540,15 @@ def test_export_for_an_imported_rater_says_raters_are_not_accounts(admin_env, tm
     out = str(tmp_path / "a.jsonl")
     one_line_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", out, "--annotator", "r1"),
                    "no user named 'r1'; check the annotator filter ('r1' names a rater of imported judgments: "
-                   "imported raters are not accounts, and their answers are in the raw judgments export's "
-                   "external_annotator column, exported without an annotator filter)")
+                   "imported raters are not accounts: filter them as raters, with --rater or the Export page's "
+                   "Imported raters)")
+    # as a rater: r1's vote alone, so the pair r1 and r2 split has a winner
+    assert run(admin_env, "export", "--format", "trl-jsonl", "--out", out, "--rater", "r1").returncode == 0
+    [row] = [json.loads(line) for line in open(out)]
+    assert (row["chosen"], row["n_judgments"]) == ("x", 1)
+    one_line_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", out, "--rater", "root"),
+                   "no imported judgment names the rater 'root'; check the rater filter ('root' is an account: "
+                   "filter accounts as annotators, with --annotator or the Export page's Annotators)")
     nobody = one_line_error(run(admin_env, "export", "--format", "trl-jsonl", "--out", out, "--annotator", "nobody",
                                 "--annotator", "root"), "no user named 'nobody'; check the annotator filter")
     assert "rater" not in nobody

@@ -421,3 +421,46 @@ def test_split_votes_past_the_maximum_overlap_or_on_gold_pairs_stay_as_they_are(
     with db.read() as session:
         gold = session.scalar(select(Comparison).where(Comparison.is_gold.is_(True)))
         assert (gold.status.value, gold.overlap_target) == ("open", 1)
+
+
+def test_the_export_filters_imported_raters(db, settings):
+    """Imported raters are not accounts: the annotator filter refused them, and only the raw export's column told
+    their votes apart. The rater filter chooses them; with annotators chosen too, both count."""
+    import dataclasses
+
+    from annotate import judgments, queue
+    from annotate.campaign import get_options
+    from annotate.errors import NotFound, PrefloopError
+    from tests.factories import make_user
+
+    settings = dataclasses.replace(settings, gold_rate=0.0, probe_rate=0.0)
+    run_import(db, settings, jsonl(*_three_raters("pairs")), overlap=4)  # r1, r2: better; r3: worse
+    with db.begin() as session:
+        ann = make_user(session, "ann")
+    with db.begin() as session:
+        served = queue.next_comparison(session, settings, get_options(session, settings), actor=ann)
+        judgments.submit(session, settings, actor=ann, comparison_id=served.comparison_id,
+                         shown="left" if served.left_text == "worse" else "right")
+
+    def exported(**filters) -> tuple[str, int]:
+        [row] = preferences(db, **filters) or [{"chosen": None, "n_judgments": 0}]
+        return row["chosen"], row["n_judgments"]
+
+    assert exported() == (None, 0)  # 2-2: no majority
+    assert exported(raters=("r3",)) == ("worse", 1)
+    assert exported(raters=(" r1 ", "r2")) == ("better", 2)
+    assert exported(annotators=("ann",), raters=("r3",)) == ("worse", 2)
+    assert exported(annotators=("ann",), raters=("r1", "r2")) == ("better", 3)
+    assert exported(annotators=("ann",)) == ("worse", 1)  # as before: imported judgments out
+    with db.read() as session:
+        assert export.imported_raters(session) == ["r1", "r2", "r3"]
+    with pytest.raises(NotFound, match=r"no imported judgment names the rater 'ann'; check the rater filter "
+                                       r"\('ann' is an account"):
+        preferences(db, raters=("ann",))
+    with pytest.raises(PrefloopError, match="the rater filter chooses imported judgments"):
+        preferences(db, raters=("r1",), include_imported=False)
+    with pytest.raises(PrefloopError, match="not one string"):
+        preferences(db, raters="r1")
+    with db.begin() as session:
+        rows = export.judgment_rows(session, actor=boss(session), filters=ExportFilter(raters=("r3",)))
+    assert [(r["external_annotator"], r["source"]) for r in rows] == [("r3", "imported")]

@@ -1107,6 +1107,38 @@ def _download(at: AppTest, deferred: dict, label: str):
     return deferred[button.proto.deferred_file_id]()
 
 
+def test_export_page_filters_imported_raters(app_db, people, deferred_downloads):
+    """Imported raters are not accounts: the page offers them in a filter of their own, shown only where an
+    import named some, and refuses them with imported judgments not counted."""
+    from annotate import ingest
+    from annotate.settings import load_settings
+
+    at = _login(_app(), "boss")
+    at.switch_page(_page("admin_export.py"))
+    at.run()
+    assert [m.label for m in at.multiselect] == ["Annotators (empty: everyone, and imported judgments)"]
+    rows = [{"prompt": "q", "response_a": "better", "response_b": "worse", "winner": w, "annotator": r}
+            for r, w in (("r1", "a"), ("r2", "b"), ("r3", "b"))]
+    with app_db.begin() as session:
+        ingest.import_file(session, load_settings(), "\n".join(map(json.dumps, rows)).encode(), system=True,
+                           overlap=3)
+    at.run()
+    raters = at.multiselect(key="export_raters")
+    assert raters.options == ["r1", "r2", "r3"]
+    raters.set_value(["r1"])
+    at.button(key="export_apply").click()
+    at.run()
+    assert not at.exception and not _errors(at)
+    assert any("imported raters r1" in c.value for c in at.caption if "Filters applied" in c.value)
+    (row,) = [json.loads(line) for line in _download(at, deferred_downloads, "TRL JSONL").decode().splitlines()]
+    assert (row["chosen"], row["n_judgments"]) == ("better", 1)  # r2 and r3 said worse
+    at.checkbox(key="export_imported").uncheck()
+    at.button(key="export_apply").click()
+    at.run()
+    assert any(e.startswith("Imported raters are chosen, but imported judgments are not counted") for e in _errors(at))
+    assert not at.get("download_button")
+
+
 def test_export_download_builds_the_file_and_reports_a_failure(app_db, people, deferred_downloads):
     at = _login(_app(), "boss")
     at.switch_page(_page("admin_export.py"))

@@ -31,6 +31,7 @@ failures.clear()
 
 with db.read() as session:
     usernames = [user.username for user in accounts.list_users(session, actor=actor)]
+    raters = export.imported_raters(session)
 
 # A form: filters take effect when applied, not when a box loses focus. Outside a form, typing a tag and
 # clicking a download button straight away sent both at once: the rerun the typed tag started replaced the
@@ -45,6 +46,9 @@ with st.expander("Filters", expanded=True, icon=":material/filter_alt:"), \
                                "and undos are not applied). Raw judgments: rows made before this day.")
     annotators = c1.multiselect("Annotators (empty: everyone, and imported judgments)", usernames,
                                 key="export_annotators")
+    # The raters imported rows named are not accounts: before, only the raw export's column told them apart.
+    chosen_raters = c1.multiselect("Imported raters (with annotators chosen, both count)", raters,
+                                   key="export_raters") if raters else []
     tags_text = c2.text_input("Source tags (comma-separated; empty: all)", key="export_tags")
     min_agreement = c1.slider("Minimum agreement (majority share of votes)", 0.0, 1.0, 0.0, 0.05,
                               key="export_min_agreement")
@@ -73,9 +77,13 @@ def _instant(day):
 if since and until and until <= since:
     st.error("The end date must be after the start date.")
     st.stop()
+if chosen_raters and not include_imported:
+    st.error("Imported raters are chosen, but imported judgments are not counted: tick *Count imported judgments* "
+             "or choose no rater.")
+    st.stop()
 
 filters = export.ExportFilter(
-    since=_instant(since), until=_instant(until), annotators=tuple(annotators),
+    since=_instant(since), until=_instant(until), annotators=tuple(annotators), raters=tuple(chosen_raters),
     source_tags=tuple(t.strip() for t in tags_text.split(",") if t.strip()),
     include_ties=include_ties, include_both_bad=include_both_bad, exclude_gold=exclude_gold,
     min_agreement=float(min_agreement), min_votes=int(min_votes), include_imported=include_imported)
@@ -90,6 +98,8 @@ def _applied(f: export.ExportFilter, with_margin: bool) -> str:
             if x) + " (UTC)")
     if f.annotators:
         parts.append("annotators " + ", ".join(f.annotators))
+    if f.raters:
+        parts.append("imported raters " + ", ".join(f.raters))
     if f.source_tags:
         parts.append("tags " + ", ".join(f.source_tags))
     if f.min_agreement > 0:
