@@ -2,6 +2,8 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
+# The 20 slowest tests are listed at the end of a run (the suite takes about 45 min on 2 cores).
+PYTEST_ARGS ?= --durations=20
 export PREFLOOP_DATA_DIR ?= .prefloop
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
