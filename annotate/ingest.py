@@ -1485,9 +1485,10 @@ def _normalise_fmt(fmt: str | None) -> str | None:
 
 
 def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars: int,
-                keep: Callable[[ParsedComparison], None] | None = None) -> ParsedFile:
-    """Read and check every row of ``src``. Each comparison is passed to ``keep`` as it is read, and the
-    result's ``comparisons`` stays empty; without ``keep`` they are gathered there. The notes on ``conflicts``
+                keep: Callable[[ParsedComparison], None] | None = None, *, with_keys: bool = False) -> ParsedFile:
+    """Read and check every row of ``src``. Each comparison is passed to ``keep`` as it is read (with the prompt
+    hash it is stored under: :class:`_PromptForms`), and the result's ``comparisons`` stays empty; without
+    ``keep`` they are gathered there. ``with_keys`` fills ``pair_keys``. The notes on ``conflicts``
     and raters, and the problems in ``rater_conflicts``, are the caller's: what they come to depends on the
     import's handling of known winners."""
     fmt = _normalise_fmt(fmt)
@@ -1515,6 +1516,9 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
     # (rater, None) when it names the rater of its winner, else (None, winner): one per rater, or one
     # per answer for rows that name none.
     seen: dict[tuple[str, str, str], tuple | dict] = {}
+    # A prompt given as text and as a chat of that one user turn is one prompt (as it is stored): its pairs
+    # are counted, checked and kept once, under the hash of the form given first.
+    forms = _PromptForms()
     # Rows a note is about, and rows that are problems, are counted and the first kept, not listed: a file
     # repeating one row (gzip makes a 200 MB one a 200 KB upload) adds one to these on every line.
     duplicates = _Lines()
@@ -1591,6 +1595,8 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
             over_limit = (line, element)
         if over_limit is None:  # past the limit, later rows are still checked but not kept
             for c in parsed:
+                if (h := forms.stored_as(c)) != c.prompt_hash:
+                    c = replace(c, prompt_hash=h)  # the prompt in its other form earlier in this file: one prompt
                 key = c.pair_key
                 winner = c.winner if c.hash_a == key[1] else _flip(c.winner)
                 rater = c.annotator if winner is not None else None
@@ -1675,7 +1681,8 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                       comparison_count=len(seen), known_count=sum(votes.values()), votes=dict(votes),
                       conflicts=conflicts, rater_conflicts=rater_conflicts.listed(), rated_count=rated,
                       raters=len(raters), problem_count=problems.count,
-                      rater_conflict_count=rater_conflicts.count, stopped_at=problems.stopped_at)
+                      rater_conflict_count=rater_conflicts.count, stopped_at=problems.stopped_at,
+                      pair_keys=PairKeys({_Key(*k) for k in seen}, forms.other) if with_keys else None)
 
 
 def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None, fmt: str | None = None,
@@ -1694,17 +1701,15 @@ def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None
     """
     src = _Source(path_or_bytes, max_bytes)
     first: list[ParsedComparison] = []
-    forms, pairs = _PromptForms(), set()
 
     def keep(c: ParsedComparison) -> None:
-        _, lo, hi = c.pair_key
-        pairs.add(_Key(forms.stored_as(c), lo, hi))
-        if keep_first is None or len(first) < keep_first:
+        if len(first) < keep_first:
             first.append(c)
 
-    parsed = _parse_data(src, filename or src.name, fmt, max_text_chars, keep)
-    parsed.comparisons, parsed.pair_keys = first, PairKeys(pairs, forms.other)
-    parsed.comparison_count = len(pairs)  # a prompt given in both forms is one: as many as an import stores
+    parsed = _parse_data(src, filename or src.name, fmt, max_text_chars, None if keep_first is None else keep,
+                         with_keys=True)
+    if keep_first is not None:
+        parsed.comparisons = first
     if parsed.conflicts:  # before the import's handling of known winners is chosen: say what each does
         parsed.notes.append(_conflicts_note(parsed.conflicts, None))
     if parsed.rater_conflict_count:
@@ -1949,12 +1954,9 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
     prompts: dict[str, _PromptRow] = {}
     responses: dict[tuple[str, str], _ResponseRow] = {}
     pairs: dict[tuple[str, str, str], _Pair] = {}
-    forms = _PromptForms()
 
-    def keep(c: ParsedComparison) -> None:
+    def keep(c: ParsedComparison) -> None:  # c.prompt_hash: the hash it is stored under (_PromptForms)
         tag = source_tag or c.source_tag
-        if (h := forms.stored_as(c)) != c.prompt_hash:
-            c = replace(c, prompt_hash=h)  # the prompt in its other form earlier in this file: one prompt
         if c.prompt_hash not in prompts:
             is_text = isinstance(c.prompt, str)
             prompts[c.prompt_hash] = _PromptRow(c.prompt_hash, c.prompt if is_text else None,
@@ -2283,7 +2285,6 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     keys = bindparam("keys", expanding=True)
     found = _find_existing(session, prompts, lambda h: _other_form_hash(prompts[h]), responses, pairs.values())
     prompt_ids, response_ids, existing = found.prompt_ids, found.response_ids, found.comparisons
-    old_responses = set(response_ids.values())
     new_prompts = [h for h in prompts if h not in prompt_ids]
     for inserted in _insert_rows(session, P, _PROMPT_COLUMNS, ((*prompts.pop(h), batch_id, now) for h in new_prompts),
                                  key=("content_hash",)):
@@ -2392,19 +2393,6 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
             session.execute(update(J).where(J.c.id == bindparam("jid"), J.c.state == JudgmentState.active)
                             .values(state=JudgmentState.superseded), superseded)
         insert_judgments(judgments)
-    # A pair already here whose overlap is below this import's takes it (before the bumps below, whose status
-    # rule then reads it): importing a file again "with a higher overlap" reopens its pairs for annotators.
-    raised = [{"cid": cid} for cid, found in old_found.items() if found.overlap_target < overlap_target
-              and not found.is_gold and found.status != ComparisonStatus.retired]
-    if raised:
-        session.execute(
-            # Not retired meanwhile: the check above read the pair early in a long import (PostgreSQL).
-            update(C).where(C.c.id == bindparam("cid"), C.c.overlap_target < overlap_target,
-                            C.c.status != ComparisonStatus.retired).values(
-                overlap_target=overlap_target,
-                status=case((C.c.judgment_count >= overlap_target, ComparisonStatus.complete),
-                            else_=ComparisonStatus.open)),
-            raised)
     delta = {bump["cid"]: bump["delta"] for bump in bumps}
     # A pair already here that has all its judgments but no majority once this file's answers are in (a rater's
     # answer added or changed split its votes evenly) needs one more, as a new pair's split votes do (above)
@@ -2423,12 +2411,23 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
                     and max(found.overlap_target, overlap_target) <= judged < max_overlap
                     and not _settled(votes[cid])):
                 split[cid] = judged + 1
-    if split:
-        session.execute(
-            update(C).where(C.c.id == bindparam("cid"), C.c.status != ComparisonStatus.retired,
-                            C.c.is_gold.is_(False)).values(overlap_target=bindparam("target"),
-                                                           status=ComparisonStatus.open),
-            [{"cid": cid, "target": target} for cid, target in split.items()])
+    # A pair already here whose overlap is below this import's takes it (before the bumps below, whose status
+    # rule then reads it): importing a file again "with a higher overlap" reopens its pairs for annotators.
+    # A split pair takes the higher overlap its split asks for (below), and its note says so.
+    raised = [{"cid": cid} for cid, found in old_found.items() if found.overlap_target < overlap_target
+              and not found.is_gold and found.status != ComparisonStatus.retired and cid not in split]
+    for rows, target in ((raised, overlap_target),
+                         ([{"cid": cid, "target": t} for cid, t in split.items()], bindparam("target"))):
+        if rows:
+            session.execute(
+                # Not retired meanwhile: the check above read the pair early in a long import (PostgreSQL), and
+                # its judgment count is read here (an annotator's judgment may have come in since).
+                update(C).where(C.c.id == bindparam("cid"), C.c.overlap_target < target,
+                                C.c.status != ComparisonStatus.retired, C.c.is_gold.is_(False)).values(
+                    overlap_target=target,
+                    status=case((C.c.judgment_count >= target, ComparisonStatus.complete),
+                                else_=ComparisonStatus.open)),
+                rows)
     closed = reopened = 0  # of the pairs already here: open before and complete now, and the other way round
     for cid, found in old_found.items():
         if found.is_gold or found.status == ComparisonStatus.retired:

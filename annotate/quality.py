@@ -69,6 +69,8 @@ from annotate.models import (
     ComparisonStatus,
     ComparisonVotes,
     Judgment,
+    JudgmentSource,
+    JudgmentState,
     User,
 )
 
@@ -884,7 +886,8 @@ def extend_overlap_if_needed(session: Session, comparison_id: int, options, *,
     Raises ``overlap_target`` by one and reopens the comparison (unless late judgments
     already reach the new target) when its annotators disagree, when the newest
     judgment contradicts a confident model, or when the newest judge's gold accuracy is below
-    ``thresholds.overlap_gold_accuracy`` — never beyond ``options.max_overlap``,
+    ``thresholds.overlap_gold_accuracy``; and to one more than its judgment count when its
+    imported votes leave all its votes without a majority — never beyond ``options.max_overlap``,
     never for gold or retired pairs. Returns True when it extended. Called by
     :func:`annotate.judgments.submit` in the same transaction; the update is
     conditional on the target it read, so two concurrent submits extend once.
@@ -901,12 +904,24 @@ def extend_overlap_if_needed(session: Session, comparison_id: int, options, *,
         select(Judgment.choice, Judgment.annotator_id).where(
             Judgment.comparison_id == comparison_id, _live(), Judgment.is_probe.is_(False))
         .order_by(Judgment.id)).all()
-    if not judged:
+    imported = session.scalars(select(Judgment.choice).where(
+        Judgment.comparison_id == comparison_id, Judgment.state == JudgmentState.active,
+        Judgment.source == JudgmentSource.imported, Judgment.is_probe.is_(False))).all()
+    if not judged and not imported:
         return False
     choices = [Choice(ch).value for ch, _ in judged]
-    latest_choice, latest_annotator = choices[-1], judged[-1][1]
-    reason = needs_another_judgment(choices, latest_choice, model_p_a,
-                                    gold_accuracy_of(session, latest_annotator), thresholds)
+    reason, new_target = None, target + 1
+    if judged:
+        latest_choice, latest_annotator = choices[-1], judged[-1][1]
+        reason = needs_another_judgment(choices, latest_choice, model_p_a,
+                                        gold_accuracy_of(session, latest_annotator), thresholds)
+    if reason is None and imported and count < options.max_overlap:
+        # Imported votes count in the export's majority: annotators who agree with each other, or none at all
+        # (a pair back from gold or retirement), beside imported votes that split it evenly leave it without
+        # one. It needs one more judgment than it has (imported votes can be past its target).
+        top = sorted(Counter([*choices, *(Choice(ch).value for ch in imported)]).values(), reverse=True)
+        if len(top) > 1 and top[0] == top[1]:
+            reason, new_target = "no_majority", count + 1
     if reason is None:
         return False
     # Open unless the pair already has the judgment asked for: a judgment sent on a lease that had
@@ -914,8 +929,8 @@ def extend_overlap_if_needed(session: Session, comparison_id: int, options, *,
     result = session.execute(
         update(Comparison)
         .where(Comparison.id == comparison_id, Comparison.overlap_target == target)
-        .values(overlap_target=target + 1,
-                status=case((Comparison.judgment_count > target, ComparisonStatus.complete),
+        .values(overlap_target=new_target,
+                status=case((Comparison.judgment_count >= new_target, ComparisonStatus.complete),
                             else_=ComparisonStatus.open))
         .execution_options(synchronize_session=False))
     return bool(result.rowcount)

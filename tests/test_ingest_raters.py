@@ -464,3 +464,54 @@ def test_the_export_filters_imported_raters(db, settings):
     with db.begin() as session:
         rows = export.judgment_rows(session, actor=boss(session), filters=ExportFilter(raters=("r3",)))
     assert [(r["external_annotator"], r["source"]) for r in rows] == [("r3", "imported")]
+
+
+def test_a_split_that_also_raises_the_overlap_is_said_once(db, settings):
+    run_import(db, settings, jsonl(pair(1, winner="a", annotator="r1")))
+    report = run_import(db, settings, jsonl(pair(1, winner="b", annotator="r2")), overlap=2)
+    assert _pair_state(db) == ("open", 3, 2)
+    # Not also "had an overlap below 2; it needs 2 judgments now", which the split's 3 contradicted.
+    assert [n for n in report.notes if "overlap below" in n or "no majority" in n] == [
+        "1 comparison already here has no majority once this file's answers are in (votes split evenly): it "
+        "needs one more judgment, as adaptive overlap asks when annotators disagree, so annotators will see it"]
+
+
+def test_imported_votes_that_split_a_pair_ask_for_one_more_after_a_judgment_reopening_or_unmarking(db, settings):
+    """Adaptive overlap read annotators' votes only: an annotator's B beside a rater's imported A completed the pair
+    1-1 (no majority, so no preference row), and a pair split by imported votes while retired or gold came back
+    complete."""
+    import dataclasses
+
+    from annotate import dashboard, judgments, queue
+    from annotate.campaign import get_options
+    from tests.factories import make_user
+
+    settings = dataclasses.replace(settings, gold_rate=0.0, probe_rate=0.0)
+    run_import(db, settings, jsonl(pair(1, winner="a", annotator="r1")), overlap=2)
+    assert _pair_state(db) == ("open", 2, 1)
+    with db.begin() as session:
+        ann = make_user(session, "ann")
+    with db.begin() as session:
+        served = queue.next_comparison(session, settings, get_options(session, settings), actor=ann)
+        judgments.submit(session, settings, actor=ann, comparison_id=served.comparison_id,
+                         shown="left" if served.left_text == "answer 1 b" else "right")  # b: 1-1
+    assert _pair_state(db) == ("open", 3, 2)
+
+    run_import(db, settings, jsonl(pair(2, winner="a", annotator="r1")))
+    with db.begin() as session:
+        boss = admin(session, "root")
+        (retired,) = session.scalars(select(Comparison.id).where(Comparison.judgment_count == 1)).all()
+        dashboard.retire(session, actor=boss, comparison_id=retired)
+    run_import(db, settings, jsonl(pair(2, winner="b", annotator="r2")))  # split while retired: left alone
+    with db.begin() as session:
+        dashboard.reopen(session, settings, actor=boss, comparison_id=retired)
+        pair_2 = session.get(Comparison, retired)
+        assert (pair_2.status.value, pair_2.overlap_target, pair_2.judgment_count) == ("open", 3, 2)
+
+    run_import(db, settings, jsonl(pair(3, winner="a")), known_winner="gold")
+    run_import(db, settings, jsonl(pair(3, winner="a", annotator="r1"), pair(3, winner="b", annotator="r2")))
+    with db.begin() as session:
+        gold = session.scalar(select(Comparison.id).where(Comparison.is_gold.is_(True)))
+        dashboard.unmark_gold(session, settings, actor=boss, comparison_id=gold)
+        pair_3 = session.get(Comparison, gold)
+        assert (pair_3.status.value, pair_3.overlap_target, pair_3.judgment_count) == ("open", 3, 2)

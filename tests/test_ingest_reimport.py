@@ -311,3 +311,25 @@ def test_the_import_page_says_how_many_pairs_are_here_already(sqlite_url, tmp_pa
     at.run()
     (summary,) = [s.value for s in at.success]
     assert summary.startswith("pairs: 8 rows; added 3 comparisons (3 already present)"), summary
+
+
+def test_a_prompt_in_both_forms_is_one_pair_for_every_count_and_check_of_the_file(db, settings):
+    """comparison_count merged the two forms and the votes did not: the preview said "1 comparison" and then
+    "2 of the 1 comparisons" meet overlap 1 (the import stored one pair, split 1-1 and open); and one rater's
+    two answers to that pair, one per form, were no problem: the import kept the first without a word."""
+    from annotate.errors import ImportValidationError
+    from annotate.ingest import parse_file
+
+    chat = [{"role": "user", "content": "Fresh"}]
+    data = jsonl({"prompt": "Fresh", "response_a": "1", "response_b": "2", "winner": "a"},
+                 {"prompt": chat, "response_a": "1", "response_b": "2", "winner": "b"})
+    parsed = parse_file(data)
+    assert (parsed.comparison_count, parsed.known_count, parsed.votes) == (1, 1, {(2, False): 1})
+    assert [n for n in parsed.notes if n.startswith("1 comparison is given different known winners")]
+    rater = jsonl({"prompt": "Fresh", "response_a": "1", "response_b": "2", "winner": "a", "annotator": "r1"},
+                  {"prompt": chat, "response_a": "2", "response_b": "1", "winner": "a", "annotator": "r1"})
+    assert [reason for _, reason in parse_file(rater).problems] == [
+        "annotator 'r1' gives this pair another winner than on line 1; a rater has one answer per pair: keep the "
+        "row with the final one (importing another answer later replaces theirs)"]
+    with pytest.raises(ImportValidationError, match="annotator 'r1' gives this pair another winner"):
+        run_import(db, settings, rater)
