@@ -228,6 +228,9 @@ def _check_filters(filters: ExportFilter) -> None:
         raise PrefloopError("the start date must be before the end date")
     if any(isinstance(names, str) for names in (filters.annotators, filters.raters, filters.source_tags)):
         raise PrefloopError("annotators, raters and source tags must be lists of names, not one string")
+    for what, names in (("annotator", filters.annotators), ("rater", filters.raters)):
+        if any(not str(name).strip() for name in names):
+            raise PrefloopError(f"a name in the {what} filter is blank")  # it chose nobody: an empty export
     if filters.raters and not filters.include_imported:
         raise PrefloopError("the rater filter chooses imported judgments, which 'count imported judgments' "
                             "being off leaves out: turn it on, or choose no rater")

@@ -915,13 +915,14 @@ def extend_overlap_if_needed(session: Session, comparison_id: int, options, *,
         latest_choice, latest_annotator = choices[-1], judged[-1][1]
         reason = needs_another_judgment(choices, latest_choice, model_p_a,
                                         gold_accuracy_of(session, latest_annotator), thresholds)
-    if reason is None and imported and count < options.max_overlap:
+    if imported and count < options.max_overlap:
         # Imported votes count in the export's majority: annotators who agree with each other, or none at all
         # (a pair back from gold or retirement), beside imported votes that split it evenly leave it without
-        # one. It needs one more judgment than it has (imported votes can be past its target).
+        # one. It needs one more judgment than it has, whatever else asks for one: imported votes can be past
+        # its target, where "one more than the target" completed it split.
         top = sorted(Counter([*choices, *(Choice(ch).value for ch in imported)]).values(), reverse=True)
         if len(top) > 1 and top[0] == top[1]:
-            reason, new_target = "no_majority", count + 1
+            reason, new_target = reason or "no_majority", count + 1
     if reason is None:
         return False
     # Open unless the pair already has the judgment asked for: a judgment sent on a lease that had

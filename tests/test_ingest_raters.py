@@ -515,3 +515,41 @@ def test_imported_votes_that_split_a_pair_ask_for_one_more_after_a_judgment_reop
         dashboard.unmark_gold(session, settings, actor=boss, comparison_id=gold)
         pair_3 = session.get(Comparison, gold)
         assert (pair_3.status.value, pair_3.overlap_target, pair_3.judgment_count) == ("open", 3, 2)
+
+
+def test_annotators_who_disagree_past_the_target_imported_votes_set_ask_for_one_more_than_the_count(db, settings):
+    """Two annotators leased a pair before an import's split votes raised it to 3 judgments; their a and b made
+    it 2-2. Their disagreement asked for "one more than the target" (4), which the count already met: complete,
+    split, no preference row (helper review)."""
+    import dataclasses
+
+    from annotate import judgments, queue
+    from annotate.campaign import get_options
+    from tests.factories import make_user
+
+    settings = dataclasses.replace(settings, gold_rate=0.0, probe_rate=0.0, max_overlap=5)
+    run_import(db, settings, jsonl(pair(1)), overlap=2)
+    with db.begin() as session:
+        people = [make_user(session, "xx"), make_user(session, "yy")]
+    served = {}
+    for person in people:
+        with db.begin() as session:
+            served[person.username] = queue.next_comparison(session, settings, get_options(session, settings),
+                                                            actor=person)
+    run_import(db, settings, jsonl(pair(1, winner="a", annotator="r1"), pair(1, winner="b", annotator="r2")),
+               overlap=2)
+    assert _pair_state(db) == ("open", 3, 2)
+    for person, answer in zip(people, ("answer 1 a", "answer 1 b")):
+        lease = served[person.username]
+        with db.begin() as session:
+            judgments.submit(session, settings, actor=person, comparison_id=lease.comparison_id,
+                             shown="left" if lease.left_text == answer else "right")
+    assert (_pair_state(db), preferences(db)) == (("open", 5, 4), [])
+
+
+def test_a_blank_name_in_the_export_filters_is_refused():
+    from annotate.errors import PrefloopError
+
+    for filters in (ExportFilter(raters=(" ",)), ExportFilter(annotators=("ann", ""))):
+        with pytest.raises(PrefloopError, match="a name in the (rater|annotator) filter is blank"):
+            export._check_filters(filters)
