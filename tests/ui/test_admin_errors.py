@@ -335,17 +335,21 @@ def test_run_alive_follows_the_advisory_lock_on_postgresql(pg_clean_url):
 
 
 @pytest.mark.parametrize("cwd", ["root", "elsewhere"])
-def test_streamlit_shows_no_error_details(cwd, tmp_path):
+def test_streamlit_shows_no_error_details_and_runs_one_script_run_at_a_time(cwd, tmp_path):
     """``make run`` (``streamlit run streamlit_app.py`` from the repo root) and ``streamlit run
     /path/to/streamlit_app.py`` from elsewhere both read .streamlit/config.toml, which keeps
-    exception types, messages and tracebacks out of the browser."""
+    exception types, messages and tracebacks out of the browser, and turns fast reruns off: with them a
+    click during a run started its run at once on another thread beside the first (a double click on
+    Rename ran two renames: one said "no user named 'annie'" in place of the confirmation; with a 1 s pause
+    put in the rename's transaction, tests/ui/test_admin_users_rename.py failed with fast reruns and passed
+    without)."""
     code = ("import sys, streamlit.config as c\n"
             "if sys.argv[1:]: c._main_script_path = sys.argv[1]  # what `streamlit run` sets\n"
-            "print(c.get_option('client.showErrorDetails'))")
+            "print(c.get_option('client.showErrorDetails'), c.get_option('runner.fastReruns'))")
     args, where = ([], ROOT) if cwd == "root" else ([APP], tmp_path)
     out = subprocess.run([sys.executable, "-c", code, *args], cwd=where, capture_output=True, text=True,
                          check=True, timeout=60)
-    assert out.stdout.strip() == "none"
+    assert out.stdout.split() == ["none", "False"]
 
 
 def test_retrain_now_says_how_to_follow_the_run_without_a_reload(app_db, people, monkeypatch):
