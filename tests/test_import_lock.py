@@ -48,7 +48,7 @@ def while_parsing(monkeypatch):
         results: list = []
         real = ingest._parse_data
 
-        def parse(src, name, fmt, max_text_chars, keep=None):
+        def parse(src, name, fmt, max_text_chars, keep=None, **options):
             gathered: list = []  # parse_file's own list, when it passes no callback
             onward = gathered.append if keep is None else keep
             started = []
@@ -59,7 +59,7 @@ def while_parsing(monkeypatch):
                     results.append(action())
                 onward(c)
 
-            parsed = real(src, name, fmt, max_text_chars, kept)
+            parsed = real(src, name, fmt, max_text_chars, kept, **options)
             parsed.comparisons = gathered
             return parsed
 
