@@ -2,7 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
-# The 20 slowest tests are listed at the end of a run (the suite takes about 45 min on 2 cores).
+# The 20 slowest tests are listed at the end of a run (the whole suite: 20 min on a quiet 2-core machine, 45 under load).
 PYTEST_ARGS ?= --durations=20
 export PREFLOOP_DATA_DIR ?= .prefloop
 export HF_HUB_OFFLINE := 1
