@@ -341,6 +341,9 @@ class ParsedFile:
     stopped_at: int | None = None
     """The last line read when reading stopped at :data:`MAX_PROBLEMS_COUNTED` problems: the rows, comparisons,
     notes and ``problem_count`` (then a lower bound) are those of the lines up to it."""
+    other_forms: dict[str, str | None] = field(default_factory=dict, repr=False)
+    """Each prompt hash the file's pairs are stored under, and that prompt's hash in its other form (None: it has
+    none): what an import looks up beside it (:class:`_PromptForms`)."""
     pair_keys: PairKeys | None = field(default=None, repr=False)
     """The file's distinct pairs as an import stores them, without their texts (:func:`parse_file` gives them;
     :func:`count_present` reads them)."""
@@ -1682,7 +1685,7 @@ def _parse_data(src: _Source, name: str | None, fmt: str | None, max_text_chars:
                       conflicts=conflicts, rater_conflicts=rater_conflicts.listed(), rated_count=rated,
                       raters=len(raters), problem_count=problems.count,
                       rater_conflict_count=rater_conflicts.count, stopped_at=problems.stopped_at,
-                      pair_keys=PairKeys({_Key(*k) for k in seen}, forms.other) if with_keys else None)
+                      other_forms=forms.other, pair_keys=PairKeys({_Key(*k) for k in seen}, forms.other) if with_keys else None)
 
 
 def parse_file(path_or_bytes: str | Path | bytes, *, filename: str | None = None, fmt: str | None = None,
@@ -1926,6 +1929,8 @@ class PreparedImport:
     prompts: dict[str, _PromptRow] = field(repr=False)
     responses: dict[tuple[str, str], _ResponseRow] = field(repr=False)
     pairs: dict[tuple[str, str, str], _Pair] = field(repr=False)
+    other_forms: dict[str, str | None] = field(default_factory=dict, repr=False)
+    """:attr:`ParsedFile.other_forms`: each of ``prompts``' hashes in the other form, computed once as it was read."""
     written: bool = False
 
 
@@ -2003,7 +2008,7 @@ def prepare_import(settings: Settings, source: str | Path | bytes, *, filename: 
                                     count=problems.count)
     return PreparedImport(name=name, file_hash=src.sha256, format=parsed.format, rows=parsed.rows,
                           notes=list(parsed.notes), source_tag=source_tag, known_winner=known_winner,
-                          prompts=prompts, responses=responses, pairs=pairs)
+                          prompts=prompts, responses=responses, pairs=pairs, other_forms=parsed.other_forms)
 
 
 def import_file(session: Session, settings: Settings, source: str | Path | bytes | PreparedImport, *,
@@ -2075,7 +2080,7 @@ def import_file(session: Session, settings: Settings, source: str | Path | bytes
         session.flush()
         counts = _write(session, batch.id, prepared.prompts, prepared.responses, prepared.pairs, known_winner,
                         overlap_target, supersede=imported_before is None,
-                        max_overlap=max(options.max_overlap, overlap_target))
+                        max_overlap=max(options.max_overlap, overlap_target), other_forms=prepared.other_forms)
     except IntegrityError:
         raise PrefloopError("another import added some of the same content at the same time; "
                             "run this import again (it will skip what is already there)") from None
@@ -2162,11 +2167,6 @@ def _other_form(prompt: str | list | None) -> str | None:
             and isinstance(prompt[0]["content"], str)):
         return prompt_hash(prompt[0]["content"])
     return None
-
-
-def _other_form_hash(row: _PromptRow) -> str | None:
-    """:func:`_other_form` of a prompt row as stored (text, or its messages as JSON)."""
-    return _other_form(row.text if row.text is not None else json.loads(row.messages) if row.messages else None)
 
 
 def overlap_notes(session: Session, overlap: int, max_overlap: int) -> list[str]:
@@ -2271,11 +2271,12 @@ def count_present(session: Session, keys: PairKeys) -> int:
 def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
            responses: dict[tuple[str, str], _ResponseRow], pairs: dict[tuple[str, str, str], _Pair],
            known_winner: str, overlap_target: int, *, supersede: bool = True,
-           max_overlap: int | None = None) -> dict[str, int]:
+           max_overlap: int | None = None, other_forms: Mapping[str, str | None]) -> dict[str, int]:
     """Insert what is new. Empties ``prompts`` and ``responses`` as their rows are written, so that the texts
     of one stage are freed before the next (an import's memory peaks at its texts once, not at the sum).
 
-    Without ``supersede`` (a file imported before) a rater's answer that differs from theirs here is kept out.
+    ``other_forms``: each prompt hash's other form (:attr:`ParsedFile.other_forms`), looked up where the hash
+    is not here. Without ``supersede`` (a file imported before) a rater's answer that differs from theirs here is kept out.
     A new pair whose imported votes meet its overlap without a majority (raters split 1-1) needs one more
     judgment, up to ``max_overlap``, as adaptive overlap asks of annotators who disagree."""
     max_overlap = overlap_target if max_overlap is None else max_overlap
@@ -2283,7 +2284,7 @@ def _write(session: Session, batch_id: int, prompts: dict[str, _PromptRow],
     P, R, C, J = Prompt.__table__, Response.__table__, Comparison.__table__, Judgment.__table__
     now = _stored_now(P, session)  # every row of one import has the same created_at
     keys = bindparam("keys", expanding=True)
-    found = _find_existing(session, prompts, lambda h: _other_form_hash(prompts[h]), responses, pairs.values())
+    found = _find_existing(session, prompts, other_forms.get, responses, pairs.values())
     prompt_ids, response_ids, existing = found.prompt_ids, found.response_ids, found.comparisons
     new_prompts = [h for h in prompts if h not in prompt_ids]
     for inserted in _insert_rows(session, P, _PROMPT_COLUMNS, ((*prompts.pop(h), batch_id, now) for h in new_prompts),

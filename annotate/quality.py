@@ -60,6 +60,7 @@ from sqlalchemy.orm import Session, aliased
 
 from annotate import rollups
 from annotate.accounts import Actor, require_admin
+from annotate.ingest import majority
 from annotate.models import (
     AnnotatorDay,
     AnnotatorHistogram,
@@ -920,8 +921,7 @@ def extend_overlap_if_needed(session: Session, comparison_id: int, options, *,
         # (a pair back from gold or retirement), beside imported votes that split it evenly leave it without
         # one. It needs one more judgment than it has, whatever else asks for one: imported votes can be past
         # its target, where "one more than the target" completed it split.
-        top = sorted(Counter([*choices, *(Choice(ch).value for ch in imported)]).values(), reverse=True)
-        if len(top) > 1 and top[0] == top[1]:
+        if majority(Counter([*choices, *(Choice(ch).value for ch in imported)])) is None:
             reason, new_target = reason or "no_majority", count + 1
     if reason is None:
         return False
